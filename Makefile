@@ -1,0 +1,65 @@
+# Slipway. `make run` serves the embedded mode; `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export SLIPWAY_DATA_DIR ?= $(CURDIR)/var
+
+.PHONY: run test lint bench system-deps venv migrate clean worker format
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+migrate: venv
+	$(BIN)/python manage.py migrate --noinput
+
+run: venv migrate
+	$(BIN)/python manage.py ensure_admin
+	$(BIN)/python manage.py serve
+
+worker: venv
+	$(BIN)/celery -A deployer worker --loglevel=INFO
+
+# OpenSSH's server and Chromium are real parts of the test bed (sshd targets, browser tests).
+system-deps:
+	@missing=""; \
+	test -x /usr/sbin/sshd || missing="$$missing openssh-server"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing$$missing with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "The tests need these Debian packages:$$missing"; \
+	    echo "Install them with: sudo apt-get install$$missing"; exit 1; \
+	  fi; \
+	fi
+
+test: venv system-deps
+	SLIPWAY_DATA_DIR=$$(mktemp -d /tmp/slipway-test.XXXXXX) \
+	SLIPWAY_ALLOW_LOCAL_REPOSITORIES=true \
+	SLIPWAY_SECRET_KEY=$${SLIPWAY_SECRET_KEY:-test-secret-key} \
+	SLIPWAY_ENCRYPTION_KEYS=$${SLIPWAY_ENCRYPTION_KEYS:-$$($(BIN)/python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')} \
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: venv system-deps
+	SLIPWAY_DATA_DIR=$$(mktemp -d /tmp/slipway-bench.XXXXXX) SLIPWAY_ALLOW_LOCAL_REPOSITORIES=true \
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache

@@ -1,0 +1,112 @@
+"""The engine's errors, split into what a user can act on and what is ours to fix."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+    #: A short, stable machine-readable name (shown in the API as ``error_code``).
+    code = "error"
+    #: True when the person deploying can fix the cause (bad ref, wrong key, full disk...).
+    user_facing = False
+
+
+class UserError(EngineError):
+    """A failure caused by input or by the target, explained in plain words."""
+
+    user_facing = True
+
+
+class InternalError(EngineError):
+    """A failure that is Slipway's fault; reported, with detail kept out of the UI."""
+
+    code = "internal"
+
+
+class InvalidInput(UserError):
+    """A field's value is refused before anything runs (ref, URL, path...)."""
+
+    code = "invalid_input"
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class RevisionNotFound(UserError):
+    code = "revision_not_found"
+
+
+class RepositoryError(UserError):
+    code = "repository_error"
+
+
+class HostUnreachable(UserError):
+    code = "host_unreachable"
+
+
+class AuthenticationRefused(UserError):
+    code = "authentication_refused"
+
+
+class HostKeyNotTrusted(UserError):
+    code = "host_key_not_trusted"
+
+
+class HostKeyMismatch(UserError):
+    code = "host_key_mismatch"
+
+    def __init__(self, host: str, expected: str, offered: str) -> None:
+        self.host = host
+        self.expected = expected
+        self.offered = offered
+        super().__init__(
+            f"Host key for {host} has changed: pinned {expected}, offered {offered}. "
+            "If the server was rebuilt on purpose, check the new key and trust it again."
+        )
+
+
+class PermissionDenied(UserError):
+    code = "permission_denied"
+
+
+class DiskFull(UserError):
+    code = "disk_full"
+
+
+class CommandFailed(UserError):
+    code = "command_failed"
+
+    def __init__(self, command: str, exit_code: int, tail: list[str] | None = None) -> None:
+        self.command = command
+        self.exit_code = exit_code
+        self.tail = list(tail or [])
+        message = f"Command `{command}` failed with exit code {exit_code}"
+        if self.tail:
+            message += ":\n" + "\n".join(self.tail)
+        super().__init__(message)
+
+
+class CommandTimedOut(UserError):
+    code = "command_timed_out"
+
+
+class LockHeld(UserError):
+    code = "lock_held"
+
+
+class CurrentIsDirectory(UserError):
+    code = "current_is_directory"
+
+
+class ReleaseMissing(UserError):
+    code = "release_missing"
+
+
+class TransferFailed(UserError):
+    code = "transfer_failed"
+
+
+class Cancelled(UserError):
+    code = "cancelled"

@@ -1,0 +1,121 @@
+"""The deployment log: each line is stored with its sequence number, then broadcast.
+
+The channel layer may drop messages; the stored log never does, and the live page fills any
+gap from it by sequence number.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from builds.models import Deployment, LogLine
+
+logger = logging.getLogger(__name__)
+
+
+def group_name(deployment_id: int) -> str:
+    return f"deployment-{deployment_id}"
+
+
+def broadcast(deployment_id: int, message: dict[str, object]) -> None:
+    """Send to the deployment's live viewers; a lost message is repaired from the stored log."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(group_name(deployment_id), message)
+    except Exception:  # the broadcast is best effort by design
+        logger.warning("Broadcast to deployment %s failed", deployment_id, exc_info=True)
+
+
+def line_payload(line: LogLine) -> dict[str, object]:
+    return {
+        "seq": line.seq,
+        "stream": line.stream,
+        "text": line.text,
+        "time": line.time.isoformat(),
+        "server": line.server_id,
+    }
+
+
+@dataclass
+class _Pending:
+    stream: str
+    text: str
+    server_id: int | None
+    time: object
+
+
+class LogWriter:
+    """Numbers, masks, stores and broadcasts one deployment's lines; safe across threads.
+
+    Lines are buffered for at most ``flush_interval`` seconds (or ``batch`` lines) so that a
+    chatty build does not make one INSERT per line.
+    """
+
+    def __init__(
+        self,
+        deployment_id: int,
+        *,
+        mask: Callable[[str], str] = lambda text: text,
+        flush_interval: float = 0.2,
+        batch: int = 200,
+    ) -> None:
+        self.deployment_id = deployment_id
+        self.mask = mask
+        self.flush_interval = flush_interval
+        self.batch = batch
+        self._lock = threading.Lock()
+        self._pending: list[_Pending] = []
+        self._last_flush = time.monotonic()
+        last = LogLine.objects.filter(deployment_id=deployment_id).aggregate(m=Max("seq"))["m"]
+        self._seq = last or 0
+
+    def write(self, stream: str, text: str, *, server_id: int | None = None) -> None:
+        masked = self.mask(text)
+        with self._lock:
+            for part in masked.split("\n") if "\n" in masked else [masked]:
+                self._pending.append(_Pending(stream, part, server_id, timezone.now()))
+            due = len(self._pending) >= self.batch or time.monotonic() - self._last_flush >= self.flush_interval
+        if due:
+            self.flush()
+
+    def system(self, text: str, *, server_id: int | None = None) -> None:
+        self.write("system", text, server_id=server_id)
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+            self._last_flush = time.monotonic()
+            if not pending:
+                return
+            lines = []
+            for item in pending:
+                self._seq += 1
+                lines.append(
+                    LogLine(
+                        deployment_id=self.deployment_id,
+                        seq=self._seq,
+                        stream=item.stream,
+                        text=item.text,
+                        server_id=item.server_id,
+                        time=item.time,
+                    )
+                )
+            with transaction.atomic():
+                LogLine.objects.bulk_create(lines)
+                Deployment.objects.filter(pk=self.deployment_id).update(log_seq=self._seq)
+        broadcast(
+            self.deployment_id,
+            {"type": "log.lines", "lines": [line_payload(line) for line in lines]},
+        )

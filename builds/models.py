@@ -1,0 +1,208 @@
+"""Deployments, their per-server targets, steps and log lines.
+
+The state vocabulary is defined here once (Status, TargetStatus with ACTIVE/FINAL tuples) and
+reused by queries, templates and the API.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Status(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+ACTIVE = (Status.QUEUED, Status.RUNNING)
+FINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+
+class TargetStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    WAITING = "waiting", "Waiting"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+    SKIPPED = "skipped", "Skipped"
+    ROLLED_BACK = "rolled_back", "Rolled back"
+
+
+TARGET_ACTIVE = (TargetStatus.QUEUED, TargetStatus.RUNNING, TargetStatus.WAITING)
+TARGET_FINAL = (
+    TargetStatus.SUCCEEDED,
+    TargetStatus.FAILED,
+    TargetStatus.CANCELLED,
+    TargetStatus.SKIPPED,
+    TargetStatus.ROLLED_BACK,
+)
+
+
+class Kind(models.TextChoices):
+    DEPLOY = "deploy", "Deploy"
+    ROLLBACK = "rollback", "Rollback"
+    PREVIEW = "preview", "Preview"
+
+
+class Trigger(models.TextChoices):
+    MANUAL = "manual", "Manual"
+    WEBHOOK = "webhook", "Webhook"
+    API = "api", "API"
+    SCHEDULE = "schedule", "Schedule"
+
+
+class DeploymentQuerySet(models.QuerySet["Deployment"]):
+    def active(self) -> DeploymentQuerySet:
+        return self.filter(status__in=ACTIVE)
+
+    def finished(self) -> DeploymentQuerySet:
+        return self.filter(status__in=FINAL)
+
+    def for_user(self, user: object) -> DeploymentQuerySet:
+        return self.filter(project__memberships__user=user)
+
+
+class Deployment(models.Model):
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="deployments")
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.DEPLOY)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    # The step it is at while running (free text such as "transfer"), for the live page.
+    stage = models.CharField(max_length=50, blank=True)
+    group = models.ForeignKey(
+        "servers.ServerGroup", null=True, blank=True, on_delete=models.SET_NULL, related_name="deployments"
+    )
+    # What the user asked for (branch, tag or SHA), and what it resolved to.
+    revision = models.CharField(max_length=255, blank=True)
+    branch = models.CharField(max_length=255, blank=True)
+    start_revision = models.CharField(max_length=40, blank=True)
+    end_revision = models.CharField(max_length=40, blank=True)
+    trigger = models.CharField(max_length=20, choices=Trigger.choices, default=Trigger.MANUAL)
+    triggered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Options: full upload, skip build commands, ignore the build cache, config files only.
+    full = models.BooleanField(default=False)
+    skip_build = models.BooleanField(default=False)
+    skip_cache = models.BooleanField(default=False)
+    config_only = models.BooleanField(default=False)
+    # For a rollback: the release name to go back to ("" = the one live before).
+    rollback_release = models.CharField(max_length=100, blank=True)
+    rollback_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="rollbacks"
+    )
+    # Added/modified/deleted paths and bytes, kept for previews and the deployment page.
+    changes = models.JSONField(default=dict, blank=True)
+    commits = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+    error_code = models.CharField(max_length=50, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    task_id = models.CharField(max_length=255, blank=True)
+    worker = models.CharField(max_length=255, blank=True)
+    log_seq = models.PositiveIntegerField(default=0)
+
+    objects = DeploymentQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            # The reaper looks only at running deployments.
+            models.Index(fields=["heartbeat_at"], condition=models.Q(status="running"), name="running_heartbeat"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.kind} {self.project_id}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if not self.started_at:
+            return None
+        end = self.finished_at or timezone.now()
+        return (end - self.started_at).total_seconds()
+
+
+class DeploymentTarget(models.Model):
+    """One server's part in a deployment, with its own status, release and error."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="targets")
+    server = models.ForeignKey("servers.Server", on_delete=models.CASCADE, related_name="targets")
+    status = models.CharField(max_length=20, choices=TargetStatus.choices, default=TargetStatus.QUEUED)
+    position = models.PositiveIntegerField(default=0)
+    release = models.CharField(max_length=100, blank=True)
+    previous_release = models.CharField(max_length=100, blank=True)
+    start_revision = models.CharField(max_length=40, blank=True)
+    reason = models.TextField(blank=True)
+    files_total = models.PositiveIntegerField(default=0)
+    files_done = models.PositiveIntegerField(default=0)
+    bytes_total = models.BigIntegerField(default=0)
+    bytes_done = models.BigIntegerField(default=0)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["position", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "server"], name="unique_target_server"),
+            # At most one running and one queued deployment per server; a newer queued one
+            # supersedes the older (see builds.services.deployment_create).
+            models.UniqueConstraint(
+                fields=["server", "status"],
+                condition=models.Q(status__in=["queued", "running"]),
+                name="one_active_target_per_state",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id} → {self.server_id}"
+
+
+class Step(models.Model):
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="steps")
+    server = models.ForeignKey("servers.Server", null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=100)
+    status = models.CharField(max_length=20, choices=TargetStatus.choices, default=TargetStatus.RUNNING)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["started_at", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Stream(models.TextChoices):
+    STDOUT = "stdout", "stdout"
+    STDERR = "stderr", "stderr"
+    SYSTEM = "system", "system"
+
+
+class LogLine(models.Model):
+    """One line of a deployment's log; seq orders lines within the deployment, from 1."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="log_lines")
+    seq = models.PositiveIntegerField()
+    stream = models.CharField(max_length=10, choices=Stream.choices, default=Stream.STDOUT)
+    server = models.ForeignKey("servers.Server", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    text = models.TextField()
+    time = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["seq"]
+        constraints = [models.UniqueConstraint(fields=["deployment", "seq"], name="unique_log_seq")]
+
+    def __str__(self) -> str:
+        return f"{self.seq}: {self.text}"

@@ -1,0 +1,53 @@
+"""The embedded mode's in-process worker: a Celery worker on threads, in this process.
+
+With no REDIS_URL the broker is kombu's in-memory transport, which lives in this process only;
+so the web process must host the worker itself. Messages in memory are lost on restart, which
+is why start-up hands every still-queued deployment to the worker again (claiming a deployment
+is a conditional update, so a second message for it does nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery.worker import WorkController
+from django.conf import settings
+
+from deployer.celery import app
+
+logger = logging.getLogger(__name__)
+
+REAPER_INTERVAL_SECONDS = 30.0
+
+
+def start_worker() -> WorkController:
+    app.conf.broker_transport_options = {**app.conf.broker_transport_options, "polling_interval": 0.1}
+    app.finalize()
+    app.set_current()
+    app.set_default()
+    worker = WorkController(
+        app=app,
+        hostname=f"embedded@{settings.BIND}",
+        pool="threads",
+        concurrency=settings.WORKER_CONCURRENCY,
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+        loglevel=settings.LOG_LEVEL,
+    )
+    threading.Thread(target=worker.start, name="slipway-worker", daemon=True).start()
+    threading.Thread(target=_reap_forever, name="slipway-reaper", daemon=True).start()
+    logger.info("Embedded worker started with %s threads", settings.WORKER_CONCURRENCY)
+    return worker
+
+
+def _reap_forever() -> None:
+    from builds.tasks import reap_stale_deployments
+
+    stop = threading.Event()
+    while not stop.wait(REAPER_INTERVAL_SECONDS):
+        try:
+            reap_stale_deployments()
+        except Exception:  # the reaper must outlive a passing database error
+            logger.exception("Reaping stale deployments failed")

@@ -1,0 +1,233 @@
+"""Slipway's settings: read from the environment only (see .env.example).
+
+Two modes from one code base. With neither DATABASE_URL nor REDIS_URL set, Slipway runs
+embedded: SQLite in SLIPWAY_DATA_DIR, an in-process Celery worker on an in-memory broker and
+an in-memory channel layer. With DATABASE_URL and REDIS_URL, it scales out over PostgreSQL,
+a Redis broker and channels-redis, with any number of `celery -A deployer worker` processes.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import warnings
+from pathlib import Path
+
+import environ
+
+from deployer import env
+from deployer.env import ConfigurationError
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DATA_DIR = env.directory("SLIPWAY_DATA_DIR", BASE_DIR / "var")
+DATABASE_URL = env.url("DATABASE_URL", ("postgres", "postgresql", "pgsql", "sqlite"))
+REDIS_URL = env.url("REDIS_URL", ("redis", "rediss"))
+
+# The worker runs inside the web process whenever there is no broker to hand jobs to.
+EMBEDDED_WORKER = not REDIS_URL
+EMBEDDED = EMBEDDED_WORKER and not DATABASE_URL
+
+
+def _secret_file(name: str, make: str) -> str:
+    """Read a generated secret from the data directory, creating it (mode 0600) on first use."""
+    path = DATA_DIR / name
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(make + "\n")
+    return path.read_text().strip()
+
+
+def _generated_fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+SECRET_KEY = env.string("SLIPWAY_SECRET_KEY")
+if not SECRET_KEY:
+    if not EMBEDDED:
+        raise ConfigurationError("SLIPWAY_SECRET_KEY must be set when DATABASE_URL or REDIS_URL is set")
+    SECRET_KEY = _secret_file("secret_key", secrets.token_urlsafe(50))
+
+# Key list for secrets at rest: the first key encrypts, every key decrypts (rotation).
+ENCRYPTION_KEYS = env.strings("SLIPWAY_ENCRYPTION_KEYS")
+if not ENCRYPTION_KEYS:
+    if not EMBEDDED and not (DATA_DIR / "encryption.key").exists():
+        raise ConfigurationError(
+            "SLIPWAY_ENCRYPTION_KEYS must be set when DATABASE_URL or REDIS_URL is set "
+            "(generate one with: python manage.py generate_encryption_key)"
+        )
+    ENCRYPTION_KEYS = [_secret_file("encryption.key", _generated_fernet_key())]
+
+DEBUG = env.boolean("SLIPWAY_DEBUG", False)
+BIND = env.string("SLIPWAY_BIND", "127.0.0.1:8000")
+BASE_URL = env.string("SLIPWAY_BASE_URL", f"http://{BIND}").rstrip("/")
+ALLOWED_HOSTS = env.strings("SLIPWAY_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
+CSRF_TRUSTED_ORIGINS = [BASE_URL, *env.strings("SLIPWAY_CSRF_TRUSTED_ORIGINS")]
+ALLOW_LOCAL_REPOSITORIES = env.boolean("SLIPWAY_ALLOW_LOCAL_REPOSITORIES", False)
+ADMIN_PASSWORD = env.string("SLIPWAY_ADMIN_PASSWORD")
+
+# Longest a deployment may run before Celery stops it; the broker's visibility timeout sits above.
+DEPLOYMENT_TIME_LIMIT = env.integer("SLIPWAY_DEPLOYMENT_TIME_LIMIT", 3600, minimum=60)
+# A running deployment whose heartbeat is older than this is failed by the reaper.
+HEARTBEAT_TIMEOUT = env.integer("SLIPWAY_HEARTBEAT_TIMEOUT", 120, minimum=10)
+WORKER_CONCURRENCY = env.integer("SLIPWAY_WORKER_CONCURRENCY", 4, minimum=1)
+BUILD_DIR = env.directory("SLIPWAY_BUILD_DIR", DATA_DIR / "builds")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "deployer",
+    "projects",
+    "servers",
+    "builds",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "deployer.urls"
+ASGI_APPLICATION = "deployer.asgi.application"
+WSGI_APPLICATION = "deployer.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+if DATABASE_URL:
+    DATABASES = {"default": environ.Env.db_url_config(DATABASE_URL)}
+    DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "slipway.sqlite3",
+            "OPTIONS": {
+                # The in-process worker and web requests write at once: WAL lets readers go on
+                # while one writer works, IMMEDIATE takes the write lock up front so two writers
+                # queue on the busy timeout instead of failing with "database is locked".
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+            },
+        }
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = DATA_DIR / "staticfiles"
+STATIC_ROOT.mkdir(exist_ok=True)
+# Serve straight from the finders: no collectstatic step is needed for `make run`.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = BASE_URL.startswith("https://")
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+X_FRAME_OPTIONS = "DENY"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "projects.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Slipway API",
+    "DESCRIPTION": "Deploy Git revisions to your own servers over SSH.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": "slipway"},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# Celery: settings live under CELERY_ in this module (see deployer/celery.py).
+CELERY_BROKER_URL = REDIS_URL or "memory://localhost/"
+CELERY_TASK_IGNORE_RESULT = True
+# A job is acknowledged only after it finished, so a worker that dies mid-deploy leaves the
+# message to be delivered again; the task's conditional claim makes a second run a no-op.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = DEPLOYMENT_TIME_LIMIT
+CELERY_TASK_TIME_LIMIT = int(DEPLOYMENT_TIME_LIMIT * 1.2)
+# Redis redelivers an unacknowledged message after the visibility timeout: keep it above the
+# longest deployment, or a slow deploy would be started a second time.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": int(DEPLOYMENT_TIME_LIMIT * 1.5)}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE = {
+    "reap-stale-deployments": {"task": "builds.tasks.reap_stale_deployments", "schedule": 30.0},
+}
+
+# WhiteNoise serves files with a synchronous iterator; under ASGI Django warns for each one.
+warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous iterators")
+
+LOG_LEVEL = env.string("SLIPWAY_LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+    raise ConfigurationError(f"SLIPWAY_LOG_LEVEL={LOG_LEVEL!r} must be DEBUG, INFO, WARNING or ERROR")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"paramiko": {"level": "WARNING"}},
+}

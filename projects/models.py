@@ -1,0 +1,235 @@
+"""Projects: a Git repository, its servers' configuration, members and API tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from deployer.crypto import EncryptedTextField
+
+
+class Role(models.TextChoices):
+    ADMIN = "admin", "Admin"
+    DEPLOYER = "deployer", "Deployer"
+    VIEWER = "viewer", "Viewer"
+
+
+# Who may do what, in one place: views, the API and templates all ask these.
+DEPLOY_ROLES = (Role.ADMIN, Role.DEPLOYER)
+CONFIGURE_ROLES = (Role.ADMIN,)
+
+
+def _webhook_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def _webhook_secret() -> str:
+    return secrets.token_hex(32)
+
+
+class ProjectQuerySet(models.QuerySet["Project"]):
+    def for_user(self, user: object) -> ProjectQuerySet:
+        return self.filter(memberships__user=user)
+
+
+class Project(models.Model):
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=100, unique=True)
+    repository_url = models.CharField(max_length=500)
+    branch = models.CharField(max_length=255, default="main")
+    # Deploy only this subdirectory of the repository (relative, "" for the root).
+    subdirectory = models.CharField(max_length=255, blank=True)
+    # For HTTPS repository URLs that need authentication (a personal access token).
+    repository_token = EncryptedTextField(blank=True)
+    private_key = EncryptedTextField()
+    public_key = models.TextField()
+    # The unguessable part of the webhook URL, and the secret that signs deliveries.
+    webhook_token = models.CharField(max_length=64, unique=True, default=_webhook_token)
+    webhook_secret = EncryptedTextField(default=_webhook_secret)
+    # Paths linked from shared/ into every release (e.g. "storage/", ".env").
+    shared_paths = models.JSONField(default=list, blank=True)
+    # Paths kept between builds on the worker (e.g. "node_modules", "vendor").
+    cache_paths = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ProjectQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def webhook_path(self) -> str:
+        return f"/hooks/{self.webhook_token}/"
+
+    @property
+    def webhook_url(self) -> str:
+        return settings.BASE_URL + self.webhook_path
+
+    def role_of(self, user: object) -> str | None:
+        membership = self.memberships.filter(user=user).first()
+        return membership.role if membership else None
+
+
+class Membership(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.VIEWER)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "user"], name="unique_membership")]
+
+    def __str__(self) -> str:
+        return f"{self.user} as {self.role} of {self.project}"
+
+    @property
+    def can_deploy(self) -> bool:
+        return self.role in DEPLOY_ROLES
+
+    @property
+    def can_configure(self) -> bool:
+        return self.role in CONFIGURE_ROLES
+
+
+TOKEN_PREFIX = "slw_"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
+    def active(self) -> ApiTokenQuerySet:
+        return self.filter(revoked_at__isnull=True)
+
+
+class ApiToken(models.Model):
+    """A bearer token for the API. Only its SHA-256 is stored; the token is shown once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    token_hash = models.CharField(max_length=64, unique=True)
+    # The first characters, so that a person can tell tokens apart in a list.
+    prefix = models.CharField(max_length=16)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @classmethod
+    def issue(cls, *, user: object, name: str) -> tuple[ApiToken, str]:
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        record = cls.objects.create(user=user, name=name, token_hash=hash_token(token), prefix=token[:12])
+        return record, token
+
+
+class EnvironmentVariable(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="environment_variables")
+    name = models.CharField(max_length=255)
+    value = EncryptedTextField(blank=True)
+    # A secret value is write-only in the UI and the API, and masked in every log line.
+    secret = models.BooleanField(default=False)
+    # Available to build commands on the worker, and/or to SSH commands on the servers.
+    build = models.BooleanField(default=True)
+    servers = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["project", "name"], name="unique_environment_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ConfigFile(models.Model):
+    """A file kept in Slipway (not the repository), written into each release."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="config_files")
+    path = models.CharField(max_length=500)
+    body = EncryptedTextField(blank=True)
+    description = models.CharField(max_length=255, blank=True)
+    # Empty means every server of the project.
+    servers = models.ManyToManyField("servers.Server", blank=True, related_name="config_files")
+
+    class Meta:
+        ordering = ["path"]
+        constraints = [models.UniqueConstraint(fields=["project", "path"], name="unique_config_path")]
+
+    def __str__(self) -> str:
+        return self.path
+
+
+class ExcludedFile(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="excluded_files")
+    pattern = models.CharField(max_length=500)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.pattern
+
+
+class BuildCommand(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="build_commands")
+    position = models.PositiveIntegerField(default=0)
+    description = models.CharField(max_length=255, blank=True)
+    command = models.TextField()
+    timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
+    halt_on_error = models.BooleanField(default=True)
+    # Globs of changed files; when set, the command is skipped if no changed file matches.
+    watch_globs = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["position", "id"]
+
+    def __str__(self) -> str:
+        return self.description or self.command
+
+
+class CommandStage(models.TextChoices):
+    BEFORE_TRANSFER = "before_transfer", "Before the transfer"
+    BEFORE_SWITCH = "before_switch", "After the transfer, before the switch"
+    AFTER_SWITCH = "after_switch", "After the switch"
+
+
+class CommandRunOn(models.TextChoices):
+    ALWAYS = "always", "Every deployment"
+    FIRST = "first", "First deployment only"
+    NOT_FIRST = "not_first", "All but the first deployment"
+
+
+class Command(models.Model):
+    """A command run over SSH on the servers at one stage of a deployment."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="commands")
+    position = models.PositiveIntegerField(default=0)
+    description = models.CharField(max_length=255, blank=True)
+    command = models.TextField()
+    stage = models.CharField(max_length=20, choices=CommandStage.choices, default=CommandStage.AFTER_SWITCH)
+    run_on = models.CharField(max_length=20, choices=CommandRunOn.choices, default=CommandRunOn.ALWAYS)
+    halt_on_error = models.BooleanField(default=True)
+    timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
+    # Empty means every server of the project.
+    servers = models.ManyToManyField("servers.Server", blank=True, related_name="commands")
+
+    class Meta:
+        ordering = ["stage", "position", "id"]
+
+    def __str__(self) -> str:
+        return self.description or self.command

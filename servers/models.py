@@ -1,0 +1,122 @@
+"""Servers a project deploys to, groups of them, and the releases kept on each."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+from deployer.crypto import EncryptedTextField
+
+
+class Protocol(models.TextChoices):
+    SSH = "ssh", "SSH (atomic releases)"
+    SFTP = "sftp", "SFTP only (files uploaded in place)"
+
+
+class AuthMethod(models.TextChoices):
+    PROJECT_KEY = "project_key", "The project's SSH key"
+    PRIVATE_KEY = "private_key", "A private key of its own"
+    PASSWORD = "password", "A password"
+
+
+class Server(models.Model):
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="servers")
+    name = models.CharField(max_length=100)
+    protocol = models.CharField(max_length=10, choices=Protocol.choices, default=Protocol.SSH)
+    hostname = models.CharField(max_length=255)
+    port = models.PositiveIntegerField(default=22)
+    username = models.CharField(max_length=100)
+    auth_method = models.CharField(max_length=20, choices=AuthMethod.choices, default=AuthMethod.PROJECT_KEY)
+    password = EncryptedTextField(blank=True)
+    private_key = EncryptedTextField(blank=True)
+    deploy_path = models.CharField(max_length=500)
+    atomic = models.BooleanField(default=True)
+    keep_releases = models.PositiveIntegerField(default=3)
+    # Deploy this branch instead of the project's default branch.
+    branch = models.CharField(max_length=255, blank=True)
+    environment = models.CharField(max_length=50, blank=True)
+    auto_deploy = models.BooleanField(default=True)
+    enabled = models.BooleanField(default=True)
+    # The pinned host key ("SHA256:..." as ssh-keygen -l prints it); empty means not trusted yet.
+    host_key_fingerprint = models.CharField(max_length=100, blank=True)
+    # Permissions applied explicitly after upload (octal strings such as "644"), empty: as in Git.
+    file_mode = models.CharField(max_length=4, blank=True)
+    directory_mode = models.CharField(max_length=4, blank=True)
+    position = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["position", "name"]
+        constraints = [models.UniqueConstraint(fields=["project", "name"], name="unique_server_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def effective_branch(self) -> str:
+        return self.branch or self.project.branch
+
+    @property
+    def address(self) -> str:
+        return f"{self.username}@{self.hostname}:{self.port}"
+
+    def live_release(self) -> Release | None:
+        return self.releases.filter(live=True).first()
+
+
+class ServerGroup(models.Model):
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="groups")
+    name = models.CharField(max_length=100)
+    branch = models.CharField(max_length=255, blank=True)
+    environment = models.CharField(max_length=50, blank=True)
+    auto_deploy = models.BooleanField(default=True)
+    servers = models.ManyToManyField(Server, through="GroupMember", related_name="groups")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["project", "name"], name="unique_group_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def ordered_servers(self) -> list[Server]:
+        return [member.server for member in self.members.select_related("server").order_by("position")]
+
+
+class GroupMember(models.Model):
+    group = models.ForeignKey(ServerGroup, on_delete=models.CASCADE, related_name="members")
+    server = models.ForeignKey(Server, on_delete=models.CASCADE, related_name="+")
+    position = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [models.UniqueConstraint(fields=["group", "server"], name="unique_group_member")]
+
+
+class Release(models.Model):
+    """A release directory Slipway made on a server, with the manifest of what it holds."""
+
+    server = models.ForeignKey(Server, on_delete=models.CASCADE, related_name="releases")
+    name = models.CharField(max_length=100)
+    revision = models.CharField(max_length=40)
+    branch = models.CharField(max_length=255, blank=True)
+    deployment = models.ForeignKey(
+        "builds.Deployment", null=True, blank=True, on_delete=models.SET_NULL, related_name="releases"
+    )
+    # {"path": [size, mode, digest, kind]}: basis of incremental transfer and drift checks.
+    manifest = models.JSONField(default=dict, blank=True)
+    live = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    removed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["server", "name"], name="unique_release_name"),
+            # One live release per server: the database refuses a second.
+            models.UniqueConstraint(fields=["server"], condition=models.Q(live=True), name="one_live_release"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
