@@ -94,6 +94,8 @@ class CommandTimedOut(UserError):
 
 class LockHeld(UserError):
     code = "lock_held"
+    #: The lock's owner id as written by Slipway ("deployment-12"), "" when unknown.
+    owner = ""
 
 
 class CurrentIsDirectory(UserError):

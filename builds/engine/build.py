@@ -1,0 +1,232 @@
+"""The build on the worker: checkout, build cache, build commands, manifest."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from builds.engine.errors import CommandFailed, CommandTimedOut, InvalidInput
+from builds.engine.excludes import ExcludeRules, load_deployignore
+from builds.engine.git import Mirror
+from builds.engine.manifest import Manifest
+from builds.engine.release import validate_relative_path
+
+LineSink = Callable[[str, str], None]
+
+# The variables a build command inherits from the worker; nothing else of the worker's
+# environment (which holds Slipway's own keys) reaches it.
+_INHERITED = ("PATH", "LANG", "LC_ALL", "TZ")
+
+
+@dataclass(frozen=True)
+class BuildCommandSpec:
+    command: str
+    description: str = ""
+    timeout_seconds: int | None = None
+    halt_on_error: bool = True
+    watch_globs: tuple[str, ...] = ()
+
+    def wanted(self, changed: Sequence[str] | None) -> bool:
+        """Watch globs skip the command when no changed file matches (None: unknown, run)."""
+        if not self.watch_globs or changed is None:
+            return True
+        return any(fnmatch.fnmatchcase(path, glob) for glob in self.watch_globs for path in changed)
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    repository_url: str
+    mirror_dir: Path
+    workspace_dir: Path
+    cache_dir: Path
+    revision: str
+    ssh_private_key: str | None = field(default=None, repr=False)
+    https_token: str | None = field(default=None, repr=False)
+    allow_local: bool = False
+    subdirectory: str = ""
+    excluded: tuple[str, ...] = ()
+    # Paths not uploaded because Slipway writes them itself (shared links, config files).
+    managed_paths: tuple[str, ...] = ()
+    cache_paths: tuple[str, ...] = ()
+    build_commands: tuple[BuildCommandSpec, ...] = ()
+    build_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    skip_build: bool = False
+    skip_cache: bool = False
+
+
+@dataclass(frozen=True)
+class BuildOutput:
+    revision: str
+    root: Path
+    manifest: Manifest
+
+
+def exclude_rules(spec: BuildSpec, root: Path) -> ExcludeRules:
+    managed = [f"/{validate_relative_path(path, 'path')}" for path in spec.managed_paths]
+    return ExcludeRules.from_lines([*spec.excluded, *load_deployignore(root), *managed])
+
+
+def run_local_command(
+    command: BuildCommandSpec,
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    on_line: LineSink,
+    check_cancelled: Callable[[], None] = lambda: None,
+) -> int:
+    """Run one build command through /bin/sh in ``cwd``, streaming its lines as they come."""
+    base = {name: os.environ[name] for name in _INHERITED if name in os.environ}
+    base.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    base["HOME"] = str(cwd)
+    base["CI"] = "true"
+    process = subprocess.Popen(
+        ["/bin/sh", "-c", command.command],
+        cwd=cwd,
+        env={**base, **env},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, so a timeout kills its children too
+    )
+    assert process.stdout is not None and process.stderr is not None
+    deadline = time.monotonic() + command.timeout_seconds if command.timeout_seconds else None
+    selector = selectors.DefaultSelector()
+    buffers = {"stdout": b"", "stderr": b""}
+    selector.register(process.stdout, selectors.EVENT_READ, "stdout")
+    selector.register(process.stderr, selectors.EVENT_READ, "stderr")
+    tail: list[str] = []
+
+    def emit(stream: str, raw: bytes) -> None:
+        text = raw.decode("utf-8", errors="replace").rstrip("\r")
+        tail.append(text)
+        del tail[:-20]
+        on_line(stream, text)
+
+    try:
+        while selector.get_map():
+            if deadline is not None and time.monotonic() > deadline:
+                os.killpg(process.pid, signal.SIGKILL)
+                raise CommandTimedOut(
+                    f"Build command `{command.command}` timed out after {command.timeout_seconds} s"
+                )
+            check_cancelled()
+            for key, _ in selector.select(timeout=0.5):
+                stream = str(key.data)
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    if buffers[stream]:
+                        emit(stream, buffers[stream])
+                        buffers[stream] = b""
+                    continue
+                buffers[stream] += chunk
+                *lines, buffers[stream] = buffers[stream].split(b"\n")
+                for line in lines:
+                    emit(stream, line)
+        exit_code = process.wait()
+    except BaseException:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        raise
+    finally:
+        selector.close()
+        process.stdout.close()
+        process.stderr.close()
+    if exit_code != 0 and command.halt_on_error:
+        raise CommandFailed(command.command, exit_code, tail)
+    return exit_code
+
+
+def restore_cache(spec: BuildSpec, root: Path, log: LineSink) -> None:
+    if spec.skip_cache or not spec.cache_paths:
+        return
+    for raw in spec.cache_paths:
+        path = validate_relative_path(raw, "cache_paths")
+        source = spec.cache_dir / path
+        if not source.exists():
+            continue
+        target = root / path
+        if target.exists() or target.is_symlink():
+            continue  # the repository has it: the revision wins over the cache
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir() and not source.is_symlink():
+            shutil.copytree(source, target, symlinks=True)
+        else:
+            shutil.copy2(source, target, follow_symlinks=False)
+        log("system", f"Restored {path} from the build cache")
+
+
+def save_cache(spec: BuildSpec, root: Path, log: LineSink) -> None:
+    if not spec.cache_paths:
+        return
+    for raw in spec.cache_paths:
+        path = validate_relative_path(raw, "cache_paths")
+        source = root / path
+        target = spec.cache_dir / path
+        if not source.exists():
+            continue
+        staging = target.with_name(target.name + ".saving")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir() and not source.is_symlink():
+            shutil.copytree(source, staging, symlinks=True)
+        else:
+            shutil.copy2(source, staging, follow_symlinks=False)
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        staging.rename(target)
+        log("system", f"Saved {path} to the build cache")
+
+
+def build(
+    spec: BuildSpec,
+    *,
+    mirror: Mirror,
+    sha: str,
+    changed: Sequence[str] | None,
+    log: LineSink,
+    check_cancelled: Callable[[], None] = lambda: None,
+    step: Callable[[str], object] | None = None,
+) -> BuildOutput:
+    """Export exactly ``sha`` into the workspace, run the build commands, hash the output."""
+    root = spec.workspace_dir
+    mirror.export(sha, root, spec.subdirectory or None)
+    if spec.build_commands and not spec.skip_build:
+        restore_cache(spec, root, log)
+        for command in spec.build_commands:
+            check_cancelled()
+            label = command.description or command.command
+            if not command.wanted(changed):
+                log("system", f"Skipped `{label}`: no changed file matches {', '.join(command.watch_globs)}")
+                continue
+            log("system", f"$ {command.command}")
+            exit_code = run_local_command(
+                command, cwd=root, env=spec.build_env, on_line=log, check_cancelled=check_cancelled
+            )
+            if exit_code != 0:
+                log("system", f"`{label}` exited with {exit_code}; going on (halt on error is off)")
+        save_cache(spec, root, log)
+    elif spec.skip_build and spec.build_commands:
+        log("system", "Build commands skipped for this deployment")
+    manifest = Manifest.build(root, exclude_rules(spec, root))
+    return BuildOutput(revision=sha, root=root, manifest=manifest)
+
+
+def check_subdirectory(value: str) -> str:
+    if not value:
+        return value
+    try:
+        return validate_relative_path(value, "subdirectory")
+    except InvalidInput:
+        raise

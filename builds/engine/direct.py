@@ -1,0 +1,238 @@
+"""Direct mode: files uploaded in place over SFTP (atomic off, or SFTP-only servers).
+
+There is no release directory and no switch: added and modified files are written next to
+their final name and renamed over it one by one, deleted files are removed, and the manifest
+is kept in ``<deploy_path>/.slipway-manifest.json`` for the next change set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+import stat
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import paramiko
+
+from builds.engine import release
+from builds.engine.errors import DiskFull, LockHeld, PermissionDenied, TransferFailed, UserError
+from builds.engine.manifest import Manifest, diff
+from builds.engine.variables import substitute
+
+if TYPE_CHECKING:
+    from builds.engine.build import BuildOutput
+    from builds.engine.pipeline import DeploySpec, Reporter, ServerResult, ServerSpec
+    from builds.engine.ssh import Connection
+
+MANIFEST_FILE = ".slipway-manifest.json"
+LOCK_DIR = ".slipway-lock"
+# Files in flight at once: each has its own SFTP channel on the one connection.
+PARALLEL_FILES = 4
+
+
+def _sftp_error(exc: OSError | IOError, path: str, host: str) -> Exception:
+    code = getattr(exc, "errno", None)
+    message = str(exc)
+    if code == 13 or "Permission denied" in message:
+        return PermissionDenied(f"Permission denied writing {path} on {host}")
+    if code == 28 or "No space left" in message or "Failure" == message:
+        return DiskFull(f"Could not write {path} on {host}: {message or 'the disk may be full'}")
+    return TransferFailed(f"Could not write {path} on {host}: {message}")
+
+
+def deliver(
+    spec: DeploySpec,
+    server: ServerSpec,
+    output: BuildOutput,
+    reporter: Reporter,
+    connection: Connection,
+    result: ServerResult,
+) -> None:
+    from builds.engine.pipeline import (
+        STAGE_AFTER_SWITCH,
+        STAGE_BEFORE_SWITCH,
+        STAGE_BEFORE_TRANSFER,
+        run_commands,
+    )
+
+    root = release.validate_deploy_path(server.deploy_path)
+    host = connection.endpoint.address
+    sftp = connection.sftp()
+    _makedirs(sftp, root)
+    lock = posixpath.join(root, LOCK_DIR)
+    try:
+        sftp.mkdir(lock)
+    except OSError:
+        raise LockHeld(f"{root} on {host} is locked by another deployment (remove {lock} if nothing is deploying)") from None
+    try:
+        variables = {
+            "release_path": root,
+            "shared_path": root,
+            "current_path": root,
+            "deploy_path": root,
+            "startrev": server.live_revision or "",
+            "endrev": output.revision,
+            "branch": spec.branch,
+            "environment": server.environment,
+            "deployer": spec.deployer,
+            "project": spec.project,
+            "server": server.name,
+            "release": output.revision[:7],
+        }
+        can_run = server.shell
+
+        def commands(stage: str) -> None:
+            if can_run:
+                run_commands(connection, spec.commands, stage=stage, server=server, workdir=root, variables=variables, env=spec.server_env, reporter=reporter)
+
+        commands(STAGE_BEFORE_TRANSFER)
+        with reporter.step("transfer", server.id):
+            old = None if spec.full else _remote_manifest(sftp, root) or server.live_manifest
+            changes = diff(old, output.manifest)
+            result.changes = changes
+            reporter.log("system", f"{len(changes.added)} added, {len(changes.modified)} modified, {len(changes.deleted)} deleted; {changes.bytes_to_send} bytes to send (in place)", server.id)
+            _apply(connection, sftp, root, output, changes.paths_to_send, changes.deleted, reporter, server.id)
+            for config in spec.config_files:
+                if config.server_ids and server.id not in config.server_ids:
+                    continue
+                path = release.validate_relative_path(config.path, "config_files")
+                _put_bytes(sftp, posixpath.join(root, path), substitute(config.body, variables).encode(), 0o644, host)
+            _put_bytes(sftp, posixpath.join(root, MANIFEST_FILE), output.manifest.to_json(), 0o600, host)
+        result.manifest = output.manifest
+        # No release directory in place mode; the name records the revision that went live.
+        result.release = release.release_name(output.revision, spec.started_at)
+        commands(STAGE_BEFORE_SWITCH)
+        commands(STAGE_AFTER_SWITCH)
+    finally:
+        with contextlib.suppress(OSError):
+            sftp.rmdir(lock)
+
+
+def _remote_manifest(sftp: paramiko.SFTPClient, root: str) -> Manifest | None:
+    try:
+        with sftp.open(posixpath.join(root, MANIFEST_FILE), "rb") as handle:
+            return Manifest.from_json(handle.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _makedirs(sftp: paramiko.SFTPClient, path: str) -> None:
+    parts = [part for part in path.split("/") if part]
+    current = ""
+    for part in parts:
+        current += "/" + part
+        try:
+            sftp.stat(current)
+        except OSError:
+            with contextlib.suppress(OSError):
+                sftp.mkdir(current)
+
+
+def _put_bytes(sftp: paramiko.SFTPClient, path: str, body: bytes, mode: int, host: str) -> None:
+    _makedirs(sftp, posixpath.dirname(path))
+    temporary = f"{path}.slipway-tmp"
+    try:
+        with sftp.open(temporary, "wb") as handle:
+            handle.set_pipelined(True)
+            handle.write(body)
+        sftp.chmod(temporary, mode)
+        sftp.posix_rename(temporary, path)
+    except OSError as exc:
+        raise _sftp_error(exc, path, host) from exc
+
+
+def _apply(
+    connection: Connection,
+    sftp: paramiko.SFTPClient,
+    root: str,
+    output: BuildOutput,
+    send: Sequence[str],
+    deleted: Sequence[str],
+    reporter: Reporter,
+    server_id: int,
+) -> None:
+    host = connection.endpoint.address
+    manifest = output.manifest
+    # Deletions first (deepest first), so a path that changed kind can be recreated.
+    for path in sorted(deleted, key=lambda p: p.count("/"), reverse=True):
+        remote = posixpath.join(root, path)
+        try:
+            info = sftp.lstat(remote)
+            if stat.S_ISDIR(info.st_mode or 0):
+                sftp.rmdir(remote)
+            else:
+                sftp.remove(remote)
+        except OSError:
+            pass  # already gone, or a folder someone filled: left alone
+    folders = sorted({posixpath.dirname(p) for p in send if posixpath.dirname(p)} | {p for p in send if manifest[p].kind == "dir"})
+    for folder in folders:
+        _makedirs(sftp, posixpath.join(root, folder))
+    files = [p for p in send if manifest[p].kind == "file"]
+    links = [p for p in send if manifest[p].kind == "symlink"]
+    for path in links:
+        remote = posixpath.join(root, path)
+        with contextlib.suppress(OSError):
+            sftp.remove(remote)
+        target = (output.root / path).readlink().as_posix()
+        sftp.symlink(target, remote)
+    total_bytes = sum(manifest[p].size for p in files)
+    done = {"files": 0, "bytes": 0}
+    lock = threading.Lock()
+    local = threading.local()
+    clients: list[paramiko.SFTPClient] = []
+    last_report = [0.0]
+
+    def client() -> paramiko.SFTPClient:
+        if not hasattr(local, "sftp"):
+            local.sftp = connection.new_sftp()
+            with lock:
+                clients.append(local.sftp)
+        return local.sftp  # type: ignore[no-any-return]
+
+    def upload(path: str) -> None:
+        entry = manifest[path]
+        remote = posixpath.join(root, path)
+        temporary = f"{remote}.slipway-tmp"
+        channel = client()
+        try:
+            with open(output.root / path, "rb") as source, channel.open(temporary, "wb") as handle:
+                handle.set_pipelined(True)
+                while chunk := source.read(256 * 1024):
+                    handle.write(chunk)
+            channel.chmod(temporary, entry.mode)
+            channel.posix_rename(temporary, remote)
+        except OSError as exc:
+            raise _sftp_error(exc, path, host) from exc
+        with lock:
+            done["files"] += 1
+            done["bytes"] += entry.size
+            now = time.monotonic()
+            if now - last_report[0] > 0.25 or done["files"] == len(files):
+                last_report[0] = now
+                reporter.progress(server_id, done["files"], len(files), done["bytes"], total_bytes)
+
+    try:
+        with ThreadPoolExecutor(max_workers=PARALLEL_FILES) as pool:
+            for future in [pool.submit(upload, path) for path in files]:
+                reporter.check_cancelled()
+                future.result()
+        for path in send:
+            if manifest[path].kind == "dir":
+                with contextlib.suppress(OSError):
+                    sftp.chmod(posixpath.join(root, path), manifest[path].mode)
+    except (paramiko.SSHException, EOFError) as exc:
+        raise TransferFailed(f"The connection to {host} was lost during the upload: {exc}") from exc
+    finally:
+        for channel in clients:
+            with contextlib.suppress(Exception):
+                channel.close()
+    if not files and not links and not deleted:
+        reporter.log("system", "Nothing changed", server_id)
+
+
+def describe_error(exc: Exception) -> UserError:
+    return exc if isinstance(exc, UserError) else TransferFailed(str(exc))

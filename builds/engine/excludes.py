@@ -1,0 +1,162 @@
+"""Excluded files: paths of the build that are never uploaded (DeployHQ semantics).
+
+Each rule is a glob relative to the build root, in the spirit of .gitignore:
+
+- ``*`` and ``?`` stay inside one path segment, ``**`` spans segments
+  (``**/foo``, ``foo/**``, ``a/**/b``);
+- a rule matching a folder excludes everything under it; a trailing ``/`` matches folders only;
+- a leading ``/`` (or any ``/`` inside the rule) anchors it at the root, while a rule without
+  ``/`` matches a name at any depth (``*.log`` excludes ``a/b/c.log``);
+- ``!rule`` includes again, and the last matching rule wins. Unlike .gitignore, a file can be
+  included again inside an excluded folder (``vendor/`` then ``!vendor/keep.php``), which is
+  what people writing deploy rules expect.
+
+``.deployignore`` itself is always excluded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+DEPLOYIGNORE = ".deployignore"
+
+
+@dataclass(frozen=True)
+class ExcludeRule:
+    pattern: str
+    negated: bool
+    folders_only: bool
+    regex: str
+
+
+def parse_rule(line: str) -> ExcludeRule | None:
+    """Turn one line into a rule; None for blank lines and comments."""
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return None
+    negated = text.startswith("!")
+    # "\#" and "\!" stand for a literal leading # or !.
+    if negated or text.startswith(("\\#", "\\!")):
+        text = text[1:]
+    folders_only = text.endswith("/")
+    body = text.strip("/") if folders_only else text.lstrip("/")
+    if not body:
+        return None
+    anchored = "/" in text.rstrip("/")
+    regex = _glob_to_regex(body)
+    if not anchored:
+        regex = "(?:.*/)?" + regex
+    return ExcludeRule(
+        pattern=line.strip(), negated=negated, folders_only=folders_only, regex=regex
+    )
+
+
+def _glob_to_regex(glob: str) -> str:
+    segments = glob.split("/")
+    pieces: list[str] = []
+    for index, segment in enumerate(segments):
+        is_last = index == len(segments) - 1
+        if segment == "**":
+            # "a/**/b" matches a/b too, and a trailing "/**" means "anything inside".
+            pieces.append(".*" if is_last else "(?:.*/)?")
+            continue
+        pieces.append(_segment_to_regex(segment) + ("" if is_last else "/"))
+    return "".join(pieces)
+
+
+def _segment_to_regex(segment: str) -> str:
+    regex: list[str] = []
+    index = 0
+    while index < len(segment):
+        character = segment[index]
+        if character == "*":
+            while index + 1 < len(segment) and segment[index + 1] == "*":
+                index += 1
+            regex.append("[^/]*")
+        elif character == "?":
+            regex.append("[^/]")
+        elif character == "[" and (end := _class_end(segment, index)) != -1:
+            regex.append(_class_to_regex(segment[index + 1 : end]))
+            index = end
+        elif character == "\\" and index + 1 < len(segment):
+            index += 1
+            regex.append(re.escape(segment[index]))
+        else:
+            regex.append(re.escape(character))
+        index += 1
+    return "".join(regex)
+
+
+def _class_end(segment: str, start: int) -> int:
+    index = start + 1
+    if index < len(segment) and segment[index] in "!^":
+        index += 1
+    if index < len(segment) and segment[index] == "]":
+        index += 1
+    return segment.find("]", index)
+
+
+def _class_to_regex(body: str) -> str:
+    negated = body[:1] in ("!", "^")
+    if negated:
+        body = body[1:]
+    escaped = body.replace("\\", "\\\\").replace("[", "\\[")
+    return f"[^/{escaped}]" if negated else f"[{escaped}]"
+
+
+class ExcludeRules:
+    """An ordered set of rules, compiled into two regexes (one pass per path)."""
+
+    def __init__(self, rules: Iterable[ExcludeRule]) -> None:
+        self.rules: tuple[ExcludeRule, ...] = tuple(rules)
+        self.has_negations = any(rule.negated for rule in self.rules)
+        # Alternatives are tried in order, so listing the rules last-first makes the first
+        # alternative that matches the whole path the last rule that matches it.
+        newest_first = list(reversed(self.rules))
+        self._rule_for_group = newest_first
+        self._files = _compile_alternatives(
+            rule.regex + ("/.+" if rule.folders_only else "(?:/.*)?") for rule in newest_first
+        )
+        self._folders = _compile_alternatives(rule.regex + "(?:/.*)?" for rule in newest_first)
+
+    @classmethod
+    def from_lines(cls, lines: Iterable[str]) -> ExcludeRules:
+        return cls(rule for line in lines if (rule := parse_rule(line)) is not None)
+
+    def excludes(self, path: str, *, is_dir: bool = False) -> bool:
+        """True when ``path`` (relative to the build root, ``/``-separated) is left out."""
+        path = path.strip("/")
+        if path == DEPLOYIGNORE:
+            return True
+        compiled = self._folders if is_dir else self._files
+        if compiled is None:
+            return False
+        match = compiled.fullmatch(path)
+        if match is None or match.lastindex is None:
+            return False
+        return not self._rule_for_group[match.lastindex - 1].negated
+
+    def filter(self, paths: Iterable[str]) -> list[str]:
+        """The paths that are deployed (those no rule excludes), in their original order."""
+        return [path for path in paths if not self.excludes(path)]
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+
+def _compile_alternatives(regexes: Iterable[str]) -> re.Pattern[str] | None:
+    alternatives = [f"({regex})" for regex in regexes]
+    if not alternatives:
+        return None
+    return re.compile("|".join(alternatives), re.DOTALL)
+
+
+def load_deployignore(root: Path) -> list[str]:
+    """The lines of the ``.deployignore`` committed at the build root ([] when there is none)."""
+    path = root / DEPLOYIGNORE
+    if path.is_symlink() or not path.is_file():
+        return []
+    return path.read_text(encoding="utf-8", errors="replace").splitlines()

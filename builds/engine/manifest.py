@@ -1,0 +1,374 @@
+"""What a build contains, what changed since the last deploy, and the archive that carries it.
+
+A manifest lists every deployable file and symlink of a build with its size, permission bits
+and SHA-256, plus the empty folders (so they are created too); other folders are implied by
+the paths under them. Comparing the manifest of the release on a server with the new one
+gives the change set, and only the added and modified entries travel, as a gzipped tar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import tarfile
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from builds.engine.errors import InternalError
+from builds.engine.excludes import ExcludeRules
+
+EntryKind = Literal["file", "symlink", "dir"]
+ENTRY_KINDS: tuple[EntryKind, ...] = ("file", "symlink", "dir")
+MANIFEST_FORMAT_VERSION = 1
+
+_HASH_CHUNK_BYTES = 1024 * 1024
+_READ_CHUNK_BYTES = 256 * 1024
+TAR_CHUNK_BYTES = 256 * 1024
+# Measured on 5,000 files / 53 MB of mixed source, bytecode and shared libraries: level 1
+# streams at ~44 MB/s (ratio 0.345), level 3 at ~32 MB/s (0.327), level 6 at ~16 MB/s (0.302).
+# zlib itself tops out at ~53 MB/s at level 1 on that machine, so the compressor, not the
+# network, is the bottleneck on a LAN or loopback and the cheapest level wins.
+DEFAULT_COMPRESSLEVEL = 1
+_TAR_BLOCK = tarfile.BLOCKSIZE
+_TAR_RECORD = tarfile.RECORDSIZE
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One path of a build. ``digest`` hashes the content (files) or the link target."""
+
+    path: str
+    kind: EntryKind
+    size: int
+    mode: int
+    digest: str
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == "dir"
+
+
+class Manifest(Mapping[str, Entry]):
+    """Path -> Entry for one build, paths relative to the build root with ``/``."""
+
+    def __init__(self, entries: Iterable[Entry] = ()) -> None:
+        self._entries: dict[str, Entry] = {
+            entry.path: entry for entry in sorted(entries, key=lambda entry: entry.path)
+        }
+
+    def __getitem__(self, path: str) -> Entry:
+        return self._entries[path]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"<Manifest {len(self)} entries, {self.total_bytes} bytes>"
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of file content in the build."""
+        return sum(entry.size for entry in self._entries.values() if entry.kind == "file")
+
+    def implied_dirs(self) -> set[str]:
+        """Every folder that holds an entry (the parents of each path)."""
+        return _parents_of(self._entries)
+
+    @classmethod
+    def build(cls, root: Path, rules: ExcludeRules | None = None) -> Manifest:
+        """Walk ``root`` (never following symlinks) and hash what the rules let through.
+
+        With ``rules=None`` nothing is excluded, not even ``.deployignore``.
+        """
+        return cls(_walk(root, rules))
+
+    def to_json(self) -> bytes:
+        """Compact, sorted, stable JSON; ASCII so undecodable file names survive the trip."""
+        document = {
+            "version": MANIFEST_FORMAT_VERSION,
+            "fields": ["path", "kind", "size", "mode", "digest"],
+            "entries": [
+                [entry.path, entry.kind, entry.size, entry.mode, entry.digest]
+                for entry in self._entries.values()
+            ],
+        }
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest:
+        try:
+            document = json.loads(data)
+        except ValueError as error:
+            raise InternalError(f"Unreadable manifest: {error}") from error
+        version = document.get("version") if isinstance(document, dict) else None
+        if version != MANIFEST_FORMAT_VERSION or not isinstance(document.get("entries"), list):
+            raise InternalError(f"Unsupported manifest format (version {version!r}).")
+        return cls(_entry_from_row(row) for row in document["entries"])
+
+
+def _entry_from_row(row: object) -> Entry:
+    if not isinstance(row, list) or len(row) != 5:
+        raise InternalError(f"Malformed manifest entry: {row!r}")
+    path, kind, size, mode, digest = row
+    if (
+        not isinstance(path, str)
+        or kind not in ENTRY_KINDS
+        or not isinstance(size, int)
+        or not isinstance(mode, int)
+        or not isinstance(digest, str)
+    ):
+        raise InternalError(f"Malformed manifest entry: {row!r}")
+    return Entry(path=path, kind=kind, size=size, mode=mode, digest=digest)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _walk(root: Path, rules: ExcludeRules | None) -> list[Entry]:
+    # Folders excluded as a whole are skipped without being read, unless a "!rule" could
+    # bring something inside them back.
+    prune_excluded_folders = rules is not None and not rules.has_negations
+    entries: list[Entry] = []
+    kept_folders: list[Entry] = []
+    pending: list[tuple[str, str]] = [(os.fspath(root), "")]
+    while pending:
+        directory, prefix = pending.pop()
+        with os.scandir(directory) as scanner:
+            children = list(scanner)
+        for child in children:
+            relative = prefix + child.name
+            if child.is_dir(follow_symlinks=False):
+                excluded = rules is not None and rules.excludes(relative, is_dir=True)
+                if not excluded:
+                    kept_folders.append(_folder_entry(child, relative))
+                if not (excluded and prune_excluded_folders):
+                    pending.append((child.path, relative + "/"))
+            elif rules is None or not rules.excludes(relative):
+                entry = _entry_for(child, relative)
+                if entry is not None:
+                    entries.append(entry)
+    return entries + _folders_left_empty(kept_folders, entries)
+
+
+def _folders_left_empty(folders: list[Entry], entries: list[Entry]) -> list[Entry]:
+    """The kept folders that no entry implies (empty, or emptied by the rules).
+
+    Only the deepest of them are listed: "a/b" already implies "a".
+    """
+    implied = _parents_of(entry.path for entry in entries)
+    empty = [folder for folder in folders if folder.path not in implied]
+    implied_by_empty = _parents_of(folder.path for folder in empty)
+    return [folder for folder in empty if folder.path not in implied_by_empty]
+
+
+def _parents_of(paths: Iterable[str]) -> set[str]:
+    parents: set[str] = set()
+    for path in paths:
+        parent = path.rpartition("/")[0]
+        while parent and parent not in parents:
+            parents.add(parent)
+            parent = parent.rpartition("/")[0]
+    return parents
+
+
+def _folder_entry(child: os.DirEntry[str], relative: str) -> Entry:
+    mode = stat.S_IMODE(child.stat(follow_symlinks=False).st_mode)
+    return Entry(path=relative, kind="dir", size=0, mode=mode, digest="")
+
+
+def _entry_for(child: os.DirEntry[str], relative: str) -> Entry | None:
+    status = child.stat(follow_symlinks=False)
+    mode = stat.S_IMODE(status.st_mode)
+    if stat.S_ISLNK(status.st_mode):
+        target = os.fsencode(os.readlink(child.path))
+        digest = hashlib.sha256(target).hexdigest()
+        return Entry(path=relative, kind="symlink", size=len(target), mode=mode, digest=digest)
+    if stat.S_ISREG(status.st_mode):
+        size, digest = _hash_file(child.path, status.st_size)
+        return Entry(path=relative, kind="file", size=size, mode=mode, digest=digest)
+    # Sockets, FIFOs and devices have no place in a release.
+    return None
+
+
+def _hash_file(path: str, expected_size: int) -> tuple[int, str]:
+    with open(path, "rb", buffering=0) as source:
+        if expected_size <= _HASH_CHUNK_BYTES:
+            content = source.read()
+            return len(content), hashlib.sha256(content).hexdigest()
+        digest = hashlib.sha256()
+        buffer = bytearray(_HASH_CHUNK_BYTES)
+        view = memoryview(buffer)
+        size = 0
+        while count := source.readinto(buffer):
+            digest.update(view[:count])
+            size += count
+        return size, digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- change sets
+
+
+@dataclass(frozen=True)
+class ChangeSet:
+    """How to turn the previous release into the new one.
+
+    ``deleted`` lists every vanished path, folders included (so no empty husk of a removed
+    folder survives in a release copied from the previous one). Apply it first, deepest path
+    first (reverse order) or recursively, then unpack ``added`` + ``modified``. A path that
+    turns from a folder into a file, or back, appears both in ``deleted`` and in ``added``.
+    """
+
+    added: list[str] = field(default_factory=list)
+    modified: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    bytes_to_send: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.added or self.modified or self.deleted)
+
+    @property
+    def paths_to_send(self) -> list[str]:
+        return sorted(self.added + self.modified)
+
+
+def diff(old: Manifest | None, new: Manifest) -> ChangeSet:
+    """Compare two manifests; ``old=None`` (first deploy) sends everything."""
+    if old is None:
+        return ChangeSet(added=list(new), bytes_to_send=new.total_bytes)
+    old_kinds = _kinds_including_implied_dirs(old)
+    new_kinds = _kinds_including_implied_dirs(new)
+    deleted = sorted(
+        path
+        for path, kind in old_kinds.items()
+        if path not in new_kinds or _is_dir(kind) != _is_dir(new_kinds[path])
+    )
+    added: list[str] = []
+    modified: list[str] = []
+    for path, entry in new.items():
+        previous = old_kinds.get(path)
+        if previous is None or _is_dir(previous) != entry.is_dir:
+            added.append(path)
+        elif path in old and old[path] != entry:
+            modified.append(path)
+    bytes_to_send = sum(new[path].size for path in added + modified if new[path].kind == "file")
+    return ChangeSet(added=added, modified=modified, deleted=deleted, bytes_to_send=bytes_to_send)
+
+
+def _kinds_including_implied_dirs(manifest: Manifest) -> dict[str, EntryKind]:
+    kinds: dict[str, EntryKind] = {path: "dir" for path in manifest.implied_dirs()}
+    kinds.update((path, entry.kind) for path, entry in manifest.items())
+    return kinds
+
+
+def _is_dir(kind: EntryKind) -> bool:
+    return kind == "dir"
+
+
+# --------------------------------------------------------------------------- tar stream
+
+
+def tar_stream(
+    root: Path,
+    paths: Sequence[str],
+    manifest: Manifest,
+    *,
+    compresslevel: int = DEFAULT_COMPRESSLEVEL,
+) -> Iterator[bytes]:
+    """Yield a gzipped tar of ``paths`` (read from ``root``) in ~256 KiB chunks, lazily.
+
+    Modes come from the manifest; owners are uid/gid 0 with empty names so that whoever
+    unpacks it owns the files (unpack as root with --no-same-owner). A file whose size or
+    kind no longer matches the manifest stops the stream with InternalError.
+    """
+    compressor = zlib.compressobj(compresslevel, zlib.DEFLATED, 31)  # 31: gzip wrapper
+    output = _ChunkBuffer()
+    written = 0
+    for path in paths:
+        if path not in manifest:
+            raise InternalError(f"{path} is not in the manifest.")
+        for piece in _member_pieces(root, manifest[path]):
+            written += len(piece)
+            output.append(compressor.compress(piece))
+            yield from output.full_chunks()
+    end_of_archive = bytes(2 * _TAR_BLOCK)
+    written += len(end_of_archive)
+    padding = bytes(-written % _TAR_RECORD)
+    output.append(compressor.compress(end_of_archive + padding))
+    output.append(compressor.flush())
+    yield from output.full_chunks()
+    yield from output.rest()
+
+
+class _ChunkBuffer:
+    def __init__(self) -> None:
+        self._pending = bytearray()
+
+    def append(self, data: bytes) -> None:
+        self._pending += data
+
+    def full_chunks(self) -> Iterator[bytes]:
+        while len(self._pending) >= TAR_CHUNK_BYTES:
+            chunk = bytes(self._pending[:TAR_CHUNK_BYTES])
+            del self._pending[:TAR_CHUNK_BYTES]
+            yield chunk
+
+    def rest(self) -> Iterator[bytes]:
+        if self._pending:
+            yield bytes(self._pending)
+            self._pending.clear()
+
+
+def _member_pieces(root: Path, entry: Entry) -> Iterator[bytes]:
+    source = os.path.join(root, entry.path)
+    status = os.lstat(source)
+    info = tarfile.TarInfo(entry.path)
+    info.mode = entry.mode
+    info.mtime = int(status.st_mtime)
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    if entry.kind == "dir":
+        _expect(stat.S_ISDIR(status.st_mode), entry)
+        info.type = tarfile.DIRTYPE
+        yield _header(info)
+    elif entry.kind == "symlink":
+        _expect(stat.S_ISLNK(status.st_mode), entry)
+        info.type = tarfile.SYMTYPE
+        info.linkname = os.readlink(source)
+        yield _header(info)
+    else:
+        _expect(stat.S_ISREG(status.st_mode) and status.st_size == entry.size, entry)
+        info.type = tarfile.REGTYPE
+        info.size = entry.size
+        yield _header(info)
+        yield from _file_content(source, entry)
+
+
+def _header(info: tarfile.TarInfo) -> bytes:
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def _file_content(source: str, entry: Entry) -> Iterator[bytes]:
+    remaining = entry.size
+    with open(source, "rb", buffering=0) as content:
+        while remaining > 0:
+            piece = content.read(min(_READ_CHUNK_BYTES, remaining))
+            if not piece:
+                raise InternalError(f"{entry.path} shrank while it was being sent.")
+            remaining -= len(piece)
+            yield piece
+    if entry.size % _TAR_BLOCK:
+        yield bytes(_TAR_BLOCK - entry.size % _TAR_BLOCK)
+
+
+def _expect(matches: bool, entry: Entry) -> None:
+    if not matches:
+        raise InternalError(f"{entry.path} changed after its manifest was built.")

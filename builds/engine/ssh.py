@@ -1,0 +1,639 @@
+"""The SSH transport: one pinned, authenticated connection per server per deployment.
+
+Host keys are pinned, never learnt: ``connect`` compares the key the server offers with the
+fingerprint stored for the server *before* it sends any credential, and refuses on a mismatch.
+Nothing is read from ``~/.ssh`` (no ``known_hosts``, no default keys) and no agent is asked;
+the only credentials used are the ones in the ``Endpoint``.
+
+Commands are strings handed unchanged to the remote user's shell (``sh -c`` semantics): callers
+quote every value they interpolate, with ``shlex.quote``.
+
+A ``Connection`` is used by one thread at a time; paramiko's own transport thread does the I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import contextlib
+import hashlib
+import hmac
+import io
+import select
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import paramiko
+
+from builds.engine.errors import (
+    AuthenticationRefused,
+    CommandFailed,
+    CommandTimedOut,
+    DiskFull,
+    EngineError,
+    HostKeyMismatch,
+    HostKeyNotTrusted,
+    HostUnreachable,
+    InvalidInput,
+    PermissionDenied,
+    TransferFailed,
+)
+
+#: Receives each output line as ``on_line(stream, text)``, stream being "stdout" or "stderr".
+LineCallback = Callable[[str, str], None]
+
+# A large receive window lets the server stream build output and tar listings without waiting
+# for a window adjustment every 2 MiB; paramiko's default (2 MiB) halves throughput on a WAN.
+TRANSPORT_WINDOW_SIZE = 8 * 1024 * 1024
+# What we accept per packet from the server; every SSH implementation must accept 32 KiB, and
+# paramiko reads larger packets fine, so fewer, bigger packets cost less Python per byte.
+TRANSPORT_MAX_PACKET_SIZE = 64 * 1024
+KEEPALIVE_INTERVAL_SECONDS = 15
+#: Lines of output kept for the error message of a failed command.
+TAIL_LINES = 20
+
+_READ_SIZE = 64 * 1024
+# While the server's window is full, send() gives up after this long so that we can read the
+# command's output meanwhile: a command blocked on writing stderr would otherwise never read
+# its stdin again, and both sides would wait for each other.
+_SEND_WAIT_SECONDS = 0.2
+# Wake-up period of the output loop even when nothing arrives, so a deadline is honoured and a
+# missed wake-up can never hang a deployment.
+_POLL_SECONDS = 1.0
+# A command printing megabytes without a newline (a binary, a progress bar) must not grow one
+# string without bound; longer runs are cut into several lines.
+_MAX_LINE_CHARS = 64 * 1024
+# stdout/stderr kept in CommandResult; on_line still sees every line beyond this.
+_CAPTURE_LIMIT_CHARS = 1024 * 1024
+# After a channel closes without an exit status, how long to let paramiko's transport thread
+# finish noticing that the whole connection is gone (it closes channels before it marks
+# itself inactive).
+_TRANSPORT_DEATH_GRACE_SECONDS = 0.5
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """The key's fingerprint exactly as ``ssh-keygen -l`` prints it: ``SHA256:<base64>``."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def format_address(hostname: str, port: int) -> str:
+    """``host:port``, with IPv6 literals bracketed so the port stays unambiguous."""
+    if ":" in hostname:
+        return f"[{hostname}]:{port}"
+    return f"{hostname}:{port}"
+
+
+@dataclass(frozen=True)
+class HostKey:
+    """The public key a server offered: what a user is asked to trust."""
+
+    key_type: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and as whom to connect. Secrets are kept out of ``repr`` (logs, tracebacks)."""
+
+    hostname: str
+    username: str
+    port: int = 22
+    private_key: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    #: The pinned ``SHA256:...`` fingerprint; None until a user has trusted the server's key.
+    host_key_fingerprint: str | None = None
+    connect_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.hostname.strip():
+            raise InvalidInput("hostname", "is empty")
+        if not self.username.strip():
+            raise InvalidInput("username", "is empty")
+        if not 1 <= self.port <= 65535:
+            raise InvalidInput("port", f"{self.port} is not between 1 and 65535")
+        if self.connect_timeout <= 0:
+            raise InvalidInput("connect_timeout", "must be positive")
+        pinned = self.host_key_fingerprint
+        if pinned is not None and not pinned.startswith("SHA256:"):
+            raise InvalidInput(
+                "host_key_fingerprint",
+                "must be a SHA256 fingerprint as `ssh-keygen -l` prints it (SHA256:...)",
+            )
+
+    @property
+    def address(self) -> str:
+        return format_address(self.hostname, self.port)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command: str
+    #: -1 when the server sent no exit status: the command was killed by a signal.
+    exit_code: int
+    #: Captured output, up to about a megabyte per stream (see ``truncated``).
+    stdout: str
+    stderr: str
+    #: The last lines of both streams, in arrival order.
+    tail: tuple[str, ...]
+    truncated: bool
+    duration: float
+
+
+def load_private_key(text: str) -> paramiko.PKey:
+    """Parse an unencrypted ed25519, ECDSA or RSA private key (OpenSSH or PEM text)."""
+    # Each paramiko key class only parses its own type, and the text does not always say
+    # which one it holds (the OpenSSH format names the type inside the base64 body).
+    key_classes: tuple[type[paramiko.PKey], ...] = (
+        paramiko.Ed25519Key,
+        paramiko.ECDSAKey,
+        paramiko.RSAKey,
+    )
+    for key_class in key_classes:
+        try:
+            return key_class.from_private_key(io.StringIO(text))
+        except paramiko.PasswordRequiredException:
+            raise InvalidInput(
+                "private_key", "is protected by a passphrase; give Slipway an unencrypted key"
+            ) from None
+        except (paramiko.SSHException, ValueError, TypeError, IndexError):
+            continue
+    raise InvalidInput(
+        "private_key", "is not an ed25519, ECDSA or RSA private key in OpenSSH or PEM format"
+    )
+
+
+def probe_host_key(hostname: str, port: int = 22, timeout: float = 10.0) -> HostKey:
+    """Which host key does the server offer? No credential is sent.
+
+    This is the "Test connection / Trust this key" step: show the result to the user, who
+    compares it with ``ssh-keygen -lf`` on the server, then pin it.
+    """
+    transport, host_key = _start_transport(hostname, port, timeout)
+    transport.close()
+    return host_key
+
+
+def connect(endpoint: Endpoint) -> Connection:
+    """Open the connection, check the pinned host key, then authenticate.
+
+    Raises HostUnreachable, HostKeyNotTrusted, HostKeyMismatch, AuthenticationRefused or
+    InvalidInput (an unreadable private key, found before any network traffic).
+    """
+    client_key = (
+        load_private_key(endpoint.private_key) if endpoint.private_key is not None else None
+    )
+    if client_key is None and endpoint.password is None:
+        raise InvalidInput("private_key", "is missing and no password is set either")
+
+    transport, host_key = _start_transport(
+        endpoint.hostname, endpoint.port, endpoint.connect_timeout
+    )
+    try:
+        _verify_host_key(endpoint, host_key)
+        _authenticate(transport, endpoint, client_key)
+        transport.set_keepalive(KEEPALIVE_INTERVAL_SECONDS)
+    except BaseException:
+        transport.close()
+        raise
+    return Connection(endpoint, transport, host_key)
+
+
+class Connection:
+    """An authenticated SSH connection; runs commands and hands out one SFTP client."""
+
+    def __init__(
+        self, endpoint: Endpoint, transport: paramiko.Transport, host_key: HostKey
+    ) -> None:
+        self.endpoint = endpoint
+        self.host_key = host_key
+        self._transport = transport
+        self._sftp: paramiko.SFTPClient | None = None
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.endpoint.username}@{self.endpoint.address}>"
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def is_active(self) -> bool:
+        return self._transport.is_active()
+
+    def run(
+        self,
+        command: str,
+        *,
+        on_line: LineCallback | None = None,
+        timeout: float | None = None,
+        stdin: bytes | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        """Run ``command`` (passed as-is to the remote shell: quote what you interpolate).
+
+        Output reaches ``on_line`` line by line as it arrives. The command's stdin is closed
+        after ``stdin`` is sent (at once when there is none), so it never waits for input.
+        On ``timeout`` the channel is closed and CommandTimedOut raised; the remote process
+        may outlive it unless the command limits itself (``timeout 60 ...``). With ``check``,
+        a non-zero exit raises CommandFailed, or DiskFull / PermissionDenied when stderr says
+        so. An exception raised by ``on_line`` (e.g. Cancelled) aborts the command.
+        """
+        chunks = [stdin] if stdin else []
+        return self._execute(
+            command, chunks, on_line=on_line, timeout=timeout, check=check, lost=self._lost
+        )
+
+    def run_streaming_stdin(
+        self,
+        command: str,
+        chunks: Iterable[bytes],
+        *,
+        on_line: LineCallback | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        """Feed ``chunks`` to ``command``'s stdin over one channel, e.g. a tar stream to ``tar -x``.
+
+        Chunks are pulled lazily, so a generator can compress while we send. Output is read
+        while sending. A connection lost at any point raises TransferFailed; otherwise this
+        behaves like ``run``.
+        """
+        return self._execute(
+            command,
+            chunks,
+            on_line=on_line,
+            timeout=timeout,
+            check=check,
+            lost=self._transfer_failed,
+        )
+
+    def sftp(self) -> paramiko.SFTPClient:
+        """The connection's SFTP client, opened on first use and reused afterwards."""
+        if self._sftp is None:
+            self._sftp = self.new_sftp()
+        return self._sftp
+
+    def new_sftp(self) -> paramiko.SFTPClient:
+        """A further SFTP client on its own channel (one per thread: a client is not
+        thread-safe). The caller closes it."""
+        try:
+            client = paramiko.SFTPClient.from_transport(self._transport)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise self._lost(f"could not open an SFTP session: {exc}") from exc
+        if client is None:
+            raise self._lost("could not open an SFTP session")
+        return client
+
+    def close(self) -> None:
+        """Close the SFTP client and the connection; safe to call twice or on a dead one."""
+        if self._sftp is not None:
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                self._sftp.close()
+            self._sftp = None
+        self._transport.close()
+
+    # -- running commands -------------------------------------------------------------------
+
+    def _execute(
+        self,
+        command: str,
+        chunks: Iterable[bytes],
+        *,
+        on_line: LineCallback | None,
+        timeout: float | None,
+        check: bool,
+        lost: Callable[[str], EngineError],
+    ) -> CommandResult:
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        output = _OutputCollector(on_line)
+        try:
+            channel = self._transport.open_session(timeout=self.endpoint.connect_timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise lost(f"could not start `{command}`: {exc}") from exc
+        try:
+            channel.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            _close_quietly(channel)
+            raise lost(f"could not start `{command}`: {exc}") from exc
+
+        try:
+            self._send_input(channel, chunks, output, deadline, command, timeout)
+            self._read_until_eof(channel, output, deadline, command, timeout)
+            exit_code = self._wait_for_exit_status(channel, deadline, command, timeout)
+        finally:
+            _close_quietly(channel)
+        output.finish()
+
+        if exit_code == -1 and self._connection_lost():
+            raise lost(f"the connection was lost while running `{command}`")
+        result = CommandResult(
+            command=command,
+            exit_code=exit_code,
+            stdout=output.captured("stdout"),
+            stderr=output.captured("stderr"),
+            tail=tuple(text for _stream, text in output.tail),
+            truncated=output.truncated,
+            duration=time.monotonic() - started,
+        )
+        if check and exit_code != 0:
+            failure = CommandFailed(command, exit_code, list(result.tail))
+            stderr_tail = [text for stream, text in output.tail if stream == "stderr"]
+            raise classify_command_failure(failure, stderr_tail, self.endpoint.address)
+        return result
+
+    def _send_input(
+        self,
+        channel: paramiko.Channel,
+        chunks: Iterable[bytes],
+        output: _OutputCollector,
+        deadline: float | None,
+        command: str,
+        timeout: float | None,
+    ) -> None:
+        channel.settimeout(_SEND_WAIT_SECONDS)
+        for chunk in chunks:
+            remaining = memoryview(chunk)
+            while remaining:
+                _check_deadline(deadline, command, timeout, self.endpoint.address)
+                try:
+                    sent = channel.send(bytes(remaining[:_READ_SIZE]))
+                except TimeoutError:
+                    # The server's window is full: read output meanwhile (see _SEND_WAIT_SECONDS).
+                    output.drain(channel)
+                    continue
+                except (OSError, EOFError, paramiko.SSHException):
+                    # The channel is closed (the command exited early) or the connection died
+                    # (paramiko writes to the socket from this thread, hence EOFError); the
+                    # exit status, or its absence, tells which.
+                    return
+                if sent == 0:
+                    return
+                remaining = remaining[sent:]
+                output.drain(channel)
+        try:
+            channel.shutdown_write()
+        except (paramiko.SSHException, OSError, EOFError):
+            return
+
+    def _read_until_eof(
+        self,
+        channel: paramiko.Channel,
+        output: _OutputCollector,
+        deadline: float | None,
+        command: str,
+        timeout: float | None,
+    ) -> None:
+        # The server sends EOF after the last byte of output, and paramiko handles messages in
+        # order, so once EOF is seen one more drain collects everything.
+        wake_fd = channel.fileno()
+        while True:
+            finished = bool(channel.eof_received) or channel.closed
+            output.drain(channel)
+            if finished:
+                return
+            _check_deadline(deadline, command, timeout, self.endpoint.address)
+            select.select([wake_fd], [], [], _wait_seconds(deadline))
+
+    def _wait_for_exit_status(
+        self,
+        channel: paramiko.Channel,
+        deadline: float | None,
+        command: str,
+        timeout: float | None,
+    ) -> int:
+        # status_event is also set when the channel closes, so this cannot wait forever on a
+        # dead connection.
+        while not channel.status_event.wait(_wait_seconds(deadline)):
+            _check_deadline(deadline, command, timeout, self.endpoint.address)
+        return channel.exit_status
+
+    def _connection_lost(self) -> bool:
+        if self._transport.is_active():
+            # paramiko closes the channels of a dying transport before marking it inactive.
+            self._transport.join(_TRANSPORT_DEATH_GRACE_SECONDS)
+        return not self._transport.is_active()
+
+    def _lost(self, reason: str) -> EngineError:
+        return HostUnreachable(f"{self.endpoint.address}: {reason}")
+
+    def _transfer_failed(self, reason: str) -> EngineError:
+        return TransferFailed(f"Transfer to {self.endpoint.address} failed: {reason}")
+
+
+def classify_command_failure(
+    failure: CommandFailed, stderr_lines: Iterable[str], address: str
+) -> EngineError:
+    """Turn a failure whose stderr names a well-known cause into that cause's error.
+
+    "No space left on device" and "Permission denied" are what the user has to fix on the
+    server, so they get their own error codes; the command and its tail stay in the message.
+    """
+    stderr_text = "\n".join(stderr_lines)
+    if "No space left on device" in stderr_text:
+        return DiskFull(f"The disk is full on {address}. {failure}")
+    if "Permission denied" in stderr_text:
+        return PermissionDenied(f"Permission denied on {address}. {failure}")
+    return failure
+
+
+def _close_quietly(channel: paramiko.Channel) -> None:
+    # Closing sends a message; on a dead connection that raises, and must not hide the error
+    # that brought us here.
+    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+        channel.close()
+
+
+def _wait_seconds(deadline: float | None) -> float:
+    if deadline is None:
+        return _POLL_SECONDS
+    return max(0.0, min(_POLL_SECONDS, deadline - time.monotonic()))
+
+
+def _check_deadline(
+    deadline: float | None, command: str, timeout: float | None, address: str
+) -> None:
+    if deadline is not None and time.monotonic() >= deadline:
+        raise CommandTimedOut(f"`{command}` on {address} did not finish within {timeout:g} s")
+
+
+class _LineSplitter:
+    """Bytes in, complete lines out; a UTF-8 character cut between two reads stays whole."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = ""
+
+    def feed(self, data: bytes) -> list[str]:
+        *lines, self._partial = (self._partial + self._decoder.decode(data)).split("\n")
+        while len(self._partial) > _MAX_LINE_CHARS:
+            lines.append(self._partial[:_MAX_LINE_CHARS])
+            self._partial = self._partial[_MAX_LINE_CHARS:]
+        return [line.removesuffix("\r") for line in lines]
+
+    def finish(self) -> list[str]:
+        rest = self._partial + self._decoder.decode(b"", final=True)
+        self._partial = ""
+        return [rest.removesuffix("\r")] if rest else []
+
+
+class _OutputCollector:
+    def __init__(self, on_line: LineCallback | None) -> None:
+        self._on_line = on_line
+        self._splitters = {"stdout": _LineSplitter(), "stderr": _LineSplitter()}
+        self._captured: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._captured_chars = {"stdout": 0, "stderr": 0}
+        self.truncated = False
+        self.tail: deque[tuple[str, str]] = deque(maxlen=TAIL_LINES)
+
+    def drain(self, channel: paramiko.Channel) -> None:
+        while channel.recv_ready():
+            data = channel.recv(_READ_SIZE)
+            if not data:
+                break
+            self._feed("stdout", data)
+        while channel.recv_stderr_ready():
+            data = channel.recv_stderr(_READ_SIZE)
+            if not data:
+                break
+            self._feed("stderr", data)
+
+    def finish(self) -> None:
+        for stream, splitter in self._splitters.items():
+            for line in splitter.finish():
+                self._emit(stream, line)
+
+    def captured(self, stream: str) -> str:
+        return "\n".join(self._captured[stream])
+
+    def _feed(self, stream: str, data: bytes) -> None:
+        for line in self._splitters[stream].feed(data):
+            self._emit(stream, line)
+
+    def _emit(self, stream: str, line: str) -> None:
+        self.tail.append((stream, line))
+        if self._captured_chars[stream] + len(line) <= _CAPTURE_LIMIT_CHARS:
+            self._captured[stream].append(line)
+            self._captured_chars[stream] += len(line) + 1
+        else:
+            self.truncated = True
+        if self._on_line is not None:
+            self._on_line(stream, line)
+
+
+# -- opening the transport --------------------------------------------------------------------
+
+
+def _start_transport(
+    hostname: str, port: int, timeout: float
+) -> tuple[paramiko.Transport, HostKey]:
+    """TCP connect and SSH key exchange, up to (not including) authentication."""
+    address = format_address(hostname, port)
+    sock = _open_socket(hostname, port, timeout)
+    transport = paramiko.Transport(
+        sock,
+        default_window_size=TRANSPORT_WINDOW_SIZE,
+        default_max_packet_size=TRANSPORT_MAX_PACKET_SIZE,
+    )
+    # The tar stream is compressed before it reaches us; compressing again costs CPU only.
+    transport.use_compression(compress=False)
+    transport.banner_timeout = timeout
+    transport.handshake_timeout = timeout
+    transport.auth_timeout = timeout
+    negotiated = threading.Event()
+    try:
+        transport.start_client(event=negotiated, timeout=timeout)
+        if not negotiated.wait(timeout):
+            raise HostUnreachable(
+                f"{address} did not complete the SSH handshake within {timeout:g} s"
+            )
+        if not transport.is_active():
+            reason = transport.get_exception() or "the server closed the connection"
+            raise HostUnreachable(
+                f"SSH handshake with {address} failed (timeout {timeout:g} s): {reason}"
+            )
+        server_key = transport.get_remote_server_key()
+    except BaseException:
+        transport.close()
+        raise
+    return transport, HostKey(key_type=server_key.get_name(), fingerprint=fingerprint(server_key))
+
+
+def _open_socket(hostname: str, port: int, timeout: float) -> socket.socket:
+    address = format_address(hostname, port)
+    try:
+        sock = socket.create_connection((hostname, port), timeout=timeout)
+    except socket.gaierror as exc:
+        raise HostUnreachable(
+            f"Cannot reach {address}: the name does not resolve ({exc.strerror}); "
+            f"timeout {timeout:g} s"
+        ) from exc
+    except TimeoutError as exc:
+        raise HostUnreachable(f"Cannot reach {address}: no answer within {timeout:g} s") from exc
+    except OSError as exc:
+        raise HostUnreachable(
+            f"Cannot reach {address}: {exc.strerror or exc}; timeout {timeout:g} s"
+        ) from exc
+    # paramiko's keepalive expects no reply, so only TCP keepalive notices a peer that
+    # vanished without a reset (a rebooted VM, a dropped NAT entry) during a long command.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+    return sock
+
+
+def _verify_host_key(endpoint: Endpoint, offered: HostKey) -> None:
+    pinned = endpoint.host_key_fingerprint
+    if pinned is None:
+        raise HostKeyNotTrusted(
+            f"{endpoint.address} offered the host key {offered.key_type} {offered.fingerprint}, "
+            "which is not trusted yet. Compare it with `ssh-keygen -lf` on the server, then "
+            "trust it."
+        )
+    if not hmac.compare_digest(pinned.strip().encode(), offered.fingerprint.encode()):
+        raise HostKeyMismatch(endpoint.address, pinned, offered.fingerprint)
+
+
+def _authenticate(
+    transport: paramiko.Transport, endpoint: Endpoint, client_key: paramiko.PKey | None
+) -> None:
+    who = f"{endpoint.username}@{endpoint.address}"
+    tried: list[str] = []
+    # Both may be set: the key first, then the password (also covers servers asking for both).
+    attempts: list[Callable[[], object]] = []
+    if client_key is not None:
+        tried.append(f"the key {client_key.get_name()} {fingerprint(client_key)}")
+        attempts.append(lambda: transport.auth_publickey(endpoint.username, client_key))
+    if endpoint.password is not None:
+        password = endpoint.password
+        tried.append("the password")
+        attempts.append(lambda: transport.auth_password(endpoint.username, password))
+
+    for attempt in attempts:
+        try:
+            attempt()
+        except paramiko.AuthenticationException:
+            pass
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise HostUnreachable(f"{who} closed the connection during login: {exc}") from exc
+        if transport.is_authenticated():
+            return
+        if not transport.is_active():
+            break
+    raise AuthenticationRefused(f"{who} refused {' and '.join(tried)}.")

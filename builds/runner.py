@@ -1,0 +1,449 @@
+"""Runs one claimed deployment: turns models into the engine's specs, reports progress into
+the database and the live log, and records what each server ended with."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from builds.engine import pipeline
+from builds.engine.build import BuildCommandSpec, BuildSpec
+from builds.engine.errors import Cancelled, EngineError
+from builds.engine.manifest import Manifest
+from builds.engine.masking import Masker
+from builds.engine.ssh import Endpoint
+from builds.logs import LogWriter
+from builds.models import Deployment, DeploymentTarget, Kind, Status, Step, TargetStatus
+from builds.services import deployment_broadcast_status, deployment_finish
+from projects.models import Project
+from servers.models import AuthMethod, Protocol, Release, Server
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 10
+CANCEL_POLL_SECONDS = 1.0
+
+
+def project_secrets(project: Project, servers: list[Server]) -> list[str]:
+    """Every stored secret that could show up in a deployment's output."""
+    values = [project.private_key, project.repository_token, project.webhook_secret]
+    values += [variable.value for variable in project.environment_variables.filter(secret=True)]
+    for server in servers:
+        values += [server.password, server.private_key]
+    return [value for value in values if value]
+
+
+class DatabaseReporter:
+    """The engine's Reporter: lines into the LogWriter, steps and progress into rows."""
+
+    def __init__(self, deployment: Deployment, writer: LogWriter) -> None:
+        self.deployment = deployment
+        self.writer = writer
+        self._cancel_checked = 0.0
+        self._cancelled = False
+        self._progress_at: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def log(self, stream: str, text: str, server: int | None = None) -> None:
+        self.writer.write(stream, text, server_id=server)
+
+    @contextlib.contextmanager
+    def step(self, name: str, server: int | None = None) -> Iterator[None]:
+        row = Step.objects.create(deployment=self.deployment, server_id=server, name=name)
+        if server is None:
+            Deployment.objects.filter(pk=self.deployment.pk).update(stage=name)
+        status = TargetStatus.FAILED
+        try:
+            yield
+            status = TargetStatus.SUCCEEDED
+        except Cancelled:
+            status = TargetStatus.CANCELLED
+            raise
+        finally:
+            Step.objects.filter(pk=row.pk).update(status=status, finished_at=timezone.now())
+            self.writer.flush()
+
+    def progress(self, server: int, files_done: int, files_total: int, bytes_done: int, bytes_total: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            final = files_done == files_total
+            if not final and now - self._progress_at.get(server, 0.0) < 0.5:
+                return
+            self._progress_at[server] = now
+        DeploymentTarget.objects.filter(deployment=self.deployment, server_id=server).update(
+            files_done=files_done, files_total=files_total, bytes_done=bytes_done, bytes_total=bytes_total
+        )
+        deployment_broadcast_status(self.deployment)
+
+    def check_cancelled(self) -> None:
+        now = time.monotonic()
+        if not self._cancelled and now - self._cancel_checked >= CANCEL_POLL_SECONDS:
+            self._cancel_checked = now
+            self._cancelled = Deployment.objects.filter(
+                pk=self.deployment.pk, cancel_requested_at__isnull=False
+            ).exists()
+        if self._cancelled:
+            raise Cancelled("Cancelled on request")
+
+
+class Heartbeat:
+    def __init__(self, deployment_id: int) -> None:
+        self.deployment_id = deployment_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{deployment_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self._stop.wait(HEARTBEAT_SECONDS):
+                Deployment.objects.filter(pk=self.deployment_id, status=Status.RUNNING).update(
+                    heartbeat_at=timezone.now()
+                )
+        finally:
+            connection.close()
+
+
+def endpoint_for(server: Server) -> Endpoint:
+    project = server.project
+    private_key: str | None = None
+    password: str | None = None
+    if server.auth_method == AuthMethod.PASSWORD:
+        password = server.password
+    elif server.auth_method == AuthMethod.PRIVATE_KEY:
+        private_key = server.private_key
+    else:
+        private_key = project.private_key
+    return Endpoint(
+        hostname=server.hostname,
+        port=server.port,
+        username=server.username,
+        private_key=private_key,
+        password=password,
+        host_key_fingerprint=server.host_key_fingerprint or None,
+    )
+
+
+def server_spec(server: Server) -> pipeline.ServerSpec:
+    live = server.live_release()
+    manifest = Manifest.from_json(json.dumps(live.manifest).encode()) if live and live.manifest else None
+    return pipeline.ServerSpec(
+        id=server.pk,
+        name=server.name,
+        endpoint=endpoint_for(server),
+        deploy_path=server.deploy_path,
+        atomic=server.atomic and server.protocol == Protocol.SSH,
+        shell=server.protocol == Protocol.SSH,
+        keep_releases=server.keep_releases,
+        environment=server.environment,
+        file_mode=server.file_mode,
+        directory_mode=server.directory_mode,
+        live_release=live.name if live else None,
+        live_revision=live.revision if live else None,
+        live_manifest=manifest,
+    )
+
+
+def project_dirs(project: Project) -> tuple[Path, Path]:
+    base = Path(settings.BUILD_DIR) / f"project-{project.pk}"
+    return base / "mirror.git", base / "cache"
+
+
+def build_spec(deployment: Deployment, workspace: Path, revision: str) -> BuildSpec:
+    project = deployment.project
+    mirror, cache = project_dirs(project)
+    environment = {v.name: v.value for v in project.environment_variables.filter(build=True)}
+    return BuildSpec(
+        repository_url=project.repository_url,
+        mirror_dir=mirror,
+        workspace_dir=workspace,
+        cache_dir=cache,
+        revision=revision,
+        ssh_private_key=project.private_key,
+        https_token=project.repository_token or None,
+        allow_local=settings.ALLOW_LOCAL_REPOSITORIES,
+        subdirectory=project.subdirectory,
+        excluded=tuple(project.excluded_files.values_list("pattern", flat=True)),
+        managed_paths=tuple(project.shared_paths) + tuple(project.config_files.values_list("path", flat=True)),
+        cache_paths=tuple(project.cache_paths),
+        build_commands=tuple(
+            BuildCommandSpec(
+                command=c.command,
+                description=c.description,
+                timeout_seconds=c.timeout_seconds,
+                halt_on_error=c.halt_on_error,
+                watch_globs=tuple(c.watch_globs),
+            )
+            for c in project.build_commands.all()
+        ),
+        build_env=environment,
+        skip_build=deployment.skip_build,
+        skip_cache=deployment.skip_cache,
+    )
+
+
+def command_specs(project: Project) -> tuple[pipeline.CommandSpec, ...]:
+    return tuple(
+        pipeline.CommandSpec(
+            command=c.command,
+            stage=c.stage,
+            description=c.description,
+            run_on=c.run_on,
+            halt_on_error=c.halt_on_error,
+            timeout_seconds=c.timeout_seconds,
+            server_ids=frozenset(c.servers.values_list("pk", flat=True)),
+        )
+        for c in project.commands.prefetch_related("servers")
+    )
+
+
+def _deployer_name(deployment: Deployment) -> str:
+    if deployment.triggered_by is not None:
+        return deployment.triggered_by.get_username()
+    return deployment.get_trigger_display()
+
+
+def run(deployment: Deployment) -> None:
+    """Run a deployment that services.deployment_claim moved to running."""
+    deployment = Deployment.objects.select_related("project", "triggered_by").get(pk=deployment.pk)
+    project = deployment.project
+    targets = list(deployment.targets.filter(status=TargetStatus.RUNNING).select_related("server", "server__project"))
+    servers = [target.server for target in targets]
+    writer = LogWriter(deployment.pk, mask=Masker(project_secrets(project, servers)))
+    reporter = DatabaseReporter(deployment, writer)
+    workspace = Path(settings.BUILD_DIR) / f"project-{project.pk}" / f"workspace-{deployment.pk}"
+    try:
+        with Heartbeat(deployment.pk):
+            if deployment.kind == Kind.ROLLBACK:
+                _run_rollback(deployment, servers, reporter)
+            elif deployment.kind == Kind.PREVIEW:
+                _run_preview(deployment, servers, reporter, workspace)
+            else:
+                _run_deploy(deployment, servers, reporter, workspace)
+    except Cancelled:
+        writer.system("Cancelled; every server stays on the release it had")
+        writer.flush()
+        deployment_finish(deployment, status=Status.CANCELLED, error="Cancelled on request", error_code="cancelled")
+    except EngineError as exc:
+        message = str(exc) if exc.user_facing else "Slipway hit an internal error; the worker's log has the details"
+        if not exc.user_facing:
+            logger.exception("Deployment %s failed", deployment.pk)
+        writer.system(f"Failed: {message}")
+        writer.flush()
+        deployment_finish(deployment, status=Status.FAILED, error=writer.mask(message), error_code=exc.code)
+    except Exception:
+        logger.exception("Deployment %s failed", deployment.pk)
+        writer.system("Failed: Slipway hit an internal error; the worker's log has the details")
+        writer.flush()
+        deployment_finish(deployment, status=Status.FAILED, error="Internal error", error_code="internal")
+    finally:
+        writer.flush()
+        shutil.rmtree(workspace, ignore_errors=True)
+
+
+def _revision_for(deployment: Deployment, servers: list[Server]) -> str:
+    if deployment.revision:
+        return deployment.revision
+    branches = {server.effective_branch for server in servers}
+    return sorted(branches)[0]
+
+
+def _run_deploy(deployment: Deployment, servers: list[Server], reporter: DatabaseReporter, workspace: Path) -> None:
+    project = deployment.project
+    revision = _revision_for(deployment, servers)
+    specs = tuple(server_spec(server) for server in servers)
+    starts = {spec.live_revision for spec in specs}
+    spec = pipeline.DeploySpec(
+        deployment_id=deployment.pk,
+        project=project.name,
+        build=build_spec(deployment, workspace, revision),
+        servers=specs,
+        branch=deployment.branch or revision,
+        deployer=_deployer_name(deployment),
+        commands=command_specs(project),
+        config_files=tuple(
+            pipeline.ConfigFileSpec(path=c.path, body=c.body, server_ids=frozenset(c.servers.values_list("pk", flat=True)))
+            for c in project.config_files.prefetch_related("servers")
+        ),
+        shared_paths=tuple(project.shared_paths),
+        server_env={v.name: v.value for v in project.environment_variables.filter(servers=True)},
+        full=deployment.full,
+        config_only=deployment.config_only,
+        lock_stale_after=settings.DEPLOYMENT_TIME_LIMIT,
+        started_at=deployment.started_at.timestamp() if deployment.started_at else None,
+    )
+    result = pipeline.deploy(spec, reporter)
+    Deployment.objects.filter(pk=deployment.pk).update(
+        end_revision=result.revision,
+        start_revision=next(iter(starts)) or "" if len(starts) == 1 else "",
+        commits=[_commit_json(c) for c in result.commits],
+        changes=_changes_json(result.changes),
+    )
+    _record(deployment, result.servers, revision=result.revision)
+
+
+def _run_rollback(deployment: Deployment, servers: list[Server], reporter: DatabaseReporter) -> None:
+    targets: dict[int, str] = {}
+    revisions: dict[int, str] = {}
+    for server in servers:
+        release = _rollback_release(deployment, server)
+        if release is not None:
+            targets[server.pk] = release.name
+            revisions[server.pk] = release.revision
+    spec = pipeline.RollbackSpec(
+        deployment_id=deployment.pk,
+        project=deployment.project.name,
+        servers=tuple(server_spec(server) for server in servers),
+        targets=targets,
+        revisions=revisions,
+        deployer=_deployer_name(deployment),
+        commands=command_specs(deployment.project),
+        server_env={v.name: v.value for v in deployment.project.environment_variables.filter(servers=True)},
+        lock_stale_after=settings.DEPLOYMENT_TIME_LIMIT,
+    )
+    results = pipeline.rollback(spec, reporter)
+    ends = set(revisions.values())
+    Deployment.objects.filter(pk=deployment.pk).update(end_revision=ends.pop() if len(ends) == 1 else "")
+    _record(deployment, results, revision=None)
+
+
+def _rollback_release(deployment: Deployment, server: Server) -> Release | None:
+    kept = server.releases.filter(removed_at__isnull=True)
+    if deployment.rollback_release:
+        return kept.filter(name=deployment.rollback_release).first()
+    if deployment.rollback_of_id:
+        target = DeploymentTarget.objects.filter(deployment_id=deployment.rollback_of_id, server=server).first()
+        if target and target.previous_release:
+            return kept.filter(name=target.previous_release).first()
+    live = server.live_release()
+    older = kept.filter(live=False)
+    if live is not None:
+        older = older.filter(created_at__lt=live.created_at)
+    return older.order_by("-created_at", "-id").first()
+
+
+def _run_preview(deployment: Deployment, servers: list[Server], reporter: DatabaseReporter, workspace: Path) -> None:
+    revision = _revision_for(deployment, servers)
+    specs = tuple(server_spec(server) for server in servers)
+    spec = pipeline.DeploySpec(
+        deployment_id=deployment.pk,
+        project=deployment.project.name,
+        build=build_spec(deployment, workspace, revision),
+        servers=specs,
+        full=deployment.full,
+    )
+    result = pipeline.preview(spec, reporter)
+    first = next(iter(result.changes.values()), None)
+    starts = {s.live_revision for s in specs}
+    Deployment.objects.filter(pk=deployment.pk).update(
+        end_revision=result.revision,
+        start_revision=next(iter(starts)) or "" if len(starts) == 1 else "",
+        commits=[_commit_json(c) for c in result.commits],
+        changes=_changes_json(first),
+    )
+    reporter.log("system", f"Preview: {len(result.commits)} commits; " + _summary(first))
+    deployment_finish(deployment, status=Status.SUCCEEDED)
+
+
+def _summary(changes: object) -> str:
+    data = _changes_json(changes)
+    return f"{len(data['added'])} added, {len(data['modified'])} modified, {len(data['deleted'])} deleted, {data['bytes']} bytes"
+
+
+def _commit_json(commit: object) -> dict[str, object]:
+    return {
+        "sha": commit.sha,  # type: ignore[attr-defined]
+        "author": commit.author,  # type: ignore[attr-defined]
+        "date": commit.date.isoformat(),  # type: ignore[attr-defined]
+        "subject": commit.subject,  # type: ignore[attr-defined]
+    }
+
+
+def _changes_json(changes: object) -> dict[str, object]:
+    if changes is None:
+        return {"added": [], "modified": [], "deleted": [], "bytes": 0}
+    return {
+        "added": list(changes.added),  # type: ignore[attr-defined]
+        "modified": list(changes.modified),  # type: ignore[attr-defined]
+        "deleted": list(changes.deleted),  # type: ignore[attr-defined]
+        "bytes": changes.bytes_to_send,  # type: ignore[attr-defined]
+    }
+
+
+def _record(deployment: Deployment, results: list[pipeline.ServerResult], *, revision: str | None) -> None:
+    now = timezone.now()
+    any_cancelled = any(r.cancelled for r in results)
+    for result in results:
+        target = DeploymentTarget.objects.get(deployment=deployment, server_id=result.server_id)
+        with transaction.atomic():
+            if result.ok:
+                target.status = TargetStatus.SUCCEEDED
+                if result.release:
+                    _mark_live(deployment, result, revision)
+            elif result.cancelled:
+                target.status = TargetStatus.CANCELLED
+            else:
+                target.status = TargetStatus.FAILED
+            target.release = result.release or ""
+            target.previous_release = result.previous_release or ""
+            target.reason = str(result.error) if result.error and result.error.user_facing else ("Internal error" if result.error else "")
+            target.finished_at = now
+            target.save()
+            if result.removed_releases:
+                Release.objects.filter(server_id=result.server_id, name__in=result.removed_releases).update(
+                    removed_at=now, live=False
+                )
+    failed = [r for r in results if not r.ok and not r.cancelled]
+    if failed:
+        names = dict(Server.objects.filter(pk__in=[r.server_id for r in failed]).values_list("pk", "name"))
+        error = "; ".join(f"{names.get(r.server_id, r.server_id)}: {r.error}" for r in failed)
+        code = failed[0].error.code if failed[0].error else "error"
+        deployment_finish(deployment, status=Status.FAILED, error=error, error_code=code)
+    elif any_cancelled:
+        deployment_finish(deployment, status=Status.CANCELLED, error="Cancelled on request", error_code="cancelled")
+    else:
+        deployment_finish(deployment, status=Status.SUCCEEDED)
+
+
+def _mark_live(deployment: Deployment, result: pipeline.ServerResult, revision: str | None) -> None:
+    server_id = result.server_id
+    Release.objects.filter(server_id=server_id, live=True).update(live=False)
+    if deployment.kind == Kind.ROLLBACK:
+        Release.objects.filter(server_id=server_id, name=result.release).update(live=True)
+        return
+    manifest = json.loads(result.manifest.to_json()) if result.manifest is not None else {}
+    Release.objects.update_or_create(
+        server_id=server_id,
+        name=result.release,
+        defaults={
+            "revision": revision or "",
+            "branch": deployment.branch,
+            "deployment": deployment,
+            "manifest": manifest,
+            "live": True,
+            "removed_at": None,
+        },
+    )
+
+
+# Older than this, a finished workspace left by a killed worker is removed at the next run.
+STALE_WORKSPACE = timedelta(days=1)

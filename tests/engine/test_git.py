@@ -1,0 +1,731 @@
+"""The repository mirror against real git repositories, and the checks on what users type."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import getpass
+import http.server
+import io
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from builds.engine.errors import InvalidInput, RepositoryError, RevisionNotFound
+from builds.engine.git import (
+    Mirror,
+    _extract_tar_stream,
+    redact_url,
+    validate_ref,
+    validate_repository_url,
+    validate_subdirectory,
+)
+from tests.support.gitrepos import GitRepo, GitRepoFactory
+
+pytest_plugins = ("tests.support.gitrepos",)
+
+LITERAL_MARKER = Path("/tmp/pwned")
+
+
+@pytest.fixture
+def marker(tmp_path: Path) -> Path:
+    """A file that exists only if a hostile input managed to run a command."""
+    path = tmp_path / "pwned-marker"
+    yield path
+    assert not path.exists(), "a hostile input ran a command"
+    assert not LITERAL_MARKER.exists(), "a hostile input ran a command"
+
+
+@pytest.fixture
+def origin(git_repo_factory: GitRepoFactory) -> GitRepo:
+    return git_repo_factory("origin")
+
+
+@pytest.fixture
+def mirror_of(tmp_path: Path):
+    def make(repo: GitRepo) -> Mirror:
+        return Mirror(tmp_path / "mirror.git", repo.url, allow_local=True)
+
+    return make
+
+
+# --------------------------------------------------------------------------- refs
+
+
+@pytest.mark.parametrize(
+    "ref",
+    ["main", "feature/login-form", "release-1.2", "v1.2.3", "deps+bump", "user@fix", "a1b2c3d"],
+)
+def test_it_accepts_ordinary_branch_and_tag_names(ref: str) -> None:
+    assert validate_ref(ref) == ref
+
+
+@pytest.mark.parametrize("sha", ["a1b2c3d", "A1B2C3D4", "0123456789abcdef0123456789abcdef01234567"])
+def test_it_accepts_abbreviated_and_full_shas(sha: str) -> None:
+    assert validate_ref(sha) == sha
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "main;touch {marker}",
+        "main;touch",
+        "--upload-pack=touch {marker}",
+        "-x",
+        "a..b",
+        "a b",
+        "$(touch {marker})",
+        "`touch {marker}`",
+        "main|id",
+        "main&id",
+        "main\nid",
+        "",
+        "@",
+        "HEAD@{1}",
+        "main~1",
+        "main^",
+        ".hidden",
+        "ends.lock",
+        "double//slash",
+        "x" * 256,
+    ],
+)
+def test_it_refuses_hostile_or_malformed_refs(ref: str, marker: Path) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        validate_ref(ref.replace("{marker}", str(marker)), field="branch")
+
+    assert refused.value.field == "branch"
+
+
+def test_it_names_the_revision_field_by_default() -> None:
+    with pytest.raises(InvalidInput) as refused:
+        validate_ref("main;touch /tmp/pwned")
+
+    assert refused.value.field == "revision"
+    assert not LITERAL_MARKER.exists()
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://github.com/acme/shop.git",
+        "http://git.internal/acme/shop.git",
+        "https://x-access-token:secret@github.com/acme/shop.git",
+        "ssh://git@github.com/acme/shop.git",
+        "ssh://git@[::1]:2222/srv/shop.git",
+        "git://git.kernel.org/pub/scm/git/git.git",
+        "git@github.com:acme/shop.git",
+        "deploy@build-host.internal:/srv/git/shop.git",
+        "github.com:acme/shop.git",
+    ],
+)
+def test_it_accepts_remote_repository_urls(url: str) -> None:
+    assert validate_repository_url(url, allow_local=False) == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ext::sh -c touch% {marker}",
+        "ext::sh -c 'touch {marker}'",
+        "EXT::sh",
+        "fd::17",
+        "::sh",
+        "file:///etc",
+        "file://{marker}",
+        "/tmp/x",
+        "./repo",
+        "repo",
+        "--upload-pack=touch {marker}",
+        "-oProxyCommand=touch {marker}",
+        "ssh://-oProxyCommand=touch%20{marker}/x",
+        "https://github.com/acme/shop.git\n",
+        "https://github.com/acme shop.git",
+        "https://github.com/acme/\x00shop",
+        "ftp://example.com/repo.git",
+        "https:///no-host",
+        "",
+    ],
+)
+def test_it_refuses_hostile_or_local_urls(url: str, marker: Path) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        validate_repository_url(url.replace("{marker}", str(marker)), allow_local=False)
+
+    assert refused.value.field == "repository_url"
+
+
+def test_it_accepts_local_repositories_only_when_allowed(tmp_path: Path) -> None:
+    assert validate_repository_url("file:///srv/git/shop.git", allow_local=True)
+    assert validate_repository_url("/srv/git/shop.git", allow_local=True)
+
+    with pytest.raises(InvalidInput):
+        validate_repository_url("ext::sh -c id", allow_local=True)
+    with pytest.raises(InvalidInput):
+        validate_repository_url("relative/path", allow_local=True)
+
+
+def test_it_explains_why_a_transport_helper_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="ext::"):
+        validate_repository_url("ext::sh -c id", allow_local=False)
+
+
+def test_it_refuses_to_fetch_from_a_hostile_url_even_when_local_is_allowed(
+    tmp_path: Path, marker: Path
+) -> None:
+    with pytest.raises(InvalidInput):
+        Mirror(tmp_path / "m.git", f"ext::sh -c touch% {marker}", allow_local=True)
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        (
+            "https://x-access-token:ghp_secret@github.com/acme/shop.git",
+            "https://x-access-token:***@github.com/acme/shop.git",
+        ),
+        ("https://ghp_secret@github.com/acme/shop.git", "https://***@github.com/acme/shop.git"),
+        ("https://github.com/acme/shop.git", "https://github.com/acme/shop.git"),
+        ("ssh://git@github.com/acme/shop.git", "ssh://git@github.com/acme/shop.git"),
+        ("git@github.com:acme/shop.git", "git@github.com:acme/shop.git"),
+    ],
+)
+def test_it_redacts_credentials_in_urls(url: str, redacted: str) -> None:
+    assert redact_url(url) == redacted
+
+
+@pytest.mark.parametrize("subdirectory", ["/etc", "../up", "a/../../b", "", "a//b", "./a"])
+def test_it_refuses_subdirectories_that_leave_the_tree(subdirectory: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        validate_subdirectory(subdirectory)
+
+    assert refused.value.field == "subdirectory"
+
+
+def test_it_canonicalises_a_subdirectory_with_a_trailing_slash() -> None:
+    assert validate_subdirectory("site/web/") == "site/web"
+
+
+# --------------------------------------------------------------------------- fetch and resolve
+
+
+def test_it_fetches_and_resolves_branches_tags_and_shas(origin: GitRepo, mirror_of) -> None:
+    first = origin.commit({"README.md": "# Shop\n"}, "Initial commit")
+    origin.tag("v1.0.0", message="First release")
+    second = origin.commit({"app.py": "print('hi')\n"}, "Add app")
+    origin.tag("lightweight")
+    origin.branch("feature/login")
+    feature = origin.commit({"login.py": "pass\n"}, "Add login")
+    mirror = mirror_of(origin)
+
+    mirror.fetch()
+
+    assert mirror.resolve("main") == second
+    assert mirror.resolve("feature/login") == feature
+    assert mirror.resolve("v1.0.0") == first  # annotated tag peeled to its commit
+    assert mirror.resolve("lightweight") == second
+    assert mirror.resolve(first[:7]) == first
+    assert mirror.resolve(first) == first
+    assert mirror.branch_head("main") == second
+    assert mirror.branch_head("gone") is None
+
+
+def test_it_follows_new_commits_deleted_branches_and_moved_tags(origin: GitRepo, mirror_of) -> None:
+    origin.commit({"a.txt": "1"}, "One")
+    origin.tag("stable")
+    origin.branch("short-lived")
+    origin.commit({"b.txt": "2"}, "Two")
+    mirror = mirror_of(origin)
+    mirror.fetch()
+    origin.switch("main")
+    origin.git("branch", "-D", "short-lived")
+    newer = origin.commit({"a.txt": "3"}, "Three")
+    origin.git("tag", "-f", "stable")
+
+    mirror.fetch()
+
+    assert mirror.resolve("main") == newer
+    assert mirror.resolve("stable") == newer
+    assert mirror.branch_head("short-lived") is None
+
+
+def test_it_reports_fetch_progress_lines(origin: GitRepo, mirror_of) -> None:
+    origin.commit({"a.txt": "1"}, "One")
+    lines: list[str] = []
+
+    mirror_of(origin).fetch(on_line=lines.append)
+
+    assert any("main" in line for line in lines)
+
+
+def test_it_names_an_unknown_revision(origin: GitRepo, mirror_of) -> None:
+    origin.commit({"a.txt": "1"}, "One")
+    mirror = mirror_of(origin)
+    mirror.fetch()
+
+    with pytest.raises(RevisionNotFound, match="'no-such-branch'"):
+        mirror.resolve("no-such-branch")
+    with pytest.raises(RevisionNotFound, match="deadbeefcafe"):
+        mirror.resolve("deadbeefcafe")
+
+
+def test_it_validates_a_ref_before_resolving_it(origin: GitRepo, mirror_of, marker: Path) -> None:
+    origin.commit({"a.txt": "1"}, "One")
+    mirror = mirror_of(origin)
+    mirror.fetch()
+
+    for hostile in (f"--output={marker}", f"main;touch {marker}", "-x"):
+        with pytest.raises(InvalidInput):
+            mirror.resolve(hostile)
+
+
+def test_it_raises_a_repository_error_for_a_missing_repository(tmp_path: Path) -> None:
+    mirror = Mirror(tmp_path / "m.git", (tmp_path / "nothing-here").as_uri(), allow_local=True)
+
+    with pytest.raises(RepositoryError, match="Could not fetch"):
+        mirror.fetch()
+
+
+def test_it_keeps_https_credentials_out_of_the_config_and_the_error(tmp_path: Path) -> None:
+    # Port 9 on localhost: nothing listens, so the fetch fails fast without the network.
+    mirror = Mirror(
+        tmp_path / "m.git",
+        "https://robot:url-secret@127.0.0.1:9/acme/shop.git",
+        https_token="token-secret",
+    )
+
+    with pytest.raises(RepositoryError) as failure:
+        mirror.fetch()
+
+    config = (tmp_path / "m.git" / "config").read_text()
+    assert "127.0.0.1:9/acme/shop.git" in config
+    for secret in ("url-secret", "token-secret"):
+        assert secret not in config
+        assert secret not in str(failure.value)
+
+
+def test_it_uses_a_temporary_key_file_for_ssh_and_removes_it(tmp_path: Path) -> None:
+    mirror = Mirror(
+        tmp_path / "m.git",
+        "ssh://git@127.0.0.1:9/acme/shop.git",
+        ssh_private_key="-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n"
+        "-----END OPENSSH PRIVATE KEY-----",
+    )
+    before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("slipway-key-*"))
+
+    with pytest.raises(RepositoryError):
+        mirror.fetch()
+
+    assert set(Path(os.environ.get("TMPDIR", "/tmp")).glob("slipway-key-*")) == before
+    assert "not-a-real-key" not in (tmp_path / "m.git" / "config").read_text()
+
+
+# --------------------------------------------------------------------------- history
+
+
+def test_it_describes_a_commit(origin: GitRepo, mirror_of) -> None:
+    sha = origin.commit({"a.txt": "1"}, "Add the first file\n\nWith a body explaining why.")
+    mirror = mirror_of(origin)
+    mirror.fetch()
+
+    commit = mirror.commit_info(sha[:10])
+
+    assert commit.sha == sha
+    assert sha.startswith(commit.short_sha)
+    assert commit.author == "Alice Example"
+    assert commit.email == "alice@example.com"
+    assert commit.subject == "Add the first file"
+    assert commit.message == "Add the first file\n\nWith a body explaining why."
+    assert commit.date.tzinfo is not None
+    assert abs((datetime.now(commit.date.tzinfo) - commit.date).total_seconds()) < 300
+
+
+def test_it_lists_the_commits_between_two_deploys_newest_first(origin: GitRepo, mirror_of) -> None:
+    deployed = origin.commit({"a.txt": "1"}, "One")
+    second = origin.commit({"a.txt": "2"}, "Two")
+    third = origin.commit({"a.txt": "3"}, "Three")
+    mirror = mirror_of(origin)
+    mirror.fetch()
+
+    between = mirror.commits_between(deployed, "main")
+
+    assert [commit.sha for commit in between] == [third, second]
+    assert [commit.subject for commit in between] == ["Three", "Two"]
+    assert [c.sha for c in mirror.commits_between(None, "main", limit=2)] == [third, second]
+    assert mirror.commits_between(third, "main") == []
+
+
+def test_it_falls_back_to_recent_history_when_the_old_revision_is_gone(
+    origin: GitRepo, mirror_of
+) -> None:
+    only = origin.commit({"a.txt": "1"}, "One")
+    mirror = mirror_of(origin)
+    mirror.fetch()
+
+    between = mirror.commits_between("0123456789abcdef0123456789abcdef01234567", "main")
+
+    assert [commit.sha for commit in between] == [only]
+
+
+def test_it_lists_changed_paths_between_revisions(origin: GitRepo, mirror_of) -> None:
+    old = origin.commit({"a.txt": "1", "b.txt": "1", "docs/c.md": "1"}, "One")
+    new = origin.commit({"a.txt": "2", "b.txt": None, "src/d.py": "1"}, "Two")
+    mirror = mirror_of(origin)
+    mirror.fetch()
+
+    assert sorted(mirror.changed_paths(old, new)) == ["a.txt", "b.txt", "src/d.py"]
+    assert sorted(mirror.changed_paths(None, old)) == ["a.txt", "b.txt", "docs/c.md"]
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """Each path under root with what it is: file content, link target or 'dir'."""
+    found: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            relative = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                found[relative] = "-> " + os.readlink(path)
+            elif path.is_dir():
+                found[relative] = "dir"
+            else:
+                found[relative] = path.read_text()
+    return found
+
+
+def test_it_exports_exactly_one_revision_over_a_previous_one(
+    origin: GitRepo, mirror_of, tmp_path: Path
+) -> None:
+    old = origin.commit({"keep.txt": "old", "stale.txt": "bye", "old/dir.txt": "x"}, "Old")
+    new = origin.commit(
+        {"keep.txt": "new", "stale.txt": None, "old/dir.txt": None, "bin/run": "#!/bin/sh\n"},
+        "New",
+        executable=["bin/run"],
+        symlinks={"current-config": "config/prod.ini", "outside": "../../shared/uploads"},
+    )
+    mirror = mirror_of(origin)
+    mirror.fetch()
+    build = tmp_path / "build"
+    mirror.export(old, build)
+    (build / "untracked-leftover").write_text("from a build command")
+
+    mirror.export(new, build)
+
+    assert _tree(build) == {
+        "keep.txt": "new",
+        "bin": "dir",
+        "bin/run": "#!/bin/sh\n",
+        "current-config": "-> config/prod.ini",
+        "outside": "-> ../../shared/uploads",
+    }
+    assert stat.S_IMODE((build / "bin" / "run").stat().st_mode) == 0o755
+    assert stat.S_IMODE((build / "keep.txt").stat().st_mode) == 0o644
+
+
+def test_it_exports_a_subdirectory_as_the_root(origin: GitRepo, mirror_of, tmp_path: Path) -> None:
+    sha = origin.commit(
+        {"site/index.html": "<h1>", "site/css/app.css": "body{}", "api/main.go": "package main"},
+        "Monorepo",
+    )
+    mirror = mirror_of(origin)
+    mirror.fetch()
+    build = tmp_path / "build"
+
+    mirror.export(sha, build, subdirectory="site/")
+
+    assert _tree(build) == {"index.html": "<h1>", "css": "dir", "css/app.css": "body{}"}
+
+
+def test_it_refuses_a_subdirectory_missing_from_the_revision(
+    origin: GitRepo, mirror_of, tmp_path: Path
+) -> None:
+    sha = origin.commit({"site/index.html": "<h1>"}, "One")
+    mirror = mirror_of(origin)
+    mirror.fetch()
+
+    with pytest.raises(InvalidInput, match="nope"):
+        mirror.export(sha, tmp_path / "build", subdirectory="nope")
+    with pytest.raises(InvalidInput):
+        mirror.export(sha, tmp_path / "build", subdirectory="site/index.html")
+    with pytest.raises(InvalidInput):
+        mirror.export(sha, tmp_path / "build", subdirectory="../outside")
+
+
+def test_it_exports_the_tree_as_committed_despite_export_attributes(
+    origin: GitRepo, mirror_of, tmp_path: Path
+) -> None:
+    sha = origin.commit(
+        {
+            ".gitattributes": "secret.txt export-ignore\nversion.txt export-subst\n",
+            "secret.txt": "kept",
+            "version.txt": "$Format:%H$",
+        },
+        "Attributes",
+    )
+    mirror = mirror_of(origin)
+    mirror.fetch()
+    build = tmp_path / "build"
+
+    mirror.export(sha, build)
+
+    assert (build / "secret.txt").read_text() == "kept"
+    assert (build / "version.txt").read_text() == "$Format:%H$"
+
+
+def test_it_leaves_submodules_out_of_an_export(
+    git_repo_factory: GitRepoFactory, mirror_of, tmp_path: Path
+) -> None:
+    library = git_repo_factory("library")
+    library.commit({"lib.txt": "library"}, "Library")
+    app = git_repo_factory("app")
+    app.commit({"app.txt": "app"}, "App")
+    app.git("-c", "protocol.file.allow=always", "submodule", "add", "--quiet", library.url, "lib")
+    sha = app.commit({}, "Add submodule")
+    mirror = mirror_of(app)
+    mirror.fetch()
+    build = tmp_path / "build"
+
+    mirror.export(sha, build)
+
+    assert (build / "app.txt").read_text() == "app"
+    assert not (build / "lib" / "lib.txt").exists()
+
+
+# --------------------------------------------------------------------------- credentials sent
+
+
+class _RecordingHandler(http.server.BaseHTTPRequestHandler):
+    seen_authorization: ClassVar[list[str | None]] = []
+
+    def do_GET(self) -> None:
+        type(self).seen_authorization.append(self.headers.get("Authorization"))
+        self.send_response(404)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def recording_http_server() -> Iterator[tuple[str, list[str | None]]]:
+    seen: list[str | None] = []
+    handler = type("Handler", (_RecordingHandler,), {"seen_authorization": seen})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_it_sends_an_https_token_as_a_basic_authorization_header(
+    tmp_path: Path, recording_http_server: tuple[str, list[str | None]]
+) -> None:
+    base_url, seen = recording_http_server
+    mirror = Mirror(tmp_path / "m.git", f"{base_url}/acme/shop.git", https_token="token-secret")
+
+    with pytest.raises(RepositoryError, match="not found") as failure:
+        mirror.fetch()
+
+    expected = "Basic " + base64.b64encode(b"x-access-token:token-secret").decode()
+    assert seen == [expected]
+    assert "token-secret" not in (tmp_path / "m.git" / "config").read_text()
+    assert "token-secret" not in str(failure.value)
+
+
+def test_it_sends_a_password_from_the_url_as_a_header_with_its_user(
+    tmp_path: Path, recording_http_server: tuple[str, list[str | None]]
+) -> None:
+    base_url, seen = recording_http_server
+    url = base_url.replace("http://", "http://robot:url-secret@") + "/acme/shop.git"
+
+    with pytest.raises(RepositoryError):
+        Mirror(tmp_path / "m.git", url).fetch()
+
+    assert seen == ["Basic " + base64.b64encode(b"robot:url-secret").decode()]
+    assert "url-secret" not in (tmp_path / "m.git" / "config").read_text()
+
+
+@dataclass
+class SshServer:
+    port: int
+    client_key: str
+    host_public_key: str
+
+    def url(self, repo: GitRepo) -> str:
+        return f"ssh://{getpass.getuser()}@127.0.0.1:{self.port}{repo.path}"
+
+
+def _generate_key(path: Path) -> None:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def ssh_server(tmp_path: Path) -> Iterator[SshServer]:
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not Path(sshd).exists() or shutil.which("ssh-keygen") is None:
+        pytest.skip("OpenSSH server is not installed")
+    directory = tmp_path / "sshd"
+    directory.mkdir()
+    _generate_key(directory / "host_key")
+    _generate_key(directory / "client_key")
+    shutil.copy(directory / "client_key.pub", directory / "authorized_keys")
+    port = _free_port()
+    (directory / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {directory / 'host_key'}\n"
+        f"AuthorizedKeysFile {directory / 'authorized_keys'}\nStrictModes no\nUsePAM no\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PermitRootLogin prohibit-password\n"
+        f"PidFile {directory / 'sshd.pid'}\n"
+    )
+    with contextlib.suppress(OSError):
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+    server = subprocess.Popen(
+        [sshd, "-D", "-e", "-f", str(directory / "sshd_config")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(port, server)
+        yield SshServer(
+            port=port,
+            client_key=(directory / "client_key").read_text(),
+            host_public_key=(directory / "host_key.pub").read_text().strip(),
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _wait_for_port(port: int, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.skip("sshd could not start here")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    pytest.fail("sshd did not start listening")
+
+
+def test_it_fetches_over_ssh_with_a_deploy_key_and_pins_the_host_key(
+    origin: GitRepo, ssh_server: SshServer, tmp_path: Path
+) -> None:
+    sha = origin.commit({"a.txt": "1"}, "One")
+    mirror = Mirror(
+        tmp_path / "m.git", ssh_server.url(origin), ssh_private_key=ssh_server.client_key
+    )
+
+    mirror.fetch()
+    mirror.fetch()
+
+    assert mirror.resolve("main") == sha
+    host_key_type, host_key = ssh_server.host_public_key.split()[:2]
+    assert f"{host_key_type} {host_key}" in mirror.known_hosts_path.read_text()
+    assert ssh_server.client_key.strip() not in (tmp_path / "m.git" / "config").read_text()
+
+
+def test_it_reports_a_refused_deploy_key(
+    origin: GitRepo, ssh_server: SshServer, tmp_path: Path
+) -> None:
+    origin.commit({"a.txt": "1"}, "One")
+    _generate_key(tmp_path / "stranger")
+    mirror = Mirror(
+        tmp_path / "m.git",
+        ssh_server.url(origin),
+        ssh_private_key=(tmp_path / "stranger").read_text(),
+    )
+
+    with pytest.raises(RepositoryError, match="refused our credentials"):
+        mirror.fetch()
+
+
+def test_it_refuses_a_host_whose_key_differs_from_the_pinned_one(
+    origin: GitRepo, ssh_server: SshServer, tmp_path: Path
+) -> None:
+    origin.commit({"a.txt": "1"}, "One")
+    _generate_key(tmp_path / "other_host")
+    other_host_key = " ".join((tmp_path / "other_host.pub").read_text().split()[:2])
+    mirror = Mirror(
+        tmp_path / "m.git",
+        ssh_server.url(origin),
+        ssh_private_key=ssh_server.client_key,
+        known_hosts=f"[127.0.0.1]:{ssh_server.port} {other_host_key}\n",
+    )
+
+    with pytest.raises(RepositoryError, match="host key"):
+        mirror.fetch()
+
+
+def _hostile_tar(*members: tuple[str, bytes | str]) -> io.BytesIO:
+    """A tar whose members are files (bytes) or symlinks (str target)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            if isinstance(payload, str):
+                info.type = tarfile.SYMTYPE
+                info.linkname = payload
+                archive.addfile(info)
+            else:
+                info.size = len(payload)
+                archive.addfile(info, io.BytesIO(payload))
+    buffer.seek(0)
+    return buffer
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        (("../escaped.txt", b"x"),),
+        (("/absolute.txt", b"x"),),
+        (("a/../../escaped.txt", b"x"),),
+        (("link", "{outside}"), ("link/escaped.txt", b"x")),
+    ],
+)
+def test_it_never_writes_an_archive_member_outside_the_export(
+    members: tuple[tuple[str, bytes | str], ...], tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest" / "build"
+    dest.mkdir(parents=True)
+    resolved = tuple(
+        (name, payload.replace("{outside}", str(outside)) if isinstance(payload, str) else payload)
+        for name, payload in members
+    )
+
+    with pytest.raises(RepositoryError):
+        _extract_tar_stream(_hostile_tar(*resolved), dest)
+
+    assert list(outside.iterdir()) == []
+    assert not (tmp_path / "dest" / "escaped.txt").exists()
+    assert not Path("/absolute.txt").exists()
