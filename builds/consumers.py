@@ -44,7 +44,7 @@ class DeploymentLogConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             lines = await self._lines_after(after)
             if lines:
                 await self.send_json({"type": "lines", "lines": lines})
-                after = int(lines[-1]["seq"])  # type: ignore[call-overload]
+                after = int(lines[-1]["seq"])
             if len(lines) < REPLAY_PAGE:
                 break
         await self.send_json({"type": "status", **await self._status()})
@@ -55,17 +55,27 @@ class DeploymentLogConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     async def deployment_status(self, event: dict[str, Any]) -> None:
         await self.send_json({"type": "status", **event["status"]})
 
-    @database_sync_to_async
-    def _can_view(self, user: Any) -> bool:
-        return Deployment.objects.for_user(user).filter(pk=self.deployment_id).exists()
+    async def _can_view(self, user: Any) -> bool:
+        return bool(await database_sync_to_async(self._can_view_sync)(user))
 
-    @database_sync_to_async
-    def _lines_after(self, after: int) -> list[dict[str, object]]:
-        lines = LogLine.objects.filter(deployment_id=self.deployment_id, seq__gt=after)[:REPLAY_PAGE]
+    async def _lines_after(self, after: int) -> list[dict[str, Any]]:
+        return list(await database_sync_to_async(self._lines_after_sync)(after))
+
+    async def _status(self) -> dict[str, object]:
+        return dict(await database_sync_to_async(self._status_sync)())
+
+    def _can_view_sync(self, user: Any) -> bool:
+        return Deployment.objects.filter(
+            pk=self.deployment_id, project__memberships__user_id=user.pk
+        ).exists()
+
+    def _lines_after_sync(self, after: int) -> list[dict[str, Any]]:
+        lines = LogLine.objects.filter(deployment_id=self.deployment_id, seq__gt=after)[
+            :REPLAY_PAGE
+        ]
         return [line_payload(line) for line in lines]
 
-    @database_sync_to_async
-    def _status(self) -> dict[str, object]:
+    def _status_sync(self) -> dict[str, object]:
         from builds.presenters import deployment_status
 
         deployment = Deployment.objects.get(pk=self.deployment_id)

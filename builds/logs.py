@@ -11,6 +11,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -38,7 +40,7 @@ def broadcast(deployment_id: int, message: dict[str, object]) -> None:
         logger.warning("Broadcast to deployment %s failed", deployment_id, exc_info=True)
 
 
-def line_payload(line: LogLine) -> dict[str, object]:
+def line_payload(line: LogLine) -> dict[str, Any]:
     return {
         "seq": line.seq,
         "stream": line.stream,
@@ -53,7 +55,7 @@ class _Pending:
     stream: str
     text: str
     server_id: int | None
-    time: object
+    time: datetime
 
 
 class LogWriter:
@@ -86,7 +88,10 @@ class LogWriter:
         with self._lock:
             for part in masked.split("\n") if "\n" in masked else [masked]:
                 self._pending.append(_Pending(stream, part, server_id, timezone.now()))
-            due = len(self._pending) >= self.batch or time.monotonic() - self._last_flush >= self.flush_interval
+            due = (
+                len(self._pending) >= self.batch
+                or time.monotonic() - self._last_flush >= self.flush_interval
+            )
         if due:
             self.flush()
 

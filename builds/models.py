@@ -7,6 +7,7 @@ reused by queries, templates and the API.
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import models
 from django.utils import timezone
 
@@ -64,18 +65,24 @@ class DeploymentQuerySet(models.QuerySet["Deployment"]):
     def finished(self) -> DeploymentQuerySet:
         return self.filter(status__in=FINAL)
 
-    def for_user(self, user: object) -> DeploymentQuerySet:
+    def for_user(self, user: User) -> DeploymentQuerySet:
         return self.filter(project__memberships__user=user)
 
 
 class Deployment(models.Model):
-    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="deployments")
+    project = models.ForeignKey(
+        "projects.Project", on_delete=models.CASCADE, related_name="deployments"
+    )
     kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.DEPLOY)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
     # The step it is at while running (free text such as "transfer"), for the live page.
     stage = models.CharField(max_length=50, blank=True)
     group = models.ForeignKey(
-        "servers.ServerGroup", null=True, blank=True, on_delete=models.SET_NULL, related_name="deployments"
+        "servers.ServerGroup",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="deployments",
     )
     # What the user asked for (branch, tag or SHA), and what it resolved to.
     revision = models.CharField(max_length=255, blank=True)
@@ -116,7 +123,11 @@ class Deployment(models.Model):
         ordering = ["-created_at", "-id"]
         indexes = [
             # The reaper looks only at running deployments.
-            models.Index(fields=["heartbeat_at"], condition=models.Q(status="running"), name="running_heartbeat"),
+            models.Index(
+                fields=["heartbeat_at"],
+                condition=models.Q(status="running"),
+                name="running_heartbeat",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -139,7 +150,9 @@ class DeploymentTarget(models.Model):
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="targets")
     server = models.ForeignKey("servers.Server", on_delete=models.CASCADE, related_name="targets")
-    status = models.CharField(max_length=20, choices=TargetStatus.choices, default=TargetStatus.QUEUED)
+    status = models.CharField(
+        max_length=20, choices=TargetStatus.choices, default=TargetStatus.QUEUED
+    )
     position = models.PositiveIntegerField(default=0)
     release = models.CharField(max_length=100, blank=True)
     previous_release = models.CharField(max_length=100, blank=True)
@@ -171,9 +184,13 @@ class DeploymentTarget(models.Model):
 
 class Step(models.Model):
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="steps")
-    server = models.ForeignKey("servers.Server", null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    server = models.ForeignKey(
+        "servers.Server", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
     name = models.CharField(max_length=100)
-    status = models.CharField(max_length=20, choices=TargetStatus.choices, default=TargetStatus.RUNNING)
+    status = models.CharField(
+        max_length=20, choices=TargetStatus.choices, default=TargetStatus.RUNNING
+    )
     started_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -196,7 +213,9 @@ class LogLine(models.Model):
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="log_lines")
     seq = models.PositiveIntegerField()
     stream = models.CharField(max_length=10, choices=Stream.choices, default=Stream.STDOUT)
-    server = models.ForeignKey("servers.Server", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    server = models.ForeignKey(
+        "servers.Server", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     text = models.TextField()
     time = models.DateTimeField(default=timezone.now)
 

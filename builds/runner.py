@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -20,7 +21,8 @@ from django.utils import timezone
 from builds.engine import pipeline
 from builds.engine.build import BuildCommandSpec, BuildSpec
 from builds.engine.errors import Cancelled, EngineError
-from builds.engine.manifest import Manifest
+from builds.engine.git import Commit
+from builds.engine.manifest import ChangeSet, Manifest
 from builds.engine.masking import Masker
 from builds.engine.ssh import Endpoint
 from builds.logs import LogWriter
@@ -74,7 +76,9 @@ class DatabaseReporter:
             Step.objects.filter(pk=row.pk).update(status=status, finished_at=timezone.now())
             self.writer.flush()
 
-    def progress(self, server: int, files_done: int, files_total: int, bytes_done: int, bytes_total: int) -> None:
+    def progress(
+        self, server: int, files_done: int, files_total: int, bytes_done: int, bytes_total: int
+    ) -> None:
         now = time.monotonic()
         with self._lock:
             final = files_done == files_total
@@ -82,9 +86,19 @@ class DatabaseReporter:
                 return
             self._progress_at[server] = now
         DeploymentTarget.objects.filter(deployment=self.deployment, server_id=server).update(
-            files_done=files_done, files_total=files_total, bytes_done=bytes_done, bytes_total=bytes_total
+            files_done=files_done,
+            files_total=files_total,
+            bytes_done=bytes_done,
+            bytes_total=bytes_total,
         )
         deployment_broadcast_status(self.deployment)
+
+    def thread_finished(self) -> None:
+        # Only the engine's per-server threads call this: their connections would linger.
+        from django.db import connection
+
+        self.writer.flush()
+        connection.close()
 
     def check_cancelled(self) -> None:
         now = time.monotonic()
@@ -101,7 +115,9 @@ class Heartbeat:
     def __init__(self, deployment_id: int) -> None:
         self.deployment_id = deployment_id
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{deployment_id}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._beat, name=f"heartbeat-{deployment_id}", daemon=True
+        )
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -145,7 +161,9 @@ def endpoint_for(server: Server) -> Endpoint:
 
 def server_spec(server: Server) -> pipeline.ServerSpec:
     live = server.live_release()
-    manifest = Manifest.from_json(json.dumps(live.manifest).encode()) if live and live.manifest else None
+    manifest = (
+        Manifest.from_json(json.dumps(live.manifest).encode()) if live and live.manifest else None
+    )
     return pipeline.ServerSpec(
         id=server.pk,
         name=server.name,
@@ -183,7 +201,8 @@ def build_spec(deployment: Deployment, workspace: Path, revision: str) -> BuildS
         allow_local=settings.ALLOW_LOCAL_REPOSITORIES,
         subdirectory=project.subdirectory,
         excluded=tuple(project.excluded_files.values_list("pattern", flat=True)),
-        managed_paths=tuple(project.shared_paths) + tuple(project.config_files.values_list("path", flat=True)),
+        managed_paths=tuple(project.shared_paths)
+        + tuple(project.config_files.values_list("path", flat=True)),
         cache_paths=tuple(project.cache_paths),
         build_commands=tuple(
             BuildCommandSpec(
@@ -226,7 +245,11 @@ def run(deployment: Deployment) -> None:
     """Run a deployment that services.deployment_claim moved to running."""
     deployment = Deployment.objects.select_related("project", "triggered_by").get(pk=deployment.pk)
     project = deployment.project
-    targets = list(deployment.targets.filter(status=TargetStatus.RUNNING).select_related("server", "server__project"))
+    targets = list(
+        deployment.targets.filter(status=TargetStatus.RUNNING).select_related(
+            "server", "server__project"
+        )
+    )
     servers = [target.server for target in targets]
     writer = LogWriter(deployment.pk, mask=Masker(project_secrets(project, servers)))
     reporter = DatabaseReporter(deployment, writer)
@@ -242,19 +265,32 @@ def run(deployment: Deployment) -> None:
     except Cancelled:
         writer.system("Cancelled; every server stays on the release it had")
         writer.flush()
-        deployment_finish(deployment, status=Status.CANCELLED, error="Cancelled on request", error_code="cancelled")
+        deployment_finish(
+            deployment,
+            status=Status.CANCELLED,
+            error="Cancelled on request",
+            error_code="cancelled",
+        )
     except EngineError as exc:
-        message = str(exc) if exc.user_facing else "Slipway hit an internal error; the worker's log has the details"
+        message = (
+            str(exc)
+            if exc.user_facing
+            else "Slipway hit an internal error; the worker's log has the details"
+        )
         if not exc.user_facing:
             logger.exception("Deployment %s failed", deployment.pk)
         writer.system(f"Failed: {message}")
         writer.flush()
-        deployment_finish(deployment, status=Status.FAILED, error=writer.mask(message), error_code=exc.code)
+        deployment_finish(
+            deployment, status=Status.FAILED, error=writer.mask(message), error_code=exc.code
+        )
     except Exception:
         logger.exception("Deployment %s failed", deployment.pk)
         writer.system("Failed: Slipway hit an internal error; the worker's log has the details")
         writer.flush()
-        deployment_finish(deployment, status=Status.FAILED, error="Internal error", error_code="internal")
+        deployment_finish(
+            deployment, status=Status.FAILED, error="Internal error", error_code="internal"
+        )
     finally:
         writer.flush()
         shutil.rmtree(workspace, ignore_errors=True)
@@ -267,7 +303,9 @@ def _revision_for(deployment: Deployment, servers: list[Server]) -> str:
     return sorted(branches)[0]
 
 
-def _run_deploy(deployment: Deployment, servers: list[Server], reporter: DatabaseReporter, workspace: Path) -> None:
+def _run_deploy(
+    deployment: Deployment, servers: list[Server], reporter: DatabaseReporter, workspace: Path
+) -> None:
     project = deployment.project
     revision = _revision_for(deployment, servers)
     specs = tuple(server_spec(server) for server in servers)
@@ -281,7 +319,11 @@ def _run_deploy(deployment: Deployment, servers: list[Server], reporter: Databas
         deployer=_deployer_name(deployment),
         commands=command_specs(project),
         config_files=tuple(
-            pipeline.ConfigFileSpec(path=c.path, body=c.body, server_ids=frozenset(c.servers.values_list("pk", flat=True)))
+            pipeline.ConfigFileSpec(
+                path=c.path,
+                body=c.body,
+                server_ids=frozenset(c.servers.values_list("pk", flat=True)),
+            )
             for c in project.config_files.prefetch_related("servers")
         ),
         shared_paths=tuple(project.shared_paths),
@@ -301,7 +343,9 @@ def _run_deploy(deployment: Deployment, servers: list[Server], reporter: Databas
     _record(deployment, result.servers, revision=result.revision)
 
 
-def _run_rollback(deployment: Deployment, servers: list[Server], reporter: DatabaseReporter) -> None:
+def _run_rollback(
+    deployment: Deployment, servers: list[Server], reporter: DatabaseReporter
+) -> None:
     targets: dict[int, str] = {}
     revisions: dict[int, str] = {}
     for server in servers:
@@ -317,12 +361,16 @@ def _run_rollback(deployment: Deployment, servers: list[Server], reporter: Datab
         revisions=revisions,
         deployer=_deployer_name(deployment),
         commands=command_specs(deployment.project),
-        server_env={v.name: v.value for v in deployment.project.environment_variables.filter(servers=True)},
+        server_env={
+            v.name: v.value for v in deployment.project.environment_variables.filter(servers=True)
+        },
         lock_stale_after=settings.DEPLOYMENT_TIME_LIMIT,
     )
     results = pipeline.rollback(spec, reporter)
     ends = set(revisions.values())
-    Deployment.objects.filter(pk=deployment.pk).update(end_revision=ends.pop() if len(ends) == 1 else "")
+    Deployment.objects.filter(pk=deployment.pk).update(
+        end_revision=ends.pop() if len(ends) == 1 else ""
+    )
     _record(deployment, results, revision=None)
 
 
@@ -331,7 +379,9 @@ def _rollback_release(deployment: Deployment, server: Server) -> Release | None:
     if deployment.rollback_release:
         return kept.filter(name=deployment.rollback_release).first()
     if deployment.rollback_of_id:
-        target = DeploymentTarget.objects.filter(deployment_id=deployment.rollback_of_id, server=server).first()
+        target = DeploymentTarget.objects.filter(
+            deployment_id=deployment.rollback_of_id, server=server
+        ).first()
         if target and target.previous_release:
             return kept.filter(name=target.previous_release).first()
     live = server.live_release()
@@ -341,7 +391,9 @@ def _rollback_release(deployment: Deployment, server: Server) -> Release | None:
     return older.order_by("-created_at", "-id").first()
 
 
-def _run_preview(deployment: Deployment, servers: list[Server], reporter: DatabaseReporter, workspace: Path) -> None:
+def _run_preview(
+    deployment: Deployment, servers: list[Server], reporter: DatabaseReporter, workspace: Path
+) -> None:
     revision = _revision_for(deployment, servers)
     specs = tuple(server_spec(server) for server in servers)
     spec = pipeline.DeploySpec(
@@ -364,32 +416,34 @@ def _run_preview(deployment: Deployment, servers: list[Server], reporter: Databa
     deployment_finish(deployment, status=Status.SUCCEEDED)
 
 
-def _summary(changes: object) -> str:
+def _summary(changes: ChangeSet | None) -> str:
     data = _changes_json(changes)
     return f"{len(data['added'])} added, {len(data['modified'])} modified, {len(data['deleted'])} deleted, {data['bytes']} bytes"
 
 
-def _commit_json(commit: object) -> dict[str, object]:
+def _commit_json(commit: Commit) -> dict[str, object]:
     return {
-        "sha": commit.sha,  # type: ignore[attr-defined]
-        "author": commit.author,  # type: ignore[attr-defined]
-        "date": commit.date.isoformat(),  # type: ignore[attr-defined]
-        "subject": commit.subject,  # type: ignore[attr-defined]
+        "sha": commit.sha,
+        "author": commit.author,
+        "date": commit.date.isoformat(),
+        "subject": commit.subject,
     }
 
 
-def _changes_json(changes: object) -> dict[str, object]:
+def _changes_json(changes: ChangeSet | None) -> dict[str, Any]:
     if changes is None:
         return {"added": [], "modified": [], "deleted": [], "bytes": 0}
     return {
-        "added": list(changes.added),  # type: ignore[attr-defined]
-        "modified": list(changes.modified),  # type: ignore[attr-defined]
-        "deleted": list(changes.deleted),  # type: ignore[attr-defined]
-        "bytes": changes.bytes_to_send,  # type: ignore[attr-defined]
+        "added": list(changes.added),
+        "modified": list(changes.modified),
+        "deleted": list(changes.deleted),
+        "bytes": changes.bytes_to_send,
     }
 
 
-def _record(deployment: Deployment, results: list[pipeline.ServerResult], *, revision: str | None) -> None:
+def _record(
+    deployment: Deployment, results: list[pipeline.ServerResult], *, revision: str | None
+) -> None:
     now = timezone.now()
     any_cancelled = any(r.cancelled for r in results)
     for result in results:
@@ -405,21 +459,32 @@ def _record(deployment: Deployment, results: list[pipeline.ServerResult], *, rev
                 target.status = TargetStatus.FAILED
             target.release = result.release or ""
             target.previous_release = result.previous_release or ""
-            target.reason = str(result.error) if result.error and result.error.user_facing else ("Internal error" if result.error else "")
+            target.reason = (
+                str(result.error)
+                if result.error and result.error.user_facing
+                else ("Internal error" if result.error else "")
+            )
             target.finished_at = now
             target.save()
             if result.removed_releases:
-                Release.objects.filter(server_id=result.server_id, name__in=result.removed_releases).update(
-                    removed_at=now, live=False
-                )
+                Release.objects.filter(
+                    server_id=result.server_id, name__in=result.removed_releases
+                ).update(removed_at=now, live=False)
     failed = [r for r in results if not r.ok and not r.cancelled]
     if failed:
-        names = dict(Server.objects.filter(pk__in=[r.server_id for r in failed]).values_list("pk", "name"))
+        names = dict(
+            Server.objects.filter(pk__in=[r.server_id for r in failed]).values_list("pk", "name")
+        )
         error = "; ".join(f"{names.get(r.server_id, r.server_id)}: {r.error}" for r in failed)
         code = failed[0].error.code if failed[0].error else "error"
         deployment_finish(deployment, status=Status.FAILED, error=error, error_code=code)
     elif any_cancelled:
-        deployment_finish(deployment, status=Status.CANCELLED, error="Cancelled on request", error_code="cancelled")
+        deployment_finish(
+            deployment,
+            status=Status.CANCELLED,
+            error="Cancelled on request",
+            error_code="cancelled",
+        )
     else:
         deployment_finish(deployment, status=Status.SUCCEEDED)
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -61,7 +62,7 @@ def deployment_create(
     revision: str = "",
     kind: str = Kind.DEPLOY,
     trigger: str = Trigger.MANUAL,
-    user: object | None = None,
+    user: User | None = None,
     full: bool = False,
     skip_build: bool = False,
     skip_cache: bool = False,
@@ -80,13 +81,17 @@ def deployment_create(
         raise DeploymentRefused("servers", "Choose at least one server or a group")
     for server in targets:
         if server.project_id != project.pk:
-            raise DeploymentRefused("servers", f"Server {server.pk} is not part of project {project.slug}")
+            raise DeploymentRefused(
+                "servers", f"Server {server.pk} is not part of project {project.slug}"
+            )
         if not server.enabled and kind != Kind.PREVIEW:
             raise DeploymentRefused("servers", f"Server {server.name} is disabled")
     with transaction.atomic():
         # Lock the servers (in a fixed order, so two creators cannot deadlock) while the
         # older queued targets are superseded and the new ones inserted.
-        list(Server.objects.select_for_update().filter(pk__in=[s.pk for s in targets]).order_by("pk"))
+        list(
+            Server.objects.select_for_update().filter(pk__in=[s.pk for s in targets]).order_by("pk")
+        )
         deployment = Deployment.objects.create(
             project=project,
             kind=kind,
@@ -94,7 +99,7 @@ def deployment_create(
             revision=revision,
             branch=revision or "",
             trigger=trigger,
-            triggered_by=user if getattr(user, "is_authenticated", False) else None,
+            triggered_by=user if user is not None and user.is_authenticated else None,
             full=full,
             skip_build=skip_build,
             skip_cache=skip_cache,
@@ -120,7 +125,9 @@ def deployment_create(
 
 def _supersede_queued(servers: Iterable[Server], *, by: Deployment) -> None:
     older = DeploymentTarget.objects.filter(
-        server__in=list(servers), status=TargetStatus.QUEUED, deployment__kind__in=[Kind.DEPLOY, Kind.ROLLBACK]
+        server__in=list(servers),
+        status=TargetStatus.QUEUED,
+        deployment__kind__in=[Kind.DEPLOY, Kind.ROLLBACK],
     ).select_related("deployment", "server")
     touched: set[int] = set()
     for target in older:
@@ -139,7 +146,9 @@ def _supersede_queued(servers: Iterable[Server], *, by: Deployment) -> None:
             _system_line(deployment, f"Superseded by deployment #{by.pk}")
 
 
-def deployment_claim(deployment_id: int, *, task_id: str = "", worker: str = "") -> Deployment | None:
+def deployment_claim(
+    deployment_id: int, *, task_id: str = "", worker: str = ""
+) -> Deployment | None:
     """Move a queued deployment to running, or return None.
 
     None when another worker claimed it already (a redelivered message), when it is no longer
@@ -152,22 +161,31 @@ def deployment_claim(deployment_id: int, *, task_id: str = "", worker: str = "")
             if deployment is None or deployment.status != Status.QUEUED:
                 return None
             server_ids = list(
-                deployment.targets.filter(status=TargetStatus.QUEUED).values_list("server_id", flat=True)
+                deployment.targets.filter(status=TargetStatus.QUEUED).values_list(
+                    "server_id", flat=True
+                )
             )
             if deployment.kind != Kind.PREVIEW:
                 list(Server.objects.select_for_update().filter(pk__in=server_ids).order_by("pk"))
                 busy = DeploymentTarget.objects.filter(
-                    server_id__in=server_ids, status__in=[TargetStatus.RUNNING, TargetStatus.WAITING]
+                    server_id__in=server_ids,
+                    status__in=[TargetStatus.RUNNING, TargetStatus.WAITING],
                 ).exists()
                 if busy:
                     return None
             now = timezone.now()
             claimed = Deployment.objects.filter(pk=deployment_id, status=Status.QUEUED).update(
-                status=Status.RUNNING, started_at=now, heartbeat_at=now, task_id=task_id, worker=worker
+                status=Status.RUNNING,
+                started_at=now,
+                heartbeat_at=now,
+                task_id=task_id,
+                worker=worker,
             )
             if claimed != 1:
                 return None
-            deployment.targets.filter(status=TargetStatus.QUEUED).update(status=TargetStatus.RUNNING)
+            deployment.targets.filter(status=TargetStatus.QUEUED).update(
+                status=TargetStatus.RUNNING
+            )
     except IntegrityError:
         # Two claims raced for one server; the unique constraint let only one through.
         return None
@@ -180,7 +198,9 @@ def deployment_broadcast_status(deployment: Deployment) -> None:
     broadcast(deployment.pk, {"type": "deployment.status", "status": deployment_status(deployment)})
 
 
-def deployment_finish(deployment: Deployment, *, status: str, error: str = "", error_code: str = "") -> None:
+def deployment_finish(
+    deployment: Deployment, *, status: str, error: str = "", error_code: str = ""
+) -> None:
     now = timezone.now()
     Deployment.objects.filter(pk=deployment.pk, status__in=ACTIVE).update(
         status=status, error=error, error_code=error_code, finished_at=now, stage=""
@@ -201,7 +221,9 @@ def dispatch_ready(*, server_ids: Sequence[int] | None = None) -> int:
     if server_ids is not None:
         queued = queued.filter(targets__server_id__in=server_ids)
     sent = 0
-    for deployment_id in queued.order_by("created_at", "id").values_list("pk", flat=True).distinct():
+    for deployment_id in (
+        queued.order_by("created_at", "id").values_list("pk", flat=True).distinct()
+    ):
         _send(deployment_id)
         sent += 1
     return sent
@@ -213,14 +235,16 @@ def deployment_request_cancel(deployment: Deployment) -> bool:
     if Deployment.objects.filter(pk=deployment.pk, status=Status.QUEUED).update(
         status=Status.CANCELLED, finished_at=now, error="Cancelled before it started"
     ):
-        deployment.targets.filter(status=TargetStatus.QUEUED).update(status=TargetStatus.CANCELLED, finished_at=now)
+        deployment.targets.filter(status=TargetStatus.QUEUED).update(
+            status=TargetStatus.CANCELLED, finished_at=now
+        )
         _system_line(deployment, "Cancelled before it started")
         deployment.refresh_from_db()
         deployment_broadcast_status(deployment)
         return True
-    changed = Deployment.objects.filter(pk=deployment.pk, status=Status.RUNNING, cancel_requested_at=None).update(
-        cancel_requested_at=now
-    )
+    changed = Deployment.objects.filter(
+        pk=deployment.pk, status=Status.RUNNING, cancel_requested_at=None
+    ).update(cancel_requested_at=now)
     return bool(changed)
 
 
@@ -245,5 +269,7 @@ def deployments_recover_after_restart() -> None:
         for deployment in Deployment.objects.filter(status=Status.RUNNING):
             message = "Slipway restarted while this deployment was running"
             _system_line(deployment, message)
-            deployment_finish(deployment, status=Status.FAILED, error=message, error_code="worker_lost")
+            deployment_finish(
+                deployment, status=Status.FAILED, error=message, error_code="worker_lost"
+            )
     dispatch_ready()

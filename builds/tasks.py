@@ -12,7 +12,9 @@ def run_deployment(self: object, deployment_id: int) -> None:
     from builds.runner import run
 
     request = self.request  # type: ignore[attr-defined]
-    deployment = services.deployment_claim(deployment_id, task_id=request.id or "", worker=request.hostname or "")
+    deployment = services.deployment_claim(
+        deployment_id, task_id=request.id or "", worker=request.hostname or ""
+    )
     if deployment is None:
         return
     run(deployment)

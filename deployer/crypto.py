@@ -58,7 +58,9 @@ def rotate(token: str) -> str:
     try:
         return _fernet().rotate(token.encode()).decode()
     except InvalidToken:
-        raise DecryptionError("A stored secret cannot be decrypted with SLIPWAY_ENCRYPTION_KEYS") from None
+        raise DecryptionError(
+            "A stored secret cannot be decrypted with SLIPWAY_ENCRYPTION_KEYS"
+        ) from None
 
 
 class EncryptedTextField(models.TextField):  # type: ignore[type-arg]

@@ -22,7 +22,10 @@ REAPER_INTERVAL_SECONDS = 30.0
 
 
 def start_worker() -> WorkController:
-    app.conf.broker_transport_options = {**app.conf.broker_transport_options, "polling_interval": 0.1}
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        "polling_interval": 0.1,
+    }
     app.finalize()
     app.set_current()
     app.set_default()

@@ -25,7 +25,9 @@ def boolean(name: str, default: bool = False) -> bool:
         return True
     if value in {"0", "false", "no", "off"}:
         return False
-    raise ConfigurationError(f"{name}={raw!r} is not a boolean: use true/false, yes/no, on/off or 1/0")
+    raise ConfigurationError(
+        f"{name}={raw!r} is not a boolean: use true/false, yes/no, on/off or 1/0"
+    )
 
 
 def integer(name: str, default: int, *, minimum: int | None = None) -> int:
@@ -53,7 +55,9 @@ def url(name: str, schemes: tuple[str, ...]) -> str:
     parsed = urlparse(raw)
     if parsed.scheme not in schemes:
         expected = ", ".join(f"{scheme}://" for scheme in schemes)
-        raise ConfigurationError(f"{name} must start with one of {expected} (got {parsed.scheme or 'no scheme'}://)")
+        raise ConfigurationError(
+            f"{name} must start with one of {expected} (got {parsed.scheme or 'no scheme'}://)"
+        )
     if not parsed.hostname and parsed.scheme not in {"sqlite", "unix"}:
         raise ConfigurationError(f"{name} has no host name")
     return raw
@@ -65,7 +69,9 @@ def directory(name: str, default: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigurationError(f"{name}={str(path)!r} cannot be created: {exc.strerror}") from None
+        raise ConfigurationError(
+            f"{name}={str(path)!r} cannot be created: {exc.strerror}"
+        ) from None
     if not os.access(path, os.W_OK):
         raise ConfigurationError(f"{name}={str(path)!r} is not writable")
     return path.resolve()

@@ -11,3 +11,6 @@ class EncryptionCanary(models.Model):
     """A known value encrypted with the first key, decrypted at every start."""
 
     value = EncryptedTextField()
+
+    def __str__(self) -> str:
+        return "encryption canary"

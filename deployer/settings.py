@@ -48,7 +48,9 @@ def _generated_fernet_key() -> str:
 SECRET_KEY = env.string("SLIPWAY_SECRET_KEY")
 if not SECRET_KEY:
     if not EMBEDDED:
-        raise ConfigurationError("SLIPWAY_SECRET_KEY must be set when DATABASE_URL or REDIS_URL is set")
+        raise ConfigurationError(
+            "SLIPWAY_SECRET_KEY must be set when DATABASE_URL or REDIS_URL is set"
+        )
     SECRET_KEY = _secret_file("secret_key", secrets.token_urlsafe(50))
 
 # Key list for secrets at rest: the first key encrypts, every key decrypts (rotation).
@@ -218,11 +220,15 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # WhiteNoise serves files with a synchronous iterator; under ASGI Django warns for each one.
-warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous iterators")
+warnings.filterwarnings(
+    "ignore", message="StreamingHttpResponse must consume synchronous iterators"
+)
 
 LOG_LEVEL = env.string("SLIPWAY_LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-    raise ConfigurationError(f"SLIPWAY_LOG_LEVEL={LOG_LEVEL!r} must be DEBUG, INFO, WARNING or ERROR")
+    raise ConfigurationError(
+        f"SLIPWAY_LOG_LEVEL={LOG_LEVEL!r} must be DEBUG, INFO, WARNING or ERROR"
+    )
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -24,7 +24,12 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("Authorization: the Bearer token is empty")
         # Looked up by its hash: the stored value never equals the secret, and the index
         # lookup does not compare the secret byte by byte.
-        record = ApiToken.objects.active().select_related("user").filter(token_hash=hash_token(token)).first()
+        record = (
+            ApiToken.objects.active()
+            .select_related("user")
+            .filter(token_hash=hash_token(token))
+            .first()
+        )
         if record is None or not record.user.is_active:
             raise exceptions.AuthenticationFailed("Authorization: the token is unknown or revoked")
         ApiToken.objects.filter(pk=record.pk).update(last_used_at=timezone.now())

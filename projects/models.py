@@ -6,6 +6,7 @@ import hashlib
 import secrets
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import models
 from django.utils import timezone
 
@@ -32,7 +33,7 @@ def _webhook_secret() -> str:
 
 
 class ProjectQuerySet(models.QuerySet["Project"]):
-    def for_user(self, user: object) -> ProjectQuerySet:
+    def for_user(self, user: User) -> ProjectQuerySet:
         return self.filter(memberships__user=user)
 
 
@@ -73,19 +74,23 @@ class Project(models.Model):
     def webhook_url(self) -> str:
         return settings.BASE_URL + self.webhook_path
 
-    def role_of(self, user: object) -> str | None:
+    def role_of(self, user: User) -> str | None:
         membership = self.memberships.filter(user=user).first()
         return membership.role if membership else None
 
 
 class Membership(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
     role = models.CharField(max_length=20, choices=Role.choices, default=Role.VIEWER)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["project", "user"], name="unique_membership")]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "user"], name="unique_membership")
+        ]
 
     def __str__(self) -> str:
         return f"{self.user} as {self.role} of {self.project}"
@@ -99,7 +104,7 @@ class Membership(models.Model):
         return self.role in CONFIGURE_ROLES
 
 
-TOKEN_PREFIX = "slw_"
+TOKEN_PREFIX = "slw_"  # noqa: S105 (a prefix, not a secret)
 
 
 def hash_token(token: str) -> str:
@@ -114,7 +119,9 @@ class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
 class ApiToken(models.Model):
     """A bearer token for the API. Only its SHA-256 is stored; the token is shown once."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
     name = models.CharField(max_length=100)
     token_hash = models.CharField(max_length=64, unique=True)
     # The first characters, so that a person can tell tokens apart in a list.
@@ -132,14 +139,18 @@ class ApiToken(models.Model):
         return f"{self.name} ({self.prefix}…)"
 
     @classmethod
-    def issue(cls, *, user: object, name: str) -> tuple[ApiToken, str]:
+    def issue(cls, *, user: User, name: str) -> tuple[ApiToken, str]:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        record = cls.objects.create(user=user, name=name, token_hash=hash_token(token), prefix=token[:12])
+        record = cls.objects.create(
+            user=user, name=name, token_hash=hash_token(token), prefix=token[:12]
+        )
         return record, token
 
 
 class EnvironmentVariable(models.Model):
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="environment_variables")
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="environment_variables"
+    )
     name = models.CharField(max_length=255)
     value = EncryptedTextField(blank=True)
     # A secret value is write-only in the UI and the API, and masked in every log line.
@@ -150,7 +161,9 @@ class EnvironmentVariable(models.Model):
 
     class Meta:
         ordering = ["name"]
-        constraints = [models.UniqueConstraint(fields=["project", "name"], name="unique_environment_name")]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="unique_environment_name")
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -168,7 +181,9 @@ class ConfigFile(models.Model):
 
     class Meta:
         ordering = ["path"]
-        constraints = [models.UniqueConstraint(fields=["project", "path"], name="unique_config_path")]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "path"], name="unique_config_path")
+        ]
 
     def __str__(self) -> str:
         return self.path
@@ -221,8 +236,12 @@ class Command(models.Model):
     position = models.PositiveIntegerField(default=0)
     description = models.CharField(max_length=255, blank=True)
     command = models.TextField()
-    stage = models.CharField(max_length=20, choices=CommandStage.choices, default=CommandStage.AFTER_SWITCH)
-    run_on = models.CharField(max_length=20, choices=CommandRunOn.choices, default=CommandRunOn.ALWAYS)
+    stage = models.CharField(
+        max_length=20, choices=CommandStage.choices, default=CommandStage.AFTER_SWITCH
+    )
+    run_on = models.CharField(
+        max_length=20, choices=CommandRunOn.choices, default=CommandRunOn.ALWAYS
+    )
     halt_on_error = models.BooleanField(default=True)
     timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
     # Empty means every server of the project.

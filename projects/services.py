@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils.text import slugify
 
@@ -20,7 +20,12 @@ def _unique_slug(name: str) -> str:
 
 @transaction.atomic
 def project_create(
-    *, owner: AbstractBaseUser, name: str, repository_url: str, branch: str = "main", **fields: object
+    *,
+    owner: User,
+    name: str,
+    repository_url: str,
+    branch: str = "main",
+    **fields: object,
 ) -> Project:
     slug = str(fields.pop("slug", "") or _unique_slug(name))
     keys = generate_ed25519(comment=f"slipway-{slug}")
@@ -37,5 +42,5 @@ def project_create(
     return project
 
 
-def api_token_issue(*, user: AbstractBaseUser, name: str) -> tuple[ApiToken, str]:
+def api_token_issue(*, user: User, name: str) -> tuple[ApiToken, str]:
     return ApiToken.issue(user=user, name=name)

@@ -9,10 +9,16 @@ from django.shortcuts import render
 from projects.models import Membership, Project
 
 
+def _user_id(request: HttpRequest) -> int:
+    return int(request.user.pk or 0)
+
+
 def _get_project_for_user(request: HttpRequest, slug: str) -> tuple[Project, Membership]:
     """The project, reached only through the caller's membership: 404 for anyone else."""
     membership = (
-        Membership.objects.select_related("project").filter(project__slug=slug, user=request.user).first()
+        Membership.objects.select_related("project")
+        .filter(project__slug=slug, user_id=_user_id(request))
+        .first()
     )
     if membership is None:
         raise Http404("No such project")
@@ -21,7 +27,9 @@ def _get_project_for_user(request: HttpRequest, slug: str) -> tuple[Project, Mem
 
 @login_required
 def index(request: HttpRequest) -> HttpResponse:
-    projects = Project.objects.for_user(request.user).prefetch_related("servers")
+    projects = Project.objects.filter(memberships__user_id=_user_id(request)).prefetch_related(
+        "servers"
+    )
     return render(request, "projects/index.html", {"projects": projects})
 
 

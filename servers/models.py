@@ -20,13 +20,17 @@ class AuthMethod(models.TextChoices):
 
 
 class Server(models.Model):
-    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="servers")
+    project = models.ForeignKey(
+        "projects.Project", on_delete=models.CASCADE, related_name="servers"
+    )
     name = models.CharField(max_length=100)
     protocol = models.CharField(max_length=10, choices=Protocol.choices, default=Protocol.SSH)
     hostname = models.CharField(max_length=255)
     port = models.PositiveIntegerField(default=22)
     username = models.CharField(max_length=100)
-    auth_method = models.CharField(max_length=20, choices=AuthMethod.choices, default=AuthMethod.PROJECT_KEY)
+    auth_method = models.CharField(
+        max_length=20, choices=AuthMethod.choices, default=AuthMethod.PROJECT_KEY
+    )
     password = EncryptedTextField(blank=True)
     private_key = EncryptedTextField(blank=True)
     deploy_path = models.CharField(max_length=500)
@@ -47,7 +51,9 @@ class Server(models.Model):
 
     class Meta:
         ordering = ["position", "name"]
-        constraints = [models.UniqueConstraint(fields=["project", "name"], name="unique_server_name")]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="unique_server_name")
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -75,13 +81,17 @@ class ServerGroup(models.Model):
 
     class Meta:
         ordering = ["name"]
-        constraints = [models.UniqueConstraint(fields=["project", "name"], name="unique_group_name")]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="unique_group_name")
+        ]
 
     def __str__(self) -> str:
         return self.name
 
     def ordered_servers(self) -> list[Server]:
-        return [member.server for member in self.members.select_related("server").order_by("position")]
+        return [
+            member.server for member in self.members.select_related("server").order_by("position")
+        ]
 
 
 class GroupMember(models.Model):
@@ -91,7 +101,12 @@ class GroupMember(models.Model):
 
     class Meta:
         ordering = ["position"]
-        constraints = [models.UniqueConstraint(fields=["group", "server"], name="unique_group_member")]
+        constraints = [
+            models.UniqueConstraint(fields=["group", "server"], name="unique_group_member")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.server_id} in {self.group_id}"
 
 
 class Release(models.Model):
@@ -102,7 +117,11 @@ class Release(models.Model):
     revision = models.CharField(max_length=40)
     branch = models.CharField(max_length=255, blank=True)
     deployment = models.ForeignKey(
-        "builds.Deployment", null=True, blank=True, on_delete=models.SET_NULL, related_name="releases"
+        "builds.Deployment",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="releases",
     )
     # {"path": [size, mode, digest, kind]}: basis of incremental transfer and drift checks.
     manifest = models.JSONField(default=dict, blank=True)
@@ -115,7 +134,9 @@ class Release(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["server", "name"], name="unique_release_name"),
             # One live release per server: the database refuses a second.
-            models.UniqueConstraint(fields=["server"], condition=models.Q(live=True), name="one_live_release"),
+            models.UniqueConstraint(
+                fields=["server"], condition=models.Q(live=True), name="one_live_release"
+            ),
         ]
 
     def __str__(self) -> str:

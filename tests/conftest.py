@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.support.sshd", "tests.support.gitrepos"]
+pytest_plugins = ["tests.support.sshd", "tests.support.gitrepos", "tests.support.deployments"]
 
 
 @pytest.fixture

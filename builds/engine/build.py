@@ -208,7 +208,10 @@ def build(
             check_cancelled()
             label = command.description or command.command
             if not command.wanted(changed):
-                log("system", f"Skipped `{label}`: no changed file matches {', '.join(command.watch_globs)}")
+                log(
+                    "system",
+                    f"Skipped `{label}`: no changed file matches {', '.join(command.watch_globs)}",
+                )
                 continue
             log("system", f"$ {command.command}")
             exit_code = run_local_command(

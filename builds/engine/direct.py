@@ -39,7 +39,7 @@ def _sftp_error(exc: OSError | IOError, path: str, host: str) -> Exception:
     message = str(exc)
     if code == 13 or "Permission denied" in message:
         return PermissionDenied(f"Permission denied writing {path} on {host}")
-    if code == 28 or "No space left" in message or "Failure" == message:
+    if code == 28 or "No space left" in message or message == "Failure":
         return DiskFull(f"Could not write {path} on {host}: {message or 'the disk may be full'}")
     return TransferFailed(f"Could not write {path} on {host}: {message}")
 
@@ -67,7 +67,9 @@ def deliver(
     try:
         sftp.mkdir(lock)
     except OSError:
-        raise LockHeld(f"{root} on {host} is locked by another deployment (remove {lock} if nothing is deploying)") from None
+        raise LockHeld(
+            f"{root} on {host} is locked by another deployment (remove {lock} if nothing is deploying)"
+        ) from None
     try:
         variables = {
             "release_path": root,
@@ -87,21 +89,51 @@ def deliver(
 
         def commands(stage: str) -> None:
             if can_run:
-                run_commands(connection, spec.commands, stage=stage, server=server, workdir=root, variables=variables, env=spec.server_env, reporter=reporter)
+                run_commands(
+                    connection,
+                    spec.commands,
+                    stage=stage,
+                    server=server,
+                    workdir=root,
+                    variables=variables,
+                    env=spec.server_env,
+                    reporter=reporter,
+                )
 
         commands(STAGE_BEFORE_TRANSFER)
         with reporter.step("transfer", server.id):
             old = None if spec.full else _remote_manifest(sftp, root) or server.live_manifest
             changes = diff(old, output.manifest)
             result.changes = changes
-            reporter.log("system", f"{len(changes.added)} added, {len(changes.modified)} modified, {len(changes.deleted)} deleted; {changes.bytes_to_send} bytes to send (in place)", server.id)
-            _apply(connection, sftp, root, output, changes.paths_to_send, changes.deleted, reporter, server.id)
+            reporter.log(
+                "system",
+                f"{len(changes.added)} added, {len(changes.modified)} modified, {len(changes.deleted)} deleted; {changes.bytes_to_send} bytes to send (in place)",
+                server.id,
+            )
+            _apply(
+                connection,
+                sftp,
+                root,
+                output,
+                changes.paths_to_send,
+                changes.deleted,
+                reporter,
+                server.id,
+            )
             for config in spec.config_files:
                 if config.server_ids and server.id not in config.server_ids:
                     continue
                 path = release.validate_relative_path(config.path, "config_files")
-                _put_bytes(sftp, posixpath.join(root, path), substitute(config.body, variables).encode(), 0o644, host)
-            _put_bytes(sftp, posixpath.join(root, MANIFEST_FILE), output.manifest.to_json(), 0o600, host)
+                _put_bytes(
+                    sftp,
+                    posixpath.join(root, path),
+                    substitute(config.body, variables).encode(),
+                    0o644,
+                    host,
+                )
+            _put_bytes(
+                sftp, posixpath.join(root, MANIFEST_FILE), output.manifest.to_json(), 0o600, host
+            )
         result.manifest = output.manifest
         # No release directory in place mode; the name records the revision that went live.
         result.release = release.release_name(output.revision, spec.started_at)
@@ -168,7 +200,10 @@ def _apply(
                 sftp.remove(remote)
         except OSError:
             pass  # already gone, or a folder someone filled: left alone
-    folders = sorted({posixpath.dirname(p) for p in send if posixpath.dirname(p)} | {p for p in send if manifest[p].kind == "dir"})
+    folders = sorted(
+        {posixpath.dirname(p) for p in send if posixpath.dirname(p)}
+        | {p for p in send if manifest[p].kind == "dir"}
+    )
     for folder in folders:
         _makedirs(sftp, posixpath.join(root, folder))
     files = [p for p in send if manifest[p].kind == "file"]

@@ -7,7 +7,9 @@ from collections.abc import Iterable
 
 MASK = "********"
 # user:password@ in any URL-looking text (tokens in clone URLs, basic auth in webhooks).
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/\s:@]*):(?P<secret>[^/\s@]+)@")
+_URL_CREDENTIALS = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/\s:@]*):(?P<secret>[^/\s@]+)@"
+)
 # Secrets shorter than this would mask ordinary words and leak more by their pattern.
 MIN_SECRET_LENGTH = 4
 
@@ -26,7 +28,9 @@ class Masker:
                 if len(part) >= MIN_SECRET_LENGTH:
                     values.add(part)
         ordered = sorted(values, key=len, reverse=True)
-        self._pattern = re.compile("|".join(re.escape(value) for value in ordered)) if ordered else None
+        self._pattern = (
+            re.compile("|".join(re.escape(value) for value in ordered)) if ordered else None
+        )
 
     def __call__(self, text: str) -> str:
         text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)

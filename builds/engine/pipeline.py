@@ -24,7 +24,14 @@ from typing import Protocol
 
 from builds.engine import direct, release
 from builds.engine.build import BuildOutput, BuildSpec, build, exclude_rules
-from builds.engine.errors import Cancelled, EngineError, InternalError, InvalidInput, LockHeld, UserError
+from builds.engine.errors import (
+    Cancelled,
+    EngineError,
+    InternalError,
+    InvalidInput,
+    LockHeld,
+    UserError,
+)
 from builds.engine.git import Commit, Mirror
 from builds.engine.manifest import ChangeSet, Manifest, diff, tar_stream
 from builds.engine.ssh import Connection, Endpoint, connect
@@ -110,11 +117,18 @@ class DeploySpec:
 class Reporter(Protocol):
     def log(self, stream: str, text: str, server: int | None = None) -> None: ...
 
-    def step(self, name: str, server: int | None = None) -> contextlib.AbstractContextManager[None]: ...
+    def step(
+        self, name: str, server: int | None = None
+    ) -> contextlib.AbstractContextManager[None]: ...
 
-    def progress(self, server: int, files_done: int, files_total: int, bytes_done: int, bytes_total: int) -> None: ...
+    def progress(
+        self, server: int, files_done: int, files_total: int, bytes_done: int, bytes_total: int
+    ) -> None: ...
 
     def check_cancelled(self) -> None: ...
+
+    def thread_finished(self) -> None:
+        """Called at the end of each per-server thread (to release per-thread resources)."""
 
 
 @dataclass
@@ -182,11 +196,16 @@ def preview(spec: DeploySpec, reporter: Reporter) -> Preview:
         sha = mirror.resolve(spec.build.revision)
     with reporter.step("checkout"):
         mirror.export(sha, spec.build.workspace_dir, spec.build.subdirectory or None)
-        manifest = Manifest.build(spec.build.workspace_dir, exclude_rules(spec.build, spec.build.workspace_dir))
+        manifest = Manifest.build(
+            spec.build.workspace_dir, exclude_rules(spec.build, spec.build.workspace_dir)
+        )
     starts = {server.live_revision for server in spec.servers}
     start = next(iter(starts)) if len(starts) == 1 else None
     commits = mirror.commits_between(start, sha) if start != sha else []
-    changes = {server.id: diff(None if spec.full else server.live_manifest, manifest) for server in spec.servers}
+    changes = {
+        server.id: diff(None if spec.full else server.live_manifest, manifest)
+        for server in spec.servers
+    }
     return Preview(revision=sha, commits=commits, changes=changes)
 
 
@@ -222,21 +241,29 @@ def deploy(spec: DeploySpec, reporter: Reporter) -> DeployResult:
             check_cancelled=reporter.check_cancelled,
         )
         reporter.log(
-            "system", f"Build output: {len(output.manifest)} entries, {output.manifest.total_bytes} bytes"
+            "system",
+            f"Build output: {len(output.manifest)} entries, {output.manifest.total_bytes} bytes",
         )
     reporter.check_cancelled()
 
     name = release.release_name(sha, spec.started_at)
     archives = _ArchiveCache(output)
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(spec.max_parallel, len(spec.servers)))) as pool:
+        with ThreadPoolExecutor(
+            max_workers=max(1, min(spec.max_parallel, len(spec.servers)))
+        ) as pool:
             futures = [
-                pool.submit(_deliver, spec, server, output, name, archives, reporter) for server in spec.servers
+                pool.submit(_deliver, spec, server, output, name, archives, reporter)
+                for server in spec.servers
             ]
             results = [future.result() for future in futures]
     finally:
         archives.close()
-    overall = diff(None if spec.full else spec.servers[0].live_manifest, output.manifest) if spec.servers else None
+    overall = (
+        diff(None if spec.full else spec.servers[0].live_manifest, output.manifest)
+        if spec.servers
+        else None
+    )
     return DeployResult(revision=sha, servers=results, commits=commits, changes=overall)
 
 
@@ -248,14 +275,17 @@ def _with_drift(changes: ChangeSet, prepared: release.Prepared, manifest: Manife
         return changes
     drifted = set(prepared.drifted)
     sending = set(changes.added) | set(changes.modified)
-    resend = {p for p in drifted if p in manifest and manifest[p].kind != "dir" and p not in sending}
+    resend = {
+        p for p in drifted if p in manifest and manifest[p].kind != "dir" and p not in sending
+    }
     remove = {p for p in drifted if p not in manifest}
     modified = sorted(set(changes.modified) | resend)
     return ChangeSet(
         added=changes.added,
         modified=modified,
         deleted=sorted(set(changes.deleted) | remove),
-        bytes_to_send=changes.bytes_to_send + sum(manifest[p].size for p in resend if manifest[p].kind == "file"),
+        bytes_to_send=changes.bytes_to_send
+        + sum(manifest[p].size for p in resend if manifest[p].kind == "file"),
     )
 
 
@@ -305,7 +335,9 @@ def _read_chunks(path: Path, on_bytes: Callable[[int], None]) -> Iterator[bytes]
             yield chunk
 
 
-def _variables(spec: DeploySpec, server: ServerSpec, layout_release: str, name: str, sha: str) -> dict[str, str]:
+def _variables(
+    spec: DeploySpec, server: ServerSpec, layout_release: str, name: str, sha: str
+) -> dict[str, str]:
     deploy_path = release.validate_deploy_path(server.deploy_path)
     return {
         "release_path": layout_release,
@@ -335,7 +367,9 @@ def run_commands(
     reporter: Reporter,
 ) -> None:
     """Run the stage's commands on one server in ``workdir``, output streamed to the log."""
-    exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items() if _env_name_ok(name))
+    exports = "".join(
+        f"export {name}={shlex.quote(value)}\n" for name, value in env.items() if _env_name_ok(name)
+    )
     for command in commands:
         if command.stage != stage or not command.applies_to(server):
             continue
@@ -350,7 +384,11 @@ def run_commands(
             check=command.halt_on_error,
         )
         if result.exit_code != 0:
-            reporter.log("system", f"Exited with {result.exit_code}; going on (halt on error is off)", server.id)
+            reporter.log(
+                "system",
+                f"Exited with {result.exit_code}; going on (halt on error is off)",
+                server.id,
+            )
 
 
 def _env_name_ok(name: str) -> bool:
@@ -387,6 +425,8 @@ def _deliver(
         result.error = InternalError(f"Unexpected error on {server.name}: {type(exc).__name__}")
         reporter.log("system", f"Failed: {result.error}", server.id)
         logging.getLogger(__name__).exception("Deploying to %s failed", server.name)
+    finally:
+        reporter.thread_finished()
     return result
 
 
@@ -409,8 +449,12 @@ def take_lock(
     except LockHeld as held:
         if not held.owner or held.owner == owner or not owner_finished(held.owner):
             raise
-        reporter.log("system", f"Taking over the lock left by {held.owner}, which has finished", server_id)
-        layout.lock(holder=holder, owner_id=owner, stale_after=stale_after, take_over_from=held.owner)
+        reporter.log(
+            "system", f"Taking over the lock left by {held.owner}, which has finished", server_id
+        )
+        layout.lock(
+            holder=holder, owner_id=owner, stale_after=stale_after, take_over_from=held.owner
+        )
     return owner
 
 
@@ -443,21 +487,36 @@ def _deliver_atomic(
         if any(c.stage == STAGE_BEFORE_TRANSFER and c.applies_to(server) for c in spec.commands):
             with reporter.step("commands before transfer", server.id):
                 workdir = current if server.live_release else layout.deploy_path
-                run_commands(connection, spec.commands, stage=STAGE_BEFORE_TRANSFER, server=server, workdir=workdir, variables=variables, env=env, reporter=reporter)
+                run_commands(
+                    connection,
+                    spec.commands,
+                    stage=STAGE_BEFORE_TRANSFER,
+                    server=server,
+                    workdir=workdir,
+                    variables=variables,
+                    env=env,
+                    reporter=reporter,
+                )
 
         with reporter.step("transfer", server.id):
             incremental = not spec.full and server.live_manifest is not None
-            prepared = layout.prepare(name, expected_live=server.live_release, incremental=incremental)
+            prepared = layout.prepare(
+                name, expected_live=server.live_release, incremental=incremental
+            )
             result.previous_release = prepared.live
             if spec.config_only:
                 if not prepared.copied:
-                    raise UserError(f"{server.name}: a config-only deployment needs a live release made by Slipway")
+                    raise UserError(
+                        f"{server.name}: a config-only deployment needs a live release made by Slipway"
+                    )
                 manifest = server.live_manifest or output.manifest
                 changes = ChangeSet()
             else:
                 manifest = output.manifest
                 changes = _with_drift(
-                    diff(server.live_manifest if prepared.copied else None, output.manifest), prepared, output.manifest
+                    diff(server.live_manifest if prepared.copied else None, output.manifest),
+                    prepared,
+                    output.manifest,
                 )
                 if prepared.drifted:
                     reporter.log(
@@ -470,12 +529,15 @@ def _deliver_atomic(
             reporter.log(
                 "system",
                 f"{len(changes.added)} added, {len(changes.modified)} modified, {len(changes.deleted)} deleted; "
-                f"{changes.bytes_to_send} bytes to send" + ("" if prepared.copied else " (full upload)"),
+                f"{changes.bytes_to_send} bytes to send"
+                + ("" if prepared.copied else " (full upload)"),
                 server.id,
             )
             files_total = len(changes.paths_to_send)
             reporter.progress(server.id, 0, files_total, 0, changes.bytes_to_send)
-            removals = changes.deleted + [p for p in changes.modified if output.manifest[p].kind != "dir"]
+            removals = changes.deleted + [
+                p for p in changes.modified if output.manifest[p].kind != "dir"
+            ]
             layout.remove_paths(name, removals)
             if changes.paths_to_send:
                 archive = archives.path_for(changes.paths_to_send)
@@ -484,26 +546,47 @@ def _deliver_atomic(
 
                 def on_bytes(count: int) -> None:
                     sent[0] += count
-                    reporter.progress(server.id, files_total if sent[0] >= size else 0, files_total, min(changes.bytes_to_send, changes.bytes_to_send * sent[0] // max(size, 1)), changes.bytes_to_send)
+                    reporter.progress(
+                        server.id,
+                        files_total if sent[0] >= size else 0,
+                        files_total,
+                        min(changes.bytes_to_send, changes.bytes_to_send * sent[0] // max(size, 1)),
+                        changes.bytes_to_send,
+                    )
 
                 layout.upload(name, _read_chunks(archive, on_bytes))
-            reporter.progress(server.id, files_total, files_total, changes.bytes_to_send, changes.bytes_to_send)
+            reporter.progress(
+                server.id, files_total, files_total, changes.bytes_to_send, changes.bytes_to_send
+            )
             reporter.check_cancelled()
 
             files = {
-                release.validate_relative_path(config.path, "config_files"): substitute(config.body, variables).encode()
+                release.validate_relative_path(config.path, "config_files"): substitute(
+                    config.body, variables
+                ).encode()
                 for config in spec.config_files
                 if not config.server_ids or server.id in config.server_ids
             }
             layout.write_files(name, files, manifest.to_json())
             layout.link_shared(name, spec.shared_paths)
-            layout.apply_permissions(name, file_mode=server.file_mode, directory_mode=server.directory_mode)
+            layout.apply_permissions(
+                name, file_mode=server.file_mode, directory_mode=server.directory_mode
+            )
             layout.snapshot(name)
         result.manifest = manifest
 
         if any(c.stage == STAGE_BEFORE_SWITCH and c.applies_to(server) for c in spec.commands):
             with reporter.step("commands before switch", server.id):
-                run_commands(connection, spec.commands, stage=STAGE_BEFORE_SWITCH, server=server, workdir=release_path, variables=variables, env=env, reporter=reporter)
+                run_commands(
+                    connection,
+                    spec.commands,
+                    stage=STAGE_BEFORE_SWITCH,
+                    server=server,
+                    workdir=release_path,
+                    variables=variables,
+                    env=env,
+                    reporter=reporter,
+                )
         reporter.check_cancelled()  # the last safe point: after the switch, the release is live
 
         with reporter.step("switch", server.id):
@@ -513,19 +596,34 @@ def _deliver_atomic(
 
         if any(c.stage == STAGE_AFTER_SWITCH and c.applies_to(server) for c in spec.commands):
             with reporter.step("commands after switch", server.id):
-                run_commands(connection, spec.commands, stage=STAGE_AFTER_SWITCH, server=server, workdir=release_path, variables=variables, env=env, reporter=reporter)
+                run_commands(
+                    connection,
+                    spec.commands,
+                    stage=STAGE_AFTER_SWITCH,
+                    server=server,
+                    workdir=release_path,
+                    variables=variables,
+                    env=env,
+                    reporter=reporter,
+                )
 
         with reporter.step("clean up", server.id):
             protect = [prepared.live] if prepared.live else []
             cleaned = layout.clean_up(keep=server.keep_releases, live=name, protect=protect)
             result.removed_releases = cleaned.removed
             if cleaned.removed:
-                reporter.log("system", f"Removed old releases: {', '.join(cleaned.removed)}", server.id)
+                reporter.log(
+                    "system", f"Removed old releases: {', '.join(cleaned.removed)}", server.id
+                )
     except BaseException:
         if result.release is None:
             # The new release never went live: drop it, so no half-made release lingers.
             with contextlib.suppress(Exception):
-                layout.clean_up(keep=server.keep_releases, live=server.live_release or "", protect=[p for p in [server.live_release] if p])
+                layout.clean_up(
+                    keep=server.keep_releases,
+                    live=server.live_release or "",
+                    protect=[p for p in [server.live_release] if p],
+                )
         raise
     finally:
         with contextlib.suppress(Exception):
@@ -566,7 +664,9 @@ def rollback(spec: RollbackSpec, reporter: Reporter) -> list[ServerResult]:
                 connection = connect(server.endpoint)
             with connection:
                 if not (server.atomic and server.shell):
-                    raise UserError(f"{server.name} is not an atomic server: there are no releases to switch between")
+                    raise UserError(
+                        f"{server.name} is not an atomic server: there are no releases to switch between"
+                    )
                 layout = release.RemoteLayout(connection, server.deploy_path)
                 owner = take_lock(
                     layout,
@@ -586,11 +686,32 @@ def rollback(spec: RollbackSpec, reporter: Reporter) -> list[ServerResult]:
                         result.release = target
                         reporter.log("system", f"current → releases/{target}", server.id)
                     release_path = layout.release_path(target)
-                    dspec = DeploySpec(deployment_id=spec.deployment_id, project=spec.project, build=_NO_BUILD, servers=(server,), branch=spec.branch, deployer=spec.deployer)
-                    variables = _variables(dspec, server, release_path, target, spec.revisions.get(server.id, ""))
-                    if any(c.stage == STAGE_AFTER_SWITCH and c.applies_to(server) for c in spec.commands):
+                    dspec = DeploySpec(
+                        deployment_id=spec.deployment_id,
+                        project=spec.project,
+                        build=_NO_BUILD,
+                        servers=(server,),
+                        branch=spec.branch,
+                        deployer=spec.deployer,
+                    )
+                    variables = _variables(
+                        dspec, server, release_path, target, spec.revisions.get(server.id, "")
+                    )
+                    if any(
+                        c.stage == STAGE_AFTER_SWITCH and c.applies_to(server)
+                        for c in spec.commands
+                    ):
                         with reporter.step("commands after switch", server.id):
-                            run_commands(connection, spec.commands, stage=STAGE_AFTER_SWITCH, server=server, workdir=release_path, variables=variables, env=spec.server_env, reporter=reporter)
+                            run_commands(
+                                connection,
+                                spec.commands,
+                                stage=STAGE_AFTER_SWITCH,
+                                server=server,
+                                workdir=release_path,
+                                variables=variables,
+                                env=spec.server_env,
+                                reporter=reporter,
+                            )
                 finally:
                     with contextlib.suppress(Exception):
                         layout.unlock(owner_id=owner)
@@ -601,10 +722,18 @@ def rollback(spec: RollbackSpec, reporter: Reporter) -> list[ServerResult]:
         except EngineError as exc:
             result.error = exc
             reporter.log("system", f"Failed: {exc}", server.id)
+        finally:
+            reporter.thread_finished()
         return result
 
     with ThreadPoolExecutor(max_workers=max(1, min(spec.max_parallel, len(spec.servers)))) as pool:
         return list(pool.map(one, spec.servers))
 
 
-_NO_BUILD = BuildSpec(repository_url="", mirror_dir=Path("."), workspace_dir=Path("."), cache_dir=Path("."), revision="")
+_NO_BUILD = BuildSpec(
+    repository_url="",
+    mirror_dir=Path("."),
+    workspace_dir=Path("."),
+    cache_dir=Path("."),
+    revision="",
+)

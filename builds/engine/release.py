@@ -31,7 +31,7 @@ from builds.engine.errors import (
     LockHeld,
     ReleaseMissing,
 )
-from builds.engine.ssh import Connection, LineCallback
+from builds.engine.ssh import Connection, LineCallback, classify_command_failure
 
 UNFINISHED_MARKER = ".slipway-unfinished"
 META_DIR = ".slipway"
@@ -122,7 +122,9 @@ def _quoted(*parts: str) -> str:
 class RemoteLayout:
     """Operations on one server's deploy path, over an open connection."""
 
-    def __init__(self, connection: Connection, deploy_path: str, *, on_line: LineCallback | None = None) -> None:
+    def __init__(
+        self, connection: Connection, deploy_path: str, *, on_line: LineCallback | None = None
+    ) -> None:
         self.connection = connection
         self.deploy_path = validate_deploy_path(deploy_path)
         self.on_line = on_line
@@ -143,7 +145,14 @@ class RemoteLayout:
 
     # -- running scripts
 
-    def _script(self, body: str, *, stdin: bytes | None = None, check: bool = True, timeout: float | None = 600) -> str:
+    def _script(
+        self,
+        body: str,
+        *,
+        stdin: bytes | None = None,
+        check: bool = True,
+        timeout: float | None = 600,
+    ) -> str:
         # `set -eu`: any failing step stops the script with its own exit code.
         script = "set -eu\n" + body
         result = self.connection.run(
@@ -170,17 +179,18 @@ class RemoteLayout:
         if result.exit_code == EXIT_RELEASE_MISSING:
             raise ReleaseMissing(result.stdout.strip() or "The release is no longer on the server")
         if check and result.exit_code != 0:
-            from builds.engine.ssh import classify_command_failure
-
             raise classify_command_failure(
                 CommandFailed("(Slipway's release script)", result.exit_code, list(result.tail)),
-                result.stderr,
+                result.stderr.splitlines(),
+                self.connection.endpoint.address,
             )
         return result.stdout
 
     # -- lock
 
-    def lock(self, *, holder: str, owner_id: str, stale_after: int, take_over_from: str = "") -> None:
+    def lock(
+        self, *, holder: str, owner_id: str, stale_after: int, take_over_from: str = ""
+    ) -> None:
         """Take the deploy path's lock (mkdir is atomic), or say who holds it.
 
         A lock older than ``stale_after`` seconds is taken over; a lock held by the same owner
@@ -265,15 +275,23 @@ fi
                 values[key] = value
         if values.get("nostat") == "1":
             # Without the listing the copy cannot be trusted to equal the live manifest.
-            self._script(f"cd -- {self.q}\nrm -rf -- {new}\nmkdir -- {new}\n: > {new}/{UNFINISHED_MARKER}\n")
+            self._script(
+                f"cd -- {self.q}\nrm -rf -- {new}\nmkdir -- {new}\n: > {new}/{UNFINISHED_MARKER}\n"
+            )
             values["copied"] = "0"
-        return Prepared(live=values.get("live") or None, copied=values.get("copied") == "1", drifted=tuple(drifted))
+        return Prepared(
+            live=values.get("live") or None,
+            copied=values.get("copied") == "1",
+            drifted=tuple(drifted),
+        )
 
     def snapshot(self, name: str) -> None:
         """Record the release's files as Slipway leaves them, before any command runs."""
         release = shlex.quote(f"releases/{name}")
         listing = shlex.quote(f"{MANIFEST_DIR}/{name}.stat")
-        self._script(f"cd -- {self.q}\n{_stat_listing(release)} > {listing}.tmp\nmv -- {listing}.tmp {listing}\n")
+        self._script(
+            f"cd -- {self.q}\n{_stat_listing(release)} > {listing}.tmp\nmv -- {listing}.tmp {listing}\n"
+        )
 
     def remove_paths(self, name: str, paths: Iterable[str]) -> None:
         """Delete paths inside a release (NUL-separated on stdin, never as arguments)."""
@@ -285,7 +303,9 @@ fi
             stdin=payload,
         )
 
-    def upload(self, name: str, chunks: Iterable[bytes], *, on_line: LineCallback | None = None) -> None:
+    def upload(
+        self, name: str, chunks: Iterable[bytes], *, on_line: LineCallback | None = None
+    ) -> None:
         """Unpack a gzipped tar stream into the release over one channel."""
         target = shlex.quote(self.release_path(name))
         self.connection.run_streaming_stdin(
@@ -312,7 +332,11 @@ fi
             in_shared = shlex.quote(f"shared/{path}")
             depth = 2 + path.count("/")
             target = shlex.quote("../" * depth + f"shared/{path}")
-            seed = f"mkdir -p -- {in_shared}" if is_dir else f"mkdir -p -- \"$(dirname {in_shared})\"; : > {in_shared}"
+            seed = (
+                f"mkdir -p -- {in_shared}"
+                if is_dir
+                else f'mkdir -p -- "$(dirname {in_shared})"; : > {in_shared}'
+            )
             lines.append(
                 f"""if [ ! -e {in_shared} ] && [ ! -L {in_shared} ]; then
   mkdir -p -- "$(dirname {in_shared})"
@@ -330,7 +354,9 @@ ln -s -- {target} {in_release}"""
         lines = []
         if file_mode:
             mode = _mode(file_mode, "file_mode")
-            lines.append(f"find {release} -type f ! -name {UNFINISHED_MARKER} ! -perm {mode} -exec chmod {mode} {{}} +")
+            lines.append(
+                f"find {release} -type f ! -name {UNFINISHED_MARKER} ! -perm {mode} -exec chmod {mode} {{}} +"
+            )
         if directory_mode:
             mode = _mode(directory_mode, "directory_mode")
             lines.append(f"find {release} -type d ! -perm {mode} -exec chmod {mode} {{}} +")
@@ -370,7 +396,7 @@ if [ -e {release}/{UNFINISHED_MARKER} ]; then echo {shlex.quote(f"Release {name}
     def live_release(self) -> str | None:
         out = self._script(
             f"cd -- {self.q} 2>/dev/null || exit 0\n"
-            "if [ -L current ]; then basename \"$(readlink current)\"; fi\n"
+            'if [ -L current ]; then basename "$(readlink current)"; fi\n'
         )
         return out.strip() or None
 
@@ -396,7 +422,9 @@ for d in */; do d=${{d%/}}; [ -d "$d" ] || continue
                 found.append((name, finished == "1"))
         return sorted(found)
 
-    def clean_up(self, *, keep: int, live: str, protect: Sequence[str] = (), remove_unfinished: bool = True) -> Cleaned:
+    def clean_up(
+        self, *, keep: int, live: str, protect: Sequence[str] = (), remove_unfinished: bool = True
+    ) -> Cleaned:
         """Keep the newest ``keep`` finished releases; never remove the live one or those in
         ``protect`` (the one a rollback would go back to); drop unfinished leftovers."""
         keep = max(keep, 1)
@@ -407,11 +435,14 @@ for d in */; do d=${{d%/}}; [ -d "$d" ] || continue
         doomed = [
             name
             for name, done in releases
-            if name not in protected and ((not done and remove_unfinished) or (done and name not in newest))
+            if name not in protected
+            and ((not done and remove_unfinished) or (done and name not in newest))
         ]
         if doomed:
             quoted = " ".join(
-                _quoted(f"releases/{name}", f"{MANIFEST_DIR}/{name}.json", f"{MANIFEST_DIR}/{name}.stat")
+                _quoted(
+                    f"releases/{name}", f"{MANIFEST_DIR}/{name}.json", f"{MANIFEST_DIR}/{name}.stat"
+                )
                 for name in doomed
             )
             self._script(f"cd -- {self.q}\nrm -rf -- {quoted}\n")

@@ -60,12 +60,16 @@ def test_it_deploys_a_then_b_then_rolls_back_to_exactly_a(sshd_target, git_repo_
     server = server_for(sshd_target)
     commands = (
         # A command that writes into the new release must not leak into older ones.
-        pipeline.CommandSpec(command="echo appended-%release% >> lib/util.php", stage="before_switch"),
+        pipeline.CommandSpec(
+            command="echo appended-%release% >> lib/util.php", stage="before_switch"
+        ),
         pipeline.CommandSpec(command="echo switched to %endrev% on %server%", stage="after_switch"),
     )
     options = dict(
         build={"excluded": ("docs/",)},
-        config_files=(pipeline.ConfigFileSpec(path="config/app.ini", body="server=%server%\nrev=%endrev%\n"),),
+        config_files=(
+            pipeline.ConfigFileSpec(path="config/app.ini", body="server=%server%\nrev=%endrev%\n"),
+        ),
         shared_paths=SHARED,
         commands=commands,
     )
@@ -76,16 +80,21 @@ def test_it_deploys_a_then_b_then_rolls_back_to_exactly_a(sshd_target, git_repo_
     a_snapshot = tree_digest(release_a)
     assert (release_a / "config" / "app.ini").read_text() == f"server=web1\nrev={a}\n"
     assert os.readlink(release_a / "storage") == "../../shared/storage"
-    assert (sshd_target.deploy_path / "shared" / "storage" / "seed.txt").read_text() == "seed from git\n"
+    assert (
+        sshd_target.deploy_path / "shared" / "storage" / "seed.txt"
+    ).read_text() == "seed from git\n"
     assert (sshd_target.deploy_path / "shared" / ".env").exists()
     assert not (release_a / "docs").exists()
     assert os.access(release_a / "bin" / "run", os.X_OK)
     assert f"switched to {a} on web1" in reporter.text
 
     server = after(first, server)
-    second = pipeline.deploy(deploy_spec(repo, tmp_path, [server], b, deployment_id=2, **options), RecordingReporter())
+    second = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server], b, deployment_id=2, **options), RecordingReporter()
+    )
     assert second.ok, second.servers[0].error
     changes = second.servers[0].changes
+    assert changes is not None
     assert changes.added == ["new/added.txt"]
     # lib/util.php changed on the server after A went live (A's command appended to it): sent again.
     assert changes.modified == ["index.php", "lib/util.php"]
@@ -100,7 +109,12 @@ def test_it_deploys_a_then_b_then_rolls_back_to_exactly_a(sshd_target, git_repo_
 
     server = after(second, server)
     back = pipeline.rollback(
-        pipeline.RollbackSpec(deployment_id=3, project="Shop", servers=(server,), targets={1: first.servers[0].release}),
+        pipeline.RollbackSpec(
+            deployment_id=3,
+            project="Shop",
+            servers=(server,),
+            targets={1: first.servers[0].release or ""},
+        ),
         RecordingReporter(),
     )
     assert back[0].ok, back[0].error
@@ -108,23 +122,33 @@ def test_it_deploys_a_then_b_then_rolls_back_to_exactly_a(sshd_target, git_repo_
     assert tree_digest(release_a) == a_snapshot
 
 
-def test_it_sends_nothing_when_nothing_changed_and_keeps_only_the_configured_releases(sshd_target, git_repo_factory, tmp_path):
+def test_it_sends_nothing_when_nothing_changed_and_keeps_only_the_configured_releases(
+    sshd_target, git_repo_factory, tmp_path
+):
     repo = git_repo_factory()
     shas = [repo.commit({"file.txt": f"version {n}\n"}, f"v{n}") for n in range(5)]
     server = server_for(sshd_target, keep_releases=2)
     names = []
     for number, sha in enumerate(shas):
-        result = pipeline.deploy(deploy_spec(repo, tmp_path, [server], sha, deployment_id=number + 1), RecordingReporter())
+        result = pipeline.deploy(
+            deploy_spec(repo, tmp_path, [server], sha, deployment_id=number + 1),
+            RecordingReporter(),
+        )
         server = after(result, server)
         names.append(result.servers[0].release)
     kept = sorted(p.name for p in (sshd_target.deploy_path / "releases").iterdir())
     # The live release and the newest other (the rollback target) stay; older ones go.
     assert kept == names[-2:]
-    again = pipeline.deploy(deploy_spec(repo, tmp_path, [server], shas[-1], deployment_id=9), RecordingReporter())
+    again = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server], shas[-1], deployment_id=9), RecordingReporter()
+    )
+    assert again.servers[0].changes is not None
     assert again.servers[0].changes.is_empty
 
 
-def test_it_fails_cleanly_when_the_target_dies_mid_transfer_and_recovers_next_time(sshd_target, git_repo_factory, tmp_path):
+def test_it_fails_cleanly_when_the_target_dies_mid_transfer_and_recovers_next_time(
+    sshd_target, git_repo_factory, tmp_path
+):
     repo = git_repo_factory()
     a = repo.commit({"small.txt": "A\n"}, "A")
     server = server_for(sshd_target)
@@ -136,7 +160,7 @@ def test_it_fails_cleanly_when_the_target_dies_mid_transfer_and_recovers_next_ti
     big = {f"blob{n}.bin": os.urandom(2 * 1024 * 1024) for n in range(12)}
     b = repo.commit(big, "B: 24 MB of incompressible data")
     reporter = RecordingReporter()
-    stopped = []
+    stopped: list[bool] = []
 
     def stop_when_started(server_id, bytes_done, bytes_total):
         if 0 < bytes_done < bytes_total and not stopped:
@@ -154,12 +178,23 @@ def test_it_fails_cleanly_when_the_target_dies_mid_transfer_and_recovers_next_ti
 
     sshd_target.start()
     # Deployment 2 died holding the deploy path's lock; the database knows it has finished.
-    retry_spec = deploy_spec(repo, tmp_path, [server], b, deployment_id=3, lock_owner_finished=lambda owner: owner == "deployment-2")
+    retry_spec = deploy_spec(
+        repo,
+        tmp_path,
+        [server],
+        b,
+        deployment_id=3,
+        lock_owner_finished=lambda owner: owner == "deployment-2",
+    )
     retry = pipeline.deploy(retry_spec, RecordingReporter())
     assert retry.ok, retry.servers[0].error
     live = _live(sshd_target)
     assert (live / "blob3.bin").read_bytes() == big["blob3.bin"]
-    leftovers = [p for p in (sshd_target.deploy_path / "releases").iterdir() if (p / UNFINISHED_MARKER).exists()]
+    leftovers = [
+        p
+        for p in (sshd_target.deploy_path / "releases").iterdir()
+        if (p / UNFINISHED_MARKER).exists()
+    ]
     assert leftovers == []
 
 
@@ -168,7 +203,9 @@ def test_it_refuses_a_current_that_is_a_real_directory(sshd_target, git_repo_fac
     sha = repo.commit({"a.txt": "a\n"})
     (sshd_target.deploy_path / "current").mkdir(parents=True)
     (sshd_target.deploy_path / "current" / "keep.txt").write_text("mine")
-    result = pipeline.deploy(deploy_spec(repo, tmp_path, [server_for(sshd_target)], sha), RecordingReporter())
+    result = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server_for(sshd_target)], sha), RecordingReporter()
+    )
     error = str(result.servers[0].error)
     assert "is a real directory" in error and str(sshd_target.deploy_path / "current") in error
     assert (sshd_target.deploy_path / "current" / "keep.txt").read_text() == "mine"
@@ -179,8 +216,12 @@ def test_it_names_the_holder_of_a_lock(sshd_target, git_repo_factory, tmp_path):
     sha = repo.commit({"a.txt": "a\n"})
     lock = sshd_target.deploy_path / ".slipway" / "lock"
     lock.mkdir(parents=True)
-    (lock / "info").write_text("owner=someone-else\nholder=Bob deploying by hand\nsince=2026-11-27T10:00:00Z\n")
-    result = pipeline.deploy(deploy_spec(repo, tmp_path, [server_for(sshd_target)], sha), RecordingReporter())
+    (lock / "info").write_text(
+        "owner=someone-else\nholder=Bob deploying by hand\nsince=2026-11-27T10:00:00Z\n"
+    )
+    result = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server_for(sshd_target)], sha), RecordingReporter()
+    )
     assert "Bob deploying by hand" in str(result.servers[0].error)
     assert not (sshd_target.deploy_path / "current").exists()
 
@@ -189,10 +230,17 @@ def test_it_refuses_to_roll_back_to_a_release_that_is_gone(sshd_target, git_repo
     repo = git_repo_factory()
     sha = repo.commit({"a.txt": "a\n"})
     server = server_for(sshd_target)
-    server = after(pipeline.deploy(deploy_spec(repo, tmp_path, [server], sha), RecordingReporter()), server)
+    server = after(
+        pipeline.deploy(deploy_spec(repo, tmp_path, [server], sha), RecordingReporter()), server
+    )
     live = _live(sshd_target)
     results = pipeline.rollback(
-        pipeline.RollbackSpec(deployment_id=2, project="Shop", servers=(server,), targets={1: "20200101-000000000-abcdef1"}),
+        pipeline.RollbackSpec(
+            deployment_id=2,
+            project="Shop",
+            servers=(server,),
+            targets={1: "20200101-000000000-abcdef1"},
+        ),
         RecordingReporter(),
     )
     assert not results[0].ok
@@ -207,7 +255,11 @@ def test_it_deploys_to_three_servers_from_one_build(sshd_factory, git_repo_facto
     servers = [server_for(t, n + 1) for n, t in enumerate(targets)]
     reporter = RecordingReporter()
     spec = deploy_spec(
-        repo, tmp_path, servers, sha, build={"build_commands": (BuildCommandSpec(command="echo built > built.txt"),)}
+        repo,
+        tmp_path,
+        servers,
+        sha,
+        build={"build_commands": (BuildCommandSpec(command="echo built > built.txt"),)},
     )
     result = pipeline.deploy(spec, reporter)
     assert result.ok
@@ -218,7 +270,9 @@ def test_it_deploys_to_three_servers_from_one_build(sshd_factory, git_repo_facto
         assert (_live(target) / "built.txt").read_text() == "built\n"
 
 
-def test_it_stops_on_a_failing_build_command_with_its_exit_code_and_last_lines(sshd_target, git_repo_factory, tmp_path):
+def test_it_stops_on_a_failing_build_command_with_its_exit_code_and_last_lines(
+    sshd_target, git_repo_factory, tmp_path
+):
     repo = git_repo_factory()
     sha = repo.commit({"a.txt": "a\n"})
     spec = deploy_spec(
@@ -226,7 +280,9 @@ def test_it_stops_on_a_failing_build_command_with_its_exit_code_and_last_lines(s
         tmp_path,
         [server_for(sshd_target)],
         sha,
-        build={"build_commands": (BuildCommandSpec(command="echo compiling; echo broken >&2; exit 7"),)},
+        build={
+            "build_commands": (BuildCommandSpec(command="echo compiling; echo broken >&2; exit 7"),)
+        },
     )
     with pytest.raises(Exception, match="exit code 7") as raised:
         pipeline.deploy(spec, RecordingReporter())
@@ -240,18 +296,27 @@ def test_it_deploys_in_place_over_sftp(sshd_target, git_repo_factory, tmp_path):
     b = repo.commit({"a.txt": "a2\n", "gone.txt": None, "new.txt": "n\n"})
     server = server_for(sshd_target, atomic=False, shell=False)
     first = pipeline.deploy(
-        deploy_spec(repo, tmp_path, [server], a, config_files=(pipeline.ConfigFileSpec(path="conf.ini", body="s=%server%"),)),
+        deploy_spec(
+            repo,
+            tmp_path,
+            [server],
+            a,
+            config_files=(pipeline.ConfigFileSpec(path="conf.ini", body="s=%server%"),),
+        ),
         RecordingReporter(),
     )
     assert first.ok, first.servers[0].error
     server = after(first, server)
-    second = pipeline.deploy(deploy_spec(repo, tmp_path, [server], b, deployment_id=2), RecordingReporter())
+    second = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server], b, deployment_id=2), RecordingReporter()
+    )
     assert second.ok, second.servers[0].error
     root = sshd_target.deploy_path
     assert (root / "a.txt").read_text() == "a2\n"
     assert (root / "new.txt").read_text() == "n\n"
     assert not (root / "gone.txt").exists()
     assert (root / "dir" / "b.txt").read_text() == "b\n"
+    assert second.servers[0].changes is not None
     assert second.servers[0].changes.modified == ["a.txt"]
 
 
@@ -259,7 +324,10 @@ def test_it_reports_an_unknown_revision_by_name(sshd_target, git_repo_factory, t
     repo = git_repo_factory()
     repo.commit({"a.txt": "a\n"})
     with pytest.raises(RevisionNotFound, match="no-such-branch"):
-        pipeline.deploy(deploy_spec(repo, tmp_path, [server_for(sshd_target)], "no-such-branch"), RecordingReporter())
+        pipeline.deploy(
+            deploy_spec(repo, tmp_path, [server_for(sshd_target)], "no-such-branch"),
+            RecordingReporter(),
+        )
 
 
 HOSTILE_MARKER = Path("/tmp/pwned")
@@ -274,7 +342,9 @@ HOSTILE_MARKER = Path("/tmp/pwned")
         ("deploy_path", "/srv/x';touch /tmp/pwned;'"),
     ],
 )
-def test_it_refuses_hostile_input_and_runs_nothing(sshd_target, git_repo_factory, tmp_path, field, value):
+def test_it_refuses_hostile_input_and_runs_nothing(
+    sshd_target, git_repo_factory, tmp_path, field, value
+):
     HOSTILE_MARKER.unlink(missing_ok=True)
     repo = git_repo_factory()
     repo.commit({"a.txt": "a\n"})
@@ -283,7 +353,9 @@ def test_it_refuses_hostile_input_and_runs_nothing(sshd_target, git_repo_factory
     if field == "revision":
         spec = dataclasses.replace(spec, build=dataclasses.replace(spec.build, revision=value))
     elif field == "repository_url":
-        spec = dataclasses.replace(spec, build=dataclasses.replace(spec.build, repository_url=value))
+        spec = dataclasses.replace(
+            spec, build=dataclasses.replace(spec.build, repository_url=value)
+        )
     else:
         spec = dataclasses.replace(spec, servers=(dataclasses.replace(server, deploy_path=value),))
     with pytest.raises(InvalidInput) as refused:

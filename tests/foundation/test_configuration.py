@@ -27,7 +27,11 @@ def test_it_names_the_variable_that_holds_a_bad_value(tmp_path, variable, value)
 
 
 def test_it_requires_keys_when_scaled_out(tmp_path):
-    env = clean_env(SLIPWAY_DATA_DIR=str(tmp_path), REDIS_URL="redis://127.0.0.1:6379/0", SLIPWAY_SECRET_KEY="x" * 50)
+    env = clean_env(
+        SLIPWAY_DATA_DIR=str(tmp_path),
+        REDIS_URL="redis://127.0.0.1:6379/0",
+        SLIPWAY_SECRET_KEY="x" * 50,
+    )
     result = manage("check", env=env)
     assert result.returncode != 0
     assert "SLIPWAY_ENCRYPTION_KEYS" in result.stderr

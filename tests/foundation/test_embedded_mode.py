@@ -18,7 +18,9 @@ def test_it_serves_the_login_page_and_the_printed_admin_password_works(tmp_path)
     assert manage("migrate", "--noinput", env=env).returncode == 0
     created = manage("ensure_admin", env=env)
     assert created.returncode == 0, created.stderr
-    password = re.search(r"password:\s+(\S+)", created.stdout).group(1)
+    match = re.search(r"password:\s+(\S+)", created.stdout)
+    assert match, created.stdout
+    password = match.group(1)
 
     password_file = tmp_path / "var" / "admin-password.txt"
     assert password_file.read_text().strip() == password
@@ -62,7 +64,10 @@ def test_it_serves_the_login_page_and_the_printed_admin_password_works(tmp_path)
                 cookies={"csrftoken": token},
                 headers={"Referer": base + "/login/"},
             )
-            assert wrong.status_code == 200 and "Please enter a correct username and password" in wrong.text
+            assert (
+                wrong.status_code == 200
+                and "Please enter a correct username and password" in wrong.text
+            )
     finally:
         output = stop(server)
     assert "Embedded worker started" in output

@@ -28,7 +28,9 @@ def _raw_rows(table: str) -> str:
 
 @pytest.fixture
 def project(alice):
-    project = project_create(owner=alice, name="Shop", repository_url="https://git.example/shop.git")
+    project = project_create(
+        owner=alice, name="Shop", repository_url="https://git.example/shop.git"
+    )
     Server.objects.create(
         project=project,
         name="web1",
@@ -39,7 +41,9 @@ def project(alice):
         password=SERVER_PASSWORD,
         private_key=SERVER_KEY,
     )
-    EnvironmentVariable.objects.create(project=project, name="API_KEY", value=SECRET_VALUE, secret=True)
+    EnvironmentVariable.objects.create(
+        project=project, name="API_KEY", value=SECRET_VALUE, secret=True
+    )
     return project
 
 

@@ -39,10 +39,15 @@ class RecordingReporter:
             raise
         self.steps.append((name, server, "succeeded"))
 
-    def progress(self, server: int, files_done: int, files_total: int, bytes_done: int, bytes_total: int) -> None:
+    def progress(
+        self, server: int, files_done: int, files_total: int, bytes_done: int, bytes_total: int
+    ) -> None:
         self.progress_reports.append((server, files_done, files_total, bytes_done, bytes_total))
         if self.on_progress is not None:
             self.on_progress(server, bytes_done, bytes_total)
+
+    def thread_finished(self) -> None:
+        pass
 
     def check_cancelled(self) -> None:
         if self.cancel.is_set():
@@ -88,11 +93,16 @@ def after(result: pipeline.DeployResult, spec: pipeline.ServerSpec) -> pipeline.
     outcome = next(r for r in result.servers if r.server_id == spec.id)
     assert outcome.ok, outcome.error
     return dataclasses.replace(
-        spec, live_release=outcome.release, live_revision=result.revision, live_manifest=outcome.manifest
+        spec,
+        live_release=outcome.release,
+        live_revision=result.revision,
+        live_manifest=outcome.manifest,
     )
 
 
-def deploy_spec(repo, tmp_path: Path, servers, revision: str = "main", **overrides) -> pipeline.DeploySpec:
+def deploy_spec(
+    repo, tmp_path: Path, servers, revision: str = "main", **overrides
+) -> pipeline.DeploySpec:
     build_overrides = overrides.pop("build", {})
     build = BuildSpec(
         repository_url=repo.url,
