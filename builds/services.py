@@ -86,6 +86,12 @@ def deployment_create(
             )
         if not server.enabled and kind != Kind.PREVIEW:
             raise DeploymentRefused("servers", f"Server {server.name} is disabled")
+        if not server.host_key_fingerprint and kind != Kind.PREVIEW:
+            raise DeploymentRefused(
+                "servers",
+                f"Server {server.name}: its host key is not trusted yet. Test the connection, "
+                "compare the fingerprint with the server's, then trust it.",
+            )
     with transaction.atomic():
         # Lock the servers (in a fixed order, so two creators cannot deadlock) while the
         # older queued targets are superseded and the new ones inserted.

@@ -252,3 +252,27 @@ class Command(models.Model):
 
     def __str__(self) -> str:
         return self.description or self.command
+
+
+class AuditEvent(models.Model):
+    """Who did what to a project, and when: deployments, rollbacks, configuration, trust."""
+
+    project = models.ForeignKey(
+        Project, null=True, blank=True, on_delete=models.CASCADE, related_name="audit_events"
+    )
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # A dotted verb such as "deployment.created", "server.updated", "host_key.trusted".
+    action = models.CharField(max_length=50)
+    # What the action touched, in words ("server web1"), and details that help later.
+    target = models.CharField(max_length=255, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["project", "-created_at"], name="audit_by_project")]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.target}"

@@ -44,3 +44,18 @@ def project_create(
 
 def api_token_issue(*, user: User, name: str) -> tuple[ApiToken, str]:
     return ApiToken.issue(user=user, name=name)
+
+
+def audit_record(
+    *, project: Project | None, actor: User | None, action: str, target: str = "", **detail: object
+) -> None:
+    """Record one audit event. Never pass a secret in ``detail``: it is shown to members."""
+    from projects.models import AuditEvent
+
+    AuditEvent.objects.create(
+        project=project,
+        actor=actor if actor is not None and actor.is_authenticated else None,
+        action=action,
+        target=target[:255],
+        detail=detail,
+    )

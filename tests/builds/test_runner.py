@@ -94,9 +94,26 @@ def test_it_refuses_a_server_whose_host_key_is_not_trusted(
     repo.commit({"index.html": "A\n"})
     project = project_factory(repo)
     server = server_factory(project, sshd_target, trust=False)
+    with pytest.raises(services.DeploymentRefused, match="host key is not trusted") as refused:
+        services.deployment_create(project=project, servers=[server])
+    assert refused.value.field == "servers"
+    assert not Deployment.objects.exists()
+
+
+def test_it_fails_when_the_host_key_changed_after_it_was_trusted(
+    git_repo_factory, sshd_target, project_factory, server_factory
+):
+    repo = git_repo_factory()
+    repo.commit({"index.html": "A\n"})
+    project = project_factory(repo)
+    server = server_factory(project, sshd_target)
+    server.host_key_fingerprint = "SHA256:" + "A" * 43
+    server.save()
     deployment = _run(services.deployment_create(project=project, servers=[server]))
     assert deployment.status == Status.FAILED
-    assert "not trusted" in deployment.error.lower() or "trust" in deployment.error.lower()
+    assert sshd_target.host_key_fingerprint in deployment.error
+    assert "SHA256:" + "A" * 43 in deployment.error
+    assert deployment.error_code == "host_key_mismatch"
     assert deployment.targets.get().status == TargetStatus.FAILED
     assert not (sshd_target.deploy_path / "current").exists()
 
