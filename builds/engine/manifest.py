@@ -4,6 +4,9 @@ A manifest lists every deployable file and symlink of a build with its size, per
 and SHA-256, plus the empty folders (so they are created too); other folders are implied by
 the paths under them. Comparing the manifest of the release on a server with the new one
 gives the change set, and only the added and modified entries travel, as a gzipped tar.
+
+A ``HashCache`` kept beside a persistent workspace lets the next manifest reuse the digest of
+every file whose stat data has not changed, instead of reading it again.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import os
 import stat
 import tarfile
+import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +29,11 @@ from builds.engine.excludes import ExcludeRules
 EntryKind = Literal["file", "symlink", "dir"]
 ENTRY_KINDS: tuple[EntryKind, ...] = ("file", "symlink", "dir")
 MANIFEST_FORMAT_VERSION = 1
+HASH_CACHE_FORMAT_VERSION = 1
+# A file changed this shortly before a scan may change again within the same timestamp tick
+# (a jiffy on most Linux filesystems, up to 2 s on some) without its stat data showing it:
+# like git's "racily clean" index entries, its digest is not kept and it is hashed next time.
+RACY_WINDOW_NS = 2_000_000_000
 
 _HASH_CHUNK_BYTES = 1024 * 1024
 _READ_CHUNK_BYTES = 256 * 1024
@@ -83,12 +92,16 @@ class Manifest(Mapping[str, Entry]):
         return _parents_of(self._entries)
 
     @classmethod
-    def build(cls, root: Path, rules: ExcludeRules | None = None) -> Manifest:
+    def build(
+        cls, root: Path, rules: ExcludeRules | None = None, *, cache: HashCache | None = None
+    ) -> Manifest:
         """Walk ``root`` (never following symlinks) and hash what the rules let through.
 
-        With ``rules=None`` nothing is excluded, not even ``.deployignore``.
+        With ``rules=None`` nothing is excluded, not even ``.deployignore``. With a ``cache``,
+        a file whose size, mtime, ctime and inode are those recorded reuses its recorded
+        digest; the cache is then left holding exactly the files of this manifest.
         """
-        return cls(_walk(root, rules))
+        return cls(_walk(root, rules, cache))
 
     def to_json(self) -> bytes:
         """Compact, sorted, stable JSON; ASCII so undecodable file names survive the trip."""
@@ -132,10 +145,11 @@ def _entry_from_row(row: object) -> Entry:
 # --------------------------------------------------------------------------- building
 
 
-def _walk(root: Path, rules: ExcludeRules | None) -> list[Entry]:
+def _walk(root: Path, rules: ExcludeRules | None, cache: HashCache | None) -> list[Entry]:
     # Folders excluded as a whole are skipped without being read, unless a "!rule" could
     # bring something inside them back.
     prune_excluded_folders = rules is not None and not rules.has_negations
+    hasher = _Hasher(cache)
     entries: list[Entry] = []
     kept_folders: list[Entry] = []
     pending: list[tuple[str, str]] = [(os.fspath(root), "")]
@@ -152,9 +166,10 @@ def _walk(root: Path, rules: ExcludeRules | None) -> list[Entry]:
                 if not (excluded and prune_excluded_folders):
                     pending.append((child.path, relative + "/"))
             elif rules is None or not rules.excludes(relative):
-                entry = _entry_for(child, relative)
+                entry = _entry_for(child, relative, hasher)
                 if entry is not None:
                     entries.append(entry)
+    hasher.finish()
     return entries + _folders_left_empty(kept_folders, entries)
 
 
@@ -184,7 +199,7 @@ def _folder_entry(child: os.DirEntry[str], relative: str) -> Entry:
     return Entry(path=relative, kind="dir", size=0, mode=mode, digest="")
 
 
-def _entry_for(child: os.DirEntry[str], relative: str) -> Entry | None:
+def _entry_for(child: os.DirEntry[str], relative: str, hasher: _Hasher) -> Entry | None:
     status = child.stat(follow_symlinks=False)
     mode = stat.S_IMODE(status.st_mode)
     if stat.S_ISLNK(status.st_mode):
@@ -192,7 +207,7 @@ def _entry_for(child: os.DirEntry[str], relative: str) -> Entry | None:
         digest = hashlib.sha256(target).hexdigest()
         return Entry(path=relative, kind="symlink", size=len(target), mode=mode, digest=digest)
     if stat.S_ISREG(status.st_mode):
-        size, digest = _hash_file(child.path, status.st_size)
+        size, digest = hasher.hash_file(child.path, relative, status)
         return Entry(path=relative, kind="file", size=size, mode=mode, digest=digest)
     # Sockets, FIFOs and devices have no place in a release.
     return None
@@ -211,6 +226,135 @@ def _hash_file(path: str, expected_size: int) -> tuple[int, str]:
             digest.update(view[:count])
             size += count
         return size, digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- hash cache
+
+# path -> (size, mtime_ns, ctime_ns, inode, sha256)
+_CachedHash = tuple[int, int, int, int, str]
+_CACHE_FIELDS = ["path", "size", "mtime_ns", "ctime_ns", "inode", "sha256"]
+
+
+class HashCache:
+    """The SHA-256 of each file of a workspace's previous manifest, keyed by its stat data.
+
+    A file is trusted unchanged while its size, mtime, ctime and inode are the recorded ones.
+    ctime cannot be set from user space, so a build command that rewrites a file and puts its
+    mtime back is still noticed; a rewrite within one timestamp tick of the recorded change
+    is what the racy window guards against (see ``RACY_WINDOW_NS``).
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _CachedHash] = {}
+        #: Files of the last manifest built with this cache whose digest was reused / read.
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @classmethod
+    def load(cls, path: Path) -> HashCache:
+        """The cache saved at ``path``; an empty one if it is missing, damaged or outdated."""
+        cache = cls()
+        try:
+            document = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return cache
+        if (
+            not isinstance(document, dict)
+            or document.get("version") != HASH_CACHE_FORMAT_VERSION
+            or document.get("fields") != _CACHE_FIELDS
+            or not isinstance(document.get("entries"), list)
+        ):
+            return cache
+        for row in document["entries"]:
+            entry = _cached_hash_from_row(row)
+            if entry is None:
+                # One bad row casts doubt on the whole file: hash everything again.
+                return cls()
+            cache._entries[entry[0]] = entry[1]
+        return cache
+
+    def save(self, path: Path) -> None:
+        """Write the cache atomically (a crash leaves the old file or the new one)."""
+        document = {
+            "version": HASH_CACHE_FORMAT_VERSION,
+            "fields": _CACHE_FIELDS,
+            "entries": [[relative, *entry] for relative, entry in sorted(self._entries.items())],
+        }
+        data = json.dumps(document, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+        staging = path.with_name(f"{path.name}.{os.getpid()}.saving")
+        try:
+            staging.write_bytes(data)
+            os.replace(staging, path)
+        finally:
+            staging.unlink(missing_ok=True)
+
+    def lookup(self, relative: str, status: os.stat_result) -> str | None:
+        entry = self._entries.get(relative)
+        if entry is None or entry[:4] != _fingerprint(status):
+            return None
+        return entry[4]
+
+    def _replace(self, entries: dict[str, _CachedHash], *, hits: int, misses: int) -> None:
+        self._entries = entries
+        self.hits = hits
+        self.misses = misses
+
+
+def _fingerprint(status: os.stat_result) -> tuple[int, int, int, int]:
+    return (status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino)
+
+
+def _cached_hash_from_row(row: object) -> tuple[str, _CachedHash] | None:
+    if not isinstance(row, list) or len(row) != len(_CACHE_FIELDS):
+        return None
+    path, size, mtime_ns, ctime_ns, inode, digest = row
+    numbers = (size, mtime_ns, ctime_ns, inode)
+    if (
+        not isinstance(path, str)
+        or not all(type(number) is int for number in numbers)
+        or not isinstance(digest, str)
+        or len(digest) != 64
+    ):
+        return None
+    return path, (size, mtime_ns, ctime_ns, inode, digest)
+
+
+class _Hasher:
+    """Hashes the files of one manifest, through a HashCache when there is one."""
+
+    def __init__(self, cache: HashCache | None) -> None:
+        self._cache = cache
+        self._seen: dict[str, _CachedHash] = {}
+        # Taken before the first stat: a file changed after it was looked at gets a ctime of
+        # at least this (less a tick), so older recorded ctimes cannot match it by chance.
+        self._racy_after_ns = time.time_ns() - RACY_WINDOW_NS
+        self._hits = 0
+        self._misses = 0
+
+    def hash_file(self, path: str, relative: str, status: os.stat_result) -> tuple[int, str]:
+        if self._cache is None:
+            return _hash_file(path, status.st_size)
+        digest = self._cache.lookup(relative, status)
+        if digest is not None:
+            self._hits += 1
+            size = status.st_size
+        else:
+            self._misses += 1
+            size, digest = _hash_file(path, status.st_size)
+        if (
+            size == status.st_size
+            and status.st_ctime_ns < self._racy_after_ns
+            and status.st_mtime_ns < self._racy_after_ns
+        ):
+            self._seen[relative] = (*_fingerprint(status), digest)
+        return size, digest
+
+    def finish(self) -> None:
+        if self._cache is not None:
+            self._cache._replace(self._seen, hits=self._hits, misses=self._misses)
 
 
 # --------------------------------------------------------------------------- change sets

@@ -430,32 +430,39 @@ def _deliver(
     return result
 
 
-def take_lock(
+def lock_owner(deployment_id: int) -> str:
+    return f"deployment-{deployment_id}"
+
+
+def _lock_and_prepare(
     layout: release.RemoteLayout,
+    name: str,
     *,
-    deployment_id: int,
-    what: str,
-    deployer: str,
-    stale_after: int,
-    owner_finished: Callable[[str], bool],
+    spec: DeploySpec,
+    server: ServerSpec,
     reporter: Reporter,
-    server_id: int,
-) -> str:
-    """Lock the deploy path for this deployment; take over a lock its finished owner left."""
-    owner = f"deployment-{deployment_id}"
-    holder = f"Slipway {what} #{deployment_id} by {deployer or 'unknown'}"
+) -> release.Prepared:
+    """Lock and start the release in one trip; take over a lock whose owner has finished."""
+    arguments = dict(
+        holder=f"Slipway deployment #{spec.deployment_id} by {spec.deployer or 'unknown'}",
+        owner_id=lock_owner(spec.deployment_id),
+        stale_after=spec.lock_stale_after,
+        expected_live=server.live_release,
+        incremental=not spec.full and server.live_manifest is not None,
+    )
     try:
-        layout.lock(holder=holder, owner_id=owner, stale_after=stale_after)
+        prepared = layout.lock_and_prepare(name, **arguments)  # type: ignore[arg-type]
     except LockHeld as held:
-        if not held.owner or held.owner == owner or not owner_finished(held.owner):
+        if (
+            not held.owner
+            or held.owner == arguments["owner_id"]
+            or not spec.lock_owner_finished(held.owner)
+        ):
             raise
-        reporter.log(
-            "system", f"Taking over the lock left by {held.owner}, which has finished", server_id
-        )
-        layout.lock(
-            holder=holder, owner_id=owner, stale_after=stale_after, take_over_from=held.owner
-        )
-    return owner
+        prepared = layout.lock_and_prepare(name, take_over_from=held.owner, **arguments)  # type: ignore[arg-type]
+    for note in prepared.notes:
+        reporter.log("system", note[:1].upper() + note[1:], server.id)
+    return prepared
 
 
 def _deliver_atomic(
@@ -469,28 +476,18 @@ def _deliver_atomic(
     result: ServerResult,
 ) -> None:
     layout = release.RemoteLayout(connection, server.deploy_path)
-    owner = take_lock(
-        layout,
-        deployment_id=spec.deployment_id,
-        what="deployment",
-        deployer=spec.deployer,
-        stale_after=spec.lock_stale_after,
-        owner_finished=spec.lock_owner_finished,
-        reporter=reporter,
-        server_id=server.id,
-    )
-    try:
-        release_path = layout.release_path(name)
-        variables = _variables(spec, server, release_path, name, output.revision)
-        env = dict(spec.server_env)
-        current = layout.current_path
-        if any(c.stage == STAGE_BEFORE_TRANSFER and c.applies_to(server) for c in spec.commands):
-            with reporter.step("commands before transfer", server.id):
-                workdir = current if server.live_release else layout.deploy_path
+    owner = lock_owner(spec.deployment_id)
+    release_path = layout.release_path(name)
+    variables = _variables(spec, server, release_path, name, output.revision)
+    env = dict(spec.server_env)
+
+    def commands(stage: str, workdir: str, label: str) -> None:
+        if any(c.stage == stage and c.applies_to(server) for c in spec.commands):
+            with reporter.step(label, server.id):
                 run_commands(
                     connection,
                     spec.commands,
-                    stage=STAGE_BEFORE_TRANSFER,
+                    stage=stage,
                     server=server,
                     workdir=workdir,
                     variables=variables,
@@ -498,18 +495,18 @@ def _deliver_atomic(
                     reporter=reporter,
                 )
 
+    locked = False
+    try:
         with reporter.step("transfer", server.id):
-            incremental = not spec.full and server.live_manifest is not None
-            prepared = layout.prepare(
-                name, expected_live=server.live_release, incremental=incremental
-            )
+            prepared = _lock_and_prepare(layout, name, spec=spec, server=server, reporter=reporter)
+            locked = True
             result.previous_release = prepared.live
             if spec.config_only:
-                if not prepared.copied:
+                if not prepared.copied or server.live_manifest is None:
                     raise UserError(
                         f"{server.name}: a config-only deployment needs a live release made by Slipway"
                     )
-                manifest = server.live_manifest or output.manifest
+                manifest = server.live_manifest
                 changes = ChangeSet()
             else:
                 manifest = output.manifest
@@ -533,33 +530,39 @@ def _deliver_atomic(
                 + ("" if prepared.copied else " (full upload)"),
                 server.id,
             )
+        # Before-transfer commands see the live release; the new one only exists unfinished.
+        commands(
+            STAGE_BEFORE_TRANSFER,
+            current_or_root(layout, prepared.live),
+            "commands before transfer",
+        )
+        with reporter.step("upload", server.id):
             files_total = len(changes.paths_to_send)
             reporter.progress(server.id, 0, files_total, 0, changes.bytes_to_send)
-            removals = changes.deleted + [
-                p for p in changes.modified if output.manifest[p].kind != "dir"
-            ]
-            layout.remove_paths(name, removals)
+            removals = changes.deleted + [p for p in changes.modified if manifest[p].kind != "dir"]
             if changes.paths_to_send:
                 archive = archives.path_for(changes.paths_to_send)
-                size = archive.stat().st_size
+                size = max(archive.stat().st_size, 1)
                 sent = [0]
 
                 def on_bytes(count: int) -> None:
                     sent[0] += count
+                    done = changes.bytes_to_send * sent[0] // size
                     reporter.progress(
                         server.id,
-                        files_total if sent[0] >= size else 0,
+                        files_total * sent[0] // size,
                         files_total,
-                        min(changes.bytes_to_send, changes.bytes_to_send * sent[0] // max(size, 1)),
+                        done,
                         changes.bytes_to_send,
                     )
 
-                layout.upload(name, _read_chunks(archive, on_bytes))
+                layout.upload(name, _read_chunks(archive, on_bytes), remove=removals)
+            elif removals:
+                layout.upload(name, None, remove=removals)
             reporter.progress(
                 server.id, files_total, files_total, changes.bytes_to_send, changes.bytes_to_send
             )
             reporter.check_cancelled()
-
             files = {
                 release.validate_relative_path(config.path, "config_files"): substitute(
                     config.body, variables
@@ -567,67 +570,53 @@ def _deliver_atomic(
                 for config in spec.config_files
                 if not config.server_ids or server.id in config.server_ids
             }
-            layout.write_files(name, files, manifest.to_json())
-            layout.link_shared(name, spec.shared_paths)
-            layout.apply_permissions(
-                name, file_mode=server.file_mode, directory_mode=server.directory_mode
+            layout.finish(
+                name,
+                files=files,
+                manifest_json=manifest.to_json(),
+                shared_paths=spec.shared_paths,
+                file_mode=server.file_mode,
+                directory_mode=server.directory_mode,
             )
-            layout.snapshot(name)
         result.manifest = manifest
-
-        if any(c.stage == STAGE_BEFORE_SWITCH and c.applies_to(server) for c in spec.commands):
-            with reporter.step("commands before switch", server.id):
-                run_commands(
-                    connection,
-                    spec.commands,
-                    stage=STAGE_BEFORE_SWITCH,
-                    server=server,
-                    workdir=release_path,
-                    variables=variables,
-                    env=env,
-                    reporter=reporter,
-                )
+        commands(STAGE_BEFORE_SWITCH, release_path, "commands before switch")
         reporter.check_cancelled()  # the last safe point: after the switch, the release is live
 
+        has_after = any(
+            c.stage == STAGE_AFTER_SWITCH and c.applies_to(server) for c in spec.commands
+        )
+        protect = [prepared.live] if prepared.live else []
         with reporter.step("switch", server.id):
-            layout.switch(name)
+            cleaned = layout.switch_and_clean_up(
+                name,
+                keep=None if has_after else server.keep_releases,
+                protect=protect,
+                unlock_owner="" if has_after else owner,
+            )
             result.release = name
             reporter.log("system", f"current → releases/{name}", server.id)
-
-        if any(c.stage == STAGE_AFTER_SWITCH and c.applies_to(server) for c in spec.commands):
-            with reporter.step("commands after switch", server.id):
-                run_commands(
-                    connection,
-                    spec.commands,
-                    stage=STAGE_AFTER_SWITCH,
-                    server=server,
-                    workdir=release_path,
-                    variables=variables,
-                    env=env,
-                    reporter=reporter,
-                )
-
-        with reporter.step("clean up", server.id):
-            protect = [prepared.live] if prepared.live else []
-            cleaned = layout.clean_up(keep=server.keep_releases, live=name, protect=protect)
-            result.removed_releases = cleaned.removed
-            if cleaned.removed:
-                reporter.log(
-                    "system", f"Removed old releases: {', '.join(cleaned.removed)}", server.id
-                )
+        if has_after:
+            commands(STAGE_AFTER_SWITCH, release_path, "commands after switch")
+            cleaned = layout.clean_up(
+                keep=server.keep_releases, protect=[name, *protect], unlock_owner=owner
+            )
+        locked = False
+        result.removed_releases = cleaned.removed
+        if cleaned.removed:
+            reporter.log("system", f"Removed old releases: {', '.join(cleaned.removed)}", server.id)
     except BaseException:
-        if result.release is None:
-            # The new release never went live: drop it, so no half-made release lingers.
+        if locked:
             with contextlib.suppress(Exception):
-                layout.clean_up(
-                    keep=server.keep_releases,
-                    live=server.live_release or "",
-                    protect=[p for p in [server.live_release] if p],
-                )
+                if result.release is None:
+                    # The new release never went live: drop it, so no half-made release lingers.
+                    layout.discard(name, unlock_owner=owner)
+                else:
+                    layout.unlock(owner_id=owner)
         raise
-    finally:
-        with contextlib.suppress(Exception):
-            layout.unlock(owner_id=owner)
+
+
+def current_or_root(layout: release.RemoteLayout, live: str | None) -> str:
+    return layout.current_path if live else layout.deploy_path
 
 
 # --------------------------------------------------------------------------- rollback
@@ -668,16 +657,19 @@ def rollback(spec: RollbackSpec, reporter: Reporter) -> list[ServerResult]:
                         f"{server.name} is not an atomic server: there are no releases to switch between"
                     )
                 layout = release.RemoteLayout(connection, server.deploy_path)
-                owner = take_lock(
-                    layout,
-                    deployment_id=spec.deployment_id,
-                    what="rollback",
-                    deployer=spec.deployer,
-                    stale_after=spec.lock_stale_after,
-                    owner_finished=spec.lock_owner_finished,
-                    reporter=reporter,
-                    server_id=server.id,
-                )
+                owner = lock_owner(spec.deployment_id)
+                holder = f"Slipway rollback #{spec.deployment_id} by {spec.deployer or 'unknown'}"
+                try:
+                    layout.lock(holder=holder, owner_id=owner, stale_after=spec.lock_stale_after)
+                except LockHeld as held:
+                    if not held.owner or not spec.lock_owner_finished(held.owner):
+                        raise
+                    layout.lock(
+                        holder=holder,
+                        owner_id=owner,
+                        stale_after=spec.lock_stale_after,
+                        take_over_from=held.owner,
+                    )
                 try:
                     with reporter.step("switch", server.id):
                         layout.check_release(target)

@@ -8,12 +8,13 @@
       .slipway/lock/            held while a deployment works here (who, which, since when)
       .slipway/manifests/<name>.json   the manifest of each release
 
-Every path that reaches the remote shell is passed through ``shlex.quote``; file lists travel
-on stdin, NUL-separated, never on a command line.
+Every path that reaches the remote shell is passed through ``shlex.quote``; lists of paths
+travel NUL-separated (base64-encoded or on stdin), never as words of a command line.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import posixpath
@@ -46,6 +47,8 @@ EXIT_RELEASE_MISSING = 77
 _DEPLOY_PATH_CHARS = re.compile(r"^/[A-Za-z0-9._/@+~ -]*$")
 _RELEASE_NAME = re.compile(r"^[0-9]{8}-[0-9]{9}-[0-9a-f]{7,40}$")
 _RELATIVE_PATH_CHARS = re.compile(r"^[^\x00-\x1f\x7f]+$")
+# Linux limits one argument to 128 KiB (MAX_ARG_STRLEN); stay well below it.
+_MAX_INLINE_ARGUMENT = 96 * 1024
 
 
 def validate_deploy_path(path: str) -> str:
@@ -99,12 +102,13 @@ class Prepared:
     #: Paths of the copy that differ from the live release as Slipway left it (a command or a
     #: person changed them since): they must be sent again or removed.
     drifted: tuple[str, ...] = ()
+    #: What the lock step had to say (a stale lock taken over...), for the log.
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Cleaned:
     removed: list[str]
-    kept: list[str]
 
 
 def _stat_listing(directory: str) -> str:
@@ -120,7 +124,12 @@ def _quoted(*parts: str) -> str:
 
 
 class RemoteLayout:
-    """Operations on one server's deploy path, over an open connection."""
+    """Operations on one server's deploy path, over an open connection.
+
+    Each public method is one round trip (one exec channel): on a real network, and on hosts
+    whose login shell reads a heavy rc file, every exec costs far more than the work it does.
+    A deployment takes four: lock and prepare, upload, finish, switch and clean up.
+    """
 
     def __init__(
         self, connection: Connection, deploy_path: str, *, on_line: LineCallback | None = None
@@ -158,87 +167,71 @@ class RemoteLayout:
         result = self.connection.run(
             "sh -c " + shlex.quote(script), stdin=stdin, check=False, timeout=timeout
         )
-        if result.exit_code == EXIT_LOCK_HELD:
-            described = result.stdout.strip()
+        self._raise_for(result.exit_code, result.stdout, result.stderr, result.tail, check=check)
+        return result.stdout
+
+    def _raise_for(
+        self, exit_code: int, stdout: str, stderr: str, tail: Sequence[str], *, check: bool
+    ) -> None:
+        address = self.connection.endpoint.address
+        if exit_code == EXIT_LOCK_HELD:
+            described = stdout.strip().splitlines()[-1] if stdout.strip() else ""
             owner = ""
             if described.startswith("owner="):
                 owner, _, described = described.partition(" ")
                 owner = owner.removeprefix("owner=")
             error = LockHeld(
-                f"{self.deploy_path} on {self.connection.endpoint.address} is locked by another "
+                f"{self.deploy_path} on {address} is locked by another "
                 f"deployment: {described or 'holder unknown'}. If nothing is deploying, "
                 f"remove {posixpath.join(self.deploy_path, LOCK_DIR)}."
             )
             error.owner = owner
             raise error
-        if result.exit_code == EXIT_CURRENT_IS_DIR:
+        if exit_code == EXIT_CURRENT_IS_DIR:
             raise CurrentIsDirectory(
-                f"{self.current_path} on {self.connection.endpoint.address} is a real directory, not a "
+                f"{self.current_path} on {address} is a real directory, not a "
                 "symlink. Slipway will not replace it: move it aside (for example into releases/) first."
             )
-        if result.exit_code == EXIT_RELEASE_MISSING:
-            raise ReleaseMissing(result.stdout.strip() or "The release is no longer on the server")
-        if check and result.exit_code != 0:
+        if exit_code == EXIT_RELEASE_MISSING:
+            lines = [line for line in stdout.splitlines() if line.startswith("Release ")]
+            raise ReleaseMissing(lines[-1] if lines else "The release is no longer on the server")
+        if check and exit_code != 0:
             raise classify_command_failure(
-                CommandFailed("(Slipway's release script)", result.exit_code, list(result.tail)),
-                result.stderr.splitlines(),
-                self.connection.endpoint.address,
+                CommandFailed("(Slipway's release script)", exit_code, list(tail)),
+                stderr.splitlines(),
+                address,
             )
-        return result.stdout
 
-    # -- lock
+    # -- script pieces (each a block of POSIX sh, run from the deploy path)
 
-    def lock(
-        self, *, holder: str, owner_id: str, stale_after: int, take_over_from: str = ""
-    ) -> None:
-        """Take the deploy path's lock (mkdir is atomic), or say who holds it.
-
-        A lock older than ``stale_after`` seconds is taken over; a lock held by the same owner
-        (the same deployment retried) is kept.
-        """
+    def _lock_script(
+        self, *, holder: str, owner_id: str, stale_after: int, take_over_from: str
+    ) -> str:
         info = f"owner={owner_id}\nholder={holder}\nsince={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
         lock = shlex.quote(LOCK_DIR)
-        self._script(
-            f"""mkdir -p -- {self.q}
-cd -- {self.q}
-mkdir -p {shlex.quote(META_DIR)}
-take() {{ printf '%s' {shlex.quote(info)} > {lock}/info; }}
-if mkdir {lock} 2>/dev/null; then take; exit 0; fi
-if grep -qx {shlex.quote("owner=" + owner_id)} {lock}/info 2>/dev/null; then take; exit 0; fi
-if [ -n {shlex.quote(take_over_from)} ] && grep -qx {shlex.quote("owner=" + take_over_from)} {lock}/info 2>/dev/null; then
-  take; echo "took over the lock of {take_over_from}, which has finished"; exit 0; fi
-age=$(( $(date +%s) - $(stat -c %Y {lock} 2>/dev/null || date +%s) ))
-if [ "$age" -gt {int(stale_after)} ]; then rm -rf {lock}; mkdir {lock}; take; echo "took over a stale lock"; exit 0; fi
-sed -n 's/^owner=/owner=/p; s/^holder=//p; s/^since=/since /p' {lock}/info 2>/dev/null | tr '\\n' ' '
-exit {EXIT_LOCK_HELD}
+        return f"""mkdir -p {shlex.quote(META_DIR)}
+take_lock() {{ printf '%s' {shlex.quote(info)} > {lock}/info; }}
+if mkdir {lock} 2>/dev/null; then take_lock
+elif grep -qx {shlex.quote("owner=" + owner_id)} {lock}/info 2>/dev/null; then take_lock
+elif [ -n {shlex.quote(take_over_from)} ] && grep -qx {shlex.quote("owner=" + take_over_from)} {lock}/info 2>/dev/null; then
+  take_lock; echo {shlex.quote(f"note=took over the lock of {take_over_from}, which has finished")}
+else
+  age=$(( $(date +%s) - $(stat -c %Y {lock} 2>/dev/null || date +%s) ))
+  if [ "$age" -gt {int(stale_after)} ]; then rm -rf {lock}; mkdir {lock}; take_lock; echo "note=took over a stale lock"
+  else sed -n 's/^owner=/owner=/p; s/^holder=//p; s/^since=/since /p' {lock}/info 2>/dev/null | tr '\\n' ' '; exit {EXIT_LOCK_HELD}; fi
+fi
 """
-        )
 
-    def unlock(self, *, owner_id: str) -> None:
+    def _unlock_script(self, owner_id: str) -> str:
         lock = shlex.quote(LOCK_DIR)
-        self._script(
-            f"""cd -- {self.q} 2>/dev/null || exit 0
-if grep -qx {shlex.quote("owner=" + owner_id)} {lock}/info 2>/dev/null; then rm -rf {lock}; fi
-"""
-        )
+        return f"if grep -qx {shlex.quote('owner=' + owner_id)} {lock}/info 2>/dev/null; then rm -rf {lock}; fi\n"
 
-    # -- a new release
-
-    def prepare(self, name: str, *, expected_live: str | None, incremental: bool) -> Prepared:
-        """Create ``releases/<name>`` marked unfinished.
-
-        When the live release is the one the caller's change set was computed against, the
-        new release starts as a full copy of it (a copy, not hard links: a command that writes
-        into the new release must not change an old one); otherwise it starts empty and the
-        caller sends everything.
-        """
+    def _prepare_script(self, name: str, *, expected_live: str | None, incremental: bool) -> str:
         if not is_release_name(name):
             raise InvalidInput("release", f"{name!r} is not a release name")
         new = shlex.quote(f"releases/{name}")
         expected = shlex.quote(expected_live or "")
-        out = self._script(
-            f"""cd -- {self.q}
-mkdir -p releases shared {shlex.quote(MANIFEST_DIR)}
+        return f"""mkdir -p releases shared {shlex.quote(MANIFEST_DIR)}
 live=""
 if [ -L current ]; then live=$(basename "$(readlink current)");
 elif [ -e current ]; then exit {EXIT_CURRENT_IS_DIR}; fi
@@ -246,132 +239,25 @@ echo "live=$live"
 if [ -n "$live" ] && [ "$live" = {shlex.quote(name)} ]; then echo "release {name} is live" >&2; exit 1; fi
 if [ -d {new} ] && [ ! -e {new}/{UNFINISHED_MARKER} ]; then echo "release {name} exists already" >&2; exit 1; fi
 rm -rf -- {new} {new}.tmp
-if [ {int(incremental)} = 1 ] && [ -n "$live" ] && [ "$live" = {expected} ] && [ -d "releases/$live" ] \
-   && [ ! -e "releases/$live/{UNFINISHED_MARKER}" ]; then
+if [ {int(incremental)} = 1 ] && [ -n "$live" ] && [ "$live" = {expected} ] && [ -d "releases/$live" ] \\
+   && [ ! -e "releases/$live/{UNFINISHED_MARKER}" ] && [ -f "{MANIFEST_DIR}/$live.stat" ]; then
   cp -a --reflink=auto -- "releases/$live" {new}.tmp
   mv -- {new}.tmp {new}
   echo copied=1
   # What changed in the live release after Slipway finished writing it (commands, people):
   # compare the copy with the listing taken when the live release was made.
-  if [ -f "{MANIFEST_DIR}/$live.stat" ]; then
-    {_stat_listing(new)} | LC_ALL=C comm -3 "{MANIFEST_DIR}/$live.stat" - | sed 's/^\t//' | cut -f1 | LC_ALL=C sort -u | sed 's/^/drift=/'
-  else
-    echo nostat=1
-  fi
+  {_stat_listing(new)} | LC_ALL=C comm -3 "{MANIFEST_DIR}/$live.stat" - | sed 's/^\t//' | cut -f1 | LC_ALL=C sort -u | sed 's/^/drift=/'
 else
   mkdir -- {new}
   echo copied=0
 fi
 : > {new}/{UNFINISHED_MARKER}
 """
-        )
-        values: dict[str, str] = {}
-        drifted: list[str] = []
-        for line in out.splitlines():
-            key, _, value = line.partition("=")
-            if key == "drift":
-                drifted.append(value)
-            else:
-                values[key] = value
-        if values.get("nostat") == "1":
-            # Without the listing the copy cannot be trusted to equal the live manifest.
-            self._script(
-                f"cd -- {self.q}\nrm -rf -- {new}\nmkdir -- {new}\n: > {new}/{UNFINISHED_MARKER}\n"
-            )
-            values["copied"] = "0"
-        return Prepared(
-            live=values.get("live") or None,
-            copied=values.get("copied") == "1",
-            drifted=tuple(drifted),
-        )
 
-    def snapshot(self, name: str) -> None:
-        """Record the release's files as Slipway leaves them, before any command runs."""
+    def _switch_script(self, name: str) -> str:
         release = shlex.quote(f"releases/{name}")
-        listing = shlex.quote(f"{MANIFEST_DIR}/{name}.stat")
-        self._script(
-            f"cd -- {self.q}\n{_stat_listing(release)} > {listing}.tmp\nmv -- {listing}.tmp {listing}\n"
-        )
-
-    def remove_paths(self, name: str, paths: Iterable[str]) -> None:
-        """Delete paths inside a release (NUL-separated on stdin, never as arguments)."""
-        payload = b"".join(b"./" + path.encode() + b"\0" for path in paths)
-        if not payload:
-            return
-        self._script(
-            f"cd -- {shlex.quote(self.release_path(name))}\nxargs -0 rm -rf --\n",
-            stdin=payload,
-        )
-
-    def upload(
-        self, name: str, chunks: Iterable[bytes], *, on_line: LineCallback | None = None
-    ) -> None:
-        """Unpack a gzipped tar stream into the release over one channel."""
-        target = shlex.quote(self.release_path(name))
-        self.connection.run_streaming_stdin(
-            f"tar -xzpf - --no-same-owner -C {target}", chunks, on_line=on_line or self.on_line
-        )
-
-    def write_files(self, name: str, files: dict[str, bytes], manifest_json: bytes | None) -> None:
-        """Write config files into the release and its manifest beside it, in one round trip."""
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as archive:
-            for path, body in files.items():
-                _add_bytes(archive, f"releases/{name}/{path}", body, 0o644)
-            if manifest_json is not None:
-                _add_bytes(archive, f"{MANIFEST_DIR}/{name}.json", manifest_json, 0o600)
-        self._script(f"cd -- {self.q}\ntar -xzpf - --no-same-owner\n", stdin=buffer.getvalue())
-
-    def link_shared(self, name: str, shared_paths: Sequence[str]) -> None:
-        """Link each shared path from shared/ into the release, seeding shared/ on first use."""
-        lines = [f"cd -- {self.q}"]
-        for raw in shared_paths:
-            is_dir = raw.strip().endswith("/")
-            path = validate_relative_path(raw, "shared_paths")
-            in_release = shlex.quote(f"releases/{name}/{path}")
-            in_shared = shlex.quote(f"shared/{path}")
-            depth = 2 + path.count("/")
-            target = shlex.quote("../" * depth + f"shared/{path}")
-            seed = (
-                f"mkdir -p -- {in_shared}"
-                if is_dir
-                else f'mkdir -p -- "$(dirname {in_shared})"; : > {in_shared}'
-            )
-            lines.append(
-                f"""if [ ! -e {in_shared} ] && [ ! -L {in_shared} ]; then
-  mkdir -p -- "$(dirname {in_shared})"
-  if [ -e {in_release} ] && [ ! -L {in_release} ]; then cp -a -- {in_release} {in_shared}; else {seed}; fi
-fi
-mkdir -p -- "$(dirname {in_release})"
-rm -rf -- {in_release}
-ln -s -- {target} {in_release}"""
-            )
-        if len(lines) > 1:
-            self._script("\n".join(lines) + "\n")
-
-    def apply_permissions(self, name: str, *, file_mode: str, directory_mode: str) -> None:
-        release = shlex.quote(self.release_path(name))
-        lines = []
-        if file_mode:
-            mode = _mode(file_mode, "file_mode")
-            lines.append(
-                f"find {release} -type f ! -name {UNFINISHED_MARKER} ! -perm {mode} -exec chmod {mode} {{}} +"
-            )
-        if directory_mode:
-            mode = _mode(directory_mode, "directory_mode")
-            lines.append(f"find {release} -type d ! -perm {mode} -exec chmod {mode} {{}} +")
-        if lines:
-            self._script("\n".join(lines) + "\n")
-
-    # -- switching
-
-    def switch(self, name: str) -> None:
-        """Point ``current`` at the release: a new link under a temporary name, renamed over
-        ``current``, so that at no instant is ``current`` missing or dangling."""
-        release = shlex.quote(f"releases/{name}")
-        self._script(
-            f"""cd -- {self.q}
-if [ ! -d {release} ]; then echo {shlex.quote(f"Release {name} is no longer on the server")}; exit {EXIT_RELEASE_MISSING}; fi
+        missing = shlex.quote(f"Release {name} is no longer on the server")
+        return f"""if [ ! -d {release} ]; then echo {missing}; exit {EXIT_RELEASE_MISSING}; fi
 if [ -e current ] && [ ! -L current ]; then exit {EXIT_CURRENT_IS_DIR}; fi
 rm -f -- {release}/{UNFINISHED_MARKER}
 tmp=".current.$$.tmp"
@@ -381,17 +267,228 @@ if mv -T -- "$tmp" current 2>/dev/null; then :
 elif command -v python3 >/dev/null 2>&1; then python3 -c 'import os, sys; os.replace(sys.argv[1], sys.argv[2])' "$tmp" current
 else perl -e 'rename($ARGV[0], $ARGV[1]) or die "rename: $!\\n"' "$tmp" current; fi
 """
+
+    def _clean_up_script(self, *, keep: int, protect: Sequence[str]) -> str:
+        # Release names sort by time, so the newest finished ones are the last of `sort`.
+        protected = " ".join(name for name in protect if is_release_name(name))
+        return f"""protect=" {protected} "
+finished=$(cd releases && for d in */; do d=${{d%/}}; [ -d "$d" ] && [ ! -e "$d/{UNFINISHED_MARKER}" ] && echo "$d"; done | LC_ALL=C sort | tail -n {max(int(keep), 1)})
+for d in releases/*/; do
+  d=${{d%/}}; d=${{d#releases/}}
+  case "$d" in [0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]-[0-9]*-[0-9a-f]*) ;; *) continue ;; esac
+  case "$protect" in *" $d "*) continue ;; esac
+  if [ -e "releases/$d/{UNFINISHED_MARKER}" ] || ! printf '%s\\n' "$finished" | grep -qxF -- "$d"; then
+    rm -rf -- "releases/$d" "{MANIFEST_DIR}/$d.json" "{MANIFEST_DIR}/$d.stat"
+    echo "removed=$d"
+  fi
+done
+"""
+
+    def _check_release_script(self, name: str) -> str:
+        release = shlex.quote(f"releases/{name}")
+        gone = shlex.quote(f"Release {name} is no longer on the server")
+        unfinished = shlex.quote(f"Release {name} was never finished")
+        return f"""if [ ! -d {release} ]; then echo {gone}; exit {EXIT_RELEASE_MISSING}; fi
+if [ -e {release}/{UNFINISHED_MARKER} ]; then echo {unfinished}; exit {EXIT_RELEASE_MISSING}; fi
+"""
+
+    def _finish_script(
+        self, name: str, *, shared_paths: Sequence[str], file_mode: str, directory_mode: str
+    ) -> str:
+        release = shlex.quote(f"releases/{name}")
+        lines = ["tar -xzpf - --no-same-owner"]
+        for raw in shared_paths:
+            is_dir = raw.strip().endswith("/")
+            path = validate_relative_path(raw, "shared_paths")
+            in_release = shlex.quote(f"releases/{name}/{path}")
+            in_shared = shlex.quote(f"shared/{path}")
+            target = shlex.quote("../" * (2 + path.count("/")) + f"shared/{path}")
+            seed = f"mkdir -p -- {in_shared}" if is_dir else f": > {in_shared}"
+            # Seed shared/ from the first release that has the path, else create it empty.
+            lines.append(
+                f"""if [ ! -e {in_shared} ] && [ ! -L {in_shared} ]; then
+  mkdir -p -- "$(dirname {in_shared})"
+  if [ -e {in_release} ] && [ ! -L {in_release} ]; then cp -a -- {in_release} {in_shared}; else {seed}; fi
+fi
+mkdir -p -- "$(dirname {in_release})"
+rm -rf -- {in_release}
+ln -s -- {target} {in_release}"""
+            )
+        if file_mode:
+            mode = _mode(file_mode, "file_mode")
+            lines.append(
+                f"find {release} -type f ! -name {UNFINISHED_MARKER} ! -perm {mode} -exec chmod {mode} {{}} +"
+            )
+        if directory_mode:
+            mode = _mode(directory_mode, "directory_mode")
+            lines.append(f"find {release} -type d ! -perm {mode} -exec chmod {mode} {{}} +")
+        listing = shlex.quote(f"{MANIFEST_DIR}/{name}.stat")
+        lines.append(f"{_stat_listing(release)} > {listing}.tmp\nmv -- {listing}.tmp {listing}")
+        return "\n".join(lines) + "\n"
+
+    def _run(self, *pieces: str, stdin: bytes | None = None) -> dict[str, list[str]]:
+        out = self._script(f"cd -- {self.q}\n" + "".join(pieces), stdin=stdin)
+        values: dict[str, list[str]] = {}
+        for line in out.splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                values.setdefault(key, []).append(value)
+        return values
+
+    # -- the four round trips of a deployment
+
+    def lock_and_prepare(
+        self,
+        name: str,
+        *,
+        holder: str,
+        owner_id: str,
+        stale_after: int,
+        take_over_from: str = "",
+        expected_live: str | None,
+        incremental: bool,
+    ) -> Prepared:
+        """Take the deploy path's lock and create ``releases/<name>`` marked unfinished.
+
+        When the live release is the one the caller's change set was computed against (and
+        Slipway's listing of it is there), the new release starts as a full copy of it: a
+        copy, not hard links, so that a command writing into the new release cannot change an
+        old one. Otherwise it starts empty and the caller sends everything.
+        """
+        lock = self._lock_script(
+            holder=holder, owner_id=owner_id, stale_after=stale_after, take_over_from=take_over_from
         )
+        prepare = self._prepare_script(name, expected_live=expected_live, incremental=incremental)
+        mkdir = f"mkdir -p -- {self.q}\n"
+        out = self._script(mkdir + f"cd -- {self.q}\n" + lock + prepare)
+        values: dict[str, list[str]] = {}
+        for line in out.splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                values.setdefault(key, []).append(value)
+        return Prepared(
+            live=(values.get("live") or [""])[-1] or None,
+            copied=(values.get("copied") or ["0"])[-1] == "1",
+            drifted=tuple(values.get("drift", [])),
+            notes=tuple(values.get("note", [])),
+        )
+
+    def upload(
+        self,
+        name: str,
+        chunks: Iterable[bytes] | None,
+        *,
+        remove: Sequence[str] = (),
+        on_line: LineCallback | None = None,
+    ) -> None:
+        """Remove ``remove`` from the release, then unpack a gzipped tar stream into it.
+
+        The removal list travels base64-encoded inside the command (NUL-separated paths can
+        hold any character); a list too long for one argument is removed in its own trip.
+        """
+        target = shlex.quote(self.release_path(name))
+        payload = b"".join(b"./" + path.encode() + b"\0" for path in remove)
+        encoded = base64.b64encode(payload).decode()
+        removal = ""
+        if payload and len(encoded) < _MAX_INLINE_ARGUMENT:
+            removal = f"printf %s {shlex.quote(encoded)} | base64 -d | xargs -0 -r rm -rf -- && "
+        elif payload:
+            self._script(f"cd -- {target}\nxargs -0 -r rm -rf --\n", stdin=payload)
+        if chunks is None:
+            if removal:
+                self._script(f"cd -- {target}\n{removal}:\n")
+            return
+        script = f"cd -- {target} && {removal}tar -xzpf - --no-same-owner"
+        self.connection.run_streaming_stdin(
+            "sh -c " + shlex.quote(script), chunks, on_line=on_line or self.on_line
+        )
+
+    def finish(
+        self,
+        name: str,
+        *,
+        files: dict[str, bytes],
+        manifest_json: bytes,
+        shared_paths: Sequence[str] = (),
+        file_mode: str = "",
+        directory_mode: str = "",
+    ) -> None:
+        """Write config files and the manifest, link shared paths, apply permissions and
+        record the listing that the next deployment compares against: one round trip."""
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as archive:
+            for path, body in files.items():
+                _add_bytes(archive, f"releases/{name}/{path}", body, 0o644)
+            _add_bytes(archive, f"{MANIFEST_DIR}/{name}.json", manifest_json, 0o600)
+        script = self._finish_script(
+            name, shared_paths=shared_paths, file_mode=file_mode, directory_mode=directory_mode
+        )
+        self._run(script, stdin=buffer.getvalue())
+
+    def switch_and_clean_up(
+        self,
+        name: str,
+        *,
+        keep: int | None = None,
+        protect: Sequence[str] = (),
+        unlock_owner: str = "",
+    ) -> Cleaned:
+        """Point ``current`` at the release (a new link under a temporary name, renamed over
+        ``current``: at no instant is it missing or dangling), then optionally remove old
+        releases and release the lock."""
+        pieces = [self._switch_script(name)]
+        if keep is not None:
+            pieces.append(self._clean_up_script(keep=keep, protect=[name, *protect]))
+        if unlock_owner:
+            pieces.append(self._unlock_script(unlock_owner))
+        values = self._run(*pieces)
+        return Cleaned(removed=values.get("removed", []))
+
+    # -- single steps
+
+    def discard(self, name: str, *, unlock_owner: str = "") -> None:
+        """Remove an unfinished release (never a finished one) and release the lock."""
+        release = shlex.quote(f"releases/{name}")
+        pieces = [
+            f"if [ -e {release}/{UNFINISHED_MARKER} ]; then rm -rf -- {release} "
+            f"{shlex.quote(f'{MANIFEST_DIR}/{name}.json')} {shlex.quote(f'{MANIFEST_DIR}/{name}.stat')}; fi\n"
+        ]
+        if unlock_owner:
+            pieces.append(self._unlock_script(unlock_owner))
+        self._run(*pieces)
+
+    def lock(
+        self, *, holder: str, owner_id: str, stale_after: int, take_over_from: str = ""
+    ) -> None:
+        self._run(
+            f"mkdir -p -- {self.q}\ncd -- {self.q}\n"
+            + self._lock_script(
+                holder=holder,
+                owner_id=owner_id,
+                stale_after=stale_after,
+                take_over_from=take_over_from,
+            )
+        )
+
+    def unlock(self, *, owner_id: str) -> None:
+        self._script(f"cd -- {self.q} 2>/dev/null || exit 0\n" + self._unlock_script(owner_id))
+
+    def switch(self, name: str) -> None:
+        self._run(self._switch_script(name))
 
     def check_release(self, name: str) -> None:
         """Refuse, with a clear error, a release that is gone or was never finished."""
-        release = shlex.quote(f"releases/{name}")
-        self._script(
-            f"""cd -- {self.q}
-if [ ! -d {release} ]; then echo {shlex.quote(f"Release {name} is no longer on the server")}; exit {EXIT_RELEASE_MISSING}; fi
-if [ -e {release}/{UNFINISHED_MARKER} ]; then echo {shlex.quote(f"Release {name} was never finished")}; exit {EXIT_RELEASE_MISSING}; fi
-"""
-        )
+        self._run(self._check_release_script(name))
+
+    def clean_up(
+        self, *, keep: int, protect: Sequence[str] = (), unlock_owner: str = ""
+    ) -> Cleaned:
+        """Keep the newest ``keep`` finished releases; never remove those in ``protect`` (the
+        live one, and the one a rollback would go back to); drop unfinished leftovers."""
+        pieces = [self._clean_up_script(keep=keep, protect=protect)]
+        if unlock_owner:
+            pieces.append(self._unlock_script(unlock_owner))
+        return Cleaned(removed=self._run(*pieces).get("removed", []))
 
     def live_release(self) -> str | None:
         out = self._script(
@@ -421,33 +518,6 @@ for d in */; do d=${{d%/}}; [ -d "$d" ] || continue
             if is_release_name(name):
                 found.append((name, finished == "1"))
         return sorted(found)
-
-    def clean_up(
-        self, *, keep: int, live: str, protect: Sequence[str] = (), remove_unfinished: bool = True
-    ) -> Cleaned:
-        """Keep the newest ``keep`` finished releases; never remove the live one or those in
-        ``protect`` (the one a rollback would go back to); drop unfinished leftovers."""
-        keep = max(keep, 1)
-        releases = self.releases()
-        protected = {live, *protect}
-        finished = [name for name, done in releases if done]
-        newest = set(finished[-keep:])
-        doomed = [
-            name
-            for name, done in releases
-            if name not in protected
-            and ((not done and remove_unfinished) or (done and name not in newest))
-        ]
-        if doomed:
-            quoted = " ".join(
-                _quoted(
-                    f"releases/{name}", f"{MANIFEST_DIR}/{name}.json", f"{MANIFEST_DIR}/{name}.stat"
-                )
-                for name in doomed
-            )
-            self._script(f"cd -- {self.q}\nrm -rf -- {quoted}\n")
-        kept = [name for name, _ in releases if name not in doomed]
-        return Cleaned(removed=doomed, kept=kept)
 
 
 def _mode(value: str, field: str) -> str:
