@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from builds.engine import direct, release
+from builds.engine.archive import SharedArchive
 from builds.engine.build import BuildOutput, BuildSpec, build, exclude_rules
 from builds.engine.errors import (
     Cancelled,
@@ -33,7 +34,7 @@ from builds.engine.errors import (
     UserError,
 )
 from builds.engine.git import Commit, Mirror
-from builds.engine.manifest import ChangeSet, Manifest, diff, tar_stream
+from builds.engine.manifest import ChangeSet, Manifest, diff
 from builds.engine.ssh import Connection, Endpoint, connect
 from builds.engine.variables import substitute
 
@@ -301,38 +302,30 @@ def _check_spec(spec: DeploySpec) -> None:
 
 
 class _ArchiveCache:
-    """Each distinct change set is compressed once and sent to every server that needs it."""
+    """Each distinct change set is archived once and streamed to every server needing it."""
 
     def __init__(self, output: BuildOutput) -> None:
         self.output = output
         self._lock = threading.Lock()
-        self._files: dict[str, tuple[threading.Lock, Path | None]] = {}
+        self._archives: dict[str, SharedArchive] = {}
         self._dir = tempfile.TemporaryDirectory(prefix="slipway-tar-")
 
-    def path_for(self, paths: Sequence[str]) -> Path:
-        key = hashlib.sha256("\0".join(paths).encode()).hexdigest()
+    def archive_for(self, paths: Sequence[str], codec: str) -> SharedArchive:
+        key = hashlib.sha256("\0".join([codec, *paths]).encode()).hexdigest()
         with self._lock:
-            lock, path = self._files.setdefault(key, (threading.Lock(), None))
-        with lock:
-            _, path = self._files[key]
-            if path is None:
-                path = Path(self._dir.name) / f"{key}.tar.gz"
-                with open(path, "wb") as handle:
-                    for chunk in tar_stream(self.output.root, paths, self.output.manifest):
-                        handle.write(chunk)
-                with self._lock:
-                    self._files[key] = (lock, path)
-            return path
+            if key not in self._archives:
+                self._archives[key] = SharedArchive(
+                    self.output.root, paths, self.output.manifest, Path(self._dir.name), codec=codec
+                )
+            return self._archives[key]
 
     def close(self) -> None:
+        with self._lock:
+            archives = list(self._archives.values())
+        for archive in archives:
+            with contextlib.suppress(BaseException):
+                archive.wait()
         self._dir.cleanup()
-
-
-def _read_chunks(path: Path, on_bytes: Callable[[int], None]) -> Iterator[bytes]:
-    with open(path, "rb") as handle:
-        while chunk := handle.read(256 * 1024):
-            on_bytes(len(chunk))
-            yield chunk
 
 
 def _variables(
@@ -541,22 +534,19 @@ def _deliver_atomic(
             reporter.progress(server.id, 0, files_total, 0, changes.bytes_to_send)
             removals = changes.deleted + [p for p in changes.modified if manifest[p].kind != "dir"]
             if changes.paths_to_send:
-                archive = archives.path_for(changes.paths_to_send)
-                size = max(archive.stat().st_size, 1)
+                archive = archives.archive_for(changes.paths_to_send, prepared.codec)
                 sent = [0]
 
-                def on_bytes(count: int) -> None:
-                    sent[0] += count
-                    done = changes.bytes_to_send * sent[0] // size
-                    reporter.progress(
-                        server.id,
-                        files_total * sent[0] // size,
-                        files_total,
-                        done,
-                        changes.bytes_to_send,
-                    )
+                def counted() -> Iterator[bytes]:
+                    for chunk in archive.chunks():
+                        sent[0] += len(chunk)
+                        files_done, bytes_done = archive.carried(sent[0])
+                        reporter.progress(
+                            server.id, files_done, files_total, bytes_done, changes.bytes_to_send
+                        )
+                        yield chunk
 
-                layout.upload(name, _read_chunks(archive, on_bytes), remove=removals)
+                layout.upload(name, counted(), remove=removals, codec=archive.codec)
             elif removals:
                 layout.upload(name, None, remove=removals)
             reporter.progress(

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from builds.engine.archive import GZIP, TAR_FLAGS, ZSTD
 from builds.engine.errors import (
     CommandFailed,
     CurrentIsDirectory,
@@ -104,6 +105,8 @@ class Prepared:
     drifted: tuple[str, ...] = ()
     #: What the lock step had to say (a stale lock taken over...), for the log.
     notes: tuple[str, ...] = ()
+    #: The archive codec the server can unpack ("zstd" when it has zstd, else "gzip").
+    codec: str = GZIP
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,7 @@ fi
         new = shlex.quote(f"releases/{name}")
         expected = shlex.quote(expected_live or "")
         return f"""mkdir -p releases shared {shlex.quote(MANIFEST_DIR)}
+if command -v zstd >/dev/null 2>&1; then echo codec={ZSTD}; fi
 live=""
 if [ -L current ]; then live=$(basename "$(readlink current)");
 elif [ -e current ]; then exit {EXIT_CURRENT_IS_DIR}; fi
@@ -371,6 +375,7 @@ ln -s -- {target} {in_release}"""
             copied=(values.get("copied") or ["0"])[-1] == "1",
             drifted=tuple(values.get("drift", [])),
             notes=tuple(values.get("note", [])),
+            codec=(values.get("codec") or [GZIP])[-1],
         )
 
     def upload(
@@ -380,6 +385,7 @@ ln -s -- {target} {in_release}"""
         *,
         remove: Sequence[str] = (),
         on_line: LineCallback | None = None,
+        codec: str = GZIP,
     ) -> None:
         """Remove ``remove`` from the release, then unpack a gzipped tar stream into it.
 
@@ -398,7 +404,7 @@ ln -s -- {target} {in_release}"""
             if removal:
                 self._script(f"cd -- {target}\n{removal}:\n")
             return
-        script = f"cd -- {target} && {removal}tar -xzpf - --no-same-owner"
+        script = f"cd -- {target} && {removal}tar {TAR_FLAGS[codec]} --no-same-owner"
         self.connection.run_streaming_stdin(
             "sh -c " + shlex.quote(script), chunks, on_line=on_line or self.on_line
         )
