@@ -82,6 +82,32 @@ class LogWriter:
         self._last_flush = time.monotonic()
         last = LogLine.objects.filter(deployment_id=deployment_id).aggregate(m=Max("seq"))["m"]
         self._seq = last or 0
+        self._closed = threading.Event()
+        # A line must reach the page promptly even when no further line follows it (a build
+        # step printing "building..." and then working quietly for minutes).
+        self._flusher = threading.Thread(
+            target=self._flush_periodically, name=f"log-{deployment_id}", daemon=True
+        )
+        self._flusher.start()
+
+    def _flush_periodically(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self._closed.wait(self.flush_interval):
+                if self._pending:
+                    self.flush()
+        except Exception:  # the writer's own flushes still store every line
+            logger.warning(
+                "Periodic log flush failed for deployment %s", self.deployment_id, exc_info=True
+            )
+        finally:
+            connection.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._flusher.join(timeout=10)
+        self.flush()
 
     def write(self, stream: str, text: str, *, server_id: int | None = None) -> None:
         masked = self.mask(text)
@@ -120,7 +146,8 @@ class LogWriter:
             with transaction.atomic():
                 LogLine.objects.bulk_create(lines)
                 Deployment.objects.filter(pk=self.deployment_id).update(log_seq=self._seq)
-        broadcast(
-            self.deployment_id,
-            {"type": "log.lines", "lines": [line_payload(line) for line in lines]},
-        )
+            # Still under the lock: viewers receive batches in sequence order.
+            broadcast(
+                self.deployment_id,
+                {"type": "log.lines", "lines": [line_payload(line) for line in lines]},
+            )

@@ -245,10 +245,10 @@ def run(deployment: Deployment) -> None:
     """Run a deployment that services.deployment_claim moved to running."""
     deployment = Deployment.objects.select_related("project", "triggered_by").get(pk=deployment.pk)
     project = deployment.project
+    # A preview's targets stay "skipped" (it touches no server) and are read all the same.
+    wanted = TargetStatus.SKIPPED if deployment.kind == Kind.PREVIEW else TargetStatus.RUNNING
     targets = list(
-        deployment.targets.filter(status=TargetStatus.RUNNING).select_related(
-            "server", "server__project"
-        )
+        deployment.targets.filter(status=wanted).select_related("server", "server__project")
     )
     servers = [target.server for target in targets]
     writer = LogWriter(deployment.pk, mask=Masker(project_secrets(project, servers)))
@@ -292,7 +292,7 @@ def run(deployment: Deployment) -> None:
             deployment, status=Status.FAILED, error="Internal error", error_code="internal"
         )
     finally:
-        writer.flush()
+        writer.close()
         shutil.rmtree(workspace, ignore_errors=True)
 
 
