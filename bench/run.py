@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +37,9 @@ def _tmpfs_base() -> Path:
     """A directory on tmpfs: a fresh mount when we may mount, else /dev/shm."""
     base = Path(tempfile.mkdtemp(prefix="slipway-bench-"))
     if os.geteuid() == 0:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4g", "tmpfs", str(base)], capture_output=True)
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4g", "tmpfs", str(base)], capture_output=True
+        )
         if mounted.returncode == 0:
             return base
     shm = Path("/dev/shm")
@@ -60,7 +63,16 @@ def _bench_user(home: Path) -> str:
         return getpass.getuser()
     if subprocess.run(["id", BENCH_USER], capture_output=True).returncode != 0:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/bash", BENCH_USER],
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                str(home),
+                "--shell",
+                "/bin/bash",
+                BENCH_USER,
+            ],
             check=True,
         )
     # With UsePAM off, sshd refuses even key logins to a locked account ("!" password): "*"
@@ -75,14 +87,32 @@ def make_repository(path: Path, seed: int = 7) -> None:
     """~5,000 files, ~60 MB: mostly small text files and a few binaries of 1-5 MB."""
     rng = random.Random(seed)
     words = [
-        "deploy", "release", "server", "atomic", "symlink", "rollback", "commit", "branch", "worker",
-        "manifest", "change", "upload", "health", "check", "build", "cache", "shared", "config",
+        "deploy",
+        "release",
+        "server",
+        "atomic",
+        "symlink",
+        "rollback",
+        "commit",
+        "branch",
+        "worker",
+        "manifest",
+        "change",
+        "upload",
+        "health",
+        "check",
+        "build",
+        "cache",
+        "shared",
+        "config",
     ]
     path.mkdir(parents=True)
     for n in range(4990):
         folder = path / f"src/module{n % 50:02d}/part{n % 7}"
         folder.mkdir(parents=True, exist_ok=True)
-        lines = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(rng.randint(20, 160))]
+        lines = [
+            " ".join(rng.choice(words) for _ in range(12)) for _ in range(rng.randint(20, 160))
+        ]
         (folder / f"file{n:04d}.txt").write_text("\n".join(lines) + "\n")
     assets = path / "assets"
     assets.mkdir()
@@ -103,7 +133,9 @@ def _git(path: Path, *arguments: str) -> str:
         "GIT_CONFIG_NOSYSTEM": "1",
         "HOME": str(path),
     }
-    return subprocess.run(["git", *arguments], cwd=path, env=env, check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["git", *arguments], cwd=path, env=env, check=True, capture_output=True, text=True
+    ).stdout
 
 
 def change_repository(path: Path, round_number: int) -> None:
@@ -117,7 +149,9 @@ def change_repository(path: Path, round_number: int) -> None:
     for file in chosen[10:]:
         file.unlink()
     for n in range(5):
-        (path / "src" / f"added-{round_number}-{n}.txt").write_text(f"added {n} in round {round_number}\n" * 50)
+        (path / "src" / f"added-{round_number}-{n}.txt").write_text(
+            f"added {n} in round {round_number}\n" * 50
+        )
     _git(path, "add", "-A")
     _git(path, "commit", "-q", "-m", f"Round {round_number}")
 
@@ -125,7 +159,9 @@ def change_repository(path: Path, round_number: int) -> None:
 def export(repository: Path, destination: Path) -> None:
     shutil.rmtree(destination, ignore_errors=True)
     destination.mkdir(parents=True)
-    archive = subprocess.run(["git", "archive", "HEAD"], cwd=repository, check=True, capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", "HEAD"], cwd=repository, check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(destination)], input=archive, check=True)
 
 
@@ -141,9 +177,21 @@ class Baseline:
     def ssh(self) -> list[str]:
         t = self.target
         return [
-            "ssh", "-F", "/dev/null", "-i", str(self.key_path), "-p", str(t.port),  # type: ignore[attr-defined]
-            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-            "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-i",
+            str(self.key_path),
+            "-p",
+            str(t.port),  # type: ignore[attr-defined]
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
             f"{self.user}@127.0.0.1",
         ]
 
@@ -153,14 +201,25 @@ class Baseline:
     def switch(self, tool: str, name: str) -> None:
         root = self.root(tool)
         subprocess.run(
-            [*self.ssh(), f"cd {root} && ln -sfn releases/{name} .current.tmp && mv -T .current.tmp current"],
-            check=True, capture_output=True,
+            [
+                *self.ssh(),
+                f"cd {root} && ln -sfn releases/{name} .current.tmp && mv -T .current.tmp current",
+            ],
+            check=True,
+            capture_output=True,
         )
 
     def rsync(self, tree: Path, name: str, previous: str | None) -> None:
         root = self.root("rsync")
         ssh = " ".join(self.ssh()[:-1])
-        command = ["rsync", "-a", "--delete", "-e", ssh, f"--rsync-path=mkdir -p {root}/releases && rsync"]
+        command = [
+            "rsync",
+            "-a",
+            "--delete",
+            "-e",
+            ssh,
+            f"--rsync-path=mkdir -p {root}/releases && rsync",
+        ]
         if previous:
             command.append(f"--link-dest={root}/releases/{previous}")
         command += [f"{tree}/", f"{self.user}@127.0.0.1:{root}/releases/{name}/"]
@@ -219,7 +278,12 @@ def main() -> None:
     from deployer.embedded import start_worker
     from projects.services import project_create
     from servers.models import Server
-    from tests.support.sshd import PRIVILEGE_SEPARATION_DIR, SSHTarget, _free_port, generate_key_pair
+    from tests.support.sshd import (
+        PRIVILEGE_SEPARATION_DIR,
+        SSHTarget,
+        _free_port,
+        generate_key_pair,
+    )
 
     user = _bench_user(base / "home")
     repository = base / "repository"
@@ -230,7 +294,9 @@ def main() -> None:
     size = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file())
 
     owner = User.objects.create_user("bench")
-    project = project_create(owner=owner, name="Bench", repository_url=repository.as_uri(), branch="main")
+    project = project_create(
+        owner=owner, name="Bench", repository_url=repository.as_uri(), branch="main"
+    )
     keys = base / "keys"
     host_key = generate_key_pair(keys, "host")
     client = generate_key_pair(keys, "client")
@@ -257,7 +323,9 @@ def main() -> None:
             if step.finished_at
         )
         queued = (deployment.started_at - deployment.created_at).total_seconds()
-        print(f"  #{deployment.pk} {deployment.kind}: queued {queued:.2f}; {steps}", file=sys.stderr)
+        print(
+            f"  #{deployment.pk} {deployment.kind}: queued {queued:.2f}; {steps}", file=sys.stderr
+        )
         return (deployment.finished_at - deployment.created_at).total_seconds()
 
     # Warm the mirror once: fetching from the Git host is the network's cost, and the
@@ -270,7 +338,9 @@ def main() -> None:
     with mirror_lock(spec):
         open_mirror(spec).fetch()
 
-    results: dict[str, dict[str, list[float]]] = {s: {"slipway": [], "rsync": [], "tar": []} for s in "abc"}
+    results: dict[str, dict[str, list[float]]] = {
+        s: {"slipway": [], "rsync": [], "tar": []} for s in "abc"
+    }
     for round_number in range(options.repeat):
         targets = []
         for n in range(3):
@@ -281,15 +351,30 @@ def main() -> None:
             for tool in ("rsync", "tar"):
                 (root / tool).mkdir()
             target = SSHTarget(
-                port=_free_port(), root=root, deploy_path=root / "deploy",
-                client_private_key=client.private_key, client_public_key=client.public_key,
-                host_key_fingerprint=host_key.fingerprint, host_public_key_path=host_key.public_path,
-                host_private_key_path=host_key.private_path, username=user,
+                port=_free_port(),
+                root=root,
+                deploy_path=root / "deploy",
+                client_private_key=client.private_key,
+                client_public_key=client.public_key,
+                host_key_fingerprint=host_key.fingerprint,
+                host_public_key_path=host_key.public_path,
+                host_private_key_path=host_key.private_path,
+                username=user,
             )
             target.authorize(client.public_key)
             target.authorize(project.public_key)
             if os.geteuid() == 0:
-                subprocess.run(["chown", "-R", f"{user}:{user}", str(root / "deploy"), str(root / "rsync"), str(root / "tar")], check=True)
+                subprocess.run(
+                    [
+                        "chown",
+                        "-R",
+                        f"{user}:{user}",
+                        str(root / "deploy"),
+                        str(root / "rsync"),
+                        str(root / "tar"),
+                    ],
+                    check=True,
+                )
             target.start_or_raise()
             targets.append(target)
         known_hosts = base / f"known_hosts{round_number}"
@@ -299,32 +384,50 @@ def main() -> None:
         baselines = [Baseline(t, user, client.private_path, known_hosts) for t in targets]
         servers = [
             Server.objects.create(
-                project=project, name=f"r{round_number}-web{n}", hostname="127.0.0.1", port=t.port,
-                username=user, deploy_path=str(t.deploy_path), host_key_fingerprint=host_key.fingerprint,
+                project=project,
+                name=f"r{round_number}-web{n}",
+                hostname="127.0.0.1",
+                port=t.port,
+                username=user,
+                deploy_path=str(t.deploy_path),
+                host_key_fingerprint=host_key.fingerprint,
             )
             for n, t in enumerate(targets)
         ]
         export(repository, tree)
         first = f"r{round_number}-a"
         results["a"]["slipway"].append(run(servers=servers))
-        results["a"]["rsync"].append(parallel([lambda b=b: b.rsync(tree, first, None) for b in baselines]))
-        results["a"]["tar"].append(parallel([lambda b=b: b.tar(tree, first) for b in baselines]))
+        results["a"]["rsync"].append(
+            parallel([partial(b.rsync, tree, first, None) for b in baselines])
+        )
+        results["a"]["tar"].append(parallel([partial(b.tar, tree, first) for b in baselines]))
 
         change_repository(repository, round_number)
         export(repository, tree)
         second = f"r{round_number}-b"
         results["b"]["slipway"].append(run(servers=servers))
-        results["b"]["rsync"].append(parallel([lambda b=b: b.rsync(tree, second, first) for b in baselines]))
-        results["b"]["tar"].append(parallel([lambda b=b: b.tar(tree, second) for b in baselines]))
+        results["b"]["rsync"].append(
+            parallel([partial(b.rsync, tree, second, first) for b in baselines])
+        )
+        results["b"]["tar"].append(parallel([partial(b.tar, tree, second) for b in baselines]))
 
         results["c"]["slipway"].append(run(servers=servers, kind=Kind.ROLLBACK))
-        results["c"]["rsync"].append(parallel([lambda b=b: b.switch("rsync", first) for b in baselines]))
-        results["c"]["tar"].append(parallel([lambda b=b: b.switch("tar", first) for b in baselines]))
+        results["c"]["rsync"].append(
+            parallel([partial(b.switch, "rsync", first) for b in baselines])
+        )
+        results["c"]["tar"].append(parallel([partial(b.switch, "tar", first) for b in baselines]))
         for target in targets:
             target.stop()
 
     worker.stop()
-    report = render(results, files=files, size=size, filesystem=_filesystem_of(base), repeat=options.repeat, user=user)
+    report = render(
+        results,
+        files=files,
+        size=size,
+        filesystem=_filesystem_of(base),
+        repeat=options.repeat,
+        user=user,
+    )
     print(report)
     options.output.write_text(report)
     print(f"written to {options.output}")
@@ -339,7 +442,15 @@ SCENARIOS = {
 }
 
 
-def render(results: dict[str, dict[str, list[float]]], *, files: int, size: int, filesystem: str, repeat: int, user: str) -> str:
+def render(
+    results: dict[str, dict[str, list[float]]],
+    *,
+    files: int,
+    size: int,
+    filesystem: str,
+    repeat: int,
+    user: str,
+) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -367,7 +478,10 @@ def render(results: dict[str, dict[str, list[float]]], *, files: int, size: int,
         )
     lines += ["", "Every run (seconds):", ""]
     for key, label in SCENARIOS.items():
-        runs = ", ".join(f"{tool} {' / '.join(f'{v:.2f}' for v in values)}" for tool, values in results[key].items())
+        runs = ", ".join(
+            f"{tool} {' / '.join(f'{v:.2f}' for v in values)}"
+            for tool, values in results[key].items()
+        )
         lines.append(f"- {label}: {runs}")
     return "\n".join(lines) + "\n"
 

@@ -443,7 +443,11 @@ def classify_command_failure(
     server, so they get their own error codes; the command and its tail stay in the message.
     """
     stderr_text = "\n".join(stderr_lines)
-    if "No space left on device" in stderr_text:
+    # GNU tar reports a short write ("Wrote only 1536 of 10240 bytes") without naming ENOSPC.
+    if any(
+        sign in stderr_text
+        for sign in ("No space left on device", "Disk quota exceeded", "Wrote only")
+    ):
         return DiskFull(f"The disk is full on {address}. {failure}")
     if "Permission denied" in stderr_text:
         return PermissionDenied(f"Permission denied on {address}. {failure}")

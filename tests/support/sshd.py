@@ -242,7 +242,30 @@ class SSHTarget:
 
 
 class SSHTargetFactory(Protocol):
-    def __call__(self, *, new_host_key: bool = False) -> SSHTarget: ...
+    def __call__(self, *, new_host_key: bool = False, username: str | None = None) -> SSHTarget: ...
+
+
+UNPRIVILEGED_USER = "slipway-test"
+
+
+def ensure_unprivileged_user(name: str = UNPRIVILEGED_USER) -> str:
+    """A plain system account to log in as (root only): permission errors are real for it.
+
+    Its password field is "*" rather than locked ("!"): with UsePAM off, sshd refuses even key
+    logins to a locked account.
+    """
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root: the unprivileged-user tests need to create an account")
+        pytest.skip("creating a system account needs root (CI runs as root)")
+    if subprocess.run(["id", name], capture_output=True).returncode != 0:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", name],
+            check=True,
+            capture_output=True,
+        )
+    subprocess.run(["usermod", "--password", "*", name], check=True, capture_output=True)
+    return name
 
 
 @pytest.fixture(scope="session")
@@ -272,7 +295,7 @@ def sshd_factory(
     _require_sshd()
     targets: list[SSHTarget] = []
 
-    def start_target(*, new_host_key: bool = False) -> SSHTarget:
+    def start_target(*, new_host_key: bool = False, username: str | None = None) -> SSHTarget:
         root = tmp_path_factory.mktemp("sshd-target")
         host_key = (
             generate_key_pair(root / "host-key", "host") if new_host_key else ssh_host_key_pair
@@ -289,6 +312,12 @@ def sshd_factory(
             host_public_key_path=host_key.public_path,
             host_private_key_path=host_key.private_path,
         )
+        if username is not None:
+            # sshd reads authorized_keys as the user: every folder above it must be traversable.
+            target.username = username
+            for folder in [root, *root.parents]:
+                folder.chmod(folder.stat().st_mode | 0o055)
+            shutil.chown(deploy_path, username)
         target.authorize(ssh_client_key_pair.public_key)
         targets.append(target)
         attempts_left = _PORT_ATTEMPTS
