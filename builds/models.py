@@ -225,3 +225,85 @@ class LogLine(models.Model):
 
     def __str__(self) -> str:
         return f"{self.seq}: {self.text}"
+
+
+class WebhookProvider(models.TextChoices):
+    GITHUB = "github", "GitHub"
+    GITLAB = "gitlab", "GitLab"
+    BITBUCKET = "bitbucket", "Bitbucket Cloud"
+    GITEA = "gitea", "Gitea"
+    FORGEJO = "forgejo", "Forgejo"
+    CUSTOM = "custom", "Custom JSON"
+
+
+class WebhookOutcome(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    IGNORED = "ignored", "Ignored"
+    DUPLICATE = "duplicate", "Duplicate"
+    REJECTED = "rejected", "Rejected"
+
+
+# Only accepted deliveries own their delivery id. A rejected one (a forged or mis-signed
+# request) must not, or whoever knows the URL could burn the id of a real delivery in advance.
+WEBHOOK_ID_OWNERS = (WebhookOutcome.QUEUED, WebhookOutcome.IGNORED)
+
+
+class WebhookDeliveryQuerySet(models.QuerySet["WebhookDelivery"]):
+    def latest_per_project(self, limit: int = 10) -> WebhookDeliveryQuerySet:
+        """The newest ``limit`` deliveries of each project, newest first (for the dashboard)."""
+        from django.db.models import F, Window
+        from django.db.models.functions import RowNumber
+
+        ranked = self.annotate(
+            project_rank=Window(
+                RowNumber(),
+                partition_by=[F("project_id")],
+                order_by=[F("received_at").desc(), F("id").desc()],
+            )
+        )
+        return ranked.filter(project_rank__lte=limit).order_by("project_id", "project_rank")
+
+
+class WebhookDelivery(models.Model):
+    """One request received on a project's webhook URL, and what Slipway did about it.
+
+    The payload itself is never stored (it may hold private data): only the ref, the head SHA
+    and a short summary (commit subjects).
+    """
+
+    project = models.ForeignKey(
+        "projects.Project", on_delete=models.CASCADE, related_name="webhook_deliveries"
+    )
+    provider = models.CharField(max_length=20, choices=WebhookProvider.choices)
+    # The provider's event name as sent ("push", "Push Hook", "repo:push", "ping").
+    event = models.CharField(max_length=100, blank=True)
+    # The provider's id of this delivery, the same on a redelivery; "" when none was sent.
+    delivery_id = models.CharField(max_length=255, blank=True)
+    ref = models.CharField(max_length=255, blank=True)
+    head = models.CharField(max_length=64, blank=True)
+    outcome = models.CharField(max_length=20, choices=WebhookOutcome.choices)
+    reason = models.TextField(blank=True)
+    # Commit subjects of the push, a few and shortened; never the payload.
+    summary = models.JSONField(default=list, blank=True)
+    deployments = models.ManyToManyField(Deployment, blank=True, related_name="webhook_deliveries")
+    received_at = models.DateTimeField(default=timezone.now)
+
+    objects = WebhookDeliveryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        constraints = [
+            # A redelivery (same provider, same id) is answered "duplicate" and creates nothing;
+            # the database decides when two copies arrive at once.
+            models.UniqueConstraint(
+                fields=["project", "provider", "delivery_id"],
+                condition=~models.Q(delivery_id="") & models.Q(outcome__in=WEBHOOK_ID_OWNERS),
+                name="unique_webhook_delivery",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["project", "-received_at"], name="webhook_delivery_by_project")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.event} {self.outcome}"

@@ -10,7 +10,6 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -186,14 +185,16 @@ def project_dirs(project: Project) -> tuple[Path, Path]:
     return base / "mirror.git", base / "cache"
 
 
-def build_spec(deployment: Deployment, workspace: Path, revision: str) -> BuildSpec:
+def build_spec(deployment: Deployment, scratch: Path, revision: str) -> BuildSpec:
     project = deployment.project
     mirror, cache = project_dirs(project)
+    workspace = mirror.parent / "workspace"
     environment = {v.name: v.value for v in project.environment_variables.filter(build=True)}
     return BuildSpec(
         repository_url=project.repository_url,
         mirror_dir=mirror,
         workspace_dir=workspace,
+        scratch_dir=scratch,
         cache_dir=cache,
         revision=revision,
         ssh_private_key=project.private_key,
@@ -253,7 +254,7 @@ def run(deployment: Deployment) -> None:
     servers = [target.server for target in targets]
     writer = LogWriter(deployment.pk, mask=Masker(project_secrets(project, servers)))
     reporter = DatabaseReporter(deployment, writer)
-    workspace = Path(settings.BUILD_DIR) / f"project-{project.pk}" / f"workspace-{deployment.pk}"
+    workspace = Path(settings.BUILD_DIR) / f"project-{project.pk}" / f"scratch-{deployment.pk}"
     try:
         with Heartbeat(deployment.pk):
             if deployment.kind == Kind.ROLLBACK:
@@ -315,7 +316,7 @@ def _run_deploy(
         project=project.name,
         build=build_spec(deployment, workspace, revision),
         servers=specs,
-        branch=deployment.branch or revision,
+        branch=deployment.branch or ("" if deployment.revision else revision),
         deployer=_deployer_name(deployment),
         commands=command_specs(project),
         config_files=tuple(
@@ -508,7 +509,3 @@ def _mark_live(deployment: Deployment, result: pipeline.ServerResult, revision: 
             "removed_at": None,
         },
     )
-
-
-# Older than this, a finished workspace left by a killed worker is removed at the next run.
-STALE_WORKSPACE = timedelta(days=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
@@ -12,9 +13,11 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from builds.engine.git import validate_ref
 from builds.logs import broadcast
 from builds.models import (
     ACTIVE,
+    FINAL,
     TARGET_ACTIVE,
     Deployment,
     DeploymentTarget,
@@ -26,7 +29,8 @@ from builds.models import (
 )
 from builds.presenters import deployment_status
 from projects.models import Project
-from servers.models import Server, ServerGroup
+from projects.services import audit_record
+from servers.models import Release, Server, ServerGroup
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +52,10 @@ def _system_line(deployment: Deployment, text: str) -> None:
         Deployment.objects.filter(pk=locked.pk).update(log_seq=seq)
 
 
+def _looks_like_sha(revision: str) -> bool:
+    return 7 <= len(revision) <= 40 and all(c in "0123456789abcdef" for c in revision)
+
+
 def _send(deployment_id: int) -> None:
     from builds.tasks import run_deployment
 
@@ -60,6 +68,7 @@ def deployment_create(
     servers: Sequence[Server] = (),
     group: ServerGroup | None = None,
     revision: str = "",
+    branch: str = "",
     kind: str = Kind.DEPLOY,
     trigger: str = Trigger.MANUAL,
     user: User | None = None,
@@ -103,7 +112,8 @@ def deployment_create(
             kind=kind,
             group=group,
             revision=revision,
-            branch=revision or "",
+            # The branch the revision belongs to, when known (a push, or a branch name asked for).
+            branch=branch or (revision if revision and not _looks_like_sha(revision) else ""),
             trigger=trigger,
             triggered_by=user if user is not None and user.is_authenticated else None,
             full=full,
@@ -279,3 +289,193 @@ def deployments_recover_after_restart() -> None:
                 deployment, status=Status.FAILED, error=message, error_code="worker_lost"
             )
     dispatch_ready()
+
+
+# --------------------------------------------------------------------------- requests from people
+# What the API and the dashboard call: check the request, create, and record who asked.
+
+
+class DeploymentFinished(Exception):
+    """The deployment already finished, so it can no longer be changed (cancelled...)."""
+
+
+def deployment_start(
+    *,
+    project: Project,
+    user: User | None,
+    servers: Sequence[Server] = (),
+    group: ServerGroup | None = None,
+    revision: str = "",
+    full: bool = False,
+    preview: bool = False,
+    skip_build: bool = False,
+    skip_cache: bool = False,
+    trigger: str = Trigger.API,
+) -> Deployment:
+    """Deploy (or preview) ``revision``, by default each server's branch head, or the group's
+    branch when the group has one."""
+    if servers and group is not None:
+        raise DeploymentRefused("group", "Give servers or a group, not both")
+    if group is not None and group.project_id != project.pk:
+        raise DeploymentRefused("group", f"Group {group.pk} is not part of project {project.slug}")
+    revision = revision.strip()
+    if revision:
+        validate_ref(revision, field="revision")
+    elif group is not None and group.branch:
+        revision = group.branch
+    kind = Kind.PREVIEW if preview else Kind.DEPLOY
+    with transaction.atomic():
+        deployment = deployment_create(
+            project=project,
+            servers=servers,
+            group=group,
+            revision=revision,
+            kind=kind,
+            trigger=trigger,
+            user=user,
+            full=full,
+            skip_build=skip_build,
+            skip_cache=skip_cache,
+        )
+        audit_record(
+            project=project,
+            actor=user,
+            action="deployment.created",
+            target=f"deployment #{deployment.pk}",
+            kind=kind,
+            revision=revision,
+            servers=list(deployment.targets.values_list("server_id", flat=True)),
+        )
+    return deployment
+
+
+def release_before_live(server: Server) -> Release | None:
+    """The newest kept release older than the live one: where a plain rollback goes."""
+    kept = server.releases.filter(removed_at__isnull=True)
+    live = server.live_release()
+    older = kept.filter(live=False)
+    if live is not None:
+        older = older.filter(created_at__lt=live.created_at)
+    return older.order_by("-created_at", "-id").first()
+
+
+def deployment_rollback_server(
+    *, server: Server, user: User | None, release: str = "", trigger: str = Trigger.API
+) -> Deployment:
+    """Switch ``server`` back to a kept release (by default the one before the live one)."""
+    if release:
+        target = server.releases.filter(removed_at__isnull=True, name=release).first()
+        if target is None:
+            raise DeploymentRefused(
+                "release", f"{release!r} is not a release kept on server {server.name}"
+            )
+        if target.live:
+            raise DeploymentRefused("release", f"{release} is already live on {server.name}")
+    else:
+        target = release_before_live(server)
+        if target is None:
+            raise DeploymentRefused(
+                "release", f"Server {server.name} keeps no earlier release to roll back to"
+            )
+    with transaction.atomic():
+        deployment = deployment_create(
+            project=server.project,
+            servers=[server],
+            kind=Kind.ROLLBACK,
+            trigger=trigger,
+            user=user,
+            rollback_release=target.name,
+        )
+        audit_record(
+            project=server.project,
+            actor=user,
+            action="rollback.created",
+            target=f"deployment #{deployment.pk}",
+            server=server.pk,
+            release=target.name,
+        )
+    return deployment
+
+
+def deployment_rollback(
+    *, deployment: Deployment, user: User | None, trigger: str = Trigger.API
+) -> Deployment:
+    """Undo ``deployment`` on each server where it succeeded."""
+    if deployment.status in ACTIVE:
+        raise DeploymentRefused(
+            "deployment",
+            f"Deployment #{deployment.pk} is still {deployment.status}; wait until it "
+            "finishes or cancel it",
+        )
+    servers = [
+        target.server
+        for target in deployment.targets.filter(status=TargetStatus.SUCCEEDED).select_related(
+            "server"
+        )
+    ]
+    if deployment.kind == Kind.PREVIEW or not servers:
+        raise DeploymentRefused(
+            "servers",
+            f"Deployment #{deployment.pk} changed no server, so there is nothing to roll back",
+        )
+    with transaction.atomic():
+        rollback = deployment_create(
+            project=deployment.project,
+            servers=servers,
+            kind=Kind.ROLLBACK,
+            trigger=trigger,
+            user=user,
+            rollback_of=deployment,
+        )
+        audit_record(
+            project=deployment.project,
+            actor=user,
+            action="rollback.created",
+            target=f"deployment #{rollback.pk}",
+            rollback_of=deployment.pk,
+            servers=[server.pk for server in servers],
+        )
+    return rollback
+
+
+def deployment_cancel(*, deployment: Deployment, user: User | None) -> Deployment:
+    """Cancel a queued deployment, or ask a running one to stop; DeploymentFinished if it
+    is over already."""
+    if deployment.status in FINAL:
+        raise DeploymentFinished(f"Deployment #{deployment.pk} already {deployment.status}")
+    changed = deployment_request_cancel(deployment)
+    deployment.refresh_from_db()
+    if not changed and deployment.status in FINAL:
+        raise DeploymentFinished(f"Deployment #{deployment.pk} already {deployment.status}")
+    if changed:
+        audit_record(
+            project=deployment.project,
+            actor=user,
+            action="deployment.cancelled",
+            target=f"deployment #{deployment.pk}",
+        )
+    return deployment
+
+
+LOG_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class LogPage:
+    lines: list[LogLine]
+    #: The deployment is over and no stored line comes after these.
+    complete: bool
+    status: str
+
+
+def deployment_log_page(
+    deployment: Deployment, *, after: int = 0, limit: int = LOG_PAGE_SIZE
+) -> LogPage:
+    # The status is read before the lines: a deployment seen final has flushed every line.
+    status = Deployment.objects.values_list("status", flat=True).get(pk=deployment.pk)
+    limit = max(1, min(limit, LOG_PAGE_SIZE))
+    lines = list(
+        LogLine.objects.filter(deployment=deployment, seq__gt=after).order_by("seq")[: limit + 1]
+    )
+    more = len(lines) > limit
+    return LogPage(lines=lines[:limit], complete=status in FINAL and not more, status=status)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import selectors
@@ -9,15 +10,16 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from builds.engine.errors import CommandFailed, CommandTimedOut, InvalidInput
 from builds.engine.excludes import ExcludeRules, load_deployignore
-from builds.engine.git import Mirror
-from builds.engine.manifest import Manifest
+from builds.engine.git import Mirror, validate_subdirectory
+from builds.engine.manifest import HashCache, Manifest
 from builds.engine.release import validate_relative_path
+from builds.engine.workspace import Workspace
 
 LineSink = Callable[[str, str], None]
 
@@ -45,6 +47,7 @@ class BuildCommandSpec:
 class BuildSpec:
     repository_url: str
     mirror_dir: Path
+    #: The project's persistent workspace (checked out incrementally).
     workspace_dir: Path
     cache_dir: Path
     revision: str
@@ -60,6 +63,8 @@ class BuildSpec:
     build_env: Mapping[str, str] = field(default_factory=dict, repr=False)
     skip_build: bool = False
     skip_cache: bool = False
+    #: Used instead of the workspace when another deployment of the project holds it.
+    scratch_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -189,21 +194,77 @@ def save_cache(spec: BuildSpec, root: Path, log: LineSink) -> None:
         log("system", f"Saved {path} to the build cache")
 
 
+@dataclass(frozen=True)
+class Tree:
+    """Where a build happens: the build root, and the hash cache when it is the workspace."""
+
+    root: Path
+    hash_cache: HashCache | None
+    hash_cache_path: Path | None
+
+
+@contextlib.contextmanager
+def checked_out(spec: BuildSpec, mirror: Mirror, sha: str, log: LineSink) -> Iterator[Tree]:
+    """Exactly ``sha`` on disk for the whole deployment (the upload reads from it).
+
+    The project's persistent workspace when it is free: only files that changed since its last
+    checkout are rewritten, and unchanged files keep the hashes cached for them. When another
+    deployment of the project holds it, a fresh export into a scratch directory instead.
+    """
+    subdirectory = validate_subdirectory(spec.subdirectory) if spec.subdirectory else ""
+    workspace = Workspace(spec.workspace_dir, mirror)
+    with workspace.try_lock() as locked:
+        if locked:
+            keep = (
+                ()
+                if spec.skip_cache
+                else tuple(
+                    f"{subdirectory}/{validate_relative_path(path, 'cache_paths')}"
+                    if subdirectory
+                    else validate_relative_path(path, "cache_paths")
+                    for path in spec.cache_paths
+                )
+            )
+            root = workspace.checkout(sha, keep=keep)
+            if subdirectory:
+                root = root / subdirectory
+                if not root.is_dir() or root.is_symlink():
+                    raise InvalidInput(
+                        "subdirectory", f"'{subdirectory}' is not a folder in revision {sha[:12]}"
+                    )
+            yield Tree(root, HashCache.load(workspace.hash_cache_path), workspace.hash_cache_path)
+            return
+    log(
+        "system",
+        "The project's workspace is busy with another deployment: building in a fresh directory",
+    )
+    scratch = spec.scratch_dir or spec.workspace_dir.with_name(
+        f"{spec.workspace_dir.name}-scratch-{os.getpid()}"
+    )
+    try:
+        mirror.export(sha, scratch, subdirectory or None)
+        yield Tree(scratch, None, None)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def build(
     spec: BuildSpec,
     *,
-    mirror: Mirror,
+    tree: Tree,
     sha: str,
     changed: Sequence[str] | None,
     log: LineSink,
     check_cancelled: Callable[[], None] = lambda: None,
-    step: Callable[[str], object] | None = None,
 ) -> BuildOutput:
-    """Export exactly ``sha`` into the workspace, run the build commands, hash the output."""
-    root = spec.workspace_dir
-    mirror.export(sha, root, spec.subdirectory or None)
+    """Run the build commands in the checked-out tree, then hash the output."""
+    root = tree.root
+    # In the workspace, cached paths simply stay in place between builds; a scratch
+    # directory gets them from (and gives them back to) the project's cache directory.
+    in_workspace = tree.hash_cache is not None
     if spec.build_commands and not spec.skip_build:
-        restore_cache(spec, root, log)
+        if not in_workspace:
+            restore_cache(spec, root, log)
         for command in spec.build_commands:
             check_cancelled()
             label = command.description or command.command
@@ -219,17 +280,11 @@ def build(
             )
             if exit_code != 0:
                 log("system", f"`{label}` exited with {exit_code}; going on (halt on error is off)")
-        save_cache(spec, root, log)
+        if not in_workspace:
+            save_cache(spec, root, log)
     elif spec.skip_build and spec.build_commands:
         log("system", "Build commands skipped for this deployment")
-    manifest = Manifest.build(root, exclude_rules(spec, root))
+    manifest = Manifest.build(root, exclude_rules(spec, root), cache=tree.hash_cache)
+    if tree.hash_cache is not None and tree.hash_cache_path is not None:
+        tree.hash_cache.save(tree.hash_cache_path)
     return BuildOutput(revision=sha, root=root, manifest=manifest)
-
-
-def check_subdirectory(value: str) -> str:
-    if not value:
-        return value
-    try:
-        return validate_relative_path(value, "subdirectory")
-    except InvalidInput:
-        raise

@@ -328,8 +328,9 @@ class _Hasher:
     def __init__(self, cache: HashCache | None) -> None:
         self._cache = cache
         self._seen: dict[str, _CachedHash] = {}
-        # Taken before the first stat: a file changed after it was looked at gets a ctime of
-        # at least this (less a tick), so older recorded ctimes cannot match it by chance.
+        # Only files last changed well before the scan began are remembered: a change made
+        # after we looked at a file gives it a ctime no earlier than the scan's start (less
+        # one timestamp tick), so it cannot match the older ctime we recorded.
         self._racy_after_ns = time.time_ns() - RACY_WINDOW_NS
         self._hits = 0
         self._misses = 0

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from builds.engine import direct, release
 from builds.engine.archive import SharedArchive
-from builds.engine.build import BuildOutput, BuildSpec, build, exclude_rules
+from builds.engine.build import BuildOutput, BuildSpec, build, checked_out, exclude_rules
 from builds.engine.errors import (
     Cancelled,
     EngineError,
@@ -195,10 +195,12 @@ def preview(spec: DeploySpec, reporter: Reporter) -> Preview:
     with reporter.step("fetch"), mirror_lock(spec.build):
         mirror.fetch(on_line=lambda text: reporter.log("stderr", text))
         sha = mirror.resolve(spec.build.revision)
-    with reporter.step("checkout"):
-        mirror.export(sha, spec.build.workspace_dir, spec.build.subdirectory or None)
+    with (
+        reporter.step("checkout"),
+        checked_out(spec.build, mirror, sha, reporter_log(reporter)) as tree,
+    ):
         manifest = Manifest.build(
-            spec.build.workspace_dir, exclude_rules(spec.build, spec.build.workspace_dir)
+            tree.root, exclude_rules(spec.build, tree.root), cache=tree.hash_cache
         )
     starts = {server.live_revision for server in spec.servers}
     start = next(iter(starts)) if len(starts) == 1 else None
@@ -232,34 +234,24 @@ def deploy(spec: DeploySpec, reporter: Reporter) -> DeployResult:
         except EngineError:
             changed = None  # the old revision is gone from the repository: run every command
 
-    with reporter.step("build"):
-        output = build(
-            spec.build,
-            mirror=mirror,
-            sha=sha,
-            changed=changed,
-            log=lambda stream, text: reporter.log(stream, text),
-            check_cancelled=reporter.check_cancelled,
-        )
-        reporter.log(
-            "system",
-            f"Build output: {len(output.manifest)} entries, {output.manifest.total_bytes} bytes",
-        )
-    reporter.check_cancelled()
-
-    name = release.release_name(sha, spec.started_at)
-    archives = _ArchiveCache(output)
-    try:
-        with ThreadPoolExecutor(
-            max_workers=max(1, min(spec.max_parallel, len(spec.servers)))
-        ) as pool:
-            futures = [
-                pool.submit(_deliver, spec, server, output, name, archives, reporter)
-                for server in spec.servers
-            ]
-            results = [future.result() for future in futures]
-    finally:
-        archives.close()
+    with contextlib.ExitStack() as stack:
+        with reporter.step("checkout"):
+            tree = stack.enter_context(checked_out(spec.build, mirror, sha, reporter_log(reporter)))
+        with reporter.step("build"):
+            output = build(
+                spec.build,
+                tree=tree,
+                sha=sha,
+                changed=changed,
+                log=reporter_log(reporter),
+                check_cancelled=reporter.check_cancelled,
+            )
+            reporter.log(
+                "system",
+                f"Build output: {len(output.manifest)} entries, {output.manifest.total_bytes} bytes",
+            )
+        reporter.check_cancelled()
+        results = _deliver_all(spec, output, reporter)
     overall = (
         diff(None if spec.full else spec.servers[0].live_manifest, output.manifest)
         if spec.servers
@@ -288,6 +280,26 @@ def _with_drift(changes: ChangeSet, prepared: release.Prepared, manifest: Manife
         bytes_to_send=changes.bytes_to_send
         + sum(manifest[p].size for p in resend if manifest[p].kind == "file"),
     )
+
+
+def reporter_log(reporter: Reporter) -> Callable[[str, str], None]:
+    return lambda stream, text: reporter.log(stream, text)
+
+
+def _deliver_all(spec: DeploySpec, output: BuildOutput, reporter: Reporter) -> list[ServerResult]:
+    name = release.release_name(output.revision, spec.started_at)
+    archives = _ArchiveCache(output)
+    try:
+        with ThreadPoolExecutor(
+            max_workers=max(1, min(spec.max_parallel, len(spec.servers)))
+        ) as pool:
+            futures = [
+                pool.submit(_deliver, spec, server, output, name, archives, reporter)
+                for server in spec.servers
+            ]
+            return [future.result() for future in futures]
+    finally:
+        archives.close()
 
 
 def _check_spec(spec: DeploySpec) -> None:

@@ -14,9 +14,9 @@ Beside ``root`` (``<parent>/<name>``) live:
 - ``<name>.lock``: the flock that keeps two deployments out of one workspace;
 - ``<name>.hashes``: where the caller keeps the manifest's ``HashCache``.
 
-The tree written is the revision exactly as committed, like ``Mirror.export``: no end-of-line
-conversion, ``$Id$`` expansion, smudge filter or re-encoding, whatever ``.gitattributes`` in
-the repository or the worker's git config says, and ``export-ignore`` does not apply.
+The tree written is the revision exactly as committed: no end-of-line conversion, ``$Id$``
+expansion, smudge filter or re-encoding, whatever ``.gitattributes`` in the repository or
+the worker's git config says, and ``export-ignore`` / ``export-subst`` do not apply.
 """
 
 from __future__ import annotations
@@ -131,11 +131,12 @@ class Workspace:
                 acquired = False
             else:
                 acquired = True
-            self._locked = acquired
+            self._locked = self._locked or acquired
             try:
                 yield acquired
             finally:
-                self._locked = False
+                if acquired:
+                    self._locked = False
         finally:
             os.close(descriptor)
 
@@ -145,8 +146,12 @@ class Workspace:
         Tracked files that differ from the revision (content, executable bit, symlink, or
         changed by a build command) are written again, files of the previous revision that
         the new one lacks are removed, and so is everything untracked (the previous build's
-        output), except the paths in ``keep`` ("node_modules", "app/vendor"): a build cache
-        left in place. A kept path the revision tracks is replaced by the revision's version.
+        output), except the paths in ``keep`` ("node_modules", "app/vendor"; relative to
+        ``root``, not to a subdirectory build root): a build cache left in place. A kept path
+        the revision tracks is replaced by the revision's version.
+
+        Git re-reads files written in the same second as its index ("racily clean"), so the
+        checkout after a first one may hash every file once.
         """
         if not self._locked:
             raise InternalError("Workspace.checkout() needs the workspace lock (try_lock).")
@@ -260,9 +265,11 @@ def _tidy(root: Path, kept: Collection[str]) -> None:
                 if stat.S_IMODE(child.stat(follow_symlinks=False).st_mode) != _FOLDER_MODE:
                     os.chmod(child.path, _FOLDER_MODE)
                 pending.append((child.path, relative + "/"))
-            elif child.is_file(follow_symlinks=False):
-                if stat.S_IMODE(child.stat(follow_symlinks=False).st_mode) not in _FILE_MODES:
-                    os.unlink(child.path)
+            elif (
+                child.is_file(follow_symlinks=False)
+                and stat.S_IMODE(child.stat(follow_symlinks=False).st_mode) not in _FILE_MODES
+            ):
+                os.unlink(child.path)
 
 
 def _remove(child: os.DirEntry[str]) -> None:

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import base64
-import contextlib
-import getpass
 import http.server
 import io
 import os
-import shutil
-import socket
 import stat
-import subprocess
 import tarfile
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import ClassVar
@@ -33,8 +26,7 @@ from builds.engine.git import (
     validate_subdirectory,
 )
 from tests.support.gitrepos import GitRepo, GitRepoFactory
-
-pytest_plugins = ("tests.support.gitrepos",)
+from tests.support.sshd import SSHTarget, generate_key_pair
 
 LITERAL_MARKER = Path("/tmp/pwned")
 
@@ -563,105 +555,36 @@ def test_it_sends_a_password_from_the_url_as_a_header_with_its_user(
     assert "url-secret" not in (tmp_path / "m.git" / "config").read_text()
 
 
-@dataclass
-class SshServer:
-    port: int
-    client_key: str
-    host_public_key: str
-
-    def url(self, repo: GitRepo) -> str:
-        return f"ssh://{getpass.getuser()}@127.0.0.1:{self.port}{repo.path}"
-
-
-def _generate_key(path: Path) -> None:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
-        check=True,
-        capture_output=True,
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture
-def ssh_server(tmp_path: Path) -> Iterator[SshServer]:
-    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-    if not Path(sshd).exists() or shutil.which("ssh-keygen") is None:
-        pytest.skip("OpenSSH server is not installed")
-    directory = tmp_path / "sshd"
-    directory.mkdir()
-    _generate_key(directory / "host_key")
-    _generate_key(directory / "client_key")
-    shutil.copy(directory / "client_key.pub", directory / "authorized_keys")
-    port = _free_port()
-    (directory / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {directory / 'host_key'}\n"
-        f"AuthorizedKeysFile {directory / 'authorized_keys'}\nStrictModes no\nUsePAM no\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        "PermitRootLogin prohibit-password\n"
-        f"PidFile {directory / 'sshd.pid'}\n"
-    )
-    with contextlib.suppress(OSError):
-        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
-    server = subprocess.Popen(
-        [sshd, "-D", "-e", "-f", str(directory / "sshd_config")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for_port(port, server)
-        yield SshServer(
-            port=port,
-            client_key=(directory / "client_key").read_text(),
-            host_public_key=(directory / "host_key.pub").read_text().strip(),
-        )
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
-def _wait_for_port(port: int, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.skip("sshd could not start here")
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    pytest.fail("sshd did not start listening")
+def _ssh_url(target: SSHTarget, repo: GitRepo) -> str:
+    return f"ssh://{target.username}@{target.hostname}:{target.port}{repo.path}"
 
 
 def test_it_fetches_over_ssh_with_a_deploy_key_and_pins_the_host_key(
-    origin: GitRepo, ssh_server: SshServer, tmp_path: Path
+    origin: GitRepo, sshd_target: SSHTarget, tmp_path: Path
 ) -> None:
     sha = origin.commit({"a.txt": "1"}, "One")
     mirror = Mirror(
-        tmp_path / "m.git", ssh_server.url(origin), ssh_private_key=ssh_server.client_key
+        tmp_path / "m.git",
+        _ssh_url(sshd_target, origin),
+        ssh_private_key=sshd_target.client_private_key,
     )
 
     mirror.fetch()
     mirror.fetch()
 
     assert mirror.resolve("main") == sha
-    host_key_type, host_key = ssh_server.host_public_key.split()[:2]
+    host_key_type, host_key = sshd_target.host_public_key_path.read_text().split()[:2]
     assert f"{host_key_type} {host_key}" in mirror.known_hosts_path.read_text()
-    assert ssh_server.client_key.strip() not in (tmp_path / "m.git" / "config").read_text()
+    assert sshd_target.client_private_key.strip() not in (tmp_path / "m.git" / "config").read_text()
 
 
 def test_it_reports_a_refused_deploy_key(
-    origin: GitRepo, ssh_server: SshServer, tmp_path: Path
+    origin: GitRepo, sshd_target: SSHTarget, tmp_path: Path
 ) -> None:
     origin.commit({"a.txt": "1"}, "One")
-    _generate_key(tmp_path / "stranger")
+    stranger = generate_key_pair(tmp_path / "keys", "stranger")
     mirror = Mirror(
-        tmp_path / "m.git",
-        ssh_server.url(origin),
-        ssh_private_key=(tmp_path / "stranger").read_text(),
+        tmp_path / "m.git", _ssh_url(sshd_target, origin), ssh_private_key=stranger.private_key
     )
 
     with pytest.raises(RepositoryError, match="refused our credentials"):
@@ -669,16 +592,16 @@ def test_it_reports_a_refused_deploy_key(
 
 
 def test_it_refuses_a_host_whose_key_differs_from_the_pinned_one(
-    origin: GitRepo, ssh_server: SshServer, tmp_path: Path
+    origin: GitRepo, sshd_target: SSHTarget, tmp_path: Path
 ) -> None:
     origin.commit({"a.txt": "1"}, "One")
-    _generate_key(tmp_path / "other_host")
-    other_host_key = " ".join((tmp_path / "other_host.pub").read_text().split()[:2])
+    other_host = generate_key_pair(tmp_path / "keys", "other_host")
+    other_host_key = " ".join(other_host.public_key.split()[:2])
     mirror = Mirror(
         tmp_path / "m.git",
-        ssh_server.url(origin),
-        ssh_private_key=ssh_server.client_key,
-        known_hosts=f"[127.0.0.1]:{ssh_server.port} {other_host_key}\n",
+        _ssh_url(sshd_target, origin),
+        ssh_private_key=sshd_target.client_private_key,
+        known_hosts=f"[127.0.0.1]:{sshd_target.port} {other_host_key}\n",
     )
 
     with pytest.raises(RepositoryError, match="host key"):

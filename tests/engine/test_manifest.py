@@ -4,27 +4,30 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
+from builds.engine import manifest as manifest_module
 from builds.engine.errors import InternalError
 from builds.engine.excludes import ExcludeRules, load_deployignore
 from builds.engine.git import Mirror
 from builds.engine.manifest import (
+    HASH_CACHE_FORMAT_VERSION,
     TAR_CHUNK_BYTES,
     ChangeSet,
     Entry,
     EntryKind,
+    HashCache,
     Manifest,
     diff,
     tar_stream,
 )
 from tests.support.gitrepos import GitRepoFactory
-
-pytest_plugins = ("tests.support.gitrepos",)
 
 
 def _write(root: Path, files: dict[str, str | bytes], *, executable: tuple[str, ...] = ()) -> None:
@@ -151,6 +154,130 @@ def test_it_round_trips_file_names_that_are_not_utf8(tmp_path: Path) -> None:
 def test_it_refuses_an_unknown_manifest_version() -> None:
     with pytest.raises(InternalError):
         Manifest.from_json(b'{"version":99,"entries":[]}')
+
+
+# --------------------------------------------------------------------------- hash cache
+
+# Long enough for any filesystem's timestamp tick here, short enough to wait out in a test.
+_SHORT_RACY_WINDOW_NS = 50_000_000
+
+
+@pytest.fixture
+def short_racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(manifest_module, "RACY_WINDOW_NS", _SHORT_RACY_WINDOW_NS)
+
+
+def _wait_out_the_racy_window() -> None:
+    time.sleep(2 * _SHORT_RACY_WINDOW_NS / 1e9)
+
+
+def test_it_reuses_the_cached_digest_of_files_that_did_not_change(
+    build: Path, short_racy_window: None
+) -> None:
+    cache = HashCache()
+    _wait_out_the_racy_window()
+    first = Manifest.build(build, cache=cache)
+    assert (cache.hits, cache.misses, len(cache)) == (0, 5, 5)
+
+    second = Manifest.build(build, cache=cache)
+
+    assert second == first == Manifest.build(build)
+    assert (cache.hits, cache.misses) == (5, 0)
+
+
+def test_it_hashes_again_a_file_rewritten_with_the_same_size_and_mtime(
+    build: Path, short_racy_window: None
+) -> None:
+    cache = HashCache()
+    _wait_out_the_racy_window()
+    Manifest.build(build, cache=cache)
+    rewritten = build / "index.php"
+    before = rewritten.stat()
+    rewritten.write_bytes(rewritten.read_bytes().upper())
+    os.utime(rewritten, ns=(before.st_atime_ns, before.st_mtime_ns))
+    replaced = build / "bin" / "console"
+    staging = replaced.with_name("console.new")
+    staging.write_bytes(replaced.read_bytes().upper())
+    staging.chmod(0o755)
+    os.utime(staging, ns=(before.st_atime_ns, replaced.stat().st_mtime_ns))
+    staging.replace(replaced)
+
+    manifest = Manifest.build(build, cache=cache)
+
+    assert manifest == Manifest.build(build)
+    assert manifest["index.php"].digest == _sha256(b"<?PHP ECHO 'HI';")
+    assert (cache.hits, cache.misses) == (3, 2)
+
+
+def test_it_never_trusts_a_file_changed_just_before_the_scan(build: Path) -> None:
+    # A rewrite in the same timestamp tick would leave size, mtime, ctime and inode as they
+    # were: a file changed within the racy window is hashed again every time, even when its
+    # mtime says it is old (as after unpacking an archive).
+    an_hour_ago = time.time_ns() - 3600 * 10**9
+    for path in build.rglob("*"):
+        os.utime(path, ns=(an_hour_ago, an_hour_ago), follow_symlinks=False)
+    cache = HashCache()
+    Manifest.build(build, cache=cache)
+    assert len(cache) == 0
+    rewritten = build / "index.php"
+    before = rewritten.stat()
+    rewritten.write_bytes(rewritten.read_bytes().upper())
+    os.utime(rewritten, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    manifest = Manifest.build(build, cache=cache)
+
+    assert manifest["index.php"].digest == _sha256(b"<?PHP ECHO 'HI';")
+    assert len(cache) == 0
+    assert cache.hits == 0
+
+
+def test_it_forgets_files_that_are_gone_or_excluded(build: Path, short_racy_window: None) -> None:
+    cache = HashCache()
+    _wait_out_the_racy_window()
+    Manifest.build(build, cache=cache)
+    (build / "index.php").unlink()
+
+    Manifest.build(build, ExcludeRules.from_lines(["storage/logs/"]), cache=cache)
+
+    assert len(cache) == 2  # bin/console, public/logo.png
+
+
+def test_it_saves_and_loads_the_cache(build: Path, tmp_path: Path, short_racy_window: None) -> None:
+    (build / "caf\udce9.txt").write_text("a name that is not UTF-8")
+    cache = HashCache()
+    _wait_out_the_racy_window()
+    Manifest.build(build, cache=cache)
+    path = tmp_path / "workspace.hashes"
+
+    cache.save(path)
+    loaded = HashCache.load(path)
+    manifest = Manifest.build(build, cache=loaded)
+
+    assert (loaded.hits, loaded.misses) == (6, 0)
+    assert manifest == Manifest.build(build)
+    assert json.loads(path.read_bytes())["version"] == HASH_CACHE_FORMAT_VERSION
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["build", "workspace.hashes"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        None,
+        b"not json",
+        b"[]",
+        b'{"version":99,"fields":[],"entries":[]}',
+        b'{"version":1,"fields":["path","size","mtime_ns","ctime_ns","inode","sha256"],'
+        b'"entries":[["a.txt",1,2,3,4,"short digest"]]}',
+    ],
+)
+def test_it_starts_from_an_empty_cache_when_the_saved_one_is_unusable(
+    content: bytes | None, tmp_path: Path
+) -> None:
+    path = tmp_path / "workspace.hashes"
+    if content is not None:
+        path.write_bytes(content)
+
+    assert len(HashCache.load(path)) == 0
 
 
 # --------------------------------------------------------------------------- change sets

@@ -36,12 +36,16 @@ def tiny_disk(tmp_path):
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
     mount_point = tmp_path / "tiny"
     mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount_point)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount_point)], check=True
+    )
     yield mount_point
     subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
-def test_it_names_a_full_disk_and_leaves_current_alone(sshd_target, git_repo_factory, tmp_path, tiny_disk):
+def test_it_names_a_full_disk_and_leaves_current_alone(
+    sshd_target, git_repo_factory, tmp_path, tiny_disk
+):
     repo = git_repo_factory()
     a = repo.commit({"a.txt": "small\n"}, "A")
     server = server_for(sshd_target, deploy_path=str(tiny_disk / "app"))
@@ -49,7 +53,9 @@ def test_it_names_a_full_disk_and_leaves_current_alone(sshd_target, git_repo_fac
     assert first.ok, first.servers[0].error
     live = (tiny_disk / "app" / "current").resolve()
     b = repo.commit({"big.bin": os.urandom(2 * 1024 * 1024)}, "B: 2 MB")
-    second = pipeline.deploy(deploy_spec(repo, tmp_path, [server], b, deployment_id=2), RecordingReporter())
+    second = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server], b, deployment_id=2), RecordingReporter()
+    )
     error = second.servers[0].error
     assert error is not None
     assert error.code == "disk_full", str(error)

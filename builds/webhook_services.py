@@ -1,0 +1,305 @@
+"""Webhook services: record each delivery, choose what a push deploys, create the deployments.
+
+Record-then-act: the delivery row is inserted first, in the same transaction as the
+deployments it creates, and the deployments reach the workers only once that commits. The row
+also claims the provider's delivery id, so a redelivery finds it and creates nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from django.db import IntegrityError, transaction
+
+from builds.models import (
+    Deployment,
+    Trigger,
+    WebhookDelivery,
+    WebhookOutcome,
+)
+from builds.services import DeploymentRefused, deployment_create
+from projects.models import Project
+from projects.services import audit_record
+from servers.models import Server, ServerGroup
+
+if TYPE_CHECKING:
+    from builds.webhooks import InboundDelivery, RefPush
+
+# Rejected requests are recorded so a user can see why a delivery failed (a wrong secret),
+# but they come from anyone who knows the URL: keep only the newest few per project.
+KEEP_REJECTED_PER_PROJECT = 100
+
+_SKIP_DEPLOY = re.compile(r"\[\s*(?:skip[\s_-]*deploy|deploy[\s_-]*skip)\s*\]", re.IGNORECASE)
+_SKIP_BUILD = re.compile(r"\[\s*skip[\s_-]*build\s*\]", re.IGNORECASE)
+_SKIP_CACHE = re.compile(r"\[\s*skip[\s_-]*cache\s*\]", re.IGNORECASE)
+_FROM_SCRATCH = re.compile(r"\[\s*from[\s_-]*scratch\s*\]", re.IGNORECASE)
+_CONFIG_ONLY = re.compile(r"\[\s*config[\s_-]*only\s*\]", re.IGNORECASE)
+# [deploy: production] or, for a name with spaces, [deploy: "EU Production"].
+_DEPLOY_TO = re.compile(r"\[\s*deploy\s*:\s*(?:\"([^\"\]]+)\"|([^\"\]]+?))\s*\]", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class CommitCommands:
+    """What the head commit's message asks for, as DeployHQ reads it."""
+
+    skip: bool = False
+    skip_build: bool = False
+    skip_cache: bool = False
+    full: bool = False
+    config_only: bool = False
+    deploy_to: tuple[str, ...] = ()
+
+
+def commit_commands(message: str) -> CommitCommands:
+    return CommitCommands(
+        skip=bool(_SKIP_DEPLOY.search(message)),
+        skip_build=bool(_SKIP_BUILD.search(message)),
+        skip_cache=bool(_SKIP_CACHE.search(message)),
+        full=bool(_FROM_SCRATCH.search(message)),
+        config_only=bool(_CONFIG_ONLY.search(message)),
+        deploy_to=tuple((quoted or bare).strip() for quoted, bare in _DEPLOY_TO.findall(message)),
+    )
+
+
+@dataclass
+class Targets:
+    """What one branch push deploys: whole groups, plus one deployment for the other servers."""
+
+    groups: list[ServerGroup] = field(default_factory=list)
+    servers: list[Server] = field(default_factory=list)
+    # Why something was not deployed, shown on the delivery.
+    notes: list[str] = field(default_factory=list)
+
+
+def _group_branch(group: ServerGroup) -> str:
+    return group.branch or group.project.branch
+
+
+def _accepts_command_deploys(target: Server | ServerGroup) -> bool:
+    """Whether ``[deploy: name]`` may deploy to this server or group.
+
+    DeployHQ asks each server to opt in. Slipway has no such setting yet, so every server and
+    group does; a per-server flag belongs here when it is added.
+    """
+    return True
+
+
+def webhook_targets(*, project: Project, branch: str, deploy_to: Sequence[str] = ()) -> Targets:
+    """Choose what a push to ``branch`` deploys.
+
+    Each group with auto-deploy whose branch (or the project's) matches gets a deployment of
+    its own; every other enabled server with auto-deploy on that branch shares one. A server
+    in a matching group is left to the group, so a group is never deployed by halves.
+    ``[deploy: name]`` adds a server or group without auto-deploy, on the same branch only:
+    until servers can opt in, a commit on any branch must not reach any server.
+    """
+    targets = Targets()
+    groups = list(project.groups.prefetch_related("members"))
+    servers = list(project.servers.all())
+    wanted = {name.casefold(): name for name in deploy_to}
+    found: set[str] = set()
+
+    targets.groups = [g for g in groups if g.auto_deploy and _group_branch(g) == branch]
+    for group in groups:
+        key = group.name.casefold()
+        if key not in wanted:
+            continue
+        found.add(key)
+        if group in targets.groups:
+            continue
+        if not _accepts_command_deploys(group):
+            targets.notes.append(f"[deploy: {group.name}]: the group does not accept it")
+        elif _group_branch(group) != branch:
+            targets.notes.append(
+                f"[deploy: {group.name}]: the group deploys branch {_group_branch(group)}, "
+                f"not {branch}"
+            )
+        else:
+            targets.groups.append(group)
+    for group in list(targets.groups):
+        if not group.members.all():
+            targets.groups.remove(group)
+            targets.notes.append(f"Group {group.name} has no servers")
+    covered = {member.server_id for group in targets.groups for member in group.members.all()}
+
+    chosen = [
+        server
+        for server in servers
+        if server.enabled
+        and server.auto_deploy
+        and server.effective_branch == branch
+        and server.pk not in covered
+    ]
+    for server in servers:
+        key = server.name.casefold()
+        if key not in wanted:
+            continue
+        found.add(key)
+        if server in chosen or server.pk in covered:
+            continue
+        if not server.enabled:
+            targets.notes.append(f"[deploy: {server.name}]: the server is disabled")
+        elif not _accepts_command_deploys(server):
+            targets.notes.append(f"[deploy: {server.name}]: the server does not accept it")
+        elif server.effective_branch != branch:
+            targets.notes.append(
+                f"[deploy: {server.name}]: the server deploys branch "
+                f"{server.effective_branch}, not {branch}"
+            )
+        else:
+            chosen.append(server)
+    for key, name in wanted.items():
+        if key not in found:
+            targets.notes.append(f"[deploy: {name}]: no server or group has this name")
+
+    for server in chosen:
+        if server.host_key_fingerprint:
+            targets.servers.append(server)
+        else:
+            targets.notes.append(f"Server {server.name} skipped: its host key is not trusted yet")
+    targets.servers.sort(key=lambda server: (server.position, server.name))
+    return targets
+
+
+def webhook_reject(
+    *, project: Project, provider: str, event: str, delivery_id: str, reason: str
+) -> WebhookDelivery:
+    """Record a refused request: who claimed to send it and why it was refused, no body."""
+    record = WebhookDelivery.objects.create(
+        project=project,
+        provider=provider,
+        event=event,
+        delivery_id=delivery_id,
+        outcome=WebhookOutcome.REJECTED,
+        reason=reason,
+    )
+    stale = list(
+        WebhookDelivery.objects.filter(project=project, outcome=WebhookOutcome.REJECTED)
+        .order_by("-received_at", "-id")
+        .values_list("pk", flat=True)[KEEP_REJECTED_PER_PROJECT:]
+    )
+    if stale:
+        WebhookDelivery.objects.filter(pk__in=stale).delete()
+    return record
+
+
+def webhook_receive(*, project: Project, inbound: InboundDelivery) -> WebhookDelivery:
+    """Record an authenticated delivery and create the deployments its pushes ask for."""
+    # One row per delivery: a Bitbucket push of several refs shows the first that moved.
+    first = next((push for push in inbound.pushes if push.head), None) or next(
+        iter(inbound.pushes), None
+    )
+    record = WebhookDelivery(
+        project=project,
+        provider=inbound.provider,
+        event=inbound.event,
+        delivery_id=inbound.delivery_id,
+        ref=first.ref[:255] if first else "",
+        head=first.head if first else "",
+        summary=inbound.summary,
+        outcome=WebhookOutcome.IGNORED,
+        reason=inbound.ignored_reason,
+    )
+    with transaction.atomic():
+        try:
+            # Two copies of one delivery can arrive at once: the unique constraint on the
+            # delivery id lets exactly one of them through.
+            with transaction.atomic():
+                record.save()
+        except IntegrityError:
+            return _record_duplicate(project=project, inbound=inbound, record=record)
+        if inbound.ignored_reason:
+            return record
+
+        created: list[Deployment] = []
+        notes: list[str] = []
+        for push in inbound.pushes:
+            push_created, push_notes = _deploy_push(project, push)
+            created += push_created
+            notes += push_notes
+        record.outcome = WebhookOutcome.QUEUED if created else WebhookOutcome.IGNORED
+        record.reason = "\n".join(notes)
+        record.save(update_fields=["outcome", "reason"])
+        record.deployments.set(created)
+        if created:
+            audit_record(
+                project=project,
+                actor=None,
+                action="webhook.deployments_created",
+                target=f"{record.get_provider_display()} {record.ref}",
+                delivery=record.pk,
+                delivery_id=record.delivery_id,
+                head=record.head,
+                deployments=[deployment.pk for deployment in created],
+            )
+    return record
+
+
+def _record_duplicate(
+    *, project: Project, inbound: InboundDelivery, record: WebhookDelivery
+) -> WebhookDelivery:
+    return WebhookDelivery.objects.create(
+        project=project,
+        provider=inbound.provider,
+        event=inbound.event,
+        delivery_id=inbound.delivery_id,
+        ref=record.ref,
+        head=record.head,
+        outcome=WebhookOutcome.DUPLICATE,
+        reason=f"Delivery {inbound.delivery_id} was received before: nothing was created",
+    )
+
+
+def _tag_targets(project: Project, push: RefPush) -> Targets:
+    """What a tag push deploys: nothing yet.
+
+    No server can ask for tags today. When one can (say a "deploy tags matching v*" setting),
+    choose those servers here and the rest of the delivery works unchanged.
+    """
+    return Targets(notes=[f"Tag {push.name}: no server deploys tags, so nothing was deployed"])
+
+
+def _deploy_push(project: Project, push: RefPush) -> tuple[list[Deployment], list[str]]:
+    if push.deleted:
+        return [], [f"{push.ref} was deleted: nothing to deploy"]
+    if push.kind == "other":
+        return [], [f"{push.ref} is neither a branch nor a tag: nothing to deploy"]
+    commands = commit_commands(push.message)
+    if commands.skip:
+        return [], [f"{push.name}: the commit message says [skip deploy]"]
+    if push.kind == "tag":
+        targets = _tag_targets(project, push)
+    else:
+        targets = webhook_targets(project=project, branch=push.name, deploy_to=commands.deploy_to)
+    # Custom JSON's "latest" has no SHA: the branch name resolves to its tip on the worker.
+    revision = push.head or push.name
+    created: list[Deployment] = []
+    notes = list(targets.notes)
+    plans: list[tuple[ServerGroup | None, list[Server]]] = [(group, []) for group in targets.groups]
+    if targets.servers:
+        plans.append((None, targets.servers))
+    for group, servers in plans:
+        try:
+            deployment = deployment_create(
+                project=project,
+                group=group,
+                servers=servers,
+                revision=revision,
+                branch=push.name,
+                trigger=Trigger.WEBHOOK,
+                full=commands.full,
+                skip_build=commands.skip_build,
+                skip_cache=commands.skip_cache,
+                config_only=commands.config_only,
+            )
+        except DeploymentRefused as refused:
+            label = f"Group {group.name}" if group is not None else "Servers"
+            notes.append(f"{label}: {refused}")
+            continue
+        created.append(deployment)
+    if not created and not notes:
+        notes.append(f"No server or group deploys branch {push.name} automatically")
+    return created, notes

@@ -1,0 +1,480 @@
+"""The webhook endpoint: one URL per project that GitHub, GitLab, Bitbucket Cloud, Gitea,
+Forgejo and DeployHQ-style custom JSON all post to.
+
+The view reads the raw body (bounded), checks the signature over those exact bytes, and only
+then parses; what to deploy is decided in builds.webhook_services. Nothing here touches Git
+or the network, so a delivery is answered in milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qs
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from builds import webhook_services
+from builds.models import WebhookOutcome, WebhookProvider
+from projects.models import Project
+
+MAX_BODY_BYTES = 1024 * 1024
+# What we keep of a delivery: a few commit subjects, shortened.
+MAX_SUBJECTS = 20
+MAX_SUBJECT_LENGTH = 200
+
+ZERO_SHA = re.compile(r"0+")
+# SHA-1 repositories send 40 hex digits, SHA-256 ones 64.
+FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+# DeployHQ's custom JSON may name a commit by an abbreviated SHA.
+ANY_SHA = re.compile(r"[0-9a-f]{7,40}|[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class _Scheme:
+    """How one provider names its headers."""
+
+    provider: str
+    # Any of these headers present means this provider.
+    detected_by: tuple[str, ...]
+    event: tuple[str, ...]
+    delivery: tuple[str, ...]
+    # The header holding the HMAC-SHA256 of the body (GitLab: the secret itself).
+    signature: str
+    prefix: str = ""
+
+
+# In detection order: Gitea and Forgejo also send GitHub's headers (and Forgejo Gitea's), so
+# they come first. A request with none of these headers is custom JSON, authenticated by the
+# URL token alone.
+_SCHEMES = (
+    _Scheme(
+        WebhookProvider.FORGEJO,
+        detected_by=("X-Forgejo-Signature", "X-Forgejo-Event"),
+        event=("X-Forgejo-Event", "X-Gitea-Event", "X-GitHub-Event"),
+        delivery=("X-Forgejo-Delivery", "X-Gitea-Delivery"),
+        signature="X-Forgejo-Signature",
+    ),
+    _Scheme(
+        WebhookProvider.GITEA,
+        detected_by=("X-Gitea-Signature", "X-Gitea-Event"),
+        event=("X-Gitea-Event", "X-GitHub-Event"),
+        delivery=("X-Gitea-Delivery", "X-GitHub-Delivery"),
+        signature="X-Gitea-Signature",
+    ),
+    _Scheme(
+        WebhookProvider.GITHUB,
+        detected_by=("X-GitHub-Event", "X-Hub-Signature-256"),
+        event=("X-GitHub-Event",),
+        delivery=("X-GitHub-Delivery",),
+        signature="X-Hub-Signature-256",
+        prefix="sha256=",
+    ),
+    _Scheme(
+        WebhookProvider.GITLAB,
+        detected_by=("X-Gitlab-Event", "X-Gitlab-Token"),
+        event=("X-Gitlab-Event",),
+        # Idempotency-Key stays the same when GitLab retries; the event UUID is older.
+        delivery=("Idempotency-Key", "X-Gitlab-Event-UUID"),
+        signature="X-Gitlab-Token",
+    ),
+    _Scheme(
+        WebhookProvider.BITBUCKET,
+        detected_by=("X-Event-Key", "X-Hub-Signature"),
+        event=("X-Event-Key",),
+        delivery=("X-Request-UUID",),
+        signature="X-Hub-Signature",
+        prefix="sha256=",
+    ),
+)
+_SCHEME_OF = {
+    **{scheme.provider: scheme for scheme in _SCHEMES},
+    WebhookProvider.CUSTOM.value: _Scheme(
+        WebhookProvider.CUSTOM, detected_by=(), event=(), delivery=("X-Delivery-Id",), signature=""
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RefPush:
+    """One ref a push moved, in the same terms whichever provider sent it."""
+
+    ref: str
+    kind: Literal["branch", "tag", "other"]
+    name: str
+    # The new head's full SHA; "" when the ref was deleted or for custom JSON's "latest".
+    head: str
+    deleted: bool = False
+    # The head commit's whole message: commit-message commands are read from it.
+    message: str = ""
+    subjects: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class InboundDelivery:
+    provider: str
+    event: str
+    delivery_id: str
+    pushes: tuple[RefPush, ...] = ()
+    # Set when the event is not a push (a ping, an issue...): recorded, nothing deployed.
+    ignored_reason: str = ""
+    summary: list[str] = field(default_factory=list)
+
+
+class Rejected(Exception):
+    """The request is refused with ``status``; ``reason`` is safe to show the sender."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(reason)
+
+
+# --------------------------------------------------------------------------- the view
+
+
+@csrf_exempt
+@require_POST
+def receive(request: HttpRequest, token: str) -> JsonResponse:
+    project = Project.objects.filter(webhook_token=token).first()
+    if project is None:
+        return JsonResponse({"status": "not_found"}, status=404)
+    headers = request.headers
+    provider = detect_provider(headers)
+    event = event_of(provider, headers)
+    delivery_id = delivery_id_of(provider, headers)
+    try:
+        body = read_body(request)
+        authenticate(provider, headers, body, secret=project.webhook_secret)
+        inbound = parse(provider, event, delivery_id, body, request.content_type or "")
+    except Rejected as rejected:
+        webhook_services.webhook_reject(
+            project=project,
+            provider=provider,
+            event=event,
+            delivery_id=delivery_id,
+            reason=rejected.reason,
+        )
+        return JsonResponse(
+            {"status": WebhookOutcome.REJECTED, "reason": rejected.reason},
+            status=rejected.status,
+        )
+    record = webhook_services.webhook_receive(project=project, inbound=inbound)
+    return JsonResponse(
+        {
+            "status": record.outcome,
+            "delivery": record.pk,
+            "deployments": sorted(record.deployments.values_list("pk", flat=True)),
+            "reason": record.reason,
+        }
+    )
+
+
+# --------------------------------------------------------------------------- request checks
+
+
+def read_body(request: HttpRequest) -> bytes:
+    """The raw body, refused with 413 above MAX_BODY_BYTES.
+
+    The declared Content-Length is checked before reading anything, and the bytes actually
+    read are counted too (a chunked request declares no length). Reading the stream directly,
+    not ``request.body``, keeps DATA_UPLOAD_MAX_MEMORY_SIZE from answering 400 first.
+    """
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > MAX_BODY_BYTES:
+        raise Rejected(413, f"The body is larger than {MAX_BODY_BYTES} bytes")
+    body = request.read(MAX_BODY_BYTES + 1)
+    if len(body) > MAX_BODY_BYTES:
+        raise Rejected(413, f"The body is larger than {MAX_BODY_BYTES} bytes")
+    return body
+
+
+def detect_provider(headers: Mapping[str, str]) -> str:
+    for scheme in _SCHEMES:
+        if any(name in headers for name in scheme.detected_by):
+            return scheme.provider
+    return WebhookProvider.CUSTOM
+
+
+def event_of(provider: str, headers: Mapping[str, str]) -> str:
+    names = _SCHEME_OF[provider].event
+    return _first_header(headers, names)[:100] if names else "push"
+
+
+def delivery_id_of(provider: str, headers: Mapping[str, str]) -> str:
+    return _first_header(headers, _SCHEME_OF[provider].delivery)[:255]
+
+
+def _first_header(headers: Mapping[str, str], names: tuple[str, ...]) -> str:
+    for name in names:
+        value = headers.get(name, "").strip()
+        if value:
+            return value
+    return ""
+
+
+def authenticate(provider: str, headers: Mapping[str, str], body: bytes, *, secret: str) -> None:
+    """Check the signature (or GitLab's token) over the raw body; fail closed."""
+    if provider == WebhookProvider.CUSTOM:
+        return  # DeployHQ's custom JSON is authenticated by the URL token alone.
+    if not secret:
+        raise Rejected(401, "The project has no webhook secret: deliveries cannot be verified")
+    scheme = _SCHEME_OF[provider]
+    sent = headers.get(scheme.signature, "").strip()
+    if not sent:
+        raise Rejected(401, f"{scheme.signature} is missing: set the webhook's secret")
+    if provider == WebhookProvider.GITLAB:
+        # GitLab sends the secret itself rather than a signature.
+        expected = secret
+    else:
+        digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        expected, sent = scheme.prefix + digest, sent.lower()
+    if not _same(sent, expected):
+        raise Rejected(401, f"{scheme.signature} does not match the project's webhook secret")
+
+
+def _same(sent: str, expected: str) -> bool:
+    # compare_digest on str refuses non-ASCII; a header may hold anything.
+    return hmac.compare_digest(sent.encode("utf-8", "replace"), expected.encode())
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse(
+    provider: str, event: str, delivery_id: str, body: bytes, content_type: str
+) -> InboundDelivery:
+    """Turn an authenticated body into an InboundDelivery; malformed input is a 400."""
+    data = _decode(provider, body, content_type)
+    parser = _PARSERS[provider]
+    pushes_or_reason = parser(event, data)
+    if isinstance(pushes_or_reason, str):
+        return InboundDelivery(
+            provider=provider,
+            event=event,
+            delivery_id=delivery_id,
+            ignored_reason=pushes_or_reason,
+        )
+    subjects = [subject for push in pushes_or_reason for subject in push.subjects]
+    return InboundDelivery(
+        provider=provider,
+        event=event,
+        delivery_id=delivery_id,
+        pushes=tuple(pushes_or_reason),
+        summary=subjects[:MAX_SUBJECTS],
+    )
+
+
+def _decode(provider: str, body: bytes, content_type: str) -> dict[str, Any]:
+    raw: bytes | str = body
+    github_like = (WebhookProvider.GITHUB, WebhookProvider.GITEA, WebhookProvider.FORGEJO)
+    if content_type == "application/x-www-form-urlencoded" and provider in github_like:
+        # GitHub (and Gitea copying it) can send the JSON as the form field "payload".
+        try:
+            fields = parse_qs(body.decode("utf-8"), strict_parsing=True)
+        except (UnicodeDecodeError, ValueError) as error:
+            raise Rejected(400, "The form body cannot be read") from error
+        if len(fields.get("payload", [])) != 1:
+            raise Rejected(400, "The form body has no payload field")
+        raw = fields["payload"][0]
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise Rejected(400, "The body is not JSON") from error
+    if not isinstance(data, dict):
+        raise Rejected(400, "The body is not a JSON object")
+    return data
+
+
+ParseResult = list[RefPush] | str
+
+
+def _not_a_push(event: str) -> str:
+    if event in ("ping", "diagnostics:ping"):
+        return "Ping: the webhook reaches Slipway"
+    return f"Event {event or '(none)'} deploys nothing"
+
+
+def _github(event: str, data: dict[str, Any]) -> ParseResult:
+    """GitHub, Gitea and Forgejo: the same push payload (ref, before, after, head_commit)."""
+    if event != "push":
+        return _not_a_push(event)
+    ref = _text(data, "ref")
+    after = _text(data, "after").lower()
+    commits = _list(data, "commits")
+    head_commit = data.get("head_commit") or _commit_with_id(commits, after) or {}
+    deleted = bool(data.get("deleted")) or bool(ZERO_SHA.fullmatch(after))
+    return [
+        _ref_push(
+            ref,
+            head="" if deleted else after,
+            deleted=deleted,
+            message=_message(head_commit),
+            subjects=_subjects(commits),
+        )
+    ]
+
+
+def _gitlab(event: str, data: dict[str, Any]) -> ParseResult:
+    # GitLab's "Test" button for push events sends a real push-shaped Push Hook.
+    if event not in ("Push Hook", "Tag Push Hook"):
+        return _not_a_push(event)
+    ref = _text(data, "ref")
+    after = _text(data, "after").lower()
+    commits = _list(data, "commits")
+    deleted = bool(ZERO_SHA.fullmatch(after))
+    # Commits are listed oldest first; find the head by its id, else take the last one.
+    head_commit = _commit_with_id(commits, after) or (commits[-1] if commits else {})
+    return [
+        _ref_push(
+            ref,
+            head="" if deleted else after,
+            deleted=deleted,
+            message=_message(head_commit),
+            subjects=_subjects(commits),
+        )
+    ]
+
+
+def _bitbucket(event: str, data: dict[str, Any]) -> ParseResult:
+    if event != "repo:push":
+        return _not_a_push(event)
+    push = data.get("push")
+    if not isinstance(push, dict):
+        raise Rejected(400, "The payload has no push object")
+    pushes: list[RefPush] = []
+    for change in _list(push, "changes"):
+        if not isinstance(change, dict):
+            raise Rejected(400, "push.changes holds a non-object")
+        new, old = change.get("new"), change.get("old")
+        if new is None:
+            # The ref was deleted: its name is only in "old".
+            if not isinstance(old, dict):
+                raise Rejected(400, "A change has neither new nor old")
+            pushes.append(_bitbucket_ref(old, head="", deleted=True, message=""))
+            continue
+        if not isinstance(new, dict):
+            raise Rejected(400, "A change's new is not an object")
+        target = new.get("target")
+        if not isinstance(target, dict):
+            raise Rejected(400, "A change's new.target is not an object")
+        pushes.append(
+            _bitbucket_ref(
+                new,
+                head=_text(target, "hash").lower(),
+                deleted=False,
+                message=_message(target),
+                subjects=_subjects(_list(change, "commits")),
+            )
+        )
+    return pushes
+
+
+def _bitbucket_ref(
+    ref: dict[str, Any], *, head: str, deleted: bool, message: str, subjects: tuple[str, ...] = ()
+) -> RefPush:
+    kind = {"branch": "refs/heads/", "tag": "refs/tags/"}.get(_text(ref, "type"), "")
+    name = _text(ref, "name")
+    return _ref_push(
+        f"{kind}{name}" if kind else name,
+        head=head,
+        deleted=deleted,
+        message=message,
+        subjects=subjects,
+    )
+
+
+def _custom(event: str, data: dict[str, Any]) -> ParseResult:
+    payload = data.get("payload")
+    if not isinstance(payload, dict):
+        raise Rejected(400, 'The body needs a "payload" object')
+    new_ref = _text(payload, "new_ref").strip().lower()
+    branch = _text(payload, "branch").strip()
+    if not branch:
+        raise Rejected(400, "payload.branch is empty")
+    if new_ref == "latest":
+        # The tip of the branch, resolved by the worker when the deployment runs.
+        return [RefPush(ref=f"refs/heads/{branch}", kind="branch", name=branch, head="")]
+    if not ANY_SHA.fullmatch(new_ref):
+        raise Rejected(400, 'payload.new_ref must be a commit SHA or "latest"')
+    return [RefPush(ref=f"refs/heads/{branch}", kind="branch", name=branch, head=new_ref)]
+
+
+_PARSERS: dict[str, Callable[[str, dict[str, Any]], ParseResult]] = {
+    WebhookProvider.GITHUB: _github,
+    WebhookProvider.GITEA: _github,
+    WebhookProvider.FORGEJO: _github,
+    WebhookProvider.GITLAB: _gitlab,
+    WebhookProvider.BITBUCKET: _bitbucket,
+    WebhookProvider.CUSTOM: _custom,
+}
+
+
+def _ref_push(
+    ref: str, *, head: str, deleted: bool, message: str, subjects: tuple[str, ...]
+) -> RefPush:
+    if not deleted and not FULL_SHA.fullmatch(head):
+        raise Rejected(400, "The pushed head is not a full commit SHA")
+    if ref.startswith("refs/heads/"):
+        kind: Literal["branch", "tag", "other"] = "branch"
+        name = ref.removeprefix("refs/heads/")
+    elif ref.startswith("refs/tags/"):
+        kind, name = "tag", ref.removeprefix("refs/tags/")
+    else:
+        kind, name = "other", ref
+    return RefPush(
+        ref=ref[:255],
+        kind=kind,
+        name=name,
+        head=head,
+        deleted=deleted,
+        message=message,
+        subjects=subjects,
+    )
+
+
+def _text(data: Mapping[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str):
+        raise Rejected(400, f"The payload's {key} is missing or not a string")
+    return value
+
+
+def _list(data: Mapping[str, Any], key: str) -> list[Any]:
+    value = data.get(key) or []
+    if not isinstance(value, list):
+        raise Rejected(400, f"The payload's {key} is not a list")
+    return value
+
+
+def _commit_with_id(commits: list[Any], sha: str) -> dict[str, Any] | None:
+    for commit in commits:
+        if isinstance(commit, dict) and str(commit.get("id", "")).lower() == sha:
+            return commit
+    return None
+
+
+def _message(commit: object) -> str:
+    if not isinstance(commit, dict):
+        return ""
+    message = commit.get("message")
+    return message if isinstance(message, str) else ""
+
+
+def _subjects(commits: list[Any]) -> tuple[str, ...]:
+    subjects = []
+    for commit in commits[:MAX_SUBJECTS]:
+        lines = _message(commit).strip().splitlines()
+        if lines:
+            subjects.append(lines[0][:MAX_SUBJECT_LENGTH])
+    return tuple(subjects)
