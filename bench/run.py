@@ -38,7 +38,7 @@ def _tmpfs_base() -> Path:
     base = Path(tempfile.mkdtemp(prefix="slipway-bench-"))
     if os.geteuid() == 0:
         mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=4g", "tmpfs", str(base)], capture_output=True
+            ["mount", "-t", "tmpfs", "-o", "size=10g", "tmpfs", str(base)], capture_output=True
         )
         if mounted.returncode == 0:
             return base
@@ -418,6 +418,8 @@ def main() -> None:
         results["c"]["tar"].append(parallel([partial(b.switch, "tar", first) for b in baselines]))
         for target in targets:
             target.stop()
+        # Keep tmpfs small: this round's releases are no longer needed.
+        shutil.rmtree(base / f"round{round_number}", ignore_errors=True)
 
     worker.stop()
     report = render(

@@ -64,7 +64,12 @@ _SSH_TIMEOUT_OPTIONS = ("-o", "ConnectTimeout=30", "-o", "ServerAliveInterval=15
 _HTTP_LOW_SPEED_CONFIG = (("http.lowSpeedLimit", "1000"), ("http.lowSpeedTime", "60"))
 # git archive honours export-ignore / export-subst from the archived tree; a deploy must get
 # the tree exactly as committed (.deployignore is the place to leave files out).
-_NEUTRAL_EXPORT_ATTRIBUTES = "* -export-ignore -export-subst\n"
+# Attributes that would change the bytes written (line endings, $Id$, filters, encodings,
+# export-ignore/subst) are all switched off: a checkout or an export holds the committed bytes.
+# The workspace uses the same list. `!attr` unsets; `-working-tree-encoding` would be invalid.
+NEUTRAL_ATTRIBUTES = (
+    "* -text !eol -crlf -ident !filter !working-tree-encoding -export-ignore -export-subst\n"
+)
 _STDERR_TAIL_LINES = 8
 
 
@@ -333,9 +338,9 @@ class Mirror:
             if created.returncode != 0:
                 raise InternalError(f"Could not create the mirror {self.path}: {created.stderr}")
         attributes = self.path / "info" / "attributes"
-        if not attributes.is_file() or attributes.read_text() != _NEUTRAL_EXPORT_ATTRIBUTES:
+        if not attributes.is_file() or attributes.read_text() != NEUTRAL_ATTRIBUTES:
             attributes.parent.mkdir(exist_ok=True)
-            attributes.write_text(_NEUTRAL_EXPORT_ATTRIBUTES)
+            attributes.write_text(NEUTRAL_ATTRIBUTES)
 
     def _fetch_failure_message(self, stderr: str) -> str:
         tail = [line for line in stderr.splitlines() if line.strip()][-_STDERR_TAIL_LINES:]
@@ -488,7 +493,12 @@ class Mirror:
             ["git", f"--git-dir={self.path}", "archive", "--format=tar", tree],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=_base_environment(),
+            # The worker's own git config (a smudge filter, git-lfs) must not touch the export.
+            env={
+                **_base_environment(),
+                "GIT_CONFIG_NOSYSTEM": "1",
+                "GIT_CONFIG_GLOBAL": os.devnull,
+            },
         )
         if process.stdout is None or process.stderr is None:
             raise InternalError("git archive was started without pipes.")

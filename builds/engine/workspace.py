@@ -32,13 +32,16 @@ from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 from builds.engine.errors import InternalError, InvalidInput
-from builds.engine.git import Mirror, _base_environment, _put_config_in_environment
+from builds.engine.git import (
+    NEUTRAL_ATTRIBUTES,
+    Mirror,
+    _base_environment,
+    _put_config_in_environment,
+)
 
 # Highest-precedence attributes ($GIT_DIR/info/attributes beats every .gitattributes of the
 # tree). "!" makes an attribute unspecified: "-working-tree-encoding" would make git die.
-NEUTRAL_CHECKOUT_ATTRIBUTES = (
-    "* -text !eol -crlf -ident !filter !working-tree-encoding -export-ignore -export-subst\n"
-)
+NEUTRAL_CHECKOUT_ATTRIBUTES = NEUTRAL_ATTRIBUTES
 
 # Creating files, not CPU, bounds a first checkout: on 2 cores, 5,000 files took 1.8 s with
 # one worker and 1.5 s with four. Fewer than 100 files to write are always written in-process.

@@ -481,6 +481,22 @@ def test_it_exports_the_tree_as_committed_despite_export_attributes(
     assert (build / "version.txt").read_text() == "$Format:%H$"
 
 
+def test_it_exports_the_committed_bytes_despite_eol_and_ident_attributes(
+    origin: GitRepo, mirror_of, tmp_path: Path
+) -> None:
+    sha = origin.commit(
+        {".gitattributes": "* text eol=crlf ident\n", "app.txt": "line one\nline two $Id$\n"},
+        "Line endings",
+    )
+    mirror = mirror_of(origin)
+    mirror.fetch()
+    build = tmp_path / "build"
+
+    mirror.export(sha, build)
+
+    assert (build / "app.txt").read_bytes() == b"line one\nline two $Id$\n"
+
+
 def test_it_leaves_submodules_out_of_an_export(
     git_repo_factory: GitRepoFactory, mirror_of, tmp_path: Path
 ) -> None:
