@@ -1,0 +1,392 @@
+"""`slipway`: the command line, a thin client of the REST API.
+
+    slipway login --url http://127.0.0.1:8000 --token slw_...
+    slipway projects
+    slipway deploy shop --server web1 --revision main --wait
+    slipway rollback shop --server web1 [--release NAME]
+    slipway status shop
+    slipway log 42 -f
+
+The address and token come from SLIPWAY_URL and SLIPWAY_TOKEN, or from the file `slipway
+login` writes (~/.config/slipway/config.json, mode 0600). Tables on a terminal, JSON with
+--json. Exit codes are stable (see EXIT_*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import httpx
+
+EXIT_OK = 0
+EXIT_DEPLOYMENT_FAILED = 1  # the deployment ended failed or cancelled
+EXIT_USAGE = 2  # bad arguments or configuration (argparse uses 2 too)
+EXIT_API_ERROR = 3  # the API refused the request (4xx other than auth)
+EXIT_UNREACHABLE = 4  # Slipway could not be reached
+EXIT_UNAUTHORIZED = 5  # missing, wrong or revoked token, or no permission
+
+FINAL = ("succeeded", "failed", "cancelled")
+POLL_SECONDS = 0.5
+
+
+class CLIError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "slipway" / "config.json"
+
+
+def load_config() -> dict[str, str]:
+    path = config_path()
+    stored: dict[str, str] = {}
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise CLIError(
+                f"{path} is not valid JSON: run `slipway login` again", EXIT_USAGE
+            ) from None
+    url = os.environ.get("SLIPWAY_URL") or stored.get("url", "")
+    token = os.environ.get("SLIPWAY_TOKEN") or stored.get("token", "")
+    if not url or not token:
+        raise CLIError(
+            "Not logged in: run `slipway login --url URL --token TOKEN` or set SLIPWAY_URL and SLIPWAY_TOKEN",
+            EXIT_USAGE,
+        )
+    return {"url": url.rstrip("/"), "token": token}
+
+
+class Client:
+    def __init__(self, url: str, token: str, *, timeout: float = 30) -> None:
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+        )
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, "/api/v1" + path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise CLIError(f"Cannot reach Slipway at {self.url}: {exc}", EXIT_UNREACHABLE) from None
+        if response.status_code in (401, 403):
+            raise CLIError(f"{response.status_code}: {_message(response)}", EXIT_UNAUTHORIZED)
+        if response.status_code >= 500:
+            raise CLIError(
+                f"Slipway answered {response.status_code} for {method} {path}", EXIT_UNREACHABLE
+            )
+        if response.status_code >= 400:
+            raise CLIError(f"{response.status_code}: {_message(response)}", EXIT_API_ERROR)
+        return response.json() if response.content else None
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params=params or None)
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self.request("POST", path, json=body or {})
+
+    def all(self, path: str) -> list[dict[str, Any]]:
+        """Every item of a list, following pagination."""
+        items: list[dict[str, Any]] = []
+        page: Any = self.get(path)
+        while True:
+            if isinstance(page, list):
+                return items + page
+            items += page.get("results", [])
+            following = page.get("next")
+            if not following:
+                return items
+            page = self.request("GET", following.split("/api/v1", 1)[1])
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500] or response.reason_phrase
+    if isinstance(body, dict):
+        if "detail" in body and len(body) == 1:
+            return str(body["detail"])
+        return "; ".join(
+            f"{field}: {' '.join(map(str, value)) if isinstance(value, list) else value}"
+            for field, value in body.items()
+        )
+    return str(body)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
+    cells = [[str(h) for h in headers]] + [
+        ["" if c is None else str(c) for c in row] for row in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def emit(data: Any, *, as_json: bool, human: str) -> None:
+    print(json.dumps(data, indent=2) if as_json else human)
+
+
+def _short(sha: str | None) -> str:
+    return (sha or "")[:10]
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    url = (args.url or os.environ.get("SLIPWAY_URL", "")).rstrip("/")
+    token = args.token or os.environ.get("SLIPWAY_TOKEN", "")
+    if not url or not token:
+        raise CLIError(
+            "login needs --url and --token (create a token on the dashboard's Tokens page)",
+            EXIT_USAGE,
+        )
+    me = Client(url, token).get("/me/")
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump({"url": url, "token": token}, handle)
+    print(f"Logged in to {url} as {me.get('username')}; saved to {path}")
+    return EXIT_OK
+
+
+def cmd_projects(args: argparse.Namespace, client: Client) -> int:
+    projects = client.all("/projects/")
+    rows = [
+        (p["slug"], p["name"], p.get("branch", ""), p.get("repository_url", "")) for p in projects
+    ]
+    emit(projects, as_json=args.json, human=table(rows, ["SLUG", "NAME", "BRANCH", "REPOSITORY"]))
+    return EXIT_OK
+
+
+def _servers_by_name(client: Client, project: str, names: Sequence[str]) -> list[int]:
+    servers = client.all(f"/projects/{project}/servers/")
+    by_name = {server["name"].lower(): server["id"] for server in servers}
+    missing = [name for name in names if name.lower() not in by_name]
+    if missing:
+        known = ", ".join(sorted(server["name"] for server in servers)) or "none"
+        raise CLIError(
+            f"No server named {', '.join(missing)} in {project} (servers: {known})", EXIT_USAGE
+        )
+    return [by_name[name.lower()] for name in names]
+
+
+def _group_by_name(client: Client, project: str, name: str) -> int:
+    for group in client.all(f"/projects/{project}/groups/"):
+        if group["name"].lower() == name.lower():
+            return int(group["id"])
+    raise CLIError(f"No group named {name} in {project}", EXIT_USAGE)
+
+
+def cmd_deploy(args: argparse.Namespace, client: Client) -> int:
+    body: dict[str, Any] = {"full": args.full, "preview": args.preview}
+    if args.revision:
+        body["revision"] = args.revision
+    if args.group:
+        body["group"] = _group_by_name(client, args.project, args.group)
+    else:
+        names = args.server or [
+            s["name"]
+            for s in client.all(f"/projects/{args.project}/servers/")
+            if s.get("enabled", True)
+        ]
+        body["servers"] = _servers_by_name(client, args.project, names)
+    deployment = client.post(f"/projects/{args.project}/deployments/", body)
+    return _follow_created(args, client, deployment)
+
+
+def cmd_rollback(args: argparse.Namespace, client: Client) -> int:
+    [server_id] = _servers_by_name(client, args.project, [args.server])
+    body = {"release": args.release} if args.release else {}
+    deployment = client.post(f"/projects/{args.project}/servers/{server_id}/rollback/", body)
+    return _follow_created(args, client, deployment)
+
+
+def _follow_created(args: argparse.Namespace, client: Client, deployment: dict[str, Any]) -> int:
+    if not args.wait:
+        emit(
+            deployment,
+            as_json=args.json,
+            human=f"Deployment #{deployment['id']} {deployment['status']}: {deployment.get('html_url', '')}",
+        )
+        return EXIT_OK
+    if not args.json:
+        print(
+            f"Deployment #{deployment['id']} queued: {deployment.get('html_url', '')}", flush=True
+        )
+    for line in follow_log(client, int(deployment["id"])):
+        if not args.json:
+            print(line["text"], flush=True)
+    final = client.get(f"/deployments/{deployment['id']}/")
+    if args.json:
+        emit(final, as_json=True, human="")
+    else:
+        summary = f"Deployment #{final['id']} {final['status']}"
+        if final.get("error"):
+            summary += f": {final['error']}"
+        print(summary)
+    return EXIT_OK if final["status"] == "succeeded" else EXIT_DEPLOYMENT_FAILED
+
+
+def follow_log(
+    client: Client, deployment_id: int, *, after: int = 0, follow: bool = True
+) -> Iterator[dict[str, Any]]:
+    """Every log line once, in order. With ``follow``, until the deployment is final and its
+    log complete; without, until the stored log is exhausted."""
+    while True:
+        page = client.get(f"/deployments/{deployment_id}/log/", after=after)
+        lines = [line for line in page["lines"] if line["seq"] > after]
+        for line in lines:
+            after = line["seq"]
+            yield line
+        if lines:
+            continue  # there may be another page
+        if not follow or page.get("complete"):
+            return
+        time.sleep(POLL_SECONDS)
+
+
+def cmd_log(args: argparse.Namespace, client: Client) -> int:
+    lines = list(follow_log(client, args.id, follow=args.follow)) if args.json else None
+    if args.json:
+        emit(lines, as_json=True, human="")
+        return EXIT_OK
+    for line in follow_log(client, args.id, follow=args.follow):
+        print(line["text"], flush=True)
+    if args.follow:
+        final = client.get(f"/deployments/{args.id}/")
+        return EXIT_OK if final["status"] == "succeeded" else EXIT_DEPLOYMENT_FAILED
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, client: Client) -> int:
+    servers = client.all(f"/projects/{args.project}/servers/")
+    deployments = client.get(f"/projects/{args.project}/deployments/")
+    recent = (
+        deployments.get("results", deployments) if isinstance(deployments, dict) else deployments
+    )
+    data = {"servers": servers, "deployments": recent[:10]}
+    server_rows = [
+        (
+            s["name"],
+            s.get("environment", ""),
+            (s.get("live_release") or {}).get("name", "-")
+            if isinstance(s.get("live_release"), dict)
+            else s.get("live_release") or "-",
+            _short(
+                (s.get("live_release") or {}).get("revision")
+                if isinstance(s.get("live_release"), dict)
+                else ""
+            ),
+            "yes" if s.get("trusted") else "no",
+        )
+        for s in servers
+    ]
+    deployment_rows = [
+        (d["id"], d["kind"], d["status"], _short(d.get("end_revision")), d.get("created_at", ""))
+        for d in recent[:10]
+    ]
+    human = (
+        table(server_rows, ["SERVER", "ENVIRONMENT", "LIVE RELEASE", "REVISION", "TRUSTED"])
+        + "\n\n"
+        + table(deployment_rows, ["DEPLOYMENT", "KIND", "STATUS", "REVISION", "CREATED"])
+    )
+    emit(data, as_json=args.json, human=human)
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="slipway", description="Deploy with Slipway from the command line."
+    )
+    root.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    login = commands.add_parser("login", help="save the address and token")
+    login.add_argument("--url")
+    login.add_argument("--token")
+
+    projects = commands.add_parser("projects", help="list projects")
+
+    deploy = commands.add_parser("deploy", help="deploy a project")
+    deploy.add_argument("project")
+    deploy.add_argument(
+        "--server", action="append", help="a server by name (repeat; default: every enabled server)"
+    )
+    deploy.add_argument("--group", help="a group by name")
+    deploy.add_argument(
+        "--revision", help="a branch, tag or SHA (default: the server's branch head)"
+    )
+    deploy.add_argument(
+        "--full", action="store_true", help="upload every file, not only the changes"
+    )
+    deploy.add_argument(
+        "--preview", action="store_true", help="compute the changes without deploying"
+    )
+    deploy.add_argument(
+        "--wait", action="store_true", help="stream the log and exit non-zero on failure"
+    )
+
+    rollback = commands.add_parser("rollback", help="switch a server back to an earlier release")
+    rollback.add_argument("project")
+    rollback.add_argument("--server", required=True)
+    rollback.add_argument("--release", help="a kept release (default: the one before the live one)")
+    rollback.add_argument("--wait", action="store_true")
+
+    status = commands.add_parser("status", help="servers and recent deployments of a project")
+    status.add_argument("project")
+
+    log = commands.add_parser("log", help="a deployment's log")
+    log.add_argument("id", type=int)
+    log.add_argument("-f", "--follow", action="store_true", help="follow until the deployment ends")
+    for sub in (projects, deploy, rollback, status, log):
+        sub.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "login":
+            code = cmd_login(args)
+        else:
+            config = load_config()
+            client = Client(config["url"], config["token"])
+            handler = {
+                "projects": cmd_projects,
+                "deploy": cmd_deploy,
+                "rollback": cmd_rollback,
+                "status": cmd_status,
+                "log": cmd_log,
+            }[args.command]
+            code = handler(args, client)
+    except CLIError as error:
+        print(f"slipway: {error}", file=sys.stderr)
+        code = error.code
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
