@@ -113,6 +113,9 @@ class Deployment(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    # A canary deployment waiting for a person: promote it to the other servers, or abort it.
+    promote_requested_at = models.DateTimeField(null=True, blank=True)
+    abort_requested_at = models.DateTimeField(null=True, blank=True)
     task_id = models.CharField(max_length=255, blank=True)
     worker = models.CharField(max_length=255, blank=True)
     log_seq = models.PositiveIntegerField(default=0)

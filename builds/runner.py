@@ -99,6 +99,26 @@ class DatabaseReporter:
         self.writer.flush()
         connection.close()
 
+    def target_state(self, server: int, state: str, reason: str = "") -> None:
+        DeploymentTarget.objects.filter(deployment=self.deployment, server_id=server).update(
+            status=state, reason=reason[:2000]
+        )
+        deployment_broadcast_status(self.deployment)
+
+    def wait_for_promotion(self) -> bool:
+        """Poll for Promote or Abort (the API and the dashboard set them); Cancel aborts."""
+        while True:
+            decision = (
+                Deployment.objects.filter(pk=self.deployment.pk)
+                .values("promote_requested_at", "abort_requested_at", "cancel_requested_at")
+                .get()
+            )
+            if decision["abort_requested_at"] or decision["cancel_requested_at"]:
+                return False
+            if decision["promote_requested_at"]:
+                return True
+            time.sleep(CANCEL_POLL_SECONDS)
+
     def check_cancelled(self) -> None:
         now = time.monotonic()
         if not self._cancelled and now - self._cancel_checked >= CANCEL_POLL_SECONDS:

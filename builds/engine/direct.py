@@ -25,7 +25,7 @@ from builds.engine.variables import substitute
 
 if TYPE_CHECKING:
     from builds.engine.build import BuildOutput
-    from builds.engine.pipeline import DeploySpec, Reporter, ServerResult, ServerSpec
+    from builds.engine.specs import DeploySpec, Reporter, ServerResult, ServerSpec
     from builds.engine.ssh import Connection
 
 MANIFEST_FILE = ".slipway-manifest.json"
@@ -52,12 +52,8 @@ def deliver(
     connection: Connection,
     result: ServerResult,
 ) -> None:
-    from builds.engine.pipeline import (
-        STAGE_AFTER_SWITCH,
-        STAGE_BEFORE_SWITCH,
-        STAGE_BEFORE_TRANSFER,
-        run_commands,
-    )
+    from builds.engine.rollout import run_commands
+    from builds.engine.specs import STAGE_AFTER_SWITCH, STAGE_BEFORE_SWITCH, STAGE_BEFORE_TRANSFER
 
     root = release.validate_deploy_path(server.deploy_path)
     host = connection.endpoint.address

@@ -7,6 +7,7 @@ import http.server
 import io
 import os
 import stat
+import subprocess
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -575,10 +576,24 @@ def _ssh_url(target: SSHTarget, repo: GitRepo) -> str:
     return f"ssh://{target.username}@{target.hostname}:{target.port}{repo.path}"
 
 
+@pytest.fixture
+def ssh_origin(sshd_target: SSHTarget) -> GitRepo:
+    """A repository the target's login user owns (git refuses to serve another user's)."""
+    repo = GitRepo(sshd_target.root / "repos" / "origin")
+    repo.commit({"README": "served over ssh\n"}, "Start")
+    return repo
+
+
+def _hand_over(repo: GitRepo, target: SSHTarget) -> None:
+    subprocess.run(["chown", "-R", target.username, str(repo.path)], check=True)
+
+
 def test_it_fetches_over_ssh_with_a_deploy_key_and_pins_the_host_key(
-    origin: GitRepo, sshd_target: SSHTarget, tmp_path: Path
+    ssh_origin: GitRepo, sshd_target: SSHTarget, tmp_path: Path
 ) -> None:
+    origin = ssh_origin
     sha = origin.commit({"a.txt": "1"}, "One")
+    _hand_over(origin, sshd_target)
     mirror = Mirror(
         tmp_path / "m.git",
         _ssh_url(sshd_target, origin),
@@ -595,9 +610,11 @@ def test_it_fetches_over_ssh_with_a_deploy_key_and_pins_the_host_key(
 
 
 def test_it_reports_a_refused_deploy_key(
-    origin: GitRepo, sshd_target: SSHTarget, tmp_path: Path
+    ssh_origin: GitRepo, sshd_target: SSHTarget, tmp_path: Path
 ) -> None:
+    origin = ssh_origin
     origin.commit({"a.txt": "1"}, "One")
+    _hand_over(origin, sshd_target)
     stranger = generate_key_pair(tmp_path / "keys", "stranger")
     mirror = Mirror(
         tmp_path / "m.git", _ssh_url(sshd_target, origin), ssh_private_key=stranger.private_key

@@ -29,12 +29,13 @@ def test_it_names_permission_denied_on_the_deploy_path(sshd_factory, git_repo_fa
 
 
 @pytest.fixture
-def tiny_disk(tmp_path):
+def tiny_disk(sshd_target):
     if os.geteuid() != 0:
         if os.environ.get("CI"):
             pytest.fail("CI runs as root: the disk-full test mounts a small tmpfs")
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    mount_point = tmp_path / "tiny"
+    # Inside the target's folder, which its (unprivileged) user can reach.
+    mount_point = sshd_target.root / "tiny"
     mount_point.mkdir()
     subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount_point)], check=True

@@ -24,6 +24,11 @@ class RecordingReporter:
         self.progress_reports: list[tuple[int, int, int, int, int]] = []
         self.cancel = threading.Event()
         self.on_progress: Callable[[int, int, int], None] | None = None
+        self.states: list[tuple[int, str, str]] = []
+        # Canary promotion: the test sets `promote` and then `decided`.
+        self.waiting = threading.Event()
+        self.decided = threading.Event()
+        self.promote = False
         self._lock = threading.Lock()
 
     def log(self, stream: str, text: str, server: int | None = None) -> None:
@@ -48,6 +53,14 @@ class RecordingReporter:
 
     def thread_finished(self) -> None:
         pass
+
+    def target_state(self, server: int, state: str, reason: str = "") -> None:
+        self.states.append((server, state, reason))
+
+    def wait_for_promotion(self) -> bool:
+        self.waiting.set()
+        self.decided.wait(timeout=120)
+        return self.promote
 
     def check_cancelled(self) -> None:
         if self.cancel.is_set():

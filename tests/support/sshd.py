@@ -1,7 +1,9 @@
 """Real OpenSSH servers on 127.0.0.1 for engine tests (a pytest plugin).
 
-Each target is its own ``sshd -D`` with its own config, port and directory, logging in as the
-user running the tests. Key pairs are made once per session, so a target costs one process
+Each target is its own ``sshd -D`` with its own config, port and directory. It logs in as the
+user running the tests, or, when that is root, as an unprivileged account made for the tests
+(``slipway-test``, shell /bin/sh): deploying as root would hide permission problems, and
+root's rc files here are slow. Key pairs are made once per session, so a target costs one process
 start (tens of milliseconds) and several can run at once.
 
 Needs Debian's ``openssh-server`` (``/usr/sbin/sshd``) and ``ssh-keygen`` (openssh-client). The
@@ -23,6 +25,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -260,11 +263,26 @@ def ensure_unprivileged_user(name: str = UNPRIVILEGED_USER) -> str:
         pytest.skip("creating a system account needs root (CI runs as root)")
     if subprocess.run(["id", name], capture_output=True).returncode != 0:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", name],
+            [
+                "useradd",
+                "--system",
+                "--create-home",
+                "--home-dir",
+                f"/var/lib/{name}",
+                "--shell",
+                "/bin/sh",
+                name,
+            ],
             check=True,
             capture_output=True,
         )
     subprocess.run(["usermod", "--password", "*", name], check=True, capture_output=True)
+    home = Path(f"/var/lib/{name}")
+    if not home.is_dir():
+        # An account made by an earlier version of this fixture, without a home.
+        subprocess.run(["usermod", "--home", str(home), name], check=True, capture_output=True)
+        home.mkdir(mode=0o755, parents=True, exist_ok=True)
+        shutil.chown(home, name, name)
     return name
 
 
@@ -294,9 +312,17 @@ def sshd_factory(
     """Start sshd targets on demand; all are killed when the test ends."""
     _require_sshd()
     targets: list[SSHTarget] = []
+    roots: list[Path] = []
 
     def start_target(*, new_host_key: bool = False, username: str | None = None) -> SSHTarget:
-        root = tmp_path_factory.mktemp("sshd-target")
+        if username is None and os.geteuid() == 0:
+            # Not root: root's shell here reads a .bashrc that runs `pyenv init` (and waits
+            # on pyenv's rehash lock) for every command; a deploy user is also what a real
+            # server has. The account's shell is /bin/sh, with no rc file.
+            username = ensure_unprivileged_user()
+        root = Path(tempfile.mkdtemp(prefix="sshd-target-", dir=_targets_base()))
+        root.chmod(0o755)
+        roots.append(root)
         host_key = (
             generate_key_pair(root / "host-key", "host") if new_host_key else ssh_host_key_pair
         )
@@ -313,10 +339,7 @@ def sshd_factory(
             host_private_key_path=host_key.private_path,
         )
         if username is not None:
-            # sshd reads authorized_keys as the user: every folder above it must be traversable.
             target.username = username
-            for folder in [root, *root.parents]:
-                folder.chmod(folder.stat().st_mode | 0o055)
             shutil.chown(deploy_path, username)
         target.authorize(ssh_client_key_pair.public_key)
         targets.append(target)
@@ -336,6 +359,17 @@ def sshd_factory(
 
     for target in targets:
         target.stop()
+    for root in roots:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _targets_base() -> Path:
+    """Where targets live: outside pytest's own temp folders, which are private (0700) to the
+    user running the tests, while the targets' deploy user must reach its files."""
+    base = Path(tempfile.gettempdir()) / "slipway-test-targets"
+    base.mkdir(mode=0o755, exist_ok=True)
+    base.chmod(0o755)
+    return base
 
 
 @pytest.fixture

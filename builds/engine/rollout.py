@@ -1,0 +1,716 @@
+"""Taking a built release to the servers: one ``ServerRun`` per server, moved through its
+phases (connect, prepare, activate, finalize; revert when needed) by a strategy.
+
+- parallel: every server at once (``max_parallel`` at a time);
+- prepare_then_switch: every server receives and prepares the release; only when all are
+  prepared is ``current`` switched on all of them; if one preparation fails, none is switched;
+- rolling: batches; each batch is prepared, switched and checked before the next starts; a
+  failed batch rolls back every server switched so far, and the rest are never touched;
+- canary: the first servers get the release and are watched for a window, then the rest
+  follow, at once or when someone promotes; an abort rolls the canaries back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import shlex
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from builds.engine import direct, release
+from builds.engine.archive import SharedArchive
+from builds.engine.build import BuildOutput
+from builds.engine.errors import Cancelled, EngineError, InternalError, LockHeld, UserError
+from builds.engine.health import (
+    AFTER_SWITCH,
+    BEFORE_SWITCH,
+    HealthCheckFailed,
+    HealthCheckSpec,
+    run_check,
+)
+from builds.engine.manifest import ChangeSet, Manifest, diff
+from builds.engine.specs import (
+    CANARY,
+    PREPARE_THEN_SWITCH,
+    ROLLING,
+    STAGE_AFTER_SWITCH,
+    STAGE_BEFORE_SWITCH,
+    STAGE_BEFORE_TRANSFER,
+    CommandSpec,
+    DeploySpec,
+    Reporter,
+    ServerResult,
+    ServerSpec,
+    lock_owner,
+    variables_for,
+)
+from builds.engine.ssh import Connection, connect
+from builds.engine.variables import substitute
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def run_commands(
+    connection: Connection,
+    commands: Sequence[CommandSpec],
+    *,
+    stage: str,
+    server: ServerSpec,
+    workdir: str,
+    variables: Mapping[str, str],
+    env: Mapping[str, str],
+    reporter: Reporter,
+) -> None:
+    """Run the stage's commands on one server in ``workdir``, output streamed to the log."""
+    exports = "".join(
+        f"export {name}={shlex.quote(value)}\n" for name, value in env.items() if _env_name_ok(name)
+    )
+    for command in commands:
+        if command.stage != stage or not command.applies_to(server):
+            continue
+        reporter.check_cancelled()
+        text = substitute(command.command, variables)
+        reporter.log("system", f"$ {text}", server.id)
+        script = f"{exports}cd -- {shlex.quote(workdir)} || exit $?\n{text}\n"
+        result = connection.run(
+            "sh -c " + shlex.quote(script),
+            on_line=lambda stream, line: reporter.log(stream, line, server.id),
+            timeout=command.timeout_seconds,
+            check=command.halt_on_error,
+        )
+        if result.exit_code != 0:
+            reporter.log(
+                "system",
+                f"Exited with {result.exit_code}; going on (halt on error is off)",
+                server.id,
+            )
+
+
+def _env_name_ok(name: str) -> bool:
+    return name.isidentifier() and name.isascii()
+
+
+def has_commands(spec_commands: Sequence[CommandSpec], stage: str, server: ServerSpec) -> bool:
+    return any(c.stage == stage and c.applies_to(server) for c in spec_commands)
+
+
+def with_drift(changes: ChangeSet, prepared: release.Prepared, manifest: Manifest) -> ChangeSet:
+    """Add the paths changed on the server since Slipway wrote the live release: those in the
+    new build are sent again, the others removed (config files and shared links are written
+    again anyway), so the release holds exactly the build."""
+    if not prepared.drifted:
+        return changes
+    drifted = set(prepared.drifted)
+    sending = set(changes.added) | set(changes.modified)
+    resend = {
+        p for p in drifted if p in manifest and manifest[p].kind != "dir" and p not in sending
+    }
+    remove = {p for p in drifted if p not in manifest}
+    return ChangeSet(
+        added=changes.added,
+        modified=sorted(set(changes.modified) | resend),
+        deleted=sorted(set(changes.deleted) | remove),
+        bytes_to_send=changes.bytes_to_send
+        + sum(manifest[p].size for p in resend if manifest[p].kind == "file"),
+    )
+
+
+class ArchiveCache:
+    """Each distinct change set is archived once and streamed to every server needing it."""
+
+    def __init__(self, output: BuildOutput) -> None:
+        self.output = output
+        self._lock = threading.Lock()
+        self._archives: dict[str, SharedArchive] = {}
+        self._dir = tempfile.TemporaryDirectory(prefix="slipway-tar-")
+
+    def archive_for(self, paths: Sequence[str], codec: str) -> SharedArchive:
+        key = hashlib.sha256("\0".join([codec, *paths]).encode()).hexdigest()
+        with self._lock:
+            if key not in self._archives:
+                self._archives[key] = SharedArchive(
+                    self.output.root, paths, self.output.manifest, Path(self._dir.name), codec=codec
+                )
+            return self._archives[key]
+
+    def close(self) -> None:
+        with self._lock:
+            archives = list(self._archives.values())
+        for archive in archives:
+            with contextlib.suppress(BaseException):
+                archive.wait()
+        self._dir.cleanup()
+
+
+# --------------------------------------------------------------------------- one server
+
+
+class ServerRun:
+    """One server's part in a deployment. Phases run in order; each may raise EngineError."""
+
+    def __init__(
+        self,
+        spec: DeploySpec,
+        server: ServerSpec,
+        output: BuildOutput,
+        name: str,
+        archives: ArchiveCache,
+        reporter: Reporter,
+        index: int,
+    ) -> None:
+        self.spec = spec
+        self.server = server
+        self.output = output
+        self.name = name
+        self.archives = archives
+        self.reporter = reporter
+        self.owner = lock_owner(spec.deployment_id)
+        self.result = ServerResult(server_id=server.id, previous_release=server.live_release)
+        self.connection: Connection | None = None
+        self.layout: release.RemoteLayout | None = None
+        self.prepared: release.Prepared | None = None
+        self.locked = False
+        self.switched = False
+        self.finished = False
+        deploy_path = release.validate_deploy_path(server.deploy_path)
+        self.atomic = server.atomic and server.shell
+        self.release_path = f"{deploy_path}/releases/{name}" if self.atomic else deploy_path
+        self.variables = variables_for(
+            server=server,
+            release_path=self.release_path,
+            name=name,
+            revision=output.revision,
+            project=spec.project,
+            branch=spec.branch,
+            deployer=spec.deployer,
+            index=index,
+        )
+
+    # -- helpers
+
+    def log(self, text: str) -> None:
+        self.reporter.log("system", text, self.server.id)
+
+    def _commands(self, stage: str, workdir: str, label: str) -> None:
+        assert self.connection is not None
+        if has_commands(self.spec.commands, stage, self.server):
+            with self.reporter.step(label, self.server.id):
+                run_commands(
+                    self.connection,
+                    self.spec.commands,
+                    stage=stage,
+                    server=self.server,
+                    workdir=workdir,
+                    variables=self.variables,
+                    env=self.spec.server_env,
+                    reporter=self.reporter,
+                )
+
+    def checks(self, when: str) -> list[HealthCheckSpec]:
+        return [
+            c for c in self.spec.health_checks if c.when == when and c.applies_to(self.server.id)
+        ]
+
+    def run_checks(self, when: str, workdir: str) -> None:
+        checks = self.checks(when)
+        if not checks:
+            return
+        if any(c.kind == "command" for c in checks) and not self.server.shell:
+            raise UserError(
+                f"{self.server.name} has no shell: command health checks cannot run there"
+            )
+        with self.reporter.step(f"health checks {when.replace('_', ' ')}", self.server.id):
+            for check in checks:
+                run_check(
+                    check,
+                    variables=self.variables,
+                    connection=self.connection,
+                    workdir=workdir,
+                    log=self.log,
+                    check_cancelled=self.reporter.check_cancelled,
+                )
+
+    # -- phases
+
+    def connect(self) -> None:
+        self.reporter.check_cancelled()
+        with self.reporter.step("connect", self.server.id):
+            self.connection = connect(self.server.endpoint)
+        if self.atomic:
+            self.layout = release.RemoteLayout(self.connection, self.server.deploy_path)
+
+    def prepare(self) -> None:
+        """Everything up to the switch: the release is complete and checked, not live."""
+        if not self.atomic:
+            return  # in place: nothing can be prepared aside
+        assert self.layout is not None
+        layout, server, output = self.layout, self.server, self.output
+        with self.reporter.step("transfer", server.id):
+            prepared = self._lock_and_prepare()
+            self.prepared = prepared
+            self.result.previous_release = prepared.live
+            if self.spec.config_only:
+                if not prepared.copied or server.live_manifest is None:
+                    raise UserError(
+                        f"{server.name}: a config-only deployment needs a live release made by Slipway"
+                    )
+                manifest = server.live_manifest
+                changes = ChangeSet()
+            else:
+                manifest = output.manifest
+                base = server.live_manifest if prepared.copied else None
+                changes = with_drift(diff(base, output.manifest), prepared, output.manifest)
+                if prepared.drifted:
+                    self.log(
+                        f"{len(prepared.drifted)} paths were changed on the server since the last "
+                        "deployment (by a command or by hand); they are restored in the new release"
+                    )
+            self.result.changes = changes
+            self.log(
+                f"{len(changes.added)} added, {len(changes.modified)} modified, "
+                f"{len(changes.deleted)} deleted; {changes.bytes_to_send} bytes to send"
+                + ("" if prepared.copied else " (full upload)")
+            )
+        # Before-transfer commands see the live release; the new one only exists unfinished.
+        self._commands(
+            STAGE_BEFORE_TRANSFER,
+            layout.current_path if prepared.live else layout.deploy_path,
+            "commands before transfer",
+        )
+        with self.reporter.step("upload", server.id):
+            self._upload(changes, manifest)
+        self.result.manifest = manifest
+        self._commands(STAGE_BEFORE_SWITCH, self.release_path, "commands before switch")
+        self.run_checks(BEFORE_SWITCH, self.release_path)
+
+    def _lock_and_prepare(self) -> release.Prepared:
+        """Lock and start the release in one trip; take over a lock whose owner has finished."""
+        assert self.layout is not None
+        spec, server = self.spec, self.server
+
+        def attempt(take_over_from: str = "") -> release.Prepared:
+            assert self.layout is not None
+            return self.layout.lock_and_prepare(
+                self.name,
+                holder=f"Slipway deployment #{spec.deployment_id} by {spec.deployer or 'unknown'}",
+                owner_id=self.owner,
+                stale_after=spec.lock_stale_after,
+                take_over_from=take_over_from,
+                expected_live=server.live_release,
+                incremental=not spec.full and server.live_manifest is not None,
+            )
+
+        try:
+            prepared = attempt()
+        except LockHeld as held:
+            if (
+                not held.owner
+                or held.owner == self.owner
+                or not spec.lock_owner_finished(held.owner)
+            ):
+                raise
+            prepared = attempt(take_over_from=held.owner)
+        self.locked = True
+        for note in prepared.notes:
+            self.log(note[:1].upper() + note[1:])
+        return prepared
+
+    def _upload(self, changes: ChangeSet, manifest: Manifest) -> None:
+        assert self.layout is not None and self.prepared is not None
+        server, reporter = self.server, self.reporter
+        files_total = len(changes.paths_to_send)
+        reporter.progress(server.id, 0, files_total, 0, changes.bytes_to_send)
+        removals = changes.deleted + [p for p in changes.modified if manifest[p].kind != "dir"]
+        if changes.paths_to_send:
+            archive = self.archives.archive_for(changes.paths_to_send, self.prepared.codec)
+            sent = [0]
+
+            def counted() -> Iterator[bytes]:
+                for chunk in archive.chunks():
+                    sent[0] += len(chunk)
+                    files_done, bytes_done = archive.carried(sent[0])
+                    reporter.progress(
+                        server.id, files_done, files_total, bytes_done, changes.bytes_to_send
+                    )
+                    yield chunk
+
+            self.layout.upload(self.name, counted(), remove=removals, codec=archive.codec)
+        elif removals:
+            self.layout.upload(self.name, None, remove=removals)
+        reporter.progress(
+            server.id, files_total, files_total, changes.bytes_to_send, changes.bytes_to_send
+        )
+        reporter.check_cancelled()
+        files = {
+            release.validate_relative_path(config.path, "config_files"): substitute(
+                config.body, self.variables
+            ).encode()
+            for config in self.spec.config_files
+            if not config.server_ids or server.id in config.server_ids
+        }
+        self.layout.finish(
+            self.name,
+            files=files,
+            manifest_json=manifest.to_json(),
+            shared_paths=self.spec.shared_paths,
+            file_mode=server.file_mode,
+            directory_mode=server.directory_mode,
+        )
+
+    def activate(self) -> None:
+        """Switch, run the after-switch commands and checks. A failed check switches back."""
+        if not self.atomic:
+            assert self.connection is not None
+            direct.deliver(
+                self.spec, self.server, self.output, self.reporter, self.connection, self.result
+            )
+            self.switched = True
+            self.run_checks(AFTER_SWITCH, self.release_path)
+            return
+        assert self.layout is not None and self.prepared is not None
+        self.reporter.check_cancelled()  # the last safe point: after the switch, the release is live
+        layout, server = self.layout, self.server
+        protect = [self.prepared.live] if self.prepared.live else []
+        after = has_commands(self.spec.commands, STAGE_AFTER_SWITCH, server) or bool(
+            self.checks(AFTER_SWITCH)
+        )
+        with self.reporter.step("switch", server.id):
+            # Without after-switch work, switching, cleaning up and unlocking is one trip.
+            cleaned = layout.switch_and_clean_up(
+                self.name,
+                keep=None if after else server.keep_releases,
+                protect=protect,
+                unlock_owner="" if after else self.owner,
+            )
+            self.switched = True
+            self.result.release = self.name
+            self.log(f"current → releases/{self.name}")
+        if not after:
+            self._finished(cleaned.removed)
+            return
+        self._commands(STAGE_AFTER_SWITCH, self.release_path, "commands after switch")
+        try:
+            self.run_checks(AFTER_SWITCH, self.release_path)
+        except HealthCheckFailed as failed:
+            self.revert(str(failed))
+            raise
+        self.finalize()
+
+    def finalize(self) -> None:
+        """Clean up old releases and release the lock."""
+        if not self.atomic or self.finished or self.layout is None:
+            return
+        protect = [
+            self.name,
+            *([self.prepared.live] if self.prepared and self.prepared.live else []),
+        ]
+        with self.reporter.step("clean up", self.server.id):
+            cleaned = self.layout.clean_up(
+                keep=self.server.keep_releases, protect=protect, unlock_owner=self.owner
+            )
+        self._finished(cleaned.removed)
+
+    def _finished(self, removed: list[str]) -> None:
+        self.finished = True
+        self.locked = False
+        self.result.removed_releases = removed
+        if removed:
+            self.log(f"Removed old releases: {', '.join(removed)}")
+
+    def revert(self, reason: str) -> None:
+        """Switch back to the release that was live before this deployment."""
+        previous = self.prepared.live if self.prepared else None
+        if not self.atomic or not self.switched:
+            self.abandon()
+            return
+        assert self.layout is not None and self.connection is not None
+        if previous is None:
+            self.log(f"Cannot roll back {self.server.name}: there was no release before this one")
+            self.result.reason = reason
+            return
+        with self.reporter.step("roll back", self.server.id):
+            # The lock may have been released after the switch: take it again (same owner).
+            self.layout.lock(
+                holder=f"Slipway rolling back #{self.spec.deployment_id}",
+                owner_id=self.owner,
+                stale_after=self.spec.lock_stale_after,
+            )
+            try:
+                self.layout.switch(previous)
+                self.log(f"Rolled back: current → releases/{previous} ({reason})")
+                previous_variables = {
+                    **self.variables,
+                    "release_path": f"{self.layout.deploy_path}/releases/{previous}",
+                    "release": previous,
+                    "endrev": self.server.live_revision or "",
+                }
+                if has_commands(self.spec.commands, STAGE_AFTER_SWITCH, self.server):
+                    run_commands(
+                        self.connection,
+                        self.spec.commands,
+                        stage=STAGE_AFTER_SWITCH,
+                        server=self.server,
+                        workdir=previous_variables["release_path"],
+                        variables=previous_variables,
+                        env=self.spec.server_env,
+                        reporter=self.reporter,
+                    )
+            finally:
+                with contextlib.suppress(Exception):
+                    self.layout.unlock(owner_id=self.owner)
+        self.locked = False
+        self.finished = True
+        self.switched = False
+        self.result.rolled_back = True
+        self.result.ok = False
+        self.result.release = previous
+        self.result.reason = reason
+        self.reporter.target_state(self.server.id, "rolled_back", reason)
+
+    def abandon(self) -> None:
+        """Drop a release that never went live, and release the lock."""
+        if self.atomic and self.locked and not self.switched and self.layout is not None:
+            with contextlib.suppress(Exception):
+                self.layout.discard(self.name, unlock_owner=self.owner)
+            self.locked = False
+        elif self.atomic and self.locked and self.layout is not None:
+            with contextlib.suppress(Exception):
+                self.layout.unlock(owner_id=self.owner)
+            self.locked = False
+
+    def close(self) -> None:
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                self.connection.close()
+
+    def fail(self, error: BaseException) -> None:
+        """Record a failure of this server (any phase) and leave its server as it was."""
+        if isinstance(error, Cancelled):
+            self.result.cancelled = True
+            self.result.error = error
+            self.log("Cancelled; the live release was left as it was")
+        elif isinstance(error, EngineError):
+            self.result.error = error
+            if not self.result.rolled_back:
+                self.log(f"Failed: {error}")
+        else:  # ours: keep the detail for the operator, not the page
+            self.result.error = InternalError(
+                f"Unexpected error on {self.server.name}: {type(error).__name__}"
+            )
+            self.log(f"Failed: {self.result.error}")
+            logger.error("Deploying to %s failed", self.server.name, exc_info=error)
+        if not self.result.rolled_back:
+            self.abandon()
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+def _each(
+    runs: Sequence[ServerRun], work: Callable[[ServerRun], None], *, limit: int, reporter: Reporter
+) -> None:
+    """Run ``work`` for each run in threads (at most ``limit`` at once); failures are recorded
+    on the run, never raised."""
+
+    def guarded(run: ServerRun) -> None:
+        try:
+            work(run)
+        except BaseException as error:
+            run.fail(error)
+        finally:
+            reporter.thread_finished()
+
+    if not runs:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(limit, len(runs)))) as pool:
+        list(pool.map(guarded, runs))
+
+
+def _failed(run: ServerRun) -> bool:
+    return run.result.error is not None or run.result.rolled_back or run.result.cancelled
+
+
+def _full(run: ServerRun) -> None:
+    run.connect()
+    run.prepare()
+    run.activate()
+    run.result.ok = True
+
+
+def _connect_and_prepare(run: ServerRun) -> None:
+    run.connect()
+    run.prepare()
+
+
+def _activate(run: ServerRun) -> None:
+    run.activate()
+    run.result.ok = True
+
+
+def _mark_untouched(runs: Sequence[ServerRun], reason: str, *, cancelled: bool = False) -> None:
+    for run in runs:
+        if cancelled:
+            run.result.cancelled = True
+        else:
+            run.result.skipped = True
+        run.result.reason = reason
+        run.reporter.target_state(run.server.id, "cancelled" if cancelled else "skipped", reason)
+
+
+def _revert_switched(
+    runs: Sequence[ServerRun], reason: str, reporter: Reporter, limit: int
+) -> None:
+    switched = [run for run in runs if run.switched and not run.result.rolled_back]
+    _each(switched, lambda run: run.revert(reason), limit=limit, reporter=reporter)
+
+
+def _failure_reason(runs: Sequence[ServerRun]) -> str:
+    failed = [run for run in runs if _failed(run) and not run.result.cancelled]
+    if not failed:
+        return ""
+    first = failed[0]
+    detail = first.result.reason or str(first.result.error or "failed")
+    return f"{first.server.name} failed: {detail}"
+
+
+def deliver(spec: DeploySpec, output: BuildOutput, reporter: Reporter) -> list[ServerResult]:
+    """Take the built release to every server of ``spec`` with its strategy."""
+    name = release.release_name(output.revision, spec.started_at)
+    archives = ArchiveCache(output)
+    runs = [
+        ServerRun(spec, server, output, name, archives, reporter, index)
+        for index, server in enumerate(spec.servers)
+    ]
+    strategy = spec.strategy
+    limit = min(spec.max_parallel, strategy.max_parallel)
+    try:
+        if strategy.kind == PREPARE_THEN_SWITCH:
+            _prepare_then_switch(runs, reporter, limit)
+        elif strategy.kind == ROLLING:
+            _rolling(runs, spec, reporter, limit)
+        elif strategy.kind == CANARY:
+            _canary(runs, spec, reporter, limit)
+        else:
+            _each(runs, _full, limit=limit, reporter=reporter)
+    finally:
+        for run in runs:
+            run.abandon()
+            run.close()
+        archives.close()
+    return [run.result for run in runs]
+
+
+def _prepare_then_switch(runs: list[ServerRun], reporter: Reporter, limit: int) -> None:
+    _each(runs, _connect_and_prepare, limit=limit, reporter=reporter)
+    if any(_failed(run) for run in runs):
+        reason = _failure_reason(runs) or "a server was cancelled"
+        reporter.log("system", f"Not switching any server: {reason}")
+        for run in runs:
+            if not _failed(run):
+                run.abandon()
+                _mark_untouched([run], f"Not switched: {reason}", cancelled=False)
+        return
+    reporter.log("system", f"All {len(runs)} servers are prepared: switching them together")
+    _each(runs, _activate, limit=len(runs), reporter=reporter)
+
+
+def _rolling(runs: list[ServerRun], spec: DeploySpec, reporter: Reporter, limit: int) -> None:
+    batches = spec.strategy.batches(len(runs))
+    for number, batch in enumerate(batches, start=1):
+        members = [runs[i] for i in batch]
+        names = ", ".join(run.server.name for run in members)
+        reporter.log("system", f"Batch {number}/{len(batches)}: {names}")
+        try:
+            reporter.check_cancelled()
+        except Cancelled:
+            _mark_untouched(
+                [run for i in range(batch.start, len(runs)) for run in [runs[i]]],
+                "Cancelled before this batch",
+                cancelled=True,
+            )
+            return
+        _each(members, _full, limit=limit, reporter=reporter)
+        if any(_failed(run) for run in members):
+            reason = _failure_reason(members) or "cancelled"
+            done = [runs[i] for i in range(0, batch.stop)]
+            reporter.log(
+                "system",
+                f"Batch {number} failed ({reason}): rolling back every server switched so far",
+            )
+            _revert_switched(done, reason, reporter, limit)
+            rest = [runs[i] for i in range(batch.stop, len(runs))]
+            _mark_untouched(rest, f"Never touched: {reason}")
+            return
+        if number < len(batches) and spec.strategy.pause_seconds:
+            reporter.log(
+                "system", f"Pausing {spec.strategy.pause_seconds:g} s before the next batch"
+            )
+            _pause(spec.strategy.pause_seconds, reporter)
+
+
+def _pause(seconds: float, reporter: Reporter) -> None:
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        reporter.check_cancelled()
+        time.sleep(min(left, 0.5))
+
+
+def _canary(runs: list[ServerRun], spec: DeploySpec, reporter: Reporter, limit: int) -> None:
+    strategy = spec.strategy
+    canaries, rest = runs[: strategy.canary_count], runs[strategy.canary_count :]
+    reporter.log("system", f"Canary: {', '.join(run.server.name for run in canaries)}")
+    _each(canaries, _full, limit=limit, reporter=reporter)
+    if any(_failed(run) for run in canaries):
+        reason = _failure_reason(canaries) or "cancelled"
+        _revert_switched(canaries, reason, reporter, limit)
+        _mark_untouched(rest, f"Never touched: {reason}")
+        return
+    if strategy.canary_window_seconds:
+        reporter.log("system", f"Watching the canaries for {strategy.canary_window_seconds:g} s")
+        problem = _watch(canaries, strategy.canary_window_seconds, reporter)
+        if problem:
+            _revert_switched(canaries, problem, reporter, limit)
+            _mark_untouched(rest, f"Never touched: {problem}")
+            return
+    if not rest:
+        return
+    if strategy.promotion == "manual":
+        for run in rest:
+            reporter.target_state(run.server.id, "waiting", "Waiting for promotion")
+        reporter.log("system", "Waiting for someone to promote (or abort) this deployment")
+        if not reporter.wait_for_promotion():
+            reason = "Aborted: the canaries were rolled back"
+            reporter.log("system", reason)
+            _revert_switched(canaries, "aborted", reporter, limit)
+            _mark_untouched(rest, reason, cancelled=True)
+            return
+        reporter.log("system", "Promoted: deploying to the other servers")
+    for run in rest:
+        reporter.target_state(run.server.id, "running")
+    _each(rest, _full, limit=limit, reporter=reporter)
+
+
+def _watch(canaries: Sequence[ServerRun], window: float, reporter: Reporter) -> str:
+    """Run the after-switch checks on the canaries until the window closes; the first problem."""
+    deadline = time.monotonic() + window
+    while True:
+        for run in canaries:
+            try:
+                run.run_checks(AFTER_SWITCH, run.release_path)
+            except HealthCheckFailed as failed:
+                return f"{run.server.name}: {failed}"
+        interval = (
+            min((c.interval_seconds for c in canaries[0].spec.health_checks), default=5.0) or 1.0
+        )
+        if time.monotonic() + interval > deadline:
+            return ""
+        _pause(interval, reporter)

@@ -1,0 +1,250 @@
+"""What a deployment is asked to do (inputs), how it reports (the Reporter), and what each
+server ended with (results). Plain dataclasses: the Django runner, the benchmark and the
+tests build them; the engine never reads a database."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from builds.engine import release
+from builds.engine.build import BuildSpec
+from builds.engine.errors import EngineError, InvalidInput
+from builds.engine.git import Commit
+from builds.engine.health import HealthCheckSpec
+from builds.engine.manifest import ChangeSet, Manifest
+from builds.engine.ssh import Endpoint
+
+STAGE_BEFORE_TRANSFER = "before_transfer"
+STAGE_BEFORE_SWITCH = "before_switch"
+STAGE_AFTER_SWITCH = "after_switch"
+
+PARALLEL = "parallel"
+PREPARE_THEN_SWITCH = "prepare_then_switch"
+ROLLING = "rolling"
+CANARY = "canary"
+STRATEGIES = (PARALLEL, PREPARE_THEN_SWITCH, ROLLING, CANARY)
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    id: int
+    name: str
+    endpoint: Endpoint
+    deploy_path: str
+    atomic: bool = True
+    #: False for SFTP-only servers: no shell, so files go in place and no command runs.
+    shell: bool = True
+    keep_releases: int = 3
+    environment: str = ""
+    file_mode: str = ""
+    directory_mode: str = ""
+    live_release: str | None = None
+    live_revision: str | None = None
+    live_manifest: Manifest | None = field(default=None, repr=False)
+
+    @property
+    def first_deploy(self) -> bool:
+        return self.live_revision is None
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    command: str
+    stage: str
+    description: str = ""
+    run_on: str = "always"  # always | first | not_first
+    halt_on_error: bool = True
+    timeout_seconds: int | None = None
+    server_ids: frozenset[int] = frozenset()  # empty: every server
+
+    def applies_to(self, server: ServerSpec) -> bool:
+        if self.server_ids and server.id not in self.server_ids:
+            return False
+        if self.run_on == "first":
+            return server.first_deploy
+        if self.run_on == "not_first":
+            return not server.first_deploy
+        return True
+
+
+@dataclass(frozen=True)
+class ConfigFileSpec:
+    path: str
+    body: str = field(repr=False)
+    server_ids: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """How the servers of one deployment take the new release (see rollout.py)."""
+
+    kind: str = PARALLEL
+    #: Servers worked on at once (parallel, prepare_then_switch, the rest after a canary).
+    max_parallel: int = 5
+    #: Rolling: servers per batch, as a count, or as a percentage of the servers.
+    batch_size: int = 1
+    batch_percent: int | None = None
+    #: Canary: how many servers first, watched for how long, then promoted how.
+    canary_count: int = 1
+    canary_window_seconds: float = 0.0
+    promotion: str = "auto"  # auto | manual
+    #: Rolling: wait between batches.
+    pause_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in STRATEGIES:
+            raise InvalidInput("strategy", f"{self.kind!r} must be one of {', '.join(STRATEGIES)}")
+        if self.max_parallel < 1:
+            raise InvalidInput("max_parallel", "must be at least 1")
+        if self.batch_size < 1:
+            raise InvalidInput("batch_size", "must be at least 1")
+        if self.batch_percent is not None and not 1 <= self.batch_percent <= 100:
+            raise InvalidInput("batch_size", "a percentage must be between 1% and 100%")
+        if self.canary_count < 1:
+            raise InvalidInput("canary_count", "must be at least 1")
+        if self.canary_window_seconds < 0 or self.pause_seconds < 0:
+            raise InvalidInput("canary_window_seconds", "durations cannot be negative")
+        if self.promotion not in ("auto", "manual"):
+            raise InvalidInput("promotion", "must be 'auto' or 'manual'")
+
+    def batches(self, count: int) -> list[range]:
+        """Consecutive index ranges covering ``count`` servers."""
+        size = self.batch_size
+        if self.batch_percent is not None:
+            size = max(1, (count * self.batch_percent + 99) // 100)
+        return [range(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+@dataclass(frozen=True)
+class DeploySpec:
+    deployment_id: int
+    project: str
+    build: BuildSpec
+    servers: tuple[ServerSpec, ...]
+    branch: str = ""
+    deployer: str = ""
+    commands: tuple[CommandSpec, ...] = ()
+    config_files: tuple[ConfigFileSpec, ...] = ()
+    shared_paths: tuple[str, ...] = ()
+    server_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    health_checks: tuple[HealthCheckSpec, ...] = ()
+    strategy: StrategySpec = field(default_factory=StrategySpec)
+    full: bool = False
+    config_only: bool = False
+    max_parallel: int = 5
+    lock_stale_after: int = 3600
+    #: Used for the release name, so that every server gets the same one.
+    started_at: float | None = None
+    #: Asked about a lock's owner ("deployment-12"): True when that deployment has finished
+    #: (it died without unlocking), so its lock may be taken over at once.
+    lock_owner_finished: Callable[[str], bool] = field(default=lambda owner: False, repr=False)
+
+
+@dataclass(frozen=True)
+class RollbackSpec:
+    deployment_id: int
+    project: str
+    servers: tuple[ServerSpec, ...]
+    #: server id -> release name to switch to
+    targets: Mapping[int, str]
+    #: server id -> revision of that release (for %endrev%)
+    revisions: Mapping[int, str] = field(default_factory=dict)
+    branch: str = ""
+    deployer: str = ""
+    commands: tuple[CommandSpec, ...] = ()
+    server_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    max_parallel: int = 5
+    lock_stale_after: int = 3600
+    lock_owner_finished: Callable[[str], bool] = field(default=lambda owner: False, repr=False)
+
+
+class Reporter(Protocol):
+    def log(self, stream: str, text: str, server: int | None = None) -> None: ...
+
+    def step(
+        self, name: str, server: int | None = None
+    ) -> contextlib.AbstractContextManager[None]: ...
+
+    def progress(
+        self, server: int, files_done: int, files_total: int, bytes_done: int, bytes_total: int
+    ) -> None: ...
+
+    def check_cancelled(self) -> None: ...
+
+    def thread_finished(self) -> None:
+        """Called at the end of each per-server thread (to release per-thread resources)."""
+
+    def target_state(self, server: int, state: str, reason: str = "") -> None:
+        """A server's state changed while the deployment runs ("waiting" for promotion...)."""
+
+    def wait_for_promotion(self) -> bool:
+        """Block until someone promotes (True) or aborts (False) a waiting canary deployment."""
+        return False
+
+
+@dataclass
+class ServerResult:
+    server_id: int
+    ok: bool = False
+    cancelled: bool = False
+    #: The release went live, then was switched back (a failed health check, an abort...).
+    rolled_back: bool = False
+    #: Never touched (a rolling deployment stopped before this server's batch).
+    skipped: bool = False
+    reason: str = ""
+    release: str | None = None
+    previous_release: str | None = None
+    removed_releases: list[str] = field(default_factory=list)
+    manifest: Manifest | None = None
+    changes: ChangeSet | None = None
+    error: EngineError | None = None
+
+
+@dataclass
+class DeployResult:
+    revision: str
+    servers: list[ServerResult]
+    commits: list[Commit] = field(default_factory=list)
+    changes: ChangeSet | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(result.ok for result in self.servers)
+
+
+def lock_owner(deployment_id: int) -> str:
+    return f"deployment-{deployment_id}"
+
+
+def variables_for(
+    *,
+    server: ServerSpec,
+    release_path: str,
+    name: str,
+    revision: str,
+    project: str,
+    branch: str,
+    deployer: str,
+    index: int = 0,
+) -> dict[str, str]:
+    """The ``%variables%`` of one server in one deployment."""
+    deploy_path = release.validate_deploy_path(server.deploy_path)
+    return {
+        "release_path": release_path,
+        "shared_path": f"{deploy_path}/shared",
+        "current_path": f"{deploy_path}/current",
+        "deploy_path": deploy_path,
+        "startrev": server.live_revision or "",
+        "endrev": revision,
+        "branch": branch,
+        "environment": server.environment,
+        "deployer": deployer,
+        "project": project,
+        "server": server.name,
+        "release": name,
+        # 1 for the first server of the deployment (e.g. run migrations only where it is 1).
+        "groupindex": str(index + 1),
+    }
