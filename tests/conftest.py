@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.support.sshd", "tests.support.gitrepos", "tests.support.deployments"]
+pytest_plugins = [
+    "tests.support.sshd",
+    "tests.support.gitrepos",
+    "tests.support.deployments",
+    "tests.support.webserve",
+]
 
 
 @pytest.fixture

@@ -244,6 +244,7 @@ def variables_for(
         "deployer": deployer,
         "project": project,
         "server": server.name,
+        "hostname": server.endpoint.hostname,
         "release": name,
         # 1 for the first server of the deployment (e.g. run migrations only where it is 1).
         "groupindex": str(index + 1),

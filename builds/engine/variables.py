@@ -20,6 +20,8 @@ DOCUMENTED = {
     "deployer": "Who started the deployment",
     "project": "The project's name",
     "server": "The server's name",
+    "hostname": "The server's host name",
+    "groupindex": "The server's place in the deployment, from 1 (e.g. migrate only where it is 1)",
     "release": "The release name",
 }
 
