@@ -100,6 +100,8 @@ class Deployment(models.Model):
     config_only = models.BooleanField(default=False)
     # For a rollback: the release name to go back to ("" = the one live before).
     rollback_release = models.CharField(max_length=100, blank=True)
+    # Overrides the group's strategy for this deployment ("" = the group's, or parallel).
+    strategy = models.CharField(max_length=30, blank=True)
     rollback_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="rollbacks"
     )

@@ -19,13 +19,14 @@ from django.utils import timezone
 
 from builds.engine import pipeline
 from builds.engine.build import BuildCommandSpec, BuildSpec
-from builds.engine.errors import Cancelled, EngineError
+from builds.engine.errors import Aborted, Cancelled, EngineError
 from builds.engine.git import Commit
+from builds.engine.health import HealthCheckSpec
 from builds.engine.manifest import ChangeSet, Manifest
 from builds.engine.masking import Masker
 from builds.engine.ssh import Endpoint
 from builds.logs import LogWriter
-from builds.models import Deployment, DeploymentTarget, Kind, Status, Step, TargetStatus
+from builds.models import FINAL, Deployment, DeploymentTarget, Kind, Status, Step, TargetStatus
 from builds.services import deployment_broadcast_status, deployment_finish
 from projects.models import Project
 from servers.models import AuthMethod, Protocol, Release, Server
@@ -53,6 +54,7 @@ class DatabaseReporter:
         self.writer = writer
         self._cancel_checked = 0.0
         self._cancelled = False
+        self._aborted = False
         self._progress_at: dict[int, float] = {}
         self._lock = threading.Lock()
 
@@ -123,9 +125,15 @@ class DatabaseReporter:
         now = time.monotonic()
         if not self._cancelled and now - self._cancel_checked >= CANCEL_POLL_SECONDS:
             self._cancel_checked = now
-            self._cancelled = Deployment.objects.filter(
-                pk=self.deployment.pk, cancel_requested_at__isnull=False
-            ).exists()
+            requests = (
+                Deployment.objects.filter(pk=self.deployment.pk)
+                .values("cancel_requested_at", "abort_requested_at")
+                .get()
+            )
+            self._aborted = requests["abort_requested_at"] is not None
+            self._cancelled = self._aborted or requests["cancel_requested_at"] is not None
+        if self._aborted:
+            raise Aborted("Aborted on request")
         if self._cancelled:
             raise Cancelled("Cancelled on request")
 
@@ -256,6 +264,65 @@ def command_specs(project: Project) -> tuple[pipeline.CommandSpec, ...]:
     )
 
 
+def strategy_spec(deployment: Deployment) -> pipeline.StrategySpec:
+    """The group's strategy, or the deployment's override; parallel without a group."""
+    group = deployment.group
+    kind = deployment.strategy or (group.strategy if group is not None else "parallel")
+    if group is None:
+        return pipeline.StrategySpec(kind=kind)
+    size, percent = parse_batch_size(group.batch_size)
+    return pipeline.StrategySpec(
+        kind=kind,
+        max_parallel=group.max_parallel,
+        batch_size=size,
+        batch_percent=percent,
+        canary_count=group.canary_count,
+        canary_window_seconds=group.canary_window_seconds,
+        promotion=group.promotion,
+        pause_seconds=group.pause_seconds,
+    )
+
+
+def parse_batch_size(value: str) -> tuple[int, int | None]:
+    """ "3" → (3, None); "25%" → (1, 25). Raises InvalidInput naming batch_size."""
+    from builds.engine.errors import InvalidInput
+
+    text = str(value).strip()
+    try:
+        if text.endswith("%"):
+            percent = int(text[:-1])
+            if not 1 <= percent <= 100:
+                raise ValueError
+            return 1, percent
+        size = int(text)
+        if size < 1:
+            raise ValueError
+        return size, None
+    except ValueError:
+        raise InvalidInput(
+            "batch_size", f"{value!r} must be a number of servers or a percentage such as 25%"
+        ) from None
+
+
+def health_check_specs(project: Project) -> tuple[HealthCheckSpec, ...]:
+    return tuple(
+        HealthCheckSpec(
+            kind=check.kind,
+            when=check.when,
+            url=check.url,
+            expected_status=check.expected_status,
+            body_contains=check.body_contains,
+            command=check.command,
+            timeout_seconds=check.timeout_seconds,
+            retries=check.retries,
+            interval_seconds=check.interval_seconds,
+            server_ids=frozenset(check.servers.values_list("pk", flat=True)),
+            name=f"#{check.pk}",
+        )
+        for check in project.health_checks.prefetch_related("servers")
+    )
+
+
 def _deployer_name(deployment: Deployment) -> str:
     if deployment.triggered_by is not None:
         return deployment.triggered_by.get_username()
@@ -264,7 +331,9 @@ def _deployer_name(deployment: Deployment) -> str:
 
 def run(deployment: Deployment) -> None:
     """Run a deployment that services.deployment_claim moved to running."""
-    deployment = Deployment.objects.select_related("project", "triggered_by").get(pk=deployment.pk)
+    deployment = Deployment.objects.select_related("project", "triggered_by", "group").get(
+        pk=deployment.pk
+    )
     project = deployment.project
     # A preview's targets stay "skipped" (it touches no server) and are read all the same.
     wanted = TargetStatus.SKIPPED if deployment.kind == Kind.PREVIEW else TargetStatus.RUNNING
@@ -317,6 +386,14 @@ def run(deployment: Deployment) -> None:
         shutil.rmtree(workspace, ignore_errors=True)
 
 
+def _lock_owner_finished(owner: str) -> bool:
+    """A lock left on a server by a deployment that has finished (its worker died)."""
+    prefix = "deployment-"
+    if not owner.startswith(prefix) or not owner[len(prefix) :].isdigit():
+        return False
+    return Deployment.objects.filter(pk=int(owner[len(prefix) :]), status__in=FINAL).exists()
+
+
 def _revision_for(deployment: Deployment, servers: list[Server]) -> str:
     if deployment.revision:
         return deployment.revision
@@ -349,6 +426,9 @@ def _run_deploy(
         ),
         shared_paths=tuple(project.shared_paths),
         server_env={v.name: v.value for v in project.environment_variables.filter(servers=True)},
+        health_checks=health_check_specs(project),
+        strategy=strategy_spec(deployment),
+        lock_owner_finished=_lock_owner_finished,
         full=deployment.full,
         config_only=deployment.config_only,
         lock_stale_after=settings.DEPLOYMENT_TIME_LIMIT,
@@ -386,6 +466,7 @@ def _run_rollback(
             v.name: v.value for v in deployment.project.environment_variables.filter(servers=True)
         },
         lock_stale_after=settings.DEPLOYMENT_TIME_LIMIT,
+        lock_owner_finished=_lock_owner_finished,
     )
     results = pipeline.rollback(spec, reporter)
     ends = set(revisions.values())
@@ -466,7 +547,6 @@ def _record(
     deployment: Deployment, results: list[pipeline.ServerResult], *, revision: str | None
 ) -> None:
     now = timezone.now()
-    any_cancelled = any(r.cancelled for r in results)
     for result in results:
         target = DeploymentTarget.objects.get(deployment=deployment, server_id=result.server_id)
         with transaction.atomic():
@@ -474,38 +554,44 @@ def _record(
                 target.status = TargetStatus.SUCCEEDED
                 if result.release:
                     _mark_live(deployment, result, revision)
+            elif result.rolled_back:
+                target.status = TargetStatus.ROLLED_BACK
+            elif result.skipped:
+                target.status = TargetStatus.SKIPPED
             elif result.cancelled:
                 target.status = TargetStatus.CANCELLED
             else:
                 target.status = TargetStatus.FAILED
             target.release = result.release or ""
             target.previous_release = result.previous_release or ""
-            target.reason = (
-                str(result.error)
-                if result.error and result.error.user_facing
-                else ("Internal error" if result.error else "")
-            )
+            if result.error is not None and not result.error.user_facing:
+                target.reason = "Internal error"
+            else:
+                target.reason = (result.reason or str(result.error or ""))[:2000]
             target.finished_at = now
             target.save()
             if result.removed_releases:
                 Release.objects.filter(
                     server_id=result.server_id, name__in=result.removed_releases
                 ).update(removed_at=now, live=False)
-    failed = [r for r in results if not r.ok and not r.cancelled]
+    failed = [r for r in results if r.error is not None and not r.cancelled]
     if failed:
         names = dict(
             Server.objects.filter(pk__in=[r.server_id for r in failed]).values_list("pk", "name")
         )
-        error = "; ".join(f"{names.get(r.server_id, r.server_id)}: {r.error}" for r in failed)
+        error = "; ".join(
+            f"{names.get(r.server_id, r.server_id)}: "
+            + (str(r.error) if r.error is not None and r.error.user_facing else "Internal error")
+            + (" (rolled back)" if r.rolled_back else "")
+            for r in failed
+        )
         code = failed[0].error.code if failed[0].error else "error"
         deployment_finish(deployment, status=Status.FAILED, error=error, error_code=code)
-    elif any_cancelled:
-        deployment_finish(
-            deployment,
-            status=Status.CANCELLED,
-            error="Cancelled on request",
-            error_code="cancelled",
+    elif any(r.cancelled or r.rolled_back for r in results):
+        reason = next(
+            (r.reason for r in results if r.cancelled and r.reason), "Cancelled on request"
         )
+        deployment_finish(deployment, status=Status.CANCELLED, error=reason, error_code="cancelled")
     else:
         deployment_finish(deployment, status=Status.SUCCEEDED)
 

@@ -78,6 +78,7 @@ def deployment_create(
     config_only: bool = False,
     rollback_release: str = "",
     rollback_of: Deployment | None = None,
+    strategy: str = "",
 ) -> Deployment:
     """Record a deployment and queue it once the transaction commits.
 
@@ -122,6 +123,7 @@ def deployment_create(
             config_only=config_only,
             rollback_release=rollback_release,
             rollback_of=rollback_of,
+            strategy=strategy,
         )
         if kind != Kind.PREVIEW:
             _supersede_queued(targets, by=deployment)
@@ -262,6 +264,27 @@ def deployment_request_cancel(deployment: Deployment) -> bool:
         pk=deployment.pk, status=Status.RUNNING, cancel_requested_at=None
     ).update(cancel_requested_at=now)
     return bool(changed)
+
+
+def deployment_promote(deployment: Deployment) -> bool:
+    """Let a canary deployment waiting for a person go on to the other servers."""
+    return bool(
+        Deployment.objects.filter(
+            pk=deployment.pk,
+            status=Status.RUNNING,
+            promote_requested_at=None,
+            abort_requested_at=None,
+        ).update(promote_requested_at=timezone.now())
+    )
+
+
+def deployment_abort(deployment: Deployment) -> bool:
+    """Stop a running deployment and roll back the servers it switched (canaries...)."""
+    return bool(
+        Deployment.objects.filter(
+            pk=deployment.pk, status=Status.RUNNING, abort_requested_at=None
+        ).update(abort_requested_at=timezone.now())
+    )
 
 
 def deployments_reap_stale() -> int:

@@ -70,12 +70,32 @@ class Server(models.Model):
         return self.releases.filter(live=True).first()
 
 
+class Strategy(models.TextChoices):
+    PARALLEL = "parallel", "All servers at once"
+    PREPARE_THEN_SWITCH = "prepare_then_switch", "Prepare every server, then switch together"
+    ROLLING = "rolling", "Rolling, in batches"
+    CANARY = "canary", "Canary first, then the rest"
+
+
+class Promotion(models.TextChoices):
+    AUTO = "auto", "Automatically after the window"
+    MANUAL = "manual", "When someone presses Promote"
+
+
 class ServerGroup(models.Model):
     project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="groups")
     name = models.CharField(max_length=100)
     branch = models.CharField(max_length=255, blank=True)
     environment = models.CharField(max_length=50, blank=True)
     auto_deploy = models.BooleanField(default=True)
+    strategy = models.CharField(max_length=30, choices=Strategy.choices, default=Strategy.PARALLEL)
+    max_parallel = models.PositiveIntegerField(default=5)
+    # Rolling: servers per batch, "2" or a percentage such as "25%".
+    batch_size = models.CharField(max_length=10, default="1")
+    canary_count = models.PositiveIntegerField(default=1)
+    canary_window_seconds = models.PositiveIntegerField(default=0)
+    promotion = models.CharField(max_length=10, choices=Promotion.choices, default=Promotion.AUTO)
+    pause_seconds = models.PositiveIntegerField(default=0)
     servers = models.ManyToManyField(Server, through="GroupMember", related_name="groups")
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -141,3 +161,43 @@ class Release(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class HealthCheckKind(models.TextChoices):
+    HTTP = "http", "HTTP request from the worker"
+    COMMAND = "command", "Command over SSH"
+
+
+class HealthCheckWhen(models.TextChoices):
+    BEFORE_SWITCH = "before_switch", "Before the switch (against the prepared release)"
+    AFTER_SWITCH = "after_switch", "After the switch"
+
+
+class HealthCheck(models.Model):
+    """Is a server healthy on a release? Failing after the switch rolls the server back."""
+
+    project = models.ForeignKey(
+        "projects.Project", on_delete=models.CASCADE, related_name="health_checks"
+    )
+    kind = models.CharField(max_length=10, choices=HealthCheckKind.choices)
+    when = models.CharField(
+        max_length=20, choices=HealthCheckWhen.choices, default=HealthCheckWhen.AFTER_SWITCH
+    )
+    # HTTP: a URL with %variables% (e.g. http://%hostname%/health), the status and text expected.
+    url = models.CharField(max_length=500, blank=True)
+    expected_status = models.PositiveIntegerField(default=200)
+    body_contains = models.CharField(max_length=255, blank=True)
+    # Command: exit code 0 is healthy; it runs in the release directory.
+    command = models.TextField(blank=True)
+    timeout_seconds = models.PositiveIntegerField(default=5)
+    retries = models.PositiveIntegerField(default=3)
+    interval_seconds = models.PositiveIntegerField(default=5)
+    # Empty means every server of the project.
+    servers = models.ManyToManyField(Server, blank=True, related_name="health_checks")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.url or self.command

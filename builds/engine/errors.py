@@ -112,3 +112,9 @@ class TransferFailed(UserError):
 
 class Cancelled(UserError):
     code = "cancelled"
+
+
+class Aborted(Cancelled):
+    """Stopped on request, and what this deployment switched is to be rolled back."""
+
+    code = "aborted"

@@ -26,7 +26,14 @@ from pathlib import Path
 from builds.engine import direct, release
 from builds.engine.archive import SharedArchive
 from builds.engine.build import BuildOutput
-from builds.engine.errors import Cancelled, EngineError, InternalError, LockHeld, UserError
+from builds.engine.errors import (
+    Aborted,
+    Cancelled,
+    EngineError,
+    InternalError,
+    LockHeld,
+    UserError,
+)
 from builds.engine.health import (
     AFTER_SWITCH,
     BEFORE_SWITCH,
@@ -601,6 +608,9 @@ def deliver(spec: DeploySpec, output: BuildOutput, reporter: Reporter) -> list[S
             _canary(runs, spec, reporter, limit)
         else:
             _each(runs, _full, limit=limit, reporter=reporter)
+        if any(isinstance(run.result.error, Aborted) for run in runs):
+            reporter.log("system", "Aborted: rolling back every server this deployment switched")
+            _revert_switched(runs, "aborted", reporter, limit)
     finally:
         for run in runs:
             run.abandon()
