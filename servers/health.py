@@ -1,0 +1,85 @@
+"""Validation of health checks and group strategies, shared by the API and the dashboard."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from django.conf import settings
+
+from builds.engine.errors import InvalidInput
+from builds.engine.health import HealthCheckSpec
+from builds.runner import parse_batch_size
+from servers.models import HealthCheckKind, HealthCheckWhen, Promotion, Strategy
+
+
+def health_check_clean(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Check one health check's fields; InvalidInput names the field at fault."""
+    cleaned = dict(data)
+    kind = cleaned.get("kind", "")
+    if kind not in HealthCheckKind.values:
+        raise InvalidInput("kind", f"{kind!r} must be 'http' or 'command'")
+    when = cleaned.setdefault("when", HealthCheckWhen.AFTER_SWITCH)
+    if when not in HealthCheckWhen.values:
+        raise InvalidInput("when", f"{when!r} must be 'before_switch' or 'after_switch'")
+    url = str(cleaned.get("url") or "").strip()
+    if kind == HealthCheckKind.HTTP and not url.startswith(("http://", "https://")):
+        raise InvalidInput("url", "an HTTP check needs an http:// or https:// URL")
+    for field, low, high in (
+        ("expected_status", 100, 599),
+        ("timeout_seconds", 1, 600),
+        ("retries", 1, 100),
+        ("interval_seconds", 0, 3600),
+    ):
+        if field in cleaned and cleaned[field] is not None:
+            value = cleaned[field]
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise InvalidInput(field, f"must be a whole number from {low} to {high}")
+    # The engine's own checks (an HTTP check after the switch, a command present...).
+    spec = HealthCheckSpec(
+        kind=kind,
+        when=when,
+        url=url,
+        command=str(cleaned.get("command") or ""),
+        expected_status=cleaned.get("expected_status", 200),
+        timeout_seconds=cleaned.get("timeout_seconds", 5),
+        retries=cleaned.get("retries", 3),
+        interval_seconds=cleaned.get("interval_seconds", 5),
+    )
+    limit = settings.DEPLOYMENT_TIME_LIMIT
+    if spec.longest_seconds > limit:
+        raise InvalidInput(
+            "retries",
+            f"{spec.retries} attempts of up to {spec.timeout_seconds:g} s with {spec.interval_seconds:g} s "
+            f"between them take up to {spec.longest_seconds:g} s, longer than a deployment may run "
+            f"({limit} s, SLIPWAY_DEPLOYMENT_TIME_LIMIT)",
+        )
+    cleaned["url"] = url
+    return cleaned
+
+
+def strategy_clean(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a group's strategy fields; InvalidInput names the field at fault."""
+    cleaned = dict(data)
+    if "strategy" in cleaned and cleaned["strategy"] not in Strategy.values:
+        raise InvalidInput(
+            "strategy", f"{cleaned['strategy']!r} must be one of {', '.join(Strategy.values)}"
+        )
+    if "promotion" in cleaned and cleaned["promotion"] not in Promotion.values:
+        raise InvalidInput("promotion", "must be 'auto' or 'manual'")
+    if "batch_size" in cleaned:
+        parse_batch_size(str(cleaned["batch_size"]))
+        cleaned["batch_size"] = str(cleaned["batch_size"]).strip()
+    for field in ("max_parallel", "canary_count"):
+        if field in cleaned and (not isinstance(cleaned[field], int) or cleaned[field] < 1):
+            raise InvalidInput(field, "must be a whole number of at least 1")
+    for field in ("canary_window_seconds", "pause_seconds"):
+        if field in cleaned and (not isinstance(cleaned[field], int) or cleaned[field] < 0):
+            raise InvalidInput(field, "must be a whole number of seconds, 0 or more")
+    window = cleaned.get("canary_window_seconds", 0) + cleaned.get("pause_seconds", 0)
+    if window >= settings.DEPLOYMENT_TIME_LIMIT:
+        raise InvalidInput(
+            "canary_window_seconds",
+            f"must fit inside the deployment time limit ({settings.DEPLOYMENT_TIME_LIMIT} s)",
+        )
+    return cleaned
