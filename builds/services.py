@@ -13,6 +13,7 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from builds import notifications
 from builds.engine.git import validate_ref
 from builds.logs import broadcast
 from builds.models import (
@@ -209,6 +210,8 @@ def deployment_claim(
         return None
     deployment.refresh_from_db()
     deployment_broadcast_status(deployment)
+    if deployment.kind != Kind.PREVIEW:
+        notifications.deployment_event(deployment, "started")
     return deployment
 
 
@@ -220,7 +223,7 @@ def deployment_finish(
     deployment: Deployment, *, status: str, error: str = "", error_code: str = ""
 ) -> None:
     now = timezone.now()
-    Deployment.objects.filter(pk=deployment.pk, status__in=ACTIVE).update(
+    finished = Deployment.objects.filter(pk=deployment.pk, status__in=ACTIVE).update(
         status=status, error=error, error_code=error_code, finished_at=now, stage=""
     )
     deployment.targets.filter(status__in=TARGET_ACTIVE).update(
@@ -230,7 +233,24 @@ def deployment_finish(
     )
     deployment.refresh_from_db()
     deployment_broadcast_status(deployment)
+    if finished and deployment.kind != Kind.PREVIEW:
+        _notify_finished(deployment)
     dispatch_ready(server_ids=list(deployment.targets.values_list("server_id", flat=True)))
+
+
+def _notify_finished(deployment: Deployment) -> None:
+    """Record the notifications of a finished deployment (sending never delays it)."""
+    if deployment.status == Status.SUCCEEDED:
+        notifications.deployment_event(
+            deployment, "rolled_back" if deployment.kind == Kind.ROLLBACK else "succeeded"
+        )
+    elif deployment.status == Status.FAILED:
+        notifications.deployment_event(deployment, "failed")
+        if deployment.targets.filter(status=TargetStatus.ROLLED_BACK).exists():
+            notifications.deployment_event(deployment, "rolled_back")
+    elif deployment.targets.filter(status=TargetStatus.ROLLED_BACK).exists():
+        # An aborted canary: the servers it had switched were rolled back.
+        notifications.deployment_event(deployment, "rolled_back")
 
 
 def dispatch_ready(*, server_ids: Sequence[int] | None = None) -> int:

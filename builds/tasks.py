@@ -23,3 +23,20 @@ def run_deployment(self: object, deployment_id: int) -> None:
 @shared_task(ignore_result=True)
 def reap_stale_deployments() -> int:
     return services.deployments_reap_stale()
+
+
+# Notifications: sending one is bounded by builds.outbound's total timeout (30 s) or the mail
+# server's (10 s per step); these limits only stop a send that hangs in spite of them, and stay
+# below the claim's lease (builds.notifications.CLAIM_LEASE, 5 min).
+@shared_task(acks_late=True, ignore_result=True, soft_time_limit=120, time_limit=150)
+def send_notification_delivery(delivery_id: int) -> None:
+    from builds.notifications import delivery_attempt
+
+    delivery_attempt(delivery_id)
+
+
+@shared_task(ignore_result=True, soft_time_limit=660, time_limit=720)
+def resend_due_notification_deliveries() -> int:
+    from builds.notifications import resend_due
+
+    return resend_due()

@@ -46,11 +46,13 @@ def start_worker() -> WorkController:
 
 
 def _reap_forever() -> None:
-    from builds.tasks import reap_stale_deployments
+    """The embedded mode's `celery beat`: the same periodic tasks, in a thread."""
+    from builds.tasks import reap_stale_deployments, resend_due_notification_deliveries
 
     stop = threading.Event()
     while not stop.wait(REAPER_INTERVAL_SECONDS):
-        try:
-            reap_stale_deployments()
-        except Exception:  # the reaper must outlive a passing database error
-            logger.exception("Reaping stale deployments failed")
+        for periodic in (reap_stale_deployments, resend_due_notification_deliveries):
+            try:
+                periodic()
+            except Exception:  # the loop must outlive a passing database error
+                logger.exception("%s failed", periodic.name)

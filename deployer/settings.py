@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import secrets
 import warnings
+from email.utils import parseaddr
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import environ
 
@@ -141,6 +143,9 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 30,
             },
+            # Tests use a file too: an in-memory database shares one cache between threads, and
+            # its table locks fail at once ("table is locked") instead of waiting their turn.
+            "TEST": {"NAME": DATA_DIR / "test.sqlite3"},
         }
     }
 
@@ -217,6 +222,11 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-deployments": {"task": "builds.tasks.reap_stale_deployments", "schedule": 30.0},
+    # Notifications whose message was lost (a broker restart) or whose retry is due.
+    "resend-due-notifications": {
+        "task": "builds.tasks.resend_due_notification_deliveries",
+        "schedule": 60.0,
+    },
 }
 
 # WhiteNoise serves files with a synchronous iterator; under ASGI Django warns for each one.
@@ -237,3 +247,33 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"paramiko": {"level": "WARNING"}},
 }
+
+# --- Notifications (docs/notifications.md) ---------------------------------------------------
+# Notification URLs may point at private addresses (a chat server on the office network) only
+# when the administrator allows it; link-local and cloud metadata addresses stay refused anyway.
+ALLOW_PRIVATE_NOTIFICATION_TARGETS = env.boolean(
+    "SLIPWAY_ALLOW_PRIVATE_NOTIFICATION_TARGETS", False
+)
+# Email notifications: smtp://user:password@host:port (no TLS), smtp+tls:// (STARTTLS) or
+# smtps:// (TLS from the first byte); percent-encode special characters in the password.
+# Unset: email notifications are refused when they are saved.
+SMTP_URL = env.url("SLIPWAY_SMTP_URL", ("smtp", "smtp+tls", "smtps"))
+EMAIL_FROM = env.string("SLIPWAY_EMAIL_FROM")
+if EMAIL_FROM and "@" not in parseaddr(EMAIL_FROM)[1]:
+    raise ConfigurationError(
+        f"SLIPWAY_EMAIL_FROM={EMAIL_FROM!r} is not an address (deploys@example.com, or "
+        "Slipway <deploys@example.com>)"
+    )
+_smtp = urlsplit(SMTP_URL)
+try:
+    EMAIL_PORT = _smtp.port or {"smtps": 465, "smtp+tls": 587}.get(_smtp.scheme, 25)
+except ValueError:
+    raise ConfigurationError("SLIPWAY_SMTP_URL has a port that is not a number") from None
+EMAIL_HOST = _smtp.hostname or "localhost"
+EMAIL_HOST_USER = unquote(_smtp.username or "")
+EMAIL_HOST_PASSWORD = unquote(_smtp.password or "")
+EMAIL_USE_TLS = _smtp.scheme == "smtp+tls"
+EMAIL_USE_SSL = _smtp.scheme == "smtps"
+# Django's default is no timeout at all: a silent mail server would hold a worker forever.
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = EMAIL_FROM or "slipway@localhost"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import uuid
+from datetime import datetime
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -276,3 +278,146 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.target}"
+
+
+# --------------------------------------------------------------------------- notifications
+
+
+class NotificationKind(models.TextChoices):
+    EMAIL = "email", "Email"
+    SLACK = "slack", "Slack"
+    DISCORD = "discord", "Discord"
+    TEAMS = "teams", "Microsoft Teams"
+    WEBHOOK = "webhook", "Webhook (signed JSON)"
+
+
+# Kinds delivered by an HTTP POST to the notification's URL (the others go by email).
+URL_KINDS = (
+    NotificationKind.SLACK,
+    NotificationKind.DISCORD,
+    NotificationKind.TEAMS,
+    NotificationKind.WEBHOOK,
+)
+
+
+class NotificationEvent(models.TextChoices):
+    STARTED = "started", "Started"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    ROLLED_BACK = "rolled_back", "Rolled back"
+
+
+def _all_events() -> list[str]:
+    return list(NotificationEvent.values)
+
+
+class Notification(models.Model):
+    """Where to tell people about a project's deployments (see builds.notifications)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="notifications")
+    kind = models.CharField(max_length=20, choices=NotificationKind.choices)
+    # Slack, Discord and Teams incoming-webhook URLs carry their token in the path: encrypted,
+    # and shown (in errors, the audit log, lists) as scheme://host only.
+    url = EncryptedTextField(blank=True)
+    address = models.CharField(max_length=254, blank=True)
+    # NotificationEvent values this notification fires on.
+    events = models.JSONField(default=_all_events)
+    # Empty means every server of the project.
+    servers = models.ManyToManyField("servers.Server", blank=True, related_name="notifications")
+    # Signs `webhook` deliveries (X-Slipway-Signature); write-only in the UI and the API.
+    secret = EncryptedTextField(blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} to {self.destination}"
+
+    @property
+    def destination(self) -> str:
+        """Where it goes, safe to show: the address, or the URL's scheme://host[:port]."""
+        if self.kind == NotificationKind.EMAIL:
+            return self.address
+        from builds.outbound import origin_of
+
+        return origin_of(self.url)
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    # Claimed by a worker; next_attempt_at is then the end of its lease.
+    SENDING = "sending", "Sending"
+    SENT = "sent", "Sent"
+    RETRYING = "retrying", "Retrying"
+    FAILED = "failed", "Failed"
+
+
+# Deliveries someone still has to send once their next_attempt_at is past.
+DELIVERY_OPEN = (DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.RETRYING)
+DELIVERY_FINAL = (DeliveryStatus.SENT, DeliveryStatus.FAILED)
+
+
+class NotificationDeliveryQuerySet(models.QuerySet["NotificationDelivery"]):
+    def due(self, now: datetime) -> NotificationDeliveryQuerySet:
+        return self.filter(status__in=DELIVERY_OPEN, next_attempt_at__lte=now)
+
+
+class NotificationDelivery(models.Model):
+    """One message about one deployment event to one notification, recorded before it is sent.
+
+    The payload is frozen when the event happens, so every attempt sends the same bytes (and
+    the same signature) and the receiver can tell a retry by its delivery id.
+    """
+
+    notification = models.ForeignKey(
+        Notification, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    deployment = models.ForeignKey(
+        "builds.Deployment",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="notification_deliveries",
+    )
+    # Sent as X-Slipway-Delivery; the same on every attempt.
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    event = models.CharField(max_length=20, choices=NotificationEvent.choices)
+    payload = models.JSONField(default=dict)
+    status = models.CharField(
+        max_length=20, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING
+    )
+    attempts = models.PositiveSmallIntegerField(default=0)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    # Why the last attempt failed, never with a secret or a full URL (scheme://host at most).
+    error = models.TextField(blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    objects = NotificationDeliveryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # One message per notification and event of a deployment, even if the event is
+            # reported twice (a finish that raced a reaper, a redelivered task).
+            models.UniqueConstraint(
+                fields=["notification", "deployment", "event"],
+                condition=models.Q(deployment__isnull=False),
+                name="unique_notification_event",
+            ),
+        ]
+        indexes = [
+            # The safety net (resend_due) looks only at open deliveries.
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=models.Q(status__in=["pending", "sending", "retrying"]),
+                name="open_delivery_next_attempt",
+            ),
+            models.Index(fields=["notification", "-created_at"], name="delivery_by_notification"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} → {self.notification_id} ({self.status})"

@@ -1,0 +1,785 @@
+"""Deployment notifications: email, Slack, Discord, Microsoft Teams and signed JSON webhooks.
+
+Record, then act. When a deployment starts, succeeds, fails or is rolled back, builds.services
+calls ``deployment_event``, which only *records* one NotificationDelivery per matching
+notification (with the payload frozen at that moment) and, once the transaction commits, hands
+each to the ``send_notification_delivery`` task. It never sends anything itself, so a slow or
+broken receiver can neither delay nor fail a deployment.
+
+The task claims its delivery with a conditional UPDATE (pending/retrying/stale sending →
+sending, one more attempt), so a redelivered message or a second worker does nothing. It sends,
+then records the outcome: sent, failed for good, or retrying after the next delay of
+RETRY_DELAYS. ``resend_due`` is the safety net for messages the broker lost (the in-memory
+broker loses everything on a restart): it sends every delivery whose next attempt is overdue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import smtplib
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.exceptions import ValidationError
+from django.core.mail import EmailMessage
+from django.core.validators import validate_email
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from builds import outbound
+from builds.engine.errors import InvalidInput
+from builds.models import Deployment, Kind
+from deployer import links
+from projects.models import (
+    DELIVERY_OPEN,
+    DeliveryStatus,
+    Notification,
+    NotificationDelivery,
+    NotificationEvent,
+    NotificationKind,
+    Project,
+)
+
+logger = logging.getLogger(__name__)
+
+# Seconds to wait after each failed attempt: 5 attempts over about 7 minutes in all.
+RETRY_DELAYS = (10, 30, 90, 270)
+MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
+# A claimed delivery is the claimer's for this long; after it, the claimer is taken for dead
+# and the delivery may be claimed again. Above the task's hard time limit (150 s).
+CLAIM_LEASE = timedelta(minutes=5)
+# The worker that runs a countdown message may see a clock a little behind the sender's.
+CLOCK_TOLERANCE = timedelta(seconds=2)
+# resend_due leaves a due delivery to its own task message for this long first.
+RESEND_GRACE = timedelta(seconds=60)
+# Answers that trying again will not change (a deleted Slack webhook answers 404).
+RETRYABLE_CLIENT_ERRORS = frozenset({408, 425, 429})
+
+SIGNATURE_HEADER = "X-Slipway-Signature"
+EVENT_HEADER = "X-Slipway-Event"
+DELIVERY_HEADER = "X-Slipway-Delivery"
+USER_AGENT = "Slipway-Notifications/1"
+MIN_SECRET_LENGTH = 16
+
+NOTIFICATION_FIELDS = frozenset(
+    {"kind", "url", "address", "events", "servers", "secret", "enabled"}
+)
+
+
+class DeliveryError(Exception):
+    """An attempt failed; ``permanent`` when another attempt cannot succeed."""
+
+    def __init__(
+        self, message: str, *, permanent: bool = False, status_code: int | None = None
+    ) -> None:
+        self.message = message
+        self.permanent = permanent
+        self.status_code = status_code
+        super().__init__(message)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def email_configuration_problem() -> str | None:
+    """Why email cannot be sent from this installation, in words for a person, or None."""
+    missing = [
+        name
+        for name, value in (
+            ("SLIPWAY_SMTP_URL", settings.SMTP_URL),
+            ("SLIPWAY_EMAIL_FROM", settings.EMAIL_FROM),
+        )
+        if not value
+    ]
+    if not missing:
+        return None
+    return (
+        "email notifications need a mail server: the administrator must set "
+        f"{' and '.join(missing)} (see docs/notifications.md)."
+    )
+
+
+def _clean_events(value: object) -> list[str]:
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise InvalidInput("events", f"must be a list of: {', '.join(NotificationEvent.values)}.")
+    unknown = sorted(set(value) - set(NotificationEvent.values))
+    if unknown:
+        raise InvalidInput(
+            "events",
+            f"{unknown[0]!r} is not an event; choose from {', '.join(NotificationEvent.values)}.",
+        )
+    if not value:
+        raise InvalidInput("events", "choose at least one event.")
+    # Stored in the vocabulary's order, each once, whatever order they came in.
+    return [event for event in NotificationEvent.values if event in value]
+
+
+def notification_clean(
+    data: Mapping[str, Any], *, instance: Notification | None = None
+) -> dict[str, Any]:
+    """Check a notification's fields (all of them to create, the changed ones to update).
+
+    Raises InvalidInput naming the first bad field. ``url`` is resolved and checked against the
+    outbound guard now; it is checked again at every send, since DNS answers change. ``servers``
+    passes through unchecked (the service checks them against the project).
+    """
+    unknown = set(data) - NOTIFICATION_FIELDS
+    if unknown:
+        raise InvalidInput(sorted(unknown)[0], "cannot be set on a notification.")
+    cleaned = dict(data)
+    if instance is None and "kind" not in cleaned:
+        raise InvalidInput("kind", f"is required: one of {', '.join(NotificationKind.values)}.")
+    kind = cleaned.get("kind", instance.kind if instance is not None else "")
+    if kind not in NotificationKind.values:
+        raise InvalidInput("kind", f"must be one of {', '.join(NotificationKind.values)}.")
+    kind_changed = instance is None or kind != instance.kind
+    if "events" in cleaned:
+        cleaned["events"] = _clean_events(cleaned["events"])
+    if "enabled" in cleaned and not isinstance(cleaned["enabled"], bool):
+        raise InvalidInput("enabled", "must be true or false.")
+
+    if kind == NotificationKind.EMAIL:
+        # Only where an address is set: turning off or deleting one must stay possible after
+        # the administrator removed the mail server.
+        problem = email_configuration_problem()
+        if problem is not None and (kind_changed or "address" in cleaned):
+            raise InvalidInput("kind", problem)
+        if cleaned.get("url"):
+            raise InvalidInput("url", "email notifications have no URL; give an address.")
+        if "address" in cleaned or kind_changed:
+            address = str(cleaned.get("address") or "").strip()
+            try:
+                validate_email(address)
+            except ValidationError:
+                raise InvalidInput("address", "is not an email address.") from None
+            cleaned["address"] = address
+        if kind_changed:
+            cleaned["url"] = ""
+    else:
+        if cleaned.get("address"):
+            raise InvalidInput("address", f"{kind} notifications go to a URL; give url instead.")
+        if "url" in cleaned or kind_changed:
+            # Slack to Discord, say, keeps the URL unless a new one is given.
+            kept = instance.url if instance is not None else ""
+            url = str(cleaned.get("url", kept) or "").strip()
+            if not url:
+                raise InvalidInput("url", f"is required for {kind} notifications.")
+            try:
+                outbound.check_url(url)
+            except outbound.OutboundError as exc:
+                raise InvalidInput("url", f"{exc.message}.") from None
+            cleaned["url"] = url
+        if kind_changed:
+            cleaned["address"] = ""
+
+    if kind == NotificationKind.WEBHOOK:
+        secret = cleaned.get("secret", instance.secret if not kind_changed and instance else "")
+        # Kept exactly as typed: the receiver checks signatures with the same string.
+        if not isinstance(secret, str) or len(secret.strip()) < MIN_SECRET_LENGTH:
+            raise InvalidInput(
+                "secret",
+                f"is required for webhook notifications: at least {MIN_SECRET_LENGTH} "
+                "characters (it signs every delivery; see docs/notifications.md).",
+            )
+    else:
+        if cleaned.get("secret"):
+            raise InvalidInput("secret", "only webhook notifications are signed.")
+        if kind_changed:
+            cleaned["secret"] = ""
+    return cleaned
+
+
+# --------------------------------------------------------------------------- services
+
+
+def _servers_of(project: Project, cleaned: dict[str, Any]) -> list[Any] | None:
+    from projects.services import _project_servers
+
+    if "servers" not in cleaned:
+        return None
+    servers = cleaned.pop("servers")
+    if not isinstance(servers, list | tuple):
+        raise InvalidInput("servers", "must be a list of servers.")
+    return _project_servers(project, list(servers))
+
+
+def notification_create(*, project: Project, actor: User | None, **fields: Any) -> Notification:
+    """Add a notification to ``project``; the audit log names the fields, never their values."""
+    from projects.services import audit_record
+
+    cleaned = notification_clean(fields)
+    servers = _servers_of(project, cleaned)
+    with transaction.atomic():
+        notification = Notification.objects.create(project=project, **cleaned)
+        if servers is not None:
+            notification.servers.set(servers)
+        audit_record(
+            project=project,
+            actor=actor,
+            action="notification.created",
+            target=f"notification {notification}",
+            notification=notification.pk,
+            kind=notification.kind,
+            fields=sorted(fields),
+        )
+    return notification
+
+
+def notification_update(
+    *, notification: Notification, actor: User | None, **fields: Any
+) -> Notification:
+    from projects.services import audit_record, model_update
+
+    cleaned = notification_clean(fields, instance=notification)
+    servers = _servers_of(notification.project, cleaned)
+    with transaction.atomic():
+        changed = model_update(instance=notification, data=cleaned)
+        if servers is not None:
+            notification.servers.set(servers)
+            changed.append("servers")
+        if changed:
+            audit_record(
+                project=notification.project,
+                actor=actor,
+                action="notification.updated",
+                target=f"notification {notification}",
+                notification=notification.pk,
+                fields=sorted(changed),
+            )
+    return notification
+
+
+def notification_delete(*, notification: Notification, actor: User | None) -> None:
+    from projects.services import audit_record
+
+    with transaction.atomic():
+        audit_record(
+            project=notification.project,
+            actor=actor,
+            action="notification.deleted",
+            target=f"notification {notification}",
+            notification=notification.pk,
+        )
+        notification.delete()
+
+
+# --------------------------------------------------------------------------- the hook
+
+
+def deployment_event(deployment: Deployment, event: str) -> list[NotificationDelivery]:
+    """Record the deliveries ``event`` calls for, and send them once the transaction commits.
+
+    Called by builds.services when a deployment starts running, succeeds or fails, and with
+    ``rolled_back`` when a rollback succeeds or a deployment's servers were rolled back
+    automatically. Reporting the same event twice records nothing the second time. It never
+    raises: a deployment must not fail because its notifications could not be recorded.
+    """
+    try:
+        # A savepoint: should recording fail, the caller's transaction goes on unharmed.
+        with transaction.atomic():
+            deliveries = _record_deliveries(deployment, event)
+    except Exception:
+        logger.exception(
+            "Recording the %r notifications of deployment %s failed", event, deployment.pk
+        )
+        return []
+    if deliveries:
+        ids = [delivery.pk for delivery in deliveries]
+        transaction.on_commit(lambda: _enqueue_all(ids), robust=True)
+    return deliveries
+
+
+def _record_deliveries(deployment: Deployment, event: str) -> list[NotificationDelivery]:
+    if event not in NotificationEvent.values:
+        raise ValueError(f"{event!r} is not a notification event")
+    deployment = Deployment.objects.select_related("project", "triggered_by").get(pk=deployment.pk)
+    if deployment.kind == Kind.PREVIEW:
+        return []  # a preview changes no server: nobody needs telling
+    # The URL and the secret stay encrypted here: recording needs neither.
+    candidates = [
+        notification
+        for notification in Notification.objects.filter(
+            project_id=deployment.project_id, enabled=True
+        )
+        .defer("url", "secret")
+        .prefetch_related("servers")
+        if event in notification.events
+    ]
+    if not candidates:
+        return []
+    touched = set(deployment.targets.values_list("server_id", flat=True))
+    wanted = [
+        notification
+        for notification in candidates
+        if not notification.servers.all()
+        or touched & {server.pk for server in notification.servers.all()}
+    ]
+    if not wanted:
+        return []
+    payload = deployment_payload(deployment, event)
+    recorded = []
+    for notification in wanted:
+        try:
+            with transaction.atomic():
+                recorded.append(
+                    NotificationDelivery.objects.create(
+                        notification=notification,
+                        deployment=deployment,
+                        event=event,
+                        payload=payload,
+                    )
+                )
+        except IntegrityError:
+            continue  # this event of this deployment was recorded already
+    return recorded
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def deployment_payload(deployment: Deployment, event: str) -> dict[str, Any]:
+    """The JSON a webhook receives (and what the chat and email messages are made from)."""
+    from builds.engine.masking import Masker
+    from builds.runner import project_secrets
+
+    project = deployment.project
+    targets = list(deployment.targets.select_related("server").order_by("position", "id"))
+    # Errors and reasons are shown on the dashboard already, but a message leaves Slipway:
+    # mask any stored secret that a command may have printed into them.
+    mask = Masker(project_secrets(project, [target.server for target in targets]))
+    return {
+        "event": event,
+        "project": {
+            "slug": project.slug,
+            "name": project.name,
+            "html_url": links.project_page(project.slug),
+        },
+        "deployment": {
+            "id": deployment.pk,
+            "kind": deployment.kind,
+            "status": deployment.status,
+            "revision": deployment.revision,
+            "branch": deployment.branch,
+            "start_revision": deployment.start_revision,
+            "end_revision": deployment.end_revision,
+            "trigger": deployment.trigger,
+            "triggered_by": (
+                deployment.triggered_by.get_username() if deployment.triggered_by else None
+            ),
+            "rollback_of": deployment.rollback_of_id,
+            "created_at": _iso(deployment.created_at),
+            "started_at": _iso(deployment.started_at),
+            "finished_at": _iso(deployment.finished_at),
+            "error": mask(deployment.error),
+            "error_code": deployment.error_code,
+            "html_url": links.deployment_page(project.slug, deployment.pk),
+        },
+        "servers": [
+            {
+                "id": target.server_id,
+                "name": target.server.name,
+                "status": target.status,
+                "release": target.release,
+                "reason": mask(target.reason),
+            }
+            for target in targets
+        ],
+    }
+
+
+# --------------------------------------------------------------------------- sending
+
+
+def _enqueue(delivery_id: int, countdown: float | None = None) -> None:
+    from builds.tasks import send_notification_delivery
+
+    try:
+        # No publishing retries: with the broker down this would hold the caller (a
+        # deployment's worker) for nothing; resend_due sends the delivery later.
+        options: dict[str, Any] = {"retry": False}
+        if countdown is not None:
+            options["countdown"] = countdown
+        send_notification_delivery.apply_async(args=(delivery_id,), **options)
+    except Exception:
+        logger.warning(
+            "Could not queue notification delivery %s; resend_due will send it",
+            delivery_id,
+            exc_info=True,
+        )
+
+
+def _enqueue_all(delivery_ids: Sequence[int]) -> None:
+    for delivery_id in delivery_ids:
+        _enqueue(delivery_id)
+
+
+def delivery_claim(delivery_id: int) -> int | None:
+    """Take a due delivery for one attempt and return the attempt's number, or None.
+
+    None when it is not due (a retry's time has not come), is being sent by someone else, or
+    is over (sent, failed): so a redelivered task message does nothing.
+    """
+    now = timezone.now()
+    claimed = NotificationDelivery.objects.filter(
+        pk=delivery_id,
+        status__in=DELIVERY_OPEN,
+        next_attempt_at__lte=now + CLOCK_TOLERANCE,
+        attempts__lt=MAX_ATTEMPTS,
+    ).update(
+        status=DeliveryStatus.SENDING,
+        attempts=F("attempts") + 1,
+        next_attempt_at=now + CLAIM_LEASE,
+    )
+    if claimed != 1:
+        return None
+    attempt: int = NotificationDelivery.objects.values_list("attempts", flat=True).get(
+        pk=delivery_id
+    )
+    return attempt
+
+
+def delivery_attempt(delivery_id: int) -> NotificationDelivery | None:
+    """Claim, send and record one attempt of a delivery; None when it was not ours to send."""
+    attempt = delivery_claim(delivery_id)
+    if attempt is None:
+        return None
+    status_code: int | None = None
+    try:
+        delivery = NotificationDelivery.objects.select_related("notification").get(pk=delivery_id)
+        notification = delivery.notification
+        if not notification.enabled:
+            raise DeliveryError(
+                "The notification was turned off before this message was sent", permanent=True
+            )
+        status_code = SENDERS[notification.kind](notification, delivery)
+    except DeliveryError as exc:
+        _record_failure(
+            delivery_id,
+            attempt,
+            error=exc.message,
+            status_code=exc.status_code,
+            permanent=exc.permanent,
+        )
+    except Exception:
+        logger.exception("Notification delivery %s failed", delivery_id)
+        _record_failure(
+            delivery_id,
+            attempt,
+            error="Slipway hit an internal error while sending; the worker's log has the details",
+            status_code=None,
+            permanent=False,
+        )
+    else:
+        NotificationDelivery.objects.filter(
+            pk=delivery_id, status=DeliveryStatus.SENDING, attempts=attempt
+        ).update(
+            status=DeliveryStatus.SENT,
+            status_code=status_code,
+            error="",
+            sent_at=timezone.now(),
+            next_attempt_at=None,
+        )
+    return NotificationDelivery.objects.get(pk=delivery_id)
+
+
+def _record_failure(
+    delivery_id: int, attempt: int, *, error: str, status_code: int | None, permanent: bool
+) -> None:
+    now = timezone.now()
+    # Only while the claim is still ours: past its lease someone else may have taken it.
+    ours = NotificationDelivery.objects.filter(
+        pk=delivery_id, status=DeliveryStatus.SENDING, attempts=attempt
+    )
+    error = error[:2000]
+    if permanent or attempt >= MAX_ATTEMPTS:
+        ours.update(
+            status=DeliveryStatus.FAILED,
+            status_code=status_code,
+            error=error,
+            next_attempt_at=None,
+        )
+        return
+    delay = RETRY_DELAYS[attempt - 1]
+    if ours.update(
+        status=DeliveryStatus.RETRYING,
+        status_code=status_code,
+        error=error,
+        next_attempt_at=now + timedelta(seconds=delay),
+    ):
+        transaction.on_commit(lambda: _enqueue(delivery_id, countdown=delay), robust=True)
+
+
+def resend_due(*, limit: int = 20) -> int:
+    """Send, in this thread, the deliveries whose next attempt is overdue; return how many.
+
+    The safety net for task messages that never ran: queued on an in-memory broker that was
+    restarted, or not queued at all while the broker was down. Safe to run at any time and
+    in several places at once, as every attempt claims its delivery first.
+    """
+    now = timezone.now()
+    # A worker that died during the last attempt left its claim behind: nothing can retry it.
+    NotificationDelivery.objects.filter(
+        status=DeliveryStatus.SENDING, next_attempt_at__lte=now, attempts__gte=MAX_ATTEMPTS
+    ).update(
+        status=DeliveryStatus.FAILED,
+        error="The worker sending the last attempt stopped before it finished",
+        next_attempt_at=None,
+    )
+    overdue = list(
+        NotificationDelivery.objects.due(now - RESEND_GRACE)
+        .order_by("next_attempt_at", "id")
+        .values_list("pk", flat=True)[:limit]
+    )
+    return sum(1 for delivery_id in overdue if delivery_attempt(delivery_id) is not None)
+
+
+# --------------------------------------------------------------------------- messages
+
+_VERBS = {
+    NotificationEvent.STARTED: "started",
+    NotificationEvent.SUCCEEDED: "succeeded",
+    NotificationEvent.FAILED: "failed",
+    NotificationEvent.ROLLED_BACK: "rolled back",
+}
+# Longest error or reason quoted in a chat message or an email (the page has the rest).
+QUOTE_LIMIT = 500
+
+
+def _clip(text: str, limit: int = QUOTE_LIMIT) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def message_title(payload: Mapping[str, Any]) -> str:
+    deployment, event = payload["deployment"], payload["event"]
+    if deployment["kind"] == Kind.ROLLBACK:
+        # "rollback #12 rolled back" would read as if the rollback itself had been undone.
+        noun, verb = "rollback", "finished" if event == NotificationEvent.ROLLED_BACK else None
+    else:
+        noun, verb = "deployment", None
+    return f"{payload['project']['name']}: {noun} #{deployment['id']} {verb or _VERBS[event]}"
+
+
+def message_facts(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) lines shared by every kind of message."""
+    deployment = payload["deployment"]
+    facts: list[tuple[str, str]] = []
+    start, end = deployment["start_revision"][:7], deployment["end_revision"][:7]
+    revision = f"{start} → {end}" if start and end and start != end else end or start
+    revision = revision or deployment["revision"]
+    if deployment["branch"] and revision:
+        facts.append(("Revision", f"{deployment['branch']} @ {revision}"))
+    elif revision or deployment["branch"]:
+        facts.append(("Revision", revision or deployment["branch"]))
+    servers = []
+    for server in payload["servers"]:
+        line = f"{server['name']}: {server['status']}"
+        if server["reason"]:
+            line += f" ({_clip(server['reason'], 200)})"
+        servers.append(line)
+    if servers:
+        facts.append(("Servers", "; ".join(servers)))
+    who = deployment["triggered_by"] or deployment["trigger"]
+    facts.append(("By", f"{who} ({deployment['trigger']})" if deployment["triggered_by"] else who))
+    if deployment["error"]:
+        facts.append(("Error", _clip(deployment["error"])))
+    return facts
+
+
+def _slack_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_message(payload: Mapping[str, Any]) -> dict[str, Any]:
+    title = _slack_escape(message_title(payload))
+    link = payload["deployment"]["html_url"]
+    facts = "\n".join(
+        f"*{label}:* {_slack_escape(value)}" for label, value in message_facts(payload)
+    )
+    text = f"<{link}|{title}>\n{facts}"
+    return {
+        # Shown in notifications and by clients that do not render blocks.
+        "text": text,
+        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
+    }
+
+
+# Markdown that could style or link user text (names, errors); a line never starts with it.
+_DISCORD_SPECIAL = "\\*_~`|[]"
+DISCORD_LIMIT = 2000
+
+
+def _discord_escape(text: str) -> str:
+    return "".join(f"\\{c}" if c in _DISCORD_SPECIAL else c for c in text)
+
+
+def discord_message(payload: Mapping[str, Any]) -> dict[str, Any]:
+    title = _discord_escape(message_title(payload))
+    link = payload["deployment"]["html_url"]
+    lines = [f"**[{title}]({link})**"]
+    lines += [f"**{label}:** {_discord_escape(value)}" for label, value in message_facts(payload)]
+    content = "\n".join(lines)
+    if len(content) > DISCORD_LIMIT:
+        content = content[: DISCORD_LIMIT - 1] + "…"
+    # A name or an error that says @everyone must not ping a whole server.
+    return {"content": content, "allowed_mentions": {"parse": []}}
+
+
+def teams_message(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """An Adaptive Card, which both Teams incoming webhooks and Workflows accept."""
+    event = payload["event"]
+    color = {"succeeded": "Good", "failed": "Attention", "rolled_back": "Warning"}.get(
+        event, "Default"
+    )
+    card = {
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "type": "AdaptiveCard",
+        "version": "1.4",
+        "body": [
+            {
+                "type": "TextBlock",
+                "text": message_title(payload),
+                "weight": "Bolder",
+                "size": "Medium",
+                "color": color,
+                "wrap": True,
+            },
+            {
+                "type": "FactSet",
+                "facts": [
+                    {"title": label, "value": value} for label, value in message_facts(payload)
+                ],
+            },
+        ],
+        "actions": [
+            {
+                "type": "Action.OpenUrl",
+                "title": "Open in Slipway",
+                "url": payload["deployment"]["html_url"],
+            }
+        ],
+    }
+    return {
+        "type": "message",
+        "attachments": [
+            {
+                "contentType": "application/vnd.microsoft.card.adaptive",
+                "contentUrl": None,
+                "content": card,
+            }
+        ],
+    }
+
+
+def email_message(payload: Mapping[str, Any]) -> tuple[str, str]:
+    """(subject, plain-text body)."""
+    # Header injection: a subject is one line, whatever a project is named.
+    subject = " ".join(message_title(payload).split())
+    lines = [subject, ""]
+    lines += [f"{label}: {value}" for label, value in message_facts(payload)]
+    lines += ["", f"Details and log: {payload['deployment']['html_url']}", ""]
+    lines += [
+        "--",
+        "Slipway sends this because a notification of project "
+        f"{payload['project']['name']} lists this address.",
+    ]
+    return subject, "\n".join(lines) + "\n"
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The X-Slipway-Signature value: HMAC-SHA256 of the raw body under the secret."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _json_bytes(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _post(
+    notification: Notification, delivery: NotificationDelivery, body: bytes, **extra: str
+) -> int:
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        EVENT_HEADER: delivery.event,
+        DELIVERY_HEADER: str(delivery.uuid),
+        **extra,
+    }
+    try:
+        response = outbound.post(notification.url, body, headers)
+    except outbound.OutboundError as exc:
+        raise DeliveryError(exc.message, permanent=exc.permanent) from None
+    if response.ok:
+        return response.status_code
+    code = response.status_code
+    via = f" (after redirects from {', '.join(response.redirects)})" if response.redirects else ""
+    raise DeliveryError(
+        f"{response.origin} answered HTTP {code}{via}",
+        status_code=code,
+        permanent=400 <= code < 500 and code not in RETRYABLE_CLIENT_ERRORS,
+    )
+
+
+def _send_webhook(notification: Notification, delivery: NotificationDelivery) -> int:
+    body = _json_bytes(delivery.payload)
+    return _post(
+        notification, delivery, body, **{SIGNATURE_HEADER: sign(notification.secret, body)}
+    )
+
+
+def _send_slack(notification: Notification, delivery: NotificationDelivery) -> int:
+    return _post(notification, delivery, _json_bytes(slack_message(delivery.payload)))
+
+
+def _send_discord(notification: Notification, delivery: NotificationDelivery) -> int:
+    return _post(notification, delivery, _json_bytes(discord_message(delivery.payload)))
+
+
+def _send_teams(notification: Notification, delivery: NotificationDelivery) -> int:
+    return _post(notification, delivery, _json_bytes(teams_message(delivery.payload)))
+
+
+def _send_email(notification: Notification, delivery: NotificationDelivery) -> int | None:
+    problem = email_configuration_problem()
+    if problem is not None:
+        raise DeliveryError(problem[0].upper() + problem[1:], permanent=True)
+    subject, text = email_message(delivery.payload)
+    message = EmailMessage(
+        subject=subject,
+        body=text,
+        from_email=settings.EMAIL_FROM,
+        to=[notification.address],
+        headers={EVENT_HEADER: delivery.event, DELIVERY_HEADER: str(delivery.uuid)},
+    )
+    server = f"mail server {settings.EMAIL_HOST}:{settings.EMAIL_PORT}"
+    try:
+        message.send()
+    except smtplib.SMTPRecipientsRefused:
+        raise DeliveryError(
+            f"The {server} refused the address {notification.address}", permanent=True
+        ) from None
+    except smtplib.SMTPAuthenticationError as exc:
+        raise DeliveryError(
+            f"The {server} refused Slipway's user name or password (SMTP {exc.smtp_code})",
+            permanent=True,
+        ) from None
+    except (smtplib.SMTPException, OSError) as exc:
+        raise DeliveryError(f"The {server} failed: {exc}") from None
+    return None
+
+
+SENDERS: dict[str, Callable[[Notification, NotificationDelivery], int | None]] = {
+    NotificationKind.EMAIL: _send_email,
+    NotificationKind.SLACK: _send_slack,
+    NotificationKind.DISCORD: _send_discord,
+    NotificationKind.TEAMS: _send_teams,
+    NotificationKind.WEBHOOK: _send_webhook,
+}

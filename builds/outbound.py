@@ -1,0 +1,397 @@
+"""Requests to addresses that people typed in (notification URLs), guarded against SSRF.
+
+Whoever configures a notification chooses where Slipway's workers send an HTTP request. Left
+unguarded, that reaches what only the workers can reach: the cloud metadata service at
+169.254.169.254 (credentials), Redis or PostgreSQL on 127.0.0.1, an intranet admin page. So:
+
+- Only http:// and https:// URLs without credentials. The URL is parsed once, here, and its
+  parts are handed to httpcore already split, so the check and the connection cannot disagree
+  about which host is meant (two URL parsers that differ are a classic way around a guard).
+- The host is resolved and *every* address it resolves to is checked; one bad address refuses
+  the URL. Loopback, private (RFC 1918, fc00::/7, CGNAT) and other non-global addresses are
+  refused unless SLIPWAY_ALLOW_PRIVATE_NOTIFICATION_TARGETS is on; link-local, multicast,
+  unspecified, reserved and the known metadata addresses are refused even then.
+- The connection goes to an address that was checked, not to the result of a second lookup:
+  a DNS answer that changes between check and connect (DNS rebinding) cannot redirect it.
+  TLS still verifies the certificate against the host name, which is also what SNI and the
+  Host header carry, so pinning the address changes nothing a receiver can see.
+- Redirects are not followed by the client: at most MAX_REDIRECTS hops are followed here, each
+  parsed, resolved, checked and pinned like the first, before any packet goes to it.
+- No proxy from the environment (httpcore reads none), since a proxy would do its own lookup.
+
+The setting is read when a check runs, never at import, so a change applies to the next send.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import ssl
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urljoin, urlsplit
+
+import httpcore
+from django.conf import settings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+MAX_REDIRECTS = 3
+# Seconds for each phase (connect, write, read) of one request...
+TIMEOUT_SECONDS = 10.0
+# ...and for a whole send, redirects included, so that a worker is never held for long.
+TOTAL_SECONDS = 30.0
+MAX_URL_LENGTH = 2048
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+DEFAULT_PORTS = {"http": 80, "https": 443}
+ALLOW_PRIVATE_SETTING = "SLIPWAY_ALLOW_PRIVATE_NOTIFICATION_TARGETS"
+
+# Refused whatever the setting says: nothing on-premise lives there, and some are where cloud
+# providers serve instance credentials.
+NEVER_ALLOWED = (
+    # "This network": connecting to 0.0.0.0 reaches the local host on Linux.
+    (ipaddress.ip_network("0.0.0.0/8"), "a 'this network' address"),
+    # Link-local; AWS, GCP, Azure and OpenStack serve metadata on 169.254.169.254.
+    (ipaddress.ip_network("169.254.0.0/16"), "a link-local address (cloud metadata lives there)"),
+    (ipaddress.ip_network("fe80::/10"), "a link-local address"),
+    # Alibaba Cloud's metadata service, inside the CGNAT range that the setting may allow.
+    (ipaddress.ip_network("100.100.100.200/32"), "a cloud metadata address"),
+    # IETF protocol assignments, among them Oracle Cloud's legacy metadata at 192.0.0.192.
+    (ipaddress.ip_network("192.0.0.0/24"), "a reserved address"),
+    # AWS's metadata service over IPv6, inside fc00::/7 that the setting may allow.
+    (ipaddress.ip_network("fd00:ec2::254/128"), "a cloud metadata address"),
+)
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits (checked as that address).
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+class OutboundError(Exception):
+    """A send did not get an answer. ``permanent``: trying again cannot help."""
+
+    permanent = False
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+
+class OutboundRefused(OutboundError):
+    """The URL, or an address it resolves or redirects to, is not allowed: nothing was sent."""
+
+    permanent = True
+
+
+@dataclass(frozen=True)
+class Target:
+    """A URL split into what the connection needs; ``host`` is ASCII, IPv6 without brackets."""
+
+    scheme: str
+    host: str
+    port: int
+
+    #: Path and query, percent-encoded, as sent on the request line.
+    path: str
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
+
+    @property
+    def origin(self) -> str:
+        """scheme://host[:port]: what errors and lists show, since paths may embed tokens."""
+        return f"{self.scheme}://{self.host_header}"
+
+
+@dataclass(frozen=True)
+class Response:
+    status_code: int
+    #: The origin that gave this answer (after redirects).
+    origin: str
+    #: Origins of the redirects followed to get here, in order.
+    redirects: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status_code < 300
+
+
+def _allow_private() -> bool:
+    return bool(getattr(settings, "ALLOW_PRIVATE_NOTIFICATION_TARGETS", False))
+
+
+_HOST_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-._:")
+
+
+def parse_url(url: str) -> Target:
+    """Split ``url``; OutboundRefused says what is wrong with it (without repeating it)."""
+    url = url.strip()
+    if not url:
+        raise OutboundRefused("the URL is empty")
+    if len(url) > MAX_URL_LENGTH:
+        raise OutboundRefused(f"the URL is longer than {MAX_URL_LENGTH} characters")
+    if any(character.isspace() or ord(character) < 0x20 for character in url):
+        raise OutboundRefused("the URL contains spaces or control characters")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise OutboundRefused(
+            f"only http:// and https:// URLs are allowed (got {scheme or 'no scheme'}://)"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise OutboundRefused(
+            "a user name or password in the URL is not supported "
+            "(a webhook notification is signed with its secret instead)"
+        )
+    host = parts.hostname or ""
+    if not host:
+        raise OutboundRefused("the URL has no host name")
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise OutboundRefused("the URL's host name is not a valid domain name") from None
+    if not set(host) <= _HOST_CHARACTERS:
+        raise OutboundRefused("the URL's host name contains characters a host name cannot have")
+    try:
+        port = parts.port or DEFAULT_PORTS[scheme]
+    except ValueError:
+        raise OutboundRefused("the URL's port is not a number between 0 and 65535") from None
+    # Characters outside ASCII in the path are sent percent-encoded; "%" itself is kept, so
+    # an already encoded path stays as it was.
+    path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
+    if parts.query:
+        path += "?" + quote(parts.query, safe="/%:@!$&'()*+,;=-._~?")
+    return Target(scheme=scheme, host=host, port=port, path=path)
+
+
+def origin_of(url: str) -> str:
+    """What to show of a stored URL: scheme://host[:port], never its path (it may hold a token)."""
+    try:
+        return parse_url(url).origin
+    except OutboundRefused:
+        return "(an invalid URL)"
+
+
+def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.sixtofour
+
+
+def address_refusal(address: IPAddress, *, allow_private: bool) -> str | None:
+    """Why a connection to ``address`` is refused, or None when it is allowed."""
+    embedded = _embedded_ipv4(address)
+    if embedded is not None:
+        # ::ffff:169.254.169.254 and friends reach the IPv4 address they carry.
+        return address_refusal(embedded, allow_private=allow_private)
+    for network, label in NEVER_ALLOWED:
+        if address.version == network.version and address in network:
+            return label
+    if address.is_link_local:
+        return "a link-local address"
+    if address.is_unspecified:
+        return "an unspecified address"
+    if address.is_multicast:
+        return "a multicast address"
+    # Before is_reserved: Python counts ::1 in the reserved ::/8.
+    if address.is_loopback:
+        private_label = "a loopback address"
+    elif address.is_reserved:
+        return "a reserved address"
+    elif address.is_private or not address.is_global:
+        private_label = "a private address"
+    else:
+        return None
+    if allow_private:
+        return None
+    return (
+        f"{private_label}; notifications go to public addresses only, unless the "
+        f"administrator sets {ALLOW_PRIVATE_SETTING}=true"
+    )
+
+
+def resolve(target: Target, *, allow_private: bool | None = None) -> list[str]:
+    """Every address ``target.host`` resolves to, all checked; the connection uses these."""
+    if allow_private is None:
+        allow_private = _allow_private()
+    try:
+        answers = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else "invalid host name"
+        raise OutboundError(f"{target.origin}: the host name does not resolve ({reason})") from None
+    addresses: list[str] = []
+    for _family, _type, _proto, _canonical, sockaddr in answers:
+        # An IPv6 link-local answer may carry a zone ("fe80::1%eth0"); it is refused anyway.
+        text = str(sockaddr[0]).split("%", 1)[0]
+        if text not in addresses:
+            addresses.append(text)
+    if not addresses:
+        raise OutboundError(f"{target.origin}: the host name does not resolve")
+    for text in addresses:
+        refusal = address_refusal(ipaddress.ip_address(text), allow_private=allow_private)
+        if refusal is not None:
+            subject = target.host if target.host == text else f"{target.host} resolves to {text},"
+            raise OutboundRefused(f"{target.origin}: {subject} is {refusal}")
+    return addresses
+
+
+def check_url(url: str, *, allow_private: bool | None = None) -> Target:
+    """Whether ``url`` may be used at all, resolving its host now (when it is saved)."""
+    target = parse_url(url)
+    resolve(target, allow_private=allow_private)
+    return target
+
+
+class _PinnedBackend(httpcore.SyncBackend):
+    """Connects to the checked addresses of one host and to nothing else."""
+
+    def __init__(self, host: str, addresses: list[str], deadline: float) -> None:
+        self.host = host
+        self.addresses = addresses
+        self.deadline = deadline
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        if host != self.host:
+            raise httpcore.ConnectError(f"refusing to connect to {host}: it was not checked")
+        last_error: Exception = httpcore.ConnectError("no address to connect to")
+        # Like a browser: the next checked address when one does not answer (IPv6 vs IPv4).
+        for address in self.addresses:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise httpcore.ConnectTimeout("timed out")
+            try:
+                return super().connect_tcp(
+                    address,
+                    port,
+                    timeout=min(timeout or TIMEOUT_SECONDS, remaining),
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last_error = exc
+        raise last_error
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, httpcore.TimeoutException):
+        return "timed out"
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
+def _post_once(
+    target: Target,
+    addresses: list[str],
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    ssl_context: ssl.SSLContext | None,
+    deadline: float,
+) -> tuple[int, str]:
+    """One POST to one checked target: (status code, Location header or "")."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise OutboundError(f"{target.origin}: no answer within {TOTAL_SECONDS:.0f} s")
+    phase = min(TIMEOUT_SECONDS, remaining)
+    url = httpcore.URL(
+        scheme=target.scheme.encode(),
+        host=target.host.encode(),
+        port=target.port,
+        target=target.path.encode(),
+    )
+    request_headers = [("Host", target.host_header), *headers.items()]
+    backend = _PinnedBackend(target.host, addresses, deadline)
+    try:
+        with (
+            httpcore.ConnectionPool(
+                ssl_context=ssl_context, network_backend=backend, max_connections=1
+            ) as pool,
+            pool.stream(
+                "POST",
+                url,
+                headers=request_headers,
+                content=body,
+                extensions={
+                    "timeout": {"connect": phase, "read": phase, "write": phase, "pool": phase}
+                },
+            ) as response,
+        ):
+            # The answer's body is not kept: only its status code is recorded, so that a
+            # notification cannot be used to read what a server behind it says.
+            location = next(
+                (
+                    value.decode("latin-1")
+                    for name, value in response.headers
+                    if name.lower() == b"location"
+                ),
+                "",
+            )
+            return response.status, location
+    except (
+        httpcore.TimeoutException,
+        httpcore.NetworkError,
+        httpcore.ProtocolError,
+        httpcore.UnsupportedProtocol,
+    ) as exc:
+        raise OutboundError(f"{target.origin}: {_describe(exc)}") from None
+
+
+def post(
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    allow_private: bool | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Response:
+    """POST ``body`` to ``url``, following up to MAX_REDIRECTS redirects, each hop checked.
+
+    Raises OutboundRefused before any packet goes to a refused address, OutboundError when no
+    answer came; any answer (even 500) is returned. ``ssl_context``: None trusts the usual CAs.
+    """
+    if allow_private is None:
+        allow_private = _allow_private()
+    deadline = time.monotonic() + TOTAL_SECONDS
+    current = url
+    target = parse_url(current)
+    redirects: list[str] = []
+    while True:
+        try:
+            addresses = resolve(target, allow_private=allow_private)
+        except OutboundError as exc:
+            if not redirects:
+                raise
+            # Keep the class: a refused hop is permanent, an unresolvable one may come back.
+            raise type(exc)(f"redirected by {redirects[-1]} to {exc.message}") from None
+        status, location = _post_once(
+            target, addresses, body, headers, ssl_context=ssl_context, deadline=deadline
+        )
+        if status not in REDIRECT_STATUSES or not location:
+            return Response(status_code=status, origin=target.origin, redirects=tuple(redirects))
+        if len(redirects) == MAX_REDIRECTS:
+            raise OutboundError(
+                f"{target.origin}: more than {MAX_REDIRECTS} redirects; point the notification "
+                "at the final address"
+            )
+        redirects.append(target.origin)
+        current = urljoin(current, location)
+        try:
+            target = parse_url(current)
+        except OutboundRefused as exc:
+            raise OutboundRefused(
+                f"redirected by {redirects[-1]} to a URL refused: {exc}"
+            ) from None
