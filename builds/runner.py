@@ -441,6 +441,7 @@ def _run_deploy(
         commits=[_commit_json(c) for c in result.commits],
         changes=_changes_json(result.changes),
     )
+    reporter.writer.flush()  # every line is stored before the status says the log is complete
     _record(deployment, result.servers, revision=result.revision)
 
 
@@ -473,6 +474,7 @@ def _run_rollback(
     Deployment.objects.filter(pk=deployment.pk).update(
         end_revision=ends.pop() if len(ends) == 1 else ""
     )
+    reporter.writer.flush()
     _record(deployment, results, revision=None)
 
 
@@ -515,6 +517,7 @@ def _run_preview(
         changes=_changes_json(first),
     )
     reporter.log("system", f"Preview: {len(result.commits)} commits; " + _summary(first))
+    reporter.writer.flush()
     deployment_finish(deployment, status=Status.SUCCEEDED)
 
 
