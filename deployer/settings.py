@@ -187,12 +187,25 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
+    # Our services' errors (InvalidInput, DeploymentRefused...) as JSON naming the field.
+    "EXCEPTION_HANDLER": "deployer.api.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Slipway API",
     "DESCRIPTION": "Deploy Git revisions to your own servers over SSH.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Write-only fields (secrets) appear in request bodies only, never in responses.
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "deployer.api.document_errors",
+    ],
+    "ENUM_NAME_OVERRIDES": {
+        "DeploymentStatusEnum": "builds.models.Status",
+        "TargetStatusEnum": "builds.models.TargetStatus",
+    },
 }
 
 if REDIS_URL:

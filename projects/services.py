@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, models, transaction
+from django.db.models import Max
 from django.utils.text import slugify
 
+from builds.engine.errors import InvalidInput
+from builds.engine.git import validate_ref, validate_repository_url, validate_subdirectory
+from builds.engine.release import validate_relative_path
 from projects.keys import generate_ed25519
-from projects.models import ApiToken, Membership, Project, Role
+from projects.models import (
+    ApiToken,
+    BuildCommand,
+    Command,
+    CommandRunOn,
+    CommandStage,
+    ConfigFile,
+    EnvironmentVariable,
+    ExcludedFile,
+    Membership,
+    Project,
+    Role,
+)
+from servers.models import GroupMember, Server, ServerGroup
 
 
 def _unique_slug(name: str) -> str:
@@ -46,6 +70,34 @@ def api_token_issue(*, user: User, name: str) -> tuple[ApiToken, str]:
     return ApiToken.issue(user=user, name=name)
 
 
+def api_token_create(*, user: User, name: str) -> tuple[ApiToken, str]:
+    """What a person asks for on the dashboard: a named token, recorded in the audit log."""
+    name = name.strip()
+    if not name:
+        raise InvalidInput("name", "is empty.")
+    with transaction.atomic():
+        record, token = api_token_issue(user=user, name=name[:100])
+        audit_record(
+            project=None, actor=user, action="token.issued", target=str(record), token=record.pk
+        )
+    return record, token
+
+
+def api_token_revoke(*, token: ApiToken, actor: User) -> None:
+    """Revoke ``token`` at once; revoking it again changes nothing."""
+    from django.utils import timezone
+
+    with transaction.atomic():
+        revoked = ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        )
+        if revoked:
+            audit_record(
+                project=None, actor=actor, action="token.revoked", target=str(token), token=token.pk
+            )
+    token.refresh_from_db(fields=["revoked_at"])
+
+
 def audit_record(
     *, project: Project | None, actor: User | None, action: str, target: str = "", **detail: object
 ) -> None:
@@ -59,3 +111,422 @@ def audit_record(
         target=target[:255],
         detail=detail,
     )
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+ModelT = TypeVar("ModelT", bound=models.Model)
+T = TypeVar("T")
+
+
+def model_update(*, instance: ModelT, data: Mapping[str, Any]) -> list[str]:
+    """Set the fields of ``data`` that differ, save only those, and return their names."""
+    changed = [name for name, value in data.items() if getattr(instance, name) != value]
+    for name in changed:
+        setattr(instance, name, data[name])
+    if changed:
+        update_fields = list(changed)
+        if any(field.name == "updated_at" for field in instance._meta.concrete_fields):
+            update_fields.append("updated_at")
+        instance.save(update_fields=update_fields)
+    return changed
+
+
+def _unique_in_project(
+    model: type[models.Model],
+    *,
+    project: Project,
+    field: str,
+    value: object,
+    instance: models.Model | None = None,
+) -> None:
+    taken = model._default_manager.filter(project=project, **{field: value})
+    if instance is not None:
+        taken = taken.exclude(pk=instance.pk)
+    if taken.exists():
+        raise InvalidInput(field, f"{value!r} is already used in project {project.slug}.")
+
+
+def save_unique(save: Callable[[], T], *, field: str, value: object) -> T:
+    """Run ``save`` in a savepoint; a unique constraint that a racing request won names ``field``."""
+    try:
+        with transaction.atomic():
+            return save()
+    except IntegrityError:
+        raise InvalidInput(field, f"{value!r} is already used in this project.") from None
+
+
+def _relative_paths(value: object, field: str) -> list[str]:
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise InvalidInput(field, "must be a list of relative paths.")
+    paths = []
+    for item in value:
+        validate_relative_path(item, field)
+        # Stored as typed, not as cleaned: a trailing "/" tells the engine it is a directory.
+        paths.append(item.strip())
+    return paths
+
+
+# --------------------------------------------------------------------------- projects
+
+PROJECT_FIELDS = frozenset(
+    {
+        "name",
+        "repository_url",
+        "branch",
+        "subdirectory",
+        "shared_paths",
+        "cache_paths",
+        "repository_token",
+    }
+)
+
+
+def project_clean(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a project's editable fields; raises InvalidInput naming the first bad field."""
+    unknown = set(data) - PROJECT_FIELDS
+    if unknown:
+        field = sorted(unknown)[0]
+        raise InvalidInput(field, "cannot be set on a project.")
+    cleaned = dict(data)
+    if "name" in cleaned:
+        cleaned["name"] = str(cleaned["name"]).strip()
+        if not cleaned["name"]:
+            raise InvalidInput("name", "is empty.")
+    if "repository_url" in cleaned:
+        cleaned["repository_url"] = validate_repository_url(
+            str(cleaned["repository_url"]).strip(), allow_local=settings.ALLOW_LOCAL_REPOSITORIES
+        )
+    if "branch" in cleaned:
+        cleaned["branch"] = validate_ref(str(cleaned["branch"]).strip(), field="branch")
+    if cleaned.get("subdirectory"):
+        cleaned["subdirectory"] = validate_subdirectory(str(cleaned["subdirectory"]).strip())
+    for field in ("shared_paths", "cache_paths"):
+        if field in cleaned:
+            cleaned[field] = _relative_paths(cleaned[field], field)
+    return cleaned
+
+
+def project_register(
+    *, owner: User, name: str, repository_url: str, branch: str = "main", **fields: Any
+) -> Project:
+    """What the API and the dashboard call to add a project: check the input, create the
+    project with its key pair and the owner as admin, and record it."""
+    cleaned = project_clean(
+        {"name": name, "repository_url": repository_url, "branch": branch, **fields}
+    )
+    with transaction.atomic():
+        project = project_create(owner=owner, **cleaned)
+        audit_record(project=project, actor=owner, action="project.created", target=project.slug)
+    return project
+
+
+def project_update(*, project: Project, actor: User, **fields: Any) -> Project:
+    cleaned = project_clean(fields)
+    with transaction.atomic():
+        changed = model_update(instance=project, data=cleaned)
+        if changed:
+            audit_record(
+                project=project,
+                actor=actor,
+                action="project.updated",
+                target=project.slug,
+                fields=sorted(changed),
+            )
+    return project
+
+
+def project_delete(*, project: Project, actor: User) -> None:
+    from builds.models import ACTIVE
+
+    with transaction.atomic():
+        if project.deployments.filter(status__in=ACTIVE).exists():
+            raise ValidationError(
+                f"Project {project.slug} has deployments in progress; cancel them or wait "
+                "until they finish, then delete it."
+            )
+        # Recorded without the project, which takes its own events with it.
+        audit_record(
+            project=None,
+            actor=actor,
+            action="project.deleted",
+            target=project.slug,
+            name=project.name,
+        )
+        project.delete()
+
+
+# --------------------------------------------------------------------------- members
+
+
+def _ensure_an_admin_remains(project: Project, *, leaving: Membership) -> None:
+    # Locking the project's memberships makes two admins who demote each other at once
+    # queue up, so the second sees the first's change and is refused.
+    admins = list(
+        Membership.objects.select_for_update()
+        .filter(project=project, role=Role.ADMIN)
+        .values_list("pk", flat=True)
+    )
+    if admins == [leaving.pk]:
+        raise ValidationError(
+            f"{leaving.user.get_username()} is the last admin of {project.slug}; "
+            "make another member admin first."
+        )
+
+
+def member_add(*, project: Project, actor: User, username: str, role: str) -> Membership:
+    user = User.objects.filter(username=username).first()
+    if user is None:
+        raise InvalidInput("username", f"there is no user named {username!r}.")
+    if role not in Role.values:
+        raise InvalidInput("role", f"must be one of {', '.join(Role.values)}.")
+    if Membership.objects.filter(project=project, user=user).exists():
+        raise InvalidInput("username", f"{username} is already a member of {project.slug}.")
+    with transaction.atomic():
+        membership = save_unique(
+            lambda: Membership.objects.create(project=project, user=user, role=role),
+            field="username",
+            value=username,
+        )
+        audit_record(
+            project=project, actor=actor, action="member.added", target=username, role=role
+        )
+    return membership
+
+
+def member_update(*, membership: Membership, actor: User, role: str) -> Membership:
+    if role not in Role.values:
+        raise InvalidInput("role", f"must be one of {', '.join(Role.values)}.")
+    with transaction.atomic():
+        if membership.role == Role.ADMIN and role != Role.ADMIN:
+            _ensure_an_admin_remains(membership.project, leaving=membership)
+        previous = membership.role
+        if model_update(instance=membership, data={"role": role}):
+            audit_record(
+                project=membership.project,
+                actor=actor,
+                action="member.updated",
+                target=membership.user.get_username(),
+                role=role,
+                previous_role=previous,
+            )
+    return membership
+
+
+def member_remove(*, membership: Membership, actor: User) -> None:
+    with transaction.atomic():
+        if membership.role == Role.ADMIN:
+            _ensure_an_admin_remains(membership.project, leaving=membership)
+        audit_record(
+            project=membership.project,
+            actor=actor,
+            action="member.removed",
+            target=membership.user.get_username(),
+        )
+        membership.delete()
+
+
+# --------------------------------------------------------------------------- project settings
+# Commands, config files, excluded files, environment variables, build commands and server
+# groups share one life cycle: checked, saved with their servers, and recorded in the audit
+# log by field name only (values may be secrets).
+
+_SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_TIMEOUT_SECONDS = 24 * 3600
+MAX_POSITION = 1_000_000
+
+
+def _clean_timeout(data: dict[str, Any]) -> None:
+    timeout = data.get("timeout_seconds")
+    if timeout is not None and not 1 <= int(timeout) <= MAX_TIMEOUT_SECONDS:
+        raise InvalidInput("timeout_seconds", f"must be between 1 and {MAX_TIMEOUT_SECONDS}.")
+
+
+def _clean_command(data: dict[str, Any]) -> None:
+    if "command" in data and not str(data["command"]).strip():
+        raise InvalidInput("command", "is empty.")
+    if "stage" in data and data["stage"] not in CommandStage.values:
+        raise InvalidInput("stage", f"must be one of {', '.join(CommandStage.values)}.")
+    if "run_on" in data and data["run_on"] not in CommandRunOn.values:
+        raise InvalidInput("run_on", f"must be one of {', '.join(CommandRunOn.values)}.")
+    _clean_timeout(data)
+
+
+def _clean_build_command(data: dict[str, Any]) -> None:
+    if "command" in data and not str(data["command"]).strip():
+        raise InvalidInput("command", "is empty.")
+    _clean_timeout(data)
+    globs = data.get("watch_globs", [])
+    if not isinstance(globs, list) or not all(isinstance(g, str) and g.strip() for g in globs):
+        raise InvalidInput("watch_globs", "must be a list of non-empty glob patterns.")
+
+
+def _clean_config_file(data: dict[str, Any]) -> None:
+    if "path" in data:
+        data["path"] = validate_relative_path(str(data["path"]), "path")
+
+
+def _clean_excluded_file(data: dict[str, Any]) -> None:
+    if "pattern" in data:
+        data["pattern"] = str(data["pattern"]).strip()
+        if not data["pattern"]:
+            raise InvalidInput("pattern", "is empty.")
+
+
+def _clean_environment_variable(data: dict[str, Any]) -> None:
+    if "name" in data and not _SHELL_NAME.fullmatch(str(data["name"])):
+        raise InvalidInput(
+            "name",
+            "must be a shell variable name: letters, digits and _, not starting with a digit.",
+        )
+
+
+def _clean_group(data: dict[str, Any]) -> None:
+    if "name" in data:
+        data["name"] = str(data["name"]).strip()
+        if not data["name"]:
+            raise InvalidInput("name", "is empty.")
+    if data.get("branch"):
+        data["branch"] = validate_ref(str(data["branch"]), field="branch")
+
+
+@dataclass(frozen=True)
+class _SettingKind:
+    label: str
+    clean: Callable[[dict[str, Any]], None]
+    #: The field that is unique within a project, if any.
+    unique: str | None = None
+    #: Whether the model has a ``position`` that new rows append to.
+    positioned: bool = False
+
+
+_SETTING_KINDS: dict[type[models.Model], _SettingKind] = {
+    Command: _SettingKind("command", _clean_command, positioned=True),
+    BuildCommand: _SettingKind("build_command", _clean_build_command, positioned=True),
+    ConfigFile: _SettingKind("config_file", _clean_config_file, unique="path"),
+    ExcludedFile: _SettingKind("excluded_file", _clean_excluded_file),
+    EnvironmentVariable: _SettingKind(
+        "environment_variable", _clean_environment_variable, unique="name"
+    ),
+    ServerGroup: _SettingKind("group", _clean_group, unique="name"),
+}
+
+
+def _setting_kind(model: type[models.Model]) -> _SettingKind:
+    try:
+        return _SETTING_KINDS[model]
+    except KeyError:
+        raise TypeError(f"{model.__name__} is not a project setting") from None
+
+
+def _project_servers(project: Project, servers: Sequence[Server]) -> list[Server]:
+    for server in servers:
+        if server.project_id != project.pk:
+            raise InvalidInput("servers", f"server {server.pk} is not part of {project.slug}.")
+    if len({server.pk for server in servers}) != len(servers):
+        raise InvalidInput("servers", "lists a server twice.")
+    return list(servers)
+
+
+def _set_servers(instance: models.Model, servers: list[Server]) -> None:
+    if isinstance(instance, ServerGroup):
+        # A group deploys its servers in this order.
+        GroupMember.objects.filter(group=instance).delete()
+        GroupMember.objects.bulk_create(
+            GroupMember(group=instance, server=server, position=position)
+            for position, server in enumerate(servers)
+        )
+    else:
+        getattr(instance, "servers").set(servers)  # noqa: B009 (a many-to-many on some kinds)
+
+
+def _split_servers(
+    model: type[models.Model], project: Project, data: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[Server] | None]:
+    fields = dict(data)
+    servers: list[Server] | None = None
+    relation = next((f for f in model._meta.get_fields() if f.name == "servers"), None)
+    if relation is not None and relation.many_to_many and "servers" in fields:
+        servers = _project_servers(project, list(fields.pop("servers")))
+    return fields, servers
+
+
+def project_setting_create(
+    *, project: Project, actor: User, model: type[ModelT], data: Mapping[str, Any]
+) -> ModelT:
+    kind = _setting_kind(model)
+    fields, servers = _split_servers(model, project, data)
+    kind.clean(fields)
+    if kind.unique is not None:
+        _unique_in_project(model, project=project, field=kind.unique, value=fields[kind.unique])
+    with transaction.atomic():
+        if kind.positioned and fields.get("position") is None:
+            last = model._default_manager.filter(project=project).aggregate(m=Max("position"))
+            fields["position"] = min((last["m"] or 0) + 1, MAX_POSITION)
+
+        def create() -> ModelT:
+            return model._default_manager.create(project=project, **fields)
+
+        if kind.unique is None:
+            instance = create()
+        else:
+            instance = save_unique(create, field=kind.unique, value=fields[kind.unique])
+        if servers is not None:
+            _set_servers(instance, servers)
+        audit_record(
+            project=project,
+            actor=actor,
+            action=f"{kind.label}.created",
+            target=f"{kind.label} {instance}",
+            fields=sorted(data),
+        )
+    return instance
+
+
+def project_setting_update(*, instance: ModelT, actor: User, data: Mapping[str, Any]) -> ModelT:
+    kind = _setting_kind(type(instance))
+    project: Project = getattr(instance, "project")  # noqa: B009 (every setting has one)
+    fields, servers = _split_servers(type(instance), project, data)
+    kind.clean(fields)
+    if kind.unique is not None and kind.unique in fields:
+        _unique_in_project(
+            type(instance),
+            project=project,
+            field=kind.unique,
+            value=fields[kind.unique],
+            instance=instance,
+        )
+    with transaction.atomic():
+        if kind.unique is None:
+            changed = model_update(instance=instance, data=fields)
+        else:
+            changed = save_unique(
+                lambda: model_update(instance=instance, data=fields),
+                field=kind.unique,
+                value=fields.get(kind.unique, getattr(instance, kind.unique)),
+            )
+        if servers is not None:
+            _set_servers(instance, servers)
+            changed.append("servers")
+        if changed:
+            audit_record(
+                project=project,
+                actor=actor,
+                action=f"{kind.label}.updated",
+                target=f"{kind.label} {instance}",
+                fields=sorted(changed),
+            )
+    return instance
+
+
+def project_setting_delete(*, instance: models.Model, actor: User) -> None:
+    kind = _setting_kind(type(instance))
+    project: Project = getattr(instance, "project")  # noqa: B009 (every setting has one)
+    with transaction.atomic():
+        audit_record(
+            project=project,
+            actor=actor,
+            action=f"{kind.label}.deleted",
+            target=f"{kind.label} {instance}",
+        )
+        instance.delete()

@@ -1,10 +1,48 @@
+"""The dashboard's pages (deployer/links.py builds absolute addresses of the main ones)."""
+
 from __future__ import annotations
 
 from django.urls import path
 
+from builds import views as deployments
 from projects import views
+from servers import views as servers
+
+PROJECT = "projects/<slug:slug>/"
+SERVER = PROJECT + "servers/<int:server_id>/"
+DEPLOYMENT = PROJECT + "deployments/<int:deployment_id>/"
+SETTING = PROJECT + "settings/<slug:kind>/"
 
 urlpatterns = [
     path("", views.index, name="index"),
-    path("projects/<slug:slug>/", views.project_detail, name="project-detail"),
+    path("projects/new/", views.project_new, name="project-new"),
+    path(PROJECT, views.project_detail, name="project-detail"),
+    path(PROJECT + "settings/", views.project_settings, name="project-settings"),
+    path(PROJECT + "delete/", views.project_remove, name="project-delete"),
+    path(PROJECT + "members/", views.members, name="members"),
+    path(PROJECT + "members/<str:username>/role/", views.member_change, name="member-role"),
+    path(PROJECT + "members/<str:username>/remove/", views.member_delete, name="member-remove"),
+    path(PROJECT + "audit/", views.audit_log, name="audit-log"),
+    path(SETTING, views.setting_list, name="setting-list"),
+    path(SETTING + "<int:pk>/", views.setting_edit, name="setting-edit"),
+    path(SETTING + "<int:pk>/delete/", views.setting_delete, name="setting-delete"),
+    # Servers.
+    path(PROJECT + "servers/new/", servers.server_new, name="server-new"),
+    path(SERVER, servers.server_detail, name="server-detail"),
+    path(SERVER + "edit/", servers.server_edit, name="server-edit"),
+    path(SERVER + "delete/", servers.server_remove, name="server-delete"),
+    path(SERVER + "test/", servers.server_test, name="server-test"),
+    path(SERVER + "trust/", servers.server_trust, name="server-trust"),
+    path(SERVER + "rollback/", servers.server_rollback, name="server-rollback"),
+    # Deployments.
+    path(PROJECT + "deploy/", deployments.deployment_new, name="deployment-new"),
+    path(PROJECT + "deployments/", views.deployment_list, name="deployment-list"),
+    path(DEPLOYMENT, deployments.deployment_detail, name="deployment-detail"),
+    path(DEPLOYMENT + "summary/", deployments.deployment_summary, name="deployment-summary"),
+    path(DEPLOYMENT + "preview/", deployments.deployment_preview, name="deployment-preview"),
+    path(DEPLOYMENT + "cancel/", deployments.deployment_cancel_view, name="deployment-cancel"),
+    path(DEPLOYMENT + "redeploy/", deployments.deployment_redeploy, name="deployment-redeploy"),
+    path(DEPLOYMENT + "rollback/", deployments.deployment_roll_back, name="deployment-rollback"),
+    # The user guides, as plain text.
+    path("docs/<slug:name>.md", views.docs_page, name="docs"),
 ]

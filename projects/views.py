@@ -1,44 +1,470 @@
-"""Dashboard pages for projects."""
+"""Dashboard pages for projects: the overview, a project's page, its settings, members and
+audit log. Each view parses, authorises through one access helper (projects.dashboard),
+calls a service and renders."""
 
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from projects.models import Membership, Project
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db import models
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from builds.engine.git import redact_url
+from builds.engine.variables import DOCUMENTED
+from builds.models import Kind, WebhookDelivery, WebhookProvider
+from projects.dashboard import (
+    SERVICE_ERRORS,
+    ProjectMirror,
+    add_service_error,
+    error_message,
+    get_member_for_user,
+    get_project_for_user,
+    get_setting_for_user,
+    page_context,
+    server_rows,
+    with_servers,
+)
+from projects.forms import (
+    BuildCommandForm,
+    CommandForm,
+    ConfigFileForm,
+    EnvironmentVariableForm,
+    ExcludedFileForm,
+    GroupForm,
+    MemberAddForm,
+    MemberRoleForm,
+    ProjectForm,
+    SettingForm,
+)
+from projects.models import CONFIGURE_ROLES, AuditEvent, Membership
+from projects.services import (
+    member_add,
+    member_remove,
+    member_update,
+    project_delete,
+    project_register,
+    project_setting_create,
+    project_setting_delete,
+    project_setting_update,
+    project_update,
+)
+
+RECENT_DEPLOYMENTS = 10
+RECENT_DELIVERIES = 10
+AUDIT_PAGE_SIZE = 50
 
 
 def _user_id(request: HttpRequest) -> int:
     return int(request.user.pk or 0)
 
 
-def _get_project_for_user(request: HttpRequest, slug: str) -> tuple[Project, Membership]:
-    """The project, reached only through the caller's membership: 404 for anyone else."""
-    membership = (
-        Membership.objects.select_related("project")
-        .filter(project__slug=slug, user_id=_user_id(request))
-        .first()
-    )
-    if membership is None:
-        raise Http404("No such project")
-    return membership.project, membership
+# --------------------------------------------------------------------------- the overview
 
 
 @login_required
+@require_GET
 def index(request: HttpRequest) -> HttpResponse:
-    projects = Project.objects.filter(memberships__user_id=_user_id(request)).prefetch_related(
-        "servers"
+    memberships = list(
+        Membership.objects.filter(user_id=_user_id(request))
+        .select_related("project")
+        .order_by("project__name")
     )
-    return render(request, "projects/index.html", {"projects": projects})
+    projects = [membership.project for membership in memberships]
+    deliveries = {
+        delivery.project_id: delivery
+        for delivery in WebhookDelivery.objects.filter(project__in=projects).latest_per_project(1)
+    }
+    cards = []
+    for membership in memberships:
+        project = membership.project
+        groups, servers = server_rows(project)
+        cards.append(
+            {
+                "project": project,
+                "membership": membership,
+                "groups": groups,
+                "servers": servers,
+                "repository": redact_url(project.repository_url),
+                "delivery": deliveries.get(project.pk),
+                "running": project.deployments.active().exclude(kind=Kind.PREVIEW).count(),
+            }
+        )
+    return render(
+        request,
+        "projects/index.html",
+        {"cards": cards, "any_running": any(card["running"] for card in cards)},
+    )
+
+
+# --------------------------------------------------------------------------- a project
 
 
 @login_required
+@require_http_methods(["GET", "POST"])
+def project_new(request: HttpRequest) -> HttpResponse:
+    form = ProjectForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            project = project_register(owner=_owner(request), **form.service_data())
+        except SERVICE_ERRORS as exc:
+            add_service_error(form, exc)
+        else:
+            messages.success(
+                request,
+                f"{project.name} is ready. Add its public key to your servers (and to your Git "
+                "host if the repository is private), then add a server.",
+            )
+            return redirect("project-detail", project.slug)
+    return render(request, "projects/new.html", {"form": form})
+
+
+def _owner(request: HttpRequest) -> Any:
+    # login_required guarantees a real user; this keeps the type checker informed.
+    return request.user
+
+
+@login_required
+@require_GET
 def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
-    project, membership = _get_project_for_user(request, slug)
-    deployments = project.deployments.all()[:20]
+    membership = get_project_for_user(request, slug)
+    project = membership.project
+    mirror = ProjectMirror(project)
+    groups, servers = server_rows(project, mirror)
+    deployments = with_servers(project.deployments.exclude(kind=Kind.PREVIEW)[:RECENT_DEPLOYMENTS])
+    deliveries = project.webhook_deliveries.prefetch_related("deployments")[:RECENT_DELIVERIES]
     return render(
         request,
         "projects/detail.html",
-        {"project": project, "membership": membership, "deployments": deployments},
+        page_context(
+            membership,
+            tab="overview",
+            groups=groups,
+            servers=servers,
+            deployments=deployments,
+            any_active=any(deployment.is_active for deployment in deployments),
+            deliveries=deliveries,
+            repository=redact_url(project.repository_url),
+            providers=WebhookProvider,
+        ),
+    )
+
+
+@login_required
+@require_GET
+def deployment_list(request: HttpRequest, slug: str) -> HttpResponse:
+    membership = get_project_for_user(request, slug)
+    previews = request.GET.get("previews") == "1"
+    deployments = membership.project.deployments.all()
+    if not previews:
+        deployments = deployments.exclude(kind=Kind.PREVIEW)
+    page = Paginator(deployments.order_by("-created_at", "-id"), 30).get_page(
+        request.GET.get("page")
+    )
+    return render(
+        request,
+        "projects/deployments.html",
+        page_context(
+            membership,
+            tab="deployments",
+            page=page,
+            deployments=with_servers(page.object_list),
+            previews=previews,
+        ),
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_settings(request: HttpRequest, slug: str) -> HttpResponse:
+    write = request.method == "POST"
+    membership = get_project_for_user(request, slug, role=CONFIGURE_ROLES if write else None)
+    project = membership.project
+    form = ProjectForm(request.POST or None, project=project)
+    if not membership.can_configure:
+        _read_only(form)
+        for secret in ("repository_token", "remove_repository_token"):
+            form.fields.pop(secret, None)
+    if write and form.is_valid():
+        try:
+            project_update(project=project, actor=membership.user, **form.service_data())
+        except SERVICE_ERRORS as exc:
+            add_service_error(form, exc)
+        else:
+            messages.success(request, "Project settings saved.")
+            return redirect("project-settings", project.slug)
+    return render(
+        request,
+        "projects/settings.html",
+        page_context(membership, tab="settings", section="general", form=form),
+    )
+
+
+@login_required
+@require_POST
+def project_remove(request: HttpRequest, slug: str) -> HttpResponse:
+    membership = get_project_for_user(request, slug, role=CONFIGURE_ROLES)
+    name = membership.project.name
+    try:
+        project_delete(project=membership.project, actor=membership.user)
+    except SERVICE_ERRORS as exc:
+        messages.error(request, error_message(exc))
+        return redirect("project-settings", slug)
+    messages.success(request, f"Project {name} was deleted.")
+    return redirect("index")
+
+
+def _read_only(form: Any) -> None:
+    for field in form.fields.values():
+        field.disabled = True
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class SettingPage:
+    """One kind of project setting: its form, and how its pages speak of it."""
+
+    form: type[SettingForm]
+    title: str
+    singular: str
+    intro: str
+
+    @property
+    def model(self) -> type[models.Model]:
+        return self.form.model
+
+
+SETTINGS: dict[str, SettingPage] = {
+    "build-commands": SettingPage(
+        BuildCommandForm,
+        "Build commands",
+        "build command",
+        "Run on the worker, in order, in a fresh checkout of the revision, before any file is "
+        "sent. Their output is part of the deployment's log.",
+    ),
+    "commands": SettingPage(
+        CommandForm,
+        "SSH commands",
+        "SSH command",
+        "Run on the servers at one stage of each deployment, in the release directory, with "
+        "%variables% replaced and the environment variables exported.",
+    ),
+    "config-files": SettingPage(
+        ConfigFileForm,
+        "Config files",
+        "config file",
+        "Kept in Slipway, not in the repository, and written into every release with "
+        "%variables% replaced. Only admins see their contents.",
+    ),
+    "excluded-files": SettingPage(
+        ExcludedFileForm,
+        "Excluded files",
+        "excluded file",
+        "Never uploaded. A .deployignore file committed to the repository adds to these.",
+    ),
+    "environment": SettingPage(
+        EnvironmentVariableForm,
+        "Environment variables",
+        "variable",
+        "Exported to build commands and to commands on the servers. Secret values are "
+        "write-only and masked in logs.",
+    ),
+    "groups": SettingPage(
+        GroupForm,
+        "Server groups",
+        "group",
+        "Servers deployed together, in order, from one branch. A push deploys a group "
+        "whole or not at all.",
+    ),
+}
+
+
+def _setting_page(kind: str) -> SettingPage:
+    try:
+        return SETTINGS[kind]
+    except KeyError:
+        raise Http404("No such settings page") from None
+
+
+def _setting_context(membership: Membership, kind: str, page: SettingPage, **extra: Any) -> Any:
+    instances = list(page.model._default_manager.filter(project=membership.project))
+    return page_context(
+        membership,
+        tab="settings",
+        section=kind,
+        kind=kind,
+        page=page,
+        instances=instances,
+        variables=DOCUMENTED if kind in ("config-files", "commands") else None,
+        **extra,
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def setting_list(request: HttpRequest, slug: str, kind: str) -> HttpResponse:
+    page = _setting_page(kind)
+    write = request.method == "POST"
+    membership = get_project_for_user(request, slug, role=CONFIGURE_ROLES if write else None)
+    form = page.form(request.POST or None, project=membership.project)
+    if write and form.is_valid():
+        try:
+            instance = project_setting_create(
+                project=membership.project,
+                actor=membership.user,
+                model=page.model,
+                data=form.service_data(),
+            )
+        except SERVICE_ERRORS as exc:
+            add_service_error(form, exc)
+        else:
+            messages.success(request, f"Added the {page.singular} {instance}.")
+            return redirect("setting-list", slug, kind)
+    return render(
+        request,
+        "projects/setting_list.html",
+        _setting_context(membership, kind, page, form=form if membership.can_configure else None),
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def setting_edit(request: HttpRequest, slug: str, kind: str, pk: int) -> HttpResponse:
+    page = _setting_page(kind)
+    write = request.method == "POST"
+    instance, membership = get_setting_for_user(
+        request, slug, page.model, pk, role=CONFIGURE_ROLES if write else None
+    )
+    form = page.form(request.POST or None, project=membership.project, instance=instance)
+    if not membership.can_configure:
+        _read_only(form)
+        if kind == "config-files":
+            del form.fields["body"]
+    if write and form.is_valid():
+        try:
+            project_setting_update(
+                instance=instance, actor=membership.user, data=form.service_data()
+            )
+        except SERVICE_ERRORS as exc:
+            add_service_error(form, exc)
+        else:
+            messages.success(request, f"Saved the {page.singular} {instance}.")
+            return redirect("setting-list", slug, kind)
+    return render(
+        request,
+        "projects/setting_edit.html",
+        _setting_context(membership, kind, page, form=form, instance=instance),
+    )
+
+
+@login_required
+@require_POST
+def setting_delete(request: HttpRequest, slug: str, kind: str, pk: int) -> HttpResponse:
+    page = _setting_page(kind)
+    instance, membership = get_setting_for_user(request, slug, page.model, pk, role=CONFIGURE_ROLES)
+    label = str(instance)
+    project_setting_delete(instance=instance, actor=membership.user)
+    messages.success(request, f"Removed the {page.singular} {label}.")
+    return redirect("setting-list", slug, kind)
+
+
+# --------------------------------------------------------------------------- members
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def members(request: HttpRequest, slug: str) -> HttpResponse:
+    write = request.method == "POST"
+    membership = get_project_for_user(request, slug, role=CONFIGURE_ROLES if write else None)
+    form = MemberAddForm(request.POST or None)
+    if write and form.is_valid():
+        try:
+            added = member_add(
+                project=membership.project, actor=membership.user, **form.cleaned_data
+            )
+        except SERVICE_ERRORS as exc:
+            add_service_error(form, exc)
+        else:
+            messages.success(request, f"{added.user.get_username()} is now {added.role}.")
+            return redirect("members", slug)
+    everyone = membership.project.memberships.select_related("user").order_by("user__username")
+    return render(
+        request,
+        "projects/members.html",
+        page_context(
+            membership,
+            tab="members",
+            members=everyone,
+            form=form if membership.can_configure else None,
+            role_form=MemberRoleForm(),
+        ),
+    )
+
+
+@login_required
+@require_POST
+def member_change(request: HttpRequest, slug: str, username: str) -> HttpResponse:
+    member, caller = get_member_for_user(request, slug, username, role=CONFIGURE_ROLES)
+    form = MemberRoleForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose admin, deployer or viewer.")
+        return redirect("members", slug)
+    try:
+        member_update(membership=member, actor=caller.user, role=form.cleaned_data["role"])
+    except SERVICE_ERRORS as exc:
+        messages.error(request, error_message(exc))
+    else:
+        messages.success(request, f"{username} is now {member.role}.")
+    return redirect("members", slug)
+
+
+@login_required
+@require_POST
+def member_delete(request: HttpRequest, slug: str, username: str) -> HttpResponse:
+    member, caller = get_member_for_user(request, slug, username, role=CONFIGURE_ROLES)
+    try:
+        member_remove(membership=member, actor=caller.user)
+    except SERVICE_ERRORS as exc:
+        messages.error(request, error_message(exc))
+    else:
+        messages.success(request, f"{username} is no longer a member of {caller.project.name}.")
+    return redirect("members", slug)
+
+
+# --------------------------------------------------------------------------- audit log
+
+
+@login_required
+@require_GET
+def audit_log(request: HttpRequest, slug: str) -> HttpResponse:
+    membership = get_project_for_user(request, slug)
+    events = AuditEvent.objects.filter(project=membership.project).select_related("actor")
+    page = Paginator(events, AUDIT_PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "projects/audit.html", page_context(membership, tab="audit", page=page))
+
+
+# --------------------------------------------------------------------------- help pages
+
+DOCS_DIR = Path(settings.BASE_DIR) / "docs"
+DOCS = ("webhooks", "servers", "deployments", "dashboard")
+
+
+@login_required
+@require_GET
+def docs_page(request: HttpRequest, name: str) -> FileResponse:
+    """The user guides of docs/, as plain text: they are readable as they are, and the
+    dashboard has no Markdown renderer to trust."""
+    if name not in DOCS or not (DOCS_DIR / f"{name}.md").is_file():
+        raise Http404("No such page")
+    return FileResponse(
+        (DOCS_DIR / f"{name}.md").open("rb"), content_type="text/plain; charset=utf-8"
     )

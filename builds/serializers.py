@@ -1,0 +1,212 @@
+"""The API's shapes for deployments, their targets, steps and log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from builds.logs import line_payload
+from builds.models import Deployment, DeploymentTarget, LogLine, Status, Step
+from builds.services import LOG_PAGE_SIZE
+from deployer.api import api_url
+from deployer.links import deployment_page
+from projects.serializers import ProjectServerField
+from servers.models import ServerGroup
+
+
+class TargetSerializer(serializers.ModelSerializer[DeploymentTarget]):
+    server_name = serializers.CharField(source="server.name", read_only=True)
+
+    class Meta:
+        model = DeploymentTarget
+        fields = [
+            "server",
+            "server_name",
+            "status",
+            "release",
+            "previous_release",
+            "reason",
+            "files_done",
+            "files_total",
+            "bytes_done",
+            "bytes_total",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class StepSerializer(serializers.ModelSerializer[Step]):
+    class Meta:
+        model = Step
+        fields = ["name", "server", "status", "started_at", "finished_at"]
+        read_only_fields = fields
+
+
+class ChangesSerializer(serializers.Serializer[Any]):
+    added = serializers.ListField(child=serializers.CharField())
+    modified = serializers.ListField(child=serializers.CharField())
+    deleted = serializers.ListField(child=serializers.CharField())
+    bytes = serializers.IntegerField(help_text="Bytes to send (after compression).")
+
+
+class CommitSerializer(serializers.Serializer[Any]):
+    sha = serializers.CharField()
+    author = serializers.CharField()
+    date = serializers.CharField()
+    subject = serializers.CharField()
+
+
+class DeploymentSummarySerializer(serializers.ModelSerializer[Deployment]):
+    """A deployment in a list: everything but its steps, changes and commits."""
+
+    project: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
+    targets = TargetSerializer(many=True, read_only=True)
+    triggered_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
+    url = serializers.SerializerMethodField()
+    html_url = serializers.SerializerMethodField()
+    log_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Deployment
+        fields = [
+            "id",
+            "project",
+            "kind",
+            "status",
+            "stage",
+            "revision",
+            "branch",
+            "start_revision",
+            "end_revision",
+            "group",
+            "full",
+            "skip_build",
+            "skip_cache",
+            "rollback_release",
+            "rollback_of",
+            "targets",
+            "trigger",
+            "triggered_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "error",
+            "error_code",
+            "url",
+            "html_url",
+            "log_url",
+        ]
+        read_only_fields = fields
+
+    def get_url(self, deployment: Deployment) -> str:
+        return api_url("api-deployment", deployment_id=deployment.pk)
+
+    def get_html_url(self, deployment: Deployment) -> str:
+        return deployment_page(deployment.project.slug, deployment.pk)
+
+    def get_log_url(self, deployment: Deployment) -> str:
+        return api_url("api-deployment-log", deployment_id=deployment.pk)
+
+
+class DeploymentSerializer(DeploymentSummarySerializer):
+    steps = StepSerializer(many=True, read_only=True)
+    changes = serializers.SerializerMethodField(
+        help_text="What the deployment sends (or a preview would send)."
+    )
+    commits = serializers.SerializerMethodField()
+
+    class Meta(DeploymentSummarySerializer.Meta):
+        fields = [*DeploymentSummarySerializer.Meta.fields, "steps", "changes", "commits"]
+        read_only_fields = fields
+
+    @extend_schema_field(ChangesSerializer)
+    def get_changes(self, deployment: Deployment) -> dict[str, Any]:
+        changes = deployment.changes or {}
+        return {
+            "added": changes.get("added", []),
+            "modified": changes.get("modified", []),
+            "deleted": changes.get("deleted", []),
+            "bytes": changes.get("bytes", 0),
+        }
+
+    @extend_schema_field(CommitSerializer(many=True))
+    def get_commits(self, deployment: Deployment) -> list[dict[str, Any]]:
+        return list(deployment.commits or [])
+
+
+@extend_schema_field(OpenApiTypes.INT)
+class ProjectGroupField(serializers.PrimaryKeyRelatedField[ServerGroup]):
+    """A server group's id, among the groups of ``context["project"]`` only."""
+
+    def get_queryset(self) -> QuerySet[ServerGroup]:
+        return ServerGroup.objects.filter(project=self.context.get("project"))
+
+
+class DeploymentCreateSerializer(serializers.Serializer[dict[str, Any]]):
+    """``context["project"]`` limits ``servers`` and ``group`` to the project's own."""
+
+    servers = ProjectServerField(many=True, required=False, help_text="Server ids.")
+    group = ProjectGroupField(
+        required=False,
+        allow_null=True,
+        help_text="A server group's id, instead of servers.",
+    )
+    revision = serializers.CharField(
+        max_length=255,
+        required=False,
+        allow_blank=True,
+        help_text="A branch, tag or commit SHA; by default the head of each server's branch.",
+    )
+    full = serializers.BooleanField(default=False, help_text="Send every file, not the changes.")
+    preview = serializers.BooleanField(
+        default=False, help_text="Only work out what would change; touch no server."
+    )
+    skip_build = serializers.BooleanField(default=False)
+    skip_cache = serializers.BooleanField(default=False)
+
+
+class LogQuerySerializer(serializers.Serializer[dict[str, Any]]):
+    after = serializers.IntegerField(
+        min_value=0,
+        max_value=2**31 - 1,
+        default=0,
+        help_text="Return lines whose seq is greater than this.",
+    )
+    limit = serializers.IntegerField(min_value=1, max_value=LOG_PAGE_SIZE, default=LOG_PAGE_SIZE)
+
+
+class LogLineSerializer(serializers.Serializer[LogLine]):
+    seq = serializers.IntegerField()
+    stream = serializers.CharField()
+    text = serializers.CharField()
+    time = serializers.DateTimeField()
+    server = serializers.IntegerField(allow_null=True)
+
+    def to_representation(self, instance: LogLine) -> dict[str, Any]:
+        # The same payload the live page receives over its socket.
+        return line_payload(instance)
+
+
+class LogSerializer(serializers.Serializer[Any]):
+    lines = LogLineSerializer(many=True)
+    complete = serializers.BooleanField(
+        help_text="The deployment is over and no line comes after these."
+    )
+    next_after = serializers.IntegerField(help_text="Pass as ?after= to get the next lines.")
+    status = serializers.ChoiceField(choices=Status.choices)
+
+
+class DeploymentPageSerializer(serializers.Serializer[Any]):
+    count = serializers.IntegerField()
+    next = serializers.CharField(allow_null=True, help_text="The next page's address.")
+    previous = serializers.CharField(allow_null=True)
+    results = DeploymentSummarySerializer(many=True)

@@ -1,0 +1,261 @@
+"""Dashboard pages for deployments: start one (after a preview), follow it live, cancel it,
+deploy it again or roll it back."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from builds.forms import DeploymentForm
+from builds.models import Deployment, Kind, TargetStatus, Trigger
+from builds.services import deployment_cancel, deployment_rollback, deployment_start
+from projects.dashboard import (
+    SERVICE_ERRORS,
+    ProjectMirror,
+    add_service_error,
+    error_message,
+    get_deployment_for_user,
+    get_project_for_user,
+    page_context,
+)
+from projects.models import DEPLOY_ROLES, Membership
+from servers.models import Server
+
+# --------------------------------------------------------------------------- a new deployment
+
+
+def _initial_from_query(
+    request: HttpRequest, servers: list[Server], *, has_groups: bool
+) -> dict[str, Any]:
+    initial: dict[str, Any] = {
+        "servers": [value for value in request.GET.getlist("servers") if value.isdigit()],
+        "group": request.GET.get("group", ""),
+        "revision": request.GET.get("revision", ""),
+        "ref": request.GET.get("ref", ""),
+    }
+    for option in ("full", "skip_build", "skip_cache"):
+        initial[option] = request.GET.get(option) == "on"
+    if not initial["servers"] and not initial["group"] and len(servers) == 1 and not has_groups:
+        initial["servers"] = [str(servers[0].pk)]
+    return initial
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def deployment_new(request: HttpRequest, slug: str) -> HttpResponse:
+    membership = get_project_for_user(request, slug, role=DEPLOY_ROLES)
+    project = membership.project
+    mirror = ProjectMirror(project)
+    commits = mirror.recent(project.branch)
+    servers = list(project.servers.all())
+    preview: Deployment | None = None
+    if request.method == "POST":
+        form = DeploymentForm(request.POST, project=project, commits=commits)
+        wants_preview = request.POST.get("action") == "preview"
+        if form.is_valid():
+            revision = form.chosen_revision()
+            try:
+                deployment = deployment_start(
+                    project=project,
+                    user=membership.user,
+                    servers=list(form.cleaned_data["servers"]),
+                    group=form.cleaned_data["group"],
+                    revision=revision,
+                    full=form.cleaned_data["full"],
+                    skip_build=form.cleaned_data["skip_build"],
+                    skip_cache=form.cleaned_data["skip_cache"],
+                    preview=wants_preview,
+                    trigger=Trigger.MANUAL,
+                )
+            except SERVICE_ERRORS as exc:
+                typed = "ref" if form.cleaned_data.get("ref") else "revision"
+                add_service_error(form, exc, aliases={"revision": typed})
+            else:
+                if not wants_preview:
+                    return redirect("deployment-detail", slug, deployment.pk)
+                query = [
+                    (key, value)
+                    for key in request.POST
+                    if key not in ("csrfmiddlewaretoken", "action")
+                    for value in request.POST.getlist(key)
+                ]
+                query.append(("preview", str(deployment.pk)))
+                return redirect(reverse("deployment-new", args=[slug]) + "?" + urlencode(query))
+    else:
+        form = DeploymentForm(
+            initial=_initial_from_query(request, servers, has_groups=project.groups.exists()),
+            project=project,
+            commits=commits,
+        )
+        preview_id = request.GET.get("preview", "")
+        if preview_id.isdigit():
+            preview = (
+                project.deployments.filter(pk=int(preview_id), kind=Kind.PREVIEW)
+                .prefetch_related("targets__server")
+                .first()
+            )
+    return render(
+        request,
+        "builds/new.html",
+        page_context(
+            membership,
+            tab="deploy",
+            form=form,
+            commits=commits,
+            mirror_exists=mirror.exists,
+            head=mirror.head(project.branch),
+            servers=servers,
+            preview=preview,
+        ),
+    )
+
+
+@login_required
+@require_GET
+def deployment_preview(request: HttpRequest, slug: str, deployment_id: int) -> HttpResponse:
+    """The preview's result, polled by the new deployment page until it is done."""
+    deployment, membership = get_deployment_for_user(request, slug, deployment_id)
+    return render(
+        request,
+        "builds/_preview.html",
+        page_context(membership, preview=_with_targets(deployment)),
+    )
+
+
+def _with_targets(deployment: Deployment) -> Deployment:
+    fresh = (
+        Deployment.objects.select_related("triggered_by", "group", "rollback_of")
+        .prefetch_related("targets__server")
+        .get(pk=deployment.pk)
+    )
+    fresh.project = deployment.project
+    return fresh
+
+
+# --------------------------------------------------------------------------- a deployment
+
+
+def _deployment_context(deployment: Deployment, membership: Membership) -> dict[str, Any]:
+    deployment = _with_targets(deployment)
+    targets = list(deployment.targets.all())
+    succeeded = any(target.status == TargetStatus.SUCCEEDED for target in targets)
+    can_deploy = membership.can_deploy
+    return page_context(
+        membership,
+        tab="deployments",
+        deployment=deployment,
+        targets=targets,
+        steps=list(deployment.steps.select_related("server")),
+        can_cancel=can_deploy and deployment.is_active,
+        can_redeploy=can_deploy and not deployment.is_active and deployment.kind == Kind.DEPLOY,
+        can_roll_back=(
+            can_deploy and not deployment.is_active and deployment.kind == Kind.DEPLOY and succeeded
+        ),
+        changes=_changes(deployment.changes),
+    )
+
+
+def _changes(changes: Any) -> dict[str, Any] | None:
+    if not isinstance(changes, dict) or not any(
+        changes.get(k) for k in ("added", "modified", "deleted", "bytes")
+    ):
+        return None
+    return {
+        "added": list(changes.get("added") or []),
+        "modified": list(changes.get("modified") or []),
+        "deleted": list(changes.get("deleted") or []),
+        "bytes": int(changes.get("bytes") or 0),
+    }
+
+
+@login_required
+@require_GET
+def deployment_detail(request: HttpRequest, slug: str, deployment_id: int) -> HttpResponse:
+    deployment, membership = get_deployment_for_user(request, slug, deployment_id)
+    context = _deployment_context(deployment, membership)
+    servers = {target.server_id: target.server.name for target in context["targets"]}
+    context["log_config"] = {
+        "socket": f"/ws/deployments/{deployment.pk}/",
+        "summary": reverse("deployment-summary", args=[slug, deployment.pk]),
+        "servers": {str(pk): name for pk, name in servers.items()},
+        "active": deployment.is_active,
+    }
+    return render(request, "builds/detail.html", context)
+
+
+@login_required
+@require_GET
+def deployment_summary(request: HttpRequest, slug: str, deployment_id: int) -> HttpResponse:
+    """Everything on the deployment page but the log: redrawn when its status changes."""
+    deployment, membership = get_deployment_for_user(request, slug, deployment_id)
+    return render(request, "builds/_summary.html", _deployment_context(deployment, membership))
+
+
+@login_required
+@require_POST
+def deployment_cancel_view(request: HttpRequest, slug: str, deployment_id: int) -> HttpResponse:
+    deployment, membership = get_deployment_for_user(
+        request, slug, deployment_id, role=DEPLOY_ROLES
+    )
+    try:
+        deployment_cancel(deployment=deployment, user=membership.user)
+    except SERVICE_ERRORS as exc:
+        messages.error(request, error_message(exc))
+    else:
+        messages.info(
+            request,
+            "Cancelling: the deployment stops at its next safe point; every server keeps "
+            "the release it had."
+            if deployment.is_active
+            else "Cancelled before it started.",
+        )
+    return redirect("deployment-detail", slug, deployment_id)
+
+
+@login_required
+@require_POST
+def deployment_redeploy(request: HttpRequest, slug: str, deployment_id: int) -> HttpResponse:
+    deployment, membership = get_deployment_for_user(
+        request, slug, deployment_id, role=DEPLOY_ROLES
+    )
+    group = deployment.group
+    servers = [] if group else [t.server for t in deployment.targets.select_related("server")]
+    try:
+        again = deployment_start(
+            project=membership.project,
+            user=membership.user,
+            servers=servers,
+            group=group,
+            revision=deployment.end_revision or deployment.revision,
+            full=deployment.full,
+            skip_build=deployment.skip_build,
+            skip_cache=deployment.skip_cache,
+            trigger=Trigger.MANUAL,
+        )
+    except SERVICE_ERRORS as exc:
+        messages.error(request, error_message(exc))
+        return redirect("deployment-detail", slug, deployment_id)
+    return redirect("deployment-detail", slug, again.pk)
+
+
+@login_required
+@require_POST
+def deployment_roll_back(request: HttpRequest, slug: str, deployment_id: int) -> HttpResponse:
+    deployment, membership = get_deployment_for_user(
+        request, slug, deployment_id, role=DEPLOY_ROLES
+    )
+    try:
+        rollback = deployment_rollback(
+            deployment=deployment, user=membership.user, trigger=Trigger.MANUAL
+        )
+    except SERVICE_ERRORS as exc:
+        messages.error(request, error_message(exc))
+        return redirect("deployment-detail", slug, deployment_id)
+    return redirect("deployment-detail", slug, rollback.pk)

@@ -1,0 +1,354 @@
+"""Shared parts of the JSON API: access helpers, the error format, links and pagination.
+
+Every object is reached through the caller's membership of its project: ids of another
+project's objects answer 404, exactly like ids that do not exist. The role then decides
+what a member may do (``Need``): a viewer reads, a deployer also deploys, an admin also
+configures.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import models
+from django.db.models import QuerySet
+from django.urls import reverse
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions, status
+from rest_framework.decorators import api_view
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.permissions import SAFE_METHODS
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.utils.urls import remove_query_param, replace_query_param
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from builds.engine.errors import InvalidInput
+from builds.models import Deployment
+from builds.services import DeploymentFinished, DeploymentRefused
+from deployer.links import absolute
+from projects.models import CONFIGURE_ROLES, DEPLOY_ROLES, Membership, Role
+from servers.models import Release, Server
+
+ModelT = TypeVar("ModelT", bound=models.Model)
+
+# The largest id a database row can have (BigAutoField); larger ones cannot exist.
+_MAX_ID = 2**63 - 1
+
+
+def _storable(text: str) -> bool:
+    # PostgreSQL refuses NUL in any query parameter; no stored name can contain one anyway.
+    return "\x00" not in text
+
+
+class Need(enum.Enum):
+    """What the caller is about to do with a project's object."""
+
+    VIEW = "view"
+    DEPLOY = "deploy"
+    CONFIGURE = "configure"
+
+
+_ROLES: dict[Need, tuple[str, ...]] = {
+    Need.VIEW: tuple(Role.values),
+    Need.DEPLOY: tuple(DEPLOY_ROLES),
+    Need.CONFIGURE: tuple(CONFIGURE_ROLES),
+}
+_DOING: dict[Need, str] = {
+    Need.VIEW: "see it",
+    Need.DEPLOY: "deploy, roll back or cancel",
+    Need.CONFIGURE: "change its configuration",
+}
+
+
+def need_for(request: Request, *, write: Need) -> Need:
+    """VIEW for reads, ``write`` for everything else."""
+    return Need.VIEW if request.method in SAFE_METHODS else write
+
+
+def _authorise(membership: Membership, need: Need) -> None:
+    if membership.role not in _ROLES[need]:
+        allowed = " or ".join(_ROLES[need])
+        raise exceptions.PermissionDenied(
+            f"You are {membership.role} of project {membership.project.slug}; to "
+            f"{_DOING[need]} you need to be {allowed}."
+        )
+
+
+def _user_id(request: Request) -> int:
+    return int(request.user.pk or 0)
+
+
+def caller(request: Request) -> User:
+    """The signed-in user (every API view requires one)."""
+    user = request.user
+    if not isinstance(user, User):
+        raise exceptions.NotAuthenticated()
+    return user
+
+
+def memberships_of(request: Request) -> QuerySet[Membership]:
+    """The caller's memberships, with their projects: what a project list shows."""
+    return Membership.objects.filter(user_id=_user_id(request)).select_related("project")
+
+
+def get_project_for_user(request: Request, slug: str, *, need: Need = Need.VIEW) -> Membership:
+    """The caller's membership of project ``slug`` (with the project), or 404, or 403."""
+    membership = (
+        Membership.objects.select_related("project", "user")
+        .filter(project__slug=slug, user_id=_user_id(request))
+        .first()
+    )
+    if membership is None:
+        raise exceptions.NotFound(f"You are not a member of a project {slug!r}.")
+    _authorise(membership, need)
+    return membership
+
+
+def get_server_for_user(
+    request: Request, slug: str, server_id: int, *, need: Need = Need.VIEW
+) -> tuple[Server, Membership]:
+    membership = get_project_for_user(request, slug)
+    server = (
+        Server.objects.filter(project=membership.project, pk=server_id).first()
+        if 0 < server_id <= _MAX_ID
+        else None
+    )
+    if server is None:
+        raise exceptions.NotFound(f"Project {slug} has no server {server_id}.")
+    _authorise(membership, need)
+    server.project = membership.project
+    return server, membership
+
+
+def get_deployment_for_user(
+    request: Request, deployment_id: int, *, need: Need = Need.VIEW
+) -> tuple[Deployment, Membership]:
+    membership = (
+        Membership.objects.select_related("project", "user")
+        .filter(project__deployments__pk=deployment_id, user_id=_user_id(request))
+        .first()
+        if 0 < deployment_id <= _MAX_ID
+        else None
+    )
+    if membership is None:
+        raise exceptions.NotFound(f"There is no deployment {deployment_id} in your projects.")
+    deployment = Deployment.objects.select_related("triggered_by").get(pk=deployment_id)
+    _authorise(membership, need)
+    deployment.project = membership.project
+    return deployment, membership
+
+
+def get_setting_for_user(
+    request: Request, slug: str, model: type[ModelT], pk: int, *, need: Need = Need.VIEW
+) -> tuple[ModelT, Membership]:
+    """One of a project's settings (a command, a config file, a group...) by id."""
+    membership = get_project_for_user(request, slug)
+    instance = (
+        model._default_manager.filter(project=membership.project, pk=pk).first()
+        if 0 < pk <= _MAX_ID
+        else None
+    )
+    if instance is None:
+        name = model._meta.verbose_name
+        raise exceptions.NotFound(f"Project {slug} has no {name} {pk}.")
+    _authorise(membership, need)
+    setattr(instance, "project", membership.project)  # noqa: B010 (every setting has one)
+    return instance, membership
+
+
+def get_member_for_user(
+    request: Request, slug: str, username: str, *, need: Need = Need.VIEW
+) -> tuple[Membership, Membership]:
+    """(the member named ``username``, the caller's own membership) of project ``slug``."""
+    caller = get_project_for_user(request, slug)
+    member = (
+        Membership.objects.select_related("user")
+        .filter(project=caller.project, user__username=username)
+        .first()
+        if _storable(username)
+        else None
+    )
+    if member is None:
+        raise exceptions.NotFound(f"{username!r} is not a member of project {slug}.")
+    _authorise(caller, need)
+    member.project = caller.project
+    return member, caller
+
+
+def get_release_for_user(
+    request: Request, slug: str, server_id: int, name: str
+) -> tuple[Release, Server]:
+    """A release still kept on the server (removed ones are gone for good)."""
+    server, _ = get_server_for_user(request, slug, server_id)
+    release = (
+        server.releases.filter(removed_at__isnull=True, name=name)
+        .select_related("deployment__triggered_by")
+        .first()
+        if _storable(name)
+        else None
+    )
+    if release is None:
+        raise exceptions.NotFound(f"Server {server.name} keeps no release {name!r}.")
+    release.server = server
+    return release, server
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The object is not in a state that allows this."
+    default_code = "conflict"
+
+
+class TooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "too_large"
+
+
+def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response | None:
+    """DRF's handler, plus the errors our services raise, as JSON that names the field.
+
+    InvalidInput and DeploymentRefused become 400 ``{field: [message]}``; a Django
+    ValidationError without a field becomes 400 ``{"detail": message}``; DeploymentFinished
+    becomes 409; a body over Django's upload limit 413 (rather than an HTML page).
+    """
+    if isinstance(exc, InvalidInput):
+        message = str(exc).removeprefix(f"{exc.field}: ")
+        exc = exceptions.ValidationError({exc.field: [message]})
+    elif isinstance(exc, DeploymentRefused):
+        exc = exceptions.ValidationError({exc.field: [str(exc)]})
+    elif isinstance(exc, DeploymentFinished):
+        exc = Conflict(str(exc))
+    elif isinstance(exc, RequestDataTooBig):
+        exc = TooLarge(
+            f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."
+        )
+    elif isinstance(exc, DjangoValidationError):
+        if hasattr(exc, "error_dict"):
+            exc = exceptions.ValidationError(exc.message_dict)
+        else:
+            exc = exceptions.ValidationError({"detail": " ".join(exc.messages)})
+    return drf_exception_handler(exc, dict(context))
+
+
+@extend_schema(exclude=True)
+@api_view(["GET", "POST", "PUT", "PATCH", "DELETE"])
+def not_found(request: Request, path: str) -> Response:
+    """Any other address under /api/v1/: a JSON 404 like every other error."""
+    raise exceptions.NotFound(f"There is no API address /api/v1/{path}.")
+
+
+# --------------------------------------------------------------------------- links
+
+
+def api_url(view_name: str, /, **kwargs: object) -> str:
+    """The absolute address of the API view ``view_name`` (named in deployer/api_urls.py)."""
+    return absolute(reverse(view_name, kwargs=kwargs))
+
+
+class Pagination(PageNumberPagination):
+    """Page links under BASE_URL, like every other address in an answer."""
+
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+    def _here(self) -> str:
+        assert self.request is not None
+        return absolute(self.request.get_full_path())
+
+    def get_next_link(self) -> str | None:
+        page = self.page
+        if page is None or not page.has_next():
+            return None
+        return replace_query_param(self._here(), self.page_query_param, page.next_page_number())
+
+    def get_previous_link(self) -> str | None:
+        page = self.page
+        if page is None or not page.has_previous():
+            return None
+        number = page.previous_page_number()
+        if number == 1:
+            return remove_query_param(self._here(), self.page_query_param)
+        return replace_query_param(self._here(), self.page_query_param, number)
+
+
+# --------------------------------------------------------------------------- schema
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_FIELD_ERRORS = {"$ref": "#/components/schemas/FieldErrors"}
+
+
+def document_errors(
+    result: dict[str, Any], generator: object, request: object, public: bool
+) -> dict[str, Any]:
+    """Add the error answers every operation can give (a drf-spectacular postprocessing hook).
+
+    Views raise them through the access helpers and the exception handler, the same way
+    everywhere, so they are described here once rather than on each view.
+    """
+    schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Error"] = {
+        "type": "object",
+        "properties": {"detail": {"type": "string"}},
+        "required": ["detail"],
+    }
+    schemas["FieldErrors"] = {
+        "type": "object",
+        "description": "Messages by field name (a list of messages each), or "
+        '{"detail": message} for an error that concerns no one field.',
+        "additionalProperties": {},
+    }
+    for path, operations in result.get("paths", {}).items():
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            errors = {"401": ("Not signed in: no token, or an unknown or revoked one.", _ERROR)}
+            if "{" in path:
+                errors["404"] = ("Not found among the caller's projects.", _ERROR)
+            if method != "get" and path != "/api/v1/projects/":
+                errors["403"] = ("The caller's role on the project does not allow it.", _ERROR)
+            if method != "get" or any(
+                parameter.get("in") == "query" for parameter in operation.get("parameters", [])
+            ):
+                errors["400"] = (
+                    "The input was refused; the answer names the field.",
+                    _FIELD_ERRORS,
+                )
+            if "requestBody" in operation:
+                errors["413"] = ("The body is larger than the server accepts.", _ERROR)
+                errors["415"] = ("The body is not JSON, a form or multipart.", _ERROR)
+            if path.endswith("/cancel/"):
+                errors["409"] = ("The deployment already finished.", _ERROR)
+            for code, (description, schema) in errors.items():
+                responses.setdefault(
+                    code,
+                    {
+                        "description": description,
+                        "content": {"application/json": {"schema": schema}},
+                    },
+                )
+    return result
+
+
+class BearerTokenScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
+    target_class = "projects.authentication.BearerTokenAuthentication"
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema: AutoSchema) -> dict[str, str]:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API token (slw_...) issued in the dashboard or with "
+            "`manage.py issue_token USERNAME`.",
+        }

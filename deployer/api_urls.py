@@ -1,0 +1,93 @@
+"""The JSON API, under /api/v1/ (see deployer/api.py for what every view shares)."""
+
+from __future__ import annotations
+
+from django.urls import path, re_path
+
+from builds import api as builds
+from deployer.api import not_found
+from projects import api as projects
+from servers import api as servers
+
+PROJECT = "projects/<slug:slug>/"
+SERVER = PROJECT + "servers/<int:server_id>/"
+DEPLOYMENT = "deployments/<int:deployment_id>/"
+
+urlpatterns = [
+    path("me/", projects.MeView.as_view(), name="api-me"),
+    path("projects/", projects.ProjectListView.as_view(), name="api-projects"),
+    path(PROJECT, projects.ProjectDetailView.as_view(), name="api-project"),
+    # Servers and their releases.
+    path(PROJECT + "servers/", servers.ServerListView.as_view(), name="api-servers"),
+    path(SERVER, servers.ServerDetailView.as_view(), name="api-server"),
+    path(SERVER + "check/", servers.ServerCheckView.as_view(), name="api-server-check"),
+    path(SERVER + "trust/", servers.ServerTrustView.as_view(), name="api-server-trust"),
+    path(SERVER + "releases/", servers.ServerReleaseListView.as_view(), name="api-server-releases"),
+    path(
+        SERVER + "releases/<str:name>/",
+        servers.ServerReleaseDetailView.as_view(),
+        name="api-server-release",
+    ),
+    path(SERVER + "rollback/", servers.ServerRollbackView.as_view(), name="api-server-rollback"),
+    # Deployments.
+    path(
+        PROJECT + "deployments/",
+        builds.ProjectDeploymentListView.as_view(),
+        name="api-project-deployments",
+    ),
+    path(DEPLOYMENT, builds.DeploymentDetailView.as_view(), name="api-deployment"),
+    path(DEPLOYMENT + "log/", builds.DeploymentLogView.as_view(), name="api-deployment-log"),
+    path(
+        DEPLOYMENT + "cancel/", builds.DeploymentCancelView.as_view(), name="api-deployment-cancel"
+    ),
+    path(
+        DEPLOYMENT + "rollback/",
+        builds.DeploymentRollbackView.as_view(),
+        name="api-deployment-rollback",
+    ),
+    # Project settings: members read them, admins change them.
+    path(PROJECT + "commands/", projects.CommandListView.as_view(), name="api-commands"),
+    path(PROJECT + "commands/<int:pk>/", projects.CommandDetailView.as_view(), name="api-command"),
+    path(PROJECT + "config-files/", projects.ConfigFileListView.as_view(), name="api-config-files"),
+    path(
+        PROJECT + "config-files/<int:pk>/",
+        projects.ConfigFileDetailView.as_view(),
+        name="api-config-file",
+    ),
+    path(
+        PROJECT + "excluded-files/",
+        projects.ExcludedFileListView.as_view(),
+        name="api-excluded-files",
+    ),
+    path(
+        PROJECT + "excluded-files/<int:pk>/",
+        projects.ExcludedFileDetailView.as_view(),
+        name="api-excluded-file",
+    ),
+    path(PROJECT + "environment/", projects.EnvironmentListView.as_view(), name="api-environment"),
+    path(
+        PROJECT + "environment/<int:pk>/",
+        projects.EnvironmentDetailView.as_view(),
+        name="api-environment-variable",
+    ),
+    path(
+        PROJECT + "build-commands/",
+        projects.BuildCommandListView.as_view(),
+        name="api-build-commands",
+    ),
+    path(
+        PROJECT + "build-commands/<int:pk>/",
+        projects.BuildCommandDetailView.as_view(),
+        name="api-build-command",
+    ),
+    path(PROJECT + "groups/", servers.GroupListView.as_view(), name="api-groups"),
+    path(PROJECT + "groups/<int:pk>/", servers.GroupDetailView.as_view(), name="api-group"),
+    path(PROJECT + "members/", projects.MemberListView.as_view(), name="api-members"),
+    path(
+        PROJECT + "members/<str:username>/",
+        projects.MemberDetailView.as_view(),
+        name="api-member",
+    ),
+    # Last: anything else is a JSON 404, not the dashboard's HTML page.
+    re_path(r"^(?P<path>(?s:.*))$", not_found, name="api-not-found"),
+]

@@ -1,0 +1,69 @@
+"""Account pages: API tokens. (Signing in and out and changing the password are Django's
+own views, with Slipway's templates.)"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_http_methods, require_POST
+
+from projects.dashboard import SERVICE_ERRORS, add_service_error
+from projects.forms import ApiTokenForm
+from projects.models import ApiToken
+from projects.services import api_token_create, api_token_revoke
+
+
+def _user(request: HttpRequest) -> User:
+    user = request.user
+    assert isinstance(user, User)  # login_required let only a signed-in user through
+    return user
+
+
+def _get_token_for_user(request: HttpRequest, token_id: int) -> ApiToken:
+    """One of the caller's own tokens; anybody else's is 404."""
+    token = ApiToken.objects.filter(pk=token_id, user_id=_user(request).pk).first()
+    if token is None:
+        raise Http404("No such token")
+    return token
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "POST"])
+def api_tokens(request: HttpRequest) -> HttpResponse:
+    user = _user(request)
+    form = ApiTokenForm(request.POST or None)
+    issued: tuple[ApiToken, str] | None = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            issued = api_token_create(user=user, name=form.cleaned_data["name"])
+        except SERVICE_ERRORS as exc:
+            add_service_error(form, exc)
+        else:
+            # Rendered, not redirected: this answer is the only place the token ever appears
+            # (never_cache keeps it out of the browser's cache).
+            form = ApiTokenForm()
+    tokens = ApiToken.objects.filter(user=user).order_by("revoked_at", "-created_at")
+    return render(
+        request,
+        "account/tokens.html",
+        {
+            "form": form,
+            "tokens": tokens,
+            "issued": issued[0] if issued else None,
+            "issued_token": issued[1] if issued else "",
+        },
+    )
+
+
+@login_required
+@require_POST
+def api_token_revoke_view(request: HttpRequest, token_id: int) -> HttpResponse:
+    token = _get_token_for_user(request, token_id)
+    api_token_revoke(token=token, actor=_user(request))
+    messages.success(request, f"The token {token.name} ({token.prefix}…) is revoked.")
+    return redirect("api-tokens")

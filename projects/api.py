@@ -1,0 +1,330 @@
+"""API views for projects, their members and their settings.
+
+Each view parses, authorises through one access helper (deployer.api) and calls a service.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from django.db import models
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import mixins, serializers, status
+from rest_framework.generics import GenericAPIView, ListCreateAPIView
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from deployer.api import (
+    Need,
+    api_url,
+    caller,
+    get_member_for_user,
+    get_project_for_user,
+    get_setting_for_user,
+    memberships_of,
+    need_for,
+)
+from deployer.links import index_page
+from projects.models import (
+    BuildCommand,
+    Command,
+    ConfigFile,
+    EnvironmentVariable,
+    ExcludedFile,
+    Membership,
+    Project,
+)
+from projects.serializers import (
+    BuildCommandSerializer,
+    CommandSerializer,
+    ConfigFileSerializer,
+    EnvironmentVariableSerializer,
+    ExcludedFileSerializer,
+    MemberCreateSerializer,
+    MemberSerializer,
+    MemberUpdateSerializer,
+    ProjectInputSerializer,
+    ProjectSerializer,
+)
+from projects.services import (
+    member_add,
+    member_remove,
+    member_update,
+    project_delete,
+    project_register,
+    project_setting_create,
+    project_setting_delete,
+    project_setting_update,
+    project_update,
+)
+
+NO_CONTENT = {204: OpenApiResponse(description="Deleted.")}
+
+
+class MeSerializer(serializers.Serializer[Any]):
+    username = serializers.CharField()
+    url = serializers.CharField()
+    html_url = serializers.CharField()
+
+
+class MeView(APIView):
+    @extend_schema(responses=MeSerializer, tags=["account"])
+    def get(self, request: Request) -> Response:
+        return Response(
+            {
+                "username": request.user.get_username(),
+                "url": api_url("api-me"),
+                "html_url": index_page(),
+            }
+        )
+
+
+def _project_data(project: Project, membership: Membership) -> dict[str, Any]:
+    serializer = ProjectSerializer(project, context={"roles": {project.pk: membership.role}})
+    return dict(serializer.data)
+
+
+class ProjectListView(APIView):
+    @extend_schema(responses=ProjectSerializer(many=True), tags=["projects"])
+    def get(self, request: Request) -> Response:
+        roles = {membership.project_id: membership.role for membership in memberships_of(request)}
+        projects = Project.objects.filter(pk__in=roles)
+        return Response(ProjectSerializer(projects, many=True, context={"roles": roles}).data)
+
+    @extend_schema(
+        request=ProjectInputSerializer, responses={201: ProjectSerializer}, tags=["projects"]
+    )
+    def post(self, request: Request) -> Response:
+        serializer = ProjectInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        project = project_register(owner=caller(request), **serializer.validated_data)
+        membership = get_project_for_user(request, project.slug)
+        return Response(_project_data(project, membership), status=status.HTTP_201_CREATED)
+
+
+class ProjectDetailView(APIView):
+    @extend_schema(responses=ProjectSerializer, tags=["projects"])
+    def get(self, request: Request, slug: str) -> Response:
+        membership = get_project_for_user(request, slug)
+        return Response(_project_data(membership.project, membership))
+
+    @extend_schema(
+        request=ProjectInputSerializer(partial=True),
+        responses=ProjectSerializer,
+        tags=["projects"],
+    )
+    def patch(self, request: Request, slug: str) -> Response:
+        membership = get_project_for_user(request, slug, need=Need.CONFIGURE)
+        serializer = ProjectInputSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        project = project_update(
+            project=membership.project, actor=membership.user, **serializer.validated_data
+        )
+        return Response(_project_data(project, membership))
+
+    @extend_schema(responses=NO_CONTENT, tags=["projects"])
+    def delete(self, request: Request, slug: str) -> Response:
+        membership = get_project_for_user(request, slug, need=Need.CONFIGURE)
+        project_delete(project=membership.project, actor=membership.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --------------------------------------------------------------------------- members
+
+
+class MemberListView(APIView):
+    @extend_schema(responses=MemberSerializer(many=True), tags=["members"])
+    def get(self, request: Request, slug: str) -> Response:
+        membership = get_project_for_user(request, slug)
+        members = membership.project.memberships.select_related("user", "project").order_by(
+            "user__username"
+        )
+        return Response(MemberSerializer(members, many=True).data)
+
+    @extend_schema(
+        request=MemberCreateSerializer, responses={201: MemberSerializer}, tags=["members"]
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        caller = get_project_for_user(request, slug, need=Need.CONFIGURE)
+        serializer = MemberCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        member = member_add(project=caller.project, actor=caller.user, **serializer.validated_data)
+        return Response(MemberSerializer(member).data, status=status.HTTP_201_CREATED)
+
+
+class MemberDetailView(APIView):
+    @extend_schema(responses=MemberSerializer, tags=["members"])
+    def get(self, request: Request, slug: str, username: str) -> Response:
+        member, _ = get_member_for_user(request, slug, username)
+        return Response(MemberSerializer(member).data)
+
+    @extend_schema(request=MemberUpdateSerializer, responses=MemberSerializer, tags=["members"])
+    def patch(self, request: Request, slug: str, username: str) -> Response:
+        member, caller = get_member_for_user(request, slug, username, need=Need.CONFIGURE)
+        serializer = MemberUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        member = member_update(membership=member, actor=caller.user, **serializer.validated_data)
+        return Response(MemberSerializer(member).data)
+
+    @extend_schema(responses=NO_CONTENT, tags=["members"])
+    def delete(self, request: Request, slug: str, username: str) -> Response:
+        member, caller = get_member_for_user(request, slug, username, need=Need.CONFIGURE)
+        member_remove(membership=member, actor=caller.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --------------------------------------------------------------------------- settings
+# Commands, config files, excluded files, environment variables, build commands (and server
+# groups, in servers/api.py) share these two views: members read them, admins change them.
+
+
+class SettingListView(ListCreateAPIView[Any]):
+    model: ClassVar[type[models.Model]]
+    pagination_class = None
+    membership: Membership
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        self.membership = get_project_for_user(
+            request, kwargs["slug"], need=need_for(request, write=Need.CONFIGURE)
+        )
+
+    def get_queryset(self) -> models.QuerySet[Any]:
+        if getattr(self, "swagger_fake_view", False):
+            return self.model._default_manager.none()
+        return self.model._default_manager.filter(project=self.membership.project)
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        context = dict(super().get_serializer_context())
+        if hasattr(self, "membership"):
+            context.update(project=self.membership.project, role=self.membership.role)
+        return context
+
+    def perform_create(self, serializer: Any) -> None:
+        serializer.instance = project_setting_create(
+            project=self.membership.project,
+            actor=self.membership.user,
+            model=self.model,
+            data=serializer.validated_data,
+        )
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        project = self.membership.project
+        instances = list(self.get_queryset())
+        for instance in instances:
+            setattr(instance, "project", project)  # noqa: B010 (saves a query per row)
+        return Response(self.get_serializer(instances, many=True).data)
+
+
+class SettingDetailView(
+    mixins.RetrieveModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin,
+    GenericAPIView[Any],
+):
+    model: ClassVar[type[models.Model]]
+    membership: Membership
+    lookup_url_kwarg = "pk"
+
+    def get_queryset(self) -> models.QuerySet[Any]:
+        return self.model._default_manager.none()
+
+    def get_object(self) -> Any:
+        instance, self.membership = get_setting_for_user(
+            self.request,
+            self.kwargs["slug"],
+            self.model,
+            int(self.kwargs["pk"]),
+            need=need_for(self.request, write=Need.CONFIGURE),
+        )
+        return instance
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        context = dict(super().get_serializer_context())
+        if hasattr(self, "membership"):
+            context.update(project=self.membership.project, role=self.membership.role)
+        return context
+
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return self.retrieve(request, *args, **kwargs)
+
+    def patch(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return self.partial_update(request, *args, **kwargs)
+
+    def delete(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return self.destroy(request, *args, **kwargs)
+
+    def perform_update(self, serializer: Any) -> None:
+        serializer.instance = project_setting_update(
+            instance=serializer.instance,
+            actor=self.membership.user,
+            data=serializer.validated_data,
+        )
+
+    def perform_destroy(self, instance: models.Model) -> None:
+        project_setting_delete(instance=instance, actor=self.membership.user)
+
+
+def _tagged(tag: str) -> Any:
+    return extend_schema(tags=[tag])
+
+
+@_tagged("commands")
+class CommandListView(SettingListView):
+    model = Command
+    serializer_class = CommandSerializer
+
+
+@_tagged("commands")
+class CommandDetailView(SettingDetailView):
+    model = Command
+    serializer_class = CommandSerializer
+
+
+@_tagged("config files")
+class ConfigFileListView(SettingListView):
+    model = ConfigFile
+    serializer_class = ConfigFileSerializer
+
+
+@_tagged("config files")
+class ConfigFileDetailView(SettingDetailView):
+    model = ConfigFile
+    serializer_class = ConfigFileSerializer
+
+
+@_tagged("excluded files")
+class ExcludedFileListView(SettingListView):
+    model = ExcludedFile
+    serializer_class = ExcludedFileSerializer
+
+
+@_tagged("excluded files")
+class ExcludedFileDetailView(SettingDetailView):
+    model = ExcludedFile
+    serializer_class = ExcludedFileSerializer
+
+
+@_tagged("environment")
+class EnvironmentListView(SettingListView):
+    model = EnvironmentVariable
+    serializer_class = EnvironmentVariableSerializer
+
+
+@_tagged("environment")
+class EnvironmentDetailView(SettingDetailView):
+    model = EnvironmentVariable
+    serializer_class = EnvironmentVariableSerializer
+
+
+@_tagged("build commands")
+class BuildCommandListView(SettingListView):
+    model = BuildCommand
+    serializer_class = BuildCommandSerializer
+
+
+@_tagged("build commands")
+class BuildCommandDetailView(SettingDetailView):
+    model = BuildCommand
+    serializer_class = BuildCommandSerializer

@@ -1,0 +1,335 @@
+"""The dashboard's forms for projects, their settings, members and API tokens.
+
+Forms only parse (types, lengths, one value per line...). The rules live in the services
+(projects.services), which the API calls too; their errors are put beside the field they
+name by projects.dashboard.add_service_error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.db import models
+
+from projects.models import (
+    BuildCommand,
+    Command,
+    CommandRunOn,
+    CommandStage,
+    ConfigFile,
+    EnvironmentVariable,
+    ExcludedFile,
+    Project,
+    Role,
+)
+from projects.services import MAX_TIMEOUT_SECONDS
+from servers.models import Server, ServerGroup
+
+MONOSPACE = {"class": "mono", "spellcheck": "false", "autocapitalize": "off"}
+
+
+class LinesField(forms.CharField):
+    """A list of strings, typed one per line; blank lines are dropped."""
+
+    widget = forms.Textarea(attrs={"rows": 3, **MONOSPACE})
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("required", False)
+        super().__init__(**kwargs)
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return "\n".join(str(item) for item in value)
+        return value
+
+    def to_python(self, value: Any) -> list[str]:  # type: ignore[override]
+        text = super().to_python(value) or ""
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+class ProjectForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    repository_url = forms.CharField(
+        label="Repository URL",
+        max_length=500,
+        widget=forms.TextInput(attrs=MONOSPACE),
+        help_text="git@host:owner/repo.git, ssh://…, https://… or git://…",
+    )
+    branch = forms.CharField(
+        max_length=255,
+        initial="main",
+        widget=forms.TextInput(attrs=MONOSPACE),
+        help_text="Deployed unless a server or group names another branch.",
+    )
+    subdirectory = forms.CharField(
+        max_length=255,
+        required=False,
+        widget=forms.TextInput(attrs=MONOSPACE),
+        help_text="Deploy only this folder of the repository; blank for all of it.",
+    )
+    shared_paths = LinesField(
+        help_text="One per line, linked from shared/ into every release "
+        "(storage/, .env). End folders with /."
+    )
+    cache_paths = LinesField(
+        help_text="One per line, kept between builds on the worker (node_modules, vendor)."
+    )
+    repository_token = forms.CharField(
+        label="Repository access token",
+        max_length=2000,
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="For https repositories that need one. Stored encrypted and never shown.",
+    )
+    remove_repository_token = forms.BooleanField(
+        label="Remove the stored access token", required=False
+    )
+
+    CREATE_FIELDS = ("name", "repository_url", "branch", "subdirectory", "repository_token")
+
+    def __init__(self, *args: Any, project: Project | None = None, **kwargs: Any) -> None:
+        self.project = project
+        if project is not None and "initial" not in kwargs:
+            kwargs["initial"] = {
+                "name": project.name,
+                "repository_url": project.repository_url,
+                "branch": project.branch,
+                "subdirectory": project.subdirectory,
+                "shared_paths": project.shared_paths,
+                "cache_paths": project.cache_paths,
+            }
+        super().__init__(*args, **kwargs)
+        if project is None:
+            for name in list(self.fields):
+                if name not in self.CREATE_FIELDS:
+                    del self.fields[name]
+        else:
+            if project.repository_token:
+                self.fields[
+                    "repository_token"
+                ].help_text = (
+                    "A token is stored (encrypted, never shown). Type a new one to replace it."
+                )
+            else:
+                del self.fields["remove_repository_token"]
+
+    def service_data(self) -> dict[str, Any]:
+        data = dict(self.cleaned_data)
+        remove = data.pop("remove_repository_token", False)
+        if remove:
+            data["repository_token"] = ""
+        elif not data.get("repository_token"):
+            # Blank keeps the stored token: it is never shown, so it cannot be "edited".
+            data.pop("repository_token", None)
+        if self.project is None and not data.get("subdirectory"):
+            data.pop("subdirectory", None)
+        return data
+
+
+# --------------------------------------------------------------------------- settings
+
+
+class SettingForm(forms.Form):
+    """A form for one kind of project setting; ``service_data()`` goes to the services."""
+
+    model: type[models.Model]
+
+    def __init__(
+        self, *args: Any, project: Project, instance: models.Model | None = None, **kwargs: Any
+    ) -> None:
+        self.project = project
+        self.instance = instance
+        if instance is not None and "initial" not in kwargs:
+            kwargs["initial"] = self.initial_for(instance)
+        super().__init__(*args, **kwargs)
+        servers = self.fields.get("servers")
+        if isinstance(servers, forms.ModelMultipleChoiceField):
+            servers.queryset = Server.objects.filter(project=project)
+
+    def initial_for(self, instance: Any) -> dict[str, Any]:
+        initial = {name: getattr(instance, name, None) for name in self.base_fields}
+        if "servers" in initial and not isinstance(self.base_fields["servers"], forms.BooleanField):
+            initial["servers"] = list(instance.servers.values_list("pk", flat=True))
+        return initial
+
+    def service_data(self) -> dict[str, Any]:
+        data = dict(self.cleaned_data)
+        if "servers" in data and not isinstance(data["servers"], bool):
+            data["servers"] = list(data["servers"])
+        return data
+
+
+def _servers_field(help_text: str = "None ticked: every server of the project.") -> Any:
+    return forms.ModelMultipleChoiceField(
+        queryset=Server.objects.none(),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text=help_text,
+    )
+
+
+def _timeout_field() -> forms.IntegerField:
+    return forms.IntegerField(
+        label="Timeout (seconds)",
+        required=False,
+        min_value=1,
+        max_value=MAX_TIMEOUT_SECONDS,
+        help_text="Blank: no limit of its own.",
+    )
+
+
+class CommandForm(SettingForm):
+    model = Command
+
+    command = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, **MONOSPACE}), strip=False)
+    description = forms.CharField(max_length=255, required=False)
+    stage = forms.ChoiceField(label="When", choices=CommandStage.choices)
+    run_on = forms.ChoiceField(label="Run on", choices=CommandRunOn.choices)
+    halt_on_error = forms.BooleanField(
+        label="Stop the deployment when it fails", required=False, initial=True
+    )
+    timeout_seconds = _timeout_field()
+    servers = _servers_field()
+
+
+class BuildCommandForm(SettingForm):
+    model = BuildCommand
+
+    command = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, **MONOSPACE}), strip=False)
+    description = forms.CharField(max_length=255, required=False)
+    halt_on_error = forms.BooleanField(
+        label="Stop the deployment when it fails", required=False, initial=True
+    )
+    timeout_seconds = _timeout_field()
+    watch_globs = LinesField(
+        label="Only when these files change",
+        help_text="Globs, one per line (package-lock.json, assets/**). Blank: always run.",
+    )
+
+
+class ConfigFileForm(SettingForm):
+    model = ConfigFile
+
+    path = forms.CharField(
+        max_length=500,
+        widget=forms.TextInput(attrs=MONOSPACE),
+        help_text="Relative to the release, e.g. config/database.yml or .env",
+    )
+    description = forms.CharField(max_length=255, required=False)
+    body = forms.CharField(
+        label="Contents",
+        required=False,
+        strip=False,
+        max_length=1_000_000,
+        widget=forms.Textarea(attrs={"rows": 14, **MONOSPACE}),
+    )
+    servers = _servers_field()
+
+
+class ExcludedFileForm(SettingForm):
+    model = ExcludedFile
+
+    pattern = forms.CharField(
+        max_length=500,
+        widget=forms.TextInput(attrs=MONOSPACE),
+        help_text="Like .gitignore: *, **, a trailing / for folders, ! to include again.",
+    )
+
+
+class EnvironmentVariableForm(SettingForm):
+    model = EnvironmentVariable
+
+    name = forms.CharField(max_length=255, widget=forms.TextInput(attrs=MONOSPACE))
+    value = forms.CharField(
+        required=False,
+        strip=False,
+        max_length=100_000,
+        widget=forms.TextInput(attrs={**MONOSPACE, "autocomplete": "off"}),
+    )
+    secret = forms.BooleanField(
+        required=False,
+        help_text="Write-only: never shown again, and masked in every log line.",
+    )
+    build = forms.BooleanField(label="Available to build commands", required=False, initial=True)
+    servers = forms.BooleanField(
+        label="Available to commands on the servers", required=False, initial=True
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        instance = self.instance
+        was_secret = isinstance(instance, EnvironmentVariable) and instance.secret
+        if was_secret or self.data.get("secret"):
+            # A secret value is never sent back to the browser, not even after an error.
+            self.fields["value"].widget = forms.PasswordInput(
+                render_value=False, attrs={**MONOSPACE, "autocomplete": "new-password"}
+            )
+        if was_secret:
+            self.fields["value"].help_text = "Stored and hidden. Blank keeps the current value."
+
+    def initial_for(self, instance: Any) -> dict[str, Any]:
+        initial = super().initial_for(instance)
+        if instance.secret:
+            initial["value"] = ""
+        return initial
+
+    def clean(self) -> dict[str, Any] | None:
+        cleaned = super().clean() or {}
+        instance = self.instance
+        if (
+            isinstance(instance, EnvironmentVariable)
+            and instance.secret
+            and not cleaned.get("secret")
+            and not cleaned.get("value")
+        ):
+            self.add_error("value", "Give a new value to make a secret variable visible again.")
+        return cleaned
+
+    def service_data(self) -> dict[str, Any]:
+        data = super().service_data()
+        instance = self.instance
+        if isinstance(instance, EnvironmentVariable) and instance.secret and not data["value"]:
+            del data["value"]
+        return data
+
+
+class GroupForm(SettingForm):
+    model = ServerGroup
+
+    name = forms.CharField(max_length=100)
+    servers = _servers_field("Deployed in this order (the servers' order in the project).")
+    branch = forms.CharField(
+        max_length=255,
+        required=False,
+        widget=forms.TextInput(attrs=MONOSPACE),
+        help_text="Blank: the project's branch.",
+    )
+    environment = forms.CharField(max_length=50, required=False)
+    auto_deploy = forms.BooleanField(
+        label="Deploy automatically on push", required=False, initial=True
+    )
+
+    def initial_for(self, instance: Any) -> dict[str, Any]:
+        initial = super().initial_for(instance)
+        initial["servers"] = [server.pk for server in instance.ordered_servers()]
+        return initial
+
+
+# --------------------------------------------------------------------------- members, tokens
+
+
+class MemberAddForm(forms.Form):
+    username = forms.CharField(max_length=150)
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.VIEWER)
+
+
+class MemberRoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices)
+
+
+class ApiTokenForm(forms.Form):
+    name = forms.CharField(
+        max_length=100, help_text="What uses it: “CI”, “laptop”…, to tell tokens apart."
+    )

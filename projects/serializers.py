@@ -1,0 +1,317 @@
+"""The API's shapes for projects, their members and their settings.
+
+Input serializers check types and sizes; the rules (a valid ref, a relative path...) are the
+services' (projects.services), so the dashboard's forms get the same answers. Secrets are
+write-only: a repository token or a secret variable's value is never in an answer, and the
+webhook secret and config files' bodies are shown to the project's admins only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from builds.engine.git import redact_url
+from deployer.api import api_url
+from deployer.links import project_page
+from projects.models import (
+    CONFIGURE_ROLES,
+    BuildCommand,
+    Command,
+    ConfigFile,
+    EnvironmentVariable,
+    ExcludedFile,
+    Membership,
+    Project,
+    Role,
+)
+from projects.services import MAX_POSITION, MAX_TIMEOUT_SECONDS
+from servers.models import Server
+
+MAX_PATHS = 100
+
+
+class ProjectSerializer(serializers.ModelSerializer[Project]):
+    """A project as its members see it; ``context["roles"]`` maps project ids to the
+    caller's role."""
+
+    repository_url = serializers.SerializerMethodField()
+    role = serializers.SerializerMethodField()
+    webhook_url = serializers.CharField(read_only=True)
+    webhook_secret = serializers.SerializerMethodField(
+        help_text="What to paste into the repository's webhook settings; shown to admins only."
+    )
+    has_repository_token = serializers.SerializerMethodField()
+    url = serializers.SerializerMethodField()
+    html_url = serializers.SerializerMethodField()
+    servers_url = serializers.SerializerMethodField()
+    deployments_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Project
+        fields = [
+            "slug",
+            "name",
+            "repository_url",
+            "branch",
+            "subdirectory",
+            "shared_paths",
+            "cache_paths",
+            "public_key",
+            "webhook_url",
+            "webhook_secret",
+            "has_repository_token",
+            "role",
+            "created_at",
+            "updated_at",
+            "url",
+            "html_url",
+            "servers_url",
+            "deployments_url",
+        ]
+        read_only_fields = fields
+
+    def _role(self, project: Project) -> str:
+        roles: dict[int, str] = self.context["roles"]
+        return roles[project.pk]
+
+    def get_repository_url(self, project: Project) -> str:
+        # A token typed into the URL (https://user:token@host/...) is a secret too.
+        return redact_url(project.repository_url)
+
+    @extend_schema_field(serializers.ChoiceField(choices=Role.choices))
+    def get_role(self, project: Project) -> str:
+        return self._role(project)
+
+    def get_webhook_secret(self, project: Project) -> str | None:
+        return project.webhook_secret if self._role(project) in CONFIGURE_ROLES else None
+
+    def get_has_repository_token(self, project: Project) -> bool:
+        return bool(project.repository_token)
+
+    def get_url(self, project: Project) -> str:
+        return api_url("api-project", slug=project.slug)
+
+    def get_html_url(self, project: Project) -> str:
+        return project_page(project.slug)
+
+    def get_servers_url(self, project: Project) -> str:
+        return api_url("api-servers", slug=project.slug)
+
+    def get_deployments_url(self, project: Project) -> str:
+        return api_url("api-project-deployments", slug=project.slug)
+
+
+def _paths_field(help_text: str) -> serializers.ListField:
+    return serializers.ListField(
+        child=serializers.CharField(max_length=500),
+        max_length=MAX_PATHS,
+        required=False,
+        help_text=help_text,
+    )
+
+
+class ProjectInputSerializer(serializers.Serializer[dict[str, Any]]):
+    name = serializers.CharField(max_length=100)
+    repository_url = serializers.CharField(
+        max_length=500, help_text="https://, ssh://, git:// or git@host:path"
+    )
+    branch = serializers.CharField(max_length=255, default="main")
+    subdirectory = serializers.CharField(max_length=255, required=False, allow_blank=True)
+    shared_paths = _paths_field("Linked from shared/ into every release; end folders with '/'.")
+    cache_paths = _paths_field("Kept between builds on the worker (node_modules, vendor...).")
+    repository_token = serializers.CharField(
+        max_length=2000,
+        required=False,
+        allow_blank=True,
+        write_only=True,
+        trim_whitespace=False,
+        help_text="An access token for an https repository; write-only, '' removes it.",
+    )
+
+
+class MemberSerializer(serializers.ModelSerializer[Membership]):
+    username = serializers.CharField(source="user.username", read_only=True)
+    url = serializers.SerializerMethodField()
+    html_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Membership
+        fields = ["username", "role", "created_at", "url", "html_url"]
+        read_only_fields = fields
+
+    def get_url(self, membership: Membership) -> str:
+        return api_url(
+            "api-member", slug=membership.project.slug, username=membership.user.get_username()
+        )
+
+    def get_html_url(self, membership: Membership) -> str:
+        return project_page(membership.project.slug)
+
+
+class MemberCreateSerializer(serializers.Serializer[dict[str, Any]]):
+    username = serializers.CharField(max_length=150)
+    role = serializers.ChoiceField(choices=Role.choices, default=Role.VIEWER)
+
+
+class MemberUpdateSerializer(serializers.Serializer[dict[str, Any]]):
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@extend_schema_field(OpenApiTypes.INT)
+class ProjectServerField(serializers.PrimaryKeyRelatedField[Server]):
+    """A server's id, among the servers of ``context["project"]`` only."""
+
+    def get_queryset(self) -> QuerySet[Server]:
+        return Server.objects.filter(project=self.context.get("project"))
+
+
+class SettingSerializer(serializers.ModelSerializer[Any]):
+    """Base of the project settings' serializers: links and the caller's role
+    (``context["project"]`` and ``context["role"]``)."""
+
+    url = serializers.SerializerMethodField()
+    html_url = serializers.SerializerMethodField()
+    #: The API view name of one object, e.g. "api-command".
+    view_name = ""
+
+    @property
+    def is_admin(self) -> bool:
+        return self.context.get("role") in CONFIGURE_ROLES
+
+    def get_url(self, instance: Any) -> str:
+        return api_url(self.view_name, slug=instance.project.slug, pk=instance.pk)
+
+    def get_html_url(self, instance: Any) -> str:
+        return project_page(instance.project.slug)
+
+
+def _servers_field() -> Any:  # a ManyRelatedField at run time
+    return ProjectServerField(
+        many=True, required=False, help_text="Server ids; empty means every server of the project."
+    )
+
+
+class CommandSerializer(SettingSerializer):
+    view_name = "api-command"
+    servers = _servers_field()
+    timeout_seconds = serializers.IntegerField(
+        min_value=1, max_value=MAX_TIMEOUT_SECONDS, allow_null=True, required=False
+    )
+    position = serializers.IntegerField(min_value=0, max_value=MAX_POSITION, required=False)
+
+    class Meta:
+        model = Command
+        fields = [
+            "id",
+            "command",
+            "description",
+            "stage",
+            "run_on",
+            "halt_on_error",
+            "timeout_seconds",
+            "servers",
+            "position",
+            "url",
+            "html_url",
+        ]
+
+
+class BuildCommandSerializer(SettingSerializer):
+    view_name = "api-build-command"
+    timeout_seconds = serializers.IntegerField(
+        min_value=1, max_value=MAX_TIMEOUT_SECONDS, allow_null=True, required=False
+    )
+    position = serializers.IntegerField(min_value=0, max_value=MAX_POSITION, required=False)
+    watch_globs = serializers.ListField(
+        child=serializers.CharField(max_length=500),
+        max_length=MAX_PATHS,
+        required=False,
+        help_text="When set, the command runs only if a changed file matches one of these.",
+    )
+
+    class Meta:
+        model = BuildCommand
+        fields = [
+            "id",
+            "command",
+            "description",
+            "timeout_seconds",
+            "halt_on_error",
+            "watch_globs",
+            "position",
+            "url",
+            "html_url",
+        ]
+
+
+class ConfigFileSerializer(SettingSerializer):
+    view_name = "api-config-file"
+    servers = _servers_field()
+    body = serializers.CharField(
+        allow_blank=True,
+        allow_null=True,
+        required=False,
+        trim_whitespace=False,
+        max_length=1_000_000,
+        help_text="Config files often hold secrets: the body is shown to admins only "
+        "(null for others).",
+    )
+
+    class Meta:
+        model = ConfigFile
+        fields = ["id", "path", "body", "description", "servers", "url", "html_url"]
+
+    def validate_body(self, value: str | None) -> str:
+        return value or ""
+
+    def to_representation(self, instance: ConfigFile) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        if not self.is_admin:
+            data["body"] = None
+        return data
+
+
+class ExcludedFileSerializer(SettingSerializer):
+    view_name = "api-excluded-file"
+
+    class Meta:
+        model = ExcludedFile
+        fields = ["id", "pattern", "url", "html_url"]
+
+
+class EnvironmentVariableSerializer(SettingSerializer):
+    view_name = "api-environment-variable"
+    name = serializers.CharField(max_length=255, help_text="A shell variable name.")
+    value = serializers.CharField(
+        allow_blank=True,
+        allow_null=True,
+        required=False,
+        trim_whitespace=False,
+        max_length=100_000,
+        help_text="Write-only when the variable is secret (then null in answers).",
+    )
+
+    class Meta:
+        model = EnvironmentVariable
+        fields = ["id", "name", "value", "secret", "build", "servers", "url", "html_url"]
+        extra_kwargs = {
+            "build": {"help_text": "Available to build commands on the worker."},
+            "servers": {"help_text": "Available to commands run on the servers."},
+        }
+
+    def validate_value(self, value: str | None) -> str:
+        return value or ""
+
+    def to_representation(self, instance: EnvironmentVariable) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        if instance.secret:
+            data["value"] = None
+        return data

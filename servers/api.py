@@ -1,0 +1,166 @@
+"""API views for a project's servers, their releases and server groups."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from builds.api import deployment_data
+from builds.serializers import DeploymentSerializer
+from builds.services import deployment_rollback_server
+from deployer.api import Need, get_project_for_user, get_release_for_user, get_server_for_user
+from projects.api import NO_CONTENT, SettingDetailView, SettingListView
+from servers.models import ServerGroup
+from servers.serializers import (
+    GroupSerializer,
+    ReleaseSerializer,
+    RollbackSerializer,
+    ServerCheckSerializer,
+    ServerInputSerializer,
+    ServerSerializer,
+    TrustSerializer,
+)
+from servers.services import (
+    server_check,
+    server_create,
+    server_delete,
+    server_trust_host_key,
+    server_update,
+)
+
+TAGS = ["servers"]
+
+
+class ServerListView(APIView):
+    @extend_schema(responses=ServerSerializer(many=True), tags=TAGS)
+    def get(self, request: Request, slug: str) -> Response:
+        membership = get_project_for_user(request, slug)
+        servers = list(membership.project.servers.all())
+        for server in servers:
+            server.project = membership.project
+        return Response(ServerSerializer(servers, many=True).data)
+
+    @extend_schema(request=ServerInputSerializer, responses={201: ServerSerializer}, tags=TAGS)
+    def post(self, request: Request, slug: str) -> Response:
+        membership = get_project_for_user(request, slug, need=Need.CONFIGURE)
+        serializer = ServerInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        server = server_create(
+            project=membership.project, actor=membership.user, **serializer.validated_data
+        )
+        return Response(ServerSerializer(server).data, status=status.HTTP_201_CREATED)
+
+
+class ServerDetailView(APIView):
+    @extend_schema(responses=ServerSerializer, tags=TAGS)
+    def get(self, request: Request, slug: str, server_id: int) -> Response:
+        server, _ = get_server_for_user(request, slug, server_id)
+        return Response(ServerSerializer(server).data)
+
+    @extend_schema(
+        request=ServerInputSerializer(partial=True), responses=ServerSerializer, tags=TAGS
+    )
+    def patch(self, request: Request, slug: str, server_id: int) -> Response:
+        server, membership = get_server_for_user(request, slug, server_id, need=Need.CONFIGURE)
+        serializer = ServerInputSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        server = server_update(server=server, actor=membership.user, **serializer.validated_data)
+        return Response(ServerSerializer(server).data)
+
+    @extend_schema(responses=NO_CONTENT, tags=TAGS)
+    def delete(self, request: Request, slug: str, server_id: int) -> Response:
+        server, membership = get_server_for_user(request, slug, server_id, need=Need.CONFIGURE)
+        server_delete(server=server, actor=membership.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ServerCheckView(APIView):
+    @extend_schema(
+        request=None,
+        responses=ServerCheckSerializer,
+        operation_id="projects_servers_check",
+        tags=TAGS,
+        description="Read the host key the server offers; when it is the pinned one, log in "
+        "and check that the deploy path is writable. Problems on the server's side are "
+        "answered with ok=false and an error, never with an error status.",
+    )
+    def post(self, request: Request, slug: str, server_id: int) -> Response:
+        server, _ = get_server_for_user(request, slug, server_id, need=Need.DEPLOY)
+        result = server_check(server=server)
+        return Response(ServerCheckSerializer(dataclasses.asdict(result)).data)
+
+
+class ServerTrustView(APIView):
+    @extend_schema(
+        request=TrustSerializer,
+        operation_id="projects_servers_trust",
+        responses=ServerSerializer,
+        tags=TAGS,
+        description="Pin the server's host key. The fingerprint must be the one the server "
+        "offers right now (see check/).",
+    )
+    def post(self, request: Request, slug: str, server_id: int) -> Response:
+        server, membership = get_server_for_user(request, slug, server_id, need=Need.CONFIGURE)
+        serializer = TrustSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        server = server_trust_host_key(
+            server=server, actor=membership.user, **serializer.validated_data
+        )
+        return Response(ServerSerializer(server).data)
+
+
+class ServerReleaseListView(APIView):
+    @extend_schema(responses=ReleaseSerializer(many=True), tags=TAGS)
+    def get(self, request: Request, slug: str, server_id: int) -> Response:
+        server, _ = get_server_for_user(request, slug, server_id)
+        releases = list(
+            server.releases.filter(removed_at__isnull=True).select_related(
+                "deployment__triggered_by"
+            )
+        )
+        for release in releases:
+            release.server = server
+        return Response(ReleaseSerializer(releases, many=True).data)
+
+
+class ServerReleaseDetailView(APIView):
+    @extend_schema(responses=ReleaseSerializer, tags=TAGS)
+    def get(self, request: Request, slug: str, server_id: int, name: str) -> Response:
+        release, _ = get_release_for_user(request, slug, server_id, name)
+        return Response(ReleaseSerializer(release).data)
+
+
+class ServerRollbackView(APIView):
+    @extend_schema(
+        request=RollbackSerializer,
+        responses={201: DeploymentSerializer},
+        operation_id="projects_servers_rollback",
+        tags=["deployments"],
+    )
+    def post(self, request: Request, slug: str, server_id: int) -> Response:
+        server, membership = get_server_for_user(request, slug, server_id, need=Need.DEPLOY)
+        serializer = RollbackSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        deployment = deployment_rollback_server(
+            server=server,
+            user=membership.user,
+            release=serializer.validated_data.get("release", ""),
+        )
+        return Response(deployment_data(deployment.pk), status=status.HTTP_201_CREATED)
+
+
+@extend_schema(tags=["groups"])
+class GroupListView(SettingListView):
+    model = ServerGroup
+    serializer_class = GroupSerializer
+
+
+@extend_schema(tags=["groups"])
+class GroupDetailView(SettingDetailView):
+    model = ServerGroup
+    serializer_class = GroupSerializer

@@ -1,0 +1,121 @@
+"""The dashboard's forms for servers. The rules are servers.services' (shared with the API)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from projects.forms import MONOSPACE
+from servers.models import AuthMethod, Protocol, Server
+from servers.services import MAX_KEEP_RELEASES
+
+
+class ServerForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="Unique in the project; %server% in commands.")
+    hostname = forms.CharField(max_length=255, widget=forms.TextInput(attrs=MONOSPACE))
+    port = forms.IntegerField(min_value=1, max_value=65535, initial=22)
+    username = forms.CharField(max_length=100, widget=forms.TextInput(attrs=MONOSPACE))
+    deploy_path = forms.CharField(
+        max_length=500,
+        widget=forms.TextInput(attrs=MONOSPACE),
+        help_text="An absolute path; releases/, shared/ and current live in it.",
+    )
+    auth_method = forms.ChoiceField(
+        label="Log in with",
+        choices=AuthMethod.choices,
+        initial=AuthMethod.PROJECT_KEY,
+        widget=forms.RadioSelect,
+    )
+    password = forms.CharField(
+        max_length=1000,
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Write-only.",
+    )
+    private_key = forms.CharField(
+        max_length=20_000,
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 4, **MONOSPACE}),
+        help_text="An unencrypted ed25519, ECDSA or RSA key. Write-only.",
+    )
+    protocol = forms.ChoiceField(choices=Protocol.choices, initial=Protocol.SSH)
+    atomic = forms.BooleanField(
+        label="Atomic releases (releases/ and a current symlink)", required=False, initial=True
+    )
+    keep_releases = forms.IntegerField(min_value=1, max_value=MAX_KEEP_RELEASES, initial=3)
+    branch = forms.CharField(
+        max_length=255,
+        required=False,
+        widget=forms.TextInput(attrs=MONOSPACE),
+        help_text="Blank: the project's branch.",
+    )
+    environment = forms.CharField(
+        max_length=50, required=False, help_text="A label such as production or staging."
+    )
+    auto_deploy = forms.BooleanField(
+        label="Deploy automatically on push", required=False, initial=True
+    )
+    enabled = forms.BooleanField(required=False, initial=True)
+    file_mode = forms.CharField(
+        max_length=4,
+        required=False,
+        widget=forms.TextInput(attrs=MONOSPACE),
+        help_text="Octal, e.g. 644; blank: as in Git.",
+    )
+    directory_mode = forms.CharField(
+        max_length=4,
+        required=False,
+        widget=forms.TextInput(attrs=MONOSPACE),
+        help_text="Octal, e.g. 755; blank: as created.",
+    )
+    host_key_fingerprint = forms.CharField(
+        label="Host key fingerprint",
+        max_length=100,
+        required=False,
+        widget=forms.TextInput(attrs={**MONOSPACE, "placeholder": "SHA256:…"}),
+        help_text="Optional: paste what ssh-keygen -lf prints on the server, or use "
+        "“Test connection” after saving.",
+    )
+
+    def __init__(self, *args: Any, server: Server | None = None, **kwargs: Any) -> None:
+        self.server = server
+        if server is not None and "initial" not in kwargs:
+            kwargs["initial"] = {
+                name: getattr(server, name)
+                for name in self.base_fields
+                if name not in ("password", "private_key")
+            }
+        super().__init__(*args, **kwargs)
+        if server is not None:
+            # The pinned key changes through "Test connection" and "Trust this key" only.
+            del self.fields["host_key_fingerprint"]
+            if server.password:
+                self.fields["password"].help_text = "Stored and hidden. Blank keeps it."
+            if server.private_key:
+                self.fields["private_key"].help_text = "Stored and hidden. Blank keeps it."
+
+    def service_data(self) -> dict[str, Any]:
+        data = dict(self.cleaned_data)
+        # Only the secret of the chosen method is passed, and only when typed: on a new
+        # server the service then asks for it, on an existing one the stored one stays.
+        method = data["auth_method"]
+        for secret, needed_by in (
+            ("password", AuthMethod.PASSWORD),
+            ("private_key", AuthMethod.PRIVATE_KEY),
+        ):
+            if method != needed_by or not data.get(secret):
+                data.pop(secret, None)
+        if not data.get("host_key_fingerprint"):
+            data.pop("host_key_fingerprint", None)
+        return data
+
+
+class TrustForm(forms.Form):
+    fingerprint = forms.CharField(max_length=100)
+
+
+class RollbackForm(forms.Form):
+    release = forms.CharField(max_length=100)

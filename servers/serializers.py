@@ -1,0 +1,226 @@
+"""The API's shapes for servers, their releases and server groups.
+
+A server's password and private key are write-only: no answer ever holds them, only
+``auth_method`` says which way the server logs in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from deployer.api import api_url
+from deployer.links import deployment_page, server_page
+from projects.serializers import ProjectServerField, SettingSerializer
+from projects.services import MAX_POSITION
+from servers.models import AuthMethod, Protocol, Release, Server, ServerGroup
+from servers.services import MAX_KEEP_RELEASES
+
+
+class LiveReleaseSerializer(serializers.Serializer[Release]):
+    name = serializers.CharField()
+    revision = serializers.CharField()
+    deployed_at = serializers.DateTimeField(source="created_at")
+
+
+class ServerSerializer(serializers.ModelSerializer[Server]):
+    trusted = serializers.SerializerMethodField(
+        help_text="True once a host key is pinned; deployments need it."
+    )
+    live_release = serializers.SerializerMethodField()
+    url = serializers.SerializerMethodField()
+    html_url = serializers.SerializerMethodField()
+    releases_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Server
+        fields = [
+            "id",
+            "name",
+            "protocol",
+            "hostname",
+            "port",
+            "username",
+            "auth_method",
+            "deploy_path",
+            "atomic",
+            "keep_releases",
+            "branch",
+            "environment",
+            "auto_deploy",
+            "enabled",
+            "host_key_fingerprint",
+            "trusted",
+            "file_mode",
+            "directory_mode",
+            "position",
+            "live_release",
+            "created_at",
+            "url",
+            "html_url",
+            "releases_url",
+        ]
+        read_only_fields = fields
+
+    def get_trusted(self, server: Server) -> bool:
+        return bool(server.host_key_fingerprint)
+
+    @extend_schema_field(LiveReleaseSerializer(allow_null=True))
+    def get_live_release(self, server: Server) -> dict[str, Any] | None:
+        live = server.live_release()
+        return LiveReleaseSerializer(live).data if live is not None else None
+
+    def get_url(self, server: Server) -> str:
+        return api_url("api-server", slug=server.project.slug, server_id=server.pk)
+
+    def get_html_url(self, server: Server) -> str:
+        return server_page(server.project.slug, server.pk)
+
+    def get_releases_url(self, server: Server) -> str:
+        return api_url("api-server-releases", slug=server.project.slug, server_id=server.pk)
+
+
+class ServerInputSerializer(serializers.Serializer[dict[str, Any]]):
+    name = serializers.CharField(max_length=100)
+    hostname = serializers.CharField(max_length=255)
+    port = serializers.IntegerField(min_value=1, max_value=65535, default=22)
+    username = serializers.CharField(max_length=100)
+    deploy_path = serializers.CharField(max_length=500, help_text="An absolute path.")
+    protocol = serializers.ChoiceField(choices=Protocol.choices, default=Protocol.SSH)
+    atomic = serializers.BooleanField(default=True)
+    keep_releases = serializers.IntegerField(min_value=1, max_value=MAX_KEEP_RELEASES, default=3)
+    branch = serializers.CharField(max_length=255, allow_blank=True, default="")
+    environment = serializers.CharField(max_length=50, allow_blank=True, default="")
+    auto_deploy = serializers.BooleanField(default=True)
+    enabled = serializers.BooleanField(default=True)
+    auth_method = serializers.ChoiceField(
+        choices=AuthMethod.choices,
+        required=False,
+        help_text="Set project_key to go back to the project's key; password and "
+        "private_key choose the method themselves.",
+    )
+    # Secrets are kept exactly as typed: a password may well end in a blank.
+    password = serializers.CharField(
+        max_length=1000, required=False, allow_blank=True, write_only=True, trim_whitespace=False
+    )
+    private_key = serializers.CharField(
+        max_length=20_000,
+        required=False,
+        allow_blank=True,
+        write_only=True,
+        trim_whitespace=False,
+        help_text="An unencrypted ed25519, ECDSA or RSA key (OpenSSH or PEM).",
+    )
+    host_key_fingerprint = serializers.RegexField(
+        r"^SHA256:[A-Za-z0-9+/]{43}$",
+        max_length=100,
+        required=False,
+        allow_blank=True,
+        help_text="The host key's SHA256 fingerprint as `ssh-keygen -l` prints it.",
+        error_messages={"invalid": "must look like SHA256: followed by 43 characters."},
+    )
+    file_mode = serializers.RegexField(
+        r"^[0-7]{3,4}$", max_length=4, required=False, allow_blank=True
+    )
+    directory_mode = serializers.RegexField(
+        r"^[0-7]{3,4}$", max_length=4, required=False, allow_blank=True
+    )
+    position = serializers.IntegerField(min_value=0, max_value=MAX_POSITION, required=False)
+
+
+class ServerCheckSerializer(serializers.Serializer[Any]):
+    ok = serializers.BooleanField()
+    address = serializers.CharField()
+    host_key_fingerprint = serializers.CharField(allow_null=True)
+    host_key_type = serializers.CharField(allow_null=True)
+    trusted = serializers.BooleanField(help_text="The offered key is the pinned one.")
+    error = serializers.CharField(help_text="What went wrong, for a person; '' when ok.")
+
+
+class TrustSerializer(serializers.Serializer[dict[str, Any]]):
+    fingerprint = serializers.CharField(
+        max_length=100, help_text="The key the server offers now, as `ssh-keygen -l` prints it."
+    )
+
+
+class ReleaseSerializer(serializers.ModelSerializer[Release]):
+    deployed_at = serializers.DateTimeField(source="created_at", read_only=True)
+    deployed_by = serializers.SerializerMethodField()
+    url = serializers.SerializerMethodField()
+    html_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Release
+        fields = [
+            "name",
+            "revision",
+            "branch",
+            "live",
+            "deployed_at",
+            "deployment",
+            "deployed_by",
+            "url",
+            "html_url",
+        ]
+        read_only_fields = fields
+
+    def get_deployed_by(self, release: Release) -> str | None:
+        deployment = release.deployment
+        if deployment is None or deployment.triggered_by is None:
+            return None
+        return deployment.triggered_by.get_username()
+
+    def get_url(self, release: Release) -> str:
+        server = release.server
+        return api_url(
+            "api-server-release",
+            slug=server.project.slug,
+            server_id=server.pk,
+            name=release.name,
+        )
+
+    def get_html_url(self, release: Release) -> str:
+        server = release.server
+        if release.deployment_id is not None:
+            return deployment_page(server.project.slug, release.deployment_id)
+        return server_page(server.project.slug, server.pk)
+
+
+class RollbackSerializer(serializers.Serializer[dict[str, Any]]):
+    release = serializers.CharField(
+        max_length=100,
+        required=False,
+        allow_blank=True,
+        help_text="A kept release's name; by default the one before the live one.",
+    )
+
+
+class GroupSerializer(SettingSerializer):
+    view_name = "api-group"
+    servers = ProjectServerField(
+        many=True,
+        required=False,
+        help_text="Server ids, in the order a deployment goes through them.",
+    )
+
+    class Meta:
+        model = ServerGroup
+        fields = [
+            "id",
+            "name",
+            "servers",
+            "branch",
+            "environment",
+            "auto_deploy",
+            "created_at",
+            "url",
+            "html_url",
+        ]
+        read_only_fields = ["created_at"]
+
+    def to_representation(self, instance: ServerGroup) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        data["servers"] = [server.pk for server in instance.ordered_servers()]
+        return data

@@ -1,0 +1,392 @@
+"""Server services: add, change, test and trust servers. The API and the dashboard's forms
+both call these; every error raised names the field it is about (InvalidInput)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import logging
+import posixpath
+import re
+import secrets
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+import paramiko
+from django.contrib.auth.models import User
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from builds.engine import ssh
+from builds.engine.errors import EngineError, HostKeyMismatch, InvalidInput
+from builds.engine.git import validate_ref
+from builds.engine.release import validate_deploy_path
+from builds.runner import endpoint_for
+from projects.models import Project
+from projects.services import audit_record, model_update, save_unique
+from servers.models import AuthMethod, Protocol, Server
+
+logger = logging.getLogger(__name__)
+
+FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
+_MODE = re.compile(r"[0-7]{3,4}")
+# Host and user names end up in error messages and in ssh's view of the world: no blanks,
+# no control characters, and nothing that could pass for an option.
+_NAME_CHARACTERS = re.compile(r"[^\s\x00-\x1f\x7f-]\S*")
+MAX_KEEP_RELEASES = 100
+CHECK_COMMAND_TIMEOUT_SECONDS = 30.0
+
+SERVER_FIELDS = frozenset(
+    {
+        "name",
+        "protocol",
+        "hostname",
+        "port",
+        "username",
+        "auth_method",
+        "password",
+        "private_key",
+        "deploy_path",
+        "atomic",
+        "keep_releases",
+        "branch",
+        "environment",
+        "auto_deploy",
+        "enabled",
+        "host_key_fingerprint",
+        "file_mode",
+        "directory_mode",
+        "position",
+    }
+)
+# Moving a server elsewhere makes its pinned host key meaningless.
+_ADDRESS_FIELDS = ("hostname", "port")
+
+
+def server_clean(data: dict[str, Any], *, server: Server | None = None) -> dict[str, Any]:
+    """Check a server's fields and work out how it logs in; InvalidInput names the bad field.
+
+    ``password`` or ``private_key`` choose that way of logging in (and drop the other secret);
+    ``auth_method="project_key"`` goes back to the project's key. Secrets left out of an
+    update stay as they are.
+    """
+    unknown = set(data) - SERVER_FIELDS
+    if unknown:
+        raise InvalidInput(sorted(unknown)[0], "cannot be set on a server.")
+    cleaned = dict(data)
+    if "name" in cleaned:
+        cleaned["name"] = str(cleaned["name"]).strip()
+        if not cleaned["name"]:
+            raise InvalidInput("name", "is empty.")
+    for field in ("hostname", "username"):
+        if field in cleaned:
+            cleaned[field] = str(cleaned[field]).strip()
+            if not _NAME_CHARACTERS.fullmatch(cleaned[field]):
+                raise InvalidInput(
+                    field,
+                    "must not be empty, hold blanks or control characters, or start with '-'.",
+                )
+    if "port" in cleaned and not 1 <= int(cleaned["port"]) <= 65535:
+        raise InvalidInput("port", f"{cleaned['port']} is not between 1 and 65535.")
+    if "protocol" in cleaned and cleaned["protocol"] not in Protocol.values:
+        raise InvalidInput("protocol", f"must be one of {', '.join(Protocol.values)}.")
+    if "deploy_path" in cleaned:
+        cleaned["deploy_path"] = validate_deploy_path(str(cleaned["deploy_path"]))
+    if "keep_releases" in cleaned and not 1 <= int(cleaned["keep_releases"]) <= MAX_KEEP_RELEASES:
+        raise InvalidInput("keep_releases", f"must be between 1 and {MAX_KEEP_RELEASES}.")
+    if cleaned.get("branch"):
+        cleaned["branch"] = validate_ref(str(cleaned["branch"]).strip(), field="branch")
+    if cleaned.get("host_key_fingerprint"):
+        cleaned["host_key_fingerprint"] = str(cleaned["host_key_fingerprint"]).strip()
+        if not FINGERPRINT.fullmatch(cleaned["host_key_fingerprint"]):
+            raise InvalidInput(
+                "host_key_fingerprint",
+                "must be a SHA256 fingerprint as `ssh-keygen -l` prints it "
+                "(SHA256: then 43 characters).",
+            )
+    for field in ("file_mode", "directory_mode"):
+        if cleaned.get(field) and not _MODE.fullmatch(str(cleaned[field])):
+            raise InvalidInput(
+                field, f"{cleaned[field]!r} is not an octal mode such as 644 or 755."
+            )
+    _clean_credentials(cleaned, server)
+    return cleaned
+
+
+def _clean_credentials(cleaned: dict[str, Any], server: Server | None) -> None:
+    password = cleaned.pop("password", "") or ""
+    private_key = cleaned.pop("private_key", "") or ""
+    method = cleaned.pop("auth_method", None)
+    if password and private_key:
+        raise InvalidInput("password", "give either a password or a private_key, not both.")
+    if method is None:
+        if private_key:
+            method = AuthMethod.PRIVATE_KEY
+        elif password:
+            method = AuthMethod.PASSWORD
+        elif server is not None:
+            return
+        else:
+            method = AuthMethod.PROJECT_KEY
+    if method not in AuthMethod.values:
+        raise InvalidInput("auth_method", f"must be one of {', '.join(AuthMethod.values)}.")
+    if method == AuthMethod.PROJECT_KEY and (password or private_key):
+        raise InvalidInput(
+            "auth_method", "is project_key, which uses neither a password nor a private_key."
+        )
+    if method == AuthMethod.PRIVATE_KEY:
+        if password:
+            raise InvalidInput("password", "is not used when auth_method is private_key.")
+        if private_key:
+            ssh.load_private_key(private_key)
+        elif server is None or not server.private_key:
+            raise InvalidInput("private_key", "is needed when auth_method is private_key.")
+        else:
+            private_key = server.private_key
+    if method == AuthMethod.PASSWORD:
+        if private_key:
+            raise InvalidInput("private_key", "is not used when auth_method is password.")
+        if not password:
+            if server is None or not server.password:
+                raise InvalidInput("password", "is needed when auth_method is password.")
+            password = server.password
+    cleaned.update(auth_method=method, password=password, private_key=private_key)
+
+
+def server_create(*, project: Project, actor: User, **fields: Any) -> Server:
+    for required in ("name", "hostname", "username", "deploy_path"):
+        if not fields.get(required):
+            raise InvalidInput(required, "is required.")
+    cleaned = server_clean(fields)
+    if project.servers.filter(name=cleaned["name"]).exists():
+        raise InvalidInput("name", f"{cleaned['name']!r} is already used in {project.slug}.")
+    with transaction.atomic():
+        server = save_unique(
+            lambda: Server.objects.create(project=project, **cleaned),
+            field="name",
+            value=cleaned["name"],
+        )
+        audit_record(
+            project=project,
+            actor=actor,
+            action="server.created",
+            target=f"server {server.name}",
+            address=server.address,
+            auth_method=server.auth_method,
+            fields=sorted(set(fields) - {"password", "private_key"}),
+        )
+        if server.host_key_fingerprint:
+            audit_record(
+                project=project,
+                actor=actor,
+                action="host_key.trusted",
+                target=f"server {server.name}",
+                fingerprint=server.host_key_fingerprint,
+            )
+    return server
+
+
+def server_update(*, server: Server, actor: User, **fields: Any) -> Server:
+    cleaned = server_clean(fields, server=server)
+    if "name" in cleaned and (
+        Server.objects.filter(project_id=server.project_id, name=cleaned["name"])
+        .exclude(pk=server.pk)
+        .exists()
+    ):
+        raise InvalidInput("name", f"{cleaned['name']!r} is already used in this project.")
+    moved = any(
+        field in cleaned and cleaned[field] != getattr(server, field) for field in _ADDRESS_FIELDS
+    )
+    if moved and "host_key_fingerprint" not in cleaned:
+        cleaned["host_key_fingerprint"] = ""
+    previous_fingerprint = server.host_key_fingerprint
+    with transaction.atomic():
+        changed = save_unique(
+            lambda: model_update(instance=server, data=cleaned),
+            field="name",
+            value=cleaned.get("name", server.name),
+        )
+        if changed:
+            # Which secrets changed is recorded by name; their values never are.
+            audit_record(
+                project=server.project,
+                actor=actor,
+                action="server.updated",
+                target=f"server {server.name}",
+                fields=sorted(changed),
+            )
+        if "host_key_fingerprint" in changed:
+            audit_record(
+                project=server.project,
+                actor=actor,
+                action="host_key.trusted" if server.host_key_fingerprint else "host_key.cleared",
+                target=f"server {server.name}",
+                fingerprint=server.host_key_fingerprint,
+                previous=previous_fingerprint,
+            )
+    return server
+
+
+def server_delete(*, server: Server, actor: User) -> None:
+    from builds.models import TARGET_ACTIVE
+
+    with transaction.atomic():
+        if server.targets.filter(status__in=TARGET_ACTIVE).exists():
+            raise ValidationError(
+                f"Server {server.name} has a deployment queued or running; cancel it or wait "
+                "until it finishes, then delete the server."
+            )
+        audit_record(
+            project=server.project,
+            actor=actor,
+            action="server.deleted",
+            target=f"server {server.name}",
+            address=server.address,
+        )
+        server.delete()
+
+
+@dataclass(frozen=True)
+class ServerCheck:
+    """The outcome of testing a server: what a person needs to trust it or to fix it."""
+
+    ok: bool
+    address: str
+    #: What the server offers now ("SHA256:..."), None when it could not be reached.
+    host_key_fingerprint: str | None = None
+    host_key_type: str | None = None
+    #: The offered key equals the pinned one.
+    trusted: bool = False
+    error: str = ""
+
+
+def server_check(*, server: Server) -> ServerCheck:
+    """Read the host key; when it is pinned and matches, log in and check the deploy path.
+
+    Never raises for a problem on the far side (unreachable, refused, wrong key, read-only
+    path): the answer says what went wrong, in words written for the person fixing it.
+    """
+    address = ssh.format_address(server.hostname, server.port)
+    try:
+        offered = ssh.probe_host_key(server.hostname, server.port)
+    except EngineError as exc:
+        return ServerCheck(ok=False, address=address, error=_message(exc, address))
+    except Exception as exc:  # a network library's surprise must not become a 500
+        logger.warning("Probing %s failed", address, exc_info=True)
+        return ServerCheck(ok=False, address=address, error=f"Cannot reach {address}: {exc}")
+
+    pinned = server.host_key_fingerprint
+    trusted = bool(pinned) and hmac.compare_digest(pinned.encode(), offered.fingerprint.encode())
+    found = ServerCheck(
+        ok=False,
+        address=address,
+        host_key_fingerprint=offered.fingerprint,
+        host_key_type=offered.key_type,
+        trusted=trusted,
+    )
+    if not pinned:
+        return dataclasses.replace(
+            found,
+            error=(
+                f"{address} offered the host key {offered.key_type} {offered.fingerprint}, "
+                "which is not trusted yet. Compare it with `ssh-keygen -lf` on the server, "
+                "then trust it."
+            ),
+        )
+    if not trusted:
+        mismatch = HostKeyMismatch(address, pinned, offered.fingerprint)
+        return dataclasses.replace(found, error=str(mismatch))
+
+    try:
+        with ssh.connect(endpoint_for(server)) as connection:
+            problem = _deploy_path_problem(server, connection)
+    except EngineError as exc:
+        return dataclasses.replace(found, error=_message(exc, address))
+    except Exception as exc:  # see above
+        logger.warning("Checking %s failed", address, exc_info=True)
+        return dataclasses.replace(found, error=f"Could not log in to {address}: {exc}")
+    return dataclasses.replace(found, ok=not problem, error=problem)
+
+
+def _message(exc: EngineError, address: str) -> str:
+    if exc.user_facing:
+        return str(exc)
+    logger.warning("Checking %s failed", address, exc_info=exc)
+    return f"Checking {address} failed on Slipway's side; the log has the details."
+
+
+def _deploy_path_problem(server: Server, connection: ssh.Connection) -> str:
+    """ "" when the deploy path exists (or could be made) and is writable, else why not."""
+    path = server.deploy_path
+    who = f"{server.username}@{connection.endpoint.address}"
+    if server.protocol == Protocol.SSH:
+        quoted = shlex.quote(path)
+        result = connection.run(
+            f"mkdir -p -- {quoted} && test -w {quoted}",
+            check=False,
+            timeout=CHECK_COMMAND_TIMEOUT_SECONDS,
+        )
+        if result.exit_code == 0:
+            return ""
+        detail = "\n".join(result.tail[-3:])
+        return f"The deploy path {path} is not writable by {who}" + (
+            f": {detail}" if detail else "."
+        )
+    # SFTP-only servers run no commands: make the path and write a file instead.
+    sftp = connection.sftp()
+    probe = posixpath.join(path, f".slipway-check-{secrets.token_hex(4)}")
+    try:
+        _sftp_makedirs(sftp, path)
+        with sftp.open(probe, "wb") as handle:
+            handle.write(b"")
+        sftp.remove(probe)
+    except (OSError, paramiko.SSHException) as exc:
+        return f"The deploy path {path} is not writable by {who} over SFTP: {exc}"
+    return ""
+
+
+def _sftp_makedirs(sftp: paramiko.SFTPClient, path: str) -> None:
+    current = ""
+    for part in path.strip("/").split("/"):
+        current += "/" + part
+        try:
+            sftp.stat(current)
+        except FileNotFoundError:
+            sftp.mkdir(current)
+
+
+def server_trust_host_key(*, server: Server, actor: User, fingerprint: str) -> Server:
+    """Pin the host key, if ``fingerprint`` is what the server offers right now."""
+    fingerprint = fingerprint.strip()
+    if not FINGERPRINT.fullmatch(fingerprint):
+        raise InvalidInput(
+            "fingerprint",
+            "must be a SHA256 fingerprint as `ssh-keygen -l` prints it (SHA256: then 43 characters).",
+        )
+    address = ssh.format_address(server.hostname, server.port)
+    try:
+        offered = ssh.probe_host_key(server.hostname, server.port)
+    except EngineError as exc:
+        raise InvalidInput("fingerprint", f"cannot be checked: {_message(exc, address)}") from None
+    except Exception as exc:  # a network library's surprise must not become a 500
+        logger.warning("Probing %s failed", address, exc_info=True)
+        raise InvalidInput("fingerprint", f"cannot be checked: {address}: {exc}") from None
+    if not hmac.compare_digest(fingerprint.encode(), offered.fingerprint.encode()):
+        raise InvalidInput(
+            "fingerprint",
+            f"{fingerprint} is not the key {address} offers now, which is "
+            f"{offered.key_type} {offered.fingerprint}.",
+        )
+    previous = server.host_key_fingerprint
+    with transaction.atomic():
+        model_update(instance=server, data={"host_key_fingerprint": fingerprint})
+        audit_record(
+            project=server.project,
+            actor=actor,
+            action="host_key.trusted",
+            target=f"server {server.name}",
+            fingerprint=fingerprint,
+            previous=previous,
+        )
+    return server

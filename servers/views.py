@@ -1,0 +1,186 @@
+"""Dashboard pages for servers: add and edit one, test its connection and trust its host key,
+see the releases it keeps and roll back to one of them."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from builds.models import TARGET_ACTIVE, Deployment, DeploymentTarget, Kind, Trigger
+from builds.services import deployment_rollback_server
+from projects.dashboard import (
+    SERVICE_ERRORS,
+    add_service_error,
+    error_message,
+    get_project_for_user,
+    get_server_for_user,
+    page_context,
+    with_servers,
+)
+from projects.models import CONFIGURE_ROLES, DEPLOY_ROLES, Membership
+from servers.forms import RollbackForm, ServerForm, TrustForm
+from servers.models import Server
+from servers.services import (
+    ServerCheck,
+    server_check,
+    server_create,
+    server_delete,
+    server_trust_host_key,
+    server_update,
+)
+
+RECENT_DEPLOYMENTS = 10
+
+
+def _render_server(
+    request: HttpRequest,
+    server: Server,
+    membership: Membership,
+    *,
+    check: ServerCheck | None = None,
+    trust_error: str = "",
+) -> HttpResponse:
+    releases = list(
+        server.releases.filter(removed_at__isnull=True).select_related("deployment__triggered_by")
+    )
+    removed = server.releases.filter(removed_at__isnull=False).count()
+    deployments = with_servers(
+        Deployment.objects.filter(targets__server=server).exclude(kind=Kind.PREVIEW)[
+            :RECENT_DEPLOYMENTS
+        ]
+    )
+    busy = (
+        DeploymentTarget.objects.filter(server=server, status__in=TARGET_ACTIVE)
+        .select_related("deployment")
+        .first()
+    )
+    return render(
+        request,
+        "servers/detail.html",
+        page_context(
+            membership,
+            tab="servers",
+            server=server,
+            releases=releases,
+            removed=removed,
+            deployments=deployments,
+            busy=busy.deployment if busy else None,
+            check=check,
+            trust_error=trust_error,
+        ),
+    )
+
+
+@login_required
+@require_GET
+def server_detail(request: HttpRequest, slug: str, server_id: int) -> HttpResponse:
+    server, membership = get_server_for_user(request, slug, server_id)
+    return _render_server(request, server, membership)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def server_new(request: HttpRequest, slug: str) -> HttpResponse:
+    membership = get_project_for_user(request, slug, role=CONFIGURE_ROLES)
+    form = ServerForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            server = server_create(
+                project=membership.project, actor=membership.user, **form.service_data()
+            )
+        except SERVICE_ERRORS as exc:
+            add_service_error(form, exc, aliases={"fingerprint": "host_key_fingerprint"})
+        else:
+            messages.success(
+                request,
+                f"Server {server.name} added. Test the connection and trust its host key "
+                "before the first deployment.",
+            )
+            return redirect("server-detail", slug, server.pk)
+    return render(request, "servers/form.html", page_context(membership, tab="servers", form=form))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def server_edit(request: HttpRequest, slug: str, server_id: int) -> HttpResponse:
+    server, membership = get_server_for_user(request, slug, server_id, role=CONFIGURE_ROLES)
+    form = ServerForm(request.POST or None, server=server)
+    if request.method == "POST" and form.is_valid():
+        try:
+            server_update(server=server, actor=membership.user, **form.service_data())
+        except SERVICE_ERRORS as exc:
+            add_service_error(form, exc)
+        else:
+            messages.success(request, f"Server {server.name} saved.")
+            return redirect("server-detail", slug, server.pk)
+    return render(
+        request,
+        "servers/form.html",
+        page_context(membership, tab="servers", form=form, server=server),
+    )
+
+
+@login_required
+@require_POST
+def server_remove(request: HttpRequest, slug: str, server_id: int) -> HttpResponse:
+    server, membership = get_server_for_user(request, slug, server_id, role=CONFIGURE_ROLES)
+    name = server.name
+    try:
+        server_delete(server=server, actor=membership.user)
+    except SERVICE_ERRORS as exc:
+        messages.error(request, error_message(exc))
+        return redirect("server-detail", slug, server_id)
+    messages.success(
+        request, f"Server {name} was removed. Its files on the server were left as they are."
+    )
+    return redirect("project-detail", slug)
+
+
+@login_required
+@require_POST
+def server_test(request: HttpRequest, slug: str, server_id: int) -> HttpResponse:
+    server, membership = get_server_for_user(request, slug, server_id, role=DEPLOY_ROLES)
+    return _render_server(request, server, membership, check=server_check(server=server))
+
+
+@login_required
+@require_POST
+def server_trust(request: HttpRequest, slug: str, server_id: int) -> HttpResponse:
+    server, membership = get_server_for_user(request, slug, server_id, role=CONFIGURE_ROLES)
+    form = TrustForm(request.POST)
+    if not form.is_valid():
+        return _render_server(request, server, membership, trust_error="No fingerprint was sent.")
+    try:
+        server_trust_host_key(
+            server=server, actor=membership.user, fingerprint=form.cleaned_data["fingerprint"]
+        )
+    except SERVICE_ERRORS as exc:
+        return _render_server(request, server, membership, trust_error=error_message(exc))
+    messages.success(
+        request, f"The host key {server.host_key_fingerprint} of {server.name} is trusted."
+    )
+    return _render_server(request, server, membership, check=server_check(server=server))
+
+
+@login_required
+@require_POST
+def server_rollback(request: HttpRequest, slug: str, server_id: int) -> HttpResponse:
+    server, membership = get_server_for_user(request, slug, server_id, role=DEPLOY_ROLES)
+    form = RollbackForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose the release to roll back to.")
+        return redirect("server-detail", slug, server_id)
+    try:
+        deployment = deployment_rollback_server(
+            server=server,
+            user=membership.user,
+            release=form.cleaned_data["release"],
+            trigger=Trigger.MANUAL,
+        )
+    except SERVICE_ERRORS as exc:
+        messages.error(request, error_message(exc))
+        return redirect("server-detail", slug, server_id)
+    return redirect("deployment-detail", slug, deployment.pk)

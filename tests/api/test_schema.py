@@ -1,0 +1,192 @@
+"""The OpenAPI schema: valid, complete, secrets in requests only; and a property test that
+drives every operation through it and never gets a server error back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import schemathesis
+from django.core import signals
+from django.db import close_old_connections
+from drf_spectacular.validation import validate_schema
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from builds.models import Deployment, LogLine, Status
+from deployer.wsgi import application
+from projects.models import (
+    BuildCommand,
+    Command,
+    ConfigFile,
+    EnvironmentVariable,
+    ExcludedFile,
+)
+from servers.models import Release, Server, ServerGroup
+from tests.api.conftest import issue_token
+
+pytestmark = pytest.mark.django_db
+
+SCHEMA_URL = "/api/schema/?format=json"
+# The property test's bound: ~60 operations, 2 modes, this many examples each (~20 s).
+EXAMPLES_PER_OPERATION = 6
+
+
+def test_the_schema_is_valid_openapi_3(client):
+    response = client.get(SCHEMA_URL)
+    assert response.status_code == 200
+    schema = response.json()
+    assert schema["openapi"].startswith("3.")
+    validate_schema(schema)
+    paths = schema["paths"]
+    for path in (
+        "/api/v1/me/",
+        "/api/v1/projects/",
+        "/api/v1/projects/{slug}/",
+        "/api/v1/projects/{slug}/servers/{server_id}/check/",
+        "/api/v1/projects/{slug}/servers/{server_id}/trust/",
+        "/api/v1/projects/{slug}/servers/{server_id}/releases/",
+        "/api/v1/projects/{slug}/servers/{server_id}/rollback/",
+        "/api/v1/projects/{slug}/deployments/",
+        "/api/v1/deployments/{deployment_id}/",
+        "/api/v1/deployments/{deployment_id}/log/",
+        "/api/v1/deployments/{deployment_id}/cancel/",
+        "/api/v1/deployments/{deployment_id}/rollback/",
+        "/api/v1/projects/{slug}/commands/{id}/",
+        "/api/v1/projects/{slug}/config-files/{id}/",
+        "/api/v1/projects/{slug}/excluded-files/{id}/",
+        "/api/v1/projects/{slug}/environment/{id}/",
+        "/api/v1/projects/{slug}/build-commands/{id}/",
+        "/api/v1/projects/{slug}/groups/{id}/",
+        "/api/v1/projects/{slug}/members/{username}/",
+    ):
+        assert path in paths, path
+    assert "bearerAuth" in schema["components"]["securitySchemes"]
+    components = schema["components"]["schemas"]
+    for secret in ("password", "private_key"):
+        assert secret not in components["Server"]["properties"]
+        assert secret in components["ServerInputRequest"]["properties"]
+    assert "repository_token" not in components["Project"]["properties"]
+    assert "repository_token" in components["ProjectInputRequest"]["properties"]
+
+
+def test_the_browsable_docs_page_is_served(client):
+    response = client.get("/api/docs/")
+    assert response.status_code == 200
+    assert b"swagger" in response.content.lower()
+
+
+@pytest.fixture
+def known_objects(alice, bob, project, repo):
+    """One object of every kind, so that some generated requests reach real ones."""
+    server = Server.objects.create(
+        project=project,
+        name="web1",
+        # A closed port on this machine: nothing here should ever reach a network.
+        hostname="127.0.0.1",
+        port=9,
+        username="deploy",
+        deploy_path="/srv/shop",
+        host_key_fingerprint="SHA256:" + "a" * 43,
+    )
+    deployment = Deployment.objects.create(project=project, status=Status.SUCCEEDED)
+    LogLine.objects.create(deployment=deployment, seq=1, text="hello")
+    Release.objects.create(server=server, name="20260101-000000000-abcdef0", revision="a" * 40)
+    settings_ids = {
+        "commands": Command.objects.create(project=project, command="true").pk,
+        "config-files": ConfigFile.objects.create(project=project, path=".env").pk,
+        "excluded-files": ExcludedFile.objects.create(project=project, pattern="*.md").pk,
+        "environment": EnvironmentVariable.objects.create(project=project, name="A").pk,
+        "build-commands": BuildCommand.objects.create(project=project, command="true").pk,
+        "groups": ServerGroup.objects.create(project=project, name="all").pk,
+    }
+    return {
+        "slug": project.slug,
+        "server_id": server.pk,
+        "deployment_id": deployment.pk,
+        "username": "bob",
+        "name": "20260101-000000000-abcdef0",
+        "settings": settings_ids,
+    }
+
+
+def _pinned_parameters(path: str, method: str, known: dict[str, Any]) -> dict[str, Any] | None:
+    """Real objects for the path's parameters; None where a request must not hit them."""
+    if method == "DELETE" or path.endswith(("/check/", "/trust/")):
+        # Deleting the shared objects would leave later requests nothing to find, and check/
+        # and trust/ open connections (they are tested against real sshd targets elsewhere).
+        return None
+    values = {key: value for key, value in known.items() if key != "settings"}
+    for kind, pk in known["settings"].items():
+        if f"/{kind}/{{id}}/" in path:
+            values["id"] = pk
+    return values
+
+
+# Beyond "no 5xx": the answer's status, content type and body are the ones the schema
+# documents, so that clients generated from it can trust it.
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+def _answers_as_documented(operation, mode, pinned, authorization):
+    """A Hypothesis test: requests generated for ``operation`` never answer 5xx, and every
+    answer is one the schema documents."""
+
+    @settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(generation_mode=mode), pin=st.booleans())
+    def property_test(case, pin):
+        if pin and pinned is not None:
+            for name in case.path_parameters:
+                if name in pinned:
+                    case.path_parameters[name] = pinned[name]
+        response = case.call(headers={"Authorization": authorization})
+        assert response.status_code < 500, (
+            f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:500]}"
+        )
+        case.validate_response(response, checks=CHECKS)
+
+    return property_test
+
+
+@pytest.fixture
+def wsgi_app_in_test_transaction():
+    """The real WSGI application, minus closing the database connection after each request
+    (it would end the test's transaction, as Django's own test client knows)."""
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_finished.disconnect(close_old_connections)
+    yield application
+    signals.request_started.connect(close_old_connections)
+    signals.request_finished.connect(close_old_connections)
+
+
+def test_every_answer_is_documented_and_none_is_a_server_error(
+    alice, known_objects, wsgi_app_in_test_transaction
+):
+    schema = schemathesis.openapi.from_wsgi(SCHEMA_URL, wsgi_app_in_test_transaction)
+    authorization = f"Bearer {issue_token(alice)}"
+    operations = []
+    for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result
+        operations.append(result.ok())
+    assert len(operations) > 50
+    for operation in operations:
+        pinned = _pinned_parameters(operation.path, operation.method.upper(), known_objects)
+        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+            _answers_as_documented(operation, mode, pinned, authorization)()
