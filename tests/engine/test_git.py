@@ -33,7 +33,7 @@ LITERAL_MARKER = Path("/tmp/pwned")
 
 
 @pytest.fixture
-def marker(tmp_path: Path) -> Path:
+def marker(tmp_path: Path) -> Iterator[Path]:
     """A file that exists only if a hostile input managed to run a command."""
     path = tmp_path / "pwned-marker"
     yield path
