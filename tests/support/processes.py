@@ -67,3 +67,24 @@ def stop(process: subprocess.Popen[str]) -> str:
         process.kill()
         output, _ = process.communicate()
     return output or ""
+
+
+def start_serve(env: dict[str, str], log_path: Path) -> subprocess.Popen[str]:
+    """`manage.py serve` with ``env``, its output in ``log_path``; returns once it answers."""
+    bind = env["SLIPWAY_BIND"]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    try:
+        wait_for_http(f"http://{bind}/healthz", process)
+    except BaseException:
+        stop(process)
+        raise
+    return process

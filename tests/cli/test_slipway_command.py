@@ -1,0 +1,170 @@
+"""The `slipway` console script against a real `manage.py serve` (embedded, as `make run`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.processes import clean_env, free_port, manage, start_serve, stop
+
+SLIPWAY = str(Path(sys.executable).with_name("slipway"))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[dict[str, str]]:
+    data = tmp_path_factory.mktemp("cli-served")
+    port = free_port()
+    env = clean_env(
+        SLIPWAY_DATA_DIR=str(data),
+        SLIPWAY_BIND=f"127.0.0.1:{port}",
+        SLIPWAY_ALLOW_LOCAL_REPOSITORIES="true",
+        SLIPWAY_ADMIN_PASSWORD="cli-admin-password-1",
+    )
+    for command in (("migrate", "--noinput"), ("ensure_admin",)):
+        assert manage(*command, env=env).returncode == 0
+    token = manage("issue_token", "admin", env=env).stdout.strip().splitlines()[-1]
+    assert token.startswith("slw_")
+    process = start_serve(env, data / "serve.log")
+    try:
+        yield {"url": f"http://127.0.0.1:{port}", "token": token, "log": str(data / "serve.log")}
+    finally:
+        stop(process)
+
+
+@pytest.fixture
+def project(served, git_repo_factory, sshd_target) -> Iterator[dict[str, object]]:
+    repo = git_repo_factory()
+    repo.commit({"index.html": "first\n"}, "First")
+    api = httpx.Client(
+        base_url=served["url"] + "/api/v1",
+        headers={"Authorization": f"Bearer {served['token']}"},
+        timeout=30,
+    )
+    created = api.post(
+        "/projects/",
+        json={"name": f"Shop {sshd_target.port}", "repository_url": repo.url, "branch": "main"},
+    )
+    assert created.status_code == 201, created.text
+    slug = created.json()["slug"]
+    sshd_target.authorize(created.json()["public_key"])
+    server = api.post(
+        f"/projects/{slug}/servers/",
+        json={
+            "name": "web1",
+            "hostname": sshd_target.hostname,
+            "port": sshd_target.port,
+            "username": sshd_target.username,
+            "deploy_path": str(sshd_target.deploy_path),
+        },
+    )
+    assert server.status_code == 201, server.text
+    check = api.post(f"/projects/{slug}/servers/{server.json()['id']}/check/").json()
+    trust = api.post(
+        f"/projects/{slug}/servers/{server.json()['id']}/trust/",
+        json={"fingerprint": check["host_key_fingerprint"]},
+    )
+    assert trust.status_code == 200, trust.text
+    yield {"slug": slug, "api": api, "repo": repo}
+    api.close()
+
+
+def slipway(served, *arguments: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SLIPWAY_URL": served["url"], "SLIPWAY_TOKEN": served["token"]}
+    if home is not None:
+        env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
+        env.pop("SLIPWAY_URL", None)
+        env.pop("SLIPWAY_TOKEN", None)
+    return subprocess.run(
+        [SLIPWAY, *arguments],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_deploy_wait_streams_the_log_and_exits_0(served, project, sshd_target):
+    result = slipway(served, "deploy", str(project["slug"]), "--server", "web1", "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Deploying main at" in result.stdout
+    assert "current → releases/" in result.stdout
+    assert result.stdout.rstrip().splitlines()[-1].endswith("succeeded")
+    assert (sshd_target.deploy_path / "current" / "index.html").read_text() == "first\n"
+
+
+def test_deploy_wait_exits_non_zero_when_a_build_command_fails(served, project, sshd_target):
+    added = project["api"].post(  # type: ignore[attr-defined]
+        f"/projects/{project['slug']}/build-commands/", json={"command": "echo compiling; exit 9"}
+    )
+    assert added.status_code == 201, added.text
+    result = slipway(served, "deploy", str(project["slug"]), "--wait")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "compiling" in result.stdout
+    assert "exit code 9" in result.stdout
+    assert not (sshd_target.deploy_path / "current").exists()
+
+
+def test_rollback_status_log_and_projects(served, project, sshd_target):
+    slug = str(project["slug"])
+    assert slipway(served, "deploy", slug, "--wait").returncode == 0
+    first = (sshd_target.deploy_path / "current").resolve()
+    project["repo"].commit({"index.html": "second\n"}, "Second")  # type: ignore[attr-defined]
+    assert slipway(served, "deploy", slug, "--wait").returncode == 0
+    assert (sshd_target.deploy_path / "current" / "index.html").read_text() == "second\n"
+
+    back = slipway(served, "rollback", slug, "--server", "web1", "--wait")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert (sshd_target.deploy_path / "current").resolve() == first
+
+    status = slipway(served, "status", slug)
+    assert status.returncode == 0
+    assert "web1" in status.stdout and "rollback" in status.stdout
+    as_json = json.loads(slipway(served, "projects", "--json").stdout)
+    assert slug in [p["slug"] for p in as_json]
+    deployment_id = json.loads(slipway(served, "status", slug, "--json").stdout)["deployments"][0][
+        "id"
+    ]
+    log = slipway(served, "log", str(deployment_id))
+    assert log.returncode == 0 and "current → releases/" in log.stdout
+
+
+def test_login_writes_a_private_config_and_bad_input_gets_stable_exit_codes(served, tmp_path):
+    login = slipway(
+        served, "login", "--url", served["url"], "--token", served["token"], home=tmp_path
+    )
+    assert login.returncode == 0, login.stderr
+    config = tmp_path / ".config" / "slipway" / "config.json"
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert slipway(served, "projects", home=tmp_path).returncode == 0
+    assert slipway(served, "deploy", "no-such-project", home=tmp_path).returncode == 3
+    wrong = subprocess.run(
+        [SLIPWAY, "projects"],
+        env={**os.environ, "SLIPWAY_URL": served["url"], "SLIPWAY_TOKEN": "slw_wrong"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong.returncode == 5
+    assert "token" in wrong.stderr.lower()
+    unreachable = subprocess.run(
+        [SLIPWAY, "projects"],
+        env={
+            **os.environ,
+            "SLIPWAY_URL": f"http://127.0.0.1:{free_port()}",
+            "SLIPWAY_TOKEN": "slw_x",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unreachable.returncode == 4
+    assert slipway(served, "deploy", home=tmp_path / "nobody").returncode == 2
