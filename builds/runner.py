@@ -27,7 +27,7 @@ from builds.engine.masking import Masker
 from builds.engine.ssh import Endpoint
 from builds.logs import LogWriter
 from builds.models import FINAL, Deployment, DeploymentTarget, Kind, Status, Step, TargetStatus
-from builds.services import deployment_broadcast_status, deployment_finish
+from builds.services import deployment_broadcast_status, deployment_finish, release_before_live
 from projects.models import Project
 from servers.models import AuthMethod, Protocol, Release, Server
 
@@ -488,11 +488,7 @@ def _rollback_release(deployment: Deployment, server: Server) -> Release | None:
         ).first()
         if target and target.previous_release:
             return kept.filter(name=target.previous_release).first()
-    live = server.live_release()
-    older = kept.filter(live=False)
-    if live is not None:
-        older = older.filter(created_at__lt=live.created_at)
-    return older.order_by("-created_at", "-id").first()
+    return release_before_live(server)
 
 
 def _run_preview(

@@ -2,62 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import pytest
-from django.conf import settings
-from django.db import connection
 
 from builds import services
 from builds.models import Deployment, Status
-from tests.support.processes import ROOT, stop
+from tests.support.processes import start_celery_worker, stop
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
 def celery_worker_process(tmp_path):
-    if not (settings.REDIS_URL and settings.DATABASE_URL):
-        if os.environ.get("CI"):
-            pytest.fail("CI must run with DATABASE_URL and REDIS_URL set (see .ci/run)")
-        pytest.skip("scaled-out mode only: set DATABASE_URL and REDIS_URL (as .ci/run does)")
-    database = connection.settings_dict
-    # The worker must use the test database that pytest-django created.
-    url = f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "SLIPWAY_DATA_DIR": str(tmp_path / "worker-data"),
-        "SLIPWAY_ENCRYPTION_KEYS": ",".join(settings.ENCRYPTION_KEYS),
-        "SLIPWAY_SECRET_KEY": settings.SECRET_KEY,
-    }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "deployer",
-            "worker",
-            "--loglevel=INFO",
-            "--concurrency=1",
-            "--pool=solo",
-            "-n",
-            "separate@%h",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_celery_worker(tmp_path / "worker-data", name="separate")
     yield process
-    output = stop(process)
-    print(output)
+    print(stop(process))
 
 
 def test_it_runs_a_deployment_queued_by_the_web_process_in_a_separate_worker(

@@ -88,3 +88,41 @@ def start_serve(env: dict[str, str], log_path: Path) -> subprocess.Popen[str]:
         stop(process)
         raise
     return process
+
+
+def start_celery_worker(data_dir: Path, *, name: str, **extra_env: str) -> subprocess.Popen[str]:
+    """A separate `celery -A deployer worker` on this test run's database and Redis.
+
+    Scaled-out mode only: skipped without DATABASE_URL and REDIS_URL, a failure in CI (which
+    always sets them, see .ci/run)."""
+    import pytest
+    from django.conf import settings
+    from django.db import connection
+
+    if not (settings.REDIS_URL and settings.DATABASE_URL):
+        if os.environ.get("CI"):
+            pytest.fail("CI must run with DATABASE_URL and REDIS_URL set (see .ci/run)")
+        pytest.skip("scaled-out mode only: set DATABASE_URL and REDIS_URL (as .ci/run does)")
+    database = connection.settings_dict
+    # The worker must use the test database that pytest-django created.
+    url = f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "SLIPWAY_DATA_DIR": str(data_dir),
+        "SLIPWAY_ENCRYPTION_KEYS": ",".join(settings.ENCRYPTION_KEYS),
+        "SLIPWAY_SECRET_KEY": settings.SECRET_KEY,
+        **extra_env,
+    }
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "celery", "-A", "deployer", "worker"),
+            *("--pool=solo", "--concurrency=1", "--loglevel=INFO", "-n", f"{name}@%h"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
