@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export SLIPWAY_DATA_DIR ?= $(CURDIR)/var
 
-.PHONY: run test lint bench system-deps venv migrate clean worker format
+.PHONY: run test lint bench screenshots system-deps venv migrate clean worker format
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,11 @@ format: venv
 bench: venv system-deps
 	SLIPWAY_DATA_DIR=$$(mktemp -d /tmp/slipway-bench.XXXXXX) SLIPWAY_ALLOW_LOCAL_REPOSITORIES=true \
 	$(BIN)/python -m bench.run
+
+# Regenerates docs/screenshots from a real run (Chromium, sshd targets).
+screenshots: venv system-deps
+	SLIPWAY_SCREENSHOTS=docs/screenshots SLIPWAY_DATA_DIR=$$(mktemp -d /tmp/slipway-shots.XXXXXX) \
+	SLIPWAY_ALLOW_LOCAL_REPOSITORIES=true $(BIN)/pytest -m docs tests/dashboard/e2e/test_docs_screenshots.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache

@@ -1,6 +1,6 @@
-"""The screenshots in docs/dashboard.md, taken from a real run (skipped unless asked for).
+"""The screenshots in docs/dashboard.md, taken from a real run: `make screenshots`.
 
-SLIPWAY_SCREENSHOTS=docs/screenshots .venv/bin/pytest tests/dashboard/e2e/test_docs_screenshots.py
+Marked `docs`, which `make test` deselects: it writes into docs/ rather than testing anything.
 """
 
 from __future__ import annotations
@@ -12,13 +12,7 @@ from playwright.sync_api import expect
 
 from tests.dashboard.e2e.conftest import create_project, screenshots_dir, sign_in
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.timeout(240),
-    pytest.mark.skipif(
-        screenshots_dir() is None, reason="set SLIPWAY_SCREENSHOTS=docs/screenshots"
-    ),
-]
+pytestmark = [pytest.mark.browser, pytest.mark.docs, pytest.mark.timeout(240)]
 
 BUILD_SCRIPT = """\
 printf '\\033[1m> storefront@2.4.0 build\\033[0m\\n'
