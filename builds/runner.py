@@ -26,7 +26,16 @@ from builds.engine.manifest import ChangeSet, Manifest
 from builds.engine.masking import Masker
 from builds.engine.ssh import Endpoint
 from builds.logs import LogWriter
-from builds.models import FINAL, Deployment, DeploymentTarget, Kind, Status, Step, TargetStatus
+from builds.models import (
+    FINAL,
+    Deployment,
+    DeploymentTarget,
+    Kind,
+    Status,
+    Step,
+    TargetStatus,
+    Trigger,
+)
 from builds.services import deployment_broadcast_status, deployment_finish, release_before_live
 from projects.models import Project
 from servers.models import AuthMethod, Protocol, Release, Server
@@ -428,6 +437,9 @@ def _run_deploy(
         server_env={v.name: v.value for v in project.environment_variables.filter(servers=True)},
         health_checks=health_check_specs(project),
         strategy=strategy_spec(deployment),
+        # A push names a SHA: it must be on the pushed branch and newer than what is live.
+        require_on_branch=deployment.branch if deployment.trigger == Trigger.WEBHOOK else "",
+        refuse_older_than_live=deployment.trigger == Trigger.WEBHOOK,
         lock_owner_finished=_lock_owner_finished,
         full=deployment.full,
         config_only=deployment.config_only,

@@ -17,7 +17,7 @@ from rest_framework import serializers
 
 from builds.engine.git import redact_url
 from deployer.api import api_url
-from deployer.links import project_page
+from deployer.links import deployment_page, project_page
 from projects.models import (
     CONFIGURE_ROLES,
     BuildCommand,
@@ -26,6 +26,9 @@ from projects.models import (
     EnvironmentVariable,
     ExcludedFile,
     Membership,
+    Notification,
+    NotificationDelivery,
+    NotificationEvent,
     Project,
     Role,
 )
@@ -41,7 +44,10 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
 
     repository_url = serializers.SerializerMethodField()
     role = serializers.SerializerMethodField()
-    webhook_url = serializers.CharField(read_only=True)
+    webhook_url = serializers.SerializerMethodField(
+        help_text="The URL Git hosts post pushes to; it is a credential (custom JSON pushes are "
+        "authenticated by it alone), so it is shown to admins only."
+    )
     webhook_secret = serializers.SerializerMethodField(
         help_text="What to paste into the repository's webhook settings; shown to admins only."
     )
@@ -86,6 +92,9 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
     @extend_schema_field(serializers.ChoiceField(choices=Role.choices))
     def get_role(self, project: Project) -> str:
         return self._role(project)
+
+    def get_webhook_url(self, project: Project) -> str | None:
+        return project.webhook_url if self._role(project) in CONFIGURE_ROLES else None
 
     def get_webhook_secret(self, project: Project) -> str | None:
         return project.webhook_secret if self._role(project) in CONFIGURE_ROLES else None
@@ -315,3 +324,116 @@ class EnvironmentVariableSerializer(SettingSerializer):
         if instance.secret:
             data["value"] = None
         return data
+
+
+# --------------------------------------------------------------------------- notifications
+
+
+class NotificationSerializer(SettingSerializer):
+    """A notification. Slack, Discord, Teams and webhook URLs hold a token, so ``url`` is
+    write-only like ``secret``: answers show ``destination`` (scheme://host, or the email
+    address), and the notification's own address in the API is ``api_url``."""
+
+    view_name = "api-notification"
+    # Here `url` is a field of the object; its address in the API is `api_url`.
+    url = serializers.CharField(  # type: ignore[assignment]
+        max_length=2000,
+        required=False,
+        allow_blank=True,
+        write_only=True,
+        help_text="The incoming-webhook URL (every kind but email); write-only.",
+    )
+    address = serializers.CharField(
+        max_length=254, required=False, allow_blank=True, help_text="Email only."
+    )
+    events = serializers.ListField(
+        child=serializers.ChoiceField(choices=NotificationEvent.choices),
+        max_length=len(NotificationEvent.values),
+        required=False,
+        help_text="The events it fires on; all of them by default.",
+    )
+    servers = _servers_field()
+    secret = serializers.CharField(
+        max_length=1000,
+        required=False,
+        allow_blank=True,
+        write_only=True,
+        trim_whitespace=False,
+        help_text="Webhooks only, at least 16 characters: signs every delivery; write-only.",
+    )
+    destination = serializers.CharField(
+        read_only=True, help_text="Where it goes: the email address, or the URL's scheme://host."
+    )
+    has_secret = serializers.SerializerMethodField()
+    api_url = serializers.SerializerMethodField(help_text="This notification in the API.")
+    deliveries_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Notification
+        fields = [
+            "id",
+            "kind",
+            "url",
+            "address",
+            "destination",
+            "events",
+            "servers",
+            "enabled",
+            "secret",
+            "has_secret",
+            "created_at",
+            "api_url",
+            "html_url",
+            "deliveries_url",
+        ]
+        read_only_fields = ["created_at"]
+
+    def get_has_secret(self, notification: Notification) -> bool:
+        return bool(notification.secret)
+
+    def get_api_url(self, notification: Notification) -> str:
+        return super().get_url(notification)
+
+    def get_deliveries_url(self, notification: Notification) -> str:
+        return api_url(
+            "api-notification-deliveries", slug=notification.project.slug, pk=notification.pk
+        )
+
+
+class DeliverySerializer(serializers.ModelSerializer[NotificationDelivery]):
+    deployment_url = serializers.SerializerMethodField()
+    html_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = NotificationDelivery
+        fields = [
+            "id",
+            "uuid",
+            "event",
+            "status",
+            "attempts",
+            "status_code",
+            "error",
+            "deployment",
+            "created_at",
+            "sent_at",
+            "next_attempt_at",
+            "deployment_url",
+            "html_url",
+        ]
+        read_only_fields = fields
+        extra_kwargs = {
+            "uuid": {"help_text": "Sent as X-Slipway-Delivery; the same on every attempt."},
+            "error": {"help_text": "Why the last attempt failed ('' when it did not)."},
+        }
+
+    def get_deployment_url(self, delivery: NotificationDelivery) -> str | None:
+        if delivery.deployment_id is None:
+            return None
+        return api_url("api-deployment", deployment_id=delivery.deployment_id)
+
+    def get_html_url(self, delivery: NotificationDelivery) -> str:
+        slug = delivery.notification.project.slug
+        if delivery.deployment_id is None:
+            return project_page(slug)
+        return deployment_page(slug, delivery.deployment_id)

@@ -410,6 +410,23 @@ class Mirror:
         validate_ref(branch, "branch")
         return self._rev_parse(f"refs/heads/{branch}^{{commit}}")
 
+    def resolve_or_none(self, ref: str) -> str | None:
+        """The full SHA, or None when the mirror does not have it (no error)."""
+        try:
+            return self.resolve(ref)
+        except (RevisionNotFound, InvalidInput):
+            return None
+
+    def is_ancestor(self, older: str, newer: str) -> bool:
+        """True when ``older`` is ``newer`` or in its history (both resolved first)."""
+        first, second = self.resolve(older), self.resolve(newer)
+        result = self._git("merge-base", "--is-ancestor", first, second, check=False)
+        if result.returncode not in (0, 1):
+            raise RepositoryError(
+                f"git merge-base failed in the mirror for {first[:12]} and {second[:12]}"
+            )
+        return result.returncode == 0
+
     def _rev_parse(self, revision: str) -> str | None:
         if not self._exists():
             return None

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -79,7 +82,29 @@ class Attempt:
     detail: str
 
 
+# Health checks may reach private addresses (the servers themselves), but never link-local
+# ones: 169.254.169.254 and its kind answer with the worker's cloud credentials.
+_METADATA = {ipaddress.ip_address("100.100.100.200"), ipaddress.ip_address("fd00:ec2::254")}
+
+
+def refused_address(url: str) -> str:
+    """Why the worker must not request ``url`` ("" when it may)."""
+    host = urlsplit(url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return ""  # the request itself will report the name that does not resolve
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if address.is_link_local or address in _METADATA:
+            return f"{host} resolves to {address}, a link-local address health checks may not use"
+    return ""
+
+
 def http_attempt(check: HealthCheckSpec, url: str) -> Attempt:
+    refusal = refused_address(url)
+    if refusal:
+        return Attempt(False, refusal)
     try:
         response = httpx.get(url, timeout=check.timeout_seconds, follow_redirects=False)
     except httpx.HTTPError as exc:

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 
 from builds.engine import release, rollout
 from builds.engine.build import BuildSpec, build, checked_out, exclude_rules
-from builds.engine.errors import Cancelled, EngineError, InvalidInput, LockHeld, UserError
+from builds.engine.errors import (
+    Cancelled,
+    EngineError,
+    InvalidInput,
+    LockHeld,
+    RevisionNotFound,
+    UserError,
+)
 from builds.engine.git import Commit, Mirror
 from builds.engine.manifest import ChangeSet, Manifest, diff
 from builds.engine.rollout import run_commands
@@ -124,6 +131,7 @@ def deploy(spec: DeploySpec, reporter: Reporter) -> DeployResult:
         mirror.fetch(on_line=lambda text: reporter.log("stderr", text))
         sha = mirror.resolve(spec.build.revision)
         reporter.log("system", f"Deploying {spec.build.revision} at {sha}")
+        _check_provenance(spec, mirror, sha)
     reporter.check_cancelled()
     starts = {server.live_revision for server in spec.servers}
     start = next(iter(starts)) if len(starts) == 1 else None
@@ -163,6 +171,29 @@ def deploy(spec: DeploySpec, reporter: Reporter) -> DeployResult:
 
 def reporter_log(reporter: Reporter) -> Callable[[str, str], None]:
     return lambda stream, text: reporter.log(stream, text)
+
+
+def _check_provenance(spec: DeploySpec, mirror: Mirror, sha: str) -> None:
+    """Refuse a pushed revision that is not on its branch, or older than what is live."""
+    if spec.require_on_branch:
+        head = mirror.branch_head(spec.require_on_branch)
+        if head is None or not mirror.is_ancestor(sha, head):
+            raise RevisionNotFound(
+                f"Revision {sha[:12]} is not on branch {spec.require_on_branch}: not deployed"
+            )
+    if spec.refuse_older_than_live:
+        for server in spec.servers:
+            live = server.live_revision
+            if (
+                live
+                and live != sha
+                and mirror.resolve_or_none(live)
+                and mirror.is_ancestor(sha, live)
+            ):
+                raise UserError(
+                    f"Revision {sha[:12]} is older than {live[:12]}, live on {server.name}: a "
+                    "replayed or late delivery is not deployed (roll back on purpose instead)"
+                )
 
 
 def _check_spec(spec: DeploySpec) -> None:

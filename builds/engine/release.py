@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import posixpath
 import re
 import shlex
@@ -44,6 +45,7 @@ MANIFEST_DIR = f"{META_DIR}/manifests"
 EXIT_LOCK_HELD = 75
 EXIT_CURRENT_IS_DIR = 76
 EXIT_RELEASE_MISSING = 77
+EXIT_SYMLINKED_PARENT = 78
 
 _DEPLOY_PATH_CHARS = re.compile(r"^/[A-Za-z0-9._/@+~ -]*$")
 _RELEASE_NAME = re.compile(r"^[0-9]{8}-[0-9]{9}-[0-9a-f]{7,40}$")
@@ -80,6 +82,15 @@ def validate_relative_path(path: str, field: str) -> str:
     if parts[0] in {META_DIR, UNFINISHED_MARKER}:
         raise InvalidInput(field, f"{path!r} is reserved for Slipway")
     return cleaned
+
+
+def _plain_relative(path: str) -> bool:
+    """A path Slipway may remove or replace inside a release (a listing's line, checked again)."""
+    try:
+        validate_relative_path(path, "path")
+    except InvalidInput:
+        return False
+    return not path.startswith((META_DIR, UNFINISHED_MARKER))
 
 
 def release_name(revision: str, when: float | None = None) -> str:
@@ -195,6 +206,11 @@ class RemoteLayout:
                 f"{self.current_path} on {address} is a real directory, not a "
                 "symlink. Slipway will not replace it: move it aside (for example into releases/) first."
             )
+        if exit_code == EXIT_SYMLINKED_PARENT:
+            raise InvalidInput(
+                "shared_paths",
+                stderr.strip().splitlines()[-1] if stderr.strip() else "a symlinked folder",
+            )
         if exit_code == EXIT_RELEASE_MISSING:
             lines = [line for line in stdout.splitlines() if line.startswith("Release ")]
             raise ReleaseMissing(lines[-1] if lines else "The release is no longer on the server")
@@ -243,8 +259,11 @@ echo "live=$live"
 if [ -n "$live" ] && [ "$live" = {shlex.quote(name)} ]; then echo "release {name} is live" >&2; exit 1; fi
 if [ -d {new} ] && [ ! -e {new}/{UNFINISHED_MARKER} ]; then echo "release {name} exists already" >&2; exit 1; fi
 rm -rf -- {new} {new}.tmp
+# The listing is one line per file: a name holding a control character (a newline, a tab)
+# could not be told apart from its neighbours, so such a release is never copied from.
 if [ {int(incremental)} = 1 ] && [ -n "$live" ] && [ "$live" = {expected} ] && [ -d "releases/$live" ] \\
-   && [ ! -e "releases/$live/{UNFINISHED_MARKER}" ] && [ -f "{MANIFEST_DIR}/$live.stat" ]; then
+   && [ ! -e "releases/$live/{UNFINISHED_MARKER}" ] && [ -f "{MANIFEST_DIR}/$live.stat" ] \\
+   && [ -z "$(find "releases/$live" -name '*[[:cntrl:]]*' -print 2>/dev/null | head -n 1)" ]; then
   cp -a --reflink=auto -- "releases/$live" {new}.tmp
   mv -- {new}.tmp {new}
   echo copied=1
@@ -297,10 +316,23 @@ if [ -e {release}/{UNFINISHED_MARKER} ]; then echo {unfinished}; exit {EXIT_RELE
 """
 
     def _finish_script(
-        self, name: str, *, shared_paths: Sequence[str], file_mode: str, directory_mode: str
+        self,
+        name: str,
+        *,
+        shared_paths: Sequence[str],
+        file_mode: str,
+        directory_mode: str,
+        config_paths: Sequence[str] = (),
     ) -> str:
         release = shlex.quote(f"releases/{name}")
-        lines = ["tar -xzpf - --no-same-owner"]
+        # No folder above a path Slipway writes (config files, shared links) may be a symlink
+        # from the repository: writing through it would land outside the release.
+        lines = [
+            _no_symlinked_parents(
+                name, [*config_paths, *(p.strip().rstrip("/") for p in shared_paths)]
+            )
+        ]
+        lines.append("tar -xzpf - --no-same-owner")
         for raw in shared_paths:
             is_dir = raw.strip().endswith("/")
             path = validate_relative_path(raw, "shared_paths")
@@ -373,7 +405,7 @@ ln -s -- {target} {in_release}"""
         return Prepared(
             live=(values.get("live") or [""])[-1] or None,
             copied=(values.get("copied") or ["0"])[-1] == "1",
-            drifted=tuple(values.get("drift", [])),
+            drifted=tuple(path for path in values.get("drift", []) if _plain_relative(path)),
             notes=tuple(values.get("note", [])),
             codec=(values.get("codec") or [GZIP])[-1],
         )
@@ -393,7 +425,7 @@ ln -s -- {target} {in_release}"""
         hold any character); a list too long for one argument is removed in its own trip.
         """
         target = shlex.quote(self.release_path(name))
-        payload = b"".join(b"./" + path.encode() + b"\0" for path in remove)
+        payload = b"".join(b"./" + os.fsencode(path) + b"\0" for path in remove)
         encoded = base64.b64encode(payload).decode()
         removal = ""
         if payload and len(encoded) < _MAX_INLINE_ARGUMENT:
@@ -427,7 +459,11 @@ ln -s -- {target} {in_release}"""
                 _add_bytes(archive, f"releases/{name}/{path}", body, 0o644)
             _add_bytes(archive, f"{MANIFEST_DIR}/{name}.json", manifest_json, 0o600)
         script = self._finish_script(
-            name, shared_paths=shared_paths, file_mode=file_mode, directory_mode=directory_mode
+            name,
+            shared_paths=shared_paths,
+            file_mode=file_mode,
+            directory_mode=directory_mode,
+            config_paths=list(files),
         )
         self._run(script, stdin=buffer.getvalue())
 
@@ -524,6 +560,25 @@ for d in */; do d=${{d%/}}; [ -d "$d" ] || continue
             if is_release_name(name):
                 found.append((name, finished == "1"))
         return sorted(found)
+
+
+def _no_symlinked_parents(name: str, paths: Sequence[str]) -> str:
+    """Shell: stop (exit 78) when a folder above one of ``paths`` in the release is a symlink."""
+    parents: set[str] = set()
+    for path in paths:
+        parts = validate_relative_path(path, "path").split("/")
+        parents.update("/".join(parts[:end]) for end in range(1, len(parts)))
+    checks = []
+    for parent in sorted(parents):
+        quoted = shlex.quote(f"releases/{name}/{parent}")
+        message = shlex.quote(
+            f"{parent} is a symbolic link in the release: Slipway will not write a config file "
+            "or a shared link through it"
+        )
+        checks.append(
+            f"if [ -L {quoted} ]; then echo {message} >&2; exit {EXIT_SYMLINKED_PARENT}; fi"
+        )
+    return "\n".join(checks)
 
 
 def _mode(value: str, field: str) -> str:

@@ -141,6 +141,10 @@ class DeploySpec:
     #: Asked about a lock's owner ("deployment-12"): True when that deployment has finished
     #: (it died without unlocking), so its lock may be taken over at once.
     lock_owner_finished: Callable[[str], bool] = field(default=lambda owner: False, repr=False)
+    #: For revisions a Git host (or anyone with the webhook URL) names: the revision must be on
+    #: this branch, and must not be older than what is live (a replayed or late delivery).
+    require_on_branch: str = ""
+    refuse_older_than_live: bool = False
 
 
 @dataclass(frozen=True)

@@ -132,3 +132,47 @@ def test_two_copies_of_one_delivery_arriving_at_once_create_one_deployment(shop,
 
     assert sorted(answers) == ["duplicate", "queued"]
     assert Deployment.objects.count() == 1
+
+
+def test_a_replayed_push_of_an_older_commit_is_not_deployed(
+    git_repo_factory, sshd_target, project_factory, server_factory, post
+):
+    repo = git_repo_factory()
+    first = repo.commit({"index.html": "A\n"}, "A")
+    project = project_factory(repo)
+    server_factory(project, sshd_target)
+    second = repo.commit({"index.html": "B\n"}, "B")
+    (old,) = _push(post, project, first, "0" * 40, "A")["deployments"]
+    run_deployment.apply(args=(old,))
+    (new,) = _push(post, project, second, first, "B")["deployments"]
+    run_deployment.apply(args=(new,))
+    assert (sshd_target.deploy_path / "current" / "index.html").read_text() == "B\n"
+
+    # The same signed body again, under a fresh delivery id: a replay of an old push.
+    (replayed,) = _push(post, project, first, "0" * 40, "A")["deployments"]
+    run_deployment.apply(args=(replayed,))
+    deployment = Deployment.objects.get(pk=replayed)
+    assert deployment.status == Status.FAILED
+    assert "older than" in deployment.error
+    assert (sshd_target.deploy_path / "current" / "index.html").read_text() == "B\n"
+
+
+def test_a_custom_push_naming_a_commit_off_its_branch_is_not_deployed(
+    git_repo_factory, sshd_target, project_factory, server_factory, post
+):
+    repo = git_repo_factory()
+    repo.commit({"index.html": "A\n"}, "A")
+    repo.branch("experiment")
+    stray = repo.commit({"index.html": "unreviewed\n"}, "Unreviewed work")
+    repo.switch("main")
+    project = project_factory(repo)
+    server_factory(project, sshd_target)
+    body = payloads.encode({"payload": {"new_ref": stray, "branch": "main"}})
+    response = post(project, body)
+    assert response.status_code == 200, response.content
+    (deployment_id,) = response.json()["deployments"]
+    run_deployment.apply(args=(deployment_id,))
+    deployment = Deployment.objects.get(pk=deployment_id)
+    assert deployment.status == Status.FAILED
+    assert "is not on branch main" in deployment.error
+    assert not (sshd_target.deploy_path / "current").exists()
