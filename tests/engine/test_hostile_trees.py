@@ -41,7 +41,7 @@ def test_a_committed_symlink_above_a_config_file_is_refused(
 ):
     outside = sshd_target.root / "web-root"
     outside.mkdir()
-    os.chmod(outside, 0o777)
+    os.chmod(outside, 0o777)  # noqa: S103 (the deploy user must be able to write there)
     repo = git_repo_factory()
     sha = repo.commit({"index.html": "A\n"}, "A", symlinks={"config": str(outside)})
     server = server_for(sshd_target)
