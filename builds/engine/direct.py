@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING
 import paramiko
 
 from builds.engine import release
-from builds.engine.errors import DiskFull, LockHeld, PermissionDenied, TransferFailed, UserError
+from builds.engine.errors import (
+    DiskFull,
+    EngineError,
+    InvalidInput,
+    LockHeld,
+    PermissionDenied,
+    TransferFailed,
+    UserError,
+)
 from builds.engine.manifest import Manifest, diff
 from builds.engine.variables import substitute
 
@@ -143,9 +151,17 @@ def deliver(
 def _remote_manifest(sftp: paramiko.SFTPClient, root: str) -> Manifest | None:
     try:
         with sftp.open(posixpath.join(root, MANIFEST_FILE), "rb") as handle:
-            return Manifest.from_json(handle.read())
-    except (OSError, ValueError):
+            manifest = Manifest.from_json(handle.read())
+    except (OSError, ValueError, EngineError):
         return None
+    # The file sits in the deploy path, where others can write: a path in it that leaves the
+    # deploy path would have us delete outside it. Such a manifest is ignored (full upload).
+    for path in manifest:
+        try:
+            release.validate_relative_path(path, "path")
+        except InvalidInput:
+            return None
+    return manifest
 
 
 def _makedirs(sftp: paramiko.SFTPClient, path: str) -> None:

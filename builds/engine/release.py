@@ -235,7 +235,8 @@ elif grep -qx {shlex.quote("owner=" + owner_id)} {lock}/info 2>/dev/null; then t
 elif [ -n {shlex.quote(take_over_from)} ] && grep -qx {shlex.quote("owner=" + take_over_from)} {lock}/info 2>/dev/null; then
   take_lock; echo {shlex.quote(f"note=took over the lock of {take_over_from}, which has finished")}
 else
-  age=$(( $(date +%s) - $(stat -c %Y {lock} 2>/dev/null || date +%s) ))
+  # The info file is rewritten whenever the lock is taken (again): its age is the lock's.
+  age=$(( $(date +%s) - $(stat -c %Y {lock}/info 2>/dev/null || stat -c %Y {lock} 2>/dev/null || date +%s) ))
   if [ "$age" -gt {int(stale_after)} ]; then rm -rf {lock}; mkdir {lock}; take_lock; echo "note=took over a stale lock"
   else sed -n 's/^owner=/owner=/p; s/^holder=//p; s/^since=/since /p' {lock}/info 2>/dev/null | tr '\\n' ' '; exit {EXIT_LOCK_HELD}; fi
 fi
