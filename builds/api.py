@@ -22,8 +22,10 @@ from builds.serializers import (
 from builds.services import (
     deployment_cancel,
     deployment_log_page,
+    deployment_request_abort,
+    deployment_request_promotion,
     deployment_rollback,
-    deployment_start,
+    deployment_start_with_strategy,
 )
 from deployer.api import Need, Pagination, get_deployment_for_user, get_project_for_user
 
@@ -31,7 +33,9 @@ TAGS = ["deployments"]
 
 
 def _with_related(deployments: Any) -> Any:
-    return deployments.select_related("project", "triggered_by").prefetch_related("targets__server")
+    return deployments.select_related("project", "triggered_by", "group").prefetch_related(
+        "targets__server"
+    )
 
 
 def deployment_data(deployment_id: int) -> dict[str, Any]:
@@ -71,7 +75,8 @@ class ProjectDeploymentListView(APIView):
         )
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        deployment = deployment_start(
+        deployment = deployment_start_with_strategy(
+            strategy=data.get("strategy", ""),
             project=membership.project,
             user=membership.user,
             servers=data.get("servers", []),
@@ -139,3 +144,33 @@ class DeploymentRollbackView(APIView):
         deployment, membership = get_deployment_for_user(request, deployment_id, need=Need.DEPLOY)
         rollback = deployment_rollback(deployment=deployment, user=membership.user)
         return Response(deployment_data(rollback.pk), status=status.HTTP_201_CREATED)
+
+
+class DeploymentPromoteView(APIView):
+    @extend_schema(
+        request=None,
+        responses={202: DeploymentSerializer},
+        operation_id="deployments_promote",
+        tags=TAGS,
+        description="Let a canary deployment waiting for a person (promotion: manual) go on "
+        "to its other servers. 409 unless it is running with servers waiting.",
+    )
+    def post(self, request: Request, deployment_id: int) -> Response:
+        deployment, membership = get_deployment_for_user(request, deployment_id, need=Need.DEPLOY)
+        deployment_request_promotion(deployment=deployment, user=membership.user)
+        return Response(deployment_data(deployment.pk), status=status.HTTP_202_ACCEPTED)
+
+
+class DeploymentAbortView(APIView):
+    @extend_schema(
+        request=None,
+        responses={202: DeploymentSerializer},
+        operation_id="deployments_abort",
+        tags=TAGS,
+        description="Stop a running deployment and roll back every server it switched "
+        "(the canaries of a waiting canary deployment). 409 unless it is running.",
+    )
+    def post(self, request: Request, deployment_id: int) -> Response:
+        deployment, membership = get_deployment_for_user(request, deployment_id, need=Need.DEPLOY)
+        deployment_request_abort(deployment=deployment, user=membership.user)
+        return Response(deployment_data(deployment.pk), status=status.HTTP_202_ACCEPTED)

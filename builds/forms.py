@@ -9,7 +9,7 @@ from django import forms
 from builds.engine.git import Commit
 from projects.forms import MONOSPACE
 from projects.models import Project
-from servers.models import Server, ServerGroup
+from servers.models import Server, ServerGroup, Strategy
 
 
 class ServerChoiceField(forms.ModelMultipleChoiceField):  # type: ignore[type-arg]
@@ -41,6 +41,12 @@ class DeploymentForm(forms.Form):
         widget=forms.TextInput(
             attrs={**MONOSPACE, "placeholder": "v1.4.2, release/2026-11, 3f2a9c1…"}
         ),
+    )
+    strategy = forms.ChoiceField(
+        label="Strategy",
+        required=False,
+        choices=[("", "The group's (all at once without a group)"), *Strategy.choices],
+        help_text="For this deployment only; see docs/strategies.md.",
     )
     full = forms.BooleanField(label="Upload every file, not only the changes", required=False)
     skip_build = forms.BooleanField(label="Skip the build commands", required=False)

@@ -15,7 +15,7 @@ from builds.services import LOG_PAGE_SIZE
 from deployer.api import api_url
 from deployer.links import deployment_page
 from projects.serializers import ProjectServerField
-from servers.models import ServerGroup
+from servers.models import ServerGroup, Strategy
 
 
 class TargetSerializer(serializers.ModelSerializer[DeploymentTarget]):
@@ -71,6 +71,9 @@ class DeploymentSummarySerializer(serializers.ModelSerializer[Deployment]):
     triggered_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
         slug_field="username", read_only=True, allow_null=True
     )
+    strategy = serializers.SerializerMethodField(
+        help_text="The strategy it runs with: its own override, else its group's, else parallel."
+    )
     url = serializers.SerializerMethodField()
     html_url = serializers.SerializerMethodField()
     log_url = serializers.SerializerMethodField()
@@ -88,6 +91,7 @@ class DeploymentSummarySerializer(serializers.ModelSerializer[Deployment]):
             "start_revision",
             "end_revision",
             "group",
+            "strategy",
             "full",
             "skip_build",
             "skip_cache",
@@ -106,6 +110,13 @@ class DeploymentSummarySerializer(serializers.ModelSerializer[Deployment]):
             "log_url",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(serializers.ChoiceField(choices=Strategy.choices))
+    def get_strategy(self, deployment: Deployment) -> str:
+        if deployment.strategy:
+            return deployment.strategy
+        group = deployment.group
+        return group.strategy if group is not None else Strategy.PARALLEL.value
 
     def get_url(self, deployment: Deployment) -> str:
         return api_url("api-deployment", deployment_id=deployment.pk)
@@ -165,6 +176,12 @@ class DeploymentCreateSerializer(serializers.Serializer[dict[str, Any]]):
         required=False,
         allow_blank=True,
         help_text="A branch, tag or commit SHA; by default the head of each server's branch.",
+    )
+    strategy = serializers.ChoiceField(
+        choices=Strategy.choices,
+        required=False,
+        help_text="Overrides the group's strategy for this deployment (servers without a "
+        "group are deployed in parallel by default).",
     )
     full = serializers.BooleanField(default=False, help_text="Send every file, not the changes.")
     preview = serializers.BooleanField(

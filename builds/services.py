@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -31,7 +32,7 @@ from builds.models import (
 from builds.presenters import deployment_status
 from projects.models import Project
 from projects.services import audit_record
-from servers.models import Release, Server, ServerGroup
+from servers.models import Release, Server, ServerGroup, Strategy
 
 logger = logging.getLogger(__name__)
 
@@ -522,3 +523,81 @@ def deployment_log_page(
     )
     more = len(lines) > limit
     return LogPage(lines=lines[:limit], complete=status in FINAL and not more, status=status)
+
+
+# --------------------------------------------------------------------------- strategies
+# A deployment's strategy override, and the decisions a person takes on a running one.
+
+
+class DeploymentWrongState(Exception):
+    """The deployment is not in the state the request needs (promote: a waiting canary)."""
+
+
+def deployment_start_with_strategy(*, strategy: str, **options: Any) -> Deployment:
+    """``deployment_start`` with the group's strategy overridden for this deployment
+    (``strategy=""`` keeps the group's, or parallel without a group)."""
+    if strategy and strategy not in Strategy.values:
+        raise DeploymentRefused(
+            "strategy", f"{strategy!r} must be one of {', '.join(Strategy.values)}"
+        )
+    with transaction.atomic():
+        deployment = deployment_start(**options)
+        if strategy:
+            # Inside the transaction: the worker is sent the deployment only once it commits.
+            Deployment.objects.filter(pk=deployment.pk).update(strategy=strategy)
+            deployment.strategy = strategy
+    return deployment
+
+
+def deployment_request_promotion(*, deployment: Deployment, user: User | None) -> Deployment:
+    """Let a canary deployment waiting for a person go on to its other servers;
+    DeploymentWrongState unless it is running and waiting."""
+    with transaction.atomic():
+        waiting = (
+            deployment.status == Status.RUNNING
+            and deployment.targets.filter(status=TargetStatus.WAITING).exists()
+        )
+        if not waiting or not deployment_promote(deployment):
+            deployment.refresh_from_db()
+            raise DeploymentWrongState(_not_waiting(deployment))
+        audit_record(
+            project=deployment.project,
+            actor=user,
+            action="deployment.promoted",
+            target=f"deployment #{deployment.pk}",
+        )
+    deployment.refresh_from_db()
+    return deployment
+
+
+def _not_waiting(deployment: Deployment) -> str:
+    if deployment.status != Status.RUNNING:
+        return f"Deployment #{deployment.pk} is {deployment.status}, not waiting for promotion"
+    if deployment.abort_requested_at is not None:
+        return f"Deployment #{deployment.pk} is being aborted"
+    if deployment.promote_requested_at is not None:
+        return f"Deployment #{deployment.pk} was promoted already"
+    return f"Deployment #{deployment.pk} has no server waiting for promotion"
+
+
+def deployment_request_abort(*, deployment: Deployment, user: User | None) -> Deployment:
+    """Stop a running deployment and roll back the servers it switched;
+    DeploymentWrongState unless it is running (a queued one is cancelled instead)."""
+    with transaction.atomic():
+        if not deployment_abort(deployment):
+            deployment.refresh_from_db()
+            if deployment.status == Status.QUEUED:
+                message = f"Deployment #{deployment.pk} has not started; cancel it instead"
+            elif deployment.status != Status.RUNNING:
+                message = f"Deployment #{deployment.pk} already {deployment.status}"
+            else:
+                message = f"Deployment #{deployment.pk} is being aborted already"
+            raise DeploymentWrongState(message)
+        audit_record(
+            project=deployment.project,
+            actor=user,
+            action="deployment.aborted",
+            target=f"deployment #{deployment.pk}",
+        )
+    deployment.refresh_from_db()
+    return deployment

@@ -14,8 +14,14 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from builds.forms import DeploymentForm
-from builds.models import Deployment, Kind, TargetStatus, Trigger
-from builds.services import deployment_cancel, deployment_rollback, deployment_start
+from builds.models import Deployment, Kind, Status, TargetStatus, Trigger
+from builds.services import (
+    deployment_cancel,
+    deployment_request_abort,
+    deployment_request_promotion,
+    deployment_rollback,
+    deployment_start_with_strategy,
+)
 from projects.dashboard import (
     SERVICE_ERRORS,
     ProjectMirror,
@@ -26,7 +32,7 @@ from projects.dashboard import (
     page_context,
 )
 from projects.models import DEPLOY_ROLES, Membership
-from servers.models import Server
+from servers.models import Promotion, Server, Strategy
 
 # --------------------------------------------------------------------------- a new deployment
 
@@ -42,6 +48,7 @@ def _initial_from_query(
     }
     for option in ("full", "skip_build", "skip_cache"):
         initial[option] = request.GET.get(option) == "on"
+    initial["strategy"] = request.GET.get("strategy", "")
     if not initial["servers"] and not initial["group"] and len(servers) == 1 and not has_groups:
         initial["servers"] = [str(servers[0].pk)]
     return initial
@@ -62,7 +69,7 @@ def deployment_new(request: HttpRequest, slug: str) -> HttpResponse:
         if form.is_valid():
             revision = form.chosen_revision()
             try:
-                deployment = deployment_start(
+                deployment = deployment_start_with_strategy(
                     project=project,
                     user=membership.user,
                     servers=list(form.cleaned_data["servers"]),
@@ -73,6 +80,7 @@ def deployment_new(request: HttpRequest, slug: str) -> HttpResponse:
                     skip_cache=form.cleaned_data["skip_cache"],
                     preview=wants_preview,
                     trigger=Trigger.MANUAL,
+                    strategy=form.cleaned_data["strategy"],
                 )
             except SERVICE_ERRORS as exc:
                 typed = "ref" if form.cleaned_data.get("ref") else "revision"
@@ -146,13 +154,25 @@ def _deployment_context(deployment: Deployment, membership: Membership) -> dict[
     deployment = _with_targets(deployment)
     targets = list(deployment.targets.all())
     succeeded = any(target.status == TargetStatus.SUCCEEDED for target in targets)
+    waiting = [target for target in targets if target.status == TargetStatus.WAITING]
     can_deploy = membership.can_deploy
+    running = deployment.status == Status.RUNNING
     return page_context(
         membership,
         tab="deployments",
         deployment=deployment,
         targets=targets,
+        waiting=waiting,
+        strategy=_strategy(deployment),
         steps=list(deployment.steps.select_related("server")),
+        can_promote=(
+            can_deploy
+            and running
+            and bool(waiting)
+            and not deployment.promote_requested_at
+            and not deployment.abort_requested_at
+        ),
+        can_abort=can_deploy and running and not deployment.abort_requested_at,
         can_cancel=can_deploy and deployment.is_active,
         can_redeploy=can_deploy and not deployment.is_active and deployment.kind == Kind.DEPLOY,
         can_roll_back=(
@@ -160,6 +180,28 @@ def _deployment_context(deployment: Deployment, membership: Membership) -> dict[
         ),
         changes=_changes(deployment.changes),
     )
+
+
+def _strategy(deployment: Deployment) -> dict[str, Any] | None:
+    """How this deployment's servers take the release (the runner's choice, in words)."""
+    if deployment.kind != Kind.DEPLOY:
+        return None
+    group = deployment.group
+    kind = deployment.strategy or (group.strategy if group is not None else Strategy.PARALLEL)
+    label = Strategy(kind).label if kind in Strategy.values else kind
+    details = []
+    if group is not None and kind == Strategy.CANARY:
+        details.append(f"{group.canary_count} first")
+        if group.canary_window_seconds:
+            details.append(f"watched {group.canary_window_seconds} s")
+        details.append(
+            "promoted by hand" if group.promotion == Promotion.MANUAL else "the rest automatically"
+        )
+    elif group is not None and kind == Strategy.ROLLING:
+        details.append(f"batches of {group.batch_size}")
+        if group.pause_seconds:
+            details.append(f"{group.pause_seconds} s apart")
+    return {"kind": kind, "label": label, "details": details, "override": bool(deployment.strategy)}
 
 
 def _changes(changes: Any) -> dict[str, Any] | None:
@@ -228,7 +270,7 @@ def deployment_redeploy(request: HttpRequest, slug: str, deployment_id: int) -> 
     group = deployment.group
     servers = [] if group else [t.server for t in deployment.targets.select_related("server")]
     try:
-        again = deployment_start(
+        again = deployment_start_with_strategy(
             project=membership.project,
             user=membership.user,
             servers=servers,
@@ -238,6 +280,7 @@ def deployment_redeploy(request: HttpRequest, slug: str, deployment_id: int) -> 
             skip_build=deployment.skip_build,
             skip_cache=deployment.skip_cache,
             trigger=Trigger.MANUAL,
+            strategy=deployment.strategy,
         )
     except SERVICE_ERRORS as exc:
         messages.error(request, error_message(exc))
@@ -259,3 +302,37 @@ def deployment_roll_back(request: HttpRequest, slug: str, deployment_id: int) ->
         messages.error(request, error_message(exc))
         return redirect("deployment-detail", slug, deployment_id)
     return redirect("deployment-detail", slug, rollback.pk)
+
+
+@login_required
+@require_POST
+def deployment_promote_view(request: HttpRequest, slug: str, deployment_id: int) -> HttpResponse:
+    deployment, membership = get_deployment_for_user(
+        request, slug, deployment_id, role=DEPLOY_ROLES
+    )
+    try:
+        deployment_request_promotion(deployment=deployment, user=membership.user)
+    except SERVICE_ERRORS as exc:
+        messages.error(request, error_message(exc))
+    else:
+        messages.success(request, "Promoted: the other servers get the release now.")
+    return redirect("deployment-detail", slug, deployment_id)
+
+
+@login_required
+@require_POST
+def deployment_abort_view(request: HttpRequest, slug: str, deployment_id: int) -> HttpResponse:
+    deployment, membership = get_deployment_for_user(
+        request, slug, deployment_id, role=DEPLOY_ROLES
+    )
+    try:
+        deployment_request_abort(deployment=deployment, user=membership.user)
+    except SERVICE_ERRORS as exc:
+        messages.error(request, error_message(exc))
+    else:
+        messages.info(
+            request,
+            "Aborting: the deployment stops, and every server it switched goes back to the "
+            "release it had.",
+        )
+    return redirect("deployment-detail", slug, deployment_id)

@@ -33,7 +33,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from builds.engine.errors import InvalidInput
 from builds.models import Deployment
-from builds.services import DeploymentFinished, DeploymentRefused
+from builds.services import DeploymentFinished, DeploymentRefused, DeploymentWrongState
 from deployer.links import absolute
 from projects.models import CONFIGURE_ROLES, DEPLOY_ROLES, Membership, Role
 from servers.models import Release, Server
@@ -221,14 +221,14 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response | 
 
     InvalidInput and DeploymentRefused become 400 ``{field: [message]}``; a Django
     ValidationError without a field becomes 400 ``{"detail": message}``; DeploymentFinished
-    becomes 409; a body over Django's upload limit 413 (rather than an HTML page).
+    and DeploymentWrongState become 409; a body over Django's upload limit 413 (rather than an HTML page).
     """
     if isinstance(exc, InvalidInput):
         message = str(exc).removeprefix(f"{exc.field}: ")
         exc = exceptions.ValidationError({exc.field: [message]})
     elif isinstance(exc, DeploymentRefused):
         exc = exceptions.ValidationError({exc.field: [str(exc)]})
-    elif isinstance(exc, DeploymentFinished):
+    elif isinstance(exc, DeploymentFinished | DeploymentWrongState):
         exc = Conflict(str(exc))
     elif isinstance(exc, RequestDataTooBig):
         exc = TooLarge(
@@ -330,6 +330,8 @@ def document_errors(
                 errors["415"] = ("The body is not JSON, a form or multipart.", _ERROR)
             if path.endswith("/cancel/"):
                 errors["409"] = ("The deployment already finished.", _ERROR)
+            elif path.endswith(("/promote/", "/abort/")):
+                errors["409"] = ("The deployment is not in a state that allows this.", _ERROR)
             for code, (description, schema) in errors.items():
                 responses.setdefault(
                     code,

@@ -45,6 +45,12 @@ urlpatterns = [
         builds.DeploymentRollbackView.as_view(),
         name="api-deployment-rollback",
     ),
+    path(
+        DEPLOYMENT + "promote/",
+        builds.DeploymentPromoteView.as_view(),
+        name="api-deployment-promote",
+    ),
+    path(DEPLOYMENT + "abort/", builds.DeploymentAbortView.as_view(), name="api-deployment-abort"),
     # Project settings: members read them, admins change them.
     path(PROJECT + "commands/", projects.CommandListView.as_view(), name="api-commands"),
     path(PROJECT + "commands/<int:pk>/", projects.CommandDetailView.as_view(), name="api-command"),
@@ -82,6 +88,31 @@ urlpatterns = [
     ),
     path(PROJECT + "groups/", servers.GroupListView.as_view(), name="api-groups"),
     path(PROJECT + "groups/<int:pk>/", servers.GroupDetailView.as_view(), name="api-group"),
+    path(
+        PROJECT + "health-checks/",
+        servers.HealthCheckListView.as_view(),
+        name="api-health-checks",
+    ),
+    path(
+        PROJECT + "health-checks/<int:pk>/",
+        servers.HealthCheckDetailView.as_view(),
+        name="api-health-check",
+    ),
+    path(
+        PROJECT + "notifications/",
+        projects.NotificationListView.as_view(),
+        name="api-notifications",
+    ),
+    path(
+        PROJECT + "notifications/<int:pk>/",
+        projects.NotificationDetailView.as_view(),
+        name="api-notification",
+    ),
+    path(
+        PROJECT + "notifications/<int:pk>/deliveries/",
+        projects.NotificationDeliveryListView.as_view(),
+        name="api-notification-deliveries",
+    ),
     path(PROJECT + "members/", projects.MemberListView.as_view(), name="api-members"),
     path(
         PROJECT + "members/<str:username>/",

@@ -205,6 +205,10 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "DeploymentStatusEnum": "builds.models.Status",
         "TargetStatusEnum": "builds.models.TargetStatus",
+        "KindEnum": "builds.models.Kind",
+        "HealthCheckKindEnum": "servers.models.HealthCheckKind",
+        "NotificationKindEnum": "projects.models.NotificationKind",
+        "NotificationEventEnum": "projects.models.NotificationEvent",
     },
 }
 

@@ -15,6 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from builds.notifications import notification_create, notification_delete, notification_update
 from deployer.api import (
     Need,
     api_url,
@@ -33,17 +34,20 @@ from projects.models import (
     EnvironmentVariable,
     ExcludedFile,
     Membership,
+    Notification,
     Project,
 )
 from projects.serializers import (
     BuildCommandSerializer,
     CommandSerializer,
     ConfigFileSerializer,
+    DeliverySerializer,
     EnvironmentVariableSerializer,
     ExcludedFileSerializer,
     MemberCreateSerializer,
     MemberSerializer,
     MemberUpdateSerializer,
+    NotificationSerializer,
     ProjectInputSerializer,
     ProjectSerializer,
 )
@@ -60,6 +64,8 @@ from projects.services import (
 )
 
 NO_CONTENT = {204: OpenApiResponse(description="Deleted.")}
+# The deliveries a notification's delivery log shows, newest first.
+RECENT_DELIVERIES = 100
 
 
 class MeSerializer(serializers.Serializer[Any]):
@@ -328,3 +334,57 @@ class BuildCommandListView(SettingListView):
 class BuildCommandDetailView(SettingDetailView):
     model = BuildCommand
     serializer_class = BuildCommandSerializer
+
+
+# --------------------------------------------------------------------------- notifications
+# Members read where notifications go (never a URL's token or a secret); admins change them.
+
+
+@_tagged("notifications")
+class NotificationListView(SettingListView):
+    model = Notification
+    serializer_class = NotificationSerializer
+
+    def get_queryset(self) -> models.QuerySet[Any]:
+        return super().get_queryset().prefetch_related("servers")
+
+    def perform_create(self, serializer: Any) -> None:
+        serializer.instance = notification_create(
+            project=self.membership.project,
+            actor=self.membership.user,
+            **serializer.validated_data,
+        )
+
+
+@_tagged("notifications")
+class NotificationDetailView(SettingDetailView):
+    model = Notification
+    serializer_class = NotificationSerializer
+
+    def perform_update(self, serializer: Any) -> None:
+        serializer.instance = notification_update(
+            notification=serializer.instance,
+            actor=self.membership.user,
+            **serializer.validated_data,
+        )
+
+    def perform_destroy(self, instance: Any) -> None:
+        notification_delete(notification=instance, actor=self.membership.user)
+
+
+class NotificationDeliveryListView(APIView):
+    @extend_schema(
+        responses=DeliverySerializer(many=True),
+        operation_id="projects_notifications_deliveries_list",
+        tags=["notifications"],
+        description=f"The notification's {RECENT_DELIVERIES} most recent deliveries, newest "
+        "first: what was sent, how often it was tried, and why the last attempt failed.",
+    )
+    def get(self, request: Request, slug: str, pk: int) -> Response:
+        notification, _ = get_setting_for_user(request, slug, Notification, pk)
+        deliveries = list(
+            notification.deliveries.order_by("-created_at", "-id")[:RECENT_DELIVERIES]
+        )
+        for delivery in deliveries:
+            delivery.notification = notification
+        return Response(DeliverySerializer(deliveries, many=True).data)

@@ -25,7 +25,7 @@ from django.urls import reverse
 from builds.engine.errors import EngineError, InvalidInput
 from builds.engine.git import Commit, Mirror
 from builds.models import Deployment, DeploymentTarget, Kind
-from builds.services import DeploymentFinished, DeploymentRefused
+from builds.services import DeploymentFinished, DeploymentRefused, DeploymentWrongState
 from projects.models import Membership, Project
 from servers.models import Release, Server, ServerGroup
 
@@ -142,6 +142,10 @@ def get_member_for_user(
 # --------------------------------------------------------------------------- errors
 
 
+# Words that start a sentence of its own rather than one going on from the field's name.
+_SENTENCE_STARTS = frozenset({"a", "an", "choose"})
+
+
 def add_service_error(
     form: forms.Form, exc: Exception, *, aliases: dict[str, str] | None = None
 ) -> None:
@@ -160,14 +164,23 @@ def add_service_error(
     target = (aliases or {}).get(field_name, field_name) if field_name else None
     if target not in form.fields:
         target = None
-    if field_name and message and (message[0].islower() or message[0] in "'\""):
+    if message.split(" ", 1)[0] in _SENTENCE_STARTS:
+        # A sentence of its own ("an HTTP check needs a URL"): it does not follow the label.
+        message = message[:1].upper() + message[1:]
+    elif field_name and message and (message[0].islower() or message[0] in "'\""):
         label = str(form.fields[target].label or target) if target else field_name
         label = label.replace("_", " ")
         message = f"{label[:1].upper()}{label[1:]} {message}"
     form.add_error(target, message)
 
 
-SERVICE_ERRORS = (InvalidInput, DeploymentRefused, DeploymentFinished, ValidationError)
+SERVICE_ERRORS = (
+    InvalidInput,
+    DeploymentRefused,
+    DeploymentFinished,
+    DeploymentWrongState,
+    ValidationError,
+)
 
 
 def error_message(exc: Exception) -> str:

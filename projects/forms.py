@@ -13,6 +13,7 @@ from django import forms
 from django.db import models
 
 from projects.models import (
+    URL_KINDS,
     BuildCommand,
     Command,
     CommandRunOn,
@@ -20,11 +21,14 @@ from projects.models import (
     ConfigFile,
     EnvironmentVariable,
     ExcludedFile,
+    Notification,
+    NotificationEvent,
+    NotificationKind,
     Project,
     Role,
 )
 from projects.services import MAX_TIMEOUT_SECONDS
-from servers.models import Server, ServerGroup
+from servers.models import Promotion, Server, ServerGroup, Strategy
 
 MONOSPACE = {"class": "mono", "spellcheck": "false", "autocapitalize": "off"}
 
@@ -161,7 +165,13 @@ class SettingForm(forms.Form):
         return data
 
 
-def _servers_field(help_text: str = "None ticked: every server of the project.") -> Any:
+def shown_for(control: str, *values: str, **attrs: Any) -> dict[str, Any]:
+    """Widget attributes that show a field only while the form's ``control`` field has one of
+    ``values`` (static/js/settings.js; without JavaScript every field stays shown)."""
+    return {"data-shown-with": control, "data-shown-for": " ".join(values), **attrs}
+
+
+def servers_field(help_text: str = "None ticked: every server of the project.") -> Any:
     return forms.ModelMultipleChoiceField(
         queryset=Server.objects.none(),
         required=False,
@@ -191,7 +201,7 @@ class CommandForm(SettingForm):
         label="Stop the deployment when it fails", required=False, initial=True
     )
     timeout_seconds = _timeout_field()
-    servers = _servers_field()
+    servers = servers_field()
 
 
 class BuildCommandForm(SettingForm):
@@ -225,7 +235,7 @@ class ConfigFileForm(SettingForm):
         max_length=1_000_000,
         widget=forms.Textarea(attrs={"rows": 14, **MONOSPACE}),
     )
-    servers = _servers_field()
+    servers = servers_field()
 
 
 class ExcludedFileForm(SettingForm):
@@ -299,7 +309,7 @@ class GroupForm(SettingForm):
     model = ServerGroup
 
     name = forms.CharField(max_length=100)
-    servers = _servers_field("Deployed in this order (the servers' order in the project).")
+    servers = servers_field("Deployed in this order (the servers' order in the project).")
     branch = forms.CharField(
         max_length=255,
         required=False,
@@ -310,11 +320,170 @@ class GroupForm(SettingForm):
     auto_deploy = forms.BooleanField(
         label="Deploy automatically on push", required=False, initial=True
     )
+    strategy = forms.ChoiceField(
+        required=False,
+        choices=Strategy.choices,
+        initial=Strategy.PARALLEL,
+        help_text="How the servers take a new release; see docs/strategies.md.",
+    )
+    max_parallel = forms.IntegerField(
+        label="Servers at a time",
+        required=False,
+        initial=5,
+        widget=forms.NumberInput(
+            attrs=shown_for(
+                "strategy", Strategy.PARALLEL, Strategy.PREPARE_THEN_SWITCH, Strategy.CANARY
+            )
+        ),
+        help_text="At most this many servers are worked on at once (after the canaries too).",
+    )
+    batch_size = forms.CharField(
+        label="Batch size",
+        required=False,
+        max_length=10,
+        initial="1",
+        widget=forms.TextInput(attrs=shown_for("strategy", Strategy.ROLLING, **MONOSPACE)),
+        help_text="Servers per batch: a number, or a percentage such as 25%.",
+    )
+    pause_seconds = forms.IntegerField(
+        label="Pause between batches (seconds)",
+        required=False,
+        initial=0,
+        widget=forms.NumberInput(attrs=shown_for("strategy", Strategy.ROLLING)),
+    )
+    canary_count = forms.IntegerField(
+        label="Canaries",
+        required=False,
+        initial=1,
+        widget=forms.NumberInput(attrs=shown_for("strategy", Strategy.CANARY)),
+        help_text="The first servers in the group's order get the release first.",
+    )
+    canary_window_seconds = forms.IntegerField(
+        label="Watch the canaries for (seconds)",
+        required=False,
+        initial=0,
+        widget=forms.NumberInput(attrs=shown_for("strategy", Strategy.CANARY)),
+        help_text="The after-switch health checks are repeated meanwhile; a failure rolls "
+        "the canaries back.",
+    )
+    promotion = forms.ChoiceField(
+        label="Then the rest follow",
+        required=False,
+        choices=Promotion.choices,
+        initial=Promotion.AUTO,
+        widget=forms.Select(attrs=shown_for("strategy", Strategy.CANARY)),
+    )
+
+    STRATEGY_FIELDS = (
+        "strategy",
+        "max_parallel",
+        "batch_size",
+        "pause_seconds",
+        "canary_count",
+        "canary_window_seconds",
+        "promotion",
+    )
 
     def initial_for(self, instance: Any) -> dict[str, Any]:
         initial = super().initial_for(instance)
         initial["servers"] = [server.pk for server in instance.ordered_servers()]
         return initial
+
+    def service_data(self) -> dict[str, Any]:
+        # A strategy field left out (a form from before strategies) keeps what is stored,
+        # or the model's default; projects.services checks them with strategy_clean.
+        data = super().service_data()
+        for name in self.STRATEGY_FIELDS:
+            if data.get(name) in (None, ""):
+                del data[name]
+        return data
+
+
+class NotificationForm(SettingForm):
+    """The URL and the secret are write-only: never put back into the page, not even after
+    an error; left blank on an existing notification, the stored ones stay."""
+
+    model = Notification
+
+    kind = forms.ChoiceField(choices=NotificationKind.choices)
+    url = forms.CharField(
+        label="URL",
+        max_length=2000,
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(
+            render_value=False,
+            attrs=shown_for("kind", *URL_KINDS, autocomplete="off", **MONOSPACE),
+        ),
+        help_text="The incoming-webhook URL (Slack, Discord, Teams) or your endpoint. "
+        "Write-only: it carries a token.",
+    )
+    address = forms.CharField(
+        label="Email address",
+        max_length=254,
+        required=False,
+        widget=forms.EmailInput(attrs=shown_for("kind", NotificationKind.EMAIL)),
+    )
+    secret = forms.CharField(
+        max_length=1000,
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(
+            render_value=False,
+            attrs=shown_for(
+                "kind", NotificationKind.WEBHOOK, autocomplete="new-password", **MONOSPACE
+            ),
+        ),
+        help_text="Signs every delivery (X-Slipway-Signature); at least 16 characters. Write-only.",
+    )
+    events = forms.MultipleChoiceField(
+        choices=NotificationEvent.choices,
+        required=False,
+        initial=list(NotificationEvent.values),
+        widget=forms.CheckboxSelectMultiple,
+    )
+    servers = servers_field("None ticked: deployments to any server of the project.")
+    enabled = forms.BooleanField(required=False, initial=True)
+
+    SECRETS = ("url", "secret")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        instance = self.instance
+        if isinstance(instance, Notification):
+            if instance.url:
+                self.fields[
+                    "url"
+                ].help_text = f"Stored and hidden (goes to {instance.destination}). Blank keeps it."
+            if instance.secret:
+                self.fields["secret"].help_text = "Stored and hidden. Blank keeps it."
+
+    def initial_for(self, instance: Any) -> dict[str, Any]:
+        initial = super().initial_for(instance)
+        for secret in self.SECRETS:
+            initial.pop(secret, None)
+        return initial
+
+    def service_data(self) -> dict[str, Any]:
+        data = super().service_data()
+        instance = self.instance if isinstance(self.instance, Notification) else None
+        kind = data["kind"]
+        # Only what the chosen kind uses, and a secret only when one was typed: blank keeps
+        # the stored one (it is never shown, so it cannot be "edited").
+        if kind != NotificationKind.EMAIL or (
+            instance is not None and instance.kind == kind and data["address"] == instance.address
+        ):
+            # An unchanged address is not sent: a notification must stay editable (turned
+            # off, say) after the administrator removed the mail server.
+            data.pop("address")
+        for secret in self.SECRETS:
+            if not data.get(secret):
+                data.pop(secret, None)
+        if kind == NotificationKind.EMAIL:
+            data.pop("url", None)
+        if kind != NotificationKind.WEBHOOK:
+            data.pop("secret", None)
+        return data
 
 
 # --------------------------------------------------------------------------- members, tokens

@@ -382,6 +382,9 @@ def _clean_environment_variable(data: dict[str, Any]) -> None:
 
 
 def _clean_group(data: dict[str, Any]) -> None:
+    from servers.health import strategy_clean  # it imports the runner, which imports us
+
+    data.update(strategy_clean(data))
     if "name" in data:
         data["name"] = str(data["name"]).strip()
         if not data["name"]:

@@ -43,6 +43,8 @@ urlpatterns = [
     path(DEPLOYMENT + "cancel/", deployments.deployment_cancel_view, name="deployment-cancel"),
     path(DEPLOYMENT + "redeploy/", deployments.deployment_redeploy, name="deployment-redeploy"),
     path(DEPLOYMENT + "rollback/", deployments.deployment_roll_back, name="deployment-rollback"),
+    path(DEPLOYMENT + "promote/", deployments.deployment_promote_view, name="deployment-promote"),
+    path(DEPLOYMENT + "abort/", deployments.deployment_abort_view, name="deployment-abort"),
     # The user guides, as plain text.
     path("docs/<slug:name>.md", views.docs_page, name="docs"),
 ]

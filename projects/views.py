@@ -4,6 +4,7 @@ calls a service and renders."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from builds.engine.git import redact_url
 from builds.engine.variables import DOCUMENTED
 from builds.models import Kind, WebhookDelivery, WebhookProvider
+from builds.notifications import notification_create, notification_delete, notification_update
 from projects.dashboard import (
     SERVICE_ERRORS,
     ProjectMirror,
@@ -41,10 +43,11 @@ from projects.forms import (
     GroupForm,
     MemberAddForm,
     MemberRoleForm,
+    NotificationForm,
     ProjectForm,
     SettingForm,
 )
-from projects.models import CONFIGURE_ROLES, AuditEvent, Membership
+from projects.models import CONFIGURE_ROLES, AuditEvent, Membership, NotificationDelivery, Project
 from projects.services import (
     member_add,
     member_remove,
@@ -56,6 +59,8 @@ from projects.services import (
     project_setting_update,
     project_update,
 )
+from servers.forms import HealthCheckForm
+from servers.services import health_check_create, health_check_delete, health_check_update
 
 RECENT_DEPLOYMENTS = 10
 RECENT_DELIVERIES = 10
@@ -229,6 +234,28 @@ def _read_only(form: Any) -> None:
 # --------------------------------------------------------------------------- settings
 
 
+def _generic_create(project: Project, actor: Any, model: Any, data: dict[str, Any]) -> Any:
+    return project_setting_create(project=project, actor=actor, model=model, data=data)
+
+
+def _generic_update(instance: Any, actor: Any, data: dict[str, Any]) -> Any:
+    return project_setting_update(instance=instance, actor=actor, data=data)
+
+
+def _generic_delete(instance: Any, actor: Any) -> None:
+    project_setting_delete(instance=instance, actor=actor)
+
+
+@dataclass(frozen=True)
+class SettingServices:
+    """What saves one kind of setting: projects.services' shared life cycle by default, or
+    the kind's own services (health checks, notifications)."""
+
+    create: Callable[[Project, Any, Any, dict[str, Any]], Any] = _generic_create
+    update: Callable[[Any, Any, dict[str, Any]], Any] = _generic_update
+    delete: Callable[[Any, Any], None] = _generic_delete
+
+
 @dataclass(frozen=True)
 class SettingPage:
     """One kind of project setting: its form, and how its pages speak of it."""
@@ -237,10 +264,36 @@ class SettingPage:
     title: str
     singular: str
     intro: str
+    services: SettingServices = SettingServices()
 
     @property
     def model(self) -> type[models.Model]:
         return self.form.model
+
+
+HEALTH_CHECK_SERVICES = SettingServices(
+    create=lambda project, actor, model, data: health_check_create(
+        project=project, actor=actor, **data
+    ),
+    update=lambda instance, actor, data: health_check_update(
+        health_check=instance, actor=actor, **data
+    ),
+    delete=lambda instance, actor: health_check_delete(health_check=instance, actor=actor),
+)
+NOTIFICATION_SERVICES = SettingServices(
+    create=lambda project, actor, model, data: notification_create(
+        project=project, actor=actor, **data
+    ),
+    update=lambda instance, actor, data: notification_update(
+        notification=instance, actor=actor, **data
+    ),
+    delete=lambda instance, actor: notification_delete(notification=instance, actor=actor),
+)
+# The last deliveries shown on a notification's page.
+RECENT_NOTIFICATION_DELIVERIES = 10
+# Fields only admins see on a setting's page (a config file's contents; write-only secrets
+# have nothing to show, so other members are not shown an empty box for them either).
+ADMINS_ONLY = {"config-files": ("body",), "notifications": NotificationForm.SECRETS}
 
 
 SETTINGS: dict[str, SettingPage] = {
@@ -282,8 +335,25 @@ SETTINGS: dict[str, SettingPage] = {
         GroupForm,
         "Server groups",
         "group",
-        "Servers deployed together, in order, from one branch. A push deploys a group "
+        "Servers deployed together, in order, from one branch, with a strategy: all at once, "
+        "prepared then switched together, rolling, or canary first. A push deploys a group "
         "whole or not at all.",
+    ),
+    "health-checks": SettingPage(
+        HealthCheckForm,
+        "Health checks",
+        "health check",
+        "Is a server healthy on its new release? An HTTP request from the worker or a command "
+        "over SSH, with retries. Failing after the switch rolls the server back by itself.",
+        HEALTH_CHECK_SERVICES,
+    ),
+    "notifications": SettingPage(
+        NotificationForm,
+        "Notifications",
+        "notification",
+        "Tell people when a deployment starts, succeeds, fails or is rolled back: by email, "
+        "Slack, Discord, Microsoft Teams or a signed webhook. URLs and secrets are write-only.",
+        NOTIFICATION_SERVICES,
     ),
 }
 
@@ -318,11 +388,8 @@ def setting_list(request: HttpRequest, slug: str, kind: str) -> HttpResponse:
     form = page.form(request.POST or None, project=membership.project)
     if write and form.is_valid():
         try:
-            instance = project_setting_create(
-                project=membership.project,
-                actor=membership.user,
-                model=page.model,
-                data=form.service_data(),
+            instance = page.services.create(
+                membership.project, membership.user, page.model, form.service_data()
             )
         except SERVICE_ERRORS as exc:
             add_service_error(form, exc)
@@ -347,22 +414,29 @@ def setting_edit(request: HttpRequest, slug: str, kind: str, pk: int) -> HttpRes
     form = page.form(request.POST or None, project=membership.project, instance=instance)
     if not membership.can_configure:
         _read_only(form)
-        if kind == "config-files":
-            del form.fields["body"]
+        for name in ADMINS_ONLY.get(kind, ()):
+            form.fields.pop(name, None)
     if write and form.is_valid():
         try:
-            project_setting_update(
-                instance=instance, actor=membership.user, data=form.service_data()
-            )
+            page.services.update(instance, membership.user, form.service_data())
         except SERVICE_ERRORS as exc:
             add_service_error(form, exc)
         else:
             messages.success(request, f"Saved the {page.singular} {instance}.")
             return redirect("setting-list", slug, kind)
+    deliveries = (
+        NotificationDelivery.objects.filter(notification_id=instance.pk)[
+            :RECENT_NOTIFICATION_DELIVERIES
+        ]
+        if kind == "notifications"
+        else None
+    )
     return render(
         request,
         "projects/setting_edit.html",
-        _setting_context(membership, kind, page, form=form, instance=instance),
+        _setting_context(
+            membership, kind, page, form=form, instance=instance, deliveries=deliveries
+        ),
     )
 
 
@@ -372,7 +446,7 @@ def setting_delete(request: HttpRequest, slug: str, kind: str, pk: int) -> HttpR
     page = _setting_page(kind)
     instance, membership = get_setting_for_user(request, slug, page.model, pk, role=CONFIGURE_ROLES)
     label = str(instance)
-    project_setting_delete(instance=instance, actor=membership.user)
+    page.services.delete(instance, membership.user)
     messages.success(request, f"Removed the {page.singular} {label}.")
     return redirect("setting-list", slug, kind)
 
@@ -455,7 +529,7 @@ def audit_log(request: HttpRequest, slug: str) -> HttpResponse:
 # --------------------------------------------------------------------------- help pages
 
 DOCS_DIR = Path(settings.BASE_DIR) / "docs"
-DOCS = ("webhooks", "servers", "deployments", "dashboard")
+DOCS = ("webhooks", "servers", "deployments", "strategies", "notifications", "dashboard")
 
 
 @login_required

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
@@ -15,9 +16,10 @@ from builds.serializers import DeploymentSerializer
 from builds.services import deployment_rollback_server
 from deployer.api import Need, get_project_for_user, get_release_for_user, get_server_for_user
 from projects.api import NO_CONTENT, SettingDetailView, SettingListView
-from servers.models import ServerGroup
+from servers.models import HealthCheck, ServerGroup
 from servers.serializers import (
     GroupSerializer,
+    HealthCheckSerializer,
     ReleaseSerializer,
     RollbackSerializer,
     ServerCheckSerializer,
@@ -26,6 +28,9 @@ from servers.serializers import (
     TrustSerializer,
 )
 from servers.services import (
+    health_check_create,
+    health_check_delete,
+    health_check_update,
     server_check,
     server_create,
     server_delete,
@@ -164,3 +169,32 @@ class GroupListView(SettingListView):
 class GroupDetailView(SettingDetailView):
     model = ServerGroup
     serializer_class = GroupSerializer
+
+
+@extend_schema(tags=["health checks"])
+class HealthCheckListView(SettingListView):
+    model = HealthCheck
+    serializer_class = HealthCheckSerializer
+
+    def perform_create(self, serializer: Any) -> None:
+        serializer.instance = health_check_create(
+            project=self.membership.project,
+            actor=self.membership.user,
+            **serializer.validated_data,
+        )
+
+
+@extend_schema(tags=["health checks"])
+class HealthCheckDetailView(SettingDetailView):
+    model = HealthCheck
+    serializer_class = HealthCheckSerializer
+
+    def perform_update(self, serializer: Any) -> None:
+        serializer.instance = health_check_update(
+            health_check=serializer.instance,
+            actor=self.membership.user,
+            **serializer.validated_data,
+        )
+
+    def perform_destroy(self, instance: Any) -> None:
+        health_check_delete(health_check=instance, actor=self.membership.user)

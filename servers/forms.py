@@ -6,8 +6,15 @@ from typing import Any
 
 from django import forms
 
-from projects.forms import MONOSPACE
-from servers.models import AuthMethod, Protocol, Server
+from projects.forms import MONOSPACE, SettingForm, servers_field, shown_for
+from servers.models import (
+    AuthMethod,
+    HealthCheck,
+    HealthCheckKind,
+    HealthCheckWhen,
+    Protocol,
+    Server,
+)
 from servers.services import MAX_KEEP_RELEASES
 
 
@@ -119,3 +126,55 @@ class TrustForm(forms.Form):
 
 class RollbackForm(forms.Form):
     release = forms.CharField(max_length=100)
+
+
+class HealthCheckForm(SettingForm):
+    """A project's health check; servers.health.health_check_clean (through the services)
+    has the rules, the time limit among them."""
+
+    model = HealthCheck
+
+    kind = forms.ChoiceField(choices=HealthCheckKind.choices, initial=HealthCheckKind.HTTP)
+    when = forms.ChoiceField(
+        choices=HealthCheckWhen.choices,
+        initial=HealthCheckWhen.AFTER_SWITCH,
+        help_text="Failing after the switch rolls the server back by itself; failing before "
+        "it, the server is not switched. HTTP checks run after the switch.",
+    )
+    url = forms.CharField(
+        label="URL",
+        max_length=500,
+        required=False,
+        widget=forms.TextInput(
+            attrs=shown_for(
+                "kind",
+                HealthCheckKind.HTTP,
+                placeholder="http://%hostname%/health",
+                **MONOSPACE,
+            )
+        ),
+        help_text="Requested from the worker; %variables% such as %hostname% are replaced.",
+    )
+    expected_status = forms.IntegerField(
+        label="Expected status",
+        initial=200,
+        widget=forms.NumberInput(attrs=shown_for("kind", HealthCheckKind.HTTP)),
+    )
+    body_contains = forms.CharField(
+        label="Body contains",
+        max_length=255,
+        required=False,
+        widget=forms.TextInput(attrs=shown_for("kind", HealthCheckKind.HTTP)),
+    )
+    command = forms.CharField(
+        required=False,
+        strip=False,
+        widget=forms.Textarea(
+            attrs=shown_for("kind", HealthCheckKind.COMMAND, rows=3, **MONOSPACE)
+        ),
+        help_text="Run over SSH in the release directory; exit code 0 is healthy.",
+    )
+    timeout_seconds = forms.IntegerField(label="Timeout (seconds)", initial=5)
+    retries = forms.IntegerField(label="Attempts", initial=3)
+    interval_seconds = forms.IntegerField(label="Between attempts (seconds)", initial=5)
+    servers = servers_field()

@@ -11,12 +11,18 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from builds.engine.errors import InvalidInput
+from builds.runner import parse_batch_size
 from deployer.api import api_url
 from deployer.links import deployment_page, server_page
 from projects.serializers import ProjectServerField, SettingSerializer
 from projects.services import MAX_POSITION
-from servers.models import AuthMethod, Protocol, Release, Server, ServerGroup
+from servers.health import strategy_clean
+from servers.models import AuthMethod, HealthCheck, Protocol, Release, Server, ServerGroup
 from servers.services import MAX_KEEP_RELEASES
+
+# The longest batch size the database keeps (ServerGroup.batch_size).
+BATCH_SIZE_MAX_LENGTH = 10
 
 
 class LiveReleaseSerializer(serializers.Serializer[Release]):
@@ -197,6 +203,55 @@ class RollbackSerializer(serializers.Serializer[dict[str, Any]]):
     )
 
 
+STRATEGY_FIELDS = (
+    "strategy",
+    "max_parallel",
+    "batch_size",
+    "canary_count",
+    "canary_window_seconds",
+    "promotion",
+    "pause_seconds",
+)
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "integer", "minimum": 1},
+            {"type": "string", "pattern": r"^[0-9]{1,9}%?$"},
+        ],
+        "description": 'Servers per batch (rolling): a number, or a percentage such as "25%". '
+        "Answered as a string.",
+    }
+)
+class BatchSizeField(serializers.Field):  # type: ignore[type-arg]
+    """A number of servers or a percentage, kept (and answered) as a string: "2", "25%"."""
+
+    default_error_messages = {
+        "invalid": "must be a number of servers or a percentage such as 25%.",
+    }
+
+    def to_internal_value(self, data: Any) -> str:
+        if isinstance(data, bool) or not isinstance(data, int | str):
+            self.fail("invalid")
+        text = str(data).strip()
+        if len(text) > BATCH_SIZE_MAX_LENGTH:
+            self.fail("invalid")
+        try:
+            parse_batch_size(text)
+        except InvalidInput as exc:
+            raise serializers.ValidationError(field_message(exc)) from None
+        return text
+
+    def to_representation(self, value: Any) -> str:
+        return str(value)
+
+
+def field_message(exc: InvalidInput) -> str:
+    """An InvalidInput's message without the field's name in front."""
+    return str(exc).removeprefix(f"{exc.field}: ")
+
+
 class GroupSerializer(SettingSerializer):
     view_name = "api-group"
     servers = ProjectServerField(
@@ -204,6 +259,7 @@ class GroupSerializer(SettingSerializer):
         required=False,
         help_text="Server ids, in the order a deployment goes through them.",
     )
+    batch_size = BatchSizeField(required=False)
 
     class Meta:
         model = ServerGroup
@@ -214,13 +270,82 @@ class GroupSerializer(SettingSerializer):
             "branch",
             "environment",
             "auto_deploy",
+            *STRATEGY_FIELDS,
             "created_at",
             "url",
             "html_url",
         ]
         read_only_fields = ["created_at"]
+        extra_kwargs = {
+            "max_parallel": {"min_value": 1, "help_text": "Parallel: servers at a time."},
+            "canary_count": {"min_value": 1, "help_text": "Canary: servers deployed first."},
+            "canary_window_seconds": {
+                "help_text": "Canary: how long the after-switch checks watch the canaries."
+            },
+            "promotion": {"help_text": "Canary: go on to the rest by itself, or on Promote."},
+            "pause_seconds": {"help_text": "Rolling: pause between batches."},
+        }
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # The strategy's fields are checked together, with the group's current values for
+        # the ones a change leaves out (the canary window and the pauses share a limit).
+        current = (
+            {name: getattr(self.instance, name) for name in STRATEGY_FIELDS}
+            if self.instance is not None
+            else {}
+        )
+        given = {name: attrs[name] for name in STRATEGY_FIELDS if name in attrs}
+        try:
+            strategy_clean({**current, **given})
+        except InvalidInput as exc:
+            raise serializers.ValidationError({exc.field: [field_message(exc)]}) from None
+        return attrs
 
     def to_representation(self, instance: ServerGroup) -> dict[str, Any]:
         data = super().to_representation(instance)
         data["servers"] = [server.pk for server in instance.ordered_servers()]
         return data
+
+
+class HealthCheckSerializer(SettingSerializer):
+    """A health check; its ``url`` is the address it checks, so its own address in the API
+    is ``api_url``."""
+
+    view_name = "api-health-check"
+    # Here `url` is a field of the object; its address in the API is `api_url`.
+    url = serializers.CharField(  # type: ignore[assignment]
+        max_length=500,
+        required=False,
+        allow_blank=True,
+        help_text="HTTP checks: the address to request, with %variables% "
+        "(http://%hostname%/health).",
+    )
+    servers = ProjectServerField(
+        many=True,
+        required=False,
+        help_text="Server ids; empty means every server of the project.",
+    )
+    api_url = serializers.SerializerMethodField(help_text="This health check in the API.")
+
+    class Meta:
+        model = HealthCheck
+        fields = [
+            "id",
+            "kind",
+            "when",
+            "url",
+            "expected_status",
+            "body_contains",
+            "command",
+            "timeout_seconds",
+            "retries",
+            "interval_seconds",
+            "servers",
+            "created_at",
+            "api_url",
+            "html_url",
+        ]
+        read_only_fields = ["created_at"]
+
+    def get_api_url(self, check: HealthCheck) -> str:
+        return super().get_url(check)

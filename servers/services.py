@@ -10,6 +10,7 @@ import posixpath
 import re
 import secrets
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +25,9 @@ from builds.engine.git import validate_ref
 from builds.engine.release import validate_deploy_path
 from builds.runner import endpoint_for
 from projects.models import Project
-from projects.services import audit_record, model_update, save_unique
-from servers.models import AuthMethod, Protocol, Server
+from projects.services import _project_servers, audit_record, model_update, save_unique
+from servers.health import health_check_clean
+from servers.models import AuthMethod, HealthCheck, Protocol, Server
 
 logger = logging.getLogger(__name__)
 
@@ -390,3 +392,95 @@ def server_trust_host_key(*, server: Server, actor: User, fingerprint: str) -> S
             previous=previous,
         )
     return server
+
+
+# --------------------------------------------------------------------------- health checks
+
+HEALTH_CHECK_FIELDS = frozenset(
+    {
+        "kind",
+        "when",
+        "url",
+        "expected_status",
+        "body_contains",
+        "command",
+        "timeout_seconds",
+        "retries",
+        "interval_seconds",
+    }
+)
+
+
+def _health_check_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(fields) - HEALTH_CHECK_FIELDS - {"servers"}
+    if unknown:
+        raise InvalidInput(sorted(unknown)[0], "cannot be set on a health check.")
+    return fields
+
+
+def _health_check_target(check: HealthCheck) -> str:
+    # Not its URL or command: either may hold a token.
+    return f"health check #{check.pk} ({check.kind})"
+
+
+def health_check_create(
+    *, project: Project, actor: User, servers: Sequence[Server] | None = None, **fields: Any
+) -> HealthCheck:
+    """Add a health check to ``project``; ``servers`` empty or left out means all of them."""
+    cleaned = health_check_clean(_health_check_fields(fields))
+    chosen = _project_servers(project, list(servers)) if servers is not None else []
+    with transaction.atomic():
+        check = HealthCheck.objects.create(project=project, **cleaned)
+        check.servers.set(chosen)
+        audit_record(
+            project=project,
+            actor=actor,
+            action="health_check.created",
+            target=_health_check_target(check),
+            fields=sorted({*fields, *(["servers"] if servers is not None else [])}),
+        )
+    return check
+
+
+def health_check_update(
+    *,
+    health_check: HealthCheck,
+    actor: User,
+    servers: Sequence[Server] | None = None,
+    **fields: Any,
+) -> HealthCheck:
+    """Change some of a health check's fields; they are checked together with the others
+    (an HTTP check keeps needing a URL, the timings keep fitting in the time limit)."""
+    _health_check_fields(fields)
+    current = {name: getattr(health_check, name) for name in HEALTH_CHECK_FIELDS}
+    cleaned = health_check_clean({**current, **fields})
+    chosen = _project_servers(health_check.project, list(servers)) if servers is not None else None
+    with transaction.atomic():
+        changed = model_update(
+            instance=health_check, data={name: cleaned[name] for name in HEALTH_CHECK_FIELDS}
+        )
+        if chosen is not None and {s.pk for s in chosen} != set(
+            health_check.servers.values_list("pk", flat=True)
+        ):
+            health_check.servers.set(chosen)
+            changed.append("servers")
+        if changed:
+            audit_record(
+                project=health_check.project,
+                actor=actor,
+                action="health_check.updated",
+                target=_health_check_target(health_check),
+                fields=sorted(changed),
+            )
+    return health_check
+
+
+def health_check_delete(*, health_check: HealthCheck, actor: User) -> None:
+    with transaction.atomic():
+        audit_record(
+            project=health_check.project,
+            actor=actor,
+            action="health_check.deleted",
+            target=_health_check_target(health_check),
+        )
+        health_check.delete()

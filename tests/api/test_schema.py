@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from builds.models import Deployment, LogLine, Status
+from builds.models import Deployment, LogLine, Status, TargetStatus
 from deployer.wsgi import application
 from projects.models import (
     BuildCommand,
@@ -28,7 +28,9 @@ from projects.models import (
     ConfigFile,
     EnvironmentVariable,
     ExcludedFile,
+    Notification,
 )
+from servers.models import HealthCheck as ServerHealthCheck
 from servers.models import Release, Server, ServerGroup
 from tests.api.conftest import issue_token
 
@@ -59,12 +61,19 @@ def test_the_schema_is_valid_openapi_3(client):
         "/api/v1/deployments/{deployment_id}/log/",
         "/api/v1/deployments/{deployment_id}/cancel/",
         "/api/v1/deployments/{deployment_id}/rollback/",
+        "/api/v1/deployments/{deployment_id}/promote/",
+        "/api/v1/deployments/{deployment_id}/abort/",
         "/api/v1/projects/{slug}/commands/{id}/",
         "/api/v1/projects/{slug}/config-files/{id}/",
         "/api/v1/projects/{slug}/excluded-files/{id}/",
         "/api/v1/projects/{slug}/environment/{id}/",
         "/api/v1/projects/{slug}/build-commands/{id}/",
         "/api/v1/projects/{slug}/groups/{id}/",
+        "/api/v1/projects/{slug}/health-checks/",
+        "/api/v1/projects/{slug}/health-checks/{id}/",
+        "/api/v1/projects/{slug}/notifications/",
+        "/api/v1/projects/{slug}/notifications/{id}/",
+        "/api/v1/projects/{slug}/notifications/{id}/deliveries/",
         "/api/v1/projects/{slug}/members/{username}/",
     ):
         assert path in paths, path
@@ -75,6 +84,24 @@ def test_the_schema_is_valid_openapi_3(client):
         assert secret in components["ServerInputRequest"]["properties"]
     assert "repository_token" not in components["Project"]["properties"]
     assert "repository_token" in components["ProjectInputRequest"]["properties"]
+    # A notification's URL holds a token: like its secret, it is sent, never answered.
+    for secret in ("url", "secret"):
+        assert secret not in components["Notification"]["properties"]
+        assert secret in components["NotificationRequest"]["properties"]
+    assert components["TargetStatusEnum"]["enum"] == [s.value for s in TargetStatus]
+    target = components["Target"]["properties"]
+    assert "reason" in target and _enum_of(target["status"]) == "TargetStatusEnum"
+    for strategy in ("Group", "Deployment", "DeploymentCreateRequest"):
+        assert _enum_of(components[strategy]["properties"]["strategy"]) == "StrategyEnum"
+    for decision in ("promote", "abort"):
+        answers = paths[f"/api/v1/deployments/{{deployment_id}}/{decision}/"]["post"]["responses"]
+        assert {"202", "403", "404", "409"} <= set(answers)
+
+
+def _enum_of(field: dict[str, Any]) -> str:
+    """The component a field's enum refers to (drf-spectacular wraps it when described)."""
+    reference = field.get("$ref") or field["allOf"][0]["$ref"]
+    return str(reference).rsplit("/", 1)[-1]
 
 
 def test_the_browsable_docs_page_is_served(client):
@@ -106,6 +133,12 @@ def known_objects(alice, bob, project, repo):
         "environment": EnvironmentVariable.objects.create(project=project, name="A").pk,
         "build-commands": BuildCommand.objects.create(project=project, command="true").pk,
         "groups": ServerGroup.objects.create(project=project, name="all").pk,
+        "health-checks": ServerHealthCheck.objects.create(
+            project=project, kind="command", command="true"
+        ).pk,
+        "notifications": Notification.objects.create(
+            project=project, kind="slack", url="https://1.1.1.1/services/T/B/token"
+        ).pk,
     }
     return {
         "slug": project.slug,

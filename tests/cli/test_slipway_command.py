@@ -102,7 +102,7 @@ def test_deploy_wait_streams_the_log_and_exits_0(served, project, sshd_target):
 
 
 def test_deploy_wait_exits_non_zero_when_a_build_command_fails(served, project, sshd_target):
-    added = project["api"].post(  # type: ignore[attr-defined]
+    added = project["api"].post(
         f"/projects/{project['slug']}/build-commands/", json={"command": "echo compiling; exit 9"}
     )
     assert added.status_code == 201, added.text
@@ -117,7 +117,7 @@ def test_rollback_status_log_and_projects(served, project, sshd_target):
     slug = str(project["slug"])
     assert slipway(served, "deploy", slug, "--wait").returncode == 0
     first = (sshd_target.deploy_path / "current").resolve()
-    project["repo"].commit({"index.html": "second\n"}, "Second")  # type: ignore[attr-defined]
+    project["repo"].commit({"index.html": "second\n"}, "Second")
     assert slipway(served, "deploy", slug, "--wait").returncode == 0
     assert (sshd_target.deploy_path / "current" / "index.html").read_text() == "second\n"
 
