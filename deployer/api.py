@@ -16,7 +16,6 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import models
 from django.db.models import QuerySet
 from django.urls import reverse
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -35,18 +34,12 @@ from builds.engine.errors import InvalidInput
 from builds.models import Deployment
 from builds.services import DeploymentFinished, DeploymentRefused, DeploymentWrongState
 from deployer.links import absolute
+from projects import access
+from projects.access import ModelT
 from projects.models import CONFIGURE_ROLES, DEPLOY_ROLES, Membership, Role
 from servers.models import Release, Server
 
-ModelT = TypeVar("ModelT", bound=models.Model)
-
-# The largest id a database row can have (BigAutoField); larger ones cannot exist.
-_MAX_ID = 2**63 - 1
-
-
-def _storable(text: str) -> bool:
-    # PostgreSQL refuses NUL in any query parameter; no stored name can contain one anyway.
-    return "\x00" not in text
+FoundT = TypeVar("FoundT")
 
 
 class Need(enum.Enum):
@@ -75,7 +68,7 @@ def need_for(request: Request, *, write: Need) -> Need:
 
 
 def _authorise(membership: Membership, need: Need) -> None:
-    if membership.role not in _ROLES[need]:
+    if not access.role_allows(membership, _ROLES[need]):
         allowed = " or ".join(_ROLES[need])
         raise exceptions.PermissionDenied(
             f"You are {membership.role} of project {membership.project.slug}; to "
@@ -100,15 +93,16 @@ def memberships_of(request: Request) -> QuerySet[Membership]:
     return Membership.objects.filter(user_id=_user_id(request)).select_related("project")
 
 
+def _found(instance: FoundT | None, message: str) -> FoundT:
+    if instance is None:
+        raise exceptions.NotFound(message)
+    return instance
+
+
 def get_project_for_user(request: Request, slug: str, *, need: Need = Need.VIEW) -> Membership:
     """The caller's membership of project ``slug`` (with the project), or 404, or 403."""
-    membership = (
-        Membership.objects.select_related("project", "user")
-        .filter(project__slug=slug, user_id=_user_id(request))
-        .first()
-    )
-    if membership is None:
-        raise exceptions.NotFound(f"You are not a member of a project {slug!r}.")
+    membership = access.membership_of(_user_id(request), slug)
+    membership = _found(membership, f"You are not a member of a project {slug!r}.")
     _authorise(membership, need)
     return membership
 
@@ -117,33 +111,19 @@ def get_server_for_user(
     request: Request, slug: str, server_id: int, *, need: Need = Need.VIEW
 ) -> tuple[Server, Membership]:
     membership = get_project_for_user(request, slug)
-    server = (
-        Server.objects.filter(project=membership.project, pk=server_id).first()
-        if 0 < server_id <= _MAX_ID
-        else None
-    )
-    if server is None:
-        raise exceptions.NotFound(f"Project {slug} has no server {server_id}.")
+    server = access.server_in(membership, server_id)
+    server = _found(server, f"Project {slug} has no server {server_id}.")
     _authorise(membership, need)
-    server.project = membership.project
     return server, membership
 
 
 def get_deployment_for_user(
     request: Request, deployment_id: int, *, need: Need = Need.VIEW
 ) -> tuple[Deployment, Membership]:
-    membership = (
-        Membership.objects.select_related("project", "user")
-        .filter(project__deployments__pk=deployment_id, user_id=_user_id(request))
-        .first()
-        if 0 < deployment_id <= _MAX_ID
-        else None
-    )
-    if membership is None:
-        raise exceptions.NotFound(f"There is no deployment {deployment_id} in your projects.")
-    deployment = Deployment.objects.select_related("triggered_by").get(pk=deployment_id)
+    missing = f"There is no deployment {deployment_id} in your projects."
+    membership = _found(access.membership_for_deployment(_user_id(request), deployment_id), missing)
+    deployment = _found(access.deployment_in(membership, deployment_id), missing)
     _authorise(membership, need)
-    deployment.project = membership.project
     return deployment, membership
 
 
@@ -152,16 +132,11 @@ def get_setting_for_user(
 ) -> tuple[ModelT, Membership]:
     """One of a project's settings (a command, a config file, a group...) by id."""
     membership = get_project_for_user(request, slug)
-    instance = (
-        model._default_manager.filter(project=membership.project, pk=pk).first()
-        if 0 < pk <= _MAX_ID
-        else None
+    name = model._meta.verbose_name
+    instance = _found(
+        access.setting_in(membership, model, pk), f"Project {slug} has no {name} {pk}."
     )
-    if instance is None:
-        name = model._meta.verbose_name
-        raise exceptions.NotFound(f"Project {slug} has no {name} {pk}.")
     _authorise(membership, need)
-    setattr(instance, "project", membership.project)  # noqa: B010 (every setting has one)
     return instance, membership
 
 
@@ -170,17 +145,9 @@ def get_member_for_user(
 ) -> tuple[Membership, Membership]:
     """(the member named ``username``, the caller's own membership) of project ``slug``."""
     caller = get_project_for_user(request, slug)
-    member = (
-        Membership.objects.select_related("user")
-        .filter(project=caller.project, user__username=username)
-        .first()
-        if _storable(username)
-        else None
-    )
-    if member is None:
-        raise exceptions.NotFound(f"{username!r} is not a member of project {slug}.")
+    member = access.member_in(caller, username)
+    member = _found(member, f"{username!r} is not a member of project {slug}.")
     _authorise(caller, need)
-    member.project = caller.project
     return member, caller
 
 
@@ -189,16 +156,9 @@ def get_release_for_user(
 ) -> tuple[Release, Server]:
     """A release still kept on the server (removed ones are gone for good)."""
     server, _ = get_server_for_user(request, slug, server_id)
-    release = (
-        server.releases.filter(removed_at__isnull=True, name=name)
-        .select_related("deployment__triggered_by")
-        .first()
-        if _storable(name)
-        else None
+    release = _found(
+        access.release_on(server, name), f"Server {server.name} keeps no release {name!r}."
     )
-    if release is None:
-        raise exceptions.NotFound(f"Server {server.name} keeps no release {name!r}.")
-    release.server = server
     return release, server
 
 

@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 from django import forms
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import models
 from django.db.models import OuterRef, Subquery
 from django.http import Http404, HttpRequest
 from django.urls import reverse
@@ -26,15 +25,15 @@ from builds.engine.errors import EngineError, InvalidInput
 from builds.engine.git import Commit, Mirror
 from builds.models import Deployment, DeploymentTarget, Kind
 from builds.services import DeploymentFinished, DeploymentRefused, DeploymentWrongState
+from projects import access
+from projects.access import ModelT
 from projects.models import Membership, Project
 from servers.models import Release, Server, ServerGroup
 
 logger = logging.getLogger(__name__)
 
-ModelT = TypeVar("ModelT", bound=models.Model)
+FoundT = TypeVar("FoundT")
 
-# The largest id a row can have (BigAutoField): larger ones in a URL cannot exist.
-_MAX_ID = 2**63 - 1
 # Undeployed commits are counted up to this many ("100+").
 AHEAD_LIMIT = 100
 
@@ -44,24 +43,24 @@ def _user_id(request: HttpRequest) -> int:
 
 
 def _authorise(membership: Membership, role: Sequence[str] | None) -> None:
-    if role is not None and membership.role not in role:
+    if role is not None and not access.role_allows(membership, role):
         raise PermissionDenied(
             f"You are {membership.role} of {membership.project.name}; this needs "
             f"{' or '.join(role)}."
         )
 
 
+def _found(instance: FoundT | None, what: str) -> FoundT:
+    if instance is None:
+        raise Http404(f"No such {what}")
+    return instance
+
+
 def get_project_for_user(
     request: HttpRequest, slug: str, *, role: Sequence[str] | None = None
 ) -> Membership:
     """The caller's membership of project ``slug``, with the project; 404, or 403 by role."""
-    membership = (
-        Membership.objects.select_related("project", "user")
-        .filter(project__slug=slug, user_id=_user_id(request))
-        .first()
-    )
-    if membership is None:
-        raise Http404("No such project")
+    membership = _found(access.membership_of(_user_id(request), slug), "project")
     _authorise(membership, role)
     return membership
 
@@ -70,15 +69,8 @@ def get_server_for_user(
     request: HttpRequest, slug: str, server_id: int, *, role: Sequence[str] | None = None
 ) -> tuple[Server, Membership]:
     membership = get_project_for_user(request, slug)
-    server = (
-        Server.objects.filter(project=membership.project, pk=server_id).first()
-        if 0 < server_id <= _MAX_ID
-        else None
-    )
-    if server is None:
-        raise Http404("No such server")
+    server = _found(access.server_in(membership, server_id), "server")
     _authorise(membership, role)
-    server.project = membership.project
     return server, membership
 
 
@@ -86,17 +78,8 @@ def get_deployment_for_user(
     request: HttpRequest, slug: str, deployment_id: int, *, role: Sequence[str] | None = None
 ) -> tuple[Deployment, Membership]:
     membership = get_project_for_user(request, slug)
-    deployment = (
-        Deployment.objects.select_related("triggered_by", "group", "rollback_of")
-        .filter(project=membership.project, pk=deployment_id)
-        .first()
-        if 0 < deployment_id <= _MAX_ID
-        else None
-    )
-    if deployment is None:
-        raise Http404("No such deployment")
+    deployment = _found(access.deployment_in(membership, deployment_id), "deployment")
     _authorise(membership, role)
-    deployment.project = membership.project
     return deployment, membership
 
 
@@ -110,15 +93,8 @@ def get_setting_for_user(
 ) -> tuple[ModelT, Membership]:
     """One of a project's settings (a command, a config file, a group...) by id."""
     membership = get_project_for_user(request, slug)
-    instance = (
-        model._default_manager.filter(project=membership.project, pk=pk).first()
-        if 0 < pk <= _MAX_ID
-        else None
-    )
-    if instance is None:
-        raise Http404("No such setting")
+    instance = _found(access.setting_in(membership, model, pk), "setting")
     _authorise(membership, role)
-    setattr(instance, "project", membership.project)  # noqa: B010 (every setting has one)
     return instance, membership
 
 
@@ -127,15 +103,8 @@ def get_member_for_user(
 ) -> tuple[Membership, Membership]:
     """(the member named ``username``, the caller's own membership)."""
     caller = get_project_for_user(request, slug)
-    member = (
-        Membership.objects.select_related("user")
-        .filter(project=caller.project, user__username=username)
-        .first()
-    )
-    if member is None:
-        raise Http404("No such member")
+    member = _found(access.member_in(caller, username), "member")
     _authorise(caller, role)
-    member.project = caller.project
     return member, caller
 
 
