@@ -195,10 +195,14 @@ def endpoint_for(server: Server) -> Endpoint:
     )
 
 
-def server_spec(server: Server) -> pipeline.ServerSpec:
+def server_spec(server: Server, *, with_manifest: bool = True) -> pipeline.ServerSpec:
+    """The engine's view of a server. A rollback switches releases and sends no file, so it
+    skips parsing the live manifest (thousands of entries per server)."""
     live = server.live_release()
     manifest = (
-        Manifest.from_json(json.dumps(live.manifest).encode()) if live and live.manifest else None
+        Manifest.from_json(json.dumps(live.manifest).encode())
+        if with_manifest and live and live.manifest
+        else None
     )
     return pipeline.ServerSpec(
         id=server.pk,
@@ -470,7 +474,7 @@ def _run_rollback(
     spec = pipeline.RollbackSpec(
         deployment_id=deployment.pk,
         project=deployment.project.name,
-        servers=tuple(server_spec(server) for server in servers),
+        servers=tuple(server_spec(server, with_manifest=False) for server in servers),
         targets=targets,
         revisions=revisions,
         deployer=_deployer_name(deployment),

@@ -26,7 +26,6 @@ from builds.engine.errors import (
     LockHeld,
     PermissionDenied,
     TransferFailed,
-    UserError,
 )
 from builds.engine.manifest import Manifest, diff
 from builds.engine.variables import substitute
@@ -279,7 +278,3 @@ def _apply(
                 channel.close()
     if not files and not links and not deleted:
         reporter.log("system", "Nothing changed", server_id)
-
-
-def describe_error(exc: Exception) -> UserError:
-    return exc if isinstance(exc, UserError) else TransferFailed(str(exc))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import posixpath
 import re
@@ -158,7 +157,6 @@ class RemoteLayout:
     def release_path(self, name: str) -> str:
         return posixpath.join(self.deploy_path, "releases", name)
 
-    @property
     def shared_path(self) -> str:
         return posixpath.join(self.deploy_path, "shared")
 
@@ -540,28 +538,6 @@ ln -s -- {target} {in_release}"""
         )
         return out.strip() or None
 
-    def read_manifest(self, name: str) -> bytes | None:
-        path = shlex.quote(f"{MANIFEST_DIR}/{name}.json")
-        result = self.connection.run(f"cat -- {self.q}/{path}", check=False)
-        if result.exit_code != 0:
-            return None
-        return result.stdout.encode()
-
-    def releases(self) -> list[tuple[str, bool]]:
-        """(name, finished) of each release directory, oldest first."""
-        out = self._script(
-            f"""cd -- {self.q}/releases 2>/dev/null || exit 0
-for d in */; do d=${{d%/}}; [ -d "$d" ] || continue
-  if [ -e "$d/{UNFINISHED_MARKER}" ]; then echo "$d 0"; else echo "$d 1"; fi; done
-"""
-        )
-        found = []
-        for line in out.splitlines():
-            name, _, finished = line.rpartition(" ")
-            if is_release_name(name):
-                found.append((name, finished == "1"))
-        return sorted(found)
-
 
 def _no_symlinked_parents(name: str, paths: Sequence[str]) -> str:
     """Shell: stop (exit 78) when a folder above one of ``paths`` in the release is a symlink."""
@@ -594,7 +570,3 @@ def _add_bytes(archive: tarfile.TarFile, path: str, body: bytes, mode: int) -> N
     info.mode = mode
     info.mtime = int(time.time())
     archive.addfile(info, io.BytesIO(body))
-
-
-def manifest_json_for_server(data: dict[str, object]) -> bytes:
-    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
