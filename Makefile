@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export SLIPWAY_DATA_DIR ?= $(CURDIR)/var
 
-.PHONY: run test lint bench screenshots system-deps venv migrate clean worker format
+.PHONY: run test lint bench screenshots system-deps sandbox-deps venv migrate clean worker format
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,18 +19,40 @@ venv: $(STAMP)
 migrate: venv
 	$(BIN)/python manage.py migrate --noinput
 
-run: venv migrate
+run: venv migrate sandbox-deps
 	$(BIN)/python manage.py ensure_admin
 	$(BIN)/python manage.py serve
 
-worker: venv
+worker: venv sandbox-deps
 	$(BIN)/celery -A deployer worker --loglevel=INFO
 
-# OpenSSH's server and Chromium are real parts of the test bed (sshd targets, browser tests).
+# Build commands run in bubblewrap with slirp4netns as their network (docs/security.md); a root
+# worker runs them as the unprivileged account slipway-build. Without them builds are refused
+# with a message naming the fix, so `make run` only warns when it cannot install them.
+SANDBOX_PACKAGES_MISSING = $$(test -x /usr/bin/bwrap || echo bubblewrap; command -v slirp4netns >/dev/null || echo slirp4netns)
+sandbox-deps:
+	@missing="$(SANDBOX_PACKAGES_MISSING)"; missing=$$(echo $$missing); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing $$missing (the build sandbox) with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "Warning: builds will be refused until the sandbox is installed: sudo apt-get install $$missing"; \
+	  fi; \
+	fi; \
+	if [ "$$(id -u)" = 0 ] && ! id -u slipway-build >/dev/null 2>&1; then \
+	  echo "Creating the unprivileged build account slipway-build"; \
+	  useradd --system --no-create-home --shell /usr/sbin/nologin slipway-build; \
+	fi
+
+# OpenSSH's server and Chromium are real parts of the test bed (sshd targets, browser tests);
+# bubblewrap and slirp4netns are the build sandbox's.
 system-deps:
 	@missing=""; \
 	test -x /usr/sbin/sshd || missing="$$missing openssh-server"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	test -x /usr/bin/bwrap || missing="$$missing bubblewrap"; \
+	command -v slirp4netns >/dev/null || missing="$$missing slirp4netns"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "Installing$$missing with apt-get"; \
@@ -39,6 +61,9 @@ system-deps:
 	    echo "The tests need these Debian packages:$$missing"; \
 	    echo "Install them with: sudo apt-get install$$missing"; exit 1; \
 	  fi; \
+	fi; \
+	if [ "$$(id -u)" = 0 ] && ! id -u slipway-build >/dev/null 2>&1; then \
+	  useradd --system --no-create-home --shell /usr/sbin/nologin slipway-build; \
 	fi
 
 test: venv system-deps

@@ -24,6 +24,7 @@ from builds.engine.git import Commit
 from builds.engine.health import HealthCheckSpec
 from builds.engine.manifest import ChangeSet, Manifest
 from builds.engine.masking import Masker
+from builds.engine.sandbox import SandboxPolicy
 from builds.engine.ssh import Endpoint
 from builds.logs import LogWriter
 from builds.models import (
@@ -226,6 +227,19 @@ def project_dirs(project: Project) -> tuple[Path, Path]:
     return base / "mirror.git", base / "cache"
 
 
+def sandbox_policy(project: Project) -> SandboxPolicy:
+    """The operator's sandbox settings with the project's network choice."""
+    return SandboxPolicy(
+        enabled=settings.BUILD_SANDBOX,
+        network=project.build_network,
+        build_user=settings.BUILD_USER,
+        readonly_paths=settings.BUILD_READONLY_PATHS,
+        max_processes=settings.BUILD_MAX_PROCESSES,
+        max_open_files=settings.BUILD_MAX_OPEN_FILES,
+        memory_mb=settings.BUILD_MEMORY_MB or None,
+    )
+
+
 def build_spec(deployment: Deployment, scratch: Path, revision: str) -> BuildSpec:
     project = deployment.project
     mirror, cache = project_dirs(project)
@@ -257,6 +271,8 @@ def build_spec(deployment: Deployment, scratch: Path, revision: str) -> BuildSpe
             for c in project.build_commands.all()
         ),
         build_env=environment,
+        home_dir=mirror.parent / "home",
+        sandbox=sandbox_policy(project),
         skip_build=deployment.skip_build,
         skip_cache=deployment.skip_cache,
     )

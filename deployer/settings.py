@@ -80,6 +80,30 @@ HEARTBEAT_TIMEOUT = env.integer("SLIPWAY_HEARTBEAT_TIMEOUT", 120, minimum=10)
 WORKER_CONCURRENCY = env.integer("SLIPWAY_WORKER_CONCURRENCY", 4, minimum=1)
 BUILD_DIR = env.directory("SLIPWAY_BUILD_DIR", DATA_DIR / "builds")
 
+# The build sandbox (builds/engine/sandbox.py, docs/security.md). "off" is for single-team
+# installs only: build commands then run as the worker's user, next to Slipway's own data.
+BUILD_SANDBOX = env.boolean("SLIPWAY_BUILD_SANDBOX", True)
+BUILD_USER = env.string("SLIPWAY_BUILD_USER", "slipway-build")
+BUILD_READONLY_PATHS = tuple(env.strings("SLIPWAY_BUILD_READONLY_PATHS"))
+for _path in BUILD_READONLY_PATHS:
+    _resolved = Path(_path).resolve()
+    if not Path(_path).is_absolute() or _resolved == Path("/"):
+        raise ConfigurationError(
+            f"SLIPWAY_BUILD_READONLY_PATHS: '{_path}' must be an absolute folder other than /"
+        )
+    if any(
+        _resolved == private or _resolved in private.parents or private in _resolved.parents
+        for private in (DATA_DIR.resolve(), BUILD_DIR.resolve())
+    ):
+        raise ConfigurationError(
+            f"SLIPWAY_BUILD_READONLY_PATHS: '{_path}' overlaps Slipway's data directory; "
+            "builds must never see it"
+        )
+BUILD_MAX_PROCESSES = env.integer("SLIPWAY_BUILD_MAX_PROCESSES", 1024, minimum=16)
+BUILD_MAX_OPEN_FILES = env.integer("SLIPWAY_BUILD_MAX_OPEN_FILES", 4096, minimum=64)
+# 0: no memory limit. Applied through a cgroup where the worker may create one.
+BUILD_MEMORY_MB = env.integer("SLIPWAY_BUILD_MEMORY_MB", 4096, minimum=0)
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",

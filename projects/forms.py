@@ -79,6 +79,13 @@ class ProjectForm(forms.Form):
     cache_paths = LinesField(
         help_text="One per line, kept between builds on the worker (node_modules, vendor)."
     )
+    build_network = forms.BooleanField(
+        label="Build commands may use the network",
+        required=False,
+        initial=True,
+        help_text="Package registries and the internet, never this worker's own services. "
+        "Untick to run builds with no network at all.",
+    )
     repository_token = forms.CharField(
         label="Repository access token",
         max_length=2000,
@@ -103,6 +110,7 @@ class ProjectForm(forms.Form):
                 "subdirectory": project.subdirectory,
                 "shared_paths": project.shared_paths,
                 "cache_paths": project.cache_paths,
+                "build_network": project.build_network,
             }
         super().__init__(*args, **kwargs)
         if project is None:

@@ -57,6 +57,9 @@ class Project(models.Model):
     shared_paths = models.JSONField(default=list, blank=True)
     # Paths kept between builds on the worker (e.g. "node_modules", "vendor").
     cache_paths = models.JSONField(default=list, blank=True)
+    # Build commands reach the internet (package registries) through the sandbox's own
+    # user-mode network; off: no network at all inside the sandbox.
+    build_network = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -67,6 +67,7 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
             "subdirectory",
             "shared_paths",
             "cache_paths",
+            "build_network",
             "public_key",
             "webhook_url",
             "webhook_secret",
@@ -133,6 +134,11 @@ class ProjectInputSerializer(serializers.Serializer[dict[str, Any]]):
     subdirectory = serializers.CharField(max_length=255, required=False, allow_blank=True)
     shared_paths = _paths_field("Linked from shared/ into every release; end folders with '/'.")
     cache_paths = _paths_field("Kept between builds on the worker (node_modules, vendor...).")
+    build_network = serializers.BooleanField(
+        required=False,
+        help_text="Build commands may reach the internet (never the worker's own services); "
+        "false cuts the build sandbox's network entirely.",
+    )
     repository_token = serializers.CharField(
         max_length=2000,
         required=False,

@@ -177,6 +177,7 @@ PROJECT_FIELDS = frozenset(
         "subdirectory",
         "shared_paths",
         "cache_paths",
+        "build_network",
         "repository_token",
     }
 )
@@ -204,6 +205,8 @@ def project_clean(data: Mapping[str, Any]) -> dict[str, Any]:
     for field in ("shared_paths", "cache_paths"):
         if field in cleaned:
             cleaned[field] = _relative_paths(cleaned[field], field)
+    if "build_network" in cleaned and not isinstance(cleaned["build_network"], bool):
+        raise InvalidInput("build_network", "must be true or false.")
     return cleaned
 
 

@@ -8,7 +8,6 @@ import os
 import selectors
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,13 +18,11 @@ from builds.engine.excludes import ExcludeRules, load_deployignore
 from builds.engine.git import Mirror, validate_subdirectory
 from builds.engine.manifest import HashCache, Manifest
 from builds.engine.release import validate_relative_path
+from builds.engine.sandbox import HostIdentity, SandboxPolicy, check_available, hand_over
+from builds.engine.sandbox import start as sandbox_start
 from builds.engine.workspace import Workspace
 
 LineSink = Callable[[str, str], None]
-
-# The variables a build command inherits from the worker; nothing else of the worker's
-# environment (which holds Slipway's own keys) reaches it.
-_INHERITED = ("PATH", "LANG", "LC_ALL", "TZ")
 
 
 @dataclass(frozen=True)
@@ -51,6 +48,9 @@ class BuildSpec:
     workspace_dir: Path
     cache_dir: Path
     revision: str
+    #: The project's persistent build home (HOME and package managers' caches); never uploaded.
+    home_dir: Path | None = None
+    sandbox: SandboxPolicy = field(default_factory=SandboxPolicy)
     ssh_private_key: str | None = field(default=None, repr=False)
     https_token: str | None = field(default=None, repr=False)
     allow_local: bool = False
@@ -86,21 +86,33 @@ def run_local_command(
     env: Mapping[str, str],
     on_line: LineSink,
     check_cancelled: Callable[[], None] = lambda: None,
+    checkout: Path | None = None,
+    home: Path | None = None,
+    policy: SandboxPolicy | None = None,
+    identity: HostIdentity | None = None,
 ) -> int:
-    """Run one build command through /bin/sh in ``cwd``, streaming its lines as they come."""
-    base = {name: os.environ[name] for name in _INHERITED if name in os.environ}
-    base.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    base["HOME"] = str(cwd)
-    base["CI"] = "true"
-    process = subprocess.Popen(
-        ["/bin/sh", "-c", command.command],
-        cwd=cwd,
-        env={**base, **env},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group, so a timeout kills its children too
+    """Run one build command through /bin/sh in ``cwd``, streaming its lines as they come.
+
+    The command runs in the build sandbox (``sandbox.start``) with ``checkout`` (the top of
+    the tree, ``cwd`` at or under it) and ``home`` (the project's persistent cache) as its
+    only writable places; ``env`` holds the project's build variables only. Raises
+    CommandFailed (non-zero exit with halt on error), CommandTimedOut, Cancelled (from
+    ``check_cancelled``) and SandboxUnavailable.
+    """
+    policy = policy or SandboxPolicy()
+    checkout = checkout or cwd
+    home = home or cwd
+    identity = identity or check_available(policy)
+    handle = sandbox_start(
+        command.command,
+        policy=policy,
+        identity=identity,
+        checkout=checkout,
+        workdir=cwd,
+        home=home,
+        variables=env,
     )
+    process = handle.process
     assert process.stdout is not None and process.stderr is not None
     deadline = time.monotonic() + command.timeout_seconds if command.timeout_seconds else None
     selector = selectors.DefaultSelector()
@@ -146,6 +158,7 @@ def run_local_command(
         selector.close()
         process.stdout.close()
         process.stderr.close()
+        handle.close()
     if exit_code != 0 and command.halt_on_error:
         raise CommandFailed(command.command, exit_code, tail)
     return exit_code
@@ -201,6 +214,33 @@ class Tree:
     root: Path
     hash_cache: HashCache | None
     hash_cache_path: Path | None
+    #: The top of the checkout (``root`` is this or a folder in it, the project's subdirectory).
+    top: Path | None = None
+
+    @property
+    def checkout(self) -> Path:
+        return self.top or self.root
+
+
+def folder_within(top: Path, subdirectory: str, sha: str) -> Path:
+    """``top/subdirectory`` when every part of it is a real folder inside ``top``.
+
+    A committed symlink anywhere along the way (``site`` in ``site/var``) would move the
+    build root out of the checkout, and the worker's files would be built and uploaded:
+    raises InvalidInput naming the subdirectory instead.
+    """
+    folder = top
+    for part in subdirectory.split("/"):
+        folder = folder / part
+        if folder.is_symlink() or not folder.is_dir():
+            raise InvalidInput(
+                "subdirectory",
+                f"'{subdirectory}' is not a folder in revision {sha[:12]} "
+                f"('{folder.relative_to(top)}' is a symlink or not a folder)",
+            )
+    if not folder.resolve().is_relative_to(top.resolve()):
+        raise InvalidInput("subdirectory", f"'{subdirectory}' leads outside the checkout")
+    return folder
 
 
 @contextlib.contextmanager
@@ -225,14 +265,11 @@ def checked_out(spec: BuildSpec, mirror: Mirror, sha: str, log: LineSink) -> Ite
                     for path in spec.cache_paths
                 )
             )
-            root = workspace.checkout(sha, keep=keep)
-            if subdirectory:
-                root = root / subdirectory
-                if not root.is_dir() or root.is_symlink():
-                    raise InvalidInput(
-                        "subdirectory", f"'{subdirectory}' is not a folder in revision {sha[:12]}"
-                    )
-            yield Tree(root, HashCache.load(workspace.hash_cache_path), workspace.hash_cache_path)
+            top = workspace.checkout(sha, keep=keep)
+            root = folder_within(top, subdirectory, sha) if subdirectory else top
+            yield Tree(
+                root, HashCache.load(workspace.hash_cache_path), workspace.hash_cache_path, top
+            )
             return
     log(
         "system",
@@ -259,12 +296,18 @@ def build(
 ) -> BuildOutput:
     """Run the build commands in the checked-out tree, then hash the output."""
     root = tree.root
+    home = spec.home_dir or spec.cache_dir.with_name("home")
     # In the workspace, cached paths simply stay in place between builds; a scratch
     # directory gets them from (and gives them back to) the project's cache directory.
     in_workspace = tree.hash_cache is not None
     if spec.build_commands and not spec.skip_build:
         if not in_workspace:
             restore_cache(spec, root, log)
+        identity = check_available(spec.sandbox)
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        hand_over([tree.checkout, home], identity)
+        if not spec.sandbox.enabled:
+            log("system", "Build sandbox is off on this worker (SLIPWAY_BUILD_SANDBOX=off)")
         for command in spec.build_commands:
             check_cancelled()
             label = command.description or command.command
@@ -276,7 +319,15 @@ def build(
                 continue
             log("system", f"$ {command.command}")
             exit_code = run_local_command(
-                command, cwd=root, env=spec.build_env, on_line=log, check_cancelled=check_cancelled
+                command,
+                cwd=root,
+                env=spec.build_env,
+                on_line=log,
+                check_cancelled=check_cancelled,
+                checkout=tree.checkout,
+                home=home,
+                policy=spec.sandbox,
+                identity=identity,
             )
             if exit_code != 0:
                 log("system", f"`{label}` exited with {exit_code}; going on (halt on error is off)")

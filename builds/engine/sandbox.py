@@ -1,0 +1,615 @@
+"""The build sandbox: every build command runs in bubblewrap, away from the worker.
+
+A build command is code from a project's repository or settings, written by people the
+operator may not trust with anything but that project. On the worker it would see the data
+directory (database, encryption key), every other project's checkout and keys, the worker's
+environment and its loopback services. The sandbox gives it instead:
+
+- the system read-only (``/usr``, ``/etc``, ``/opt`` and the operator's extra toolchain paths);
+- the checkout read-write at ``/build/src``, the project's persistent cache read-write at
+  ``/build/home`` (``HOME``; npm, pip, composer and yarn caches point there), a private ``/tmp``;
+- nothing else of the worker's file system: no data directory, no mirror, no other project;
+- new user, PID, IPC, UTS, cgroup and network namespaces, so neither the worker's ``/proc`` nor
+  its environment is visible (the command starts from an empty environment plus the project's
+  build variables and ``PATH``, ``HOME``, ``LANG``, ``TMPDIR``, ``CI``);
+- an unprivileged uid: the operator's build account (``SLIPWAY_BUILD_USER``) when the worker is
+  root, so that root-only files (``/etc/shadow``, host keys) stay unreadable, and otherwise the
+  worker's uid in a user namespace of its own that holds no capability;
+- its own network namespace whose only way out is slirp4netns with host loopback disabled
+  (package registries work; Redis, PostgreSQL and Slipway's port on the worker's loopback do
+  not), or no network at all when the project says so;
+- limits on processes and open files (``prlimit``), and on memory where the worker may create
+  a cgroup (cgroup v2, or v1's ``memory`` and ``pids`` controllers).
+
+Sources: bubblewrap(1) (``--info-fd``/``--block-fd`` let the caller attach the network and the
+cgroup before the command starts), slirp4netns(1) (``--disable-host-loopback``,
+``--ready-fd``), the kernel's cgroup-v1 and cgroup-v2 documentation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import select
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from builds.engine.errors import UserError
+
+#: Where the checkout and the cache appear inside the sandbox.
+SANDBOX_SOURCE = "/build/src"
+SANDBOX_HOME = "/build/home"
+
+_SYSTEM_PATHS = ("/usr", "/etc", "/opt")
+_MERGED_USR = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# slirp4netns's fixed addresses: the guest is 10.0.2.100, its DNS forwarder 10.0.2.3.
+_SLIRP_DNS = "10.0.2.3"
+_START_TIMEOUT_SECONDS = 30.0
+
+
+class SandboxUnavailable(UserError):
+    """Builds cannot be isolated on this worker, so they are refused (never run bare)."""
+
+    code = "sandbox_unavailable"
+
+
+@dataclass(frozen=True)
+class SandboxPolicy:
+    """How build commands are isolated on this worker (from the operator's settings).
+
+    ``enabled=False`` is the operator's explicit ``SLIPWAY_BUILD_SANDBOX=off``: commands then
+    run as the worker's user with the same clean environment and the cache as ``HOME``.
+    ``build_user`` is the host account that builds run as when the worker is root.
+    ``memory_mb`` and ``max_processes`` apply per build command.
+    """
+
+    enabled: bool = True
+    network: bool = True
+    build_user: str = "slipway-build"
+    readonly_paths: tuple[str, ...] = ()
+    max_processes: int = 1024
+    max_open_files: int = 4096
+    memory_mb: int | None = 4096
+
+
+@dataclass(frozen=True)
+class HostIdentity:
+    """The host uid/gid a sandboxed command runs as (None: the worker's own)."""
+
+    uid: int | None
+    gid: int | None
+
+
+@dataclass
+class SandboxedCommand:
+    """One command started in the sandbox; ``process`` is bwrap (or /bin/sh when off)."""
+
+    process: subprocess.Popen[bytes]
+    _helpers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _cgroups: list[Path] = field(default_factory=list)
+    _stage: Path | None = None
+
+    def close(self) -> None:
+        """Stop the network helper and remove the command's cgroups (after it has ended)."""
+        for helper in self._helpers:
+            if helper.poll() is None:
+                helper.terminate()
+                try:
+                    helper.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    helper.kill()
+                    helper.wait()
+        for group in self._cgroups:
+            with contextlib.suppress(OSError):
+                group.rmdir()
+        if self._stage is not None:
+            # Only empty mount points: the mounts lived in the command's own namespace.
+            for folder in (self._stage / "src", self._stage / "home", self._stage):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
+def base_environment(home: str, *, path: str | None = None) -> dict[str, str]:
+    """The fixed variables every build command gets, before the project's own.
+
+    Caches of the common package managers point into ``home`` so that they persist between
+    builds and never land in the checkout (and so never reach a server).
+    """
+    return {
+        "PATH": path or os.environ.get("PATH", _DEFAULT_PATH),
+        "HOME": home,
+        "LANG": "C.UTF-8",
+        "TMPDIR": "/tmp",  # noqa: S108 - the sandbox's private tmpfs
+        "CI": "true",
+        "XDG_CACHE_HOME": f"{home}/.cache",
+        "npm_config_cache": f"{home}/.npm",
+        "YARN_CACHE_FOLDER": f"{home}/.cache/yarn",
+        "PIP_CACHE_DIR": f"{home}/.cache/pip",
+        "COMPOSER_HOME": f"{home}/.composer",
+        "COMPOSER_CACHE_DIR": f"{home}/.cache/composer",
+    }
+
+
+def host_identity(policy: SandboxPolicy) -> HostIdentity:
+    """Which host account runs builds: the build user when the worker is root.
+
+    Raises SandboxUnavailable naming the fix when the worker is root and the account is
+    missing (root inside a user namespace would still own every root-only file).
+    """
+    if os.geteuid() != 0:
+        return HostIdentity(None, None)
+    try:
+        entry = pwd.getpwnam(policy.build_user)
+    except KeyError:
+        if policy.build_user.isdigit():
+            return HostIdentity(int(policy.build_user), int(policy.build_user))
+        raise SandboxUnavailable(
+            f"The worker runs as root, so builds run as the account '{policy.build_user}', "
+            "which does not exist on this worker. Create it with: useradd --system "
+            f"--no-create-home --shell /usr/sbin/nologin {policy.build_user} "
+            "(or set SLIPWAY_BUILD_USER to another unprivileged account)."
+        ) from None
+    if entry.pw_uid == 0:
+        raise SandboxUnavailable(f"SLIPWAY_BUILD_USER '{policy.build_user}' must not be root.")
+    return HostIdentity(entry.pw_uid, entry.pw_gid)
+
+
+def hand_over(paths: Sequence[Path], identity: HostIdentity) -> None:
+    """Make ``paths`` (recursively) the build account's, so its commands can write there.
+
+    Only needed when the worker is root; symlinks are changed themselves, never followed.
+    Runs while no build command is running, so nothing can swap a path under the walk.
+    """
+    if identity.uid is None or identity.gid is None:
+        return
+    uid, gid = identity.uid, identity.gid
+    for top in paths:
+        top.mkdir(parents=True, exist_ok=True)
+        for current, folders, files in os.walk(top):
+            for name in (current, *(os.path.join(current, n) for n in (*folders, *files))):
+                status = os.lstat(name)
+                if status.st_uid != uid or status.st_gid != gid:
+                    os.lchown(name, uid, gid)
+
+
+@cache
+def _probe(identity: HostIdentity) -> str | None:
+    """None when bwrap can make the namespaces here, else what went wrong."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return "bubblewrap is not installed on this worker (apt-get install bubblewrap)"
+    argv = [
+        bwrap,
+        "--unshare-all",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        *_merged_usr_arguments(),
+        "--proc",
+        "/proc",
+        *_device_arguments(),
+        "--",
+        "true",
+    ]
+    try:
+        result = subprocess.run(
+            argv,
+            capture_output=True,
+            timeout=_START_TIMEOUT_SECONDS,
+            env={"PATH": _DEFAULT_PATH},
+            user=identity.uid,
+            group=identity.gid,
+            extra_groups=[] if identity.uid is not None else None,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"bubblewrap could not start: {error}"
+    if result.returncode != 0:
+        detail = result.stderr.decode("utf-8", "replace").strip()[:300]
+        return (
+            f"bubblewrap cannot create user namespaces here ({detail}); allow unprivileged user "
+            "namespaces (sysctl kernel.unprivileged_userns_clone=1, or on Ubuntu "
+            "kernel.apparmor_restrict_unprivileged_userns=0)"
+        )
+    return None
+
+
+def check_available(policy: SandboxPolicy) -> HostIdentity:
+    """Raise SandboxUnavailable, naming the fix, unless builds can be sandboxed here.
+
+    Returns the host identity builds run as. With the sandbox off, the worker's own.
+    """
+    if not policy.enabled:
+        return HostIdentity(None, None)
+    identity = host_identity(policy)
+    problem = _probe(identity)
+    if problem is not None:
+        raise SandboxUnavailable(
+            f"Build commands are refused because they cannot be sandboxed: {problem}. "
+            "For an install that serves a single team, the operator may set "
+            "SLIPWAY_BUILD_SANDBOX=off (see docs/security.md)."
+        )
+    if policy.network and shutil.which("slirp4netns") is None:
+        raise SandboxUnavailable(
+            "Build commands are refused: slirp4netns, which gives sandboxed builds their "
+            "network, is not installed on this worker (apt-get install slirp4netns); or turn "
+            "the project's build network off."
+        )
+    return identity
+
+
+def _merged_usr_arguments() -> list[str]:
+    arguments: list[str] = []
+    for path in _MERGED_USR:
+        if os.path.islink(path):
+            arguments += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            arguments += ["--ro-bind", path, path]
+    return arguments
+
+
+def _device_arguments() -> list[str]:
+    # Not bwrap's --dev: mounting a devpts needs uid 0 in the namespace, for which bwrap nests
+    # a second user namespace, and slirp4netns could then not join the build's network.
+    arguments = ["--tmpfs", "/dev"]
+    for name in ("null", "zero", "full", "random", "urandom", "tty"):
+        if os.path.exists(f"/dev/{name}"):
+            arguments += ["--dev-bind", f"/dev/{name}", f"/dev/{name}"]
+    arguments += [
+        "--tmpfs",
+        "/dev/shm",  # noqa: S108 - a private tmpfs inside the sandbox
+        "--symlink",
+        "/proc/self/fd",
+        "/dev/fd",
+        "--symlink",
+        "/proc/self/fd/0",
+        "/dev/stdin",
+        "--symlink",
+        "/proc/self/fd/1",
+        "/dev/stdout",
+        "--symlink",
+        "/proc/self/fd/2",
+        "/dev/stderr",
+    ]
+    return arguments
+
+
+def _data_pipe(content: bytes) -> int:
+    """A pipe's read end already holding ``content`` (which must fit in the pipe buffer)."""
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, content)
+    finally:
+        os.close(write_end)
+    return read_end
+
+
+@dataclass(frozen=True)
+class SandboxFds:
+    """The descriptors bwrap reads: resolv.conf's content, and the start-up handshake."""
+
+    resolv_conf: int | None
+    info: int
+    block: int
+
+    def all(self) -> tuple[int, ...]:
+        fds = (self.resolv_conf, self.info, self.block)
+        return tuple(fd for fd in fds if fd is not None)
+
+
+def bwrap_arguments(
+    policy: SandboxPolicy,
+    *,
+    checkout: str,
+    home: str,
+    workdir: str,
+    environment: Mapping[str, str],
+    fds: SandboxFds,
+) -> list[str]:
+    """bubblewrap's command line for one build command (without the command itself).
+
+    ``checkout`` and ``home`` are host paths the build account can reach; ``workdir`` is the
+    folder to start in, relative to the checkout ("" for its top).
+    """
+    arguments = [
+        "bwrap",
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-net",
+        "--unshare-cgroup-try",
+        "--hostname",
+        "build",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--clearenv",
+    ]
+    for name, value in environment.items():
+        arguments += ["--setenv", name, value]
+    for path in (*_SYSTEM_PATHS, *policy.readonly_paths):
+        if os.path.isdir(path):
+            arguments += ["--ro-bind", path, path]
+    arguments += _merged_usr_arguments()
+    if fds.resolv_conf is not None:
+        arguments += ["--ro-bind-data", str(fds.resolv_conf), "/etc/resolv.conf"]
+    arguments += [
+        "--proc",
+        "/proc",
+        *_device_arguments(),
+        "--tmpfs",
+        "/tmp",  # noqa: S108 - a private tmpfs inside the sandbox
+        "--tmpfs",
+        "/build",
+        "--bind",
+        checkout,
+        SANDBOX_SOURCE,
+        "--bind",
+        home,
+        SANDBOX_HOME,
+        "--chdir",
+        str(Path(SANDBOX_SOURCE) / workdir),
+        "--info-fd",
+        str(fds.info),
+        "--block-fd",
+        str(fds.block),
+    ]
+    return arguments
+
+
+def _read_child_pid(info_fd: int, process: subprocess.Popen[bytes]) -> int:
+    buffer = b""
+    while True:
+        ready, _, _ = select.select([info_fd], [], [], _START_TIMEOUT_SECONDS)
+        if not ready:
+            raise SandboxUnavailable("bubblewrap did not start the sandbox within 30 s")
+        chunk = os.read(info_fd, 4096)
+        if not chunk:
+            break
+        buffer += chunk
+        with contextlib.suppress(ValueError):
+            document = json.loads(buffer)
+            if isinstance(document, dict) and "child-pid" in document:
+                return int(document["child-pid"])
+    code = process.wait()
+    raise SandboxUnavailable(f"bubblewrap failed to set up the sandbox (exit {code})")
+
+
+def _start_network(child_pid: int) -> subprocess.Popen[bytes]:
+    # slirp4netns runs as the worker (it needs /dev/net/tun, often root-only in containers),
+    # confined by its own mount namespace and seccomp filter; the build never runs in it.
+    ready_read, ready_write = os.pipe()
+    try:
+        helper = subprocess.Popen(
+            [
+                "slirp4netns",
+                "--configure",
+                "--mtu=65520",
+                "--disable-host-loopback",
+                "--enable-sandbox",
+                "--enable-seccomp",
+                "--ready-fd",
+                str(ready_write),
+                # setns() into the build's network needs capabilities in its user namespace.
+                f"--userns-path=/proc/{child_pid}/ns/user",
+                str(child_pid),
+                "tap0",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            pass_fds=(ready_write,),
+            env={"PATH": _DEFAULT_PATH},
+            start_new_session=True,
+        )
+        os.close(ready_write)
+        ready_write = -1
+        ready, _, _ = select.select([ready_read], [], [], _START_TIMEOUT_SECONDS)
+        if not ready or os.read(ready_read, 1) != b"1":
+            helper.kill()
+            _, error = helper.communicate()
+            detail = error.decode("utf-8", "replace").strip()[:300]
+            raise SandboxUnavailable(f"slirp4netns could not give the build a network: {detail}")
+        return helper
+    finally:
+        os.close(ready_read)
+        if ready_write != -1:
+            os.close(ready_write)
+
+
+def _cgroup_roots() -> list[tuple[Path, str, dict[str, str]]]:
+    """(parent folder, file taking pids, limit files) for each writable cgroup hierarchy."""
+    roots: list[tuple[Path, str, dict[str, str]]] = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return roots
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        relative = path.lstrip("/")
+        if controllers == "":
+            base = Path("/sys/fs/cgroup")
+            if not (base / "cgroup.controllers").exists():
+                base = base / "unified"
+            roots.append((base / relative, "cgroup.procs", {"memory": "memory.max"}))
+        elif "memory" in controllers.split(","):
+            roots.append(
+                (
+                    Path("/sys/fs/cgroup/memory") / relative,
+                    "cgroup.procs",
+                    {"memory": "memory.limit_in_bytes"},
+                )
+            )
+        elif "pids" in controllers.split(","):
+            roots.append(
+                (Path("/sys/fs/cgroup/pids") / relative, "cgroup.procs", {"pids": "pids.max"})
+            )
+    return roots
+
+
+def _enter_cgroups(pids: Sequence[int], policy: SandboxPolicy) -> list[Path]:
+    """Put the sandbox in a fresh cgroup per writable hierarchy with the policy's limits.
+
+    Best effort by design ("where the kernel allows"): a hierarchy we may not write to, or
+    one without the controller, is skipped.
+    """
+    made: list[Path] = []
+    name = f"slipway-build-{uuid.uuid4().hex[:12]}"
+    for parent, procs_file, limit_files in _cgroup_roots():
+        limits: dict[str, str] = {}
+        if "memory" in limit_files and policy.memory_mb:
+            limits[limit_files["memory"]] = str(policy.memory_mb * 1024 * 1024)
+        if "pids" in limit_files:
+            limits[limit_files["pids"]] = str(policy.max_processes)
+        if not limits:
+            continue
+        group = parent / name
+        try:
+            group.mkdir()
+        except OSError:
+            continue
+        try:
+            for limit_file, value in limits.items():
+                (group / limit_file).write_text(value)
+            for pid in pids:
+                (group / procs_file).write_text(str(pid))
+        except OSError:
+            with contextlib.suppress(OSError):
+                group.rmdir()
+            continue
+        made.append(group)
+    return made
+
+
+def start(
+    command: str,
+    *,
+    policy: SandboxPolicy,
+    identity: HostIdentity,
+    checkout: Path,
+    workdir: Path,
+    home: Path,
+    variables: Mapping[str, str],
+) -> SandboxedCommand:
+    """Start ``/bin/sh -c command`` in the sandbox, stdout and stderr piped.
+
+    ``variables`` are the project's build variables; they win over the fixed set except
+    ``HOME`` and ``TMPDIR``. Raises SandboxUnavailable when the sandbox cannot be set up.
+    The caller waits for the process, reads its pipes, then calls ``close()``.
+    """
+    if not policy.enabled:
+        environment = {**base_environment(str(home)), **variables, "HOME": str(home)}
+        process = subprocess.Popen(
+            ["/bin/sh", "-c", command],
+            cwd=workdir,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        return SandboxedCommand(process)
+    environment = {**base_environment(SANDBOX_HOME), **variables}
+    environment.update(HOME=SANDBOX_HOME, TMPDIR="/tmp")  # noqa: S108
+    workdir_inside = workdir.relative_to(checkout).as_posix()  # ValueError when outside
+    if workdir_inside == ".":
+        workdir_inside = ""
+    info_read, info_write = os.pipe()
+    block_read, block_write = os.pipe()
+    fds = SandboxFds(
+        resolv_conf=_data_pipe(f"nameserver {_SLIRP_DNS}\n".encode()) if policy.network else None,
+        info=info_write,
+        block=block_read,
+    )
+    stage: Path | None = None
+    sources = (str(checkout), str(home))
+    prefix: list[str] = []
+    if identity.uid is not None and identity.gid is not None:
+        # A root worker's data directory is 0700, and bwrap resolves its sources as the build
+        # account: the checkout and home are bind-mounted, in a private mount namespace of
+        # their own, under a folder that account may traverse, and only then is root dropped.
+        stage = Path(tempfile.mkdtemp(prefix="slipway-sandbox-"))
+        stage.chmod(0o711)
+        (stage / "src").mkdir()
+        (stage / "home").mkdir()
+        sources = (str(stage / "src"), str(stage / "home"))
+        prefix = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/sh",
+            "-c",
+            'mount --bind -- "$1" "$3/src" && mount --bind -- "$2" "$3/home" && shift 3 && '
+            'exec "$@"',
+            "sh",
+            str(checkout),
+            str(home),
+            str(stage),
+            "setpriv",
+            f"--reuid={identity.uid}",
+            f"--regid={identity.gid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+        ]
+    argv = [
+        *prefix,
+        "prlimit",
+        f"--nproc={policy.max_processes}",
+        f"--nofile={policy.max_open_files}",
+        "--",
+        *bwrap_arguments(
+            policy,
+            checkout=sources[0],
+            home=sources[1],
+            workdir=workdir_inside,
+            environment=environment,
+            fds=fds,
+        ),
+        "--",
+        "/bin/sh",
+        "-c",
+        command,
+    ]
+    try:
+        process = subprocess.Popen(
+            argv,
+            env={"PATH": _DEFAULT_PATH},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=fds.all(),
+            start_new_session=True,  # its own process group: cancel and timeouts kill it all
+        )
+    finally:
+        for fd in fds.all():
+            os.close(fd)
+    started = SandboxedCommand(process, _stage=stage)
+    try:
+        child = _read_child_pid(info_read, process)
+        started._cgroups = _enter_cgroups([process.pid, child], policy)
+        if policy.network:
+            started._helpers.append(_start_network(child))
+        os.write(block_write, b"go")
+    except BaseException:
+        if process.poll() is None:
+            os.killpg(process.pid, 9)
+            process.wait()
+        started.close()
+        raise
+    finally:
+        os.close(info_read)
+        os.close(block_write)
+    return started

@@ -1,0 +1,262 @@
+"""Build commands in the bubblewrap sandbox: a hostile build reaches nothing of the worker's.
+
+Everything is real: bubblewrap, slirp4netns, the worker's own Redis and PostgreSQL on
+loopback, a web server the test starts on loopback, real Git repositories and an sshd target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.server
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from builds.engine import pipeline
+from builds.engine.build import BuildCommandSpec, run_local_command
+from builds.engine.errors import CommandFailed, InvalidInput
+from builds.engine.sandbox import (
+    SandboxPolicy,
+    SandboxUnavailable,
+    _probe,
+    check_available,
+    hand_over,
+)
+from tests.support.engine import RecordingReporter, deploy_spec, server_for
+
+SECRET = "worker-secret-6d1f0c"
+
+
+class Box:
+    """One project's checkout and build home, plus a worker-side 'data directory'."""
+
+    def __init__(self, tmp_path: Path, policy: SandboxPolicy) -> None:
+        self.policy = policy
+        self.data_dir = tmp_path / "data"
+        self.data_dir.mkdir(mode=0o700)
+        (self.data_dir / "encryption.key").write_text(SECRET)
+        (self.data_dir / "db.sqlite3").write_text(f"sqlite {SECRET}")
+        other = self.data_dir / "builds" / "project-2" / "workspace"
+        other.mkdir(parents=True)
+        (other / ".env").write_text(f"OTHER_PROJECT_SECRET={SECRET}")
+        self.checkout = self.data_dir / "builds" / "project-1" / "workspace"
+        self.checkout.mkdir(parents=True)
+        (self.checkout / "index.html").write_text("hello\n")
+        self.home = self.data_dir / "builds" / "project-1" / "home"
+        self.home.mkdir()
+        self.identity = check_available(policy)
+        hand_over([self.checkout, self.home], self.identity)
+        self.lines: list[tuple[str, str]] = []
+
+    def run(self, command: str, *, env: dict[str, str] | None = None, halt: bool = False) -> str:
+        self.lines.clear()
+        run_local_command(
+            BuildCommandSpec(command, halt_on_error=halt),
+            cwd=self.checkout,
+            env=env or {},
+            on_line=lambda stream, text: self.lines.append((stream, text)),
+            checkout=self.checkout,
+            home=self.home,
+            policy=self.policy,
+            identity=self.identity,
+        )
+        return "\n".join(text for _, text in self.lines)
+
+
+@pytest.fixture
+def box(tmp_path, monkeypatch):
+    # The worker's environment holds Slipway's own settings and keys.
+    monkeypatch.setenv("SLIPWAY_ENCRYPTION_KEYS", SECRET)
+    monkeypatch.setenv("SLIPWAY_TEST_WORKER_SECRET", SECRET)
+    return Box(tmp_path, SandboxPolicy(network=True))
+
+
+def test_it_keeps_a_hostile_build_away_from_everything_of_the_workers(box, tmp_path):
+    outside = tmp_path / "written-from-the-build"
+    attempts = {
+        "list the data dir": f"ls -la {box.data_dir}",
+        "read the encryption key": f"cat {box.data_dir}/encryption.key",
+        "read the database": f"cat {box.data_dir}/db.sqlite3",
+        "read another project's checkout": f"cat {box.data_dir}/builds/project-2/workspace/.env",
+        "climb out of the checkout": "cat ../../project-2/workspace/.env; ls -la ../..",
+        "read every process's environment": "cat /proc/*/environ | tr '\\0' '\\n'",
+        "read its own environment": "env; cat /proc/self/environ | tr '\\0' '\\n'",
+        "read the worker's process through /proc": f"cat /proc/{os.getpid()}/environ",
+        "read root-only files": "cat /etc/shadow",
+        "write outside the checkout": f"echo x > {outside}; echo x > /usr/local/pwned; "
+        "echo x > ../pwned",
+    }
+    for attempt, command in attempts.items():
+        output = box.run(command)
+        assert SECRET not in output, attempt
+        assert "SLIPWAY_" not in output, attempt
+    assert not outside.exists()
+    assert not Path("/usr/local/pwned").exists()
+    assert not (box.checkout.parent / "pwned").exists()
+    # The command did run, as an unprivileged account with a clean environment.
+    environment = dict(line.split("=", 1) for line in box.run("env").splitlines() if "=" in line)
+    assert environment["HOME"] == "/build/home"
+    assert environment["TMPDIR"] == "/tmp"
+    assert {"PATH", "HOME", "LANG", "TMPDIR"} <= set(environment)
+    assert "0" not in box.run("id -u").split()
+
+
+def test_it_gives_the_build_its_own_process_ipc_and_host_name(box):
+    listing = box.run("ls /proc | grep -E '^[0-9]+$'").split()
+    assert str(os.getpid()) not in listing
+    assert len(listing) < 10, listing
+    assert box.run("hostname") == "build"
+    limits = box.run("bash -c 'ulimit -u; ulimit -n'").split()
+    assert limits == [str(box.policy.max_processes), str(box.policy.max_open_files)]
+
+
+def test_it_passes_the_projects_build_variables_and_nothing_else(box):
+    output = box.run('echo "token=$API_TOKEN"', env={"API_TOKEN": "tok-123"})
+    assert output == "token=tok-123"
+
+
+class _Web(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(SECRET.encode())
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def loopback_web():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Web)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def _reachable(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(5)
+        return probe.connect_ex((host, port)) == 0
+
+
+def test_it_refuses_connections_to_the_workers_own_services(box, loopback_web):
+    # The worker itself reaches its Redis, PostgreSQL and web port on loopback...
+    ports = {"redis": 6379, "postgresql": 5432, "web": loopback_web}
+    assert all(_reachable("127.0.0.1", port) for port in ports.values())
+    # ...the build does not, neither on 127.0.0.1 nor through slirp's host address.
+    for name, port in ports.items():
+        for host in ("127.0.0.1", "10.0.2.2"):
+            output = box.run(
+                f"bash -c 'exec 3<>/dev/tcp/{host}/{port} && echo CONNECTED' 2>&1; "
+                f"curl -s --max-time 5 http://{host}:{port}/ || true"
+            )
+            assert "CONNECTED" not in output, (name, host)
+            assert SECRET not in output, (name, host)
+    # It does have a network of its own (the way to package registries).
+    assert "10.0.2.100" in box.run("ip -4 -o addr show tap0 || cat /proc/net/fib_trie")
+
+
+def test_it_cuts_the_network_entirely_when_the_project_says_so(tmp_path, loopback_web):
+    box = Box(tmp_path, SandboxPolicy(network=False))
+    interfaces = box.run("tail -n +3 /proc/net/dev | cut -d: -f1").split()
+    assert interfaces == ["lo"]
+    output = box.run(f"bash -c 'exec 3<>/dev/tcp/10.0.2.2/{loopback_web} && echo CONNECTED' 2>&1")
+    assert "CONNECTED" not in output
+
+
+def test_it_refuses_to_build_when_the_sandbox_cannot_be_made_and_names_the_fix(
+    tmp_path, monkeypatch
+):
+    # A worker without bubblewrap: builds are refused, never run bare.
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    _probe.cache_clear()
+    try:
+        with pytest.raises(SandboxUnavailable) as raised:
+            check_available(SandboxPolicy())
+    finally:
+        _probe.cache_clear()
+    message = str(raised.value)
+    assert "apt-get install bubblewrap" in message
+    assert "SLIPWAY_BUILD_SANDBOX=off" in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the build account is used only by a root worker")
+def test_a_root_worker_refuses_to_build_without_its_build_account():
+    with pytest.raises(SandboxUnavailable, match="useradd --system"):
+        check_available(SandboxPolicy(build_user="no-such-build-account"))
+
+
+def test_with_the_sandbox_off_commands_still_get_a_clean_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLIPWAY_TEST_WORKER_SECRET", SECRET)
+    box = Box(tmp_path, SandboxPolicy(enabled=False))
+    output = box.run("env")
+    assert SECRET not in output
+    assert f"HOME={box.home}" in output.splitlines()
+
+
+def test_a_failing_command_in_the_sandbox_reports_its_exit_code(box):
+    with pytest.raises(CommandFailed, match="exit code 3"):
+        box.run("echo broken >&2; exit 3", halt=True)
+
+
+def test_an_honest_build_keeps_its_cache_between_builds_and_never_ships_it(
+    sshd_target, git_repo_factory, tmp_path
+):
+    repo = git_repo_factory()
+    sha = repo.commit({"package.json": '{"name": "site", "version": "1.0.0"}\n'})
+    npm_style = (
+        'test "$(npm config get cache)" = "$HOME/.npm" && '
+        'mkdir -p "$HOME/.npm/_cacache" && '
+        'if [ -f "$HOME/.npm/_cacache/index" ]; then echo cache-hit; '
+        'else echo cache-miss; head -c 200000 /dev/urandom > "$HOME/.npm/_cacache/index"; fi && '
+        "mkdir -p dist && echo built > dist/app.js"
+    )
+    server = server_for(sshd_target)
+    build = {"build_commands": (BuildCommandSpec(command=npm_style),)}
+    reporter = RecordingReporter()
+    first = pipeline.deploy(deploy_spec(repo, tmp_path, [server], sha, build=build), reporter)
+    assert first.ok, first.servers
+    assert "cache-miss" in reporter.text
+    current = sshd_target.deploy_path / "current"
+    assert (current / "dist" / "app.js").read_text() == "built\n"
+    shipped = {p.relative_to(current).as_posix() for p in current.rglob("*")}
+    assert not any(path.startswith((".npm", ".cache", "build/home")) for path in shipped)
+    assert shipped == {"package.json", "dist", "dist/app.js"}
+
+    reporter = RecordingReporter()
+    outcome = first.servers[0]
+    second_server = dataclasses.replace(
+        server,
+        live_release=outcome.release,
+        live_revision=first.revision,
+        live_manifest=outcome.manifest,
+    )
+    second = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [second_server], sha, build=build, deployment_id=2), reporter
+    )
+    assert second.ok
+    assert "cache-hit" in reporter.text
+
+
+def test_a_symlinked_folder_in_the_subdirectory_never_moves_the_build_root(
+    sshd_target, git_repo_factory, tmp_path
+):
+    keys = tmp_path / "worker-keys"
+    (keys / "var").mkdir(parents=True)
+    (keys / "var" / "id_ed25519").write_text(SECRET)
+    repo = git_repo_factory()
+    sha = repo.commit({"README": "monorepo\n"}, symlinks={"site": str(keys)})
+    spec = deploy_spec(
+        repo, tmp_path, [server_for(sshd_target)], sha, build={"subdirectory": "site/var"}
+    )
+    with pytest.raises(InvalidInput) as raised:
+        pipeline.deploy(spec, RecordingReporter())
+    assert raised.value.field == "subdirectory"
+    assert not (sshd_target.deploy_path / "current").exists()
