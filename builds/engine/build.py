@@ -164,6 +164,24 @@ def run_local_command(
     return exit_code
 
 
+def _through_real_folders(root: Path, path: str, field: str) -> Path:
+    """``root/path`` when no folder on the way is a symlink (the checkout's content decides
+    what is a symlink, and the worker must never read or write outside it through one).
+
+    Raises InvalidInput naming ``field`` and the symlinked folder.
+    """
+    folder = root
+    for part in path.split("/")[:-1]:
+        folder = folder / part
+        if folder.is_symlink():
+            raise InvalidInput(
+                field,
+                f"'{path}' lies under '{folder.relative_to(root)}', which is a symlink in the "
+                "checkout; cached paths must be real folders",
+            )
+    return root / path
+
+
 def restore_cache(spec: BuildSpec, root: Path, log: LineSink) -> None:
     if spec.skip_cache or not spec.cache_paths:
         return
@@ -172,7 +190,7 @@ def restore_cache(spec: BuildSpec, root: Path, log: LineSink) -> None:
         source = spec.cache_dir / path
         if not source.exists():
             continue
-        target = root / path
+        target = _through_real_folders(root, path, "cache_paths")
         if target.exists() or target.is_symlink():
             continue  # the repository has it: the revision wins over the cache
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -188,7 +206,7 @@ def save_cache(spec: BuildSpec, root: Path, log: LineSink) -> None:
         return
     for raw in spec.cache_paths:
         path = validate_relative_path(raw, "cache_paths")
-        source = root / path
+        source = _through_real_folders(root, path, "cache_paths")
         target = spec.cache_dir / path
         if not source.exists():
             continue

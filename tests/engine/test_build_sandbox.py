@@ -11,13 +11,20 @@ import http.server
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from builds.engine import pipeline
-from builds.engine.build import BuildCommandSpec, run_local_command
-from builds.engine.errors import CommandFailed, InvalidInput
+from builds.engine.build import (
+    BuildCommandSpec,
+    BuildSpec,
+    restore_cache,
+    run_local_command,
+    save_cache,
+)
+from builds.engine.errors import Cancelled, CommandFailed, InvalidInput
 from builds.engine.sandbox import (
     SandboxPolicy,
     SandboxUnavailable,
@@ -260,3 +267,97 @@ def test_a_symlinked_folder_in_the_subdirectory_never_moves_the_build_root(
         pipeline.deploy(spec, RecordingReporter())
     assert raised.value.field == "subdirectory"
     assert not (sshd_target.deploy_path / "current").exists()
+
+
+def test_the_workspace_moves_on_to_the_next_revision_after_a_sandboxed_build(
+    sshd_target, git_repo_factory, tmp_path
+):
+    # The build account owns the checkout after a build; the worker's git must still update it.
+    repo = git_repo_factory()
+    a = repo.commit({"src/app.txt": "A\n", "keep.txt": "k\n"})
+    build = {"build_commands": (BuildCommandSpec(command="mkdir -p dist && cp src/app.txt dist/"),)}
+    server = server_for(sshd_target)
+    first = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server], a, build=build), RecordingReporter()
+    )
+    assert first.ok
+    b = repo.commit({"src/app.txt": "B\n", "keep.txt": None})
+    outcome = first.servers[0]
+    server = dataclasses.replace(
+        server,
+        live_release=outcome.release,
+        live_revision=first.revision,
+        live_manifest=outcome.manifest,
+    )
+    second = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server], b, build=build, deployment_id=2), RecordingReporter()
+    )
+    assert second.ok, second.servers
+    current = sshd_target.deploy_path / "current"
+    assert (current / "dist" / "app.txt").read_text() == "B\n"
+    assert not (current / "keep.txt").exists()
+
+
+def test_the_build_cache_never_follows_a_symlinked_folder_out_of_the_checkout(tmp_path):
+    secret_dir = tmp_path / "worker-files"
+    (secret_dir / "modules").mkdir(parents=True)
+    (secret_dir / "modules" / "key").write_text(SECRET)
+    root = tmp_path / "checkout"
+    root.mkdir()
+    (root / "vendor").symlink_to(secret_dir)
+    spec = BuildSpec(
+        repository_url="unused",
+        mirror_dir=tmp_path / "mirror.git",
+        workspace_dir=tmp_path / "workspace",
+        cache_dir=tmp_path / "cache",
+        revision="main",
+        cache_paths=("vendor/modules",),
+    )
+    with pytest.raises(InvalidInput, match="symlink"):
+        save_cache(spec, root, lambda stream, text: None)
+    assert not (tmp_path / "cache").exists()
+    (tmp_path / "cache" / "vendor" / "modules").mkdir(parents=True)
+    (tmp_path / "cache" / "vendor" / "modules" / "planted").write_text("x")
+    with pytest.raises(InvalidInput, match="symlink"):
+        restore_cache(spec, root, lambda stream, text: None)
+    assert not (secret_dir / "modules" / "planted").exists()
+
+
+def _processes_running(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_cancel_kills_everything_the_build_started(box):
+    marker = "317.5"  # an unusual sleep length names the build's processes
+    started = threading.Event()
+
+    def check_cancelled() -> None:
+        if _processes_running(marker):
+            started.set()
+        if started.is_set():
+            raise Cancelled("Cancelled on request")
+
+    with pytest.raises(Cancelled):
+        run_local_command(
+            BuildCommandSpec(f"(setsid sleep {marker} &) ; sleep {marker} & sleep {marker}"),
+            cwd=box.checkout,
+            env={},
+            on_line=lambda stream, text: None,
+            check_cancelled=check_cancelled,
+            checkout=box.checkout,
+            home=box.home,
+            policy=box.policy,
+            identity=box.identity,
+        )
+    deadline = time.monotonic() + 30
+    while _processes_running(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_running(marker) == []
