@@ -361,3 +361,14 @@ def test_cancel_kills_everything_the_build_started(box):
     while _processes_running(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _processes_running(marker) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="cgroups are writable only by a root worker here")
+def test_a_build_that_outgrows_its_memory_limit_is_stopped(tmp_path):
+    box = Box(tmp_path, SandboxPolicy(network=False, memory_mb=64))
+    output = box.run(
+        'python3 -c \'x = bytearray(400 * 1024 * 1024); x[::4096] = b"1" * len(x[::4096]); '
+        'print("allocated")\'; echo exit=$?'
+    )
+    assert "allocated" not in output
+    assert "exit=137" in output  # SIGKILL from the kernel's OOM killer
