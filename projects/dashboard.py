@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from django import forms
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import OuterRef, Subquery
 from django.http import Http404, HttpRequest
@@ -27,7 +28,7 @@ from builds.models import Deployment, DeploymentTarget, Kind
 from builds.services import DeploymentFinished, DeploymentRefused, DeploymentWrongState
 from projects import access
 from projects.access import ModelT
-from projects.models import Membership, Project
+from projects.models import Membership, Project, is_site_admin
 from servers.models import Release, Server, ServerGroup
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,22 @@ def get_member_for_user(
     member = _found(access.member_in(caller, username), "member")
     _authorise(caller, role)
     return member, caller
+
+
+def get_site_admin(request: HttpRequest) -> User:
+    """The caller, who must be a site admin (users and site settings); 403 otherwise."""
+    user = request.user
+    if not isinstance(user, User) or not is_site_admin(user):
+        raise PermissionDenied("Only site admins manage users and the site settings.")
+    return user
+
+
+def get_user_for_site_admin(request: HttpRequest, username: str) -> tuple[User, User]:
+    """(the user named ``username``, the calling site admin); 403 for anyone else, 404 for
+    a user that does not exist."""
+    admin = get_site_admin(request)
+    found = User.objects.filter(username=username).first() if "\x00" not in username else None
+    return _found(found, "user"), admin
 
 
 # --------------------------------------------------------------------------- errors
