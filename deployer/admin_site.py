@@ -9,10 +9,11 @@ middleware already enforces that for every page; this keeps the admin safe on it
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.auth.models import User
 from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse
 
-from projects.accounts import has_two_factor, must_enrol
+from projects.accounts import has_two_factor, must_enrol, session_verified
 
 
 class SlipwayAdminSite(admin.AdminSite):
@@ -23,9 +24,9 @@ class SlipwayAdminSite(admin.AdminSite):
         if not super().has_permission(request):
             return False
         user = request.user
-        if must_enrol(user):  # type: ignore[arg-type]
+        if not isinstance(user, User) or must_enrol(user):
             return False
-        return not has_two_factor(user) or bool(user.is_verified())  # type: ignore[arg-type, attr-defined]
+        return not has_two_factor(user) or session_verified(user)
 
     def login(
         self, request: HttpRequest, extra_context: dict[str, object] | None = None

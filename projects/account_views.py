@@ -46,6 +46,7 @@ from projects.accounts import (
     user_invite,
     user_reactivate,
     user_set_site_admin,
+    users_with_two_factor,
     verify_code,
 )
 from projects.dashboard import (
@@ -95,7 +96,10 @@ def _pending_user(request: HttpRequest) -> User | None:
     since = session.get(PENDING_SINCE_KEY)
     if since is None or time.time() - float(since) > PENDING_SECONDS:
         return None
-    return User.objects.filter(pk=session.get(PENDING_USER_KEY), is_active=True).first()
+    pk = session.get(PENDING_USER_KEY)
+    if not isinstance(pk, int):
+        return None
+    return User.objects.filter(pk=pk, is_active=True).first()
 
 
 def _end_pending(request: HttpRequest) -> tuple[str, str]:
@@ -253,14 +257,14 @@ def _users_page(
     invitation: Invitation | None = None,
     invited: User | None = None,
 ) -> HttpResponse:
-    people = User.objects.order_by("-is_active", "username").prefetch_related("totpdevice_set")
+    with_two_factor = users_with_two_factor()
     rows = [
         {
             "user": person,
-            "two_factor": any(device.confirmed for device in person.totpdevice_set.all()),
+            "two_factor": person.pk in with_two_factor,
             "invited": not person.has_usable_password(),
         }
-        for person in people
+        for person in User.objects.order_by("-is_active", "username")
     ]
     return render(
         request,

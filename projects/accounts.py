@@ -351,7 +351,19 @@ def _new_recovery_codes(user: User) -> list[str]:
 
 
 def recovery_codes_left(user: User) -> int:
-    return StaticToken.objects.filter(device__user=user, device__confirmed=True).count()
+    return int(StaticToken.objects.filter(device__user=user, device__confirmed=True).count())
+
+
+def users_with_two_factor() -> set[int]:
+    """Ids of the users who have a confirmed authenticator (for the Users page)."""
+    return set(TOTPDevice.objects.filter(confirmed=True).values_list("user_id", flat=True))
+
+
+def session_verified(user: object) -> bool:
+    """Whether this request's user gave a code in this session (django-otp's OTPMiddleware
+    puts ``is_verified`` on request.user)."""
+    is_verified = getattr(user, "is_verified", None)
+    return bool(is_verified is not None and is_verified())
 
 
 def two_factor_disable(*, user: User, code: str = "", password: str = "") -> None:

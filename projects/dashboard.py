@@ -133,7 +133,7 @@ _SENTENCE_STARTS = frozenset({"a", "an", "choose"})
 
 
 def add_service_error(
-    form: forms.Form, exc: Exception, *, aliases: dict[str, str] | None = None
+    form: forms.BaseForm, exc: Exception, *, aliases: dict[str, str] | None = None
 ) -> None:
     """Show a service's error beside the field it names (else above the form).
 

@@ -19,7 +19,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.urls import reverse
 
-from projects.accounts import has_two_factor, must_enrol
+from projects.accounts import has_two_factor, must_enrol, session_verified
 
 ENROLMENT_URL_NAMES = ("two-factor", "logout")
 
@@ -31,10 +31,10 @@ class TwoFactorMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         user = request.user
         if user.is_authenticated and not request.path.startswith(settings.STATIC_URL):
-            if not user.is_verified() and has_two_factor(user):  # type: ignore[union-attr]
+            if not session_verified(user) and has_two_factor(user):
                 logout(request)
                 return redirect_to_login(request.get_full_path())
-            if must_enrol(user) and request.path not in _enrolment_paths():  # type: ignore[arg-type]
+            if must_enrol(user) and request.path not in _enrolment_paths():
                 message = "This Slipway requires two-factor sign-in: set it up first."
                 if request.path.startswith("/api/"):
                     return JsonResponse({"detail": message}, status=403)

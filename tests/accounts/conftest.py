@@ -6,6 +6,8 @@ project, Charlie has no access at all.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.test import Client
 
@@ -39,7 +41,7 @@ def charlie_client(charlie) -> Client:
     return signed_in(charlie)
 
 
-def sign_in(client: Client, username: str, password: str | None = None, **extra: str):
+def sign_in(client: Client, username: str, password: str | None = None, **extra: Any):
     """Post the sign-in form as a person does; answers the response (not followed)."""
     return client.post(
         "/login/",

@@ -110,7 +110,7 @@ def test_an_invitation_is_emailed_when_mail_is_set_up(site_admin, alice_client, 
     link = _invitation_link(page)
     assert "It was also emailed to frank@example.com" in page
     [(sender, recipients, body)] = mail_server.messages
-    assert recipients == ["frank@example.com"]
+    assert sender == "deploys@slipway.test" and recipients == ["frank@example.com"]
     assert link.encode() in body
 
 
