@@ -31,6 +31,7 @@ from projects.accounts import (
     PENDING_SINCE_KEY,
     PENDING_USER_KEY,
     Invitation,
+    account_events,
     has_two_factor,
     invitation_tokens,
     recovery_codes_left,
@@ -59,6 +60,7 @@ from projects.dashboard import (
 from projects.forms import OneTimeCodeForm, SiteSettingsForm, TwoFactorDisableForm, UserCreateForm
 from projects.models import SiteSettings
 
+RECENT_EVENTS = 20
 PENDING_NEXT_KEY = "slipway_two_factor_next"
 PENDING_BACKEND_KEY = "slipway_two_factor_backend"
 
@@ -275,6 +277,7 @@ def _users_page(
             "settings_form": settings_form or SiteSettingsForm(instance=SiteSettings.load()),
             "invitation": invitation,
             "invited": invited,
+            "events": account_events(RECENT_EVENTS),
         },
     )
 

@@ -23,6 +23,7 @@ from django.contrib.sessions.models import Session
 from django.core.exceptions import ValidationError
 from django.core.mail import EmailMessage
 from django.db import transaction
+from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.encoding import force_bytes
@@ -35,7 +36,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from builds.engine.errors import InvalidInput
 from deployer.links import absolute
-from projects.models import ProjectCreators, SiteSettings
+from projects.models import AuditEvent, ProjectCreators, SiteSettings
 from projects.services import audit_record
 
 logger = logging.getLogger(__name__)
@@ -352,6 +353,20 @@ def _new_recovery_codes(user: User) -> list[str]:
 
 def recovery_codes_left(user: User) -> int:
     return int(StaticToken.objects.filter(device__user=user, device__confirmed=True).count())
+
+
+# The audit actions of this module, which the Users page lists.
+ACCOUNT_ACTION_PREFIXES = ("user.", "site.", "two_factor.")
+
+
+def account_events(limit: int) -> list[AuditEvent]:
+    """The latest ``limit`` account and site-settings events, newest first."""
+    wanted = Q()
+    for prefix in ACCOUNT_ACTION_PREFIXES:
+        wanted |= Q(action__startswith=prefix)
+    return list(
+        AuditEvent.objects.filter(wanted, project__isnull=True).select_related("actor")[:limit]
+    )
 
 
 def users_with_two_factor() -> set[int]:

@@ -8,6 +8,8 @@ import pytest
 from django.contrib.auth.models import User
 from django.contrib.sessions.models import Session
 from django.test import Client
+from django_otp import DEVICE_ID_SESSION_KEY
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from projects.models import AuditEvent, ProjectCreators, SiteSettings
 from tests.accounts.conftest import sign_in
@@ -187,6 +189,14 @@ def test_site_admins_change_the_site_settings(site_admin, alice_client):
     assert site.project_creators == ProjectCreators.EVERYONE and site.require_two_factor
     event = AuditEvent.objects.get(action="site.settings_updated")
     assert event.detail == {"project_creators": "everyone", "require_two_factor": True}
+    # The Users page lists it (alice must first set up two-factor sign-in, now required).
+    TOTPDevice.objects.create(user=site_admin, name="app", confirmed=True)
+    alice = Client()
+    alice.force_login(site_admin)
+    session = alice.session
+    session[DEVICE_ID_SESSION_KEY] = TOTPDevice.objects.get(user=site_admin).persistent_id
+    session.save()
+    assert "site.settings_updated" in alice.get("/users/").content.decode()
 
 
 @pytest.mark.parametrize("action", ["make-admin", "nonsense"])

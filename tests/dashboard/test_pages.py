@@ -45,6 +45,7 @@ def test_it_renders_every_page_for_an_admin(alice_client, site_admin, project, s
         "/account/two-factor/",
         "/users/",
         "/docs/webhooks.md",
+        "/docs/users.md",
     ]
     pages += [
         f"/projects/{slug}/settings/{kind}/"
