@@ -509,7 +509,7 @@ class ApiTokenForm(forms.Form):
 # --------------------------------------------------------------------------- accounts
 
 
-class UserCreateForm(AdminUserCreationForm):  # type: ignore[type-arg] (not generic at run time)
+class UserCreateForm(AdminUserCreationForm):  # type: ignore[type-arg]  # not generic at run time
     """Django's own user-creation form (its username rules and password validators), with an
     email address and the choice between a password now and an invitation link."""
 
@@ -542,7 +542,7 @@ class UserCreateForm(AdminUserCreationForm):  # type: ignore[type-arg] (not gene
         }
 
 
-class SiteSettingsForm(forms.ModelForm):  # type: ignore[type-arg] (not generic at run time)
+class SiteSettingsForm(forms.ModelForm):  # type: ignore[type-arg]  # not generic at run time
     class Meta:
         model = SiteSettings
         fields = ("project_creators", "require_two_factor")
