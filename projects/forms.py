@@ -514,7 +514,7 @@ class UserCreateForm(AdminUserCreationForm):  # type: ignore[type-arg]  # not ge
     email address and the choice between a password now and an invitation link."""
 
     usable_password = forms.ChoiceField(
-        label="Password",
+        label="How they get in",
         required=False,
         initial="false",
         choices={
@@ -530,6 +530,9 @@ class UserCreateForm(AdminUserCreationForm):  # type: ignore[type-arg]  # not ge
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["email"].help_text = "Where the invitation goes, when mail is set up."
+        # The form sits below the list of users: focusing it would scroll the page away.
+        self.fields["username"].widget.attrs.pop("autofocus", None)
+        self.order_fields(["username", "email", "usable_password", "password1", "password2"])
         for name in ("password1", "password2"):
             self.fields[name].help_text = ""
 
