@@ -42,6 +42,7 @@ from projects.accounts import (
     totp_secret,
     two_factor_disable,
     two_factor_enable,
+    two_factor_reset,
     user_create,
     user_deactivate,
     user_invite,
@@ -282,7 +283,14 @@ def _users_page(
     )
 
 
-_USER_ACTIONS = ("deactivate", "reactivate", "make-admin", "revoke-admin", "invite")
+_USER_ACTIONS = (
+    "deactivate",
+    "reactivate",
+    "make-admin",
+    "revoke-admin",
+    "invite",
+    "reset-two-factor",
+)
 
 
 @never_cache
@@ -302,6 +310,11 @@ def user_action(request: HttpRequest, username: str, action: str) -> HttpRespons
         if action == "deactivate":
             user_deactivate(actor=admin, user=person)
             done = f"{person.username} is deactivated and signed out everywhere."
+        elif action == "reset-two-factor":
+            two_factor_reset(actor=admin, user=person)
+            done = (
+                f"{person.username} signs in with the password alone until they set up a new app."
+            )
         elif action == "reactivate":
             user_reactivate(actor=admin, user=person)
             done = f"{person.username} can sign in again."

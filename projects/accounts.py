@@ -333,6 +333,19 @@ def two_factor_enable(*, user: User, device: TOTPDevice, code: str) -> list[str]
     return codes
 
 
+def two_factor_reset(*, actor: User, user: User) -> None:
+    """A site admin removes ``user``'s authenticator and recovery codes (a lost phone): they
+    sign in with their password alone and set up a new app (at once, when the site requires
+    it). Their sessions end, so a thief's signed-in browser goes too."""
+    with transaction.atomic():
+        removed = 0
+        for model in (TOTPDevice, StaticDevice):
+            removed += model.objects.filter(user=user).delete()[0]
+        if removed:
+            end_sessions(user)
+            audit_record(project=None, actor=actor, action="two_factor.reset", target=user.username)
+
+
 def recovery_codes_renew(*, user: User) -> list[str]:
     """Replace the user's recovery codes with new ones (shown once)."""
     with transaction.atomic():

@@ -166,3 +166,31 @@ def test_the_admin_site_sits_behind_the_same_sign_in(site_admin):
     assert lands_on_sign_in()
     browser.post("/login/code/", {"code": code(device, steps_ahead=1)})
     assert browser.get("/django-admin/").status_code == 200
+
+
+def test_turning_it_off_with_a_current_code(alice):
+    device, _ = enrol(alice)
+    browser = Client()
+    sign_in(browser, "alice")
+    browser.post("/login/code/", {"code": code(device, steps_ahead=1)})
+    browser.post("/account/two-factor/", {"action": "disable", "code": code(device, steps_ahead=2)})
+    assert not TOTPDevice.objects.filter(user=alice).exists()
+    assert AuditEvent.objects.filter(action="two_factor.disabled", actor=alice).exists()
+
+
+def test_a_site_admin_resets_a_lost_phone(site_admin, bob, charlie_client):
+    enrol(bob)
+    admin = Client()
+    admin.force_login(site_admin)
+    bob_browser = Client()
+    bob_browser.force_login(bob)
+
+    assert charlie_client.post("/users/bob/reset-two-factor/").status_code == 403
+    assert TOTPDevice.objects.filter(user=bob).exists()
+
+    admin.post("/users/bob/reset-two-factor/")
+    assert not TOTPDevice.objects.filter(user=bob).exists()
+    assert not StaticToken.objects.filter(device__user=bob).exists()
+    assert bob_browser.get("/")["Location"].startswith("/login/")
+    assert sign_in(Client(), "bob")["Location"] == "/"
+    assert AuditEvent.objects.get(action="two_factor.reset").actor == site_admin
