@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import warnings
+from datetime import timedelta
 from email.utils import parseaddr
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -18,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 import environ
 
 from deployer import env
+from deployer.datadir import DataDirError, secure_data_dir
 from deployer.env import ConfigurationError
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -25,6 +27,13 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = env.directory("SLIPWAY_DATA_DIR", BASE_DIR / "var")
 DATABASE_URL = env.url("DATABASE_URL", ("postgres", "postgresql", "pgsql", "sqlite"))
 REDIS_URL = env.url("REDIS_URL", ("redis", "rediss"))
+
+# The data directory holds keys and the database: 0700, its secrets 0600, repaired here at
+# every start (deployer/datadir.py).
+try:
+    secure_data_dir(DATA_DIR, (DATA_DIR / "slipway.sqlite3",))
+except DataDirError as exc:
+    raise ConfigurationError(str(exc)) from None
 
 # The worker runs inside the web process whenever there is no broker to hand jobs to.
 EMBEDDED_WORKER = not REDIS_URL
@@ -105,7 +114,8 @@ BUILD_MAX_OPEN_FILES = env.integer("SLIPWAY_BUILD_MAX_OPEN_FILES", 4096, minimum
 BUILD_MEMORY_MB = env.integer("SLIPWAY_BUILD_MEMORY_MB", 4096, minimum=0)
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # Django's admin site, behind Slipway's own sign-in (two-factor included).
+    "deployer.apps.SlipwayAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -114,6 +124,10 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "channels",
+    "axes",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
     "deployer",
     "projects",
     "servers",
@@ -127,9 +141,34 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
+    "projects.middleware.TwoFactorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Sign-in throttling and lockout (django-axes; docs/users.md). Axes' backend comes first so
+# that a locked-out account or address is refused before its password is even checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.integer("SLIPWAY_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env.integer("SLIPWAY_LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+# Each on its own: too many failures for one user name lock that account from every
+# address, and too many from one address lock that address for every account.
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# The address is the connection's own: uvicorn already replaces it with X-Forwarded-For only
+# for a trusted proxy (--forwarded-allow-ips), so a client cannot choose its address.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
+# Invitation links (projects/accounts.py) are valid this long, and work once.
+PASSWORD_RESET_TIMEOUT = 3 * 24 * 3600
+# The issuer shown in authenticator apps.
+OTP_TOTP_ISSUER = "Slipway"
 
 ROOT_URLCONF = "deployer.urls"
 ASGI_APPLICATION = "deployer.asgi.application"

@@ -8,6 +8,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from builds import webhooks
 from deployer import views
+from projects import account_views
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -15,7 +16,13 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 urlpatterns = [
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("login/", account_views.SignInView.as_view(), name="login"),
+    path("login/code/", account_views.sign_in_code, name="login-code"),
+    path(
+        "invitation/<uidb64>/<token>/",
+        account_views.InvitationView.as_view(),
+        name="invitation",
+    ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path(
         "account/password/",
@@ -33,6 +40,9 @@ urlpatterns = [
         views.api_token_revoke_view,
         name="api-token-revoke",
     ),
+    path("account/two-factor/", account_views.two_factor, name="two-factor"),
+    path("users/", account_views.users, name="users"),
+    path("users/<str:username>/<slug:action>/", account_views.user_action, name="user-action"),
     path("healthz", healthz, name="healthz"),
     path("api/v1/", include("deployer.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from django import forms
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import OuterRef, Subquery
 from django.http import Http404, HttpRequest
@@ -27,7 +28,7 @@ from builds.models import Deployment, DeploymentTarget, Kind
 from builds.services import DeploymentFinished, DeploymentRefused, DeploymentWrongState
 from projects import access
 from projects.access import ModelT
-from projects.models import Membership, Project
+from projects.models import Membership, Project, is_site_admin
 from servers.models import Release, Server, ServerGroup
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,22 @@ def get_member_for_user(
     return member, caller
 
 
+def get_site_admin(request: HttpRequest) -> User:
+    """The caller, who must be a site admin (users and site settings); 403 otherwise."""
+    user = request.user
+    if not isinstance(user, User) or not is_site_admin(user):
+        raise PermissionDenied("Only site admins manage users and the site settings.")
+    return user
+
+
+def get_user_for_site_admin(request: HttpRequest, username: str) -> tuple[User, User]:
+    """(the user named ``username``, the calling site admin); 403 for anyone else, 404 for
+    a user that does not exist."""
+    admin = get_site_admin(request)
+    found = User.objects.filter(username=username).first() if "\x00" not in username else None
+    return _found(found, "user"), admin
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -116,7 +133,7 @@ _SENTENCE_STARTS = frozenset({"a", "an", "choose"})
 
 
 def add_service_error(
-    form: forms.Form, exc: Exception, *, aliases: dict[str, str] | None = None
+    form: forms.BaseForm, exc: Exception, *, aliases: dict[str, str] | None = None
 ) -> None:
     """Show a service's error beside the field it names (else above the form).
 

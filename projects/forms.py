@@ -1,4 +1,4 @@
-"""The dashboard's forms for projects, their settings, members and API tokens.
+"""The dashboard's forms for projects, their settings, members, API tokens and accounts.
 
 Forms only parse (types, lengths, one value per line...). The rules live in the services
 (projects.services), which the API calls too; their errors are put beside the field they
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.contrib.auth.forms import AdminUserCreationForm
 from django.db import models
 
 from projects.models import (
@@ -26,6 +27,7 @@ from projects.models import (
     NotificationKind,
     Project,
     Role,
+    SiteSettings,
 )
 from projects.services import MAX_TIMEOUT_SECONDS
 from servers.models import Promotion, Server, ServerGroup, Strategy
@@ -509,4 +511,91 @@ class MemberRoleForm(forms.Form):
 class ApiTokenForm(forms.Form):
     name = forms.CharField(
         max_length=100, help_text="What uses it: “CI”, “laptop”…, to tell tokens apart."
+    )
+
+
+# --------------------------------------------------------------------------- accounts
+
+
+class UserCreateForm(AdminUserCreationForm):  # type: ignore[type-arg]  # not generic at run time
+    """Django's own user-creation form (its username rules and password validators), with an
+    email address and the choice between a password now and an invitation link."""
+
+    usable_password = forms.ChoiceField(
+        label="How they get in",
+        required=False,
+        initial="false",
+        choices={
+            "false": "Invite them: a one-time link to choose their own password",
+            "true": "Set a password now",
+        },
+        widget=forms.RadioSelect,
+    )
+
+    class Meta(AdminUserCreationForm.Meta):
+        fields = ("username", "email")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["email"].help_text = "Where the invitation goes, when mail is set up."
+        # The form sits below the list of users: focusing it would scroll the page away.
+        self.fields["username"].widget.attrs.pop("autofocus", None)
+        self.order_fields(["username", "email", "usable_password", "password1", "password2"])
+        for name in ("password1", "password2"):
+            self.fields[name].help_text = ""
+
+    def service_data(self) -> dict[str, Any]:
+        usable = self.cleaned_data["set_usable_password"]
+        return {
+            "username": self.cleaned_data["username"],
+            "email": self.cleaned_data.get("email", ""),
+            "password": self.cleaned_data["password1"] if usable else None,
+        }
+
+
+class SiteSettingsForm(forms.ModelForm):  # type: ignore[type-arg]  # not generic at run time
+    class Meta:
+        model = SiteSettings
+        fields = ("project_creators", "require_two_factor")
+        labels = {
+            "project_creators": "Who may create projects",
+            "require_two_factor": "Require two-factor sign-in for everyone",
+        }
+        help_texts = {
+            "project_creators": "A project runs its build commands on the worker: keep this to "
+            "site admins when several teams share Slipway.",
+            "require_two_factor": "Users without an authenticator app must set one up at their "
+            "next page view.",
+        }
+        widgets = {"project_creators": forms.RadioSelect}
+
+
+class OneTimeCodeForm(forms.Form):
+    code = forms.CharField(
+        label="Code",
+        max_length=32,
+        help_text="The 6 digits your authenticator app shows, or one of your recovery codes.",
+        widget=forms.TextInput(
+            attrs={
+                "autocomplete": "one-time-code",
+                "inputmode": "numeric",
+                "autofocus": True,
+                **MONOSPACE,
+            }
+        ),
+    )
+
+
+class TwoFactorDisableForm(forms.Form):
+    code = forms.CharField(
+        label="Current code",
+        max_length=32,
+        required=False,
+        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", **MONOSPACE}),
+    )
+    password = forms.CharField(
+        label="Or your password",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
     )

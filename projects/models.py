@@ -259,6 +259,54 @@ class Command(models.Model):
         return self.description or self.command
 
 
+# --------------------------------------------------------------------------- site settings
+
+
+def is_site_admin(user: User) -> bool:
+    """A site admin manages users and site settings: Django's superuser flag, on an active
+    account (a deactivated admin is nobody's admin)."""
+    return bool(user.is_authenticated and user.is_active and user.is_superuser)
+
+
+class ProjectCreators(models.TextChoices):
+    ADMINS = "admins", "Site admins only"
+    EVERYONE = "everyone", "Every signed-in user"
+
+
+class SiteSettings(models.Model):
+    """The install's own settings, one row (pk 1), changed by site admins on the Users page.
+
+    The defaults are the safe ones for several teams on one install (issue 9): only site
+    admins create projects (a project runs its own build commands on the worker), and
+    two-factor sign-in is each user's choice until an admin requires it.
+    """
+
+    SINGLETON_PK = 1
+
+    project_creators = models.CharField(
+        max_length=20, choices=ProjectCreators.choices, default=ProjectCreators.ADMINS
+    )
+    require_two_factor = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "site settings"
+
+    def __str__(self) -> str:
+        return "site settings"
+
+    @classmethod
+    def load(cls) -> SiteSettings:
+        """The settings row, created with the defaults on first use."""
+        instance, _ = cls.objects.get_or_create(pk=cls.SINGLETON_PK)
+        return instance
+
+    def may_create_projects(self, user: User) -> bool:
+        if self.project_creators == ProjectCreators.EVERYONE:
+            return bool(user.is_authenticated and user.is_active)
+        return is_site_admin(user)
+
+
 class AuditEvent(models.Model):
     """Who did what to a project, and when: deployments, rollbacks, configuration, trust."""
 

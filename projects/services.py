@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, models, transaction
 from django.db.models import Max
 from django.utils.text import slugify
@@ -30,6 +30,7 @@ from projects.models import (
     Membership,
     Project,
     Role,
+    SiteSettings,
 )
 from servers.models import GroupMember, Server, ServerGroup
 
@@ -210,11 +211,25 @@ def project_clean(data: Mapping[str, Any]) -> dict[str, Any]:
     return cleaned
 
 
+def ensure_may_create_projects(user: User) -> None:
+    """Raise PermissionDenied, saying why, unless ``user`` may create projects (SiteSettings)."""
+    if not SiteSettings.load().may_create_projects(user):
+        raise PermissionDenied(
+            "Only site admins may create projects on this Slipway: ask a site admin to create "
+            "it, or to let every signed-in user create projects (Users page, site settings)."
+        )
+
+
 def project_register(
     *, owner: User, name: str, repository_url: str, branch: str = "main", **fields: Any
 ) -> Project:
     """What the API and the dashboard call to add a project: check the input, create the
-    project with its key pair and the owner as admin, and record it."""
+    project with its key pair and the owner as admin, and record it.
+
+    Raises PermissionDenied when the site setting "who may create projects" leaves the owner
+    out (by default only site admins may: a project runs build commands on the worker).
+    """
+    ensure_may_create_projects(owner)
     cleaned = project_clean(
         {"name": name, "repository_url": repository_url, "branch": branch, **fields}
     )

@@ -47,8 +47,16 @@ from projects.forms import (
     ProjectForm,
     SettingForm,
 )
-from projects.models import CONFIGURE_ROLES, AuditEvent, Membership, NotificationDelivery, Project
+from projects.models import (
+    CONFIGURE_ROLES,
+    AuditEvent,
+    Membership,
+    NotificationDelivery,
+    Project,
+    SiteSettings,
+)
 from projects.services import (
+    ensure_may_create_projects,
     member_add,
     member_remove,
     member_update,
@@ -105,7 +113,11 @@ def index(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "projects/index.html",
-        {"cards": cards, "any_running": any(card["running"] for card in cards)},
+        {
+            "cards": cards,
+            "any_running": any(card["running"] for card in cards),
+            "may_create_projects": SiteSettings.load().may_create_projects(_owner(request)),
+        },
     )
 
 
@@ -115,6 +127,7 @@ def index(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def project_new(request: HttpRequest) -> HttpResponse:
+    ensure_may_create_projects(_owner(request))
     form = ProjectForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -529,7 +542,7 @@ def audit_log(request: HttpRequest, slug: str) -> HttpResponse:
 # --------------------------------------------------------------------------- help pages
 
 DOCS_DIR = Path(settings.BASE_DIR) / "docs"
-DOCS = ("webhooks", "servers", "deployments", "strategies", "notifications", "dashboard")
+DOCS = ("webhooks", "servers", "deployments", "strategies", "notifications", "dashboard", "users")
 
 
 @login_required

@@ -18,6 +18,14 @@ def alice(django_user_model):
 
 
 @pytest.fixture
+def site_admin(alice):
+    """Alice as a site admin: she creates projects and manages users and the site settings."""
+    alice.is_superuser = alice.is_staff = True
+    alice.save(update_fields=["is_superuser", "is_staff"])
+    return alice
+
+
+@pytest.fixture
 def bob(django_user_model):
     return django_user_model.objects.create_user("bob", password="bob-password-1")
 

@@ -37,7 +37,7 @@ def test_it_accepts_a_dashboard_session_too(client, alice, project):
     assert [p["slug"] for p in response.json()] == [project.slug]
 
 
-def test_it_creates_a_project_whose_creator_is_admin(alice_api, alice, repo):
+def test_it_creates_a_project_whose_creator_is_admin(alice_api, site_admin, alice, repo):
     response = alice_api.post(
         "/api/v1/projects/",
         {
@@ -81,7 +81,7 @@ def test_it_creates_a_project_whose_creator_is_admin(alice_api, alice, repo):
         ("cache_paths", [".slipway/lock"]),
     ],
 )
-def test_it_names_the_field_it_refuses(alice_api, repo, field, value):
+def test_it_names_the_field_it_refuses(alice_api, site_admin, repo, field, value):
     data = {"name": "Shop", "repository_url": repo.url, "branch": "main", field: value}
     response = alice_api.post("/api/v1/projects/", data, format="json")
     assert response.status_code == 400, response.content
@@ -89,7 +89,7 @@ def test_it_names_the_field_it_refuses(alice_api, repo, field, value):
     assert not Project.objects.exists()
 
 
-def test_it_refuses_a_local_repository_unless_allowed(alice_api, repo, settings):
+def test_it_refuses_a_local_repository_unless_allowed(alice_api, site_admin, repo, settings):
     settings.ALLOW_LOCAL_REPOSITORIES = False
     response = alice_api.post(
         "/api/v1/projects/", {"name": "Shop", "repository_url": repo.url}, format="json"

@@ -111,7 +111,7 @@ def test_the_browsable_docs_page_is_served(client):
 
 
 @pytest.fixture
-def known_objects(alice, bob, project, repo):
+def known_objects(site_admin, alice, bob, project, repo):
     """One object of every kind, so that some generated requests reach real ones."""
     server = Server.objects.create(
         project=project,

@@ -98,7 +98,7 @@ def test_it_shows_a_project_error_beside_its_field(alice_client, project):
     assert errors and "../etc" in errors[0]
 
 
-def test_it_creates_a_project_with_its_creator_as_admin(alice_client, alice):
+def test_it_creates_a_project_with_its_creator_as_admin(alice_client, site_admin, alice):
     form = {"name": "Blog", "repository_url": "https://git.example.com/blog.git", "branch": "main"}
     response = alice_client.post("/projects/new/", form)
     assert response.status_code == 302 and response["Location"] == "/projects/blog/"

@@ -10,7 +10,7 @@ from servers.models import ServerGroup
 pytestmark = pytest.mark.django_db
 
 
-def test_it_renders_every_page_for_an_admin(alice_client, project, server, history):
+def test_it_renders_every_page_for_an_admin(alice_client, site_admin, project, server, history):
     group = ServerGroup.objects.create(project=project, name="all web")
     group.servers.add(server)
     preview = Deployment.objects.create(project=project, kind=Kind.PREVIEW, status=Status.SUCCEEDED)
@@ -42,7 +42,10 @@ def test_it_renders_every_page_for_an_admin(alice_client, project, server, histo
         f"/projects/{slug}/settings/groups/{group.pk}/",
         "/account/tokens/",
         "/account/password/",
+        "/account/two-factor/",
+        "/users/",
         "/docs/webhooks.md",
+        "/docs/users.md",
     ]
     pages += [
         f"/projects/{slug}/settings/{kind}/"

@@ -81,7 +81,10 @@ def test_it_uses_the_admin_password_from_the_environment(tmp_path):
     check = manage(
         "shell",
         "-c",
-        "from django.contrib.auth import authenticate; print(bool(authenticate(username='admin', password='a-chosen-password-42')))",
+        # With a request, as the sign-in page does: django-axes refuses sign-ins without one.
+        "from django.contrib.auth import authenticate; from django.test import RequestFactory; "
+        "print(bool(authenticate(RequestFactory().post('/login/'), username='admin', "
+        "password='a-chosen-password-42')))",
         env=env,
     )
     assert check.stdout.strip().splitlines()[-1] == "True"
