@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('projects', '0004_notifications'),
+        ('projects', '0005_site_settings'),
     ]
 
     operations = [
