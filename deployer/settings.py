@@ -294,3 +294,10 @@ EMAIL_USE_SSL = _smtp.scheme == "smtps"
 # Django's default is no timeout at all: a silent mail server would hold a worker forever.
 EMAIL_TIMEOUT = 10
 DEFAULT_FROM_EMAIL = EMAIL_FROM or "slipway@localhost"
+
+# --- API scopes and security headers (docs/api.md, docs/dashboard.md) -------------------------
+# A read-scoped API token changes nothing, whatever view it reaches (projects/authentication.py).
+REST_FRAMEWORK["DEFAULT_PERMISSION_CLASSES"] = [
+    "rest_framework.permissions.IsAuthenticated",
+    "projects.authentication.TokenScopePermission",
+]

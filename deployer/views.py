@@ -14,7 +14,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from projects.dashboard import SERVICE_ERRORS, add_service_error
 from projects.forms import ApiTokenForm
 from projects.models import ApiToken
-from projects.services import api_token_create, api_token_revoke
+from projects.services import api_token_create, api_token_revoke, token_expiry
 
 
 def _user(request: HttpRequest) -> User:
@@ -40,7 +40,13 @@ def api_tokens(request: HttpRequest) -> HttpResponse:
     issued: tuple[ApiToken, str] | None = None
     if request.method == "POST" and form.is_valid():
         try:
-            issued = api_token_create(user=user, name=form.cleaned_data["name"])
+            data = form.cleaned_data
+            issued = api_token_create(
+                user=user,
+                name=data["name"],
+                scope=data["scope"],
+                expires_at=token_expiry(days=data["expires_in_days"], at=data["expires_at"]),
+            )
         except SERVICE_ERRORS as exc:
             add_service_error(form, exc)
         else:
@@ -67,3 +73,4 @@ def api_token_revoke_view(request: HttpRequest, token_id: int) -> HttpResponse:
     api_token_revoke(token=token, actor=_user(request))
     messages.success(request, f"The token {token.name} ({token.prefix}…) is revoked.")
     return redirect("api-tokens")
+

@@ -7,7 +7,9 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from projects.services import api_token_issue
+from builds.engine.errors import InvalidInput
+from projects.models import TokenScope
+from projects.services import api_token_issue, token_expiry
 
 
 class Command(BaseCommand):
@@ -16,10 +18,25 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("username")
         parser.add_argument("--name", default="command line")
+        parser.add_argument(
+            "--scope",
+            choices=TokenScope.values,
+            default=TokenScope.ADMIN,
+            help="read, deploy or admin (default: admin, all the user's roles allow)",
+        )
+        parser.add_argument(
+            "--expires-in-days", type=int, default=None, help="expire after this many days"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         user = get_user_model().objects.filter(username=options["username"]).first()
         if user is None:
             raise CommandError(f"No user named {options['username']!r}")
-        _, token = api_token_issue(user=user, name=options["name"])
+        try:
+            expires_at = token_expiry(days=options["expires_in_days"])
+        except InvalidInput as exc:
+            raise CommandError(str(exc).replace("expires_in_days", "--expires-in-days")) from None
+        _, token = api_token_issue(
+            user=user, name=options["name"], scope=options["scope"], expires_at=expires_at
+        )
         self.stdout.write(token)
