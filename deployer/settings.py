@@ -301,3 +301,39 @@ REST_FRAMEWORK["DEFAULT_PERMISSION_CLASSES"] = [
     "rest_framework.permissions.IsAuthenticated",
     "projects.authentication.TokenScopePermission",
 ]
+# The schema and the API docs are for signed-in users (a session or an API token).
+SPECTACULAR_SETTINGS["SERVE_PERMISSIONS"] = ["rest_framework.permissions.IsAuthenticated"]
+# Swagger UI from drf-spectacular-sidecar's copy, served by Slipway: no CDN for the CSP to allow.
+SPECTACULAR_SETTINGS["SWAGGER_UI_DIST"] = "SIDECAR"
+SPECTACULAR_SETTINGS["SWAGGER_UI_FAVICON_HREF"] = "SIDECAR"
+INSTALLED_APPS += ["drf_spectacular_sidecar"]
+
+# django-csp (Django 5.2 has no CSP of its own). Every page's scripts and styles are static
+# files of our own: no inline script, style attribute or <style> element anywhere.
+_websocket_origin = (
+    urlsplit(BASE_URL)
+    ._replace(
+        scheme="wss" if BASE_URL.startswith("https://") else "ws", path="", query="", fragment=""
+    )
+    .geturl()
+)
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        # 'self' covers ws(s):// to the same host in current browsers; older ones need it named.
+        "connect-src": ["'self'", _websocket_origin],
+        "frame-ancestors": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "object-src": ["'none'"],
+    }
+}
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "csp.middleware.CSPMiddleware",
+)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"

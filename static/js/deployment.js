@@ -233,7 +233,7 @@
       if (!element || !target.files_total) return;
       element.hidden = false;
       var percent = Math.max(0, Math.min(100, Math.floor(100 * target.files_done / target.files_total)));
-      element.querySelector(".bar span").style.width = percent + "%";
+      element.querySelector("progress.bar").value = percent;
       element.querySelector(".progress-text").textContent =
         target.files_done + " / " + target.files_total + " files · " +
         formatBytes(target.bytes_done) + " / " + formatBytes(target.bytes_total);
