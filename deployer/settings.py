@@ -337,3 +337,13 @@ MIDDLEWARE.insert(
 )
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+
+# --- Odd text input (deployer/textinput.py) ---------------------------------------------------
+# NUL, lone surrogates, bytes that are not UTF-8 and over-long strings get a 400 naming the
+# field: in the API's JSON bodies through its parser, in form bodies and queries before any view.
+REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"] = [
+    "deployer.textinput.TextJSONParser",
+    "rest_framework.parsers.FormParser",
+    "rest_framework.parsers.MultiPartParser",
+]
+MIDDLEWARE.append("deployer.textinput.OddTextMiddleware")

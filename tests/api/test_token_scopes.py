@@ -12,24 +12,10 @@ from django.core.management import call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from builds.models import Deployment, Status
-from projects.models import (
-    ApiToken,
-    BuildCommand,
-    Command,
-    ConfigFile,
-    EnvironmentVariable,
-    ExcludedFile,
-    Membership,
-    Notification,
-    Role,
-    TokenScope,
-)
-from servers.models import HealthCheck, Release, Server, ServerGroup
+from projects.models import ApiToken, Membership, Role, TokenScope
+from tests.api.surface import one_of_each, write_operations
 
 pytestmark = pytest.mark.django_db
-
-SCHEMA_URL = "/api/schema/?format=json"
 
 # The writes a deploy-scoped token may make (VIEW and DEPLOY needs, deployer/api.py).
 DEPLOY_OPERATIONS = {
@@ -52,61 +38,13 @@ def token_client(user, scope: str, **issue: Any) -> tuple[APIClient, ApiToken]:
 
 @pytest.fixture
 def objects(project):
-    """One real object of every kind a write operation's path names."""
-    server = Server.objects.create(
-        project=project, name="web1", hostname="127.0.0.1", port=9, username="deploy"
-    )
-    deployment = Deployment.objects.create(project=project, status=Status.SUCCEEDED)
-    release = Release.objects.create(
-        server=server, deployment=deployment, name="20260101-000000000-abcdef0", revision="a" * 40
-    )
-    ids = {
-        "commands": Command.objects.create(project=project, command="true").pk,
-        "config-files": ConfigFile.objects.create(project=project, path=".env").pk,
-        "excluded-files": ExcludedFile.objects.create(project=project, pattern="*.md").pk,
-        "environment": EnvironmentVariable.objects.create(project=project, name="A").pk,
-        "build-commands": BuildCommand.objects.create(project=project, command="true").pk,
-        "groups": ServerGroup.objects.create(project=project, name="all").pk,
-        "health-checks": HealthCheck.objects.create(
-            project=project, kind="command", command="true"
-        ).pk,
-        "notifications": Notification.objects.create(
-            project=project, kind="slack", url="https://1.1.1.1/services/T/B/token"
-        ).pk,
-    }
-    return {
-        "slug": project.slug,
-        "server_id": server.pk,
-        "deployment_id": deployment.pk,
-        "username": "bob",
-        "name": release.name,
-        "ids": ids,
-    }
-
-
-def write_operations(client: APIClient, objects: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(method, documented path, real path) of every operation that changes something."""
-    schema = client.get(SCHEMA_URL).json()
-    operations = []
-    for path, methods in schema["paths"].items():
-        for method in methods:
-            if method in ("get", "head", "options"):
-                continue
-            real = path
-            for name in ("slug", "server_id", "deployment_id", "username", "name"):
-                real = real.replace(f"{{{name}}}", str(objects[name]))
-            for kind, pk in objects["ids"].items():
-                real = real.replace(f"/{kind}/{{id}}/", f"/{kind}/{pk}/")
-            assert "{" not in real, f"no object for {path}"
-            operations.append((method, path, real))
-    assert len(operations) > 25
-    return operations
+    return one_of_each(project)
 
 
 def test_it_lets_a_read_token_look_but_change_nothing(alice, alice_api, objects):
     read, _ = token_client(alice, TokenScope.READ)
     assert read.get(f"/api/v1/projects/{objects['slug']}/").status_code == 200
-    for method, path, real in write_operations(alice_api, objects):
+    for method, path, real, _ in write_operations(alice_api, objects):
         response = getattr(read, method)(real, {}, format="json")
         assert response.status_code == 403, (method, path, response.status_code)
         assert "scope read" in response.json()["detail"]
@@ -116,8 +54,8 @@ def test_it_lets_a_read_token_look_but_change_nothing(alice, alice_api, objects)
 def test_it_lets_a_deploy_token_deploy_but_not_configure(alice, alice_api, objects):
     deploy, _ = token_client(alice, TokenScope.DEPLOY)
     operations = write_operations(alice_api, objects)
-    assert {(method, path) for method, path, _ in operations} >= DEPLOY_OPERATIONS
-    for method, path, real in operations:
+    assert {(method, path) for method, path, _, _ in operations} >= DEPLOY_OPERATIONS
+    for method, path, real, _ in operations:
         if (method, path) in DEPLOY_OPERATIONS:
             continue  # driven below: some of them start real work
         response = getattr(deploy, method)(real, {}, format="json")
