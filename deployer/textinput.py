@@ -15,7 +15,6 @@ field, which is how every error of the API and the forms is keyed.
 from __future__ import annotations
 
 import codecs
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -25,6 +24,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 from rest_framework import exceptions
 from rest_framework.parsers import JSONParser
+from rest_framework.utils import json
 
 # The longest string any field takes: config files up to 512 KiB are the largest real ones.
 MAX_TEXT_LENGTH = 512 * 1024
@@ -95,7 +95,9 @@ class TextJSONParser(JSONParser):
             field = found[0] if found else "non_field_errors"
             raise exceptions.ValidationError({field: [_NOT_UTF8]}) from None
         try:
-            data = json.loads(text)
+            # NaN and Infinity are refused, as by DRF's own parser (STRICT_JSON).
+            parse_constant = json.strict_constant if self.strict else None
+            data = json.loads(text, parse_constant=parse_constant)
         except ValueError as exc:
             raise exceptions.ParseError(f"JSON parse error - {exc}") from None
         found = data_problem(data)

@@ -333,7 +333,11 @@ def project_delete(*, project: Project, actor: User) -> None:
             target=project.slug,
             name=project.name,
         )
+        members = list(project.memberships.values_list("user_id", flat=True))
+        project_id = project.pk
         project.delete()
+        for user_id in members:
+            close_user_sockets(user_id, project_id)
 
 
 # --------------------------------------------------------------------------- members

@@ -105,3 +105,14 @@ def test_odd_text_in_a_query_gets_a_400_naming_the_parameter(alice_api, project,
     objects = one_of_each(project)
     response = alice_api.get(f"/api/v1/deployments/{objects['deployment_id']}/log/?after={value}")
     assert response.status_code == 400 and "after" in response.json()
+
+
+def test_json_keeps_refusing_nan_and_infinity(alice_api, project):
+    response = _send(
+        alice_api,
+        "post",
+        f"/api/v1/projects/{project.slug}/commands/",
+        b'{"command": "true", "timeout_seconds": NaN}',
+    )
+    assert response.status_code == 400
+    assert "JSON parse error" in response.json()["detail"]

@@ -12,7 +12,13 @@ from channels.db import database_sync_to_async
 from builds.models import Deployment, Status
 from deployer.asgi import application
 from projects.models import Membership, Role
-from projects.services import close_user_sockets, member_remove, member_update, project_create
+from projects.services import (
+    close_user_sockets,
+    member_remove,
+    member_update,
+    project_create,
+    project_delete,
+)
 from tests.dashboard.support import signed_in, websocket_communicator
 from tests.dashboard.test_consumer import _headers
 
@@ -90,6 +96,17 @@ def test_a_lowered_role_that_may_still_read_keeps_its_socket(alice, bob, project
         return still_open
 
     assert async_to_sync(scenario)()
+
+
+def test_deleting_a_project_closes_its_members_sockets(alice, bob, project, deployment):
+    project.deployments.update(status=Status.SUCCEEDED)
+
+    async def scenario():
+        sockets = [await _open(deployment, alice), await _open(deployment, bob)]
+        await database_sync_to_async(project_delete)(project=project, actor=alice)
+        return [await _closed_with_notice(socket) for socket in sockets]
+
+    assert async_to_sync(scenario)() == [True, True]
 
 
 def test_deactivating_a_user_closes_every_socket_of_theirs(bob, deployment, other_deployment):
