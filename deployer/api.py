@@ -84,7 +84,7 @@ def require_scope(request: Request, need: Need) -> None:
     Signed-in dashboard sessions have no scope: their role alone decides.
     """
     token = request.auth
-    if not isinstance(token, ApiToken) or need in _SCOPE_NEEDS[token.scope]:
+    if not isinstance(token, ApiToken) or need in _SCOPE_NEEDS.get(token.scope, frozenset()):
         return
     wide_enough = " or ".join(scope for scope, needs in _SCOPE_NEEDS.items() if need in needs)
     raise exceptions.PermissionDenied(
