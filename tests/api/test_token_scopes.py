@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -178,6 +178,17 @@ def test_issue_token_takes_a_scope_and_an_expiry(alice, capsys):
     assert record.scope == TokenScope.READ
     assert record.expires_at is not None
     assert abs(record.expires_at - (timezone.now() + timedelta(days=3))) < timedelta(minutes=1)
+
+
+def test_issue_token_takes_a_moment_and_refuses_a_past_one(alice, capsys):
+    call_command("issue_token", "alice", "--scope", "deploy", "--expires-at", "2030-01-31T18:00Z")
+    record = ApiToken.objects.get(user=alice)
+    assert record.expires_at is not None
+    assert record.expires_at.isoformat() == "2030-01-31T18:00:00+00:00"
+    with pytest.raises(CommandError, match="--expires-at: is in the past"):
+        call_command("issue_token", "alice", "--expires-at", "2020-01-01T00:00Z")
+    with pytest.raises(CommandError, match="not a date and time"):
+        call_command("issue_token", "alice", "--expires-at", "soon")
 
 
 def test_tokens_made_before_scopes_keep_their_owners_rights(alice):
