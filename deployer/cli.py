@@ -156,8 +156,9 @@ def say(text: str, *, file: Any = None) -> None:
 
 
 def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
+    # Cleaned before measuring, so that a control sequence cannot skew the columns.
     cells = [[str(h) for h in headers]] + [
-        ["" if c is None else str(c) for c in row] for row in rows
+        ["" if c is None else terminal_safe(str(c)) for c in row] for row in rows
     ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = [

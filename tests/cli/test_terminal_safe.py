@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from deployer.cli import terminal_safe
+from deployer.cli import table, terminal_safe
 
 
 @pytest.mark.parametrize(
@@ -48,3 +48,10 @@ def test_it_keeps_colours_tabs_newlines_and_text(kept):
 
 def test_an_unterminated_osc_does_not_swallow_the_next_lines():
     assert terminal_safe("a\x1b]0;title\nnext line") == "a\nnext line"
+
+
+def test_a_table_measures_names_without_their_control_sequences():
+    shown = table([("\x1b]0;pwned\x07web1", "ok"), ("web22", "ok")], ["SERVER", "STATE"])
+    lines = shown.splitlines()
+    assert lines[2] == "web1    ok"
+    assert lines[3] == "web22   ok"
