@@ -29,6 +29,11 @@ def group_name(deployment_id: int) -> str:
     return f"deployment-{deployment_id}"
 
 
+def user_group_name(user_id: int) -> str:
+    """The group every live-log socket of one user joins (to be closed on revocation)."""
+    return f"user-{user_id}"
+
+
 def broadcast(deployment_id: int, message: dict[str, object]) -> None:
     """Send to the deployment's live viewers; a lost message is repaired from the stored log."""
     layer = get_channel_layer()

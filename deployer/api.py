@@ -3,7 +3,10 @@
 Every object is reached through the caller's membership of its project: ids of another
 project's objects answer 404, exactly like ids that do not exist. The role then decides
 what a member may do (``Need``): a viewer reads, a deployer also deploys, an admin also
-configures.
+configures. A request made with an API token is further narrowed by the token's scope
+(``TokenScope``): read allows VIEW, deploy VIEW and DEPLOY, admin all the role allows. The
+membership is read afresh on every request, so a removed member or a lowered role counts at
+once for every token.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from builds.services import DeploymentFinished, DeploymentRefused, DeploymentWro
 from deployer.links import absolute
 from projects import access
 from projects.access import ModelT
-from projects.models import CONFIGURE_ROLES, DEPLOY_ROLES, Membership, Role
+from projects.models import CONFIGURE_ROLES, DEPLOY_ROLES, ApiToken, Membership, Role, TokenScope
 from servers.models import Release, Server
 
 FoundT = TypeVar("FoundT")
@@ -62,18 +65,42 @@ _DOING: dict[Need, str] = {
 }
 
 
+# What each token scope allows, whatever the role (which may allow less).
+_SCOPE_NEEDS: dict[str, frozenset[Need]] = {
+    TokenScope.READ: frozenset({Need.VIEW}),
+    TokenScope.DEPLOY: frozenset({Need.VIEW, Need.DEPLOY}),
+    TokenScope.ADMIN: frozenset(Need),
+}
+
+
 def need_for(request: Request, *, write: Need) -> Need:
     """VIEW for reads, ``write`` for everything else."""
     return Need.VIEW if request.method in SAFE_METHODS else write
 
 
-def _authorise(membership: Membership, need: Need) -> None:
+def require_scope(request: Request, need: Need) -> None:
+    """Refuse (403) when the request's API token has a scope that does not allow ``need``.
+
+    Signed-in dashboard sessions have no scope: their role alone decides.
+    """
+    token = request.auth
+    if not isinstance(token, ApiToken) or need in _SCOPE_NEEDS.get(token.scope, frozenset()):
+        return
+    wide_enough = " or ".join(scope for scope, needs in _SCOPE_NEEDS.items() if need in needs)
+    raise exceptions.PermissionDenied(
+        f"This API token has scope {token.scope}; to {_DOING[need]} use a token with "
+        f"scope {wide_enough}."
+    )
+
+
+def _authorise(request: Request, membership: Membership, need: Need) -> None:
     if not access.role_allows(membership, _ROLES[need]):
         allowed = " or ".join(_ROLES[need])
         raise exceptions.PermissionDenied(
             f"You are {membership.role} of project {membership.project.slug}; to "
             f"{_DOING[need]} you need to be {allowed}."
         )
+    require_scope(request, need)
 
 
 def _user_id(request: Request) -> int:
@@ -103,7 +130,7 @@ def get_project_for_user(request: Request, slug: str, *, need: Need = Need.VIEW)
     """The caller's membership of project ``slug`` (with the project), or 404, or 403."""
     membership = access.membership_of(_user_id(request), slug)
     membership = _found(membership, f"You are not a member of a project {slug!r}.")
-    _authorise(membership, need)
+    _authorise(request, membership, need)
     return membership
 
 
@@ -113,7 +140,7 @@ def get_server_for_user(
     membership = get_project_for_user(request, slug)
     server = access.server_in(membership, server_id)
     server = _found(server, f"Project {slug} has no server {server_id}.")
-    _authorise(membership, need)
+    _authorise(request, membership, need)
     return server, membership
 
 
@@ -123,7 +150,7 @@ def get_deployment_for_user(
     missing = f"There is no deployment {deployment_id} in your projects."
     membership = _found(access.membership_for_deployment(_user_id(request), deployment_id), missing)
     deployment = _found(access.deployment_in(membership, deployment_id), missing)
-    _authorise(membership, need)
+    _authorise(request, membership, need)
     return deployment, membership
 
 
@@ -136,7 +163,7 @@ def get_setting_for_user(
     instance = _found(
         access.setting_in(membership, model, pk), f"Project {slug} has no {name} {pk}."
     )
-    _authorise(membership, need)
+    _authorise(request, membership, need)
     return instance, membership
 
 
@@ -147,7 +174,7 @@ def get_member_for_user(
     caller = get_project_for_user(request, slug)
     member = access.member_in(caller, username)
     member = _found(member, f"{username!r} is not a member of project {slug}.")
-    _authorise(caller, need)
+    _authorise(request, caller, need)
     return member, caller
 
 
@@ -273,11 +300,20 @@ def document_errors(
     for path, operations in result.get("paths", {}).items():
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
-            errors = {"401": ("Not signed in: no token, or an unknown or revoked one.", _ERROR)}
+            errors = {
+                "401": (
+                    "Not signed in: no token, or an unknown, revoked or expired one.",
+                    _ERROR,
+                )
+            }
             if "{" in path:
                 errors["404"] = ("Not found among the caller's projects.", _ERROR)
-            if method != "get" and path != "/api/v1/projects/":
-                errors["403"] = ("The caller's role on the project does not allow it.", _ERROR)
+            if method != "get":
+                errors["403"] = (
+                    "The caller's role on the project, or the API token's scope, does not "
+                    "allow it.",
+                    _ERROR,
+                )
             if method != "get" or any(
                 parameter.get("in") == "query" for parameter in operation.get("parameters", [])
             ):

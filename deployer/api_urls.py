@@ -15,6 +15,7 @@ DEPLOYMENT = "deployments/<int:deployment_id>/"
 
 urlpatterns = [
     path("me/", projects.MeView.as_view(), name="api-me"),
+    path("me/tokens/", projects.TokenListView.as_view(), name="api-me-tokens"),
     path("projects/", projects.ProjectListView.as_view(), name="api-projects"),
     path(PROJECT, projects.ProjectDetailView.as_view(), name="api-project"),
     # Servers and their releases.

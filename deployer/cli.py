@@ -9,7 +9,8 @@
 
 The address and token come from SLIPWAY_URL and SLIPWAY_TOKEN, or from the file `slipway
 login` writes (~/.config/slipway/config.json, mode 0600). Tables on a terminal, JSON with
---json. Exit codes are stable (see EXIT_*).
+--json. Exit codes are stable (see EXIT_*). Whatever came from the server is printed through
+``terminal_safe``: colours pass, every other terminal control sequence is dropped.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -126,10 +128,37 @@ def _message(response: httpx.Response) -> str:
 
 # --------------------------------------------------------------------------- output
 
+_SGR = re.compile(r"\x1b\[[0-9;:]*m")
+# ECMA-48's control functions, longest forms first. Log lines, names and messages come from
+# builds and people we do not trust with the terminal: a title change, a hyperlink, a cursor
+# move or a clear screen could hide or fake what a deployment printed.
+_CONTROLS = re.compile(
+    r"""
+    \x1b\[[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]?       # CSI (SGR among them), or its start
+    | \x1b[\]PX^_][^\x07\x1b\x9c\n]*(?:\x07|\x1b\\|\x9c)?  # OSC, DCS, SOS, PM, APC strings
+    | \x1b[\x20-\x2f]*[\x30-\x7e]?                    # any other escape, or a lone ESC
+    | [\x00-\x08\x0b-\x1f\x7f-\x9f]                  # C0 but \t and \n; DEL; C1 (8-bit CSI, OSC...)
+    """,
+    re.VERBOSE,
+)
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every terminal control sequence removed except colours and styles
+    (SGR, ``ESC [ params m``); ``\n`` and ``\t`` stay. Carriage returns and backspaces go
+    too: they would let a line overwrite what was printed before it."""
+    return _CONTROLS.sub(lambda match: match[0] if _SGR.fullmatch(match[0]) else "", text)
+
+
+def say(text: str, *, file: Any = None) -> None:
+    """Print ``text`` (which may hold what the server sent) safely for a terminal."""
+    print(terminal_safe(text), file=file or sys.stdout, flush=True)
+
 
 def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
+    # Cleaned before measuring, so that a control sequence cannot skew the columns.
     cells = [[str(h) for h in headers]] + [
-        ["" if c is None else str(c) for c in row] for row in rows
+        ["" if c is None else terminal_safe(str(c)) for c in row] for row in rows
     ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = [
@@ -140,7 +169,11 @@ def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
 
 
 def emit(data: Any, *, as_json: bool, human: str) -> None:
-    print(json.dumps(data, indent=2) if as_json else human)
+    # JSON escapes every control character itself (ensure_ascii), so it stays exact.
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        say(human)
 
 
 def _short(sha: str | None) -> str:
@@ -164,8 +197,24 @@ def cmd_login(args: argparse.Namespace) -> int:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         json.dump({"url": url, "token": token}, handle)
-    print(f"Logged in to {url} as {me.get('username')}; saved to {path}")
+    say(f"Logged in to {url} as {me.get('username')}; saved to {path}")
+    say(_token_summary(me.get("token")))
     return EXIT_OK
+
+
+def _token_summary(token: Any) -> str:
+    """What the stored token may do and until when, from /api/v1/me/."""
+    if not isinstance(token, dict):
+        return "This Slipway does not say the token's scope or expiry."
+    scope = token.get("scope") or "unknown"
+    allows = {
+        "read": "it may look but change nothing",
+        "deploy": "it may deploy, roll back, cancel, promote and abort",
+        "admin": "it may do all your role on each project allows",
+    }.get(scope, "")
+    expires = token.get("expires_at")
+    until = f"expires {expires}" if expires else "does not expire (until revoked)"
+    return f"Token {token.get('prefix', '')}…: scope {scope} ({allows}); {until}."
 
 
 def cmd_projects(args: argparse.Namespace, client: Client) -> int:
@@ -229,12 +278,10 @@ def _follow_created(args: argparse.Namespace, client: Client, deployment: dict[s
         )
         return EXIT_OK
     if not args.json:
-        print(
-            f"Deployment #{deployment['id']} queued: {deployment.get('html_url', '')}", flush=True
-        )
+        say(f"Deployment #{deployment['id']} queued: {deployment.get('html_url', '')}")
     for line in follow_log(client, int(deployment["id"])):
         if not args.json:
-            print(line["text"], flush=True)
+            say(line["text"])
     final = client.get(f"/deployments/{deployment['id']}/")
     if args.json:
         emit(final, as_json=True, human="")
@@ -242,7 +289,7 @@ def _follow_created(args: argparse.Namespace, client: Client, deployment: dict[s
         summary = f"Deployment #{final['id']} {final['status']}"
         if final.get("error"):
             summary += f": {final['error']}"
-        print(summary)
+        say(summary)
     return EXIT_OK if final["status"] == "succeeded" else EXIT_DEPLOYMENT_FAILED
 
 
@@ -270,7 +317,7 @@ def cmd_log(args: argparse.Namespace, client: Client) -> int:
         emit(lines, as_json=True, human="")
         return EXIT_OK
     for line in follow_log(client, args.id, follow=args.follow):
-        print(line["text"], flush=True)
+        say(line["text"])
     if args.follow:
         final = client.get(f"/deployments/{args.id}/")
         return EXIT_OK if final["status"] == "succeeded" else EXIT_DEPLOYMENT_FAILED
@@ -381,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             }[args.command]
             code = handler(args, client)
     except CLIError as error:
-        print(f"slipway: {error}", file=sys.stderr)
+        say(f"slipway: {error}", file=sys.stderr)
         code = error.code
     except KeyboardInterrupt:
         code = 130

@@ -123,6 +123,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    # Swagger UI from drf-spectacular-sidecar's copy, served by Slipway: no CDN to allow.
+    "drf_spectacular_sidecar",
     "channels",
     "axes",
     "django_otp",
@@ -136,6 +138,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # django-csp (Django 5.2 has no CSP of its own): the policy is CONTENT_SECURITY_POLICY.
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -147,6 +151,9 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: it turns a locked-out sign-in into the lockout page.
     "axes.middleware.AxesMiddleware",
+    # NUL, lone surrogates, non-UTF-8 and over-long text in forms and queries: a 400 naming
+    # the field before any view (deployer/textinput.py; the API's JSON has TextJSONParser).
+    "deployer.textinput.OddTextMiddleware",
 ]
 
 # Sign-in throttling and lockout (django-axes; docs/users.md). Axes' backend comes first so
@@ -246,7 +253,16 @@ REST_FRAMEWORK = {
         "projects.authentication.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # A read-scoped API token changes nothing, whatever view it reaches.
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "projects.authentication.TokenScopePermission",
+    ],
+    "DEFAULT_PARSER_CLASSES": [
+        "deployer.textinput.TextJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
@@ -258,6 +274,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Deploy Git revisions to your own servers over SSH.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and the API docs are for signed-in users (a session or an API token).
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     # Write-only fields (secrets) appear in request bodies only, never in responses.
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": "/api/v1",
@@ -357,3 +377,30 @@ EMAIL_USE_SSL = _smtp.scheme == "smtps"
 # Django's default is no timeout at all: a silent mail server would hold a worker forever.
 EMAIL_TIMEOUT = 10
 DEFAULT_FROM_EMAIL = EMAIL_FROM or "slipway@localhost"
+
+# --- Security headers (docs/security.md) ------------------------------------------------------
+# django-csp (Django 5.2 has no CSP of its own). Every page's scripts and styles are static
+# files of our own: no inline script, style attribute or <style> element anywhere.
+_websocket_origin = (
+    urlsplit(BASE_URL)
+    ._replace(
+        scheme="wss" if BASE_URL.startswith("https://") else "ws", path="", query="", fragment=""
+    )
+    .geturl()
+)
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        # 'self' covers ws(s):// to the same host in current browsers; older ones need it named.
+        "connect-src": ["'self'", _websocket_origin],
+        "frame-ancestors": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "object-src": ["'none'"],
+    }
+}
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"

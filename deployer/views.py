@@ -1,20 +1,26 @@
-"""Account pages: API tokens. (Signing in and out and changing the password are Django's
-own views, with Slipway's templates.)"""
+"""Account pages: API tokens; and the API docs. (Signing in and out and changing the password
+are Django's own views, with Slipway's templates.)"""
 
 from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
+from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
+from drf_spectacular.utils import extend_schema
+from drf_spectacular.views import SpectacularSwaggerSplitView
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
 
 from projects.dashboard import SERVICE_ERRORS, add_service_error
 from projects.forms import ApiTokenForm
 from projects.models import ApiToken
-from projects.services import api_token_create, api_token_revoke
+from projects.services import api_token_create, api_token_revoke, token_expiry
 
 
 def _user(request: HttpRequest) -> User:
@@ -40,7 +46,13 @@ def api_tokens(request: HttpRequest) -> HttpResponse:
     issued: tuple[ApiToken, str] | None = None
     if request.method == "POST" and form.is_valid():
         try:
-            issued = api_token_create(user=user, name=form.cleaned_data["name"])
+            data = form.cleaned_data
+            issued = api_token_create(
+                user=user,
+                name=data["name"],
+                scope=data["scope"],
+                expires_at=token_expiry(days=data["expires_in_days"], at=data["expires_at"]),
+            )
         except SERVICE_ERRORS as exc:
             add_service_error(form, exc)
         else:
@@ -67,3 +79,19 @@ def api_token_revoke_view(request: HttpRequest, token_id: int) -> HttpResponse:
     api_token_revoke(token=token, actor=_user(request))
     messages.success(request, f"The token {token.name} ({token.prefix}…) is revoked.")
     return redirect("api-tokens")
+
+
+class ApiDocsView(SpectacularSwaggerSplitView):
+    """Swagger UI for signed-in users (a session, or an API token); anybody else is sent to
+    the sign-in page. Its start-up script is a separate request (the "split" view) and its
+    assets come from drf-spectacular-sidecar, so the page passes the CSP."""
+
+    template_name = "api_docs.html"
+    permission_classes = [AllowAny]  # checked below, to redirect rather than answer 401
+
+    @extend_schema(exclude=True)
+    def get(self, request: Request, *args: object, **kwargs: object) -> Response | HttpResponse:
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        response: Response = super().get(request, *args, **kwargs)  # type: ignore[no-untyped-call]
+        return response

@@ -37,7 +37,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from builds.engine.errors import InvalidInput
 from deployer.links import absolute
 from projects.models import AuditEvent, ProjectCreators, SiteSettings
-from projects.services import audit_record
+from projects.services import audit_record, close_user_sockets
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +203,8 @@ def end_sessions(user: User) -> int:
         if str(user.pk) in (str(data.get("_auth_user_id")), str(data.get(PENDING_USER_KEY))):
             session.delete()
             ended += 1
+    # Open live-log sockets re-check their session (gone now) and close.
+    close_user_sockets(user.pk)
     return ended
 
 

@@ -25,9 +25,11 @@ from deployer.api import (
     get_setting_for_user,
     memberships_of,
     need_for,
+    require_scope,
 )
 from deployer.links import index_page
 from projects.models import (
+    ApiToken,
     BuildCommand,
     Command,
     ConfigFile,
@@ -38,6 +40,9 @@ from projects.models import (
     Project,
 )
 from projects.serializers import (
+    ApiTokenCreateSerializer,
+    ApiTokenIssuedSerializer,
+    ApiTokenSerializer,
     BuildCommandSerializer,
     CommandSerializer,
     ConfigFileSerializer,
@@ -52,6 +57,7 @@ from projects.serializers import (
     ProjectSerializer,
 )
 from projects.services import (
+    api_token_create,
     member_add,
     member_remove,
     member_update,
@@ -61,6 +67,7 @@ from projects.services import (
     project_setting_delete,
     project_setting_update,
     project_update,
+    token_expiry,
 )
 
 NO_CONTENT = {204: OpenApiResponse(description="Deleted.")}
@@ -72,18 +79,58 @@ class MeSerializer(serializers.Serializer[Any]):
     username = serializers.CharField()
     url = serializers.CharField()
     html_url = serializers.CharField()
+    token = ApiTokenSerializer(
+        allow_null=True,
+        help_text="The API token this request came with (its scope and expiry); null when "
+        "signed in on the dashboard.",
+    )
 
 
 class MeView(APIView):
     @extend_schema(responses=MeSerializer, tags=["account"])
     def get(self, request: Request) -> Response:
+        token = request.auth if isinstance(request.auth, ApiToken) else None
         return Response(
             {
                 "username": request.user.get_username(),
                 "url": api_url("api-me"),
                 "html_url": index_page(),
+                "token": ApiTokenSerializer(token).data if token is not None else None,
             }
         )
+
+
+class TokenListView(APIView):
+    @extend_schema(
+        responses=ApiTokenSerializer(many=True),
+        tags=["account"],
+        description="The caller's own API tokens, revoked ones included; never their secrets.",
+    )
+    def get(self, request: Request) -> Response:
+        tokens = ApiToken.objects.filter(user=caller(request)).order_by("revoked_at", "-created_at")
+        return Response(ApiTokenSerializer(tokens, many=True).data)
+
+    @extend_schema(
+        request=ApiTokenCreateSerializer,
+        responses={201: ApiTokenIssuedSerializer},
+        tags=["account"],
+        description="Issue a token for the caller. A token may issue only tokens of a scope "
+        "and an expiry no wider than its own, and needs the admin scope to issue any.",
+    )
+    def post(self, request: Request) -> Response:
+        require_scope(request, Need.CONFIGURE)
+        serializer = ApiTokenCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        record, token = api_token_create(
+            user=caller(request),
+            name=data["name"],
+            scope=data["scope"],
+            expires_at=token_expiry(days=data.get("expires_in_days"), at=data.get("expires_at")),
+            via=request.auth if isinstance(request.auth, ApiToken) else None,
+        )
+        answer = {**ApiTokenSerializer(record).data, "token": token}
+        return Response(answer, status=status.HTTP_201_CREATED)
 
 
 def _project_data(project: Project, membership: Membership) -> dict[str, Any]:
@@ -102,6 +149,7 @@ class ProjectListView(APIView):
         request=ProjectInputSerializer, responses={201: ProjectSerializer}, tags=["projects"]
     )
     def post(self, request: Request) -> Response:
+        require_scope(request, Need.CONFIGURE)
         serializer = ProjectInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         project = project_register(owner=caller(request), **serializer.validated_data)

@@ -28,8 +28,9 @@ from projects.models import (
     Project,
     Role,
     SiteSettings,
+    TokenScope,
 )
-from projects.services import MAX_TIMEOUT_SECONDS
+from projects.services import MAX_TIMEOUT_SECONDS, MAX_TOKEN_DAYS
 from servers.models import Promotion, Server, ServerGroup, Strategy
 
 MONOSPACE = {"class": "mono", "spellcheck": "false", "autocapitalize": "off"}
@@ -511,6 +512,24 @@ class MemberRoleForm(forms.Form):
 class ApiTokenForm(forms.Form):
     name = forms.CharField(
         max_length=100, help_text="What uses it: “CI”, “laptop”…, to tell tokens apart."
+    )
+    scope = forms.ChoiceField(
+        choices=TokenScope.choices,
+        initial=TokenScope.READ,
+        widget=forms.RadioSelect,
+        help_text="It never allows more than your role on a project does.",
+    )
+    expires_in_days = forms.IntegerField(
+        label="Expires in (days)",
+        required=False,
+        min_value=1,
+        max_value=MAX_TOKEN_DAYS,
+        help_text="Or give a date below; neither: it works until you revoke it.",
+    )
+    expires_at = forms.DateTimeField(
+        label="Expires at (UTC)",
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
     )
 
 

@@ -116,6 +116,17 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+class TokenScope(models.TextChoices):
+    """What an API token may do, within what its owner's role on each project allows.
+
+    The scope only narrows: a deploy token of a viewer still only reads that project.
+    """
+
+    READ = "read", "Read: look, change nothing"
+    DEPLOY = "deploy", "Deploy: read, deploy, roll back, cancel, promote, abort"
+    ADMIN = "admin", "Admin: everything your role allows"
+
+
 class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
     def active(self) -> ApiTokenQuerySet:
         return self.filter(revoked_at__isnull=True)
@@ -131,6 +142,10 @@ class ApiToken(models.Model):
     token_hash = models.CharField(max_length=64, unique=True)
     # The first characters, so that a person can tell tokens apart in a list.
     prefix = models.CharField(max_length=16)
+    # Tokens made before scopes existed acted with all their owner's rights: they keep them.
+    scope = models.CharField(max_length=10, choices=TokenScope.choices, default=TokenScope.ADMIN)
+    # None: valid until revoked.
+    expires_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
@@ -143,11 +158,26 @@ class ApiToken(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
 
+    def expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())
+
     @classmethod
-    def issue(cls, *, user: User, name: str) -> tuple[ApiToken, str]:
+    def issue(
+        cls,
+        *,
+        user: User,
+        name: str,
+        scope: str = TokenScope.ADMIN,
+        expires_at: datetime | None = None,
+    ) -> tuple[ApiToken, str]:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         record = cls.objects.create(
-            user=user, name=name, token_hash=hash_token(token), prefix=token[:12]
+            user=user,
+            name=name,
+            token_hash=hash_token(token),
+            prefix=token[:12],
+            scope=scope,
+            expires_at=expires_at,
         )
         return record, token
 

@@ -20,6 +20,7 @@ from deployer.api import api_url
 from deployer.links import deployment_page, project_page
 from projects.models import (
     CONFIGURE_ROLES,
+    ApiToken,
     BuildCommand,
     Command,
     ConfigFile,
@@ -31,8 +32,9 @@ from projects.models import (
     NotificationEvent,
     Project,
     Role,
+    TokenScope,
 )
-from projects.services import MAX_POSITION, MAX_TIMEOUT_SECONDS
+from projects.services import MAX_POSITION, MAX_TIMEOUT_SECONDS, MAX_TOKEN_DAYS
 from servers.models import Server
 
 MAX_PATHS = 100
@@ -443,3 +445,52 @@ class DeliverySerializer(serializers.ModelSerializer[NotificationDelivery]):
         if delivery.deployment_id is None:
             return project_page(slug)
         return deployment_page(slug, delivery.deployment_id)
+
+
+# --------------------------------------------------------------------------- API tokens
+
+
+class ApiTokenSerializer(serializers.ModelSerializer[ApiToken]):
+    """A token as its owner sees it in a list: never the secret, which is shown once."""
+
+    scope = serializers.ChoiceField(choices=TokenScope.choices)
+    expires_at = serializers.DateTimeField(
+        allow_null=True, help_text="When the token stops working; null: when it is revoked."
+    )
+
+    class Meta:
+        model = ApiToken
+        fields = [
+            "id",
+            "name",
+            "prefix",
+            "scope",
+            "expires_at",
+            "created_at",
+            "last_used_at",
+            "revoked_at",
+        ]
+        read_only_fields = fields
+
+
+class ApiTokenIssuedSerializer(ApiTokenSerializer):
+    token = serializers.CharField(help_text="The secret itself; shown in this answer only.")
+
+    class Meta(ApiTokenSerializer.Meta):
+        fields = [*ApiTokenSerializer.Meta.fields, "token"]
+        read_only_fields = fields
+
+
+class ApiTokenCreateSerializer(serializers.Serializer[dict[str, Any]]):
+    name = serializers.CharField(max_length=100)
+    scope = serializers.ChoiceField(choices=TokenScope.choices)
+    expires_at = serializers.DateTimeField(
+        required=False, allow_null=True, help_text="A moment in the future (ISO 8601)."
+    )
+    expires_in_days = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=MAX_TOKEN_DAYS,
+        help_text="Or a number of days from now. Neither: the token lasts until revoked.",
+    )

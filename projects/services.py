@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, models, transaction
 from django.db.models import Max
+from django.utils import timezone
 from django.utils.text import slugify
 
 from builds.engine.errors import InvalidInput
 from builds.engine.git import validate_ref, validate_repository_url, validate_subdirectory
 from builds.engine.release import validate_relative_path
+from builds.logs import user_group_name
 from projects.keys import generate_ed25519
 from projects.models import (
     ApiToken,
@@ -31,8 +37,16 @@ from projects.models import (
     Project,
     Role,
     SiteSettings,
+    TokenScope,
 )
 from servers.models import GroupMember, Server, ServerGroup
+
+logger = logging.getLogger(__name__)
+
+# The longest a token may live; longer-lived access is a token without expiry, said so.
+MAX_TOKEN_DAYS = 3650
+# Scopes from narrowest to widest.
+SCOPE_RANK: dict[str, int] = {TokenScope.READ: 1, TokenScope.DEPLOY: 2, TokenScope.ADMIN: 3}
 
 
 def _unique_slug(name: str) -> str:
@@ -67,27 +81,93 @@ def project_create(
     return project
 
 
-def api_token_issue(*, user: User, name: str) -> tuple[ApiToken, str]:
-    return ApiToken.issue(user=user, name=name)
+def token_expiry(
+    *, days: int | None = None, at: datetime | None = None, now: datetime | None = None
+) -> datetime | None:
+    """When a token asked for with ``days`` (from now) or ``at`` (a moment) expires.
+
+    Neither: None (valid until revoked). Raises InvalidInput naming ``expires_in_days`` or
+    ``expires_at`` when both are given, the number of days is out of 1..MAX_TOKEN_DAYS, or
+    the moment is not in the future.
+    """
+    now = now or timezone.now()
+    if days is not None and at is not None:
+        raise InvalidInput("expires_at", "give either a date or a number of days, not both.")
+    if days is not None:
+        if not 1 <= days <= MAX_TOKEN_DAYS:
+            raise InvalidInput("expires_in_days", f"must be between 1 and {MAX_TOKEN_DAYS}.")
+        return now + timedelta(days=days)
+    if at is not None:
+        if timezone.is_naive(at):
+            at = timezone.make_aware(at, UTC)
+        if at <= now:
+            raise InvalidInput("expires_at", "is in the past; give a moment in the future.")
+        if at > now + timedelta(days=MAX_TOKEN_DAYS):
+            raise InvalidInput("expires_at", f"is more than {MAX_TOKEN_DAYS} days away.")
+        return at
+    return None
 
 
-def api_token_create(*, user: User, name: str) -> tuple[ApiToken, str]:
-    """What a person asks for on the dashboard: a named token, recorded in the audit log."""
+def api_token_issue(
+    *,
+    user: User,
+    name: str,
+    scope: str = TokenScope.ADMIN,
+    expires_at: datetime | None = None,
+) -> tuple[ApiToken, str]:
+    """A new token and its secret (shown once). ``scope`` is a TokenScope value."""
+    if scope not in TokenScope.values:
+        raise InvalidInput("scope", f"must be one of {', '.join(TokenScope.values)}.")
+    return ApiToken.issue(user=user, name=name, scope=scope, expires_at=expires_at)
+
+
+def api_token_create(
+    *,
+    user: User,
+    name: str,
+    scope: str,
+    expires_at: datetime | None = None,
+    via: ApiToken | None = None,
+) -> tuple[ApiToken, str]:
+    """What a person asks for on the dashboard or the API: a named token, recorded in the
+    audit log.
+
+    ``via`` is the token the request came with (None for the dashboard): a token never
+    issues one with a wider scope or a later expiry than its own, so a stolen short-lived
+    token cannot be turned into a lasting one. Raises InvalidInput naming the field.
+    """
     name = name.strip()
     if not name:
         raise InvalidInput("name", "is empty.")
+    if via is not None:
+        if SCOPE_RANK.get(scope, 0) > SCOPE_RANK[via.scope]:
+            raise InvalidInput(
+                "scope", f"the token you use has scope {via.scope}; it cannot issue a wider one."
+            )
+        if via.expires_at is not None and (expires_at is None or expires_at > via.expires_at):
+            raise InvalidInput(
+                "expires_at",
+                f"the token you use expires at {via.expires_at.isoformat()}; "
+                "a token it issues must expire no later.",
+            )
     with transaction.atomic():
-        record, token = api_token_issue(user=user, name=name[:100])
+        record, token = api_token_issue(
+            user=user, name=name[:100], scope=scope, expires_at=expires_at
+        )
         audit_record(
-            project=None, actor=user, action="token.issued", target=str(record), token=record.pk
+            project=None,
+            actor=user,
+            action="token.issued",
+            target=str(record),
+            token=record.pk,
+            scope=record.scope,
+            expires_at=expires_at.isoformat() if expires_at else None,
         )
     return record, token
 
 
 def api_token_revoke(*, token: ApiToken, actor: User) -> None:
     """Revoke ``token`` at once; revoking it again changes nothing."""
-    from django.utils import timezone
-
     with transaction.atomic():
         revoked = ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
             revoked_at=timezone.now()
@@ -271,10 +351,40 @@ def project_delete(*, project: Project, actor: User) -> None:
             target=project.slug,
             name=project.name,
         )
+        members = list(project.memberships.values_list("user_id", flat=True))
+        project_id = project.pk
         project.delete()
+        for user_id in members:
+            close_user_sockets(user_id, project_id)
 
 
 # --------------------------------------------------------------------------- members
+
+
+def close_user_sockets(user_id: int, project_id: int | None = None) -> None:
+    """Close the user's open live-log WebSockets that their access no longer allows: those of
+    project ``project_id``, or of every project when None (a deactivated user).
+
+    Call it after changing the access (a membership removed, a role changed, ``is_active``
+    cleared); inside a transaction it waits for the commit, so the sockets re-check what was
+    committed. Each socket re-reads the membership and closes (code 4403, after an
+    ``access_revoked`` message) only when it may no longer see its deployment. Best effort
+    like every broadcast (builds.logs): a lost message leaves a socket open until it
+    reconnects, when the check at connect refuses it.
+    """
+
+    def send() -> None:
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        try:
+            async_to_sync(layer.group_send)(
+                user_group_name(user_id), {"type": "access.revoked", "project_id": project_id}
+            )
+        except Exception:  # the broadcast is best effort by design
+            logger.warning("Closing the sockets of user %s failed", user_id, exc_info=True)
+
+    transaction.on_commit(send)
 
 
 def _ensure_an_admin_remains(project: Project, *, leaving: Membership) -> None:
@@ -320,6 +430,7 @@ def member_update(*, membership: Membership, actor: User, role: str) -> Membersh
             _ensure_an_admin_remains(membership.project, leaving=membership)
         previous = membership.role
         if model_update(instance=membership, data={"role": role}):
+            close_user_sockets(membership.user_id, membership.project_id)
             audit_record(
                 project=membership.project,
                 actor=actor,
@@ -342,6 +453,7 @@ def member_remove(*, membership: Membership, actor: User) -> None:
             target=membership.user.get_username(),
         )
         membership.delete()
+        close_user_sockets(membership.user_id, membership.project_id)
 
 
 # --------------------------------------------------------------------------- project settings

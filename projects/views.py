@@ -542,7 +542,17 @@ def audit_log(request: HttpRequest, slug: str) -> HttpResponse:
 # --------------------------------------------------------------------------- help pages
 
 DOCS_DIR = Path(settings.BASE_DIR) / "docs"
-DOCS = ("webhooks", "servers", "deployments", "strategies", "notifications", "dashboard", "users")
+DOCS = (
+    "webhooks",
+    "servers",
+    "deployments",
+    "strategies",
+    "notifications",
+    "dashboard",
+    "users",
+    "api",
+    "security",
+)
 
 
 @login_required

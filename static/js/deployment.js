@@ -25,6 +25,7 @@
   var early = new Map();        // seq -> line, arrived before the lines in front of it
   var socket = null;
   var attempts = 0;
+  var refused = "";            // why the server closed the socket for good, if it said
   var gapTimer = null;
   var finalCatchUp = false;
   var active = config.active;
@@ -232,7 +233,7 @@
       if (!element || !target.files_total) return;
       element.hidden = false;
       var percent = Math.max(0, Math.min(100, Math.floor(100 * target.files_done / target.files_total)));
-      element.querySelector(".bar span").style.width = percent + "%";
+      element.querySelector("progress.bar").value = percent;
       element.querySelector(".progress-text").textContent =
         target.files_done + " / " + target.files_total + " files · " +
         formatBytes(target.bytes_done) + " / " + formatBytes(target.bytes_total);
@@ -313,9 +314,15 @@
       try { message = JSON.parse(event.data); } catch (error) { return; }
       if (message.type === "lines" && Array.isArray(message.lines)) addLines(message.lines);
       else if (message.type === "status") onStatus(message);
+      else if (message.type === "access_revoked") refused = String(message.message || "");
     };
-    socket.onclose = function () {
+    socket.onclose = function (event) {
       socket = null;
+      // 4403: not (or no longer) allowed to see this deployment; retrying would not help.
+      if (event.code === 4403) {
+        setState("retry", refused || "You may not see this deployment's log.");
+        return;
+      }
       retry();
     };
   }

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,7 +20,7 @@ SLIPWAY = str(Path(sys.executable).with_name("slipway"))
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[dict[str, str]]:
+def served(tmp_path_factory) -> Iterator[dict[str, Any]]:
     data = tmp_path_factory.mktemp("cli-served")
     port = free_port()
     env = clean_env(
@@ -34,7 +35,12 @@ def served(tmp_path_factory) -> Iterator[dict[str, str]]:
     assert token.startswith("slw_")
     process = start_serve(env, data / "serve.log")
     try:
-        yield {"url": f"http://127.0.0.1:{port}", "token": token, "log": str(data / "serve.log")}
+        yield {
+            "url": f"http://127.0.0.1:{port}",
+            "token": token,
+            "log": str(data / "serve.log"),
+            "env": env,
+        }
     finally:
         stop(process)
 
@@ -168,3 +174,48 @@ def test_login_writes_a_private_config_and_bad_input_gets_stable_exit_codes(serv
     )
     assert unreachable.returncode == 4
     assert slipway(served, "deploy", home=tmp_path / "nobody").returncode == 2
+
+
+# A build that prints what a hostile repository could: a window title change, a clear
+# screen, a cursor jump, a hyperlink to elsewhere, a bell, a backspace that hides a word,
+# 8-bit C1 controls; and colours, which are welcome.
+HOSTILE_BUILD = (
+    r"printf 'start\033]0;pwned title\007\033[2J\033[H\033[5A"
+    r"\033]8;;https://evil.example/\033\\click\033]8;;\033\\"
+    r"\007safe\010\010\010\010\302\23331m\302\235"
+    "2;t\007"
+    r"\033[1;31mred\033[0m\tend\n'"
+)
+
+
+def test_it_prints_a_hostile_log_line_with_colours_only(served, project):
+    added = project["api"].post(
+        f"/projects/{project['slug']}/build-commands/", json={"command": HOSTILE_BUILD}
+    )
+    assert added.status_code == 201, added.text
+    result = slipway(served, "deploy", str(project["slug"]), "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("start"))
+    assert line == "startclicksafe31m2;t\x1b[1;31mred\x1b[0m\tend"
+    for control in ("\x1b]", "\x1b[2J", "\x1b[H", "\x07", "\x08", "\x9b", "\x9d"):
+        assert control not in result.stdout
+    # The stored log keeps what the build printed: only the terminal's view is cleaned.
+    deployment = project["api"].get(f"/projects/{project['slug']}/deployments/").json()
+    latest = deployment["results"][0] if isinstance(deployment, dict) else deployment[0]
+    stored = project["api"].get(f"/deployments/{latest['id']}/log/").json()["lines"]
+    assert any("\x1b]0;pwned title\x07" in line["text"] for line in stored)
+
+
+def test_login_says_the_tokens_scope_and_expiry(served, tmp_path):
+    issued = manage(
+        "issue_token", "admin", "--scope", "deploy", "--expires-in-days", "5", env=served["env"]
+    )
+    token = issued.stdout.strip().splitlines()[-1]
+    login = slipway(served, "login", "--url", served["url"], "--token", token, home=tmp_path)
+    assert login.returncode == 0, login.stderr
+    assert f"Token {token[:12]}…: scope deploy" in login.stdout
+    assert "expires 20" in login.stdout
+    forever = slipway(
+        served, "login", "--url", served["url"], "--token", served["token"], home=tmp_path
+    )
+    assert "scope admin" in forever.stdout and "does not expire" in forever.stdout

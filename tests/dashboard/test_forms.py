@@ -217,7 +217,7 @@ def test_it_shows_member_errors_and_keeps_an_admin(alice_client, alice, project)
 
 
 def test_it_issues_a_token_once_and_revokes_it(alice_client, bob_client, alice):
-    response = alice_client.post("/account/tokens/", {"name": "CI"})
+    response = alice_client.post("/account/tokens/", {"name": "CI", "scope": "deploy"})
     html = response.content.decode()
     record = ApiToken.objects.get(user=alice)
     token = html.split('id="new-token" class="mono" value="', 1)[1].split('"', 1)[0]
@@ -232,5 +232,5 @@ def test_it_issues_a_token_once_and_revokes_it(alice_client, bob_client, alice):
     record.refresh_from_db()
     assert record.revoked_at is not None
     assert AuditEvent.objects.filter(action="token.revoked", actor=alice).count() == 1
-    empty = alice_client.post("/account/tokens/", {"name": "  "})
+    empty = alice_client.post("/account/tokens/", {"name": "  ", "scope": "read"})
     assert field_errors(empty.content.decode(), "name")
