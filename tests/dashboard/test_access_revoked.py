@@ -9,9 +9,12 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
 from builds.models import Deployment, Status
 from deployer.asgi import application
-from projects.models import Membership, Role
+from projects.accounts import two_factor_reset, user_deactivate
+from projects.models import Membership, Role, SiteSettings
 from projects.services import (
     close_user_sockets,
     member_remove,
@@ -138,3 +141,57 @@ def test_an_inactive_user_cannot_open_a_socket(bob, deployment):
         return connected
 
     assert async_to_sync(knock)() is False
+
+
+def test_deactivating_from_the_users_page_service_closes_their_sockets(
+    alice, bob, deployment, other_deployment
+):
+    alice.is_superuser = True
+    alice.save(update_fields=["is_superuser"])
+
+    async def scenario():
+        sockets = [await _open(deployment, bob), await _open(other_deployment, bob)]
+        await database_sync_to_async(user_deactivate)(actor=alice, user=bob)
+        return [await _closed_with_notice(socket) for socket in sockets]
+
+    assert async_to_sync(scenario)() == [True, True]
+
+
+def test_resetting_a_users_two_factor_ends_their_sessions_and_sockets(alice, bob, deployment):
+    alice.is_superuser = True
+    alice.save(update_fields=["is_superuser"])
+
+    async def scenario():
+        socket = await _open(deployment, bob)
+        await database_sync_to_async(TOTPDevice.objects.create)(
+            user=bob, name="lost phone", confirmed=True
+        )
+        await database_sync_to_async(two_factor_reset)(actor=alice, user=bob)
+        return await _closed_with_notice(socket)
+
+    assert async_to_sync(scenario)()
+
+
+def _knock(client, deployment) -> bool:
+    async def knock():
+        communicator = websocket_communicator()(
+            application, f"/ws/deployments/{deployment.pk}/", headers=_headers(client)
+        )
+        connected, _ = await communicator.connect()
+        await communicator.disconnect()
+        return connected
+
+    return async_to_sync(knock)()
+
+
+def test_a_user_who_must_still_set_up_two_factor_cannot_open_a_socket(bob, deployment):
+    SiteSettings.objects.update_or_create(
+        pk=SiteSettings.SINGLETON_PK, defaults={"require_two_factor": True}
+    )
+    assert _knock(signed_in(bob), deployment) is False
+
+
+def test_a_session_that_skipped_its_two_factor_code_cannot_open_a_socket(bob, deployment):
+    client = signed_in(bob)  # signed in before the authenticator was added
+    TOTPDevice.objects.create(user=bob, name="phone", confirmed=True)
+    assert _knock(client, deployment) is False
