@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from builds import outbound
 from builds.engine import pipeline
 from builds.engine.build import BuildCommandSpec, BuildSpec
 from builds.engine.errors import Aborted, Cancelled, EngineError
@@ -318,6 +319,8 @@ def parse_batch_size(value: str) -> tuple[int, int | None]:
 
 
 def health_check_specs(project: Project) -> tuple[HealthCheckSpec, ...]:
+    # HTTP checks reach the servers: the servers' outbound-address policy applies.
+    policy = outbound.policy(outbound.SERVERS)
     return tuple(
         HealthCheckSpec(
             kind=check.kind,
@@ -331,6 +334,8 @@ def health_check_specs(project: Project) -> tuple[HealthCheckSpec, ...]:
             interval_seconds=check.interval_seconds,
             server_ids=frozenset(check.servers.values_list("pk", flat=True)),
             name=f"#{check.pk}",
+            allow_private=policy.allow_private,
+            private_hint=policy.private_hint,
         )
         for check in project.health_checks.prefetch_related("servers")
     )
