@@ -26,7 +26,7 @@ def test_it_refuses_link_local_and_metadata_addresses(url):
     assert re.search("link-local|metadata", refused_address(url))
     check = HealthCheckSpec(kind="http", url=url, retries=2, interval_seconds=0, timeout_seconds=1)
     lines: list[str] = []
-    with pytest.raises(HealthCheckFailed, match="link-local|metadata"):
+    with pytest.raises(HealthCheckFailed, match=r"link-local|metadata"):
         run_check(check, variables={}, connection=None, workdir="/", log=lines.append)
     assert len(lines) == 2
 
