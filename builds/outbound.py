@@ -28,17 +28,20 @@ The setting is read when a check runs, never at import, so a change applies to t
 
 from __future__ import annotations
 
+import re
 import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import quote, urljoin, urlsplit
+from pathlib import Path
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import httpcore
 from django.conf import settings
 
 from builds.engine import addresses as address_policy
 from builds.engine.addresses import Policy
+from builds.engine.errors import InvalidInput
 
 IPAddress = address_policy.IPAddress
 NEVER_ALLOWED = address_policy.NEVER_ALLOWED
@@ -341,3 +344,111 @@ def post(
             raise OutboundRefused(
                 f"redirected by {redirects[-1]} to a URL refused: {exc}"
             ) from None
+
+
+# --------------------------------------------------------------------------- repositories, servers
+
+# Git's default ports by scheme, for the address check (git itself picks the same).
+_GIT_PORTS = {"http": 80, "https": 443, "git": 9418, "ssh": 22, "git+ssh": 22, "ssh+git": 22}
+_SCHEME_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def repository_host(url: str) -> tuple[str, int] | None:
+    """(host, port) that git connects to for ``url``; None for a local repository.
+
+    ``url`` has passed builds.engine.git.validate_repository_url: an http(s)://, git://,
+    ssh:// URL, scp-like ``[user@]host:path``, or (when allowed) file:// or an absolute path.
+    """
+    scheme = _SCHEME_URL.match(url)
+    if scheme:
+        name = scheme.group(1).lower()
+        if name == "file":
+            return None
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            raise InvalidInput("repository_url", "the port is not a number up to 65535.") from None
+        return parts.hostname or "", port or _GIT_PORTS.get(name, 22)
+    if url.startswith("/"):
+        return None
+    # scp-like: [user@]host:path, the host possibly in brackets ([::1]:path).
+    after_user = url.split("@", 1)[-1] if "@" in url.split(":", 1)[0] else url
+    if after_user.startswith("[") and "]" in after_user:
+        return after_user[1 : after_user.index("]")], 22
+    return after_user.split(":", 1)[0], 22
+
+
+def local_repository_paths(url: str) -> list[Path] | None:
+    """The directories a local repository URL may name (file:// or an absolute path), else None.
+
+    A file:// URL gives two readings, as typed and percent-decoded, since git versions differ.
+    Raises InvalidInput when it is not absolute: git would read it relative to the worker's
+    working directory, which may be Slipway's own.
+    """
+    scheme = _SCHEME_URL.match(url)
+    if scheme and scheme.group(1).lower() != "file":
+        return None
+    if not scheme:
+        return [Path(url)] if url.startswith("/") else None
+    rest = url[len(scheme.group(0)) :]
+    if rest.lower().startswith("localhost/"):
+        rest = rest[len("localhost") :]
+    if not rest.startswith("/"):
+        raise InvalidInput("repository_url", "a file:// URL needs an absolute path: file:///path.")
+    return [Path(rest), Path(unquote(rest))]
+
+
+def _own_directories() -> list[Path]:
+    return [Path(settings.DATA_DIR).resolve(), Path(settings.BUILD_DIR).resolve()]
+
+
+def repository_check(url: str) -> None:
+    """Whether Slipway may fetch ``url``: when it is saved, and again right before each fetch.
+
+    A remote URL's host (any textual form, or every address its name resolves to) must pass
+    the REPOSITORIES policy (SLIPWAY_ALLOW_PRIVATE_REPOSITORIES). A name that does not
+    resolve is accepted when saved (the worker may resolve names the web host cannot) and
+    left to git at fetch time. A local repository, after symlinks are resolved, must not be
+    inside Slipway's data or build directory (SLIPWAY_DATA_DIR, SLIPWAY_BUILD_DIR): other
+    projects' mirrors, keys and the database live there.
+
+    Raises InvalidInput naming ``repository_url``. Residual risk: git resolves the name
+    again itself, so a DNS answer that changes in the instant between this check and git's
+    connection (DNS rebinding) is not caught; likewise a symlink swapped in that instant.
+    """
+    local = local_repository_paths(url)
+    if local is not None:
+        for path in local:
+            resolved = path.resolve()
+            for own in _own_directories():
+                if resolved == own or own in resolved.parents:
+                    raise InvalidInput(
+                        "repository_url",
+                        "a local repository cannot be inside Slipway's own data or build "
+                        "directory.",
+                    )
+        return
+    located = repository_host(url)
+    if located is None:
+        return
+    host, port = located
+    try:
+        address_policy.check_host(host, port, policy(REPOSITORIES))
+    except address_policy.AddressRefused as exc:
+        raise InvalidInput("repository_url", f"{exc}.") from None
+    except address_policy.AddressUnresolvable:
+        # When saved: the worker may resolve names the web host cannot. At fetch time: git
+        # reports the name that does not resolve, in its own words.
+        return
+
+
+def server_host_check(hostname: str, port: int) -> list[str]:
+    """The checked addresses of a server's SSH host, by the SERVERS policy.
+
+    Raises address_policy.AddressRefused (a user's error naming the address and
+    SLIPWAY_ALLOW_PRIVATE_SERVERS) or AddressUnresolvable.
+    """
+    return address_policy.check_host(
+        hostname, port, policy(SERVERS), label=f"{hostname}:{port}" if port != 22 else hostname
+    )

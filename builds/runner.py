@@ -177,6 +177,9 @@ class Heartbeat:
 
 
 def endpoint_for(server: Server) -> Endpoint:
+    """How to log in to ``server``, its host checked by the SERVERS address policy first
+    (raises builds.engine.addresses.AddressRefused / AddressUnresolvable)."""
+    outbound.server_host_check(server.hostname, server.port)
     project = server.project
     private_key: str | None = None
     password: str | None = None
@@ -228,7 +231,10 @@ def project_dirs(project: Project) -> tuple[Path, Path]:
 
 
 def build_spec(deployment: Deployment, scratch: Path, revision: str) -> BuildSpec:
+    """The engine's build input. The repository URL is checked again here, right before the
+    fetch (DNS answers and symlinks change after a URL is saved): InvalidInput if refused."""
     project = deployment.project
+    outbound.repository_check(project.repository_url)
     mirror, cache = project_dirs(project)
     workspace = mirror.parent / "workspace"
     environment = {v.name: v.value for v in project.environment_variables.filter(build=True)}

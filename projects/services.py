@@ -14,6 +14,7 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import Max
 from django.utils.text import slugify
 
+from builds import outbound
 from builds.engine.errors import InvalidInput
 from builds.engine.git import validate_ref, validate_repository_url, validate_subdirectory
 from builds.engine.release import validate_relative_path
@@ -197,6 +198,8 @@ def project_clean(data: Mapping[str, Any]) -> dict[str, Any]:
         cleaned["repository_url"] = validate_repository_url(
             str(cleaned["repository_url"]).strip(), allow_local=settings.ALLOW_LOCAL_REPOSITORIES
         )
+        # The outbound-address policy, and never a local path into Slipway's own directories.
+        outbound.repository_check(cleaned["repository_url"])
     if "branch" in cleaned:
         cleaned["branch"] = validate_ref(str(cleaned["branch"]).strip(), field="branch")
     if cleaned.get("subdirectory"):
