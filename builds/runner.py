@@ -18,6 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from builds import outbound
+from builds.cleanup import project_build_dir
 from builds.engine import pipeline
 from builds.engine.build import BuildCommandSpec, BuildSpec
 from builds.engine.errors import Aborted, Cancelled, EngineError
@@ -226,7 +227,7 @@ def server_spec(server: Server, *, with_manifest: bool = True) -> pipeline.Serve
 
 
 def project_dirs(project: Project) -> tuple[Path, Path]:
-    base = Path(settings.BUILD_DIR) / f"project-{project.pk}"
+    base = project_build_dir(project.pk)
     return base / "mirror.git", base / "cache"
 
 
@@ -367,7 +368,7 @@ def run(deployment: Deployment) -> None:
     servers = [target.server for target in targets]
     writer = LogWriter(deployment.pk, mask=Masker(project_secrets(project, servers)))
     reporter = DatabaseReporter(deployment, writer)
-    workspace = Path(settings.BUILD_DIR) / f"project-{project.pk}" / f"scratch-{deployment.pk}"
+    workspace = project_build_dir(project.pk) / f"scratch-{deployment.pk}"
     try:
         with Heartbeat(deployment.pk):
             if deployment.kind == Kind.ROLLBACK:

@@ -14,7 +14,7 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import Max
 from django.utils.text import slugify
 
-from builds import outbound
+from builds import cleanup, outbound
 from builds.engine.errors import InvalidInput
 from builds.engine.git import validate_ref, validate_repository_url, validate_subdirectory
 from builds.engine.release import validate_relative_path
@@ -256,7 +256,12 @@ def project_delete(*, project: Project, actor: User) -> None:
             target=project.slug,
             name=project.name,
         )
+        project_id = project.pk
         project.delete()
+        # Its mirror, workspace and cache, here and on every worker, once the row is gone.
+        transaction.on_commit(
+            lambda: cleanup.project_files_remove_everywhere(project_id), robust=True
+        )
 
 
 # --------------------------------------------------------------------------- members
