@@ -529,7 +529,15 @@ def audit_log(request: HttpRequest, slug: str) -> HttpResponse:
 # --------------------------------------------------------------------------- help pages
 
 DOCS_DIR = Path(settings.BASE_DIR) / "docs"
-DOCS = ("webhooks", "servers", "deployments", "strategies", "notifications", "dashboard")
+DOCS = (
+    "webhooks",
+    "servers",
+    "deployments",
+    "strategies",
+    "notifications",
+    "network",
+    "dashboard",
+)
 
 
 @login_required
