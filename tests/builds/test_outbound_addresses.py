@@ -22,6 +22,7 @@ from builds.engine.errors import InvalidInput
 from builds.models import Deployment, Status
 from builds.tasks import run_deployment
 from projects.services import project_register, project_update
+from servers.health import health_check_clean
 from servers.services import server_check, server_create
 from tests.support.gitrepos import hermetic_git_environment
 
@@ -295,3 +296,30 @@ def test_a_server_allowed_when_saved_is_checked_again_before_connecting(
     assert deployment.status == Status.FAILED
     assert "loopback address" in deployment.error
     assert not (sshd_target.deploy_path / "current").exists()
+
+
+# --------------------------------------------------------------------------- health checks
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/",
+        "http://0xa9fea9fe/",
+        "http://[::ffff:a9fe:a9fe]/",
+        "http://[fe80::1]/",
+    ],
+)
+def test_a_health_check_at_a_metadata_address_is_refused_when_saved(url):
+    with pytest.raises(InvalidInput) as refused:
+        health_check_clean({"kind": "http", "url": url})
+    assert refused.value.field == "url"
+
+
+def test_a_health_check_on_loopback_follows_the_servers_setting(settings):
+    assert health_check_clean({"kind": "http", "url": "http://127.1:8080/health"})
+    settings.ALLOW_PRIVATE_SERVERS = False
+    with pytest.raises(InvalidInput, match="SLIPWAY_ALLOW_PRIVATE_SERVERS=true"):
+        health_check_clean({"kind": "http", "url": "http://127.1:8080/health"})
+    # A name (it may hold %server%) is checked before each attempt instead.
+    assert health_check_clean({"kind": "http", "url": "http://%server%:8080/health"})
