@@ -323,3 +323,49 @@ def test_a_health_check_on_loopback_follows_the_servers_setting(settings):
         health_check_clean({"kind": "http", "url": "http://127.1:8080/health"})
     # A name (it may hold %server%) is checked before each attempt instead.
     assert health_check_clean({"kind": "http", "url": "http://%server%:8080/health"})
+
+
+class _Redirector:
+    """A loopback web server that redirects every request to ``location`` + its path."""
+
+    def __init__(self, location: str) -> None:
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests.append(self.path)
+                self.send_response(302)
+                self.send_header("Location", location + self.path.removeprefix("/moved"))
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/moved"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_git_never_follows_a_redirect_to_an_address_slipway_did_not_check(
+    http_repository, sshd_target, server_factory, alice, settings
+):
+    """Only the URL's own host is checked before the fetch, so git must not go elsewhere."""
+    settings.ALLOW_PRIVATE_REPOSITORIES = True
+    _repo, url, git_server = http_repository
+    redirector = _Redirector(url.removesuffix("/shop.git"))
+    try:
+        project = project_register(
+            owner=alice, name="Shop", repository_url=redirector.url + "/shop.git"
+        )
+        server = server_factory(project, sshd_target)
+        deployment = _deploy(project, server, alice)
+    finally:
+        redirector.stop()
+
+    assert deployment.status == Status.FAILED
+    assert redirector.requests and git_server.requests == []
