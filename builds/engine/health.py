@@ -114,22 +114,6 @@ def _target(url: str) -> tuple[str, str, int, str]:
     return scheme, host, port, path
 
 
-def refused_address(url: str, policy: Policy | None = None) -> str:
-    """Why the worker must not request ``url`` ("" when it may), by the outbound policy.
-
-    ``policy`` defaults to private addresses allowed (servers usually are private); link-local
-    and metadata addresses are refused whatever it says.
-    """
-    try:
-        _scheme, host, port, _path = _target(url)
-        check_host(host, port, policy or Policy(allow_private=True))
-    except (AddressRefused, InvalidInput) as exc:
-        return str(exc)
-    except AddressUnresolvable:
-        return ""  # the request itself will report the name that does not resolve
-    return ""
-
-
 def http_attempt(check: HealthCheckSpec, url: str) -> Attempt:
     """One GET of ``url``, connected only to addresses the policy allows.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import re
 import threading
 
 import pytest
@@ -13,7 +12,6 @@ from builds.engine.health import (
     HealthCheckFailed,
     HealthCheckSpec,
     http_attempt,
-    refused_address,
     run_check,
 )
 
@@ -23,17 +21,11 @@ from builds.engine.health import (
     ["http://169.254.169.254/latest/meta-data/", "http://[fe80::1]/", "http://100.100.100.200/"],
 )
 def test_it_refuses_link_local_and_metadata_addresses(url):
-    assert re.search("link-local|metadata", refused_address(url))
     check = HealthCheckSpec(kind="http", url=url, retries=2, interval_seconds=0, timeout_seconds=1)
     lines: list[str] = []
     with pytest.raises(HealthCheckFailed, match=r"link-local|metadata"):
         run_check(check, variables={}, connection=None, workdir="/", log=lines.append)
     assert len(lines) == 2
-
-
-def test_it_allows_the_servers_own_private_and_loopback_addresses():
-    assert refused_address("http://127.0.0.1:8080/health") == ""
-    assert refused_address("http://10.1.2.3/health") == ""
 
 
 # --------------------------------------------------------------------------- the address policy
