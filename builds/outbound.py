@@ -443,12 +443,16 @@ def repository_check(url: str) -> None:
         return
 
 
-def server_host_check(hostname: str, port: int) -> list[str]:
-    """The checked addresses of a server's SSH host, by the SERVERS policy.
+def server_host_check(hostname: str, port: int) -> None:
+    """Check a server's SSH host by the SERVERS policy (SLIPWAY_ALLOW_PRIVATE_SERVERS).
 
-    Raises address_policy.AddressRefused (a user's error naming the address and
-    SLIPWAY_ALLOW_PRIVATE_SERVERS) or AddressUnresolvable.
+    Raises address_policy.AddressRefused, a user's error naming the address and the setting.
+    A name that does not resolve passes: the SSH connection reports it for that server.
+    Residual risk: the connection resolves the name again (see repository_check).
     """
-    return address_policy.check_host(
-        hostname, port, policy(SERVERS), label=f"{hostname}:{port}" if port != 22 else hostname
-    )
+    try:
+        address_policy.check_host(
+            hostname, port, policy(SERVERS), label=f"{hostname}:{port}" if port != 22 else hostname
+        )
+    except address_policy.AddressUnresolvable:
+        return

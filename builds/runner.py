@@ -179,7 +179,7 @@ class Heartbeat:
 
 def endpoint_for(server: Server) -> Endpoint:
     """How to log in to ``server``, its host checked by the SERVERS address policy first
-    (raises builds.engine.addresses.AddressRefused / AddressUnresolvable)."""
+    (raises builds.engine.addresses.AddressRefused)."""
     outbound.server_host_check(server.hostname, server.port)
     project = server.project
     private_key: str | None = None

@@ -21,7 +21,7 @@ from django.db import transaction
 
 from builds import outbound
 from builds.engine import ssh
-from builds.engine.addresses import AddressRefused, AddressUnresolvable
+from builds.engine.addresses import AddressRefused
 from builds.engine.errors import EngineError, HostKeyMismatch, InvalidInput
 from builds.engine.git import validate_ref
 from builds.engine.release import validate_deploy_path
@@ -75,8 +75,6 @@ def _check_host_policy(hostname: str, port: int) -> None:
         outbound.server_host_check(hostname, port)
     except AddressRefused as exc:
         raise InvalidInput("hostname", f"{exc}.") from None
-    except AddressUnresolvable:
-        pass
 
 
 def server_clean(data: dict[str, Any], *, server: Server | None = None) -> dict[str, Any]:
