@@ -284,6 +284,9 @@ class WebhookDelivery(models.Model):
     event = models.CharField(max_length=100, blank=True)
     # The provider's id of this delivery, the same on a redelivery; "" when none was sent.
     delivery_id = models.CharField(max_length=255, blank=True)
+    # SHA-256 of the raw body of a signed (or Git host's) delivery: the same body under a new
+    # delivery id is a replay. "" when the body proves nothing (bearer-token custom JSON).
+    body_digest = models.CharField(max_length=64, blank=True)
     ref = models.CharField(max_length=255, blank=True)
     head = models.CharField(max_length=64, blank=True)
     outcome = models.CharField(max_length=20, choices=WebhookOutcome.choices)
@@ -304,6 +307,13 @@ class WebhookDelivery(models.Model):
                 fields=["project", "provider", "delivery_id"],
                 condition=~models.Q(delivery_id="") & models.Q(outcome__in=WEBHOOK_ID_OWNERS),
                 name="unique_webhook_delivery",
+            ),
+            # A signed body replayed under a new delivery id (or another provider's headers)
+            # is a duplicate too: the id is not signed, the body is.
+            models.UniqueConstraint(
+                fields=["project", "body_digest"],
+                condition=~models.Q(body_digest="") & models.Q(outcome__in=WEBHOOK_ID_OWNERS),
+                name="unique_webhook_body",
             ),
         ]
         indexes = [

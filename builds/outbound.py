@@ -1,4 +1,7 @@
-"""Requests to addresses that people typed in (notification URLs), guarded against SSRF.
+"""Requests to addresses that people typed in (notification URLs), guarded against SSRF; and
+the Django side of the one outbound-address policy (``policy``: which SLIPWAY_ALLOW_PRIVATE_*
+setting applies to notifications, repositories and servers; the rules themselves are in
+builds.engine.addresses, shared with the engine's health checks).
 
 Whoever configures a notification chooses where Slipway's workers send an HTTP request. Left
 unguarded, that reaches what only the workers can reach: the cloud metadata service at
@@ -8,9 +11,10 @@ unguarded, that reaches what only the workers can reach: the cloud metadata serv
   parts are handed to httpcore already split, so the check and the connection cannot disagree
   about which host is meant (two URL parsers that differ are a classic way around a guard).
 - The host is resolved and *every* address it resolves to is checked; one bad address refuses
-  the URL. Loopback, private (RFC 1918, fc00::/7, CGNAT) and other non-global addresses are
-  refused unless SLIPWAY_ALLOW_PRIVATE_NOTIFICATION_TARGETS is on; link-local, multicast,
-  unspecified, reserved and the known metadata addresses are refused even then.
+  the URL. Every textual form of an address (octal, hex, decimal, short, IPv4-mapped...) is
+  normalised first. Loopback, private (RFC 1918, fc00::/7, CGNAT) and other non-global
+  addresses are refused unless SLIPWAY_ALLOW_PRIVATE_NOTIFICATION_TARGETS is on; link-local,
+  multicast, unspecified, reserved and the known metadata addresses are refused even then.
 - The connection goes to an address that was checked, not to the result of a second lookup:
   a DNS answer that changes between check and connect (DNS rebinding) cannot redirect it.
   TLS still verifies the certificate against the host name, which is also what SNI and the
@@ -24,19 +28,23 @@ The setting is read when a check runs, never at import, so a change applies to t
 
 from __future__ import annotations
 
-import ipaddress
-import socket
+import re
 import ssl
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import quote, urljoin, urlsplit
+from pathlib import Path
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import httpcore
 from django.conf import settings
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from builds.engine import addresses as address_policy
+from builds.engine.addresses import Policy
+from builds.engine.errors import InvalidInput
+
+IPAddress = address_policy.IPAddress
+NEVER_ALLOWED = address_policy.NEVER_ALLOWED
 
 MAX_REDIRECTS = 3
 # Seconds for each phase (connect, write, read) of one request...
@@ -46,25 +54,47 @@ TOTAL_SECONDS = 30.0
 MAX_URL_LENGTH = 2048
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 DEFAULT_PORTS = {"http": 80, "https": 443}
-ALLOW_PRIVATE_SETTING = "SLIPWAY_ALLOW_PRIVATE_NOTIFICATION_TARGETS"
 
-# Refused whatever the setting says: nothing on-premise lives there, and some are where cloud
-# providers serve instance credentials.
-NEVER_ALLOWED = (
-    # "This network": connecting to 0.0.0.0 reaches the local host on Linux.
-    (ipaddress.ip_network("0.0.0.0/8"), "a 'this network' address"),
-    # Link-local; AWS, GCP, Azure and OpenStack serve metadata on 169.254.169.254.
-    (ipaddress.ip_network("169.254.0.0/16"), "a link-local address (cloud metadata lives there)"),
-    (ipaddress.ip_network("fe80::/10"), "a link-local address"),
-    # Alibaba Cloud's metadata service, inside the CGNAT range that the setting may allow.
-    (ipaddress.ip_network("100.100.100.200/32"), "a cloud metadata address"),
-    # IETF protocol assignments, among them Oracle Cloud's legacy metadata at 192.0.0.192.
-    (ipaddress.ip_network("192.0.0.0/24"), "a reserved address"),
-    # AWS's metadata service over IPv6, inside fc00::/7 that the setting may allow.
-    (ipaddress.ip_network("fd00:ec2::254/128"), "a cloud metadata address"),
-)
-# IPv6 prefixes that carry an IPv4 address in their last 32 bits (checked as that address).
-NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# One setting family, SLIPWAY_ALLOW_PRIVATE_*, one per kind of far end (docs/network.md).
+NOTIFICATIONS = "notifications"
+REPOSITORIES = "repositories"
+SERVERS = "servers"
+_PURPOSES = {
+    # purpose: (Django setting, environment variable, what a refusal says is allowed)
+    NOTIFICATIONS: (
+        "ALLOW_PRIVATE_NOTIFICATION_TARGETS",
+        "SLIPWAY_ALLOW_PRIVATE_NOTIFICATION_TARGETS",
+        "notifications go to public addresses only",
+    ),
+    REPOSITORIES: (
+        "ALLOW_PRIVATE_REPOSITORIES",
+        "SLIPWAY_ALLOW_PRIVATE_REPOSITORIES",
+        "repositories are fetched from public addresses only",
+    ),
+    SERVERS: (
+        "ALLOW_PRIVATE_SERVERS",
+        "SLIPWAY_ALLOW_PRIVATE_SERVERS",
+        "servers and their health checks are reached at public addresses only",
+    ),
+}
+ALLOW_PRIVATE_SETTING = _PURPOSES[NOTIFICATIONS][1]
+
+
+def policy(purpose: str = NOTIFICATIONS, *, allow_private: bool | None = None) -> Policy:
+    """The address policy for ``purpose`` (NOTIFICATIONS, REPOSITORIES, SERVERS).
+
+    Whether loopback and private ranges are allowed comes from the purpose's
+    SLIPWAY_ALLOW_PRIVATE_* setting, read now (a changed setting applies to the next check),
+    unless ``allow_private`` overrides it. Link-local and metadata addresses are refused
+    whatever it says (builds.engine.addresses.NEVER_ALLOWED).
+    """
+    setting, variable, rule = _PURPOSES[purpose]
+    if allow_private is None:
+        allow_private = bool(getattr(settings, setting, False))
+    return Policy(
+        allow_private=allow_private,
+        private_hint=f"{rule}, unless the administrator sets {variable}=true",
+    )
 
 
 class OutboundError(Exception):
@@ -116,10 +146,6 @@ class Response:
     @property
     def ok(self) -> bool:
         return 200 <= self.status_code < 300
-
-
-def _allow_private() -> bool:
-    return bool(getattr(settings, "ALLOW_PRIVATE_NOTIFICATION_TARGETS", False))
 
 
 _HOST_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-._:")
@@ -175,71 +201,31 @@ def origin_of(url: str) -> str:
         return "(an invalid URL)"
 
 
-def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
-    if not isinstance(address, ipaddress.IPv6Address):
-        return None
-    if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    if address in NAT64:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return address.sixtofour
-
-
-def address_refusal(address: IPAddress, *, allow_private: bool) -> str | None:
+def address_refusal(
+    address: IPAddress, *, allow_private: bool, purpose: str = NOTIFICATIONS
+) -> str | None:
     """Why a connection to ``address`` is refused, or None when it is allowed."""
-    embedded = _embedded_ipv4(address)
-    if embedded is not None:
-        # ::ffff:169.254.169.254 and friends reach the IPv4 address they carry.
-        return address_refusal(embedded, allow_private=allow_private)
-    for network, label in NEVER_ALLOWED:
-        if address.version == network.version and address in network:
-            return label
-    if address.is_link_local:
-        return "a link-local address"
-    if address.is_unspecified:
-        return "an unspecified address"
-    if address.is_multicast:
-        return "a multicast address"
-    # Before is_reserved: Python counts ::1 in the reserved ::/8.
-    if address.is_loopback:
-        private_label = "a loopback address"
-    elif address.is_reserved:
-        return "a reserved address"
-    elif address.is_private or not address.is_global:
-        private_label = "a private address"
-    else:
-        return None
-    if allow_private:
-        return None
-    return (
-        f"{private_label}; notifications go to public addresses only, unless the "
-        f"administrator sets {ALLOW_PRIVATE_SETTING}=true"
-    )
+    return address_policy.address_refusal(address, policy(purpose, allow_private=allow_private))
 
 
-def resolve(target: Target, *, allow_private: bool | None = None) -> list[str]:
-    """Every address ``target.host`` resolves to, all checked; the connection uses these."""
-    if allow_private is None:
-        allow_private = _allow_private()
+def resolve(
+    target: Target, *, allow_private: bool | None = None, purpose: str = NOTIFICATIONS
+) -> list[str]:
+    """Every address ``target.host`` resolves to, all checked; the connection uses these.
+
+    Raises OutboundRefused (a refused address), OutboundError (the name does not resolve).
+    """
     try:
-        answers = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        reason = exc.strerror if isinstance(exc, socket.gaierror) else "invalid host name"
-        raise OutboundError(f"{target.origin}: the host name does not resolve ({reason})") from None
-    addresses: list[str] = []
-    for _family, _type, _proto, _canonical, sockaddr in answers:
-        # An IPv6 link-local answer may carry a zone ("fe80::1%eth0"); it is refused anyway.
-        text = str(sockaddr[0]).split("%", 1)[0]
-        if text not in addresses:
-            addresses.append(text)
-    if not addresses:
-        raise OutboundError(f"{target.origin}: the host name does not resolve")
-    for text in addresses:
-        refusal = address_refusal(ipaddress.ip_address(text), allow_private=allow_private)
-        if refusal is not None:
-            subject = target.host if target.host == text else f"{target.host} resolves to {text},"
-            raise OutboundRefused(f"{target.origin}: {subject} is {refusal}")
-    return addresses
+        return address_policy.check_host(
+            target.host,
+            target.port,
+            policy(purpose, allow_private=allow_private),
+            label=target.origin,
+        )
+    except address_policy.AddressRefused as exc:
+        raise OutboundRefused(str(exc)) from None
+    except address_policy.AddressUnresolvable as exc:
+        raise OutboundError(str(exc)) from None
 
 
 def check_url(url: str, *, allow_private: bool | None = None) -> Target:
@@ -247,43 +233,6 @@ def check_url(url: str, *, allow_private: bool | None = None) -> Target:
     target = parse_url(url)
     resolve(target, allow_private=allow_private)
     return target
-
-
-class _PinnedBackend(httpcore.SyncBackend):
-    """Connects to the checked addresses of one host and to nothing else."""
-
-    def __init__(self, host: str, addresses: list[str], deadline: float) -> None:
-        self.host = host
-        self.addresses = addresses
-        self.deadline = deadline
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        if host != self.host:
-            raise httpcore.ConnectError(f"refusing to connect to {host}: it was not checked")
-        last_error: Exception = httpcore.ConnectError("no address to connect to")
-        # Like a browser: the next checked address when one does not answer (IPv6 vs IPv4).
-        for address in self.addresses:
-            remaining = self.deadline - time.monotonic()
-            if remaining <= 0:
-                raise httpcore.ConnectTimeout("timed out")
-            try:
-                return super().connect_tcp(
-                    address,
-                    port,
-                    timeout=min(timeout or TIMEOUT_SECONDS, remaining),
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                last_error = exc
-        raise last_error
 
 
 def _describe(exc: Exception) -> str:
@@ -314,7 +263,9 @@ def _post_once(
         target=target.path.encode(),
     )
     request_headers = [("Host", target.host_header), *headers.items()]
-    backend = _PinnedBackend(target.host, addresses, deadline)
+    backend = address_policy.PinnedBackend(
+        target.host, addresses, deadline, phase_seconds=TIMEOUT_SECONDS
+    )
     try:
         with (
             httpcore.ConnectionPool(
@@ -363,8 +314,6 @@ def post(
     Raises OutboundRefused before any packet goes to a refused address, OutboundError when no
     answer came; any answer (even 500) is returned. ``ssl_context``: None trusts the usual CAs.
     """
-    if allow_private is None:
-        allow_private = _allow_private()
     deadline = time.monotonic() + TOTAL_SECONDS
     current = url
     target = parse_url(current)
@@ -395,3 +344,115 @@ def post(
             raise OutboundRefused(
                 f"redirected by {redirects[-1]} to a URL refused: {exc}"
             ) from None
+
+
+# --------------------------------------------------------------------------- repositories, servers
+
+# Git's default ports by scheme, for the address check (git itself picks the same).
+_GIT_PORTS = {"http": 80, "https": 443, "git": 9418, "ssh": 22, "git+ssh": 22, "ssh+git": 22}
+_SCHEME_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def repository_host(url: str) -> tuple[str, int] | None:
+    """(host, port) that git connects to for ``url``; None for a local repository.
+
+    ``url`` has passed builds.engine.git.validate_repository_url: an http(s)://, git://,
+    ssh:// URL, scp-like ``[user@]host:path``, or (when allowed) file:// or an absolute path.
+    """
+    scheme = _SCHEME_URL.match(url)
+    if scheme:
+        name = scheme.group(1).lower()
+        if name == "file":
+            return None
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            raise InvalidInput("repository_url", "the port is not a number up to 65535.") from None
+        return parts.hostname or "", port or _GIT_PORTS.get(name, 22)
+    if url.startswith("/"):
+        return None
+    # scp-like: [user@]host:path, the host possibly in brackets ([::1]:path).
+    after_user = url.split("@", 1)[-1] if "@" in url.split(":", 1)[0] else url
+    if after_user.startswith("[") and "]" in after_user:
+        return after_user[1 : after_user.index("]")], 22
+    return after_user.split(":", 1)[0], 22
+
+
+def local_repository_paths(url: str) -> list[Path] | None:
+    """The directories a local repository URL may name (file:// or an absolute path), else None.
+
+    A file:// URL gives two readings, as typed and percent-decoded, since git versions differ.
+    Raises InvalidInput when it is not absolute: git would read it relative to the worker's
+    working directory, which may be Slipway's own.
+    """
+    scheme = _SCHEME_URL.match(url)
+    if scheme and scheme.group(1).lower() != "file":
+        return None
+    if not scheme:
+        return [Path(url)] if url.startswith("/") else None
+    rest = url[len(scheme.group(0)) :]
+    if rest.lower().startswith("localhost/"):
+        rest = rest[len("localhost") :]
+    if not rest.startswith("/"):
+        raise InvalidInput("repository_url", "a file:// URL needs an absolute path: file:///path.")
+    return [Path(rest), Path(unquote(rest))]
+
+
+def _own_directories() -> list[Path]:
+    return [Path(settings.DATA_DIR).resolve(), Path(settings.BUILD_DIR).resolve()]
+
+
+def repository_check(url: str) -> None:
+    """Whether Slipway may fetch ``url``: when it is saved, and again right before each fetch.
+
+    A remote URL's host (any textual form, or every address its name resolves to) must pass
+    the REPOSITORIES policy (SLIPWAY_ALLOW_PRIVATE_REPOSITORIES). A name that does not
+    resolve is accepted when saved (the worker may resolve names the web host cannot) and
+    left to git at fetch time. A local repository, after symlinks are resolved, must not be
+    inside Slipway's data or build directory (SLIPWAY_DATA_DIR, SLIPWAY_BUILD_DIR): other
+    projects' mirrors, keys and the database live there.
+
+    Raises InvalidInput naming ``repository_url``. Residual risk: git resolves the name
+    again itself, so a DNS answer that changes in the instant between this check and git's
+    connection (DNS rebinding) is not caught; likewise a symlink swapped in that instant.
+    """
+    local = local_repository_paths(url)
+    if local is not None:
+        for path in local:
+            resolved = path.resolve()
+            for own in _own_directories():
+                if resolved == own or own in resolved.parents:
+                    raise InvalidInput(
+                        "repository_url",
+                        "a local repository cannot be inside Slipway's own data or build "
+                        "directory.",
+                    )
+        return
+    located = repository_host(url)
+    if located is None:
+        return
+    host, port = located
+    try:
+        address_policy.check_host(host, port, policy(REPOSITORIES))
+    except address_policy.AddressRefused as exc:
+        raise InvalidInput("repository_url", f"{exc}.") from None
+    except address_policy.AddressUnresolvable:
+        # When saved: the worker may resolve names the web host cannot. At fetch time: git
+        # reports the name that does not resolve, in its own words.
+        return
+
+
+def server_host_check(hostname: str, port: int) -> None:
+    """Check a server's SSH host by the SERVERS policy (SLIPWAY_ALLOW_PRIVATE_SERVERS).
+
+    Raises address_policy.AddressRefused, a user's error naming the address and the setting.
+    A name that does not resolve passes: the SSH connection reports it for that server.
+    Residual risk: the connection resolves the name again (see repository_check).
+    """
+    try:
+        address_policy.check_host(
+            hostname, port, policy(SERVERS), label=f"{hostname}:{port}" if port != 22 else hostname
+        )
+    except address_policy.AddressUnresolvable:
+        return

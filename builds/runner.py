@@ -17,6 +17,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from builds import outbound
+from builds.cleanup import project_build_dir
 from builds.engine import pipeline
 from builds.engine.build import BuildCommandSpec, BuildSpec
 from builds.engine.errors import Aborted, Cancelled, EngineError
@@ -177,6 +179,9 @@ class Heartbeat:
 
 
 def endpoint_for(server: Server) -> Endpoint:
+    """How to log in to ``server``, its host checked by the SERVERS address policy first
+    (raises builds.engine.addresses.AddressRefused)."""
+    outbound.server_host_check(server.hostname, server.port)
     project = server.project
     private_key: str | None = None
     password: str | None = None
@@ -223,7 +228,7 @@ def server_spec(server: Server, *, with_manifest: bool = True) -> pipeline.Serve
 
 
 def project_dirs(project: Project) -> tuple[Path, Path]:
-    base = Path(settings.BUILD_DIR) / f"project-{project.pk}"
+    base = project_build_dir(project.pk)
     return base / "mirror.git", base / "cache"
 
 
@@ -241,7 +246,10 @@ def sandbox_policy(project: Project) -> SandboxPolicy:
 
 
 def build_spec(deployment: Deployment, scratch: Path, revision: str) -> BuildSpec:
+    """The engine's build input. The repository URL is checked again here, right before the
+    fetch (DNS answers and symlinks change after a URL is saved): InvalidInput if refused."""
     project = deployment.project
+    outbound.repository_check(project.repository_url)
     mirror, cache = project_dirs(project)
     workspace = mirror.parent / "workspace"
     environment = {v.name: v.value for v in project.environment_variables.filter(build=True)}
@@ -334,6 +342,8 @@ def parse_batch_size(value: str) -> tuple[int, int | None]:
 
 
 def health_check_specs(project: Project) -> tuple[HealthCheckSpec, ...]:
+    # HTTP checks reach the servers: the servers' outbound-address policy applies.
+    policy = outbound.policy(outbound.SERVERS)
     return tuple(
         HealthCheckSpec(
             kind=check.kind,
@@ -347,6 +357,8 @@ def health_check_specs(project: Project) -> tuple[HealthCheckSpec, ...]:
             interval_seconds=check.interval_seconds,
             server_ids=frozenset(check.servers.values_list("pk", flat=True)),
             name=f"#{check.pk}",
+            allow_private=policy.allow_private,
+            private_hint=policy.private_hint,
         )
         for check in project.health_checks.prefetch_related("servers")
     )
@@ -372,7 +384,7 @@ def run(deployment: Deployment) -> None:
     servers = [target.server for target in targets]
     writer = LogWriter(deployment.pk, mask=Masker(project_secrets(project, servers)))
     reporter = DatabaseReporter(deployment, writer)
-    workspace = Path(settings.BUILD_DIR) / f"project-{project.pk}" / f"scratch-{deployment.pk}"
+    workspace = project_build_dir(project.pk) / f"scratch-{deployment.pk}"
     try:
         with Heartbeat(deployment.pk):
             if deployment.kind == Kind.ROLLBACK:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+from typing import Any
 
-from builds import services
+from celery import shared_task
+from celery.signals import worker_ready
+from celery.worker.control import control_command
+
+from builds import cleanup, services
 
 
 @shared_task(bind=True, acks_late=True, ignore_result=True)
@@ -40,3 +44,19 @@ def resend_due_notification_deliveries() -> int:
     from builds.notifications import resend_due
 
     return resend_due()
+
+
+# A deleted project's files, on every worker (builds.cleanup): a remote-control command, so that
+# each worker gets it on its own control channel, whatever queues it consumes.
+@control_command(
+    name=cleanup.REMOVE_PROJECT_FILES, args=[("project_id", int)], signature="<project_id>"
+)
+def remove_project_files(state: object, project_id: int) -> dict[str, str]:
+    removed = cleanup.project_files_remove(int(project_id))
+    return {"ok": "removed" if removed else "nothing to remove"}
+
+
+@worker_ready.connect
+def _sweep_deleted_projects(**_: Any) -> None:
+    # For the deletions broadcast while this worker was down.
+    cleanup.project_files_sweep()

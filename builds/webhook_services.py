@@ -2,7 +2,8 @@
 
 Record-then-act: the delivery row is inserted first, in the same transaction as the
 deployments it creates, and the deployments reach the workers only once that commits. The row
-also claims the provider's delivery id, so a redelivery finds it and creates nothing.
+also claims the provider's delivery id and the digest of its signed body, so a redelivery, or
+the same signed body replayed under a new id, finds it and creates nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 from django.db import IntegrityError, transaction
 
 from builds.models import (
+    WEBHOOK_ID_OWNERS,
     Deployment,
     Trigger,
     WebhookDelivery,
@@ -197,6 +199,7 @@ def webhook_receive(*, project: Project, inbound: InboundDelivery) -> WebhookDel
         provider=inbound.provider,
         event=inbound.event,
         delivery_id=inbound.delivery_id,
+        body_digest=inbound.body_digest,
         ref=first.ref[:255] if first else "",
         head=first.head if first else "",
         summary=inbound.summary,
@@ -205,8 +208,8 @@ def webhook_receive(*, project: Project, inbound: InboundDelivery) -> WebhookDel
     )
     with transaction.atomic():
         try:
-            # Two copies of one delivery can arrive at once: the unique constraint on the
-            # delivery id lets exactly one of them through.
+            # Two copies of one delivery can arrive at once: the unique constraints on the
+            # delivery id and on the body's digest let exactly one of them through.
             with transaction.atomic():
                 record.save()
         except IntegrityError:
@@ -241,15 +244,30 @@ def webhook_receive(*, project: Project, inbound: InboundDelivery) -> WebhookDel
 def _record_duplicate(
     *, project: Project, inbound: InboundDelivery, record: WebhookDelivery
 ) -> WebhookDelivery:
+    owners = WebhookDelivery.objects.filter(project=project, outcome__in=WEBHOOK_ID_OWNERS)
+    same_id = (
+        bool(inbound.delivery_id)
+        and owners.filter(provider=inbound.provider, delivery_id=inbound.delivery_id).exists()
+    )
+    if same_id:
+        reason = f"Delivery {inbound.delivery_id} was received before: nothing was created"
+    else:
+        original = owners.filter(body_digest=inbound.body_digest).first()
+        reason = (
+            "The same signed body was received before"
+            + (f" (delivery {original.pk})" if original is not None else "")
+            + ": a replay under a new delivery id creates nothing"
+        )
     return WebhookDelivery.objects.create(
         project=project,
         provider=inbound.provider,
         event=inbound.event,
         delivery_id=inbound.delivery_id,
+        body_digest=inbound.body_digest,
         ref=record.ref,
         head=record.head,
         outcome=WebhookOutcome.DUPLICATE,
-        reason=f"Delivery {inbound.delivery_id} was received before: nothing was created",
+        reason=reason,
     )
 
 

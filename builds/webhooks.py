@@ -1,9 +1,14 @@
 """The webhook endpoint: one URL per project that GitHub, GitLab, Bitbucket Cloud, Gitea,
 Forgejo and DeployHQ-style custom JSON all post to.
 
-The view reads the raw body (bounded), checks the signature over those exact bytes, and only
+The view reads the raw body (bounded), checks the credentials over those exact bytes, and only
 then parses; what to deploy is decided in builds.webhook_services. Nothing here touches Git
 or the network, so a delivery is answered in milliseconds.
+
+Whether a credential is required depends on the project alone, never on which provider the
+headers look like: a project with a webhook secret accepts a request only when it carries at
+least one credential and every credential it carries matches (see ``authenticate``). Provider
+detection only chooses how the body is parsed and which header a refusal names.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import hmac
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import parse_qs
 
@@ -46,14 +51,12 @@ class _Scheme:
     detected_by: tuple[str, ...]
     event: tuple[str, ...]
     delivery: tuple[str, ...]
-    # The header holding the HMAC-SHA256 of the body (GitLab: the secret itself).
+    # The credential header a refusal names when none was sent (GitLab: the secret itself).
     signature: str
-    prefix: str = ""
 
 
 # In detection order: Gitea and Forgejo also send GitHub's headers (and Forgejo Gitea's), so
-# they come first. A request with none of these headers is custom JSON, authenticated by the
-# URL token alone.
+# they come first. A request with none of these headers is custom JSON.
 _SCHEMES = (
     _Scheme(
         WebhookProvider.FORGEJO,
@@ -75,7 +78,6 @@ _SCHEMES = (
         event=("X-GitHub-Event",),
         delivery=("X-GitHub-Delivery",),
         signature="X-Hub-Signature-256",
-        prefix="sha256=",
     ),
     _Scheme(
         WebhookProvider.GITLAB,
@@ -91,15 +93,33 @@ _SCHEMES = (
         event=("X-Event-Key",),
         delivery=("X-Request-UUID",),
         signature="X-Hub-Signature",
-        prefix="sha256=",
     ),
 )
 _SCHEME_OF = {
     **{scheme.provider: scheme for scheme in _SCHEMES},
     WebhookProvider.CUSTOM.value: _Scheme(
-        WebhookProvider.CUSTOM, detected_by=(), event=(), delivery=("X-Delivery-Id",), signature=""
+        WebhookProvider.CUSTOM,
+        detected_by=(),
+        event=(),
+        delivery=("X-Delivery-Id",),
+        signature="X-Slipway-Token (or X-Slipway-Signature)",
     ),
 }
+
+# Every header that can carry a credential, whoever sends it: HMAC signatures of the raw body
+# with the accepted prefixes ("" = bare hex), and tokens that hold the secret itself. Gitea
+# and Forgejo send GitHub's and Gogs' copies too; GitHub and Gitea send a legacy SHA-1
+# X-Hub-Signature beside the SHA-256 one, Bitbucket Cloud a SHA-256 one.
+_SIGNATURE_HEADERS: dict[str, tuple[str, ...]] = {
+    "X-Hub-Signature-256": ("sha256=",),
+    "X-Hub-Signature": ("sha256=", "sha1="),
+    "X-Gitea-Signature": ("",),
+    "X-Gogs-Signature": ("",),
+    "X-Forgejo-Signature": ("",),
+    "X-Slipway-Signature": ("sha256=",),
+}
+_TOKEN_HEADERS = ("X-Gitlab-Token", "X-Slipway-Token")
+_DIGESTS = {"sha256=": hashlib.sha256, "sha1=": hashlib.sha1, "": hashlib.sha256}
 
 
 @dataclass(frozen=True)
@@ -126,6 +146,9 @@ class InboundDelivery:
     # Set when the event is not a push (a ping, an issue...): recorded, nothing deployed.
     ignored_reason: str = ""
     summary: list[str] = field(default_factory=list)
+    # SHA-256 of the raw body when it identifies the delivery (signed, or from a Git host):
+    # the same body under a new delivery id is a replay. "" for bearer-token custom JSON.
+    body_digest: str = ""
 
 
 class Rejected(Exception):
@@ -152,8 +175,10 @@ def receive(request: HttpRequest, token: str) -> JsonResponse:
     delivery_id = delivery_id_of(provider, headers)
     try:
         body = read_body(request)
-        authenticate(provider, headers, body, secret=project.webhook_secret)
+        credential = authenticate(provider, headers, body, secret=project.webhook_secret)
         inbound = parse(provider, event, delivery_id, body, request.content_type or "")
+        if credential == SIGNED or provider != WebhookProvider.CUSTOM:
+            inbound = replace(inbound, body_digest=hashlib.sha256(body).hexdigest())
     except Rejected as rejected:
         webhook_services.webhook_reject(
             project=project,
@@ -223,24 +248,50 @@ def _first_header(headers: Mapping[str, str], names: tuple[str, ...]) -> str:
     return ""
 
 
-def authenticate(provider: str, headers: Mapping[str, str], body: bytes, *, secret: str) -> None:
-    """Check the signature (or GitLab's token) over the raw body; fail closed."""
-    if provider == WebhookProvider.CUSTOM:
-        return  # DeployHQ's custom JSON is authenticated by the URL token alone.
+# What authenticated a request (authenticate's answer).
+SIGNED = "signed"  # an HMAC of the body: the body itself is vouched for
+BEARER = "bearer"  # the secret itself in a header (GitLab, X-Slipway-Token)
+URL_ONLY = "url"  # custom JSON to a project without a secret
+
+
+def authenticate(provider: str, headers: Mapping[str, str], body: bytes, *, secret: str) -> str:
+    """Check the request's credentials over the raw body; fail closed. Returns SIGNED, BEARER
+    or URL_ONLY; raises Rejected (401) otherwise.
+
+    With a secret, every credential header present (_SIGNATURE_HEADERS, _TOKEN_HEADERS),
+    whichever provider it belongs to, must match, and at least one must be present: leaving a
+    header out, or sending another provider's headers, cannot skip the check. Without a
+    secret only custom JSON is accepted, authenticated by the URL token (DeployHQ's rule).
+    """
+    present = [name for name in (*_SIGNATURE_HEADERS, *_TOKEN_HEADERS) if name in headers]
     if not secret:
+        if provider == WebhookProvider.CUSTOM and not present:
+            return URL_ONLY
         raise Rejected(401, "The project has no webhook secret: deliveries cannot be verified")
-    scheme = _SCHEME_OF[provider]
-    sent = headers.get(scheme.signature, "").strip()
-    if not sent:
-        raise Rejected(401, f"{scheme.signature} is missing: set the webhook's secret")
-    if provider == WebhookProvider.GITLAB:
-        # GitLab sends the secret itself rather than a signature.
-        expected = secret
-    else:
-        digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-        expected, sent = scheme.prefix + digest, sent.lower()
-    if not _same(sent, expected):
-        raise Rejected(401, f"{scheme.signature} does not match the project's webhook secret")
+    if not present:
+        name = _SCHEME_OF[provider].signature
+        raise Rejected(401, f"{name} is missing: set the webhook's secret")
+    signed = False
+    for name in present:
+        sent = headers.get(name, "").strip()
+        if name in _TOKEN_HEADERS:
+            matches = _same(sent, secret)
+        else:
+            matches = _signature_matches(sent, _SIGNATURE_HEADERS[name], secret, body)
+            signed = signed or matches
+        if not matches:
+            raise Rejected(401, f"{name} does not match the project's webhook secret")
+    return SIGNED if signed else BEARER
+
+
+def _signature_matches(sent: str, prefixes: tuple[str, ...], secret: str, body: bytes) -> bool:
+    sent = sent.lower()
+    for prefix in prefixes:
+        if prefix and not sent.startswith(prefix):
+            continue
+        digest = hmac.new(secret.encode(), body, _DIGESTS[prefix]).hexdigest()
+        return _same(sent, prefix + digest)
+    return False
 
 
 def _same(sent: str, expected: str) -> bool:

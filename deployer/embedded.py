@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from celery import signals
 from celery.worker import WorkController
 from django.conf import settings
 
@@ -38,11 +39,19 @@ def start_worker() -> WorkController:
         without_mingle=True,
         without_gossip=True,
         loglevel=settings.LOG_LEVEL,
+        # The `celery worker` command sends worker_ready; a bare WorkController does not, and
+        # the start-up work hung on it (builds.tasks: sweeping deleted projects' files) must
+        # run here too.
+        ready_callback=_send_worker_ready,
     )
     threading.Thread(target=worker.start, name="slipway-worker", daemon=True).start()
     threading.Thread(target=_reap_forever, name="slipway-reaper", daemon=True).start()
     logger.info("Embedded worker started with %s threads", settings.WORKER_CONCURRENCY)
     return worker
+
+
+def _send_worker_ready(consumer: object) -> None:
+    signals.worker_ready.send(sender=consumer)
 
 
 def _reap_forever() -> None:

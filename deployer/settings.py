@@ -354,6 +354,11 @@ LOGGING = {
 ALLOW_PRIVATE_NOTIFICATION_TARGETS = env.boolean(
     "SLIPWAY_ALLOW_PRIVATE_NOTIFICATION_TARGETS", False
 )
+# The same rule for the other far ends a user chooses (builds.outbound.policy, docs/network.md):
+# repository URLs (an on-premise Git server needs it on), and servers' SSH hosts with their HTTP
+# health checks (servers usually sit on private networks, hence on by default).
+ALLOW_PRIVATE_REPOSITORIES = env.boolean("SLIPWAY_ALLOW_PRIVATE_REPOSITORIES", False)
+ALLOW_PRIVATE_SERVERS = env.boolean("SLIPWAY_ALLOW_PRIVATE_SERVERS", True)
 # Email notifications: smtp://user:password@host:port (no TLS), smtp+tls:// (STARTTLS) or
 # smtps:// (TLS from the first byte); percent-encode special characters in the password.
 # Unset: email notifications are refused when they are saved.

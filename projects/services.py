@@ -19,6 +19,7 @@ from django.db.models import Max
 from django.utils import timezone
 from django.utils.text import slugify
 
+from builds import cleanup, outbound
 from builds.engine.errors import InvalidInput
 from builds.engine.git import validate_ref, validate_repository_url, validate_subdirectory
 from builds.engine.release import validate_relative_path
@@ -279,6 +280,8 @@ def project_clean(data: Mapping[str, Any]) -> dict[str, Any]:
         cleaned["repository_url"] = validate_repository_url(
             str(cleaned["repository_url"]).strip(), allow_local=settings.ALLOW_LOCAL_REPOSITORIES
         )
+        # The outbound-address policy, and never a local path into Slipway's own directories.
+        outbound.repository_check(cleaned["repository_url"])
     if "branch" in cleaned:
         cleaned["branch"] = validate_ref(str(cleaned["branch"]).strip(), field="branch")
     if cleaned.get("subdirectory"):
@@ -356,6 +359,11 @@ def project_delete(*, project: Project, actor: User) -> None:
         project.delete()
         for user_id in members:
             close_user_sockets(user_id, project_id)
+        # Its mirror, workspace, cache and build home, here and on every worker, once the
+        # row is gone.
+        transaction.on_commit(
+            lambda: cleanup.project_files_remove_everywhere(project_id), robust=True
+        )
 
 
 # --------------------------------------------------------------------------- members

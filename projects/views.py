@@ -548,6 +548,7 @@ DOCS = (
     "deployments",
     "strategies",
     "notifications",
+    "network",
     "dashboard",
     "users",
     "api",

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 
+from builds import outbound
+from builds.engine.addresses import address_refusal, parse_address
 from builds.engine.errors import InvalidInput
 from builds.engine.health import HealthCheckSpec
 from builds.runner import parse_batch_size
@@ -25,6 +28,8 @@ def health_check_clean(data: Mapping[str, Any]) -> dict[str, Any]:
     url = str(cleaned.get("url") or "").strip()
     if kind == HealthCheckKind.HTTP and not url.startswith(("http://", "https://")):
         raise InvalidInput("url", "an HTTP check needs an http:// or https:// URL")
+    if kind == HealthCheckKind.HTTP:
+        _check_literal_address(url)
     for field, low, high in (
         ("expected_status", 100, 599),
         ("timeout_seconds", 1, 600),
@@ -56,6 +61,21 @@ def health_check_clean(data: Mapping[str, Any]) -> dict[str, Any]:
         )
     cleaned["url"] = url
     return cleaned
+
+
+def _check_literal_address(url: str) -> None:
+    """An address written in the URL, in any form, must pass the servers' outbound policy now.
+    A host name (it may hold %server%) is checked before every attempt instead."""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        raise InvalidInput("url", "is not a valid URL") from None
+    address = parse_address(host)
+    if address is None:
+        return
+    refusal = address_refusal(address, outbound.policy(outbound.SERVERS))
+    if refusal is not None:
+        raise InvalidInput("url", f"{host} is {refusal}")
 
 
 def strategy_clean(data: Mapping[str, Any]) -> dict[str, Any]:

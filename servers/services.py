@@ -19,7 +19,9 @@ from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from builds import outbound
 from builds.engine import ssh
+from builds.engine.addresses import AddressRefused
 from builds.engine.errors import EngineError, HostKeyMismatch, InvalidInput
 from builds.engine.git import validate_ref
 from builds.engine.release import validate_deploy_path
@@ -66,6 +68,15 @@ SERVER_FIELDS = frozenset(
 _ADDRESS_FIELDS = ("hostname", "port")
 
 
+def _check_host_policy(hostname: str, port: int) -> None:
+    """The SERVERS outbound-address policy at save time; a name that does not resolve here
+    is accepted (the workers may resolve it) and checked again before every connection."""
+    try:
+        outbound.server_host_check(hostname, port)
+    except AddressRefused as exc:
+        raise InvalidInput("hostname", f"{exc}.") from None
+
+
 def server_clean(data: dict[str, Any], *, server: Server | None = None) -> dict[str, Any]:
     """Check a server's fields and work out how it logs in; InvalidInput names the bad field.
 
@@ -91,6 +102,8 @@ def server_clean(data: dict[str, Any], *, server: Server | None = None) -> dict[
                 )
     if "port" in cleaned and not 1 <= int(cleaned["port"]) <= 65535:
         raise InvalidInput("port", f"{cleaned['port']} is not between 1 and 65535.")
+    if "hostname" in cleaned:
+        _check_host_policy(cleaned["hostname"], int(cleaned.get("port") or 22))
     if "protocol" in cleaned and cleaned["protocol"] not in Protocol.values:
         raise InvalidInput("protocol", f"must be one of {', '.join(Protocol.values)}.")
     if "deploy_path" in cleaned:
@@ -271,6 +284,7 @@ def server_check(*, server: Server) -> ServerCheck:
     """
     address = ssh.format_address(server.hostname, server.port)
     try:
+        outbound.server_host_check(server.hostname, server.port)
         offered = ssh.probe_host_key(server.hostname, server.port)
     except EngineError as exc:
         return ServerCheck(ok=False, address=address, error=_message(exc, address))
@@ -368,6 +382,7 @@ def server_trust_host_key(*, server: Server, actor: User, fingerprint: str) -> S
         )
     address = ssh.format_address(server.hostname, server.port)
     try:
+        outbound.server_host_check(server.hostname, server.port)
         offered = ssh.probe_host_key(server.hostname, server.port)
     except EngineError as exc:
         raise InvalidInput("fingerprint", f"cannot be checked: {_message(exc, address)}") from None

@@ -359,6 +359,9 @@ class Mirror:
         # An empty credential.helper resets the list, so no helper on the worker can store
         # (or supply) credentials for this project.
         config.append(("credential.helper", ""))
+        # A redirect would send git to an address Slipway never checked (the outbound policy
+        # checks the URL's own host before each fetch): no redirect is followed.
+        config.append(("http.followRedirects", "false"))
         if self._https_secret is not None:
             config.append(("http.extraHeader", self._authorization_header()))
         _put_config_in_environment(environment, config)

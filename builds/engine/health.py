@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import ipaddress
 import shlex
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import httpx
+import httpcore
 
+from builds.engine.addresses import (
+    AddressRefused,
+    AddressUnresolvable,
+    PinnedBackend,
+    Policy,
+    check_host,
+)
 from builds.engine.errors import EngineError, InvalidInput
 from builds.engine.ssh import Connection
 from builds.engine.variables import substitute
@@ -37,6 +42,10 @@ class HealthCheckSpec:
     interval_seconds: float = 2.0
     server_ids: frozenset[int] = field(default_factory=frozenset)
     name: str = ""
+    # The outbound-address policy for HTTP checks (the servers' one): whether loopback and
+    # private addresses may be requested, and what a refusal tells the user.
+    allow_private: bool = True
+    private_hint: str = "only public addresses are allowed"
 
     def __post_init__(self) -> None:
         if self.kind not in (HTTP, COMMAND):
@@ -82,38 +91,82 @@ class Attempt:
     detail: str
 
 
-# Health checks may reach private addresses (the servers themselves), but never link-local
-# ones: 169.254.169.254 and its kind answer with the worker's cloud credentials.
-_METADATA = {ipaddress.ip_address("100.100.100.200"), ipaddress.ip_address("fd00:ec2::254")}
+# How much of an answer's body a body match reads.
+MAX_BODY_BYTES = 1024 * 1024
 
 
-def refused_address(url: str) -> str:
-    """Why the worker must not request ``url`` ("" when it may)."""
-    host = urlsplit(url).hostname or ""
+def _target(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, request target) of an http(s) URL; InvalidInput names ``url``."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise InvalidInput("url", "an HTTP check needs an http:// or https:// URL")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidInput("url", "a user name or password in the URL is not supported")
     try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return ""  # the request itself will report the name that does not resolve
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if address.is_link_local or address in _METADATA:
-            return f"{host} resolves to {address}, a link-local address health checks may not use"
-    return ""
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        raise InvalidInput("url", "the port is not a number between 0 and 65535") from None
+    host = parts.hostname or ""
+    if not host:
+        raise InvalidInput("url", "the URL has no host name")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return scheme, host, port, path
 
 
 def http_attempt(check: HealthCheckSpec, url: str) -> Attempt:
-    refusal = refused_address(url)
-    if refusal:
-        return Attempt(False, refusal)
+    """One GET of ``url``, connected only to addresses the policy allows.
+
+    A refused address is answered before any packet goes to it, with the same detail
+    whatever it would have answered: a body match cannot be used to read it. Redirects are
+    not followed (a 3xx is compared with ``expected_status`` like any status), so a redirect
+    to a refused address is never requested either.
+    """
+    policy = Policy(allow_private=check.allow_private, private_hint=check.private_hint)
     try:
-        response = httpx.get(url, timeout=check.timeout_seconds, follow_redirects=False)
-    except httpx.HTTPError as exc:
+        scheme, host, port, path = _target(url)
+        addresses = check_host(host, port, policy)
+    except (AddressRefused, AddressUnresolvable, InvalidInput) as exc:
+        return Attempt(False, str(exc))
+    deadline = time.monotonic() + check.timeout_seconds
+    backend = PinnedBackend(host, addresses, deadline, phase_seconds=check.timeout_seconds)
+    host_header = f"[{host}]" if ":" in host else host
+    if port != (443 if scheme == "https" else 80):
+        host_header += f":{port}"
+    timeout = check.timeout_seconds
+    try:
+        with (
+            httpcore.ConnectionPool(network_backend=backend, max_connections=1) as pool,
+            pool.stream(
+                "GET",
+                httpcore.URL(scheme=scheme, host=host, port=port, target=path),
+                headers=[("Host", host_header), ("User-Agent", "Slipway health check")],
+                extensions={
+                    "timeout": {
+                        "connect": timeout,
+                        "read": timeout,
+                        "write": timeout,
+                        "pool": timeout,
+                    }
+                },
+            ) as response,
+        ):
+            status = response.status
+            if status != check.expected_status:
+                return Attempt(False, f"status {status}, expected {check.expected_status}")
+            if check.body_contains:
+                body = b""
+                for chunk in response.iter_stream():
+                    body += chunk
+                    if len(body) > MAX_BODY_BYTES or time.monotonic() > deadline:
+                        break
+                if check.body_contains not in body.decode("utf-8", "replace"):
+                    return Attempt(False, f"the body does not contain {check.body_contains!r}")
+    except httpcore.TimeoutException:
+        return Attempt(False, "timed out")
+    except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
         return Attempt(False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-    if response.status_code != check.expected_status:
-        return Attempt(False, f"status {response.status_code}, expected {check.expected_status}")
-    if check.body_contains and check.body_contains not in response.text:
-        return Attempt(False, f"the body does not contain {check.body_contains!r}")
-    return Attempt(True, f"status {response.status_code}")
+    return Attempt(True, f"status {status}")
 
 
 def command_attempt(

@@ -288,3 +288,17 @@ def gitea_headers(
             "HTTP_X_FORGEJO_SIGNATURE": signature,
         }
     return headers
+
+
+def custom_headers(
+    secret: str, *, body: bytes | None = None, delivery: str | None = None
+) -> dict[str, Any]:
+    """Custom JSON's credential: the secret as X-Slipway-Token, or with ``body`` its HMAC."""
+    headers: dict[str, Any] = {}
+    if body is None:
+        headers["HTTP_X_SLIPWAY_TOKEN"] = secret
+    else:
+        headers["HTTP_X_SLIPWAY_SIGNATURE"] = "sha256=" + hmac_hex(secret, body)
+    if delivery is not None:
+        headers["HTTP_X_DELIVERY_ID"] = delivery
+    return headers

@@ -155,8 +155,39 @@ def test_it_detects_forgejo_before_gitea(shop, make_server, post):
     assert WebhookDelivery.objects.get().provider == "forgejo"
 
 
-def test_custom_json_is_authenticated_by_the_url_alone(shop, make_server, post):
+def test_custom_json_is_refused_without_a_token_when_the_project_has_a_secret(
+    shop, make_server, post
+):
     make_server(shop, "web1")
+    body = payloads.encode({"payload": {"new_ref": "latest", "branch": "main"}})
+
+    bare = post(shop, body)
+    wrong = post(shop, body, HTTP_X_SLIPWAY_TOKEN=shop.webhook_secret + "x")
+    empty = post(shop, body, HTTP_X_SLIPWAY_TOKEN="")
+
+    assert (bare.status_code, wrong.status_code, empty.status_code) == (401, 401, 401)
+    assert "X-Slipway-Token" in bare.json()["reason"]
+    assert _nothing_queued()
+
+
+def test_custom_json_is_accepted_with_the_token_or_a_signature(shop, make_server, post):
+    make_server(shop, "web1")
+    body = payloads.encode({"payload": {"new_ref": "latest", "branch": "main"}})
+
+    by_token = post(shop, body, **payloads.custom_headers(shop.webhook_secret))
+    signed = post(shop, body, **payloads.custom_headers(shop.webhook_secret, body=body))
+    mis_signed = post(shop, body, **payloads.custom_headers("wrong", body=body))
+
+    assert by_token.json()["status"] == "queued"
+    assert signed.json()["status"] == "queued"
+    assert mis_signed.status_code == 401
+    assert WebhookDelivery.objects.filter(provider="custom", outcome="queued").count() == 2
+
+
+def test_custom_json_is_authenticated_by_the_url_alone_without_a_secret(shop, make_server, post):
+    make_server(shop, "web1")
+    shop.webhook_secret = ""
+    shop.save()
     sha = payloads.fake_sha("custom")
     body = payloads.encode({"payload": {"new_ref": sha, "branch": "main"}})
 

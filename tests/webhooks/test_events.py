@@ -83,10 +83,11 @@ def test_delivery_ids_are_per_project_and_provider(shop, make_server, post, alic
 def test_deliveries_without_an_id_are_never_duplicates(shop, make_server, post):
     make_server(shop, "web1")
     body = payloads.encode({"payload": {"new_ref": "latest", "branch": "main"}})
-    assert post(shop, body).json()["status"] == "queued"
-    assert post(shop, body).json()["status"] == "queued"
-    assert post(shop, body, HTTP_X_DELIVERY_ID="c-1").json()["status"] == "queued"
-    assert post(shop, body, HTTP_X_DELIVERY_ID="c-1").json()["status"] == "duplicate"
+    token = payloads.custom_headers(shop.webhook_secret)
+    assert post(shop, body, **token).json()["status"] == "queued"
+    assert post(shop, body, **token).json()["status"] == "queued"
+    assert post(shop, body, HTTP_X_DELIVERY_ID="c-1", **token).json()["status"] == "queued"
+    assert post(shop, body, HTTP_X_DELIVERY_ID="c-1", **token).json()["status"] == "duplicate"
 
 
 def test_a_deleted_branch_deploys_nothing(shop, make_server, post):
@@ -208,7 +209,7 @@ def test_custom_json_with_latest_deploys_the_branch_tip(shop, make_server, post)
         }
     )
 
-    response = post(shop, body)
+    response = post(shop, body, **payloads.custom_headers(shop.webhook_secret))
 
     assert response.json()["status"] == "queued"
     deployment = Deployment.objects.get()
@@ -220,7 +221,7 @@ def test_custom_json_with_a_sha_deploys_that_commit(shop, make_server, post):
     sha = payloads.fake_sha("pinned")
     body = payloads.encode({"payload": {"new_ref": sha.upper(), "branch": "main"}})
 
-    post(shop, body)
+    post(shop, body, **payloads.custom_headers(shop.webhook_secret))
 
     deployment = Deployment.objects.get()
     assert (deployment.revision, deployment.branch) == (sha, "main")
@@ -238,7 +239,8 @@ def test_custom_json_with_a_sha_deploys_that_commit(shop, make_server, post):
 )
 def test_custom_json_needs_a_sha_or_latest_and_a_branch(shop, make_server, post, payload):
     make_server(shop, "web1")
-    response = post(shop, json.dumps({"payload": payload}).encode())
+    body = json.dumps({"payload": payload}).encode()
+    response = post(shop, body, **payloads.custom_headers(shop.webhook_secret))
     assert response.status_code == 400
     assert not Deployment.objects.exists()
 
@@ -300,7 +302,7 @@ def test_a_very_long_branch_name_is_recorded_shortened(shop, make_server, post):
     make_server(shop, "web1")
     body = payloads.encode({"payload": {"new_ref": "latest", "branch": "b" * 300}})
 
-    response = post(shop, body)
+    response = post(shop, body, **payloads.custom_headers(shop.webhook_secret))
 
     assert response.json()["status"] == "ignored"
     assert len(WebhookDelivery.objects.get().ref) == 255

@@ -148,8 +148,12 @@ def test_a_replayed_push_of_an_older_commit_is_not_deployed(
     run_deployment.apply(args=(new,))
     assert (sshd_target.deploy_path / "current" / "index.html").read_text() == "B\n"
 
-    # The same signed body again, under a fresh delivery id: a replay of an old push.
-    (replayed,) = _push(post, project, first, "0" * 40, "A")["deployments"]
+    # The same signed body again, under a fresh delivery id: a replay, refused at the door.
+    replay = _push(post, project, first, "0" * 40, "A")
+    assert (replay["status"], replay["deployments"]) == ("duplicate", [])
+    # A late, differently worded delivery of the old commit passes the door; the worker
+    # still refuses to go back.
+    (replayed,) = _push(post, project, first, "0" * 40, "A (retried)")["deployments"]
     run_deployment.apply(args=(replayed,))
     deployment = Deployment.objects.get(pk=replayed)
     assert deployment.status == Status.FAILED
@@ -168,7 +172,7 @@ def test_a_custom_push_naming_a_commit_off_its_branch_is_not_deployed(
     project = project_factory(repo)
     server_factory(project, sshd_target)
     body = payloads.encode({"payload": {"new_ref": stray, "branch": "main"}})
-    response = post(project, body)
+    response = post(project, body, **payloads.custom_headers(project.webhook_secret))
     assert response.status_code == 200, response.content
     (deployment_id,) = response.json()["deployments"]
     run_deployment.apply(args=(deployment_id,))
