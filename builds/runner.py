@@ -23,7 +23,12 @@ from builds.engine.errors import Aborted, Cancelled, EngineError
 from builds.engine.git import Commit
 from builds.engine.health import HealthCheckSpec
 from builds.engine.manifest import ChangeSet, Manifest
-from builds.engine.masking import Masker
+from builds.engine.masking import (
+    Masker,
+    config_file_secrets,
+    url_secrets,
+    webhook_url_secrets,
+)
 from builds.engine.ssh import Endpoint
 from builds.logs import LogWriter
 from builds.models import (
@@ -47,10 +52,22 @@ CANCEL_POLL_SECONDS = 1.0
 
 
 def project_secrets(project: Project, servers: list[Server]) -> list[str]:
-    """Every stored secret that could show up in a deployment's output."""
+    """Every stored secret of the project that could show up in a deployment's output.
+
+    Shapes: a list of texts, each masked as a whole, line by line and in base64 (masking.py).
+    Every server of the project counts, not only ``servers``: a command may print another
+    server's password. Config files count whole (masking.config_file_secrets): members who
+    may not configure the project may not read them, yet may read the log.
+    """
     values = [project.private_key, project.repository_token, project.webhook_secret]
+    values += url_secrets(project.repository_url)
     values += [variable.value for variable in project.environment_variables.filter(secret=True)]
-    for server in servers:
+    for body in project.config_files.values_list("body", flat=True):
+        values += config_file_secrets(body)
+    for notification in project.notifications.all():
+        values += [notification.secret]
+        values += webhook_url_secrets(notification.url) if notification.url else []
+    for server in {*servers, *project.servers.all()}:
         values += [server.password, server.private_key]
     return [value for value in values if value]
 
@@ -458,7 +475,7 @@ def _run_deploy(
         changes=_changes_json(result.changes),
     )
     reporter.writer.flush()  # every line is stored before the status says the log is complete
-    _record(deployment, result.servers, revision=result.revision)
+    _record(deployment, result.servers, revision=result.revision, mask=reporter.writer.mask)
 
 
 def _run_rollback(
@@ -491,7 +508,7 @@ def _run_rollback(
         end_revision=ends.pop() if len(ends) == 1 else ""
     )
     reporter.writer.flush()
-    _record(deployment, results, revision=None)
+    _record(deployment, results, revision=None, mask=reporter.writer.mask)
 
 
 def _rollback_release(deployment: Deployment, server: Server) -> Release | None:
@@ -559,8 +576,14 @@ def _changes_json(changes: ChangeSet | None) -> dict[str, Any]:
 
 
 def _record(
-    deployment: Deployment, results: list[pipeline.ServerResult], *, revision: str | None
+    deployment: Deployment,
+    results: list[pipeline.ServerResult],
+    *,
+    revision: str | None,
+    mask: Masker,
 ) -> None:
+    """Store each server's outcome; reasons and errors (a failed command's last lines) are
+    masked like the log."""
     now = timezone.now()
     for result in results:
         target = DeploymentTarget.objects.get(deployment=deployment, server_id=result.server_id)
@@ -582,7 +605,7 @@ def _record(
             if result.error is not None and not result.error.user_facing:
                 target.reason = "Internal error"
             else:
-                target.reason = (result.reason or str(result.error or ""))[:2000]
+                target.reason = mask(result.reason or str(result.error or ""))[:2000]
             target.finished_at = now
             target.save()
             if result.removed_releases:
@@ -594,11 +617,17 @@ def _record(
         names = dict(
             Server.objects.filter(pk__in=[r.server_id for r in failed]).values_list("pk", "name")
         )
-        error = "; ".join(
-            f"{names.get(r.server_id, r.server_id)}: "
-            + (str(r.error) if r.error is not None and r.error.user_facing else "Internal error")
-            + (" (rolled back)" if r.rolled_back else "")
-            for r in failed
+        error = mask(
+            "; ".join(
+                f"{names.get(r.server_id, r.server_id)}: "
+                + (
+                    str(r.error)
+                    if r.error is not None and r.error.user_facing
+                    else "Internal error"
+                )
+                + (" (rolled back)" if r.rolled_back else "")
+                for r in failed
+            )
         )
         code = failed[0].error.code if failed[0].error else "error"
         deployment_finish(deployment, status=Status.FAILED, error=error, error_code=code)
@@ -606,7 +635,9 @@ def _record(
         reason = next(
             (r.reason for r in results if r.cancelled and r.reason), "Cancelled on request"
         )
-        deployment_finish(deployment, status=Status.CANCELLED, error=reason, error_code="cancelled")
+        deployment_finish(
+            deployment, status=Status.CANCELLED, error=mask(reason), error_code="cancelled"
+        )
     else:
         deployment_finish(deployment, status=Status.SUCCEEDED)
 

@@ -66,8 +66,9 @@ _SEND_WAIT_SECONDS = 0.2
 # missed wake-up can never hang a deployment.
 _POLL_SECONDS = 1.0
 # A command printing megabytes without a newline (a binary, a progress bar) must not grow one
-# string without bound; longer runs are cut into several lines.
-_MAX_LINE_CHARS = 64 * 1024
+# string without bound; longer runs are cut into several lines, each exactly this long but the
+# last (the log's masking joins such pieces again before it looks for secrets).
+MAX_LINE_CHARS = 64 * 1024
 # stdout/stderr kept in CommandResult; on_line still sees every line beyond this.
 _CAPTURE_LIMIT_CHARS = 1024 * 1024
 # After a channel closes without an exit status, how long to let paramiko's transport thread
@@ -483,9 +484,9 @@ class _LineSplitter:
 
     def feed(self, data: bytes) -> list[str]:
         *lines, self._partial = (self._partial + self._decoder.decode(data)).split("\n")
-        while len(self._partial) > _MAX_LINE_CHARS:
-            lines.append(self._partial[:_MAX_LINE_CHARS])
-            self._partial = self._partial[_MAX_LINE_CHARS:]
+        while len(self._partial) > MAX_LINE_CHARS:
+            lines.append(self._partial[:MAX_LINE_CHARS])
+            self._partial = self._partial[MAX_LINE_CHARS:]
         return [line.removesuffix("\r") for line in lines]
 
     def finish(self) -> list[str]:

@@ -23,7 +23,8 @@ import re
 import shlex
 from collections.abc import Mapping
 
-_VARIABLE = re.compile(r"%([a-z_][a-z0-9_]*)%")
+#: A ``%name%`` reference in a command or a config file.
+VARIABLE = re.compile(r"%([a-z_][a-z0-9_]*)%")
 
 #: Prefix of the environment variables that carry ``%variable%`` values into shell commands.
 ENV_PREFIX = "SLIPWAY_VAR_"
@@ -55,7 +56,7 @@ def substitute(text: str, values: Mapping[str, str]) -> str:
         name = match.group(1)
         return values[name] if name in values else match.group(0)
 
-    return _VARIABLE.sub(replace, text)
+    return VARIABLE.sub(replace, text)
 
 
 def substitute_shell(command: str, values: Mapping[str, str]) -> str:
@@ -70,7 +71,7 @@ def substitute_shell(command: str, values: Mapping[str, str]) -> str:
     state = ""  # "" unquoted, "'" in single quotes, '"' in double quotes
     position = 0
     while position < len(command):
-        match = _VARIABLE.match(command, position)
+        match = VARIABLE.match(command, position)
         if match and match.group(1) in values:
             reference = f"{ENV_PREFIX}{match.group(1)}"
             if state == '"':
