@@ -9,7 +9,6 @@ import logging
 import posixpath
 import re
 import secrets
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +19,16 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from builds.engine import ssh
-from builds.engine.errors import EngineError, HostKeyMismatch, InvalidInput
+from builds.engine.errors import (
+    CommandFailed,
+    EngineError,
+    HostKeyMismatch,
+    InvalidInput,
+    UnsafeDeployPath,
+    UserError,
+)
 from builds.engine.git import validate_ref
-from builds.engine.release import validate_deploy_path
+from builds.engine.release import RemoteLayout, validate_deploy_path
 from builds.runner import endpoint_for
 from projects.models import Project
 from projects.services import _project_servers, audit_record, model_update, save_unique
@@ -319,22 +325,23 @@ def _message(exc: EngineError, address: str) -> str:
 
 
 def _deploy_path_problem(server: Server, connection: ssh.Connection) -> str:
-    """ "" when the deploy path exists (or could be made) and is writable, else why not."""
+    """ "" when the deploy path exists (or could be made), is writable and is safe (the same
+    check a deployment makes first: release.RemoteLayout.check_deploy_path), else why not."""
     path = server.deploy_path
     who = f"{server.username}@{connection.endpoint.address}"
     if server.protocol == Protocol.SSH:
-        quoted = shlex.quote(path)
-        result = connection.run(
-            f"mkdir -p -- {quoted} && test -w {quoted}",
-            check=False,
-            timeout=CHECK_COMMAND_TIMEOUT_SECONDS,
-        )
-        if result.exit_code == 0:
-            return ""
-        detail = "\n".join(result.tail[-3:])
-        return f"The deploy path {path} is not writable by {who}" + (
-            f": {detail}" if detail else "."
-        )
+        try:
+            RemoteLayout(connection, path).check_deploy_path(timeout=CHECK_COMMAND_TIMEOUT_SECONDS)
+        except UnsafeDeployPath as unsafe:
+            return str(unsafe)
+        except UserError as failed:  # mkdir or the write test failed: say how
+            detail = (
+                "\n".join(failed.tail[-3:]) if isinstance(failed, CommandFailed) else str(failed)
+            )
+            return f"The deploy path {path} is not writable by {who}" + (
+                f": {detail}" if detail else "."
+            )
+        return ""
     # SFTP-only servers run no commands: make the path and write a file instead.
     sftp = connection.sftp()
     probe = posixpath.join(path, f".slipway-check-{secrets.token_hex(4)}")

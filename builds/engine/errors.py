@@ -102,6 +102,12 @@ class CurrentIsDirectory(UserError):
     code = "current_is_directory"
 
 
+class UnsafeDeployPath(UserError):
+    """The deploy path could be changed by someone else, or leads out of itself."""
+
+    code = "unsafe_deploy_path"
+
+
 class ReleaseMissing(UserError):
     code = "release_missing"
 

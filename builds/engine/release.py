@@ -8,6 +8,12 @@
       .slipway/lock/            held while a deployment works here (who, which, since when)
       .slipway/manifests/<name>.json   the manifest of each release
 
+Before Slipway writes anything there, the deploy path must be owned by the login user (or
+root) and not writable by group or others, and ``releases/``, ``shared/``, ``.slipway/`` (and
+its ``lock/``, ``manifests/``) must not be symbolic links, and ``current`` must be a symbolic
+link to ``releases/<name>``: otherwise another account could swap what Slipway writes to, or
+Slipway would write outside the deploy path. The check is part of the first round trip.
+
 Every path that reaches the remote shell is passed through ``shlex.quote``; lists of paths
 travel NUL-separated (base64-encoded or on stdin), never as words of a command line.
 """
@@ -32,6 +38,7 @@ from builds.engine.errors import (
     InvalidInput,
     LockHeld,
     ReleaseMissing,
+    UnsafeDeployPath,
 )
 from builds.engine.ssh import Connection, LineCallback, classify_command_failure
 
@@ -45,6 +52,7 @@ EXIT_LOCK_HELD = 75
 EXIT_CURRENT_IS_DIR = 76
 EXIT_RELEASE_MISSING = 77
 EXIT_SYMLINKED_PARENT = 78
+EXIT_UNSAFE_PATH = 79
 
 _DEPLOY_PATH_CHARS = re.compile(r"^/[A-Za-z0-9._/@+~ -]*$")
 _RELEASE_NAME = re.compile(r"^[0-9]{8}-[0-9]{9}-[0-9a-f]{7,40}$")
@@ -204,6 +212,13 @@ class RemoteLayout:
                 f"{self.current_path} on {address} is a real directory, not a "
                 "symlink. Slipway will not replace it: move it aside (for example into releases/) first."
             )
+        if exit_code == EXIT_UNSAFE_PATH:
+            found = dict(line.partition("=")[::2] for line in stdout.splitlines() if "=" in line)
+            raise UnsafeDeployPath(
+                f"The deploy path {self.deploy_path} on {address} is unsafe: "
+                f"{found.get('unsafe', 'it failed the safety check')}. "
+                f"Fix it on the server, for example with `{found.get('fix', '')}`, then deploy again."
+            )
         if exit_code == EXIT_SYMLINKED_PARENT:
             raise InvalidInput(
                 "shared_paths",
@@ -220,6 +235,54 @@ class RemoteLayout:
             )
 
     # -- script pieces (each a block of POSIX sh, run from the deploy path)
+
+    def _enter_script(self) -> str:
+        """Make the deploy path if missing (not writable by others), enter it, and stop with
+        ``unsafe=``/``fix=`` lines and exit 79 when it is unsafe (see the module docstring)."""
+        q = self.q
+        # Inside the echo's double quotes: close them, add the path as the server's shell would
+        # spell it in a command, reopen.
+        path = '"' + shlex.quote(q) + '"'
+
+        def refuse(what: str, fix: str) -> str:
+            return f'{{ echo "unsafe={what}"; echo "fix={fix}"; exit {EXIT_UNSAFE_PATH}; }}'
+
+        not_owned = refuse(
+            "it is owned by $(stat -c %U .), not by the login user $(id -un) or root",
+            f"sudo chown $(id -un) {path}",
+        )
+        writable = refuse(
+            "it is writable by group or others (mode $(stat -c %a .))", f"chmod go-w {path}"
+        )
+        linked = refuse(
+            '$name is a symbolic link (to $(readlink -- "$name")), not a folder',
+            f"rm {path}/$name && mkdir {path}/$name",
+        )
+        elsewhere = refuse(
+            "current points to $target, not to a release in releases/", f"rm {path}/current"
+        )
+        links = " ".join(
+            shlex.quote(name) for name in ("releases", "shared", META_DIR, LOCK_DIR, MANIFEST_DIR)
+        )
+        inside = shlex.quote(self.deploy_path + "/releases/")
+        return f"""if [ ! -e {q} ] && [ ! -L {q} ]; then (umask 022 && mkdir -p -- {q}); fi
+cd -- {q}
+owner=$(stat -c %u .)
+if [ "$owner" != "$(id -u)" ] && [ "$owner" != 0 ]; then {not_owned}; fi
+if [ -n "$(find . -maxdepth 0 -perm /022)" ]; then {writable}; fi
+for name in {links}; do
+  if [ -L "$name" ]; then {linked}; fi
+done
+if [ -L current ]; then
+  target=$(readlink -- current)
+  case "$target" in
+    releases/*/*|releases/.|releases/..|{inside}*/*|{inside}.|{inside}..) bad=1 ;;
+    releases/?*|{inside}?*) bad=0 ;;
+    *) bad=1 ;;
+  esac
+  if [ "$bad" = 1 ]; then {elsewhere}; fi
+fi
+"""
 
     def _lock_script(
         self, *, holder: str, owner_id: str, stale_after: int, take_over_from: str
@@ -394,8 +457,7 @@ ln -s -- {target} {in_release}"""
             holder=holder, owner_id=owner_id, stale_after=stale_after, take_over_from=take_over_from
         )
         prepare = self._prepare_script(name, expected_live=expected_live, incremental=incremental)
-        mkdir = f"mkdir -p -- {self.q}\n"
-        out = self._script(mkdir + f"cd -- {self.q}\n" + lock + prepare)
+        out = self._script(self._enter_script() + lock + prepare)
         values: dict[str, list[str]] = {}
         for line in out.splitlines():
             key, sep, value = line.partition("=")
@@ -501,14 +563,23 @@ ln -s -- {target} {in_release}"""
     def lock(
         self, *, holder: str, owner_id: str, stale_after: int, take_over_from: str = ""
     ) -> None:
-        self._run(
-            f"mkdir -p -- {self.q}\ncd -- {self.q}\n"
+        self._script(
+            self._enter_script()
             + self._lock_script(
                 holder=holder,
                 owner_id=owner_id,
                 stale_after=stale_after,
                 take_over_from=take_over_from,
             )
+        )
+
+    def check_deploy_path(self, *, timeout: float = 600) -> None:
+        """Make the deploy path if it is missing, then refuse it (UnsafeDeployPath, naming the
+        host, the path, what is wrong and the command that fixes it) when it is unsafe, or
+        (CommandFailed / PermissionDenied) when the login user cannot write to it."""
+        self._script(
+            self._enter_script() + "test -w . || { echo 'not writable' >&2; exit 1; }\n",
+            timeout=timeout,
         )
 
     def unlock(self, *, owner_id: str) -> None:
