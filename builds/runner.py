@@ -465,6 +465,7 @@ def _run_deploy(
         full=deployment.full,
         config_only=deployment.config_only,
         lock_stale_after=settings.DEPLOYMENT_TIME_LIMIT,
+        fetch_timeout_seconds=settings.FETCH_TIMEOUT,
         started_at=deployment.started_at.timestamp() if deployment.started_at else None,
     )
     result = pipeline.deploy(spec, reporter)
@@ -535,6 +536,7 @@ def _run_preview(
         build=build_spec(deployment, workspace, revision),
         servers=specs,
         full=deployment.full,
+        fetch_timeout_seconds=settings.FETCH_TIMEOUT,
     )
     result = pipeline.preview(spec, reporter)
     first = next(iter(result.changes.values()), None)

@@ -42,6 +42,10 @@ class RepositoryError(UserError):
     code = "repository_error"
 
 
+class FetchTimedOut(RepositoryError):
+    code = "fetch_timed_out"
+
+
 class HostUnreachable(UserError):
     code = "host_unreachable"
 

@@ -8,13 +8,18 @@ either sits after ``--end-of-options`` / ``--`` or has been validated so it cann
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import queue
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tarfile
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +28,13 @@ from pathlib import Path
 from typing import IO, Literal
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-from builds.engine.errors import InternalError, InvalidInput, RepositoryError, RevisionNotFound
+from builds.engine.errors import (
+    FetchTimedOut,
+    InternalError,
+    InvalidInput,
+    RepositoryError,
+    RevisionNotFound,
+)
 
 LineCallback = Callable[[str], None]
 Transport = Literal["https", "http", "ssh", "git", "file"]
@@ -71,6 +82,10 @@ NEUTRAL_ATTRIBUTES = (
     "* -text !eol -crlf -ident !filter !working-tree-encoding -export-ignore -export-subst\n"
 )
 _STDERR_TAIL_LINES = 8
+#: The default wall-clock limit of one fetch, in seconds (SLIPWAY_FETCH_TIMEOUT sets it).
+DEFAULT_FETCH_TIMEOUT_SECONDS = 900.0
+# How often a running fetch looks at its deadline and asks whether it was cancelled.
+_FETCH_POLL_SECONDS = 0.5
 
 
 # --------------------------------------------------------------------------- validation
@@ -275,6 +290,13 @@ class Mirror:
 
     One mirror should be fetched by one process at a time (callers lock per project): two
     concurrent fetches can fail on git's ref locks.
+
+    Deadlines: a fetch that has not finished after ``fetch_timeout`` seconds (wall clock) is
+    stopped and fails with FetchTimedOut, whatever the transport (a ``git://`` server that
+    accepts and never answers included); http(s) also gives up on a transfer slower than 1 kB/s
+    for 60 s, and ssh on a connection that takes 30 s or stops answering keep-alives. git runs
+    in its own process group, and the whole group (remote helpers, ssh) is killed on a
+    deadline, a cancellation or any other way out of ``fetch``.
     """
 
     def __init__(
@@ -286,8 +308,10 @@ class Mirror:
         https_token: str | None = None,
         allow_local: bool = False,
         known_hosts: str | None = None,
+        fetch_timeout: float = DEFAULT_FETCH_TIMEOUT_SECONDS,
     ) -> None:
         self.path = path.absolute()
+        self._fetch_timeout = fetch_timeout
         self._transport = _transport_of(url, allow_local=allow_local)
         self._allow_local = allow_local
         self._ssh_private_key = ssh_private_key
@@ -308,8 +332,17 @@ class Mirror:
 
     # -- fetching
 
-    def fetch(self, on_line: LineCallback | None = None) -> None:
-        """Create the mirror if needed, then bring every branch and tag up to date."""
+    def fetch(
+        self,
+        on_line: LineCallback | None = None,
+        *,
+        check_cancelled: Callable[[], None] | None = None,
+    ) -> None:
+        """Create the mirror if needed, then bring every branch and tag up to date.
+
+        ``check_cancelled`` is called about twice a second while git runs; whatever it raises
+        (Cancelled) stops git's whole process group and propagates. Raises FetchTimedOut after
+        the mirror's ``fetch_timeout`` seconds, RepositoryError when git fails."""
         self._ensure_initialised()
         self._git("config", "remote.origin.url", self._fetch_url)
         with self._transport_environment() as environment:
@@ -327,6 +360,7 @@ class Mirror:
                 ],
                 environment=environment,
                 on_line=on_line,
+                check_cancelled=check_cancelled,
             )
         if result.returncode != 0:
             raise RepositoryError(self._fetch_failure_message(result.stderr))
@@ -547,6 +581,7 @@ class Mirror:
         *,
         environment: dict[str, str],
         on_line: LineCallback | None,
+        check_cancelled: Callable[[], None] | None = None,
     ) -> _GitResult:
         process = subprocess.Popen(
             ["git", f"--git-dir={self.path}", *arguments],
@@ -554,20 +589,71 @@ class Mirror:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=environment,
+            # Its own process group, so that a deadline or a cancel can stop git together
+            # with its remote helpers and ssh.
+            start_new_session=True,
         )
         if process.stderr is None:
             raise InternalError("git was started without a stderr pipe.")
+        # A reader thread, so that waiting for a line never blocks the deadline and cancel checks.
+        received: queue.Queue[bytes | None] = queue.Queue()
+        reader = threading.Thread(
+            target=_read_lines, args=(process.stderr, received), name="git-stderr", daemon=True
+        )
+        reader.start()
+        deadline = time.monotonic() + self._fetch_timeout
         lines: list[str] = []
-        for raw_line in process.stderr:
-            # Progress meters rewrite themselves with \r (keep what they settle on); ssh ends
-            # its lines with \r\n.
-            text = raw_line.decode("utf-8", errors="replace").rstrip("\r\n").split("\r")[-1]
-            line = _redact_text(text, self._secrets)
-            lines.append(line)
-            if on_line is not None and line.strip():
-                on_line(line)
-        process.stderr.close()
-        return _GitResult(process.wait(), b"", "\n".join(lines))
+        try:
+            while True:
+                try:
+                    raw_line = received.get(timeout=_FETCH_POLL_SECONDS)
+                except queue.Empty:
+                    raw_line = b""
+                if raw_line is None:
+                    break
+                if raw_line:
+                    # Progress meters rewrite themselves with \r (keep what they settle on);
+                    # ssh ends its lines with \r\n.
+                    text = raw_line.decode("utf-8", errors="replace").rstrip("\r\n")
+                    line = _redact_text(text.split("\r")[-1], self._secrets)
+                    lines.append(line)
+                    if on_line is not None and line.strip():
+                        on_line(line)
+                if check_cancelled is not None:
+                    check_cancelled()
+                if time.monotonic() >= deadline:
+                    _kill_group(process)
+                    raise FetchTimedOut(
+                        f"Fetching {self.display_url} did not finish within "
+                        f"{self._fetch_timeout:g} s: the host accepted the connection but "
+                        "stopped answering, or the transfer is too large for the limit "
+                        "(SLIPWAY_FETCH_TIMEOUT)."
+                    )
+            return _GitResult(process.wait(), b"", "\n".join(lines))
+        finally:
+            _kill_group(process)
+            reader.join(timeout=5)
+            process.stderr.close()
+
+
+def _read_lines(stream: IO[bytes], received: queue.Queue[bytes | None]) -> None:
+    try:
+        for raw_line in stream:
+            received.put(raw_line)
+    except (OSError, ValueError):  # the pipe was closed under us: the fetch is being stopped
+        pass
+    finally:
+        received.put(None)
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """Kill git's whole process group and reap git; nothing once git has been reaped.
+
+    Only while git is unreaped is its pid, the group's id, sure to be still ours."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 # --------------------------------------------------------------------------- helpers
