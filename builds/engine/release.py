@@ -7,6 +7,11 @@
       current -> releases/<name>
       .slipway/lock/            held while a deployment works here (who, which, since when)
       .slipway/manifests/<name>.json   the manifest of each release
+      .slipway/manifests/<name>.stat   its listing when finished (to notice later changes)
+      .slipway/manifests/<name>.managed  the paths Slipway wrote into it (config files and
+                                       shared links), one a line, then the folders it made for
+                                       them (ending in /): the next release, a copy of this
+                                       one, drops them before writing today's
 
 Before Slipway writes anything there, the deploy path must be owned by the login user (or
 root) and not writable by group or others, and ``releases/``, ``shared/``, ``.slipway/`` (and
@@ -332,6 +337,21 @@ if [ {int(incremental)} = 1 ] && [ -n "$live" ] && [ "$live" = {expected} ] && [
   # What changed in the live release after Slipway finished writing it (commands, people):
   # compare the copy with the listing taken when the live release was made.
   {_stat_listing(new)} | LC_ALL=C comm -3 "{MANIFEST_DIR}/$live.stat" - | sed 's/^\t//' | cut -f1 | LC_ALL=C sort -u | sed 's/^/drift=/'
+  # Config files and shared links of the live release: gone from the copy, so that one no
+  # longer configured is not carried on (today's are written again when the release finishes).
+  if [ -f "{MANIFEST_DIR}/$live.managed" ]; then
+    while IFS= read -r path; do
+      case "/$path" in //|*/../*|*/./*|*/..|*/.) continue ;; esac
+      parent=$(dirname -- "${{path%/}}"); through_link=0
+      while [ "$parent" != . ]; do
+        if [ -L {new}/"$parent" ]; then through_link=1; fi
+        parent=$(dirname -- "$parent")
+      done
+      if [ "$through_link" = 1 ]; then continue; fi
+      # A line ending in / is a folder Slipway made for them: removed once empty.
+      case "$path" in */) rmdir -- {new}/"${{path%/}}" 2>/dev/null || : ;; *) rm -rf -- {new}/"$path" ;; esac
+    done < "{MANIFEST_DIR}/$live.managed"
+  fi
 else
   mkdir -- {new}
   echo copied=0
@@ -363,7 +383,7 @@ for d in releases/*/; do
   case "$d" in [0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]-[0-9]*-[0-9a-f]*) ;; *) continue ;; esac
   case "$protect" in *" $d "*) continue ;; esac
   if [ -e "releases/$d/{UNFINISHED_MARKER}" ] || ! printf '%s\\n' "$finished" | grep -qxF -- "$d"; then
-    rm -rf -- "releases/$d" "{MANIFEST_DIR}/$d.json" "{MANIFEST_DIR}/$d.stat"
+    rm -rf -- "releases/$d" "{MANIFEST_DIR}/$d.json" "{MANIFEST_DIR}/$d.stat" "{MANIFEST_DIR}/$d.managed"
     echo "removed=$d"
   fi
 done
@@ -394,7 +414,22 @@ if [ -e {release}/{UNFINISHED_MARKER} ]; then echo {unfinished}; exit {EXIT_RELE
                 name, [*config_paths, *(p.strip().rstrip("/") for p in shared_paths)]
             )
         ]
+        # The folders this step makes for config files and shared links, deepest first (the
+        # next release removes them when they are left empty).
+        managed = [
+            *config_paths,
+            *(validate_relative_path(p, "shared_paths") for p in shared_paths),
+        ]
+        made = shlex.quote(f"{MANIFEST_DIR}/{name}.made")
+        lines.append(f": > {made}")
+        for folder in _parents(managed):
+            in_release = shlex.quote(f"releases/{name}/{folder}")
+            lines.append(
+                f"if [ ! -e {in_release} ]; then printf '%s/\\n' {shlex.quote(folder)} >> {made}; fi"
+            )
         lines.append("tar -xzpf - --no-same-owner")
+        managed_list = shlex.quote(f"{MANIFEST_DIR}/{name}.managed")
+        lines.append(f"cat {made} >> {managed_list}\nrm -f -- {made}")
         for raw in shared_paths:
             is_dir = raw.strip().endswith("/")
             path = validate_relative_path(raw, "shared_paths")
@@ -513,12 +548,20 @@ ln -s -- {target} {in_release}"""
         directory_mode: str = "",
     ) -> None:
         """Write config files and the manifest, link shared paths, apply permissions and
-        record the listing that the next deployment compares against: one round trip."""
+        record the listing that the next deployment compares against, and the paths written
+        here (config files, shared links) that the next one drops: one round trip."""
+        managed = [*files, *(validate_relative_path(p, "shared_paths") for p in shared_paths)]
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as archive:
             for path, body in files.items():
                 _add_bytes(archive, f"releases/{name}/{path}", body, 0o644)
             _add_bytes(archive, f"{MANIFEST_DIR}/{name}.json", manifest_json, 0o600)
+            _add_bytes(
+                archive,
+                f"{MANIFEST_DIR}/{name}.managed",
+                "".join(f"{path}\n" for path in managed).encode(),
+                0o600,
+            )
         script = self._finish_script(
             name,
             shared_paths=shared_paths,
@@ -554,7 +597,8 @@ ln -s -- {target} {in_release}"""
         release = shlex.quote(f"releases/{name}")
         pieces = [
             f"if [ -e {release}/{UNFINISHED_MARKER} ]; then rm -rf -- {release} "
-            f"{shlex.quote(f'{MANIFEST_DIR}/{name}.json')} {shlex.quote(f'{MANIFEST_DIR}/{name}.stat')}; fi\n"
+            f"{shlex.quote(f'{MANIFEST_DIR}/{name}.json')} {shlex.quote(f'{MANIFEST_DIR}/{name}.stat')} "
+            f"{shlex.quote(f'{MANIFEST_DIR}/{name}.managed')}; fi\n"
         ]
         if unlock_owner:
             pieces.append(self._unlock_script(unlock_owner))
@@ -608,6 +652,15 @@ ln -s -- {target} {in_release}"""
             'if [ -L current ]; then basename "$(readlink current)"; fi\n'
         )
         return out.strip() or None
+
+
+def _parents(paths: Sequence[str]) -> list[str]:
+    """The folders above ``paths`` (relative, checked), deepest first."""
+    found: set[str] = set()
+    for path in paths:
+        parts = path.split("/")
+        found.update("/".join(parts[:end]) for end in range(1, len(parts)))
+    return sorted(found, key=lambda folder: (-folder.count("/"), folder))
 
 
 def _no_symlinked_parents(name: str, paths: Sequence[str]) -> str:
