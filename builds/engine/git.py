@@ -28,8 +28,12 @@ from pathlib import Path
 from typing import IO, Literal
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
+from builds.engine import ssh
 from builds.engine.errors import (
+    EngineError,
     FetchTimedOut,
+    HostKeyMismatch,
+    HostKeyNotTrusted,
     InternalError,
     InvalidInput,
     RepositoryError,
@@ -176,6 +180,22 @@ def _transport_of_scheme_url(url: str, scheme: str, *, allow_local: bool) -> Tra
     return transport
 
 
+def ssh_host_of(url: str) -> tuple[str, int]:
+    """(host name, port) of an ``ssh://`` or scp-like (``git@host:path``) repository URL,
+    as ssh connects to it (brackets of an IPv6 address removed; port 22 unless given)."""
+    if _URL_SCHEME.match(url):
+        parts = urlsplit(url)
+        try:
+            port = parts.port or 22
+        except ValueError:
+            raise InvalidInput("repository_url", "has a port that is not a number.") from None
+        return parts.hostname or "", port
+    match = _SCP_LIKE.fullmatch(url)
+    if match is None:
+        raise InvalidInput("repository_url", "is not an ssh:// or git@host:path address.")
+    return match["host"].strip("[]"), 22
+
+
 def _transport_of_local_path(url: str, *, allow_local: bool) -> Transport:
     if not allow_local:
         raise InvalidInput(
@@ -282,11 +302,13 @@ class Mirror:
     Branches are stored as local refs (``refs/heads/*``) and tags as ``refs/tags/*``, so a
     branch name, a tag or a SHA resolves the same way it would in the origin repository.
 
-    SSH host keys: unless ``known_hosts`` pins them, the first fetch trusts the host key it is
-    offered (``StrictHostKeyChecking=accept-new``) and records it in a known_hosts file that
-    lives inside this mirror; every later fetch then refuses a changed key. The worker's own
-    ~/.ssh/known_hosts is neither read nor written, so one project cannot vouch for a host on
-    another project's behalf. ``known_hosts`` is the text of a known_hosts file.
+    SSH host keys are pinned like servers' (see ssh.py): ``host_key`` is the repository host's
+    trusted key, ``"<type> <base64>"``. Without it an ssh fetch is refused (HostKeyNotTrusted,
+    showing the key the host offers, to be trusted by an admin of the project); with it, ssh
+    runs with ``StrictHostKeyChecking=yes`` against a known_hosts file holding that key only,
+    and a host offering another key is refused (HostKeyMismatch, naming host:port and both
+    fingerprints). The worker's own ~/.ssh/known_hosts is neither read nor written, so one
+    project cannot vouch for a host on another project's behalf.
 
     One mirror should be fetched by one process at a time (callers lock per project): two
     concurrent fetches can fail on git's ref locks.
@@ -307,7 +329,7 @@ class Mirror:
         ssh_private_key: str | None = None,
         https_token: str | None = None,
         allow_local: bool = False,
-        known_hosts: str | None = None,
+        host_key: str | None = None,
         fetch_timeout: float = DEFAULT_FETCH_TIMEOUT_SECONDS,
     ) -> None:
         self.path = path.absolute()
@@ -315,7 +337,8 @@ class Mirror:
         self._transport = _transport_of(url, allow_local=allow_local)
         self._allow_local = allow_local
         self._ssh_private_key = ssh_private_key
-        self._known_hosts = known_hosts
+        self._host_key = host_key.strip() if host_key else None
+        self.ssh_host = ssh_host_of(url) if self._transport == "ssh" else None
         self._fetch_url, self._https_username, self._https_secret = _split_credentials(
             url, self._transport, https_token
         )
@@ -343,6 +366,7 @@ class Mirror:
         ``check_cancelled`` is called about twice a second while git runs; whatever it raises
         (Cancelled) stops git's whole process group and propagates. Raises FetchTimedOut after
         the mirror's ``fetch_timeout`` seconds, RepositoryError when git fails."""
+        self._check_host_key_pinned()
         self._ensure_initialised()
         self._git("config", "remote.origin.url", self._fetch_url)
         with self._transport_environment() as environment:
@@ -363,7 +387,36 @@ class Mirror:
                 check_cancelled=check_cancelled,
             )
         if result.returncode != 0:
+            self._check_host_key_unchanged(result.stderr)
             raise RepositoryError(self._fetch_failure_message(result.stderr))
+
+    def _check_host_key_pinned(self) -> None:
+        if self.ssh_host is None or self._host_key:
+            return
+        hostname, port = self.ssh_host
+        offered = ssh.probe_host_key(hostname, port)
+        raise HostKeyNotTrusted(
+            f"The repository's SSH host {ssh.format_address(hostname, port)} offered the host "
+            f"key {offered.key_type} {offered.fingerprint}, which is not trusted yet. Compare it "
+            "with `ssh-keygen -lf` on the Git server (or the fingerprints your Git host "
+            "publishes), then an admin of the project trusts it in the project's repository "
+            "settings."
+        )
+
+    def _check_host_key_unchanged(self, stderr: str) -> None:
+        """After ssh refused the host: say which key it offers instead of the pinned one."""
+        if self.ssh_host is None or not self._host_key:
+            return
+        if "host key verification failed" not in stderr.lower():
+            return
+        hostname, port = self.ssh_host
+        try:
+            offered = ssh.probe_host_key(hostname, port)
+        except EngineError:
+            return  # the host is gone now: the fetch's own error says enough
+        pinned = ssh.public_key_fingerprint(self._host_key)
+        if offered.fingerprint != pinned:
+            raise HostKeyMismatch(ssh.format_address(hostname, port), pinned, offered.fingerprint)
 
     def _ensure_initialised(self) -> None:
         if not (self.path / "HEAD").is_file():
@@ -408,11 +461,10 @@ class Mirror:
         return "Authorization: Basic " + base64.b64encode(credentials).decode("ascii")
 
     def _ssh_command(self, key_path: Path | None) -> str:
-        if self._known_hosts is not None:
-            self.known_hosts_path.write_text(self._known_hosts)
-            host_key_policy = "yes"
-        else:
-            host_key_policy = "accept-new"
+        assert self.ssh_host is not None and self._host_key  # checked before fetching
+        hostname, port = self.ssh_host
+        pattern = hostname if port == 22 else f"[{hostname}]:{port}"
+        self.known_hosts_path.write_text(f"{pattern} {self._host_key}\n")
         arguments = ["ssh", "-F", "/dev/null"]
         if key_path is not None:
             arguments += ["-i", str(key_path), "-o", "IdentitiesOnly=yes"]
@@ -420,7 +472,9 @@ class Mirror:
             "-o",
             "BatchMode=yes",
             "-o",
-            f"StrictHostKeyChecking={host_key_policy}",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "CheckHostIP=no",
             "-o",
             f"UserKnownHostsFile={self.known_hosts_path}",
             "-o",
@@ -817,6 +871,7 @@ __all__ = [
     "LineCallback",
     "Mirror",
     "redact_url",
+    "ssh_host_of",
     "validate_ref",
     "validate_repository_url",
     "validate_subdirectory",

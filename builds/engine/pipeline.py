@@ -77,7 +77,13 @@ def mirror_lock(spec: BuildSpec) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def open_mirror(spec: BuildSpec, *, fetch_timeout: float = DEFAULT_FETCH_TIMEOUT_SECONDS) -> Mirror:
+def open_mirror(
+    spec: BuildSpec,
+    *,
+    fetch_timeout: float = DEFAULT_FETCH_TIMEOUT_SECONDS,
+    host_key: str = "",
+) -> Mirror:
+    """The project's mirror; ``host_key`` is the trusted key of an ssh repository's host."""
     return Mirror(
         spec.mirror_dir,
         spec.repository_url,
@@ -85,6 +91,7 @@ def open_mirror(spec: BuildSpec, *, fetch_timeout: float = DEFAULT_FETCH_TIMEOUT
         https_token=spec.https_token,
         allow_local=spec.allow_local,
         fetch_timeout=fetch_timeout,
+        host_key=host_key or None,
     )
 
 
@@ -108,7 +115,11 @@ class Preview:
 
 def preview(spec: DeploySpec, reporter: Reporter) -> Preview:
     """Commits and file changes per server, computed on the worker; no server is touched."""
-    mirror = open_mirror(spec.build, fetch_timeout=spec.fetch_timeout_seconds)
+    mirror = open_mirror(
+        spec.build,
+        fetch_timeout=spec.fetch_timeout_seconds,
+        host_key=spec.repository_host_key,
+    )
     with reporter.step("fetch"), mirror_lock(spec.build):
         _fetch(spec, mirror, reporter)
         sha = mirror.resolve(spec.build.revision)
@@ -135,7 +146,11 @@ def preview(spec: DeploySpec, reporter: Reporter) -> Preview:
 def deploy(spec: DeploySpec, reporter: Reporter) -> DeployResult:
     """Build once, then deliver to every server (``max_parallel`` at a time)."""
     _check_spec(spec)
-    mirror = open_mirror(spec.build, fetch_timeout=spec.fetch_timeout_seconds)
+    mirror = open_mirror(
+        spec.build,
+        fetch_timeout=spec.fetch_timeout_seconds,
+        host_key=spec.repository_host_key,
+    )
     with reporter.step("fetch"), mirror_lock(spec.build):
         _fetch(spec, mirror, reporter)
         sha = mirror.resolve(spec.build.revision)

@@ -138,6 +138,8 @@ class DeploySpec:
     lock_stale_after: int = 3600
     #: Wall-clock limit of the repository fetch, in seconds (see git.Mirror).
     fetch_timeout_seconds: float = DEFAULT_FETCH_TIMEOUT_SECONDS
+    #: The trusted host key of an ssh repository, "<type> <base64>" (see git.Mirror).
+    repository_host_key: str = field(default="", repr=False)
     #: Used for the release name, so that every server gets the same one.
     started_at: float | None = None
     #: Asked about a lock's owner ("deployment-12"): True when that deployment has finished

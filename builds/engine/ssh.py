@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import hmac
 import io
+import re
 import select
 import socket
 import threading
@@ -96,6 +97,52 @@ class HostKey:
 
     key_type: str
     fingerprint: str
+    #: "<type> <base64>", as in a known_hosts line (what a pinned repository key stores).
+    public_key: str = ""
+
+
+#: A fingerprint as ``ssh-keygen -l`` prints it.
+FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
+
+
+def public_key_fingerprint(public_key: str) -> str:
+    """The fingerprint of ``"<type> <base64>"`` (a known_hosts key); "" when unreadable."""
+    parts = public_key.split()
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except (IndexError, ValueError):
+        return ""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def confirm_host_key(hostname: str, port: int, fingerprint: str, timeout: float = 10.0) -> HostKey:
+    """The key ``hostname:port`` offers now, when its fingerprint is ``fingerprint``: the
+    "Trust this key" step for servers and repositories alike.
+
+    Raises InvalidInput naming the field ``fingerprint`` when it is malformed, when the host
+    cannot be reached (user-facing reason) or offers another key (both named); an error of
+    ours (not user-facing EngineError) propagates.
+    """
+    fingerprint = fingerprint.strip()
+    if not FINGERPRINT.fullmatch(fingerprint):
+        raise InvalidInput(
+            "fingerprint",
+            "must be a SHA256 fingerprint as `ssh-keygen -l` prints it (SHA256: then 43 characters).",
+        )
+    address = format_address(hostname, port)
+    try:
+        offered = probe_host_key(hostname, port, timeout)
+    except EngineError as exc:
+        if not exc.user_facing:
+            raise
+        raise InvalidInput("fingerprint", f"cannot be checked: {exc}") from None
+    if not hmac.compare_digest(fingerprint.encode(), offered.fingerprint.encode()):
+        raise InvalidInput(
+            "fingerprint",
+            f"{fingerprint} is not the key {address} offers now, which is "
+            f"{offered.key_type} {offered.fingerprint}.",
+        )
+    return offered
 
 
 @dataclass(frozen=True)
@@ -574,7 +621,11 @@ def _start_transport(
     except BaseException:
         transport.close()
         raise
-    return transport, HostKey(key_type=server_key.get_name(), fingerprint=fingerprint(server_key))
+    return transport, HostKey(
+        key_type=server_key.get_name(),
+        fingerprint=fingerprint(server_key),
+        public_key=f"{server_key.get_name()} {server_key.get_base64()}",
+    )
 
 
 def _open_socket(hostname: str, port: int, timeout: float) -> socket.socket:
