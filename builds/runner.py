@@ -466,6 +466,7 @@ def _run_deploy(
         config_only=deployment.config_only,
         lock_stale_after=settings.DEPLOYMENT_TIME_LIMIT,
         fetch_timeout_seconds=settings.FETCH_TIMEOUT,
+        repository_host_key=project.repository_host_key,
         started_at=deployment.started_at.timestamp() if deployment.started_at else None,
     )
     result = pipeline.deploy(spec, reporter)
@@ -537,6 +538,7 @@ def _run_preview(
         servers=specs,
         full=deployment.full,
         fetch_timeout_seconds=settings.FETCH_TIMEOUT,
+        repository_host_key=deployment.project.repository_host_key,
     )
     result = pipeline.preview(spec, reporter)
     first = next(iter(result.changes.values()), None)

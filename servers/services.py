@@ -37,7 +37,7 @@ from servers.models import AuthMethod, HealthCheck, Protocol, Server
 
 logger = logging.getLogger(__name__)
 
-FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
+FINGERPRINT = ssh.FINGERPRINT
 _MODE = re.compile(r"[0-7]{3,4}")
 # Host and user names end up in error messages and in ssh's view of the world: no blanks,
 # no control characters, and nothing that could pass for an option.
@@ -366,27 +366,9 @@ def _sftp_makedirs(sftp: paramiko.SFTPClient, path: str) -> None:
 
 
 def server_trust_host_key(*, server: Server, actor: User, fingerprint: str) -> Server:
-    """Pin the host key, if ``fingerprint`` is what the server offers right now."""
-    fingerprint = fingerprint.strip()
-    if not FINGERPRINT.fullmatch(fingerprint):
-        raise InvalidInput(
-            "fingerprint",
-            "must be a SHA256 fingerprint as `ssh-keygen -l` prints it (SHA256: then 43 characters).",
-        )
-    address = ssh.format_address(server.hostname, server.port)
-    try:
-        offered = ssh.probe_host_key(server.hostname, server.port)
-    except EngineError as exc:
-        raise InvalidInput("fingerprint", f"cannot be checked: {_message(exc, address)}") from None
-    except Exception as exc:  # a network library's surprise must not become a 500
-        logger.warning("Probing %s failed", address, exc_info=True)
-        raise InvalidInput("fingerprint", f"cannot be checked: {address}: {exc}") from None
-    if not hmac.compare_digest(fingerprint.encode(), offered.fingerprint.encode()):
-        raise InvalidInput(
-            "fingerprint",
-            f"{fingerprint} is not the key {address} offers now, which is "
-            f"{offered.key_type} {offered.fingerprint}.",
-        )
+    """Pin the host key, if ``fingerprint`` is what the server offers right now (see
+    ssh.confirm_host_key: raises InvalidInput naming ``fingerprint``)."""
+    fingerprint = ssh.confirm_host_key(server.hostname, server.port, fingerprint).fingerprint
     previous = server.host_key_fingerprint
     with transaction.atomic():
         model_update(instance=server, data={"host_key_fingerprint": fingerprint})

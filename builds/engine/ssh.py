@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import hmac
 import io
+import logging
 import re
 import select
 import socket
@@ -44,6 +45,8 @@ from builds.engine.errors import (
     PermissionDenied,
     TransferFailed,
 )
+
+logger = logging.getLogger(__name__)
 
 #: Receives each output line as ``on_line(stream, text)``, stream being "stdout" or "stderr".
 LineCallback = Callable[[str, str], None]
@@ -120,8 +123,8 @@ def confirm_host_key(hostname: str, port: int, fingerprint: str, timeout: float 
     "Trust this key" step for servers and repositories alike.
 
     Raises InvalidInput naming the field ``fingerprint`` when it is malformed, when the host
-    cannot be reached (user-facing reason) or offers another key (both named); an error of
-    ours (not user-facing EngineError) propagates.
+    cannot be reached or probed (the reason; ours go to the worker's log), or when it offers
+    another key (both named).
     """
     fingerprint = fingerprint.strip()
     if not FINGERPRINT.fullmatch(fingerprint):
@@ -133,9 +136,15 @@ def confirm_host_key(hostname: str, port: int, fingerprint: str, timeout: float 
     try:
         offered = probe_host_key(hostname, port, timeout)
     except EngineError as exc:
-        if not exc.user_facing:
-            raise
-        raise InvalidInput("fingerprint", f"cannot be checked: {exc}") from None
+        if exc.user_facing:
+            raise InvalidInput("fingerprint", f"cannot be checked: {exc}") from None
+        logger.warning("Probing %s failed", address, exc_info=True)
+        raise InvalidInput(
+            "fingerprint", f"cannot be checked: probing {address} failed on Slipway's side."
+        ) from None
+    except Exception as exc:  # a network library's surprise must not become a 500
+        logger.warning("Probing %s failed", address, exc_info=True)
+        raise InvalidInput("fingerprint", f"cannot be checked: {address}: {exc}") from None
     if not hmac.compare_digest(fingerprint.encode(), offered.fingerprint.encode()):
         raise InvalidInput(
             "fingerprint",
