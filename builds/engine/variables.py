@@ -64,9 +64,10 @@ def substitute_shell(command: str, values: Mapping[str, str]) -> str:
     variable ``SLIPWAY_VAR_<name>`` (see :func:`shell_exports`), shaped for the quoting it
     stands in; unknown names are left as they are.
 
-    The quoting is followed as POSIX sh reads it (backslash escapes, '...' and "..."); a
-    here-document body or a ``$(...)`` inside double quotes counts as unquoted, which still
-    expands the reference as data (it may then show the double quotes literally)."""
+    The quoting is followed as POSIX sh reads it (backslash escapes, '...' and "..."). Two
+    places are read approximately, and stay data all the same: a here-document body counts as
+    unquoted (the reference's double quotes then show in it), and a ``$(...)`` inside double
+    quotes counts as quoted (``${SLIPWAY_VAR_x}`` there is split at spaces)."""
     out: list[str] = []
     state = ""  # "" unquoted, "'" in single quotes, '"' in double quotes
     position = 0
