@@ -81,9 +81,10 @@ def run_commands(
 
     ``%variables%`` reach the shell as data (see variables.substitute_shell); the log shows
     the command with the values written in, for people to read."""
-    exports = shell_exports(variables) + "".join(
+    # The %variables% last: a project variable called SLIPWAY_VAR_... cannot stand in for one.
+    exports = "".join(
         f"export {name}={shlex.quote(value)}\n" for name, value in env.items() if _env_name_ok(name)
-    )
+    ) + shell_exports(variables)
     for command in commands:
         if command.stage != stage or not command.applies_to(server):
             continue
