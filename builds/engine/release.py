@@ -383,7 +383,7 @@ for d in releases/*/; do
   case "$d" in [0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]-[0-9]*-[0-9a-f]*) ;; *) continue ;; esac
   case "$protect" in *" $d "*) continue ;; esac
   if [ -e "releases/$d/{UNFINISHED_MARKER}" ] || ! printf '%s\\n' "$finished" | grep -qxF -- "$d"; then
-    rm -rf -- "releases/$d" "{MANIFEST_DIR}/$d.json" "{MANIFEST_DIR}/$d.stat" "{MANIFEST_DIR}/$d.managed"
+    rm -rf -- "releases/$d" "{MANIFEST_DIR}/$d.json" "{MANIFEST_DIR}/$d.stat" "{MANIFEST_DIR}/$d.managed" "{MANIFEST_DIR}/$d.made"
     echo "removed=$d"
   fi
 done
@@ -598,7 +598,8 @@ ln -s -- {target} {in_release}"""
         pieces = [
             f"if [ -e {release}/{UNFINISHED_MARKER} ]; then rm -rf -- {release} "
             f"{shlex.quote(f'{MANIFEST_DIR}/{name}.json')} {shlex.quote(f'{MANIFEST_DIR}/{name}.stat')} "
-            f"{shlex.quote(f'{MANIFEST_DIR}/{name}.managed')}; fi\n"
+            f"{shlex.quote(f'{MANIFEST_DIR}/{name}.managed')} "
+            f"{shlex.quote(f'{MANIFEST_DIR}/{name}.made')}; fi\n"
         ]
         if unlock_owner:
             pieces.append(self._unlock_script(unlock_owner))
