@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,6 +19,8 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from builds.engine.masking import Masker
+from builds.engine.ssh import MAX_LINE_CHARS
 from builds.models import Deployment, LogLine
 
 logger = logging.getLogger(__name__)
@@ -68,18 +69,23 @@ class LogWriter:
 
     Lines are buffered for at most ``flush_interval`` seconds (or ``batch`` lines) so that a
     chatty build does not make one INSERT per line.
+
+    A line longer than the engine's ``MAX_LINE_CHARS`` arrives cut into pieces of exactly that
+    length; a secret may straddle a cut. Such a piece is held back (per stream and server) and
+    masked together with the piece after it, and the pair is cut again where no secret is.
     """
 
     def __init__(
         self,
         deployment_id: int,
         *,
-        mask: Callable[[str], str] = lambda text: text,
+        mask: Masker | None = None,
         flush_interval: float = 0.2,
         batch: int = 200,
     ) -> None:
         self.deployment_id = deployment_id
-        self.mask = mask
+        self.mask = mask if mask is not None else Masker()
+        self._held: dict[tuple[str, int | None], str] = {}
         self.flush_interval = flush_interval
         self.batch = batch
         self._lock = threading.Lock()
@@ -112,13 +118,28 @@ class LogWriter:
     def close(self) -> None:
         self._closed.set()
         self._flusher.join(timeout=10)
+        with self._lock:
+            held, self._held = self._held, {}
+            for (stream, server_id), text in held.items():
+                self._pending.append(_Pending(stream, self.mask(text), server_id, timezone.now()))
         self.flush()
 
     def write(self, stream: str, text: str, *, server_id: int | None = None) -> None:
-        masked = self.mask(text)
         with self._lock:
-            for part in masked.split("\n") if "\n" in masked else [masked]:
-                self._pending.append(_Pending(stream, part, server_id, timezone.now()))
+            key = (stream, server_id)
+            held = self._held.pop(key, "")
+            joined = held + text
+            cut = self.mask.safe_cut(joined, len(held)) if held else 0
+            ready, rest = joined[:cut], joined[cut:]
+            if len(text) == MAX_LINE_CHARS and "\n" not in text:
+                self._held[key] = rest  # the front of a longer line: wait for what follows
+                rest = ""
+            for piece in (ready, rest):
+                if not piece:
+                    continue
+                masked = self.mask(piece)
+                for part in masked.split("\n") if "\n" in masked else [masked]:
+                    self._pending.append(_Pending(stream, part, server_id, timezone.now()))
             due = (
                 len(self._pending) >= self.batch
                 or time.monotonic() - self._last_flush >= self.flush_interval

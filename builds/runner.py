@@ -25,7 +25,12 @@ from builds.engine.errors import Aborted, Cancelled, EngineError
 from builds.engine.git import Commit
 from builds.engine.health import HealthCheckSpec
 from builds.engine.manifest import ChangeSet, Manifest
-from builds.engine.masking import Masker
+from builds.engine.masking import (
+    Masker,
+    config_file_secrets,
+    url_secrets,
+    webhook_url_secrets,
+)
 from builds.engine.sandbox import SandboxPolicy
 from builds.engine.ssh import Endpoint
 from builds.logs import LogWriter
@@ -50,10 +55,22 @@ CANCEL_POLL_SECONDS = 1.0
 
 
 def project_secrets(project: Project, servers: list[Server]) -> list[str]:
-    """Every stored secret that could show up in a deployment's output."""
+    """Every stored secret of the project that could show up in a deployment's output.
+
+    Shapes: a list of texts, each masked as a whole, line by line and in base64 (masking.py).
+    Every server of the project counts, not only ``servers``: a command may print another
+    server's password. Config files count whole (masking.config_file_secrets): members who
+    may not configure the project may not read them, yet may read the log.
+    """
     values = [project.private_key, project.repository_token, project.webhook_secret]
+    values += url_secrets(project.repository_url)
     values += [variable.value for variable in project.environment_variables.filter(secret=True)]
-    for server in servers:
+    for body in project.config_files.values_list("body", flat=True):
+        values += config_file_secrets(body)
+    for notification in project.notifications.all():
+        values += [notification.secret]
+        values += webhook_url_secrets(notification.url) if notification.url else []
+    for server in {*servers, *project.servers.all()}:
         values += [server.password, server.private_key]
     return [value for value in values if value]
 
@@ -476,6 +493,8 @@ def _run_deploy(
         full=deployment.full,
         config_only=deployment.config_only,
         lock_stale_after=settings.DEPLOYMENT_TIME_LIMIT,
+        fetch_timeout_seconds=settings.FETCH_TIMEOUT,
+        repository_host_key=project.repository_host_key,
         started_at=deployment.started_at.timestamp() if deployment.started_at else None,
     )
     result = pipeline.deploy(spec, reporter)
@@ -486,7 +505,7 @@ def _run_deploy(
         changes=_changes_json(result.changes),
     )
     reporter.writer.flush()  # every line is stored before the status says the log is complete
-    _record(deployment, result.servers, revision=result.revision)
+    _record(deployment, result.servers, revision=result.revision, mask=reporter.writer.mask)
 
 
 def _run_rollback(
@@ -519,7 +538,7 @@ def _run_rollback(
         end_revision=ends.pop() if len(ends) == 1 else ""
     )
     reporter.writer.flush()
-    _record(deployment, results, revision=None)
+    _record(deployment, results, revision=None, mask=reporter.writer.mask)
 
 
 def _rollback_release(deployment: Deployment, server: Server) -> Release | None:
@@ -546,6 +565,8 @@ def _run_preview(
         build=build_spec(deployment, workspace, revision),
         servers=specs,
         full=deployment.full,
+        fetch_timeout_seconds=settings.FETCH_TIMEOUT,
+        repository_host_key=deployment.project.repository_host_key,
     )
     result = pipeline.preview(spec, reporter)
     first = next(iter(result.changes.values()), None)
@@ -587,8 +608,14 @@ def _changes_json(changes: ChangeSet | None) -> dict[str, Any]:
 
 
 def _record(
-    deployment: Deployment, results: list[pipeline.ServerResult], *, revision: str | None
+    deployment: Deployment,
+    results: list[pipeline.ServerResult],
+    *,
+    revision: str | None,
+    mask: Masker,
 ) -> None:
+    """Store each server's outcome; reasons and errors (a failed command's last lines) are
+    masked like the log."""
     now = timezone.now()
     for result in results:
         target = DeploymentTarget.objects.get(deployment=deployment, server_id=result.server_id)
@@ -610,7 +637,7 @@ def _record(
             if result.error is not None and not result.error.user_facing:
                 target.reason = "Internal error"
             else:
-                target.reason = (result.reason or str(result.error or ""))[:2000]
+                target.reason = mask(result.reason or str(result.error or ""))[:2000]
             target.finished_at = now
             target.save()
             if result.removed_releases:
@@ -622,11 +649,17 @@ def _record(
         names = dict(
             Server.objects.filter(pk__in=[r.server_id for r in failed]).values_list("pk", "name")
         )
-        error = "; ".join(
-            f"{names.get(r.server_id, r.server_id)}: "
-            + (str(r.error) if r.error is not None and r.error.user_facing else "Internal error")
-            + (" (rolled back)" if r.rolled_back else "")
-            for r in failed
+        error = mask(
+            "; ".join(
+                f"{names.get(r.server_id, r.server_id)}: "
+                + (
+                    str(r.error)
+                    if r.error is not None and r.error.user_facing
+                    else "Internal error"
+                )
+                + (" (rolled back)" if r.rolled_back else "")
+                for r in failed
+            )
         )
         code = failed[0].error.code if failed[0].error else "error"
         deployment_finish(deployment, status=Status.FAILED, error=error, error_code=code)
@@ -634,7 +667,9 @@ def _record(
         reason = next(
             (r.reason for r in results if r.cancelled and r.reason), "Cancelled on request"
         )
-        deployment_finish(deployment, status=Status.CANCELLED, error=reason, error_code="cancelled")
+        deployment_finish(
+            deployment, status=Status.CANCELLED, error=mask(reason), error_code="cancelled"
+        )
     else:
         deployment_finish(deployment, status=Status.SUCCEEDED)
 

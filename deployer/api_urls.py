@@ -18,6 +18,16 @@ urlpatterns = [
     path("me/tokens/", projects.TokenListView.as_view(), name="api-me-tokens"),
     path("projects/", projects.ProjectListView.as_view(), name="api-projects"),
     path(PROJECT, projects.ProjectDetailView.as_view(), name="api-project"),
+    path(
+        PROJECT + "repository/check/",
+        projects.RepositoryCheckView.as_view(),
+        name="api-repository-check",
+    ),
+    path(
+        PROJECT + "repository/trust/",
+        projects.RepositoryTrustView.as_view(),
+        name="api-repository-trust",
+    ),
     # Servers and their releases.
     path(PROJECT + "servers/", servers.ServerListView.as_view(), name="api-servers"),
     path(SERVER, servers.ServerDetailView.as_view(), name="api-server"),

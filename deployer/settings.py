@@ -84,6 +84,8 @@ ADMIN_PASSWORD = env.string("SLIPWAY_ADMIN_PASSWORD")
 
 # Longest a deployment may run before Celery stops it; the broker's visibility timeout sits above.
 DEPLOYMENT_TIME_LIMIT = env.integer("SLIPWAY_DEPLOYMENT_TIME_LIMIT", 3600, minimum=60)
+# Longest one fetch of a project's repository may take (seconds), whatever the transport.
+FETCH_TIMEOUT = env.integer("SLIPWAY_FETCH_TIMEOUT", 900, minimum=10)
 # A running deployment whose heartbeat is older than this is failed by the reaper.
 HEARTBEAT_TIMEOUT = env.integer("SLIPWAY_HEARTBEAT_TIMEOUT", 120, minimum=10)
 WORKER_CONCURRENCY = env.integer("SLIPWAY_WORKER_CONCURRENCY", 4, minimum=1)

@@ -5,6 +5,7 @@ Each view parses, authorises through one access helper (deployer.api) and calls 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 from django.db import models
@@ -55,6 +56,7 @@ from projects.serializers import (
     NotificationSerializer,
     ProjectInputSerializer,
     ProjectSerializer,
+    RepositoryCheckSerializer,
 )
 from projects.services import (
     api_token_create,
@@ -63,12 +65,15 @@ from projects.services import (
     member_update,
     project_delete,
     project_register,
+    project_repository_check,
     project_setting_create,
     project_setting_delete,
     project_setting_update,
+    project_trust_repository_host_key,
     project_update,
     token_expiry,
 )
+from servers.serializers import TrustSerializer
 
 NO_CONTENT = {204: OpenApiResponse(description="Deleted.")}
 # The deliveries a notification's delivery log shows, newest first.
@@ -182,6 +187,41 @@ class ProjectDetailView(APIView):
         membership = get_project_for_user(request, slug, need=Need.CONFIGURE)
         project_delete(project=membership.project, actor=membership.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class RepositoryCheckView(APIView):
+    @extend_schema(
+        request=None,
+        responses=RepositoryCheckSerializer,
+        operation_id="projects_repository_check",
+        tags=["projects"],
+        description="Read the host key the ssh repository's host offers and compare it with "
+        "the trusted one. Problems on the host's side are answered with an error, never with "
+        "an error status.",
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        membership = get_project_for_user(request, slug, need=Need.DEPLOY)
+        result = project_repository_check(project=membership.project)
+        return Response(RepositoryCheckSerializer(dataclasses.asdict(result)).data)
+
+
+class RepositoryTrustView(APIView):
+    @extend_schema(
+        request=TrustSerializer,
+        responses=ProjectSerializer,
+        operation_id="projects_repository_trust",
+        tags=["projects"],
+        description="Trust the ssh repository host's key. The fingerprint must be the one the "
+        "host offers right now (see repository/check/).",
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        membership = get_project_for_user(request, slug, need=Need.CONFIGURE)
+        serializer = TrustSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        project = project_trust_repository_host_key(
+            project=membership.project, actor=membership.user, **serializer.validated_data
+        )
+        return Response(_project_data(project, membership))
 
 
 # --------------------------------------------------------------------------- members

@@ -50,6 +50,9 @@ class Project(models.Model):
     repository_token = EncryptedTextField(blank=True)
     private_key = EncryptedTextField()
     public_key = models.TextField()
+    # The trusted host key of an ssh:// or git@host:path repository, "<type> <base64>" as in a
+    # known_hosts line; empty: not trusted yet, so nothing is fetched (builds/engine/git.py).
+    repository_host_key = models.TextField(blank=True)
     # The unguessable part of the webhook URL, and the secret that signs deliveries.
     webhook_token = models.CharField(max_length=64, unique=True, default=_webhook_token)
     webhook_secret = EncryptedTextField(default=_webhook_secret)

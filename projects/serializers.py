@@ -16,6 +16,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from builds.engine.git import redact_url
+from builds.engine.ssh import public_key_fingerprint
 from deployer.api import api_url
 from deployer.links import deployment_page, project_page
 from projects.models import (
@@ -54,6 +55,10 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
         help_text="What to paste into the repository's webhook settings; shown to admins only."
     )
     has_repository_token = serializers.SerializerMethodField()
+    repository_host_key_fingerprint = serializers.SerializerMethodField(
+        help_text="The trusted host key of an ssh repository (SHA256:...); '' when none is "
+        "trusted yet (an ssh repository is then not fetched: see repository/check/)."
+    )
     url = serializers.SerializerMethodField()
     html_url = serializers.SerializerMethodField()
     servers_url = serializers.SerializerMethodField()
@@ -74,6 +79,7 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
             "webhook_url",
             "webhook_secret",
             "has_repository_token",
+            "repository_host_key_fingerprint",
             "role",
             "created_at",
             "updated_at",
@@ -105,6 +111,9 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
     def get_has_repository_token(self, project: Project) -> bool:
         return bool(project.repository_token)
 
+    def get_repository_host_key_fingerprint(self, project: Project) -> str:
+        return public_key_fingerprint(project.repository_host_key)
+
     def get_url(self, project: Project) -> str:
         return api_url("api-project", slug=project.slug)
 
@@ -125,6 +134,16 @@ def _paths_field(help_text: str) -> serializers.ListField:
         required=False,
         help_text=help_text,
     )
+
+
+class RepositoryCheckSerializer(serializers.Serializer[Any]):
+    ssh = serializers.BooleanField(help_text="The repository is fetched over ssh.")
+    address = serializers.CharField(help_text="host:port of the repository's ssh host.")
+    host_key_fingerprint = serializers.CharField(allow_null=True)
+    host_key_type = serializers.CharField(allow_null=True)
+    trusted = serializers.BooleanField(help_text="The offered key is the trusted one.")
+    pinned_fingerprint = serializers.CharField(help_text="The trusted key; '' when none.")
+    error = serializers.CharField(help_text="What is wrong, for a person; '' when trusted.")
 
 
 class ProjectInputSerializer(serializers.Serializer[dict[str, Any]]):

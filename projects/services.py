@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -20,8 +21,14 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from builds import cleanup, outbound
-from builds.engine.errors import InvalidInput
-from builds.engine.git import validate_ref, validate_repository_url, validate_subdirectory
+from builds.engine import ssh
+from builds.engine.errors import EngineError, InvalidInput
+from builds.engine.git import (
+    ssh_host_of,
+    validate_ref,
+    validate_repository_url,
+    validate_subdirectory,
+)
 from builds.engine.release import validate_relative_path
 from builds.logs import user_group_name
 from projects.keys import generate_ed25519
@@ -251,6 +258,8 @@ def _relative_paths(value: object, field: str) -> list[str]:
 
 # --------------------------------------------------------------------------- projects
 
+logger = logging.getLogger(__name__)
+
 PROJECT_FIELDS = frozenset(
     {
         "name",
@@ -324,6 +333,11 @@ def project_register(
 
 def project_update(*, project: Project, actor: User, **fields: Any) -> Project:
     cleaned = project_clean(fields)
+    if "repository_url" in cleaned and repository_ssh_host(
+        cleaned["repository_url"]
+    ) != repository_ssh_host(project.repository_url):
+        # A key trusted for one host says nothing about another.
+        cleaned["repository_host_key"] = ""
     with transaction.atomic():
         changed = model_update(instance=project, data=cleaned)
         if changed:
@@ -334,6 +348,120 @@ def project_update(*, project: Project, actor: User, **fields: Any) -> Project:
                 target=project.slug,
                 fields=sorted(changed),
             )
+    return project
+
+
+# --------------------------------------------------------------------------- repository host key
+
+
+def repository_ssh_host(url: str) -> tuple[str, int] | None:
+    """(host, port) ssh connects to for an ssh:// or git@host:path URL; None for other URLs."""
+    try:
+        validate_repository_url(url, allow_local=True)
+        return ssh_host_of(url)
+    except InvalidInput:
+        return None
+
+
+@dataclass(frozen=True)
+class RepositoryHostCheck:
+    """What "Check the host key" found for a project's ssh repository."""
+
+    #: The repository is fetched over ssh (otherwise there is no host key to pin).
+    ssh: bool
+    address: str = ""
+    host_key_fingerprint: str | None = None
+    host_key_type: str | None = None
+    #: The offered key is the trusted one.
+    trusted: bool = False
+    #: The trusted key's fingerprint ("" when none is trusted yet).
+    pinned_fingerprint: str = ""
+    error: str = ""
+
+
+def project_repository_check(*, project: Project) -> RepositoryHostCheck:
+    """Read the host key the repository's ssh host offers and compare it with the trusted one.
+
+    Never raises for a problem on the far side: the answer's ``error`` says what is wrong."""
+    host = repository_ssh_host(project.repository_url)
+    pinned = ssh.public_key_fingerprint(project.repository_host_key)
+    if host is None:
+        return RepositoryHostCheck(ssh=False, error="The repository is not reached over ssh.")
+    address = ssh.format_address(*host)
+    try:
+        # The outbound-address policy first: a refused address is never probed.
+        outbound.repository_check(project.repository_url)
+        offered = ssh.probe_host_key(*host)
+    except InvalidInput as exc:
+        return RepositoryHostCheck(
+            ssh=True, address=address, pinned_fingerprint=pinned, error=str(exc)
+        )
+    except EngineError as exc:
+        if not exc.user_facing:
+            logger.warning("Probing %s failed", address, exc_info=exc)
+        reason = str(exc) if exc.user_facing else "probing it failed on Slipway's side"
+        return RepositoryHostCheck(
+            ssh=True, address=address, pinned_fingerprint=pinned, error=reason
+        )
+    except Exception as exc:  # a network library's surprise must not become a 500
+        logger.warning("Probing %s failed", address, exc_info=True)
+        return RepositoryHostCheck(
+            ssh=True,
+            address=address,
+            pinned_fingerprint=pinned,
+            error=f"Cannot reach {address}: {exc}",
+        )
+    trusted = bool(pinned) and hmac.compare_digest(pinned.encode(), offered.fingerprint.encode())
+    if trusted:
+        error = ""
+    elif not pinned:
+        error = (
+            f"{address} offered the host key {offered.key_type} {offered.fingerprint}, which is "
+            "not trusted yet. Compare it with `ssh-keygen -lf` on the Git server (or the "
+            "fingerprints your Git host publishes), then trust it."
+        )
+    else:
+        error = (
+            f"Host key for {address} has changed: trusted {pinned}, offered "
+            f"{offered.fingerprint}. If the Git server was rebuilt on purpose, check the new "
+            "key and trust it again."
+        )
+    return RepositoryHostCheck(
+        ssh=True,
+        address=address,
+        host_key_fingerprint=offered.fingerprint,
+        host_key_type=offered.key_type,
+        trusted=trusted,
+        pinned_fingerprint=pinned,
+        error=error,
+    )
+
+
+def project_trust_repository_host_key(
+    *, project: Project, actor: User, fingerprint: str
+) -> Project:
+    """Trust the repository host's key, if ``fingerprint`` is what the host offers right now.
+
+    Raises InvalidInput naming ``fingerprint`` (malformed, another key offered, host not
+    reachable) or ``repository_url`` (not an ssh repository); see ssh.confirm_host_key."""
+    host = repository_ssh_host(project.repository_url)
+    if host is None:
+        raise InvalidInput(
+            "repository_url", "is not an ssh:// or git@host:path repository: no host key to trust."
+        )
+    outbound.repository_check(project.repository_url)
+    offered = ssh.confirm_host_key(*host, fingerprint)
+    previous = ssh.public_key_fingerprint(project.repository_host_key)
+    with transaction.atomic():
+        model_update(instance=project, data={"repository_host_key": offered.public_key})
+        audit_record(
+            project=project,
+            actor=actor,
+            action="repository_host_key.trusted",
+            target=ssh.format_address(*host),
+            fingerprint=offered.fingerprint,
+            previous=previous,
+        )
     return project
 
 

@@ -19,6 +19,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from builds.engine.git import redact_url
+from builds.engine.ssh import public_key_fingerprint
 from builds.engine.variables import DOCUMENTED
 from builds.models import Kind, WebhookDelivery, WebhookProvider
 from builds.notifications import notification_create, notification_delete, notification_update
@@ -49,6 +50,7 @@ from projects.forms import (
 )
 from projects.models import (
     CONFIGURE_ROLES,
+    DEPLOY_ROLES,
     AuditEvent,
     Membership,
     NotificationDelivery,
@@ -62,12 +64,15 @@ from projects.services import (
     member_update,
     project_delete,
     project_register,
+    project_repository_check,
     project_setting_create,
     project_setting_delete,
     project_setting_update,
+    project_trust_repository_host_key,
     project_update,
+    repository_ssh_host,
 )
-from servers.forms import HealthCheckForm
+from servers.forms import HealthCheckForm, TrustForm
 from servers.services import health_check_create, health_check_delete, health_check_update
 
 RECENT_DEPLOYMENTS = 10
@@ -205,11 +210,7 @@ def project_settings(request: HttpRequest, slug: str) -> HttpResponse:
     write = request.method == "POST"
     membership = get_project_for_user(request, slug, role=CONFIGURE_ROLES if write else None)
     project = membership.project
-    form = ProjectForm(request.POST or None, project=project)
-    if not membership.can_configure:
-        _read_only(form)
-        for secret in ("repository_token", "remove_repository_token"):
-            form.fields.pop(secret, None)
+    form = _settings_form(membership, request.POST or None)
     if write and form.is_valid():
         try:
             project_update(project=project, actor=membership.user, **form.service_data())
@@ -218,11 +219,66 @@ def project_settings(request: HttpRequest, slug: str) -> HttpResponse:
         else:
             messages.success(request, "Project settings saved.")
             return redirect("project-settings", project.slug)
+    return _render_settings(request, membership, form)
+
+
+def _settings_form(membership: Membership, data: Any = None) -> ProjectForm:
+    form = ProjectForm(data, project=membership.project)
+    if not membership.can_configure:
+        _read_only(form)
+        for secret in ("repository_token", "remove_repository_token"):
+            form.fields.pop(secret, None)
+    return form
+
+
+def _render_settings(
+    request: HttpRequest, membership: Membership, form: ProjectForm | None = None, **extra: Any
+) -> HttpResponse:
+    project = membership.project
     return render(
         request,
         "projects/settings.html",
-        page_context(membership, tab="settings", section="general", form=form),
+        page_context(
+            membership,
+            tab="settings",
+            section="general",
+            form=form or _settings_form(membership),
+            repository_ssh=repository_ssh_host(project.repository_url) is not None,
+            repository_host_key=public_key_fingerprint(project.repository_host_key),
+            **extra,
+        ),
     )
+
+
+@login_required
+@require_POST
+def repository_check(request: HttpRequest, slug: str) -> HttpResponse:
+    """Show the host key the ssh repository's host offers (to compare, then trust)."""
+    membership = get_project_for_user(request, slug, role=DEPLOY_ROLES)
+    check = project_repository_check(project=membership.project)
+    return _render_settings(request, membership, repository_check=check)
+
+
+@login_required
+@require_POST
+def repository_trust(request: HttpRequest, slug: str) -> HttpResponse:
+    membership = get_project_for_user(request, slug, role=CONFIGURE_ROLES)
+    form = TrustForm(request.POST)
+    if not form.is_valid():
+        return _render_settings(request, membership, trust_error="No fingerprint was sent.")
+    try:
+        project = project_trust_repository_host_key(
+            project=membership.project,
+            actor=membership.user,
+            fingerprint=form.cleaned_data["fingerprint"],
+        )
+    except SERVICE_ERRORS as exc:
+        return _render_settings(request, membership, trust_error=error_message(exc))
+    messages.success(
+        request,
+        f"The repository host key {public_key_fingerprint(project.repository_host_key)} is trusted.",
+    )
+    return redirect("project-settings", project.slug)
 
 
 @login_required

@@ -91,8 +91,10 @@ class ServerCheckView(APIView):
         operation_id="projects_servers_check",
         tags=TAGS,
         description="Read the host key the server offers; when it is the pinned one, log in "
-        "and check that the deploy path is writable. Problems on the server's side are "
-        "answered with ok=false and an error, never with an error status.",
+        "and check that the deploy path is writable and safe (owned by the login user or root, "
+        "not writable by group or others, no symlinked releases/, shared/ or .slipway/, current "
+        "pointing into releases/), as a deployment does first. Problems on the server's side "
+        "are answered with ok=false and an error naming the fix, never with an error status.",
     )
     def post(self, request: Request, slug: str, server_id: int) -> Response:
         server, _ = get_server_for_user(request, slug, server_id, need=Need.DEPLOY)

@@ -9,7 +9,6 @@ import logging
 import posixpath
 import re
 import secrets
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +21,16 @@ from django.db import transaction
 from builds import outbound
 from builds.engine import ssh
 from builds.engine.addresses import AddressRefused
-from builds.engine.errors import EngineError, HostKeyMismatch, InvalidInput
+from builds.engine.errors import (
+    CommandFailed,
+    EngineError,
+    HostKeyMismatch,
+    InvalidInput,
+    UnsafeDeployPath,
+    UserError,
+)
 from builds.engine.git import validate_ref
-from builds.engine.release import validate_deploy_path
+from builds.engine.release import RemoteLayout, validate_deploy_path
 from builds.runner import endpoint_for
 from projects.models import Project
 from projects.services import _project_servers, audit_record, model_update, save_unique
@@ -33,7 +39,7 @@ from servers.models import AuthMethod, HealthCheck, Protocol, Server
 
 logger = logging.getLogger(__name__)
 
-FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
+FINGERPRINT = ssh.FINGERPRINT
 _MODE = re.compile(r"[0-7]{3,4}")
 # Host and user names end up in error messages and in ssh's view of the world: no blanks,
 # no control characters, and nothing that could pass for an option.
@@ -333,22 +339,23 @@ def _message(exc: EngineError, address: str) -> str:
 
 
 def _deploy_path_problem(server: Server, connection: ssh.Connection) -> str:
-    """ "" when the deploy path exists (or could be made) and is writable, else why not."""
+    """ "" when the deploy path exists (or could be made), is writable and is safe (the same
+    check a deployment makes first: release.RemoteLayout.check_deploy_path), else why not."""
     path = server.deploy_path
     who = f"{server.username}@{connection.endpoint.address}"
     if server.protocol == Protocol.SSH:
-        quoted = shlex.quote(path)
-        result = connection.run(
-            f"mkdir -p -- {quoted} && test -w {quoted}",
-            check=False,
-            timeout=CHECK_COMMAND_TIMEOUT_SECONDS,
-        )
-        if result.exit_code == 0:
-            return ""
-        detail = "\n".join(result.tail[-3:])
-        return f"The deploy path {path} is not writable by {who}" + (
-            f": {detail}" if detail else "."
-        )
+        try:
+            RemoteLayout(connection, path).check_deploy_path(timeout=CHECK_COMMAND_TIMEOUT_SECONDS)
+        except UnsafeDeployPath as unsafe:
+            return str(unsafe)
+        except UserError as failed:  # mkdir or the write test failed: say how
+            detail = (
+                "\n".join(failed.tail[-3:]) if isinstance(failed, CommandFailed) else str(failed)
+            )
+            return f"The deploy path {path} is not writable by {who}" + (
+                f": {detail}" if detail else "."
+            )
+        return ""
     # SFTP-only servers run no commands: make the path and write a file instead.
     sftp = connection.sftp()
     probe = posixpath.join(path, f".slipway-check-{secrets.token_hex(4)}")
@@ -373,28 +380,15 @@ def _sftp_makedirs(sftp: paramiko.SFTPClient, path: str) -> None:
 
 
 def server_trust_host_key(*, server: Server, actor: User, fingerprint: str) -> Server:
-    """Pin the host key, if ``fingerprint`` is what the server offers right now."""
-    fingerprint = fingerprint.strip()
-    if not FINGERPRINT.fullmatch(fingerprint):
-        raise InvalidInput(
-            "fingerprint",
-            "must be a SHA256 fingerprint as `ssh-keygen -l` prints it (SHA256: then 43 characters).",
-        )
-    address = ssh.format_address(server.hostname, server.port)
+    """Pin the host key, if ``fingerprint`` is what the server offers right now (see
+    ssh.confirm_host_key: raises InvalidInput naming ``fingerprint``). The outbound-address
+    policy is checked first: a refused address is never probed."""
     try:
         outbound.server_host_check(server.hostname, server.port)
-        offered = ssh.probe_host_key(server.hostname, server.port)
     except EngineError as exc:
+        address = ssh.format_address(server.hostname, server.port)
         raise InvalidInput("fingerprint", f"cannot be checked: {_message(exc, address)}") from None
-    except Exception as exc:  # a network library's surprise must not become a 500
-        logger.warning("Probing %s failed", address, exc_info=True)
-        raise InvalidInput("fingerprint", f"cannot be checked: {address}: {exc}") from None
-    if not hmac.compare_digest(fingerprint.encode(), offered.fingerprint.encode()):
-        raise InvalidInput(
-            "fingerprint",
-            f"{fingerprint} is not the key {address} offers now, which is "
-            f"{offered.key_type} {offered.fingerprint}.",
-        )
+    fingerprint = ssh.confirm_host_key(server.hostname, server.port, fingerprint).fingerprint
     previous = server.host_key_fingerprint
     with transaction.atomic():
         model_update(instance=server, data={"host_key_fingerprint": fingerprint})

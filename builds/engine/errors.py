@@ -42,6 +42,10 @@ class RepositoryError(UserError):
     code = "repository_error"
 
 
+class FetchTimedOut(RepositoryError):
+    code = "fetch_timed_out"
+
+
 class HostUnreachable(UserError):
     code = "host_unreachable"
 
@@ -100,6 +104,12 @@ class LockHeld(UserError):
 
 class CurrentIsDirectory(UserError):
     code = "current_is_directory"
+
+
+class UnsafeDeployPath(UserError):
+    """The deploy path could be changed by someone else, or leads out of itself."""
+
+    code = "unsafe_deploy_path"
 
 
 class ReleaseMissing(UserError):

@@ -8,13 +8,18 @@ either sits after ``--end-of-options`` / ``--`` or has been validated so it cann
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import queue
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tarfile
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +28,17 @@ from pathlib import Path
 from typing import IO, Literal
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-from builds.engine.errors import InternalError, InvalidInput, RepositoryError, RevisionNotFound
+from builds.engine import ssh
+from builds.engine.errors import (
+    EngineError,
+    FetchTimedOut,
+    HostKeyMismatch,
+    HostKeyNotTrusted,
+    InternalError,
+    InvalidInput,
+    RepositoryError,
+    RevisionNotFound,
+)
 
 LineCallback = Callable[[str], None]
 Transport = Literal["https", "http", "ssh", "git", "file"]
@@ -71,6 +86,10 @@ NEUTRAL_ATTRIBUTES = (
     "* -text !eol -crlf -ident !filter !working-tree-encoding -export-ignore -export-subst\n"
 )
 _STDERR_TAIL_LINES = 8
+#: The default wall-clock limit of one fetch, in seconds (SLIPWAY_FETCH_TIMEOUT sets it).
+DEFAULT_FETCH_TIMEOUT_SECONDS = 900.0
+# How often a running fetch looks at its deadline and asks whether it was cancelled.
+_FETCH_POLL_SECONDS = 0.5
 
 
 # --------------------------------------------------------------------------- validation
@@ -159,6 +178,22 @@ def _transport_of_scheme_url(url: str, scheme: str, *, allow_local: bool) -> Tra
     if (parts.username or "").startswith("-"):
         raise InvalidInput("repository_url", "the user name cannot start with '-'.")
     return transport
+
+
+def ssh_host_of(url: str) -> tuple[str, int]:
+    """(host name, port) of an ``ssh://`` or scp-like (``git@host:path``) repository URL,
+    as ssh connects to it (brackets of an IPv6 address removed; port 22 unless given)."""
+    if _URL_SCHEME.match(url):
+        parts = urlsplit(url)
+        try:
+            port = parts.port or 22
+        except ValueError:
+            raise InvalidInput("repository_url", "has a port that is not a number.") from None
+        return parts.hostname or "", port
+    match = _SCP_LIKE.fullmatch(url)
+    if match is None:
+        raise InvalidInput("repository_url", "is not an ssh:// or git@host:path address.")
+    return match["host"].strip("[]"), 22
 
 
 def _transport_of_local_path(url: str, *, allow_local: bool) -> Transport:
@@ -267,14 +302,23 @@ class Mirror:
     Branches are stored as local refs (``refs/heads/*``) and tags as ``refs/tags/*``, so a
     branch name, a tag or a SHA resolves the same way it would in the origin repository.
 
-    SSH host keys: unless ``known_hosts`` pins them, the first fetch trusts the host key it is
-    offered (``StrictHostKeyChecking=accept-new``) and records it in a known_hosts file that
-    lives inside this mirror; every later fetch then refuses a changed key. The worker's own
-    ~/.ssh/known_hosts is neither read nor written, so one project cannot vouch for a host on
-    another project's behalf. ``known_hosts`` is the text of a known_hosts file.
+    SSH host keys are pinned like servers' (see ssh.py): ``host_key`` is the repository host's
+    trusted key, ``"<type> <base64>"``. Without it an ssh fetch is refused (HostKeyNotTrusted,
+    showing the key the host offers, to be trusted by an admin of the project); with it, ssh
+    runs with ``StrictHostKeyChecking=yes`` against a known_hosts file holding that key only,
+    and a host offering another key is refused (HostKeyMismatch, naming host:port and both
+    fingerprints). The worker's own ~/.ssh/known_hosts is neither read nor written, so one
+    project cannot vouch for a host on another project's behalf.
 
     One mirror should be fetched by one process at a time (callers lock per project): two
     concurrent fetches can fail on git's ref locks.
+
+    Deadlines: a fetch that has not finished after ``fetch_timeout`` seconds (wall clock) is
+    stopped and fails with FetchTimedOut, whatever the transport (a ``git://`` server that
+    accepts and never answers included); http(s) also gives up on a transfer slower than 1 kB/s
+    for 60 s, and ssh on a connection that takes 30 s or stops answering keep-alives. git runs
+    in its own process group, and the whole group (remote helpers, ssh) is killed on a
+    deadline, a cancellation or any other way out of ``fetch``.
     """
 
     def __init__(
@@ -285,13 +329,16 @@ class Mirror:
         ssh_private_key: str | None = None,
         https_token: str | None = None,
         allow_local: bool = False,
-        known_hosts: str | None = None,
+        host_key: str | None = None,
+        fetch_timeout: float = DEFAULT_FETCH_TIMEOUT_SECONDS,
     ) -> None:
         self.path = path.absolute()
+        self._fetch_timeout = fetch_timeout
         self._transport = _transport_of(url, allow_local=allow_local)
         self._allow_local = allow_local
         self._ssh_private_key = ssh_private_key
-        self._known_hosts = known_hosts
+        self._host_key = host_key.strip() if host_key else None
+        self.ssh_host = ssh_host_of(url) if self._transport == "ssh" else None
         self._fetch_url, self._https_username, self._https_secret = _split_credentials(
             url, self._transport, https_token
         )
@@ -308,8 +355,18 @@ class Mirror:
 
     # -- fetching
 
-    def fetch(self, on_line: LineCallback | None = None) -> None:
-        """Create the mirror if needed, then bring every branch and tag up to date."""
+    def fetch(
+        self,
+        on_line: LineCallback | None = None,
+        *,
+        check_cancelled: Callable[[], None] | None = None,
+    ) -> None:
+        """Create the mirror if needed, then bring every branch and tag up to date.
+
+        ``check_cancelled`` is called about twice a second while git runs; whatever it raises
+        (Cancelled) stops git's whole process group and propagates. Raises FetchTimedOut after
+        the mirror's ``fetch_timeout`` seconds, RepositoryError when git fails."""
+        self._check_host_key_pinned()
         self._ensure_initialised()
         self._git("config", "remote.origin.url", self._fetch_url)
         with self._transport_environment() as environment:
@@ -327,9 +384,39 @@ class Mirror:
                 ],
                 environment=environment,
                 on_line=on_line,
+                check_cancelled=check_cancelled,
             )
         if result.returncode != 0:
+            self._check_host_key_unchanged(result.stderr)
             raise RepositoryError(self._fetch_failure_message(result.stderr))
+
+    def _check_host_key_pinned(self) -> None:
+        if self.ssh_host is None or self._host_key:
+            return
+        hostname, port = self.ssh_host
+        offered = ssh.probe_host_key(hostname, port)
+        raise HostKeyNotTrusted(
+            f"The repository's SSH host {ssh.format_address(hostname, port)} offered the host "
+            f"key {offered.key_type} {offered.fingerprint}, which is not trusted yet. Compare it "
+            "with `ssh-keygen -lf` on the Git server (or the fingerprints your Git host "
+            "publishes), then an admin of the project trusts it in the project's repository "
+            "settings."
+        )
+
+    def _check_host_key_unchanged(self, stderr: str) -> None:
+        """After ssh refused the host: say which key it offers instead of the pinned one."""
+        if self.ssh_host is None or not self._host_key:
+            return
+        if "host key verification failed" not in stderr.lower():
+            return
+        hostname, port = self.ssh_host
+        try:
+            offered = ssh.probe_host_key(hostname, port)
+        except EngineError:
+            return  # the host is gone now: the fetch's own error says enough
+        pinned = ssh.public_key_fingerprint(self._host_key)
+        if offered.fingerprint != pinned:
+            raise HostKeyMismatch(ssh.format_address(hostname, port), pinned, offered.fingerprint)
 
     def _ensure_initialised(self) -> None:
         if not (self.path / "HEAD").is_file():
@@ -377,11 +464,10 @@ class Mirror:
         return "Authorization: Basic " + base64.b64encode(credentials).decode("ascii")
 
     def _ssh_command(self, key_path: Path | None) -> str:
-        if self._known_hosts is not None:
-            self.known_hosts_path.write_text(self._known_hosts)
-            host_key_policy = "yes"
-        else:
-            host_key_policy = "accept-new"
+        assert self.ssh_host is not None and self._host_key  # checked before fetching
+        hostname, port = self.ssh_host
+        pattern = hostname if port == 22 else f"[{hostname}]:{port}"
+        self.known_hosts_path.write_text(f"{pattern} {self._host_key}\n")
         arguments = ["ssh", "-F", "/dev/null"]
         if key_path is not None:
             arguments += ["-i", str(key_path), "-o", "IdentitiesOnly=yes"]
@@ -389,7 +475,9 @@ class Mirror:
             "-o",
             "BatchMode=yes",
             "-o",
-            f"StrictHostKeyChecking={host_key_policy}",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "CheckHostIP=no",
             "-o",
             f"UserKnownHostsFile={self.known_hosts_path}",
             "-o",
@@ -550,6 +638,7 @@ class Mirror:
         *,
         environment: dict[str, str],
         on_line: LineCallback | None,
+        check_cancelled: Callable[[], None] | None = None,
     ) -> _GitResult:
         process = subprocess.Popen(
             ["git", f"--git-dir={self.path}", *arguments],
@@ -557,20 +646,71 @@ class Mirror:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=environment,
+            # Its own process group, so that a deadline or a cancel can stop git together
+            # with its remote helpers and ssh.
+            start_new_session=True,
         )
         if process.stderr is None:
             raise InternalError("git was started without a stderr pipe.")
+        # A reader thread, so that waiting for a line never blocks the deadline and cancel checks.
+        received: queue.Queue[bytes | None] = queue.Queue()
+        reader = threading.Thread(
+            target=_read_lines, args=(process.stderr, received), name="git-stderr", daemon=True
+        )
+        reader.start()
+        deadline = time.monotonic() + self._fetch_timeout
         lines: list[str] = []
-        for raw_line in process.stderr:
-            # Progress meters rewrite themselves with \r (keep what they settle on); ssh ends
-            # its lines with \r\n.
-            text = raw_line.decode("utf-8", errors="replace").rstrip("\r\n").split("\r")[-1]
-            line = _redact_text(text, self._secrets)
-            lines.append(line)
-            if on_line is not None and line.strip():
-                on_line(line)
-        process.stderr.close()
-        return _GitResult(process.wait(), b"", "\n".join(lines))
+        try:
+            while True:
+                try:
+                    raw_line = received.get(timeout=_FETCH_POLL_SECONDS)
+                except queue.Empty:
+                    raw_line = b""
+                if raw_line is None:
+                    break
+                if raw_line:
+                    # Progress meters rewrite themselves with \r (keep what they settle on);
+                    # ssh ends its lines with \r\n.
+                    text = raw_line.decode("utf-8", errors="replace").rstrip("\r\n")
+                    line = _redact_text(text.split("\r")[-1], self._secrets)
+                    lines.append(line)
+                    if on_line is not None and line.strip():
+                        on_line(line)
+                if check_cancelled is not None:
+                    check_cancelled()
+                if time.monotonic() >= deadline:
+                    _kill_group(process)
+                    raise FetchTimedOut(
+                        f"Fetching {self.display_url} did not finish within "
+                        f"{self._fetch_timeout:g} s: the host accepted the connection but "
+                        "stopped answering, or the transfer is too large for the limit "
+                        "(SLIPWAY_FETCH_TIMEOUT)."
+                    )
+            return _GitResult(process.wait(), b"", "\n".join(lines))
+        finally:
+            _kill_group(process)
+            reader.join(timeout=5)
+            process.stderr.close()
+
+
+def _read_lines(stream: IO[bytes], received: queue.Queue[bytes | None]) -> None:
+    try:
+        for raw_line in stream:
+            received.put(raw_line)
+    except (OSError, ValueError):  # the pipe was closed under us: the fetch is being stopped
+        pass
+    finally:
+        received.put(None)
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """Kill git's whole process group and reap git; nothing once git has been reaped.
+
+    Only while git is unreaped is its pid, the group's id, sure to be still ours."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -734,6 +874,7 @@ __all__ = [
     "LineCallback",
     "Mirror",
     "redact_url",
+    "ssh_host_of",
     "validate_ref",
     "validate_repository_url",
     "validate_subdirectory",

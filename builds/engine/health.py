@@ -19,7 +19,7 @@ from builds.engine.addresses import (
 )
 from builds.engine.errors import EngineError, InvalidInput
 from builds.engine.ssh import Connection
-from builds.engine.variables import substitute
+from builds.engine.variables import shell_exports, substitute, substitute_shell
 
 BEFORE_SWITCH = "before_switch"
 AFTER_SWITCH = "after_switch"
@@ -170,9 +170,19 @@ def http_attempt(check: HealthCheckSpec, url: str) -> Attempt:
 
 
 def command_attempt(
-    check: HealthCheckSpec, connection: Connection, command: str, workdir: str
+    check: HealthCheckSpec,
+    connection: Connection,
+    command: str,
+    workdir: str,
+    variables: Mapping[str, str] | None = None,
 ) -> Attempt:
-    script = f"cd -- {shlex.quote(workdir)} || exit $?\n{command}\n"
+    """One run of a command check in ``workdir``; ``%variables%`` in ``command`` reach the
+    shell as data (see variables.substitute_shell)."""
+    values = variables or {}
+    script = (
+        shell_exports(values)
+        + f"cd -- {shlex.quote(workdir)} || exit $?\n{substitute_shell(command, values)}\n"
+    )
     try:
         result = connection.run(
             "sh -c " + shlex.quote(script), timeout=check.timeout_seconds, check=False
@@ -206,9 +216,7 @@ def run_check(
         else:
             if connection is None:
                 raise HealthCheckFailed(f"{check.label}: command checks need an SSH server")
-            outcome = command_attempt(
-                check, connection, substitute(check.command, variables), workdir
-            )
+            outcome = command_attempt(check, connection, check.command, workdir, variables)
             what = check.command
         log(
             f"Health check {what}: attempt {attempt}/{check.retries}: {'healthy' if outcome.ok else 'unhealthy'} ({outcome.detail})"

@@ -23,7 +23,7 @@ from builds.engine.errors import (
     RevisionNotFound,
     UserError,
 )
-from builds.engine.git import Commit, Mirror
+from builds.engine.git import DEFAULT_FETCH_TIMEOUT_SECONDS, Commit, Mirror
 from builds.engine.manifest import ChangeSet, Manifest, diff
 from builds.engine.rollout import run_commands
 from builds.engine.specs import (
@@ -77,13 +77,29 @@ def mirror_lock(spec: BuildSpec) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def open_mirror(spec: BuildSpec) -> Mirror:
+def open_mirror(
+    spec: BuildSpec,
+    *,
+    fetch_timeout: float = DEFAULT_FETCH_TIMEOUT_SECONDS,
+    host_key: str = "",
+) -> Mirror:
+    """The project's mirror; ``host_key`` is the trusted key of an ssh repository's host."""
     return Mirror(
         spec.mirror_dir,
         spec.repository_url,
         ssh_private_key=spec.ssh_private_key,
         https_token=spec.https_token,
         allow_local=spec.allow_local,
+        fetch_timeout=fetch_timeout,
+        host_key=host_key or None,
+    )
+
+
+def _fetch(spec: DeploySpec, mirror: Mirror, reporter: Reporter) -> None:
+    """Bring the mirror up to date, within the spec's deadline; a cancel stops git at once."""
+    mirror.fetch(
+        on_line=lambda text: reporter.log("stderr", text),
+        check_cancelled=reporter.check_cancelled,
     )
 
 
@@ -99,9 +115,13 @@ class Preview:
 
 def preview(spec: DeploySpec, reporter: Reporter) -> Preview:
     """Commits and file changes per server, computed on the worker; no server is touched."""
-    mirror = open_mirror(spec.build)
+    mirror = open_mirror(
+        spec.build,
+        fetch_timeout=spec.fetch_timeout_seconds,
+        host_key=spec.repository_host_key,
+    )
     with reporter.step("fetch"), mirror_lock(spec.build):
-        mirror.fetch(on_line=lambda text: reporter.log("stderr", text))
+        _fetch(spec, mirror, reporter)
         sha = mirror.resolve(spec.build.revision)
     with (
         reporter.step("checkout"),
@@ -126,9 +146,13 @@ def preview(spec: DeploySpec, reporter: Reporter) -> Preview:
 def deploy(spec: DeploySpec, reporter: Reporter) -> DeployResult:
     """Build once, then deliver to every server (``max_parallel`` at a time)."""
     _check_spec(spec)
-    mirror = open_mirror(spec.build)
+    mirror = open_mirror(
+        spec.build,
+        fetch_timeout=spec.fetch_timeout_seconds,
+        host_key=spec.repository_host_key,
+    )
     with reporter.step("fetch"), mirror_lock(spec.build):
-        mirror.fetch(on_line=lambda text: reporter.log("stderr", text))
+        _fetch(spec, mirror, reporter)
         sha = mirror.resolve(spec.build.revision)
         reporter.log("system", f"Deploying {spec.build.revision} at {sha}")
         _check_provenance(spec, mirror, sha)

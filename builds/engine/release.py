@@ -7,6 +7,17 @@
       current -> releases/<name>
       .slipway/lock/            held while a deployment works here (who, which, since when)
       .slipway/manifests/<name>.json   the manifest of each release
+      .slipway/manifests/<name>.stat   its listing when finished (to notice later changes)
+      .slipway/manifests/<name>.managed  the paths Slipway wrote into it (config files and
+                                       shared links), one a line, then the folders it made for
+                                       them (ending in /): the next release, a copy of this
+                                       one, drops them before writing today's
+
+Before Slipway writes anything there, the deploy path must be owned by the login user (or
+root) and not writable by group or others, and ``releases/``, ``shared/``, ``.slipway/`` (and
+its ``lock/``, ``manifests/``) must not be symbolic links, and ``current`` must be a symbolic
+link to ``releases/<name>``: otherwise another account could swap what Slipway writes to, or
+Slipway would write outside the deploy path. The check is part of the first round trip.
 
 Every path that reaches the remote shell is passed through ``shlex.quote``; lists of paths
 travel NUL-separated (base64-encoded or on stdin), never as words of a command line.
@@ -32,6 +43,7 @@ from builds.engine.errors import (
     InvalidInput,
     LockHeld,
     ReleaseMissing,
+    UnsafeDeployPath,
 )
 from builds.engine.ssh import Connection, LineCallback, classify_command_failure
 
@@ -45,6 +57,7 @@ EXIT_LOCK_HELD = 75
 EXIT_CURRENT_IS_DIR = 76
 EXIT_RELEASE_MISSING = 77
 EXIT_SYMLINKED_PARENT = 78
+EXIT_UNSAFE_PATH = 79
 
 _DEPLOY_PATH_CHARS = re.compile(r"^/[A-Za-z0-9._/@+~ -]*$")
 _RELEASE_NAME = re.compile(r"^[0-9]{8}-[0-9]{9}-[0-9a-f]{7,40}$")
@@ -204,6 +217,13 @@ class RemoteLayout:
                 f"{self.current_path} on {address} is a real directory, not a "
                 "symlink. Slipway will not replace it: move it aside (for example into releases/) first."
             )
+        if exit_code == EXIT_UNSAFE_PATH:
+            found = dict(line.partition("=")[::2] for line in stdout.splitlines() if "=" in line)
+            raise UnsafeDeployPath(
+                f"The deploy path {self.deploy_path} on {address} is unsafe: "
+                f"{found.get('unsafe', 'it failed the safety check')}. "
+                f"Fix it on the server, for example with `{found.get('fix', '')}`, then deploy again."
+            )
         if exit_code == EXIT_SYMLINKED_PARENT:
             raise InvalidInput(
                 "shared_paths",
@@ -220,6 +240,54 @@ class RemoteLayout:
             )
 
     # -- script pieces (each a block of POSIX sh, run from the deploy path)
+
+    def _enter_script(self) -> str:
+        """Make the deploy path if missing (not writable by others), enter it, and stop with
+        ``unsafe=``/``fix=`` lines and exit 79 when it is unsafe (see the module docstring)."""
+        q = self.q
+        # Inside the echo's double quotes: close them, add the path as the server's shell would
+        # spell it in a command, reopen.
+        path = '"' + shlex.quote(q) + '"'
+
+        def refuse(what: str, fix: str) -> str:
+            return f'{{ echo "unsafe={what}"; echo "fix={fix}"; exit {EXIT_UNSAFE_PATH}; }}'
+
+        not_owned = refuse(
+            "it is owned by $(stat -c %U .), not by the login user $(id -un) or root",
+            f"sudo chown $(id -un) {path}",
+        )
+        writable = refuse(
+            "it is writable by group or others (mode $(stat -c %a .))", f"chmod go-w {path}"
+        )
+        linked = refuse(
+            '$name is a symbolic link (to $(readlink -- "$name")), not a folder',
+            f"rm {path}/$name && mkdir {path}/$name",
+        )
+        elsewhere = refuse(
+            "current points to $target, not to a release in releases/", f"rm {path}/current"
+        )
+        links = " ".join(
+            shlex.quote(name) for name in ("releases", "shared", META_DIR, LOCK_DIR, MANIFEST_DIR)
+        )
+        inside = shlex.quote(self.deploy_path + "/releases/")
+        return f"""if [ ! -e {q} ] && [ ! -L {q} ]; then (umask 022 && mkdir -p -- {q}); fi
+cd -- {q}
+owner=$(stat -c %u .)
+if [ "$owner" != "$(id -u)" ] && [ "$owner" != 0 ]; then {not_owned}; fi
+if [ -n "$(find . -maxdepth 0 -perm /022)" ]; then {writable}; fi
+for name in {links}; do
+  if [ -L "$name" ]; then {linked}; fi
+done
+if [ -L current ]; then
+  target=$(readlink -- current)
+  case "$target" in
+    releases/*/*|releases/.|releases/..|{inside}*/*|{inside}.|{inside}..) bad=1 ;;
+    releases/?*|{inside}?*) bad=0 ;;
+    *) bad=1 ;;
+  esac
+  if [ "$bad" = 1 ]; then {elsewhere}; fi
+fi
+"""
 
     def _lock_script(
         self, *, holder: str, owner_id: str, stale_after: int, take_over_from: str
@@ -269,6 +337,21 @@ if [ {int(incremental)} = 1 ] && [ -n "$live" ] && [ "$live" = {expected} ] && [
   # What changed in the live release after Slipway finished writing it (commands, people):
   # compare the copy with the listing taken when the live release was made.
   {_stat_listing(new)} | LC_ALL=C comm -3 "{MANIFEST_DIR}/$live.stat" - | sed 's/^\t//' | cut -f1 | LC_ALL=C sort -u | sed 's/^/drift=/'
+  # Config files and shared links of the live release: gone from the copy, so that one no
+  # longer configured is not carried on (today's are written again when the release finishes).
+  if [ -f "{MANIFEST_DIR}/$live.managed" ]; then
+    while IFS= read -r path; do
+      case "/$path" in //|*/../*|*/./*|*/..|*/.) continue ;; esac
+      parent=$(dirname -- "${{path%/}}"); through_link=0
+      while [ "$parent" != . ]; do
+        if [ -L {new}/"$parent" ]; then through_link=1; fi
+        parent=$(dirname -- "$parent")
+      done
+      if [ "$through_link" = 1 ]; then continue; fi
+      # A line ending in / is a folder Slipway made for them: removed once empty.
+      case "$path" in */) rmdir -- {new}/"${{path%/}}" 2>/dev/null || : ;; *) rm -rf -- {new}/"$path" ;; esac
+    done < "{MANIFEST_DIR}/$live.managed"
+  fi
 else
   mkdir -- {new}
   echo copied=0
@@ -300,7 +383,7 @@ for d in releases/*/; do
   case "$d" in [0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]-[0-9]*-[0-9a-f]*) ;; *) continue ;; esac
   case "$protect" in *" $d "*) continue ;; esac
   if [ -e "releases/$d/{UNFINISHED_MARKER}" ] || ! printf '%s\\n' "$finished" | grep -qxF -- "$d"; then
-    rm -rf -- "releases/$d" "{MANIFEST_DIR}/$d.json" "{MANIFEST_DIR}/$d.stat"
+    rm -rf -- "releases/$d" "{MANIFEST_DIR}/$d.json" "{MANIFEST_DIR}/$d.stat" "{MANIFEST_DIR}/$d.managed" "{MANIFEST_DIR}/$d.made"
     echo "removed=$d"
   fi
 done
@@ -331,7 +414,22 @@ if [ -e {release}/{UNFINISHED_MARKER} ]; then echo {unfinished}; exit {EXIT_RELE
                 name, [*config_paths, *(p.strip().rstrip("/") for p in shared_paths)]
             )
         ]
+        # The folders this step makes for config files and shared links, deepest first (the
+        # next release removes them when they are left empty).
+        managed = [
+            *config_paths,
+            *(validate_relative_path(p, "shared_paths") for p in shared_paths),
+        ]
+        made = shlex.quote(f"{MANIFEST_DIR}/{name}.made")
+        lines.append(f": > {made}")
+        for folder in _parents(managed):
+            in_release = shlex.quote(f"releases/{name}/{folder}")
+            lines.append(
+                f"if [ ! -e {in_release} ]; then printf '%s/\\n' {shlex.quote(folder)} >> {made}; fi"
+            )
         lines.append("tar -xzpf - --no-same-owner")
+        managed_list = shlex.quote(f"{MANIFEST_DIR}/{name}.managed")
+        lines.append(f"cat {made} >> {managed_list}\nrm -f -- {made}")
         for raw in shared_paths:
             is_dir = raw.strip().endswith("/")
             path = validate_relative_path(raw, "shared_paths")
@@ -394,8 +492,7 @@ ln -s -- {target} {in_release}"""
             holder=holder, owner_id=owner_id, stale_after=stale_after, take_over_from=take_over_from
         )
         prepare = self._prepare_script(name, expected_live=expected_live, incremental=incremental)
-        mkdir = f"mkdir -p -- {self.q}\n"
-        out = self._script(mkdir + f"cd -- {self.q}\n" + lock + prepare)
+        out = self._script(self._enter_script() + lock + prepare)
         values: dict[str, list[str]] = {}
         for line in out.splitlines():
             key, sep, value = line.partition("=")
@@ -451,12 +548,20 @@ ln -s -- {target} {in_release}"""
         directory_mode: str = "",
     ) -> None:
         """Write config files and the manifest, link shared paths, apply permissions and
-        record the listing that the next deployment compares against: one round trip."""
+        record the listing that the next deployment compares against, and the paths written
+        here (config files, shared links) that the next one drops: one round trip."""
+        managed = [*files, *(validate_relative_path(p, "shared_paths") for p in shared_paths)]
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as archive:
             for path, body in files.items():
                 _add_bytes(archive, f"releases/{name}/{path}", body, 0o644)
             _add_bytes(archive, f"{MANIFEST_DIR}/{name}.json", manifest_json, 0o600)
+            _add_bytes(
+                archive,
+                f"{MANIFEST_DIR}/{name}.managed",
+                "".join(f"{path}\n" for path in managed).encode(),
+                0o600,
+            )
         script = self._finish_script(
             name,
             shared_paths=shared_paths,
@@ -492,7 +597,9 @@ ln -s -- {target} {in_release}"""
         release = shlex.quote(f"releases/{name}")
         pieces = [
             f"if [ -e {release}/{UNFINISHED_MARKER} ]; then rm -rf -- {release} "
-            f"{shlex.quote(f'{MANIFEST_DIR}/{name}.json')} {shlex.quote(f'{MANIFEST_DIR}/{name}.stat')}; fi\n"
+            f"{shlex.quote(f'{MANIFEST_DIR}/{name}.json')} {shlex.quote(f'{MANIFEST_DIR}/{name}.stat')} "
+            f"{shlex.quote(f'{MANIFEST_DIR}/{name}.managed')} "
+            f"{shlex.quote(f'{MANIFEST_DIR}/{name}.made')}; fi\n"
         ]
         if unlock_owner:
             pieces.append(self._unlock_script(unlock_owner))
@@ -501,14 +608,23 @@ ln -s -- {target} {in_release}"""
     def lock(
         self, *, holder: str, owner_id: str, stale_after: int, take_over_from: str = ""
     ) -> None:
-        self._run(
-            f"mkdir -p -- {self.q}\ncd -- {self.q}\n"
+        self._script(
+            self._enter_script()
             + self._lock_script(
                 holder=holder,
                 owner_id=owner_id,
                 stale_after=stale_after,
                 take_over_from=take_over_from,
             )
+        )
+
+    def check_deploy_path(self, *, timeout: float = 600) -> None:
+        """Make the deploy path if it is missing, then refuse it (UnsafeDeployPath, naming the
+        host, the path, what is wrong and the command that fixes it) when it is unsafe, or
+        (CommandFailed / PermissionDenied) when the login user cannot write to it."""
+        self._script(
+            self._enter_script() + "test -w . || { echo 'not writable' >&2; exit 1; }\n",
+            timeout=timeout,
         )
 
     def unlock(self, *, owner_id: str) -> None:
@@ -537,6 +653,15 @@ ln -s -- {target} {in_release}"""
             'if [ -L current ]; then basename "$(readlink current)"; fi\n'
         )
         return out.strip() or None
+
+
+def _parents(paths: Sequence[str]) -> list[str]:
+    """The folders above ``paths`` (relative, checked), deepest first."""
+    found: set[str] = set()
+    for path in paths:
+        parts = path.split("/")
+        found.update("/".join(parts[:end]) for end in range(1, len(parts)))
+    return sorted(found, key=lambda folder: (-folder.count("/"), folder))
 
 
 def _no_symlinked_parents(name: str, paths: Sequence[str]) -> str:

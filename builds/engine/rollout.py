@@ -58,7 +58,7 @@ from builds.engine.specs import (
     variables_for,
 )
 from builds.engine.ssh import Connection, connect
-from builds.engine.variables import substitute
+from builds.engine.variables import shell_exports, substitute, substitute_shell
 
 logger = logging.getLogger(__name__)
 
@@ -77,16 +77,20 @@ def run_commands(
     env: Mapping[str, str],
     reporter: Reporter,
 ) -> None:
-    """Run the stage's commands on one server in ``workdir``, output streamed to the log."""
+    """Run the stage's commands on one server in ``workdir``, output streamed to the log.
+
+    ``%variables%`` reach the shell as data (see variables.substitute_shell); the log shows
+    the command with the values written in, for people to read."""
+    # The %variables% last: a project variable called SLIPWAY_VAR_... cannot stand in for one.
     exports = "".join(
         f"export {name}={shlex.quote(value)}\n" for name, value in env.items() if _env_name_ok(name)
-    )
+    ) + shell_exports(variables)
     for command in commands:
         if command.stage != stage or not command.applies_to(server):
             continue
         reporter.check_cancelled()
-        text = substitute(command.command, variables)
-        reporter.log("system", f"$ {text}", server.id)
+        text = substitute_shell(command.command, variables)
+        reporter.log("system", f"$ {substitute(command.command, variables)}", server.id)
         script = f"{exports}cd -- {shlex.quote(workdir)} || exit $?\n{text}\n"
         result = connection.run(
             "sh -c " + shlex.quote(script),

@@ -12,7 +12,7 @@ from typing import Protocol
 from builds.engine import release
 from builds.engine.build import BuildSpec
 from builds.engine.errors import EngineError, InvalidInput
-from builds.engine.git import Commit
+from builds.engine.git import DEFAULT_FETCH_TIMEOUT_SECONDS, Commit
 from builds.engine.health import HealthCheckSpec
 from builds.engine.manifest import ChangeSet, Manifest
 from builds.engine.ssh import Endpoint
@@ -136,6 +136,10 @@ class DeploySpec:
     config_only: bool = False
     max_parallel: int = 5
     lock_stale_after: int = 3600
+    #: Wall-clock limit of the repository fetch, in seconds (see git.Mirror).
+    fetch_timeout_seconds: float = DEFAULT_FETCH_TIMEOUT_SECONDS
+    #: The trusted host key of an ssh repository, "<type> <base64>" (see git.Mirror).
+    repository_host_key: str = field(default="", repr=False)
     #: Used for the release name, so that every server gets the same one.
     started_at: float | None = None
     #: Asked about a lock's owner ("deployment-12"): True when that deployment has finished

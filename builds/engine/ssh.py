@@ -19,6 +19,8 @@ import contextlib
 import hashlib
 import hmac
 import io
+import logging
+import re
 import select
 import socket
 import threading
@@ -44,6 +46,8 @@ from builds.engine.errors import (
     TransferFailed,
 )
 
+logger = logging.getLogger(__name__)
+
 #: Receives each output line as ``on_line(stream, text)``, stream being "stdout" or "stderr".
 LineCallback = Callable[[str, str], None]
 
@@ -66,8 +70,9 @@ _SEND_WAIT_SECONDS = 0.2
 # missed wake-up can never hang a deployment.
 _POLL_SECONDS = 1.0
 # A command printing megabytes without a newline (a binary, a progress bar) must not grow one
-# string without bound; longer runs are cut into several lines.
-_MAX_LINE_CHARS = 64 * 1024
+# string without bound; longer runs are cut into several lines, each exactly this long but the
+# last (the log's masking joins such pieces again before it looks for secrets).
+MAX_LINE_CHARS = 64 * 1024
 # stdout/stderr kept in CommandResult; on_line still sees every line beyond this.
 _CAPTURE_LIMIT_CHARS = 1024 * 1024
 # After a channel closes without an exit status, how long to let paramiko's transport thread
@@ -95,6 +100,58 @@ class HostKey:
 
     key_type: str
     fingerprint: str
+    #: "<type> <base64>", as in a known_hosts line (what a pinned repository key stores).
+    public_key: str = ""
+
+
+#: A fingerprint as ``ssh-keygen -l`` prints it.
+FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
+
+
+def public_key_fingerprint(public_key: str) -> str:
+    """The fingerprint of ``"<type> <base64>"`` (a known_hosts key); "" when unreadable."""
+    parts = public_key.split()
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except (IndexError, ValueError):
+        return ""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def confirm_host_key(hostname: str, port: int, fingerprint: str, timeout: float = 10.0) -> HostKey:
+    """The key ``hostname:port`` offers now, when its fingerprint is ``fingerprint``: the
+    "Trust this key" step for servers and repositories alike.
+
+    Raises InvalidInput naming the field ``fingerprint`` when it is malformed, when the host
+    cannot be reached or probed (the reason; ours go to the worker's log), or when it offers
+    another key (both named).
+    """
+    fingerprint = fingerprint.strip()
+    if not FINGERPRINT.fullmatch(fingerprint):
+        raise InvalidInput(
+            "fingerprint",
+            "must be a SHA256 fingerprint as `ssh-keygen -l` prints it (SHA256: then 43 characters).",
+        )
+    address = format_address(hostname, port)
+    try:
+        offered = probe_host_key(hostname, port, timeout)
+    except EngineError as exc:
+        if exc.user_facing:
+            raise InvalidInput("fingerprint", f"cannot be checked: {exc}") from None
+        logger.warning("Probing %s failed", address, exc_info=True)
+        raise InvalidInput(
+            "fingerprint", f"cannot be checked: probing {address} failed on Slipway's side."
+        ) from None
+    except Exception as exc:  # a network library's surprise must not become a 500
+        logger.warning("Probing %s failed", address, exc_info=True)
+        raise InvalidInput("fingerprint", f"cannot be checked: {address}: {exc}") from None
+    if not hmac.compare_digest(fingerprint.encode(), offered.fingerprint.encode()):
+        raise InvalidInput(
+            "fingerprint",
+            f"{fingerprint} is not the key {address} offers now, which is "
+            f"{offered.key_type} {offered.fingerprint}.",
+        )
+    return offered
 
 
 @dataclass(frozen=True)
@@ -483,9 +540,9 @@ class _LineSplitter:
 
     def feed(self, data: bytes) -> list[str]:
         *lines, self._partial = (self._partial + self._decoder.decode(data)).split("\n")
-        while len(self._partial) > _MAX_LINE_CHARS:
-            lines.append(self._partial[:_MAX_LINE_CHARS])
-            self._partial = self._partial[_MAX_LINE_CHARS:]
+        while len(self._partial) > MAX_LINE_CHARS:
+            lines.append(self._partial[:MAX_LINE_CHARS])
+            self._partial = self._partial[MAX_LINE_CHARS:]
         return [line.removesuffix("\r") for line in lines]
 
     def finish(self) -> list[str]:
@@ -573,7 +630,11 @@ def _start_transport(
     except BaseException:
         transport.close()
         raise
-    return transport, HostKey(key_type=server_key.get_name(), fingerprint=fingerprint(server_key))
+    return transport, HostKey(
+        key_type=server_key.get_name(),
+        fingerprint=fingerprint(server_key),
+        public_key=f"{server_key.get_name()} {server_key.get_base64()}",
+    )
 
 
 def _open_socket(hostname: str, port: int, timeout: float) -> socket.socket:

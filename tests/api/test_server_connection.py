@@ -142,3 +142,17 @@ def test_a_viewer_cannot_check_but_a_deployer_can(
         url(server, "trust"), {"fingerprint": sshd_target.host_key_fingerprint}, format="json"
     )
     assert trust.status_code == 403
+
+
+def test_it_reports_an_unsafe_deploy_path_and_the_command_that_fixes_it(
+    alice_api, project, sshd_target, server_factory
+):
+    server = server_factory(project, sshd_target)
+    sshd_target.deploy_path.chmod(0o777)
+    check = alice_api.post(url(server, "check")).json()
+    assert check["ok"] is False and check["trusted"] is True
+    assert (
+        f"The deploy path {sshd_target.deploy_path} on 127.0.0.1:{sshd_target.port}"
+        in (check["error"])
+    )
+    assert f"`chmod go-w {sshd_target.deploy_path}`" in check["error"]

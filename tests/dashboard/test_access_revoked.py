@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
-
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from builds.models import Deployment, Status

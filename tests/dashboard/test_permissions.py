@@ -52,6 +52,8 @@ def _changes(project, server, deployment, running, variable, bob) -> dict[str, d
         f"/projects/{slug}/deployments/{deployment.pk}/redeploy/": {},
         f"/projects/{slug}/deployments/{deployment.pk}/rollback/": {},
         f"/projects/{slug}/servers/{server.pk}/trust/": {"fingerprint": "SHA256:" + "x" * 43},
+        f"/projects/{slug}/repository/check/": {},
+        f"/projects/{slug}/repository/trust/": {"fingerprint": "SHA256:" + "x" * 43},
         f"/projects/{slug}/servers/{server.pk}/edit/": {"name": "renamed"},
         f"/projects/{slug}/servers/{server.pk}/delete/": {},
         f"/projects/{slug}/servers/new/": {"name": "web9"},

@@ -17,11 +17,18 @@ from typing import ClassVar
 
 import pytest
 
-from builds.engine.errors import InvalidInput, RepositoryError, RevisionNotFound
+from builds.engine.errors import (
+    HostKeyMismatch,
+    HostKeyNotTrusted,
+    InvalidInput,
+    RepositoryError,
+    RevisionNotFound,
+)
 from builds.engine.git import (
     Mirror,
     _extract_tar_stream,
     redact_url,
+    ssh_host_of,
     validate_ref,
     validate_repository_url,
     validate_subdirectory,
@@ -317,6 +324,7 @@ def test_it_uses_a_temporary_key_file_for_ssh_and_removes_it(tmp_path: Path) -> 
         "ssh://git@127.0.0.1:9/acme/shop.git",
         ssh_private_key="-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n"
         "-----END OPENSSH PRIVATE KEY-----",
+        host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
     )
     before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("slipway-key-*"))
 
@@ -588,6 +596,11 @@ def _hand_over(repo: GitRepo, target: SSHTarget) -> None:
     subprocess.run(["chown", "-R", target.username, str(repo.path)], check=True)
 
 
+def _host_key(target: SSHTarget) -> str:
+    """The target's host key as the project stores it once trusted: "<type> <base64>"."""
+    return " ".join(target.host_public_key_path.read_text().split()[:2])
+
+
 def test_it_fetches_over_ssh_with_a_deploy_key_and_pins_the_host_key(
     ssh_origin: GitRepo, sshd_target: SSHTarget, tmp_path: Path
 ) -> None:
@@ -598,14 +611,16 @@ def test_it_fetches_over_ssh_with_a_deploy_key_and_pins_the_host_key(
         tmp_path / "m.git",
         _ssh_url(sshd_target, origin),
         ssh_private_key=sshd_target.client_private_key,
+        host_key=_host_key(sshd_target),
     )
 
     mirror.fetch()
     mirror.fetch()
 
     assert mirror.resolve("main") == sha
-    host_key_type, host_key = sshd_target.host_public_key_path.read_text().split()[:2]
-    assert f"{host_key_type} {host_key}" in mirror.known_hosts_path.read_text()
+    assert mirror.known_hosts_path.read_text() == (
+        f"[127.0.0.1]:{sshd_target.port} {_host_key(sshd_target)}\n"
+    )
     assert sshd_target.client_private_key.strip() not in (tmp_path / "m.git" / "config").read_text()
 
 
@@ -617,7 +632,10 @@ def test_it_reports_a_refused_deploy_key(
     _hand_over(origin, sshd_target)
     stranger = generate_key_pair(tmp_path / "keys", "stranger")
     mirror = Mirror(
-        tmp_path / "m.git", _ssh_url(sshd_target, origin), ssh_private_key=stranger.private_key
+        tmp_path / "m.git",
+        _ssh_url(sshd_target, origin),
+        ssh_private_key=stranger.private_key,
+        host_key=_host_key(sshd_target),
     )
 
     with pytest.raises(RepositoryError, match="refused our credentials"):
@@ -625,20 +643,58 @@ def test_it_reports_a_refused_deploy_key(
 
 
 def test_it_refuses_a_host_whose_key_differs_from_the_pinned_one(
-    origin: GitRepo, sshd_target: SSHTarget, tmp_path: Path
+    ssh_origin: GitRepo, sshd_target: SSHTarget, tmp_path: Path
 ) -> None:
-    origin.commit({"a.txt": "1"}, "One")
+    _hand_over(ssh_origin, sshd_target)
     other_host = generate_key_pair(tmp_path / "keys", "other_host")
-    other_host_key = " ".join(other_host.public_key.split()[:2])
     mirror = Mirror(
         tmp_path / "m.git",
-        _ssh_url(sshd_target, origin),
+        _ssh_url(sshd_target, ssh_origin),
         ssh_private_key=sshd_target.client_private_key,
-        known_hosts=f"[127.0.0.1]:{sshd_target.port} {other_host_key}\n",
+        host_key=" ".join(other_host.public_key.split()[:2]),
     )
 
-    with pytest.raises(RepositoryError, match="host key"):
+    with pytest.raises(HostKeyMismatch) as changed:
         mirror.fetch()
+
+    message = str(changed.value)
+    assert f"127.0.0.1:{sshd_target.port} has changed" in message
+    assert f"pinned {other_host.fingerprint}" in message
+    assert f"offered {sshd_target.host_key_fingerprint}" in message
+    assert mirror.resolve_or_none("main") is None
+
+
+def test_an_ssh_repository_without_a_trusted_host_key_is_refused_showing_the_key(
+    ssh_origin: GitRepo, sshd_target: SSHTarget, tmp_path: Path
+) -> None:
+    _hand_over(ssh_origin, sshd_target)
+    mirror = Mirror(
+        tmp_path / "m.git",
+        _ssh_url(sshd_target, ssh_origin),
+        ssh_private_key=sshd_target.client_private_key,
+    )
+
+    with pytest.raises(HostKeyNotTrusted) as untrusted:
+        mirror.fetch()
+
+    message = str(untrusted.value)
+    assert f"127.0.0.1:{sshd_target.port} offered the host key ssh-ed25519" in message
+    assert sshd_target.host_key_fingerprint in message
+    assert "trusts it in the project's repository settings" in message
+    assert not (tmp_path / "m.git" / "HEAD").exists(), "nothing fetched, no key recorded"
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("git@github.com:acme/shop.git", ("github.com", 22)),
+        ("ssh://git@git.example.com:2222/acme/shop.git", ("git.example.com", 2222)),
+        ("ssh://git@[::1]:2200/srv/shop.git", ("::1", 2200)),
+        ("deploy@[::1]:srv/shop.git", ("::1", 22)),
+    ],
+)
+def test_it_finds_the_host_and_port_ssh_connects_to(url: str, host: tuple[str, int]) -> None:
+    assert ssh_host_of(url) == host
 
 
 def _hostile_tar(*members: tuple[str, bytes | str]) -> io.BytesIO:
