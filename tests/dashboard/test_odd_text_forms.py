@@ -37,7 +37,9 @@ def _forms(page: str, path: str) -> list[tuple[str, list[str]]]:
     return found
 
 
-def test_odd_text_in_any_dashboard_form_field_gets_a_400_naming_it(alice_client, project):
+def test_odd_text_in_any_dashboard_form_field_gets_a_400_naming_it(
+    site_admin, alice_client, project
+):
     server = Server.objects.create(
         project=project, name="web1", hostname="127.0.0.1", port=9, username="deploy"
     )
