@@ -21,7 +21,9 @@ WRONG = "SHA256:" + "A" * 43
 
 
 @pytest.fixture
-def ssh_project(project, sshd_target):
+def ssh_project(project, sshd_target, settings):
+    # The test's Git server is on loopback, which the operator must allow for repositories.
+    settings.ALLOW_PRIVATE_REPOSITORIES = True
     """Alice's project, its repository served over ssh by the target's login user."""
     origin = GitRepo(sshd_target.root / "repos" / "shop")
     origin.commit({"index.html": "over ssh\n"}, "Start")

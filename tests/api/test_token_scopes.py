@@ -26,6 +26,8 @@ DEPLOY_OPERATIONS = {
     ("post", "/api/v1/deployments/{deployment_id}/abort/"),
     ("post", "/api/v1/projects/{slug}/servers/{server_id}/rollback/"),
     ("post", "/api/v1/projects/{slug}/servers/{server_id}/check/"),
+    # Reading the key a repository's host offers, like a server's connection check.
+    ("post", "/api/v1/projects/{slug}/repository/check/"),
 }
 
 

@@ -26,7 +26,8 @@ from servers.health import health_check_clean
 from servers.services import server_check, server_create
 from tests.support.gitrepos import hermetic_git_environment
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Alice registers the projects here, which takes a site admin (docs/users.md).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("site_admin")]
 
 
 class _DumbGitServer:

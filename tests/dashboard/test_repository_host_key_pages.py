@@ -11,7 +11,9 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def ssh_project(project, sshd_target):
+def ssh_project(project, sshd_target, settings):
+    # The test's Git server is on loopback, which the operator must allow for repositories.
+    settings.ALLOW_PRIVATE_REPOSITORIES = True
     project.repository_url = f"ssh://git@127.0.0.1:{sshd_target.port}/srv/shop.git"
     project.save()
     return project
