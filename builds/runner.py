@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
 from django.db import transaction
@@ -31,6 +32,7 @@ from builds.engine.masking import (
     url_secrets,
     webhook_url_secrets,
 )
+from builds.engine.remote_build import BuildHost
 from builds.engine.sandbox import SandboxPolicy
 from builds.engine.ssh import Endpoint
 from builds.logs import LogWriter
@@ -262,6 +264,24 @@ def sandbox_policy(project: Project) -> SandboxPolicy:
     )
 
 
+def build_host() -> BuildHost | None:
+    """The operator's build host (SLIPWAY_BUILD_HOST), or None to build on the worker."""
+    if not settings.BUILD_HOST:
+        return None
+    url = urlsplit(settings.BUILD_HOST)
+    assert url.hostname is not None and url.username is not None  # checked in settings
+    return BuildHost(
+        endpoint=Endpoint(
+            hostname=url.hostname,
+            username=unquote(url.username),
+            port=url.port or 22,
+            private_key=Path(settings.BUILD_HOST_KEY_FILE).read_text(),
+            host_key_fingerprint=settings.BUILD_HOST_FINGERPRINT,
+        ),
+        base_path=unquote(url.path),
+    )
+
+
 def build_spec(deployment: Deployment, scratch: Path, revision: str) -> BuildSpec:
     """The engine's build input. The repository URL is checked again here, right before the
     fetch (DNS answers and symlinks change after a URL is saved): InvalidInput if refused."""
@@ -298,6 +318,8 @@ def build_spec(deployment: Deployment, scratch: Path, revision: str) -> BuildSpe
         build_env=environment,
         home_dir=mirror.parent / "home",
         sandbox=sandbox_policy(project),
+        build_host=build_host(),
+        build_host_folder=f"project-{project.pk}",
         skip_build=deployment.skip_build,
         skip_cache=deployment.skip_cache,
     )

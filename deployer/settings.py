@@ -114,6 +114,27 @@ BUILD_MAX_PROCESSES = env.integer("SLIPWAY_BUILD_MAX_PROCESSES", 1024, minimum=1
 BUILD_MAX_OPEN_FILES = env.integer("SLIPWAY_BUILD_MAX_OPEN_FILES", 4096, minimum=64)
 # 0: no memory limit. Applied through a cgroup where the worker may create one.
 BUILD_MEMORY_MB = env.integer("SLIPWAY_BUILD_MEMORY_MB", 4096, minimum=0)
+# A separate build host (builds/engine/remote_build.py, docs/security.md): ssh://user@host:port/path,
+# with the private key the workers log in with and the host key they pin.
+BUILD_HOST = env.url("SLIPWAY_BUILD_HOST", ("ssh",))
+BUILD_HOST_KEY_FILE = env.string("SLIPWAY_BUILD_HOST_KEY_FILE")
+BUILD_HOST_FINGERPRINT = env.string("SLIPWAY_BUILD_HOST_FINGERPRINT")
+if BUILD_HOST:
+    _build_host = urlsplit(BUILD_HOST)
+    if not (_build_host.hostname and _build_host.username and _build_host.path.startswith("/")):
+        raise ConfigurationError(
+            "SLIPWAY_BUILD_HOST must look like ssh://user@host[:port]/absolute/folder"
+        )
+    if not BUILD_HOST_KEY_FILE or not Path(BUILD_HOST_KEY_FILE).is_file():
+        raise ConfigurationError(
+            "SLIPWAY_BUILD_HOST_KEY_FILE must name the private key file the workers log in to "
+            "the build host with"
+        )
+    if not BUILD_HOST_FINGERPRINT.startswith("SHA256:"):
+        raise ConfigurationError(
+            "SLIPWAY_BUILD_HOST_FINGERPRINT must be the build host's key fingerprint as "
+            "`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` prints it (SHA256:...)"
+        )
 
 INSTALLED_APPS = [
     # Django's admin site, behind Slipway's own sign-in (two-factor included).

@@ -18,6 +18,7 @@ from builds.engine.excludes import ExcludeRules, load_deployignore
 from builds.engine.git import Mirror, validate_subdirectory
 from builds.engine.manifest import HashCache, Manifest
 from builds.engine.release import validate_relative_path
+from builds.engine.remote_build import BuildHost, RemoteBuild
 from builds.engine.sandbox import HostIdentity, SandboxPolicy, check_available, hand_over
 from builds.engine.sandbox import start as sandbox_start
 from builds.engine.workspace import Workspace
@@ -51,6 +52,10 @@ class BuildSpec:
     #: The project's persistent build home (HOME and package managers' caches); never uploaded.
     home_dir: Path | None = None
     sandbox: SandboxPolicy = field(default_factory=SandboxPolicy)
+    #: Run build commands on this build host instead of the worker (SLIPWAY_BUILD_HOST),
+    #: in its folder ``build_host_folder`` (one per project).
+    build_host: BuildHost | None = None
+    build_host_folder: str = ""
     ssh_private_key: str | None = field(default=None, repr=False)
     https_token: str | None = field(default=None, repr=False)
     allow_local: bool = False
@@ -321,34 +326,10 @@ def build(
     if spec.build_commands and not spec.skip_build:
         if not in_workspace:
             restore_cache(spec, root, log)
-        identity = check_available(spec.sandbox)
-        home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        hand_over([tree.checkout, home], identity)
-        if not spec.sandbox.enabled:
-            log("system", "Build sandbox is off on this worker (SLIPWAY_BUILD_SANDBOX=off)")
-        for command in spec.build_commands:
-            check_cancelled()
-            label = command.description or command.command
-            if not command.wanted(changed):
-                log(
-                    "system",
-                    f"Skipped `{label}`: no changed file matches {', '.join(command.watch_globs)}",
-                )
-                continue
-            log("system", f"$ {command.command}")
-            exit_code = run_local_command(
-                command,
-                cwd=root,
-                env=spec.build_env,
-                on_line=log,
-                check_cancelled=check_cancelled,
-                checkout=tree.checkout,
-                home=home,
-                policy=spec.sandbox,
-                identity=identity,
-            )
-            if exit_code != 0:
-                log("system", f"`{label}` exited with {exit_code}; going on (halt on error is off)")
+        if spec.build_host is not None:
+            _build_on_host(spec, tree, changed, log, check_cancelled)
+        else:
+            _build_here(spec, tree, home, changed, log, check_cancelled)
         if not in_workspace:
             save_cache(spec, root, log)
     elif spec.skip_build and spec.build_commands:
@@ -357,3 +338,88 @@ def build(
     if tree.hash_cache is not None and tree.hash_cache_path is not None:
         tree.hash_cache.save(tree.hash_cache_path)
     return BuildOutput(revision=sha, root=root, manifest=manifest)
+
+
+def _skipped(command: BuildCommandSpec, changed: Sequence[str] | None, log: LineSink) -> bool:
+    if command.wanted(changed):
+        return False
+    label = command.description or command.command
+    log("system", f"Skipped `{label}`: no changed file matches {', '.join(command.watch_globs)}")
+    return True
+
+
+def _build_here(
+    spec: BuildSpec,
+    tree: Tree,
+    home: Path,
+    changed: Sequence[str] | None,
+    log: LineSink,
+    check_cancelled: Callable[[], None],
+) -> None:
+    """Each build command in the sandbox on this worker."""
+    identity = check_available(spec.sandbox)
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    hand_over([tree.checkout, home], identity)
+    if not spec.sandbox.enabled:
+        log("system", "Build sandbox is off on this worker (SLIPWAY_BUILD_SANDBOX=off)")
+    for command in spec.build_commands:
+        check_cancelled()
+        if _skipped(command, changed, log):
+            continue
+        log("system", f"$ {command.command}")
+        exit_code = run_local_command(
+            command,
+            cwd=tree.root,
+            env=spec.build_env,
+            on_line=log,
+            check_cancelled=check_cancelled,
+            checkout=tree.checkout,
+            home=home,
+            policy=spec.sandbox,
+            identity=identity,
+        )
+        _report_exit(command, exit_code, log)
+
+
+def _build_on_host(
+    spec: BuildSpec,
+    tree: Tree,
+    changed: Sequence[str] | None,
+    log: LineSink,
+    check_cancelled: Callable[[], None],
+) -> None:
+    """Each build command on the operator's build host (remote_build), the tree sent there
+    and fetched back."""
+    assert spec.build_host is not None
+    host = spec.build_host
+    log("system", f"Building on the build host {host.endpoint.address}")
+    workdir = tree.root.relative_to(tree.checkout).as_posix()
+
+    def on_line(stream: str, text: str) -> None:
+        check_cancelled()  # raising here stops the remote command
+        log(stream, text)
+
+    with RemoteBuild(host, spec.build_host_folder or "project") as remote:
+        remote.upload(tree.checkout)
+        for command in spec.build_commands:
+            check_cancelled()
+            if _skipped(command, changed, log):
+                continue
+            log("system", f"$ {command.command}")
+            exit_code = remote.run(
+                command.command,
+                workdir="" if workdir == "." else workdir,
+                variables=spec.build_env,
+                policy=spec.sandbox,
+                on_line=on_line,
+                timeout_seconds=command.timeout_seconds,
+                halt_on_error=command.halt_on_error,
+            )
+            _report_exit(command, exit_code, log)
+        remote.download(tree.checkout, spec.cache_dir.with_name("remote-output"))
+
+
+def _report_exit(command: BuildCommandSpec, exit_code: int, log: LineSink) -> None:
+    if exit_code != 0:
+        label = command.description or command.command
+        log("system", f"`{label}` exited with {exit_code}; going on (halt on error is off)")
