@@ -37,8 +37,10 @@ from pathlib import Path, PurePosixPath
 from builds.engine import ssh
 from builds.engine.errors import CommandFailed, CommandTimedOut, InvalidInput, UserError
 from builds.engine.sandbox import (
+    MERGED_USR,
     SANDBOX_HOME,
     SANDBOX_SOURCE,
+    SYSTEM_PATHS,
     SandboxPolicy,
     SandboxUnavailable,
     base_environment,
@@ -46,8 +48,6 @@ from builds.engine.sandbox import (
 
 LineSink = Callable[[str, str], None]
 
-_SYSTEM_PATHS = ("/usr", "/etc", "/opt")
-_MERGED_USR = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _CHUNK_BYTES = 1 << 20
 _TRANSFER_TIMEOUT_SECONDS = 3600.0
 
@@ -237,10 +237,10 @@ class RemoteBuild:
             f"args={_q(self.folder)}/.bwrap-args.$$",
             ': > "$args"',
             *(f"printf '%s\\0' {_q(argument)} >> \"$args\"" for argument in fixed),
-            f"for p in {' '.join(_SYSTEM_PATHS + tuple(policy.readonly_paths))}; do",
+            f"for p in {' '.join(SYSTEM_PATHS + tuple(policy.readonly_paths))}; do",
             '  if [ -d "$p" ]; then printf \'%s\\0\' --ro-bind "$p" "$p" >> "$args"; fi',
             "done",
-            f"for p in {' '.join(_MERGED_USR)}; do",
+            f"for p in {' '.join(MERGED_USR)}; do",
             '  if [ -L "$p" ]; then printf \'%s\\0\' --symlink "$(readlink "$p")" "$p" >> "$args";',
             '  elif [ -d "$p" ]; then printf \'%s\\0\' --ro-bind "$p" "$p" >> "$args"; fi',
             "done",

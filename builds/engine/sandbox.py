@@ -48,8 +48,8 @@ from builds.engine.errors import UserError
 SANDBOX_SOURCE = "/build/src"
 SANDBOX_HOME = "/build/home"
 
-_SYSTEM_PATHS = ("/usr", "/etc", "/opt")
-_MERGED_USR = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+SYSTEM_PATHS = ("/usr", "/etc", "/opt")
+MERGED_USR = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # slirp4netns's fixed addresses: the guest is 10.0.2.100, its DNS forwarder 10.0.2.3.
 _SLIRP_DNS = "10.0.2.3"
@@ -248,7 +248,7 @@ def check_available(policy: SandboxPolicy) -> HostIdentity:
 
 def _merged_usr_arguments() -> list[str]:
     arguments: list[str] = []
-    for path in _MERGED_USR:
+    for path in MERGED_USR:
         if os.path.islink(path):
             arguments += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
@@ -337,7 +337,7 @@ def bwrap_arguments(
     ]
     for name, value in environment.items():
         arguments += ["--setenv", name, value]
-    for path in (*_SYSTEM_PATHS, *policy.readonly_paths):
+    for path in (*SYSTEM_PATHS, *policy.readonly_paths):
         if os.path.isdir(path):
             arguments += ["--ro-bind", path, path]
     arguments += _merged_usr_arguments()

@@ -16,6 +16,12 @@ from tests.support.processes import clean_env, manage
         ("DATABASE_URL", "mysql://db/slipway"),
         ("REDIS_URL", "http://127.0.0.1:6379"),
         ("SLIPWAY_LOG_LEVEL", "LOUD"),
+        ("SLIPWAY_BUILD_SANDBOX", "sometimes"),
+        ("SLIPWAY_BUILD_READONLY_PATHS", "/"),
+        ("SLIPWAY_BUILD_READONLY_PATHS", "relative/tools"),
+        ("SLIPWAY_BUILD_MAX_PROCESSES", "1"),
+        ("SLIPWAY_BUILD_HOST", "https://builder/srv"),
+        ("SLIPWAY_BUILD_HOST", "ssh://builder/srv"),
     ],
 )
 def test_it_names_the_variable_that_holds_a_bad_value(tmp_path, variable, value):
@@ -49,3 +55,13 @@ def test_it_documents_every_variable_in_the_example_file():
     assert used, "settings read no variables?"
     missing = sorted(name for name in used if name not in example)
     assert missing == []
+
+
+def test_the_data_directory_is_never_given_to_builds(tmp_path):
+    env = clean_env(
+        SLIPWAY_DATA_DIR=str(tmp_path), SLIPWAY_BUILD_READONLY_PATHS=f"/opt,{tmp_path}/builds"
+    )
+    result = manage("check", env=env)
+    assert result.returncode != 0
+    assert "SLIPWAY_BUILD_READONLY_PATHS" in result.stderr
+    assert "overlaps Slipway's data directory" in result.stderr
