@@ -419,7 +419,7 @@ def repository_check(url: str) -> None:
     """
     local = local_repository_paths(url)
     if local is not None:
-        for path in local:
+        for path in (read for given in local for read in _paths_git_reads(given)):
             resolved = path.resolve()
             for own in _own_directories():
                 if resolved == own or own in resolved.parents:
@@ -441,6 +441,58 @@ def repository_check(url: str) -> None:
         # When saved: the worker may resolve names the web host cannot. At fetch time: git
         # reports the name that does not resolve, in its own words.
         return
+
+
+# Git follows alternates of alternates up to this depth (sha1-file.c, link_alt_odb_entry).
+_ALTERNATES_DEPTH = 5
+
+
+def _paths_git_reads(path: Path) -> list[Path]:
+    """``path`` and every folder git would read objects or refs from when fetching from it:
+    a ``.git`` file's ``gitdir:``, a worktree's ``commondir`` and the object directories of
+    ``objects/info/alternates`` (followed as git does). Source: gitrepository-layout(5)."""
+    found: list[Path] = []
+    git_dirs = [(path, 0)]
+    object_dirs: list[tuple[Path, int]] = []
+    while git_dirs or object_dirs:
+        if git_dirs:
+            folder, depth = git_dirs.pop()
+            if folder in found or depth > _ALTERNATES_DEPTH:
+                continue
+            found.append(folder)
+            dot_git = folder / ".git"
+            if dot_git.is_file():
+                gitdir = _first_line(dot_git).removeprefix("gitdir:").strip()
+                if gitdir:
+                    git_dirs.append((folder / gitdir, depth + 1))
+            for git_dir in (folder, dot_git):
+                common = _first_line(git_dir / "commondir")
+                if common:
+                    git_dirs.append((git_dir / common, depth + 1))
+                object_dirs.append((git_dir / "objects", depth))
+            continue
+        objects, depth = object_dirs.pop()
+        if objects in found or depth > _ALTERNATES_DEPTH:
+            continue
+        found.append(objects)
+        for line in _lines(objects / "info" / "alternates"):
+            if line and not line.startswith("#"):
+                object_dirs.append((objects / line, depth + 1))
+    return found
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        if not path.is_file():
+            return []
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()[:100]
+    except OSError:
+        return []
+
+
+def _first_line(path: Path) -> str:
+    lines = _lines(path)
+    return lines[0].strip() if lines else ""
 
 
 def server_host_check(hostname: str, port: int) -> None:

@@ -28,6 +28,7 @@ from django.views.decorators.http import require_POST
 
 from builds import webhook_services
 from builds.models import WebhookOutcome, WebhookProvider
+from deployer.textinput import data_problem
 from projects.models import Project
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -340,10 +341,17 @@ def _decode(provider: str, body: bytes, content_type: str) -> dict[str, Any]:
         raw = fields["payload"][0]
     try:
         data = json.loads(raw)
+        # The body's size is bounded already (MAX_BODY_BYTES): only what cannot be stored.
+        problem = data_problem(data, max_length=None)
     except (UnicodeDecodeError, ValueError) as error:
         raise Rejected(400, "The body is not JSON") from error
+    except RecursionError:
+        raise Rejected(400, "The body nests arrays or objects too deeply") from None
     if not isinstance(data, dict):
         raise Rejected(400, "The body is not a JSON object")
+    if problem is not None:
+        # NUL and lone surrogates cannot be stored (PostgreSQL refuses them in text).
+        raise Rejected(400, f"The body's field {problem[0]!r} {problem[1]}")
     return data
 
 

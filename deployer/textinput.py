@@ -33,11 +33,13 @@ UNCHECKED_PREFIXES = ("/hooks/",)
 _FORM = "application/x-www-form-urlencoded"
 
 
-def text_problem(text: str) -> str | None:
-    """Why ``text`` is refused (a message that reads after the field's name), or None."""
+def text_problem(text: str, *, max_length: int | None = MAX_TEXT_LENGTH) -> str | None:
+    """Why ``text`` is refused (a message that reads after the field's name), or None.
+
+    ``max_length`` None checks only what can never be stored (NUL, lone surrogates)."""
     if "\x00" in text:
         return "contains a NUL character (\\u0000); remove it."
-    if len(text) > MAX_TEXT_LENGTH:
+    if max_length is not None and len(text) > max_length:
         return f"is longer than {MAX_TEXT_LENGTH} characters."
     try:
         text.encode("utf-8")
@@ -58,24 +60,26 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(item)
 
 
-def data_problem(data: Any) -> tuple[str, str] | None:
+def data_problem(data: Any, *, max_length: int | None = MAX_TEXT_LENGTH) -> tuple[str, str] | None:
     """(field, why) for the first refused string in parsed JSON ``data``, or None.
 
-    A top-level key that is itself refused is named as ``non_field_errors``.
+    A top-level key that is itself refused is named as ``non_field_errors``. Raises
+    RecursionError for data nested deeper than Python's recursion limit.
     """
     items = data.items() if isinstance(data, dict) else [("non_field_errors", data)]
     for key, value in items:
         field = str(key)
-        if text_problem(field):
+        if text_problem(field, max_length=max_length):
             return "non_field_errors", "a field name " + str(text_problem(field))
         for text in _strings(value):
-            problem = text_problem(text)
+            problem = text_problem(text, max_length=max_length)
             if problem:
                 return field, problem
     return None
 
 
 _NOT_UTF8 = "is not UTF-8 text; send the body encoded as UTF-8."
+_TOO_DEEP = "JSON parse error - the body nests arrays or objects too deeply."
 
 
 class TextJSONParser(JSONParser):
@@ -89,18 +93,20 @@ class TextJSONParser(JSONParser):
             # Parsed again keeping the bad bytes as surrogates, to say which field holds them.
             try:
                 data = json.loads(raw.decode("utf-8", "surrogateescape"))
-            except ValueError:
+                found = data_problem(data)
+            except (ValueError, RecursionError):
                 raise exceptions.ParseError(f"The body {_NOT_UTF8}") from None
-            found = data_problem(data)
             field = found[0] if found else "non_field_errors"
             raise exceptions.ValidationError({field: [_NOT_UTF8]}) from None
         try:
             # NaN and Infinity are refused, as by DRF's own parser (STRICT_JSON).
             parse_constant = json.strict_constant if self.strict else None
             data = json.loads(text, parse_constant=parse_constant)
+            found = data_problem(data)
         except ValueError as exc:
             raise exceptions.ParseError(f"JSON parse error - {exc}") from None
-        found = data_problem(data)
+        except RecursionError:
+            raise exceptions.ParseError(_TOO_DEEP) from None
         if found:
             raise exceptions.ValidationError({found[0]: [found[1]]})
         return data

@@ -7,7 +7,6 @@ import fnmatch
 import os
 import selectors
 import shutil
-import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -135,7 +134,7 @@ def run_local_command(
     try:
         while selector.get_map():
             if deadline is not None and time.monotonic() > deadline:
-                os.killpg(process.pid, signal.SIGKILL)
+                handle.kill()
                 raise CommandTimedOut(
                     f"Build command `{command.command}` timed out after {command.timeout_seconds} s"
                 )
@@ -155,9 +154,7 @@ def run_local_command(
                     emit(stream, line)
         exit_code = process.wait()
     except BaseException:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        handle.kill()
         raise
     finally:
         selector.close()
@@ -181,8 +178,8 @@ def _through_real_folders(root: Path, path: str, field: str) -> Path:
         if folder.is_symlink():
             raise InvalidInput(
                 field,
-                f"'{path}' lies under '{folder.relative_to(root)}', which is a symlink in the "
-                "checkout; cached paths must be real folders",
+                f"'{path}' lies under '{folder.relative_to(root)}', which is a symlink; "
+                "cached paths must be real folders",
             )
     return root / path
 
@@ -192,8 +189,8 @@ def restore_cache(spec: BuildSpec, root: Path, log: LineSink) -> None:
         return
     for raw in spec.cache_paths:
         path = validate_relative_path(raw, "cache_paths")
-        source = spec.cache_dir / path
-        if not source.exists():
+        source = _through_real_folders(spec.cache_dir, path, "cache_paths")
+        if not os.path.lexists(source):
             continue
         target = _through_real_folders(root, path, "cache_paths")
         if target.exists() or target.is_symlink():
@@ -212,8 +209,8 @@ def save_cache(spec: BuildSpec, root: Path, log: LineSink) -> None:
     for raw in spec.cache_paths:
         path = validate_relative_path(raw, "cache_paths")
         source = _through_real_folders(root, path, "cache_paths")
-        target = spec.cache_dir / path
-        if not source.exists():
+        target = _through_real_folders(spec.cache_dir, path, "cache_paths")
+        if not os.path.lexists(source):
             continue
         staging = target.with_name(target.name + ".saving")
         shutil.rmtree(staging, ignore_errors=True)
@@ -359,7 +356,10 @@ def _build_here(
     """Each build command in the sandbox on this worker."""
     identity = check_available(spec.sandbox)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    hand_over([tree.checkout, home], identity)
+    # The home only at its top: builds of the project running at the same time write in it,
+    # and a walk there could be led elsewhere by a swapped symlink.
+    hand_over([tree.checkout], identity)
+    hand_over([home], identity, recursive=False)
     if not spec.sandbox.enabled:
         log("system", "Build sandbox is off on this worker (SLIPWAY_BUILD_SANDBOX=off)")
     for command in spec.build_commands:

@@ -34,6 +34,7 @@ import os
 import pwd
 import select
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -94,9 +95,26 @@ class SandboxedCommand:
     """One command started in the sandbox; ``process`` is bwrap (or /bin/sh when off)."""
 
     process: subprocess.Popen[bytes]
+    #: The sandbox's first process (its PID 1), on the host's side; None with the sandbox off.
+    child_pid: int | None = None
     _helpers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _cgroups: list[Path] = field(default_factory=list)
     _stage: Path | None = None
+
+    def kill(self) -> None:
+        """Kill everything the command started, and reap it.
+
+        The sandbox's PID 1 first: its death ends every process of the PID namespace, and
+        bwrap, its parent, reaps it and exits (killing bwrap first would leave PID 1 to the
+        host's init, a zombie where the worker is PID 1 in a container).
+        """
+        if self.child_pid is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.child_pid, signal.SIGKILL)
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
     def close(self) -> None:
         """Stop the network helper and remove the command's cgroups (after it has ended)."""
@@ -125,7 +143,9 @@ def base_environment(home: str, *, path: str | None = None) -> dict[str, str]:
     builds and never land in the checkout (and so never reach a server).
     """
     return {
-        "PATH": path or os.environ.get("PATH", _DEFAULT_PATH),
+        # Not the worker's PATH (which names its own folders); a project sets its own PATH
+        # among its build variables when its tools live elsewhere.
+        "PATH": path or _DEFAULT_PATH,
         "HOME": home,
         "LANG": "C.UTF-8",
         "TMPDIR": "/tmp",  # noqa: S108 - the sandbox's private tmpfs
@@ -163,17 +183,24 @@ def host_identity(policy: SandboxPolicy) -> HostIdentity:
     return HostIdentity(entry.pw_uid, entry.pw_gid)
 
 
-def hand_over(paths: Sequence[Path], identity: HostIdentity) -> None:
-    """Make ``paths`` (recursively) the build account's, so its commands can write there.
+def hand_over(paths: Sequence[Path], identity: HostIdentity, *, recursive: bool = True) -> None:
+    """Make ``paths`` (recursively, or only themselves) the build account's, so its commands
+    can write there.
 
     Only needed when the worker is root; symlinks are changed themselves, never followed.
-    Runs while no build command is running, so nothing can swap a path under the walk.
+    A recursive walk must only cover a tree no build command is running in (the project's
+    checkout, under the workspace lock), so nothing can swap a path under the walk.
     """
     if identity.uid is None or identity.gid is None:
         return
     uid, gid = identity.uid, identity.gid
     for top in paths:
         top.mkdir(parents=True, exist_ok=True)
+        if not recursive:
+            status = os.lstat(top)
+            if status.st_uid != uid or status.st_gid != gid:
+                os.lchown(top, uid, gid)
+            continue
         for current, folders, files in os.walk(top):
             for name in (current, *(os.path.join(current, n) for n in (*folders, *files))):
                 status = os.lstat(name)
@@ -280,6 +307,93 @@ def _device_arguments() -> list[str]:
         "/dev/stderr",
     ]
     return arguments
+
+
+def _sealed_arguments(arguments: Sequence[str]) -> int:
+    """A memfd holding ``arguments`` NUL-separated, positioned at its start, for bwrap --args."""
+    descriptor = os.memfd_create("bwrap-arguments", 0)
+    data = b"".join(os.fsencode(argument) + b"\0" for argument in arguments)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view) :]
+    os.lseek(descriptor, 0, os.SEEK_SET)
+    return descriptor
+
+
+#: Never reachable from a build, whatever the network setting: link-local (cloud metadata at
+#: 169.254.169.254) and the shared address space (Alibaba's metadata at 100.100.100.200).
+BLOCKED_NETWORKS = ("169.254.0.0/16", "100.64.0.0/10", "0.0.0.0/8")
+
+
+def host_addresses() -> list[str]:
+    """The worker host's own IPv4 addresses other than loopback (from ``ip -4 addr``)."""
+    try:
+        listing = subprocess.run(
+            ["ip", "-o", "-4", "addr", "show"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            env={"PATH": _DEFAULT_PATH},
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as error:
+        raise SandboxUnavailable(
+            f"The build network needs iproute2's `ip` on the worker ({error})"
+        ) from None
+    found = []
+    for line in listing.splitlines():
+        fields = line.split()
+        if "inet" in fields:
+            address = fields[fields.index("inet") + 1].split("/")[0]
+            if not address.startswith("127."):
+                found.append(address)
+    return found
+
+
+def _close_host_addresses(child_pid: int, identity: HostIdentity) -> None:
+    """Routes in the build's network that refuse the worker host's own addresses and the
+    blocked networks: slirp4netns would otherwise connect to them from the host's side, so
+    services the host listens on with a non-loopback address would be reachable."""
+    routes = [*(f"{address}/32" for address in host_addresses()), *BLOCKED_NETWORKS]
+    script = "".join(f"route add prohibit {route}\n" for route in routes)
+    enter = ["nsenter", f"--target={child_pid}", "--net"]
+    if identity.uid is None and os.geteuid() != 0:
+        # A worker that is not root has capabilities only inside the build's user namespace.
+        enter += ["--user", "--preserve-credentials"]
+    try:
+        subprocess.run(
+            [*enter, "--", "ip", "-batch", "-"],
+            input=script.encode(),
+            capture_output=True,
+            timeout=30,
+            env={"PATH": _DEFAULT_PATH},
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        detail = getattr(error, "stderr", b"") or b""
+        raise SandboxUnavailable(
+            "The build network could not be restricted to the outside world "
+            f"({error}; {detail.decode('utf-8', 'replace').strip()[:200]})"
+        ) from None
+
+
+@cache
+def pids_cgroup_available() -> bool:
+    """Whether this worker can give each build a pids cgroup of its own (tried once)."""
+    for parent, _procs, limits in _cgroup_roots():
+        if "pids" not in limits:
+            continue
+        probe = parent / f"slipway-probe-{uuid.uuid4().hex[:8]}"
+        try:
+            probe.mkdir()
+        except OSError:
+            continue
+        try:
+            return (probe / "pids.max").exists()
+        finally:
+            with contextlib.suppress(OSError):
+                probe.rmdir()
+    return False
 
 
 def _data_pipe(content: bytes) -> int:
@@ -441,7 +555,9 @@ def _cgroup_roots() -> list[tuple[Path, str, dict[str, str]]]:
             base = Path("/sys/fs/cgroup")
             if not (base / "cgroup.controllers").exists():
                 base = base / "unified"
-            roots.append((base / relative, "cgroup.procs", {"memory": "memory.max"}))
+            roots.append(
+                (base / relative, "cgroup.procs", {"memory": "memory.max", "pids": "pids.max"})
+            )
         elif "memory" in controllers.split(","):
             roots.append(
                 (
@@ -477,6 +593,12 @@ def _enter_cgroups(pids: Sequence[int], policy: SandboxPolicy) -> list[Path]:
         try:
             group.mkdir()
         except OSError:
+            continue
+        # A cgroup-v2 hierarchy offers only the controllers its parent enabled.
+        limits = {name: value for name, value in limits.items() if (group / name).exists()}
+        if not limits:
+            with contextlib.suppress(OSError):
+                group.rmdir()
             continue
         try:
             for limit_file, value in limits.items():
@@ -564,20 +686,30 @@ def start(
             "--inh-caps=-all",
             "--",
         ]
-    argv = [
-        *prefix,
-        "prlimit",
-        f"--nproc={policy.max_processes}",
-        f"--nofile={policy.max_open_files}",
-        "--",
-        *bwrap_arguments(
+    # The arguments (the project's variables among them) reach bwrap through a file
+    # descriptor: on its command line they would be readable by every account of the host.
+    arguments = _sealed_arguments(
+        bwrap_arguments(
             policy,
             checkout=sources[0],
             home=sources[1],
             workdir=workdir_inside,
             environment=environment,
             fds=fds,
-        ),
+        )[1:]
+    )
+    # A per-build pids cgroup limits the build's processes; without one, prlimit's per-account
+    # limit is the fallback (shared by every build running as the same account).
+    nproc = [] if pids_cgroup_available() else [f"--nproc={policy.max_processes}"]
+    argv = [
+        *prefix,
+        "prlimit",
+        *nproc,
+        f"--nofile={policy.max_open_files}",
+        "--",
+        "bwrap",
+        "--args",
+        str(arguments),
         "--",
         "/bin/sh",
         "-c",
@@ -586,27 +718,36 @@ def start(
     try:
         process = subprocess.Popen(
             argv,
+            cwd="/",
             env={"PATH": _DEFAULT_PATH},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            pass_fds=fds.all(),
+            pass_fds=(*fds.all(), arguments),
             start_new_session=True,  # its own process group: cancel and timeouts kill it all
         )
     finally:
-        for fd in fds.all():
+        for fd in (*fds.all(), arguments):
             os.close(fd)
     started = SandboxedCommand(process, _stage=stage)
     try:
         child = _read_child_pid(info_read, process)
+        started.child_pid = child
         started._cgroups = _enter_cgroups([process.pid, child], policy)
         if policy.network:
             started._helpers.append(_start_network(child))
-        os.write(block_write, b"go")
-    except BaseException:
-        if process.poll() is None:
-            os.killpg(process.pid, 9)
+            _close_host_addresses(child, identity)
+        try:
+            os.write(block_write, b"go")
+        except BrokenPipeError:
             process.wait()
+            assert process.stderr is not None
+            detail = process.stderr.read().decode("utf-8", "replace").strip()[:300]
+            raise SandboxUnavailable(
+                f"bubblewrap stopped while starting the build: {detail}"
+            ) from None
+    except BaseException:
+        started.kill()
         started.close()
         raise
     finally:

@@ -116,3 +116,14 @@ def test_json_keeps_refusing_nan_and_infinity(alice_api, project):
     )
     assert response.status_code == 400
     assert "JSON parse error" in response.json()["detail"]
+
+
+def test_a_body_nested_too_deeply_gets_a_400(alice_api, project):
+    response = _send(
+        alice_api,
+        "post",
+        f"/api/v1/projects/{project.slug}/commands/",
+        b'{"command": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    )
+    assert response.status_code == 400
+    assert "too deeply" in response.json()["detail"]

@@ -204,6 +204,27 @@ def test_a_local_repository_inside_slipways_directories_is_refused(alice, tmp_pa
         assert refused.value.field == "repository_url"
 
 
+def test_a_local_repository_that_leads_git_into_slipways_directories_is_refused(alice, tmp_path):
+    other_mirror = Path(django_settings.BUILD_DIR) / "project-998" / "mirror.git"
+    (other_mirror / "objects").mkdir(parents=True, exist_ok=True)
+    # A .git file naming another project's mirror as its git directory.
+    through_gitdir = tmp_path / "gitdir-repo"
+    through_gitdir.mkdir()
+    (through_gitdir / ".git").write_text(f"gitdir: {other_mirror}\n")
+    # Objects borrowed from it through alternates, one hop removed.
+    hop = tmp_path / "hop.git"
+    (hop / "objects" / "info").mkdir(parents=True)
+    (hop / "objects" / "info" / "alternates").write_text(f"{other_mirror / 'objects'}\n")
+    through_alternates = tmp_path / "alternates-repo.git"
+    (through_alternates / "objects" / "info").mkdir(parents=True)
+    (through_alternates / "objects" / "info" / "alternates").write_text(
+        "# borrowed\n../../hop.git/objects\n"
+    )
+    for path in (through_gitdir, through_alternates):
+        with pytest.raises(InvalidInput, match="Slipway's own data or build directory"):
+            project_register(owner=alice, name="Shop", repository_url=str(path))
+
+
 def test_a_relative_file_url_is_refused(alice):
     """git would read it from the worker's working directory, possibly Slipway's own."""
     with pytest.raises(InvalidInput, match="absolute path"):

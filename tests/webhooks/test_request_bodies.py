@@ -174,3 +174,24 @@ def test_it_refuses_a_form_body_without_a_payload_field(shop, post):
         **payloads.github_headers(body, shop.webhook_secret),
     )
     assert response.status_code == 400
+
+
+def test_a_body_nested_too_deeply_is_refused_with_400(shop, make_server, post):
+    make_server(shop, "web1")
+    body = b"[" * 5000 + b"]" * 5000
+    response = post(shop, body, **payloads.custom_headers(shop.webhook_secret))
+    assert response.status_code == 400
+    assert b"too deeply" in response.content
+    assert not Deployment.objects.exists()
+
+
+@pytest.mark.parametrize("branch", ["ma\\ud800in", "ma\\u0000in"])
+def test_text_that_cannot_be_stored_is_refused_with_400_naming_the_field(
+    shop, make_server, post, branch
+):
+    make_server(shop, "web1")
+    body = ('{"branch": "' + branch + '", "revision": "HEAD"}').encode()
+    response = post(shop, body, **payloads.custom_headers(shop.webhook_secret))
+    assert response.status_code == 400
+    assert b"branch" in response.content
+    assert not Deployment.objects.exists()
