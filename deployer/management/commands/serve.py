@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from uvicorn.config import LOGGING_CONFIG
 
 from deployer.crypto import DecryptionError, verify_canary
 
@@ -36,6 +38,17 @@ class Command(BaseCommand):
             port=int(port),
             lifespan="off",
             log_level=settings.LOG_LEVEL.lower(),
+            log_config=access_log_config(),
             proxy_headers=True,
             ws_ping_interval=20,
         )
+
+
+def access_log_config() -> dict[str, Any]:
+    """uvicorn's own logging set-up, with webhook tokens hidden from the access log."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["hide_webhook_tokens"] = {
+        "()": "deployer.logfilters.HideWebhookTokens"
+    }
+    config["handlers"]["access"].setdefault("filters", []).append("hide_webhook_tokens")
+    return config
