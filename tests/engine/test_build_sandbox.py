@@ -461,3 +461,29 @@ def test_the_projects_variables_never_appear_on_a_command_line_of_the_host(box):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
         thread.join(timeout=60)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="ownership is handed over only by a root worker")
+def test_the_build_home_is_never_walked_so_a_swapped_link_cannot_redirect_ownership(
+    sshd_target, git_repo_factory, tmp_path
+):
+    # Builds of one project share its home; a walk there while another build swaps a folder
+    # for a symlink would hand any host file to the build account.
+    victim = tmp_path / "victim"
+    victim.write_text(SECRET)
+    victim.chmod(0o600)
+    home = tmp_path / "home"
+    (home / "d").mkdir(parents=True)
+    (home / "d" / "link").symlink_to(victim)
+    (home / "d" / "root-file").write_text("x")
+    repo = git_repo_factory()
+    sha = repo.commit({"a.txt": "a\n"})
+    build = {"build_commands": (BuildCommandSpec(command="true"),), "home_dir": home}
+    result = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server_for(sshd_target)], sha, build=build),
+        RecordingReporter(),
+    )
+    assert result.ok
+    assert victim.stat().st_uid == 0
+    assert (home / "d" / "root-file").stat().st_uid == 0
+    assert home.stat().st_uid != 0  # the home itself is the build account's
