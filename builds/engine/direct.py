@@ -131,7 +131,7 @@ def deliver(
                     sftp,
                     posixpath.join(root, path),
                     substitute(config.body, variables).encode(),
-                    0o644,
+                    int(config.file_mode, 8),
                     host,
                 )
             _put_bytes(
