@@ -137,6 +137,8 @@ def preview(spec: DeploySpec, reporter: Reporter) -> Preview:
             cache=tree.hash_cache,
             exclusions=exclusions,
         )
+    for line in exclusions.lines():
+        reporter.log("system", line)
     starts = {server.live_revision for server in spec.servers}
     start = next(iter(starts)) if len(starts) == 1 else None
     commits = mirror.commits_between(start, sha) if start != sha else []
