@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from builds.engine import release, rollout
-from builds.engine.build import BuildSpec, build, checked_out, exclude_rules
+from builds.engine.build import BuildSpec, build, checked_out, exclude_rules, generated_rules
 from builds.engine.errors import (
     Cancelled,
     EngineError,
@@ -26,7 +26,7 @@ from builds.engine.errors import (
 from builds.engine.excludes import Exclusions
 from builds.engine.git import DEFAULT_FETCH_TIMEOUT_SECONDS, Commit, Mirror
 from builds.engine.manifest import ChangeSet, Manifest, diff
-from builds.engine.rollout import run_commands
+from builds.engine.rollout import keep_generated, run_commands
 from builds.engine.specs import (
     STAGE_AFTER_SWITCH,
     STAGE_BEFORE_SWITCH,
@@ -142,8 +142,11 @@ def preview(spec: DeploySpec, reporter: Reporter) -> Preview:
     starts = {server.live_revision for server in spec.servers}
     start = next(iter(starts)) if len(starts) == 1 else None
     commits = mirror.commits_between(start, sha) if start != sha else []
+    generated = generated_rules(spec.build)
     changes = {
-        server.id: diff(None if spec.full else server.live_manifest, manifest)
+        server.id: keep_generated(
+            diff(None if spec.full else server.live_manifest, manifest), generated
+        )
         for server in spec.servers
     }
     return Preview(revision=sha, commits=commits, changes=changes, exclusions=exclusions)

@@ -13,6 +13,7 @@ phases (connect, prepare, activate, finalize; revert when needed) by a strategy.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import shlex
@@ -143,10 +144,10 @@ def with_drift(
       collected static files, caches) is the deployment's own output and stays.
     - Generated paths (``BuildSpec.generated_paths``) are never restored, removed or deleted.
     """
+    changes = keep_generated(changes, generated)
     drifted = set(drifted_paths(prepared, generated))
     rewritten = {p for p in prepared.rewritten if not _generated(p, generated)}
-    deleted = {p for p in changes.deleted if not _generated(p, generated)}
-    if not drifted and not rewritten and len(deleted) == len(changes.deleted):
+    if not drifted and not rewritten:
         return changes
     sending = set(changes.added) | set(changes.modified)
     resend = {
@@ -158,9 +159,20 @@ def with_drift(
     return ChangeSet(
         added=changes.added,
         modified=sorted(set(changes.modified) | resend),
-        deleted=sorted(deleted | remove),
+        deleted=sorted(set(changes.deleted) | remove),
         bytes_to_send=changes.bytes_to_send
         + sum(manifest[p].size for p in resend if manifest[p].kind == "file"),
+    )
+
+
+def keep_generated(changes: ChangeSet, generated: ExcludeRules | None) -> ChangeSet:
+    """``changes`` without deleting generated paths (the previous build may have held them,
+    before they were declared generated)."""
+    if generated is None:
+        return changes
+    kept = [p for p in changes.deleted if not _generated(p, generated)]
+    return (
+        changes if len(kept) == len(changes.deleted) else dataclasses.replace(changes, deleted=kept)
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import grp
 import pwd
+import shutil
 import stat
 from pathlib import Path
 
@@ -40,6 +41,15 @@ def _deploy(repo, tmp_path, server, revision, deployment_id, reporter=None, **ov
 
 def _live(target) -> Path:
     return (target.deploy_path / "current").resolve()
+
+
+def _write_on_the_server(target, path: Path, text: str) -> None:
+    """Write as the login user would (this test runs as root): folders and file are its own."""
+    missing = [parent for parent in path.parents if not parent.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    for made in [path, *missing]:
+        shutil.chown(made, target.username, pwd.getpwnam(target.username).pw_gid)
 
 
 # --------------------------------------------------------------------------- shared paths
@@ -180,10 +190,8 @@ def test_generated_paths_are_neither_uploaded_restored_nor_deleted(
     assert not (live / "media" / "thumbs").exists()
 
     # The application writes generated output while the release is live.
-    (live / "staticfiles").mkdir()
-    (live / "staticfiles" / "app.css").write_text("collected\n")
-    (live / "media" / "thumbs").mkdir(parents=True)
-    (live / "media" / "thumbs" / "1.png").write_text("thumb\n")
+    _write_on_the_server(sshd_target, live / "staticfiles" / "app.css", "collected\n")
+    _write_on_the_server(sshd_target, live / "media" / "thumbs" / "1.png", "thumb\n")
     second, server, reporter = _deploy(repo, tmp_path, server, a, 2, build=build)
     live = _live(sshd_target)
     assert (live / "staticfiles" / "app.css").read_text() == "collected\n"
@@ -192,11 +200,20 @@ def test_generated_paths_are_neither_uploaded_restored_nor_deleted(
     assert second.servers[0].changes is not None and second.servers[0].changes.is_empty
 
     # Without the declaration, output written after a deployment finished is drift: removed.
-    (live / "staticfiles" / "more.css").write_text("collected later\n")
+    _write_on_the_server(sshd_target, live / "staticfiles" / "more.css", "collected later\n")
     _, server, reporter = _deploy(repo, tmp_path, server, a, 3)
     assert "1 paths were changed on the server" in reporter.text
     assert (_live(sshd_target) / "staticfiles" / "old.css").exists(), "uploaded again"
     assert not (_live(sshd_target) / "staticfiles" / "more.css").exists()
+
+    # Declared again later: what the previous build uploaded there is not deleted either.
+    preview = pipeline.preview(
+        deploy_spec(repo, tmp_path, [server], a, build=build), RecordingReporter()
+    )
+    assert preview.changes[server.id].is_empty
+    fourth, server, _ = _deploy(repo, tmp_path, server, a, 4, build=build)
+    assert fourth.servers[0].changes is not None and fourth.servers[0].changes.is_empty
+    assert (_live(sshd_target) / "staticfiles" / "old.css").exists()
 
 
 # --------------------------------------------------------------------------- secrets, excludes
