@@ -11,6 +11,7 @@ every file whose stat data has not changed, instead of reading it again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -442,6 +443,25 @@ def diff(old: Manifest | None, new: Manifest) -> ChangeSet:
             modified.append(path)
     bytes_to_send = sum(new[path].size for path in added + modified if new[path].kind == "file")
     return ChangeSet(added=added, modified=modified, deleted=deleted, bytes_to_send=bytes_to_send)
+
+
+def keep_generated(changes: ChangeSet, generated: ExcludeRules | None) -> ChangeSet:
+    """``changes`` without deleting generated paths (the previous build may have held them,
+    before they were declared generated)."""
+    if generated is None:
+        return changes
+    kept = [p for p in changes.deleted if not is_generated(p, generated)]
+    return (
+        changes if len(kept) == len(changes.deleted) else dataclasses.replace(changes, deleted=kept)
+    )
+
+
+def is_generated(path: str, generated: ExcludeRules | None) -> bool:
+    """True when ``path`` (a file or a folder) falls under the generated paths' rules."""
+    return generated is not None and (
+        generated.rule_excluding(path) is not None
+        or generated.rule_excluding(path, is_dir=True) is not None
+    )
 
 
 def _kinds_including_implied_dirs(manifest: Manifest) -> dict[str, EntryKind]:

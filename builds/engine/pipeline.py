@@ -25,8 +25,8 @@ from builds.engine.errors import (
 )
 from builds.engine.excludes import Exclusions
 from builds.engine.git import DEFAULT_FETCH_TIMEOUT_SECONDS, Commit, Mirror
-from builds.engine.manifest import ChangeSet, Manifest, diff
-from builds.engine.rollout import keep_generated, run_commands
+from builds.engine.manifest import ChangeSet, Manifest, diff, keep_generated
+from builds.engine.rollout import run_commands
 from builds.engine.specs import (
     STAGE_AFTER_SWITCH,
     STAGE_BEFORE_SWITCH,

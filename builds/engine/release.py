@@ -148,8 +148,9 @@ class Prepared:
     live: str | None
     #: True when the new release began as a copy of the live one (send only the changes).
     copied: bool
-    #: Paths of the copy that differ from the live release as Slipway left it (a command or a
-    #: person changed them since): they must be sent again or removed.
+    #: Paths of the copy that differ from the live release as its deployment left it (after
+    #: its commands ran: a person or the application changed them since): they must be sent
+    #: again or removed.
     drifted: tuple[str, ...] = ()
     #: Paths of the copy that the live release's own commands changed after Slipway wrote it
     #: (see ``<name>.rewritten``): not drift; the build's files among them are sent again.
@@ -394,8 +395,8 @@ if [ {int(incremental)} = 1 ] && [ -n "$live" ] && [ "$live" = {expected} ] && [
   cp -a --reflink=auto -- "releases/$live" {new}.tmp
   mv -- {new}.tmp {new}
   echo copied=1
-  # What changed in the live release after Slipway finished writing it (commands, people):
-  # compare the copy with the listing taken when the live release was made.
+  # What changed in the live release after its deployment finished (people, the application):
+  # compare the copy with the listing taken after that deployment's commands ran.
   {_stat_listing(new)} | LC_ALL=C comm -3 "{MANIFEST_DIR}/$live.stat" - | sed 's/^\t//' | cut -f1 | LC_ALL=C sort -u | sed 's/^/drift=/'
   # What the live release's own commands changed after Slipway wrote it: not drift.
   if [ -f "{MANIFEST_DIR}/$live.rewritten" ]; then sed 's/^/rewritten=/' "{MANIFEST_DIR}/$live.rewritten"; fi

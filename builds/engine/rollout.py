@@ -13,7 +13,6 @@ phases (connect, prepare, activate, finalize; revert when needed) by a strategy.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import shlex
@@ -43,7 +42,7 @@ from builds.engine.health import (
     HealthCheckSpec,
     run_check,
 )
-from builds.engine.manifest import ChangeSet, Manifest, diff
+from builds.engine.manifest import ChangeSet, Manifest, diff, is_generated, keep_generated
 from builds.engine.specs import (
     CANARY,
     PREPARE_THEN_SWITCH,
@@ -125,7 +124,7 @@ def has_commands(spec_commands: Sequence[CommandSpec], stage: str, server: Serve
 def drifted_paths(prepared: release.Prepared, generated: ExcludeRules | None) -> list[str]:
     """The paths changed on the server since the live release was left by its deployment
     (by hand, or by the application), apart from the generated paths."""
-    return [p for p in prepared.drifted if not _generated(p, generated)]
+    return [p for p in prepared.drifted if not is_generated(p, generated)]
 
 
 def with_drift(
@@ -146,7 +145,7 @@ def with_drift(
     """
     changes = keep_generated(changes, generated)
     drifted = set(drifted_paths(prepared, generated))
-    rewritten = {p for p in prepared.rewritten if not _generated(p, generated)}
+    rewritten = {p for p in prepared.rewritten if not is_generated(p, generated)}
     if not drifted and not rewritten:
         return changes
     sending = set(changes.added) | set(changes.modified)
@@ -162,23 +161,6 @@ def with_drift(
         deleted=sorted(set(changes.deleted) | remove),
         bytes_to_send=changes.bytes_to_send
         + sum(manifest[p].size for p in resend if manifest[p].kind == "file"),
-    )
-
-
-def keep_generated(changes: ChangeSet, generated: ExcludeRules | None) -> ChangeSet:
-    """``changes`` without deleting generated paths (the previous build may have held them,
-    before they were declared generated)."""
-    if generated is None:
-        return changes
-    kept = [p for p in changes.deleted if not _generated(p, generated)]
-    return (
-        changes if len(kept) == len(changes.deleted) else dataclasses.replace(changes, deleted=kept)
-    )
-
-
-def _generated(path: str, generated: ExcludeRules | None) -> bool:
-    return generated is not None and (
-        generated.excludes(path) or generated.excludes(path, is_dir=True)
     )
 
 

@@ -279,3 +279,20 @@ def test_a_config_files_mode_and_group_are_checked_by_name(tmp_path):
     assert bad_group.value.field == "group"
     assert ConfigFileSpec(path=".env", body="", group="33").file_mode == "640"
     assert ConfigFileSpec(path=".env", body="", group="www-data", mode="0660").file_mode == "0660"
+
+
+def test_in_place_over_sftp_config_files_are_private_and_generated_paths_stay(
+    sshd_target, git_repo_factory, tmp_path
+):
+    repo = git_repo_factory()
+    a = repo.commit({"index.php": "A\n", "cache/warm.txt": "from the repository\n"}, "A")
+    server = server_for(sshd_target, atomic=False, shell=False)
+    files = (ConfigFileSpec(path=".env", body="SECRET_KEY=s3cret\n"),)
+    _, server, _ = _deploy(repo, tmp_path, server, a, 1, config_files=files)
+    root = sshd_target.deploy_path
+    assert _mode(root / ".env") == 0o600
+    second, server, _ = _deploy(
+        repo, tmp_path, server, a, 2, config_files=files, build={"generated_paths": ("cache/",)}
+    )
+    assert second.servers[0].changes is not None and second.servers[0].changes.deleted == []
+    assert (root / "cache" / "warm.txt").read_text() == "from the repository\n"
