@@ -23,6 +23,7 @@ from builds.cleanup import project_build_dir
 from builds.engine import pipeline
 from builds.engine.build import BuildCommandSpec, BuildSpec
 from builds.engine.errors import Aborted, Cancelled, EngineError
+from builds.engine.excludes import Exclusions
 from builds.engine.git import Commit
 from builds.engine.health import HealthCheckSpec
 from builds.engine.manifest import ChangeSet, Manifest
@@ -305,6 +306,7 @@ def build_spec(deployment: Deployment, scratch: Path, revision: str) -> BuildSpe
         managed_paths=tuple(project.shared_paths)
         + tuple(project.config_files.values_list("path", flat=True)),
         cache_paths=tuple(project.cache_paths),
+        generated_paths=tuple(project.generated_paths),
         build_commands=tuple(
             BuildCommandSpec(
                 command=c.command,
@@ -501,6 +503,8 @@ def _run_deploy(
                 path=c.path,
                 body=c.body,
                 server_ids=frozenset(c.servers.values_list("pk", flat=True)),
+                mode=c.mode,
+                group=c.group,
             )
             for c in project.config_files.prefetch_related("servers")
         ),
@@ -597,7 +601,7 @@ def _run_preview(
         end_revision=result.revision,
         start_revision=next(iter(starts)) or "" if len(starts) == 1 else "",
         commits=[_commit_json(c) for c in result.commits],
-        changes=_changes_json(first),
+        changes={**_changes_json(first), "excluded": _exclusions_json(result.exclusions)},
     )
     reporter.log("system", f"Preview: {len(result.commits)} commits; " + _summary(first))
     reporter.writer.flush()
@@ -616,6 +620,18 @@ def _commit_json(commit: Commit) -> dict[str, object]:
         "date": commit.date.isoformat(),
         "subject": commit.subject,
     }
+
+
+def _exclusions_json(exclusions: Exclusions) -> list[dict[str, Any]]:
+    return [
+        {
+            "pattern": entry.pattern,
+            "origin": entry.source,
+            "count": entry.count,
+            "examples": list(entry.examples),
+        }
+        for entry in exclusions.rules
+    ]
 
 
 def _changes_json(changes: ChangeSet | None) -> dict[str, Any]:

@@ -47,11 +47,27 @@ class StepSerializer(serializers.ModelSerializer[Step]):
         read_only_fields = fields
 
 
+class ExcludedSerializer(serializers.Serializer[Any]):
+    pattern = serializers.CharField(help_text="The exclude pattern, as written.")
+    origin = serializers.CharField(
+        help_text="Where it comes from: excluded files, .deployignore or generated paths."
+    )
+    count = serializers.IntegerField(
+        help_text="Paths it removed (a folder removed whole counts once)."
+    )
+    examples = serializers.ListField(
+        child=serializers.CharField(), help_text="The first few, folders ending in '/'."
+    )
+
+
 class ChangesSerializer(serializers.Serializer[Any]):
     added = serializers.ListField(child=serializers.CharField())
     modified = serializers.ListField(child=serializers.CharField())
     deleted = serializers.ListField(child=serializers.CharField())
     bytes = serializers.IntegerField(help_text="Bytes to send (after compression).")
+    excluded = ExcludedSerializer(
+        many=True, help_text="What each exclude pattern removed from the build (previews)."
+    )
 
 
 class CommitSerializer(serializers.Serializer[Any]):
@@ -147,6 +163,7 @@ class DeploymentSerializer(DeploymentSummarySerializer):
             "modified": changes.get("modified", []),
             "deleted": changes.get("deleted", []),
             "bytes": changes.get("bytes", 0),
+            "excluded": changes.get("excluded", []),
         }
 
     @extend_schema_field(CommitSerializer(many=True))

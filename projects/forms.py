@@ -82,6 +82,10 @@ class ProjectForm(forms.Form):
     cache_paths = LinesField(
         help_text="One per line, kept between builds on the worker (node_modules, vendor)."
     )
+    generated_paths = LinesField(
+        help_text="One glob per line, of what your deploy commands write on the server "
+        "(staticfiles/, **/__pycache__/): never uploaded, restored nor deleted."
+    )
     build_network = forms.BooleanField(
         label="Build commands may use the network",
         required=False,
@@ -113,6 +117,7 @@ class ProjectForm(forms.Form):
                 "subdirectory": project.subdirectory,
                 "shared_paths": project.shared_paths,
                 "cache_paths": project.cache_paths,
+                "generated_paths": project.generated_paths,
                 "build_network": project.build_network,
             }
         super().__init__(*args, **kwargs)
@@ -245,6 +250,18 @@ class ConfigFileForm(SettingForm):
         strip=False,
         max_length=1_000_000,
         widget=forms.Textarea(attrs={"rows": 14, **MONOSPACE}),
+    )
+    mode = forms.CharField(
+        max_length=4,
+        required=False,
+        widget=forms.TextInput(attrs=MONOSPACE),
+        help_text="Octal, e.g. 640. Blank: 600 (only the login user reads it), 640 with a group.",
+    )
+    group = forms.CharField(
+        max_length=32,
+        required=False,
+        widget=forms.TextInput(attrs=MONOSPACE),
+        help_text="A group given the file (e.g. www-data, for the web server to read it).",
     )
     servers = servers_field()
 

@@ -60,6 +60,10 @@ class Project(models.Model):
     shared_paths = models.JSONField(default=list, blank=True)
     # Paths kept between builds on the worker (e.g. "node_modules", "vendor").
     cache_paths = models.JSONField(default=list, blank=True)
+    # Globs (exclude-rule syntax) of what the deployment's own commands write on the server
+    # (bytecode, collected static files, caches): never uploaded, never restored or removed
+    # as drift (builds/engine/rollout.py, with_drift).
+    generated_paths = models.JSONField(default=list, blank=True)
     # Build commands reach the internet (package registries) through the sandbox's own
     # user-mode network; off: no network at all inside the sandbox.
     build_network = models.BooleanField(default=True)
@@ -214,6 +218,10 @@ class ConfigFile(models.Model):
     path = models.CharField(max_length=500)
     body = EncryptedTextField(blank=True)
     description = models.CharField(max_length=255, blank=True)
+    # Octal ("600", "0640"); empty: 600, or 640 when a group is set (ConfigFileSpec).
+    mode = models.CharField(max_length=4, blank=True)
+    # Given the file with chgrp on servers with a shell; empty: the login user's group.
+    group = models.CharField(max_length=32, blank=True)
     # Empty means every server of the project.
     servers = models.ManyToManyField("servers.Server", blank=True, related_name="config_files")
 

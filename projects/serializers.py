@@ -74,6 +74,7 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
             "subdirectory",
             "shared_paths",
             "cache_paths",
+            "generated_paths",
             "build_network",
             "public_key",
             "webhook_url",
@@ -155,6 +156,10 @@ class ProjectInputSerializer(serializers.Serializer[dict[str, Any]]):
     subdirectory = serializers.CharField(max_length=255, required=False, allow_blank=True)
     shared_paths = _paths_field("Linked from shared/ into every release; end folders with '/'.")
     cache_paths = _paths_field("Kept between builds on the worker (node_modules, vendor...).")
+    generated_paths = _paths_field(
+        "Globs of what the deployment's own commands write on the server (staticfiles/, "
+        "**/__pycache__/): never uploaded, restored nor deleted."
+    )
     build_network = serializers.BooleanField(
         required=False,
         help_text="Build commands may reach the internet (never the worker's own services); "
@@ -303,7 +308,23 @@ class ConfigFileSerializer(SettingSerializer):
 
     class Meta:
         model = ConfigFile
-        fields = ["id", "path", "body", "description", "servers", "url", "html_url"]
+        fields = [
+            "id",
+            "path",
+            "body",
+            "description",
+            "mode",
+            "group",
+            "servers",
+            "url",
+            "html_url",
+        ]
+        extra_kwargs = {
+            "mode": {
+                "help_text": "Octal, such as 600 or 0640; '' writes it 600 (640 with a group)."
+            },
+            "group": {"help_text": "A group name or number given the file (chgrp); '' for none."},
+        }
 
     def validate_body(self, value: str | None) -> str:
         return value or ""

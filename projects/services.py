@@ -23,13 +23,14 @@ from django.utils.text import slugify
 from builds import cleanup, outbound
 from builds.engine import ssh
 from builds.engine.errors import EngineError, InvalidInput
+from builds.engine.excludes import parse_rule
 from builds.engine.git import (
     ssh_host_of,
     validate_ref,
     validate_repository_url,
     validate_subdirectory,
 )
-from builds.engine.release import validate_relative_path
+from builds.engine.release import validate_group, validate_mode, validate_relative_path
 from builds.logs import user_group_name
 from projects.keys import generate_ed25519
 from projects.models import (
@@ -245,6 +246,21 @@ def save_unique(save: Callable[[], T], *, field: str, value: object) -> T:
         raise InvalidInput(field, f"{value!r} is already used in this project.") from None
 
 
+def _globs(value: object, field: str) -> list[str]:
+    """Exclude-rule globs (builds/engine/excludes.py): a list of non-empty lines, no ``!``."""
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise InvalidInput(field, "must be a list of glob patterns such as staticfiles/.")
+    globs = []
+    for item in value:
+        text = item.strip()
+        if not text or text.startswith("#"):
+            continue
+        if text.startswith("!") or parse_rule(text) is None:
+            raise InvalidInput(field, f"{text!r} is not a glob of paths (no '!', not empty).")
+        globs.append(text)
+    return globs
+
+
 def _relative_paths(value: object, field: str) -> list[str]:
     if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
         raise InvalidInput(field, "must be a list of relative paths.")
@@ -268,6 +284,7 @@ PROJECT_FIELDS = frozenset(
         "subdirectory",
         "shared_paths",
         "cache_paths",
+        "generated_paths",
         "build_network",
         "repository_token",
     }
@@ -298,6 +315,8 @@ def project_clean(data: Mapping[str, Any]) -> dict[str, Any]:
     for field in ("shared_paths", "cache_paths"):
         if field in cleaned:
             cleaned[field] = _relative_paths(cleaned[field], field)
+    if "generated_paths" in cleaned:
+        cleaned["generated_paths"] = _globs(cleaned["generated_paths"], "generated_paths")
     if "build_network" in cleaned and not isinstance(cleaned["build_network"], bool):
         raise InvalidInput("build_network", "must be true or false.")
     return cleaned
@@ -630,6 +649,10 @@ def _clean_build_command(data: dict[str, Any]) -> None:
 def _clean_config_file(data: dict[str, Any]) -> None:
     if "path" in data:
         data["path"] = validate_relative_path(str(data["path"]), "path")
+    if data.get("mode"):
+        data["mode"] = validate_mode(str(data["mode"]).strip(), "mode")
+    if data.get("group"):
+        data["group"] = validate_group(str(data["group"]).strip(), "group")
 
 
 def _clean_excluded_file(data: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import os
 import selectors
@@ -13,9 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builds.engine.errors import CommandFailed, CommandTimedOut, InvalidInput
-from builds.engine.excludes import ExcludeRules, load_deployignore
+from builds.engine.excludes import (
+    SOURCE_DEPLOYIGNORE,
+    SOURCE_GENERATED,
+    SOURCE_MANAGED,
+    SOURCE_PROJECT,
+    ExcludeRules,
+    Exclusions,
+    load_deployignore,
+    parse_rules,
+)
 from builds.engine.git import Mirror, validate_subdirectory
-from builds.engine.manifest import HashCache, Manifest
+from builds.engine.manifest import HashCache, Manifest, file_entry
 from builds.engine.release import validate_relative_path
 from builds.engine.remote_build import BuildHost, RemoteBuild
 from builds.engine.sandbox import HostIdentity, SandboxPolicy, check_available, hand_over
@@ -62,6 +72,10 @@ class BuildSpec:
     excluded: tuple[str, ...] = ()
     # Paths not uploaded because Slipway writes them itself (shared links, config files).
     managed_paths: tuple[str, ...] = ()
+    #: Globs (exclude-rule syntax) of what the deployment's own commands write on the
+    #: server (bytecode, collected static files, caches): never uploaded, and on the server
+    #: never restored or removed as drift, nor deleted because the build lacks them.
+    generated_paths: tuple[str, ...] = ()
     cache_paths: tuple[str, ...] = ()
     build_commands: tuple[BuildCommandSpec, ...] = ()
     build_env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -76,11 +90,33 @@ class BuildOutput:
     revision: str
     root: Path
     manifest: Manifest
+    #: What each exclude rule left out of the manifest (for the log and the preview).
+    exclusions: Exclusions = field(default_factory=Exclusions)
 
 
-def exclude_rules(spec: BuildSpec, root: Path) -> ExcludeRules:
-    managed = [f"/{validate_relative_path(path, 'path')}" for path in spec.managed_paths]
-    return ExcludeRules.from_lines([*spec.excluded, *load_deployignore(root), *managed])
+def exclude_rules(spec: BuildSpec, root: Path, *, managed: bool = True) -> ExcludeRules:
+    """The rules that keep paths of the build out of the release, in order: the project's
+    excluded files, the committed ``.deployignore``, the generated paths, and (unless
+    ``managed`` is False) the paths Slipway writes itself. Each rule knows its source, for
+    the report of what it removed (see ``excludes.Exclusions``)."""
+    rules = [
+        *parse_rules(spec.excluded, SOURCE_PROJECT),
+        *parse_rules(load_deployignore(root), SOURCE_DEPLOYIGNORE),
+        *parse_rules(spec.generated_paths, SOURCE_GENERATED),
+    ]
+    if managed:
+        paths = [f"/{validate_relative_path(path, 'path')}" for path in spec.managed_paths]
+        rules += parse_rules(paths, SOURCE_MANAGED)
+    return ExcludeRules(rules)
+
+
+def generated_rules(spec: BuildSpec) -> ExcludeRules | None:
+    """The generated paths as rules (None when there are none): see ``generated_paths``."""
+    return (
+        ExcludeRules(parse_rules(spec.generated_paths, SOURCE_GENERATED))
+        if spec.generated_paths
+        else None
+    )
 
 
 def run_local_command(
@@ -331,10 +367,15 @@ def build(
             save_cache(spec, root, log)
     elif spec.skip_build and spec.build_commands:
         log("system", "Build commands skipped for this deployment")
-    manifest = Manifest.build(root, exclude_rules(spec, root), cache=tree.hash_cache)
+    exclusions = Exclusions()
+    manifest = Manifest.build(
+        root, exclude_rules(spec, root), cache=tree.hash_cache, exclusions=exclusions
+    )
     if tree.hash_cache is not None and tree.hash_cache_path is not None:
         tree.hash_cache.save(tree.hash_cache_path)
-    return BuildOutput(revision=sha, root=root, manifest=manifest)
+    for line in exclusions.lines():
+        log("system", line)
+    return BuildOutput(revision=sha, root=root, manifest=manifest, exclusions=exclusions)
 
 
 def _skipped(command: BuildCommandSpec, changed: Sequence[str] | None, log: LineSink) -> bool:
@@ -423,3 +464,34 @@ def _report_exit(command: BuildCommandSpec, exit_code: int, log: LineSink) -> No
     if exit_code != 0:
         label = command.description or command.command
         log("system", f"`{label}` exited with {exit_code}; going on (halt on error is off)")
+
+
+def shared_seeds(spec: BuildSpec, root: Path, shared_paths: Sequence[str]) -> Manifest:
+    """What the build holds at each shared path (a folder's content, a file), with paths
+    relative to ``root``: sent to a server whose ``shared/`` lacks the path, to fill it once.
+
+    The project's exclude rules apply (not the rule that keeps shared paths out of the
+    release). A shared path that is missing, or lies under or is a symlink of the checkout,
+    has no seed.
+    """
+    rules = exclude_rules(spec, root, managed=False)
+    entries = []
+    for raw in shared_paths:
+        path = validate_relative_path(raw, "shared_paths")
+        place = root / path
+        if any(
+            (root / "/".join(path.split("/")[:end])).is_symlink()
+            for end in range(1, path.count("/") + 2)
+        ):
+            continue
+        if place.is_dir():
+            folder = Manifest.build(place)
+            entries += [
+                dataclasses.replace(entry, path=f"{path}/{entry.path}")
+                for entry in folder.values()
+                if not rules.excludes(f"{path}/{entry.path}", is_dir=entry.is_dir)
+            ]
+        elif place.is_file() and not rules.excludes(path):
+            entry = file_entry(root, path)
+            entries += [entry] if entry is not None else []
+    return Manifest(entries)

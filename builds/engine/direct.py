@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import paramiko
 
 from builds.engine import release
+from builds.engine.build import generated_rules
 from builds.engine.errors import (
     DiskFull,
     EngineError,
@@ -27,7 +28,7 @@ from builds.engine.errors import (
     PermissionDenied,
     TransferFailed,
 )
-from builds.engine.manifest import Manifest, diff
+from builds.engine.manifest import Manifest, diff, keep_generated
 from builds.engine.variables import substitute
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ def deliver(
         commands(STAGE_BEFORE_TRANSFER)
         with reporter.step("transfer", server.id):
             old = None if spec.full else _remote_manifest(sftp, root) or server.live_manifest
-            changes = diff(old, output.manifest)
+            changes = keep_generated(diff(old, output.manifest), generated_rules(spec.build))
             result.changes = changes
             reporter.log(
                 "system",
@@ -131,7 +132,7 @@ def deliver(
                     sftp,
                     posixpath.join(root, path),
                     substitute(config.body, variables).encode(),
-                    0o644,
+                    int(config.file_mode, 8),
                     host,
                 )
             _put_bytes(

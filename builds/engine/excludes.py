@@ -12,16 +12,31 @@ Each rule is a glob relative to the build root, in the spirit of .gitignore:
   what people writing deploy rules expect.
 
 ``.deployignore`` itself is always excluded.
+
+What each rule removed from a build is collected in an ``Exclusions`` report (per rule: how
+many paths, the first few), which the build log and the preview show: a rule such as
+``staticfiles/`` matches that name at any depth, and people must be able to see that it also
+removed ``vendor/django/contrib/staticfiles/``.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEPLOYIGNORE = ".deployignore"
+
+# Where a rule comes from (for the report of what it removed).
+SOURCE_PROJECT = "excluded files"
+SOURCE_DEPLOYIGNORE = DEPLOYIGNORE
+SOURCE_GENERATED = "generated paths"
+#: Paths Slipway writes itself (shared links, config files): not reported.
+SOURCE_MANAGED = "managed"
+#: How many paths the report keeps per rule.
+REPORTED_PATHS = 5
 
 
 @dataclass(frozen=True)
@@ -30,9 +45,20 @@ class ExcludeRule:
     negated: bool
     folders_only: bool
     regex: str
+    source: str = SOURCE_PROJECT
 
 
-def parse_rule(line: str) -> ExcludeRule | None:
+def parse_rules(lines: Iterable[str], source: str) -> list[ExcludeRule]:
+    """The rules of ``lines`` (blank lines and comments skipped), each marked with ``source``."""
+    rules = []
+    for line in lines:
+        rule = parse_rule(line, source)
+        if rule is not None:
+            rules.append(rule)
+    return rules
+
+
+def parse_rule(line: str, source: str = SOURCE_PROJECT) -> ExcludeRule | None:
     """Turn one line into a rule; None for blank lines and comments."""
     text = line.strip()
     if not text or text.startswith("#"):
@@ -50,7 +76,11 @@ def parse_rule(line: str) -> ExcludeRule | None:
     if not anchored:
         regex = "(?:.*/)?" + regex
     return ExcludeRule(
-        pattern=line.strip(), negated=negated, folders_only=folders_only, regex=regex
+        pattern=line.strip(),
+        negated=negated,
+        folders_only=folders_only,
+        regex=regex,
+        source=source,
     )
 
 
@@ -131,13 +161,20 @@ class ExcludeRules:
         path = path.strip("/")
         if path == DEPLOYIGNORE:
             return True
+        return self.rule_excluding(path, is_dir=is_dir) is not None
+
+    def rule_excluding(self, path: str, *, is_dir: bool = False) -> ExcludeRule | None:
+        """The rule that leaves ``path`` out (the last one matching it), or None when the path
+        is deployed (no rule matches, or the last match is a ``!rule``). ``.deployignore``
+        itself is left out by no rule."""
         compiled = self._folders if is_dir else self._files
         if compiled is None:
-            return False
-        match = compiled.fullmatch(path)
+            return None
+        match = compiled.fullmatch(path.strip("/"))
         if match is None or match.lastindex is None:
-            return False
-        return not self._rule_for_group[match.lastindex - 1].negated
+            return None
+        rule = self._rule_for_group[match.lastindex - 1]
+        return None if rule.negated else rule
 
     def filter(self, paths: Iterable[str]) -> list[str]:
         """The paths that are deployed (those no rule excludes), in their original order."""
@@ -145,6 +182,56 @@ class ExcludeRules:
 
     def __len__(self) -> int:
         return len(self.rules)
+
+
+@dataclass
+class Excluded:
+    """What one rule removed from a build: ``count`` paths, the first ``REPORTED_PATHS`` of
+    them (in path order) in ``examples``; a folder removed as a whole counts once and ends
+    in ``/``."""
+
+    pattern: str
+    source: str
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """``"staticfiles/" (excluded files) removed 2 paths: staticfiles/, vendor/...``."""
+        shown = ", ".join(self.examples)
+        more = (
+            f" and {self.count - len(self.examples)} more"
+            if self.count > len(self.examples)
+            else ""
+        )
+        noun = "path" if self.count == 1 else "paths"
+        return f'"{self.pattern}" ({self.source}) removed {self.count} {noun}: {shown}{more}'
+
+
+class Exclusions:
+    """The report of what each rule removed from one build, in the rules' order of first
+    use; the paths Slipway writes itself (``SOURCE_MANAGED``) are left out of it."""
+
+    def __init__(self) -> None:
+        self._by_rule: dict[tuple[str, str], Excluded] = {}
+
+    def record(self, rule: ExcludeRule, path: str, *, is_dir: bool) -> None:
+        if rule.source == SOURCE_MANAGED:
+            return
+        entry = self._by_rule.setdefault(
+            (rule.source, rule.pattern), Excluded(pattern=rule.pattern, source=rule.source)
+        )
+        entry.count += 1
+        # The first few in path order, whatever order the folders were read in.
+        bisect.insort(entry.examples, path + "/" if is_dir else path)
+        del entry.examples[REPORTED_PATHS:]
+
+    @property
+    def rules(self) -> list[Excluded]:
+        return list(self._by_rule.values())
+
+    def lines(self) -> list[str]:
+        """One line per rule that removed something (for the build log)."""
+        return [f"Excluded: {entry.describe()}" for entry in self._by_rule.values()]
 
 
 def _compile_alternatives(regexes: Iterable[str]) -> re.Pattern[str] | None:

@@ -11,6 +11,7 @@ every file whose stat data has not changed, instead of reading it again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from builds.engine.errors import InternalError
-from builds.engine.excludes import ExcludeRules
+from builds.engine.excludes import ExcludeRules, Exclusions
 
 EntryKind = Literal["file", "symlink", "dir"]
 ENTRY_KINDS: tuple[EntryKind, ...] = ("file", "symlink", "dir")
@@ -93,15 +94,22 @@ class Manifest(Mapping[str, Entry]):
 
     @classmethod
     def build(
-        cls, root: Path, rules: ExcludeRules | None = None, *, cache: HashCache | None = None
+        cls,
+        root: Path,
+        rules: ExcludeRules | None = None,
+        *,
+        cache: HashCache | None = None,
+        exclusions: Exclusions | None = None,
     ) -> Manifest:
         """Walk ``root`` (never following symlinks) and hash what the rules let through.
 
         With ``rules=None`` nothing is excluded, not even ``.deployignore``. With a ``cache``,
         a file whose size, mtime, ctime and inode are those recorded reuses its recorded
-        digest; the cache is then left holding exactly the files of this manifest.
+        digest; the cache is then left holding exactly the files of this manifest. With
+        ``exclusions``, each path a rule left out is recorded there under that rule (the
+        topmost one only: what lies in an excluded folder is not counted again).
         """
-        return cls(_walk(root, rules, cache))
+        return cls(_walk(root, rules, cache, exclusions))
 
     def to_json(self) -> bytes:
         """Compact, sorted, stable JSON; ASCII so undecodable file names survive the trip."""
@@ -145,16 +153,22 @@ def _entry_from_row(row: object) -> Entry:
 # --------------------------------------------------------------------------- building
 
 
-def _walk(root: Path, rules: ExcludeRules | None, cache: HashCache | None) -> list[Entry]:
+def _walk(
+    root: Path,
+    rules: ExcludeRules | None,
+    cache: HashCache | None,
+    exclusions: Exclusions | None = None,
+) -> list[Entry]:
     # Folders excluded as a whole are skipped without being read, unless a "!rule" could
     # bring something inside them back.
     prune_excluded_folders = rules is not None and not rules.has_negations
     hasher = _Hasher(cache)
     entries: list[Entry] = []
     kept_folders: list[Entry] = []
-    pending: list[tuple[str, str]] = [(os.fspath(root), "")]
+    # (folder, its path prefix, whether a folder above it was excluded: reported already)
+    pending: list[tuple[str, str, bool]] = [(os.fspath(root), "", False)]
     while pending:
-        directory, prefix = pending.pop()
+        directory, prefix, inside_excluded = pending.pop()
         with os.scandir(directory) as scanner:
             children = list(scanner)
         for child in children:
@@ -163,14 +177,26 @@ def _walk(root: Path, rules: ExcludeRules | None, cache: HashCache | None) -> li
                 excluded = rules is not None and rules.excludes(relative, is_dir=True)
                 if not excluded:
                     kept_folders.append(_folder_entry(child, relative))
+                elif exclusions is not None and not inside_excluded:
+                    _record(exclusions, rules, relative, is_dir=True)
                 if not (excluded and prune_excluded_folders):
-                    pending.append((child.path, relative + "/"))
+                    pending.append((child.path, relative + "/", inside_excluded or excluded))
             elif rules is None or not rules.excludes(relative):
                 entry = _entry_for(child, relative, hasher)
                 if entry is not None:
                     entries.append(entry)
+            elif exclusions is not None and not inside_excluded:
+                _record(exclusions, rules, relative, is_dir=False)
     hasher.finish()
     return entries + _folders_left_empty(kept_folders, entries)
+
+
+def _record(
+    exclusions: Exclusions, rules: ExcludeRules | None, relative: str, *, is_dir: bool
+) -> None:
+    rule = rules.rule_excluding(relative, is_dir=is_dir) if rules is not None else None
+    if rule is not None:  # None: .deployignore itself, left out by no rule
+        exclusions.record(rule, relative, is_dir=is_dir)
 
 
 def _folders_left_empty(folders: list[Entry], entries: list[Entry]) -> list[Entry]:
@@ -199,15 +225,26 @@ def _folder_entry(child: os.DirEntry[str], relative: str) -> Entry:
     return Entry(path=relative, kind="dir", size=0, mode=mode, digest="")
 
 
+def file_entry(root: Path, relative: str) -> Entry | None:
+    """The entry of the one file or symlink ``root/relative`` (None for anything else)."""
+    full = os.path.join(root, relative)
+    return _entry_from_status(full, relative, os.lstat(full), _Hasher(None))
+
+
 def _entry_for(child: os.DirEntry[str], relative: str, hasher: _Hasher) -> Entry | None:
-    status = child.stat(follow_symlinks=False)
+    return _entry_from_status(child.path, relative, child.stat(follow_symlinks=False), hasher)
+
+
+def _entry_from_status(
+    full: str, relative: str, status: os.stat_result, hasher: _Hasher
+) -> Entry | None:
     mode = stat.S_IMODE(status.st_mode)
     if stat.S_ISLNK(status.st_mode):
-        target = os.fsencode(os.readlink(child.path))
+        target = os.fsencode(os.readlink(full))
         digest = hashlib.sha256(target).hexdigest()
         return Entry(path=relative, kind="symlink", size=len(target), mode=mode, digest=digest)
     if stat.S_ISREG(status.st_mode):
-        size, digest = hasher.hash_file(child.path, relative, status)
+        size, digest = hasher.hash_file(full, relative, status)
         return Entry(path=relative, kind="file", size=size, mode=mode, digest=digest)
     # Sockets, FIFOs and devices have no place in a release.
     return None
@@ -406,6 +443,25 @@ def diff(old: Manifest | None, new: Manifest) -> ChangeSet:
             modified.append(path)
     bytes_to_send = sum(new[path].size for path in added + modified if new[path].kind == "file")
     return ChangeSet(added=added, modified=modified, deleted=deleted, bytes_to_send=bytes_to_send)
+
+
+def keep_generated(changes: ChangeSet, generated: ExcludeRules | None) -> ChangeSet:
+    """``changes`` without deleting generated paths (the previous build may have held them,
+    before they were declared generated)."""
+    if generated is None:
+        return changes
+    kept = [p for p in changes.deleted if not is_generated(p, generated)]
+    return (
+        changes if len(kept) == len(changes.deleted) else dataclasses.replace(changes, deleted=kept)
+    )
+
+
+def is_generated(path: str, generated: ExcludeRules | None) -> bool:
+    """True when ``path`` (a file or a folder) falls under the generated paths' rules."""
+    return generated is not None and (
+        generated.rule_excluding(path) is not None
+        or generated.rule_excluding(path, is_dir=True) is not None
+    )
 
 
 def _kinds_including_implied_dirs(manifest: Manifest) -> dict[str, EntryKind]:

@@ -11,10 +11,10 @@ import contextlib
 import fcntl
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from builds.engine import release, rollout
-from builds.engine.build import BuildSpec, build, checked_out, exclude_rules
+from builds.engine.build import BuildSpec, build, checked_out, exclude_rules, generated_rules
 from builds.engine.errors import (
     Cancelled,
     EngineError,
@@ -23,8 +23,9 @@ from builds.engine.errors import (
     RevisionNotFound,
     UserError,
 )
+from builds.engine.excludes import Exclusions
 from builds.engine.git import DEFAULT_FETCH_TIMEOUT_SECONDS, Commit, Mirror
-from builds.engine.manifest import ChangeSet, Manifest, diff
+from builds.engine.manifest import ChangeSet, Manifest, diff, keep_generated
 from builds.engine.rollout import run_commands
 from builds.engine.specs import (
     STAGE_AFTER_SWITCH,
@@ -111,6 +112,8 @@ class Preview:
     revision: str
     commits: list[Commit]
     changes: dict[int, ChangeSet]
+    #: What each exclude rule left out (see excludes.Exclusions).
+    exclusions: Exclusions = field(default_factory=Exclusions)
 
 
 def preview(spec: DeploySpec, reporter: Reporter) -> Preview:
@@ -127,17 +130,26 @@ def preview(spec: DeploySpec, reporter: Reporter) -> Preview:
         reporter.step("checkout"),
         checked_out(spec.build, mirror, sha, reporter_log(reporter)) as tree,
     ):
+        exclusions = Exclusions()
         manifest = Manifest.build(
-            tree.root, exclude_rules(spec.build, tree.root), cache=tree.hash_cache
+            tree.root,
+            exclude_rules(spec.build, tree.root),
+            cache=tree.hash_cache,
+            exclusions=exclusions,
         )
+    for line in exclusions.lines():
+        reporter.log("system", line)
     starts = {server.live_revision for server in spec.servers}
     start = next(iter(starts)) if len(starts) == 1 else None
     commits = mirror.commits_between(start, sha) if start != sha else []
+    generated = generated_rules(spec.build)
     changes = {
-        server.id: diff(None if spec.full else server.live_manifest, manifest)
+        server.id: keep_generated(
+            diff(None if spec.full else server.live_manifest, manifest), generated
+        )
         for server in spec.servers
     }
-    return Preview(revision=sha, commits=commits, changes=changes)
+    return Preview(revision=sha, commits=commits, changes=changes, exclusions=exclusions)
 
 
 # --------------------------------------------------------------------------- deploy

@@ -7,7 +7,13 @@
       current -> releases/<name>
       .slipway/lock/            held while a deployment works here (who, which, since when)
       .slipway/manifests/<name>.json   the manifest of each release
-      .slipway/manifests/<name>.stat   its listing when finished (to notice later changes)
+      .slipway/manifests/<name>.written  its listing when Slipway finished writing it
+      .slipway/manifests/<name>.stat   its listing as the deployment left it, after the
+                                       deployment's own commands ran: what the next one
+                                       compares against to notice changes made since (drift)
+      .slipway/manifests/<name>.rewritten  the paths those commands changed (the two listings
+                                       differ): the next deployment sends the build's own
+                                       files among them again, and keeps the others
       .slipway/manifests/<name>.managed  the paths Slipway wrote into it (config files and
                                        shared links), one a line, then the folders it made for
                                        them (ending in /): the next release, a copy of this
@@ -33,8 +39,8 @@ import re
 import shlex
 import tarfile
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from builds.engine.archive import GZIP, TAR_FLAGS, ZSTD
 from builds.engine.errors import (
@@ -62,6 +68,10 @@ EXIT_UNSAFE_PATH = 79
 _DEPLOY_PATH_CHARS = re.compile(r"^/[A-Za-z0-9._/@+~ -]*$")
 _RELEASE_NAME = re.compile(r"^[0-9]{8}-[0-9]{9}-[0-9a-f]{7,40}$")
 _RELATIVE_PATH_CHARS = re.compile(r"^[^\x00-\x1f\x7f]+$")
+# A group as chgrp takes it: a POSIX-portable name (useradd's rule) or a number.
+_GROUP = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_.-]{0,31}|[0-9]{1,10})$")
+# Every file Slipway keeps per release in .slipway/manifests/.
+_META_SUFFIXES = (".json", ".stat", ".written", ".rewritten", ".managed", ".made")
 # Linux limits one argument to 128 KiB (MAX_ARG_STRLEN); stay well below it.
 _MAX_INLINE_ARGUMENT = 96 * 1024
 
@@ -96,6 +106,21 @@ def validate_relative_path(path: str, field: str) -> str:
     return cleaned
 
 
+def validate_mode(value: str, field: str) -> str:
+    """An octal permission mode such as "600" or "0640"; InvalidInput naming ``field``."""
+    return _mode(value, field)
+
+
+def validate_group(value: str, field: str) -> str:
+    """A group name (letters, digits, ``_ . -``, not starting with a digit or ``-``) or a
+    group number; InvalidInput naming ``field``."""
+    if not _GROUP.match(value):
+        raise InvalidInput(
+            field, f"{value!r} is not a group name (letters, digits, _ . -) or number"
+        )
+    return value
+
+
 def _plain_relative(path: str) -> bool:
     """A path Slipway may remove or replace inside a release (a listing's line, checked again)."""
     try:
@@ -123,9 +148,15 @@ class Prepared:
     live: str | None
     #: True when the new release began as a copy of the live one (send only the changes).
     copied: bool
-    #: Paths of the copy that differ from the live release as Slipway left it (a command or a
-    #: person changed them since): they must be sent again or removed.
+    #: Paths of the copy that differ from the live release as its deployment left it (after
+    #: its commands ran: a person or the application changed them since): they must be sent
+    #: again or removed.
     drifted: tuple[str, ...] = ()
+    #: Paths of the copy that the live release's own commands changed after Slipway wrote it
+    #: (see ``<name>.rewritten``): not drift; the build's files among them are sent again.
+    rewritten: tuple[str, ...] = ()
+    #: The shared paths (as given) that ``shared/`` does not hold yet: to be seeded.
+    unseeded: tuple[str, ...] = ()
     #: What the lock step had to say (a stale lock taken over...), for the log.
     notes: tuple[str, ...] = ()
     #: The archive codec the server can unpack ("zstd" when it has zstd, else "gzip").
@@ -135,6 +166,20 @@ class Prepared:
 @dataclass(frozen=True)
 class Cleaned:
     removed: list[str]
+
+
+@dataclass(frozen=True)
+class FileToWrite:
+    """A config file for ``finish``: its bytes, octal mode ("600") and group ("" for none)."""
+
+    body: bytes = field(repr=False)
+    mode: str = "600"
+    group: str = ""
+
+
+def _meta_files(name: str) -> str:
+    """The quoted paths of ``name``'s files in .slipway/manifests/, space-separated."""
+    return _quoted(*(f"{MANIFEST_DIR}/{name}{suffix}" for suffix in _META_SUFFIXES))
 
 
 def _stat_listing(directory: str) -> str:
@@ -312,12 +357,28 @@ fi
         lock = shlex.quote(LOCK_DIR)
         return f"if grep -qx {shlex.quote('owner=' + owner_id)} {lock}/info 2>/dev/null; then rm -rf {lock}; fi\n"
 
-    def _prepare_script(self, name: str, *, expected_live: str | None, incremental: bool) -> str:
+    def _prepare_script(
+        self,
+        name: str,
+        *,
+        expected_live: str | None,
+        incremental: bool,
+        shared_paths: Sequence[str] = (),
+    ) -> str:
         if not is_release_name(name):
             raise InvalidInput("release", f"{name!r} is not a release name")
         new = shlex.quote(f"releases/{name}")
         expected = shlex.quote(expected_live or "")
+        # Shared paths shared/ lacks, by their index (the names never travel back).
+        unseeded = "".join(
+            f"if [ ! -e {shlex.quote(f'shared/{path}')} ] && [ ! -L {shlex.quote(f'shared/{path}')} ]; "
+            f"then echo unseeded={index}; fi\n"
+            for index, path in enumerate(
+                validate_relative_path(raw, "shared_paths") for raw in shared_paths
+            )
+        )
         return f"""mkdir -p releases shared {shlex.quote(MANIFEST_DIR)}
+{unseeded}
 if command -v zstd >/dev/null 2>&1; then echo codec={ZSTD}; fi
 live=""
 if [ -L current ]; then live=$(basename "$(readlink current)");
@@ -334,9 +395,11 @@ if [ {int(incremental)} = 1 ] && [ -n "$live" ] && [ "$live" = {expected} ] && [
   cp -a --reflink=auto -- "releases/$live" {new}.tmp
   mv -- {new}.tmp {new}
   echo copied=1
-  # What changed in the live release after Slipway finished writing it (commands, people):
-  # compare the copy with the listing taken when the live release was made.
+  # What changed in the live release after its deployment finished (people, the application):
+  # compare the copy with the listing taken after that deployment's commands ran.
   {_stat_listing(new)} | LC_ALL=C comm -3 "{MANIFEST_DIR}/$live.stat" - | sed 's/^\t//' | cut -f1 | LC_ALL=C sort -u | sed 's/^/drift=/'
+  # What the live release's own commands changed after Slipway wrote it: not drift.
+  if [ -f "{MANIFEST_DIR}/$live.rewritten" ]; then sed 's/^/rewritten=/' "{MANIFEST_DIR}/$live.rewritten"; fi
   # Config files and shared links of the live release: gone from the copy, so that one no
   # longer configured is not carried on (today's are written again when the release finishes).
   if [ -f "{MANIFEST_DIR}/$live.managed" ]; then
@@ -383,7 +446,7 @@ for d in releases/*/; do
   case "$d" in [0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]-[0-9]*-[0-9a-f]*) ;; *) continue ;; esac
   case "$protect" in *" $d "*) continue ;; esac
   if [ -e "releases/$d/{UNFINISHED_MARKER}" ] || ! printf '%s\\n' "$finished" | grep -qxF -- "$d"; then
-    rm -rf -- "releases/$d" "{MANIFEST_DIR}/$d.json" "{MANIFEST_DIR}/$d.stat" "{MANIFEST_DIR}/$d.managed" "{MANIFEST_DIR}/$d.made"
+    rm -rf -- "releases/$d" {" ".join(f'"{MANIFEST_DIR}/$d{suffix}"' for suffix in _META_SUFFIXES)}
     echo "removed=$d"
   fi
 done
@@ -405,6 +468,7 @@ if [ -e {release}/{UNFINISHED_MARKER} ]; then echo {unfinished}; exit {EXIT_RELE
         file_mode: str,
         directory_mode: str,
         config_paths: Sequence[str] = (),
+        config_files: Mapping[str, FileToWrite] | None = None,
     ) -> str:
         release = shlex.quote(f"releases/{name}")
         # No folder above a path Slipway writes (config files, shared links) may be a symlink
@@ -455,9 +519,35 @@ ln -s -- {target} {in_release}"""
         if directory_mode:
             mode = _mode(directory_mode, "directory_mode")
             lines.append(f"find {release} -type d ! -perm {mode} -exec chmod {mode} {{}} +")
-        listing = shlex.quote(f"{MANIFEST_DIR}/{name}.stat")
-        lines.append(f"{_stat_listing(release)} > {listing}.tmp\nmv -- {listing}.tmp {listing}")
+        # Config files keep their own mode (private by default), whatever the server's.
+        for path, config in (config_files or {}).items():
+            in_release = shlex.quote(f"releases/{name}/{path}")
+            if config.group:
+                lines.append(
+                    f"chgrp -- {shlex.quote(validate_group(config.group, 'group'))} {in_release}"
+                )
+            lines.append(f"chmod -- {_mode(config.mode, 'mode')} {in_release}")
+        written = shlex.quote(f"{MANIFEST_DIR}/{name}.written")
+        lines.append(f"{_stat_listing(release)} > {written}")
+        lines.append(self._settle_script(name))
         return "\n".join(lines) + "\n"
+
+    def _settle_script(self, name: str) -> str:
+        """Record the release as the deployment leaves it (``<name>.stat``, the baseline for
+        drift) and what its commands changed since Slipway wrote it (``<name>.rewritten``)."""
+        if not is_release_name(name):
+            raise InvalidInput("release", f"{name!r} is not a release name")
+        release = shlex.quote(f"releases/{name}")
+        listing = shlex.quote(f"{MANIFEST_DIR}/{name}.stat")
+        written = shlex.quote(f"{MANIFEST_DIR}/{name}.written")
+        rewritten = shlex.quote(f"{MANIFEST_DIR}/{name}.rewritten")
+        return f"""if [ -d {release} ] && [ -f {written} ]; then
+  {_stat_listing(release)} > {listing}.tmp
+  mv -- {listing}.tmp {listing}
+  LC_ALL=C comm -3 {written} {listing} | sed 's/^\t//' | cut -f1 | LC_ALL=C sort -u > {rewritten}.tmp
+  mv -- {rewritten}.tmp {rewritten}
+fi
+"""
 
     def _run(self, *pieces: str, stdin: bytes | None = None) -> dict[str, list[str]]:
         out = self._script(f"cd -- {self.q}\n" + "".join(pieces), stdin=stdin)
@@ -480,6 +570,7 @@ ln -s -- {target} {in_release}"""
         take_over_from: str = "",
         expected_live: str | None,
         incremental: bool,
+        shared_paths: Sequence[str] = (),
     ) -> Prepared:
         """Take the deploy path's lock and create ``releases/<name>`` marked unfinished.
 
@@ -487,11 +578,17 @@ ln -s -- {target} {in_release}"""
         Slipway's listing of it is there), the new release starts as a full copy of it: a
         copy, not hard links, so that a command writing into the new release cannot change an
         old one. Otherwise it starts empty and the caller sends everything.
+
+        The answer also names the paths of the copy changed since (``drifted``: by hand, to
+        be restored) or changed by the live release's own commands (``rewritten``), and
+        which of ``shared_paths`` ``shared/`` does not hold yet (``unseeded``).
         """
         lock = self._lock_script(
             holder=holder, owner_id=owner_id, stale_after=stale_after, take_over_from=take_over_from
         )
-        prepare = self._prepare_script(name, expected_live=expected_live, incremental=incremental)
+        prepare = self._prepare_script(
+            name, expected_live=expected_live, incremental=incremental, shared_paths=shared_paths
+        )
         out = self._script(self._enter_script() + lock + prepare)
         values: dict[str, list[str]] = {}
         for line in out.splitlines():
@@ -502,6 +599,12 @@ ln -s -- {target} {in_release}"""
             live=(values.get("live") or [""])[-1] or None,
             copied=(values.get("copied") or ["0"])[-1] == "1",
             drifted=tuple(path for path in values.get("drift", []) if _plain_relative(path)),
+            rewritten=tuple(path for path in values.get("rewritten", []) if _plain_relative(path)),
+            unseeded=tuple(
+                shared_paths[int(index)]
+                for index in values.get("unseeded", [])
+                if index.isdigit() and int(index) < len(shared_paths)
+            ),
             notes=tuple(values.get("note", [])),
             codec=(values.get("codec") or [GZIP])[-1],
         )
@@ -541,20 +644,23 @@ ln -s -- {target} {in_release}"""
         self,
         name: str,
         *,
-        files: dict[str, bytes],
+        files: Mapping[str, FileToWrite],
         manifest_json: bytes,
         shared_paths: Sequence[str] = (),
         file_mode: str = "",
         directory_mode: str = "",
     ) -> None:
-        """Write config files and the manifest, link shared paths, apply permissions and
-        record the listing that the next deployment compares against, and the paths written
-        here (config files, shared links) that the next one drops: one round trip."""
+        """Write config files (each with its own mode and group: the server's ``file_mode``
+        does not apply to them) and the manifest, link shared paths (seeding ``shared/``
+        from the release where it lacks one), apply permissions and record the listing that
+        the next deployment compares against, and the paths written here (config files,
+        shared links) that the next one drops: one round trip."""
         managed = [*files, *(validate_relative_path(p, "shared_paths") for p in shared_paths)]
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as archive:
-            for path, body in files.items():
-                _add_bytes(archive, f"releases/{name}/{path}", body, 0o644)
+            for path, config in files.items():
+                mode = int(_mode(config.mode, "mode"), 8) & 0o7777
+                _add_bytes(archive, f"releases/{name}/{path}", config.body, mode)
             _add_bytes(archive, f"{MANIFEST_DIR}/{name}.json", manifest_json, 0o600)
             _add_bytes(
                 archive,
@@ -568,6 +674,7 @@ ln -s -- {target} {in_release}"""
             file_mode=file_mode,
             directory_mode=directory_mode,
             config_paths=list(files),
+            config_files=files,
         )
         self._run(script, stdin=buffer.getvalue())
 
@@ -579,10 +686,11 @@ ln -s -- {target} {in_release}"""
         protect: Sequence[str] = (),
         unlock_owner: str = "",
     ) -> Cleaned:
-        """Point ``current`` at the release (a new link under a temporary name, renamed over
-        ``current``: at no instant is it missing or dangling), then optionally remove old
-        releases and release the lock."""
-        pieces = [self._switch_script(name)]
+        """Record the release as the before-switch commands left it (the baseline for drift,
+        see the module docstring), point ``current`` at it (a new link under a temporary
+        name, renamed over ``current``: at no instant is it missing or dangling), then
+        optionally remove old releases and release the lock."""
+        pieces = [self._settle_script(name), self._switch_script(name)]
         if keep is not None:
             pieces.append(self._clean_up_script(keep=keep, protect=[name, *protect]))
         if unlock_owner:
@@ -597,9 +705,7 @@ ln -s -- {target} {in_release}"""
         release = shlex.quote(f"releases/{name}")
         pieces = [
             f"if [ -e {release}/{UNFINISHED_MARKER} ]; then rm -rf -- {release} "
-            f"{shlex.quote(f'{MANIFEST_DIR}/{name}.json')} {shlex.quote(f'{MANIFEST_DIR}/{name}.stat')} "
-            f"{shlex.quote(f'{MANIFEST_DIR}/{name}.managed')} "
-            f"{shlex.quote(f'{MANIFEST_DIR}/{name}.made')}; fi\n"
+            f"{_meta_files(name)}; fi\n"
         ]
         if unlock_owner:
             pieces.append(self._unlock_script(unlock_owner))
@@ -638,11 +744,19 @@ ln -s -- {target} {in_release}"""
         self._run(self._check_release_script(name))
 
     def clean_up(
-        self, *, keep: int, protect: Sequence[str] = (), unlock_owner: str = ""
+        self,
+        *,
+        keep: int,
+        protect: Sequence[str] = (),
+        unlock_owner: str = "",
+        settle: str = "",
     ) -> Cleaned:
         """Keep the newest ``keep`` finished releases; never remove those in ``protect`` (the
-        live one, and the one a rollback would go back to); drop unfinished leftovers."""
-        pieces = [self._clean_up_script(keep=keep, protect=protect)]
+        live one, and the one a rollback would go back to); drop unfinished leftovers. With
+        ``settle`` (a release name), first record that release as its after-switch commands
+        left it (the baseline for drift)."""
+        pieces = [self._settle_script(settle)] if settle else []
+        pieces.append(self._clean_up_script(keep=keep, protect=protect))
         if unlock_owner:
             pieces.append(self._unlock_script(unlock_owner))
         return Cleaned(removed=self._run(*pieces).get("removed", []))

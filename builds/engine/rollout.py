@@ -25,7 +25,7 @@ from pathlib import Path
 
 from builds.engine import direct, release
 from builds.engine.archive import SharedArchive
-from builds.engine.build import BuildOutput
+from builds.engine.build import BuildOutput, generated_rules, shared_seeds
 from builds.engine.errors import (
     Aborted,
     Cancelled,
@@ -34,6 +34,7 @@ from builds.engine.errors import (
     LockHeld,
     UserError,
 )
+from builds.engine.excludes import ExcludeRules
 from builds.engine.health import (
     AFTER_SWITCH,
     BEFORE_SWITCH,
@@ -41,7 +42,7 @@ from builds.engine.health import (
     HealthCheckSpec,
     run_check,
 )
-from builds.engine.manifest import ChangeSet, Manifest, diff
+from builds.engine.manifest import ChangeSet, Manifest, diff, is_generated, keep_generated
 from builds.engine.specs import (
     CANARY,
     PREPARE_THEN_SWITCH,
@@ -106,6 +107,12 @@ def run_commands(
             )
 
 
+def _first(paths: Sequence[str], count: int = 5) -> str:
+    """``a, b, c and 4 more``: the first ``count`` paths, for a log line."""
+    more = f" and {len(paths) - count} more" if len(paths) > count else ""
+    return ", ".join(paths[:count]) + more
+
+
 def _env_name_ok(name: str) -> bool:
     return name.isidentifier() and name.isascii()
 
@@ -114,16 +121,38 @@ def has_commands(spec_commands: Sequence[CommandSpec], stage: str, server: Serve
     return any(c.stage == stage and c.applies_to(server) for c in spec_commands)
 
 
-def with_drift(changes: ChangeSet, prepared: release.Prepared, manifest: Manifest) -> ChangeSet:
-    """Add the paths changed on the server since Slipway wrote the live release: those in the
-    new build are sent again, the others removed (config files and shared links are written
-    again anyway), so the release holds exactly the build."""
-    if not prepared.drifted:
+def drifted_paths(prepared: release.Prepared, generated: ExcludeRules | None) -> list[str]:
+    """The paths changed on the server since the live release was left by its deployment
+    (by hand, or by the application), apart from the generated paths."""
+    return [p for p in prepared.drifted if not is_generated(p, generated)]
+
+
+def with_drift(
+    changes: ChangeSet,
+    prepared: release.Prepared,
+    manifest: Manifest,
+    generated: ExcludeRules | None = None,
+) -> ChangeSet:
+    """Turn the copy of the live release into exactly the build, leaving generated output.
+
+    - Drift (changed since the live release's deployment finished, see ``drifted_paths``):
+      the paths in the new build are sent again, the others removed (config files and
+      shared links are written again anyway).
+    - Rewritten (changed by the live release's own commands): the build's files among them
+      are sent again, so the commands start from the build once more; the rest (bytecode,
+      collected static files, caches) is the deployment's own output and stays.
+    - Generated paths (``BuildSpec.generated_paths``) are never restored, removed or deleted.
+    """
+    changes = keep_generated(changes, generated)
+    drifted = set(drifted_paths(prepared, generated))
+    rewritten = {p for p in prepared.rewritten if not is_generated(p, generated)}
+    if not drifted and not rewritten:
         return changes
-    drifted = set(prepared.drifted)
     sending = set(changes.added) | set(changes.modified)
     resend = {
-        p for p in drifted if p in manifest and manifest[p].kind != "dir" and p not in sending
+        p
+        for p in drifted | rewritten
+        if p in manifest and manifest[p].kind != "dir" and p not in sending
     }
     remove = {p for p in drifted if p not in manifest}
     return ChangeSet(
@@ -136,10 +165,19 @@ def with_drift(changes: ChangeSet, prepared: release.Prepared, manifest: Manifes
 
 
 class ArchiveCache:
-    """Each distinct change set is archived once and streamed to every server needing it."""
+    """Each distinct change set is archived once and streamed to every server needing it.
 
-    def __init__(self, output: BuildOutput) -> None:
+    ``seeds`` (see ``build.shared_seeds``) may travel too, to servers whose ``shared/``
+    lacks them."""
+
+    def __init__(self, output: BuildOutput, seeds: Manifest | None = None) -> None:
         self.output = output
+        self.seeds = seeds or Manifest()
+        self.manifest = (
+            Manifest([*output.manifest.values(), *self.seeds.values()])
+            if self.seeds
+            else output.manifest
+        )
         self._lock = threading.Lock()
         self._archives: dict[str, SharedArchive] = {}
         self._dir = tempfile.TemporaryDirectory(prefix="slipway-tar-")
@@ -149,7 +187,7 @@ class ArchiveCache:
         with self._lock:
             if key not in self._archives:
                 self._archives[key] = SharedArchive(
-                    self.output.root, paths, self.output.manifest, Path(self._dir.name), codec=codec
+                    self.output.root, paths, self.manifest, Path(self._dir.name), codec=codec
                 )
             return self._archives[key]
 
@@ -279,11 +317,14 @@ class ServerRun:
             else:
                 manifest = output.manifest
                 base = server.live_manifest if prepared.copied else None
-                changes = with_drift(diff(base, output.manifest), prepared, output.manifest)
-                if prepared.drifted:
+                generated = generated_rules(self.spec.build)
+                changes = with_drift(diff(base, manifest), prepared, manifest, generated)
+                drifted = drifted_paths(prepared, generated)
+                if drifted:
                     self.log(
-                        f"{len(prepared.drifted)} paths were changed on the server since the last "
-                        "deployment (by a command or by hand); they are restored in the new release"
+                        f"{len(drifted)} paths were changed on the server since the last "
+                        "deployment finished (by hand, or by the application); they are "
+                        f"restored in the new release: {_first(drifted)}"
                     )
             self.result.changes = changes
             self.log(
@@ -297,8 +338,9 @@ class ServerRun:
             layout.current_path if prepared.live else layout.deploy_path,
             "commands before transfer",
         )
+        seeds = self._seeds(prepared) if not self.spec.config_only else []
         with self.reporter.step("upload", server.id):
-            self._upload(changes, manifest)
+            self._upload(changes, manifest, seeds)
         self.result.manifest = manifest
         self._commands(STAGE_BEFORE_SWITCH, self.release_path, "commands before switch")
         self.run_checks(BEFORE_SWITCH, self.release_path)
@@ -318,6 +360,7 @@ class ServerRun:
                 take_over_from=take_over_from,
                 expected_live=server.live_release,
                 incremental=not spec.full and server.live_manifest is not None,
+                shared_paths=spec.shared_paths,
             )
 
         try:
@@ -335,36 +378,54 @@ class ServerRun:
             self.log(note[:1].upper() + note[1:])
         return prepared
 
-    def _upload(self, changes: ChangeSet, manifest: Manifest) -> None:
+    def _seeds(self, prepared: release.Prepared) -> list[str]:
+        """The paths of the build that fill the shared paths ``shared/`` lacks (logged)."""
+        seeds = self.archives.seeds
+        chosen: list[str] = []
+        for raw in prepared.unseeded:
+            path = release.validate_relative_path(raw, "shared_paths")
+            under = [p for p in seeds if p == path or p.startswith(path + "/")]
+            if under:
+                size = sum(seeds[p].size for p in under if seeds[p].kind == "file")
+                self.log(f"Seeding shared/{path} from the build: {len(under)} paths, {size} bytes")
+            chosen += under
+        return chosen
+
+    def _upload(self, changes: ChangeSet, manifest: Manifest, seeds: Sequence[str] = ()) -> None:
         assert self.layout is not None and self.prepared is not None
         server, reporter = self.server, self.reporter
-        files_total = len(changes.paths_to_send)
-        reporter.progress(server.id, 0, files_total, 0, changes.bytes_to_send)
+        # Seeds land in the release at their own paths; finishing moves them into shared/.
+        to_send = sorted(set(changes.paths_to_send) | set(seeds))
+        files_total = len(to_send)
+        bytes_total = changes.bytes_to_send + sum(
+            self.archives.seeds[p].size
+            for p in seeds
+            if p not in changes.paths_to_send and self.archives.seeds[p].kind == "file"
+        )
+        reporter.progress(server.id, 0, files_total, 0, bytes_total)
         removals = changes.deleted + [p for p in changes.modified if manifest[p].kind != "dir"]
-        if changes.paths_to_send:
-            archive = self.archives.archive_for(changes.paths_to_send, self.prepared.codec)
+        if to_send:
+            archive = self.archives.archive_for(to_send, self.prepared.codec)
             sent = [0]
 
             def counted() -> Iterator[bytes]:
                 for chunk in archive.chunks():
                     sent[0] += len(chunk)
                     files_done, bytes_done = archive.carried(sent[0])
-                    reporter.progress(
-                        server.id, files_done, files_total, bytes_done, changes.bytes_to_send
-                    )
+                    reporter.progress(server.id, files_done, files_total, bytes_done, bytes_total)
                     yield chunk
 
             self.layout.upload(self.name, counted(), remove=removals, codec=archive.codec)
         elif removals:
             self.layout.upload(self.name, None, remove=removals)
-        reporter.progress(
-            server.id, files_total, files_total, changes.bytes_to_send, changes.bytes_to_send
-        )
+        reporter.progress(server.id, files_total, files_total, bytes_total, bytes_total)
         reporter.check_cancelled()
         files = {
-            release.validate_relative_path(config.path, "config_files"): substitute(
-                config.body, self.variables
-            ).encode()
+            release.validate_relative_path(config.path, "config_files"): release.FileToWrite(
+                body=substitute(config.body, self.variables).encode(),
+                mode=config.file_mode,
+                group=config.group,
+            )
             for config in self.spec.config_files
             if not config.server_ids or server.id in config.server_ids
         }
@@ -425,8 +486,12 @@ class ServerRun:
             *([self.prepared.live] if self.prepared and self.prepared.live else []),
         ]
         with self.reporter.step("clean up", self.server.id):
+            # The after-switch commands have run: record the release as they left it.
             cleaned = self.layout.clean_up(
-                keep=self.server.keep_releases, protect=protect, unlock_owner=self.owner
+                keep=self.server.keep_releases,
+                protect=protect,
+                unlock_owner=self.owner,
+                settle=self.name if self.switched else "",
             )
         self._finished(cleaned.removed)
 
@@ -596,7 +661,8 @@ def _failure_reason(runs: Sequence[ServerRun]) -> str:
 def deliver(spec: DeploySpec, output: BuildOutput, reporter: Reporter) -> list[ServerResult]:
     """Take the built release to every server of ``spec`` with its strategy."""
     name = release.release_name(output.revision, spec.started_at)
-    archives = ArchiveCache(output)
+    seeds = shared_seeds(spec.build, output.root, spec.shared_paths) if spec.shared_paths else None
+    archives = ArchiveCache(output, seeds)
     runs = [
         ServerRun(spec, server, output, name, archives, reporter, index)
         for index, server in enumerate(spec.servers)

@@ -72,9 +72,30 @@ class CommandSpec:
 
 @dataclass(frozen=True)
 class ConfigFileSpec:
+    """A config file written into every release (or the listed servers' only).
+
+    ``mode`` is octal ("600", "0640"); empty means 600, or 640 when ``group`` is set: config
+    files hold secrets, so no other account on the server may read them unless asked for.
+    ``group`` (a group name or number) is given the file with ``chgrp`` on servers with a
+    shell; SFTP-only servers get the mode only.
+    """
+
     path: str
     body: str = field(repr=False)
     server_ids: frozenset[int] = frozenset()
+    mode: str = ""
+    group: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mode:
+            release.validate_mode(self.mode, "mode")
+        if self.group:
+            release.validate_group(self.group, "group")
+
+    @property
+    def file_mode(self) -> str:
+        """The octal mode the file is written with ("600", "640" or the one asked for)."""
+        return self.mode or ("640" if self.group else "600")
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,8 @@ def test_it_creates_a_project_whose_creator_is_admin(alice_api, site_admin, alic
         ("subdirectory", "../outside"),
         ("shared_paths", ["../etc/passwd"]),
         ("cache_paths", [".slipway/lock"]),
+        ("generated_paths", ["!staticfiles/"]),
+        ("generated_paths", "staticfiles/"),
     ],
 )
 def test_it_names_the_field_it_refuses(alice_api, site_admin, repo, field, value):

@@ -163,6 +163,8 @@ def test_a_secret_variables_value_is_write_only(alice_api, bob_api, project):
         ("config-files", {"path": "../../etc/passwd"}, "path"),
         ("config-files", {"path": "/etc/passwd/.."}, "path"),
         ("config-files", {"path": ".slipway/lock"}, "path"),
+        ("config-files", {"path": ".env", "mode": "u=rw"}, "mode"),
+        ("config-files", {"path": ".env", "group": "www data"}, "group"),
         ("commands", {"command": "x", "stage": "whenever"}, "stage"),
         ("commands", {"command": "x", "timeout_seconds": 0}, "timeout_seconds"),
         ("commands", {"command": "x", "servers": [999999]}, "servers"),

@@ -178,6 +178,35 @@ def test_it_shows_a_config_file_error_beside_its_field_and_hides_bodies_from_vie
     assert "DB_HOST" not in bob_client.get(f"{path}{config.pk}/").content.decode()
 
 
+def test_a_config_files_group_and_mode_are_saved_and_a_bad_mode_is_named(alice_client, project):
+    path = f"/projects/{project.slug}/settings/config-files/"
+    response = alice_client.post(path, {"path": ".env", "body": "x", "mode": "u+rw"})
+    errors = field_errors(response.content.decode(), "mode")
+    assert errors and "octal" in errors[0]
+    form = {"path": ".env", "body": "SECRET_KEY=x\n", "group": "www-data", "mode": ""}
+    assert alice_client.post(path, form).status_code == 302
+    config = ConfigFile.objects.get()
+    assert (config.group, config.mode) == ("www-data", "")
+
+
+def test_a_projects_generated_paths_are_saved_one_per_line(alice_client, project):
+    form = {
+        "name": "Shop",
+        "repository_url": project.repository_url,
+        "branch": "main",
+        "generated_paths": "staticfiles/\n**/__pycache__/\n",
+    }
+    path = f"/projects/{project.slug}/settings/"
+    assert alice_client.post(path, form).status_code == 302
+    project.refresh_from_db()
+    assert project.generated_paths == ["staticfiles/", "**/__pycache__/"]
+    errors = field_errors(
+        alice_client.post(path, {**form, "generated_paths": "!keep"}).content.decode(),
+        "generated_paths",
+    )
+    assert errors and "'!keep'" in errors[0]
+
+
 def test_it_adds_commands_build_commands_excluded_files_and_groups(alice_client, project, server):
     slug = project.slug
     posts = {
