@@ -97,6 +97,7 @@ def run_commands(
             on_line=lambda stream, line: reporter.log(stream, line, server.id),
             timeout=command.timeout_seconds,
             check=command.halt_on_error,
+            check_cancelled=reporter.check_cancelled,
         )
         if result.exit_code != 0:
             reporter.log(
@@ -249,6 +250,18 @@ class ServerRun:
                     log=self.log,
                     check_cancelled=self.reporter.check_cancelled,
                 )
+
+    def _may_unlock(self) -> bool:
+        """False while a command this run stopped may still be running on the server: the
+        lock stays, so no deployment runs beside it (it is taken over once stale)."""
+        if self.connection is not None and self.connection.left_running:
+            self.log(
+                "The deploy lock is kept: a stopped command may still be running on the server ("
+                + "; ".join(f"`{c}`" for c in self.connection.left_running)
+                + f"). It is taken over after {self.spec.lock_stale_after} s."
+            )
+            return False
+        return True
 
     # -- phases
 
@@ -476,8 +489,9 @@ class ServerRun:
                         reporter=self.reporter,
                     )
             finally:
-                with contextlib.suppress(Exception):
-                    self.layout.unlock(owner_id=self.owner)
+                if self._may_unlock():
+                    with contextlib.suppress(Exception):
+                        self.layout.unlock(owner_id=self.owner)
         self.locked = False
         self.finished = True
         self.switched = False
@@ -489,6 +503,8 @@ class ServerRun:
 
     def abandon(self) -> None:
         """Drop a release that never went live, and release the lock."""
+        if self.atomic and self.locked and not self._may_unlock():
+            return
         if self.atomic and self.locked and not self.switched and self.layout is not None:
             with contextlib.suppress(Exception):
                 self.layout.discard(self.name, unlock_owner=self.owner)
