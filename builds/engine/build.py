@@ -16,6 +16,7 @@ from pathlib import Path
 from builds.engine.errors import CommandFailed, CommandTimedOut, InvalidInput
 from builds.engine.excludes import ExcludeRules, load_deployignore
 from builds.engine.git import Mirror, validate_subdirectory
+from builds.engine.lines import LineSplitter
 from builds.engine.manifest import HashCache, Manifest
 from builds.engine.release import validate_relative_path
 from builds.engine.sandbox import HostIdentity, SandboxPolicy, check_available, hand_over
@@ -116,13 +117,12 @@ def run_local_command(
     assert process.stdout is not None and process.stderr is not None
     deadline = time.monotonic() + command.timeout_seconds if command.timeout_seconds else None
     selector = selectors.DefaultSelector()
-    buffers = {"stdout": b"", "stderr": b""}
+    splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
     selector.register(process.stdout, selectors.EVENT_READ, "stdout")
     selector.register(process.stderr, selectors.EVENT_READ, "stderr")
     tail: list[str] = []
 
-    def emit(stream: str, raw: bytes) -> None:
-        text = raw.decode("utf-8", errors="replace").rstrip("\r")
+    def emit(stream: str, text: str) -> None:
         tail.append(text)
         del tail[:-20]
         on_line(stream, text)
@@ -138,14 +138,9 @@ def run_local_command(
             for key, _ in selector.select(timeout=0.5):
                 stream = str(key.data)
                 chunk = os.read(key.fd, 65536)
+                lines = splitters[stream].feed(chunk) if chunk else splitters[stream].finish()
                 if not chunk:
                     selector.unregister(key.fileobj)
-                    if buffers[stream]:
-                        emit(stream, buffers[stream])
-                        buffers[stream] = b""
-                    continue
-                buffers[stream] += chunk
-                *lines, buffers[stream] = buffers[stream].split(b"\n")
                 for line in lines:
                     emit(stream, line)
         exit_code = process.wait()

@@ -17,7 +17,6 @@ A ``Connection`` is used by one thread at a time; paramiko's own transport threa
 from __future__ import annotations
 
 import base64
-import codecs
 import contextlib
 import hashlib
 import hmac
@@ -49,6 +48,7 @@ from builds.engine.errors import (
     PermissionDenied,
     TransferFailed,
 )
+from builds.engine.lines import LineSplitter
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +73,6 @@ _SEND_WAIT_SECONDS = 0.2
 # Wake-up period of the output loop even when nothing arrives, so a deadline is honoured and a
 # missed wake-up can never hang a deployment.
 _POLL_SECONDS = 1.0
-# A command printing megabytes without a newline (a binary, a progress bar) must not grow one
-# string without bound; longer runs are cut into several lines, each exactly this long but the
-# last (the log's masking joins such pieces again before it looks for secrets).
-MAX_LINE_CHARS = 64 * 1024
 # stdout/stderr kept in CommandResult; on_line still sees every line beyond this.
 _CAPTURE_LIMIT_CHARS = 1024 * 1024
 # The first line a wrapped command prints on stdout: the id of the process group it runs in.
@@ -624,33 +620,13 @@ class _Watch:
             self.check_cancelled()
 
 
-class _LineSplitter:
-    """Bytes in, complete lines out; a UTF-8 character cut between two reads stays whole."""
-
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._partial = ""
-
-    def feed(self, data: bytes) -> list[str]:
-        *lines, self._partial = (self._partial + self._decoder.decode(data)).split("\n")
-        while len(self._partial) > MAX_LINE_CHARS:
-            lines.append(self._partial[:MAX_LINE_CHARS])
-            self._partial = self._partial[MAX_LINE_CHARS:]
-        return [line.removesuffix("\r") for line in lines]
-
-    def finish(self) -> list[str]:
-        rest = self._partial + self._decoder.decode(b"", final=True)
-        self._partial = ""
-        return [rest.removesuffix("\r")] if rest else []
-
-
 class _OutputCollector:
     def __init__(self, on_line: LineCallback | None, *, expect_group_header: bool = False) -> None:
         self._on_line = on_line
         self.awaiting_header = expect_group_header
         #: The remote command's process group id, once its header line arrived.
         self.group: int | None = None
-        self._splitters = {"stdout": _LineSplitter(), "stderr": _LineSplitter()}
+        self._splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
         self._captured: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self._captured_chars = {"stdout": 0, "stderr": 0}
         self.truncated = False
