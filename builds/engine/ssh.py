@@ -474,12 +474,16 @@ class Connection:
                 select.select([channel.fileno()], [], [], 0.1)
         group = output.group
         if group is not None and self._transport.is_active():
+            # Gone once kill(2) says "No such process" for the group; any other refusal
+            # (processes of another user, after sudo) means it cannot be told (exit 2).
             script = (
-                f"kill -s KILL -- -{group} 2>/dev/null; n=0\n"
+                f"LC_ALL=C; export LC_ALL; kill -s KILL -- -{group} 2>/dev/null; n=0\n"
                 f"while kill -s 0 -- -{group} 2>/dev/null; do\n"
                 f"  n=$((n + 1)); [ $n -gt {_STOP_WAIT_SECONDS * 20} ] && exit 1\n"
                 "  sleep 0.05 2>/dev/null || sleep 1\n"
                 "done\n"
+                f'case $(kill -s 0 -- -{group} 2>&1) in *"o such process"*) exit 0 ;; esac\n'
+                "exit 2\n"
             )
             try:
                 result = self._execute(
