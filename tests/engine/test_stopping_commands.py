@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from builds.engine import pipeline
-from builds.engine.errors import Cancelled, CommandTimedOut
+from builds.engine import pipeline, rollout
+from builds.engine.errors import Cancelled, CommandTimedOut, LockHeld
 from builds.engine.health import HealthCheckSpec
 from builds.engine.ssh import connect
 from tests.support.engine import RecordingReporter, deploy_spec, server_for
@@ -163,3 +163,49 @@ def test_a_health_check_command_that_hangs_is_killed(sshd_target, git_repo_facto
     assert "did not finish within 1 s; it was stopped" in str(result.servers[0].error)
     assert _sleeping("4.15") == []
     _never_appears(marker, 4.15)
+
+
+def test_a_command_that_could_not_be_stopped_keeps_the_lock_until_it_is_stale(
+    sshd_target, git_repo_factory, tmp_path, monkeypatch
+):
+    repo = git_repo_factory()
+    revision = repo.commit({"index.html": "A\n"}, "A")
+    server = server_for(sshd_target)
+    run_commands = rollout.run_commands
+
+    def one_left_running(connection, *args, **kwargs):
+        # What Connection.run records when a killed command's group does not go away (a
+        # process in uninterruptible sleep, or one kill(2) may not touch).
+        connection.left_running.append("sleep 600")
+        return run_commands(connection, *args, **kwargs)
+
+    monkeypatch.setattr(rollout, "run_commands", one_left_running)
+    failing = pipeline.CommandSpec(command="exit 1", stage="before_switch")
+    reporter = RecordingReporter()
+    first = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server], revision, commands=(failing,)), reporter
+    )
+    monkeypatch.setattr(rollout, "run_commands", run_commands)
+
+    assert not first.ok
+    assert reporter.text.count("The deploy lock is kept") == 1
+    lock_info = (sshd_target.deploy_path / ".slipway" / "lock" / "info").read_text()
+    assert "owner=deployment-1-left-running" in lock_info
+    # Even when the first deployment is known to have finished, its lock is not taken over.
+    second = pipeline.deploy(
+        dataclasses.replace(
+            deploy_spec(repo, tmp_path, [server], revision, deployment_id=2),
+            lock_owner_finished=lambda owner: True,
+        ),
+        RecordingReporter(),
+    )
+    assert isinstance(second.servers[0].error, LockHeld)
+    assert "a stopped command may still be running" in str(second.servers[0].error)
+    time.sleep(1.1)  # the lock's age is counted in whole seconds
+    stale = pipeline.deploy(
+        dataclasses.replace(
+            deploy_spec(repo, tmp_path, [server], revision, deployment_id=3), lock_stale_after=0
+        ),
+        RecordingReporter(),
+    )
+    assert stale.ok, [r.error for r in stale.servers]
