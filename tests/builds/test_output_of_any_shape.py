@@ -9,6 +9,7 @@ import pytest
 from builds import services
 from builds.engine.lines import MAX_LINE_CHARS, cut_marker
 from builds.models import LogLine, Status
+from builds.runner import ERROR_CHARS
 from builds.tasks import run_deployment
 from projects.models import BuildCommand, Command, EnvironmentVariable
 
@@ -80,3 +81,29 @@ def test_a_megabyte_line_and_ten_megabytes_of_lines_from_a_build_and_a_server(
     second = lines.index("********\t********")
     assert lines[second - 1] == "********"
     assert "'********'" in lines
+
+
+def test_a_failed_command_whose_last_lines_are_long_gives_a_short_masked_error(
+    git_repo_factory, sshd_target, project_factory, server_factory, alice
+):
+    repo = git_repo_factory()
+    repo.commit({"index.html": "A\n"})
+    project = project_factory(repo)
+    server = server_factory(project, sshd_target)
+    EnvironmentVariable.objects.create(project=project, name="OUT_TOKEN", value=TOKEN, secret=True)
+    Command.objects.create(
+        project=project,
+        stage="after_switch",
+        command=f"for i in 1 2 3 4 5; do {LONG_LINE}; done; exit 3",
+    )
+
+    deployment = services.deployment_create(project=project, servers=[server], user=alice)
+    run_deployment.apply(args=(deployment.pk,))
+    deployment.refresh_from_db()
+
+    assert deployment.status == Status.FAILED
+    assert "exit code 3" in deployment.error
+    assert len(deployment.error) <= ERROR_CHARS
+    assert TOKEN not in deployment.error
+    target = deployment.targets.get()
+    assert TOKEN not in target.reason and len(target.reason) <= 2000
