@@ -430,7 +430,12 @@ class Connection:
             exit_code = self._wait_for_exit_status(channel, watch)
         except BaseException as exc:
             if in_own_group and not channel.exit_status_ready():
-                stopped = self._stop_group(channel, output, command)
+                try:
+                    stopped = self._stop_group(channel, output, command)
+                except Exception:  # must not hide why the command was stopped
+                    logger.warning("Stopping `%s` failed", command, exc_info=True)
+                    self.left_running.append(command)
+                    stopped = False
                 if isinstance(exc, CommandTimedOut):
                     raise CommandTimedOut(
                         f"{exc}; it was stopped"
