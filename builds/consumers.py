@@ -21,8 +21,8 @@ from django.utils import timezone
 from django_otp import DEVICE_ID_SESSION_KEY
 
 from builds import presenters
-from builds.logs import group_name, line_payload, user_group_name
-from builds.models import FINAL, Deployment, LogLine
+from builds.logs import group_name, line_payload, stored_lines_after, user_group_name
+from builds.models import FINAL, Deployment
 from projects.accounts import has_two_factor, must_enrol
 
 REPLAY_PAGE = 1000
@@ -67,13 +67,12 @@ class DeploymentLogConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         after = content.get("after", 0) if isinstance(content, dict) else 0
         if not isinstance(after, int) or after < 0:
             after = 0
-        while True:
-            lines = await self._lines_after(after)
+        more = True
+        while more:
+            lines, more = await self._lines_after(after)
             if lines:
                 await self.send_json({"type": "lines", "lines": lines})
                 after = int(lines[-1]["seq"])
-            if len(lines) < REPLAY_PAGE:
-                break
         await self.send_json({"type": "status", **await self._status()})
 
     async def log_lines(self, event: dict[str, Any]) -> None:
@@ -99,8 +98,9 @@ class DeploymentLogConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         project_id = await database_sync_to_async(self._project_if_allowed_sync)()
         return None if project_id is None else int(project_id)
 
-    async def _lines_after(self, after: int) -> list[dict[str, Any]]:
-        return list(await database_sync_to_async(self._lines_after_sync)(after))
+    async def _lines_after(self, after: int) -> tuple[list[dict[str, Any]], bool]:
+        lines, more = await database_sync_to_async(self._lines_after_sync)(after)
+        return list(lines), bool(more)
 
     async def _status(self) -> dict[str, object]:
         return dict(await database_sync_to_async(self._status_sync)())
@@ -136,11 +136,9 @@ class DeploymentLogConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             .first()
         )
 
-    def _lines_after_sync(self, after: int) -> list[dict[str, Any]]:
-        lines = LogLine.objects.filter(deployment_id=self.deployment_id, seq__gt=after)[
-            :REPLAY_PAGE
-        ]
-        return [line_payload(line) for line in lines]
+    def _lines_after_sync(self, after: int) -> tuple[list[dict[str, Any]], bool]:
+        lines, more = stored_lines_after(self.deployment_id, after, REPLAY_PAGE)
+        return [line_payload(line) for line in lines], more
 
     def _status_sync(self) -> dict[str, object]:
 

@@ -19,8 +19,8 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from builds.engine.lines import MAX_LINE_CHARS, cut_marker
 from builds.engine.masking import Masker
-from builds.engine.ssh import MAX_LINE_CHARS
 from builds.models import Deployment, LogLine
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,27 @@ def line_payload(line: LogLine) -> dict[str, Any]:
     }
 
 
+#: A batch of lines is stored and broadcast once it holds this many characters.
+FLUSH_CHARS = 256 * 1024
+#: A page of the stored log (API, live-log replay) holds at most this many characters of
+#: text, and at least one line: what a build prints never makes one answer huge.
+LOG_PAGE_CHARS = 1024 * 1024
+
+
+def stored_lines_after(deployment_id: int, after: int, limit: int) -> tuple[list[LogLine], bool]:
+    """The stored lines of a deployment after seq ``after``, in order: up to ``limit`` lines,
+    fewer when their text would pass LOG_PAGE_CHARS; and whether more lines follow."""
+    lines: list[LogLine] = []
+    chars = 0
+    query = LogLine.objects.filter(deployment_id=deployment_id, seq__gt=after).order_by("seq")
+    for line in query[: limit + 1].iterator(chunk_size=100):
+        if len(lines) == limit or (lines and chars + len(line.text) > LOG_PAGE_CHARS):
+            return lines, True
+        lines.append(line)
+        chars += len(line.text)
+    return lines, False
+
+
 @dataclass
 class _Pending:
     stream: str
@@ -67,12 +88,14 @@ class _Pending:
 class LogWriter:
     """Numbers, masks, stores and broadcasts one deployment's lines; safe across threads.
 
-    Lines are buffered for at most ``flush_interval`` seconds (or ``batch`` lines) so that a
-    chatty build does not make one INSERT per line.
+    Lines are buffered for at most ``flush_interval`` seconds (or ``batch`` lines, or
+    ``FLUSH_CHARS`` characters) so that a chatty build does not make one INSERT per line, and
+    no batch (one broadcast message) grows without bound.
 
-    A line longer than the engine's ``MAX_LINE_CHARS`` arrives cut into pieces of exactly that
-    length; a secret may straddle a cut. Such a piece is held back (per stream and server) and
-    masked together with the piece after it, and the pair is cut again where no secret is.
+    A line longer than ``MAX_LINE_CHARS`` (the engine hands such lines on as ``CutLine``, with
+    a margin past the limit) is masked whole, then stored up to the limit, cut earlier where a
+    secret would be split, and ends in ``cut_marker`` naming the bytes left out. Masking and
+    cutting take time linear in the line's length.
     """
 
     def __init__(
@@ -85,11 +108,11 @@ class LogWriter:
     ) -> None:
         self.deployment_id = deployment_id
         self.mask = mask if mask is not None else Masker()
-        self._held: dict[tuple[str, int | None], str] = {}
         self.flush_interval = flush_interval
         self.batch = batch
         self._lock = threading.Lock()
         self._pending: list[_Pending] = []
+        self._pending_chars = 0
         self._last_flush = time.monotonic()
         last = LogLine.objects.filter(deployment_id=deployment_id).aggregate(m=Max("seq"))["m"]
         self._seq = last or 0
@@ -118,34 +141,32 @@ class LogWriter:
     def close(self) -> None:
         self._closed.set()
         self._flusher.join(timeout=10)
-        with self._lock:
-            held, self._held = self._held, {}
-            for (stream, server_id), text in held.items():
-                self._pending.append(_Pending(stream, self.mask(text), server_id, timezone.now()))
         self.flush()
 
     def write(self, stream: str, text: str, *, server_id: int | None = None) -> None:
+        stored = self._stored_text(text)
+        now = timezone.now()
         with self._lock:
-            key = (stream, server_id)
-            held = self._held.pop(key, "")
-            joined = held + text
-            cut = self.mask.safe_cut(joined, len(held)) if held else 0
-            ready, rest = joined[:cut], joined[cut:]
-            if len(text) == MAX_LINE_CHARS and "\n" not in text:
-                self._held[key] = rest  # the front of a longer line: wait for what follows
-                rest = ""
-            for piece in (ready, rest):
-                if not piece:
-                    continue
-                masked = self.mask(piece)
-                for part in masked.split("\n") if "\n" in masked else [masked]:
-                    self._pending.append(_Pending(stream, part, server_id, timezone.now()))
+            for part in stored.split("\n") if "\n" in stored else [stored]:
+                self._pending.append(_Pending(stream, part, server_id, now))
+                self._pending_chars += len(part)
             due = (
                 len(self._pending) >= self.batch
+                or self._pending_chars >= FLUSH_CHARS
                 or time.monotonic() - self._last_flush >= self.flush_interval
             )
         if due:
             self.flush()
+
+    def _stored_text(self, text: str) -> str:
+        """``text`` masked, and cut to MAX_LINE_CHARS with a marker when longer."""
+        if len(text) <= MAX_LINE_CHARS:
+            return self.mask(text)
+        cut = self.mask.safe_cut(text, MAX_LINE_CHARS)
+        dropped = getattr(text, "dropped_bytes", 0) + len(
+            text[cut:].encode("utf-8", "surrogatepass")
+        )
+        return self.mask(text[:cut]) + cut_marker(dropped)
 
     def system(self, text: str, *, server_id: int | None = None) -> None:
         self.write("system", text, server_id=server_id)
@@ -153,6 +174,7 @@ class LogWriter:
     def flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
+            self._pending_chars = 0
             self._last_flush = time.monotonic()
             if not pending:
                 return

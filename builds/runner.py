@@ -54,6 +54,10 @@ from servers.models import AuthMethod, Protocol, Release, Server
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 10
+# A deployment's error is cut to this many characters (after masking, so no secret is cut in
+# two): a failed command's last lines may be long, and the error is on every page and answer
+# about the deployment.
+ERROR_CHARS = 20_000
 CANCEL_POLL_SECONDS = 1.0
 
 
@@ -454,7 +458,10 @@ def run(deployment: Deployment) -> None:
         writer.system(f"Failed: {message}")
         writer.flush()
         deployment_finish(
-            deployment, status=Status.FAILED, error=writer.mask(message), error_code=exc.code
+            deployment,
+            status=Status.FAILED,
+            error=writer.mask(message)[:ERROR_CHARS],
+            error_code=exc.code,
         )
     except Exception:
         logger.exception("Deployment %s failed", deployment.pk)
@@ -700,7 +707,9 @@ def _record(
             )
         )
         code = failed[0].error.code if failed[0].error else "error"
-        deployment_finish(deployment, status=Status.FAILED, error=error, error_code=code)
+        deployment_finish(
+            deployment, status=Status.FAILED, error=error[:ERROR_CHARS], error_code=code
+        )
     elif any(r.cancelled or r.rolled_back for r in results):
         reason = next(
             (r.reason for r in results if r.cancelled and r.reason), "Cancelled on request"

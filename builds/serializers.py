@@ -9,7 +9,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from builds.logs import line_payload
+from builds.logs import LOG_PAGE_CHARS, line_payload
 from builds.models import Deployment, DeploymentTarget, LogLine, Status, Step
 from builds.services import LOG_PAGE_SIZE
 from deployer.api import api_url
@@ -215,7 +215,13 @@ class LogQuerySerializer(serializers.Serializer[dict[str, Any]]):
         default=0,
         help_text="Return lines whose seq is greater than this.",
     )
-    limit = serializers.IntegerField(min_value=1, max_value=LOG_PAGE_SIZE, default=LOG_PAGE_SIZE)
+    limit = serializers.IntegerField(
+        min_value=1,
+        max_value=LOG_PAGE_SIZE,
+        default=LOG_PAGE_SIZE,
+        help_text=f"Lines at most; a page also stops before {LOG_PAGE_CHARS // 2**20} MiB of text "
+        "(it holds at least one line).",
+    )
 
 
 class LogLineSerializer(serializers.Serializer[LogLine]):

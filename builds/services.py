@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from builds import notifications
 from builds.engine.git import validate_ref
-from builds.logs import broadcast
+from builds.logs import broadcast, stored_lines_after
 from builds.models import (
     ACTIVE,
     FINAL,
@@ -517,12 +517,8 @@ def deployment_log_page(
 ) -> LogPage:
     # The status is read before the lines: a deployment seen final has flushed every line.
     status = Deployment.objects.values_list("status", flat=True).get(pk=deployment.pk)
-    limit = max(1, min(limit, LOG_PAGE_SIZE))
-    lines = list(
-        LogLine.objects.filter(deployment=deployment, seq__gt=after).order_by("seq")[: limit + 1]
-    )
-    more = len(lines) > limit
-    return LogPage(lines=lines[:limit], complete=status in FINAL and not more, status=status)
+    lines, more = stored_lines_after(deployment.pk, after, max(1, min(limit, LOG_PAGE_SIZE)))
+    return LogPage(lines=lines, complete=status in FINAL and not more, status=status)
 
 
 # --------------------------------------------------------------------------- strategies

@@ -25,6 +25,7 @@ from builds.engine.excludes import (
     parse_rules,
 )
 from builds.engine.git import Mirror, validate_subdirectory
+from builds.engine.lines import LineSplitter
 from builds.engine.manifest import HashCache, Manifest, file_entry
 from builds.engine.release import validate_relative_path
 from builds.engine.remote_build import BuildHost, RemoteBuild
@@ -156,13 +157,12 @@ def run_local_command(
     assert process.stdout is not None and process.stderr is not None
     deadline = time.monotonic() + command.timeout_seconds if command.timeout_seconds else None
     selector = selectors.DefaultSelector()
-    buffers = {"stdout": b"", "stderr": b""}
+    splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
     selector.register(process.stdout, selectors.EVENT_READ, "stdout")
     selector.register(process.stderr, selectors.EVENT_READ, "stderr")
     tail: list[str] = []
 
-    def emit(stream: str, raw: bytes) -> None:
-        text = raw.decode("utf-8", errors="replace").rstrip("\r")
+    def emit(stream: str, text: str) -> None:
         tail.append(text)
         del tail[:-20]
         on_line(stream, text)
@@ -178,14 +178,9 @@ def run_local_command(
             for key, _ in selector.select(timeout=0.5):
                 stream = str(key.data)
                 chunk = os.read(key.fd, 65536)
+                lines = splitters[stream].feed(chunk) if chunk else splitters[stream].finish()
                 if not chunk:
                     selector.unregister(key.fileobj)
-                    if buffers[stream]:
-                        emit(stream, buffers[stream])
-                        buffers[stream] = b""
-                    continue
-                buffers[stream] += chunk
-                *lines, buffers[stream] = buffers[stream].split(b"\n")
                 for line in lines:
                     emit(stream, line)
         exit_code = process.wait()

@@ -17,7 +17,7 @@ from builds.engine.addresses import (
     Policy,
     check_host,
 )
-from builds.engine.errors import EngineError, InvalidInput
+from builds.engine.errors import Cancelled, EngineError, InvalidInput
 from builds.engine.ssh import Connection
 from builds.engine.variables import shell_exports, substitute, substitute_shell
 
@@ -175,9 +175,12 @@ def command_attempt(
     command: str,
     workdir: str,
     variables: Mapping[str, str] | None = None,
+    check_cancelled: Callable[[], None] | None = None,
 ) -> Attempt:
     """One run of a command check in ``workdir``; ``%variables%`` in ``command`` reach the
-    shell as data (see variables.substitute_shell)."""
+    shell as data (see variables.substitute_shell). A command still running after the
+    check's timeout, or when ``check_cancelled`` raises (re-raised here), is killed with
+    everything it started (see ssh.Connection.run)."""
     values = variables or {}
     script = (
         shell_exports(values)
@@ -185,8 +188,13 @@ def command_attempt(
     )
     try:
         result = connection.run(
-            "sh -c " + shlex.quote(script), timeout=check.timeout_seconds, check=False
+            "sh -c " + shlex.quote(script),
+            timeout=check.timeout_seconds,
+            check=False,
+            check_cancelled=check_cancelled,
         )
+    except Cancelled:
+        raise
     except EngineError as exc:
         return Attempt(False, str(exc))
     if result.exit_code != 0:
@@ -216,7 +224,9 @@ def run_check(
         else:
             if connection is None:
                 raise HealthCheckFailed(f"{check.label}: command checks need an SSH server")
-            outcome = command_attempt(check, connection, check.command, workdir, variables)
+            outcome = command_attempt(
+                check, connection, check.command, workdir, variables, check_cancelled
+            )
             what = check.command
         log(
             f"Health check {what}: attempt {attempt}/{check.retries}: {'healthy' if outcome.ok else 'unhealthy'} ({outcome.detail})"

@@ -1,19 +1,49 @@
-"""Masking of secrets in log lines, before a line is stored or sent anywhere."""
+"""Masking of secrets in log lines, before a line is stored or sent anywhere.
+
+Masking costs time linear in the text's length, whatever the text (a megabyte on one line, a
+run of letters that looks like the start of a URL) and however many secrets there are: the
+secrets are found in one pass by an Aho-Corasick automaton, and the one regular expression
+(credentials in URLs) cannot backtrack over more than one stretch of text once.
+"""
 
 from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import unquote, urlsplit
+
+from ahocorasick_rs import AhoCorasick, MatchKind
 
 from builds.engine.variables import VARIABLE
 
 MASK = "********"
-# user:password@ in any URL-looking text (tokens in clone URLs, basic auth in webhooks).
+# user:password@ in any URL-looking text (tokens in clone URLs, basic auth in webhooks). The
+# scheme is only tried where a run of scheme characters starts (the lookbehind), so a long run
+# of letters is scanned once, not once per letter.
+_SCHEME_CHARS = "a-zA-Z0-9+.-"
 _URL_CREDENTIALS = re.compile(
-    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/\s:@]*):(?P<secret>[^/\s@]+)@"
+    rf"(?<![{_SCHEME_CHARS}])(?P<lead>[0-9+.-]*)"
+    rf"(?P<scheme>[a-zA-Z][{_SCHEME_CHARS}]*://)(?P<user>[^/\s:@]*):(?P<secret>[^/\s@]+)@"
 )
+# Control characters: where a printed secret may be split, or what a command turns an escape
+# sequence into (`echo -e`, `printf %b`).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Backslash escapes as `echo -e` and `printf %b` read them.
+_ESCAPE = re.compile(r"\\(?:0([0-7]{0,3})|([0-7]{1,3})|x([0-9a-fA-F]{1,2})|(.))", re.DOTALL)
+_SIMPLE_ESCAPES = {
+    "a": "\a",
+    "b": "\b",
+    "e": "\x1b",
+    "E": "\x1b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "v": "\v",
+    "\\": "\\",
+}
+_NAMED_CONTROLS = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # Secrets shorter than this would mask ordinary words and leak more by their pattern.
 MIN_SECRET_LENGTH = 4
 # A base64 form shorter than this would match by chance in ordinary output.
@@ -44,6 +74,59 @@ def base64_forms(secret: str) -> list[str]:
         if len(form) >= _MIN_ENCODED_LENGTH:
             forms.append(form)
     return forms
+
+
+def unescaped(text: str) -> str:
+    """``text`` after `echo -e` / `printf %b` read its backslash escapes (``\\n`` becomes a
+    newline, ``\\033`` and ``\\e`` an escape character, ``\\x41`` an ``A``)."""
+
+    def replace(match: re.Match[str]) -> str:
+        zero_octal, octal, hexadecimal, other = match.groups()
+        if zero_octal is not None:
+            return chr(int(zero_octal or "0", 8) & 0xFF)
+        if octal is not None:
+            return chr(int(octal, 8) & 0xFF)
+        if hexadecimal is not None:
+            return chr(int(hexadecimal, 16))
+        return _SIMPLE_ESCAPES.get(other, match.group(0))
+
+    return _ESCAPE.sub(replace, text)
+
+
+def escaped_forms(text: str) -> list[str]:
+    """How programs print ``text``'s control characters as text: C and Python (``\\n``,
+    ``\\x1b``), JSON (``\\u001b``) and octal (``\\033``); [] when it has none."""
+    if not _CONTROL.search(text):
+        return []
+    forms = {
+        _escape_controls(text, lambda code: f"\\x{code:02x}"),
+        _escape_controls(text, lambda code: f"\\u{code:04x}"),
+        _escape_controls(text, lambda code: f"\\{code:03o}"),
+    }
+    return sorted(forms)
+
+
+def _escape_controls(text: str, write: Callable[[int], str]) -> str:
+    return _CONTROL.sub(
+        lambda match: _NAMED_CONTROLS.get(match.group(0)) or write(ord(match.group(0))), text
+    )
+
+
+def printed_forms(secret: str) -> Iterator[str]:
+    """Every text that ``secret`` may appear as in a log line: as it is, as a command turns
+    its escape sequences into control characters, with its control characters written as
+    escapes, and each piece between control characters (logs are lines, and a terminal
+    drops what it cannot show). Each with its base64 forms; pieces shorter than
+    MIN_SECRET_LENGTH are left out."""
+    transformed = {secret, unescaped(secret)}
+    for form in list(transformed):
+        transformed.update(escaped_forms(form))
+    for form in transformed:
+        for part in [form, *_CONTROL.split(form)]:
+            part = part.strip()
+            if len(part) >= MIN_SECRET_LENGTH:
+                yield part
+                yield from base64_forms(part)
 
 
 def config_file_secrets(body: str) -> list[str]:
@@ -90,41 +173,52 @@ def webhook_url_secrets(url: str) -> list[str]:
 
 
 class Masker:
-    """Replaces every known secret value (and its base64 forms), longest first, and
-    credentials inside URLs."""
+    """Replaces every known secret value in any printed form (see ``printed_forms``),
+    leftmost and longest first, and credentials inside URLs."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        values = set()
+        values: set[str] = set()
         for secret in secrets:
-            if not secret:
-                continue
-            # A multi-line secret (a private key) is masked line by line, since logs are lines.
-            for part in [secret, *secret.splitlines()]:
-                part = part.strip()
-                if len(part) >= MIN_SECRET_LENGTH:
-                    values.add(part)
-                    values.update(base64_forms(part))
-        ordered = sorted(values, key=len, reverse=True)
-        self._pattern = (
-            re.compile("|".join(re.escape(value) for value in ordered)) if ordered else None
+            if secret:
+                values.update(printed_forms(secret))
+        self._automaton = (
+            AhoCorasick(sorted(values), matchkind=MatchKind.LeftmostLongest) if values else None
         )
 
     def __call__(self, text: str) -> str:
-        text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
-        if self._pattern is not None:
-            text = self._pattern.sub(MASK, text)
-        return text
+        """``text`` with every secret replaced by MASK; time linear in ``len(text)``."""
+        if "://" in text:
+            text = _URL_CREDENTIALS.sub(
+                lambda m: f"{m['lead']}{m['scheme']}{m['user']}:{MASK}@", text
+            )
+        spans = self._secret_spans(text)
+        if not spans:
+            return text
+        pieces = []
+        position = 0
+        for start, end in spans:
+            pieces += [text[position:start], MASK]
+            position = end
+        pieces.append(text[position:])
+        return "".join(pieces)
 
     def safe_cut(self, text: str, position: int) -> int:
         """``position``, or an earlier one, that does not fall inside a secret in ``text``
-        (where a long line may be cut in two without leaving half a secret on each side)."""
-        if self._pattern is not None:
-            for match in self._pattern.finditer(text):
+        (where a long line may be cut without leaving part of a secret before the cut)."""
+        for start, end in self._secret_spans(text):
+            if start < position < end:
+                return start
+            if start >= position:
+                break
+        if "://" in text:
+            for match in _URL_CREDENTIALS.finditer(text):
                 if match.start() < position < match.end():
                     return match.start()
                 if match.start() >= position:
                     break
-        for match in _URL_CREDENTIALS.finditer(text):
-            if match.start() < position < match.end():
-                return match.start()
         return position
+
+    def _secret_spans(self, text: str) -> list[tuple[int, int]]:
+        if self._automaton is None:
+            return []
+        return [(start, end) for _, start, end in self._automaton.find_matches_as_indexes(text)]

@@ -63,6 +63,10 @@ from builds.engine.variables import shell_exports, substitute, substitute_shell
 
 logger = logging.getLogger(__name__)
 
+# Ends the lock owner id of a deployment that left a command it could not stop: such a lock
+# is only taken over once stale, never because that deployment has finished.
+LEFT_RUNNING_SUFFIX = "-left-running"
+
 
 # --------------------------------------------------------------------------- shared pieces
 
@@ -98,6 +102,7 @@ def run_commands(
             on_line=lambda stream, line: reporter.log(stream, line, server.id),
             timeout=command.timeout_seconds,
             check=command.halt_on_error,
+            check_cancelled=reporter.check_cancelled,
         )
         if result.exit_code != 0:
             reporter.log(
@@ -228,6 +233,8 @@ class ServerRun:
         self.layout: release.RemoteLayout | None = None
         self.prepared: release.Prepared | None = None
         self.locked = False
+        #: The lock was left on the server for a command that may still be running.
+        self.lock_left = False
         self.switched = False
         self.finished = False
         deploy_path = release.validate_deploy_path(server.deploy_path)
@@ -287,6 +294,32 @@ class ServerRun:
                     log=self.log,
                     check_cancelled=self.reporter.check_cancelled,
                 )
+
+    def _may_unlock(self) -> bool:
+        """False while a command this run stopped may still be running on the server: the
+        lock stays, so no deployment runs beside it. It is handed to an owner id that names
+        no deployment, so that the next deployment does not take it over because this one
+        has finished; only once it is stale (``lock_stale_after``)."""
+        if self.connection is None or not self.connection.left_running:
+            return True
+        if self.lock_left:
+            return False
+        self.lock_left = True
+        if self.layout is not None:
+            with contextlib.suppress(Exception):
+                self.layout.lock(
+                    holder=f"Slipway deployment #{self.spec.deployment_id}: a stopped command "
+                    "may still be running",
+                    owner_id=self.owner + LEFT_RUNNING_SUFFIX,
+                    stale_after=self.spec.lock_stale_after,
+                    take_over_from=self.owner,
+                )
+        self.log(
+            "The deploy lock is kept: a stopped command may still be running on the server ("
+            + "; ".join(f"`{c}`" for c in self.connection.left_running)
+            + f"). It is taken over once it is {self.spec.lock_stale_after} s old."
+        )
+        return False
 
     # -- phases
 
@@ -369,6 +402,7 @@ class ServerRun:
             if (
                 not held.owner
                 or held.owner == self.owner
+                or held.owner.endswith(LEFT_RUNNING_SUFFIX)
                 or not spec.lock_owner_finished(held.owner)
             ):
                 raise
@@ -541,8 +575,9 @@ class ServerRun:
                         reporter=self.reporter,
                     )
             finally:
-                with contextlib.suppress(Exception):
-                    self.layout.unlock(owner_id=self.owner)
+                if self._may_unlock():
+                    with contextlib.suppress(Exception):
+                        self.layout.unlock(owner_id=self.owner)
         self.locked = False
         self.finished = True
         self.switched = False
@@ -554,6 +589,8 @@ class ServerRun:
 
     def abandon(self) -> None:
         """Drop a release that never went live, and release the lock."""
+        if self.atomic and self.locked and not self._may_unlock():
+            return
         if self.atomic and self.locked and not self.switched and self.layout is not None:
             with contextlib.suppress(Exception):
                 self.layout.discard(self.name, unlock_owner=self.owner)

@@ -5,8 +5,11 @@ fingerprint stored for the server *before* it sends any credential, and refuses 
 Nothing is read from ``~/.ssh`` (no ``known_hosts``, no default keys) and no agent is asked;
 the only credentials used are the ones in the ``Endpoint``.
 
-Commands are strings handed unchanged to the remote user's shell (``sh -c`` semantics): callers
-quote every value they interpolate, with ``shlex.quote``.
+Commands are strings run by the remote ``sh -c``: callers quote every value they interpolate,
+with ``shlex.quote``. Each command runs in a process group of its own (``setsid``), whose id it
+reports before it starts; a command that times out or is cancelled is stopped by killing that
+whole group over the same connection, and ``run`` returns only once the group is gone (or
+records that it could not be stopped, see ``Connection.left_running``).
 
 A ``Connection`` is used by one thread at a time; paramiko's own transport thread does the I/O.
 """
@@ -14,7 +17,6 @@ A ``Connection`` is used by one thread at a time; paramiko's own transport threa
 from __future__ import annotations
 
 import base64
-import codecs
 import contextlib
 import hashlib
 import hmac
@@ -22,6 +24,7 @@ import io
 import logging
 import re
 import select
+import shlex
 import socket
 import threading
 import time
@@ -45,6 +48,7 @@ from builds.engine.errors import (
     PermissionDenied,
     TransferFailed,
 )
+from builds.engine.lines import LineSplitter
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +73,25 @@ _SEND_WAIT_SECONDS = 0.2
 # Wake-up period of the output loop even when nothing arrives, so a deadline is honoured and a
 # missed wake-up can never hang a deployment.
 _POLL_SECONDS = 1.0
-# A command printing megabytes without a newline (a binary, a progress bar) must not grow one
-# string without bound; longer runs are cut into several lines, each exactly this long but the
-# last (the log's masking joins such pieces again before it looks for secrets).
-MAX_LINE_CHARS = 64 * 1024
 # stdout/stderr kept in CommandResult; on_line still sees every line beyond this.
 _CAPTURE_LIMIT_CHARS = 1024 * 1024
+# The first line a wrapped command prints on stdout: the id of the process group it runs in.
+_GROUP_HEADER = re.compile(r"slipway-pgid(?: (?P<pgid>[0-9]+))?")
+# Runs "$1" in a new session (so a process group of its own, with everything it starts), after
+# printing that group's id. ``setsid`` is started as a child (not exec'd), so it is never a
+# group leader and makes the session itself instead of forking (util-linux and busybox alike);
+# the trailing ``exit`` keeps shells from exec'ing it. Without ``setsid`` (not Linux), the
+# command runs in the shell's own group and only that shell's id is known.
+_GROUP_WRAPPER = (
+    "if command -v setsid >/dev/null 2>&1; then "
+    """setsid sh -c 'echo "slipway-pgid $$"; exec sh -c "$1"' sh "$1"; """
+    'else echo slipway-pgid; sh -c "$1"; fi; exit $?'
+)
+# How long the group of a stopped command may take to go after SIGKILL (processes in
+# uninterruptible sleep on a hung NFS mount...).
+_STOP_WAIT_SECONDS = 10
+# How long to wait for the group header of a command that is stopped right after it started.
+_HEADER_WAIT_SECONDS = 5.0
 # After a channel closes without an exit status, how long to let paramiko's transport thread
 # finish noticing that the whole connection is gone (it closes channels before it marks
 # itself inactive).
@@ -271,6 +288,9 @@ class Connection:
         self.host_key = host_key
         self._transport = transport
         self._sftp: paramiko.SFTPClient | None = None
+        #: Commands stopped (timed out, cancelled) whose processes could not be confirmed gone:
+        #: whoever holds a lock on the server for them keeps it.
+        self.left_running: list[str] = []
 
     def __repr__(self) -> str:
         return f"<Connection {self.endpoint.username}@{self.endpoint.address}>"
@@ -298,19 +318,28 @@ class Connection:
         timeout: float | None = None,
         stdin: bytes | None = None,
         check: bool = True,
+        check_cancelled: Callable[[], None] | None = None,
     ) -> CommandResult:
-        """Run ``command`` (passed as-is to the remote shell: quote what you interpolate).
+        """Run ``command`` with ``sh -c`` on the server (quote what you interpolate).
 
         Output reaches ``on_line`` line by line as it arrives. The command's stdin is closed
         after ``stdin`` is sent (at once when there is none), so it never waits for input.
-        On ``timeout`` the channel is closed and CommandTimedOut raised; the remote process
-        may outlive it unless the command limits itself (``timeout 60 ...``). With ``check``,
-        a non-zero exit raises CommandFailed, or DiskFull / PermissionDenied when stderr says
-        so. An exception raised by ``on_line`` (e.g. Cancelled) aborts the command.
+        ``timeout`` is in seconds. ``check_cancelled`` is called about once a second while
+        the command runs and may raise (Cancelled). On ``timeout`` (CommandTimedOut), or when
+        ``on_line`` or ``check_cancelled`` raises, the command's whole process group is killed
+        and the call returns once it is gone (see ``left_running`` when it cannot be told).
+        With ``check``, a non-zero exit raises CommandFailed, or DiskFull / PermissionDenied
+        when stderr says so.
         """
         chunks = [stdin] if stdin else []
         return self._execute(
-            command, chunks, on_line=on_line, timeout=timeout, check=check, lost=self._lost
+            command,
+            chunks,
+            on_line=on_line,
+            timeout=timeout,
+            check=check,
+            lost=self._lost,
+            check_cancelled=check_cancelled,
         )
 
     def run_streaming_stdin(
@@ -373,24 +402,47 @@ class Connection:
         timeout: float | None,
         check: bool,
         lost: Callable[[str], EngineError],
+        check_cancelled: Callable[[], None] | None = None,
+        in_own_group: bool = True,
     ) -> CommandResult:
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
-        output = _OutputCollector(on_line)
+        output = _OutputCollector(on_line, expect_group_header=in_own_group)
+        remote = (
+            f"sh -c {shlex.quote(_GROUP_WRAPPER)} slipway {shlex.quote(command)}"
+            if in_own_group
+            else command
+        )
         try:
             channel = self._transport.open_session(timeout=self.endpoint.connect_timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise lost(f"could not start `{command}`: {exc}") from exc
         try:
-            channel.exec_command(command)
+            channel.exec_command(remote)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             _close_quietly(channel)
             raise lost(f"could not start `{command}`: {exc}") from exc
 
+        watch = _Watch(deadline, command, timeout, self.endpoint.address, check_cancelled)
         try:
-            self._send_input(channel, chunks, output, deadline, command, timeout)
-            self._read_until_eof(channel, output, deadline, command, timeout)
-            exit_code = self._wait_for_exit_status(channel, deadline, command, timeout)
+            self._send_input(channel, chunks, output, watch)
+            self._read_until_eof(channel, output, watch)
+            exit_code = self._wait_for_exit_status(channel, watch)
+        except BaseException as exc:
+            if in_own_group and not channel.exit_status_ready():
+                try:
+                    stopped = self._stop_group(channel, output, command)
+                except Exception:  # must not hide why the command was stopped
+                    logger.warning("Stopping `%s` failed", command, exc_info=True)
+                    self.left_running.append(command)
+                    stopped = False
+                if isinstance(exc, CommandTimedOut):
+                    raise CommandTimedOut(
+                        f"{exc}; it was stopped"
+                        if stopped
+                        else f"{exc}, and it could not be stopped: it may still be running"
+                    ) from None
+            raise
         finally:
             _close_quietly(channel)
         output.finish()
@@ -412,20 +464,62 @@ class Connection:
             raise classify_command_failure(failure, stderr_tail, self.endpoint.address)
         return result
 
+    def _stop_group(
+        self, channel: paramiko.Channel, output: _OutputCollector, command: str
+    ) -> bool:
+        """Kill the process group of the command on ``channel`` and wait until it is gone.
+
+        True when it is gone; False (and the command noted in ``left_running``) when that
+        cannot be told: no group id arrived, the connection is lost, or processes remain."""
+        waited_until = time.monotonic() + _HEADER_WAIT_SECONDS
+        while output.awaiting_header and not channel.closed and time.monotonic() < waited_until:
+            with contextlib.suppress(Exception):
+                output.drain(channel)
+            if output.awaiting_header:
+                select.select([channel.fileno()], [], [], 0.1)
+        group = output.group
+        if group is not None and self._transport.is_active():
+            # Gone once kill(2) says "No such process" for the group; any other refusal
+            # (processes of another user, after sudo) means it cannot be told (exit 2).
+            script = (
+                f"LC_ALL=C; export LC_ALL; kill -s KILL -- -{group} 2>/dev/null; n=0\n"
+                f"while kill -s 0 -- -{group} 2>/dev/null; do\n"
+                f"  n=$((n + 1)); [ $n -gt {_STOP_WAIT_SECONDS * 20} ] && exit 1\n"
+                "  sleep 0.05 2>/dev/null || sleep 1\n"
+                "done\n"
+                f'case $(kill -s 0 -- -{group} 2>&1) in *"o such process"*) exit 0 ;; esac\n'
+                "exit 2\n"
+            )
+            try:
+                result = self._execute(
+                    "sh -c " + shlex.quote(script),
+                    [],
+                    on_line=None,
+                    timeout=_STOP_WAIT_SECONDS + 10,
+                    check=False,
+                    lost=self._lost,
+                    in_own_group=False,
+                )
+            except EngineError:
+                logger.warning("Stopping `%s` on %s failed", command, self.endpoint.address)
+            else:
+                if result.exit_code == 0:
+                    return True
+        self.left_running.append(command)
+        return False
+
     def _send_input(
         self,
         channel: paramiko.Channel,
         chunks: Iterable[bytes],
         output: _OutputCollector,
-        deadline: float | None,
-        command: str,
-        timeout: float | None,
+        watch: _Watch,
     ) -> None:
         channel.settimeout(_SEND_WAIT_SECONDS)
         for chunk in chunks:
             remaining = memoryview(chunk)
             while remaining:
-                _check_deadline(deadline, command, timeout, self.endpoint.address)
+                watch.check()
                 try:
                     sent = channel.send(bytes(remaining[:_READ_SIZE]))
                 except TimeoutError:
@@ -450,9 +544,7 @@ class Connection:
         self,
         channel: paramiko.Channel,
         output: _OutputCollector,
-        deadline: float | None,
-        command: str,
-        timeout: float | None,
+        watch: _Watch,
     ) -> None:
         # The server sends EOF after the last byte of output, and paramiko handles messages in
         # order, so once EOF is seen one more drain collects everything.
@@ -462,20 +554,14 @@ class Connection:
             output.drain(channel)
             if finished:
                 return
-            _check_deadline(deadline, command, timeout, self.endpoint.address)
-            select.select([wake_fd], [], [], _wait_seconds(deadline))
+            watch.check()
+            select.select([wake_fd], [], [], _wait_seconds(watch.deadline))
 
-    def _wait_for_exit_status(
-        self,
-        channel: paramiko.Channel,
-        deadline: float | None,
-        command: str,
-        timeout: float | None,
-    ) -> int:
+    def _wait_for_exit_status(self, channel: paramiko.Channel, watch: _Watch) -> int:
         # status_event is also set when the channel closes, so this cannot wait forever on a
         # dead connection.
-        while not channel.status_event.wait(_wait_seconds(deadline)):
-            _check_deadline(deadline, command, timeout, self.endpoint.address)
+        while not channel.status_event.wait(_wait_seconds(watch.deadline)):
+            watch.check()
         return channel.exit_status
 
     def _connection_lost(self) -> bool:
@@ -524,37 +610,32 @@ def _wait_seconds(deadline: float | None) -> float:
     return max(0.0, min(_POLL_SECONDS, deadline - time.monotonic()))
 
 
-def _check_deadline(
-    deadline: float | None, command: str, timeout: float | None, address: str
-) -> None:
-    if deadline is not None and time.monotonic() >= deadline:
-        raise CommandTimedOut(f"`{command}` on {address} did not finish within {timeout:g} s")
+@dataclass
+class _Watch:
+    """What may end a running command early: its deadline, and a cancel request."""
 
+    deadline: float | None
+    command: str
+    timeout: float | None
+    address: str
+    check_cancelled: Callable[[], None] | None
 
-class _LineSplitter:
-    """Bytes in, complete lines out; a UTF-8 character cut between two reads stays whole."""
-
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._partial = ""
-
-    def feed(self, data: bytes) -> list[str]:
-        *lines, self._partial = (self._partial + self._decoder.decode(data)).split("\n")
-        while len(self._partial) > MAX_LINE_CHARS:
-            lines.append(self._partial[:MAX_LINE_CHARS])
-            self._partial = self._partial[MAX_LINE_CHARS:]
-        return [line.removesuffix("\r") for line in lines]
-
-    def finish(self) -> list[str]:
-        rest = self._partial + self._decoder.decode(b"", final=True)
-        self._partial = ""
-        return [rest.removesuffix("\r")] if rest else []
+    def check(self) -> None:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise CommandTimedOut(
+                f"`{self.command}` on {self.address} did not finish within {self.timeout:g} s"
+            )
+        if self.check_cancelled is not None:
+            self.check_cancelled()
 
 
 class _OutputCollector:
-    def __init__(self, on_line: LineCallback | None) -> None:
+    def __init__(self, on_line: LineCallback | None, *, expect_group_header: bool = False) -> None:
         self._on_line = on_line
-        self._splitters = {"stdout": _LineSplitter(), "stderr": _LineSplitter()}
+        self.awaiting_header = expect_group_header
+        #: The remote command's process group id, once its header line arrived.
+        self.group: int | None = None
+        self._splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
         self._captured: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self._captured_chars = {"stdout": 0, "stderr": 0}
         self.truncated = False
@@ -585,6 +666,12 @@ class _OutputCollector:
             self._emit(stream, line)
 
     def _emit(self, stream: str, line: str) -> None:
+        if self.awaiting_header and stream == "stdout":
+            self.awaiting_header = False
+            header = _GROUP_HEADER.fullmatch(line)
+            if header is not None:
+                self.group = int(header["pgid"]) if header["pgid"] else None
+                return
         self.tail.append((stream, line))
         if self._captured_chars[stream] + len(line) <= _CAPTURE_LIMIT_CHARS:
             self._captured[stream].append(line)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from builds.logs import LOG_PAGE_CHARS
 from builds.models import Deployment, LogLine, Status
 
 pytestmark = pytest.mark.django_db
@@ -57,3 +58,23 @@ def test_someone_outside_the_project_cannot_read_the_log(charlie_api, project):
     deployment = deployment_with_lines(project, 3)
     assert charlie_api.get(f"/api/v1/deployments/{deployment.pk}/log/").status_code == 404
     assert charlie_api.get("/api/v1/deployments/99999999/log/").status_code == 404
+
+
+def test_a_page_of_long_lines_stops_at_a_megabyte_of_text_and_the_rest_follows(alice_api, project):
+    deployment = Deployment.objects.create(project=project, status=Status.SUCCEEDED, log_seq=40)
+    LogLine.objects.bulk_create(
+        LogLine(deployment=deployment, seq=seq, stream="stdout", text=f"{seq:02d}" + "x" * 65534)
+        for seq in range(1, 41)
+    )
+    url = f"/api/v1/deployments/{deployment.pk}/log/"
+    seen, after, pages = [], 0, 0
+    while True:
+        page = alice_api.get(url, {"after": after}).json()
+        pages += 1
+        assert sum(len(line["text"]) for line in page["lines"]) <= LOG_PAGE_CHARS
+        seen += [line["seq"] for line in page["lines"]]
+        after = page["next_after"]
+        if page["complete"]:
+            break
+    assert seen == list(range(1, 41))
+    assert pages == 3  # 16 lines of 64 KiB fill a page

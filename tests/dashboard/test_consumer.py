@@ -4,12 +4,14 @@ refused."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from builds.logs import group_name
+from builds.logs import LOG_PAGE_CHARS, group_name
 from builds.models import Deployment, LogLine, Status
 from deployer.asgi import application
 from tests.dashboard.support import websocket_communicator
@@ -105,3 +107,26 @@ def test_it_refuses_anyone_but_the_projects_members(who, charlie_client, alice_c
         return connected
 
     assert async_to_sync(knock)() is False
+
+
+def test_it_replays_a_log_of_long_lines_in_messages_of_at_most_a_megabyte(alice_client, deployment):
+    LogLine.objects.bulk_create(
+        LogLine(deployment=deployment, seq=seq, text=f"{seq:02d}" + "y" * 65534)
+        for seq in range(6, 41)
+    )
+
+    async def follow():
+        communicator = _connect(deployment, _headers(alice_client))
+        await communicator.connect()
+        await communicator.send_json_to({"after": 0})
+        messages: list[dict[str, Any]] = []
+        while not messages or messages[-1]["type"] != "status":
+            messages.append(await communicator.receive_json_from(timeout=10))
+        await communicator.disconnect()
+        return messages
+
+    messages = async_to_sync(follow)()
+    batches = [m["lines"] for m in messages if m["type"] == "lines"]
+    assert [line["seq"] for batch in batches for line in batch] == list(range(1, 41))
+    assert len(batches) == 3
+    assert all(sum(len(line["text"]) for line in batch) <= LOG_PAGE_CHARS for batch in batches)

@@ -26,7 +26,7 @@ from builds.engine.build import (
     run_local_command,
     save_cache,
 )
-from builds.engine.errors import Cancelled, CommandFailed, InvalidInput
+from builds.engine.errors import Cancelled, CommandFailed, CommandTimedOut, InvalidInput
 from builds.engine.sandbox import (
     BLOCKED_NETWORKS,
     SandboxPolicy,
@@ -374,6 +374,30 @@ def test_cancel_kills_everything_the_build_started(box):
     while _processes_running(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _processes_running(marker) == []
+
+
+def test_a_build_command_that_times_out_is_killed_with_everything_it_started(box):
+    marker = "318.5"
+    with pytest.raises(CommandTimedOut):
+        run_local_command(
+            BuildCommandSpec(
+                f"(sleep {marker}; touch late-background) & sleep {marker}; touch late",
+                timeout_seconds=1,
+            ),
+            cwd=box.checkout,
+            env={},
+            on_line=lambda stream, text: None,
+            checkout=box.checkout,
+            home=box.home,
+            policy=box.policy,
+            identity=box.identity,
+        )
+    deadline = time.monotonic() + 30
+    while _processes_running(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_running(marker) == []
+    assert not (box.checkout / "late").exists()
+    assert not (box.checkout / "late-background").exists()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="cgroups are writable only by a root worker here")

@@ -256,7 +256,7 @@ def test_it_times_out_a_command_and_keeps_the_connection_usable(
             connection.run("sleep 10", timeout=0.5)
         elapsed = time.monotonic() - started
 
-        assert elapsed < 2
+        assert elapsed < 5  # the timeout, then stopping the command's processes
         assert connection.run("echo still here").stdout == "still here"
 
 

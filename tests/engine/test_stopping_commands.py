@@ -1,0 +1,211 @@
+"""A remote command that times out or is cancelled is stopped whole, before the lock is let go.
+
+Real sshd targets on loopback run as processes of this machine, so the tests can look for a
+command's processes in /proc; an unusual ``sleep`` length names them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from builds.engine import pipeline, rollout
+from builds.engine.errors import Cancelled, CommandTimedOut, LockHeld
+from builds.engine.health import HealthCheckSpec
+from builds.engine.ssh import connect
+from tests.support.engine import RecordingReporter, deploy_spec, server_for
+from tests.support.sshd import SSHTarget
+
+pytest_plugins = ["tests.support.sshd"]
+
+# Long enough past a command's sleep that a survivor would have written its marker.
+_PAST_THE_SLEEP_SECONDS = 2.5
+
+
+def _sleeping(seconds: str) -> list[int]:
+    """Pids of the ``sleep <seconds>`` processes on this machine (the command's own, not
+    the shells whose command text mentions it)."""
+    wanted = b"sleep\0" + seconds.encode() + b"\0"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().endswith(wanted):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _never_appears(marker: Path, sleep_seconds: float) -> None:
+    time.sleep(sleep_seconds + _PAST_THE_SLEEP_SECONDS)
+    assert not marker.exists(), f"{marker.name} appeared: the command went on running"
+
+
+def test_it_kills_a_timed_out_command_with_everything_it_started(sshd_target: SSHTarget) -> None:
+    marker = sshd_target.deploy_path.parent / "marker-timeout"
+    background = sshd_target.deploy_path.parent / "marker-background"
+    command = f"(sleep 4.11; touch {background}) & sleep 4.11; touch {marker}"
+
+    with connect(sshd_target.endpoint()) as connection:
+        with pytest.raises(CommandTimedOut, match="it was stopped"):
+            connection.run(command, timeout=1)
+        assert _sleeping("4.11") == []
+        assert connection.left_running == []
+        assert connection.run("echo still here").stdout == "still here"
+
+    _never_appears(marker, 4.11)
+    assert not background.exists()
+
+
+def test_it_kills_a_cancelled_command_that_prints_nothing(sshd_target: SSHTarget) -> None:
+    marker = sshd_target.deploy_path.parent / "marker-cancel"
+    cancel = threading.Event()
+
+    def check_cancelled() -> None:
+        if _sleeping("4.12"):
+            cancel.set()
+        if cancel.is_set():
+            raise Cancelled("Cancelled on request")
+
+    with connect(sshd_target.endpoint()) as connection:
+        with pytest.raises(Cancelled):
+            connection.run(f"sleep 4.12; touch {marker}", check_cancelled=check_cancelled)
+        assert cancel.is_set()
+        assert _sleeping("4.12") == []
+
+    _never_appears(marker, 4.12)
+
+
+def test_a_timed_out_ssh_command_is_dead_before_the_lock_goes_and_the_next_deploy_runs(
+    sshd_target, git_repo_factory, tmp_path
+):
+    marker = sshd_target.deploy_path.parent / "marker-deploy"
+    repo = git_repo_factory()
+    revision = repo.commit({"index.html": "A\n"}, "A")
+    server = server_for(sshd_target)
+    slow = pipeline.CommandSpec(
+        command=f"sleep 4.13; touch {marker}", stage="before_switch", timeout_seconds=1
+    )
+
+    first = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server], revision, commands=(slow,)), RecordingReporter()
+    )
+
+    outcome = first.servers[0]
+    assert not outcome.ok
+    assert isinstance(outcome.error, CommandTimedOut)
+    assert "it was stopped" in str(outcome.error)
+    assert _sleeping("4.13") == []
+    assert not (sshd_target.deploy_path / ".slipway" / "lock").exists()
+
+    quick = pipeline.CommandSpec(
+        command=f"test ! -e {marker} && echo alone > alone.txt", stage="before_switch"
+    )
+    second = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server], revision, commands=(quick,), deployment_id=2),
+        RecordingReporter(),
+    )
+    assert second.ok, [r.error for r in second.servers]
+    assert (sshd_target.deploy_path / "current" / "alone.txt").read_text() == "alone\n"
+    _never_appears(marker, 4.13)
+
+
+def test_a_cancelled_deploy_stops_its_running_command_before_it_unlocks(
+    sshd_target, git_repo_factory, tmp_path
+):
+    marker = sshd_target.deploy_path.parent / "marker-deploy-cancel"
+    repo = git_repo_factory()
+    revision = repo.commit({"index.html": "A\n"}, "A")
+    reporter = RecordingReporter()
+    slow = pipeline.CommandSpec(command=f"sleep 4.14; touch {marker}", stage="before_switch")
+
+    def cancel_once_it_sleeps() -> None:
+        deadline = time.monotonic() + 30
+        while not _sleeping("4.14") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        reporter.cancel.set()
+
+    canceller = threading.Thread(target=cancel_once_it_sleeps)
+    canceller.start()
+    result = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server_for(sshd_target)], revision, commands=(slow,)),
+        reporter,
+    )
+    canceller.join()
+
+    assert result.servers[0].cancelled
+    assert _sleeping("4.14") == []
+    assert not (sshd_target.deploy_path / ".slipway" / "lock").exists()
+    _never_appears(marker, 4.14)
+
+
+def test_a_health_check_command_that_hangs_is_killed(sshd_target, git_repo_factory, tmp_path):
+    marker = sshd_target.deploy_path.parent / "marker-check"
+    repo = git_repo_factory()
+    revision = repo.commit({"index.html": "A\n"}, "A")
+    check = HealthCheckSpec(
+        kind="command",
+        when="before_switch",
+        command=f"sleep 4.15; touch {marker}",
+        retries=1,
+        timeout_seconds=1,
+    )
+    spec = deploy_spec(repo, tmp_path, [server_for(sshd_target)], revision, health_checks=(check,))
+
+    result = pipeline.deploy(dataclasses.replace(spec), RecordingReporter())
+
+    assert not result.ok
+    assert "did not finish within 1 s; it was stopped" in str(result.servers[0].error)
+    assert _sleeping("4.15") == []
+    _never_appears(marker, 4.15)
+
+
+def test_a_command_that_could_not_be_stopped_keeps_the_lock_until_it_is_stale(
+    sshd_target, git_repo_factory, tmp_path, monkeypatch
+):
+    repo = git_repo_factory()
+    revision = repo.commit({"index.html": "A\n"}, "A")
+    server = server_for(sshd_target)
+    run_commands = rollout.run_commands
+
+    def one_left_running(connection, *args, **kwargs):
+        # What Connection.run records when a killed command's group does not go away (a
+        # process in uninterruptible sleep, or one kill(2) may not touch).
+        connection.left_running.append("sleep 600")
+        return run_commands(connection, *args, **kwargs)
+
+    monkeypatch.setattr(rollout, "run_commands", one_left_running)
+    failing = pipeline.CommandSpec(command="exit 1", stage="before_switch")
+    reporter = RecordingReporter()
+    first = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server], revision, commands=(failing,)), reporter
+    )
+    monkeypatch.setattr(rollout, "run_commands", run_commands)
+
+    assert not first.ok
+    assert reporter.text.count("The deploy lock is kept") == 1
+    lock_info = (sshd_target.deploy_path / ".slipway" / "lock" / "info").read_text()
+    assert "owner=deployment-1-left-running" in lock_info
+    # Even when the first deployment is known to have finished, its lock is not taken over.
+    second = pipeline.deploy(
+        dataclasses.replace(
+            deploy_spec(repo, tmp_path, [server], revision, deployment_id=2),
+            lock_owner_finished=lambda owner: True,
+        ),
+        RecordingReporter(),
+    )
+    assert isinstance(second.servers[0].error, LockHeld)
+    assert "a stopped command may still be running" in str(second.servers[0].error)
+    time.sleep(1.1)  # the lock's age is counted in whole seconds
+    stale = pipeline.deploy(
+        dataclasses.replace(
+            deploy_spec(repo, tmp_path, [server], revision, deployment_id=3), lock_stale_after=0
+        ),
+        RecordingReporter(),
+    )
+    assert stale.ok, [r.error for r in stale.servers]
