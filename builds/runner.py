@@ -24,7 +24,7 @@ from builds.engine.build import BuildCommandSpec, BuildSpec
 from builds.engine.errors import Aborted, Cancelled, EngineError
 from builds.engine.git import Commit
 from builds.engine.health import HealthCheckSpec
-from builds.engine.manifest import ChangeSet, Manifest
+from builds.engine.manifest import ChangeSet, Manifest, display_path
 from builds.engine.masking import (
     Masker,
     config_file_secrets,
@@ -600,9 +600,10 @@ def _changes_json(changes: ChangeSet | None) -> dict[str, Any]:
     if changes is None:
         return {"added": [], "modified": [], "deleted": [], "bytes": 0}
     return {
-        "added": list(changes.added),
-        "modified": list(changes.modified),
-        "deleted": list(changes.deleted),
+        # Paths as text: a file name that is not UTF-8 cannot go into jsonb (or a page) as is.
+        "added": [display_path(path) for path in changes.added],
+        "modified": [display_path(path) for path in changes.modified],
+        "deleted": [display_path(path) for path in changes.deleted],
         "bytes": changes.bytes_to_send,
     }
 

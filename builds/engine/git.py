@@ -39,6 +39,7 @@ from builds.engine.errors import (
     RepositoryError,
     RevisionNotFound,
 )
+from builds.engine.manifest import display_path
 
 LineCallback = Callable[[str], None]
 Transport = Literal["https", "http", "ssh", "git", "file"]
@@ -47,9 +48,6 @@ MAX_REF_LENGTH = 255
 MAX_URL_LENGTH = 2048
 
 _HEX_SHA = re.compile(r"[0-9a-fA-F]{7,40}")
-# check-ref-format accepts ';', '$', '`', '|'... which are harmless in argument lists but
-# turn into trouble the day a ref lands in a shell script, a log viewer or a filename.
-_REF_NAME_CHARACTERS = re.compile(r"[A-Za-z0-9/._+@-]+")
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Git hands "<transport>::<address>" to git-remote-<transport> (ext:: runs a command).
@@ -96,7 +94,16 @@ _FETCH_POLL_SECONDS = 0.5
 
 
 def validate_ref(ref: str, field: str = "revision") -> str:
-    """Return ``ref`` if it is a hex SHA (7-40 digits) or a safe branch/tag name."""
+    """Return ``ref`` if it is a hex SHA (7-40 digits) or a branch/tag name git accepts.
+
+    The rule is git's own (``git check-ref-format --branch``: no space, control character,
+    ``..``, ``~ ^ : ? * [ \\``, ``@{``, ``.lock`` ending...), so ``feature/ünïcode``,
+    ``a+b`` or ``fix;typo`` are accepted: a ref only ever reaches git as one argument after
+    ``--end-of-options`` or as ``refs/heads/<name>``, and build and SSH commands get it as
+    data (``$SLIPWAY_VAR_branch``, see variables.py). On top of git's rule, a leading ``-``
+    (read as an option by older tools) and anything longer than ``MAX_REF_LENGTH``
+    characters are refused. Raises InvalidInput naming ``field``.
+    """
     if not ref:
         raise InvalidInput(field, "is empty.")
     if len(ref) > MAX_REF_LENGTH:
@@ -105,13 +112,16 @@ def validate_ref(ref: str, field: str = "revision") -> str:
         raise InvalidInput(field, f"'{_printable(ref)}' cannot start with '-'.")
     if _HEX_SHA.fullmatch(ref):
         return ref
-    if not _REF_NAME_CHARACTERS.fullmatch(ref):
+    if _CONTROL_OR_SPACE.search(ref):
+        raise InvalidInput(
+            field, f"'{_printable(ref)}' must not contain spaces or control characters."
+        )
+    if ref == "@" or not _git_accepts_branch_name(ref):
         raise InvalidInput(
             field,
-            f"'{_printable(ref)}' may only contain letters, digits and / . _ - + @.",
+            f"'{ref}' is not a valid branch, tag or commit SHA (git refuses '..', '~', '^', "
+            "':', '?', '*', '[', '\\', '@{', a leading '.' or a trailing '.lock' in names).",
         )
-    if ".." in ref or ref == "@" or not _git_accepts_branch_name(ref):
-        raise InvalidInput(field, f"'{ref}' is not a valid branch, tag or commit SHA.")
     return ref
 
 
@@ -835,16 +845,22 @@ def _extract_tar_stream(stream: IO[bytes], dest: Path) -> None:
             elif member.isfile():
                 source = archive.extractfile(member)
                 if source is None:
-                    raise RepositoryError(f"Unreadable file in the repository: {member.name}")
+                    raise RepositoryError(
+                        f"Unreadable file in the repository: {display_path(member.name)}"
+                    )
                 _write_regular_file(source, target, executable=bool(member.mode & 0o111))
             else:
-                raise RepositoryError(f"Unexpected entry type in the repository: {member.name}")
+                raise RepositoryError(
+                    f"Unexpected entry type in the repository: {display_path(member.name)}"
+                )
 
 
 def _safe_member_parts(name: str) -> list[str]:
     parts = [part for part in name.rstrip("/").split("/")]
     if not name or name.startswith("/") or any(part in ("", ".", "..") for part in parts):
-        raise RepositoryError(f"Refusing an unsafe path in the repository archive: {name!r}")
+        raise RepositoryError(
+            f"Refusing an unsafe path in the repository archive: {display_path(name)!r}"
+        )
     return parts
 
 
@@ -854,7 +870,9 @@ def _ensure_real_parent(dest: Path, target: Path) -> None:
     parent = target.parent
     while parent != dest:
         if parent.is_symlink():
-            raise RepositoryError(f"Refusing to write through a symlink: {target}")
+            raise RepositoryError(
+                f"Refusing to write through a symlink: {display_path(str(target))}"
+            )
         parent = parent.parent
     target.parent.mkdir(parents=True, exist_ok=True)
 

@@ -105,6 +105,12 @@ def _plain_relative(path: str) -> bool:
     return not path.startswith((META_DIR, UNFINISHED_MARKER))
 
 
+def _drifted(hex_lines: Sequence[str]) -> list[str]:
+    """The paths of the drift listing, sent as ``od -tx1`` lines of newline-ended names."""
+    raw = bytes.fromhex("".join(hex_lines))
+    return [os.fsdecode(name) for name in raw.split(b"\n") if name]
+
+
 def release_name(revision: str, when: float | None = None) -> str:
     """``YYYYMMDD-HHMMSSmmm-<short sha>``: sorts by time (UTC, to the millisecond)."""
     moment = when if when is not None else time.time()
@@ -336,7 +342,8 @@ if [ {int(incremental)} = 1 ] && [ -n "$live" ] && [ "$live" = {expected} ] && [
   echo copied=1
   # What changed in the live release after Slipway finished writing it (commands, people):
   # compare the copy with the listing taken when the live release was made.
-  {_stat_listing(new)} | LC_ALL=C comm -3 "{MANIFEST_DIR}/$live.stat" - | sed 's/^\t//' | cut -f1 | LC_ALL=C sort -u | sed 's/^/drift=/'
+  # Names are bytes (not always UTF-8), so the list travels as hex: "drift=" lines of od.
+  {_stat_listing(new)} | LC_ALL=C comm -3 "{MANIFEST_DIR}/$live.stat" - | sed 's/^\t//' | cut -f1 | LC_ALL=C sort -u | od -An -v -tx1 | sed 's/^/drift=/'
   # Config files and shared links of the live release: gone from the copy, so that one no
   # longer configured is not carried on (today's are written again when the release finishes).
   if [ -f "{MANIFEST_DIR}/$live.managed" ]; then
@@ -501,7 +508,9 @@ ln -s -- {target} {in_release}"""
         return Prepared(
             live=(values.get("live") or [""])[-1] or None,
             copied=(values.get("copied") or ["0"])[-1] == "1",
-            drifted=tuple(path for path in values.get("drift", []) if _plain_relative(path)),
+            drifted=tuple(
+                path for path in _drifted(values.get("drift", [])) if _plain_relative(path)
+            ),
             notes=tuple(values.get("note", [])),
             codec=(values.get("codec") or [GZIP])[-1],
         )
