@@ -300,6 +300,7 @@ def build_spec(deployment: Deployment, scratch: Path, revision: str) -> BuildSpe
         sandbox=sandbox_policy(project),
         skip_build=deployment.skip_build,
         skip_cache=deployment.skip_cache,
+        export_ignore=project.export_ignore,
     )
 
 

@@ -89,6 +89,13 @@ class ProjectForm(forms.Form):
         help_text="Package registries and the internet, never this worker's own services. "
         "Untick to run builds with no network at all.",
     )
+    export_ignore = forms.BooleanField(
+        label="Leave out export-ignore paths",
+        required=False,
+        initial=True,
+        help_text="Paths the repository's .gitattributes marks export-ignore are not deployed, "
+        "as with git archive. Untick to deploy them too.",
+    )
     repository_token = forms.CharField(
         label="Repository access token",
         max_length=2000,
@@ -114,6 +121,7 @@ class ProjectForm(forms.Form):
                 "shared_paths": project.shared_paths,
                 "cache_paths": project.cache_paths,
                 "build_network": project.build_network,
+                "export_ignore": project.export_ignore,
             }
         super().__init__(*args, **kwargs)
         if project is None:

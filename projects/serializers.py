@@ -75,6 +75,7 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
             "shared_paths",
             "cache_paths",
             "build_network",
+            "export_ignore",
             "public_key",
             "webhook_url",
             "webhook_secret",
@@ -159,6 +160,11 @@ class ProjectInputSerializer(serializers.Serializer[dict[str, Any]]):
         required=False,
         help_text="Build commands may reach the internet (never the worker's own services); "
         "false cuts the build sandbox's network entirely.",
+    )
+    export_ignore = serializers.BooleanField(
+        required=False,
+        help_text="Leave out the paths the repository's .gitattributes marks export-ignore "
+        "(as git archive does); false deploys them too.",
     )
     repository_token = serializers.CharField(
         max_length=2000,

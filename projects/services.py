@@ -269,6 +269,7 @@ PROJECT_FIELDS = frozenset(
         "shared_paths",
         "cache_paths",
         "build_network",
+        "export_ignore",
         "repository_token",
     }
 )
@@ -298,8 +299,9 @@ def project_clean(data: Mapping[str, Any]) -> dict[str, Any]:
     for field in ("shared_paths", "cache_paths"):
         if field in cleaned:
             cleaned[field] = _relative_paths(cleaned[field], field)
-    if "build_network" in cleaned and not isinstance(cleaned["build_network"], bool):
-        raise InvalidInput("build_network", "must be true or false.")
+    for field in ("build_network", "export_ignore"):
+        if field in cleaned and not isinstance(cleaned[field], bool):
+            raise InvalidInput(field, "must be true or false.")
     return cleaned
 
 

@@ -65,6 +65,8 @@ class BuildSpec:
     skip_cache: bool = False
     #: Used instead of the workspace when another deployment of the project holds it.
     scratch_dir: Path | None = None
+    #: Leave out what ``.gitattributes`` marks ``export-ignore``, as ``git archive`` does.
+    export_ignore: bool = True
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,15 @@ class BuildOutput:
     manifest: Manifest
 
 
-def exclude_rules(spec: BuildSpec, root: Path) -> ExcludeRules:
+def exclude_rules(
+    spec: BuildSpec, root: Path, export_ignored: frozenset[str] = frozenset()
+) -> ExcludeRules:
+    """What is not uploaded from ``root``: the project's excluded files, ``.deployignore``,
+    the paths Slipway writes itself and ``export_ignored`` (``Tree.export_ignored``)."""
     managed = [f"/{validate_relative_path(path, 'path')}" for path in spec.managed_paths]
-    return ExcludeRules.from_lines([*spec.excluded, *load_deployignore(root), *managed])
+    return ExcludeRules.from_lines(
+        [*spec.excluded, *load_deployignore(root), *managed], ignored_paths=export_ignored
+    )
 
 
 def run_local_command(
@@ -234,6 +242,8 @@ class Tree:
     hash_cache_path: Path | None
     #: The top of the checkout (``root`` is this or a folder in it, the project's subdirectory).
     top: Path | None = None
+    #: Paths under ``root`` marked ``export-ignore`` (empty when the project turned it off).
+    export_ignored: frozenset[str] = frozenset()
 
     @property
     def checkout(self) -> Path:
@@ -270,6 +280,7 @@ def checked_out(spec: BuildSpec, mirror: Mirror, sha: str, log: LineSink) -> Ite
     deployment of the project holds it, a fresh export into a scratch directory instead.
     """
     subdirectory = validate_subdirectory(spec.subdirectory) if spec.subdirectory else ""
+    ignored = _export_ignored(mirror, sha, subdirectory) if spec.export_ignore else frozenset()
     workspace = Workspace(spec.workspace_dir, mirror)
     with workspace.try_lock() as locked:
         if locked:
@@ -286,7 +297,11 @@ def checked_out(spec: BuildSpec, mirror: Mirror, sha: str, log: LineSink) -> Ite
             top = workspace.checkout(sha, keep=keep)
             root = folder_within(top, subdirectory, sha) if subdirectory else top
             yield Tree(
-                root, HashCache.load(workspace.hash_cache_path), workspace.hash_cache_path, top
+                root,
+                HashCache.load(workspace.hash_cache_path),
+                workspace.hash_cache_path,
+                top,
+                export_ignored=ignored,
             )
             return
     log(
@@ -298,9 +313,18 @@ def checked_out(spec: BuildSpec, mirror: Mirror, sha: str, log: LineSink) -> Ite
     )
     try:
         mirror.export(sha, scratch, subdirectory or None)
-        yield Tree(scratch, None, None)
+        yield Tree(scratch, None, None, export_ignored=ignored)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _export_ignored(mirror: Mirror, sha: str, subdirectory: str) -> frozenset[str]:
+    """The revision's export-ignored paths, relative to the build root."""
+    ignored = mirror.export_ignored(sha)
+    if not subdirectory:
+        return ignored
+    prefix = subdirectory + "/"
+    return frozenset(path[len(prefix) :] for path in ignored if path.startswith(prefix))
 
 
 def build(
@@ -353,7 +377,9 @@ def build(
             save_cache(spec, root, log)
     elif spec.skip_build and spec.build_commands:
         log("system", "Build commands skipped for this deployment")
-    manifest = Manifest.build(root, exclude_rules(spec, root), cache=tree.hash_cache)
+    manifest = Manifest.build(
+        root, exclude_rules(spec, root, tree.export_ignored), cache=tree.hash_cache
+    )
     if tree.hash_cache is not None and tree.hash_cache_path is not None:
         tree.hash_cache.save(tree.hash_cache_path)
     return BuildOutput(revision=sha, root=root, manifest=manifest)

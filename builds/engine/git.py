@@ -600,6 +600,63 @@ class Mirror:
         _empty_directory(dest)
         self._archive_into(tree, dest)
 
+    def export_ignored(self, sha: str) -> frozenset[str]:
+        """The paths of one revision that ``.gitattributes`` marks ``export-ignore``, as
+        ``git archive`` reads them: files and folders (a folder's contents go with it),
+        relative to the top of the tree.
+
+        The attributes come from the revision's own ``.gitattributes`` files only; the
+        mirror's neutral ``info/attributes`` and the worker's git config take no part (git
+        reads them through a throwaway git dir and index borrowing the mirror's objects).
+        """
+        full_sha = self.resolve(sha)
+        environment = {
+            **_base_environment(),
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+        }
+        _put_config_in_environment(environment, [("core.attributesFile", os.devnull)])
+        with tempfile.TemporaryDirectory(prefix="slipway-attributes-") as scratch:
+            git_dir = Path(scratch) / "attributes.git"
+            self._run_checked(
+                ["init", "--bare", "--quiet", "--template=", str(git_dir)], environment
+            )
+            alternates = git_dir / "objects" / "info" / "alternates"
+            alternates.parent.mkdir(parents=True, exist_ok=True)
+            alternates.write_text(f"{self.path / 'objects'}\n")
+            self._run_checked([f"--git-dir={git_dir}", "read-tree", full_sha], environment)
+            listing = self._git("ls-tree", "-r", "-t", "-z", "--name-only", full_sha).stdout
+            checked = subprocess.run(
+                [
+                    "git",
+                    f"--git-dir={git_dir}",
+                    "check-attr",
+                    "--cached",
+                    "--stdin",
+                    "-z",
+                    "export-ignore",
+                ],
+                input=listing,
+                capture_output=True,
+                env=environment,
+                check=False,
+            )
+        if checked.returncode != 0:
+            stderr = checked.stderr.decode("utf-8", errors="replace").strip()
+            raise RepositoryError(f"git check-attr failed for {full_sha[:12]}: {stderr}")
+        fields = checked.stdout.split(b"\0")
+        return frozenset(
+            os.fsdecode(fields[index])
+            for index in range(0, len(fields) - 2, 3)
+            if fields[index + 2] == b"set"
+        )
+
+    def _run_checked(self, arguments: list[str], environment: dict[str, str]) -> None:
+        result = _run_git(arguments, environment=environment)
+        if result.returncode != 0:
+            stderr = _redact_text(result.stderr, self._secrets).strip()
+            raise RepositoryError(f"Reading the revision's .gitattributes failed: {stderr}")
+
     def _object_type(self, revision: str) -> str | None:
         result = self._git("cat-file", "-t", "--end-of-options", revision, check=False)
         if result.returncode != 0:

@@ -128,7 +128,9 @@ def preview(spec: DeploySpec, reporter: Reporter) -> Preview:
         checked_out(spec.build, mirror, sha, reporter_log(reporter)) as tree,
     ):
         manifest = Manifest.build(
-            tree.root, exclude_rules(spec.build, tree.root), cache=tree.hash_cache
+            tree.root,
+            exclude_rules(spec.build, tree.root, tree.export_ignored),
+            cache=tree.hash_cache,
         )
     starts = {server.live_revision for server in spec.servers}
     start = next(iter(starts)) if len(starts) == 1 else None

@@ -70,3 +70,39 @@ def test_it_deploys_names_that_are_not_utf8_and_shows_them_everywhere(
     assert "caf\\xe9.txt" in page.content.decode()
     listing = signed_in(alice).get(f"/projects/{project.slug}/deployments/")
     assert listing.status_code == 200
+
+
+def test_export_ignore_is_on_by_default_and_the_project_can_turn_it_off(
+    alice, alice_api, git_repo_factory, sshd_target, server_factory
+):
+    repo = git_repo_factory()
+    repo.commit({".gitattributes": "/tests export-ignore\n", "tests/t.php": "t\n", "a.php": "a\n"})
+    project = project_create(owner=alice, name="Shop", repository_url=repo.url)
+    server = server_factory(project, sshd_target)
+    assert alice_api.get(f"/api/v1/projects/{project.slug}/").json()["export_ignore"] is True
+
+    first = _deploy(alice_api, project, server)
+    assert first["status"] == Status.SUCCEEDED, first["error"]
+    assert not (sshd_target.deploy_path / "current" / "tests").exists()
+
+    bad = alice_api.patch(
+        f"/api/v1/projects/{project.slug}/", {"export_ignore": "maybe"}, format="json"
+    )
+    assert bad.status_code == 400 and "export_ignore" in bad.json()
+    off = alice_api.patch(
+        f"/api/v1/projects/{project.slug}/", {"export_ignore": False}, format="json"
+    )
+    assert off.status_code == 200 and off.json()["export_ignore"] is False
+    second = _deploy(alice_api, project, server)
+    assert second["status"] == Status.SUCCEEDED, second["error"]
+    assert "tests/t.php" in second["changes"]["added"]
+    assert (sshd_target.deploy_path / "current" / "tests" / "t.php").read_text() == "t\n"
+
+    # The settings page shows the box, and ticking it turns the rule back on.
+    client = signed_in(alice)
+    path = f"/projects/{project.slug}/settings/"
+    assert 'name="export_ignore"' in client.get(path).content.decode()
+    form = {"name": "Shop", "repository_url": repo.url, "branch": "main", "export_ignore": "on"}
+    assert client.post(path, form).status_code == 302
+    project.refresh_from_db()
+    assert project.export_ignore is True
