@@ -21,6 +21,7 @@ from builds import outbound
 from builds.cleanup import project_build_dir
 from builds.engine import pipeline
 from builds.engine.build import BuildCommandSpec, BuildSpec
+from builds.engine.content import ContentPolicy
 from builds.engine.errors import Aborted, Cancelled, EngineError
 from builds.engine.git import Commit
 from builds.engine.health import HealthCheckSpec
@@ -301,6 +302,8 @@ def build_spec(deployment: Deployment, scratch: Path, revision: str) -> BuildSpe
         skip_build=deployment.skip_build,
         skip_cache=deployment.skip_cache,
         export_ignore=project.export_ignore,
+        # A submodule's URL passes the same outbound rules as the repository's.
+        content=ContentPolicy(submodules=project.submodules, check_url=outbound.repository_check),
     )
 
 

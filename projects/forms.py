@@ -96,6 +96,13 @@ class ProjectForm(forms.Form):
         help_text="Paths the repository's .gitattributes marks export-ignore are not deployed, "
         "as with git archive. Untick to deploy them too.",
     )
+    submodules = forms.BooleanField(
+        label="Check out submodules",
+        required=False,
+        initial=True,
+        help_text="Fetched with the project's key, from addresses the repository may use. "
+        "Untick to leave submodule folders empty.",
+    )
     repository_token = forms.CharField(
         label="Repository access token",
         max_length=2000,
@@ -122,6 +129,7 @@ class ProjectForm(forms.Form):
                 "cache_paths": project.cache_paths,
                 "build_network": project.build_network,
                 "export_ignore": project.export_ignore,
+                "submodules": project.submodules,
             }
         super().__init__(*args, **kwargs)
         if project is None:

@@ -66,6 +66,9 @@ class Project(models.Model):
     # Leave out what the repository's .gitattributes marks export-ignore, as git archive
     # (and so Capistrano) does; off: deploy those paths too.
     export_ignore = models.BooleanField(default=True)
+    # Check out the repository's submodules (recursively, with the project's key and the
+    # repository's URL rules); off: their folders stay empty.
+    submodules = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 

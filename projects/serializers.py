@@ -76,6 +76,7 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
             "cache_paths",
             "build_network",
             "export_ignore",
+            "submodules",
             "public_key",
             "webhook_url",
             "webhook_secret",
@@ -165,6 +166,11 @@ class ProjectInputSerializer(serializers.Serializer[dict[str, Any]]):
         required=False,
         help_text="Leave out the paths the repository's .gitattributes marks export-ignore "
         "(as git archive does); false deploys them too.",
+    )
+    submodules = serializers.BooleanField(
+        required=False,
+        help_text="Check out the repository's submodules (recursively, with the project's key "
+        "and the repository's URL rules); false leaves their folders empty.",
     )
     repository_token = serializers.CharField(
         max_length=2000,

@@ -270,6 +270,7 @@ PROJECT_FIELDS = frozenset(
         "cache_paths",
         "build_network",
         "export_ignore",
+        "submodules",
         "repository_token",
     }
 )
@@ -299,7 +300,7 @@ def project_clean(data: Mapping[str, Any]) -> dict[str, Any]:
     for field in ("shared_paths", "cache_paths"):
         if field in cleaned:
             cleaned[field] = _relative_paths(cleaned[field], field)
-    for field in ("build_network", "export_ignore"):
+    for field in ("build_network", "export_ignore", "submodules"):
         if field in cleaned and not isinstance(cleaned[field], bool):
             raise InvalidInput(field, "must be true or false.")
     return cleaned

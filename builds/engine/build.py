@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builds.engine import content
+from builds.engine.content import ContentPolicy
 from builds.engine.errors import CommandFailed, CommandTimedOut, InvalidInput
 from builds.engine.excludes import ExcludeRules, load_deployignore
 from builds.engine.git import Mirror, validate_subdirectory
@@ -67,6 +69,8 @@ class BuildSpec:
     scratch_dir: Path | None = None
     #: Leave out what ``.gitattributes`` marks ``export-ignore``, as ``git archive`` does.
     export_ignore: bool = True
+    #: Submodules and Git LFS objects (content.py).
+    content: ContentPolicy = field(default_factory=ContentPolicy)
 
 
 @dataclass(frozen=True)
@@ -295,6 +299,7 @@ def checked_out(spec: BuildSpec, mirror: Mirror, sha: str, log: LineSink) -> Ite
                 )
             )
             top = workspace.checkout(sha, keep=keep)
+            content.complete(mirror, sha, top, spec.content, log)
             root = folder_within(top, subdirectory, sha) if subdirectory else top
             yield Tree(
                 root,
@@ -313,6 +318,7 @@ def checked_out(spec: BuildSpec, mirror: Mirror, sha: str, log: LineSink) -> Ite
     )
     try:
         mirror.export(sha, scratch, subdirectory or None)
+        content.complete(mirror, sha, scratch, spec.content, log, subdirectory=subdirectory)
         yield Tree(scratch, None, None, export_ignored=ignored)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

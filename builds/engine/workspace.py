@@ -194,6 +194,10 @@ class Workspace:
         # One-way merge: an entry that matches the revision keeps its stat data and its file
         # unless that file's stat no longer matches; everything else is written or removed.
         self._git_in_tree("read-tree", "--reset", "-u", sha)
+        # Git never cleans inside a submodule's folder while the index holds the submodule;
+        # one the revision no longer has is untracked now, and goes with the rest (content.py
+        # fills the folders of those it has).
+        self._git_in_tree("clean", "-ffdqx", *exclude_options, "--")
 
     def _git_in_tree(self, *arguments: str) -> None:
         self._git(f"--git-dir={self.git_dir}", f"--work-tree={self.root}", *arguments)
