@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import shutil
 
 import pytest
 
@@ -235,3 +236,18 @@ def test_an_ssh_submodule_on_another_host_is_refused(tmp_path) -> None:
     assert same._host_key == "ssh-ed25519 AAAA"
     with pytest.raises(InvalidInput, match="another host"):
         ssh_mirror.for_submodule("git@elsewhere.example:acme/lib.git")
+
+
+def test_a_worker_without_git_lfs_fails_naming_the_lfs_files(
+    sshd_target, git_repo_factory, tmp_path, monkeypatch
+):
+    app = git_repo_factory("app")
+    _lfs(app, "*.png")
+    app.commit({"index.php": "<?php\n", "logo.png": IMAGE})
+    # A worker where git is installed and git-lfs is not.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "git").symlink_to(shutil.which("git") or "/usr/bin/git")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(LfsUnavailable, match=r"logo\.png .*git-lfs is not installed"):
+        pipeline.deploy(deploy_spec(app, tmp_path, [server_for(sshd_target)]), RecordingReporter())
