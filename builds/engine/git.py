@@ -78,7 +78,8 @@ _MIN_REDACTED_SECRET_LENGTH = 4
 _SSH_TIMEOUT_OPTIONS = ("-o", "ConnectTimeout=30", "-o", "ServerAliveInterval=15")
 _HTTP_LOW_SPEED_CONFIG = (("http.lowSpeedLimit", "1000"), ("http.lowSpeedTime", "60"))
 # git archive honours export-ignore / export-subst from the archived tree; a deploy must get
-# the tree exactly as committed (.deployignore is the place to leave files out).
+# the tree exactly as committed (export-ignore is applied afterwards, as an exclusion:
+# Mirror.export_ignored and build.exclude_rules).
 # Attributes that would change the bytes written (line endings, $Id$, filters, encodings,
 # export-ignore/subst) are all switched off: a checkout or an export holds the committed bytes.
 # The workspace uses the same list. `!attr` unsets; `-working-tree-encoding` would be invalid.
@@ -648,7 +649,8 @@ class Mirror:
         """Make ``dest`` hold exactly the tree of one revision (or of one of its folders).
 
         Regular files keep their executable bit, symlinks stay symlinks (never followed while
-        writing), submodules become empty folders as in a checkout without submodules.
+        writing), submodules become empty folders as in a checkout without submodules
+        (content.complete fills them).
         """
         full_sha = self.resolve(sha)
         tree = full_sha

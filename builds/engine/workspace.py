@@ -16,7 +16,9 @@ Beside ``root`` (``<parent>/<name>``) live:
 
 The tree written is the revision exactly as committed: no end-of-line conversion, ``$Id$``
 expansion, smudge filter or re-encoding, whatever ``.gitattributes`` in the repository or
-the worker's git config says, and ``export-ignore`` / ``export-subst`` do not apply.
+the worker's git config says, and ``export-ignore`` / ``export-subst`` do not apply here
+(``export-ignore`` leaves paths out of the manifest instead: build.exclude_rules). Submodule
+folders are left empty and LFS files as pointers; content.complete fills them.
 """
 
 from __future__ import annotations

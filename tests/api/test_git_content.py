@@ -98,11 +98,12 @@ def test_export_ignore_is_on_by_default_and_the_project_can_turn_it_off(
     assert "tests/t.php" in second["changes"]["added"]
     assert (sshd_target.deploy_path / "current" / "tests" / "t.php").read_text() == "t\n"
 
-    # The settings page shows the box, and ticking it turns the rule back on.
+    # The settings page shows the boxes; ticking one turns it on, leaving one off turns it off.
     client = signed_in(alice)
     path = f"/projects/{project.slug}/settings/"
-    assert 'name="export_ignore"' in client.get(path).content.decode()
+    page = client.get(path).content.decode()
+    assert 'name="export_ignore"' in page and 'name="submodules"' in page
     form = {"name": "Shop", "repository_url": repo.url, "branch": "main", "export_ignore": "on"}
     assert client.post(path, form).status_code == 302
     project.refresh_from_db()
-    assert project.export_ignore is True
+    assert (project.export_ignore, project.submodules) == (True, False)
