@@ -21,7 +21,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -295,6 +295,12 @@ def _host_of(url: str, transport: Transport) -> tuple[str, int | None] | None:
         return ssh_host_of(url)
     parts = urlsplit(url)
     return (parts.hostname or "", parts.port)
+
+
+def _has_attributes_file(paths: Iterable[str]) -> bool:
+    """Whether a tree's paths include a ``.gitattributes`` (the only source of attributes
+    for a mirror's revision: info/attributes and the worker's config are neutralised)."""
+    return any(path == ".gitattributes" or path.endswith("/.gitattributes") for path in paths)
 
 
 def _lfs_object_id(content: bytes) -> str | None:
@@ -672,6 +678,8 @@ class Mirror:
         full_sha = self.resolve(sha)
         listing = self._git("ls-tree", "-r", "-t", "-z", "--name-only", full_sha).stdout
         paths = [os.fsdecode(path) for path in listing.split(b"\0") if path]
+        if not _has_attributes_file(paths):
+            return frozenset()
         values = self.attributes(full_sha, "export-ignore", paths)
         return frozenset(path for path, value in values.items() if value == "set")
 
@@ -780,7 +788,10 @@ class Mirror:
         full_sha = self.resolve(sha)
         listing = self._git("ls-tree", "-r", "-l", "-z", "--end-of-options", full_sha).stdout
         small: dict[str, str] = {}
-        for record in listing.split(b"\0"):
+        records = listing.split(b"\0")
+        if not _has_attributes_file(os.fsdecode(r.partition(b"\t")[2]) for r in records):
+            return {}  # no filter=lfs anywhere
+        for record in records:
             header, _, path = record.partition(b"\t")
             fields = header.split()
             if (

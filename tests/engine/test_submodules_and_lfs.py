@@ -164,7 +164,9 @@ def test_a_pointer_outside_an_lfs_filter_is_kept_as_committed(
 ):
     pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{'a' * 64}\nsize 12\n"
     app = git_repo_factory("app")
-    app.commit({"docs/pointer-example.txt": pointer})
+    # LFS is in use, but not for this path: git would check it out as committed.
+    attributes = "*.png filter=lfs diff=lfs merge=lfs -text\n"
+    app.commit({".gitattributes": attributes, "docs/pointer-example.txt": pointer})
     result = pipeline.deploy(
         deploy_spec(app, tmp_path, [server_for(sshd_target)]), RecordingReporter()
     )
