@@ -518,7 +518,9 @@ class Mirror:
         return message
 
     @contextmanager
-    def _transport_environment(self) -> Iterator[dict[str, str]]:
+    def _transport_environment(
+        self, extra_config: tuple[tuple[str, str], ...] = ()
+    ) -> Iterator[dict[str, str]]:
         environment = _base_environment()
         allowed = ["https", "http", "ssh", "git"] + (["file"] if self._allow_local else [])
         environment["GIT_ALLOW_PROTOCOL"] = ":".join(allowed)
@@ -531,6 +533,7 @@ class Mirror:
         config.append(("http.followRedirects", "false"))
         if self._https_secret is not None:
             config.append(("http.extraHeader", self._authorization_header()))
+        config.extend(extra_config)
         _put_config_in_environment(environment, config)
         if self._transport != "ssh":
             yield environment
@@ -837,7 +840,9 @@ class Mirror:
         Raises LfsUnavailable when git-lfs is not installed, RepositoryError when it fails."""
         if shutil.which("git-lfs") is None:
             raise LfsUnavailable("git-lfs is not installed on the worker (Debian: git-lfs).")
-        with self._transport_environment() as environment:
+        # The repository's own .lfsconfig could name any LFS server (lfs.url); git config
+        # wins over it, so the endpoint git-lfs would derive from the URL is set here.
+        with self._transport_environment((("lfs.url", self._lfs_endpoint()),)) as environment:
             result = self._git_streaming(
                 ["lfs", "fetch", "origin", self.resolve(sha)],
                 environment=environment,
@@ -849,6 +854,18 @@ class Mirror:
                 f"git lfs fetch from {self.display_url} failed: "
                 + "\n".join(tail[-_STDERR_TAIL_LINES:])
             )
+
+    def _lfs_endpoint(self) -> str:
+        """The LFS server git-lfs derives from the repository URL (its documented default)."""
+        url = self._fetch_url
+        if self._transport == "file":
+            return url if _URL_SCHEME.match(url) else Path(url).as_uri()
+        if self._transport == "ssh":
+            return url  # git-lfs asks the ssh host (git-lfs-authenticate) where to go
+        if self._transport == "git":
+            url = "https://" + url.removeprefix("git://")
+        url = url.rstrip("/")
+        return url + ("/info/lfs" if url.endswith(".git") else ".git/info/lfs")
 
     def lfs_object(self, oid: str) -> Path:
         """Where ``fetch_lfs`` keeps the object ``oid`` (a SHA-256 in hex)."""

@@ -253,3 +253,44 @@ def test_a_worker_without_git_lfs_fails_naming_the_lfs_files(
     monkeypatch.setenv("PATH", str(bin_dir))
     with pytest.raises(LfsUnavailable, match=r"logo\.png .*git-lfs is not installed"):
         pipeline.deploy(deploy_spec(app, tmp_path, [server_for(sshd_target)]), RecordingReporter())
+
+
+def test_the_repository_cannot_send_git_lfs_to_another_server(
+    sshd_target, git_repo_factory, tmp_path
+):
+    # .lfsconfig is repository content: it must not choose where the worker connects.
+    app = git_repo_factory("app")
+    _lfs(app, "*.png")
+    app.commit(
+        {
+            ".lfsconfig": "[lfs]\n\turl = http://127.0.0.1:9/elsewhere\n",
+            "index.php": "<?php\n",
+            "logo.png": IMAGE,
+        }
+    )
+    # git-lfs reads a bare mirror's .lfsconfig from HEAD; a new mirror's HEAD is "master".
+    app.git("branch", "master")
+    result = pipeline.deploy(
+        deploy_spec(app, tmp_path, [server_for(sshd_target)]), RecordingReporter()
+    )
+    assert result.ok, result.servers[0].error
+    assert (_current(sshd_target) / "logo.png").read_bytes() == IMAGE
+
+
+@pytest.mark.parametrize(
+    ("url", "endpoint"),
+    [
+        ("https://git.example.com/acme/shop.git", "https://git.example.com/acme/shop.git/info/lfs"),
+        ("https://git.example.com/acme/shop", "https://git.example.com/acme/shop.git/info/lfs"),
+        (
+            "https://tok:secret-pw@git.example.com/a/b.git",
+            "https://git.example.com/a/b.git/info/lfs",
+        ),
+        ("git://git.example.com/acme/shop.git", "https://git.example.com/acme/shop.git/info/lfs"),
+        ("/srv/git/shop", "file:///srv/git/shop"),
+    ],
+)
+def test_git_lfs_goes_to_the_server_it_derives_from_the_repository_url(
+    tmp_path, url: str, endpoint: str
+) -> None:
+    assert Mirror(tmp_path / "m.git", url, allow_local=True)._lfs_endpoint() == endpoint
