@@ -40,8 +40,11 @@ def test_it_deploys_names_that_are_not_utf8_and_shows_them_everywhere(
     repo.commit({"index.html": "A\n"}, "A")
     repo.branch(BRANCH)
     repo.commit({os.fsdecode(name): name for name in NAMES}, "Odd names")
-    project = project_create(owner=alice, name="Shop", repository_url=repo.url, branch=BRANCH)
+    project = project_create(owner=alice, name="Shop", repository_url=repo.url)
     server = server_factory(project, sshd_target)
+    saved = alice_api.patch(f"/api/v1/projects/{project.slug}/", {"branch": BRANCH}, format="json")
+    assert saved.status_code == 200, saved.content
+    assert saved.json()["branch"] == BRANCH
 
     first = _deploy(alice_api, project, server)
 
