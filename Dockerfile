@@ -2,7 +2,7 @@ FROM python:3.11-slim-bookworm
 # git for the repository mirrors; openssh-client for ssh:// repositories; zstd for archives;
 # bubblewrap, slirp4netns and iproute2 for the build sandbox and its network (docs/security.md).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends git openssh-client zstd bubblewrap slirp4netns iproute2 \
+ && apt-get install -y --no-install-recommends git git-lfs openssh-client zstd bubblewrap slirp4netns iproute2 \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml requirements.lock README.md ./

@@ -26,10 +26,11 @@ run: venv migrate sandbox-deps
 worker: venv sandbox-deps
 	$(BIN)/celery -A deployer worker --loglevel=INFO
 
-# Build commands run in bubblewrap with slirp4netns as their network (docs/security.md); a root
+# Git LFS objects are fetched with git-lfs. Build commands run in bubblewrap with slirp4netns
+# as their network (docs/security.md); a root
 # worker runs them as the unprivileged account slipway-build. Without them builds are refused
 # with a message naming the fix, so `make run` only warns when it cannot install them.
-SANDBOX_PACKAGES_MISSING = $$(test -x /usr/bin/bwrap || echo bubblewrap; command -v slirp4netns >/dev/null || echo slirp4netns; command -v ip >/dev/null || test -x /usr/sbin/ip || echo iproute2)
+SANDBOX_PACKAGES_MISSING = $$(test -x /usr/bin/bwrap || echo bubblewrap; command -v slirp4netns >/dev/null || echo slirp4netns; command -v ip >/dev/null || test -x /usr/sbin/ip || echo iproute2; command -v git-lfs >/dev/null || echo git-lfs)
 sandbox-deps:
 	@missing="$(SANDBOX_PACKAGES_MISSING)"; missing=$$(echo $$missing); \
 	if [ -n "$$missing" ]; then \
@@ -54,6 +55,7 @@ system-deps:
 	test -x /usr/bin/bwrap || missing="$$missing bubblewrap"; \
 	command -v slirp4netns >/dev/null || missing="$$missing slirp4netns"; \
 	test -x /usr/sbin/ip -o -x /sbin/ip -o -x /usr/bin/ip || missing="$$missing iproute2"; \
+	command -v git-lfs >/dev/null || missing="$$missing git-lfs"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "Installing$$missing with apt-get"; \

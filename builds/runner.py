@@ -22,11 +22,12 @@ from builds import outbound
 from builds.cleanup import project_build_dir
 from builds.engine import pipeline
 from builds.engine.build import BuildCommandSpec, BuildSpec
+from builds.engine.content import ContentPolicy
 from builds.engine.errors import Aborted, Cancelled, EngineError
 from builds.engine.excludes import Exclusions
 from builds.engine.git import Commit
 from builds.engine.health import HealthCheckSpec
-from builds.engine.manifest import ChangeSet, Manifest
+from builds.engine.manifest import ChangeSet, Manifest, display_path
 from builds.engine.masking import (
     Masker,
     config_file_secrets,
@@ -328,6 +329,9 @@ def build_spec(deployment: Deployment, scratch: Path, revision: str) -> BuildSpe
         build_host_folder=f"project-{project.pk}",
         skip_build=deployment.skip_build,
         skip_cache=deployment.skip_cache,
+        export_ignore=project.export_ignore,
+        # A submodule's URL passes the same outbound rules as the repository's.
+        content=ContentPolicy(submodules=project.submodules, check_url=outbound.repository_check),
     )
 
 
@@ -645,9 +649,10 @@ def _changes_json(changes: ChangeSet | None) -> dict[str, Any]:
     if changes is None:
         return {"added": [], "modified": [], "deleted": [], "bytes": 0}
     return {
-        "added": list(changes.added),
-        "modified": list(changes.modified),
-        "deleted": list(changes.deleted),
+        # Paths as text: a file name that is not UTF-8 cannot go into jsonb (or a page) as is.
+        "added": [display_path(path) for path in changes.added],
+        "modified": [display_path(path) for path in changes.modified],
+        "deleted": [display_path(path) for path in changes.deleted],
         "bytes": changes.bytes_to_send,
     }
 

@@ -93,6 +93,20 @@ class ProjectForm(forms.Form):
         help_text="Package registries and the internet, never this worker's own services. "
         "Untick to run builds with no network at all.",
     )
+    export_ignore = forms.BooleanField(
+        label="Leave out export-ignore paths",
+        required=False,
+        initial=True,
+        help_text="Paths the repository's .gitattributes marks export-ignore are not deployed, "
+        "as with git archive. Untick to deploy them too.",
+    )
+    submodules = forms.BooleanField(
+        label="Check out submodules",
+        required=False,
+        initial=True,
+        help_text="Fetched with the project's key, from addresses the repository may use. "
+        "Untick to leave submodule folders empty.",
+    )
     repository_token = forms.CharField(
         label="Repository access token",
         max_length=2000,
@@ -119,6 +133,8 @@ class ProjectForm(forms.Form):
                 "cache_paths": project.cache_paths,
                 "generated_paths": project.generated_paths,
                 "build_network": project.build_network,
+                "export_ignore": project.export_ignore,
+                "submodules": project.submodules,
             }
         super().__init__(*args, **kwargs)
         if project is None:

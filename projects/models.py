@@ -67,6 +67,12 @@ class Project(models.Model):
     # Build commands reach the internet (package registries) through the sandbox's own
     # user-mode network; off: no network at all inside the sandbox.
     build_network = models.BooleanField(default=True)
+    # Leave out what the repository's .gitattributes marks export-ignore, as git archive
+    # (and so Capistrano) does; off: deploy those paths too.
+    export_ignore = models.BooleanField(default=True)
+    # Check out the repository's submodules (recursively, with the project's key and the
+    # repository's URL rules); off: their folders stay empty.
+    submodules = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -76,6 +76,8 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
             "cache_paths",
             "generated_paths",
             "build_network",
+            "export_ignore",
+            "submodules",
             "public_key",
             "webhook_url",
             "webhook_secret",
@@ -164,6 +166,16 @@ class ProjectInputSerializer(serializers.Serializer[dict[str, Any]]):
         required=False,
         help_text="Build commands may reach the internet (never the worker's own services); "
         "false cuts the build sandbox's network entirely.",
+    )
+    export_ignore = serializers.BooleanField(
+        required=False,
+        help_text="Leave out the paths the repository's .gitattributes marks export-ignore "
+        "(as git archive does); false deploys them too.",
+    )
+    submodules = serializers.BooleanField(
+        required=False,
+        help_text="Check out the repository's submodules (recursively, with the project's key "
+        "and the repository's URL rules); false leaves their folders empty.",
     )
     repository_token = serializers.CharField(
         max_length=2000,

@@ -286,6 +286,8 @@ PROJECT_FIELDS = frozenset(
         "cache_paths",
         "generated_paths",
         "build_network",
+        "export_ignore",
+        "submodules",
         "repository_token",
     }
 )
@@ -317,8 +319,9 @@ def project_clean(data: Mapping[str, Any]) -> dict[str, Any]:
             cleaned[field] = _relative_paths(cleaned[field], field)
     if "generated_paths" in cleaned:
         cleaned["generated_paths"] = _globs(cleaned["generated_paths"], "generated_paths")
-    if "build_network" in cleaned and not isinstance(cleaned["build_network"], bool):
-        raise InvalidInput("build_network", "must be true or false.")
+    for field in ("build_network", "export_ignore", "submodules"):
+        if field in cleaned and not isinstance(cleaned[field], bool):
+            raise InvalidInput(field, "must be true or false.")
     return cleaned
 
 

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builds.engine import content
+from builds.engine.content import ContentPolicy
 from builds.engine.errors import CommandFailed, CommandTimedOut, InvalidInput
 from builds.engine.excludes import (
     SOURCE_DEPLOYIGNORE,
@@ -84,6 +86,10 @@ class BuildSpec:
     skip_cache: bool = False
     #: Used instead of the workspace when another deployment of the project holds it.
     scratch_dir: Path | None = None
+    #: Leave out what ``.gitattributes`` marks ``export-ignore``, as ``git archive`` does.
+    export_ignore: bool = True
+    #: Submodules and Git LFS objects (content.py).
+    content: ContentPolicy = field(default_factory=ContentPolicy)
 
 
 @dataclass(frozen=True)
@@ -95,11 +101,18 @@ class BuildOutput:
     exclusions: Exclusions = field(default_factory=Exclusions)
 
 
-def exclude_rules(spec: BuildSpec, root: Path, *, managed: bool = True) -> ExcludeRules:
+def exclude_rules(
+    spec: BuildSpec,
+    root: Path,
+    export_ignored: frozenset[str] = frozenset(),
+    *,
+    managed: bool = True,
+) -> ExcludeRules:
     """The rules that keep paths of the build out of the release, in order: the project's
     excluded files, the committed ``.deployignore``, the generated paths, and (unless
-    ``managed`` is False) the paths Slipway writes itself. Each rule knows its source, for
-    the report of what it removed (see ``excludes.Exclusions``)."""
+    ``managed`` is False) the paths Slipway writes itself; plus ``export_ignored``
+    (``Tree.export_ignored``). Each rule knows its source, for the report of what it
+    removed (see ``excludes.Exclusions``)."""
     rules = [
         *parse_rules(spec.excluded, SOURCE_PROJECT),
         *parse_rules(load_deployignore(root), SOURCE_DEPLOYIGNORE),
@@ -108,7 +121,7 @@ def exclude_rules(spec: BuildSpec, root: Path, *, managed: bool = True) -> Exclu
     if managed:
         paths = [f"/{validate_relative_path(path, 'path')}" for path in spec.managed_paths]
         rules += parse_rules(paths, SOURCE_MANAGED)
-    return ExcludeRules(rules)
+    return ExcludeRules(rules, ignored_paths=export_ignored)
 
 
 def generated_rules(spec: BuildSpec) -> ExcludeRules | None:
@@ -267,6 +280,8 @@ class Tree:
     hash_cache_path: Path | None
     #: The top of the checkout (``root`` is this or a folder in it, the project's subdirectory).
     top: Path | None = None
+    #: Paths under ``root`` marked ``export-ignore`` (empty when the project turned it off).
+    export_ignored: frozenset[str] = frozenset()
 
     @property
     def checkout(self) -> Path:
@@ -303,6 +318,7 @@ def checked_out(spec: BuildSpec, mirror: Mirror, sha: str, log: LineSink) -> Ite
     deployment of the project holds it, a fresh export into a scratch directory instead.
     """
     subdirectory = validate_subdirectory(spec.subdirectory) if spec.subdirectory else ""
+    ignored = _export_ignored(mirror, sha, subdirectory) if spec.export_ignore else frozenset()
     workspace = Workspace(spec.workspace_dir, mirror)
     with workspace.try_lock() as locked:
         if locked:
@@ -317,9 +333,14 @@ def checked_out(spec: BuildSpec, mirror: Mirror, sha: str, log: LineSink) -> Ite
                 )
             )
             top = workspace.checkout(sha, keep=keep)
+            content.complete(mirror, sha, top, spec.content, log)
             root = folder_within(top, subdirectory, sha) if subdirectory else top
             yield Tree(
-                root, HashCache.load(workspace.hash_cache_path), workspace.hash_cache_path, top
+                root,
+                HashCache.load(workspace.hash_cache_path),
+                workspace.hash_cache_path,
+                top,
+                export_ignored=ignored,
             )
             return
     log(
@@ -331,9 +352,19 @@ def checked_out(spec: BuildSpec, mirror: Mirror, sha: str, log: LineSink) -> Ite
     )
     try:
         mirror.export(sha, scratch, subdirectory or None)
-        yield Tree(scratch, None, None)
+        content.complete(mirror, sha, scratch, spec.content, log, subdirectory=subdirectory)
+        yield Tree(scratch, None, None, export_ignored=ignored)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _export_ignored(mirror: Mirror, sha: str, subdirectory: str) -> frozenset[str]:
+    """The revision's export-ignored paths, relative to the build root."""
+    ignored = mirror.export_ignored(sha)
+    if not subdirectory:
+        return ignored
+    prefix = subdirectory + "/"
+    return frozenset(path[len(prefix) :] for path in ignored if path.startswith(prefix))
 
 
 def build(
@@ -364,7 +395,10 @@ def build(
         log("system", "Build commands skipped for this deployment")
     exclusions = Exclusions()
     manifest = Manifest.build(
-        root, exclude_rules(spec, root), cache=tree.hash_cache, exclusions=exclusions
+        root,
+        exclude_rules(spec, root, tree.export_ignored),
+        cache=tree.hash_cache,
+        exclusions=exclusions,
     )
     if tree.hash_cache is not None and tree.hash_cache_path is not None:
         tree.hash_cache.save(tree.hash_cache_path)

@@ -8,6 +8,7 @@ is kept in ``<deploy_path>/.slipway-manifest.json`` for the next change set.
 from __future__ import annotations
 
 import contextlib
+import os
 import posixpath
 import stat
 import threading
@@ -28,7 +29,7 @@ from builds.engine.errors import (
     PermissionDenied,
     TransferFailed,
 )
-from builds.engine.manifest import Manifest, diff, keep_generated
+from builds.engine.manifest import Manifest, diff, display_path, keep_generated
 from builds.engine.variables import substitute
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ PARALLEL_FILES = 4
 def _sftp_error(exc: OSError | IOError, path: str, host: str) -> Exception:
     code = getattr(exc, "errno", None)
     message = str(exc)
+    path = display_path(path)
     if code == 13 or "Permission denied" in message:
         return PermissionDenied(f"Permission denied writing {path} on {host}")
     if code == 28 or "No space left" in message or message == "Failure":
@@ -170,10 +172,16 @@ def _makedirs(sftp: paramiko.SFTPClient, path: str) -> None:
     for part in parts:
         current += "/" + part
         try:
-            sftp.stat(current)
+            sftp.stat(os.fsencode(current))
         except OSError:
             with contextlib.suppress(OSError):
-                sftp.mkdir(current)
+                sftp.mkdir(os.fsencode(current))
+
+
+def _remote(root: str, path: str) -> bytes:
+    """The server path of a build path, as bytes: a file name need not be UTF-8 (paramiko
+    would encode a str strictly)."""
+    return os.fsencode(posixpath.join(root, path))
 
 
 def _put_bytes(sftp: paramiko.SFTPClient, path: str, body: bytes, mode: int, host: str) -> None:
@@ -203,7 +211,7 @@ def _apply(
     manifest = output.manifest
     # Deletions first (deepest first), so a path that changed kind can be recreated.
     for path in sorted(deleted, key=lambda p: p.count("/"), reverse=True):
-        remote = posixpath.join(root, path)
+        remote = _remote(root, path)
         try:
             info = sftp.lstat(remote)
             if stat.S_ISDIR(info.st_mode or 0):
@@ -221,10 +229,10 @@ def _apply(
     files = [p for p in send if manifest[p].kind == "file"]
     links = [p for p in send if manifest[p].kind == "symlink"]
     for path in links:
-        remote = posixpath.join(root, path)
+        remote = _remote(root, path)
         with contextlib.suppress(OSError):
             sftp.remove(remote)
-        target = (output.root / path).readlink().as_posix()
+        target = os.readlink(os.fsencode(output.root / path))
         sftp.symlink(target, remote)
     total_bytes = sum(manifest[p].size for p in files)
     done = {"files": 0, "bytes": 0}
@@ -242,8 +250,8 @@ def _apply(
 
     def upload(path: str) -> None:
         entry = manifest[path]
-        remote = posixpath.join(root, path)
-        temporary = f"{remote}.slipway-tmp"
+        remote = _remote(root, path)
+        temporary = remote + b".slipway-tmp"
         channel = client()
         try:
             with open(output.root / path, "rb") as source, channel.open(temporary, "wb") as handle:
@@ -270,7 +278,7 @@ def _apply(
         for path in send:
             if manifest[path].kind == "dir":
                 with contextlib.suppress(OSError):
-                    sftp.chmod(posixpath.join(root, path), manifest[path].mode)
+                    sftp.chmod(_remote(root, path), manifest[path].mode)
     except (paramiko.SSHException, EOFError) as exc:
         raise TransferFailed(f"The connection to {host} was lost during the upload: {exc}") from exc
     finally:

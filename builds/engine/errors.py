@@ -46,6 +46,19 @@ class FetchTimedOut(RepositoryError):
     code = "fetch_timed_out"
 
 
+class SubmoduleUnavailable(RepositoryError):
+    """A submodule of the revision could not be fetched or checked out (names its path)."""
+
+    code = "submodule_unavailable"
+
+
+class LfsUnavailable(RepositoryError):
+    """A Git LFS object of the revision could not be had (names its path, or says that
+    git-lfs is missing on the worker)."""
+
+    code = "lfs_unavailable"
+
+
 class HostUnreachable(UserError):
     code = "host_unreachable"
 

@@ -140,8 +140,11 @@ def _class_to_regex(body: str) -> str:
 class ExcludeRules:
     """An ordered set of rules, compiled into two regexes (one pass per path)."""
 
-    def __init__(self, rules: Iterable[ExcludeRule]) -> None:
+    def __init__(self, rules: Iterable[ExcludeRule], *, ignored_paths: Iterable[str] = ()) -> None:
         self.rules: tuple[ExcludeRule, ...] = tuple(rules)
+        #: Exact paths left out together with everything under them, whatever the rules
+        #: say (``export-ignore`` in .gitattributes, see git.Mirror.export_ignored).
+        self.ignored_paths = frozenset(path.strip("/") for path in ignored_paths)
         self.has_negations = any(rule.negated for rule in self.rules)
         # Alternatives are tried in order, so listing the rules last-first makes the first
         # alternative that matches the whole path the last rule that matches it.
@@ -153,13 +156,16 @@ class ExcludeRules:
         self._folders = _compile_alternatives(rule.regex + "(?:/.*)?" for rule in newest_first)
 
     @classmethod
-    def from_lines(cls, lines: Iterable[str]) -> ExcludeRules:
-        return cls(rule for line in lines if (rule := parse_rule(line)) is not None)
+    def from_lines(cls, lines: Iterable[str], *, ignored_paths: Iterable[str] = ()) -> ExcludeRules:
+        return cls(
+            (rule for line in lines if (rule := parse_rule(line)) is not None),
+            ignored_paths=ignored_paths,
+        )
 
     def excludes(self, path: str, *, is_dir: bool = False) -> bool:
         """True when ``path`` (relative to the build root, ``/``-separated) is left out."""
         path = path.strip("/")
-        if path == DEPLOYIGNORE:
+        if path == DEPLOYIGNORE or (self.ignored_paths and self._ignored(path)):
             return True
         return self.rule_excluding(path, is_dir=is_dir) is not None
 
@@ -175,6 +181,13 @@ class ExcludeRules:
             return None
         rule = self._rule_for_group[match.lastindex - 1]
         return None if rule.negated else rule
+
+    def _ignored(self, path: str) -> bool:
+        while path:
+            if path in self.ignored_paths:
+                return True
+            path = path.rpartition("/")[0]
+        return False
 
     def filter(self, paths: Iterable[str]) -> list[str]:
         """The paths that are deployed (those no rule excludes), in their original order."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import os
 import queue
 import re
@@ -20,7 +21,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,9 +37,11 @@ from builds.engine.errors import (
     HostKeyNotTrusted,
     InternalError,
     InvalidInput,
+    LfsUnavailable,
     RepositoryError,
     RevisionNotFound,
 )
+from builds.engine.manifest import display_path
 
 LineCallback = Callable[[str], None]
 Transport = Literal["https", "http", "ssh", "git", "file"]
@@ -47,9 +50,6 @@ MAX_REF_LENGTH = 255
 MAX_URL_LENGTH = 2048
 
 _HEX_SHA = re.compile(r"[0-9a-fA-F]{7,40}")
-# check-ref-format accepts ';', '$', '`', '|'... which are harmless in argument lists but
-# turn into trouble the day a ref lands in a shell script, a log viewer or a filename.
-_REF_NAME_CHARACTERS = re.compile(r"[A-Za-z0-9/._+@-]+")
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Git hands "<transport>::<address>" to git-remote-<transport> (ext:: runs a command).
@@ -78,7 +78,8 @@ _MIN_REDACTED_SECRET_LENGTH = 4
 _SSH_TIMEOUT_OPTIONS = ("-o", "ConnectTimeout=30", "-o", "ServerAliveInterval=15")
 _HTTP_LOW_SPEED_CONFIG = (("http.lowSpeedLimit", "1000"), ("http.lowSpeedTime", "60"))
 # git archive honours export-ignore / export-subst from the archived tree; a deploy must get
-# the tree exactly as committed (.deployignore is the place to leave files out).
+# the tree exactly as committed (export-ignore is applied afterwards, as an exclusion:
+# Mirror.export_ignored and build.exclude_rules).
 # Attributes that would change the bytes written (line endings, $Id$, filters, encodings,
 # export-ignore/subst) are all switched off: a checkout or an export holds the committed bytes.
 # The workspace uses the same list. `!attr` unsets; `-working-tree-encoding` would be invalid.
@@ -86,6 +87,12 @@ NEUTRAL_ATTRIBUTES = (
     "* -text !eol -crlf -ident !filter !working-tree-encoding -export-ignore -export-subst\n"
 )
 _STDERR_TAIL_LINES = 8
+_FULL_SHA = re.compile(r"[0-9a-f]{40}")
+# Git LFS pointer files (https://github.com/git-lfs/git-lfs/blob/main/docs/spec.md) are
+# under 1024 bytes, start with the version line and name the object by its SHA-256.
+_LFS_POINTER_MAX_BYTES = 1024
+_LFS_POINTER_VERSION = "version https://git-lfs.github.com/spec/v1"
+_LFS_OID = re.compile(r"oid sha256:([0-9a-f]{64})")
 #: The default wall-clock limit of one fetch, in seconds (SLIPWAY_FETCH_TIMEOUT sets it).
 DEFAULT_FETCH_TIMEOUT_SECONDS = 900.0
 # How often a running fetch looks at its deadline and asks whether it was cancelled.
@@ -96,7 +103,16 @@ _FETCH_POLL_SECONDS = 0.5
 
 
 def validate_ref(ref: str, field: str = "revision") -> str:
-    """Return ``ref`` if it is a hex SHA (7-40 digits) or a safe branch/tag name."""
+    """Return ``ref`` if it is a hex SHA (7-40 digits) or a branch/tag name git accepts.
+
+    The rule is git's own (``git check-ref-format --branch``: no space, control character,
+    ``..``, ``~ ^ : ? * [ \\``, ``@{``, ``.lock`` ending...), so ``feature/ünïcode``,
+    ``a+b`` or ``fix;typo`` are accepted: a ref only ever reaches git as one argument after
+    ``--end-of-options`` or as ``refs/heads/<name>``, and build and SSH commands get it as
+    data (``$SLIPWAY_VAR_branch``, see variables.py). On top of git's rule, a leading ``-``
+    (read as an option by older tools) and anything longer than ``MAX_REF_LENGTH``
+    characters are refused. Raises InvalidInput naming ``field``.
+    """
     if not ref:
         raise InvalidInput(field, "is empty.")
     if len(ref) > MAX_REF_LENGTH:
@@ -105,13 +121,16 @@ def validate_ref(ref: str, field: str = "revision") -> str:
         raise InvalidInput(field, f"'{_printable(ref)}' cannot start with '-'.")
     if _HEX_SHA.fullmatch(ref):
         return ref
-    if not _REF_NAME_CHARACTERS.fullmatch(ref):
+    if _CONTROL_OR_SPACE.search(ref):
+        raise InvalidInput(
+            field, f"'{_printable(ref)}' must not contain spaces or control characters."
+        )
+    if ref == "@" or not _git_accepts_branch_name(ref):
         raise InvalidInput(
             field,
-            f"'{_printable(ref)}' may only contain letters, digits and / . _ - + @.",
+            f"'{ref}' is not a valid branch, tag or commit SHA (git refuses '..', '~', '^', "
+            "':', '?', '*', '[', '\\', '@{', a leading '.' or a trailing '.lock' in names).",
         )
-    if ".." in ref or ref == "@" or not _git_accepts_branch_name(ref):
-        raise InvalidInput(field, f"'{ref}' is not a valid branch, tag or commit SHA.")
     return ref
 
 
@@ -233,6 +252,67 @@ def _redact_text(text: str, secrets: tuple[str, ...]) -> str:
 
 def _printable(value: str) -> str:
     return _CONTROL.sub("?", value[:80])
+
+
+def resolve_submodule_url(base: str, url: str) -> str:
+    """A submodule URL as git reads it: ``./x`` and ``../x`` are relative to ``base``, the
+    superproject's URL (each ``../`` drops one path segment of it: ``../lib.git`` beside
+    ``https://host/acme/shop.git`` is ``https://host/acme/lib.git``); any other URL is kept.
+
+    Raises InvalidInput (field ``submodule``) when the ``../`` climb above the host."""
+    if not url.startswith(("./", "../")):
+        return url
+    resolved = base.rstrip("/")
+    rest = url
+    while rest.startswith(("./", "../")):
+        if rest.startswith("./"):
+            rest = rest[2:]
+            continue
+        rest = rest[3:]
+        resolved = _parent_url(resolved, url)
+    return f"{resolved}{'' if resolved.endswith(':') else '/'}{rest}"
+
+
+def _parent_url(url: str, relative: str) -> str:
+    scheme = _URL_SCHEME.match(url)
+    floor = len(scheme.group(0)) if scheme else 0
+    if scheme:
+        first_slash = url.find("/", floor)
+        floor = len(url) if first_slash == -1 else first_slash
+    cut = url.rfind("/")
+    if cut > floor or (scheme and cut == floor and floor < len(url)):
+        return url[:cut]
+    scp = None if scheme else _SCP_LIKE.fullmatch(url)
+    if scp is not None and scp["path"]:
+        return url[: scp.start("path")]
+    raise InvalidInput("submodule", f"'{relative}' leads above the repository's host ({url}).")
+
+
+def _host_of(url: str, transport: Transport) -> tuple[str, int | None] | None:
+    if transport == "file":
+        return None
+    if transport == "ssh":
+        return ssh_host_of(url)
+    parts = urlsplit(url)
+    return (parts.hostname or "", parts.port)
+
+
+def _has_attributes_file(paths: Iterable[str]) -> bool:
+    """Whether a tree's paths include a ``.gitattributes`` (the only source of attributes
+    for a mirror's revision: info/attributes and the worker's config are neutralised)."""
+    return any(path == ".gitattributes" or path.endswith("/.gitattributes") for path in paths)
+
+
+def _lfs_object_id(content: bytes) -> str | None:
+    """The object id of a Git LFS pointer file (spec v1), or None for any other content."""
+    lines = content.decode("utf-8", errors="replace").splitlines()
+    if not lines or lines[0] != _LFS_POINTER_VERSION:
+        return None
+    for line in lines[1:]:
+        match = _LFS_OID.fullmatch(line)
+        if match:
+            return match.group(1)
+    return None
 
 
 def validate_subdirectory(subdirectory: str) -> str:
@@ -438,7 +518,9 @@ class Mirror:
         return message
 
     @contextmanager
-    def _transport_environment(self) -> Iterator[dict[str, str]]:
+    def _transport_environment(
+        self, extra_config: tuple[tuple[str, str], ...] = ()
+    ) -> Iterator[dict[str, str]]:
         environment = _base_environment()
         allowed = ["https", "http", "ssh", "git"] + (["file"] if self._allow_local else [])
         environment["GIT_ALLOW_PROTOCOL"] = ":".join(allowed)
@@ -451,6 +533,7 @@ class Mirror:
         config.append(("http.followRedirects", "false"))
         if self._https_secret is not None:
             config.append(("http.extraHeader", self._authorization_header()))
+        config.extend(extra_config)
         _put_config_in_environment(environment, config)
         if self._transport != "ssh":
             yield environment
@@ -575,7 +658,8 @@ class Mirror:
         """Make ``dest`` hold exactly the tree of one revision (or of one of its folders).
 
         Regular files keep their executable bit, symlinks stay symlinks (never followed while
-        writing), submodules become empty folders as in a checkout without submodules.
+        writing), submodules become empty folders as in a checkout without submodules
+        (content.complete fills them).
         """
         full_sha = self.resolve(sha)
         tree = full_sha
@@ -589,6 +673,242 @@ class Mirror:
                 )
         _empty_directory(dest)
         self._archive_into(tree, dest)
+
+    def export_ignored(self, sha: str) -> frozenset[str]:
+        """The paths of one revision that ``.gitattributes`` marks ``export-ignore``, as
+        ``git archive`` reads them: files and folders (a folder's contents go with it),
+        relative to the top of the tree."""
+        full_sha = self.resolve(sha)
+        listing = self._git("ls-tree", "-r", "-t", "-z", "--name-only", full_sha).stdout
+        paths = [os.fsdecode(path) for path in listing.split(b"\0") if path]
+        if not _has_attributes_file(paths):
+            return frozenset()
+        values = self.attributes(full_sha, "export-ignore", paths)
+        return frozenset(path for path, value in values.items() if value == "set")
+
+    def attributes(self, sha: str, attribute: str, paths: list[str]) -> dict[str, str]:
+        """``attribute`` of each of ``paths`` in revision ``sha``: "set", "unset",
+        "unspecified" or its value (``filter`` → "lfs"), as ``git check-attr`` says.
+
+        The attributes come from the revision's own ``.gitattributes`` files only; the
+        mirror's neutral ``info/attributes`` and the worker's git config take no part (git
+        reads them through a throwaway git dir and index borrowing the mirror's objects).
+        """
+        if not paths:
+            return {}
+        full_sha = self.resolve(sha)
+        environment = {
+            **_base_environment(),
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+        }
+        _put_config_in_environment(environment, [("core.attributesFile", os.devnull)])
+        with tempfile.TemporaryDirectory(prefix="slipway-attributes-") as scratch:
+            git_dir = Path(scratch) / "attributes.git"
+            self._run_checked(
+                ["init", "--bare", "--quiet", "--template=", str(git_dir)], environment
+            )
+            alternates = git_dir / "objects" / "info" / "alternates"
+            alternates.parent.mkdir(parents=True, exist_ok=True)
+            alternates.write_text(f"{self.path / 'objects'}\n")
+            self._run_checked([f"--git-dir={git_dir}", "read-tree", full_sha], environment)
+            checked = subprocess.run(
+                # With --stdin, git takes no "--"; the attribute is one of ours, never typed.
+                [
+                    "git",
+                    f"--git-dir={git_dir}",
+                    "check-attr",
+                    "--cached",
+                    "--stdin",
+                    "-z",
+                    attribute,
+                ],
+                input=b"".join(os.fsencode(path) + b"\0" for path in paths),
+                capture_output=True,
+                env=environment,
+                check=False,
+            )
+        if checked.returncode != 0:
+            stderr = checked.stderr.decode("utf-8", errors="replace").strip()
+            raise RepositoryError(f"git check-attr failed for {full_sha[:12]}: {stderr}")
+        fields = checked.stdout.split(b"\0")
+        return {
+            os.fsdecode(fields[index]): os.fsdecode(fields[index + 2])
+            for index in range(0, len(fields) - 2, 3)
+        }
+
+    # -- submodules and LFS
+
+    def gitlinks(self, sha: str) -> dict[str, str]:
+        """Submodule path -> the commit recorded for it in revision ``sha``."""
+        output = self._git("ls-tree", "-r", "-z", "--end-of-options", self.resolve(sha)).stdout
+        found: dict[str, str] = {}
+        for record in output.split(b"\0"):
+            header, _, path = record.partition(b"\t")
+            mode, _, rest = header.partition(b" ")
+            if mode == b"160000":
+                found[os.fsdecode(path)] = rest.partition(b" ")[2].decode("ascii")
+        return found
+
+    def submodule_urls(self, sha: str) -> dict[str, str]:
+        """Submodule path -> URL as written in the revision's ``.gitmodules`` (maybe relative)."""
+        full_sha = self.resolve(sha)
+        if self._object_type(f"{full_sha}:.gitmodules") != "blob":
+            return {}
+        result = self._git(
+            "config", "--blob", f"{full_sha}:.gitmodules", "-z", "--list", check=False
+        )
+        if result.returncode != 0:
+            raise RepositoryError(
+                f"The .gitmodules of {full_sha[:12]} cannot be read: {result.stderr.strip()}"
+            )
+        names: dict[str, dict[str, str]] = {}
+        for item in result.stdout.split(b"\0"):
+            key, _, value = os.fsdecode(item).partition("\n")
+            section, _, rest = key.partition(".")
+            name, _, variable = rest.rpartition(".")
+            if section == "submodule" and variable in ("path", "url"):
+                names.setdefault(name, {})[variable] = value
+        return {entry["path"]: entry.get("url", "") for entry in names.values() if "path" in entry}
+
+    def has_commit(self, sha: str) -> bool:
+        return self._rev_parse(f"{sha}^{{commit}}") == sha
+
+    def fetch_commit(self, sha: str, on_line: LineCallback | None = None) -> None:
+        """Fetch one commit no branch or tag holds (hosts allow it for reachable commits)."""
+        if not _FULL_SHA.fullmatch(sha):
+            raise InternalError(f"{sha!r} is not a full SHA.")
+        with self._transport_environment() as environment:
+            self._git_streaming(
+                ["fetch", "--no-tags", "--no-recurse-submodules", "origin", sha],
+                environment=environment,
+                on_line=on_line,
+            )
+
+    def lfs_pointers(self, sha: str) -> dict[str, str]:
+        """Path -> LFS object id of each file of revision ``sha`` that git-lfs would smudge:
+        a blob that is an LFS pointer, at a path whose ``filter`` attribute is ``lfs``."""
+        full_sha = self.resolve(sha)
+        listing = self._git("ls-tree", "-r", "-l", "-z", "--end-of-options", full_sha).stdout
+        small: dict[str, str] = {}
+        records = listing.split(b"\0")
+        if not _has_attributes_file(os.fsdecode(r.partition(b"\t")[2]) for r in records):
+            return {}  # no filter=lfs anywhere
+        for record in records:
+            header, _, path = record.partition(b"\t")
+            fields = header.split()
+            if (
+                len(fields) == 4
+                and fields[1] == b"blob"
+                and fields[3].isdigit()
+                and int(fields[3]) < _LFS_POINTER_MAX_BYTES
+            ):
+                small[os.fsdecode(path)] = fields[2].decode("ascii")
+        if not small:
+            return {}
+        batch = subprocess.run(
+            ["git", f"--git-dir={self.path}", "cat-file", "--batch"],
+            input="".join(f"{blob}\n" for blob in small.values()).encode(),
+            capture_output=True,
+            env=_base_environment(),
+            check=False,
+        )
+        if batch.returncode != 0:
+            raise RepositoryError(f"git cat-file failed in the mirror for {full_sha[:12]}")
+        contents: dict[str, bytes] = {}
+        output = batch.stdout
+        position = 0
+        while position < len(output):
+            header_end = output.index(b"\n", position)
+            blob, _, size = output[position:header_end].decode("ascii").split(" ")
+            start = header_end + 1
+            contents[blob] = output[start : start + int(size)]
+            position = start + int(size) + 1
+        pointers = {
+            path: oid
+            for path, blob in small.items()
+            if (oid := _lfs_object_id(contents.get(blob, b""))) is not None
+        }
+        filters = self.attributes(full_sha, "filter", sorted(pointers))
+        return {path: oid for path, oid in pointers.items() if filters.get(path) == "lfs"}
+
+    def fetch_lfs(self, sha: str, on_line: LineCallback | None = None) -> None:
+        """Download the LFS objects of revision ``sha`` into the mirror (``lfs/objects``),
+        from the LFS server of the mirror's remote (a file:// or local remote's own
+        ``lfs/objects`` included), with the mirror's credentials and deadline.
+
+        Raises LfsUnavailable when git-lfs is not installed, RepositoryError when it fails."""
+        if shutil.which("git-lfs") is None:
+            raise LfsUnavailable("git-lfs is not installed on the worker (Debian: git-lfs).")
+        # The repository's own .lfsconfig could name any LFS server (lfs.url); git config
+        # wins over it, so the endpoint git-lfs would derive from the URL is set here.
+        with self._transport_environment((("lfs.url", self._lfs_endpoint()),)) as environment:
+            result = self._git_streaming(
+                ["lfs", "fetch", "origin", self.resolve(sha)],
+                environment=environment,
+                on_line=on_line,
+            )
+        if result.returncode != 0:
+            tail = [line for line in result.stderr.splitlines() if line.strip()]
+            raise RepositoryError(
+                f"git lfs fetch from {self.display_url} failed: "
+                + "\n".join(tail[-_STDERR_TAIL_LINES:])
+            )
+
+    def _lfs_endpoint(self) -> str:
+        """The LFS server git-lfs derives from the repository URL (its documented default)."""
+        url = self._fetch_url
+        if self._transport == "file":
+            return url if _URL_SCHEME.match(url) else Path(url).as_uri()
+        if self._transport == "ssh":
+            return url  # git-lfs asks the ssh host (git-lfs-authenticate) where to go
+        if self._transport == "git":
+            url = "https://" + url.removeprefix("git://")
+        url = url.rstrip("/")
+        return url + ("/info/lfs" if url.endswith(".git") else ".git/info/lfs")
+
+    def lfs_object(self, oid: str) -> Path:
+        """Where ``fetch_lfs`` keeps the object ``oid`` (a SHA-256 in hex)."""
+        return self.path / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
+
+    def for_submodule(self, url: str) -> tuple[str, Mirror]:
+        """The URL (a relative one resolved against this mirror's) and a mirror, beside this
+        one's folder under ``submodules/``, for a submodule of this repository.
+
+        The same rules as the repository's apply: the project's SSH key; its https token and
+        the trusted host key only toward the same host; local paths only when allowed.
+        Raises InvalidInput (field ``submodule``) for a URL git must not fetch from.
+        """
+        resolved = resolve_submodule_url(self._fetch_url, url)
+        transport = _transport_of(resolved, allow_local=self._allow_local)
+        digest = hashlib.sha256(resolved.encode()).hexdigest()[:24]
+        submodules = self.path.parent / "submodules"
+        same_host = _host_of(resolved, transport) == _host_of(self._fetch_url, self._transport)
+        if transport == "ssh" and not (same_host and self._transport == "ssh"):
+            raise InvalidInput(
+                "submodule",
+                f"{redact_url(resolved)} is an ssh address on another host than the "
+                "repository's: only the repository's host has a trusted host key. Use an "
+                "https:// URL (or a relative one) for this submodule.",
+            )
+        mirror = Mirror(
+            submodules / f"{digest}.git",
+            resolved,
+            ssh_private_key=self._ssh_private_key,
+            https_token=self._https_secret
+            if same_host and transport in ("https", "http")
+            else None,
+            allow_local=self._allow_local,
+            host_key=self._host_key if same_host and transport == "ssh" else None,
+            fetch_timeout=self._fetch_timeout,
+        )
+        return resolved, mirror
+
+    def _run_checked(self, arguments: list[str], environment: dict[str, str]) -> None:
+        result = _run_git(arguments, environment=environment)
+        if result.returncode != 0:
+            stderr = _redact_text(result.stderr, self._secrets).strip()
+            raise RepositoryError(f"Reading the revision's .gitattributes failed: {stderr}")
 
     def _object_type(self, revision: str) -> str | None:
         result = self._git("cat-file", "-t", "--end-of-options", revision, check=False)
@@ -835,16 +1155,22 @@ def _extract_tar_stream(stream: IO[bytes], dest: Path) -> None:
             elif member.isfile():
                 source = archive.extractfile(member)
                 if source is None:
-                    raise RepositoryError(f"Unreadable file in the repository: {member.name}")
+                    raise RepositoryError(
+                        f"Unreadable file in the repository: {display_path(member.name)}"
+                    )
                 _write_regular_file(source, target, executable=bool(member.mode & 0o111))
             else:
-                raise RepositoryError(f"Unexpected entry type in the repository: {member.name}")
+                raise RepositoryError(
+                    f"Unexpected entry type in the repository: {display_path(member.name)}"
+                )
 
 
 def _safe_member_parts(name: str) -> list[str]:
     parts = [part for part in name.rstrip("/").split("/")]
     if not name or name.startswith("/") or any(part in ("", ".", "..") for part in parts):
-        raise RepositoryError(f"Refusing an unsafe path in the repository archive: {name!r}")
+        raise RepositoryError(
+            f"Refusing an unsafe path in the repository archive: {display_path(name)!r}"
+        )
     return parts
 
 
@@ -854,7 +1180,9 @@ def _ensure_real_parent(dest: Path, target: Path) -> None:
     parent = target.parent
     while parent != dest:
         if parent.is_symlink():
-            raise RepositoryError(f"Refusing to write through a symlink: {target}")
+            raise RepositoryError(
+                f"Refusing to write through a symlink: {display_path(str(target))}"
+            )
         parent = parent.parent
     target.parent.mkdir(parents=True, exist_ok=True)
 

@@ -11,10 +11,12 @@ every file whose stat data has not changed, instead of reading it again.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
 import os
+import re
 import stat
 import tarfile
 import time
@@ -44,6 +46,9 @@ TAR_CHUNK_BYTES = 256 * 1024
 # zlib itself tops out at ~53 MB/s at level 1 on that machine, so the compressor, not the
 # network, is the bottleneck on a LAN or loopback and the cheapest level wins.
 DEFAULT_COMPRESSLEVEL = 1
+# How to_json writes a path that is not valid UTF-8: {"b64": "<base64 of its bytes>"}.
+_BYTES_KEY = "b64"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TAR_BLOCK = tarfile.BLOCKSIZE
 _TAR_RECORD = tarfile.RECORDSIZE
 
@@ -112,12 +117,17 @@ class Manifest(Mapping[str, Entry]):
         return cls(_walk(root, rules, cache, exclusions))
 
     def to_json(self) -> bytes:
-        """Compact, sorted, stable JSON; ASCII so undecodable file names survive the trip."""
+        """Compact, sorted, stable JSON, valid Unicode whatever the file names are.
+
+        A path that is not UTF-8 (``caf\\xe9.txt`` in Latin-1; in Python a str holding
+        surrogate escapes) is written ``{"b64": <base64 of its bytes>}`` instead of a string:
+        PostgreSQL's jsonb, where releases keep their manifest, refuses lone surrogates.
+        """
         document = {
             "version": MANIFEST_FORMAT_VERSION,
             "fields": ["path", "kind", "size", "mode", "digest"],
             "entries": [
-                [entry.path, entry.kind, entry.size, entry.mode, entry.digest]
+                [_path_to_json(entry.path), entry.kind, entry.size, entry.mode, entry.digest]
                 for entry in self._entries.values()
             ],
         }
@@ -135,10 +145,54 @@ class Manifest(Mapping[str, Entry]):
         return cls(_entry_from_row(row) for row in document["entries"])
 
 
+def display_path(path: str) -> str:
+    """``path`` as text any page, log line or database column can hold.
+
+    File names are bytes; the engine keeps them as str with surrogate escapes
+    (``os.fsdecode``). A byte that is not part of valid UTF-8 is shown as ``\\xe9``, a
+    control character as its ``\\n`` / ``\\t`` / ``\\x1b`` escape; everything else,
+    backslashes included, is kept. For display only: two names may look alike here.
+    """
+    try:
+        raw = os.fsencode(path)
+    except UnicodeEncodeError:
+        raw = path.encode("utf-8", "backslashreplace")
+    text = raw.decode("utf-8", "backslashreplace")
+    if not _CONTROL.search(text):
+        return text
+    return _CONTROL.sub(lambda match: _escape_control(match.group()), text)
+
+
+def _escape_control(character: str) -> str:
+    named = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+    return named.get(character, f"\\x{ord(character):02x}")
+
+
+def _path_to_json(path: str) -> str | dict[str, str]:
+    raw = os.fsencode(path)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return {_BYTES_KEY: base64.b64encode(raw).decode("ascii")}
+    return path
+
+
+def _path_from_json(value: object) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and set(value) == {_BYTES_KEY}:
+        try:
+            return os.fsdecode(base64.b64decode(value[_BYTES_KEY], validate=True))
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
 def _entry_from_row(row: object) -> Entry:
     if not isinstance(row, list) or len(row) != 5:
         raise InternalError(f"Malformed manifest entry: {row!r}")
-    path, kind, size, mode, digest = row
+    raw_path, kind, size, mode, digest = row
+    path = _path_from_json(raw_path)
     if (
         not isinstance(path, str)
         or kind not in ENTRY_KINDS
@@ -495,7 +549,7 @@ def tar_stream(
     written = 0
     for path in paths:
         if path not in manifest:
-            raise InternalError(f"{path} is not in the manifest.")
+            raise InternalError(f"{display_path(path)} is not in the manifest.")
         for piece in _member_pieces(root, manifest[path]):
             written += len(piece)
             output.append(compressor.compress(piece))
@@ -563,7 +617,7 @@ def _file_content(source: str, entry: Entry) -> Iterator[bytes]:
         while remaining > 0:
             piece = content.read(min(_READ_CHUNK_BYTES, remaining))
             if not piece:
-                raise InternalError(f"{entry.path} shrank while it was being sent.")
+                raise InternalError(f"{display_path(entry.path)} shrank while it was being sent.")
             remaining -= len(piece)
             yield piece
     if entry.size % _TAR_BLOCK:
@@ -572,4 +626,4 @@ def _file_content(source: str, entry: Entry) -> Iterator[bytes]:
 
 def _expect(matches: bool, entry: Entry) -> None:
     if not matches:
-        raise InternalError(f"{entry.path} changed after its manifest was built.")
+        raise InternalError(f"{display_path(entry.path)} changed after its manifest was built.")

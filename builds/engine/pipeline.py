@@ -133,7 +133,7 @@ def preview(spec: DeploySpec, reporter: Reporter) -> Preview:
         exclusions = Exclusions()
         manifest = Manifest.build(
             tree.root,
-            exclude_rules(spec.build, tree.root),
+            exclude_rules(spec.build, tree.root, tree.export_ignored),
             cache=tree.hash_cache,
             exclusions=exclusions,
         )

@@ -130,6 +130,12 @@ def _plain_relative(path: str) -> bool:
     return not path.startswith((META_DIR, UNFINISHED_MARKER))
 
 
+def _drifted(hex_lines: Sequence[str]) -> list[str]:
+    """The paths of the drift listing, sent as ``od -tx1`` lines of newline-ended names."""
+    raw = bytes.fromhex("".join(hex_lines))
+    return [os.fsdecode(name) for name in raw.split(b"\n") if name]
+
+
 def release_name(revision: str, when: float | None = None) -> str:
     """``YYYYMMDD-HHMMSSmmm-<short sha>``: sorts by time (UTC, to the millisecond)."""
     moment = when if when is not None else time.time()
@@ -397,9 +403,10 @@ if [ {int(incremental)} = 1 ] && [ -n "$live" ] && [ "$live" = {expected} ] && [
   echo copied=1
   # What changed in the live release after its deployment finished (people, the application):
   # compare the copy with the listing taken after that deployment's commands ran.
-  {_stat_listing(new)} | LC_ALL=C comm -3 "{MANIFEST_DIR}/$live.stat" - | sed 's/^\t//' | cut -f1 | LC_ALL=C sort -u | sed 's/^/drift=/'
+  # Names are bytes (not always UTF-8), so the lists travel as hex: lines of od.
+  {_stat_listing(new)} | LC_ALL=C comm -3 "{MANIFEST_DIR}/$live.stat" - | sed 's/^\t//' | cut -f1 | LC_ALL=C sort -u | od -An -v -tx1 | sed 's/^/drift=/'
   # What the live release's own commands changed after Slipway wrote it: not drift.
-  if [ -f "{MANIFEST_DIR}/$live.rewritten" ]; then sed 's/^/rewritten=/' "{MANIFEST_DIR}/$live.rewritten"; fi
+  if [ -f "{MANIFEST_DIR}/$live.rewritten" ]; then od -An -v -tx1 "{MANIFEST_DIR}/$live.rewritten" | sed 's/^/rewritten=/'; fi
   # Config files and shared links of the live release: gone from the copy, so that one no
   # longer configured is not carried on (today's are written again when the release finishes).
   if [ -f "{MANIFEST_DIR}/$live.managed" ]; then
@@ -598,8 +605,12 @@ fi
         return Prepared(
             live=(values.get("live") or [""])[-1] or None,
             copied=(values.get("copied") or ["0"])[-1] == "1",
-            drifted=tuple(path for path in values.get("drift", []) if _plain_relative(path)),
-            rewritten=tuple(path for path in values.get("rewritten", []) if _plain_relative(path)),
+            drifted=tuple(
+                path for path in _drifted(values.get("drift", [])) if _plain_relative(path)
+            ),
+            rewritten=tuple(
+                path for path in _drifted(values.get("rewritten", [])) if _plain_relative(path)
+            ),
             unseeded=tuple(
                 shared_paths[int(index)]
                 for index in values.get("unseeded", [])

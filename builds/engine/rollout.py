@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import shlex
 import tempfile
 import threading
@@ -188,7 +189,7 @@ class ArchiveCache:
         self._dir = tempfile.TemporaryDirectory(prefix="slipway-tar-")
 
     def archive_for(self, paths: Sequence[str], codec: str) -> SharedArchive:
-        key = hashlib.sha256("\0".join([codec, *paths]).encode()).hexdigest()
+        key = hashlib.sha256(os.fsencode("\0".join([codec, *paths]))).hexdigest()
         with self._lock:
             if key not in self._archives:
                 self._archives[key] = SharedArchive(

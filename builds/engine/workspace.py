@@ -16,7 +16,9 @@ Beside ``root`` (``<parent>/<name>``) live:
 
 The tree written is the revision exactly as committed: no end-of-line conversion, ``$Id$``
 expansion, smudge filter or re-encoding, whatever ``.gitattributes`` in the repository or
-the worker's git config says, and ``export-ignore`` / ``export-subst`` do not apply.
+the worker's git config says, and ``export-ignore`` / ``export-subst`` do not apply here
+(``export-ignore`` leaves paths out of the manifest instead: build.exclude_rules). Submodule
+folders are left empty and LFS files as pointers; content.complete fills them.
 """
 
 from __future__ import annotations
@@ -194,6 +196,10 @@ class Workspace:
         # One-way merge: an entry that matches the revision keeps its stat data and its file
         # unless that file's stat no longer matches; everything else is written or removed.
         self._git_in_tree("read-tree", "--reset", "-u", sha)
+        # Git never cleans inside a submodule's folder while the index holds the submodule;
+        # one the revision no longer has is untracked now, and goes with the rest (content.py
+        # fills the folders of those it has).
+        self._git_in_tree("clean", "-ffdqx", *exclude_options, "--")
 
     def _git_in_tree(self, *arguments: str) -> None:
         self._git(f"--git-dir={self.git_dir}", f"--work-tree={self.root}", *arguments)
