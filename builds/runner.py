@@ -566,14 +566,12 @@ def _run_preview(
         commits=[_commit_json(c) for c in result.commits],
         changes=_changes_json(first),
     )
-    reporter.log("system", f"Preview: {len(result.commits)} commits; " + _summary(first))
+    reporter.log(
+        "system",
+        f"Preview: {len(result.commits)} commits; " + (first or ChangeSet()).summary(),
+    )
     reporter.writer.flush()
     deployment_finish(deployment, status=Status.SUCCEEDED)
-
-
-def _summary(changes: ChangeSet | None) -> str:
-    data = _changes_json(changes)
-    return f"{len(data['added'])} added, {len(data['modified'])} modified, {len(data['deleted'])} deleted, {data['bytes']} bytes"
 
 
 def _commit_json(commit: Commit) -> dict[str, object]:
@@ -586,8 +584,10 @@ def _commit_json(commit: Commit) -> dict[str, object]:
 
 
 def _changes_json(changes: ChangeSet | None) -> dict[str, Any]:
+    """What a deployment stores, the API answers and the page shows: files, not folders."""
     if changes is None:
         return {"added": [], "modified": [], "deleted": [], "bytes": 0}
+    changes = changes.files()
     return {
         "added": list(changes.added),
         "modified": list(changes.modified),

@@ -135,6 +135,7 @@ def with_drift(changes: ChangeSet, prepared: release.Prepared, manifest: Manifes
         deleted=sorted(set(changes.deleted) | remove),
         bytes_to_send=changes.bytes_to_send
         + sum(manifest[p].size for p in resend if manifest[p].kind == "file"),
+        folders=changes.folders,
     )
 
 
@@ -397,11 +398,7 @@ class ServerRun(_Run):
                         "deployment (by a command or by hand); they are restored in the new release"
                     )
             self.result.changes = changes
-            self.log(
-                f"{len(changes.added)} added, {len(changes.modified)} modified, "
-                f"{len(changes.deleted)} deleted; {changes.bytes_to_send} bytes to send"
-                + ("" if prepared.copied else " (full upload)")
-            )
+            self.log(changes.summary() + ("" if prepared.copied else " (full upload)"))
         # Before-transfer commands see the live release; the new one only exists unfinished.
         self._commands(
             STAGE_BEFORE_TRANSFER,
