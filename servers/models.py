@@ -35,7 +35,11 @@ class Server(models.Model):
     private_key = EncryptedTextField(blank=True)
     deploy_path = models.CharField(max_length=500)
     atomic = models.BooleanField(default=True)
-    keep_releases = models.PositiveIntegerField(default=3)
+    keep_releases = models.PositiveIntegerField(
+        default=3,
+        help_text="Releases left on the server after each deployment, the live one included "
+        "(at least 2: the live one and the one a rollback returns to).",
+    )
     # Deploy this branch instead of the project's default branch.
     branch = models.CharField(max_length=255, blank=True)
     environment = models.CharField(max_length=50, blank=True)

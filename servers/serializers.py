@@ -20,7 +20,7 @@ from projects.serializers import ProjectServerField, SettingSerializer
 from projects.services import MAX_POSITION
 from servers.health import strategy_clean
 from servers.models import AuthMethod, HealthCheck, Protocol, Release, Server, ServerGroup
-from servers.services import MAX_KEEP_RELEASES
+from servers.services import MAX_KEEP_RELEASES, MIN_KEEP_RELEASES
 
 # The longest batch size the database keeps (ServerGroup.batch_size).
 BATCH_SIZE_MAX_LENGTH = 10
@@ -137,7 +137,13 @@ class ServerInputSerializer(serializers.Serializer[dict[str, Any]]):
     deploy_path = serializers.CharField(max_length=500, help_text="An absolute path.")
     protocol = serializers.ChoiceField(choices=Protocol.choices, default=Protocol.SSH)
     atomic = serializers.BooleanField(default=True)
-    keep_releases = serializers.IntegerField(min_value=1, max_value=MAX_KEEP_RELEASES, default=3)
+    keep_releases = serializers.IntegerField(
+        min_value=MIN_KEEP_RELEASES,
+        max_value=MAX_KEEP_RELEASES,
+        default=3,
+        help_text="Releases left on the server after each deployment, the live one included "
+        "(at least 2: the live one and the one a rollback returns to).",
+    )
     branch = serializers.CharField(max_length=255, allow_blank=True, default="")
     environment = serializers.CharField(max_length=50, allow_blank=True, default="")
     auto_deploy = serializers.BooleanField(default=True)
