@@ -446,7 +446,8 @@ class ServerRun(_Run):
     def _upload(self, changes: ChangeSet, manifest: Manifest) -> None:
         assert self.layout is not None and self.prepared is not None
         server, reporter = self.server, self.reporter
-        files_total = len(changes.paths_to_send)
+        # Files as the archive counts them (folders and links carry no content).
+        files_total = sum(1 for p in changes.paths_to_send if manifest[p].kind == "file")
         reporter.progress(server.id, 0, files_total, 0, changes.bytes_to_send)
         removals = changes.deleted + [p for p in changes.modified if manifest[p].kind != "dir"]
         if changes.paths_to_send:

@@ -47,6 +47,8 @@ def test_change_sets_count_files_not_folders(
     first = _run(services.deployment_create(project=project, servers=[server], user=alice))
     assert sorted(first.changes["added"]) == sorted(tree)
     assert "4 files added, 0 modified, 0 deleted" in _log(first)
+    target = first.targets.get()
+    assert (target.files_done, target.files_total) == (4, 4), "the progress counts files too"
 
     repo.commit({path: None for path in tree if path.startswith("app/")}, "Drop app/")
     second = _run(services.deployment_create(project=project, servers=[server], user=alice))
