@@ -8,6 +8,9 @@ phases (connect, prepare, activate, finalize; revert when needed) by a strategy.
   failed batch rolls back every server switched so far, and the rest are never touched;
 - canary: the first servers get the release and are watched for a window, then the rest
   follow, at once or when someone promotes; an abort rolls the canaries back.
+
+A rollback takes a kept release back live the same way: one ``RollbackRun`` per server
+(switch_back), through the same strategies and health checks.
 """
 
 from __future__ import annotations
