@@ -146,7 +146,7 @@ class DeploymentSerializer(DeploymentSummarySerializer):
     commits = serializers.SerializerMethodField()
     rollback_targets = serializers.SerializerMethodField(
         help_text="Where rolling this deployment back would take each server it succeeded "
-        "on, before anything happens; empty for previews, rollbacks and running deployments."
+        "on, before anything happens; empty for previews and unfinished deployments."
     )
 
     class Meta(DeploymentSummarySerializer.Meta):
@@ -161,7 +161,7 @@ class DeploymentSerializer(DeploymentSummarySerializer):
 
     @extend_schema_field(RollbackPlanSerializer(many=True))
     def get_rollback_targets(self, deployment: Deployment) -> list[dict[str, Any]]:
-        if deployment.kind != Kind.DEPLOY or deployment.status not in FINAL:
+        if deployment.kind == Kind.PREVIEW or deployment.status not in FINAL:
             return []
         return [
             {
