@@ -48,7 +48,7 @@ from builds.models import (
     TargetStatus,
     Trigger,
 )
-from builds.services import deployment_broadcast_status, deployment_finish, release_before_live
+from builds.services import deployment_broadcast_status, deployment_finish, rollback_release_for
 from projects.models import Project
 from servers.models import AuthMethod, Protocol, Release, Server
 
@@ -551,7 +551,7 @@ def _run_rollback(
     targets: dict[int, str] = {}
     revisions: dict[int, str] = {}
     for server in servers:
-        release = _rollback_release(deployment, server)
+        release = rollback_release_for(deployment, server)
         if release is not None:
             targets[server.pk] = release.name
             revisions[server.pk] = release.revision
@@ -566,6 +566,8 @@ def _run_rollback(
         server_env={
             v.name: v.value for v in deployment.project.environment_variables.filter(servers=True)
         },
+        health_checks=health_check_specs(deployment.project),
+        strategy=strategy_spec(deployment),
         lock_stale_after=settings.DEPLOYMENT_TIME_LIMIT,
         lock_owner_finished=_lock_owner_finished,
     )
@@ -576,19 +578,6 @@ def _run_rollback(
     )
     reporter.writer.flush()
     _record(deployment, results, revision=None, mask=reporter.writer.mask)
-
-
-def _rollback_release(deployment: Deployment, server: Server) -> Release | None:
-    kept = server.releases.filter(removed_at__isnull=True)
-    if deployment.rollback_release:
-        return kept.filter(name=deployment.rollback_release).first()
-    if deployment.rollback_of_id:
-        target = DeploymentTarget.objects.filter(
-            deployment_id=deployment.rollback_of_id, server=server
-        ).first()
-        if target and target.previous_release:
-            return kept.filter(name=target.previous_release).first()
-    return release_before_live(server)
 
 
 def _run_preview(
@@ -614,14 +603,12 @@ def _run_preview(
         commits=[_commit_json(c) for c in result.commits],
         changes={**_changes_json(first), "excluded": _exclusions_json(result.exclusions)},
     )
-    reporter.log("system", f"Preview: {len(result.commits)} commits; " + _summary(first))
+    reporter.log(
+        "system",
+        f"Preview: {len(result.commits)} commits; " + (first or ChangeSet()).summary(),
+    )
     reporter.writer.flush()
     deployment_finish(deployment, status=Status.SUCCEEDED)
-
-
-def _summary(changes: ChangeSet | None) -> str:
-    data = _changes_json(changes)
-    return f"{len(data['added'])} added, {len(data['modified'])} modified, {len(data['deleted'])} deleted, {data['bytes']} bytes"
 
 
 def _commit_json(commit: Commit) -> dict[str, object]:
@@ -646,8 +633,10 @@ def _exclusions_json(exclusions: Exclusions) -> list[dict[str, Any]]:
 
 
 def _changes_json(changes: ChangeSet | None) -> dict[str, Any]:
+    """What a deployment stores, the API answers and the page shows: files, not folders."""
     if changes is None:
         return {"added": [], "modified": [], "deleted": [], "bytes": 0}
+    changes = changes.files()
     return {
         # Paths as text: a file name that is not UTF-8 cannot go into jsonb (or a page) as is.
         "added": [display_path(path) for path in changes.added],
@@ -727,12 +716,20 @@ def _record(
 
 
 def _mark_live(deployment: Deployment, result: pipeline.ServerResult, revision: str | None) -> None:
+    """Record ``result.release`` as the server's live release. A deployment pushes it onto
+    the server's history (its ``previous`` is what was live); a rollback leaves the history
+    as it is, so the next plain rollback goes further back (services.rollback_target)."""
     server_id = result.server_id
+    now = timezone.now()
+    was_live = Release.objects.filter(server_id=server_id, live=True).first()
     Release.objects.filter(server_id=server_id, live=True).update(live=False)
     if deployment.kind == Kind.ROLLBACK:
-        Release.objects.filter(server_id=server_id, name=result.release).update(live=True)
+        Release.objects.filter(server_id=server_id, name=result.release).update(
+            live=True, went_live_at=now
+        )
         return
     manifest = json.loads(result.manifest.to_json()) if result.manifest is not None else {}
+    previous = was_live if was_live is not None and was_live.name != result.release else None
     Release.objects.update_or_create(
         server_id=server_id,
         name=result.release,
@@ -743,5 +740,7 @@ def _mark_live(deployment: Deployment, result: pipeline.ServerResult, revision: 
             "manifest": manifest,
             "live": True,
             "removed_at": None,
+            "previous": previous,
+            "went_live_at": now,
         },
     )

@@ -10,8 +10,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from builds.logs import LOG_PAGE_CHARS, line_payload
-from builds.models import Deployment, DeploymentTarget, LogLine, Status, Step
-from builds.services import LOG_PAGE_SIZE
+from builds.models import FINAL, Deployment, DeploymentTarget, Kind, LogLine, Status, Step
+from builds.services import LOG_PAGE_SIZE, rollback_plan_deployment
 from deployer.api import api_url
 from deployer.links import deployment_page
 from projects.serializers import ProjectServerField
@@ -144,16 +144,51 @@ class DeploymentSummarySerializer(serializers.ModelSerializer[Deployment]):
         return api_url("api-deployment-log", deployment_id=deployment.pk)
 
 
+class RollbackPlanSerializer(serializers.Serializer[Any]):
+    server = serializers.IntegerField()
+    server_name = serializers.CharField()
+    release = serializers.CharField(
+        allow_null=True, help_text="The release that goes live; null: none is kept."
+    )
+    revision = serializers.CharField(allow_null=True)
+    replaces = serializers.CharField(allow_null=True, help_text="The release live now.")
+
+
 class DeploymentSerializer(DeploymentSummarySerializer):
     steps = StepSerializer(many=True, read_only=True)
     changes = serializers.SerializerMethodField(
         help_text="What the deployment sends (or a preview would send)."
     )
     commits = serializers.SerializerMethodField()
+    rollback_targets = serializers.SerializerMethodField(
+        help_text="Where rolling this deployment back would take each server it succeeded "
+        "on, before anything happens; empty for previews and unfinished deployments."
+    )
 
     class Meta(DeploymentSummarySerializer.Meta):
-        fields = [*DeploymentSummarySerializer.Meta.fields, "steps", "changes", "commits"]
+        fields = [
+            *DeploymentSummarySerializer.Meta.fields,
+            "steps",
+            "changes",
+            "commits",
+            "rollback_targets",
+        ]
         read_only_fields = fields
+
+    @extend_schema_field(RollbackPlanSerializer(many=True))
+    def get_rollback_targets(self, deployment: Deployment) -> list[dict[str, Any]]:
+        if deployment.kind == Kind.PREVIEW or deployment.status not in FINAL:
+            return []
+        return [
+            {
+                "server": plan.server.pk,
+                "server_name": plan.server.name,
+                "release": plan.release.name if plan.release is not None else None,
+                "revision": plan.release.revision if plan.release is not None else None,
+                "replaces": plan.live.name if plan.live is not None else None,
+            }
+            for plan in rollback_plan_deployment(deployment)
+        ]
 
     @extend_schema_field(ChangesSerializer)
     def get_changes(self, deployment: Deployment) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -86,9 +86,10 @@ def deployment_create(
 
     A newer queued deployment supersedes an older queued one on the same server: the older
     target is cancelled with the reason, so a burst of pushes leaves one queued deployment
-    per server, at the newest head.
+    per server, at the newest head. With a group and ``servers`` both, the deployment goes to
+    those servers (in that order) with the group's strategy: undoing a group's deployment.
     """
-    targets = list(group.ordered_servers() if group is not None else servers)
+    targets = list(servers or (group.ordered_servers() if group is not None else ()))
     if not targets:
         raise DeploymentRefused("servers", "Choose at least one server or a group")
     for server in targets:
@@ -393,14 +394,102 @@ def deployment_start(
     return deployment
 
 
-def release_before_live(server: Server) -> Release | None:
-    """The newest kept release older than the live one: where a plain rollback goes."""
+def rollback_target(server: Server) -> Release | None:
+    """Where a plain rollback of ``server`` goes: the release that was live before the live one.
+
+    The server's live switches are a stack (Release.previous): each deployment pushes the
+    release it made live onto the one live before it, and a plain rollback pops, so deploy A,
+    deploy B, roll back, deploy B again, roll back ends on A. Releases removed from the server
+    are skipped (the walk goes further back). A live release older than this history (no
+    ``previous`` link) falls back to the newest kept release created before it. None when
+    there is nothing to go back to.
+    """
     kept = server.releases.filter(removed_at__isnull=True)
     live = server.live_release()
+    if live is not None and live.previous_id is not None:
+        seen = {live.pk}
+        candidate = live.previous
+        while candidate is not None and candidate.pk not in seen:
+            if candidate.removed_at is None and candidate.server_id == server.pk:
+                return candidate
+            seen.add(candidate.pk)
+            candidate = candidate.previous
+        return None
     older = kept.filter(live=False)
     if live is not None:
         older = older.filter(created_at__lt=live.created_at)
     return older.order_by("-created_at", "-id").first()
+
+
+@dataclass(frozen=True)
+class RollbackPlan:
+    """Where one server goes in a rollback, said before anything happens."""
+
+    server: Server
+    #: The release that will go live; None when the server has nothing to go back to.
+    release: Release | None
+    #: The release live now (None: none known).
+    live: Release | None
+
+    @property
+    def live_until(self) -> datetime | None:
+        """When the target stopped being live: when the live one went live."""
+        if self.live is None:
+            return None
+        return self.live.went_live_at or self.live.created_at
+
+    def describe(self) -> str:
+        """ "web1: current → releases/NAME (abc1234)", or why there is no target."""
+        if self.release is None:
+            return f"{self.server.name}: no earlier release to go back to"
+        return (
+            f"{self.server.name}: current → releases/{self.release.name} "
+            f"({self.release.revision[:7]})"
+        )
+
+
+def rollback_plan_server(server: Server) -> RollbackPlan:
+    """The plan of a plain rollback of ``server`` (see rollback_target)."""
+    return RollbackPlan(server=server, release=rollback_target(server), live=server.live_release())
+
+
+def rollback_plan_deployment(deployment: Deployment) -> list[RollbackPlan]:
+    """Where rolling back ``deployment`` takes each server it succeeded on (see
+    rollback_release_of), in the deployment's order."""
+    return [
+        RollbackPlan(
+            server=target.server,
+            release=rollback_release_of(deployment, target.server),
+            live=target.server.live_release(),
+        )
+        for target in deployment.targets.filter(status=TargetStatus.SUCCEEDED)
+        .select_related("server")
+        .order_by("position")
+    ]
+
+
+def rollback_release_of(deployment: Deployment, server: Server) -> Release | None:
+    """The release undoing ``deployment`` puts live on ``server``: the one the server had
+    before it (DeploymentTarget.previous_release) if still kept, else rollback_target."""
+    target = DeploymentTarget.objects.filter(deployment=deployment, server=server).first()
+    if target is not None and target.previous_release:
+        kept = server.releases.filter(removed_at__isnull=True, name=target.previous_release)
+        release = kept.first()
+        if release is not None:
+            return release
+    return rollback_target(server)
+
+
+def rollback_release_for(rollback: Deployment, server: Server) -> Release | None:
+    """The kept release a rollback deployment switches ``server`` to: the one it names, else
+    the one before what ``rollback.rollback_of`` made live, else the plain rollback target."""
+    if rollback.rollback_release:
+        return server.releases.filter(
+            removed_at__isnull=True, name=rollback.rollback_release
+        ).first()
+    if rollback.rollback_of is not None:
+        return rollback_release_of(rollback.rollback_of, server)
+    return rollback_target(server)
 
 
 def deployment_rollback_server(
@@ -416,7 +505,7 @@ def deployment_rollback_server(
         if target.live:
             raise DeploymentRefused("release", f"{release} is already live on {server.name}")
     else:
-        target = release_before_live(server)
+        target = rollback_target(server)
         if target is None:
             raise DeploymentRefused(
                 "release", f"Server {server.name} keeps no earlier release to roll back to"
@@ -444,7 +533,8 @@ def deployment_rollback_server(
 def deployment_rollback(
     *, deployment: Deployment, user: User | None, trigger: str = Trigger.API
 ) -> Deployment:
-    """Undo ``deployment`` on each server where it succeeded."""
+    """Undo ``deployment`` on each server where it succeeded, with the strategy it ran with
+    (its group's, or its own override): each server goes to rollback_release_of."""
     if deployment.status in ACTIVE:
         raise DeploymentRefused(
             "deployment",
@@ -453,9 +543,9 @@ def deployment_rollback(
         )
     servers = [
         target.server
-        for target in deployment.targets.filter(status=TargetStatus.SUCCEEDED).select_related(
-            "server"
-        )
+        for target in deployment.targets.filter(status=TargetStatus.SUCCEEDED)
+        .select_related("server")
+        .order_by("position")
     ]
     if deployment.kind == Kind.PREVIEW or not servers:
         raise DeploymentRefused(
@@ -470,6 +560,9 @@ def deployment_rollback(
             trigger=trigger,
             user=user,
             rollback_of=deployment,
+            # The servers go back the way they came: the group's batches, canaries, checks.
+            group=deployment.group,
+            strategy=deployment.strategy,
         )
         audit_record(
             project=deployment.project,

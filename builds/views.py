@@ -21,6 +21,7 @@ from builds.services import (
     deployment_request_promotion,
     deployment_rollback,
     deployment_start_with_strategy,
+    rollback_plan_deployment,
 )
 from projects.dashboard import (
     SERVICE_ERRORS,
@@ -157,6 +158,9 @@ def _deployment_context(deployment: Deployment, membership: Membership) -> dict[
     waiting = [target for target in targets if target.status == TargetStatus.WAITING]
     can_deploy = membership.can_deploy
     running = deployment.status == Status.RUNNING
+    can_roll_back = (
+        can_deploy and not deployment.is_active and deployment.kind == Kind.DEPLOY and succeeded
+    )
     return page_context(
         membership,
         tab="deployments",
@@ -175,16 +179,17 @@ def _deployment_context(deployment: Deployment, membership: Membership) -> dict[
         can_abort=can_deploy and running and not deployment.abort_requested_at,
         can_cancel=can_deploy and deployment.is_active,
         can_redeploy=can_deploy and not deployment.is_active and deployment.kind == Kind.DEPLOY,
-        can_roll_back=(
-            can_deploy and not deployment.is_active and deployment.kind == Kind.DEPLOY and succeeded
-        ),
+        can_roll_back=can_roll_back,
+        # Where each server goes, said in the confirmation before anything happens.
+        rollback_plans=rollback_plan_deployment(deployment) if can_roll_back else [],
         changes=_changes(deployment.changes),
     )
 
 
 def _strategy(deployment: Deployment) -> dict[str, Any] | None:
-    """How this deployment's servers take the release (the runner's choice, in words)."""
-    if deployment.kind != Kind.DEPLOY:
+    """How this deployment's servers take the release (the runner's choice, in words); a
+    rollback of a group's deployment goes the same way."""
+    if deployment.kind == Kind.PREVIEW:
         return None
     group = deployment.group
     kind = deployment.strategy or (group.strategy if group is not None else Strategy.PARALLEL)

@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 import httpx
 
@@ -264,7 +265,22 @@ def cmd_deploy(args: argparse.Namespace, client: Client) -> int:
 
 def cmd_rollback(args: argparse.Namespace, client: Client) -> int:
     [server_id] = _servers_by_name(client, args.project, [args.server])
-    body = {"release": args.release} if args.release else {}
+    server = client.get(f"/projects/{args.project}/servers/{server_id}/")
+    if args.release:
+        name = quote(args.release, safe="")
+        target = client.get(f"/projects/{args.project}/servers/{server_id}/releases/{name}/")
+    else:
+        target = server.get("rollback_target")
+        if not target:
+            raise CLIError(
+                f"{server['name']} keeps no earlier release to roll back to", EXIT_API_ERROR
+            )
+    # Where the server goes, said before anything happens (on stderr with --json).
+    say(
+        f"{server['name']}: current → releases/{target['name']} ({target['revision'][:7]})",
+        file=sys.stderr if args.json else None,
+    )
+    body = {"release": target["name"]}
     deployment = client.post(f"/projects/{args.project}/servers/{server_id}/rollback/", body)
     return _follow_created(args, client, deployment)
 

@@ -300,7 +300,17 @@ class Command(models.Model):
     servers = models.ManyToManyField("servers.Server", blank=True, related_name="commands")
 
     class Meta:
-        ordering = ["stage", "position", "id"]
+        # The order they run in: by stage (not by the stage's name, which sorts
+        # after_switch first), then by position.
+        ordering = [
+            models.Case(
+                models.When(stage=CommandStage.BEFORE_TRANSFER, then=models.Value(0)),
+                models.When(stage=CommandStage.BEFORE_SWITCH, then=models.Value(1)),
+                default=models.Value(2),
+            ),
+            "position",
+            "id",
+        ]
 
     def __str__(self) -> str:
         return self.description or self.command

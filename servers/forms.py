@@ -15,7 +15,7 @@ from servers.models import (
     Protocol,
     Server,
 )
-from servers.services import MAX_KEEP_RELEASES
+from servers.services import MAX_KEEP_RELEASES, MIN_KEEP_RELEASES
 
 
 class ServerForm(forms.Form):
@@ -52,7 +52,13 @@ class ServerForm(forms.Form):
     atomic = forms.BooleanField(
         label="Atomic releases (releases/ and a current symlink)", required=False, initial=True
     )
-    keep_releases = forms.IntegerField(min_value=1, max_value=MAX_KEEP_RELEASES, initial=3)
+    keep_releases = forms.IntegerField(
+        min_value=MIN_KEEP_RELEASES,
+        max_value=MAX_KEEP_RELEASES,
+        initial=3,
+        help_text="Releases left on the server after each deployment, the live one included "
+        "(at least 2: the live one and the one a rollback returns to).",
+    )
     branch = forms.CharField(
         max_length=255,
         required=False,

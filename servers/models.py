@@ -35,7 +35,11 @@ class Server(models.Model):
     private_key = EncryptedTextField(blank=True)
     deploy_path = models.CharField(max_length=500)
     atomic = models.BooleanField(default=True)
-    keep_releases = models.PositiveIntegerField(default=3)
+    keep_releases = models.PositiveIntegerField(
+        default=3,
+        help_text="Releases left on the server after each deployment, the live one included "
+        "(at least 2: the live one and the one a rollback returns to).",
+    )
     # Deploy this branch instead of the project's default branch.
     branch = models.CharField(max_length=255, blank=True)
     environment = models.CharField(max_length=50, blank=True)
@@ -146,6 +150,15 @@ class Release(models.Model):
     # {"path": [size, mode, digest, kind]}: basis of incremental transfer and drift checks.
     manifest = models.JSONField(default=dict, blank=True)
     live = models.BooleanField(default=False)
+    # The server's history of live switches, as a stack: a deployment that makes this
+    # release live points it at the release that was live before; a plain rollback goes
+    # back along these links (builds.services.rollback_target). Null: the first release,
+    # or one made before the history was kept (then the by-date rule applies).
+    previous = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # When it last went live (a deployment or a rollback switched current to it).
+    went_live_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     removed_at = models.DateTimeField(null=True, blank=True)
 

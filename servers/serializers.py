@@ -13,13 +13,14 @@ from rest_framework import serializers
 
 from builds.engine.errors import InvalidInput
 from builds.runner import parse_batch_size
+from builds.services import rollback_plan_server
 from deployer.api import api_url
 from deployer.links import deployment_page, server_page
 from projects.serializers import ProjectServerField, SettingSerializer
 from projects.services import MAX_POSITION
 from servers.health import strategy_clean
 from servers.models import AuthMethod, HealthCheck, Protocol, Release, Server, ServerGroup
-from servers.services import MAX_KEEP_RELEASES
+from servers.services import MAX_KEEP_RELEASES, MIN_KEEP_RELEASES
 
 # The longest batch size the database keeps (ServerGroup.batch_size).
 BATCH_SIZE_MAX_LENGTH = 10
@@ -31,11 +32,32 @@ class LiveReleaseSerializer(serializers.Serializer[Release]):
     deployed_at = serializers.DateTimeField(source="created_at")
 
 
+class RollbackTargetSerializer(serializers.Serializer[Any]):
+    """Where a plain rollback of the server goes, before anything happens."""
+
+    name = serializers.CharField(help_text="The release that will go live.")
+    revision = serializers.CharField()
+    deployed_at = serializers.DateTimeField(help_text="When that release was made.")
+    live_from = serializers.DateTimeField(
+        allow_null=True, help_text="When it last went live (null: not recorded)."
+    )
+    live_until = serializers.DateTimeField(
+        allow_null=True, help_text="When it stopped being live: when the live one went live."
+    )
+    replaces = serializers.CharField(
+        allow_null=True, help_text="The release live now, which it replaces."
+    )
+
+
 class ServerSerializer(serializers.ModelSerializer[Server]):
     trusted = serializers.SerializerMethodField(
         help_text="True once a host key is pinned; deployments need it."
     )
     live_release = serializers.SerializerMethodField()
+    rollback_target = serializers.SerializerMethodField(
+        help_text="The release a rollback without a named release would put live: the one "
+        "live before the live one. Null when there is none."
+    )
     url = serializers.SerializerMethodField()
     html_url = serializers.SerializerMethodField()
     releases_url = serializers.SerializerMethodField()
@@ -63,6 +85,7 @@ class ServerSerializer(serializers.ModelSerializer[Server]):
             "directory_mode",
             "position",
             "live_release",
+            "rollback_target",
             "created_at",
             "url",
             "html_url",
@@ -77,6 +100,24 @@ class ServerSerializer(serializers.ModelSerializer[Server]):
     def get_live_release(self, server: Server) -> dict[str, Any] | None:
         live = server.live_release()
         return LiveReleaseSerializer(live).data if live is not None else None
+
+    @extend_schema_field(RollbackTargetSerializer(allow_null=True))
+    def get_rollback_target(self, server: Server) -> dict[str, Any] | None:
+        plan = rollback_plan_server(server)
+        if plan.release is None:
+            return None
+        return dict(
+            RollbackTargetSerializer(
+                {
+                    "name": plan.release.name,
+                    "revision": plan.release.revision,
+                    "deployed_at": plan.release.created_at,
+                    "live_from": plan.release.went_live_at,
+                    "live_until": plan.live_until,
+                    "replaces": plan.live.name if plan.live is not None else None,
+                }
+            ).data
+        )
 
     def get_url(self, server: Server) -> str:
         return api_url("api-server", slug=server.project.slug, server_id=server.pk)
@@ -96,7 +137,13 @@ class ServerInputSerializer(serializers.Serializer[dict[str, Any]]):
     deploy_path = serializers.CharField(max_length=500, help_text="An absolute path.")
     protocol = serializers.ChoiceField(choices=Protocol.choices, default=Protocol.SSH)
     atomic = serializers.BooleanField(default=True)
-    keep_releases = serializers.IntegerField(min_value=1, max_value=MAX_KEEP_RELEASES, default=3)
+    keep_releases = serializers.IntegerField(
+        min_value=MIN_KEEP_RELEASES,
+        max_value=MAX_KEEP_RELEASES,
+        default=3,
+        help_text="Releases left on the server after each deployment, the live one included "
+        "(at least 2: the live one and the one a rollback returns to).",
+    )
     branch = serializers.CharField(max_length=255, allow_blank=True, default="")
     environment = serializers.CharField(max_length=50, allow_blank=True, default="")
     auto_deploy = serializers.BooleanField(default=True)

@@ -44,6 +44,9 @@ _MODE = re.compile(r"[0-7]{3,4}")
 # Host and user names end up in error messages and in ssh's view of the world: no blanks,
 # no control characters, and nothing that could pass for an option.
 _NAME_CHARACTERS = re.compile(r"[^\s\x00-\x1f\x7f-]\S*")
+# keep_releases counts every release left on the server, the live one included; the live
+# release and the one a rollback returns to are never removed, hence at least 2.
+MIN_KEEP_RELEASES = 2
 MAX_KEEP_RELEASES = 100
 CHECK_COMMAND_TIMEOUT_SECONDS = 30.0
 
@@ -114,8 +117,14 @@ def server_clean(data: dict[str, Any], *, server: Server | None = None) -> dict[
         raise InvalidInput("protocol", f"must be one of {', '.join(Protocol.values)}.")
     if "deploy_path" in cleaned:
         cleaned["deploy_path"] = validate_deploy_path(str(cleaned["deploy_path"]))
-    if "keep_releases" in cleaned and not 1 <= int(cleaned["keep_releases"]) <= MAX_KEEP_RELEASES:
-        raise InvalidInput("keep_releases", f"must be between 1 and {MAX_KEEP_RELEASES}.")
+    if "keep_releases" in cleaned and not (
+        MIN_KEEP_RELEASES <= int(cleaned["keep_releases"]) <= MAX_KEEP_RELEASES
+    ):
+        raise InvalidInput(
+            "keep_releases",
+            f"must be between {MIN_KEEP_RELEASES} and {MAX_KEEP_RELEASES}: it counts every "
+            "release on disk, the live one and the one a rollback returns to included.",
+        )
     if cleaned.get("branch"):
         cleaned["branch"] = validate_ref(str(cleaned["branch"]).strip(), field="branch")
     if cleaned.get("host_key_fingerprint"):

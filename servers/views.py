@@ -10,7 +10,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from builds.models import TARGET_ACTIVE, Deployment, DeploymentTarget, Kind, Trigger
-from builds.services import deployment_rollback_server
+from builds.services import deployment_rollback_server, rollback_plan_server
 from projects.dashboard import (
     SERVICE_ERRORS,
     add_service_error,
@@ -68,6 +68,7 @@ def _render_server(
             removed=removed,
             deployments=deployments,
             busy=busy.deployment if busy else None,
+            rollback=rollback_plan_server(server),
             check=check,
             trust_error=trust_error,
         ),

@@ -113,7 +113,7 @@ def deliver(
             result.changes = changes
             reporter.log(
                 "system",
-                f"{len(changes.added)} added, {len(changes.modified)} modified, {len(changes.deleted)} deleted; {changes.bytes_to_send} bytes to send (in place)",
+                f"{changes.summary()} (in place)",
                 server.id,
             )
             _apply(

@@ -466,10 +466,30 @@ class ChangeSet:
     modified: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     bytes_to_send: int = 0
+    #: The folders among those paths: applying the change needs them, counting it does not.
+    folders: frozenset[str] = field(default_factory=frozenset, compare=False)
 
     @property
     def is_empty(self) -> bool:
         return not (self.added or self.modified or self.deleted)
+
+    def summary(self) -> str:
+        """ "3 files added, 1 modified, 0 deleted; 1200 bytes to send": files, not folders."""
+        counted = self.files()
+        return (
+            f"{len(counted.added)} files added, {len(counted.modified)} modified, "
+            f"{len(counted.deleted)} deleted; {self.bytes_to_send} bytes to send"
+        )
+
+    def files(self) -> ChangeSet:
+        """The same change with the folders left out: what people count and read (a removed
+        folder of 3 files is "3 deleted", not 5 with the folder and its subfolder)."""
+        return ChangeSet(
+            added=[p for p in self.added if p not in self.folders],
+            modified=[p for p in self.modified if p not in self.folders],
+            deleted=[p for p in self.deleted if p not in self.folders],
+            bytes_to_send=self.bytes_to_send,
+        )
 
     @property
     def paths_to_send(self) -> list[str]:
@@ -479,7 +499,11 @@ class ChangeSet:
 def diff(old: Manifest | None, new: Manifest) -> ChangeSet:
     """Compare two manifests; ``old=None`` (first deploy) sends everything."""
     if old is None:
-        return ChangeSet(added=list(new), bytes_to_send=new.total_bytes)
+        return ChangeSet(
+            added=list(new),
+            bytes_to_send=new.total_bytes,
+            folders=frozenset(path for path, entry in new.items() if entry.is_dir),
+        )
     old_kinds = _kinds_including_implied_dirs(old)
     new_kinds = _kinds_including_implied_dirs(new)
     deleted = sorted(
@@ -496,7 +520,15 @@ def diff(old: Manifest | None, new: Manifest) -> ChangeSet:
         elif path in old and old[path] != entry:
             modified.append(path)
     bytes_to_send = sum(new[path].size for path in added + modified if new[path].kind == "file")
-    return ChangeSet(added=added, modified=modified, deleted=deleted, bytes_to_send=bytes_to_send)
+    folders = {path for path in added + modified if new[path].is_dir}
+    folders.update(path for path in deleted if _is_dir(old_kinds[path]))
+    return ChangeSet(
+        added=added,
+        modified=modified,
+        deleted=deleted,
+        bytes_to_send=bytes_to_send,
+        folders=frozenset(folders),
+    )
 
 
 def keep_generated(changes: ChangeSet, generated: ExcludeRules | None) -> ChangeSet:

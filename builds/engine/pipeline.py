@@ -10,16 +10,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from builds.engine import release, rollout
 from builds.engine.build import BuildSpec, build, checked_out, exclude_rules, generated_rules
 from builds.engine.errors import (
-    Cancelled,
     EngineError,
     InvalidInput,
-    LockHeld,
     RevisionNotFound,
     UserError,
 )
@@ -40,10 +37,7 @@ from builds.engine.specs import (
     ServerResult,
     ServerSpec,
     StrategySpec,
-    lock_owner,
-    variables_for,
 )
-from builds.engine.ssh import connect
 
 __all__ = [
     "STAGE_AFTER_SWITCH",
@@ -247,80 +241,6 @@ def _check_spec(spec: DeploySpec) -> None:
 
 
 def rollback(spec: RollbackSpec, reporter: Reporter) -> list[ServerResult]:
-    """Switch each server's ``current`` back to a kept release; no build, no upload."""
-
-    def one(server: ServerSpec) -> ServerResult:
-        result = ServerResult(server_id=server.id, previous_release=server.live_release)
-        target = spec.targets.get(server.id)
-        try:
-            if not target or not release.is_release_name(target):
-                raise InvalidInput("release", f"{server.name}: no release to roll back to")
-            with reporter.step("connect", server.id):
-                connection = connect(server.endpoint)
-            with connection:
-                if not (server.atomic and server.shell):
-                    raise UserError(
-                        f"{server.name} is not an atomic server: there are no releases to switch between"
-                    )
-                layout = release.RemoteLayout(connection, server.deploy_path)
-                owner = lock_owner(spec.deployment_id)
-                holder = f"Slipway rollback #{spec.deployment_id} by {spec.deployer or 'unknown'}"
-                try:
-                    layout.lock(holder=holder, owner_id=owner, stale_after=spec.lock_stale_after)
-                except LockHeld as held:
-                    if not held.owner or not spec.lock_owner_finished(held.owner):
-                        raise
-                    layout.lock(
-                        holder=holder,
-                        owner_id=owner,
-                        stale_after=spec.lock_stale_after,
-                        take_over_from=held.owner,
-                    )
-                try:
-                    with reporter.step("switch", server.id):
-                        layout.check_release(target)
-                        result.previous_release = layout.live_release()
-                        layout.switch(target)
-                        result.release = target
-                        reporter.log("system", f"current → releases/{target}", server.id)
-                    release_path = layout.release_path(target)
-                    variables = variables_for(
-                        server=server,
-                        release_path=release_path,
-                        name=target,
-                        revision=spec.revisions.get(server.id, ""),
-                        project=spec.project,
-                        branch=spec.branch,
-                        deployer=spec.deployer,
-                    )
-                    if any(
-                        c.stage == STAGE_AFTER_SWITCH and c.applies_to(server)
-                        for c in spec.commands
-                    ):
-                        with reporter.step("commands after switch", server.id):
-                            run_commands(
-                                connection,
-                                spec.commands,
-                                stage=STAGE_AFTER_SWITCH,
-                                server=server,
-                                workdir=release_path,
-                                variables=variables,
-                                env=spec.server_env,
-                                reporter=reporter,
-                            )
-                finally:
-                    with contextlib.suppress(Exception):
-                        layout.unlock(owner_id=owner)
-            result.ok = True
-        except Cancelled as exc:
-            result.cancelled = True
-            result.error = exc
-        except EngineError as exc:
-            result.error = exc
-            reporter.log("system", f"Failed: {exc}", server.id)
-        finally:
-            reporter.thread_finished()
-        return result
-
-    with ThreadPoolExecutor(max_workers=max(1, min(spec.max_parallel, len(spec.servers)))) as pool:
-        return list(pool.map(one, spec.servers))
+    """Switch each server's ``current`` back to a kept release; no build, no upload. The
+    servers go with ``spec.strategy`` and ``spec.health_checks`` (rollout.switch_back)."""
+    return rollout.switch_back(spec, reporter)

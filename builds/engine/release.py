@@ -444,10 +444,15 @@ else perl -e 'rename($ARGV[0], $ARGV[1]) or die "rename: $!\\n"' "$tmp" current;
 """
 
     def _clean_up_script(self, *, keep: int, protect: Sequence[str]) -> str:
+        # ``keep`` counts every release left on disk, the protected ones (the live release,
+        # the one a rollback returns to) first; the newest others fill what room is left.
         # Release names sort by time, so the newest finished ones are the last of `sort`.
-        protected = " ".join(name for name in protect if is_release_name(name))
+        protected = " ".join(dict.fromkeys(name for name in protect if is_release_name(name)))
         return f"""protect=" {protected} "
-finished=$(cd releases && for d in */; do d=${{d%/}}; [ -d "$d" ] && [ ! -e "$d/{UNFINISHED_MARKER}" ] && echo "$d"; done | LC_ALL=C sort | tail -n {max(int(keep), 1)})
+room={max(int(keep), 1)}
+for p in $protect; do if [ -d "releases/$p" ]; then room=$((room - 1)); fi; done
+if [ "$room" -lt 0 ]; then room=0; fi
+finished=$(cd releases && for d in */; do d=${{d%/}}; [ -d "$d" ] && [ ! -e "$d/{UNFINISHED_MARKER}" ] && case "$protect" in *" $d "*) ;; *) echo "$d" ;; esac; done | LC_ALL=C sort | tail -n "$room")
 for d in releases/*/; do
   d=${{d%/}}; d=${{d#releases/}}
   case "$d" in [0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]-[0-9]*-[0-9a-f]*) ;; *) continue ;; esac
@@ -762,10 +767,11 @@ fi
         unlock_owner: str = "",
         settle: str = "",
     ) -> Cleaned:
-        """Keep the newest ``keep`` finished releases; never remove those in ``protect`` (the
-        live one, and the one a rollback would go back to); drop unfinished leftovers. With
-        ``settle`` (a release name), first record that release as its after-switch commands
-        left it (the baseline for drift)."""
+        """Leave ``keep`` finished releases on disk in all: those in ``protect`` (the live one,
+        and the one a rollback would go back to), never removed, then the newest others;
+        drop unfinished leftovers. ``keep`` below the number protected keeps the protected.
+        With ``settle`` (a release name), first record that release as its after-switch
+        commands left it (the baseline for drift)."""
         pieces = [self._settle_script(settle)] if settle else []
         pieces.append(self._clean_up_script(keep=keep, protect=protect))
         if unlock_owner:

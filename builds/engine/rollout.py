@@ -8,6 +8,9 @@ phases (connect, prepare, activate, finalize; revert when needed) by a strategy.
   failed batch rolls back every server switched so far, and the rest are never touched;
 - canary: the first servers get the release and are watched for a window, then the rest
   follow, at once or when someone promotes; an abort rolls the canaries back.
+
+A rollback takes a kept release back live the same way: one ``RollbackRun`` per server
+(switch_back), through the same strategies and health checks.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from builds.engine.errors import (
     Cancelled,
     EngineError,
     InternalError,
+    InvalidInput,
     LockHeld,
     UserError,
 )
@@ -54,8 +58,10 @@ from builds.engine.specs import (
     CommandSpec,
     DeploySpec,
     Reporter,
+    RollbackSpec,
     ServerResult,
     ServerSpec,
+    StrategySpec,
     lock_owner,
     variables_for,
 )
@@ -167,6 +173,7 @@ def with_drift(
         deleted=sorted(set(changes.deleted) | remove),
         bytes_to_send=changes.bytes_to_send
         + sum(manifest[p].size for p in resend if manifest[p].kind == "file"),
+        folders=changes.folders,
     )
 
 
@@ -209,48 +216,34 @@ class ArchiveCache:
 # --------------------------------------------------------------------------- one server
 
 
-class ServerRun:
-    """One server's part in a deployment. Phases run in order; each may raise EngineError."""
+class _Run:
+    """What every server's part in a rollout shares, whether it takes a new release
+    (ServerRun) or goes back to a kept one (RollbackRun): the connection and lock, the
+    commands and checks, and switching back to the release it had when a check fails.
+    The strategies below move runs through ``connect``, ``prepare`` and ``activate``."""
+
+    spec: DeploySpec | RollbackSpec
+    release_path: str
+    variables: dict[str, str]
 
     def __init__(
-        self,
-        spec: DeploySpec,
-        server: ServerSpec,
-        output: BuildOutput,
-        name: str,
-        archives: ArchiveCache,
-        reporter: Reporter,
-        index: int,
+        self, spec: DeploySpec | RollbackSpec, server: ServerSpec, reporter: Reporter
     ) -> None:
         self.spec = spec
         self.server = server
-        self.output = output
-        self.name = name
-        self.archives = archives
         self.reporter = reporter
         self.owner = lock_owner(spec.deployment_id)
         self.result = ServerResult(server_id=server.id, previous_release=server.live_release)
         self.connection: Connection | None = None
         self.layout: release.RemoteLayout | None = None
-        self.prepared: release.Prepared | None = None
+        #: The release live on the server when this run locked it: where a revert goes.
+        self.previous: str | None = None
+        self.atomic = server.atomic and server.shell
         self.locked = False
         #: The lock was left on the server for a command that may still be running.
         self.lock_left = False
         self.switched = False
         self.finished = False
-        deploy_path = release.validate_deploy_path(server.deploy_path)
-        self.atomic = server.atomic and server.shell
-        self.release_path = f"{deploy_path}/releases/{name}" if self.atomic else deploy_path
-        self.variables = variables_for(
-            server=server,
-            release_path=self.release_path,
-            name=name,
-            revision=output.revision,
-            project=spec.project,
-            branch=spec.branch,
-            deployer=spec.deployer,
-            index=index,
-        )
 
     # -- helpers
 
@@ -332,6 +325,131 @@ class ServerRun:
             self.layout = release.RemoteLayout(self.connection, self.server.deploy_path)
 
     def prepare(self) -> None:
+        raise NotImplementedError
+
+    def activate(self) -> None:
+        raise NotImplementedError
+
+    def revert(self, reason: str) -> None:
+        """Switch back to the release that was live before this run switched."""
+        previous = self.previous
+        if not self.atomic or not self.switched:
+            self.abandon()
+            return
+        assert self.layout is not None and self.connection is not None
+        if previous is None:
+            self.log(f"Cannot roll back {self.server.name}: there was no release before this one")
+            self.result.reason = reason
+            return
+        with self.reporter.step("roll back", self.server.id):
+            # The lock may have been released after the switch: take it again (same owner).
+            self.layout.lock(
+                holder=f"Slipway rolling back #{self.spec.deployment_id}",
+                owner_id=self.owner,
+                stale_after=self.spec.lock_stale_after,
+            )
+            try:
+                self.layout.switch(previous)
+                self.log(f"Rolled back: current → releases/{previous} ({reason})")
+                previous_variables = {
+                    **self.variables,
+                    "release_path": f"{self.layout.deploy_path}/releases/{previous}",
+                    "release": previous,
+                    "endrev": self.server.live_revision or "",
+                }
+                if has_commands(self.spec.commands, STAGE_AFTER_SWITCH, self.server):
+                    run_commands(
+                        self.connection,
+                        self.spec.commands,
+                        stage=STAGE_AFTER_SWITCH,
+                        server=self.server,
+                        workdir=previous_variables["release_path"],
+                        variables=previous_variables,
+                        env=self.spec.server_env,
+                        reporter=self.reporter,
+                    )
+            finally:
+                if self._may_unlock():
+                    with contextlib.suppress(Exception):
+                        self.layout.unlock(owner_id=self.owner)
+        self.locked = False
+        self.finished = True
+        self.switched = False
+        self.result.rolled_back = True
+        self.result.ok = False
+        self.result.release = previous
+        self.result.reason = reason
+        self.reporter.target_state(self.server.id, "rolled_back", reason)
+
+    def abandon(self) -> None:
+        """Release the lock if this run still holds it (and no stopped command may still be
+        running under it)."""
+        if self.atomic and self.locked and self.layout is not None and self._may_unlock():
+            with contextlib.suppress(Exception):
+                self.layout.unlock(owner_id=self.owner)
+            self.locked = False
+
+    def close(self) -> None:
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                self.connection.close()
+
+    def fail(self, error: BaseException) -> None:
+        """Record a failure of this server (any phase) and leave its server as it was."""
+        if isinstance(error, Cancelled):
+            self.result.cancelled = True
+            self.result.error = error
+            self.log("Cancelled; the live release was left as it was")
+        elif isinstance(error, EngineError):
+            self.result.error = error
+            if not self.result.rolled_back:
+                self.log(f"Failed: {error}")
+        else:  # ours: keep the detail for the operator, not the page
+            self.result.error = InternalError(
+                f"Unexpected error on {self.server.name}: {type(error).__name__}"
+            )
+            self.log(f"Failed: {self.result.error}")
+            logger.error("Deploying to %s failed", self.server.name, exc_info=error)
+        if not self.result.rolled_back:
+            self.abandon()
+
+
+class ServerRun(_Run):
+    """One server's part in a deployment. Phases run in order; each may raise EngineError."""
+
+    spec: DeploySpec
+
+    def __init__(
+        self,
+        spec: DeploySpec,
+        server: ServerSpec,
+        output: BuildOutput,
+        name: str,
+        archives: ArchiveCache,
+        reporter: Reporter,
+        index: int,
+    ) -> None:
+        super().__init__(spec, server, reporter)
+        self.output = output
+        self.name = name
+        self.archives = archives
+        self.prepared: release.Prepared | None = None
+        deploy_path = release.validate_deploy_path(server.deploy_path)
+        self.release_path = f"{deploy_path}/releases/{name}" if self.atomic else deploy_path
+        self.variables = variables_for(
+            server=server,
+            release_path=self.release_path,
+            name=name,
+            revision=output.revision,
+            project=spec.project,
+            branch=spec.branch,
+            deployer=spec.deployer,
+            index=index,
+        )
+
+    # -- phases
+
+    def prepare(self) -> None:
         """Everything up to the switch: the release is complete and checked, not live."""
         if not self.atomic:
             return  # in place: nothing can be prepared aside
@@ -340,6 +458,7 @@ class ServerRun:
         with self.reporter.step("transfer", server.id):
             prepared = self._lock_and_prepare()
             self.prepared = prepared
+            self.previous = prepared.live
             self.result.previous_release = prepared.live
             if self.spec.config_only:
                 if not prepared.copied or server.live_manifest is None:
@@ -361,11 +480,7 @@ class ServerRun:
                         f"restored in the new release: {_first(drifted)}"
                     )
             self.result.changes = changes
-            self.log(
-                f"{len(changes.added)} added, {len(changes.modified)} modified, "
-                f"{len(changes.deleted)} deleted; {changes.bytes_to_send} bytes to send"
-                + ("" if prepared.copied else " (full upload)")
-            )
+            self.log(changes.summary() + ("" if prepared.copied else " (full upload)"))
         # Before-transfer commands see the live release; the new one only exists unfinished.
         self._commands(
             STAGE_BEFORE_TRANSFER,
@@ -431,11 +546,15 @@ class ServerRun:
         server, reporter = self.server, self.reporter
         # Seeds land in the release at their own paths; finishing moves them into shared/.
         to_send = sorted(set(changes.paths_to_send) | set(seeds))
-        files_total = len(to_send)
+        # Files as the archive counts them (folders and links carry no content).
+        extra_seeds = [p for p in seeds if p not in changes.paths_to_send]
+        files_total = sum(1 for p in changes.paths_to_send if manifest[p].kind == "file") + sum(
+            1 for p in extra_seeds if self.archives.seeds[p].kind == "file"
+        )
         bytes_total = changes.bytes_to_send + sum(
             self.archives.seeds[p].size
-            for p in seeds
-            if p not in changes.paths_to_send and self.archives.seeds[p].kind == "file"
+            for p in extra_seeds
+            if self.archives.seeds[p].kind == "file"
         )
         reporter.progress(server.id, 0, files_total, 0, bytes_total)
         removals = changes.deleted + [p for p in changes.modified if manifest[p].kind != "dir"]
@@ -537,57 +656,6 @@ class ServerRun:
         if removed:
             self.log(f"Removed old releases: {', '.join(removed)}")
 
-    def revert(self, reason: str) -> None:
-        """Switch back to the release that was live before this deployment."""
-        previous = self.prepared.live if self.prepared else None
-        if not self.atomic or not self.switched:
-            self.abandon()
-            return
-        assert self.layout is not None and self.connection is not None
-        if previous is None:
-            self.log(f"Cannot roll back {self.server.name}: there was no release before this one")
-            self.result.reason = reason
-            return
-        with self.reporter.step("roll back", self.server.id):
-            # The lock may have been released after the switch: take it again (same owner).
-            self.layout.lock(
-                holder=f"Slipway rolling back #{self.spec.deployment_id}",
-                owner_id=self.owner,
-                stale_after=self.spec.lock_stale_after,
-            )
-            try:
-                self.layout.switch(previous)
-                self.log(f"Rolled back: current → releases/{previous} ({reason})")
-                previous_variables = {
-                    **self.variables,
-                    "release_path": f"{self.layout.deploy_path}/releases/{previous}",
-                    "release": previous,
-                    "endrev": self.server.live_revision or "",
-                }
-                if has_commands(self.spec.commands, STAGE_AFTER_SWITCH, self.server):
-                    run_commands(
-                        self.connection,
-                        self.spec.commands,
-                        stage=STAGE_AFTER_SWITCH,
-                        server=self.server,
-                        workdir=previous_variables["release_path"],
-                        variables=previous_variables,
-                        env=self.spec.server_env,
-                        reporter=self.reporter,
-                    )
-            finally:
-                if self._may_unlock():
-                    with contextlib.suppress(Exception):
-                        self.layout.unlock(owner_id=self.owner)
-        self.locked = False
-        self.finished = True
-        self.switched = False
-        self.result.rolled_back = True
-        self.result.ok = False
-        self.result.release = previous
-        self.result.reason = reason
-        self.reporter.target_state(self.server.id, "rolled_back", reason)
-
     def abandon(self) -> None:
         """Drop a release that never went live, and release the lock."""
         if self.atomic and self.locked and not self._may_unlock():
@@ -596,46 +664,95 @@ class ServerRun:
             with contextlib.suppress(Exception):
                 self.layout.discard(self.name, unlock_owner=self.owner)
             self.locked = False
-        elif self.atomic and self.locked and self.layout is not None:
-            with contextlib.suppress(Exception):
-                self.layout.unlock(owner_id=self.owner)
-            self.locked = False
+        else:
+            super().abandon()
 
-    def close(self) -> None:
-        if self.connection is not None:
-            with contextlib.suppress(Exception):
-                self.connection.close()
 
-    def fail(self, error: BaseException) -> None:
-        """Record a failure of this server (any phase) and leave its server as it was."""
-        if isinstance(error, Cancelled):
-            self.result.cancelled = True
-            self.result.error = error
-            self.log("Cancelled; the live release was left as it was")
-        elif isinstance(error, EngineError):
-            self.result.error = error
-            if not self.result.rolled_back:
-                self.log(f"Failed: {error}")
-        else:  # ours: keep the detail for the operator, not the page
-            self.result.error = InternalError(
-                f"Unexpected error on {self.server.name}: {type(error).__name__}"
+class RollbackRun(_Run):
+    """One server's part in a rollback: lock, check that the kept release is complete, run
+    the before-switch checks against it, switch, then the after-switch commands and checks
+    (a failed check switches back to the release the server had). No file is sent and no
+    release is removed."""
+
+    spec: RollbackSpec
+
+    def __init__(
+        self, spec: RollbackSpec, server: ServerSpec, reporter: Reporter, index: int
+    ) -> None:
+        super().__init__(spec, server, reporter)
+        self.target = spec.targets.get(server.id, "")
+        deploy_path = release.validate_deploy_path(server.deploy_path)
+        self.release_path = f"{deploy_path}/releases/{self.target}"
+        self.variables = variables_for(
+            server=server,
+            release_path=self.release_path,
+            name=self.target,
+            revision=spec.revisions.get(server.id, ""),
+            project=spec.project,
+            branch=spec.branch,
+            deployer=spec.deployer,
+            index=index,
+        )
+
+    def connect(self) -> None:
+        if not self.target or not release.is_release_name(self.target):
+            raise InvalidInput("release", f"{self.server.name}: no release to roll back to")
+        if not self.atomic:
+            raise UserError(
+                f"{self.server.name} is not an atomic server: there are no releases to switch between"
             )
-            self.log(f"Failed: {self.result.error}")
-            logger.error("Deploying to %s failed", self.server.name, exc_info=error)
-        if not self.result.rolled_back:
-            self.abandon()
+        super().connect()
+
+    def prepare(self) -> None:
+        assert self.layout is not None
+        layout, spec = self.layout, self.spec
+        with self.reporter.step("lock", self.server.id):
+            holder = f"Slipway rollback #{spec.deployment_id} by {spec.deployer or 'unknown'}"
+            try:
+                layout.lock(holder=holder, owner_id=self.owner, stale_after=spec.lock_stale_after)
+            except LockHeld as held:
+                if not held.owner or not spec.lock_owner_finished(held.owner):
+                    raise
+                layout.lock(
+                    holder=holder,
+                    owner_id=self.owner,
+                    stale_after=spec.lock_stale_after,
+                    take_over_from=held.owner,
+                )
+            self.locked = True
+            layout.check_release(self.target)
+            self.previous = layout.live_release()
+            self.result.previous_release = self.previous
+        self.run_checks(BEFORE_SWITCH, self.release_path)
+
+    def activate(self) -> None:
+        assert self.layout is not None
+        self.reporter.check_cancelled()  # the last safe point: after the switch, it is live
+        with self.reporter.step("switch", self.server.id):
+            self.layout.switch(self.target)
+            self.switched = True
+            self.result.release = self.target
+            self.log(f"current → releases/{self.target}")
+        self._commands(STAGE_AFTER_SWITCH, self.release_path, "commands after switch")
+        try:
+            self.run_checks(AFTER_SWITCH, self.release_path)
+        except HealthCheckFailed as failed:
+            self.revert(str(failed))
+            raise
+        self.finished = True
+        self.abandon()
 
 
 # --------------------------------------------------------------------------- strategies
 
 
 def _each(
-    runs: Sequence[ServerRun], work: Callable[[ServerRun], None], *, limit: int, reporter: Reporter
+    runs: Sequence[_Run], work: Callable[[_Run], None], *, limit: int, reporter: Reporter
 ) -> None:
     """Run ``work`` for each run in threads (at most ``limit`` at once); failures are recorded
     on the run, never raised."""
 
-    def guarded(run: ServerRun) -> None:
+    def guarded(run: _Run) -> None:
         try:
             work(run)
         except BaseException as error:
@@ -649,28 +766,28 @@ def _each(
         list(pool.map(guarded, runs))
 
 
-def _failed(run: ServerRun) -> bool:
+def _failed(run: _Run) -> bool:
     return run.result.error is not None or run.result.rolled_back or run.result.cancelled
 
 
-def _full(run: ServerRun) -> None:
+def _full(run: _Run) -> None:
     run.connect()
     run.prepare()
     run.activate()
     run.result.ok = True
 
 
-def _connect_and_prepare(run: ServerRun) -> None:
+def _connect_and_prepare(run: _Run) -> None:
     run.connect()
     run.prepare()
 
 
-def _activate(run: ServerRun) -> None:
+def _activate(run: _Run) -> None:
     run.activate()
     run.result.ok = True
 
 
-def _mark_untouched(runs: Sequence[ServerRun], reason: str, *, cancelled: bool = False) -> None:
+def _mark_untouched(runs: Sequence[_Run], reason: str, *, cancelled: bool = False) -> None:
     for run in runs:
         if cancelled:
             run.result.cancelled = True
@@ -680,14 +797,12 @@ def _mark_untouched(runs: Sequence[ServerRun], reason: str, *, cancelled: bool =
         run.reporter.target_state(run.server.id, "cancelled" if cancelled else "skipped", reason)
 
 
-def _revert_switched(
-    runs: Sequence[ServerRun], reason: str, reporter: Reporter, limit: int
-) -> None:
+def _revert_switched(runs: Sequence[_Run], reason: str, reporter: Reporter, limit: int) -> None:
     switched = [run for run in runs if run.switched and not run.result.rolled_back]
     _each(switched, lambda run: run.revert(reason), limit=limit, reporter=reporter)
 
 
-def _failure_reason(runs: Sequence[ServerRun]) -> str:
+def _failure_reason(runs: Sequence[_Run]) -> str:
     failed = [run for run in runs if _failed(run) and not run.result.cancelled]
     if not failed:
         return ""
@@ -705,15 +820,37 @@ def deliver(spec: DeploySpec, output: BuildOutput, reporter: Reporter) -> list[S
         ServerRun(spec, server, output, name, archives, reporter, index)
         for index, server in enumerate(spec.servers)
     ]
-    strategy = spec.strategy
-    limit = min(spec.max_parallel, strategy.max_parallel)
+    limit = min(spec.max_parallel, spec.strategy.max_parallel)
+    try:
+        _with_strategy(runs, spec.strategy, reporter, limit)
+    finally:
+        archives.close()
+    return [run.result for run in runs]
+
+
+def switch_back(spec: RollbackSpec, reporter: Reporter) -> list[ServerResult]:
+    """Switch each server of ``spec`` back to its kept release (``spec.targets``) with the
+    strategy and health checks of a deployment: in rolling batches, canaries first, or all
+    prepared then switched together. A server whose after-switch check fails goes back to
+    the release it had; a failed batch or canary switches the servers done so far back too."""
+    runs = [RollbackRun(spec, server, reporter, index) for index, server in enumerate(spec.servers)]
+    _with_strategy(
+        runs, spec.strategy, reporter, min(spec.max_parallel, spec.strategy.max_parallel)
+    )
+    return [run.result for run in runs]
+
+
+def _with_strategy(
+    runs: Sequence[_Run], strategy: StrategySpec, reporter: Reporter, limit: int
+) -> None:
+    """Move every run through its phases as ``strategy`` says; never raises for a server."""
     try:
         if strategy.kind == PREPARE_THEN_SWITCH:
             _prepare_then_switch(runs, reporter, limit)
         elif strategy.kind == ROLLING:
-            _rolling(runs, spec, reporter, limit)
+            _rolling(runs, strategy, reporter, limit)
         elif strategy.kind == CANARY:
-            _canary(runs, spec, reporter, limit)
+            _canary(runs, strategy, reporter, limit)
         else:
             _each(runs, _full, limit=limit, reporter=reporter)
         if any(isinstance(run.result.error, Aborted) for run in runs):
@@ -723,11 +860,9 @@ def deliver(spec: DeploySpec, output: BuildOutput, reporter: Reporter) -> list[S
         for run in runs:
             run.abandon()
             run.close()
-        archives.close()
-    return [run.result for run in runs]
 
 
-def _prepare_then_switch(runs: list[ServerRun], reporter: Reporter, limit: int) -> None:
+def _prepare_then_switch(runs: Sequence[_Run], reporter: Reporter, limit: int) -> None:
     _each(runs, _connect_and_prepare, limit=limit, reporter=reporter)
     if any(_failed(run) for run in runs):
         reason = _failure_reason(runs) or "a server was cancelled"
@@ -741,8 +876,8 @@ def _prepare_then_switch(runs: list[ServerRun], reporter: Reporter, limit: int) 
     _each(runs, _activate, limit=len(runs), reporter=reporter)
 
 
-def _rolling(runs: list[ServerRun], spec: DeploySpec, reporter: Reporter, limit: int) -> None:
-    batches = spec.strategy.batches(len(runs))
+def _rolling(runs: Sequence[_Run], strategy: StrategySpec, reporter: Reporter, limit: int) -> None:
+    batches = strategy.batches(len(runs))
     for number, batch in enumerate(batches, start=1):
         members = [runs[i] for i in batch]
         names = ", ".join(run.server.name for run in members)
@@ -768,11 +903,9 @@ def _rolling(runs: list[ServerRun], spec: DeploySpec, reporter: Reporter, limit:
             rest = [runs[i] for i in range(batch.stop, len(runs))]
             _mark_untouched(rest, f"Never touched: {reason}")
             return
-        if number < len(batches) and spec.strategy.pause_seconds:
-            reporter.log(
-                "system", f"Pausing {spec.strategy.pause_seconds:g} s before the next batch"
-            )
-            _pause(spec.strategy.pause_seconds, reporter)
+        if number < len(batches) and strategy.pause_seconds:
+            reporter.log("system", f"Pausing {strategy.pause_seconds:g} s before the next batch")
+            _pause(strategy.pause_seconds, reporter)
 
 
 def _pause(seconds: float, reporter: Reporter) -> None:
@@ -782,8 +915,7 @@ def _pause(seconds: float, reporter: Reporter) -> None:
         time.sleep(min(left, 0.5))
 
 
-def _canary(runs: list[ServerRun], spec: DeploySpec, reporter: Reporter, limit: int) -> None:
-    strategy = spec.strategy
+def _canary(runs: Sequence[_Run], strategy: StrategySpec, reporter: Reporter, limit: int) -> None:
     canaries, rest = runs[: strategy.canary_count], runs[strategy.canary_count :]
     reporter.log("system", f"Canary: {', '.join(run.server.name for run in canaries)}")
     _each(canaries, _full, limit=limit, reporter=reporter)
@@ -817,7 +949,7 @@ def _canary(runs: list[ServerRun], spec: DeploySpec, reporter: Reporter, limit: 
     _each(rest, _full, limit=limit, reporter=reporter)
 
 
-def _watch(canaries: Sequence[ServerRun], window: float, reporter: Reporter) -> str:
+def _watch(canaries: Sequence[_Run], window: float, reporter: Reporter) -> str:
     """Run the after-switch checks on the canaries until the window closes; the first problem."""
     deadline = time.monotonic() + window
     while True:

@@ -185,6 +185,10 @@ class RollbackSpec:
     deployer: str = ""
     commands: tuple[CommandSpec, ...] = ()
     server_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: Checked like a deployment's: a failed after-switch check switches the server back.
+    health_checks: tuple[HealthCheckSpec, ...] = ()
+    #: The group's strategy: a rollback goes in the same batches, canaries first...
+    strategy: StrategySpec = field(default_factory=StrategySpec)
     max_parallel: int = 5
     lock_stale_after: int = 3600
     lock_owner_finished: Callable[[str], bool] = field(default=lambda owner: False, repr=False)

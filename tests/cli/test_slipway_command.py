@@ -130,6 +130,10 @@ def test_rollback_status_log_and_projects(served, project, sshd_target):
     back = slipway(served, "rollback", slug, "--server", "web1", "--wait")
     assert back.returncode == 0, back.stdout + back.stderr
     assert (sshd_target.deploy_path / "current").resolve() == first
+    # Where it goes is printed before the rollback is asked for.
+    said = back.stdout.splitlines()[0]
+    assert said.startswith(f"web1: current → releases/{first.name} (")
+    assert said.endswith(f"{first.name.rsplit('-', 1)[1]})")
 
     status = slipway(served, "status", slug)
     assert status.returncode == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 
 import pytest
@@ -225,3 +226,98 @@ def test_a_failed_check_after_the_switch_rolls_that_server_back_by_itself(
     assert _live(sshd_target) == good
     assert reporter.text.count(": attempt ") == 3
     assert (sshd_target.deploy_path / "current" / "health.txt").read_text() == "healthy\n"
+
+
+# --------------------------------------------------------------------------- rollbacks
+
+
+def _two_releases(repo, tmp_path, fleet_):
+    """A then B live on the five servers: the servers as B left them, and A's names."""
+    targets, _, checks = fleet_
+    servers, a_names = _first_release(repo, tmp_path, fleet_)
+    b = repo.commit({"index.html": "B\n"}, "B")
+    result = pipeline.deploy(
+        deploy_spec(
+            repo,
+            tmp_path,
+            servers,
+            b,
+            deployment_id=2,
+            config_files=_health_files(set()),
+            health_checks=checks,
+        ),
+        RecordingReporter(),
+    )
+    assert result.ok, [r.error for r in result.servers]
+    return [after(result, server) for server in servers], a_names, [_live(t) for t in targets]
+
+
+def _rollback_spec(servers, names, checks, strategy) -> pipeline.RollbackSpec:
+    return pipeline.RollbackSpec(
+        deployment_id=3,
+        project="shop",
+        servers=tuple(servers),
+        targets={server.id: name for server, name in zip(servers, names, strict=True)},
+        health_checks=checks,
+        strategy=strategy,
+    )
+
+
+def test_a_prepare_then_switch_rollback_switches_nobody_when_one_release_is_gone(
+    fleet, git_repo_factory, tmp_path
+):
+    targets, _, checks = fleet
+    servers, a_names, b_names = _two_releases(git_repo_factory(), tmp_path, fleet)
+    shutil.rmtree(targets[3].deploy_path / "releases" / a_names[3])
+
+    results = pipeline.rollback(
+        _rollback_spec(servers, a_names, checks, StrategySpec(kind="prepare_then_switch")),
+        RecordingReporter(),
+    )
+
+    assert [_live(t) for t in targets] == b_names, "nobody switched"
+    outcomes = {r.server_id: r for r in results}
+    assert "no longer on the server" in str(outcomes[4].error)
+    assert all(outcomes[n].skipped for n in (1, 2, 3, 5))
+    assert not (targets[0].deploy_path / ".slipway" / "lock").exists(), "locks released"
+
+
+def test_a_canary_rollback_goes_back_when_the_canary_is_unhealthy_on_the_old_release(
+    fleet, git_repo_factory, tmp_path
+):
+    targets, _, checks = fleet
+    servers, a_names, b_names = _two_releases(git_repo_factory(), tmp_path, fleet)
+    (targets[0].deploy_path / "releases" / a_names[0] / "health.txt").write_text("sick\n")
+    reporter = RecordingReporter()
+
+    results = pipeline.rollback(
+        _rollback_spec(servers, a_names, checks, StrategySpec(kind="canary", canary_count=1)),
+        reporter,
+    )
+
+    assert [_live(t) for t in targets] == b_names
+    outcomes = {r.server_id: r for r in results}
+    assert outcomes[1].rolled_back and outcomes[1].release == b_names[0]
+    assert all(outcomes[n].skipped for n in (2, 3, 4, 5)), "the rest never touched"
+    assert "Canary: web1" in reporter.text
+
+
+def test_a_healthy_rolling_rollback_takes_every_server_back_batch_by_batch(
+    fleet, git_repo_factory, tmp_path
+):
+    targets, _, checks = fleet
+    servers, a_names, _ = _two_releases(git_repo_factory(), tmp_path, fleet)
+    reporter = RecordingReporter()
+
+    results = pipeline.rollback(
+        _rollback_spec(servers, a_names, checks, StrategySpec(kind="rolling", batch_size=2)),
+        reporter,
+    )
+
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert [_live(t) for t in targets] == a_names
+    text = reporter.text
+    batches = [text.index(f"Batch {n}/3") for n in (1, 2, 3)]
+    assert batches == sorted(batches)
+    checked = [s for s in reporter.steps if s[0] == "health checks after switch"]
+    assert sorted(server or 0 for _, server, _ in checked) == [1, 2, 3, 4, 5]

@@ -94,6 +94,18 @@ def test_it_deploys_watching_the_log_and_rolls_back_from_the_server_page(
     assert Path(current.resolve()).name != first_release
     confirmations = []
 
+    # The plain Roll back says where it goes before anything happens (dismissed here).
+    expect(page.locator("#rollback-target")).to_have_text(f"releases/{first_release}")
+
+    def dismiss(dialog):
+        confirmations.append(dialog.message)
+        dialog.dismiss()
+
+    page.once("dialog", dismiss)
+    page.locator("form.rollback-plain button").click()
+    expect(page.locator("#releases")).to_be_visible()
+    assert confirmations and f"current → releases/{first_release}" in confirmations.pop()
+
     def confirm(dialog):
         confirmations.append(dialog.message)
         dialog.accept()
