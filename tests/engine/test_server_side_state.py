@@ -147,7 +147,7 @@ def test_what_the_deployments_own_commands_write_is_not_drift_but_a_change_by_ha
     changes = second.servers[0].changes
     assert changes is not None and changes.is_empty, changes
     assert "changed on the server" not in reporter.text
-    assert "0 added, 0 modified, 0 deleted; 0 bytes to send" in reporter.text
+    assert "0 files added, 0 modified, 0 deleted; 0 bytes to send" in reporter.text
     live = _live(sshd_target)
     assert list((live / "shop" / "__pycache__").glob("views.*.pyc")), "bytecode is kept"
 
