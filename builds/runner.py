@@ -577,7 +577,10 @@ def _run_preview(
         commits=[_commit_json(c) for c in result.commits],
         changes=_changes_json(first),
     )
-    reporter.log("system", f"Preview: {len(result.commits)} commits; " + _summary(first))
+    summary = f"Preview: {len(result.commits)} commits; " + _summary(first)
+    if not result.built:
+        summary += " (build commands not run: see above)"
+    reporter.log("system", summary)
     reporter.writer.flush()
     deployment_finish(deployment, status=Status.SUCCEEDED)
 
