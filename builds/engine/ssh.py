@@ -409,7 +409,9 @@ class Connection:
         if check and exit_code != 0:
             failure = CommandFailed(command, exit_code, list(result.tail))
             stderr_tail = [text for stream, text in output.tail if stream == "stderr"]
-            raise classify_command_failure(failure, stderr_tail, self.endpoint.address)
+            raise classify_command_failure(
+                failure, stderr_tail, self.endpoint.address, username=self.endpoint.username
+            )
         return result
 
     def _send_input(
@@ -491,13 +493,28 @@ class Connection:
         return TransferFailed(f"Transfer to {self.endpoint.address} failed: {reason}")
 
 
+# `mkdir: cannot create directory '/srv/app': Permission denied`, `sh: 1: cannot create
+# /srv/app/x: Permission denied`, `tar: releases/r/a: Cannot open: Permission denied`.
+_DENIED_PATH = re.compile(
+    r"'(?P<quoted>[^'\n]+)': Permission denied"
+    r"|(?P<bare>[^\s:'][^\s:']*)(?:: Cannot \w+)?: Permission denied"
+)
+
+
 def classify_command_failure(
-    failure: CommandFailed, stderr_lines: Iterable[str], address: str
+    failure: CommandFailed,
+    stderr_lines: Iterable[str],
+    address: str,
+    *,
+    username: str = "",
+    deploy_path: str = "",
 ) -> EngineError:
     """Turn a failure whose stderr names a well-known cause into that cause's error.
 
     "No space left on device" and "Permission denied" are what the user has to fix on the
     server, so they get their own error codes; the command and its tail stay in the message.
+    A permission problem of Slipway's own release script (``deploy_path`` given) says which
+    path the login user ``username`` could not write and the `chown` that fixes it.
     """
     stderr_text = "\n".join(stderr_lines)
     # GNU tar reports a short write ("Wrote only 1536 of 10240 bytes") without naming ENOSPC.
@@ -507,7 +524,21 @@ def classify_command_failure(
     ):
         return DiskFull(f"The disk is full on {address}. {failure}")
     if "Permission denied" in stderr_text:
-        return PermissionDenied(f"Permission denied on {address}. {failure}")
+        said = f"Permission denied on {address}"
+        if deploy_path and username:
+            found = _DENIED_PATH.search(stderr_text)
+            path = (found["quoted"] or found["bare"]) if found else deploy_path
+            if not path.startswith("/"):
+                path = f"{deploy_path}/{path}"
+            said += (
+                f": the login user {username} may not write {path}. Give it the deploy path: "
+                f"as root on the server, `mkdir -p {deploy_path} && chown -R {username}: "
+                f"{deploy_path} && chmod -R u+rwX {deploy_path}`; or choose a deploy path "
+                f"that {username} owns"
+            )
+        elif username:
+            said += f" (logged in as {username})"
+        return PermissionDenied(f"{said}. {failure}")
     return failure
 
 
@@ -701,4 +732,19 @@ def _authenticate(
             return
         if not transport.is_active():
             break
-    raise AuthenticationRefused(f"{who} refused {' and '.join(tried)}.")
+    message = f"{who} refused {' and '.join(tried)}."
+    if client_key is not None:
+        message += " " + authorized_keys_advice(endpoint, client_key)
+    raise AuthenticationRefused(message)
+
+
+def authorized_keys_advice(endpoint: Endpoint, client_key: paramiko.PKey) -> str:
+    """What to do when the server refuses ``client_key``: the line to add (the public half,
+    which is no secret) and the file it goes in, that of the login user (sshd's default
+    ``AuthorizedKeysFile``)."""
+    line = f"{client_key.get_name()} {client_key.get_base64()} slipway"
+    return (
+        f"Add this line to ~/.ssh/authorized_keys of {endpoint.username} on "
+        f"{endpoint.hostname} (the file mode 0600, ~/.ssh 0700, both owned by "
+        f"{endpoint.username}):\n{line}"
+    )
