@@ -119,13 +119,9 @@ def server_clean(data: dict[str, Any], *, server: Server | None = None) -> dict[
     if cleaned.get("branch"):
         cleaned["branch"] = validate_ref(str(cleaned["branch"]).strip(), field="branch")
     if cleaned.get("host_key_fingerprint"):
-        cleaned["host_key_fingerprint"] = str(cleaned["host_key_fingerprint"]).strip()
-        if not FINGERPRINT.fullmatch(cleaned["host_key_fingerprint"]):
-            raise InvalidInput(
-                "host_key_fingerprint",
-                "must be a SHA256 fingerprint as `ssh-keygen -l` prints it "
-                "(SHA256: then 43 characters).",
-            )
+        cleaned["host_key_fingerprint"] = ssh.fingerprint_from(
+            str(cleaned["host_key_fingerprint"]), field="host_key_fingerprint"
+        )
     for field in ("file_mode", "directory_mode"):
         if cleaned.get(field) and not _MODE.fullmatch(str(cleaned[field])):
             raise InvalidInput(

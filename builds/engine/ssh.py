@@ -106,6 +106,32 @@ class HostKey:
 
 #: A fingerprint as ``ssh-keygen -l`` prints it.
 FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
+_FINGERPRINT_IN_TEXT = re.compile(r"(?<![A-Za-z0-9+/])SHA256:[A-Za-z0-9+/]{43}(?![A-Za-z0-9+/])")
+
+
+def fingerprint_from(text: str, *, field: str = "fingerprint") -> str:
+    """The ``SHA256:...`` fingerprint in what a person pasted: the fingerprint alone, or the
+    whole line ``ssh-keygen -lf`` prints (``256 SHA256:... root@host (ED25519)``), or ssh's
+    "ED25519 key fingerprint is SHA256:...". ``=`` padding is dropped (OpenSSH prints none).
+
+    Raises InvalidInput naming ``field`` when it holds no SHA256 fingerprint (an MD5 one gets
+    the command that prints the SHA256 one) or two different ones."""
+    found = set(_FINGERPRINT_IN_TEXT.findall(re.sub(r"(SHA256:[A-Za-z0-9+/]{43})=", r"\1", text)))
+    if len(found) == 1:
+        return found.pop()
+    if len(found) > 1:
+        raise InvalidInput(field, "holds more than one fingerprint: paste the one for this key.")
+    if "MD5:" in text or re.search(r"(?:[0-9a-f]{2}:){15}[0-9a-f]{2}", text):
+        raise InvalidInput(
+            field,
+            "is an MD5 fingerprint: Slipway needs the SHA256 one, which "
+            "`ssh-keygen -E sha256 -lf /etc/ssh/ssh_host_ed25519_key.pub` prints on the server.",
+        )
+    raise InvalidInput(
+        field,
+        "must be a SHA256 fingerprint as `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` "
+        "prints it on the server (SHA256: then 43 characters; the whole line is fine too).",
+    )
 
 
 def public_key_fingerprint(public_key: str) -> str:
@@ -126,12 +152,7 @@ def confirm_host_key(hostname: str, port: int, fingerprint: str, timeout: float 
     cannot be reached or probed (the reason; ours go to the worker's log), or when it offers
     another key (both named).
     """
-    fingerprint = fingerprint.strip()
-    if not FINGERPRINT.fullmatch(fingerprint):
-        raise InvalidInput(
-            "fingerprint",
-            "must be a SHA256 fingerprint as `ssh-keygen -l` prints it (SHA256: then 43 characters).",
-        )
+    fingerprint = fingerprint_from(fingerprint)
     address = format_address(hostname, port)
     try:
         offered = probe_host_key(hostname, port, timeout)
