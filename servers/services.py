@@ -33,7 +33,13 @@ from builds.engine.git import validate_ref
 from builds.engine.release import RemoteLayout, validate_deploy_path
 from builds.runner import endpoint_for
 from projects.models import Project
-from projects.services import _project_servers, audit_record, model_update, save_unique
+from projects.services import (
+    _project_servers,
+    audit_record,
+    model_update,
+    repository_branch_check,
+    save_unique,
+)
 from servers.health import health_check_clean
 from servers.models import AuthMethod, HealthCheck, Protocol, Server
 
@@ -178,6 +184,7 @@ def server_create(*, project: Project, actor: User, **fields: Any) -> Server:
     cleaned = server_clean(fields)
     if project.servers.filter(name=cleaned["name"]).exists():
         raise InvalidInput("name", f"{cleaned['name']!r} is already used in {project.slug}.")
+    _server_branch_check(project, cleaned)
     with transaction.atomic():
         server = save_unique(
             lambda: Server.objects.create(project=project, **cleaned),
@@ -204,8 +211,23 @@ def server_create(*, project: Project, actor: User, **fields: Any) -> Server:
     return server
 
 
+def _server_branch_check(project: Project, cleaned: dict[str, Any]) -> None:
+    """A server's own branch must be one the project's repository has (see
+    projects.services.repository_branch_check)."""
+    if cleaned.get("branch"):
+        repository_branch_check(
+            repository_url=project.repository_url,
+            branch=cleaned["branch"],
+            private_key=project.private_key,
+            repository_token=project.repository_token,
+            repository_host_key=project.repository_host_key,
+        )
+
+
 def server_update(*, server: Server, actor: User, **fields: Any) -> Server:
     cleaned = server_clean(fields, server=server)
+    if cleaned.get("branch") != server.branch:
+        _server_branch_check(server.project, cleaned)
     if "name" in cleaned and (
         Server.objects.filter(project_id=server.project_id, name=cleaned["name"])
         .exclude(pk=server.pk)
