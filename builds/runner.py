@@ -21,7 +21,7 @@ from builds import outbound
 from builds.cleanup import project_build_dir
 from builds.engine import pipeline
 from builds.engine.build import BuildCommandSpec, BuildSpec
-from builds.engine.errors import Aborted, Cancelled, EngineError
+from builds.engine.errors import Aborted, Cancelled, CommandFailed, EngineError
 from builds.engine.git import Commit
 from builds.engine.health import HealthCheckSpec
 from builds.engine.manifest import ChangeSet, Manifest
@@ -427,7 +427,9 @@ def run(deployment: Deployment) -> None:
         )
         if not exc.user_facing:
             logger.exception("Deployment %s failed", deployment.pk)
-        writer.system(f"Failed: {message}")
+        # A failed command's output is in the log just above: its headline says enough.
+        shown = exc.headline if isinstance(exc, CommandFailed) else message
+        writer.system(f"Failed: {shown}")
         writer.flush()
         deployment_finish(
             deployment, status=Status.FAILED, error=writer.mask(message), error_code=exc.code

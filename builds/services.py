@@ -220,6 +220,10 @@ def deployment_broadcast_status(deployment: Deployment) -> None:
     broadcast(deployment.pk, {"type": "deployment.status", "status": deployment_status(deployment)})
 
 
+#: The reason of a server that a failed deployment never reached (its error says why).
+NOT_REACHED = "Not deployed: the deployment failed before it reached this server."
+
+
 def deployment_finish(
     deployment: Deployment, *, status: str, error: str = "", error_code: str = ""
 ) -> None:
@@ -227,10 +231,13 @@ def deployment_finish(
     finished = Deployment.objects.filter(pk=deployment.pk, status__in=ACTIVE).update(
         status=status, error=error, error_code=error_code, finished_at=now, stage=""
     )
+    # The error is the deployment's, shown once above its servers: a server it never reached
+    # says only that (a failed build's paragraph, repeated per server, hid the servers).
+    reason = error[:2000] if status == Status.CANCELLED else NOT_REACHED if error else ""
     deployment.targets.filter(status__in=TARGET_ACTIVE).update(
         status=TargetStatus.CANCELLED if status == Status.CANCELLED else TargetStatus.FAILED,
         finished_at=now,
-        reason=error[:2000] if error else "",
+        reason=reason,
     )
     deployment.refresh_from_db()
     deployment_broadcast_status(deployment)

@@ -116,7 +116,8 @@ def fingerprint_from(text: str, *, field: str = "fingerprint") -> str:
 
     Raises InvalidInput naming ``field`` when it holds no SHA256 fingerprint (an MD5 one gets
     the command that prints the SHA256 one) or two different ones."""
-    found = set(_FINGERPRINT_IN_TEXT.findall(re.sub(r"(SHA256:[A-Za-z0-9+/]{43})=", r"\1", text)))
+    unpadded = re.sub(r"(SHA256:[A-Za-z0-9+/]{43})=", r"\1", text)
+    found: set[str] = {match[0] for match in _FINGERPRINT_IN_TEXT.finditer(unpadded)}
     if len(found) == 1:
         return found.pop()
     if len(found) > 1:
