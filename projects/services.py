@@ -49,6 +49,7 @@ from projects.models import (
     SiteSettings,
     TokenScope,
 )
+from servers.health import strategy_clean
 from servers.models import GroupMember, Server, ServerGroup
 
 logger = logging.getLogger(__name__)
@@ -725,8 +726,6 @@ def _clean_environment_variable(data: dict[str, Any]) -> None:
 
 
 def _clean_group(data: dict[str, Any]) -> None:
-    from servers.health import strategy_clean  # it imports the runner, which imports us
-
     data.update(strategy_clean(data))
     if "name" in data:
         data["name"] = str(data["name"]).strip()

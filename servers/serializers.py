@@ -12,7 +12,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from builds.engine.errors import InvalidInput
-from builds.runner import parse_batch_size
+from builds.engine.specs import parse_batch_size
 from deployer.api import api_url
 from deployer.links import deployment_page, server_page
 from projects.serializers import ProjectServerField, SettingSerializer
