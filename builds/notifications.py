@@ -38,6 +38,7 @@ from builds.engine.errors import InvalidInput
 from builds.engine.masking import Masker
 from builds.models import Deployment, Kind
 from deployer import links
+from deployer.celery import app
 from projects.models import (
     DELIVERY_OPEN,
     DeliveryStatus,
@@ -395,16 +396,19 @@ def deployment_payload(deployment: Deployment, event: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- sending
 
 
-def _enqueue(delivery_id: int, countdown: float | None = None) -> None:
-    from builds.tasks import send_notification_delivery
+#: The Celery task that sends one delivery (builds.tasks registers it under this name). Sent
+#: by name: the tasks call this module, so it does not import the tasks.
+SEND_DELIVERY_TASK = "builds.tasks.send_notification_delivery"
 
+
+def _enqueue(delivery_id: int, countdown: float | None = None) -> None:
     try:
         # No publishing retries: with the broker down this would hold the caller (a
         # deployment's worker) for nothing; resend_due sends the delivery later.
         options: dict[str, Any] = {"retry": False}
         if countdown is not None:
             options["countdown"] = countdown
-        send_notification_delivery.apply_async(args=(delivery_id,), **options)
+        app.send_task(SEND_DELIVERY_TASK, args=(delivery_id,), **options)
     except Exception:
         logger.warning(
             "Could not queue notification delivery %s; resend_due will send it",

@@ -30,6 +30,7 @@ from builds.models import (
     Trigger,
 )
 from builds.presenters import deployment_status
+from deployer.celery import app
 from projects.models import Project
 from projects.services import audit_record
 from servers.models import Release, Server, ServerGroup, Strategy
@@ -58,10 +59,13 @@ def _looks_like_sha(revision: str) -> bool:
     return 7 <= len(revision) <= 40 and all(c in "0123456789abcdef" for c in revision)
 
 
-def _send(deployment_id: int) -> None:
-    from builds.tasks import run_deployment
+#: The Celery task that runs a deployment (builds.tasks registers it under this name). Sent
+#: by name: the tasks call these services, so the services do not import the tasks.
+RUN_DEPLOYMENT_TASK = "builds.tasks.run_deployment"
 
-    run_deployment.delay(deployment_id)
+
+def _send(deployment_id: int) -> None:
+    app.send_task(RUN_DEPLOYMENT_TASK, args=(deployment_id,))
 
 
 def deployment_create(

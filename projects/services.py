@@ -33,9 +33,11 @@ from builds.engine.git import (
 )
 from builds.engine.release import validate_relative_path
 from builds.logs import user_group_name
+from builds.models import ACTIVE
 from projects.keys import generate_ed25519
 from projects.models import (
     ApiToken,
+    AuditEvent,
     BuildCommand,
     Command,
     CommandRunOn,
@@ -194,8 +196,6 @@ def audit_record(
     *, project: Project | None, actor: User | None, action: str, target: str = "", **detail: object
 ) -> None:
     """Record one audit event. Never pass a secret in ``detail``: it is shown to members."""
-    from projects.models import AuditEvent
-
     AuditEvent.objects.create(
         project=project,
         actor=actor if actor is not None and actor.is_authenticated else None,
@@ -544,8 +544,6 @@ def project_trust_repository_host_key(
 
 
 def project_delete(*, project: Project, actor: User) -> None:
-    from builds.models import ACTIVE
-
     with transaction.atomic():
         if project.deployments.filter(status__in=ACTIVE).exists():
             raise ValidationError(

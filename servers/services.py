@@ -31,6 +31,7 @@ from builds.engine.errors import (
 )
 from builds.engine.git import validate_ref
 from builds.engine.release import RemoteLayout, validate_deploy_path
+from builds.models import TARGET_ACTIVE
 from builds.runner import endpoint_for
 from projects.models import Project
 from projects.services import (
@@ -268,8 +269,6 @@ def server_update(*, server: Server, actor: User, **fields: Any) -> Server:
 
 
 def server_delete(*, server: Server, actor: User) -> None:
-    from builds.models import TARGET_ACTIVE
-
     with transaction.atomic():
         if server.targets.filter(status__in=TARGET_ACTIVE).exists():
             raise ValidationError(
