@@ -35,8 +35,10 @@ from django.utils import timezone
 
 from builds import outbound
 from builds.engine.errors import InvalidInput
+from builds.engine.masking import Masker
 from builds.models import Deployment, Kind
 from deployer import links
+from deployer.celery import app
 from projects.models import (
     DELIVERY_OPEN,
     DeliveryStatus,
@@ -46,6 +48,8 @@ from projects.models import (
     NotificationKind,
     Project,
 )
+from projects.secrets import project_secrets
+from projects.services import _project_servers, audit_record, model_update
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +204,6 @@ def notification_clean(
 
 
 def _servers_of(project: Project, cleaned: dict[str, Any]) -> list[Any] | None:
-    from projects.services import _project_servers
 
     if "servers" not in cleaned:
         return None
@@ -212,7 +215,6 @@ def _servers_of(project: Project, cleaned: dict[str, Any]) -> list[Any] | None:
 
 def notification_create(*, project: Project, actor: User | None, **fields: Any) -> Notification:
     """Add a notification to ``project``; the audit log names the fields, never their values."""
-    from projects.services import audit_record
 
     cleaned = notification_clean(fields)
     servers = _servers_of(project, cleaned)
@@ -235,7 +237,6 @@ def notification_create(*, project: Project, actor: User | None, **fields: Any) 
 def notification_update(
     *, notification: Notification, actor: User | None, **fields: Any
 ) -> Notification:
-    from projects.services import audit_record, model_update
 
     cleaned = notification_clean(fields, instance=notification)
     servers = _servers_of(notification.project, cleaned)
@@ -257,7 +258,6 @@ def notification_update(
 
 
 def notification_delete(*, notification: Notification, actor: User | None) -> None:
-    from projects.services import audit_record
 
     with transaction.atomic():
         audit_record(
@@ -347,8 +347,6 @@ def _iso(moment: datetime | None) -> str | None:
 
 def deployment_payload(deployment: Deployment, event: str) -> dict[str, Any]:
     """The JSON a webhook receives (and what the chat and email messages are made from)."""
-    from builds.engine.masking import Masker
-    from builds.runner import project_secrets
 
     project = deployment.project
     targets = list(deployment.targets.select_related("server").order_by("position", "id"))
@@ -398,16 +396,19 @@ def deployment_payload(deployment: Deployment, event: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- sending
 
 
-def _enqueue(delivery_id: int, countdown: float | None = None) -> None:
-    from builds.tasks import send_notification_delivery
+#: The Celery task that sends one delivery (builds.tasks registers it under this name). Sent
+#: by name: the tasks call this module, so it does not import the tasks.
+SEND_DELIVERY_TASK = "builds.tasks.send_notification_delivery"
 
+
+def _enqueue(delivery_id: int, countdown: float | None = None) -> None:
     try:
         # No publishing retries: with the broker down this would hold the caller (a
         # deployment's worker) for nothing; resend_due sends the delivery later.
         options: dict[str, Any] = {"retry": False}
         if countdown is not None:
             options["countdown"] = countdown
-        send_notification_delivery.apply_async(args=(delivery_id,), **options)
+        app.send_task(SEND_DELIVERY_TASK, args=(delivery_id,), **options)
     except Exception:
         logger.warning(
             "Could not queue notification delivery %s; resend_due will send it",

@@ -23,19 +23,17 @@ from builds.cleanup import project_build_dir
 from builds.engine import pipeline
 from builds.engine.build import BuildCommandSpec, BuildSpec
 from builds.engine.content import ContentPolicy
-from builds.engine.errors import Aborted, Cancelled, EngineError
+from builds.engine.errors import Aborted, Cancelled, CommandFailed, EngineError
 from builds.engine.excludes import Exclusions
 from builds.engine.git import Commit
 from builds.engine.health import HealthCheckSpec
 from builds.engine.manifest import ChangeSet, Manifest, display_path
 from builds.engine.masking import (
     Masker,
-    config_file_secrets,
-    url_secrets,
-    webhook_url_secrets,
 )
 from builds.engine.remote_build import BuildHost
 from builds.engine.sandbox import SandboxPolicy
+from builds.engine.specs import parse_batch_size
 from builds.engine.ssh import Endpoint
 from builds.logs import LogWriter
 from builds.models import (
@@ -50,6 +48,7 @@ from builds.models import (
 )
 from builds.services import deployment_broadcast_status, deployment_finish, rollback_release_for
 from projects.models import Project
+from projects.secrets import project_secrets
 from servers.models import AuthMethod, Protocol, Release, Server
 
 logger = logging.getLogger(__name__)
@@ -60,27 +59,6 @@ HEARTBEAT_SECONDS = 10
 # about the deployment.
 ERROR_CHARS = 20_000
 CANCEL_POLL_SECONDS = 1.0
-
-
-def project_secrets(project: Project, servers: list[Server]) -> list[str]:
-    """Every stored secret of the project that could show up in a deployment's output.
-
-    Shapes: a list of texts, each masked as a whole, line by line and in base64 (masking.py).
-    Every server of the project counts, not only ``servers``: a command may print another
-    server's password. Config files count whole (masking.config_file_secrets): members who
-    may not configure the project may not read them, yet may read the log.
-    """
-    values = [project.private_key, project.repository_token, project.webhook_secret]
-    values += url_secrets(project.repository_url)
-    values += [variable.value for variable in project.environment_variables.filter(secret=True)]
-    for body in project.config_files.values_list("body", flat=True):
-        values += config_file_secrets(body)
-    for notification in project.notifications.all():
-        values += [notification.secret]
-        values += webhook_url_secrets(notification.url) if notification.url else []
-    for server in {*servers, *project.servers.all()}:
-        values += [server.password, server.private_key]
-    return [value for value in values if value]
 
 
 class DatabaseReporter:
@@ -369,27 +347,6 @@ def strategy_spec(deployment: Deployment) -> pipeline.StrategySpec:
     )
 
 
-def parse_batch_size(value: str) -> tuple[int, int | None]:
-    """ "3" → (3, None); "25%" → (1, 25). Raises InvalidInput naming batch_size."""
-    from builds.engine.errors import InvalidInput
-
-    text = str(value).strip()
-    try:
-        if text.endswith("%"):
-            percent = int(text[:-1])
-            if not 1 <= percent <= 100:
-                raise ValueError
-            return 1, percent
-        size = int(text)
-        if size < 1:
-            raise ValueError
-        return size, None
-    except ValueError:
-        raise InvalidInput(
-            "batch_size", f"{value!r} must be a number of servers or a percentage such as 25%"
-        ) from None
-
-
 def health_check_specs(project: Project) -> tuple[HealthCheckSpec, ...]:
     # HTTP checks reach the servers: the servers' outbound-address policy applies.
     policy = outbound.policy(outbound.SERVERS)
@@ -459,7 +416,9 @@ def run(deployment: Deployment) -> None:
         )
         if not exc.user_facing:
             logger.exception("Deployment %s failed", deployment.pk)
-        writer.system(f"Failed: {message}")
+        # A failed command's output is in the log just above: its headline says enough.
+        shown = exc.headline if isinstance(exc, CommandFailed) else message
+        writer.system(f"Failed: {shown}")
         writer.flush()
         deployment_finish(
             deployment,
@@ -603,10 +562,10 @@ def _run_preview(
         commits=[_commit_json(c) for c in result.commits],
         changes={**_changes_json(first), "excluded": _exclusions_json(result.exclusions)},
     )
-    reporter.log(
-        "system",
-        f"Preview: {len(result.commits)} commits; " + (first or ChangeSet()).summary(),
-    )
+    summary = f"Preview: {len(result.commits)} commits; " + (first or ChangeSet()).summary()
+    if not result.built:
+        summary += " (build commands not run: see above)"
+    reporter.log("system", summary)
     reporter.writer.flush()
     deployment_finish(deployment, status=Status.SUCCEEDED)
 

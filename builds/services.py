@@ -30,6 +30,7 @@ from builds.models import (
     Trigger,
 )
 from builds.presenters import deployment_status
+from deployer.celery import app
 from projects.models import Project
 from projects.services import audit_record
 from servers.models import Release, Server, ServerGroup, Strategy
@@ -58,10 +59,13 @@ def _looks_like_sha(revision: str) -> bool:
     return 7 <= len(revision) <= 40 and all(c in "0123456789abcdef" for c in revision)
 
 
-def _send(deployment_id: int) -> None:
-    from builds.tasks import run_deployment
+#: The Celery task that runs a deployment (builds.tasks registers it under this name). Sent
+#: by name: the tasks call these services, so the services do not import the tasks.
+RUN_DEPLOYMENT_TASK = "builds.tasks.run_deployment"
 
-    run_deployment.delay(deployment_id)
+
+def _send(deployment_id: int) -> None:
+    app.send_task(RUN_DEPLOYMENT_TASK, args=(deployment_id,))
 
 
 def deployment_create(
@@ -221,6 +225,10 @@ def deployment_broadcast_status(deployment: Deployment) -> None:
     broadcast(deployment.pk, {"type": "deployment.status", "status": deployment_status(deployment)})
 
 
+#: The reason of a server that a failed deployment never reached (its error says why).
+NOT_REACHED = "Not deployed: the deployment failed before it reached this server."
+
+
 def deployment_finish(
     deployment: Deployment, *, status: str, error: str = "", error_code: str = ""
 ) -> None:
@@ -228,10 +236,13 @@ def deployment_finish(
     finished = Deployment.objects.filter(pk=deployment.pk, status__in=ACTIVE).update(
         status=status, error=error, error_code=error_code, finished_at=now, stage=""
     )
+    # The error is the deployment's, shown once above its servers: a server it never reached
+    # says only that (a failed build's paragraph, repeated per server, hid the servers).
+    reason = error[:2000] if status == Status.CANCELLED else NOT_REACHED if error else ""
     deployment.targets.filter(status__in=TARGET_ACTIVE).update(
         status=TargetStatus.CANCELLED if status == Status.CANCELLED else TargetStatus.FAILED,
         finished_at=now,
-        reason=error[:2000] if error else "",
+        reason=reason,
     )
     deployment.refresh_from_db()
     deployment_broadcast_status(deployment)

@@ -8,20 +8,18 @@ from celery import shared_task
 from celery.signals import worker_ready
 from celery.worker.control import control_command
 
-from builds import cleanup, services
+from builds import cleanup, notifications, runner, services
 
 
-@shared_task(bind=True, acks_late=True, ignore_result=True)
+@shared_task(name=services.RUN_DEPLOYMENT_TASK, bind=True, acks_late=True, ignore_result=True)
 def run_deployment(self: object, deployment_id: int) -> None:
-    from builds.runner import run
-
     request = self.request  # type: ignore[attr-defined]
     deployment = services.deployment_claim(
         deployment_id, task_id=request.id or "", worker=request.hostname or ""
     )
     if deployment is None:
         return
-    run(deployment)
+    runner.run(deployment)
 
 
 @shared_task(ignore_result=True)
@@ -32,18 +30,20 @@ def reap_stale_deployments() -> int:
 # Notifications: sending one is bounded by builds.outbound's total timeout (30 s) or the mail
 # server's (10 s per step); these limits only stop a send that hangs in spite of them, and stay
 # below the claim's lease (builds.notifications.CLAIM_LEASE, 5 min).
-@shared_task(acks_late=True, ignore_result=True, soft_time_limit=120, time_limit=150)
+@shared_task(
+    name=notifications.SEND_DELIVERY_TASK,
+    acks_late=True,
+    ignore_result=True,
+    soft_time_limit=120,
+    time_limit=150,
+)
 def send_notification_delivery(delivery_id: int) -> None:
-    from builds.notifications import delivery_attempt
-
-    delivery_attempt(delivery_id)
+    notifications.delivery_attempt(delivery_id)
 
 
 @shared_task(ignore_result=True, soft_time_limit=660, time_limit=720)
 def resend_due_notification_deliveries() -> int:
-    from builds.notifications import resend_due
-
-    return resend_due()
+    return notifications.resend_due()
 
 
 # A deleted project's files, on every worker (builds.cleanup): a remote-control command, so that

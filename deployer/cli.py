@@ -34,6 +34,7 @@ EXIT_USAGE = 2  # bad arguments or configuration (argparse uses 2 too)
 EXIT_API_ERROR = 3  # the API refused the request (4xx other than auth)
 EXIT_UNREACHABLE = 4  # Slipway could not be reached
 EXIT_UNAUTHORIZED = 5  # missing, wrong or revoked token, or no permission
+EXIT_CLOSED_PIPE = 141  # the reader of stdout went away: 128 + SIGPIPE, as the shell reports it
 
 FINAL = ("succeeded", "failed", "cancelled")
 POLL_SECONDS = 0.5
@@ -144,16 +145,39 @@ _CONTROLS = re.compile(
 )
 
 
-def terminal_safe(text: str) -> str:
+def terminal_safe(text: str, *, colour: bool = True) -> str:
     """``text`` with every terminal control sequence removed except colours and styles
-    (SGR, ``ESC [ params m``); ``\n`` and ``\t`` stay. Carriage returns and backspaces go
-    too: they would let a line overwrite what was printed before it."""
-    return _CONTROLS.sub(lambda match: match[0] if _SGR.fullmatch(match[0]) else "", text)
+    (SGR, ``ESC [ params m``), and those too unless ``colour``; ``\n`` and ``\t`` stay.
+    Carriage returns and backspaces go too: they would let a line overwrite what was printed
+    before it."""
+    return _CONTROLS.sub(
+        lambda match: match[0] if colour and _SGR.fullmatch(match[0]) else "", text
+    )
+
+
+COLOR_CHOICES = ("auto", "always", "never")
+# Set once by main() from --color; "auto" decides per stream.
+_color_choice = "auto"
+
+
+def wants_colour(stream: Any, *, choice: str = "auto", environ: Any = None) -> bool:
+    """Whether to keep colours in what goes to ``stream``: ``choice`` "always" or "never"
+    decides; "auto" keeps them only on a terminal and only when NO_COLOR is unset or empty
+    (the https://no-color.org convention)."""
+    if choice != "auto":
+        return choice == "always"
+    if (environ if environ is not None else os.environ).get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
 
 
 def say(text: str, *, file: Any = None) -> None:
-    """Print ``text`` (which may hold what the server sent) safely for a terminal."""
-    print(terminal_safe(text), file=file or sys.stdout, flush=True)
+    """Print ``text`` (which may hold what the server sent) safely for a terminal, with its
+    colours only where ``wants_colour`` says so."""
+    stream = file or sys.stdout
+    colour = wants_colour(stream, choice=_color_choice)
+    print(terminal_safe(text, colour=colour), file=stream, flush=True)
 
 
 def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
@@ -172,7 +196,7 @@ def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
 def emit(data: Any, *, as_json: bool, human: str) -> None:
     # JSON escapes every control character itself (ensure_ascii), so it stays exact.
     if as_json:
-        print(json.dumps(data, indent=2))
+        print(json.dumps(data, indent=2), flush=True)
     else:
         say(human)
 
@@ -293,11 +317,12 @@ def _follow_created(args: argparse.Namespace, client: Client, deployment: dict[s
             human=f"Deployment #{deployment['id']} {deployment['status']}: {deployment.get('html_url', '')}",
         )
         return EXIT_OK
-    if not args.json:
+    if args.json:
+        for _ in follow_log(client, int(deployment["id"])):
+            pass
+    else:
         say(f"Deployment #{deployment['id']} queued: {deployment.get('html_url', '')}")
-    for line in follow_log(client, int(deployment["id"])):
-        if not args.json:
-            say(line["text"])
+        print_log(client, int(deployment["id"]), follow=True, known=deployment)
     final = client.get(f"/deployments/{deployment['id']}/")
     if args.json:
         emit(final, as_json=True, human="")
@@ -327,13 +352,46 @@ def follow_log(
         time.sleep(POLL_SECONDS)
 
 
+def server_names(deployment: dict[str, Any]) -> dict[int, str]:
+    """Server id → name, from a deployment's ``targets`` as the API gives them."""
+    return {
+        int(target["server"]): str(target.get("server_name") or target["server"])
+        for target in deployment.get("targets") or []
+        if target.get("server") is not None
+    }
+
+
+def log_text(line: dict[str, Any], names: dict[int, str]) -> str:
+    """A log line as printed: ``web1 | text`` when one server printed it (two servers
+    print the same steps), the bare text when the deployment as a whole did (the build)."""
+    server = line.get("server")
+    if server is None:
+        return str(line["text"])
+    name = names.get(int(server), f"server {server}")
+    return "\n".join(f"{name} | {part}" for part in str(line["text"]).split("\n"))
+
+
+def print_log(
+    client: Client, deployment_id: int, *, follow: bool, known: dict[str, Any] | None = None
+) -> None:
+    """Print a deployment's log lines with their servers' names; the names come from
+    ``known`` (the deployment as the API gave it) and are fetched again for a server it
+    did not list yet."""
+    names = server_names(known) if known else {}
+    for line in follow_log(client, deployment_id, follow=follow):
+        server = line.get("server")
+        if server is not None and int(server) not in names:
+            names.update(server_names(client.get(f"/deployments/{deployment_id}/")))
+            names.setdefault(int(server), f"server {server}")  # deleted since: ask once
+        say(log_text(line, names))
+
+
 def cmd_log(args: argparse.Namespace, client: Client) -> int:
     lines = list(follow_log(client, args.id, follow=args.follow)) if args.json else None
     if args.json:
         emit(lines, as_json=True, human="")
         return EXIT_OK
-    for line in follow_log(client, args.id, follow=args.follow):
-        say(line["text"])
+    print_log(client, args.id, follow=args.follow)
     if args.follow:
         final = client.get(f"/deployments/{args.id}/")
         return EXIT_OK if final["status"] == "succeeded" else EXIT_DEPLOYMENT_FAILED
@@ -381,6 +439,12 @@ def parser() -> argparse.ArgumentParser:
         prog="slipway", description="Deploy with Slipway from the command line."
     )
     root.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    root.add_argument(
+        "--color",
+        choices=COLOR_CHOICES,
+        default="auto",
+        help="colours in log lines: auto (on a terminal, unless NO_COLOR is set), always, never",
+    )
     commands = root.add_subparsers(dest="command", required=True)
 
     login = commands.add_parser("login", help="save the address and token")
@@ -424,11 +488,16 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
+        sub.add_argument(
+            "--color", choices=COLOR_CHOICES, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
+    global _color_choice
     args = parser().parse_args(argv)
+    _color_choice = args.color
     try:
         if args.command == "login":
             code = cmd_login(args)
@@ -448,7 +517,19 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         code = error.code
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:
+        code = _closed_pipe()
     sys.exit(code)
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away (``| head``): say nothing more. Python would flush
+    stdout again at exit and print a second traceback there, so stdout is pointed at
+    /dev/null first (as the Python documentation on SIGPIPE advises)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_CLOSED_PIPE
 
 
 if __name__ == "__main__":

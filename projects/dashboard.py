@@ -25,6 +25,7 @@ from django.urls import reverse
 from builds.engine.errors import EngineError, InvalidInput
 from builds.engine.git import Commit, Mirror
 from builds.models import Deployment, DeploymentTarget, Kind
+from builds.runner import project_dirs
 from builds.services import DeploymentFinished, DeploymentRefused, DeploymentWrongState
 from projects import access
 from projects.access import ModelT
@@ -190,8 +191,6 @@ class ProjectMirror:
     """
 
     def __init__(self, project: Project) -> None:
-        from builds.runner import project_dirs
-
         self.mirror: Mirror | None = None
         path, _ = project_dirs(project)
         if (path / "HEAD").is_file():

@@ -12,6 +12,7 @@ from django.contrib.auth.models import User
 from django.db import models
 from django.utils import timezone
 
+from builds.outbound import origin_of
 from deployer.crypto import EncryptedTextField
 
 
@@ -448,8 +449,6 @@ class Notification(models.Model):
         """Where it goes, safe to show: the address, or the URL's scheme://host[:port]."""
         if self.kind == NotificationKind.EMAIL:
             return self.address
-        from builds.outbound import origin_of
-
         return origin_of(self.url)
 
 

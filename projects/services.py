@@ -25,6 +25,8 @@ from builds.engine import ssh
 from builds.engine.errors import EngineError, InvalidInput
 from builds.engine.excludes import parse_rule
 from builds.engine.git import (
+    redact_url,
+    remote_branches,
     ssh_host_of,
     validate_ref,
     validate_repository_url,
@@ -32,9 +34,11 @@ from builds.engine.git import (
 )
 from builds.engine.release import validate_group, validate_mode, validate_relative_path
 from builds.logs import user_group_name
+from builds.models import ACTIVE
 from projects.keys import generate_ed25519
 from projects.models import (
     ApiToken,
+    AuditEvent,
     BuildCommand,
     Command,
     CommandRunOn,
@@ -48,6 +52,7 @@ from projects.models import (
     SiteSettings,
     TokenScope,
 )
+from servers.health import strategy_clean
 from servers.models import GroupMember, Server, ServerGroup
 
 logger = logging.getLogger(__name__)
@@ -192,8 +197,6 @@ def audit_record(
     *, project: Project | None, actor: User | None, action: str, target: str = "", **detail: object
 ) -> None:
     """Record one audit event. Never pass a secret in ``detail``: it is shown to members."""
-    from projects.models import AuditEvent
-
     AuditEvent.objects.create(
         project=project,
         actor=actor if actor is not None and actor.is_authenticated else None,
@@ -305,9 +308,7 @@ def project_clean(data: Mapping[str, Any]) -> dict[str, Any]:
         if not cleaned["name"]:
             raise InvalidInput("name", "is empty.")
     if "repository_url" in cleaned:
-        cleaned["repository_url"] = validate_repository_url(
-            str(cleaned["repository_url"]).strip(), allow_local=settings.ALLOW_LOCAL_REPOSITORIES
-        )
+        cleaned["repository_url"] = _valid_repository_url(str(cleaned["repository_url"]).strip())
         # The outbound-address policy, and never a local path into Slipway's own directories.
         outbound.repository_check(cleaned["repository_url"])
     if "branch" in cleaned:
@@ -323,6 +324,81 @@ def project_clean(data: Mapping[str, Any]) -> dict[str, Any]:
         if field in cleaned and not isinstance(cleaned[field], bool):
             raise InvalidInput(field, "must be true or false.")
     return cleaned
+
+
+def _valid_repository_url(url: str) -> str:
+    """``url`` checked by the engine's rules; a local repository on a Slipway that refuses
+    them is told the setting that allows them (SLIPWAY_ALLOW_LOCAL_REPOSITORIES)."""
+    try:
+        return validate_repository_url(url, allow_local=settings.ALLOW_LOCAL_REPOSITORIES)
+    except InvalidInput:
+        local = url.startswith("/") or url.lower().startswith("file:")
+        if settings.ALLOW_LOCAL_REPOSITORIES or not local:
+            raise
+    raise InvalidInput(
+        "repository_url",
+        "is a local repository (a path or file:// on the Slipway host), which this Slipway "
+        "refuses. To deploy from a repository on this host, its operator sets "
+        "SLIPWAY_ALLOW_LOCAL_REPOSITORIES=true and restarts Slipway (see docs/network.md); "
+        "otherwise use an https://host/owner/repo.git or git@host:owner/repo.git address.",
+    )
+
+
+def repository_branch_check(
+    *,
+    repository_url: str,
+    branch: str,
+    private_key: str = "",
+    repository_token: str = "",
+    repository_host_key: str = "",
+) -> None:
+    """Refuse a ``branch`` the repository does not have, listing those it has.
+
+    The branches come from `git ls-remote` with the project's credentials and trusted host
+    key, the outbound-address policy checked first, within SLIPWAY_FETCH_TIMEOUT. When they
+    cannot be listed (the deploy key is not added yet, an ssh host key not trusted yet, the
+    host unreachable) nothing is refused: the deployment will say what is wrong. A
+    repository with no branch yet accepts any name. Raises InvalidInput naming ``branch``."""
+    try:
+        outbound.repository_check(repository_url)
+        branches = remote_branches(
+            repository_url,
+            ssh_private_key=private_key or None,
+            https_token=repository_token or None,
+            allow_local=settings.ALLOW_LOCAL_REPOSITORIES,
+            host_key=repository_host_key or None,
+            timeout=settings.FETCH_TIMEOUT,
+        )
+    except EngineError as exc:
+        logger.info("Branches of %s not checked: %s", redact_url(repository_url), exc)
+        return
+    if not branches or branch in branches:
+        return
+    shown = ", ".join(branches[:20]) + (
+        f" and {len(branches) - 20} more" if len(branches) > 20 else ""
+    )
+    raise InvalidInput(
+        "branch",
+        f"'{branch}' is not a branch of {redact_url(repository_url)}. Its branches: {shown}.",
+    )
+
+
+def _project_branch_check(project: Project | None, cleaned: Mapping[str, Any]) -> None:
+    """The branch check for a project being created (``project`` None) or changed."""
+    if "branch" not in cleaned and "repository_url" not in cleaned:
+        return
+    values = {
+        field: cleaned.get(field, getattr(project, field, ""))
+        for field in ("repository_url", "branch", "repository_token", "private_key")
+    }
+    host_key = cleaned.get("repository_host_key", getattr(project, "repository_host_key", ""))
+    repository_branch_check(
+        repository_url=str(values["repository_url"]),
+        branch=str(values["branch"] or "main"),
+        private_key=str(values["private_key"] or ""),
+        repository_token=str(values["repository_token"] or ""),
+        repository_host_key=str(host_key or ""),
+    )
 
 
 def ensure_may_create_projects(user: User) -> None:
@@ -347,6 +423,7 @@ def project_register(
     cleaned = project_clean(
         {"name": name, "repository_url": repository_url, "branch": branch, **fields}
     )
+    _project_branch_check(None, cleaned)
     with transaction.atomic():
         project = project_create(owner=owner, **cleaned)
         audit_record(project=project, actor=owner, action="project.created", target=project.slug)
@@ -360,6 +437,7 @@ def project_update(*, project: Project, actor: User, **fields: Any) -> Project:
     ) != repository_ssh_host(project.repository_url):
         # A key trusted for one host says nothing about another.
         cleaned["repository_host_key"] = ""
+    _project_branch_check(project, cleaned)
     with transaction.atomic():
         changed = model_update(instance=project, data=cleaned)
         if changed:
@@ -488,8 +566,6 @@ def project_trust_repository_host_key(
 
 
 def project_delete(*, project: Project, actor: User) -> None:
-    from builds.models import ACTIVE
-
     with transaction.atomic():
         if project.deployments.filter(status__in=ACTIVE).exists():
             raise ValidationError(
@@ -674,8 +750,6 @@ def _clean_environment_variable(data: dict[str, Any]) -> None:
 
 
 def _clean_group(data: dict[str, Any]) -> None:
-    from servers.health import strategy_clean  # it imports the runner, which imports us
-
     data.update(strategy_clean(data))
     if "name" in data:
         data["name"] = str(data["name"]).strip()

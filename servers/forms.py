@@ -86,7 +86,7 @@ class ServerForm(forms.Form):
     )
     host_key_fingerprint = forms.CharField(
         label="Host key fingerprint",
-        max_length=100,
+        max_length=1000,
         required=False,
         widget=forms.TextInput(attrs={**MONOSPACE, "placeholder": "SHA256:…"}),
         help_text="Optional: paste what ssh-keygen -lf prints on the server, or use "
@@ -127,7 +127,7 @@ class ServerForm(forms.Form):
 
 
 class TrustForm(forms.Form):
-    fingerprint = forms.CharField(max_length=100)
+    fingerprint = forms.CharField(max_length=1000)
 
 
 class RollbackForm(forms.Form):

@@ -12,7 +12,7 @@ from builds import outbound
 from builds.engine.addresses import address_refusal, parse_address
 from builds.engine.errors import InvalidInput
 from builds.engine.health import HealthCheckSpec
-from builds.runner import parse_batch_size
+from builds.engine.specs import parse_batch_size
 from servers.models import HealthCheckKind, HealthCheckWhen, Promotion, Strategy
 
 

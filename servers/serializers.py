@@ -12,7 +12,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from builds.engine.errors import InvalidInput
-from builds.runner import parse_batch_size
+from builds.engine.specs import parse_batch_size
 from builds.services import rollback_plan_server
 from deployer.api import api_url
 from deployer.links import deployment_page, server_page
@@ -166,13 +166,12 @@ class ServerInputSerializer(serializers.Serializer[dict[str, Any]]):
         trim_whitespace=False,
         help_text="An unencrypted ed25519, ECDSA or RSA key (OpenSSH or PEM).",
     )
-    host_key_fingerprint = serializers.RegexField(
-        r"^SHA256:[A-Za-z0-9+/]{43}$",
-        max_length=100,
+    host_key_fingerprint = serializers.CharField(
+        max_length=1000,
         required=False,
         allow_blank=True,
-        help_text="The host key's SHA256 fingerprint as `ssh-keygen -l` prints it.",
-        error_messages={"invalid": "must look like SHA256: followed by 43 characters."},
+        help_text="The host key's SHA256 fingerprint as `ssh-keygen -lf` prints it "
+        "(`SHA256:…`, or the whole line `256 SHA256:… root@host (ED25519)`).",
     )
     file_mode = serializers.RegexField(
         r"^[0-7]{3,4}$", max_length=4, required=False, allow_blank=True
@@ -194,7 +193,9 @@ class ServerCheckSerializer(serializers.Serializer[Any]):
 
 class TrustSerializer(serializers.Serializer[dict[str, Any]]):
     fingerprint = serializers.CharField(
-        max_length=100, help_text="The key the server offers now, as `ssh-keygen -l` prints it."
+        max_length=1000,
+        help_text="The key the server offers now, as `ssh-keygen -lf` prints it (`SHA256:…`, "
+        "or the whole line `256 SHA256:… root@host (ED25519)`).",
     )
 
 

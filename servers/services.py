@@ -31,9 +31,16 @@ from builds.engine.errors import (
 )
 from builds.engine.git import validate_ref
 from builds.engine.release import RemoteLayout, validate_deploy_path
+from builds.models import TARGET_ACTIVE
 from builds.runner import endpoint_for
 from projects.models import Project
-from projects.services import _project_servers, audit_record, model_update, save_unique
+from projects.services import (
+    _project_servers,
+    audit_record,
+    model_update,
+    repository_branch_check,
+    save_unique,
+)
 from servers.health import health_check_clean
 from servers.models import AuthMethod, HealthCheck, Protocol, Server
 
@@ -128,13 +135,9 @@ def server_clean(data: dict[str, Any], *, server: Server | None = None) -> dict[
     if cleaned.get("branch"):
         cleaned["branch"] = validate_ref(str(cleaned["branch"]).strip(), field="branch")
     if cleaned.get("host_key_fingerprint"):
-        cleaned["host_key_fingerprint"] = str(cleaned["host_key_fingerprint"]).strip()
-        if not FINGERPRINT.fullmatch(cleaned["host_key_fingerprint"]):
-            raise InvalidInput(
-                "host_key_fingerprint",
-                "must be a SHA256 fingerprint as `ssh-keygen -l` prints it "
-                "(SHA256: then 43 characters).",
-            )
+        cleaned["host_key_fingerprint"] = ssh.fingerprint_from(
+            str(cleaned["host_key_fingerprint"]), field="host_key_fingerprint"
+        )
     for field in ("file_mode", "directory_mode"):
         if cleaned.get(field) and not _MODE.fullmatch(str(cleaned[field])):
             raise InvalidInput(
@@ -191,6 +194,7 @@ def server_create(*, project: Project, actor: User, **fields: Any) -> Server:
     cleaned = server_clean(fields)
     if project.servers.filter(name=cleaned["name"]).exists():
         raise InvalidInput("name", f"{cleaned['name']!r} is already used in {project.slug}.")
+    _server_branch_check(project, cleaned)
     with transaction.atomic():
         server = save_unique(
             lambda: Server.objects.create(project=project, **cleaned),
@@ -217,8 +221,23 @@ def server_create(*, project: Project, actor: User, **fields: Any) -> Server:
     return server
 
 
+def _server_branch_check(project: Project, cleaned: dict[str, Any]) -> None:
+    """A server's own branch must be one the project's repository has (see
+    projects.services.repository_branch_check)."""
+    if cleaned.get("branch"):
+        repository_branch_check(
+            repository_url=project.repository_url,
+            branch=cleaned["branch"],
+            private_key=project.private_key,
+            repository_token=project.repository_token,
+            repository_host_key=project.repository_host_key,
+        )
+
+
 def server_update(*, server: Server, actor: User, **fields: Any) -> Server:
     cleaned = server_clean(fields, server=server)
+    if cleaned.get("branch") != server.branch:
+        _server_branch_check(server.project, cleaned)
     if "name" in cleaned and (
         Server.objects.filter(project_id=server.project_id, name=cleaned["name"])
         .exclude(pk=server.pk)
@@ -259,8 +278,6 @@ def server_update(*, server: Server, actor: User, **fields: Any) -> Server:
 
 
 def server_delete(*, server: Server, actor: User) -> None:
-    from builds.models import TARGET_ACTIVE
-
     with transaction.atomic():
         if server.targets.filter(status__in=TARGET_ACTIVE).exists():
             raise ValidationError(

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import fnmatch
 import os
+import re
 import selectors
 import shutil
 import time
@@ -51,6 +52,17 @@ class BuildCommandSpec:
         if not self.watch_globs or changed is None:
             return True
         return any(fnmatch.fnmatchcase(path, glob) for glob in self.watch_globs for path in changed)
+
+
+#: How many of a failed build command's first error lines its error shows.
+FIRST_ERROR_LINES = 8
+#: A line that reads as an error in the output of common build tools (npm, yarn, pip,
+#: composer, make, gcc, tsc, webpack, Python tracebacks).
+ERROR_LINE = re.compile(
+    r"\berror\b|\bERR!|\bfatal\b|\bfailed\b|\bexception\b|^Traceback|\bcannot\b"
+    r"|\bcan't\b|\bnot found\b|\bno such\b|\bmissing\b|\bundefined\b|\bdenied\b",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -174,10 +186,13 @@ def run_local_command(
     selector.register(process.stdout, selectors.EVENT_READ, "stdout")
     selector.register(process.stderr, selectors.EVENT_READ, "stderr")
     tail: list[str] = []
+    first_errors: list[str] = []
 
     def emit(stream: str, text: str) -> None:
         tail.append(text)
         del tail[:-20]
+        if len(first_errors) < FIRST_ERROR_LINES and ERROR_LINE.search(text):
+            first_errors.append(text[:500])
         on_line(stream, text)
 
     try:
@@ -206,7 +221,9 @@ def run_local_command(
         process.stderr.close()
         handle.close()
     if exit_code != 0 and command.halt_on_error:
-        raise CommandFailed(command.command, exit_code, tail)
+        raise CommandFailed(
+            command.command, exit_code, tail, first_errors=first_errors, label="Build command"
+        )
     return exit_code
 
 

@@ -95,12 +95,27 @@ class DiskFull(UserError):
 class CommandFailed(UserError):
     code = "command_failed"
 
-    def __init__(self, command: str, exit_code: int, tail: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        command: str,
+        exit_code: int,
+        tail: list[str] | None = None,
+        *,
+        first_errors: list[str] | None = None,
+        label: str = "Command",
+    ) -> None:
         self.command = command
         self.exit_code = exit_code
         self.tail = list(tail or [])
-        message = f"Command `{command}` failed with exit code {exit_code}"
-        if self.tail:
+        self.first_errors = list(first_errors or [])
+        #: The message's first sentence, without the output lines.
+        self.headline = f"{label} `{command}` failed with exit code {exit_code}"
+        message = self.headline
+        if self.first_errors:
+            # The first lines that read as errors say what went wrong; a tool's last lines
+            # are often its usage text or "a log of this run is in ...".
+            message += ". First error lines:\n" + "\n".join(self.first_errors)
+        elif self.tail:
             message += ":\n" + "\n".join(self.tail)
         super().__init__(message)
 

@@ -570,6 +570,47 @@ class Mirror:
         # Git runs GIT_SSH_COMMAND through a shell, hence the quoting of our own paths.
         return shlex.join(arguments)
 
+    def remote_branches(self) -> list[str]:
+        """The branch names the repository has now (``git ls-remote --heads``), sorted, with
+        the same credentials, host key and protocols as ``fetch``, within ``fetch_timeout``.
+
+        Raises HostKeyNotTrusted (an ssh host whose key is not pinned), FetchTimedOut, or
+        RepositoryError when git cannot list them."""
+        self._check_host_key_pinned()
+        self._ensure_initialised()
+        with self._transport_environment() as environment:
+            process = subprocess.Popen(
+                ["git", f"--git-dir={self.path}", "ls-remote", "--heads", self._fetch_url],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=environment,
+                start_new_session=True,  # so that the deadline stops ssh and helpers too
+            )
+            try:
+                stdout, stderr_bytes = process.communicate(timeout=self._fetch_timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(process)
+                process.communicate()
+                raise FetchTimedOut(
+                    f"Listing the branches of {self.display_url} did not finish within "
+                    f"{self._fetch_timeout:g} s (SLIPWAY_FETCH_TIMEOUT)."
+                ) from None
+            except BaseException:
+                _kill_group(process)
+                raise
+        stderr = _redact_text(stderr_bytes.decode("utf-8", errors="replace"), self._secrets)
+        if process.returncode != 0:
+            self._check_host_key_unchanged(stderr)
+            raise RepositoryError(self._fetch_failure_message(stderr))
+        prefix = b"refs/heads/"
+        names = []
+        for line in stdout.splitlines():
+            _sha, _tab, ref = line.partition(b"\t")
+            if ref.startswith(prefix):
+                names.append(ref[len(prefix) :].decode("utf-8", errors="replace"))
+        return sorted(names)
+
     # -- reading
 
     def resolve(self, ref: str) -> str:
@@ -1011,6 +1052,31 @@ class Mirror:
             _kill_group(process)
             reader.join(timeout=5)
             process.stderr.close()
+
+
+def remote_branches(
+    url: str,
+    *,
+    ssh_private_key: str | None = None,
+    https_token: str | None = None,
+    allow_local: bool = False,
+    host_key: str | None = None,
+    timeout: float = DEFAULT_FETCH_TIMEOUT_SECONDS,
+) -> list[str]:
+    """The branch names of the repository at ``url`` (see ``Mirror.remote_branches``, whose
+    errors it raises), without touching any project's mirror: for checking a branch name
+    when it is saved."""
+    with tempfile.TemporaryDirectory(prefix="slipway-ls-remote-") as scratch:
+        mirror = Mirror(
+            Path(scratch) / "mirror.git",
+            url,
+            ssh_private_key=ssh_private_key,
+            https_token=https_token,
+            allow_local=allow_local,
+            host_key=host_key,
+            fetch_timeout=timeout,
+        )
+        return mirror.remote_branches()
 
 
 def _read_lines(stream: IO[bytes], received: queue.Queue[bytes | None]) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from builds.engine import release, rollout
-from builds.engine.build import BuildSpec, build, checked_out, exclude_rules, generated_rules
+from builds.engine.build import BuildOutput, BuildSpec, build, checked_out, generated_rules
 from builds.engine.errors import (
     EngineError,
     InvalidInput,
@@ -22,7 +22,7 @@ from builds.engine.errors import (
 )
 from builds.engine.excludes import Exclusions
 from builds.engine.git import DEFAULT_FETCH_TIMEOUT_SECONDS, Commit, Mirror
-from builds.engine.manifest import ChangeSet, Manifest, diff, keep_generated
+from builds.engine.manifest import ChangeSet, diff, keep_generated
 from builds.engine.rollout import run_commands
 from builds.engine.specs import (
     STAGE_AFTER_SWITCH,
@@ -103,15 +103,25 @@ def _fetch(spec: DeploySpec, mirror: Mirror, reporter: Reporter) -> None:
 
 @dataclass(frozen=True)
 class Preview:
+    """What a deployment of ``revision`` would bring: its commits, and per server id the
+    change set it would send. ``built`` is False when the project has build commands that
+    did not run (the deployment was asked to skip the build); ``note`` then says so."""
+
     revision: str
     commits: list[Commit]
     changes: dict[int, ChangeSet]
     #: What each exclude rule left out (see excludes.Exclusions).
     exclusions: Exclusions = field(default_factory=Exclusions)
+    built: bool = True
+    note: str = ""
 
 
 def preview(spec: DeploySpec, reporter: Reporter) -> Preview:
-    """Commits and file changes per server, computed on the worker; no server is touched."""
+    """Commits and file changes per server, computed on the worker; no server is touched.
+
+    The build commands run exactly as a deployment runs them (same checkout, sandbox, watch
+    globs and excludes), so the change set and byte count are those of the build's output,
+    which is what the deployment would send."""
     mirror = open_mirror(
         spec.build,
         fetch_timeout=spec.fetch_timeout_seconds,
@@ -120,22 +130,10 @@ def preview(spec: DeploySpec, reporter: Reporter) -> Preview:
     with reporter.step("fetch"), mirror_lock(spec.build):
         _fetch(spec, mirror, reporter)
         sha = mirror.resolve(spec.build.revision)
-    with (
-        reporter.step("checkout"),
-        checked_out(spec.build, mirror, sha, reporter_log(reporter)) as tree,
-    ):
-        exclusions = Exclusions()
-        manifest = Manifest.build(
-            tree.root,
-            exclude_rules(spec.build, tree.root, tree.export_ignored),
-            cache=tree.hash_cache,
-            exclusions=exclusions,
-        )
-    for line in exclusions.lines():
-        reporter.log("system", line)
-    starts = {server.live_revision for server in spec.servers}
-    start = next(iter(starts)) if len(starts) == 1 else None
+    start = _common_start(spec)
     commits = mirror.commits_between(start, sha) if start != sha else []
+    with _built(spec, mirror, sha, _changed_paths(spec, mirror, start, sha), reporter) as output:
+        manifest = output.manifest
     generated = generated_rules(spec.build)
     changes = {
         server.id: keep_generated(
@@ -143,7 +141,65 @@ def preview(spec: DeploySpec, reporter: Reporter) -> Preview:
         )
         for server in spec.servers
     }
-    return Preview(revision=sha, commits=commits, changes=changes, exclusions=exclusions)
+    note = ""
+    if spec.build.build_commands and spec.build.skip_build:
+        note = (
+            "The build commands did not run (this preview skips the build, as asked): the "
+            "changes are those of the repository's files alone, which is what a deployment "
+            "that skips the build sends; one that builds sends the build's output instead."
+        )
+        reporter.log("system", note)
+    return Preview(
+        revision=sha,
+        commits=commits,
+        changes=changes,
+        exclusions=output.exclusions,
+        built=not note,
+        note=note,
+    )
+
+
+def _common_start(spec: DeploySpec) -> str | None:
+    """The revision every server has live, or None when they differ (or none has one)."""
+    starts = {server.live_revision for server in spec.servers}
+    return next(iter(starts)) if len(starts) == 1 else None
+
+
+def _changed_paths(
+    spec: DeploySpec, mirror: Mirror, start: str | None, sha: str
+) -> list[str] | None:
+    """The paths changed since ``start`` (for build commands' watch globs); None when unknown
+    (first deploy, full deploy, or the old revision is gone: every command runs)."""
+    if start is None or spec.full:
+        return None
+    try:
+        return mirror.changed_paths(start, sha)
+    except EngineError:
+        return None
+
+
+@contextlib.contextmanager
+def _built(
+    spec: DeploySpec, mirror: Mirror, sha: str, changed: list[str] | None, reporter: Reporter
+) -> Iterator[BuildOutput]:
+    """Check ``sha`` out and run the build commands in it; the output is valid inside."""
+    with contextlib.ExitStack() as stack:
+        with reporter.step("checkout"):
+            tree = stack.enter_context(checked_out(spec.build, mirror, sha, reporter_log(reporter)))
+        with reporter.step("build"):
+            output = build(
+                spec.build,
+                tree=tree,
+                sha=sha,
+                changed=changed,
+                log=reporter_log(reporter),
+                check_cancelled=reporter.check_cancelled,
+            )
+            reporter.log(
+                "system",
+                f"Build output: {len(output.manifest)} entries, {output.manifest.total_bytes} bytes",
+            )
+        yield output
 
 
 # --------------------------------------------------------------------------- deploy
@@ -163,32 +219,9 @@ def deploy(spec: DeploySpec, reporter: Reporter) -> DeployResult:
         reporter.log("system", f"Deploying {spec.build.revision} at {sha}")
         _check_provenance(spec, mirror, sha)
     reporter.check_cancelled()
-    starts = {server.live_revision for server in spec.servers}
-    start = next(iter(starts)) if len(starts) == 1 else None
+    start = _common_start(spec)
     commits = mirror.commits_between(start, sha, limit=50) if start != sha else []
-    changed: list[str] | None = None
-    if start is not None and not spec.full:
-        try:
-            changed = mirror.changed_paths(start, sha)
-        except EngineError:
-            changed = None  # the old revision is gone from the repository: run every command
-
-    with contextlib.ExitStack() as stack:
-        with reporter.step("checkout"):
-            tree = stack.enter_context(checked_out(spec.build, mirror, sha, reporter_log(reporter)))
-        with reporter.step("build"):
-            output = build(
-                spec.build,
-                tree=tree,
-                sha=sha,
-                changed=changed,
-                log=reporter_log(reporter),
-                check_cancelled=reporter.check_cancelled,
-            )
-            reporter.log(
-                "system",
-                f"Build output: {len(output.manifest)} entries, {output.manifest.total_bytes} bytes",
-            )
+    with _built(spec, mirror, sha, _changed_paths(spec, mirror, start, sha), reporter) as output:
         reporter.check_cancelled()
         results = rollout.deliver(spec, output, reporter)
     overall = (

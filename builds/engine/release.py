@@ -288,6 +288,8 @@ class RemoteLayout:
                 CommandFailed("(Slipway's release script)", exit_code, list(tail)),
                 stderr.splitlines(),
                 address,
+                username=self.connection.endpoint.username,
+                deploy_path=self.deploy_path,
             )
 
     # -- script pieces (each a block of POSIX sh, run from the deploy path)

@@ -98,6 +98,27 @@ class ConfigFileSpec:
         return self.mode or ("640" if self.group else "600")
 
 
+def parse_batch_size(value: str) -> tuple[int, int | None]:
+    """A group's ``batch_size`` as (servers, percent): "3" → (3, None); "25%" → (1, 25), the
+    percentage of the deployment's servers per batch (StrategySpec). Raises InvalidInput
+    naming batch_size."""
+    text = str(value).strip()
+    try:
+        if text.endswith("%"):
+            percent = int(text[:-1])
+            if not 1 <= percent <= 100:
+                raise ValueError
+            return 1, percent
+        size = int(text)
+        if size < 1:
+            raise ValueError
+        return size, None
+    except ValueError:
+        raise InvalidInput(
+            "batch_size", f"{value!r} must be a number of servers or a percentage such as 25%"
+        ) from None
+
+
 @dataclass(frozen=True)
 class StrategySpec:
     """How the servers of one deployment take the new release (see rollout.py)."""

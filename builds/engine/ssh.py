@@ -123,6 +123,33 @@ class HostKey:
 
 #: A fingerprint as ``ssh-keygen -l`` prints it.
 FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
+_FINGERPRINT_IN_TEXT = re.compile(r"(?<![A-Za-z0-9+/])SHA256:[A-Za-z0-9+/]{43}(?![A-Za-z0-9+/])")
+
+
+def fingerprint_from(text: str, *, field: str = "fingerprint") -> str:
+    """The ``SHA256:...`` fingerprint in what a person pasted: the fingerprint alone, or the
+    whole line ``ssh-keygen -lf`` prints (``256 SHA256:... root@host (ED25519)``), or ssh's
+    "ED25519 key fingerprint is SHA256:...". ``=`` padding is dropped (OpenSSH prints none).
+
+    Raises InvalidInput naming ``field`` when it holds no SHA256 fingerprint (an MD5 one gets
+    the command that prints the SHA256 one) or two different ones."""
+    unpadded = re.sub(r"(SHA256:[A-Za-z0-9+/]{43})=", r"\1", text)
+    found: set[str] = {match[0] for match in _FINGERPRINT_IN_TEXT.finditer(unpadded)}
+    if len(found) == 1:
+        return found.pop()
+    if len(found) > 1:
+        raise InvalidInput(field, "holds more than one fingerprint: paste the one for this key.")
+    if "MD5:" in text or re.search(r"(?:[0-9a-f]{2}:){15}[0-9a-f]{2}", text):
+        raise InvalidInput(
+            field,
+            "is an MD5 fingerprint: Slipway needs the SHA256 one, which "
+            "`ssh-keygen -E sha256 -lf /etc/ssh/ssh_host_ed25519_key.pub` prints on the server.",
+        )
+    raise InvalidInput(
+        field,
+        "must be a SHA256 fingerprint as `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` "
+        "prints it on the server (SHA256: then 43 characters; the whole line is fine too).",
+    )
 
 
 def public_key_fingerprint(public_key: str) -> str:
@@ -143,12 +170,7 @@ def confirm_host_key(hostname: str, port: int, fingerprint: str, timeout: float 
     cannot be reached or probed (the reason; ours go to the worker's log), or when it offers
     another key (both named).
     """
-    fingerprint = fingerprint.strip()
-    if not FINGERPRINT.fullmatch(fingerprint):
-        raise InvalidInput(
-            "fingerprint",
-            "must be a SHA256 fingerprint as `ssh-keygen -l` prints it (SHA256: then 43 characters).",
-        )
+    fingerprint = fingerprint_from(fingerprint)
     address = format_address(hostname, port)
     try:
         offered = probe_host_key(hostname, port, timeout)
@@ -461,7 +483,9 @@ class Connection:
         if check and exit_code != 0:
             failure = CommandFailed(command, exit_code, list(result.tail))
             stderr_tail = [text for stream, text in output.tail if stream == "stderr"]
-            raise classify_command_failure(failure, stderr_tail, self.endpoint.address)
+            raise classify_command_failure(
+                failure, stderr_tail, self.endpoint.address, username=self.endpoint.username
+            )
         return result
 
     def _stop_group(
@@ -577,13 +601,28 @@ class Connection:
         return TransferFailed(f"Transfer to {self.endpoint.address} failed: {reason}")
 
 
+# `mkdir: cannot create directory '/srv/app': Permission denied`, `sh: 1: cannot create
+# /srv/app/x: Permission denied`, `tar: releases/r/a: Cannot open: Permission denied`.
+_DENIED_PATH = re.compile(
+    r"'(?P<quoted>[^'\n]+)': Permission denied"
+    r"|(?P<bare>[^\s:'][^\s:']*)(?:: Cannot \w+)?: Permission denied"
+)
+
+
 def classify_command_failure(
-    failure: CommandFailed, stderr_lines: Iterable[str], address: str
+    failure: CommandFailed,
+    stderr_lines: Iterable[str],
+    address: str,
+    *,
+    username: str = "",
+    deploy_path: str = "",
 ) -> EngineError:
     """Turn a failure whose stderr names a well-known cause into that cause's error.
 
     "No space left on device" and "Permission denied" are what the user has to fix on the
     server, so they get their own error codes; the command and its tail stay in the message.
+    A permission problem of Slipway's own release script (``deploy_path`` given) says which
+    path the login user ``username`` could not write and the `chown` that fixes it.
     """
     stderr_text = "\n".join(stderr_lines)
     # GNU tar reports a short write ("Wrote only 1536 of 10240 bytes") without naming ENOSPC.
@@ -593,7 +632,21 @@ def classify_command_failure(
     ):
         return DiskFull(f"The disk is full on {address}. {failure}")
     if "Permission denied" in stderr_text:
-        return PermissionDenied(f"Permission denied on {address}. {failure}")
+        said = f"Permission denied on {address}"
+        if deploy_path and username:
+            found = _DENIED_PATH.search(stderr_text)
+            path = (found["quoted"] or found["bare"]) if found else deploy_path
+            if not path.startswith("/"):
+                path = f"{deploy_path}/{path}"
+            said += (
+                f": the login user {username} may not write {path}. Give it the deploy path: "
+                f"as root on the server, `mkdir -p {deploy_path} && chown -R {username}: "
+                f"{deploy_path} && chmod -R u+rwX {deploy_path}`; or choose a deploy path "
+                f"that {username} owns"
+            )
+        elif username:
+            said += f" (logged in as {username})"
+        return PermissionDenied(f"{said}. {failure}")
     return failure
 
 
@@ -788,4 +841,19 @@ def _authenticate(
             return
         if not transport.is_active():
             break
-    raise AuthenticationRefused(f"{who} refused {' and '.join(tried)}.")
+    message = f"{who} refused {' and '.join(tried)}."
+    if client_key is not None:
+        message += " " + authorized_keys_advice(endpoint, client_key)
+    raise AuthenticationRefused(message)
+
+
+def authorized_keys_advice(endpoint: Endpoint, client_key: paramiko.PKey) -> str:
+    """What to do when the server refuses ``client_key``: the line to add (the public half,
+    which is no secret) and the file it goes in, that of the login user (sshd's default
+    ``AuthorizedKeysFile``)."""
+    line = f"{client_key.get_name()} {client_key.get_base64()} slipway"
+    return (
+        f"Add this line to ~/.ssh/authorized_keys of {endpoint.username} on "
+        f"{endpoint.hostname} (the file mode 0600, ~/.ssh 0700, both owned by "
+        f"{endpoint.username}):\n{line}"
+    )

@@ -135,7 +135,9 @@ def test_it_gives_404_to_someone_who_is_not_a_member(charlie_api, project):
     assert charlie_api.get("/api/v1/projects/no-such-project/").status_code == 404
 
 
-def test_it_lets_an_admin_change_the_project(alice_api, alice, project):
+def test_it_lets_an_admin_change_the_project(alice_api, alice, project, repo):
+    repo.branch("release/2")
+    repo.commit({"index.html": "R\n"}, "Release 2")
     response = alice_api.patch(
         f"/api/v1/projects/{project.slug}/",
         {"name": "Shop 2", "branch": "release/2", "repository_token": "tok-abc-123"},

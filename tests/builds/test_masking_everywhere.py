@@ -12,9 +12,9 @@ import pytest
 from builds import services
 from builds.engine.masking import Masker, config_file_secrets
 from builds.models import LogLine, Status
-from builds.runner import project_secrets
 from builds.tasks import run_deployment
 from projects.models import Command, ConfigFile, EnvironmentVariable, Notification
+from projects.secrets import project_secrets
 from servers.models import Server
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -6,96 +6,9 @@ import json
 import os
 import stat
 import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
-import httpx
-import pytest
-
-from tests.support.processes import clean_env, free_port, manage, start_serve, stop
-
-SLIPWAY = str(Path(sys.executable).with_name("slipway"))
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[dict[str, Any]]:
-    data = tmp_path_factory.mktemp("cli-served")
-    port = free_port()
-    env = clean_env(
-        SLIPWAY_DATA_DIR=str(data),
-        SLIPWAY_BIND=f"127.0.0.1:{port}",
-        SLIPWAY_ALLOW_LOCAL_REPOSITORIES="true",
-        SLIPWAY_ADMIN_PASSWORD="cli-admin-password-1",
-    )
-    for command in (("migrate", "--noinput"), ("ensure_admin",)):
-        assert manage(*command, env=env).returncode == 0
-    token = manage("issue_token", "admin", env=env).stdout.strip().splitlines()[-1]
-    assert token.startswith("slw_")
-    process = start_serve(env, data / "serve.log")
-    try:
-        yield {
-            "url": f"http://127.0.0.1:{port}",
-            "token": token,
-            "log": str(data / "serve.log"),
-            "env": env,
-        }
-    finally:
-        stop(process)
-
-
-@pytest.fixture
-def project(served, git_repo_factory, sshd_target) -> Iterator[dict[str, object]]:
-    repo = git_repo_factory()
-    repo.commit({"index.html": "first\n"}, "First")
-    api = httpx.Client(
-        base_url=served["url"] + "/api/v1",
-        headers={"Authorization": f"Bearer {served['token']}"},
-        timeout=30,
-    )
-    created = api.post(
-        "/projects/",
-        json={"name": f"Shop {sshd_target.port}", "repository_url": repo.url, "branch": "main"},
-    )
-    assert created.status_code == 201, created.text
-    slug = created.json()["slug"]
-    sshd_target.authorize(created.json()["public_key"])
-    server = api.post(
-        f"/projects/{slug}/servers/",
-        json={
-            "name": "web1",
-            "hostname": sshd_target.hostname,
-            "port": sshd_target.port,
-            "username": sshd_target.username,
-            "deploy_path": str(sshd_target.deploy_path),
-        },
-    )
-    assert server.status_code == 201, server.text
-    check = api.post(f"/projects/{slug}/servers/{server.json()['id']}/check/").json()
-    trust = api.post(
-        f"/projects/{slug}/servers/{server.json()['id']}/trust/",
-        json={"fingerprint": check["host_key_fingerprint"]},
-    )
-    assert trust.status_code == 200, trust.text
-    yield {"slug": slug, "api": api, "repo": repo}
-    api.close()
-
-
-def slipway(served, *arguments: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SLIPWAY_URL": served["url"], "SLIPWAY_TOKEN": served["token"]}
-    if home is not None:
-        env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
-        env.pop("SLIPWAY_URL", None)
-        env.pop("SLIPWAY_TOKEN", None)
-    return subprocess.run(
-        [SLIPWAY, *arguments],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        stdin=subprocess.DEVNULL,
-    )
+from tests.cli.support import SLIPWAY, slipway
+from tests.support.processes import free_port, manage
 
 
 def test_deploy_wait_streams_the_log_and_exits_0(served, project, sshd_target):
@@ -197,7 +110,7 @@ def test_it_prints_a_hostile_log_line_with_colours_only(served, project):
         f"/projects/{project['slug']}/build-commands/", json={"command": HOSTILE_BUILD}
     )
     assert added.status_code == 201, added.text
-    result = slipway(served, "deploy", str(project["slug"]), "--wait")
+    result = slipway(served, "deploy", str(project["slug"]), "--wait", "--color", "always")
     assert result.returncode == 0, result.stdout + result.stderr
     line = next(line for line in result.stdout.splitlines() if line.startswith("start"))
     assert line == "startclicksafe31m2;t\x1b[1;31mred\x1b[0m\tend"

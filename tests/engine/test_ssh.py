@@ -126,6 +126,16 @@ def test_it_reports_a_refused_client_key_with_user_and_host(
 
     assert f"{sshd_target.username}@127.0.0.1:{sshd_target.port}" in str(refused.value)
     assert stranger.fingerprint in str(refused.value)
+    # What to do: the public key's line, for the login user's authorized_keys.
+    assert f"Add this line to ~/.ssh/authorized_keys of {sshd_target.username} on 127.0.0.1" in (
+        str(refused.value)
+    )
+    line = str(refused.value).splitlines()[-1]
+    assert line.split()[:2] == stranger.public_key.split()[:2]
+
+    # Adding that line is what lets Slipway in.
+    sshd_target.authorize(line)
+    connect(sshd_target.endpoint(private_key=stranger.private_key)).close()
 
 
 @pytest.mark.parametrize(

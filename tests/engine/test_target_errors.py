@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
 import pytest
@@ -26,6 +27,35 @@ def test_it_names_permission_denied_on_the_deploy_path(sshd_factory, git_repo_fa
     assert error.code == "permission_denied"
     assert f"127.0.0.1:{target.port}" in str(error)
     assert not (forbidden / "app").exists()
+    app = forbidden / "app"
+    assert f"the login user {user} may not write {app}" in str(error)
+    fix = re.search(r"as root on the server, `([^`]+)`", str(error))
+    assert fix is not None, str(error)
+    assert fix[1] == f"mkdir -p {app} && chown -R {user}: {app} && chmod -R u+rwX {app}"
+
+    # The advice works: run as root (as these tests are, in CI), the deployment goes through.
+    if os.geteuid() == 0:
+        subprocess.run(["sh", "-c", fix[1]], check=True)
+        again = pipeline.deploy(deploy_spec(repo, tmp_path, [server], sha), RecordingReporter())
+        assert again.ok, again.servers[0].error
+        assert (app / "current" / "a.txt").read_text() == "a\n"
+
+
+def test_it_names_the_path_inside_the_deploy_path_that_the_user_may_not_write(
+    sshd_factory, git_repo_factory, tmp_path
+):
+    user = ensure_unprivileged_user()
+    target = sshd_factory(username=user)
+    releases = target.deploy_path / "releases"
+    releases.mkdir(mode=0o755)  # owned by root, not by the login user
+    repo = git_repo_factory()
+    sha = repo.commit({"a.txt": "a\n"})
+    server = server_for(target)
+    result = pipeline.deploy(deploy_spec(repo, tmp_path, [server], sha), RecordingReporter())
+    error = result.servers[0].error
+    assert error is not None and error.code == "permission_denied", error
+    assert f"the login user {user} may not write {releases}/" in str(error)
+    assert f"chown -R {user}: {target.deploy_path}" in str(error)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.dashboard.e2e.conftest import sign_in
+from tests.dashboard.e2e.pages import HISTORY, main_pages
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 
@@ -24,49 +25,6 @@ document.addEventListener("securitypolicyviolation", function (event) {
 });
 """
 
-HISTORY = """
-import json
-from django.contrib.auth.models import User
-from django.utils import timezone
-from builds.models import Deployment, DeploymentTarget, LogLine, Status, TargetStatus
-from projects.models import Command
-from projects.services import project_create
-from servers.models import Release, Server, ServerGroup
-admin = User.objects.get(username='admin')
-project = project_create(owner=admin, name='Guarded', repository_url='https://git.example.com/g.git')
-server = Server.objects.create(project=project, name='web1', hostname='web1.example.com',
-    username='deploy', deploy_path='/srv/guarded', environment='production',
-    host_key_fingerprint='SHA256:' + 'k' * 43)
-now = timezone.now()
-done = Deployment.objects.create(project=project, status=Status.SUCCEEDED, triggered_by=admin,
-    end_revision='1' * 40, started_at=now, finished_at=now)
-DeploymentTarget.objects.create(deployment=done, server=server, status=TargetStatus.SUCCEEDED,
-    release='20261120-000000000-1111111')
-Release.objects.create(server=server, name='20261120-000000000-1111111', revision='1' * 40,
-    deployment=done, live=True)
-running = Deployment.objects.create(project=project, status=Status.RUNNING, triggered_by=admin,
-    started_at=now, heartbeat_at=now, log_seq=2)
-DeploymentTarget.objects.create(deployment=running, server=server, status=TargetStatus.RUNNING,
-    files_total=10, files_done=4)
-LogLine.objects.create(deployment=running, seq=1, text='\\x1b[32mcompiling\\x1b[0m')
-LogLine.objects.create(deployment=running, seq=2, text='uploading')
-command = Command.objects.create(project=project, command='php artisan migrate')
-group = ServerGroup.objects.create(project=project, name='all')
-print(json.dumps({'slug': project.slug, 'server': server.pk, 'done': done.pk,
-    'running': running.pk, 'command': command.pk, 'group': group.pk}))
-"""
-
-SETTING_KINDS = (
-    "commands",
-    "config-files",
-    "excluded-files",
-    "environment",
-    "build-commands",
-    "groups",
-    "health-checks",
-    "notifications",
-)
-
 
 def _violations(page: Any) -> list[str]:
     return list(page.evaluate("window.__cspViolations || []"))
@@ -74,7 +32,7 @@ def _violations(page: Any) -> list[str]:
 
 def test_every_main_page_passes_the_csp(new_page, slipway_app):
     made = slipway_app.shell(HISTORY)
-    slug, server = made["slug"], made["server"]
+    slug = made["slug"]
     page = new_page()
     page.add_init_script(RECORD_VIOLATIONS)
     console: list[str] = []
@@ -90,25 +48,7 @@ def test_every_main_page_passes_the_csp(new_page, slipway_app):
     assert "script-src 'self'" in login.headers["content-security-policy"]
     sign_in(page)
 
-    paths = [
-        "/",
-        "/projects/new/",
-        f"/projects/{slug}/",
-        f"/projects/{slug}/deployments/",
-        f"/projects/{slug}/deployments/{made['done']}/",
-        f"/projects/{slug}/deploy/",
-        f"/projects/{slug}/settings/",
-        f"/projects/{slug}/members/",
-        f"/projects/{slug}/audit/",
-        f"/projects/{slug}/servers/new/",
-        f"/projects/{slug}/servers/{server}/",
-        f"/projects/{slug}/servers/{server}/edit/",
-        f"/projects/{slug}/settings/commands/{made['command']}/",
-        f"/projects/{slug}/settings/groups/{made['group']}/",
-        *[f"/projects/{slug}/settings/{kind}/" for kind in SETTING_KINDS],
-        "/account/tokens/",
-        "/account/password/",
-    ]
+    paths = main_pages(made)
     for path in paths:
         response = page.goto(path)
         assert response is not None and response.status == 200, path
