@@ -113,6 +113,8 @@ def test_the_address_is_checked_again_right_before_the_fetch(
     _repo, url, git_server = http_repository
     project = project_register(owner=alice, name="Shop", repository_url=url)
     server = server_factory(project, sshd_target)
+    # Saving asked the server for its branches (git ls-remote): only the fetch counts here.
+    git_server.requests.clear()
     # The operator turns the setting off (or the name now resolves to 127.0.0.1).
     settings.ALLOW_PRIVATE_REPOSITORIES = False
 
