@@ -44,6 +44,7 @@ from builds.engine.sandbox import (
     SandboxPolicy,
     SandboxUnavailable,
     base_environment,
+    isolation_arguments,
 )
 
 LineSink = Callable[[str, str], None]
@@ -196,23 +197,8 @@ class RemoteBuild:
         """
         environment = {**base_environment(SANDBOX_HOME), **variables}
         environment.update(HOME=SANDBOX_HOME, TMPDIR="/tmp")  # noqa: S108
-        fixed = [
-            "--unshare-user",
-            "--unshare-pid",
-            "--unshare-ipc",
-            "--unshare-uts",
-            "--unshare-cgroup-try",
-            *([] if policy.network else ["--unshare-net"]),
-            "--hostname",
-            "build",
-            "--die-with-parent",
-            "--new-session",
-            "--cap-drop",
-            "ALL",
-            "--clearenv",
-        ]
-        for name, value in environment.items():
-            fixed += ["--setenv", name, value]
+        # With the network on, builds share the build host's network (it runs nothing else).
+        fixed = isolation_arguments(environment, own_network=not policy.network)
         tail = [
             "--proc",
             "/proc",

@@ -419,6 +419,29 @@ class SandboxFds:
         return tuple(fd for fd in fds if fd is not None)
 
 
+def isolation_arguments(environment: Mapping[str, str], *, own_network: bool) -> list[str]:
+    """bwrap's namespaces, privileges and environment for a build (the local sandbox's and
+    the build host's alike); ``own_network`` False shares the host's network."""
+    arguments = [
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        *(["--unshare-net"] if own_network else []),
+        "--hostname",
+        "build",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--clearenv",
+    ]
+    for name, value in environment.items():
+        arguments += ["--setenv", name, value]
+    return arguments
+
+
 def bwrap_arguments(
     policy: SandboxPolicy,
     *,
@@ -433,24 +456,7 @@ def bwrap_arguments(
     ``checkout`` and ``home`` are host paths the build account can reach; ``workdir`` is the
     folder to start in, relative to the checkout ("" for its top).
     """
-    arguments = [
-        "bwrap",
-        "--unshare-user",
-        "--unshare-pid",
-        "--unshare-ipc",
-        "--unshare-uts",
-        "--unshare-net",
-        "--unshare-cgroup-try",
-        "--hostname",
-        "build",
-        "--die-with-parent",
-        "--new-session",
-        "--cap-drop",
-        "ALL",
-        "--clearenv",
-    ]
-    for name, value in environment.items():
-        arguments += ["--setenv", name, value]
+    arguments = ["bwrap", *isolation_arguments(environment, own_network=True)]
     for path in (*SYSTEM_PATHS, *policy.readonly_paths):
         if os.path.isdir(path):
             arguments += ["--ro-bind", path, path]
