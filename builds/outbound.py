@@ -477,8 +477,33 @@ def _paths_git_reads(path: Path) -> list[Path]:
         found.append(objects)
         for line in _lines(objects / "info" / "alternates"):
             if line and not line.startswith("#"):
-                object_dirs.append((objects / line, depth + 1))
+                object_dirs.append((objects / _unquote_c_style(line), depth + 1))
     return found
+
+
+_C_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+
+
+def _unquote_c_style(line: str) -> str:
+    """An alternates line as git reads it: a line in double quotes is C-quoted (backslash
+    escapes, octal bytes). Source: git's quote.c unquote_c_style."""
+    if not (len(line) >= 2 and line.startswith('"') and line.endswith('"')):
+        return line
+    body, out, index = line[1:-1], bytearray(), 0
+    while index < len(body):
+        char = body[index]
+        if char != "\\" or index + 1 == len(body):
+            out += char.encode()
+            index += 1
+            continue
+        following = body[index + 1]
+        if following in "01234567" and len(body) >= index + 4:
+            out.append(int(body[index + 1 : index + 4], 8) & 0xFF)
+            index += 4
+        else:
+            out += _C_ESCAPES.get(following, following).encode()
+            index += 2
+    return out.decode("utf-8", "surrogateescape")
 
 
 def _lines(path: Path) -> list[str]:

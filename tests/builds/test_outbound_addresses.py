@@ -222,7 +222,11 @@ def test_a_local_repository_that_leads_git_into_slipways_directories_is_refused(
     (through_alternates / "objects" / "info" / "alternates").write_text(
         "# borrowed\n../../hop.git/objects\n"
     )
-    for path in (through_gitdir, through_alternates):
+    # The same line C-quoted, as git also reads it.
+    quoted = tmp_path / "quoted-repo.git"
+    (quoted / "objects" / "info").mkdir(parents=True)
+    (quoted / "objects" / "info" / "alternates").write_text(f'"{other_mirror}/obj\\145cts"\n')
+    for path in (through_gitdir, through_alternates, quoted):
         with pytest.raises(InvalidInput, match="Slipway's own data or build directory"):
             project_register(owner=alice, name="Shop", repository_url=str(path))
 
