@@ -240,6 +240,7 @@ def sandbox_policy(project: Project) -> SandboxPolicy:
     return SandboxPolicy(
         enabled=settings.BUILD_SANDBOX,
         network=project.build_network,
+        private_network=settings.BUILD_PRIVATE_NETWORK,
         build_user=settings.BUILD_USER,
         readonly_paths=settings.BUILD_READONLY_PATHS,
         max_processes=settings.BUILD_MAX_PROCESSES,

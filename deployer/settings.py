@@ -110,6 +110,9 @@ for _path in BUILD_READONLY_PATHS:
             f"SLIPWAY_BUILD_READONLY_PATHS: '{_path}' overlaps Slipway's data directory; "
             "builds must never see it"
         )
+# Builds with the network on may reach private ranges (a package mirror on the office network);
+# off by default, because the workers' database and broker often live there.
+BUILD_PRIVATE_NETWORK = env.boolean("SLIPWAY_BUILD_PRIVATE_NETWORK", False)
 BUILD_MAX_PROCESSES = env.integer("SLIPWAY_BUILD_MAX_PROCESSES", 1024, minimum=16)
 BUILD_MAX_OPEN_FILES = env.integer("SLIPWAY_BUILD_MAX_OPEN_FILES", 4096, minimum=64)
 # 0: no memory limit. Applied through a cgroup where the worker may create one.

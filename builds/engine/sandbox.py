@@ -77,6 +77,9 @@ class SandboxPolicy:
     network: bool = True
     build_user: str = "slipway-build"
     readonly_paths: tuple[str, ...] = ()
+    #: Builds may reach private ranges (10/8, 172.16/12, 192.168/16): a private package
+    #: mirror. Off by default: the worker's database and broker often live there.
+    private_network: bool = False
     max_processes: int = 1024
     max_open_files: int = 4096
     memory_mb: int | None = 4096
@@ -323,6 +326,9 @@ def _sealed_arguments(arguments: Sequence[str]) -> int:
 #: Never reachable from a build, whatever the network setting: link-local (cloud metadata at
 #: 169.254.169.254) and the shared address space (Alibaba's metadata at 100.100.100.200).
 BLOCKED_NETWORKS = ("169.254.0.0/16", "100.64.0.0/10", "0.0.0.0/8")
+#: Refused unless the operator allows private networks (SLIPWAY_BUILD_PRIVATE_NETWORK):
+#: RFC 1918. slirp4netns's own 10.0.2.0/24 stays reachable (a more specific route).
+PRIVATE_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 
 
 def host_addresses() -> list[str]:
@@ -350,11 +356,13 @@ def host_addresses() -> list[str]:
     return found
 
 
-def _close_host_addresses(child_pid: int, identity: HostIdentity) -> None:
+def _close_host_addresses(child_pid: int, identity: HostIdentity, policy: SandboxPolicy) -> None:
     """Routes in the build's network that refuse the worker host's own addresses and the
     blocked networks: slirp4netns would otherwise connect to them from the host's side, so
     services the host listens on with a non-loopback address would be reachable."""
     routes = [*(f"{address}/32" for address in host_addresses()), *BLOCKED_NETWORKS]
+    if not policy.private_network:
+        routes += PRIVATE_NETWORKS
     script = "".join(f"route add prohibit {route}\n" for route in routes)
     enter = ["nsenter", f"--target={child_pid}", "--net"]
     if identity.uid is None and os.geteuid() != 0:
@@ -742,7 +750,7 @@ def start(
         started._cgroups = _enter_cgroups([process.pid, child], policy)
         if policy.network:
             started._helpers.append(_start_network(child))
-            _close_host_addresses(child, identity)
+            _close_host_addresses(child, identity, policy)
         try:
             os.write(block_write, b"go")
         except BrokenPipeError:

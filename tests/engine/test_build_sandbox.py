@@ -29,6 +29,7 @@ from builds.engine.build import (
 from builds.engine.errors import Cancelled, CommandFailed, CommandTimedOut, InvalidInput
 from builds.engine.sandbox import (
     BLOCKED_NETWORKS,
+    PRIVATE_NETWORKS,
     SandboxPolicy,
     SandboxUnavailable,
     _probe,
@@ -176,7 +177,11 @@ def test_the_build_network_refuses_the_hosts_own_addresses_and_metadata(box):
     # refused inside the build's namespace before a packet could reach slirp4netns.
     routes = box.run("ip -4 route show table all")
     prohibited = {line.split()[1] for line in routes.splitlines() if line.startswith("prohibit")}
-    expected = {f"{address}" for address in host_addresses()} | set(BLOCKED_NETWORKS)
+    expected = (
+        {f"{address}" for address in host_addresses()}
+        | set(BLOCKED_NETWORKS)
+        | set(PRIVATE_NETWORKS)
+    )
     assert expected <= {route.removesuffix("/32") for route in prohibited} | prohibited
 
 
