@@ -31,7 +31,7 @@ from builds.engine.git import Mirror, validate_subdirectory
 from builds.engine.lines import LineSplitter
 from builds.engine.manifest import HashCache, Manifest, file_entry
 from builds.engine.release import validate_relative_path
-from builds.engine.remote_build import BuildHost, RemoteBuild
+from builds.engine.remote_build import BuildHost, BuildOutputRefused, RemoteBuild
 from builds.engine.sandbox import HostIdentity, SandboxPolicy, check_available, hand_over
 from builds.engine.sandbox import start as sandbox_start
 from builds.engine.workspace import Workspace
@@ -486,7 +486,14 @@ def _build_on_host(
         check_cancelled()  # raising here stops the remote command
         log(stream, text)
 
-    with RemoteBuild(host, spec.build_host_folder or "project") as remote:
+    # What comes back is unpacked in the local sandbox: it must be there.
+    identity = check_available(spec.sandbox)
+    home = spec.home_dir or spec.cache_dir.with_name("home")
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    hand_over([home], identity, recursive=False)
+    remote = RemoteBuild(host, spec.build_host_folder or "project")
+    scratch = spec.cache_dir.with_name(f"remote-output-{remote.run_id}")
+    with remote:
         remote.upload(tree.checkout)
         for command in spec.build_commands:
             check_cancelled()
@@ -503,7 +510,55 @@ def _build_on_host(
                 halt_on_error=command.halt_on_error,
             )
             _report_exit(command, exit_code, log)
-        remote.download(tree.checkout, spec.cache_dir.with_name("remote-output"))
+        scratch.mkdir(parents=True, mode=0o700)
+        try:
+            remote.fetch_output(scratch / "output.tar")
+            unpack_build_output(spec, tree, scratch / "output.tar", home=home, identity=identity)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+_UNPACKED_ARCHIVE = ".slipway-build-output.tar"
+
+
+def unpack_build_output(
+    spec: BuildSpec, tree: Tree, archive: Path, *, home: Path, identity: HostIdentity
+) -> None:
+    """Replace the checkout's content with the tar file ``archive`` from the build host.
+
+    GNU tar unpacks it inside the local sandbox (no network), as the build account, with the
+    checkout as its only writable place: whatever the archive holds (absolute names, ``..``,
+    links out of the tree, tar bugs), nothing outside the checkout can be written. Raises
+    BuildOutputRefused with tar's last words when it cannot be unpacked.
+    """
+    checkout = tree.checkout
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for entry in list(os.scandir(checkout)):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+    shutil.move(archive, checkout / _UNPACKED_ARCHIVE)
+    hand_over([checkout], identity)
+    said: list[str] = []
+    try:
+        run_local_command(
+            BuildCommandSpec(
+                f"exec 3< {_UNPACKED_ARCHIVE} && rm -f {_UNPACKED_ARCHIVE} && "
+                "tar -x --no-same-owner -f - <&3"
+            ),
+            cwd=checkout,
+            env={},
+            on_line=lambda _stream, text: said.append(text),
+            checkout=checkout,
+            home=home,
+            policy=dataclasses.replace(spec.sandbox, network=False),
+            identity=identity,
+        )
+    except CommandFailed:
+        raise BuildOutputRefused(
+            "What the build host sent back could not be unpacked: " + "; ".join(said[-5:])
+        ) from None
 
 
 def _report_exit(command: BuildCommandSpec, exit_code: int, log: LineSink) -> None:

@@ -12,24 +12,25 @@ service. For each build:
    environment: the same mounts as the local sandbox, with the arguments (the project's build
    variables among them) passed through a file descriptor (``bwrap --args``), never on a
    command line other users of the host could read;
-3. the tree is fetched back as a tar file over SFTP and unpacked over the local checkout with
-   Python's ``data`` extraction filter (no absolute paths, no ``..``, no links leading out of
-   the tree, no devices), so a hostile build cannot write outside the checkout on the worker.
+3. the tree is fetched back as a tar file over SFTP and unpacked over the local checkout by
+   GNU tar inside the local sandbox (as the build account, the checkout its only writable
+   place), so neither a hostile build nor a lying build host can write anywhere else on the
+   worker (tar-extraction bugs such as CVE-2025-4517 included).
 
 The build host needs bubblewrap and unprivileged user namespaces. With the project's build
 network on, builds share the build host's network (it runs no other service by design); with
 it off, they get their own empty network namespace.
 
-Sources: bubblewrap(1) (``--args FD``), Python's ``tarfile`` extraction filters (PEP 706).
+Sources: bubblewrap(1) (``--args FD``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
-import shutil
 import subprocess
-import tarfile
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -87,10 +88,13 @@ class RemoteBuild:
     (HostUnreachable, HostKeyMismatch, AuthenticationRefused...) when it cannot be reached.
     """
 
-    def __init__(self, host: BuildHost, name: str) -> None:
+    def __init__(self, host: BuildHost, name: str, run: str | None = None) -> None:
         self.host = host
         self.folder = PurePosixPath(host.base_path) / name
-        self.source = self.folder / "src"
+        # One tree per build: two deployments of a project may build at the same time.
+        self.run_id = run or uuid.uuid4().hex[:16]
+        self.source = self.folder / f"src-{self.run_id}"
+        self.output = self.folder / f"output-{self.run_id}.tar"
         self.home = self.folder / "home"
         self._connection: ssh.Connection | None = None
 
@@ -118,6 +122,10 @@ class RemoteBuild:
 
     def __exit__(self, *exc: object) -> None:
         if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.run(
+                    f"rm -rf {_q(self.source)} {_q(self.output)}", timeout=600, check=False
+                )
             self._connection.close()
 
     @property
@@ -238,45 +246,15 @@ class RemoteBuild:
         ]
         return "\n".join(lines) + "\n"
 
-    def download(self, checkout: Path, scratch: Path) -> None:
-        """Replace ``checkout``'s content with the build host's ``src``.
+    def fetch_output(self, local_tar: Path) -> None:
+        """The build host's ``src`` as a tar file at ``local_tar`` (over SFTP).
 
-        The tree comes as a tar file over SFTP and is unpacked with the ``data`` filter into
-        ``scratch`` first. Raises BuildOutputRefused naming the member the filter refused.
+        Not unpacked here: a tar file from another machine is unpacked only inside the local
+        sandbox (build.unpack_build_output), where it can write nothing but the checkout.
         """
-        remote_tar = self.folder / "output.tar"
         self.connection.run(
-            f"tar -C {_q(self.source)} --numeric-owner -cf {_q(remote_tar)} .",
+            f"tar -C {_q(self.source)} --numeric-owner -cf {_q(self.output)} .",
             timeout=_TRANSFER_TIMEOUT_SECONDS,
         )
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir(parents=True, mode=0o700)
-        local_tar = scratch / "output.tar"
-        try:
-            self.connection.sftp().get(str(remote_tar), str(local_tar))
-            self.connection.run(f"rm -f {_q(remote_tar)}", timeout=60)
-            unpacked = scratch / "tree"
-            unpacked.mkdir()
-            with tarfile.open(local_tar) as archive:
-                try:
-                    archive.extractall(unpacked, filter="data")
-                except tarfile.FilterError as error:
-                    member = getattr(error, "tarinfo", None)
-                    name = member.name if member is not None else "?"
-                    raise BuildOutputRefused(
-                        f"The build left {name!r}, which may not leave the build host "
-                        f"({error.__class__.__name__}: links must stay inside the checkout)"
-                    ) from None
-            _replace_content(checkout, unpacked)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _replace_content(target: Path, source: Path) -> None:
-    for entry in list(os.scandir(target)):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path)
-        else:
-            os.unlink(entry.path)
-    for entry in list(os.scandir(source)):
-        os.rename(entry.path, target / entry.name)
+        self.connection.sftp().get(str(self.output), str(local_tar))
+        self.connection.run(f"rm -f {_q(self.output)}", timeout=60)

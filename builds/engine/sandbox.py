@@ -510,7 +510,10 @@ def _read_child_pid(info_fd: int, process: subprocess.Popen[bytes]) -> int:
             if isinstance(document, dict) and "child-pid" in document:
                 return int(document["child-pid"])
     code = process.wait()
-    raise SandboxUnavailable(f"bubblewrap failed to set up the sandbox (exit {code})")
+    detail = (
+        process.stderr.read().decode("utf-8", "replace").strip()[:300] if process.stderr else ""
+    )
+    raise SandboxUnavailable(f"bubblewrap failed to set up the sandbox (exit {code}): {detail}")
 
 
 def _start_network(child_pid: int) -> subprocess.Popen[bytes]:

@@ -4,12 +4,16 @@ host sent back, and a hostile build cannot write outside the checkout on the wor
 
 from __future__ import annotations
 
+import contextlib
+import io
+import tarfile
+
 import pytest
 
 from builds.engine import pipeline
-from builds.engine.build import BuildCommandSpec
+from builds.engine.build import BuildCommandSpec, BuildSpec, Tree, unpack_build_output
 from builds.engine.remote_build import BuildHost, BuildOutputRefused, RemoteBuild
-from builds.engine.sandbox import SandboxPolicy
+from builds.engine.sandbox import SandboxPolicy, check_available
 from tests.support.engine import RecordingReporter, after, deploy_spec, server_for
 
 SECRET = "build-variable-secret-41d9"
@@ -98,25 +102,61 @@ def test_a_failing_command_on_the_build_host_fails_the_deployment_with_its_outpu
     assert not (sshd_target.deploy_path / "current").exists()
 
 
-def test_a_build_host_tree_with_links_out_of_the_checkout_is_refused(
-    build_host, sshd_target, git_repo_factory, tmp_path
-):
-    host, _ = build_host
-    repo = git_repo_factory()
-    sha = repo.commit({"a.txt": "a\n"})
-    outside = tmp_path / "worker-secret"
-    outside.write_text(SECRET)
-    spec = _spec(
-        repo,
-        tmp_path,
-        server_for(sshd_target),
-        sha,
-        host,
-        [f"ln -s {outside} leak && ln -s ../../../../etc escape"],
+def test_a_tar_from_a_lying_build_host_writes_nothing_outside_the_checkout(tmp_path):
+    """What comes back is unpacked by tar inside the local sandbox: absolute names, ``..``,
+    links out of the tree and files written through them all stay inside the checkout."""
+    outside = tmp_path / "worker-files"
+    outside.mkdir()
+    archive = tmp_path / "output.tar"
+    with tarfile.open(archive, "w") as tar:
+
+        def add(name: str, data: bytes = b"", **fields) -> None:
+            info = tarfile.TarInfo(name)
+            for key, value in fields.items():
+                setattr(info, key, value)
+            info.size = len(data) if info.type == tarfile.REGTYPE else 0
+            tar.addfile(info, io.BytesIO(data) if info.type == tarfile.REGTYPE else None)
+
+        add("app.js", b"built\n")
+        add("../escape.txt", b"x")
+        add(str(outside / "absolute.txt"), b"x")
+        add("link", type=tarfile.SYMTYPE, linkname=str(outside))
+        add("link/through-link.txt", b"x")
+        add("hard", type=tarfile.LNKTYPE, linkname=str(outside / "hard-target"))
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "old.txt").write_text("from the last build")
+    spec = BuildSpec(
+        repository_url="unused",
+        mirror_dir=tmp_path / "mirror.git",
+        workspace_dir=tmp_path / "workspace",
+        cache_dir=tmp_path / "cache",
+        revision="main",
+        sandbox=SandboxPolicy(network=False),
     )
-    with pytest.raises(BuildOutputRefused, match=r"leak|escape"):
-        pipeline.deploy(spec, RecordingReporter())
-    assert not (sshd_target.deploy_path / "current").exists()
+    tree = Tree(root=checkout, hash_cache=None, hash_cache_path=None)
+    with contextlib.suppress(BuildOutputRefused):  # tar may complain; nothing may escape
+        unpack_build_output(
+            spec,
+            tree,
+            archive,
+            home=tmp_path / "home",
+            identity=check_available(spec.sandbox),
+        )
+    assert list(outside.iterdir()) == []
+    assert not (tmp_path / "escape.txt").exists()
+    assert (checkout / "app.js").read_text() == "built\n"
+    assert not (checkout / "old.txt").exists()
+
+
+def test_two_builds_of_one_project_on_the_build_host_use_their_own_trees(build_host):
+    host, builder = build_host
+    first, second = RemoteBuild(host, "project-7"), RemoteBuild(host, "project-7")
+    assert first.source != second.source and first.home == second.home
+    with first:
+        first.connection.run(f"touch {first.source}/marker", timeout=30)
+        assert (builder.deploy_path / "builds" / "project-7" / first.source.name).is_dir()
+    assert not (builder.deploy_path / "builds" / "project-7" / first.source.name).exists()
 
 
 def test_a_build_host_without_the_trusted_key_is_refused(
