@@ -297,6 +297,8 @@ class Tree:
     hash_cache_path: Path | None
     #: The top of the checkout (``root`` is this or a folder in it, the project's subdirectory).
     top: Path | None = None
+    #: Tells the workspace's index what the tree looks like now (Workspace.refresh).
+    refresh_index: Callable[[], None] | None = None
     #: Paths under ``root`` marked ``export-ignore`` (empty when the project turned it off).
     export_ignored: frozenset[str] = frozenset()
 
@@ -352,12 +354,18 @@ def checked_out(spec: BuildSpec, mirror: Mirror, sha: str, log: LineSink) -> Ite
             top = workspace.checkout(sha, keep=keep)
             content.complete(mirror, sha, top, spec.content, log)
             root = folder_within(top, subdirectory, sha) if subdirectory else top
+            if spec.build_commands and not spec.skip_build and spec.build_host is None:
+                # The build account owns the tree it builds in; the index must learn the new
+                # owner (a ctime change), or the next checkout rewrites every file.
+                hand_over([top], check_available(spec.sandbox))
+                workspace.refresh()
             yield Tree(
                 root,
                 HashCache.load(workspace.hash_cache_path),
                 workspace.hash_cache_path,
                 top,
                 export_ignored=ignored,
+                refresh_index=workspace.refresh,
             )
             return
     log(
@@ -514,6 +522,8 @@ def _build_on_host(
         try:
             remote.fetch_output(scratch / "output.tar")
             unpack_build_output(spec, tree, scratch / "output.tar", home=home, identity=identity)
+            if tree.refresh_index is not None:
+                tree.refresh_index()
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 

@@ -176,6 +176,16 @@ class Workspace:
             self._update(full_sha, exclude_options)
         return self.root
 
+    def refresh(self) -> None:
+        """Record the files' current stat data in the index where their content still matches
+        it (``git update-index --refresh``): after their owner changed (the build account),
+        or after the whole tree was unpacked again, the next checkout would otherwise take
+        every file for changed and write it anew, with a new mtime (and a build's bytecode,
+        which records its source's mtime, would differ every time). A failed refresh only
+        costs that rewrite, so it is not an error."""
+        with contextlib.suppress(_GitFailed):
+            self._git_in_tree("update-index", "-q", "--unmerged", "--refresh")
+
     def _prepare(self) -> None:
         if self.root.is_symlink():
             raise InternalError(f"The workspace {self.root} is a symlink.")

@@ -516,3 +516,35 @@ def test_the_build_home_is_never_walked_so_a_swapped_link_cannot_redirect_owners
     assert victim.stat().st_uid == 0
     assert (home / "d" / "root-file").stat().st_uid == 0
     assert home.stat().st_uid != 0  # the home itself is the build account's
+
+
+def test_a_redeploy_of_the_same_commit_sends_nothing_though_the_build_compiles_bytecode(
+    sshd_target, git_repo_factory, tmp_path
+):
+    # Bytecode records its source's mtime: the workspace must not rewrite unchanged sources
+    # (handing them to the build account changes their ctime, which git's index notices).
+    repo = git_repo_factory()
+    sha = repo.commit({"app/manage.py": "print('hi')\n", "app/models.py": "X = 1\n"})
+    build = {"build_commands": (BuildCommandSpec(command="python3 -m compileall -q app"),)}
+    server = server_for(sshd_target)
+    result = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server], sha, build=build), RecordingReporter()
+    )
+    assert result.ok
+    for number in (2, 3):
+        # Past git's "racily clean" second, where it would compare contents anyway.
+        time.sleep(1.1)
+        outcome = result.servers[0]
+        server = dataclasses.replace(
+            server,
+            live_release=outcome.release,
+            live_revision=result.revision,
+            live_manifest=outcome.manifest,
+        )
+        result = pipeline.deploy(
+            deploy_spec(repo, tmp_path, [server], sha, build=build, deployment_id=number),
+            RecordingReporter(),
+        )
+        assert result.ok
+        changes = result.servers[0].changes
+        assert changes is not None and changes.is_empty, changes
