@@ -754,6 +754,11 @@ fi
     def unlock(self, *, owner_id: str) -> None:
         self._script(f"cd -- {self.q} 2>/dev/null || exit 0\n" + self._unlock_script(owner_id))
 
+    def settle(self, name: str) -> None:
+        """Record release ``name`` as the commands that just ran left it: the baseline for
+        drift (a rollback's after-switch commands change the release it puts live)."""
+        self._run(self._settle_script(name))
+
     def switch(self, name: str) -> None:
         self._run(self._switch_script(name))
 

@@ -368,6 +368,7 @@ class _Run:
                         env=self.spec.server_env,
                         reporter=self.reporter,
                     )
+                    self._settle(previous)
             finally:
                 if self._may_unlock():
                     with contextlib.suppress(Exception):
@@ -380,6 +381,15 @@ class _Run:
         self.result.release = previous
         self.result.reason = reason
         self.reporter.target_state(self.server.id, "rolled_back", reason)
+
+    def _settle(self, name: str) -> None:
+        """Record the release as the after-switch commands left it, so that what they wrote
+        is not taken for drift by the next deployment. A failure only costs that report."""
+        if self.atomic and self.layout is not None:
+            try:
+                self.layout.settle(name)
+            except EngineError as error:
+                self.log(f"Could not record releases/{name} after its commands: {error}")
 
     def abandon(self) -> None:
         """Release the lock if this run still holds it (and no stopped command may still be
@@ -739,6 +749,7 @@ class RollbackRun(_Run):
         except HealthCheckFailed as failed:
             self.revert(str(failed))
             raise
+        self._settle(self.target)
         self.finished = True
         self.abandon()
 

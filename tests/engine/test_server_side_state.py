@@ -162,6 +162,32 @@ def test_what_the_deployments_own_commands_write_is_not_drift_but_a_change_by_ha
     assert "return 'hello'" in (_live(sshd_target) / "shop" / "views.py").read_text()
 
 
+def test_what_a_rollbacks_own_commands_write_is_not_drift_either(
+    sshd_target, git_repo_factory, tmp_path
+):
+    repo = git_repo_factory()
+    a = repo.commit(DJANGO_LIKE, "A")
+    b = repo.commit({"shop/views.py": "def index(request):\n    return 'B'\n"}, "B")
+    server = server_for(sshd_target)
+    first, server_a, _ = _deploy(repo, tmp_path, server, a, 1, **_django_spec())
+    _, server_b, _ = _deploy(repo, tmp_path, server_a, b, 2, **_django_spec())
+    back = pipeline.rollback(
+        pipeline.RollbackSpec(
+            deployment_id=3,
+            project="Shop",
+            servers=(server_b,),
+            targets={server.id: first.servers[0].release or ""},
+            commands=_django_spec()["commands"],
+        ),
+        RecordingReporter(),
+    )
+    assert back[0].ok, back[0].error
+    # The rollback's command rewrote var/cache/stamp in release A: the next deploy, from A
+    # live, must not report it as changed on the server nor delete it.
+    _, _, reporter = _deploy(repo, tmp_path, server_a, b, 4, **_django_spec())
+    assert "changed on the server" not in reporter.text
+
+
 def test_a_build_file_a_command_rewrites_starts_from_the_build_again_each_deploy(
     sshd_target, git_repo_factory, tmp_path
 ):
