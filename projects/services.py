@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import itertools
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -275,6 +276,20 @@ def _relative_paths(value: object, field: str) -> list[str]:
     return paths
 
 
+def _refuse_nested(paths: list[str], field: str) -> None:
+    """One path per place: ``storage/`` and ``storage/logs/`` together would link a path of
+    shared/ into itself. Raises InvalidInput naming ``field`` and both paths."""
+    cleaned = [path.strip().strip("/") for path in paths]
+    for first, second in itertools.combinations(cleaned, 2):
+        outer, inner = sorted((first, second), key=len)
+        if inner == outer or inner.startswith(outer + "/"):
+            raise InvalidInput(
+                field,
+                f"'{inner}' lies inside '{outer}'; list only '{outer}' (everything under it "
+                "comes with it).",
+            )
+
+
 # --------------------------------------------------------------------------- projects
 
 logger = logging.getLogger(__name__)
@@ -318,6 +333,7 @@ def project_clean(data: Mapping[str, Any]) -> dict[str, Any]:
     for field in ("shared_paths", "cache_paths"):
         if field in cleaned:
             cleaned[field] = _relative_paths(cleaned[field], field)
+            _refuse_nested(cleaned[field], field)
     if "generated_paths" in cleaned:
         cleaned["generated_paths"] = _globs(cleaned["generated_paths"], "generated_paths")
     for field in ("build_network", "export_ignore", "submodules"):

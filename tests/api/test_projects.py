@@ -79,6 +79,10 @@ def test_it_creates_a_project_whose_creator_is_admin(alice_api, site_admin, alic
         ("subdirectory", "../outside"),
         ("shared_paths", ["../etc/passwd"]),
         ("cache_paths", [".slipway/lock"]),
+        # A shared path inside another would link shared/storage/logs into itself.
+        ("shared_paths", ["storage/", "storage/logs/"]),
+        ("shared_paths", ["storage", "storage/"]),
+        ("cache_paths", ["node_modules", "node_modules/.cache"]),
         ("generated_paths", ["!staticfiles/"]),
         ("generated_paths", "staticfiles/"),
     ],
