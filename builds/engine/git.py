@@ -720,12 +720,19 @@ class Mirror:
         ``git archive`` reads them: files and folders (a folder's contents go with it),
         relative to the top of the tree."""
         full_sha = self.resolve(sha)
-        listing = self._git("ls-tree", "-r", "-t", "-z", "--name-only", full_sha).stdout
-        paths = [os.fsdecode(path) for path in listing.split(b"\0") if path]
+        listing = self._git("ls-tree", "-r", "-t", "-z", full_sha).stdout
+        paths = []
+        for entry in listing.split(b"\0"):
+            if not entry:
+                continue
+            meta, _, raw_path = entry.partition(b"\t")
+            # A folder is asked about as "path/": a pattern such as "tests/" names folders only.
+            folder = meta.split(b" ")[1:2] == [b"tree"]
+            paths.append(os.fsdecode(raw_path) + ("/" if folder else ""))
         if not _has_attributes_file(paths):
             return frozenset()
         values = self.attributes(full_sha, "export-ignore", paths)
-        return frozenset(path for path, value in values.items() if value == "set")
+        return frozenset(path.rstrip("/") for path, value in values.items() if value == "set")
 
     def attributes(self, sha: str, attribute: str, paths: list[str]) -> dict[str, str]:
         """``attribute`` of each of ``paths`` in revision ``sha``: "set", "unset",

@@ -10,6 +10,7 @@ from tests.support.engine import RecordingReporter, deploy_spec, server_for
 
 ATTRIBUTES = """\
 /tests export-ignore
+fixtures/ export-ignore
 *.md export-ignore
 docs/internal/** export-ignore
 app/secret.txt export-ignore
@@ -26,6 +27,7 @@ def _repo(git_repo_factory):
             "app/secret.txt": "not for servers\n",
             "app/README.md": "# app\n",
             "tests/test_app.php": "<?php\n",
+            "app/fixtures/users.json": "[]\n",
             "docs/internal/notes.txt": "n\n",
             "docs/public.txt": "p\n",
             "README.md": "# readme\n",
