@@ -93,6 +93,23 @@ def unescaped(text: str) -> str:
     return _ESCAPE.sub(replace, text)
 
 
+_POSIX_ECHO_ESCAPE = re.compile(r"\\(0[0-7]{0,3}|[abcfnrtv\\])")
+
+
+def unescaped_by_posix_echo(text: str) -> str:
+    """``text`` as dash's (POSIX/XSI) ``echo`` prints it, the ``sh`` of Debian and Ubuntu:
+    ``\t``, ``\n``, ``\0NNN``... are read, other sequences (``\x41``) stay as they are.
+    Source: POSIX.1-2017 echo, XSI conformant systems."""
+
+    def replace(match: re.Match[str]) -> str:
+        escape = match.group(1)
+        if escape.startswith("0"):
+            return chr(int(escape[1:] or "0", 8) & 0xFF)
+        return _SIMPLE_ESCAPES.get(escape, escape)
+
+    return _POSIX_ECHO_ESCAPE.sub(replace, text)
+
+
 def escaped_forms(text: str) -> list[str]:
     """How programs print ``text``'s control characters as text: C and Python (``\\n``,
     ``\\x1b``), JSON (``\\u001b``) and octal (``\\033``); [] when it has none."""
@@ -118,7 +135,7 @@ def printed_forms(secret: str) -> Iterator[str]:
     escapes, and each piece between control characters (logs are lines, and a terminal
     drops what it cannot show). Each with its base64 forms; pieces shorter than
     MIN_SECRET_LENGTH are left out."""
-    transformed = {secret, unescaped(secret)}
+    transformed = {secret, unescaped(secret), unescaped_by_posix_echo(secret)}
     for form in list(transformed):
         transformed.update(escaped_forms(form))
     for form in transformed:

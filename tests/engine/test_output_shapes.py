@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import string
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -110,6 +111,21 @@ def test_it_masks_a_secret_that_a_command_turns_into_control_characters():
     assert "second-line" not in mask(second) and "after-tab" not in mask(second)
     # The secret as written, in a shell trace or a config dump.
     assert mask(f"+ echo -e {secret}") == f"+ echo -e {MASK}"
+
+
+def test_it_masks_a_secret_as_dashs_echo_prints_it():
+    # dash (Debian's sh) reads \t in `echo` but leaves \x41 alone: neither bash's form.
+    secret = r"Zq9\tXk7Long\x41Secret"
+    printed = subprocess.run(
+        ["/bin/dash", "-c", 'echo "plain=$TOKEN"'],
+        env={"TOKEN": secret, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.rstrip("\n")
+    assert printed != f"plain={secret}"  # dash really did transform it
+    masked = Masker([secret])(printed)
+    assert "Xk7Long" not in masked and "Secret" not in masked
 
 
 def test_it_masks_a_secret_holding_control_characters_where_they_are_printed_as_escapes():
