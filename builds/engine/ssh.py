@@ -637,8 +637,8 @@ def classify_command_failure(
             found = _DENIED_PATH.search(stderr_text)
             path = (found["quoted"] or found["bare"]) if found else deploy_path
             if not path.startswith("/"):
-                # Relative to where the failing step ran (a release folder): not guessed.
-                path = f"{path} (in a release under {deploy_path})"
+                # Slipway's release scripts run in the deploy path.
+                path = f"{deploy_path}/{path}"
             said += (
                 f": the login user {username} may not write {path}. Give it the deploy path: "
                 f"as root on the server, `mkdir -p {deploy_path} && chown -R {username}: "
