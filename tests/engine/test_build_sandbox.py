@@ -7,7 +7,6 @@ loopback, a web server the test starts on loopback, real Git repositories and an
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import http.server
 import os
 import random
@@ -37,7 +36,7 @@ from builds.engine.sandbox import (
     hand_over,
     host_addresses,
 )
-from tests.support.engine import RecordingReporter, deploy_spec, server_for
+from tests.support.engine import RecordingReporter, after, deploy_spec, server_for
 
 SECRET = "worker-secret-6d1f0c"
 
@@ -255,13 +254,7 @@ def test_an_honest_build_keeps_its_cache_between_builds_and_never_ships_it(
     assert shipped == {"package.json", "dist", "dist/app.js"}
 
     reporter = RecordingReporter()
-    outcome = first.servers[0]
-    second_server = dataclasses.replace(
-        server,
-        live_release=outcome.release,
-        live_revision=first.revision,
-        live_manifest=outcome.manifest,
-    )
+    second_server = after(first, server)
     second = pipeline.deploy(
         deploy_spec(repo, tmp_path, [second_server], sha, build=build, deployment_id=2), reporter
     )
@@ -299,13 +292,7 @@ def test_the_workspace_moves_on_to_the_next_revision_after_a_sandboxed_build(
     )
     assert first.ok
     b = repo.commit({"src/app.txt": "B\n", "keep.txt": None})
-    outcome = first.servers[0]
-    server = dataclasses.replace(
-        server,
-        live_release=outcome.release,
-        live_revision=first.revision,
-        live_manifest=outcome.manifest,
-    )
+    server = after(first, server)
     second = pipeline.deploy(
         deploy_spec(repo, tmp_path, [server], b, build=build, deployment_id=2), RecordingReporter()
     )
@@ -534,13 +521,7 @@ def test_a_redeploy_of_the_same_commit_sends_nothing_though_the_build_compiles_b
     for number in (2, 3):
         # Past git's "racily clean" second, where it would compare contents anyway.
         time.sleep(1.1)
-        outcome = result.servers[0]
-        server = dataclasses.replace(
-            server,
-            live_release=outcome.release,
-            live_revision=result.revision,
-            live_manifest=outcome.manifest,
-        )
+        server = after(result, server)
         result = pipeline.deploy(
             deploy_spec(repo, tmp_path, [server], sha, build=build, deployment_id=number),
             RecordingReporter(),
