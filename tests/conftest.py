@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from django.test import Client
+
+from tests.dashboard.support import signed_in
 
 pytest_plugins = [
     "tests.support.sshd",
@@ -33,3 +36,24 @@ def bob(django_user_model):
 @pytest.fixture
 def charlie(django_user_model):
     return django_user_model.objects.create_user("charlie", password="charlie-password-1")
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # The personas' passwords are hashed at every test; the real hasher costs ~0.4 s each.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def alice_client(alice) -> Client:
+    return signed_in(alice)
+
+
+@pytest.fixture
+def bob_client(bob) -> Client:
+    return signed_in(bob)
+
+
+@pytest.fixture
+def charlie_client(charlie) -> Client:
+    return signed_in(charlie)

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from django.test import Client
 
-from tests.dashboard.support import signed_in
 from tests.notifications.conftest import mail_server  # noqa: F401 (a fixture, used by name)
 
 PASSWORDS = {
@@ -19,26 +17,6 @@ PASSWORDS = {
     "bob": "bob-password-1",
     "charlie": "charlie-password-1",
 }
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def alice_client(alice) -> Client:
-    return signed_in(alice)
-
-
-@pytest.fixture
-def bob_client(bob) -> Client:
-    return signed_in(bob)
-
-
-@pytest.fixture
-def charlie_client(charlie) -> Client:
-    return signed_in(charlie)
 
 
 def sign_in(client: Client, username: str, password: str | None = None, **extra: Any):

@@ -11,12 +11,6 @@ from rest_framework.test import APIClient
 from projects.models import ApiToken, Membership, Role
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # The personas' passwords are hashed at every test; the real hasher costs ~0.4 s each.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def issue_token(user) -> str:
     _, token = ApiToken.issue(user=user, name="tests")
     return token

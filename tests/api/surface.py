@@ -7,7 +7,7 @@ from typing import Any
 
 from rest_framework.test import APIClient
 
-from builds.models import Deployment, Status
+from builds.models import Deployment, LogLine, Status
 from projects.models import (
     BuildCommand,
     Command,
@@ -26,9 +26,16 @@ def one_of_each(project: Project) -> dict[str, Any]:
     """One real object of every kind a write operation's path names (no network reached:
     the server's port 9 is closed)."""
     server = Server.objects.create(
-        project=project, name="web1", hostname="127.0.0.1", port=9, username="deploy"
+        project=project,
+        name="web1",
+        hostname="127.0.0.1",
+        port=9,
+        username="deploy",
+        deploy_path="/srv/shop",
+        host_key_fingerprint="SHA256:" + "a" * 43,
     )
     deployment = Deployment.objects.create(project=project, status=Status.SUCCEEDED)
+    LogLine.objects.create(deployment=deployment, seq=1, text="hello")
     release = Release.objects.create(
         server=server, deployment=deployment, name="20260101-000000000-abcdef0", revision="a" * 40
     )

@@ -21,19 +21,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from builds.models import Deployment, LogLine, Status, TargetStatus
+from builds.models import TargetStatus
 from deployer.wsgi import application
-from projects.models import (
-    BuildCommand,
-    Command,
-    ConfigFile,
-    EnvironmentVariable,
-    ExcludedFile,
-    Notification,
-)
-from servers.models import HealthCheck as ServerHealthCheck
-from servers.models import Release, Server, ServerGroup
 from tests.api.conftest import issue_token
+from tests.api.surface import one_of_each
 
 pytestmark = pytest.mark.django_db
 
@@ -132,41 +123,7 @@ def test_the_schema_is_served_for_an_api_token(alice_api, client):
 @pytest.fixture
 def known_objects(site_admin, alice, bob, project, repo):
     """One object of every kind, so that some generated requests reach real ones."""
-    server = Server.objects.create(
-        project=project,
-        name="web1",
-        # A closed port on this machine: nothing here should ever reach a network.
-        hostname="127.0.0.1",
-        port=9,
-        username="deploy",
-        deploy_path="/srv/shop",
-        host_key_fingerprint="SHA256:" + "a" * 43,
-    )
-    deployment = Deployment.objects.create(project=project, status=Status.SUCCEEDED)
-    LogLine.objects.create(deployment=deployment, seq=1, text="hello")
-    Release.objects.create(server=server, name="20260101-000000000-abcdef0", revision="a" * 40)
-    settings_ids = {
-        "commands": Command.objects.create(project=project, command="true").pk,
-        "config-files": ConfigFile.objects.create(project=project, path=".env").pk,
-        "excluded-files": ExcludedFile.objects.create(project=project, pattern="*.md").pk,
-        "environment": EnvironmentVariable.objects.create(project=project, name="A").pk,
-        "build-commands": BuildCommand.objects.create(project=project, command="true").pk,
-        "groups": ServerGroup.objects.create(project=project, name="all").pk,
-        "health-checks": ServerHealthCheck.objects.create(
-            project=project, kind="command", command="true"
-        ).pk,
-        "notifications": Notification.objects.create(
-            project=project, kind="slack", url="https://1.1.1.1/services/T/B/token"
-        ).pk,
-    }
-    return {
-        "slug": project.slug,
-        "server_id": server.pk,
-        "deployment_id": deployment.pk,
-        "username": "bob",
-        "name": "20260101-000000000-abcdef0",
-        "settings": settings_ids,
-    }
+    return one_of_each(project)
 
 
 def _pinned_parameters(path: str, method: str, known: dict[str, Any]) -> dict[str, Any] | None:
@@ -175,8 +132,8 @@ def _pinned_parameters(path: str, method: str, known: dict[str, Any]) -> dict[st
         # Deleting the shared objects would leave later requests nothing to find, and check/
         # and trust/ open connections (they are tested against real sshd targets elsewhere).
         return None
-    values = {key: value for key, value in known.items() if key != "settings"}
-    for kind, pk in known["settings"].items():
+    values = {key: value for key, value in known.items() if key != "ids"}
+    for kind, pk in known["ids"].items():
         if f"/{kind}/{{id}}/" in path:
             values["id"] = pk
     return values

@@ -8,35 +8,13 @@ Charlie is no member at all.
 from __future__ import annotations
 
 import pytest
-from django.test import Client
 from django.utils import timezone
 
 from builds.models import Deployment, DeploymentTarget, LogLine, Status, Step, TargetStatus
 from projects.models import Membership, Role
 from projects.services import project_create
 from servers.models import Release, Server
-from tests.dashboard.support import FIRST_SHA, SECOND_SHA, TRUSTED, signed_in
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # The personas' passwords are hashed at every test; the real hasher costs ~0.4 s each.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def alice_client(alice) -> Client:
-    return signed_in(alice)
-
-
-@pytest.fixture
-def bob_client(bob) -> Client:
-    return signed_in(bob)
-
-
-@pytest.fixture
-def charlie_client(charlie) -> Client:
-    return signed_in(charlie)
+from tests.dashboard.support import FIRST_SHA, SECOND_SHA, TRUSTED
 
 
 @pytest.fixture
