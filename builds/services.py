@@ -30,7 +30,7 @@ from builds.models import (
     Trigger,
 )
 from builds.presenters import deployment_status
-from deployer.celery import app
+from deployer import outbox
 from projects.models import Project
 from projects.services import audit_record
 from servers.models import Release, Server, ServerGroup, Strategy
@@ -59,13 +59,26 @@ def _looks_like_sha(revision: str) -> bool:
     return 7 <= len(revision) <= 40 and all(c in "0123456789abcdef" for c in revision)
 
 
-#: The Celery task that runs a deployment (builds.tasks registers it under this name). Sent
-#: by name: the tasks call these services, so the services do not import the tasks.
+#: The Celery tasks that run a deployment, and a preview (builds.tasks registers them under
+#: these names; deployer/settings.py routes them to the `deployments` and `previews` queues).
+#: Sent by name: the tasks call these services, so the services do not import the tasks.
 RUN_DEPLOYMENT_TASK = "builds.tasks.run_deployment"
+RUN_PREVIEW_TASK = "builds.tasks.run_preview"
 
 
-def _send(deployment_id: int) -> None:
-    app.send_task(RUN_DEPLOYMENT_TASK, args=(deployment_id,))
+def _dispatch(deployment_id: int, kind: str) -> None:
+    """Record the message that starts the deployment (deployer.outbox: sent once the
+    transaction commits); nothing when one is already waiting for a worker."""
+    outbox.enqueue(
+        RUN_PREVIEW_TASK if kind == Kind.PREVIEW else RUN_DEPLOYMENT_TASK,
+        deployment_id,
+        key=dispatch_key(deployment_id),
+    )
+
+
+def dispatch_key(deployment_id: int) -> str:
+    """The outbox key of a deployment's start message."""
+    return f"deployment:{deployment_id}"
 
 
 def deployment_create(
@@ -143,8 +156,7 @@ def deployment_create(
             )
             for position, server in enumerate(targets)
         )
-        deployment_id = deployment.pk
-        transaction.on_commit(lambda: _send(deployment_id))
+        _dispatch(deployment.pk, kind)
     return deployment
 
 
@@ -267,15 +279,34 @@ def _notify_finished(deployment: Deployment) -> None:
 
 
 def dispatch_ready(*, server_ids: Sequence[int] | None = None) -> int:
-    """Send the oldest queued deployment of each given server (or all) to the workers."""
+    """Queue the start message of each queued deployment (of the given servers, or all) that
+    could start now: none of its servers busy, and no message of its own still waiting for a
+    worker. Return how many were queued.
+
+    A worker that finds a server busy leaves the deployment queued (deployment_claim); the
+    deployment that held the server calls this when it finishes. So a waiting deployment
+    gets one message when it can start, never one every few seconds.
+    """
     queued = Deployment.objects.filter(status=Status.QUEUED)
     if server_ids is not None:
         queued = queued.filter(targets__server_id__in=server_ids)
+    busy = set(
+        DeploymentTarget.objects.filter(
+            status__in=[TargetStatus.RUNNING, TargetStatus.WAITING]
+        ).values_list("server_id", flat=True)
+    )
     sent = 0
-    for deployment_id in (
-        queued.order_by("created_at", "id").values_list("pk", flat=True).distinct()
-    ):
-        _send(deployment_id)
+    for deployment in queued.order_by("created_at", "id").distinct():
+        waiting_on = set(
+            deployment.targets.filter(status=TargetStatus.QUEUED).values_list(
+                "server_id", flat=True
+            )
+        )
+        if deployment.kind != Kind.PREVIEW and waiting_on & busy:
+            continue
+        if outbox.unconsumed(dispatch_key(deployment.pk)) is not None:
+            continue
+        _dispatch(deployment.pk, deployment.kind)
         sent += 1
     return sent
 
@@ -344,6 +375,9 @@ def deployments_recover_after_restart() -> None:
             deployment_finish(
                 deployment, status=Status.FAILED, error=message, error_code="worker_lost"
             )
+    if settings.EMBEDDED_WORKER:
+        # The in-memory broker's messages died with the process that held them.
+        outbox.resend_unconsumed()
     dispatch_ready()
 
 

@@ -9,17 +9,34 @@ from celery.signals import worker_ready
 from celery.worker.control import control_command
 
 from builds import cleanup, notifications, runner, services
+from deployer import outbox
 
 
 @shared_task(name=services.RUN_DEPLOYMENT_TASK, bind=True, acks_late=True, ignore_result=True)
 def run_deployment(self: object, deployment_id: int) -> None:
-    request = self.request  # type: ignore[attr-defined]
+    _claim_and_run(self.request, deployment_id)  # type: ignore[attr-defined]
+
+
+# The same work as run_deployment, on the `previews` queue: a preview never waits behind
+# deployments (deployer/settings.py routes the two).
+@shared_task(name=services.RUN_PREVIEW_TASK, bind=True, acks_late=True, ignore_result=True)
+def run_preview(self: object, deployment_id: int) -> None:
+    _claim_and_run(self.request, deployment_id)  # type: ignore[attr-defined]
+
+
+def _claim_and_run(request: Any, deployment_id: int) -> None:
+    outbox.consumed(request.id, worker=request.hostname or "")
     deployment = services.deployment_claim(
         deployment_id, task_id=request.id or "", worker=request.hostname or ""
     )
     if deployment is None:
         return
     runner.run(deployment)
+
+
+@shared_task(ignore_result=True)
+def relay_outbox() -> int:
+    return outbox.relay()
 
 
 @shared_task(ignore_result=True)

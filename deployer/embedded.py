@@ -56,11 +56,15 @@ def _send_worker_ready(consumer: object) -> None:
 
 def _reap_forever() -> None:
     """The embedded mode's `celery beat`: the same periodic tasks, in a thread."""
-    from builds.tasks import reap_stale_deployments, resend_due_notification_deliveries
+    from builds.tasks import (
+        reap_stale_deployments,
+        relay_outbox,
+        resend_due_notification_deliveries,
+    )
 
     stop = threading.Event()
     while not stop.wait(REAPER_INTERVAL_SECONDS):
-        for periodic in (reap_stale_deployments, resend_due_notification_deliveries):
+        for periodic in (relay_outbox, reap_stale_deployments, resend_due_notification_deliveries):
             try:
                 periodic()
             except Exception:  # the loop must outlive a passing database error

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import environ
+from kombu import Queue
 
 from deployer import env
 from deployer.datadir import DataDirError, secure_data_dir
@@ -346,7 +347,24 @@ CELERY_TASK_TIME_LIMIT = int(DEPLOYMENT_TIME_LIMIT * 1.2)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": int(DEPLOYMENT_TIME_LIMIT * 1.5)}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Queues (docs/ARCHITECTURE.md): a long deployment never delays a notification, a preview,
+# a webhook's processing or the reaper. A worker started without -Q consumes them all (the
+# embedded mode's); docker-compose.yml gives deployments their own workers.
+CELERY_TASK_QUEUES = tuple(
+    Queue(name) for name in ("deployments", "previews", "webhooks", "notifications", "housekeeping")
+)
+CELERY_TASK_DEFAULT_QUEUE = "housekeeping"
+CELERY_TASK_ROUTES = {
+    "builds.tasks.run_deployment": {"queue": "deployments"},
+    "builds.tasks.run_preview": {"queue": "previews"},
+    "builds.tasks.process_webhook_delivery": {"queue": "webhooks"},
+    "builds.tasks.send_notification_delivery": {"queue": "notifications"},
+    "builds.tasks.resend_due_notification_deliveries": {"queue": "notifications"},
+    "builds.tasks.*": {"queue": "housekeeping"},
+}
 CELERY_BEAT_SCHEDULE = {
+    # Messages the broker could not take when their work was recorded (deployer.outbox).
+    "relay-outbox": {"task": "builds.tasks.relay_outbox", "schedule": 5.0},
     "reap-stale-deployments": {"task": "builds.tasks.reap_stale_deployments", "schedule": 30.0},
     # Notifications whose message was lost (a broker restart) or whose retry is due.
     "resend-due-notifications": {

@@ -1,0 +1,180 @@
+"""The transactional outbox: Celery messages are rows first, sent once they are committed.
+
+Work is recorded in the database (a deployment, a webhook delivery) together with an
+OutboxMessage in one transaction. When it commits, the message is sent at once; when the
+broker cannot take it then (Redis restarting), the row waits and the relay (a beat task, or
+the embedded mode's loop) sends it later. A caller therefore never sees a broker error after
+its work was recorded, and nothing recorded is lost.
+
+One message per piece of work: ``enqueue`` with a ``key`` records nothing while an earlier
+message for that key is still unconsumed, and the relay re-sends a sent message only when the
+broker that took it has restarted since (its Redis run_id changed: a Redis without
+persistence forgets what it held). So nothing is re-sent on a timer.
+
+The pattern: https://microservices.io/patterns/data/transactional-outbox.html
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from deployer.celery import app
+from deployer.models import TASK_ID_PREFIX, OutboxMessage
+
+logger = logging.getLogger(__name__)
+
+#: Seconds the broker may take to accept a message before it counts as unavailable.
+SEND_TIMEOUT = 5.0
+
+
+def enqueue(task: str, *args: int | str, key: str = "") -> OutboxMessage | None:
+    """Record a message for ``task(*args)``, sent once the current transaction commits.
+
+    ``args`` are JSON values (ids). With ``key`` ("deployment:12"), nothing is recorded while
+    an earlier message with that key is unconsumed, and None is returned. Call it inside the
+    transaction that records the work; outside one it is sent at once (autocommit).
+    """
+    if key and OutboxMessage.objects.filter(key=key, consumed_at__isnull=True).exists():
+        return None
+    message = OutboxMessage.objects.create(task=task, args=list(args), key=key)
+    message_id = message.pk
+    transaction.on_commit(lambda: send([message_id]))
+    return message
+
+
+def send(message_ids: Sequence[int]) -> int:
+    """Send the given unsent messages now; return how many the broker took.
+
+    Never raises for a broker error: the message stays unsent, with the error recorded, for
+    the relay. Safe to call from several processes at once: each row is locked while it is
+    sent (SKIP LOCKED), and one already sent is left alone.
+    """
+    run_id = _broker_run_id(max_age=RUN_ID_MAX_AGE)
+    sent = 0
+    for message_id in message_ids:
+        with transaction.atomic():
+            message = (
+                OutboxMessage.objects.select_for_update(skip_locked=True)
+                .filter(pk=message_id, sent_at__isnull=True)
+                .first()
+            )
+            if message is None:
+                continue
+            try:
+                app.send_task(message.task, args=message.args, task_id=message.task_id, retry=False)
+            except Exception as exc:  # any broker error: kombu's, redis', a socket's
+                OutboxMessage.objects.filter(pk=message.pk).update(
+                    attempts=message.attempts + 1, last_error=_describe(exc)[:2000]
+                )
+                logger.warning(
+                    "The broker did not take %s (%s); the relay sends it later",
+                    message,
+                    _describe(exc),
+                )
+                return sent
+            OutboxMessage.objects.filter(pk=message.pk).update(
+                sent_at=timezone.now(),
+                broker_run=run_id,
+                attempts=message.attempts + 1,
+                last_error="",
+            )
+            sent += 1
+    return sent
+
+
+def relay(*, limit: int = 500) -> int:
+    """Send what is waiting: unsent messages, oldest first, and those a restarted broker lost.
+
+    Returns how many were sent. Run by the `relay-outbox` beat task (housekeeping queue) and
+    the embedded mode's periodic loop.
+    """
+    run_id = _broker_run_id()
+    if run_id:
+        lost = OutboxMessage.objects.filter(
+            sent_at__isnull=False, consumed_at__isnull=True
+        ).exclude(broker_run__in=["", run_id])
+        count = lost.update(sent_at=None, last_error="The broker restarted before a worker took it")
+        if count:
+            logger.warning(
+                "The broker restarted: %s unconsumed message(s) will be sent again", count
+            )
+    waiting = list(
+        OutboxMessage.objects.filter(sent_at__isnull=True)
+        .order_by("created_at", "id")
+        .values_list("pk", flat=True)[:limit]
+    )
+    return send(waiting)
+
+
+def resend_unconsumed() -> int:
+    """Send again every sent message no worker started: the embedded mode's in-memory broker
+    forgot them when the process restarted. Returns how many."""
+    count = OutboxMessage.objects.filter(sent_at__isnull=False, consumed_at__isnull=True).update(
+        sent_at=None, last_error="Slipway restarted before a worker took it"
+    )
+    relay()
+    return count
+
+
+def consumed(task_id: str | None, *, worker: str = "") -> OutboxMessage | None:
+    """Mark the message behind a Celery task id consumed (the task started); return it.
+
+    None for a task not sent from the outbox (``task_id`` without the prefix, or unknown).
+    """
+    if not task_id or not task_id.startswith(TASK_ID_PREFIX):
+        return None
+    suffix = task_id[len(TASK_ID_PREFIX) :]
+    if not suffix.isdigit():
+        return None
+    OutboxMessage.objects.filter(pk=int(suffix), consumed_at__isnull=True).update(
+        consumed_at=timezone.now(), consumed_by=worker[:255]
+    )
+    return OutboxMessage.objects.filter(pk=int(suffix)).first()
+
+
+def unconsumed(key: str) -> OutboxMessage | None:
+    """The message with ``key`` that no worker has started yet, if any."""
+    return OutboxMessage.objects.filter(key=key, consumed_at__isnull=True).order_by("-id").first()
+
+
+#: Seconds a sender reuses the broker's run_id it read: one Redis round trip less per message.
+#: A restart inside that window makes the relay send a message twice, which is harmless (every
+#: task claims its work with a conditional update).
+RUN_ID_MAX_AGE = 5.0
+_run_id_cache: tuple[float, str] = (0.0, "")
+
+
+def _broker_run_id(*, max_age: float = 0.0) -> str:
+    """The Redis broker's run_id (changes at every restart); "" without Redis or when it
+    cannot be read (then lost-message recovery waits for the next relay)."""
+    global _run_id_cache
+    if not settings.REDIS_URL:
+        return ""
+    read_at, cached = _run_id_cache
+    if cached and time.monotonic() - read_at < max_age:
+        return cached
+    try:
+        client = redis.Redis.from_url(
+            settings.REDIS_URL, socket_timeout=SEND_TIMEOUT, socket_connect_timeout=SEND_TIMEOUT
+        )
+        try:
+            info: dict[str, Any] = client.info("server")
+        finally:
+            client.close()
+    except redis.RedisError:
+        return ""
+    run_id = str(info.get("run_id", ""))
+    _run_id_cache = (time.monotonic(), run_id)
+    return run_id
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
