@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db.models import Count, DurationField, ExpressionWrapper, F, Min, Q, Sum
 from django.utils import timezone
 from prometheus_client.metrics_core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
@@ -19,14 +20,18 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from builds.models import FINAL, Deployment, Kind, Status, WebhookDelivery, WebhookOutcome
+from builds.notifications import SEND_DELIVERY_TASK
+from builds.services import RUN_DEPLOYMENT_TASK, RUN_PREVIEW_TASK
+from deployer.celery import app
+from deployer.models import OutboxMessage
 from projects.models import DELIVERY_OPEN, DeliveryStatus, NotificationDelivery
 
 # Upper bounds (seconds) of the duration buckets: from a config-only push to the hour-long
 # deployment that SLIPWAY_DEPLOYMENT_TIME_LIMIT allows by default.
 DURATION_BUCKETS = (5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
-# Which Celery queue each kind of deployment waits for.
-QUEUE_OF_KIND = {Kind.DEPLOY: "deployments", Kind.ROLLBACK: "deployments", Kind.PREVIEW: "previews"}
+# Every queue a worker may be asked to consume (deployer/settings.py, CELERY_TASK_QUEUES).
+TASK_QUEUES = tuple(queue.name for queue in settings.CELERY_TASK_QUEUES)
 
 
 class DatabaseCollector(Collector):
@@ -46,6 +51,7 @@ class DatabaseCollector(Collector):
         yield _deployments_by_status()
         yield _durations(since)
         yield from _queues(now)
+        yield from _outbox(now)
         yield _webhook_deliveries(since)
         yield _notification_deliveries(since)
         window = GaugeMetricFamily(
@@ -134,8 +140,7 @@ def _queues(now: datetime) -> Iterator[Metric]:
         labels=["queue"],
     )
     waiting: dict[str, tuple[int, datetime | None]] = {
-        "deployments": (0, None),
-        "previews": (0, None),
+        _queue_of(task): (0, None) for task in (RUN_DEPLOYMENT_TASK, RUN_PREVIEW_TASK)
     }
     rows = (
         Deployment.objects.filter(status=Status.QUEUED)
@@ -144,19 +149,57 @@ def _queues(now: datetime) -> Iterator[Metric]:
         .annotate(n=Count("id"), first=Min("created_at"))
     )
     for row in rows:
-        queue = QUEUE_OF_KIND.get(row["kind"], "deployments")
-        count, first = waiting[queue]
+        task = RUN_PREVIEW_TASK if row["kind"] == Kind.PREVIEW else RUN_DEPLOYMENT_TASK
+        queue = _queue_of(task)
+        count, first = waiting.get(queue, (0, None))
         starts = [moment for moment in (first, row["first"]) if moment is not None]
         waiting[queue] = (count + row["n"], min(starts) if starts else None)
     open_deliveries = NotificationDelivery.objects.filter(status__in=DELIVERY_OPEN).aggregate(
         n=Count("id"), first=Min("created_at")
     )
-    waiting["notifications"] = (open_deliveries["n"], open_deliveries["first"])
+    waiting[_queue_of(SEND_DELIVERY_TASK)] = (open_deliveries["n"], open_deliveries["first"])
     for queue, (count, first) in waiting.items():
         depth.add_metric([queue], count)
         oldest.add_metric([queue], max((now - first).total_seconds(), 0.0) if first else 0.0)
     yield depth
     yield oldest
+
+
+def _outbox(now: datetime) -> Iterator[Metric]:
+    """Messages recorded but not yet taken by the broker (deployer.outbox), per the queue
+    their task is routed to: more than a few, for long, means the broker is away."""
+    unsent = GaugeMetricFamily(
+        "slipway_outbox_unsent",
+        "Task messages recorded but not yet taken by the broker, by the queue they go to",
+        labels=["queue"],
+    )
+    oldest = GaugeMetricFamily(
+        "slipway_outbox_oldest_unsent_seconds",
+        "Age of the oldest message the broker has not taken yet (0 when none waits)",
+    )
+    per_queue: dict[str, int] = {}
+    rows = (
+        OutboxMessage.objects.filter(sent_at__isnull=True)
+        .order_by()
+        .values("task")
+        .annotate(n=Count("id"), first=Min("created_at"))
+    )
+    first_of_all: datetime | None = None
+    for row in rows:
+        queue = _queue_of(row["task"])
+        per_queue[queue] = per_queue.get(queue, 0) + row["n"]
+        if first_of_all is None or row["first"] < first_of_all:
+            first_of_all = row["first"]
+    for queue in sorted({*TASK_QUEUES, *per_queue}):
+        unsent.add_metric([queue], per_queue.get(queue, 0))
+    oldest.add_metric([], max((now - first_of_all).total_seconds(), 0.0) if first_of_all else 0.0)
+    yield unsent
+    yield oldest
+
+
+def _queue_of(task: str) -> str:
+    """The queue deployer/settings.py's CELERY_TASK_ROUTES sends ``task`` to."""
+    return str(app.amqp.router.route({}, task)["queue"].name)
 
 
 def _webhook_deliveries(since: datetime) -> Metric:

@@ -21,6 +21,7 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from builds.models import FINAL, Deployment, LogLine, WebhookDelivery, WebhookOutcome
+from deployer.models import OutboxMessage
 from projects.models import DELIVERY_FINAL, NotificationDelivery
 from servers.models import Release
 
@@ -79,8 +80,8 @@ def records_prune(
     """Remove what the retention settings (days; 0 keeps forever) say is old enough:
 
     - log lines of deployments that finished before the cutoff (SLIPWAY_RETAIN_LOG_DAYS);
-    - webhook deliveries received, and sent or failed notification deliveries made, before the
-      cutoff (SLIPWAY_RETAIN_DELIVERIES_DAYS);
+    - webhook deliveries received, sent or failed notification deliveries made, and task
+      messages the broker took, before the cutoff (SLIPWAY_RETAIN_DELIVERIES_DAYS);
     - finished deployments older than the cutoff, with their targets, steps and log, except any
       deployment that made a release still kept on its server, live or not
       (SLIPWAY_RETAIN_DEPLOYMENTS_DAYS); an active deployment is never touched;
@@ -102,6 +103,7 @@ def records_prune(
     cutoff = _cutoff(now, settings.RETAIN_DELIVERIES_DAYS)
     webhooks = Pruned("webhook deliveries", "SLIPWAY_RETAIN_DELIVERIES_DAYS", cutoff)
     notifications = Pruned("notification deliveries", "SLIPWAY_RETAIN_DELIVERIES_DAYS", cutoff)
+    messages = Pruned("sent task messages", "SLIPWAY_RETAIN_DELIVERIES_DAYS", cutoff)
     if cutoff is not None:
         webhooks.count = _delete_in_batches(
             WebhookDelivery.objects.filter(
@@ -115,7 +117,14 @@ def records_prune(
             dry_run=dry_run,
             batch_size=batch_size,
         )
-    report.parts += [webhooks, notifications]
+        # The outbox's rows (deployer.outbox): one the broker took that long ago is history;
+        # one never sent is work still waiting, and stays.
+        messages.count = _delete_in_batches(
+            OutboxMessage.objects.filter(sent_at__lt=cutoff),
+            dry_run=dry_run,
+            batch_size=batch_size,
+        )
+    report.parts += [webhooks, notifications, messages]
 
     cutoff = _cutoff(now, settings.RETAIN_DEPLOYMENTS_DAYS)
     part = Pruned("deployments", "SLIPWAY_RETAIN_DEPLOYMENTS_DAYS", cutoff)

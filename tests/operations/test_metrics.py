@@ -15,6 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from builds.metrics import DatabaseCollector
 from builds.models import Kind, Status, WebhookOutcome
+from builds.notifications import SEND_DELIVERY_TASK
+from builds.services import RUN_DEPLOYMENT_TASK
+from deployer.models import OutboxMessage
 from projects.models import DeliveryStatus
 from tests.support.processes import clean_env, manage
 
@@ -118,6 +121,23 @@ def test_its_queue_depth_is_the_work_waiting_in_the_database(history, now):
     assert value(found, "slipway_queue_oldest_seconds", queue="deployments") == 7 * 60
     assert value(found, "slipway_queue_oldest_seconds", queue="previews") == 60
     assert value(found, "slipway_queue_oldest_seconds", queue="notifications") == 15 * 60
+
+
+def test_it_counts_the_messages_the_broker_has_not_taken_by_queue(now):
+    minutes = timedelta(minutes=1)
+    for created in 3 * minutes, 1 * minutes:
+        OutboxMessage.objects.create(task=RUN_DEPLOYMENT_TASK, args=[1], created_at=now - created)
+    OutboxMessage.objects.create(task=SEND_DELIVERY_TASK, args=[1], created_at=now - minutes)
+    OutboxMessage.objects.create(
+        task=RUN_DEPLOYMENT_TASK, args=[2], created_at=now - 9 * minutes, sent_at=now - 9 * minutes
+    )
+
+    found = samples(generate_latest(DatabaseCollector(window_seconds=3600, now=now)).decode())
+
+    assert value(found, "slipway_outbox_unsent", queue="deployments") == 2
+    assert value(found, "slipway_outbox_unsent", queue="notifications") == 1
+    assert value(found, "slipway_outbox_unsent", queue="housekeeping") == 0
+    assert value(found, "slipway_outbox_oldest_unsent_seconds") == 180
 
 
 def test_it_counts_the_deliveries_of_the_window_by_outcome(history, now):

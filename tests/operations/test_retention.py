@@ -12,6 +12,7 @@ from builds.models import Deployment, DeploymentTarget, LogLine, Status, Webhook
 from builds.retention import records_prune
 from builds.tasks import prune_old_records
 from deployer.embedded import PRUNE_INTERVAL_SECONDS, periodic_round
+from deployer.models import OutboxMessage
 from projects.models import DeliveryStatus, NotificationDelivery
 from servers.models import Release
 
@@ -62,6 +63,24 @@ def test_it_removes_old_webhook_and_finished_notification_deliveries(
     assert not WebhookDelivery.objects.filter(pk=old.pk).exists()
     assert list(NotificationDelivery.objects.all()) == [pending]
     assert not NotificationDelivery.objects.filter(pk__in=[sent.pk, failed.pk]).exists()
+
+
+def test_it_removes_task_messages_sent_before_the_cutoff_and_keeps_unsent_ones(now):
+    sent_long_ago = OutboxMessage.objects.create(
+        task="builds.tasks.run_deployment", args=[1], created_at=now - 31 * DAY
+    )
+    OutboxMessage.objects.filter(pk=sent_long_ago.pk).update(sent_at=now - 31 * DAY)
+    sent_lately = OutboxMessage.objects.create(
+        task="builds.tasks.run_deployment", args=[2], sent_at=now - 29 * DAY
+    )
+    never_sent = OutboxMessage.objects.create(
+        task="builds.tasks.run_deployment", args=[3], created_at=now - 60 * DAY
+    )
+
+    report = records_prune(now=now)
+
+    assert report.count("sent task messages") == 1
+    assert set(OutboxMessage.objects.all()) == {sent_lately, never_sent}
 
 
 def test_it_removes_old_deployments_but_never_one_a_kept_release_was_made_by(
