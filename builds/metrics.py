@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Count, DurationField, ExpressionWrapper, F, Min, Q, Sum
 from django.utils import timezone
 from prometheus_client.metrics_core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from builds.models import FINAL, Deployment, Kind, Status, WebhookDelivery, WebhookOutcome
 from builds.notifications import SEND_DELIVERY_TASK
@@ -29,6 +29,8 @@ from projects.models import DELIVERY_OPEN, DeliveryStatus, NotificationDelivery
 # Upper bounds (seconds) of the duration buckets: from a config-only push to the hour-long
 # deployment that SLIPWAY_DEPLOYMENT_TIME_LIMIT allows by default.
 DURATION_BUCKETS = (5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+# As prometheus-client writes bounds: "5.0".
+BUCKET_LABELS = tuple(repr(float(bound)) for bound in DURATION_BUCKETS)
 
 # Every queue a worker may be asked to consume (deployer/settings.py, CELERY_TASK_QUEUES).
 TASK_QUEUES = tuple(queue.name for queue in settings.CELERY_TASK_QUEUES)
@@ -99,7 +101,9 @@ def _durations(since: datetime) -> Metric:
         .values("kind", "status")
         .annotate(total=Count("id"), seconds=Sum("duration"), **buckets)
     )
-    found = {(row["kind"], row["status"]): row for row in rows}
+    found: dict[tuple[str, str], dict[str, Any]] = {
+        (row["kind"], row["status"]): dict(row) for row in rows
+    }
     for kind in Kind.values:
         for status in (final.value for final in FINAL):
             row = found.get((kind, status))
@@ -109,8 +113,8 @@ def _durations(since: datetime) -> Metric:
                 [kind, status],
                 [
                     *(
-                        (floatToGoString(bound), row[f"le_{bound}"] if row else 0)
-                        for bound in DURATION_BUCKETS
+                        (label, row[f"le_{bound}"] if row else 0)
+                        for bound, label in zip(DURATION_BUCKETS, BUCKET_LABELS, strict=True)
                     ),
                     ("+Inf", total),
                 ],

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
-from celery import signals
+from celery import Task, signals
 from celery.worker import WorkController
 from django.conf import settings
 
@@ -75,7 +76,11 @@ def periodic_round(now: float, *, next_prune: float) -> float:
         resend_due_notification_deliveries,
     )
 
-    periodic = [relay_outbox, reap_stale_deployments, resend_due_notification_deliveries]
+    periodic: list[Task[[], Any]] = [
+        relay_outbox,
+        reap_stale_deployments,
+        resend_due_notification_deliveries,
+    ]
     if now >= next_prune:
         periodic.append(prune_old_records)
         next_prune = now + PRUNE_INTERVAL_SECONDS

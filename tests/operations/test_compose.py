@@ -276,7 +276,7 @@ def test_the_file_runs_a_worker_for_every_queue_and_one_beat():
     # Every task Slipway sends, periodic ones included, lands on a queue someone consumes.
     app.loader.import_default_modules()
     ours = [name for name in app.tasks if name.startswith(("builds.", "deployer.", "projects."))]
-    scheduled = [entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()]
+    scheduled = [str(entry["task"]) for entry in settings.CELERY_BEAT_SCHEDULE.values()]
     for task in {*ours, *scheduled}:
         assert task in app.tasks, f"{task} is scheduled but not registered"
         assert app.amqp.router.route({}, task)["queue"].name in queues, task
