@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
+from django.urls import reverse
 
 from builds.models import Deployment, DeploymentTarget, LogLine, Status, WebhookDelivery
 from builds.retention import records_prune
@@ -43,6 +44,17 @@ def test_it_removes_the_log_of_deployments_finished_before_the_cutoff(deployment
     assert LogLine.objects.filter(deployment=running).count() == 4
     # The deployment itself stays, for another 274 days.
     assert Deployment.objects.filter(pk=old.pk).exists()
+
+
+def test_the_deployment_page_says_its_log_was_removed(deployment_at, alice_client, now):
+    old = deployment_at(started=91 * DAY, lines=3)
+    Deployment.objects.filter(pk=old.pk).update(log_seq=3)
+    page = reverse("deployment-detail", args=[old.project.slug, old.pk])
+    assert 'id="log-removed"' not in alice_client.get(page).content.decode()
+
+    records_prune(now=now)
+
+    assert "log was removed" in alice_client.get(page).content.decode()
 
 
 def test_it_removes_old_webhook_and_finished_notification_deliveries(
