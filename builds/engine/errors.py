@@ -88,7 +88,14 @@ class PermissionDenied(UserError):
     code = "permission_denied"
 
 
-class DiskFull(UserError):
+class StorageFailed(UserError):
+    """Writing on the server failed for a reason of its file system (an I/O error, a file
+    system gone read-only): the message names the server, the path and the free space."""
+
+    code = "storage_failed"
+
+
+class DiskFull(StorageFailed):
     code = "disk_full"
 
 

@@ -523,16 +523,24 @@ class ServerRun(_Run):
             )
 
         try:
-            prepared = attempt()
-        except LockHeld as held:
-            if (
-                not held.owner
-                or held.owner == self.owner
-                or held.owner.endswith(LEFT_RUNNING_SUFFIX)
-                or not spec.lock_owner_finished(held.owner)
-            ):
-                raise
-            prepared = attempt(take_over_from=held.owner)
+            try:
+                prepared = attempt()
+            except LockHeld as held:
+                if (
+                    not held.owner
+                    or held.owner == self.owner
+                    or held.owner.endswith(LEFT_RUNNING_SUFFIX)
+                    or not spec.lock_owner_finished(held.owner)
+                ):
+                    raise
+                prepared = attempt(take_over_from=held.owner)
+        except LockHeld:
+            raise
+        except BaseException:
+            # Preparing may fail after the lock was taken (a full disk while copying the
+            # live release): abandon() then releases it, if it is this run's.
+            self.locked = True
+            raise
         self.locked = True
         for note in prepared.notes:
             self.log(note[:1].upper() + note[1:])
@@ -719,17 +727,21 @@ class RollbackRun(_Run):
         with self.reporter.step("lock", self.server.id):
             holder = f"Slipway rollback #{spec.deployment_id} by {spec.deployer or 'unknown'}"
             try:
-                layout.lock(holder=holder, owner_id=self.owner, stale_after=spec.lock_stale_after)
+                notes = layout.lock(
+                    holder=holder, owner_id=self.owner, stale_after=spec.lock_stale_after
+                )
             except LockHeld as held:
                 if not held.owner or not spec.lock_owner_finished(held.owner):
                     raise
-                layout.lock(
+                notes = layout.lock(
                     holder=holder,
                     owner_id=self.owner,
                     stale_after=spec.lock_stale_after,
                     take_over_from=held.owner,
                 )
             self.locked = True
+            for note in notes:
+                self.log(note[:1].upper() + note[1:])
             layout.check_release(self.target)
             self.previous = layout.live_release()
             self.result.previous_release = self.previous
