@@ -471,6 +471,8 @@ fi
         missing or unreadable info) is broken, with a ``note=`` saying so. Writing the info
         may fail (a full disk): then nothing is left behind and the script fails.
         """
+        # One line each: a line break in the holder must not start a line of its own.
+        holder = " ".join(holder.split())
         info = f"owner={owner_id}\nholder={holder}\nsince={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
         meta = shlex.quote(META_DIR)
         lock = shlex.quote(LOCK_DIR)

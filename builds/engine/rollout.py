@@ -299,19 +299,25 @@ class _Run:
         if self.lock_left:
             return False
         self.lock_left = True
+        remaining = "; ".join(self.connection.left_running)
         if self.layout is not None:
+            # The holder is one line of the lock's info file: no line breaks in it.
+            holder = " ".join(
+                f"Slipway deployment #{self.spec.deployment_id}: a stopped command may still "
+                f"be running: {remaining}".split()
+            )[:500]
             with contextlib.suppress(Exception):
                 self.layout.lock(
-                    holder=f"Slipway deployment #{self.spec.deployment_id}: a stopped command "
-                    "may still be running",
+                    holder=holder,
                     owner_id=self.owner + LEFT_RUNNING_SUFFIX,
                     stale_after=self.spec.lock_stale_after,
                     take_over_from=self.owner,
                 )
         self.log(
             "The deploy lock is kept: a stopped command may still be running on the server ("
-            + "; ".join(f"`{c}`" for c in self.connection.left_running)
-            + f"). It is taken over once it is {self.spec.lock_stale_after} s old."
+            + remaining
+            + f"). It is taken over once it is {self.spec.lock_stale_after} s old, or an "
+            "admin breaks it on the server's page once that command is gone."
         )
         return False
 

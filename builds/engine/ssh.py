@@ -310,8 +310,9 @@ class Connection:
         self.host_key = host_key
         self._transport = transport
         self._sftp: paramiko.SFTPClient | None = None
-        #: Commands stopped (timed out, cancelled) whose processes could not be confirmed gone:
-        #: whoever holds a lock on the server for them keeps it.
+        #: Commands stopped (timed out, cancelled) whose processes could not be confirmed gone,
+        #: each as "`command` (process group N)": whoever holds a lock on the server for them
+        #: keeps it.
         self.left_running: list[str] = []
 
     def __repr__(self) -> str:
@@ -456,7 +457,7 @@ class Connection:
                     stopped = self._stop_group(channel, output, command)
                 except Exception:  # must not hide why the command was stopped
                     logger.warning("Stopping `%s` failed", command, exc_info=True)
-                    self.left_running.append(command)
+                    self.left_running.append(_left_running(command, output.group))
                     stopped = False
                 if isinstance(exc, CommandTimedOut):
                     raise CommandTimedOut(
@@ -529,7 +530,7 @@ class Connection:
             else:
                 if result.exit_code == 0:
                     return True
-        self.left_running.append(command)
+        self.left_running.append(_left_running(command, group))
         return False
 
     def _send_input(
@@ -649,6 +650,15 @@ def classify_command_failure(
             said += f" (logged in as {username})"
         return PermissionDenied(f"{said}. {failure}")
     return failure
+
+
+def _left_running(command: str, group: int | None) -> str:
+    """A stopped command that may still run, for people: "`command` (process group N)",
+    on one line, the command cut to 200 characters."""
+    text = " ".join(command.split())
+    if len(text) > 200:
+        text = text[:199] + "…"
+    return f"`{text}`" + (f" (process group {group})" if group is not None else "")
 
 
 def _close_quietly(channel: paramiko.Channel) -> None:

@@ -255,3 +255,27 @@ def test_a_disk_too_full_for_the_lock_says_where_and_leaves_no_lock(
     )
     assert again.ok, [r.error for r in again.servers]
     assert (small_disk.deploy_path / "current" / "a.txt").read_text() == "b\n"
+
+
+def test_a_full_disk_while_copying_the_live_release_leaves_no_lock_and_no_copy(
+    small_disk, git_repo_factory, tmp_path
+):
+    repo = git_repo_factory()
+    first = repo.commit({"a.txt": "a\n", "big.bin": os.urandom(600 * 1024)})
+    server = server_for(small_disk)
+    server = after(
+        pipeline.deploy(deploy_spec(repo, tmp_path, [server], first), RecordingReporter()), server
+    )
+    second = repo.commit({"a.txt": "b\n"})
+
+    result = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server], second, deployment_id=2), RecordingReporter()
+    )
+
+    _assert_names_the_place(result.servers[0].error, small_disk)
+    assert not _lock(small_disk).exists()
+    assert _leftovers(small_disk) == []
+    assert [p.name for p in (small_disk.deploy_path / "releases").iterdir()] == [
+        server.live_release
+    ]
+    assert (small_disk.deploy_path / "current" / "a.txt").read_text() == "a\n"
