@@ -33,7 +33,7 @@ from builds.engine.masking import (
 )
 from builds.engine.remote_build import BuildHost
 from builds.engine.sandbox import SandboxPolicy
-from builds.engine.specs import parse_batch_size
+from builds.engine.specs import parse_batch_size, parse_lock_owner
 from builds.engine.ssh import Endpoint
 from builds.logs import LogWriter
 from builds.models import (
@@ -441,10 +441,10 @@ def run(deployment: Deployment) -> None:
 
 def _lock_owner_finished(owner: str) -> bool:
     """A lock left on a server by a deployment that has finished (its worker died)."""
-    prefix = "deployment-"
-    if not owner.startswith(prefix) or not owner[len(prefix) :].isdigit():
+    named = parse_lock_owner(owner)
+    if named is None or named.left_running:
         return False
-    return Deployment.objects.filter(pk=int(owner[len(prefix) :]), status__in=FINAL).exists()
+    return Deployment.objects.filter(pk=named.deployment_id, status__in=FINAL).exists()
 
 
 def _revision_for(deployment: Deployment, servers: list[Server]) -> str:

@@ -50,6 +50,7 @@ from builds.engine.health import (
 from builds.engine.manifest import ChangeSet, Manifest, diff, is_generated, keep_generated
 from builds.engine.specs import (
     CANARY,
+    LEFT_RUNNING_SUFFIX,
     PREPARE_THEN_SWITCH,
     ROLLING,
     STAGE_AFTER_SWITCH,
@@ -69,11 +70,6 @@ from builds.engine.ssh import Connection, connect
 from builds.engine.variables import shell_exports, substitute, substitute_shell
 
 logger = logging.getLogger(__name__)
-
-# Ends the lock owner id of a deployment that left a command it could not stop: such a lock
-# is only taken over once stale, never because that deployment has finished.
-LEFT_RUNNING_SUFFIX = "-left-running"
-
 
 # --------------------------------------------------------------------------- shared pieces
 
