@@ -9,7 +9,6 @@ import logging
 import posixpath
 import re
 import secrets
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -482,12 +481,17 @@ def server_lock_break(*, server: Server, user: User, force: bool = False) -> Loc
                     )
                 path = posixpath.join(layout.deploy_path, LOCK_DIR)
             else:
-                path = posixpath.join(validate_deploy_path(server.deploy_path), direct.LOCK_DIR)
-                found = _direct_lock(connection, path)
+                root = validate_deploy_path(server.deploy_path)
+                path = posixpath.join(root, direct.LOCK_DIR)
+                found = direct.read_lock(connection.sftp(), root)
                 if found is None:
                     return LockBreak(broken=False, message=f"{server.name} is not locked.")
                 deployment = _lock_owner_check(server, found, force=force)
-                connection.sftp().rmdir(path)
+                if not direct.break_lock(connection.sftp(), root, owner=found.owner):
+                    raise LockBreakRefused(
+                        f"The lock on {server.name} changed while it was read: it was taken "
+                        "again or released. Look again before breaking it."
+                    )
     except EngineError as exc:
         raise LockBreakRefused(f"The lock was not broken: {_message(exc, address)}") from None
     except (OSError, paramiko.SSHException) as exc:
@@ -529,7 +533,7 @@ def _lock_owner_check(server: Server, found: LockInfo, *, force: bool) -> Deploy
         else None
     )
     if deployment is None and not found.owner:
-        # Only a deployment in place writes no owner: refuse while one is at work here.
+        # An older Slipway deploying in place wrote no owner: refuse while one is at work.
         busy = server.targets.filter(status__in=TARGET_ACTIVE).select_related("deployment")
         target = busy.first()
         deployment = target.deployment if target is not None else None
@@ -549,16 +553,6 @@ def _lock_owner_check(server: Server, found: LockInfo, *, force: bool) -> Deploy
             "server that it is gone, then break the lock anyway (force)."
         )
     return deployment
-
-
-def _direct_lock(connection: ssh.Connection, path: str) -> LockInfo | None:
-    """The in-place lock folder (it names no owner), or None."""
-    try:
-        found = connection.sftp().stat(path)
-    except FileNotFoundError:
-        return None
-    age = max(0, int(time.time()) - int(found.st_mtime or 0))
-    return LockInfo(owner="", holder="", since="", age_seconds=age)
 
 
 # --------------------------------------------------------------------------- health checks

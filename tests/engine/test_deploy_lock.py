@@ -195,7 +195,7 @@ def _grow(target: SSHTarget, size: str) -> None:
     )
 
 
-def _assert_names_the_place(error: BaseException, target: SSHTarget) -> None:
+def _assert_names_the_place(error: BaseException | None, target: SSHTarget) -> None:
     message = str(error)
     assert isinstance(error, DiskFull), message
     assert f"{target.hostname}:{target.port}" in message
@@ -279,3 +279,70 @@ def test_a_full_disk_while_copying_the_live_release_leaves_no_lock_and_no_copy(
         server.live_release
     ]
     assert (small_disk.deploy_path / "current" / "a.txt").read_text() == "a\n"
+
+
+# --------------------------------------------------------------------------- in place (SFTP)
+
+
+def _in_place_leftovers(target: SSHTarget) -> list[str]:
+    return sorted(p.name for p in target.deploy_path.glob(".slipway-lock*"))
+
+
+def test_in_place_the_lock_names_its_owner_and_an_empty_one_is_broken(
+    sshd_target, git_repo_factory, tmp_path
+):
+    repo = git_repo_factory()
+    sha = repo.commit({"a.txt": "a\n"})
+    server = server_for(sshd_target, atomic=False, shell=False)
+    old = sshd_target.deploy_path / ".slipway-lock"
+    old.mkdir()
+    _as_deploy_user(sshd_target, old)
+    reporter = RecordingReporter()
+
+    result = pipeline.deploy(deploy_spec(repo, tmp_path, [server], sha), reporter)
+
+    assert result.ok, [r.error for r in result.servers]
+    assert "Broke a lock without an owner" in reporter.text
+    assert _in_place_leftovers(sshd_target) == []
+    assert (sshd_target.deploy_path / "a.txt").read_text() == "a\n"
+
+
+def test_in_place_a_held_lock_is_refused_and_a_finished_ones_taken_over(
+    sshd_target, git_repo_factory, tmp_path
+):
+    repo = git_repo_factory()
+    sha = repo.commit({"a.txt": "a\n"})
+    server = server_for(sshd_target, atomic=False, shell=False)
+    held = sshd_target.deploy_path / ".slipway-lock"
+    held.mkdir()
+    (held / "info").write_text(
+        "owner=deployment-9\nholder=Slipway deployment #9 by bob\nsince=2026-12-01T00:00:00Z\n"
+    )
+    _as_deploy_user(sshd_target, held)
+    _as_deploy_user(sshd_target, held / "info")
+
+    refused = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server], sha, deployment_id=10), RecordingReporter()
+    )
+    error = refused.servers[0].error
+    assert isinstance(error, LockHeld)
+    assert error.owner == "deployment-9"
+    assert "Slipway deployment #9 by bob" in str(error)
+    assert "deployment-9" in (held / "info").read_text()
+    assert not (sshd_target.deploy_path / "a.txt").exists()
+
+    reporter = RecordingReporter()
+    taken = pipeline.deploy(
+        deploy_spec(
+            repo,
+            tmp_path,
+            [server],
+            sha,
+            deployment_id=11,
+            lock_owner_finished=lambda owner: owner == "deployment-9",
+        ),
+        reporter,
+    )
+    assert taken.ok, [r.error for r in taken.servers]
+    assert "Took over the lock of deployment-9, which has finished" in reporter.text
+    assert _in_place_leftovers(sshd_target) == []
