@@ -584,6 +584,8 @@ class ServerRun(_Run):
 
             def counted() -> Iterator[bytes]:
                 for chunk in archive.chunks():
+                    # Cancel stops the upload too: raising here kills tar on the server.
+                    reporter.check_cancelled()
                     sent[0] += len(chunk)
                     files_done, bytes_done = archive.carried(sent[0])
                     reporter.progress(server.id, files_done, files_total, bytes_done, bytes_total)

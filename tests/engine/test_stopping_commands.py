@@ -7,6 +7,7 @@ command's processes in /proc; an unusual ``sleep`` length names them.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from pathlib import Path
@@ -209,3 +210,29 @@ def test_a_command_that_could_not_be_stopped_keeps_the_lock_until_it_is_stale(
         RecordingReporter(),
     )
     assert stale.ok, [r.error for r in stale.servers]
+
+
+def test_a_cancelled_upload_stops_tar_on_the_server_and_unlocks(
+    sshd_target, git_repo_factory, tmp_path
+):
+    repo = git_repo_factory()
+    big = {f"blob{n}.bin": os.urandom(2 * 1024 * 1024) for n in range(12)}
+    revision = repo.commit(big, "24 MB of incompressible data")
+    reporter = RecordingReporter()
+
+    def cancel_once_started(server_id, bytes_done, bytes_total):
+        if 0 < bytes_done < bytes_total:
+            reporter.cancel.set()
+
+    reporter.on_progress = cancel_once_started
+    result = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server_for(sshd_target)], revision), reporter
+    )
+
+    assert reporter.cancel.is_set(), "the upload finished before it could be cancelled"
+    assert result.servers[0].cancelled
+    # It stopped in the middle, not at the next safe point after the upload.
+    assert all(done < total for *_, done, total in reporter.progress_reports if total)
+    assert not (sshd_target.deploy_path / ".slipway" / "lock").exists()
+    assert list((sshd_target.deploy_path / "releases").iterdir()) == []
+    assert not (sshd_target.deploy_path / "current").exists()
