@@ -192,6 +192,8 @@ def test_a_command_that_could_not_be_stopped_keeps_the_lock_until_it_is_stale(
     assert reporter.text.count("The deploy lock is kept") == 1
     lock_info = (sshd_target.deploy_path / ".slipway" / "lock" / "info").read_text()
     assert "owner=deployment-1-left-running" in lock_info
+    # The holder names what may still be running.
+    assert "a stopped command may still be running: sleep 600\n" in lock_info
     # Even when the first deployment is known to have finished, its lock is not taken over.
     second = pipeline.deploy(
         dataclasses.replace(
