@@ -91,7 +91,8 @@ _STORAGE_SIGNS = (
     "write error",
 )
 _SPACE_SIGNS = ("No space left on device", "Disk quota exceeded", "Wrote only")
-# Below this many KiB free, a failed write is taken for a full disk whatever it said.
+# Below this many KiB free (and below 1 % of the file system), a failed write is taken for a
+# full disk whatever it said.
 _NEARLY_FULL_KIB = 1024
 _DF_TIMEOUT_SECONDS = 30
 # Linux limits one argument to 128 KiB (MAX_ARG_STRLEN); stay well below it.
@@ -360,7 +361,8 @@ class RemoteLayout:
         address = self.connection.endpoint.address
         space = self.free_space()
         full = any(sign in said for sign in _SPACE_SIGNS) or (
-            space is not None and space.available_kib < _NEARLY_FULL_KIB
+            space is not None
+            and space.available_kib < min(_NEARLY_FULL_KIB, space.size_kib // 100 + 1)
         )
         if space is None:
             found = "Its free space could not be read."

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from django.db import connection
 
 from builds import services
 from builds.models import Deployment, Status, TargetStatus
@@ -38,7 +39,14 @@ def test_cancel_kills_a_command_without_timeout_and_frees_the_server(
         command=f"echo hanging; (sleep 3600.01; touch {marker}) & sleep 3600.01",
     )
     deployment = services.deployment_create(project=project, servers=[server])
-    worker = threading.Thread(target=run_deployment.apply, kwargs={"args": (deployment.pk,)})
+
+    def work() -> None:
+        try:
+            run_deployment.apply(args=(deployment.pk,))
+        finally:
+            connection.close()  # this thread's own connection
+
+    worker = threading.Thread(target=work)
     worker.start()
     deadline = time.monotonic() + 60
     while len(_sleeping("3600.01")) < 2:

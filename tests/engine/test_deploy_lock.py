@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from builds.engine import pipeline
-from builds.engine.errors import DiskFull, LockHeld
+from builds.engine.errors import DiskFull, LockHeld, StorageFailed
 from builds.engine.release import LOCK_DIR, META_DIR, RemoteLayout
 from builds.engine.ssh import connect
 from tests.support.engine import RecordingReporter, after, deploy_spec, server_for
@@ -168,7 +168,7 @@ def small_disk(sshd_target: SSHTarget) -> Iterator[SSHTarget]:
         pytest.skip("mounting a tmpfs as the deploy path needs root (CI runs as root)")
     account = pwd.getpwnam(sshd_target.username)
     path = sshd_target.deploy_path
-    subprocess.run(
+    mounted = subprocess.run(
         [
             "mount",
             "-t",
@@ -178,18 +178,23 @@ def small_disk(sshd_target: SSHTarget) -> Iterator[SSHTarget]:
             "slipway-test-disk",
             str(path),
         ],
-        check=True,
         capture_output=True,
+        text=True,
     )
+    if mounted.returncode != 0:
+        reason = f"mounting a tmpfs failed: {mounted.stderr.strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI must allow it: the tests run as root there)")
+        pytest.skip(reason)
     try:
         yield sshd_target
     finally:
         subprocess.run(["umount", "--lazy", str(path)], check=False, capture_output=True)
 
 
-def _grow(target: SSHTarget, size: str) -> None:
+def _remount(target: SSHTarget, options: str) -> None:
     subprocess.run(
-        ["mount", "-o", f"remount,size={size}", str(target.deploy_path)],
+        ["mount", "-o", f"remount,{options}", str(target.deploy_path)],
         check=True,
         capture_output=True,
     )
@@ -218,7 +223,7 @@ def test_a_full_disk_while_uploading_says_where_and_leaves_no_lock(
     assert _leftovers(small_disk) == []
     assert list((small_disk.deploy_path / "releases").iterdir()) == []
     # Once there is room, the next deployment goes through.
-    _grow(small_disk, "16m")
+    _remount(small_disk, "size=16m")
     again = pipeline.deploy(
         deploy_spec(repo, tmp_path, [server], sha, deployment_id=2), RecordingReporter()
     )
@@ -279,6 +284,37 @@ def test_a_full_disk_while_copying_the_live_release_leaves_no_lock_and_no_copy(
         server.live_release
     ]
     assert (small_disk.deploy_path / "current" / "a.txt").read_text() == "a\n"
+
+
+def test_a_file_system_gone_read_only_says_so_with_its_free_space(
+    small_disk, git_repo_factory, tmp_path
+):
+    repo = git_repo_factory()
+    first = repo.commit({"a.txt": "a\n"})
+    server = server_for(small_disk)
+    server = after(
+        pipeline.deploy(deploy_spec(repo, tmp_path, [server], first), RecordingReporter()), server
+    )
+    second = repo.commit({"a.txt": "b\n"})
+    _remount(small_disk, "ro")
+
+    result = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server], second, deployment_id=2), RecordingReporter()
+    )
+
+    error = result.servers[0].error
+    assert isinstance(error, StorageFailed) and not isinstance(error, DiskFull), error
+    message = str(error)
+    assert f"Writing to {small_disk.deploy_path} on 127.0.0.1:{small_disk.port} failed" in message
+    assert "Read-only file system" in message
+    assert "free of 1.0 MiB (df -Pk, read after the failure)" in message
+    assert "mounted read-only" in message
+    _remount(small_disk, "rw")
+    assert not _lock(small_disk).exists()
+    again = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server], second, deployment_id=3), RecordingReporter()
+    )
+    assert again.ok, [r.error for r in again.servers]
 
 
 # --------------------------------------------------------------------------- in place (SFTP)
