@@ -131,6 +131,13 @@ class CommandTimedOut(UserError):
     code = "command_timed_out"
 
 
+class DeploymentTimedOut(UserError):
+    """The deployment ran into its time limit: what it was running is stopped (remote
+    commands with their process groups) before the worker's own limit ends it."""
+
+    code = "deployment_timed_out"
+
+
 class LockHeld(UserError):
     code = "lock_held"
     #: The lock's owner id as written by Slipway ("deployment-12"), "" when unknown.

@@ -70,3 +70,35 @@ def test_cancel_kills_a_command_without_timeout_and_frees_the_server(
         == Status.SUCCEEDED
     )
     assert (sshd_target.deploy_path / "current" / "index.html").read_text() == "A\n"
+
+
+def test_the_time_limit_kills_a_command_without_timeout_before_the_worker_would(
+    git_repo_factory, sshd_target, project_factory, server_factory, settings
+):
+    # The worker's soft time limit (the same setting) interrupts only the worker's own
+    # thread; the deployment stops its remote commands before it.
+    settings.DEPLOYMENT_TIME_LIMIT = 6
+    marker = sshd_target.deploy_path.parent / "marker-time-limit"
+    repo = git_repo_factory()
+    repo.commit({"index.html": "A\n"}, "A")
+    project = project_factory(repo)
+    server = server_factory(project, sshd_target)
+    Command.objects.create(
+        project=project, stage="before_switch", command=f"sleep 3600.02; touch {marker}"
+    )
+
+    deployment = _run(services.deployment_create(project=project, servers=[server]))
+
+    assert deployment.status == Status.FAILED
+    assert deployment.error_code == "deployment_timed_out"
+    assert "time limit (6 s, SLIPWAY_DEPLOYMENT_TIME_LIMIT)" in deployment.error
+    assert _sleeping("3600.02") == []
+    assert not (sshd_target.deploy_path / ".slipway" / "lock").exists()
+    assert not (sshd_target.deploy_path / "current").exists()
+
+    Command.objects.all().delete()
+    settings.DEPLOYMENT_TIME_LIMIT = 3600
+    assert (
+        _run(services.deployment_create(project=project, servers=[server])).status
+        == Status.SUCCEEDED
+    )
