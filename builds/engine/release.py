@@ -283,6 +283,12 @@ class RemoteLayout:
     def current_path(self) -> str:
         return posixpath.join(self.deploy_path, "current")
 
+    @property
+    def groups_file(self) -> str:
+        """Where the process groups of the commands run under the lock are recorded: a lock
+        taken over from a deployment whose worker died stops them first (``_lock_script``)."""
+        return posixpath.join(self.deploy_path, LOCK_DIR, "groups")
+
     # -- running scripts
 
     def _script(
@@ -458,7 +464,13 @@ fi
 """
 
     def _lock_script(
-        self, *, holder: str, owner_id: str, stale_after: int, take_over_from: str
+        self,
+        *,
+        holder: str,
+        owner_id: str,
+        stale_after: int,
+        take_over_from: str,
+        stop_groups: bool = True,
     ) -> str:
         """Take the lock, so that it is never seen without its owner.
 
@@ -472,6 +484,12 @@ fi
         lock cannot both believe they hold it. A lock whose owner cannot be read (empty,
         missing or unreadable info) is broken, with a ``note=`` saying so. Writing the info
         may fail (a full disk): then nothing is left behind and the script fails.
+
+        Taking a lock from another owner first kills the process groups its commands left
+        (``groups_file``: a worker that died leaves its commands running); a group that
+        will not go keeps the lock where it is (LockHeld naming the group). Not with
+        ``stop_groups=False``: a deployment handing its own lock on (``take_over_from``)
+        for a command it could not stop.
         """
         # One line each: a line break in the holder must not start a line of its own.
         holder = " ".join(holder.split())
@@ -486,6 +504,25 @@ held() {{
   sed -n 's/^owner=/owner=/p; s/^holder=//p; s/^since=/since /p' {lock}/info 2>/dev/null | tr '\\n' ' '
   exit {EXIT_LOCK_HELD}
 }}
+# The process groups recorded in the lock by its holder's commands (ssh._GROUP_WRAPPER):
+# before the lock is taken from another owner, each still there is killed, and must be gone.
+# A group whose leader started at another time than recorded is another, with a reused id.
+# Prints the first group that would not go (another user's, after sudo), else nothing.
+stop_groups() (
+  LC_ALL=C; export LC_ALL
+  while read -r group started; do
+    case "$group" in ''|*[!0-9]*) continue ;; esac
+    now=$(cut -d' ' -f22 /proc/"$group"/stat 2>/dev/null || :)
+    if [ -n "$now" ] && [ -n "$started" ] && [ "$now" != "$started" ]; then continue; fi
+    kill -s KILL -- -"$group" 2>/dev/null || :
+    n=0
+    until kill -s 0 -- -"$group" 2>&1 | grep -q 'o such process'; do
+      n=$((n + 1))
+      if [ "$n" -gt 200 ]; then echo "$group"; exit 0; fi
+      sleep 0.05 2>/dev/null || sleep 1
+    done
+  done < {lock}/groups
+)
 how=place; note=""
 if [ -d {lock} ]; then
   owner=$(sed -n 's/^owner=//p' {lock}/info 2>/dev/null | head -n 1)
@@ -502,6 +539,15 @@ if [ -d {lock} ]; then
     how=retake; note="note=took over a stale lock of $owner ($age s old)"
   else held
   fi
+fi
+if [ "$how" = retake ] && [ "$owner" != {shlex.quote(owner_id)} ] && [ {int(stop_groups)} = 1 ] \
+   && [ -f {lock}/groups ]; then
+  left=$(stop_groups)
+  if [ -n "$left" ]; then
+    echo "owner=$owner a command of $owner is still running on the server (process group $left)"
+    exit {EXIT_LOCK_HELD}
+  fi
+  rm -f -- {lock}/groups
 fi
 new={meta}/lock.$$.new
 rm -rf -- "$new"
@@ -920,7 +966,13 @@ fi
         self._run(*pieces)
 
     def lock(
-        self, *, holder: str, owner_id: str, stale_after: int, take_over_from: str = ""
+        self,
+        *,
+        holder: str,
+        owner_id: str,
+        stale_after: int,
+        take_over_from: str = "",
+        stop_groups: bool = True,
     ) -> tuple[str, ...]:
         """Take the lock (see ``_lock_script``); the notes say what was taken over or broken.
         Raises LockHeld (its ``owner`` set when the lock names one)."""
@@ -931,6 +983,7 @@ fi
                 owner_id=owner_id,
                 stale_after=stale_after,
                 take_over_from=take_over_from,
+                stop_groups=stop_groups,
             )
         )
         return tuple(

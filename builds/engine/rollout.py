@@ -84,8 +84,11 @@ def run_commands(
     variables: Mapping[str, str],
     env: Mapping[str, str],
     reporter: Reporter,
+    group_file: str = "",
 ) -> None:
     """Run the stage's commands on one server in ``workdir``, output streamed to the log.
+    Each command's process group is recorded in ``group_file`` when given (the lock's: see
+    release.RemoteLayout.groups_file).
 
     ``%variables%`` reach the shell as data (see variables.substitute_shell); the log shows
     the command with the values written in, for people to read."""
@@ -106,6 +109,7 @@ def run_commands(
             timeout=command.timeout_seconds,
             check=command.halt_on_error,
             check_cancelled=reporter.check_cancelled,
+            group_file=group_file,
         )
         if result.exit_code != 0:
             reporter.log(
@@ -259,6 +263,7 @@ class _Run:
                     variables=self.variables,
                     env=self.spec.server_env,
                     reporter=self.reporter,
+                    group_file=self.layout.groups_file if self.layout is not None else "",
                 )
 
     def checks(self, when: str) -> list[HealthCheckSpec]:
@@ -308,6 +313,7 @@ class _Run:
                     owner_id=self.owner + LEFT_RUNNING_SUFFIX,
                     stale_after=self.spec.lock_stale_after,
                     take_over_from=self.owner,
+                    stop_groups=False,
                 )
         self.log(
             "The deploy lock is kept: a stopped command may still be running on the server ("
@@ -369,6 +375,7 @@ class _Run:
                         variables=previous_variables,
                         env=self.spec.server_env,
                         reporter=self.reporter,
+                        group_file=self.layout.groups_file,
                     )
                     self._settle(previous)
             finally:

@@ -238,3 +238,59 @@ def test_a_cancelled_upload_stops_tar_on_the_server_and_unlocks(
     assert not (sshd_target.deploy_path / ".slipway" / "lock").exists()
     assert list((sshd_target.deploy_path / "releases").iterdir()) == []
     assert not (sshd_target.deploy_path / "current").exists()
+
+
+def test_a_lock_taken_from_a_dead_worker_first_stops_what_its_commands_left_running(
+    sshd_target, git_repo_factory, tmp_path, monkeypatch
+):
+    repo = git_repo_factory()
+    revision = repo.commit({"index.html": "A\n"}, "A")
+    server = server_for(sshd_target)
+    marker = sshd_target.deploy_path.parent / "marker-dead-worker"
+    hanging = pipeline.CommandSpec(
+        command=f"(sleep 3600.04; touch {marker}) & sleep 3600.04", stage="before_switch"
+    )
+    connections = []
+
+    def connect_and_keep(endpoint):
+        connection = connect(endpoint)
+        connections.append(connection)
+        return connection
+
+    def worker_dies_once_it_sleeps() -> None:
+        deadline = time.monotonic() + 30
+        while len(_sleeping("3600.04")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # What a SIGKILLed worker leaves: the connection gone, the command running on.
+        connections[0]._transport.close()
+
+    monkeypatch.setattr(rollout, "connect", connect_and_keep)
+    killer = threading.Thread(target=worker_dies_once_it_sleeps)
+    killer.start()
+    first = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server], revision, commands=(hanging,)),
+        RecordingReporter(),
+    )
+    killer.join()
+    monkeypatch.undo()
+
+    assert not first.ok
+    assert len(_sleeping("3600.04")) == 2, "the command should have outlived its connection"
+    lock = sshd_target.deploy_path / ".slipway" / "lock"
+    assert "owner=deployment-1\n" in (lock / "info").read_text()
+    assert (lock / "groups").read_text().strip()
+
+    reporter = RecordingReporter()
+    second = pipeline.deploy(
+        dataclasses.replace(
+            deploy_spec(repo, tmp_path, [server], revision, deployment_id=2),
+            lock_owner_finished=lambda owner: owner == "deployment-1",
+        ),
+        reporter,
+    )
+
+    assert second.ok, [r.error for r in second.servers]
+    assert "Took over the lock of deployment-1, which has finished" in reporter.text
+    assert _sleeping("3600.04") == []
+    assert not lock.exists()
+    assert not marker.exists()
