@@ -79,6 +79,26 @@ _META_SUFFIXES = (".json", ".stat", ".written", ".rewritten", ".managed", ".made
 # .slipway folder (opening it creates nothing, so it works on a full disk too), closed again
 # after the decision so that nothing the rest of the script starts inherits it.
 _LOCK_MUTEX = f"if command -v flock >/dev/null 2>&1; then exec 9<{META_DIR}; flock -w 30 9 || :; fi"
+# Shell: the process groups recorded in the lock by its holder's commands
+# (ssh._GROUP_WRAPPER) are killed, and must be gone, before the lock is taken from another
+# owner or broken. A group whose leader started at another time than recorded is another,
+# with a reused id. Prints the first group that would not go (another user's, after sudo).
+_STOP_GROUPS = f"""stop_groups() (
+  LC_ALL=C; export LC_ALL
+  while read -r group started; do
+    case "$group" in ''|*[!0-9]*) continue ;; esac
+    now=$(cut -d' ' -f22 /proc/"$group"/stat 2>/dev/null || :)
+    if [ -n "$now" ] && [ -n "$started" ] && [ "$now" != "$started" ]; then continue; fi
+    kill -s KILL -- -"$group" 2>/dev/null || :
+    n=0
+    until kill -s 0 -- -"$group" 2>&1 | grep -q 'o such process'; do
+      n=$((n + 1))
+      if [ "$n" -gt 200 ]; then echo "$group"; exit 0; fi
+      sleep 0.05 2>/dev/null || sleep 1
+    done
+  done < {LOCK_DIR}/groups
+)
+"""
 # What a failed write says on a full or failing file system (dash's printf says only
 # "I/O error"; GNU tar reports a short write without naming ENOSPC).
 _STORAGE_SIGNS = (
@@ -504,25 +524,7 @@ held() {{
   sed -n 's/^owner=/owner=/p; s/^holder=//p; s/^since=/since /p' {lock}/info 2>/dev/null | tr '\\n' ' '
   exit {EXIT_LOCK_HELD}
 }}
-# The process groups recorded in the lock by its holder's commands (ssh._GROUP_WRAPPER):
-# before the lock is taken from another owner, each still there is killed, and must be gone.
-# A group whose leader started at another time than recorded is another, with a reused id.
-# Prints the first group that would not go (another user's, after sudo), else nothing.
-stop_groups() (
-  LC_ALL=C; export LC_ALL
-  while read -r group started; do
-    case "$group" in ''|*[!0-9]*) continue ;; esac
-    now=$(cut -d' ' -f22 /proc/"$group"/stat 2>/dev/null || :)
-    if [ -n "$now" ] && [ -n "$started" ] && [ "$now" != "$started" ]; then continue; fi
-    kill -s KILL -- -"$group" 2>/dev/null || :
-    n=0
-    until kill -s 0 -- -"$group" 2>&1 | grep -q 'o such process'; do
-      n=$((n + 1))
-      if [ "$n" -gt 200 ]; then echo "$group"; exit 0; fi
-      sleep 0.05 2>/dev/null || sleep 1
-    done
-  done < {lock}/groups
-)
+{_STOP_GROUPS}
 how=place; note=""
 if [ -d {lock} ]; then
   owner=$(sed -n 's/^owner=//p' {lock}/info 2>/dev/null | head -n 1)
@@ -586,11 +588,19 @@ fi
 
     def _break_lock_script(self, owner_id: str) -> str:
         """Remove the lock if its owner is still ``owner_id`` ("" for a lock without an
-        owner); prints ``broken=1`` when it did."""
+        owner), once the process groups its commands recorded are gone (else exit 75, naming
+        the one left); prints ``broken=1`` when it did."""
         lock = shlex.quote(LOCK_DIR)
         return f"""if [ -d {shlex.quote(META_DIR)} ]; then
 {_LOCK_MUTEX}
   if [ -d {lock} ] && [ "$(sed -n 's/^owner=//p' {lock}/info 2>/dev/null | head -n 1)" = {shlex.quote(owner_id)} ]; then
+{_STOP_GROUPS}
+    left=""
+    if [ -f {lock}/groups ]; then left=$(stop_groups); fi
+    if [ -n "$left" ]; then
+      echo "a command of {owner_id or "its holder"} is still running on the server (process group $left)"
+      exit {EXIT_LOCK_HELD}
+    fi
     gone={shlex.quote(META_DIR)}/lock.$$.gone; rm -rf -- "$gone"; mv -- {lock} "$gone"; rm -rf -- "$gone"
     echo broken=1
   fi
@@ -1019,7 +1029,9 @@ fi
 
     def break_lock(self, *, owner_id: str) -> bool:
         """Remove the lock if its owner is still ``owner_id`` ("" for a lock that names
-        none): a lock taken again since it was read is left alone. True when removed."""
+        none): a lock taken again since it was read is left alone. What its commands left
+        running is killed first; LockHeld (naming the process group) when that will not go.
+        True when removed."""
         out = self._script(
             f"cd -- {self.q} 2>/dev/null || exit 0\n" + self._break_lock_script(owner_id),
             timeout=_DF_TIMEOUT_SECONDS,

@@ -4,6 +4,10 @@ forced; every break is audited; viewers and other projects' members cannot."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+
 import pytest
 
 from builds.engine.release import LOCK_DIR, RemoteLayout
@@ -11,6 +15,7 @@ from builds.engine.ssh import connect
 from builds.models import Deployment, Status
 from projects.models import AuditEvent, Membership, Role
 from servers.models import Protocol, Server
+from tests.engine.test_stopping_commands import _sleeping
 
 pytestmark = pytest.mark.django_db
 
@@ -150,3 +155,36 @@ def test_only_admins_may_break_a_lock(
     assert bob_api.post(url(server), {"force": True}, format="json").status_code == 403
     assert charlie_api.post(url(server), {"force": True}, format="json").status_code == 404
     assert locked(sshd_target)
+
+
+def test_breaking_a_lock_first_stops_what_its_deployment_left_running(
+    alice_api, project, sshd_target, server_factory
+):
+    server = server_factory(project, sshd_target)
+    dead = Deployment.objects.create(project=project, status=Status.RUNNING)
+    owner = f"deployment-{dead.pk}"
+    connection = connect(sshd_target.endpoint())
+    layout = RemoteLayout(connection, str(sshd_target.deploy_path))
+    layout.lock(holder="Slipway deployment by alice", owner_id=owner, stale_after=3600)
+    command = threading.Thread(
+        target=_run_quietly, args=(connection, "sleep 3600.05", layout.groups_file)
+    )
+    command.start()
+    deadline = time.monotonic() + 30
+    while not _sleeping("3600.05") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    connection.close()  # the worker died; its command runs on
+    command.join()
+    assert _sleeping("3600.05"), "the command should have outlived its connection"
+
+    response = alice_api.post(url(server), {"force": True}, format="json")
+
+    assert response.status_code == 200, response.json()
+    assert response.json()["broken"] is True
+    assert _sleeping("3600.05") == []
+    assert not locked(sshd_target)
+
+
+def _run_quietly(connection, command: str, group_file: str) -> None:
+    with contextlib.suppress(Exception):
+        connection.run(command, group_file=group_file)
