@@ -10,12 +10,12 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
 from builds import outbound
@@ -47,6 +47,7 @@ from builds.models import (
     Trigger,
 )
 from builds.services import deployment_broadcast_status, deployment_finish, rollback_release_for
+from deployer.db import project_lock, retrying
 from projects.models import Project
 from projects.secrets import project_secrets
 from servers.models import AuthMethod, Protocol, Release, Server
@@ -117,9 +118,7 @@ class DatabaseReporter:
         connection.close()
 
     def target_state(self, server: int, state: str, reason: str = "") -> None:
-        DeploymentTarget.objects.filter(deployment=self.deployment, server_id=server).update(
-            status=state, reason=reason[:2000]
-        )
+        _update_target(self.deployment.pk, server, status=state, reason=reason[:2000])
         deployment_broadcast_status(self.deployment)
 
     def wait_for_promotion(self) -> bool:
@@ -495,7 +494,8 @@ def _run_deploy(
         started_at=deployment.started_at.timestamp() if deployment.started_at else None,
     )
     result = pipeline.deploy(spec, reporter)
-    Deployment.objects.filter(pk=deployment.pk).update(
+    _update_deployment(
+        deployment.pk,
         end_revision=result.revision,
         start_revision=next(iter(starts)) or "" if len(starts) == 1 else "",
         commits=[_commit_json(c) for c in result.commits],
@@ -533,9 +533,7 @@ def _run_rollback(
     )
     results = pipeline.rollback(spec, reporter)
     ends = set(revisions.values())
-    Deployment.objects.filter(pk=deployment.pk).update(
-        end_revision=ends.pop() if len(ends) == 1 else ""
-    )
+    _update_deployment(deployment.pk, end_revision=ends.pop() if len(ends) == 1 else "")
     reporter.writer.flush()
     _record(deployment, results, revision=None, mask=reporter.writer.mask)
 
@@ -557,7 +555,8 @@ def _run_preview(
     result = pipeline.preview(spec, reporter)
     first = next(iter(result.changes.values()), None)
     starts = {s.live_revision for s in specs}
-    Deployment.objects.filter(pk=deployment.pk).update(
+    _update_deployment(
+        deployment.pk,
         end_revision=result.revision,
         start_revision=next(iter(starts)) or "" if len(starts) == 1 else "",
         commits=[_commit_json(c) for c in result.commits],
@@ -614,35 +613,11 @@ def _record(
     mask: Masker,
 ) -> None:
     """Store each server's outcome; reasons and errors (a failed command's last lines) are
-    masked like the log."""
+    masked like the log. Each server's outcome is one transaction, retried on a deadlock or a
+    lost connection (deployer.db): a server whose `current` switched is recorded as live."""
     now = timezone.now()
     for result in results:
-        target = DeploymentTarget.objects.get(deployment=deployment, server_id=result.server_id)
-        with transaction.atomic():
-            if result.ok:
-                target.status = TargetStatus.SUCCEEDED
-                if result.release:
-                    _mark_live(deployment, result, revision)
-            elif result.rolled_back:
-                target.status = TargetStatus.ROLLED_BACK
-            elif result.skipped:
-                target.status = TargetStatus.SKIPPED
-            elif result.cancelled:
-                target.status = TargetStatus.CANCELLED
-            else:
-                target.status = TargetStatus.FAILED
-            target.release = result.release or ""
-            target.previous_release = result.previous_release or ""
-            if result.error is not None and not result.error.user_facing:
-                target.reason = "Internal error"
-            else:
-                target.reason = mask(result.reason or str(result.error or ""))[:2000]
-            target.finished_at = now
-            target.save()
-            if result.removed_releases:
-                Release.objects.filter(
-                    server_id=result.server_id, name__in=result.removed_releases
-                ).update(removed_at=now, live=False)
+        _record_server(deployment, result, revision=revision, mask=mask, now=now)
     failed = [r for r in results if r.error is not None and not r.cancelled]
     if failed:
         names = dict(
@@ -673,6 +648,57 @@ def _record(
         )
     else:
         deployment_finish(deployment, status=Status.SUCCEEDED)
+
+
+@retrying
+def _record_server(
+    deployment: Deployment,
+    result: pipeline.ServerResult,
+    *,
+    revision: str | None,
+    mask: Masker,
+    now: datetime,
+) -> None:
+    # The lock order (deployer.db): the project, the server, then its target and releases.
+    project_lock(deployment.project_id)
+    list(Server.objects.select_for_update().filter(pk=result.server_id))
+    target = DeploymentTarget.objects.get(deployment=deployment, server_id=result.server_id)
+    if result.ok:
+        target.status = TargetStatus.SUCCEEDED
+        if result.release:
+            _mark_live(deployment, result, revision)
+    elif result.rolled_back:
+        target.status = TargetStatus.ROLLED_BACK
+    elif result.skipped:
+        target.status = TargetStatus.SKIPPED
+    elif result.cancelled:
+        target.status = TargetStatus.CANCELLED
+    else:
+        target.status = TargetStatus.FAILED
+    target.release = result.release or ""
+    target.previous_release = result.previous_release or ""
+    if result.error is not None and not result.error.user_facing:
+        target.reason = "Internal error"
+    else:
+        target.reason = mask(result.reason or str(result.error or ""))[:2000]
+    target.finished_at = now
+    target.save()
+    if result.removed_releases:
+        Release.objects.filter(server_id=result.server_id, name__in=result.removed_releases).update(
+            removed_at=now, live=False
+        )
+
+
+@retrying
+def _update_deployment(deployment_id: int, **fields: Any) -> None:
+    Deployment.objects.filter(pk=deployment_id).update(**fields)
+
+
+@retrying
+def _update_target(deployment_id: int, server_id: int, **fields: Any) -> None:
+    DeploymentTarget.objects.filter(deployment_id=deployment_id, server_id=server_id).update(
+        **fields
+    )
 
 
 def _mark_live(deployment: Deployment, result: pipeline.ServerResult, revision: str | None) -> None:

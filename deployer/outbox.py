@@ -46,7 +46,9 @@ def enqueue(task: str, *args: int | str, key: str = "") -> OutboxMessage | None:
         return None
     message = OutboxMessage.objects.create(task=task, args=list(args), key=key)
     message_id = message.pk
-    transaction.on_commit(lambda: send([message_id]))
+    # Robust: whatever fails while sending after the commit (the broker, even the database)
+    # is logged, never raised into the request whose work was recorded; the relay sends it.
+    transaction.on_commit(lambda: send([message_id]), robust=True)
     return message
 
 
