@@ -90,23 +90,30 @@ def start_serve(env: dict[str, str], log_path: Path) -> subprocess.Popen[str]:
     return process
 
 
-def start_celery_worker(data_dir: Path, *, name: str, **extra_env: str) -> subprocess.Popen[str]:
-    """A separate `celery -A deployer worker` on this test run's database and Redis.
-
-    Scaled-out mode only: skipped without DATABASE_URL and REDIS_URL, a failure in CI (which
-    always sets them, see .ci/run)."""
+def require_scaled_out() -> None:
+    """Skip without DATABASE_URL and REDIS_URL (the embedded mode); fail in CI, which always
+    sets them (see .ci/run)."""
     import pytest
     from django.conf import settings
-    from django.db import connection
 
     if not (settings.REDIS_URL and settings.DATABASE_URL):
         if os.environ.get("CI"):
             pytest.fail("CI must run with DATABASE_URL and REDIS_URL set (see .ci/run)")
         pytest.skip("scaled-out mode only: set DATABASE_URL and REDIS_URL (as .ci/run does)")
+
+
+def scaled_out_env(data_dir: Path, **extra_env: str) -> dict[str, str]:
+    """The environment of a separate Slipway process (web, worker, manage.py) on this test
+    run's database (the test database pytest-django created), with this run's keys.
+
+    Scaled-out mode only (require_scaled_out); ``extra_env`` may point REDIS_URL elsewhere."""
+    from django.conf import settings
+    from django.db import connection
+
+    require_scaled_out()
     database = connection.settings_dict
-    # The worker must use the test database that pytest-django created.
     url = f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
-    env = {
+    return {
         **os.environ,
         "DATABASE_URL": url,
         "SLIPWAY_DATA_DIR": str(data_dir),
@@ -114,6 +121,14 @@ def start_celery_worker(data_dir: Path, *, name: str, **extra_env: str) -> subpr
         "SLIPWAY_SECRET_KEY": settings.SECRET_KEY,
         **extra_env,
     }
+
+
+def start_celery_worker(data_dir: Path, *, name: str, **extra_env: str) -> subprocess.Popen[str]:
+    """A separate `celery -A deployer worker` on this test run's database and Redis.
+
+    Scaled-out mode only: skipped without DATABASE_URL and REDIS_URL, a failure in CI (which
+    always sets them, see .ci/run)."""
+    env = scaled_out_env(data_dir, **extra_env)
     return subprocess.Popen(
         [
             *(sys.executable, "-m", "celery", "-A", "deployer", "worker"),
@@ -126,3 +141,48 @@ def start_celery_worker(data_dir: Path, *, name: str, **extra_env: str) -> subpr
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free loopback port, without persistence (as a
+    restarted cache-like Redis: it forgets what it held). Never the machine's Redis."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
+                *("--appendonly", "no", "--dir", str(self.directory)),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            assert self.process.poll() is None, "redis-server exited"
+            time.sleep(0.1)
+        raise AssertionError(f"redis-server on port {self.port} did not answer")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+            self.process = None
