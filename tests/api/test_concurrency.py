@@ -9,7 +9,6 @@ Scaled-out mode only (tests/support/processes.py): the embedded mode's SQLite ha
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -23,12 +22,11 @@ from deployer.models import OutboxMessage
 from projects.models import ApiToken
 from servers.models import Release, Server
 from tests.support.processes import (
+    ReadyOutput,
     RedisServer,
-    free_port,
+    Web,
     require_scaled_out,
-    scaled_out_env,
     start_celery_worker,
-    start_serve,
     stop,
 )
 
@@ -42,24 +40,6 @@ def redis_server(tmp_path):
     server.start()
     yield server
     server.stop()
-
-
-class Web:
-    """`manage.py serve` on the test database and the test's own Redis."""
-
-    def __init__(self, directory: Path, redis_url: str) -> None:
-        bind = f"127.0.0.1:{free_port()}"
-        self.url = f"http://{bind}"
-        self.log = directory / "web.log"
-        env = scaled_out_env(directory / "web", SLIPWAY_BIND=bind, REDIS_URL=redis_url)
-        self.process: subprocess.Popen[str] | None = start_serve(env, self.log)
-
-    def stop(self) -> str:
-        """Stop it (its database sessions end, flushing their statistics); its log."""
-        if self.process is not None:
-            stop(self.process)
-            self.process = None
-        return self.log.read_text()
 
 
 @pytest.fixture
@@ -101,27 +81,6 @@ def post_at_once(base: str, token: str, path: str, bodies: list[dict]) -> list[h
     failures = [a for a in answers if not isinstance(a, httpx.Response)]
     assert failures == [], failures
     return answers  # type: ignore[return-value]
-
-
-class ReadyOutput:
-    """Reads a worker's output as it comes (a full pipe would stop the worker); ``ready`` is
-    set once Celery says the worker consumes."""
-
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
-        self._thread.start()
-
-    def _read(self, process: subprocess.Popen[str]) -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            self.lines.append(line)
-            if " ready." in line:
-                self.ready.set()
-
-    def text(self) -> str:
-        return "".join(self.lines)
 
 
 def overlapping(servers: list[Server], count: int, width: int) -> list[dict]:

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -186,3 +187,42 @@ class RedisServer:
         if self.process is not None:
             stop(self.process)
             self.process = None
+
+
+class Web:
+    """`manage.py serve` on the test database and the test's own Redis."""
+
+    def __init__(self, directory: Path, redis_url: str) -> None:
+        bind = f"127.0.0.1:{free_port()}"
+        self.url = f"http://{bind}"
+        self.log = directory / "web.log"
+        env = scaled_out_env(directory / "web", SLIPWAY_BIND=bind, REDIS_URL=redis_url)
+        self.process: subprocess.Popen[str] | None = start_serve(env, self.log)
+
+    def stop(self) -> str:
+        """Stop it (its database sessions end, flushing their statistics); its log."""
+        if self.process is not None:
+            stop(self.process)
+            self.process = None
+        return self.log.read_text()
+
+
+class ReadyOutput:
+    """Reads a worker's output as it comes (a full pipe would stop the worker); ``ready`` is
+    set once Celery says the worker consumes."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.lines.append(line)
+            if " ready." in line:
+                self.ready.set()
+
+    def text(self) -> str:
+        return "".join(self.lines)
