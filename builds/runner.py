@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.utils import timezone
 
 from builds import outbound
@@ -79,9 +80,9 @@ class DatabaseReporter:
 
     @contextlib.contextmanager
     def step(self, name: str, server: int | None = None) -> Iterator[None]:
-        row = Step.objects.create(deployment=self.deployment, server_id=server, name=name)
+        row = _create_step(self.deployment.pk, server, name)
         if server is None:
-            Deployment.objects.filter(pk=self.deployment.pk).update(stage=name)
+            _update_deployment(self.deployment.pk, stage=name)
         status = TargetStatus.FAILED
         try:
             yield
@@ -90,7 +91,7 @@ class DatabaseReporter:
             status = TargetStatus.CANCELLED
             raise
         finally:
-            Step.objects.filter(pk=row.pk).update(status=status, finished_at=timezone.now())
+            _update_step(row.pk, status=status, finished_at=timezone.now())
             self.writer.flush()
 
     def progress(
@@ -102,7 +103,9 @@ class DatabaseReporter:
             if not final and now - self._progress_at.get(server, 0.0) < 0.5:
                 return
             self._progress_at[server] = now
-        DeploymentTarget.objects.filter(deployment=self.deployment, server_id=server).update(
+        _update_target(
+            self.deployment.pk,
+            server,
             files_done=files_done,
             files_total=files_total,
             bytes_done=bytes_done,
@@ -173,9 +176,15 @@ class Heartbeat:
 
         try:
             while not self._stop.wait(HEARTBEAT_SECONDS):
-                Deployment.objects.filter(pk=self.deployment_id, status=Status.RUNNING).update(
-                    heartbeat_at=timezone.now()
-                )
+                try:
+                    Deployment.objects.filter(pk=self.deployment_id, status=Status.RUNNING).update(
+                        heartbeat_at=timezone.now()
+                    )
+                except DatabaseError:
+                    # A lost connection must not end the heartbeat (the reaper would then fail
+                    # a deployment that runs): the next beat reconnects.
+                    logger.warning("Heartbeat of deployment %s failed", self.deployment_id)
+                    connection.close()
         finally:
             connection.close()
 
@@ -692,6 +701,16 @@ def _record_server(
 @retrying
 def _update_deployment(deployment_id: int, **fields: Any) -> None:
     Deployment.objects.filter(pk=deployment_id).update(**fields)
+
+
+@retrying
+def _create_step(deployment_id: int, server_id: int | None, name: str) -> Step:
+    return Step.objects.create(deployment_id=deployment_id, server_id=server_id, name=name)
+
+
+@retrying
+def _update_step(step_id: int, **fields: Any) -> None:
+    Step.objects.filter(pk=step_id).update(**fields)
 
 
 @retrying
