@@ -58,7 +58,9 @@ def deadlocks() -> int:
         return int(cursor.fetchone()[0])
 
 
-def post_at_once(base: str, token: str, path: str, bodies: list[dict]) -> list[httpx.Response]:
+def post_at_once(
+    base: str, token: str, path: str, bodies: list[dict[str, list[int]]]
+) -> list[httpx.Response]:
     """POST every body from its own thread, all released at the same instant."""
     start = threading.Barrier(len(bodies), timeout=60)
     answers: list[httpx.Response | BaseException | None] = [None] * len(bodies)
@@ -83,7 +85,7 @@ def post_at_once(base: str, token: str, path: str, bodies: list[dict]) -> list[h
     return answers  # type: ignore[return-value]
 
 
-def overlapping(servers: list[Server], count: int, width: int) -> list[dict]:
+def overlapping(servers: list[Server], count: int, width: int) -> list[dict[str, list[int]]]:
     """Request i deploys ``width`` servers starting at i (wrapping): neighbours overlap."""
     return [
         {"servers": [servers[(i + k) % len(servers)].pk for k in range(width)]}

@@ -26,8 +26,7 @@ TASK = "tests.outbox.nothing"
 def _empty_queue():
     yield
     if settings.REDIS_URL:  # this run's own Redis database: leave nothing for other tests
-        with app.connection_for_write() as broker:
-            broker.default_channel.queue_purge(settings.CELERY_TASK_DEFAULT_QUEUE)
+        app.control.purge()
 
 
 def test_a_message_is_sent_once_its_transaction_commits():
