@@ -747,6 +747,7 @@ def deployment_start_with_strategy(*, strategy: str, **options: Any) -> Deployme
     return deployment
 
 
+@retrying
 def deployment_request_promotion(*, deployment: Deployment, user: User | None) -> Deployment:
     """Let a canary deployment waiting for a person go on to its other servers;
     DeploymentWrongState unless it is running and waiting."""
@@ -778,6 +779,7 @@ def _not_waiting(deployment: Deployment) -> str:
     return f"Deployment #{deployment.pk} has no server waiting for promotion"
 
 
+@retrying
 def deployment_request_abort(*, deployment: Deployment, user: User | None) -> Deployment:
     """Stop a running deployment and roll back the servers it switched;
     DeploymentWrongState unless it is running (a queued one is cancelled instead)."""
