@@ -8,7 +8,7 @@ from celery import shared_task
 from celery.signals import worker_ready
 from celery.worker.control import control_command
 
-from builds import cleanup, notifications, runner, services
+from builds import cleanup, notifications, retention, runner, services
 from deployer import outbox
 
 
@@ -42,6 +42,13 @@ def relay_outbox() -> int:
 @shared_task(ignore_result=True)
 def reap_stale_deployments() -> int:
     return services.deployments_reap_stale()
+
+
+# Batches of at most retention.BATCH_SIZE rows: a first run on a large database may take a
+# while, but no statement holds its locks for long.
+@shared_task(ignore_result=True, soft_time_limit=1800, time_limit=2160)
+def prune_old_records() -> dict[str, int]:
+    return retention.records_prune().as_dict()
 
 
 # Notifications: sending one is bounded by builds.outbound's total timeout (30 s) or the mail

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
@@ -92,8 +93,8 @@ def start_serve(env: dict[str, str], log_path: Path) -> subprocess.Popen[str]:
 
 
 def require_scaled_out() -> None:
-    """Skip without DATABASE_URL and REDIS_URL (the embedded mode); fail in CI, which always
-    sets them (see .ci/run)."""
+    """Skip a test that needs PostgreSQL and Redis when they are not set; fail it in CI, which
+    always sets them (see .ci/run)."""
     import pytest
     from django.conf import settings
 
@@ -103,20 +104,29 @@ def require_scaled_out() -> None:
         pytest.skip("scaled-out mode only: set DATABASE_URL and REDIS_URL (as .ci/run does)")
 
 
+def shared_test_database_url() -> str:
+    """The URL of the test database that pytest-django created, for processes to share."""
+    from django.db import connection
+
+    database = connection.settings_dict
+    user = quote(database["USER"], safe="")
+    if database.get("PASSWORD"):
+        user += ":" + quote(database["PASSWORD"], safe="")
+    return f"postgres://{user}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
+
+
 def scaled_out_env(data_dir: Path, **extra_env: str) -> dict[str, str]:
     """The environment of a separate Slipway process (web, worker, manage.py) on this test
     run's database (the test database pytest-django created), with this run's keys.
 
     Scaled-out mode only (require_scaled_out); ``extra_env`` may point REDIS_URL elsewhere."""
     from django.conf import settings
-    from django.db import connection
 
     require_scaled_out()
-    database = connection.settings_dict
-    url = f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
     return {
         **os.environ,
-        "DATABASE_URL": url,
+        # The worker must use the test database that pytest-django created.
+        "DATABASE_URL": shared_test_database_url(),
         "SLIPWAY_DATA_DIR": str(data_dir),
         "SLIPWAY_ENCRYPTION_KEYS": ",".join(settings.ENCRYPTION_KEYS),
         "SLIPWAY_SECRET_KEY": settings.SECRET_KEY,
