@@ -53,6 +53,7 @@ def test_the_switch_is_recorded_although_the_workers_connection_was_killed_then(
 
     def work() -> None:
         try:
+            assert claimed is not None
             runner.run(claimed)
         except BaseException as exc:  # reported below
             errors.append(exc)
