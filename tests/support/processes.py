@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -168,6 +169,10 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        import pytest
+
+        if shutil.which("redis-server") is None:
+            pytest.fail("redis-server is missing: apt-get install redis-server", pytrace=False)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
