@@ -243,21 +243,17 @@ def _claim(deployment_id: int, *, task_id: str, worker: str) -> bool:
         ).exists()
         if busy:
             return False
-    deployment = (
-        Deployment.objects.select_for_update()
-        .filter(pk=deployment_id, status=Status.QUEUED)
-        .first()
-    )
-    if deployment is None:
-        return False
     now = timezone.now()
-    Deployment.objects.filter(pk=deployment_id).update(
+    # Conditional: of two workers holding this deployment's message, only one changes the row.
+    claimed = Deployment.objects.filter(pk=deployment_id, status=Status.QUEUED).update(
         status=Status.RUNNING,
         started_at=now,
         heartbeat_at=now,
         task_id=task_id,
         worker=worker,
     )
+    if claimed != 1:
+        return False
     DeploymentTarget.objects.filter(deployment_id=deployment_id, status=TargetStatus.QUEUED).update(
         status=TargetStatus.RUNNING
     )
