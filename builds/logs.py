@@ -15,13 +15,13 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
 from builds.engine.lines import MAX_LINE_CHARS, cut_marker
 from builds.engine.masking import Masker
 from builds.models import Deployment, LogLine
+from deployer.db import retrying
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,14 @@ def broadcast(deployment_id: int, message: dict[str, object]) -> None:
         async_to_sync(layer.group_send)(group_name(deployment_id), message)
     except Exception:  # the broadcast is best effort by design
         logger.warning("Broadcast to deployment %s failed", deployment_id, exc_info=True)
+
+
+@retrying
+def _store(deployment_id: int, lines: list[LogLine], seq: int) -> None:
+    """Store a batch of numbered lines; a deadlock or a lost connection is retried
+    (deployer.db), so a flush never fails a deployment for it."""
+    LogLine.objects.bulk_create(lines)
+    Deployment.objects.filter(pk=deployment_id).update(log_seq=seq)
 
 
 def line_payload(line: LogLine) -> dict[str, Any]:
@@ -191,9 +199,7 @@ class LogWriter:
                         time=item.time,
                     )
                 )
-            with transaction.atomic():
-                LogLine.objects.bulk_create(lines)
-                Deployment.objects.filter(pk=self.deployment_id).update(log_seq=self._seq)
+            _store(self.deployment_id, lines, self._seq)
             # Still under the lock: viewers receive batches in sequence order.
             broadcast(
                 self.deployment_id,

@@ -10,12 +10,13 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError
 from django.utils import timezone
 
 from builds import outbound
@@ -53,6 +54,7 @@ from builds.models import (
     Trigger,
 )
 from builds.services import deployment_broadcast_status, deployment_finish, rollback_release_for
+from deployer.db import project_lock, retrying
 from projects.models import Project
 from projects.secrets import project_secrets
 from servers.models import AuthMethod, Protocol, Release, Server
@@ -103,9 +105,9 @@ class DatabaseReporter:
 
     @contextlib.contextmanager
     def step(self, name: str, server: int | None = None) -> Iterator[None]:
-        row = Step.objects.create(deployment=self.deployment, server_id=server, name=name)
+        row = _create_step(self.deployment.pk, server, name)
         if server is None:
-            Deployment.objects.filter(pk=self.deployment.pk).update(stage=name)
+            _update_deployment(self.deployment.pk, stage=name)
         status = TargetStatus.FAILED
         try:
             yield
@@ -114,7 +116,7 @@ class DatabaseReporter:
             status = TargetStatus.CANCELLED
             raise
         finally:
-            Step.objects.filter(pk=row.pk).update(status=status, finished_at=timezone.now())
+            _update_step(row.pk, status=status, finished_at=timezone.now())
             self.writer.flush()
 
     def progress(
@@ -126,7 +128,9 @@ class DatabaseReporter:
             if not final and now - self._progress_at.get(server, 0.0) < 0.5:
                 return
             self._progress_at[server] = now
-        DeploymentTarget.objects.filter(deployment=self.deployment, server_id=server).update(
+        _update_target(
+            self.deployment.pk,
+            server,
             files_done=files_done,
             files_total=files_total,
             bytes_done=bytes_done,
@@ -142,9 +146,7 @@ class DatabaseReporter:
         connection.close()
 
     def target_state(self, server: int, state: str, reason: str = "") -> None:
-        DeploymentTarget.objects.filter(deployment=self.deployment, server_id=server).update(
-            status=state, reason=reason[:2000]
-        )
+        _update_target(self.deployment.pk, server, status=state, reason=reason[:2000])
         deployment_broadcast_status(self.deployment)
 
     def wait_for_promotion(self) -> bool:
@@ -204,9 +206,15 @@ class Heartbeat:
 
         try:
             while not self._stop.wait(HEARTBEAT_SECONDS):
-                Deployment.objects.filter(pk=self.deployment_id, status=Status.RUNNING).update(
-                    heartbeat_at=timezone.now()
-                )
+                try:
+                    Deployment.objects.filter(pk=self.deployment_id, status=Status.RUNNING).update(
+                        heartbeat_at=timezone.now()
+                    )
+                except DatabaseError:
+                    # A lost connection must not end the heartbeat (the reaper would then fail
+                    # a deployment that runs): the next beat reconnects.
+                    logger.warning("Heartbeat of deployment %s failed", self.deployment_id)
+                    connection.close()
         finally:
             connection.close()
 
@@ -525,7 +533,8 @@ def _run_deploy(
         started_at=deployment.started_at.timestamp() if deployment.started_at else None,
     )
     result = pipeline.deploy(spec, reporter)
-    Deployment.objects.filter(pk=deployment.pk).update(
+    _update_deployment(
+        deployment.pk,
         end_revision=result.revision,
         start_revision=next(iter(starts)) or "" if len(starts) == 1 else "",
         commits=[_commit_json(c) for c in result.commits],
@@ -563,9 +572,7 @@ def _run_rollback(
     )
     results = pipeline.rollback(spec, reporter)
     ends = set(revisions.values())
-    Deployment.objects.filter(pk=deployment.pk).update(
-        end_revision=ends.pop() if len(ends) == 1 else ""
-    )
+    _update_deployment(deployment.pk, end_revision=ends.pop() if len(ends) == 1 else "")
     reporter.writer.flush()
     _record(deployment, results, revision=None, mask=reporter.writer.mask)
 
@@ -587,7 +594,8 @@ def _run_preview(
     result = pipeline.preview(spec, reporter)
     first = next(iter(result.changes.values()), None)
     starts = {s.live_revision for s in specs}
-    Deployment.objects.filter(pk=deployment.pk).update(
+    _update_deployment(
+        deployment.pk,
         end_revision=result.revision,
         start_revision=next(iter(starts)) or "" if len(starts) == 1 else "",
         commits=[_commit_json(c) for c in result.commits],
@@ -644,35 +652,11 @@ def _record(
     mask: Masker,
 ) -> None:
     """Store each server's outcome; reasons and errors (a failed command's last lines) are
-    masked like the log."""
+    masked like the log. Each server's outcome is one transaction, retried on a deadlock or a
+    lost connection (deployer.db): a server whose `current` switched is recorded as live."""
     now = timezone.now()
     for result in results:
-        target = DeploymentTarget.objects.get(deployment=deployment, server_id=result.server_id)
-        with transaction.atomic():
-            if result.ok:
-                target.status = TargetStatus.SUCCEEDED
-                if result.release:
-                    _mark_live(deployment, result, revision)
-            elif result.rolled_back:
-                target.status = TargetStatus.ROLLED_BACK
-            elif result.skipped:
-                target.status = TargetStatus.SKIPPED
-            elif result.cancelled:
-                target.status = TargetStatus.CANCELLED
-            else:
-                target.status = TargetStatus.FAILED
-            target.release = result.release or ""
-            target.previous_release = result.previous_release or ""
-            if result.error is not None and not result.error.user_facing:
-                target.reason = "Internal error"
-            else:
-                target.reason = mask(result.reason or str(result.error or ""))[:2000]
-            target.finished_at = now
-            target.save()
-            if result.removed_releases:
-                Release.objects.filter(
-                    server_id=result.server_id, name__in=result.removed_releases
-                ).update(removed_at=now, live=False)
+        _record_server(deployment, result, revision=revision, mask=mask, now=now)
     failed = [r for r in results if r.error is not None and not r.cancelled]
     if failed:
         names = dict(
@@ -703,6 +687,67 @@ def _record(
         )
     else:
         deployment_finish(deployment, status=Status.SUCCEEDED)
+
+
+@retrying
+def _record_server(
+    deployment: Deployment,
+    result: pipeline.ServerResult,
+    *,
+    revision: str | None,
+    mask: Masker,
+    now: datetime,
+) -> None:
+    # The lock order (deployer.db): the project, the server, then its target and releases.
+    project_lock(deployment.project_id)
+    list(Server.objects.select_for_update().filter(pk=result.server_id))
+    target = DeploymentTarget.objects.get(deployment=deployment, server_id=result.server_id)
+    if result.ok:
+        target.status = TargetStatus.SUCCEEDED
+        if result.release:
+            _mark_live(deployment, result, revision)
+    elif result.rolled_back:
+        target.status = TargetStatus.ROLLED_BACK
+    elif result.skipped:
+        target.status = TargetStatus.SKIPPED
+    elif result.cancelled:
+        target.status = TargetStatus.CANCELLED
+    else:
+        target.status = TargetStatus.FAILED
+    target.release = result.release or ""
+    target.previous_release = result.previous_release or ""
+    if result.error is not None and not result.error.user_facing:
+        target.reason = "Internal error"
+    else:
+        target.reason = mask(result.reason or str(result.error or ""))[:2000]
+    target.finished_at = now
+    target.save()
+    if result.removed_releases:
+        Release.objects.filter(server_id=result.server_id, name__in=result.removed_releases).update(
+            removed_at=now, live=False
+        )
+
+
+@retrying
+def _update_deployment(deployment_id: int, **fields: Any) -> None:
+    Deployment.objects.filter(pk=deployment_id).update(**fields)
+
+
+@retrying
+def _create_step(deployment_id: int, server_id: int | None, name: str) -> Step:
+    return Step.objects.create(deployment_id=deployment_id, server_id=server_id, name=name)
+
+
+@retrying
+def _update_step(step_id: int, **fields: Any) -> None:
+    Step.objects.filter(pk=step_id).update(**fields)
+
+
+@retrying
+def _update_target(deployment_id: int, server_id: int, **fields: Any) -> None:
+    DeploymentTarget.objects.filter(deployment_id=deployment_id, server_id=server_id).update(
+        **fields
+    )
 
 
 def _mark_live(deployment: Deployment, result: pipeline.ServerResult, revision: str | None) -> None:

@@ -31,6 +31,7 @@ from builds.models import (
 )
 from builds.presenters import deployment_status
 from deployer import outbox
+from deployer.db import project_lock, retrying
 from projects.models import Project
 from projects.services import audit_record
 from servers.models import Release, Server, ServerGroup, Strategy
@@ -46,13 +47,14 @@ class DeploymentRefused(Exception):
         super().__init__(message)
 
 
+@retrying
 def _system_line(deployment: Deployment, text: str) -> None:
     """Append one system line outside a running LogWriter (queueing, cancelling, reaping)."""
-    with transaction.atomic():
-        locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
-        seq = locked.log_seq + 1
-        LogLine.objects.create(deployment=locked, seq=seq, stream="system", text=text)
-        Deployment.objects.filter(pk=locked.pk).update(log_seq=seq)
+    project_lock(deployment.project_id)
+    locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    seq = locked.log_seq + 1
+    LogLine.objects.create(deployment=locked, seq=seq, stream="system", text=text)
+    Deployment.objects.filter(pk=locked.pk).update(log_seq=seq)
 
 
 def _looks_like_sha(revision: str) -> bool:
@@ -81,6 +83,7 @@ def dispatch_key(deployment_id: int) -> str:
     return f"deployment:{deployment_id}"
 
 
+@retrying
 def deployment_create(
     *,
     project: Project,
@@ -105,6 +108,9 @@ def deployment_create(
     target is cancelled with the reason, so a burst of pushes leaves one queued deployment
     per server, at the newest head. With a group and ``servers`` both, the deployment goes to
     those servers (in that order) with the group's strategy: undoing a group's deployment.
+
+    Runs in its own transaction, retried on a deadlock or a lost connection (deployer.db),
+    or in the caller's, whose owner then retries. Raises DeploymentRefused naming the field.
     """
     targets = list(servers or (group.ordered_servers() if group is not None else ()))
     if not targets:
@@ -123,8 +129,10 @@ def deployment_create(
                 "compare the fingerprint with the server's, then trust it.",
             )
     with transaction.atomic():
-        # Lock the servers (in a fixed order, so two creators cannot deadlock) while the
-        # older queued targets are superseded and the new ones inserted.
+        # The lock order (deployer.db): the project, its servers by pk, then deployments.
+        # The servers stay locked while older queued targets are superseded and the new
+        # ones inserted.
+        project_lock(project.pk)
         list(
             Server.objects.select_for_update().filter(pk__in=[s.pk for s in targets]).order_by("pk")
         )
@@ -165,15 +173,23 @@ def _supersede_queued(servers: Iterable[Server], *, by: Deployment) -> None:
         server__in=list(servers),
         status=TargetStatus.QUEUED,
         deployment__kind__in=[Kind.DEPLOY, Kind.ROLLBACK],
-    ).select_related("deployment", "server")
+    )
+    # The lock order: the older deployments' rows (by pk) before their targets.
+    list(
+        Deployment.objects.select_for_update()
+        .filter(pk__in=older.values("deployment_id"))
+        .order_by("pk")
+    )
     touched: set[int] = set()
-    for target in older:
+    for target in older.select_related("deployment", "server").order_by("pk"):
         target.status = TargetStatus.CANCELLED
         target.reason = f"Superseded by deployment #{by.pk}"
         target.finished_at = timezone.now()
         target.save(update_fields=["status", "reason", "finished_at"])
         touched.add(target.deployment_id)
-    for deployment in Deployment.objects.filter(pk__in=touched, status=Status.QUEUED):
+    for deployment in Deployment.objects.filter(pk__in=touched, status=Status.QUEUED).order_by(
+        "pk"
+    ):
         if not deployment.targets.filter(status=TargetStatus.QUEUED).exists():
             Deployment.objects.filter(pk=deployment.pk, status=Status.QUEUED).update(
                 status=Status.CANCELLED,
@@ -190,47 +206,58 @@ def deployment_claim(
 
     None when another worker claimed it already (a redelivered message), when it is no longer
     queued, or when one of its servers is busy with another running deployment; in that last
-    case it stays queued and is dispatched again when that one finishes.
+    case it stays queued and is dispatched again when that one finishes. A deadlock or a lost
+    connection is retried (deployer.db), never raised.
     """
     try:
-        with transaction.atomic():
-            deployment = Deployment.objects.select_for_update().filter(pk=deployment_id).first()
-            if deployment is None or deployment.status != Status.QUEUED:
-                return None
-            server_ids = list(
-                deployment.targets.filter(status=TargetStatus.QUEUED).values_list(
-                    "server_id", flat=True
-                )
-            )
-            if deployment.kind != Kind.PREVIEW:
-                list(Server.objects.select_for_update().filter(pk__in=server_ids).order_by("pk"))
-                busy = DeploymentTarget.objects.filter(
-                    server_id__in=server_ids,
-                    status__in=[TargetStatus.RUNNING, TargetStatus.WAITING],
-                ).exists()
-                if busy:
-                    return None
-            now = timezone.now()
-            claimed = Deployment.objects.filter(pk=deployment_id, status=Status.QUEUED).update(
-                status=Status.RUNNING,
-                started_at=now,
-                heartbeat_at=now,
-                task_id=task_id,
-                worker=worker,
-            )
-            if claimed != 1:
-                return None
-            deployment.targets.filter(status=TargetStatus.QUEUED).update(
-                status=TargetStatus.RUNNING
-            )
+        claimed = _claim(deployment_id, task_id=task_id, worker=worker)
     except IntegrityError:
         # Two claims raced for one server; the unique constraint let only one through.
         return None
-    deployment.refresh_from_db()
+    if not claimed:
+        return None
+    deployment = Deployment.objects.get(pk=deployment_id)
     deployment_broadcast_status(deployment)
     if deployment.kind != Kind.PREVIEW:
         notifications.deployment_event(deployment, "started")
     return deployment
+
+
+@retrying
+def _claim(deployment_id: int, *, task_id: str, worker: str) -> bool:
+    row = Deployment.objects.filter(pk=deployment_id).values("project_id", "status", "kind").first()
+    if row is None or row["status"] != Status.QUEUED:
+        return False
+    # The lock order (deployer.db): the project, its servers by pk, then the deployment.
+    project_lock(row["project_id"])
+    server_ids = list(
+        DeploymentTarget.objects.filter(
+            deployment_id=deployment_id, status=TargetStatus.QUEUED
+        ).values_list("server_id", flat=True)
+    )
+    if row["kind"] != Kind.PREVIEW:
+        list(Server.objects.select_for_update().filter(pk__in=server_ids).order_by("pk"))
+        busy = DeploymentTarget.objects.filter(
+            server_id__in=server_ids,
+            status__in=[TargetStatus.RUNNING, TargetStatus.WAITING],
+        ).exists()
+        if busy:
+            return False
+    now = timezone.now()
+    # Conditional: of two workers holding this deployment's message, only one changes the row.
+    claimed = Deployment.objects.filter(pk=deployment_id, status=Status.QUEUED).update(
+        status=Status.RUNNING,
+        started_at=now,
+        heartbeat_at=now,
+        task_id=task_id,
+        worker=worker,
+    )
+    if claimed != 1:
+        return False
+    DeploymentTarget.objects.filter(deployment_id=deployment_id, status=TargetStatus.QUEUED).update(
+        status=TargetStatus.RUNNING
+    )
+    return True
 
 
 def deployment_broadcast_status(deployment: Deployment) -> None:
@@ -244,6 +271,20 @@ NOT_REACHED = "Not deployed: the deployment failed before it reached this server
 def deployment_finish(
     deployment: Deployment, *, status: str, error: str = "", error_code: str = ""
 ) -> None:
+    """Record the end of an active deployment (its servers still active end failed or
+    cancelled), then tell its viewers, record its notifications and start what waited for
+    its servers. A deadlock or a lost connection is retried (deployer.db), never raised."""
+    finished = _finish(deployment, status=status, error=error, error_code=error_code)
+    deployment.refresh_from_db()
+    deployment_broadcast_status(deployment)
+    if finished and deployment.kind != Kind.PREVIEW:
+        _notify_finished(deployment)
+    dispatch_ready(server_ids=list(deployment.targets.values_list("server_id", flat=True)))
+
+
+@retrying
+def _finish(deployment: Deployment, *, status: str, error: str, error_code: str) -> bool:
+    project_lock(deployment.project_id)
     now = timezone.now()
     finished = Deployment.objects.filter(pk=deployment.pk, status__in=ACTIVE).update(
         status=status, error=error, error_code=error_code, finished_at=now, stage=""
@@ -251,16 +292,12 @@ def deployment_finish(
     # The error is the deployment's, shown once above its servers: a server it never reached
     # says only that (a failed build's paragraph, repeated per server, hid the servers).
     reason = error[:2000] if status == Status.CANCELLED else NOT_REACHED if error else ""
-    deployment.targets.filter(status__in=TARGET_ACTIVE).update(
+    DeploymentTarget.objects.filter(deployment_id=deployment.pk, status__in=TARGET_ACTIVE).update(
         status=TargetStatus.CANCELLED if status == Status.CANCELLED else TargetStatus.FAILED,
         finished_at=now,
         reason=reason,
     )
-    deployment.refresh_from_db()
-    deployment_broadcast_status(deployment)
-    if finished and deployment.kind != Kind.PREVIEW:
-        _notify_finished(deployment)
-    dispatch_ready(server_ids=list(deployment.targets.values_list("server_id", flat=True)))
+    return bool(finished)
 
 
 def _notify_finished(deployment: Deployment) -> None:
@@ -290,44 +327,62 @@ def dispatch_ready(*, server_ids: Sequence[int] | None = None) -> int:
     queued = Deployment.objects.filter(status=Status.QUEUED)
     if server_ids is not None:
         queued = queued.filter(targets__server_id__in=server_ids)
-    busy = set(
-        DeploymentTarget.objects.filter(
-            status__in=[TargetStatus.RUNNING, TargetStatus.WAITING]
-        ).values_list("server_id", flat=True)
-    )
-    sent = 0
-    for deployment in queued.order_by("created_at", "id").distinct():
-        waiting_on = set(
-            deployment.targets.filter(status=TargetStatus.QUEUED).values_list(
-                "server_id", flat=True
-            )
-        )
-        if deployment.kind != Kind.PREVIEW and waiting_on & busy:
-            continue
-        if outbox.unconsumed(dispatch_key(deployment.pk)) is not None:
-            continue
-        _dispatch(deployment.pk, deployment.kind)
-        sent += 1
-    return sent
+    candidates = list(queued.order_by("created_at", "id").values_list("pk", flat=True).distinct())
+    return sum(_dispatch_if_ready(deployment_id) for deployment_id in candidates)
+
+
+@retrying
+def _dispatch_if_ready(deployment_id: int) -> bool:
+    # Under the project's lock, so that two finishing deployments (or the reaper) never
+    # both queue a message for one waiting deployment, and a claim sees the same servers.
+    row = Deployment.objects.filter(pk=deployment_id).values("project_id", "status", "kind").first()
+    if row is None or row["status"] != Status.QUEUED:
+        return False
+    project_lock(row["project_id"])
+    deployment = Deployment.objects.filter(pk=deployment_id, status=Status.QUEUED).first()
+    if deployment is None:
+        return False
+    if deployment.kind != Kind.PREVIEW:
+        waiting_on = DeploymentTarget.objects.filter(
+            deployment_id=deployment_id, status=TargetStatus.QUEUED
+        ).values("server_id")
+        busy = DeploymentTarget.objects.filter(
+            server_id__in=waiting_on, status__in=[TargetStatus.RUNNING, TargetStatus.WAITING]
+        ).exists()
+        if busy:
+            return False
+    if outbox.unconsumed(dispatch_key(deployment_id)) is not None:
+        return False
+    _dispatch(deployment_id, deployment.kind)
+    return True
 
 
 def deployment_request_cancel(deployment: Deployment) -> bool:
     """Cancel a queued deployment now, or ask a running one to stop at its next safe point."""
+    outcome = _request_cancel(deployment)
+    if outcome == "cancelled":
+        deployment.refresh_from_db()
+        deployment_broadcast_status(deployment)
+    return outcome != ""
+
+
+@retrying
+def _request_cancel(deployment: Deployment) -> str:
+    """ "cancelled" (it was queued), "requested" (it runs), or "" (nothing changed)."""
+    project_lock(deployment.project_id)
     now = timezone.now()
     if Deployment.objects.filter(pk=deployment.pk, status=Status.QUEUED).update(
         status=Status.CANCELLED, finished_at=now, error="Cancelled before it started"
     ):
-        deployment.targets.filter(status=TargetStatus.QUEUED).update(
-            status=TargetStatus.CANCELLED, finished_at=now
-        )
+        DeploymentTarget.objects.filter(
+            deployment_id=deployment.pk, status=TargetStatus.QUEUED
+        ).update(status=TargetStatus.CANCELLED, finished_at=now)
         _system_line(deployment, "Cancelled before it started")
-        deployment.refresh_from_db()
-        deployment_broadcast_status(deployment)
-        return True
+        return "cancelled"
     changed = Deployment.objects.filter(
         pk=deployment.pk, status=Status.RUNNING, cancel_requested_at=None
     ).update(cancel_requested_at=now)
-    return bool(changed)
+    return "requested" if changed else ""
 
 
 def deployment_promote(deployment: Deployment) -> bool:
@@ -389,6 +444,7 @@ class DeploymentFinished(Exception):
     """The deployment already finished, so it can no longer be changed (cancelled...)."""
 
 
+@retrying
 def deployment_start(
     *,
     project: Project,
@@ -537,6 +593,7 @@ def rollback_release_for(rollback: Deployment, server: Server) -> Release | None
     return rollback_target(server)
 
 
+@retrying
 def deployment_rollback_server(
     *, server: Server, user: User | None, release: str = "", trigger: str = Trigger.API
 ) -> Deployment:
@@ -575,6 +632,7 @@ def deployment_rollback_server(
     return deployment
 
 
+@retrying
 def deployment_rollback(
     *, deployment: Deployment, user: User | None, trigger: str = Trigger.API
 ) -> Deployment:
@@ -620,6 +678,7 @@ def deployment_rollback(
     return rollback
 
 
+@retrying
 def deployment_cancel(*, deployment: Deployment, user: User | None) -> Deployment:
     """Cancel a queued deployment, or ask a running one to stop; DeploymentFinished if it
     is over already."""
@@ -667,6 +726,7 @@ class DeploymentWrongState(Exception):
     """The deployment is not in the state the request needs (promote: a waiting canary)."""
 
 
+@retrying
 def deployment_start_with_strategy(*, strategy: str, **options: Any) -> Deployment:
     """``deployment_start`` with the group's strategy overridden for this deployment
     (``strategy=""`` keeps the group's, or parallel without a group)."""
@@ -683,6 +743,7 @@ def deployment_start_with_strategy(*, strategy: str, **options: Any) -> Deployme
     return deployment
 
 
+@retrying
 def deployment_request_promotion(*, deployment: Deployment, user: User | None) -> Deployment:
     """Let a canary deployment waiting for a person go on to its other servers;
     DeploymentWrongState unless it is running and waiting."""
@@ -714,6 +775,7 @@ def _not_waiting(deployment: Deployment) -> str:
     return f"Deployment #{deployment.pk} has no server waiting for promotion"
 
 
+@retrying
 def deployment_request_abort(*, deployment: Deployment, user: User | None) -> Deployment:
     """Stop a running deployment and roll back the servers it switched;
     DeploymentWrongState unless it is running (a queued one is cancelled instead)."""

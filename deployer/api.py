@@ -12,6 +12,7 @@ once for every token.
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -36,12 +37,15 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from builds.engine.errors import InvalidInput
 from builds.models import Deployment
 from builds.services import DeploymentFinished, DeploymentRefused, DeploymentWrongState
+from deployer.db import RETRY_AFTER_SECONDS, UNAVAILABLE_ERRORS, UNAVAILABLE_MESSAGE
 from deployer.links import absolute
 from projects import access
 from projects.access import ModelT
 from projects.models import CONFIGURE_ROLES, DEPLOY_ROLES, ApiToken, Membership, Role, TokenScope
 from servers.models import Release, Server
 from servers.services import LockBreakRefused
+
+logger = logging.getLogger(__name__)
 
 FoundT = TypeVar("FoundT")
 
@@ -209,8 +213,18 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response | 
 
     InvalidInput and DeploymentRefused become 400 ``{field: [message]}``; a Django
     ValidationError without a field becomes 400 ``{"detail": message}``; DeploymentFinished,
-    DeploymentWrongState and LockBreakRefused become 409; a body over Django's upload limit 413 (rather than an HTML page).
+    DeploymentWrongState and LockBreakRefused become 409; a body over Django's upload limit 413
+    (rather than an HTML page). The database unreachable (deployer.db.UNAVAILABLE_ERRORS) is 503
+    ``{"detail": ...}`` with Retry-After: the transaction was rolled back, so trying again
+    records the request once.
     """
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        logger.error("Database unavailable: %s", exc)
+        return Response(
+            {"detail": UNAVAILABLE_MESSAGE},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     if isinstance(exc, InvalidInput):
         message = str(exc).removeprefix(f"{exc.field}: ")
         exc = exceptions.ValidationError({exc.field: [message]})

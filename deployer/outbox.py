@@ -27,6 +27,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from deployer.celery import app
+from deployer.db import retrying
 from deployer.models import TASK_ID_PREFIX, OutboxMessage
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,9 @@ def enqueue(task: str, *args: int | str, key: str = "") -> OutboxMessage | None:
         return None
     message = OutboxMessage.objects.create(task=task, args=list(args), key=key)
     message_id = message.pk
-    transaction.on_commit(lambda: send([message_id]))
+    # Robust: whatever fails while sending after the commit (the broker, even the database)
+    # is logged, never raised into the request whose work was recorded; the relay sends it.
+    transaction.on_commit(lambda: send([message_id]), robust=True)
     return message
 
 
@@ -124,10 +127,14 @@ def resend_unconsumed() -> int:
     return count
 
 
+@retrying
 def consumed(task_id: str | None, *, worker: str = "") -> OutboxMessage | None:
     """Mark the message behind a Celery task id consumed (the task started); return it.
 
     None for a task not sent from the outbox (``task_id`` without the prefix, or unknown).
+    Retried on transient database errors (deployer.db): a task that failed here would lose
+    its message (acknowledged) while the row still said it waits, and nothing would send
+    the deployment again.
     """
     if not task_id or not task_id.startswith(TASK_ID_PREFIX):
         return None

@@ -15,6 +15,9 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"ok": True})
 
 
+# The database unreachable is a 503, not a 500 (deployer.db.UNAVAILABLE_ERRORS).
+handler500 = "deployer.views.server_error"
+
 urlpatterns = [
     path("login/", account_views.SignInView.as_view(), name="login"),
     path("login/code/", account_views.sign_in_code, name="login-code"),

@@ -4,6 +4,7 @@ changing the password are Django's own views, with Slipway's templates.)"""
 from __future__ import annotations
 
 import hmac
+import sys
 
 from django.conf import settings
 from django.contrib import messages
@@ -11,8 +12,10 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.contrib.auth.views import redirect_to_login
 from django.db import DatabaseError
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
+from django.views import defaults
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 from drf_spectacular.utils import extend_schema
@@ -23,6 +26,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from builds.metrics import DatabaseCollector
+from deployer.db import RETRY_AFTER_SECONDS, UNAVAILABLE_ERRORS, UNAVAILABLE_MESSAGE
 from projects.dashboard import SERVICE_ERRORS, add_service_error
 from projects.forms import ApiTokenForm
 from projects.models import ApiToken, is_site_admin
@@ -142,3 +146,18 @@ def metrics(request: HttpRequest) -> HttpResponse:
             content_type="text/plain; charset=utf-8",
         )
     return HttpResponse(body, content_type=content_type)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """Django's handler500: the database unreachable (deployer.db.UNAVAILABLE_ERRORS, from a
+    view or a middleware: sessions, sign-in) is a 503 with Retry-After, JSON for the API and
+    webhooks, a plain page elsewhere; anything else is Django's own 500 page."""
+    if not isinstance(sys.exc_info()[1], UNAVAILABLE_ERRORS):
+        return defaults.server_error(request)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    if request.path.startswith(("/api/", "/hooks/")):
+        return JsonResponse({"detail": UNAVAILABLE_MESSAGE}, status=503, headers=headers)
+    # Rendered without the request: its context processors would read the session (the
+    # database again).
+    body = render_to_string("503.html", {"message": UNAVAILABLE_MESSAGE})
+    return HttpResponse(body, status=503, headers=headers)

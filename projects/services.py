@@ -36,6 +36,7 @@ from builds.engine.git import (
 from builds.engine.release import validate_group, validate_mode, validate_relative_path
 from builds.logs import user_group_name
 from builds.models import ACTIVE
+from deployer.db import project_lock
 from projects.keys import generate_ed25519
 from projects.models import (
     ApiToken,
@@ -583,6 +584,9 @@ def project_trust_repository_host_key(
 
 def project_delete(*, project: Project, actor: User) -> None:
     with transaction.atomic():
+        # The project's lock (deployer.db's lock order): no deployment is created, claimed or
+        # recorded between this check and the delete.
+        project_lock(project.pk)
         if project.deployments.filter(status__in=ACTIVE).exists():
             raise ValidationError(
                 f"Project {project.slug} has deployments in progress; cancel them or wait "

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -114,15 +116,15 @@ def shared_test_database_url() -> str:
     return f"postgres://{user}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
 
 
-def start_celery_worker(data_dir: Path, *, name: str, **extra_env: str) -> subprocess.Popen[str]:
-    """A separate `celery -A deployer worker` on this test run's database and Redis.
+def scaled_out_env(data_dir: Path, **extra_env: str) -> dict[str, str]:
+    """The environment of a separate Slipway process (web, worker, manage.py) on this test
+    run's database (the test database pytest-django created), with this run's keys.
 
-    Scaled-out mode only: skipped without DATABASE_URL and REDIS_URL, a failure in CI (which
-    always sets them, see .ci/run)."""
+    Scaled-out mode only (require_scaled_out); ``extra_env`` may point REDIS_URL elsewhere."""
     from django.conf import settings
 
     require_scaled_out()
-    env = {
+    return {
         **os.environ,
         # The worker must use the test database that pytest-django created.
         "DATABASE_URL": shared_test_database_url(),
@@ -131,6 +133,14 @@ def start_celery_worker(data_dir: Path, *, name: str, **extra_env: str) -> subpr
         "SLIPWAY_SECRET_KEY": settings.SECRET_KEY,
         **extra_env,
     }
+
+
+def start_celery_worker(data_dir: Path, *, name: str, **extra_env: str) -> subprocess.Popen[str]:
+    """A separate `celery -A deployer worker` on this test run's database and Redis.
+
+    Scaled-out mode only: skipped without DATABASE_URL and REDIS_URL, a failure in CI (which
+    always sets them, see .ci/run)."""
+    env = scaled_out_env(data_dir, **extra_env)
     return subprocess.Popen(
         [
             *(sys.executable, "-m", "celery", "-A", "deployer", "worker"),
@@ -143,3 +153,91 @@ def start_celery_worker(data_dir: Path, *, name: str, **extra_env: str) -> subpr
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free loopback port, without persistence (as a
+    restarted cache-like Redis: it forgets what it held). Never the machine's Redis."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import pytest
+
+        if shutil.which("redis-server") is None:
+            pytest.fail("redis-server is missing: apt-get install redis-server", pytrace=False)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
+                *("--appendonly", "no", "--dir", str(self.directory)),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            assert self.process.poll() is None, "redis-server exited"
+            time.sleep(0.1)
+        raise AssertionError(f"redis-server on port {self.port} did not answer")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+            self.process = None
+
+
+class Web:
+    """`manage.py serve` on the test database and the test's own Redis."""
+
+    def __init__(self, directory: Path, redis_url: str) -> None:
+        bind = f"127.0.0.1:{free_port()}"
+        self.url = f"http://{bind}"
+        self.log = directory / "web.log"
+        env = scaled_out_env(directory / "web", SLIPWAY_BIND=bind, REDIS_URL=redis_url)
+        self.process: subprocess.Popen[str] | None = start_serve(env, self.log)
+
+    def stop(self) -> str:
+        """Stop it (its database sessions end, flushing their statistics); its log."""
+        if self.process is not None:
+            stop(self.process)
+            self.process = None
+        return self.log.read_text()
+
+
+class ReadyOutput:
+    """Reads a worker's output as it comes (a full pipe would stop the worker); ``ready`` is
+    set once Celery says the worker consumes."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.lines.append(line)
+            if " ready." in line:
+                self.ready.set()
+
+    def text(self) -> str:
+        return "".join(self.lines)
