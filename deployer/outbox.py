@@ -17,8 +17,10 @@ The pattern: https://microservices.io/patterns/data/transactional-outbox.html
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import redis
@@ -109,12 +111,95 @@ def relay(*, limit: int = 500) -> int:
             logger.warning(
                 "The broker restarted: %s unconsumed message(s) will be sent again", count
             )
+        _release_stranded()
     waiting = list(
         OutboxMessage.objects.filter(sent_at__isnull=True)
         .order_by("created_at", "id")
         .values_list("pk", flat=True)[:limit]
     )
     return send(waiting)
+
+
+#: Seconds after which a sent message that no worker started is looked for (the broker's queue,
+#: the live workers' reserved and active tasks) and, found nowhere, sent again.
+STRANDED_AFTER = 60.0
+
+
+def _release_stranded() -> int:
+    """Mark unsent again the messages a worker took and died with before starting them.
+
+    A worker killed outright (SIGKILL, a lost machine) holds its prefetched message in the
+    broker's unacknowledged set until the visibility timeout (hours: longer than the longest
+    deployment), so its deployment would wait that long. A message older than STRANDED_AFTER
+    that is neither in its queue nor reserved or active on a live worker is released here.
+    Sending it twice is harmless: a task claims its work with a conditional update.
+    """
+    cutoff = timezone.now() - timedelta(seconds=STRANDED_AFTER)
+    candidates = list(
+        OutboxMessage.objects.filter(
+            sent_at__lt=cutoff, consumed_at__isnull=True, broker_run__gt=""
+        ).order_by("id")[:200]
+    )
+    if not candidates:
+        return 0
+    try:
+        queued = _ids_in_queues({_queue_of(message.task) for message in candidates})
+    except redis.RedisError:
+        return 0
+    suspects = [message for message in candidates if message.task_id not in queued]
+    if not suspects:
+        return 0
+    held = _ids_held_by_workers()
+    if held is None:
+        return 0
+    stranded = [message.pk for message in suspects if message.task_id not in held]
+    count = OutboxMessage.objects.filter(pk__in=stranded, consumed_at__isnull=True).update(
+        sent_at=None, last_error="No worker held it (its worker died before starting it)"
+    )
+    if count:
+        logger.warning("%s message(s) stranded by a dead worker will be sent again", count)
+    return count
+
+
+def _queue_of(task: str) -> str:
+    route = app.amqp.router.route({}, task)
+    return str(route["queue"].name)
+
+
+def _ids_in_queues(queues: set[str]) -> set[str]:
+    """The outbox task ids of the messages waiting in the broker's ``queues`` (kombu's Redis
+    transport keeps each queue as a list of JSON messages whose headers carry the task id)."""
+    found: set[str] = set()
+    client = redis.Redis.from_url(
+        settings.REDIS_URL, socket_timeout=SEND_TIMEOUT, socket_connect_timeout=SEND_TIMEOUT
+    )
+    try:
+        for queue in queues:
+            for raw in client.lrange(queue, 0, -1):
+                found.update(_TASK_ID.findall(raw.decode("utf-8", "replace")))
+    finally:
+        client.close()
+    return found
+
+
+_TASK_ID = re.compile(r'"(' + re.escape(TASK_ID_PREFIX) + r'[0-9]+)"')
+
+
+def _ids_held_by_workers() -> set[str] | None:
+    """The task ids that live workers have reserved or are running; None when the workers
+    could not be asked (the broker is away)."""
+    try:
+        inspect = app.control.inspect(timeout=1.0)
+        replies = [inspect.reserved() or {}, inspect.active() or {}]
+    except Exception:  # kombu's or redis' errors: ask again at the next relay
+        logger.warning("Could not ask the workers what they hold", exc_info=True)
+        return None
+    return {
+        str(task.get("id", ""))
+        for reply in replies
+        for tasks in reply.values()
+        for task in tasks or ()
+    }
 
 
 def resend_unconsumed() -> int:
