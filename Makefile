@@ -93,9 +93,9 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# `make bench BENCH_ARGS=--quick` for a short run; the bench makes its own data directory.
 bench: venv system-deps
-	SLIPWAY_DATA_DIR=$$(mktemp -d /tmp/slipway-bench.XXXXXX) SLIPWAY_ALLOW_LOCAL_REPOSITORIES=true \
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # Regenerates docs/screenshots from a real run (Chromium, sshd targets).
 screenshots: venv system-deps
