@@ -26,8 +26,10 @@ from tests.support.sshd import (
 BENCH_USER = "slipway-bench"
 #: The baselines' own directories beside Slipway's deploy directory on each target.
 BASELINE_TOOLS = ("rsync-tree", "rsync-export", "tar")
-WORDS = ("deploy", "release", "server", "atomic", "symlink", "rollback", "commit", "branch")
-WORDS += ("worker", "manifest", "change", "upload", "health", "check", "build", "cache", "config")
+WORDS = [
+    *("deploy", "release", "server", "atomic", "symlink", "rollback", "commit", "branch"),
+    *("worker", "manifest", "change", "upload", "health", "check", "build", "cache", "config"),
+]
 
 
 def tmpfs_base() -> Path:

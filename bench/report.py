@@ -27,6 +27,13 @@ TOOLS = {
 }
 
 
+#: The growth curves' goals (issue 12): 50 servers against 1, the incremental deploy at
+#: 100,000 files against 1,000, and the worker's peak memory at 100,000 files.
+SERVERS_GOAL = 4.0
+FILES_GOAL = 2.0
+RSS_GOAL_MB = 300.0
+
+
 @dataclass
 class Scenario:
     """One row of the comparison: every run's seconds per tool, Slipway's measurements, the
@@ -207,6 +214,7 @@ def render(
             f"{_mb(point.first.peak_rss_mb)} | {point.incremental.seconds:.2f} s | "
             f"{_mb(point.incremental.peak_rss_mb)} | {point.incremental.bytes_sent:,} |"
         )
+    lines += ["", *curve_goals(points)]
     for title in ("files", "servers"):
         if title in plots:
             lines += ["", f"![Cost against {title}]({plots[title]})"]
@@ -221,6 +229,41 @@ def render(
         "current user.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def curve_goals(points: Sequence[Point]) -> list[str]:
+    """The curves' goals (issue 12) as list items, each with its figure and verdict; a goal
+    this run has no points for is left out."""
+    items = []
+    servers = _servers_curve(points)
+    if len(servers) > 1:
+        one, most = servers[0], servers[-1]
+        for pick in ("first", "incremental"):
+            ratio = getattr(most, pick).seconds / getattr(one, pick).seconds
+            items.append(
+                f"- {most.servers} servers ≤ {SERVERS_GOAL:g}x the time of {one.servers} "
+                f"({pick.replace('first', 'first deploy')}): {ratio:.2f}x, {_met(ratio <= SERVERS_GOAL)}"
+            )
+    files = sorted((p for p in points if p.servers == 1), key=lambda p: p.files)
+    if len(files) > 1:
+        smallest, largest = files[0], files[-1]
+        ratio = largest.incremental.seconds / smallest.incremental.seconds
+        items.append(
+            f"- incremental at {largest.files:,} files ≤ {FILES_GOAL:g}x the one at "
+            f"{smallest.files:,}: {ratio:.2f}x, {_met(ratio <= FILES_GOAL)}"
+        )
+        peaks = [d.peak_rss_mb for d in (largest.first, largest.incremental)]
+        if all(peak is not None for peak in peaks):
+            peak = max(p for p in peaks if p is not None)
+            items.append(
+                f"- worker peak RSS at {largest.files:,} files ≤ {RSS_GOAL_MB:g} MB: "
+                f"{peak:.0f} MB, {_met(peak <= RSS_GOAL_MB)}"
+            )
+    return ["Goals:", "", *items] if items else []
+
+
+def _met(met: bool) -> str:
+    return "met" if met else "not met"
 
 
 def _plural(count: int, noun: str) -> str:
@@ -247,8 +290,12 @@ def plot_growth(points: Sequence[Point], folder: Path) -> dict[str, Path]:
             deploys = [getattr(p, pick) for p in chosen]
             time_axis.plot(xs, [d.seconds for d in deploys], marker="o", label=label)
             memory_axis.plot(xs, [d.peak_rss_mb or 0.0 for d in deploys], marker="o", label=label)
+        if name == "files":
+            memory_axis.axhline(RSS_GOAL_MB, linestyle="--", color="grey", label="goal")
         for axes, ylabel in ((time_axis, "seconds"), (memory_axis, "worker peak RSS (MB)")):
             axes.set_xscale("log")
+            axes.set_xticks(xs, [f"{x:,}" for x in xs])
+            axes.minorticks_off()
             axes.set_xlabel(axis)
             axes.set_ylabel(ylabel)
             axes.set_ylim(bottom=0)
