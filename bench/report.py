@@ -208,6 +208,8 @@ def render(
         "bytes sent |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    if not points:
+        lines.append("| not measured in this run (`--no-growth`) | | | | | | |")
     for point in points:
         lines.append(
             f"| {point.files:,} | {point.servers} | {point.first.seconds:.2f} s | "

@@ -148,8 +148,8 @@ class SlipwayBench:
             branch="main",
         )
         self.clock = PhaseClock()
-        self._clock_installed = self.clock.installed()
-        self._clock_installed.__enter__()
+        self._installed = contextlib.ExitStack()
+        self._installed.enter_context(self.clock.installed())
         self.worker = start_worker()
         # Fetching from the Git host is the network's cost, and the baselines are handed a
         # tree: every measured deployment fetches from a warm mirror.
@@ -158,8 +158,9 @@ class SlipwayBench:
             open_mirror(spec).fetch()
 
     def stop(self) -> None:
+        """Stop the worker and give the engine its own functions back."""
         self.worker.stop()
-        self._clock_installed.__exit__(None, None, None)
+        self._installed.close()
 
     def servers(self, targets: Sequence[SSHTarget], prefix: str) -> list[Server]:
         """A Server row per target (host key pinned), the project's key authorized on it."""
