@@ -91,6 +91,8 @@ class Setting:
     platform: str
     growth_repeat: int
     curve_files: int
+    #: Engine functions the PhaseClock did not find: their phase stayed inside its step.
+    unsplit: tuple[str, ...] = ()
 
 
 def _cell(values: Sequence[float]) -> str:
@@ -179,6 +181,13 @@ def render(
         "its total.",
         "",
     ]
+    if setting.unsplit:
+        lines += [
+            "Not split out in this run (the engine no longer has "
+            + ", ".join(f"`{name}`" for name in setting.unsplit)
+            + "): that phase is counted in the step around it.",
+            "",
+        ]
     names = list(PHASES) + sorted({p for s in scenarios for p in s.phases()} - set(PHASES))
     lines += [
         "| scenario | total | " + " | ".join(names) + " |",
@@ -216,7 +225,7 @@ def render(
             f"{_mb(point.first.peak_rss_mb)} | {point.incremental.seconds:.2f} s | "
             f"{_mb(point.incremental.peak_rss_mb)} | {point.incremental.bytes_sent:,} |"
         )
-    lines += ["", *curve_goals(points)]
+    lines += ["", *curve_goals(points), *_curve_phases(points)]
     for title in ("files", "servers"):
         if title in plots:
             lines += ["", f"![Cost against {title}]({plots[title]})"]
@@ -262,6 +271,28 @@ def curve_goals(points: Sequence[Point]) -> list[str]:
                 f"{peak:.0f} MB, {_met(peak <= RSS_GOAL_MB)}"
             )
     return ["Goals:", "", *items] if items else []
+
+
+def _curve_phases(points: Sequence[Point]) -> list[str]:
+    """Each point's deploys broken down per phase, as the comparison's are."""
+    if not points:
+        return []
+    deploys = [(p, kind, getattr(p, kind)) for p in points for kind in ("first", "incremental")]
+    names = list(PHASES) + sorted({n for _, _, d in deploys for n in d.phases} - set(PHASES))
+    lines = [
+        "",
+        "Where the time goes on the curves (seconds; same phases as above):",
+        "",
+        "| files | servers | deploy | total | " + " | ".join(names) + " |",
+        "| ---: | ---: | --- | ---: | " + " | ".join("---:" for _ in names) + " |",
+    ]
+    for point, kind, deploy in deploys:
+        lines.append(
+            f"| {point.files:,} | {point.servers} | {kind} | {deploy.seconds:.2f} | "
+            + " | ".join(f"{deploy.phases[n]:.2f}" if n in deploy.phases else "-" for n in names)
+            + " |"
+        )
+    return lines
 
 
 def _met(met: bool) -> str:

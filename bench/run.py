@@ -220,6 +220,7 @@ def main() -> None:
             platform=platform.platform(),
             growth_repeat=plan.growth_repeat,
             curve_files=plan.curve_files,
+            unsplit=tuple(slipway.clock.missing),
         )
         page = report.render(
             setting,
