@@ -18,6 +18,7 @@ from pathlib import Path
 from tests.support.sshd import (
     PRIVILEGE_SEPARATION_DIR,
     KeyPair,
+    SSHDDidNotStart,
     SSHTarget,
     _free_port,
     generate_key_pair,
@@ -225,12 +226,25 @@ def start_targets(folder: Path, count: int, *, user: str, keys: Keys) -> list[SS
                 username=user,
             )
             target.authorize(keys.client.public_key)
-            target.start_or_raise()
             targets.append(target)
+            _start(target)
     except BaseException:
         stop_targets(targets)
         raise
     return targets
+
+
+def _start(target: SSHTarget, attempts: int = 3) -> None:
+    """Start sshd; another process may take the free port before sshd binds it: pick another."""
+    while True:
+        try:
+            target.start_or_raise()
+            return
+        except SSHDDidNotStart as error:
+            attempts -= 1
+            if not error.port_taken or attempts == 0:
+                raise
+            target.port = _free_port()
 
 
 def stop_targets(targets: list[SSHTarget]) -> None:
