@@ -281,7 +281,9 @@ def _curve_phases(points: Sequence[Point]) -> list[str]:
     names = list(PHASES) + sorted({n for _, _, d in deploys for n in d.phases} - set(PHASES))
     lines = [
         "",
-        "Where the time goes on the curves (seconds; same phases as above):",
+        "Where the time goes on the curves (seconds; the phases above). With more servers "
+        "than run at once, servers go 5 at a time and each per-server phase is the slowest "
+        "single server's, so such a row adds up to less than its total.",
         "",
         "| files | servers | deploy | total | " + " | ".join(names) + " |",
         "| ---: | ---: | --- | ---: | " + " | ".join("---:" for _ in names) + " |",
