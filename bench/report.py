@@ -177,8 +177,8 @@ def render(
         "rollback's lock and check), transfer (deletions and the tar stream), finish (config "
         "files, manifest, shared links, permissions, listing), switch (switch, clean-up, "
         "unlock): per server, the slowest server's. Record: the last step's end to the "
-        "deployment's. Phases overlap nowhere except across servers, so a row adds up to about "
-        "its total.",
+        "deployment's. Between steps: time in which no step ran anywhere (the runner's own "
+        "work). Phases overlap only across servers, so a row adds up to about its total.",
         "",
     ]
     if setting.unsplit:

@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ from projects.services import project_create
 from servers.models import Server
 from tests.support.sshd import SSHTarget
 
+#: Time in which no step ran on any server (the runner's own work: loading the spec and the
+#: live manifests, saving results), so that nothing measured goes unshown.
+BETWEEN = "between steps"
 #: The breakdown's columns, in the order a deployment goes through them. Per-server phases
 #: (connect to switch) are the slowest server's; the others happen once per deployment.
 PHASES = (
@@ -47,6 +51,7 @@ PHASES = (
     "finish",
     "switch",
     "record",
+    BETWEEN,
 )
 SERVER_PHASES = frozenset({"connect", "prepare", "transfer", "finish", "switch"})
 #: The engine's step names (builds/engine/pipeline.py, rollout.py) and the phase each is.
@@ -201,10 +206,12 @@ class SlipwayBench:
         worker: dict[str, float] = defaultdict(float)
         per_server: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         last_step = deployment.started_at
+        covered = [(deployment.created_at, deployment.started_at)]
         for step in deployment.steps.all():
             if step.finished_at is None:
                 continue
             last_step = max(last_step, step.finished_at)
+            covered.append((step.started_at, step.finished_at))
             phase = STEP_PHASES.get(step.name, "other")
             seconds = (step.finished_at - step.started_at).total_seconds()
             if step.server_id is None:
@@ -222,13 +229,29 @@ class SlipwayBench:
                 phases["transfer"] = max(0.0, phases["transfer"] - finish)
         worker["queue"] = (deployment.started_at - deployment.created_at).total_seconds()
         worker["record"] = (deployment.finished_at - last_step).total_seconds()
+        covered.append((last_step, deployment.finished_at))
+        total = (deployment.finished_at - deployment.created_at).total_seconds()
+        worker[BETWEEN] = max(0.0, total - _union_seconds(covered))
         for phases in per_server.values():
             for phase, seconds in phases.items():
                 worker[phase] = max(worker.get(phase, 0.0), seconds)
         targets = list(deployment.targets.all())
         return Measurement(
-            seconds=(deployment.finished_at - deployment.created_at).total_seconds(),
+            seconds=total,
             phases=dict(worker),
             bytes_sent=sum(t.bytes_total for t in targets),
             files_sent=sum(t.files_total for t in targets),
         )
+
+
+def _union_seconds(intervals: list[tuple[datetime, datetime]]) -> float:
+    """How long at least one of the (start, end) intervals lasts, in seconds."""
+    total = 0.0
+    reach: datetime | None = None
+    for start, end in sorted(intervals):
+        if reach is not None and start < reach:
+            start = reach
+        if end > start:
+            total += (end - start).total_seconds()
+            reach = end if reach is None else max(reach, end)
+    return total

@@ -4,9 +4,11 @@ itself, and the page says whether each goal is met. Behaviour only; no timings."
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from bench.growth import Deploy, Point, peak_rss_mb, reset_peak_rss
 from bench.report import Scenario, Setting, curve_goals, render
-from bench.slipway import PHASES, Measurement, PhaseClock
+from bench.slipway import PHASES, Measurement, PhaseClock, _union_seconds
 from builds.engine import release
 from builds.engine.manifest import Manifest
 
@@ -140,3 +142,15 @@ def test_the_curves_goals_compare_the_ends_of_each_curve():
         "- worker peak RSS at 100,000 files ≤ 300 MB: 280 MB, met",
     ]
     assert curve_goals(points[:1]) == []
+
+
+def test_time_covered_by_steps_counts_overlapping_steps_once():
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def at(seconds):
+        return start + timedelta(seconds=seconds)
+
+    # Three servers' steps overlap; nothing runs between 5 and 7.
+    steps = [(at(0), at(1)), (at(1), at(4)), (at(2), at(3)), (at(3.5), at(5)), (at(7), at(8))]
+    assert _union_seconds(steps) == 6.0
+    assert _union_seconds([]) == 0.0
