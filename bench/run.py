@@ -94,12 +94,17 @@ def parallel(functions: list[Callable[[], None]]) -> float:
     return time.perf_counter() - started
 
 
-def _commit() -> str:
+def _commit(outputs: list[Path]) -> str:
+    """HEAD's short SHA, and whether the work tree differs from it (the bench's own pages
+    and plots, which every run rewrites, aside)."""
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
+        [
+            *("git", "status", "--porcelain", "--untracked-files=no", "--", "."),
+            *(f":(exclude){path}" for path in outputs),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -207,7 +212,7 @@ def main() -> None:
         setting = report.Setting(
             quick=options.quick,
             date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            commit=_commit(),
+            commit=_commit([options.output, plots_dir]),
             repeat=repeat,
             files=files,
             size=size,
