@@ -124,9 +124,12 @@ def measure(
     curve_files: int,
     repeat: int,
     user: str,
+    failures: list[str] | None = None,
 ) -> list[Point]:
     """Every point of both curves (files at 1 server; servers at ``curve_files`` files), each
-    the median of ``repeat`` children. Raises CalledProcessError if a child fails."""
+    the median of ``repeat`` children. A child that fails costs only its run: it is named in
+    ``failures`` (its output went to stderr) and a point with no run left is left out, so a
+    long run still ends with a page."""
     wanted = sorted({(f, 1) for f in files_curve} | {(curve_files, s) for s in servers_curve})
     repositories: dict[int, Path] = {}
     rounds = 0
@@ -149,18 +152,21 @@ def measure(
                 "output": str(folder / "result.json"),
             }
             (folder / "config.json").write_text(json.dumps(config))
-            print(f"growth: {files} files, {servers} servers, run {len(runs) + 1}", file=sys.stderr)
-            subprocess.run(
+            print(f"growth: {files} files, {servers} servers, run {rounds}", file=sys.stderr)
+            child = subprocess.run(
                 [sys.executable, "-m", "bench.growth", str(folder / "config.json")],
-                check=True,
                 env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
             )
-            result = json.loads((folder / "result.json").read_text())
-            runs.append((Deploy(**result["first"]), Deploy(**result["incremental"])))
+            if child.returncode == 0:
+                result = json.loads((folder / "result.json").read_text())
+                runs.append((Deploy(**result["first"]), Deploy(**result["incremental"])))
+            elif failures is not None:
+                failures.append(f"{files:,} files, {servers} servers (exit {child.returncode})")
             shutil.rmtree(folder, ignore_errors=True)
-        points.append(
-            Point(files, servers, _median([r[0] for r in runs]), _median([r[1] for r in runs]))
-        )
+        if runs:
+            points.append(
+                Point(files, servers, _median([r[0] for r in runs]), _median([r[1] for r in runs]))
+            )
     for repository in repositories.values():
         shutil.rmtree(repository, ignore_errors=True)
     return points

@@ -93,6 +93,8 @@ class Setting:
     curve_files: int
     #: Engine functions the PhaseClock did not find: their phase stayed inside its step.
     unsplit: tuple[str, ...] = ()
+    #: Growth runs whose child process failed (see stderr of the run).
+    failed: tuple[str, ...] = ()
 
 
 def _cell(values: Sequence[float]) -> str:
@@ -218,13 +220,16 @@ def render(
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     if not points:
-        lines.append("| not measured in this run (`--no-growth`) | | | | | | |")
+        lines.append("| not measured in this run | | | | | | |")
     for point in points:
         lines.append(
             f"| {point.files:,} | {point.servers} | {point.first.seconds:.2f} s | "
             f"{_mb(point.first.peak_rss_mb)} | {point.incremental.seconds:.2f} s | "
             f"{_mb(point.incremental.peak_rss_mb)} | {point.incremental.bytes_sent:,} |"
         )
+    if setting.failed:
+        failed = "; ".join(setting.failed)
+        lines += ["", f"Failed runs, left out (their output is in the run's stderr): {failed}."]
     lines += ["", *curve_goals(points), *_curve_phases(points)]
     for title in ("files", "servers"):
         if title in plots:

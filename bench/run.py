@@ -193,6 +193,7 @@ def main() -> None:
                 shutil.rmtree(base / f"round{round_number}", ignore_errors=True)
         slipway.stop()
 
+        failures: list[str] = []
         points = (
             []
             if options.no_growth
@@ -203,6 +204,7 @@ def main() -> None:
                 curve_files=plan.curve_files,
                 repeat=plan.growth_repeat,
                 user=user,
+                failures=failures,
             )
         )
         plots_dir = options.output.parent / options.output.stem
@@ -226,6 +228,7 @@ def main() -> None:
             growth_repeat=plan.growth_repeat,
             curve_files=plan.curve_files,
             unsplit=tuple(slipway.clock.missing),
+            failed=tuple(failures),
         )
         page = report.render(
             setting,
