@@ -139,7 +139,7 @@ def measure(
             repositories[files] = base / f"repository-{files}"
             make_repository(repositories[files], text_files=files)
         runs: list[tuple[Deploy, Deploy]] = []
-        for _ in range(repeat):
+        for attempt in range(1, repeat + 1):
             rounds += 1
             folder = base / f"point-{files}-{servers}-{rounds}"
             folder.mkdir(mode=0o755)
@@ -152,7 +152,10 @@ def measure(
                 "output": str(folder / "result.json"),
             }
             (folder / "config.json").write_text(json.dumps(config))
-            print(f"growth: {files} files, {servers} servers, run {rounds}", file=sys.stderr)
+            print(
+                f"growth: {files} files, {servers} servers, run {attempt} of {repeat}",
+                file=sys.stderr,
+            )
             child = subprocess.run(
                 [sys.executable, "-m", "bench.growth", str(folder / "config.json")],
                 env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
