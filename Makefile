@@ -48,7 +48,7 @@ sandbox-deps:
 
 # OpenSSH's server and Chromium are real parts of the test bed (sshd targets, browser tests);
 # bubblewrap and slirp4netns are the build sandbox's; docker-compose checks docker-compose.yml
-# in `make lint` (no Docker engine needed).
+# in `make lint` (no Docker engine needed); rsync is one of `make bench`'s baselines.
 system-deps:
 	@missing=""; \
 	test -x /usr/sbin/sshd || missing="$$missing openssh-server"; \
@@ -58,6 +58,7 @@ system-deps:
 	test -x /usr/sbin/ip -o -x /sbin/ip -o -x /usr/bin/ip || missing="$$missing iproute2"; \
 	command -v git-lfs >/dev/null || missing="$$missing git-lfs"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v rsync >/dev/null || missing="$$missing rsync"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "Installing$$missing with apt-get"; \
@@ -93,9 +94,9 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# `make bench BENCH_ARGS=--quick` for a short run; the bench makes its own data directory.
 bench: venv system-deps
-	SLIPWAY_DATA_DIR=$$(mktemp -d /tmp/slipway-bench.XXXXXX) SLIPWAY_ALLOW_LOCAL_REPOSITORIES=true \
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # Regenerates docs/screenshots from a real run (Chromium, sshd targets).
 screenshots: venv system-deps

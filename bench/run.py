@@ -1,13 +1,16 @@
-"""`make bench`: Slipway against rsync and tar over ssh, measured in the same run.
+"""`make bench`: Slipway against the tools a user would otherwise pick, measured in the same
+run, where Slipway's time goes, and how its cost grows with the tree and the servers.
 
-Three sshd targets on loopback with deploy directories on tmpfs. Each figure is the median of
-REPEAT runs:
+Three sshd targets on loopback, deploy directories on tmpfs. Each round (5 by default):
   (a) first deploy of a ~5,000-file / ~60 MB tree to 3 servers,
-  (b) an incremental deploy of 10 modified, 5 added and 5 deleted files to 3 servers,
-  (c) a rollback on 3 servers.
-Slipway's figure is the deployment's whole duration as it records it (queued to succeeded),
-through the embedded worker, checkout and build included. The baselines are given an already
-exported tree and run for the 3 servers at once, as Slipway does.
+  (b) an incremental deploy of 10 modified, 5 added and 5 deleted files,
+  (c) a rollback to (a)'s release,
+  (d) a redeploy of (b)'s revision, whose release is kept on the servers (a roll forward after
+      the rollback): the goal is that no file content is sent.
+Baselines (bench/fixtures.py): rsync from a persistent work tree updated by `git checkout`,
+rsync from a fresh `git archive` export, `tar | ssh tar -x`, and a bare `ssh` symlink switch,
+each for the 3 servers at once. Then the growth curves (bench/growth.py), each point in a
+child process that is the worker. Writes docs/benchmarks.md and docs/benchmarks/*.png.
 """
 
 from __future__ import annotations
@@ -15,232 +18,75 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import random
 import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
+from bench import growth
+from bench.environment import configure
+from bench.fixtures import (
+    WorkTree,
+    baselines_for,
+    bench_user,
+    change_repository,
+    export,
+    filesystem_of,
+    head,
+    make_keys,
+    make_repository,
+    release_base,
+    start_targets,
+    stop_targets,
+    tmpfs_base,
+    tree_size,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
-BENCH_USER = "slipway-bench"
-REPEAT = 3
 
 
-def _tmpfs_base() -> Path:
-    """A directory on tmpfs: a fresh mount when we may mount, else /dev/shm."""
-    base = Path(tempfile.mkdtemp(prefix="slipway-bench-"))
-    if os.geteuid() == 0:
-        mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=10g", "tmpfs", str(base)], capture_output=True
-        )
-        if mounted.returncode == 0:
-            return base
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        base.rmdir()
-        return Path(tempfile.mkdtemp(prefix="slipway-bench-", dir=shm))
-    print("warning: no tmpfs available; deploy directories are on disk", file=sys.stderr)
-    return base
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure."""
+
+    repeat: int
+    text_files: int
+    binaries: int
+    files_curve: tuple[int, ...]
+    servers_curve: tuple[int, ...]
+    curve_files: int
+    growth_repeat: int
 
 
-def _filesystem_of(path: Path) -> str:
-    result = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True)
-    return result.stdout.strip()
-
-
-def _bench_user(home: Path) -> str:
-    """Log in as a plain deploy user when we can create one (root's rc files here are heavy)."""
-    if os.geteuid() != 0:
-        import getpass
-
-        return getpass.getuser()
-    if subprocess.run(["id", BENCH_USER], capture_output=True).returncode != 0:
-        subprocess.run(
-            [
-                "useradd",
-                "--system",
-                "--no-create-home",
-                "--home-dir",
-                str(home),
-                "--shell",
-                "/bin/bash",
-                BENCH_USER,
-            ],
-            check=True,
-        )
-    # With UsePAM off, sshd refuses even key logins to a locked account ("!" password): "*"
-    # means "no password" without the lock.
-    subprocess.run(["usermod", "--home", str(home), "--password", "*", BENCH_USER], check=True)
-    home.mkdir(parents=True, exist_ok=True)
-    shutil.chown(home, BENCH_USER, BENCH_USER)
-    return BENCH_USER
-
-
-def make_repository(path: Path, seed: int = 7) -> None:
-    """~5,000 files, ~60 MB: mostly small text files and a few binaries of 1-5 MB."""
-    rng = random.Random(seed)
-    words = [
-        "deploy",
-        "release",
-        "server",
-        "atomic",
-        "symlink",
-        "rollback",
-        "commit",
-        "branch",
-        "worker",
-        "manifest",
-        "change",
-        "upload",
-        "health",
-        "check",
-        "build",
-        "cache",
-        "shared",
-        "config",
-    ]
-    path.mkdir(parents=True)
-    for n in range(4990):
-        folder = path / f"src/module{n % 50:02d}/part{n % 7}"
-        folder.mkdir(parents=True, exist_ok=True)
-        lines = [
-            " ".join(rng.choice(words) for _ in range(12)) for _ in range(rng.randint(20, 160))
-        ]
-        (folder / f"file{n:04d}.txt").write_text("\n".join(lines) + "\n")
-    assets = path / "assets"
-    assets.mkdir()
-    for n in range(10):
-        (assets / f"blob{n}.bin").write_bytes(rng.randbytes(rng.randint(1, 5) * 1024 * 1024))
-    _git(path, "init", "-q", "-b", "main")
-    _git(path, "add", "-A")
-    _git(path, "commit", "-q", "-m", "Initial tree")
-
-
-def _git(path: Path, *arguments: str) -> str:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "Bench",
-        "GIT_AUTHOR_EMAIL": "bench@example.com",
-        "GIT_COMMITTER_NAME": "Bench",
-        "GIT_COMMITTER_EMAIL": "bench@example.com",
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "HOME": str(path),
-    }
-    return subprocess.run(
-        ["git", *arguments], cwd=path, env=env, check=True, capture_output=True, text=True
-    ).stdout
-
-
-def change_repository(path: Path, round_number: int) -> None:
-    """10 modified, 5 added, 5 deleted files."""
-    texts = sorted(path.glob("src/*/*/*.txt"))
-    rng = random.Random(round_number)
-    chosen = rng.sample(texts, 15)
-    for file in chosen[:10]:
-        with file.open("a") as handle:
-            handle.write(f"changed in round {round_number}\n")
-    for file in chosen[10:]:
-        file.unlink()
-    for n in range(5):
-        (path / "src" / f"added-{round_number}-{n}.txt").write_text(
-            f"added {n} in round {round_number}\n" * 50
-        )
-    _git(path, "add", "-A")
-    _git(path, "commit", "-q", "-m", f"Round {round_number}")
-
-
-def export(repository: Path, destination: Path) -> None:
-    shutil.rmtree(destination, ignore_errors=True)
-    destination.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "archive", "HEAD"], cwd=repository, check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(destination)], input=archive, check=True)
-
-
-@dataclass
-class Baseline:
-    """The baselines' view of one target: plain OpenSSH client, rsync and tar."""
-
-    target: object
-    user: str
-    key_path: Path
-    known_hosts: Path
-
-    def ssh(self) -> list[str]:
-        t = self.target
-        return [
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-i",
-            str(self.key_path),
-            "-p",
-            str(t.port),  # type: ignore[attr-defined]
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            f"UserKnownHostsFile={self.known_hosts}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            f"{self.user}@127.0.0.1",
-        ]
-
-    def root(self, tool: str) -> str:
-        return f"{self.target.root}/{tool}"  # type: ignore[attr-defined]
-
-    def switch(self, tool: str, name: str) -> None:
-        root = self.root(tool)
-        subprocess.run(
-            [
-                *self.ssh(),
-                f"cd {root} && ln -sfn releases/{name} .current.tmp && mv -T .current.tmp current",
-            ],
-            check=True,
-            capture_output=True,
-        )
-
-    def rsync(self, tree: Path, name: str, previous: str | None) -> None:
-        root = self.root("rsync")
-        ssh = " ".join(self.ssh()[:-1])
-        command = [
-            "rsync",
-            "-a",
-            "--delete",
-            "-e",
-            ssh,
-            f"--rsync-path=mkdir -p {root}/releases && rsync",
-        ]
-        if previous:
-            command.append(f"--link-dest={root}/releases/{previous}")
-        command += [f"{tree}/", f"{self.user}@127.0.0.1:{root}/releases/{name}/"]
-        subprocess.run(command, check=True, capture_output=True)
-        self.switch("rsync", name)
-
-    def tar(self, tree: Path, name: str) -> None:
-        root = self.root("tar")
-        remote = (
-            f"mkdir -p {root}/releases/{name} && tar -x -C {root}/releases/{name} && "
-            f"cd {root} && ln -sfn releases/{name} .current.tmp && mv -T .current.tmp current"
-        )
-        packer = subprocess.Popen(["tar", "-C", str(tree), "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run([*self.ssh(), remote], stdin=packer.stdout, check=True, capture_output=True)
-        assert packer.stdout is not None
-        packer.stdout.close()
-        if packer.wait() != 0:
-            raise RuntimeError("tar -c failed")
+FULL = Plan(
+    repeat=5,
+    text_files=4990,
+    binaries=10,
+    files_curve=(1_000, 10_000, 100_000),
+    servers_curve=(1, 10, 50),
+    curve_files=1_000,
+    growth_repeat=3,
+)
+QUICK = Plan(
+    repeat=2,
+    text_files=1000,
+    binaries=2,
+    files_curve=(500, 2_000),
+    servers_curve=(1, 3),
+    curve_files=500,
+    growth_repeat=1,
+)
+SERVERS = 3
 
 
 def parallel(functions: list[Callable[[], None]]) -> float:
+    """Run the functions at once (one thread each); the wall-clock seconds until all end."""
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=len(functions)) as pool:
         for future in [pool.submit(function) for function in functions]:
@@ -248,244 +94,153 @@ def parallel(functions: list[Callable[[], None]]) -> float:
     return time.perf_counter() - started
 
 
+def _commit(outputs: list[Path]) -> str:
+    """HEAD's short SHA, and whether the work tree differs from it (the bench's own pages
+    and plots, which every run rewrites, aside)."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        [
+            *("git", "status", "--porcelain", "--untracked-files=no", "--", "."),
+            *(f":(exclude){path}" for path in outputs),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return f"{commit}{' with local changes' if dirty else ''}" or "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeat", type=int, default=REPEAT)
+    parser.add_argument("--quick", action="store_true", help="small trees, few servers, 2 rounds")
+    parser.add_argument("--repeat", type=int, help="rounds of the comparison (default 5)")
+    parser.add_argument("--no-growth", action="store_true", help="skip the growth curves")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     options = parser.parse_args()
+    plan = QUICK if options.quick else FULL
+    repeat = options.repeat or plan.repeat
 
-    base = _tmpfs_base()
-    # The deploy user must reach the authorized_keys files and its deploy directories.
-    base.chmod(0o755)
-    os.environ["SLIPWAY_DATA_DIR"] = str(base / "slipway-data")
-    os.environ["SLIPWAY_ALLOW_LOCAL_REPOSITORIES"] = "true"
-    for variable in ("DATABASE_URL", "REDIS_URL"):
-        os.environ.pop(variable, None)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "deployer.settings")
-    sys.path.insert(0, str(ROOT))
+    base = tmpfs_base()
+    try:
+        configure(base / "slipway-data")
+        # Models can only be imported once Django is set up.
+        from bench import report
+        from bench.slipway import SlipwayBench
 
-    import django
+        user = bench_user(base / "home")
+        repository = base / "repository"
+        make_repository(repository, text_files=plan.text_files, binaries=plan.binaries)
+        files, size = tree_size(repository)
+        work_tree = WorkTree(repository, base / "work-tree")
+        exported = base / "export"
+        keys = make_keys(base / "keys")
+        slipway = SlipwayBench(repository, base / "warm-workspace")
+        scenarios = {
+            "a": report.Scenario("(a) first deploy, 3 servers", "≤ 1.0x tar over ssh", "tar", 1.0),
+            "b": report.Scenario(
+                "(b) 10 modified + 5 added + 5 deleted, 3 servers",
+                "≤ 0.5x rsync, work tree",
+                "rsync-tree",
+                0.5,
+            ),
+            "c": report.Scenario(
+                "(c) rollback, 3 servers", "≤ 1.5x bare ssh switch", "ssh-switch", 1.5
+            ),
+            "d": report.Scenario(
+                "(d) redeploy of a kept revision, 3 servers", "no file content sent", "", None
+            ),
+        }
+        for round_number in range(repeat):
+            print(f"comparison: round {round_number + 1} of {repeat}", file=sys.stderr)
+            targets = start_targets(base / f"round{round_number}", SERVERS, user=user, keys=keys)
+            try:
+                baselines = baselines_for(targets, keys, base / f"known_hosts{round_number}")
+                servers = slipway.servers(targets, f"r{round_number}")
+                tree = work_tree.path
+                for key, previous in (("a", None), ("b", "a")):
+                    if key == "b":
+                        change_repository(repository, round_number)
+                    work_tree.checkout(head(repository))
+                    export(repository, exported)
+                    scenario = scenarios[key]
+                    scenario.measured(slipway.deploy(servers))
+                    for tool, source in (("rsync-tree", tree), ("rsync-export", exported)):
+                        scenario.add(
+                            tool,
+                            parallel(
+                                [partial(b.rsync, tool, source, key, previous) for b in baselines]
+                            ),
+                        )
+                    scenario.add("tar", parallel([partial(b.tar, tree, key) for b in baselines]))
 
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-
-    from django.contrib.auth.models import User
-
-    from builds import services
-    from builds.models import FINAL, Deployment, Kind
-    from deployer.embedded import start_worker
-    from projects.services import project_create
-    from servers.models import Server
-    from tests.support.sshd import (
-        PRIVILEGE_SEPARATION_DIR,
-        SSHTarget,
-        _free_port,
-        generate_key_pair,
-    )
-
-    user = _bench_user(base / "home")
-    repository = base / "repository"
-    make_repository(repository)
-    tree = base / "export"
-    export(repository, tree)
-    files = sum(1 for p in tree.rglob("*") if p.is_file())
-    size = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file())
-
-    owner = User.objects.create_user("bench")
-    project = project_create(
-        owner=owner, name="Bench", repository_url=repository.as_uri(), branch="main"
-    )
-    keys = base / "keys"
-    host_key = generate_key_pair(keys, "host")
-    client = generate_key_pair(keys, "client")
-    if os.geteuid() == 0:
-        PRIVILEGE_SEPARATION_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
-
-    worker = start_worker()
-    time.sleep(0.5)
-
-    def run(**arguments: object) -> float:
-        deployment = services.deployment_create(project=project, **arguments)  # type: ignore[arg-type]
-        while True:
-            deployment.refresh_from_db()
-            if deployment.status in FINAL:
-                break
-            time.sleep(0.02)
-        if deployment.status != "succeeded":
-            raise SystemExit(f"deployment #{deployment.pk} {deployment.status}: {deployment.error}")
-        assert deployment.finished_at is not None and deployment.started_at is not None
-        steps = ", ".join(
-            f"{step.name}{'@' + str(step.server_id) if step.server_id else ''} "
-            f"{(step.finished_at - step.started_at).total_seconds():.2f}"
-            for step in deployment.steps.all()
-            if step.finished_at
-        )
-        queued = (deployment.started_at - deployment.created_at).total_seconds()
-        print(
-            f"  #{deployment.pk} {deployment.kind}: queued {queued:.2f}; {steps}", file=sys.stderr
-        )
-        return (deployment.finished_at - deployment.created_at).total_seconds()
-
-    # Warm the mirror once: fetching from the Git host is the network's cost, and the
-    # baselines are handed an exported tree.
-    from builds.engine.pipeline import mirror_lock, open_mirror
-    from builds.runner import build_spec
-
-    probe = Deployment(project=project)
-    spec = build_spec(probe, base / "warm-workspace", "main")
-    with mirror_lock(spec):
-        open_mirror(spec).fetch()
-
-    results: dict[str, dict[str, list[float]]] = {
-        s: {"slipway": [], "rsync": [], "tar": []} for s in "abc"
-    }
-    for round_number in range(options.repeat):
-        targets = []
-        for n in range(3):
-            root = base / f"round{round_number}" / f"target{n}"
-            (root / "deploy").mkdir(parents=True)
-            root.parent.chmod(0o755)
-            root.chmod(0o755)
-            for tool in ("rsync", "tar"):
-                (root / tool).mkdir()
-            target = SSHTarget(
-                port=_free_port(),
-                root=root,
-                deploy_path=root / "deploy",
-                client_private_key=client.private_key,
-                client_public_key=client.public_key,
-                host_key_fingerprint=host_key.fingerprint,
-                host_public_key_path=host_key.public_path,
-                host_private_key_path=host_key.private_path,
-                username=user,
-            )
-            target.authorize(client.public_key)
-            target.authorize(project.public_key)
-            if os.geteuid() == 0:
-                subprocess.run(
-                    [
-                        "chown",
-                        "-R",
-                        f"{user}:{user}",
-                        str(root / "deploy"),
-                        str(root / "rsync"),
-                        str(root / "tar"),
-                    ],
-                    check=True,
+                scenarios["c"].measured(slipway.rollback(servers))
+                scenarios["c"].add(
+                    "ssh-switch",
+                    parallel([partial(b.switch, "rsync-tree", "a") for b in baselines]),
                 )
-            target.start_or_raise()
-            targets.append(target)
-        known_hosts = base / f"known_hosts{round_number}"
-        known_hosts.write_text(
-            "".join(f"[127.0.0.1]:{t.port} {host_key.public_key}\n" for t in targets)
-        )
-        baselines = [Baseline(t, user, client.private_path, known_hosts) for t in targets]
-        servers = [
-            Server.objects.create(
-                project=project,
-                name=f"r{round_number}-web{n}",
-                hostname="127.0.0.1",
-                port=t.port,
-                username=user,
-                deploy_path=str(t.deploy_path),
-                host_key_fingerprint=host_key.fingerprint,
+                # Roll forward: (b)'s revision again; its release is still on every server.
+                scenarios["d"].measured(slipway.deploy(servers))
+                scenarios["d"].add(
+                    "rsync-tree",
+                    parallel([partial(b.rsync, "rsync-tree", tree, "d", "a") for b in baselines]),
+                )
+                scenarios["d"].add("tar", parallel([partial(b.tar, tree, "d") for b in baselines]))
+            finally:
+                stop_targets(targets)
+                # Keep tmpfs small: this round's releases are no longer needed.
+                shutil.rmtree(base / f"round{round_number}", ignore_errors=True)
+        slipway.stop()
+
+        failures: list[str] = []
+        points = (
+            []
+            if options.no_growth
+            else growth.measure(
+                base / "growth",
+                files_curve=plan.files_curve,
+                servers_curve=plan.servers_curve,
+                curve_files=plan.curve_files,
+                repeat=plan.growth_repeat,
+                user=user,
+                failures=failures,
             )
-            for n, t in enumerate(targets)
-        ]
-        export(repository, tree)
-        first = f"r{round_number}-a"
-        results["a"]["slipway"].append(run(servers=servers))
-        results["a"]["rsync"].append(
-            parallel([partial(b.rsync, tree, first, None) for b in baselines])
         )
-        results["a"]["tar"].append(parallel([partial(b.tar, tree, first) for b in baselines]))
-
-        change_repository(repository, round_number)
-        export(repository, tree)
-        second = f"r{round_number}-b"
-        results["b"]["slipway"].append(run(servers=servers))
-        results["b"]["rsync"].append(
-            parallel([partial(b.rsync, tree, second, first) for b in baselines])
+        plots_dir = options.output.parent / options.output.stem
+        ordered = [scenarios[k] for k in "abcd"]
+        written = {"breakdown": report.plot_breakdown(ordered, plots_dir)}
+        written.update(report.plot_growth(points, plots_dir))
+        setting = report.Setting(
+            quick=options.quick,
+            date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            commit=_commit([options.output, plots_dir]),
+            repeat=repeat,
+            files=files,
+            size=size,
+            binaries=plan.binaries,
+            filesystem=filesystem_of(base),
+            user=user,
+            cores=os.cpu_count(),
+            load=os.getloadavg(),
+            python=platform.python_version(),
+            platform=platform.platform(),
+            growth_repeat=plan.growth_repeat,
+            curve_files=plan.curve_files,
+            unsplit=tuple(slipway.clock.missing),
+            failed=tuple(failures),
         )
-        results["b"]["tar"].append(parallel([partial(b.tar, tree, second) for b in baselines]))
-
-        results["c"]["slipway"].append(run(servers=servers, kind=Kind.ROLLBACK))
-        results["c"]["rsync"].append(
-            parallel([partial(b.switch, "rsync", first) for b in baselines])
+        page = report.render(
+            setting,
+            ordered,
+            points,
+            {k: str(v.relative_to(options.output.parent)) for k, v in written.items()},
         )
-        results["c"]["tar"].append(parallel([partial(b.switch, "tar", first) for b in baselines]))
-        for target in targets:
-            target.stop()
-        # Keep tmpfs small: this round's releases are no longer needed.
-        shutil.rmtree(base / f"round{round_number}", ignore_errors=True)
-
-    worker.stop()
-    report = render(
-        results,
-        files=files,
-        size=size,
-        filesystem=_filesystem_of(base),
-        repeat=options.repeat,
-        user=user,
-    )
-    print(report)
-    options.output.write_text(report)
-    print(f"written to {options.output}")
-    if os.geteuid() == 0:
-        subprocess.run(["umount", "-l", str(base)], capture_output=True)
-
-
-SCENARIOS = {
-    "a": "(a) first deploy, 3 servers",
-    "b": "(b) 10 modified + 5 added + 5 deleted, 3 servers",
-    "c": "(c) rollback, 3 servers",
-}
-
-
-def render(
-    results: dict[str, dict[str, list[float]]],
-    *,
-    files: int,
-    size: int,
-    filesystem: str,
-    repeat: int,
-    user: str,
-) -> str:
-    lines = [
-        "# Benchmarks",
-        "",
-        "Produced by `make bench` (bench/run.py); every figure is the median of "
-        f"{repeat} runs, all measured in the same run on the same machine.",
-        "",
-        f"- Tree: {files} files, {size / 1e6:.1f} MB (small text files and 10 binaries of 1-5 MB).",
-        f"- Targets: 3 OpenSSH sshd on 127.0.0.1, deploy directories on {filesystem}; login user `{user}`.",
-        f"- Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}.",
-        "- Slipway: the deployment's recorded duration, queued to succeeded, through the embedded worker,",
-        "  fetch (warm mirror), checkout, manifest, transfer, switch and clean-up included.",
-        "- rsync: `rsync -a --delete --link-dest=<previous release>` into a new release directory, then a",
-        "  symlink switch; tar: `tar -c | ssh tar -x` into a new release directory, then a symlink switch.",
-        "  Both get an already exported tree and run for the 3 servers at once.",
-        "",
-        "| scenario | Slipway | rsync | tar over ssh | Slipway / rsync | Slipway / tar |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for key, label in SCENARIOS.items():
-        slipway = statistics.median(results[key]["slipway"])
-        rsync = statistics.median(results[key]["rsync"])
-        tar = statistics.median(results[key]["tar"])
-        lines.append(
-            f"| {label} | {slipway:.2f} s | {rsync:.2f} s | {tar:.2f} s | {slipway / rsync:.2f}x | {slipway / tar:.2f}x |"
-        )
-    lines += ["", "Every run (seconds):", ""]
-    for key, label in SCENARIOS.items():
-        runs = ", ".join(
-            f"{tool} {' / '.join(f'{v:.2f}' for v in values)}"
-            for tool, values in results[key].items()
-        )
-        lines.append(f"- {label}: {runs}")
-    return "\n".join(lines) + "\n"
+        print(page)
+        options.output.write_text(page)
+        print(f"written to {options.output} and {plots_dir}/", file=sys.stderr)
+    finally:
+        release_base(base)
 
 
 if __name__ == "__main__":

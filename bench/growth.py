@@ -1,0 +1,185 @@
+"""Cost as the work grows: deploy time and the worker's peak memory against the tree's size
+and the number of servers.
+
+Each point runs in a child process of its own (``python -m bench.growth <config.json>``): it
+starts the sshd targets, sets Django up on a fresh data directory, and runs one first deploy
+and one incremental deploy (10 modified, 5 added, 5 deleted files) through its embedded
+worker. The child is the worker, so its peak resident set (VmHWM, reset before each deploy)
+is the worker's peak memory for that deploy, Django and Celery included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.environment import configure
+from bench.fixtures import (
+    change_repository,
+    make_keys,
+    make_repository,
+    start_targets,
+    stop_targets,
+)
+
+STATUS = Path("/proc/self/status")
+CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+@dataclass
+class Deploy:
+    """One deploy of a growth point: seconds queued to succeeded, its phases, and the worker
+    process's peak resident set in MB during it (None where /proc cannot tell)."""
+
+    seconds: float
+    phases: dict[str, float]
+    bytes_sent: int
+    peak_rss_mb: float | None
+
+
+@dataclass
+class Point:
+    files: int
+    servers: int
+    first: Deploy
+    incremental: Deploy
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux >= 4.0); False if refused."""
+    try:
+        CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident set since start or the last reset, in MB (10^6 bytes)."""
+    try:
+        for line in STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        return None
+    return None
+
+
+# --------------------------------------------------------------------------- the child
+
+
+def _child(config_path: Path) -> None:
+    config = json.loads(config_path.read_text())
+    base = Path(config["base"])
+    repository = Path(config["repository"])
+
+    configure(base / "data")
+    # Models can only be imported once Django is set up.
+    from bench.slipway import SlipwayBench
+
+    targets = start_targets(
+        base / "targets", config["servers"], user=config["user"], keys=make_keys(base / "keys")
+    )
+    bench = SlipwayBench(repository, base / "warm")
+    try:
+        servers = bench.servers(targets, "growth")
+        deploys = []
+        for change in (False, True):
+            if change:
+                change_repository(repository, config["round"])
+            reset = reset_peak_rss()
+            measured = bench.deploy(servers)
+            deploys.append(
+                Deploy(
+                    seconds=measured.seconds,
+                    phases=measured.phases,
+                    bytes_sent=measured.bytes_sent,
+                    peak_rss_mb=peak_rss_mb() if reset else None,
+                )
+            )
+    finally:
+        bench.stop()
+        stop_targets(targets)
+    result = {
+        "first": dataclasses.asdict(deploys[0]),
+        "incremental": dataclasses.asdict(deploys[1]),
+    }
+    Path(config["output"]).write_text(json.dumps(result))
+
+
+# --------------------------------------------------------------------------- the parent
+
+
+def measure(
+    base: Path,
+    *,
+    files_curve: tuple[int, ...],
+    servers_curve: tuple[int, ...],
+    curve_files: int,
+    repeat: int,
+    user: str,
+    failures: list[str] | None = None,
+) -> list[Point]:
+    """Every point of both curves (files at 1 server; servers at ``curve_files`` files), each
+    the median of ``repeat`` children. A child that fails costs only its run: it is named in
+    ``failures`` (its output went to stderr) and a point with no run left is left out, so a
+    long run still ends with a page."""
+    wanted = sorted({(f, 1) for f in files_curve} | {(curve_files, s) for s in servers_curve})
+    repositories: dict[int, Path] = {}
+    rounds = 0
+    points = []
+    for files, servers in wanted:
+        if files not in repositories:
+            repositories[files] = base / f"repository-{files}"
+            make_repository(repositories[files], text_files=files)
+        runs: list[tuple[Deploy, Deploy]] = []
+        for attempt in range(1, repeat + 1):
+            rounds += 1
+            folder = base / f"point-{files}-{servers}-{rounds}"
+            folder.mkdir(mode=0o755)
+            config = {
+                "base": str(folder),
+                "repository": str(repositories[files]),
+                "servers": servers,
+                "user": user,
+                "round": 1000 + rounds,
+                "output": str(folder / "result.json"),
+            }
+            (folder / "config.json").write_text(json.dumps(config))
+            print(
+                f"growth: {files} files, {servers} servers, run {attempt} of {repeat}",
+                file=sys.stderr,
+            )
+            child = subprocess.run(
+                [sys.executable, "-m", "bench.growth", str(folder / "config.json")],
+                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+            )
+            if child.returncode == 0:
+                result = json.loads((folder / "result.json").read_text())
+                runs.append((Deploy(**result["first"]), Deploy(**result["incremental"])))
+            elif failures is not None:
+                failures.append(f"{files:,} files, {servers} servers (exit {child.returncode})")
+            shutil.rmtree(folder, ignore_errors=True)
+        if runs:
+            points.append(
+                Point(files, servers, _median([r[0] for r in runs]), _median([r[1] for r in runs]))
+            )
+    for repository in repositories.values():
+        shutil.rmtree(repository, ignore_errors=True)
+    return points
+
+
+def _median(deploys: list[Deploy]) -> Deploy:
+    """The run of median duration (its phases and memory belong to the same run)."""
+    ordered = sorted(deploys, key=lambda d: d.seconds)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+if __name__ == "__main__":
+    _child(Path(sys.argv[1]))
