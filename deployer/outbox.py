@@ -95,11 +95,12 @@ def send(message_ids: Sequence[int]) -> int:
     return sent
 
 
-def relay(*, limit: int = 500) -> int:
+def relay(*, limit: int = 500, stranded_after: float | None = None) -> int:
     """Send what is waiting: unsent messages, oldest first, and those a restarted broker lost.
 
     Returns how many were sent. Run by the `relay-outbox` beat task (housekeeping queue) and
-    the embedded mode's periodic loop.
+    the embedded mode's periodic loop. ``stranded_after`` (seconds, default STRANDED_AFTER):
+    see _release_stranded.
     """
     run_id = _broker_run_id()
     if run_id:
@@ -111,7 +112,7 @@ def relay(*, limit: int = 500) -> int:
             logger.warning(
                 "The broker restarted: %s unconsumed message(s) will be sent again", count
             )
-        _release_stranded()
+        _release_stranded(STRANDED_AFTER if stranded_after is None else stranded_after)
     waiting = list(
         OutboxMessage.objects.filter(sent_at__isnull=True)
         .order_by("created_at", "id")
@@ -125,16 +126,16 @@ def relay(*, limit: int = 500) -> int:
 STRANDED_AFTER = 60.0
 
 
-def _release_stranded() -> int:
+def _release_stranded(after: float) -> int:
     """Mark unsent again the messages a worker took and died with before starting them.
 
     A worker killed outright (SIGKILL, a lost machine) holds its prefetched message in the
     broker's unacknowledged set until the visibility timeout (hours: longer than the longest
-    deployment), so its deployment would wait that long. A message older than STRANDED_AFTER
-    that is neither in its queue nor reserved or active on a live worker is released here.
+    deployment), so its deployment would wait that long. A message sent more than ``after``
+    seconds ago that is neither in its queue nor reserved or active on a live worker is released here.
     Sending it twice is harmless: a task claims its work with a conditional update.
     """
-    cutoff = timezone.now() - timedelta(seconds=STRANDED_AFTER)
+    cutoff = timezone.now() - timedelta(seconds=after)
     candidates = list(
         OutboxMessage.objects.filter(
             sent_at__lt=cutoff, consumed_at__isnull=True, broker_run__gt=""
