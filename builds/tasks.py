@@ -12,14 +12,14 @@ from builds import cleanup, notifications, runner, services
 from deployer import outbox
 
 
-@shared_task(name=services.RUN_DEPLOYMENT_TASK, bind=True, acks_late=True, ignore_result=True)
+@shared_task(name=services.RUN_DEPLOYMENT_TASK, bind=True, ignore_result=True)
 def run_deployment(self: object, deployment_id: int) -> None:
     _claim_and_run(self.request, deployment_id)  # type: ignore[attr-defined]
 
 
 # The same work as run_deployment, on the `previews` queue: a preview never waits behind
 # deployments (deployer/settings.py routes the two).
-@shared_task(name=services.RUN_PREVIEW_TASK, bind=True, acks_late=True, ignore_result=True)
+@shared_task(name=services.RUN_PREVIEW_TASK, bind=True, ignore_result=True)
 def run_preview(self: object, deployment_id: int) -> None:
     _claim_and_run(self.request, deployment_id)  # type: ignore[attr-defined]
 
@@ -49,7 +49,6 @@ def reap_stale_deployments() -> int:
 # below the claim's lease (builds.notifications.CLAIM_LEASE, 5 min).
 @shared_task(
     name=notifications.SEND_DELIVERY_TASK,
-    acks_late=True,
     ignore_result=True,
     soft_time_limit=120,
     time_limit=150,

@@ -90,11 +90,24 @@ def start_serve(env: dict[str, str], log_path: Path) -> subprocess.Popen[str]:
     return process
 
 
-def start_celery_worker(data_dir: Path, *, name: str, **extra_env: str) -> subprocess.Popen[str]:
+def start_celery_worker(
+    data_dir: Path,
+    *,
+    name: str,
+    pool: str = "solo",
+    concurrency: int = 1,
+    queues: str = "",
+    redis_url: str = "",
+    log_path: Path | None = None,
+    **extra_env: str,
+) -> subprocess.Popen[str]:
     """A separate `celery -A deployer worker` on this test run's database and Redis.
 
-    Scaled-out mode only: skipped without DATABASE_URL and REDIS_URL, a failure in CI (which
-    always sets them, see .ci/run)."""
+    ``pool`` is Celery's (solo, prefork as in production, threads); ``queues`` a -Q list
+    (default: every queue); ``redis_url`` a broker of the test's own (RedisServer) instead of
+    REDIS_URL; ``log_path`` takes the output instead of a pipe (a pipe nobody reads fills up
+    and stops a chatty worker). Scaled-out mode only: skipped without DATABASE_URL and
+    REDIS_URL, a failure in CI (which always sets them, see .ci/run)."""
     import pytest
     from django.conf import settings
     from django.db import connection
@@ -112,17 +125,82 @@ def start_celery_worker(data_dir: Path, *, name: str, **extra_env: str) -> subpr
         "SLIPWAY_DATA_DIR": str(data_dir),
         "SLIPWAY_ENCRYPTION_KEYS": ",".join(settings.ENCRYPTION_KEYS),
         "SLIPWAY_SECRET_KEY": settings.SECRET_KEY,
+        **({"REDIS_URL": redis_url} if redis_url else {}),
         **extra_env,
     }
-    return subprocess.Popen(
-        [
-            *(sys.executable, "-m", "celery", "-A", "deployer", "worker"),
-            *("--pool=solo", "--concurrency=1", "--loglevel=INFO", "-n", f"{name}@%h"),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    command = [
+        *(sys.executable, "-m", "celery", "-A", "deployer", "worker"),
+        *(f"--pool={pool}", f"--concurrency={concurrency}", "--loglevel=INFO"),
+        *("-n", f"{name}@%h"),
+        *(("-Q", queues) if queues else ()),
+    ]
+    if log_path is None:
+        return subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    with log_path.open("a") as log:
+        return subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+
+class RedisServer:
+    """A `redis-server` of the test's own on a free loopback port, to restart at will (never
+    the machine's Redis, which other tests and people share). No persistence, like a Redis
+    whose disk was lost: a restart forgets every message it held."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import redis
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with (self.directory / "redis.log").open("a") as log:
+            self.process = subprocess.Popen(
+                [
+                    *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+                    *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis.from_url(self.url, socket_timeout=1).ping()
+                return
+            except redis.ConnectionError:
+                assert self.process.poll() is None, (self.directory / "redis.log").read_text()
+                time.sleep(0.05)
+        raise AssertionError(f"redis-server on port {self.port} did not answer")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=15)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
