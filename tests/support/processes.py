@@ -204,3 +204,20 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (a prefork worker's pool processes), from /proc."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        # The command name (field 2) is in parentheses and may hold spaces: split after it.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid:
+            children.append(int(entry.name))
+    return sorted(children)
