@@ -40,6 +40,7 @@ from builds import runner, services
 from builds.engine import pipeline, release
 from builds.engine.errors import EngineError
 from builds.models import FINAL, Deployment, DeploymentTarget, Kind, Status, TargetStatus
+from deployer import outbox
 from servers.models import Protocol, Server
 
 logger = logging.getLogger(__name__)
@@ -228,6 +229,20 @@ def deployments_reap_stale() -> int:
     targets_recheck()
     services.dispatch_ready()
     return reaped
+
+
+def deployments_recover_after_restart() -> None:
+    """`serve` with the in-process worker, at start: a deployment still running ran in the
+    previous process (embedded mode: the only one), so its worker is lost; the in-memory
+    broker's messages died with that process too."""
+    if settings.EMBEDDED:
+        for deployment in Deployment.objects.filter(status=Status.RUNNING):
+            deployment_reconcile(
+                deployment, reason="Slipway restarted while this deployment was running"
+            )
+    if settings.EMBEDDED_WORKER:
+        outbox.resend_unconsumed()
+    services.dispatch_ready()
 
 
 def targets_recheck() -> int:

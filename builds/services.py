@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -349,21 +348,6 @@ def deployment_abort(deployment: Deployment) -> bool:
             pk=deployment.pk, status=Status.RUNNING, abort_requested_at=None
         ).update(abort_requested_at=timezone.now())
     )
-
-
-def deployments_recover_after_restart() -> None:
-    """Embedded mode: after a restart nothing can still be running in this single process."""
-    if settings.EMBEDDED:
-        for deployment in Deployment.objects.filter(status=Status.RUNNING):
-            message = "Slipway restarted while this deployment was running"
-            system_line(deployment, message)
-            deployment_finish(
-                deployment, status=Status.FAILED, error=message, error_code="worker_lost"
-            )
-    if settings.EMBEDDED_WORKER:
-        # The in-memory broker's messages died with the process that held them.
-        outbox.resend_unconsumed()
-    dispatch_ready()
 
 
 # --------------------------------------------------------------------------- requests from people
