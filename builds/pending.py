@@ -67,8 +67,8 @@ def pending_deployments(*, now: datetime | None = None) -> list[PendingDeploymen
     )
     keys = [dispatch_key(d.pk) for d in active]
     messages: dict[str, OutboxMessage] = {}
-    for message in OutboxMessage.objects.filter(key__in=keys).order_by("id"):
-        messages[message.key] = message  # the newest wins
+    for recorded in OutboxMessage.objects.filter(key__in=keys).order_by("id"):
+        messages[recorded.key] = recorded  # the newest wins
     holders = {
         target.server_id: target.deployment_id
         for target in DeploymentTarget.objects.filter(

@@ -28,6 +28,7 @@ def work(project, server):
     )
     running = services.deployment_create(project=project, servers=[server])
     message = outbox.unconsumed(services.dispatch_key(running.pk))
+    assert message is not None
     outbox.consumed(message.task_id, worker="w1@host")
     services.deployment_claim(running.pk, task_id=message.task_id, worker="w1@host")
     behind = services.deployment_create(project=project, servers=[server])

@@ -32,11 +32,11 @@ def own_broker(tmp_path, settings):
 
 
 def _use_broker(url: str) -> None:
-    app.conf.broker_url = url
+    app.conf.update(broker_url=url)
     # Forget the connection and producer pools (kombu's registries and the app's); they are
     # made again on first use, with the new URL.
     pools.reset()
-    app._after_fork()
+    app._after_fork()  # type: ignore[attr-defined]  # what Celery runs in a forked child
 
 
 def wait_until_final(deployment: Deployment, process, *, timeout: float = 120) -> Deployment:

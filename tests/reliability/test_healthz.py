@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.db import connection
 
@@ -95,7 +97,7 @@ def test_it_counts_live_workers_by_queue_and_reports_the_broker_going_away(
                 stop(process)
 
 
-def _wait_for_workers(client, count: int) -> dict:
+def _wait_for_workers(client, count: int) -> dict[str, Any]:
     import time
 
     deadline = time.monotonic() + 60

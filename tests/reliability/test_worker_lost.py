@@ -21,30 +21,37 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def prefork_worker(tmp_path):
+def worker_log(tmp_path):
+    return tmp_path / "worker.log"
+
+
+@pytest.fixture
+def prefork_worker(tmp_path, worker_log):
     """One prefork worker with one pool process, on every queue; a heartbeat timeout far
     beyond the test, so that only the worker-lost signal can end the deployment."""
-    log = tmp_path / "worker.log"
     process = start_celery_worker(
         tmp_path / "worker-data",
         name="lost",
         pool="prefork",
         concurrency=1,
-        log_path=log,
+        log_path=worker_log,
         SLIPWAY_HEARTBEAT_TIMEOUT="3600",
     )
-    process.log = log
     yield process
     stop(process)
-    print(log.read_text())
+    print(worker_log.read_text())
+
+
+def _wait_for(marker, worker) -> None:
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert time.monotonic() < deadline, f"{marker} never appeared"
+        assert worker.poll() is None, "the worker exited"
+        time.sleep(0.1)
 
 
 def _kill_the_pool_process_once(marker, worker) -> None:
-    deadline = time.monotonic() + 120
-    while not marker.exists():
-        assert time.monotonic() < deadline, worker.log.read_text()
-        assert worker.poll() is None, worker.log.read_text()
-        time.sleep(0.1)
+    _wait_for(marker, worker)
     (child,) = child_pids(worker.pid)
     os.kill(child, signal.SIGKILL)
 
@@ -134,10 +141,7 @@ def test_it_reads_an_unreachable_server_again_and_records_it_once_it_answers(
         project=project, command=f"touch {marker}; sleep 60", stage=CommandStage.AFTER_SWITCH
     )
     deployment = services.deployment_create(project=project, servers=[server])
-    deadline = time.monotonic() + 120
-    while not marker.exists():
-        assert time.monotonic() < deadline, prefork_worker.log.read_text()
-        time.sleep(0.1)
+    _wait_for(marker, prefork_worker)
     # The server goes away with the worker: frozen first, the pool process cannot notice.
     (child,) = child_pids(prefork_worker.pid)
     os.kill(child, signal.SIGSTOP)
