@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 import signal
 import time
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from builds import reconcile, services
-from builds.models import Status, TargetStatus
+from builds.models import Deployment, Status, TargetStatus
 from projects.models import Command, CommandStage
 from servers.models import Release
 from tests.reliability.conftest import wait_until_final
@@ -166,3 +168,40 @@ def test_it_reads_an_unreachable_server_again_and_records_it_once_it_answers(
     assert os.readlink(sshd_target.deploy_path / "current") == f"releases/{target.release}"
     assert Release.objects.get(server=server, live=True).deployment_id == deployment.pk
     assert deployment.log_lines.filter(text__startswith="Checked again: web1: switched").exists()
+
+
+def test_the_reaper_records_the_switch_of_a_deployment_whose_whole_worker_died(
+    prefork_worker, git_repo_factory, sshd_target, project_factory, server_factory, settings
+):
+    repo = git_repo_factory()
+    repo.commit({"index.html": "new\n"})
+    project = project_factory(repo)
+    server = server_factory(project, sshd_target)
+    marker = sshd_target.deploy_path / "after-switch-started"
+    Command.objects.create(
+        project=project, command=f"touch {marker}; sleep 60", stage=CommandStage.AFTER_SWITCH
+    )
+    deployment = services.deployment_create(project=project, servers=[server])
+    _wait_for(marker, prefork_worker)
+    # The host goes: the main process and its pool at once, so no signal is sent.
+    for pid in [prefork_worker.pid, *child_pids(prefork_worker.pid)]:
+        os.kill(pid, signal.SIGKILL)
+    prefork_worker.wait()
+    deployment.refresh_from_db()
+    assert deployment.status == Status.RUNNING
+    assert reconcile.deployments_reap_stale() == 0  # its heartbeat is fresh still
+
+    # As if HEARTBEAT_TIMEOUT had passed without a heartbeat.
+    Deployment.objects.filter(pk=deployment.pk).update(
+        heartbeat_at=timezone.now() - timedelta(seconds=settings.HEARTBEAT_TIMEOUT + 1)
+    )
+    assert reconcile.deployments_reap_stale() == 1
+
+    deployment.refresh_from_db()
+    assert deployment.status == Status.FAILED
+    assert "stopped responding" in deployment.error
+    assert "1 of 1 servers had switched" in deployment.error
+    target = deployment.targets.get()
+    assert target.status == TargetStatus.SUCCEEDED
+    assert os.readlink(sshd_target.deploy_path / "current") == f"releases/{target.release}"
+    assert Release.objects.get(server=server, live=True).name == target.release
