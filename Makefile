@@ -47,7 +47,8 @@ sandbox-deps:
 	fi
 
 # OpenSSH's server and Chromium are real parts of the test bed (sshd targets, browser tests);
-# bubblewrap and slirp4netns are the build sandbox's.
+# bubblewrap and slirp4netns are the build sandbox's; docker-compose checks docker-compose.yml
+# in `make lint` (no Docker engine needed).
 system-deps:
 	@missing=""; \
 	test -x /usr/sbin/sshd || missing="$$missing openssh-server"; \
@@ -56,6 +57,7 @@ system-deps:
 	command -v slirp4netns >/dev/null || missing="$$missing slirp4netns"; \
 	test -x /usr/sbin/ip -o -x /sbin/ip -o -x /usr/bin/ip || missing="$$missing iproute2"; \
 	command -v git-lfs >/dev/null || missing="$$missing git-lfs"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "Installing$$missing with apt-get"; \
@@ -78,9 +80,13 @@ test: venv system-deps
 
 # mypy's Django plugin loads the settings: give it the embedded defaults, whatever the
 # environment selects (CI exports DATABASE_URL and REDIS_URL, which would require keys).
+# docker-compose.yml is checked by Debian's docker-compose (make system-deps installs it); its
+# required variables get stand-ins, since `config` only reads the file (no Docker engine).
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@command -v docker-compose >/dev/null || { echo "make lint needs docker-compose: make system-deps, or sudo apt-get install docker-compose"; exit 1; }
+	SLIPWAY_SECRET_KEY=lint SLIPWAY_ENCRYPTION_KEYS=lint docker-compose -f docker-compose.yml config -q
 	env -u DATABASE_URL -u REDIS_URL SLIPWAY_DATA_DIR=$$(mktemp -d /tmp/slipway-lint.XXXXXX) $(BIN)/mypy .
 
 format: venv

@@ -23,7 +23,13 @@ from builds.cleanup import project_build_dir
 from builds.engine import pipeline
 from builds.engine.build import BuildCommandSpec, BuildSpec
 from builds.engine.content import ContentPolicy
-from builds.engine.errors import Aborted, Cancelled, CommandFailed, EngineError
+from builds.engine.errors import (
+    Aborted,
+    Cancelled,
+    CommandFailed,
+    DeploymentTimedOut,
+    EngineError,
+)
 from builds.engine.excludes import Exclusions
 from builds.engine.git import Commit
 from builds.engine.health import HealthCheckSpec
@@ -33,7 +39,7 @@ from builds.engine.masking import (
 )
 from builds.engine.remote_build import BuildHost
 from builds.engine.sandbox import SandboxPolicy
-from builds.engine.specs import parse_batch_size
+from builds.engine.specs import parse_batch_size, parse_lock_owner
 from builds.engine.ssh import Endpoint
 from builds.logs import LogWriter
 from builds.models import (
@@ -61,12 +67,31 @@ ERROR_CHARS = 20_000
 CANCEL_POLL_SECONDS = 1.0
 
 
-class DatabaseReporter:
-    """The engine's Reporter: lines into the LogWriter, steps and progress into rows."""
+def time_limit_deadline(deployment: Deployment) -> float | None:
+    """When (``time.monotonic()``) a running deployment must stop what it runs: a margin
+    (a tenth of the limit, at most a minute) before SLIPWAY_DEPLOYMENT_TIME_LIMIT seconds
+    from its start, so that remote commands are killed and locks released before the
+    worker's soft time limit (the same setting) interrupts it, which stops no remote
+    command. None when it has not started."""
+    if deployment.started_at is None:
+        return None
+    limit = settings.DEPLOYMENT_TIME_LIMIT
+    elapsed = (timezone.now() - deployment.started_at).total_seconds()
+    return time.monotonic() + limit - min(60, limit // 10) - elapsed
 
-    def __init__(self, deployment: Deployment, writer: LogWriter) -> None:
+
+class DatabaseReporter:
+    """The engine's Reporter: lines into the LogWriter, steps and progress into rows.
+
+    ``check_cancelled`` also raises DeploymentTimedOut once ``deadline`` (monotonic) passes:
+    every command polls it, so the time limit stops them all."""
+
+    def __init__(
+        self, deployment: Deployment, writer: LogWriter, *, deadline: float | None = None
+    ) -> None:
         self.deployment = deployment
         self.writer = writer
+        self.deadline = deadline
         self._cancel_checked = 0.0
         self._cancelled = False
         self._aborted = False
@@ -138,6 +163,11 @@ class DatabaseReporter:
 
     def check_cancelled(self) -> None:
         now = time.monotonic()
+        if self.deadline is not None and now >= self.deadline:
+            raise DeploymentTimedOut(
+                f"The deployment ran into its time limit ({settings.DEPLOYMENT_TIME_LIMIT} s, "
+                "SLIPWAY_DEPLOYMENT_TIME_LIMIT); what it was running was stopped"
+            )
         if not self._cancelled and now - self._cancel_checked >= CANCEL_POLL_SECONDS:
             self._cancel_checked = now
             requests = (
@@ -390,7 +420,7 @@ def run(deployment: Deployment) -> None:
     )
     servers = [target.server for target in targets]
     writer = LogWriter(deployment.pk, mask=Masker(project_secrets(project, servers)))
-    reporter = DatabaseReporter(deployment, writer)
+    reporter = DatabaseReporter(deployment, writer, deadline=time_limit_deadline(deployment))
     workspace = project_build_dir(project.pk) / f"scratch-{deployment.pk}"
     try:
         with Heartbeat(deployment.pk):
@@ -441,10 +471,10 @@ def run(deployment: Deployment) -> None:
 
 def _lock_owner_finished(owner: str) -> bool:
     """A lock left on a server by a deployment that has finished (its worker died)."""
-    prefix = "deployment-"
-    if not owner.startswith(prefix) or not owner[len(prefix) :].isdigit():
+    named = parse_lock_owner(owner)
+    if named is None or named.left_running:
         return False
-    return Deployment.objects.filter(pk=int(owner[len(prefix) :]), status__in=FINAL).exists()
+    return Deployment.objects.filter(pk=named.deployment_id, status__in=FINAL).exists()
 
 
 def _revision_for(deployment: Deployment, servers: list[Server]) -> str:

@@ -10,7 +10,7 @@ from celery import shared_task
 from celery.signals import task_failure, worker_ready
 from celery.worker.control import control_command
 
-from builds import cleanup, notifications, reconcile, runner, services
+from builds import cleanup, notifications, reconcile, retention, runner, services
 from deployer import outbox
 
 logger = logging.getLogger(__name__)
@@ -79,6 +79,13 @@ def _deployment_worker_lost(
     outbox.enqueue(
         RECONCILE_LOST_TASK, deployment_id, task_id or "", reason, key=f"reconcile:{deployment_id}"
     )
+
+
+# Batches of at most retention.BATCH_SIZE rows: a first run on a large database may take a
+# while, but no statement holds its locks for long.
+@shared_task(ignore_result=True, soft_time_limit=1800, time_limit=2160)
+def prune_old_records() -> dict[str, int]:
+    return retention.records_prune().as_dict()
 
 
 # Notifications: sending one is bounded by builds.outbound's total timeout (30 s) or the mail

@@ -237,6 +237,10 @@ def deployment_detail(request: HttpRequest, slug: str, deployment_id: int) -> Ht
         "servers": {str(pk): name for pk, name in servers.items()},
         "active": deployment.is_active,
     }
+    # Lines were written (log_seq counts them) but retention has removed them since.
+    context["log_removed"] = (
+        not deployment.is_active and deployment.log_seq > 0 and not deployment.log_lines.exists()
+    )
     return render(request, "builds/detail.html", context)
 
 

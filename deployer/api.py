@@ -41,6 +41,7 @@ from projects import access
 from projects.access import ModelT
 from projects.models import CONFIGURE_ROLES, DEPLOY_ROLES, ApiToken, Membership, Role, TokenScope
 from servers.models import Release, Server
+from servers.services import LockBreakRefused
 
 FoundT = TypeVar("FoundT")
 
@@ -207,15 +208,15 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response | 
     """DRF's handler, plus the errors our services raise, as JSON that names the field.
 
     InvalidInput and DeploymentRefused become 400 ``{field: [message]}``; a Django
-    ValidationError without a field becomes 400 ``{"detail": message}``; DeploymentFinished
-    and DeploymentWrongState become 409; a body over Django's upload limit 413 (rather than an HTML page).
+    ValidationError without a field becomes 400 ``{"detail": message}``; DeploymentFinished,
+    DeploymentWrongState and LockBreakRefused become 409; a body over Django's upload limit 413 (rather than an HTML page).
     """
     if isinstance(exc, InvalidInput):
         message = str(exc).removeprefix(f"{exc.field}: ")
         exc = exceptions.ValidationError({exc.field: [message]})
     elif isinstance(exc, DeploymentRefused):
         exc = exceptions.ValidationError({exc.field: [str(exc)]})
-    elif isinstance(exc, DeploymentFinished | DeploymentWrongState):
+    elif isinstance(exc, DeploymentFinished | DeploymentWrongState | LockBreakRefused):
         exc = Conflict(str(exc))
     elif isinstance(exc, RequestDataTooBig):
         exc = TooLarge(
@@ -328,6 +329,12 @@ def document_errors(
                 errors["409"] = ("The deployment already finished.", _ERROR)
             elif path.endswith(("/promote/", "/abort/")):
                 errors["409"] = ("The deployment is not in a state that allows this.", _ERROR)
+            elif path.endswith("/lock/break/"):
+                errors["409"] = (
+                    "The lock was not broken: its deployment is still at work (see force), it "
+                    "changed meanwhile, or the server could not be reached or read.",
+                    _ERROR,
+                )
             for code, (description, schema) in errors.items():
                 responses.setdefault(
                     code,

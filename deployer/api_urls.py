@@ -33,6 +33,9 @@ urlpatterns = [
     path(SERVER, servers.ServerDetailView.as_view(), name="api-server"),
     path(SERVER + "check/", servers.ServerCheckView.as_view(), name="api-server-check"),
     path(SERVER + "trust/", servers.ServerTrustView.as_view(), name="api-server-trust"),
+    path(
+        SERVER + "lock/break/", servers.ServerLockBreakView.as_view(), name="api-server-lock-break"
+    ),
     path(SERVER + "releases/", servers.ServerReleaseListView.as_view(), name="api-server-releases"),
     path(
         SERVER + "releases/<str:name>/",

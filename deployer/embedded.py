@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from typing import Any
 
-from celery import signals
+from celery import Task, signals
 from celery.worker import WorkController
 from django.conf import settings
 
@@ -20,6 +22,8 @@ from deployer.celery import app
 logger = logging.getLogger(__name__)
 
 REAPER_INTERVAL_SECONDS = 30.0
+# As often as beat runs it (CELERY_BEAT_SCHEDULE["prune-old-records"]).
+PRUNE_INTERVAL_SECONDS = 3600.0
 
 #: The in-process worker's thread, once start_worker ran (healthz counts it while alive).
 _worker_thread: threading.Thread | None = None
@@ -70,16 +74,33 @@ def _send_worker_ready(consumer: object) -> None:
 
 def _reap_forever() -> None:
     """The embedded mode's `celery beat`: the same periodic tasks, in a thread."""
+    stop = threading.Event()
+    next_prune = 0.0
+    while not stop.wait(REAPER_INTERVAL_SECONDS):
+        next_prune = periodic_round(time.monotonic(), next_prune=next_prune)
+
+
+def periodic_round(now: float, *, next_prune: float) -> float:
+    """Run the periodic tasks once, and the retention prune too when ``now`` (time.monotonic(),
+    seconds) has reached ``next_prune``; returns when the prune is due next."""
     from builds.tasks import (
+        prune_old_records,
         reap_stale_deployments,
         relay_outbox,
         resend_due_notification_deliveries,
     )
 
-    stop = threading.Event()
-    while not stop.wait(REAPER_INTERVAL_SECONDS):
-        for periodic in (relay_outbox, reap_stale_deployments, resend_due_notification_deliveries):
-            try:
-                periodic()
-            except Exception:  # the loop must outlive a passing database error
-                logger.exception("%s failed", periodic.name)
+    periodic: list[Task[[], Any]] = [
+        relay_outbox,
+        reap_stale_deployments,
+        resend_due_notification_deliveries,
+    ]
+    if now >= next_prune:
+        periodic.append(prune_old_records)
+        next_prune = now + PRUNE_INTERVAL_SECONDS
+    for task in periodic:
+        try:
+            task()
+        except Exception:  # the loop must outlive a passing database error
+            logger.exception("%s failed", task.name)
+    return next_prune

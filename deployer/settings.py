@@ -479,3 +479,26 @@ CONTENT_SECURITY_POLICY = {
 }
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+
+# --- Operations: metrics and retention (docs/operations.md) ----------------------------------
+# /metrics answers a Prometheus scrape carrying `Authorization: Bearer <this token>` (and a
+# site admin's session); unset, it is 404 for everybody else.
+METRICS_TOKEN = env.string("SLIPWAY_METRICS_TOKEN")
+if METRICS_TOKEN and len(METRICS_TOKEN) < 16:
+    raise ConfigurationError(
+        "SLIPWAY_METRICS_TOKEN must be at least 16 characters (python -c 'import secrets; "
+        "print(secrets.token_urlsafe(32))' makes one)"
+    )
+# The recent metrics (durations, webhook and notification deliveries) cover this many seconds.
+METRICS_WINDOW = env.integer("SLIPWAY_METRICS_WINDOW", 3600, minimum=60)
+# Days to keep each kind of record (builds/retention.py); 0 keeps it forever. Logs of finished
+# deployments; webhook and finished notification deliveries; finished deployments (never one
+# that a kept release was made by); the manifests of releases removed from their server.
+RETAIN_LOG_DAYS = env.integer("SLIPWAY_RETAIN_LOG_DAYS", 90, minimum=0)
+RETAIN_DELIVERIES_DAYS = env.integer("SLIPWAY_RETAIN_DELIVERIES_DAYS", 30, minimum=0)
+RETAIN_DEPLOYMENTS_DAYS = env.integer("SLIPWAY_RETAIN_DEPLOYMENTS_DAYS", 365, minimum=0)
+RETAIN_MANIFESTS_DAYS = env.integer("SLIPWAY_RETAIN_MANIFESTS_DAYS", 30, minimum=0)
+CELERY_BEAT_SCHEDULE["prune-old-records"] = {
+    "task": "builds.tasks.prune_old_records",
+    "schedule": 3600.0,
+}

@@ -49,6 +49,7 @@ urlpatterns = [
     path("users/", account_views.users, name="users"),
     path("users/<str:username>/<slug:action>/", account_views.user_action, name="user-action"),
     path("healthz", healthz, name="healthz"),
+    path("metrics", views.metrics, name="metrics"),
     path("api/v1/", include("deployer.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", views.ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),

@@ -37,6 +37,7 @@ urlpatterns = [
     path(SERVER + "test/", servers.server_test, name="server-test"),
     path(SERVER + "trust/", servers.server_trust, name="server-trust"),
     path(SERVER + "rollback/", servers.server_rollback, name="server-rollback"),
+    path(SERVER + "lock/break/", servers.server_lock_break_view, name="server-lock-break"),
     # Deployments.
     path(PROJECT + "deploy/", deployments.deployment_new, name="deployment-new"),
     path(PROJECT + "deployments/", views.deployment_list, name="deployment-list"),

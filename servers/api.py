@@ -20,6 +20,8 @@ from servers.models import HealthCheck, ServerGroup
 from servers.serializers import (
     GroupSerializer,
     HealthCheckSerializer,
+    LockBreakResultSerializer,
+    LockBreakSerializer,
     ReleaseSerializer,
     RollbackSerializer,
     ServerCheckSerializer,
@@ -34,6 +36,7 @@ from servers.services import (
     server_check,
     server_create,
     server_delete,
+    server_lock_break,
     server_trust_host_key,
     server_update,
 )
@@ -119,6 +122,28 @@ class ServerTrustView(APIView):
             server=server, actor=membership.user, **serializer.validated_data
         )
         return Response(ServerSerializer(server).data)
+
+
+class ServerLockBreakView(APIView):
+    @extend_schema(
+        request=LockBreakSerializer,
+        responses=LockBreakResultSerializer,
+        operation_id="projects_servers_lock_break",
+        tags=TAGS,
+        description="Break the deploy lock Slipway keeps on the server (admins; audited as "
+        "server.lock_broken). The lock's owner is read over SSH first: a lock held by a "
+        "deployment still queued or running, or kept for a command that may still be running, "
+        "is refused with 409 unless `force` is true; so is a server that cannot be reached. "
+        "No lock: 200 with broken=false.",
+    )
+    def post(self, request: Request, slug: str, server_id: int) -> Response:
+        server, membership = get_server_for_user(request, slug, server_id, need=Need.CONFIGURE)
+        serializer = LockBreakSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = server_lock_break(
+            server=server, user=membership.user, force=serializer.validated_data["force"]
+        )
+        return Response(LockBreakResultSerializer(dataclasses.asdict(result)).data)
 
 
 class ServerReleaseListView(APIView):

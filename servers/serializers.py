@@ -199,6 +199,29 @@ class TrustSerializer(serializers.Serializer[dict[str, Any]]):
     )
 
 
+class LockBreakSerializer(serializers.Serializer[dict[str, Any]]):
+    force = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Break the lock even when its deployment is still queued or running, or "
+        "left a command that may still be running on the server.",
+    )
+
+
+class LockBreakResultSerializer(serializers.Serializer[Any]):
+    broken = serializers.BooleanField(help_text="A lock was there and was removed.")
+    owner = serializers.CharField(help_text="The lock's owner id ('deployment-12'); '' if none.")
+    holder = serializers.CharField(help_text="Who held it, in words.")
+    since = serializers.CharField(help_text="When it was taken (UTC, ISO 8601), as written.")
+    age_seconds = serializers.IntegerField(
+        allow_null=True, help_text="Its age by the server's clock; null without a lock."
+    )
+    deployment_id = serializers.IntegerField(
+        allow_null=True, help_text="The project's deployment that held it, if any."
+    )
+    message = serializers.CharField()
+
+
 class ReleaseSerializer(serializers.ModelSerializer[Release]):
     deployed_at = serializers.DateTimeField(source="created_at", read_only=True)
     deployed_by = serializers.SerializerMethodField()

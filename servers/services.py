@@ -19,7 +19,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from builds import outbound
-from builds.engine import ssh
+from builds.engine import direct, ssh
 from builds.engine.addresses import AddressRefused
 from builds.engine.errors import (
     CommandFailed,
@@ -30,8 +30,9 @@ from builds.engine.errors import (
     UserError,
 )
 from builds.engine.git import validate_ref
-from builds.engine.release import RemoteLayout, validate_deploy_path
-from builds.models import TARGET_ACTIVE
+from builds.engine.release import LOCK_DIR, LockInfo, RemoteLayout, validate_deploy_path
+from builds.engine.specs import parse_lock_owner
+from builds.models import FINAL, TARGET_ACTIVE, Deployment
 from builds.runner import endpoint_for
 from projects.models import Project
 from projects.services import (
@@ -427,6 +428,131 @@ def server_trust_host_key(*, server: Server, actor: User, fingerprint: str) -> S
             previous=previous,
         )
     return server
+
+
+# --------------------------------------------------------------------------- the deploy lock
+
+
+class LockBreakRefused(Exception):
+    """The lock was not broken: its owner is still at work (and ``force`` was not given), it
+    changed while it was read, or the server could not be reached or read. Says why."""
+
+
+@dataclass(frozen=True)
+class LockBreak:
+    """What ``server_lock_break`` found and did."""
+
+    #: True when a lock was there and was removed.
+    broken: bool
+    #: The lock's owner id ("deployment-12"), "" when it named none or there was no lock.
+    owner: str = ""
+    holder: str = ""
+    since: str = ""
+    #: How old the lock was, in seconds (the server's clock); None without a lock.
+    age_seconds: int | None = None
+    #: The deployment the owner id names, when it is one of this project's.
+    deployment_id: int | None = None
+    message: str = ""
+
+
+def server_lock_break(*, server: Server, user: User, force: bool = False) -> LockBreak:
+    """Remove the deploy lock Slipway keeps on ``server`` (``.slipway/lock`` in the deploy
+    path; ``.slipway-lock`` where files go in place), audited as ``server.lock_broken``.
+
+    The lock's owner is read over SSH first. Raises LockBreakRefused when that owner is a
+    deployment still queued or running in the database, or one that left a command it could
+    not stop (the lock's holder names it), unless ``force``; when the lock was taken again
+    between reading and removing it; and when the server cannot be reached or read. A lock
+    whose owner names no deployment of the database (empty, unreadable, by hand) is broken.
+    Answers ``broken=False`` when there was no lock."""
+    address = ssh.format_address(server.hostname, server.port)
+    try:
+        with ssh.connect(endpoint_for(server)) as connection:
+            if server.protocol == Protocol.SSH and server.atomic:
+                layout = RemoteLayout(connection, server.deploy_path)
+                found = layout.read_lock()
+                if found is None:
+                    return LockBreak(broken=False, message=f"{server.name} is not locked.")
+                deployment = _lock_owner_check(server, found, force=force)
+                if not layout.break_lock(owner_id=found.owner):
+                    raise LockBreakRefused(
+                        f"The lock on {server.name} changed while it was read: it was taken "
+                        "again or released. Look again before breaking it."
+                    )
+                path = posixpath.join(layout.deploy_path, LOCK_DIR)
+            else:
+                root = validate_deploy_path(server.deploy_path)
+                path = posixpath.join(root, direct.LOCK_DIR)
+                found = direct.read_lock(connection.sftp(), root)
+                if found is None:
+                    return LockBreak(broken=False, message=f"{server.name} is not locked.")
+                deployment = _lock_owner_check(server, found, force=force)
+                if not direct.break_lock(connection.sftp(), root, owner=found.owner):
+                    raise LockBreakRefused(
+                        f"The lock on {server.name} changed while it was read: it was taken "
+                        "again or released. Look again before breaking it."
+                    )
+    except EngineError as exc:
+        raise LockBreakRefused(f"The lock was not broken: {_message(exc, address)}") from None
+    except (OSError, paramiko.SSHException) as exc:
+        raise LockBreakRefused(f"The lock was not broken: {address}: {exc}") from None
+    with transaction.atomic():
+        audit_record(
+            project=server.project,
+            actor=user,
+            action="server.lock_broken",
+            target=f"server {server.name}",
+            address=address,
+            path=path,
+            owner=found.owner,
+            holder=found.holder,
+            since=found.since,
+            forced=force,
+        )
+    logger.info("Lock %s on %s broken by %s", path, address, user.get_username())
+    return LockBreak(
+        broken=True,
+        owner=found.owner,
+        holder=found.holder,
+        since=found.since,
+        age_seconds=found.age_seconds,
+        deployment_id=deployment.pk if deployment is not None else None,
+        message=f"The deploy lock on {server.name} was broken"
+        + (f" (it was held by {found.holder or found.owner})" if found.owner else "")
+        + ".",
+    )
+
+
+def _lock_owner_check(server: Server, found: LockInfo, *, force: bool) -> Deployment | None:
+    """The project's deployment that the lock names (None if none); LockBreakRefused, unless
+    ``force``, while it is still at work, or left a command that may still be running."""
+    named = parse_lock_owner(found.owner)
+    deployment = (
+        Deployment.objects.filter(project=server.project, pk=named.deployment_id).first()
+        if named is not None
+        else None
+    )
+    if deployment is None and not found.owner:
+        # An older Slipway deploying in place wrote no owner: refuse while one is at work.
+        busy = server.targets.filter(status__in=TARGET_ACTIVE).select_related("deployment")
+        target = busy.first()
+        deployment = target.deployment if target is not None else None
+    if force or deployment is None:
+        return deployment
+    held = f"held by {found.holder or found.owner}" if found.holder or found.owner else "held"
+    if deployment.status not in FINAL:
+        raise LockBreakRefused(
+            f"The lock on {server.name} is {held}: deployment #{deployment.pk} is still "
+            f"{deployment.status}. Cancel it and wait until it ends; break the lock anyway "
+            "(force) only if you know that its worker is gone."
+        )
+    if named is not None and named.left_running:
+        raise LockBreakRefused(
+            f"The lock on {server.name} is {held}. Deployment #{deployment.pk} has ended, "
+            "but a command it stopped may still be running on the server. Check on the "
+            "server that it is gone, then break the lock anyway (force)."
+        )
+    return deployment
 
 
 # --------------------------------------------------------------------------- health checks

@@ -1,5 +1,5 @@
 """Dashboard pages for servers: add and edit one, test its connection and trust its host key,
-see the releases it keeps and roll back to one of them."""
+see the releases it keeps and roll back to one of them, break its deploy lock."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from builds.models import TARGET_ACTIVE, Deployment, DeploymentTarget, Kind, Trigger
@@ -24,10 +25,12 @@ from projects.models import CONFIGURE_ROLES, DEPLOY_ROLES, Membership
 from servers.forms import RollbackForm, ServerForm, TrustForm
 from servers.models import Server
 from servers.services import (
+    LockBreakRefused,
     ServerCheck,
     server_check,
     server_create,
     server_delete,
+    server_lock_break,
     server_trust_host_key,
     server_update,
 )
@@ -185,3 +188,18 @@ def server_rollback(request: HttpRequest, slug: str, server_id: int) -> HttpResp
         messages.error(request, error_message(exc))
         return redirect("server-detail", slug, server_id)
     return redirect("deployment-detail", slug, deployment.pk)
+
+
+@login_required
+@require_POST
+def server_lock_break_view(request: HttpRequest, slug: str, server_id: int) -> HttpResponse:
+    server, membership = get_server_for_user(request, slug, server_id, role=CONFIGURE_ROLES)
+    try:
+        result = server_lock_break(
+            server=server, user=membership.user, force=request.POST.get("force") == "1"
+        )
+    except LockBreakRefused as exc:
+        messages.error(request, str(exc))
+    else:
+        (messages.success if result.broken else messages.info)(request, result.message)
+    return redirect(reverse("server-detail", args=(slug, server_id)) + "#lock")

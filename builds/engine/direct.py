@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import secrets
 import stat
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,7 @@ from builds.engine.errors import (
     TransferFailed,
 )
 from builds.engine.manifest import Manifest, diff, display_path, keep_generated
+from builds.engine.specs import LEFT_RUNNING_SUFFIX, lock_owner
 from builds.engine.variables import substitute
 
 if TYPE_CHECKING:
@@ -69,13 +71,18 @@ def deliver(
     host = connection.endpoint.address
     sftp = connection.sftp()
     _makedirs(sftp, root)
-    lock = posixpath.join(root, LOCK_DIR)
-    try:
-        sftp.mkdir(lock)
-    except OSError:
-        raise LockHeld(
-            f"{root} on {host} is locked by another deployment (remove {lock} if nothing is deploying)"
-        ) from None
+    owner = lock_owner(spec.deployment_id)
+    notes = take_lock(
+        sftp,
+        root,
+        host,
+        owner=owner,
+        holder=f"Slipway deployment #{spec.deployment_id} by {spec.deployer or 'unknown'}",
+        stale_after=spec.lock_stale_after,
+        owner_finished=spec.lock_owner_finished,
+    )
+    for note in notes:
+        reporter.log("system", note, server.id)
     try:
         variables = {
             "release_path": root,
@@ -146,8 +153,131 @@ def deliver(
         commands(STAGE_BEFORE_SWITCH)
         commands(STAGE_AFTER_SWITCH)
     finally:
+        with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
+            break_lock(sftp, root, owner=owner)
+
+
+def take_lock(
+    sftp: paramiko.SFTPClient,
+    root: str,
+    host: str,
+    *,
+    owner: str,
+    holder: str,
+    stale_after: int,
+    owner_finished: Callable[[str], bool],
+) -> tuple[str, ...]:
+    """Take ``<root>/.slipway-lock`` over SFTP, as the atomic layout takes its lock: the info
+    file is written into a fresh folder renamed into place (posix-rename, which fails on a
+    lock that holds anything and replaces an empty one), so the lock always names its
+    owner. A lock of this owner, of a finished deployment (``owner_finished``), older than
+    ``stale_after`` seconds or without an owner (an empty folder an older Slipway left) is
+    taken over by renaming the new info file over its own. Answers notes for the log;
+    raises LockHeld (naming the holder) or DiskFull / PermissionDenied / TransferFailed when
+    the info cannot be written (nothing is left behind then)."""
+    lock = posixpath.join(root, LOCK_DIR)
+    new = f"{lock}.{secrets.token_hex(6)}.new"
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    body = f"owner={owner}\nholder={' '.join(holder.split())}\nsince={since}\n".encode()
+    try:
+        sftp.mkdir(new)
+        try:
+            with sftp.open(f"{new}/info", "wb") as handle:
+                handle.write(body)
+            found = read_lock(sftp, root)
+            if found is None or (not found.owner and _is_empty(sftp, lock)):
+                try:
+                    sftp.posix_rename(new, lock)
+                    return (
+                        ()
+                        if found is None
+                        else (
+                            f"Broke a lock without an owner (an empty {lock}, left by an older Slipway)",
+                        )
+                    )
+                except OSError:
+                    found = read_lock(sftp, root)  # another taker came first
+            if found is None:
+                raise LockHeld(f"{root} on {host} is locked by another deployment")
+            if found.owner == owner:
+                note = ""
+            elif not found.owner:
+                note = f"Broke a lock without an owner ({found.age_seconds} s old)"
+            elif not found.owner.endswith(LEFT_RUNNING_SUFFIX) and owner_finished(found.owner):
+                note = f"Took over the lock of {found.owner}, which has finished"
+            elif found.age_seconds > stale_after:
+                note = f"Took over a stale lock of {found.owner} ({found.age_seconds} s old)"
+            else:
+                error = LockHeld(
+                    f"{root} on {host} is locked by another deployment: "
+                    f"{found.holder or found.owner} since {found.since}. If nothing is "
+                    f"deploying, an admin can break the lock on the server's page (or "
+                    f"remove {lock} on the server)."
+                )
+                error.owner = found.owner
+                raise error
+            sftp.posix_rename(f"{new}/info", f"{lock}/info")
+            return (note,) if note else ()
+        finally:
+            with contextlib.suppress(OSError):
+                sftp.remove(f"{new}/info")
+            with contextlib.suppress(OSError):
+                sftp.rmdir(new)
+    except OSError as exc:
+        raise _sftp_error(exc, f"{lock}/info", host) from exc
+
+
+def read_lock(sftp: paramiko.SFTPClient, root: str) -> release.LockInfo | None:
+    """Who holds ``<root>/.slipway-lock`` (owner "" when it names none); None if unlocked."""
+    lock = posixpath.join(root, LOCK_DIR)
+    try:
+        found = sftp.stat(lock)
+    except FileNotFoundError:
+        return None
+    values: dict[str, str] = {}
+    stamp = found.st_mtime or 0
+    try:
+        stamp = sftp.stat(f"{lock}/info").st_mtime or stamp
+        with sftp.open(f"{lock}/info", "rb") as handle:
+            text = handle.read(64 * 1024).decode("utf-8", "replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key not in values:
+            values[key] = value
+    return release.LockInfo(
+        owner=values.get("owner", ""),
+        holder=values.get("holder", ""),
+        since=values.get("since", ""),
+        age_seconds=max(0, int(time.time()) - int(stamp)),
+    )
+
+
+def break_lock(sftp: paramiko.SFTPClient, root: str, *, owner: str) -> bool:
+    """Remove ``<root>/.slipway-lock`` if its owner is ``owner`` ("" for none): renamed away
+    first, so that it is never seen empty. True when removed."""
+    lock = posixpath.join(root, LOCK_DIR)
+    found = read_lock(sftp, root)
+    if found is None or found.owner != owner:
+        return False
+    gone = f"{lock}.{secrets.token_hex(6)}.gone"
+    try:
+        sftp.rename(lock, gone)
+    except OSError:
+        return False
+    for name in sftp.listdir(gone):
         with contextlib.suppress(OSError):
-            sftp.rmdir(lock)
+            sftp.remove(f"{gone}/{name}")
+    sftp.rmdir(gone)
+    return True
+
+
+def _is_empty(sftp: paramiko.SFTPClient, path: str) -> bool:
+    try:
+        return not sftp.listdir(path)
+    except OSError:
+        return False
 
 
 def _remote_manifest(sftp: paramiko.SFTPClient, root: str) -> Manifest | None:

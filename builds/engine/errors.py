@@ -88,7 +88,14 @@ class PermissionDenied(UserError):
     code = "permission_denied"
 
 
-class DiskFull(UserError):
+class StorageFailed(UserError):
+    """Writing on the server failed for a reason of its file system (an I/O error, a file
+    system gone read-only): the message names the server, the path and the free space."""
+
+    code = "storage_failed"
+
+
+class DiskFull(StorageFailed):
     code = "disk_full"
 
 
@@ -122,6 +129,13 @@ class CommandFailed(UserError):
 
 class CommandTimedOut(UserError):
     code = "command_timed_out"
+
+
+class DeploymentTimedOut(UserError):
+    """The deployment ran into its time limit: what it was running is stopped (remote
+    commands with their process groups) before the worker's own limit ends it."""
+
+    code = "deployment_timed_out"
 
 
 class LockHeld(UserError):

@@ -46,9 +46,12 @@ from builds.engine.archive import GZIP, TAR_FLAGS, ZSTD
 from builds.engine.errors import (
     CommandFailed,
     CurrentIsDirectory,
+    DiskFull,
+    EngineError,
     InvalidInput,
     LockHeld,
     ReleaseMissing,
+    StorageFailed,
     UnsafeDeployPath,
 )
 from builds.engine.ssh import Connection, LineCallback, classify_command_failure
@@ -72,6 +75,46 @@ _RELATIVE_PATH_CHARS = re.compile(r"^[^\x00-\x1f\x7f]+$")
 _GROUP = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_.-]{0,31}|[0-9]{1,10})$")
 # Every file Slipway keeps per release in .slipway/manifests/.
 _META_SUFFIXES = (".json", ".stat", ".written", ".rewritten", ".managed", ".made")
+# Takers of the lock decide one at a time where the server has flock(1): fd 9 on the
+# .slipway folder (opening it creates nothing, so it works on a full disk too), closed again
+# after the decision so that nothing the rest of the script starts inherits it.
+_LOCK_MUTEX = f"if command -v flock >/dev/null 2>&1; then exec 9<{META_DIR}; flock -w 30 9 || :; fi"
+# Shell: the process groups recorded in the lock by its holder's commands
+# (ssh._GROUP_WRAPPER) are killed, and must be gone, before the lock is taken from another
+# owner or broken. A group whose leader started at another time than recorded is another,
+# with a reused id. Prints the first group that would not go (another user's, after sudo).
+_STOP_GROUPS = f"""stop_groups() (
+  LC_ALL=C; export LC_ALL
+  while read -r group started; do
+    case "$group" in ''|*[!0-9]*) continue ;; esac
+    now=$(cut -d' ' -f22 /proc/"$group"/stat 2>/dev/null || :)
+    if [ -n "$now" ] && [ -n "$started" ] && [ "$now" != "$started" ]; then continue; fi
+    kill -s KILL -- -"$group" 2>/dev/null || :
+    n=0
+    until kill -s 0 -- -"$group" 2>&1 | grep -q 'o such process'; do
+      n=$((n + 1))
+      if [ "$n" -gt 200 ]; then echo "$group"; exit 0; fi
+      sleep 0.05 2>/dev/null || sleep 1
+    done
+  done < {LOCK_DIR}/groups
+)
+"""
+# What a failed write says on a full or failing file system (dash's printf says only
+# "I/O error"; GNU tar reports a short write without naming ENOSPC).
+_STORAGE_SIGNS = (
+    "No space left on device",
+    "Disk quota exceeded",
+    "Wrote only",
+    "I/O error",
+    "Input/output error",
+    "Read-only file system",
+    "write error",
+)
+_SPACE_SIGNS = ("No space left on device", "Disk quota exceeded", "Wrote only")
+# Below this many KiB free (and below 1 % of the file system), a failed write is taken for a
+# full disk whatever it said.
+_NEARLY_FULL_KIB = 1024
+_DF_TIMEOUT_SECONDS = 30
 # Linux limits one argument to 128 KiB (MAX_ARG_STRLEN); stay well below it.
 _MAX_INLINE_ARGUMENT = 96 * 1024
 
@@ -187,6 +230,29 @@ class Prepared:
 
 
 @dataclass(frozen=True)
+class FreeSpace:
+    """A file system's size and free space, in KiB, and where it is mounted."""
+
+    size_kib: int
+    available_kib: int
+    mount: str
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """What a deploy path's lock says about its holder (see ``RemoteLayout.read_lock``)."""
+
+    #: The owner id ("deployment-12"); "" when the lock names none (empty or unreadable).
+    owner: str
+    #: Who, in words ("Slipway deployment #12 by alice").
+    holder: str
+    #: When it was taken, as written (UTC, ISO 8601).
+    since: str
+    #: Seconds since it was last taken, by the server's clock.
+    age_seconds: int
+
+
+@dataclass(frozen=True)
 class Cleaned:
     removed: list[str]
 
@@ -211,6 +277,15 @@ def _stat_listing(directory: str) -> str:
         f"(cd -- {directory} && find . -path ./{UNFINISHED_MARKER} -prune -o \\( -type f -o -type l \\) "
         "-printf '%P\\t%s\\t%T@\\t%m\\n' | LC_ALL=C sort)"
     )
+
+
+def _kib(amount: int) -> str:
+    """A size in KiB for people: "512 KiB", "3.4 MiB", "1.2 GiB"."""
+    if amount < 1024:
+        return f"{amount} KiB"
+    if amount < 1024 * 1024:
+        return f"{amount / 1024:.1f} MiB"
+    return f"{amount / (1024 * 1024):.1f} GiB"
 
 
 def _quoted(*parts: str) -> str:
@@ -245,6 +320,12 @@ class RemoteLayout:
     def current_path(self) -> str:
         return posixpath.join(self.deploy_path, "current")
 
+    @property
+    def groups_file(self) -> str:
+        """Where the process groups of the commands run under the lock are recorded: a lock
+        taken over from a deployment whose worker died stops them first (``_lock_script``)."""
+        return posixpath.join(self.deploy_path, LOCK_DIR, "groups")
+
     # -- running scripts
 
     def _script(
@@ -276,7 +357,8 @@ class RemoteLayout:
             error = LockHeld(
                 f"{self.deploy_path} on {address} is locked by another "
                 f"deployment: {described or 'holder unknown'}. If nothing is deploying, "
-                f"remove {posixpath.join(self.deploy_path, LOCK_DIR)}."
+                "an admin can break the lock on the server's page (or remove "
+                f"{posixpath.join(self.deploy_path, LOCK_DIR)} on the server)."
             )
             error.owner = owner
             raise error
@@ -301,13 +383,72 @@ class RemoteLayout:
             lines = [line for line in stdout.splitlines() if line.startswith("Release ")]
             raise ReleaseMissing(lines[-1] if lines else "The release is no longer on the server")
         if check and exit_code != 0:
-            raise classify_command_failure(
+            failure = classify_command_failure(
                 CommandFailed("(Slipway's release script)", exit_code, list(tail)),
                 stderr.splitlines(),
                 address,
                 username=self.connection.endpoint.username,
                 deploy_path=self.deploy_path,
             )
+            raise self._storage_failure(stderr, failure) or failure
+
+    def _storage_failure(self, stderr: str, failure: EngineError) -> StorageFailed | None:
+        """When a script failed writing (its stderr says so: a full disk, an I/O error, a
+        read-only file system), an error naming the server, the path, the line that said it
+        and the free space on the deploy path's file system (``df -Pk``, read after the
+        failure), and what to do; None for any other failure."""
+        lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+        said = next((line for line in lines if any(s in line for s in _STORAGE_SIGNS)), "")
+        if not said:
+            return None
+        address = self.connection.endpoint.address
+        space = self.free_space()
+        full = any(sign in said for sign in _SPACE_SIGNS) or (
+            space is not None
+            and space.available_kib < min(_NEARLY_FULL_KIB, space.size_kib // 100 + 1)
+        )
+        if space is None:
+            found = "Its free space could not be read."
+        else:
+            found = (
+                f"The file system of {self.deploy_path} (mounted on {space.mount}) has "
+                f"{_kib(space.available_kib)} free of {_kib(space.size_kib)} (df -Pk, "
+                "read after the failure)."
+            )
+        if full:
+            return DiskFull(
+                f"The disk is full on {address}: writing to {self.deploy_path} failed "
+                f"({said}). {found} Free space there (old files, logs, caches; "
+                f"`df -h {self.deploy_path}` shows it), then deploy again."
+            )
+        return StorageFailed(
+            f"Writing to {self.deploy_path} on {address} failed ({said}). {found} Check that "
+            "file system on the server (a disk error, or mounted read-only: `dmesg`, "
+            "`mount`), then deploy again."
+        )
+
+    def free_space(self) -> FreeSpace | None:
+        """The deploy path's file system as ``df -Pk`` reports it (or of the nearest folder
+        above it that exists); None when that cannot be read."""
+        probe = (
+            f'p={self.q}; while [ ! -e "$p" ] && [ "$p" != / ]; do p=$(dirname -- "$p"); done\n'
+            'df -Pk -- "$p" | tail -n 1\n'
+        )
+        try:
+            result = self.connection.run(
+                "sh -c " + shlex.quote(probe), check=False, timeout=_DF_TIMEOUT_SECONDS
+            )
+        except EngineError:
+            return None
+        fields = result.stdout.strip().split()
+        # Filesystem 1024-blocks Used Available Capacity Mounted-on (POSIX output).
+        if result.exit_code != 0 or len(fields) < 6 or not fields[1].isdigit():
+            return None
+        if not fields[3].isdigit():
+            return None
+        return FreeSpace(
+            size_kib=int(fields[1]), available_kib=int(fields[3]), mount=" ".join(fields[5:])
+        )
 
     # -- script pieces (each a block of POSIX sh, run from the deploy path)
 
@@ -360,27 +501,129 @@ fi
 """
 
     def _lock_script(
-        self, *, holder: str, owner_id: str, stale_after: int, take_over_from: str
+        self,
+        *,
+        holder: str,
+        owner_id: str,
+        stale_after: int,
+        take_over_from: str,
+        stop_groups: bool = True,
     ) -> str:
+        """Take the lock, so that it is never seen without its owner.
+
+        The info file is written into a fresh folder first, which is then renamed into place:
+        rename(2) fails on a lock folder that holds anything (another taker came first) and
+        replaces an empty one (left by an older Slipway that made the folder, then wrote the
+        file). Taking a lock over (it is this owner's, a finished deployment's, stale, or
+        without an owner) renames the new info file over the old one: the lock never
+        disappears meanwhile. Where the server has ``flock``, takers decide one at a time
+        (the flock goes when the shell ends, however it ends), so two takers of one stale
+        lock cannot both believe they hold it. A lock whose owner cannot be read (empty,
+        missing or unreadable info) is broken, with a ``note=`` saying so. Writing the info
+        may fail (a full disk): then nothing is left behind and the script fails.
+
+        Taking a lock from another owner first kills the process groups its commands left
+        (``groups_file``: a worker that died leaves its commands running); a group that
+        will not go keeps the lock where it is (LockHeld naming the group). Not with
+        ``stop_groups=False``: a deployment handing its own lock on (``take_over_from``)
+        for a command it could not stop.
+        """
+        # One line each: a line break in the holder must not start a line of its own.
+        holder = " ".join(holder.split())
         info = f"owner={owner_id}\nholder={holder}\nsince={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
+        meta = shlex.quote(META_DIR)
         lock = shlex.quote(LOCK_DIR)
-        return f"""mkdir -p {shlex.quote(META_DIR)}
-take_lock() {{ printf '%s' {shlex.quote(info)} > {lock}/info; }}
-if mkdir {lock} 2>/dev/null; then take_lock
-elif grep -qx {shlex.quote("owner=" + owner_id)} {lock}/info 2>/dev/null; then take_lock
-elif [ -n {shlex.quote(take_over_from)} ] && grep -qx {shlex.quote("owner=" + take_over_from)} {lock}/info 2>/dev/null; then
-  take_lock; echo {shlex.quote(f"note=took over the lock of {take_over_from}, which has finished")}
-else
-  # The info file is rewritten whenever the lock is taken (again): its age is the lock's.
+        took_over = shlex.quote(f"note=took over the lock of {take_over_from}, which has finished")
+        return f"""mkdir -p {meta}
+{_LOCK_MUTEX}
+find {meta} -maxdepth 1 -name 'lock.*.new' -mmin +10 -exec rm -rf -- {{}} + 2>/dev/null || :
+held() {{
+  sed -n 's/^owner=/owner=/p; s/^holder=//p; s/^since=/since /p' {lock}/info 2>/dev/null | tr '\\n' ' '
+  exit {EXIT_LOCK_HELD}
+}}
+{_STOP_GROUPS}
+how=place; note=""
+if [ -d {lock} ]; then
+  owner=$(sed -n 's/^owner=//p' {lock}/info 2>/dev/null | head -n 1)
+  # The info file is replaced whenever the lock is taken (again): its age is the lock's.
   age=$(( $(date +%s) - $(stat -c %Y {lock}/info 2>/dev/null || stat -c %Y {lock} 2>/dev/null || date +%s) ))
-  if [ "$age" -gt {int(stale_after)} ]; then rm -rf {lock}; mkdir {lock}; take_lock; echo "note=took over a stale lock"
-  else sed -n 's/^owner=/owner=/p; s/^holder=//p; s/^since=/since /p' {lock}/info 2>/dev/null | tr '\\n' ' '; exit {EXIT_LOCK_HELD}; fi
+  if [ -z "$(ls -A {lock} 2>/dev/null)" ]; then
+    note="note=broke a lock without an owner (an empty folder, left $age s ago by an older Slipway or a full disk)"
+  elif [ "$owner" = {shlex.quote(owner_id)} ]; then how=retake
+  elif [ -n {shlex.quote(take_over_from)} ] && [ "$owner" = {shlex.quote(take_over_from)} ]; then
+    how=retake; note={took_over}
+  elif [ -z "$owner" ]; then
+    how=retake; note="note=broke a lock without an owner (left $age s ago by an older Slipway or a full disk)"
+  elif [ "$age" -gt {int(stale_after)} ]; then
+    how=retake; note="note=took over a stale lock of $owner ($age s old)"
+  else held
+  fi
 fi
+if [ "$how" = retake ] && [ "$owner" != {shlex.quote(owner_id)} ] && [ {int(stop_groups)} = 1 ] \
+   && [ -f {lock}/groups ]; then
+  left=$(stop_groups)
+  if [ -n "$left" ]; then
+    echo "owner=$owner a command of $owner is still running on the server (process group $left)"
+    exit {EXIT_LOCK_HELD}
+  fi
+  rm -f -- {lock}/groups
+fi
+new={meta}/lock.$$.new
+rm -rf -- "$new"
+mkdir -- "$new"
+if ! printf '%s' {shlex.quote(info)} > "$new/info"; then
+  rm -rf -- "$new"
+  echo "Slipway could not write the lock's owner into {META_DIR}/" >&2; exit 1
+fi
+if [ "$how" = retake ]; then
+  mv -f -- "$new/info" {lock}/info || {{ rm -rf -- "$new"; exit 1; }}
+elif mv -T -- "$new" {lock} 2>/dev/null; then :
+elif [ -d {lock} ] && [ -n "$(ls -A {lock} 2>/dev/null)" ]; then
+  # Another taker placed its lock first (a server without flock).
+  rm -rf -- "$new"; held
+# mv without -T (not GNU): rename(2) itself.
+elif command -v python3 >/dev/null 2>&1; then python3 -c 'import os, sys; os.rename(sys.argv[1], sys.argv[2])' "$new" {lock} || {{ rm -rf -- "$new"; held; }}
+else perl -e 'rename($ARGV[0], $ARGV[1]) or exit 1' "$new" {lock} || {{ rm -rf -- "$new"; held; }}
+fi
+rm -rf -- "$new"
+exec 9<&-
+if [ -n "$note" ]; then echo "$note"; fi
 """
 
     def _unlock_script(self, owner_id: str) -> str:
+        # The lock is renamed away before it is removed: ``rm -rf`` empties the folder first,
+        # and a taker must never find it empty and take it while it is being removed.
         lock = shlex.quote(LOCK_DIR)
-        return f"if grep -qx {shlex.quote('owner=' + owner_id)} {lock}/info 2>/dev/null; then rm -rf {lock}; fi\n"
+        return f"""if [ -d {shlex.quote(META_DIR)} ]; then
+{_LOCK_MUTEX}
+  if grep -qx {shlex.quote("owner=" + owner_id)} {lock}/info 2>/dev/null; then
+    gone={shlex.quote(META_DIR)}/lock.$$.gone; rm -rf -- "$gone"; mv -- {lock} "$gone"; rm -rf -- "$gone"
+  fi
+  exec 9<&-
+fi
+"""
+
+    def _break_lock_script(self, owner_id: str) -> str:
+        """Remove the lock if its owner is still ``owner_id`` ("" for a lock without an
+        owner), once the process groups its commands recorded are gone (else exit 75, naming
+        the one left); prints ``broken=1`` when it did."""
+        lock = shlex.quote(LOCK_DIR)
+        return f"""if [ -d {shlex.quote(META_DIR)} ]; then
+{_LOCK_MUTEX}
+  if [ -d {lock} ] && [ "$(sed -n 's/^owner=//p' {lock}/info 2>/dev/null | head -n 1)" = {shlex.quote(owner_id)} ]; then
+{_STOP_GROUPS}
+    left=""
+    if [ -f {lock}/groups ]; then left=$(stop_groups); fi
+    if [ -n "$left" ]; then
+      echo "a command of {owner_id or "its holder"} is still running on the server (process group $left)"
+      exit {EXIT_LOCK_HELD}
+    fi
+    gone={shlex.quote(META_DIR)}/lock.$$.gone; rm -rf -- "$gone"; mv -- {lock} "$gone"; rm -rf -- "$gone"
+    echo broken=1
+  fi
+  exec 9<&-
+fi
+"""
 
     def _prepare_script(
         self,
@@ -671,9 +914,10 @@ fi
                 self._script(f"cd -- {target}\n{removal}:\n")
             return
         script = f"cd -- {target} && {removal}tar {TAR_FLAGS[codec]} --no-same-owner"
-        self.connection.run_streaming_stdin(
-            "sh -c " + shlex.quote(script), chunks, on_line=on_line or self.on_line
+        result = self.connection.run_streaming_stdin(
+            "sh -c " + shlex.quote(script), chunks, on_line=on_line or self.on_line, check=False
         )
+        self._raise_for(result.exit_code, "", result.stderr, result.tail, check=True)
 
     def finish(
         self,
@@ -741,23 +985,75 @@ fi
         pieces = [
             f"if [ -e {release}/{UNFINISHED_MARKER} ]; then rm -rf -- {release} "
             f"{_meta_files(name)}; fi\n"
+            # A copy of the live release cut short (a full disk) takes room: gone too.
+            f"rm -rf -- {release}.tmp\n"
         ]
         if unlock_owner:
             pieces.append(self._unlock_script(unlock_owner))
         self._run(*pieces)
 
     def lock(
-        self, *, holder: str, owner_id: str, stale_after: int, take_over_from: str = ""
-    ) -> None:
-        self._script(
+        self,
+        *,
+        holder: str,
+        owner_id: str,
+        stale_after: int,
+        take_over_from: str = "",
+        stop_groups: bool = True,
+    ) -> tuple[str, ...]:
+        """Take the lock (see ``_lock_script``); the notes say what was taken over or broken.
+        Raises LockHeld (its ``owner`` set when the lock names one)."""
+        out = self._script(
             self._enter_script()
             + self._lock_script(
                 holder=holder,
                 owner_id=owner_id,
                 stale_after=stale_after,
                 take_over_from=take_over_from,
+                stop_groups=stop_groups,
             )
         )
+        return tuple(
+            line.removeprefix("note=") for line in out.splitlines() if line.startswith("note=")
+        )
+
+    def read_lock(self) -> LockInfo | None:
+        """Who holds the deploy path's lock; None when it is not locked."""
+        lock = shlex.quote(LOCK_DIR)
+        out = self._script(
+            f"cd -- {self.q} 2>/dev/null || exit 0\n"
+            f"if [ -d {lock} ]; then\n"
+            "  echo locked=1\n"
+            f"  sed -n 's/^owner=/owner=/p; s/^holder=/holder=/p; s/^since=/since=/p' {lock}/info 2>/dev/null || :\n"
+            f"  echo age=$(( $(date +%s) - $(stat -c %Y {lock}/info 2>/dev/null || stat -c %Y {lock}) ))\n"
+            "fi\n",
+            timeout=_DF_TIMEOUT_SECONDS,
+        )
+        values: dict[str, str] = {}
+        for line in out.splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key not in values:
+                values[key] = value
+        if values.get("locked") != "1":
+            return None
+        age = values.get("age", "0").lstrip("-")
+        return LockInfo(
+            owner=values.get("owner", ""),
+            holder=values.get("holder", ""),
+            since=values.get("since", ""),
+            age_seconds=int(age) if age.isdigit() else 0,
+        )
+
+    def break_lock(self, *, owner_id: str) -> bool:
+        """Remove the lock if its owner is still ``owner_id`` ("" for a lock that names
+        none): a lock taken again since it was read is left alone. What its commands left
+        running is killed first; LockHeld (naming the process group) when that will not go.
+        True when removed."""
+        out = self._script(
+            f"cd -- {self.q} 2>/dev/null || exit 0\n" + self._break_lock_script(owner_id),
+            timeout=_DF_TIMEOUT_SECONDS,
+        )
+        return "broken=1" in out.splitlines()
 
     def check_deploy_path(self, *, timeout: float = 600) -> None:
         """Make the deploy path if it is missing, then refuse it (UnsafeDeployPath, naming the

@@ -50,6 +50,7 @@ from builds.engine.health import (
 from builds.engine.manifest import ChangeSet, Manifest, diff, is_generated, keep_generated
 from builds.engine.specs import (
     CANARY,
+    LEFT_RUNNING_SUFFIX,
     PREPARE_THEN_SWITCH,
     ROLLING,
     STAGE_AFTER_SWITCH,
@@ -70,11 +71,6 @@ from builds.engine.variables import shell_exports, substitute, substitute_shell
 
 logger = logging.getLogger(__name__)
 
-# Ends the lock owner id of a deployment that left a command it could not stop: such a lock
-# is only taken over once stale, never because that deployment has finished.
-LEFT_RUNNING_SUFFIX = "-left-running"
-
-
 # --------------------------------------------------------------------------- shared pieces
 
 
@@ -88,8 +84,11 @@ def run_commands(
     variables: Mapping[str, str],
     env: Mapping[str, str],
     reporter: Reporter,
+    group_file: str = "",
 ) -> None:
     """Run the stage's commands on one server in ``workdir``, output streamed to the log.
+    Each command's process group is recorded in ``group_file`` when given (the lock's: see
+    release.RemoteLayout.groups_file).
 
     ``%variables%`` reach the shell as data (see variables.substitute_shell); the log shows
     the command with the values written in, for people to read."""
@@ -110,6 +109,7 @@ def run_commands(
             timeout=command.timeout_seconds,
             check=command.halt_on_error,
             check_cancelled=reporter.check_cancelled,
+            group_file=group_file,
         )
         if result.exit_code != 0:
             reporter.log(
@@ -263,6 +263,7 @@ class _Run:
                     variables=self.variables,
                     env=self.spec.server_env,
                     reporter=self.reporter,
+                    group_file=self.layout.groups_file if self.layout is not None else "",
                 )
 
     def checks(self, when: str) -> list[HealthCheckSpec]:
@@ -299,19 +300,26 @@ class _Run:
         if self.lock_left:
             return False
         self.lock_left = True
+        remaining = "; ".join(self.connection.left_running)
         if self.layout is not None:
+            # The holder is one line of the lock's info file: no line breaks in it.
+            holder = " ".join(
+                f"Slipway deployment #{self.spec.deployment_id}: a stopped command may still "
+                f"be running: {remaining}".split()
+            )[:500]
             with contextlib.suppress(Exception):
                 self.layout.lock(
-                    holder=f"Slipway deployment #{self.spec.deployment_id}: a stopped command "
-                    "may still be running",
+                    holder=holder,
                     owner_id=self.owner + LEFT_RUNNING_SUFFIX,
                     stale_after=self.spec.lock_stale_after,
                     take_over_from=self.owner,
+                    stop_groups=False,
                 )
         self.log(
             "The deploy lock is kept: a stopped command may still be running on the server ("
-            + "; ".join(f"`{c}`" for c in self.connection.left_running)
-            + f"). It is taken over once it is {self.spec.lock_stale_after} s old."
+            + remaining
+            + f"). It is taken over once it is {self.spec.lock_stale_after} s old, or an "
+            "admin breaks it on the server's page once that command is gone."
         )
         return False
 
@@ -367,6 +375,7 @@ class _Run:
                         variables=previous_variables,
                         env=self.spec.server_env,
                         reporter=self.reporter,
+                        group_file=self.layout.groups_file,
                     )
                     self._settle(previous)
             finally:
@@ -523,16 +532,24 @@ class ServerRun(_Run):
             )
 
         try:
-            prepared = attempt()
-        except LockHeld as held:
-            if (
-                not held.owner
-                or held.owner == self.owner
-                or held.owner.endswith(LEFT_RUNNING_SUFFIX)
-                or not spec.lock_owner_finished(held.owner)
-            ):
-                raise
-            prepared = attempt(take_over_from=held.owner)
+            try:
+                prepared = attempt()
+            except LockHeld as held:
+                if (
+                    not held.owner
+                    or held.owner == self.owner
+                    or held.owner.endswith(LEFT_RUNNING_SUFFIX)
+                    or not spec.lock_owner_finished(held.owner)
+                ):
+                    raise
+                prepared = attempt(take_over_from=held.owner)
+        except LockHeld:
+            raise
+        except BaseException:
+            # Preparing may fail after the lock was taken (a full disk while copying the
+            # live release): abandon() then releases it, if it is this run's.
+            self.locked = True
+            raise
         self.locked = True
         for note in prepared.notes:
             self.log(note[:1].upper() + note[1:])
@@ -574,6 +591,8 @@ class ServerRun(_Run):
 
             def counted() -> Iterator[bytes]:
                 for chunk in archive.chunks():
+                    # Cancel stops the upload too: raising here kills tar on the server.
+                    reporter.check_cancelled()
                     sent[0] += len(chunk)
                     files_done, bytes_done = archive.carried(sent[0])
                     reporter.progress(server.id, files_done, files_total, bytes_done, bytes_total)
@@ -719,17 +738,21 @@ class RollbackRun(_Run):
         with self.reporter.step("lock", self.server.id):
             holder = f"Slipway rollback #{spec.deployment_id} by {spec.deployer or 'unknown'}"
             try:
-                layout.lock(holder=holder, owner_id=self.owner, stale_after=spec.lock_stale_after)
+                notes = layout.lock(
+                    holder=holder, owner_id=self.owner, stale_after=spec.lock_stale_after
+                )
             except LockHeld as held:
                 if not held.owner or not spec.lock_owner_finished(held.owner):
                     raise
-                layout.lock(
+                notes = layout.lock(
                     holder=holder,
                     owner_id=self.owner,
                     stale_after=spec.lock_stale_after,
                     take_over_from=held.owner,
                 )
             self.locked = True
+            for note in notes:
+                self.log(note[:1].upper() + note[1:])
             layout.check_release(self.target)
             self.previous = layout.live_release()
             self.result.previous_release = self.previous

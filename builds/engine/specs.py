@@ -5,6 +5,7 @@ tests build them; the engine never reads a database."""
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -269,8 +270,32 @@ class DeployResult:
         return all(result.ok for result in self.servers)
 
 
+# Ends the lock owner id of a deployment that left a command it could not stop: such a lock
+# is only taken over once stale, never because that deployment has finished.
+LEFT_RUNNING_SUFFIX = "-left-running"
+_LOCK_OWNER = re.compile(rf"deployment-(?P<id>[0-9]{{1,18}})(?P<left>{LEFT_RUNNING_SUFFIX})?")
+
+
 def lock_owner(deployment_id: int) -> str:
+    """The owner id a deployment writes into the locks it takes: ``deployment-<id>``."""
     return f"deployment-{deployment_id}"
+
+
+@dataclass(frozen=True)
+class LockOwner:
+    """What a lock's owner id says: the deployment, and whether the lock was kept for a
+    command of it that could not be stopped."""
+
+    deployment_id: int
+    left_running: bool
+
+
+def parse_lock_owner(owner: str) -> LockOwner | None:
+    """``deployment-12`` or ``deployment-12-left-running``; None for any other owner id."""
+    match = _LOCK_OWNER.fullmatch(owner)
+    if match is None:
+        return None
+    return LockOwner(deployment_id=int(match["id"]), left_running=bool(match["left"]))
 
 
 def variables_for(

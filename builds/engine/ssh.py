@@ -82,9 +82,14 @@ _GROUP_HEADER = re.compile(r"slipway-pgid(?: (?P<pgid>[0-9]+))?")
 # group leader and makes the session itself instead of forking (util-linux and busybox alike);
 # the trailing ``exit`` keeps shells from exec'ing it. Without ``setsid`` (not Linux), the
 # command runs in the shell's own group and only that shell's id is known.
+# With a second argument, the group's id and its leader's start time (``/proc``, field 22:
+# a reused id is told apart) are also appended to that file, so that whoever takes a lock
+# over from a deployment whose worker died can stop what it left running (release.py).
 _GROUP_WRAPPER = (
     "if command -v setsid >/dev/null 2>&1; then "
-    """setsid sh -c 'echo "slipway-pgid $$"; exec sh -c "$1"' sh "$1"; """
+    """setsid sh -c 'echo "slipway-pgid $$"; if [ -n "$2" ]; then """
+    """{ echo "$$ $(cut -d" " -f22 /proc/$$/stat)" >> "$2"; } 2>/dev/null || :; fi; """
+    """exec sh -c "$1"' sh "$1" "${2:-}"; """
     'else echo slipway-pgid; sh -c "$1"; fi; exit $?'
 )
 # How long the group of a stopped command may take to go after SIGKILL (processes in
@@ -310,8 +315,9 @@ class Connection:
         self.host_key = host_key
         self._transport = transport
         self._sftp: paramiko.SFTPClient | None = None
-        #: Commands stopped (timed out, cancelled) whose processes could not be confirmed gone:
-        #: whoever holds a lock on the server for them keeps it.
+        #: Commands stopped (timed out, cancelled) whose processes could not be confirmed gone,
+        #: each as "`command` (process group N)": whoever holds a lock on the server for them
+        #: keeps it.
         self.left_running: list[str] = []
 
     def __repr__(self) -> str:
@@ -341,6 +347,7 @@ class Connection:
         stdin: bytes | None = None,
         check: bool = True,
         check_cancelled: Callable[[], None] | None = None,
+        group_file: str = "",
     ) -> CommandResult:
         """Run ``command`` with ``sh -c`` on the server (quote what you interpolate).
 
@@ -351,7 +358,8 @@ class Connection:
         ``on_line`` or ``check_cancelled`` raises, the command's whole process group is killed
         and the call returns once it is gone (see ``left_running`` when it cannot be told).
         With ``check``, a non-zero exit raises CommandFailed, or DiskFull / PermissionDenied
-        when stderr says so.
+        when stderr says so. With ``group_file`` (a path on the server), the command's
+        process group is recorded in it (see _GROUP_WRAPPER).
         """
         chunks = [stdin] if stdin else []
         return self._execute(
@@ -362,6 +370,7 @@ class Connection:
             check=check,
             lost=self._lost,
             check_cancelled=check_cancelled,
+            group_file=group_file,
         )
 
     def run_streaming_stdin(
@@ -426,12 +435,14 @@ class Connection:
         lost: Callable[[str], EngineError],
         check_cancelled: Callable[[], None] | None = None,
         in_own_group: bool = True,
+        group_file: str = "",
     ) -> CommandResult:
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
         output = _OutputCollector(on_line, expect_group_header=in_own_group)
         remote = (
             f"sh -c {shlex.quote(_GROUP_WRAPPER)} slipway {shlex.quote(command)}"
+            + (f" {shlex.quote(group_file)}" if group_file else "")
             if in_own_group
             else command
         )
@@ -456,7 +467,7 @@ class Connection:
                     stopped = self._stop_group(channel, output, command)
                 except Exception:  # must not hide why the command was stopped
                     logger.warning("Stopping `%s` failed", command, exc_info=True)
-                    self.left_running.append(command)
+                    self.left_running.append(_left_running(command, output.group))
                     stopped = False
                 if isinstance(exc, CommandTimedOut):
                     raise CommandTimedOut(
@@ -529,7 +540,7 @@ class Connection:
             else:
                 if result.exit_code == 0:
                     return True
-        self.left_running.append(command)
+        self.left_running.append(_left_running(command, group))
         return False
 
     def _send_input(
@@ -649,6 +660,15 @@ def classify_command_failure(
             said += f" (logged in as {username})"
         return PermissionDenied(f"{said}. {failure}")
     return failure
+
+
+def _left_running(command: str, group: int | None) -> str:
+    """A stopped command that may still run, for people: "`command` (process group N)",
+    on one line, the command cut to 200 characters."""
+    text = " ".join(command.split())
+    if len(text) > 200:
+        text = text[:199] + "…"
+    return f"`{text}`" + (f" (process group {group})" if group is not None else "")
 
 
 def _close_quietly(channel: paramiko.Channel) -> None:

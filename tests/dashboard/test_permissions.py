@@ -56,6 +56,7 @@ def _changes(project, server, deployment, running, variable, bob) -> dict[str, d
         f"/projects/{slug}/repository/trust/": {"fingerprint": "SHA256:" + "x" * 43},
         f"/projects/{slug}/servers/{server.pk}/edit/": {"name": "renamed"},
         f"/projects/{slug}/servers/{server.pk}/delete/": {},
+        f"/projects/{slug}/servers/{server.pk}/lock/break/": {"force": "1"},
         f"/projects/{slug}/servers/new/": {"name": "web9"},
         f"/projects/{slug}/settings/": {"name": "Renamed"},
         f"/projects/{slug}/delete/": {},
@@ -134,7 +135,11 @@ def test_a_deployer_deploys_cancels_and_rolls_back_but_does_not_configure(
     running.refresh_from_db()
     assert running.cancel_requested_at is not None
 
-    for path in (f"/projects/{slug}/settings/", f"/projects/{slug}/servers/{server.pk}/edit/"):
+    for path in (
+        f"/projects/{slug}/settings/",
+        f"/projects/{slug}/servers/{server.pk}/edit/",
+        f"/projects/{slug}/servers/{server.pk}/lock/break/",
+    ):
         assert bob_client.post(path, {"name": "Mine now"}).status_code == 403, path
     assert bob_client.get(f"/projects/{slug}/servers/{server.pk}/edit/").status_code == 403
 

@@ -7,6 +7,7 @@ command's processes in /proc; an unusual ``sleep`` length names them.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from pathlib import Path
@@ -191,6 +192,8 @@ def test_a_command_that_could_not_be_stopped_keeps_the_lock_until_it_is_stale(
     assert reporter.text.count("The deploy lock is kept") == 1
     lock_info = (sshd_target.deploy_path / ".slipway" / "lock" / "info").read_text()
     assert "owner=deployment-1-left-running" in lock_info
+    # The holder names what may still be running.
+    assert "a stopped command may still be running: sleep 600\n" in lock_info
     # Even when the first deployment is known to have finished, its lock is not taken over.
     second = pipeline.deploy(
         dataclasses.replace(
@@ -209,3 +212,85 @@ def test_a_command_that_could_not_be_stopped_keeps_the_lock_until_it_is_stale(
         RecordingReporter(),
     )
     assert stale.ok, [r.error for r in stale.servers]
+
+
+def test_a_cancelled_upload_stops_tar_on_the_server_and_unlocks(
+    sshd_target, git_repo_factory, tmp_path
+):
+    repo = git_repo_factory()
+    big = {f"blob{n}.bin": os.urandom(2 * 1024 * 1024) for n in range(12)}
+    revision = repo.commit(big, "24 MB of incompressible data")
+    reporter = RecordingReporter()
+
+    def cancel_once_started(server_id, bytes_done, bytes_total):
+        if 0 < bytes_done < bytes_total:
+            reporter.cancel.set()
+
+    reporter.on_progress = cancel_once_started
+    result = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server_for(sshd_target)], revision), reporter
+    )
+
+    assert reporter.cancel.is_set(), "the upload finished before it could be cancelled"
+    assert result.servers[0].cancelled
+    # It stopped in the middle, not at the next safe point after the upload.
+    assert all(done < total for *_, done, total in reporter.progress_reports if total)
+    assert not (sshd_target.deploy_path / ".slipway" / "lock").exists()
+    assert list((sshd_target.deploy_path / "releases").iterdir()) == []
+    assert not (sshd_target.deploy_path / "current").exists()
+
+
+def test_a_lock_taken_from_a_dead_worker_first_stops_what_its_commands_left_running(
+    sshd_target, git_repo_factory, tmp_path, monkeypatch
+):
+    repo = git_repo_factory()
+    revision = repo.commit({"index.html": "A\n"}, "A")
+    server = server_for(sshd_target)
+    marker = sshd_target.deploy_path.parent / "marker-dead-worker"
+    hanging = pipeline.CommandSpec(
+        command=f"(sleep 3600.04; touch {marker}) & sleep 3600.04", stage="before_switch"
+    )
+    connections = []
+
+    def connect_and_keep(endpoint):
+        connection = connect(endpoint)
+        connections.append(connection)
+        return connection
+
+    def worker_dies_once_it_sleeps() -> None:
+        deadline = time.monotonic() + 30
+        while len(_sleeping("3600.04")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # What a SIGKILLed worker leaves: the connection gone, the command running on.
+        connections[0]._transport.close()
+
+    monkeypatch.setattr(rollout, "connect", connect_and_keep)
+    killer = threading.Thread(target=worker_dies_once_it_sleeps)
+    killer.start()
+    first = pipeline.deploy(
+        deploy_spec(repo, tmp_path, [server], revision, commands=(hanging,)),
+        RecordingReporter(),
+    )
+    killer.join()
+    monkeypatch.undo()
+
+    assert not first.ok
+    assert len(_sleeping("3600.04")) == 2, "the command should have outlived its connection"
+    lock = sshd_target.deploy_path / ".slipway" / "lock"
+    assert "owner=deployment-1\n" in (lock / "info").read_text()
+    assert (lock / "groups").read_text().strip()
+
+    reporter = RecordingReporter()
+    second = pipeline.deploy(
+        dataclasses.replace(
+            deploy_spec(repo, tmp_path, [server], revision, deployment_id=2),
+            lock_owner_finished=lambda owner: owner == "deployment-1",
+        ),
+        reporter,
+    )
+
+    assert second.ok, [r.error for r in second.servers]
+    assert "Took over the lock of deployment-1, which has finished" in reporter.text
+    assert _sleeping("3600.04") == []
+    assert not lock.exists()
+    assert not marker.exists()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
@@ -90,6 +91,29 @@ def start_serve(env: dict[str, str], log_path: Path) -> subprocess.Popen[str]:
     return process
 
 
+def require_scaled_out() -> None:
+    """Skip a test that needs PostgreSQL and Redis when they are not set; fail it in CI, which
+    always sets them (see .ci/run)."""
+    import pytest
+    from django.conf import settings
+
+    if not (settings.REDIS_URL and settings.DATABASE_URL):
+        if os.environ.get("CI"):
+            pytest.fail("CI must run with DATABASE_URL and REDIS_URL set (see .ci/run)")
+        pytest.skip("scaled-out mode only: set DATABASE_URL and REDIS_URL (as .ci/run does)")
+
+
+def shared_test_database_url() -> str:
+    """The URL of the test database that pytest-django created, for processes to share."""
+    from django.db import connection
+
+    database = connection.settings_dict
+    user = quote(database["USER"], safe="")
+    if database.get("PASSWORD"):
+        user += ":" + quote(database["PASSWORD"], safe="")
+    return f"postgres://{user}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
+
+
 def start_celery_worker(
     data_dir: Path,
     *,
@@ -108,20 +132,13 @@ def start_celery_worker(
     REDIS_URL; ``log_path`` takes the output instead of a pipe (a pipe nobody reads fills up
     and stops a chatty worker). Scaled-out mode only: skipped without DATABASE_URL and
     REDIS_URL, a failure in CI (which always sets them, see .ci/run)."""
-    import pytest
     from django.conf import settings
-    from django.db import connection
 
-    if not (settings.REDIS_URL and settings.DATABASE_URL):
-        if os.environ.get("CI"):
-            pytest.fail("CI must run with DATABASE_URL and REDIS_URL set (see .ci/run)")
-        pytest.skip("scaled-out mode only: set DATABASE_URL and REDIS_URL (as .ci/run does)")
-    database = connection.settings_dict
-    # The worker must use the test database that pytest-django created.
-    url = f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
+    require_scaled_out()
     env = {
         **os.environ,
-        "DATABASE_URL": url,
+        # The worker must use the test database that pytest-django created.
+        "DATABASE_URL": shared_test_database_url(),
         "SLIPWAY_DATA_DIR": str(data_dir),
         "SLIPWAY_ENCRYPTION_KEYS": ",".join(settings.ENCRYPTION_KEYS),
         "SLIPWAY_SECRET_KEY": settings.SECRET_KEY,
