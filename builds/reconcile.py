@@ -28,6 +28,8 @@ release" needs nothing the dead worker might not have stored.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -39,6 +41,7 @@ from django.utils import timezone
 from builds import runner, services
 from builds.engine import pipeline, release
 from builds.engine.errors import EngineError
+from builds.engine.ssh import Endpoint
 from builds.models import FINAL, Deployment, DeploymentTarget, Kind, Status, TargetStatus
 from deployer import outbox
 from servers.models import Protocol, Server
@@ -58,19 +61,50 @@ class ServerState:
     error: str = ""
 
 
+#: Servers read at once when a lost deployment had several.
+READ_PARALLEL = 8
+
+
+def server_states(servers: Sequence[Server]) -> list[ServerState]:
+    """Read where ``current`` points on each of ``servers`` (read-only; several at once, each
+    bounded by the SSH connect timeout), in order. Never raises: a server that cannot be read
+    is a ServerState with ``error``."""
+    # Endpoints (secrets decrypted, the address policy checked) here, with the database;
+    # the threads only talk SSH.
+    reads: list[ServerState | tuple[Endpoint, str]] = []
+    for server in servers:
+        if not server.atomic or server.protocol != Protocol.SSH:
+            reads.append(ServerState(error="an in-place server keeps no releases to tell it by"))
+            continue
+        try:
+            reads.append((runner.endpoint_for(server), server.deploy_path))
+        except EngineError as exc:
+            reads.append(_unreadable(exc))
+    with ThreadPoolExecutor(max_workers=READ_PARALLEL) as pool:
+        futures = [
+            read if isinstance(read, ServerState) else pool.submit(_read, *read) for read in reads
+        ]
+        return [f if isinstance(f, ServerState) else f.result() for f in futures]
+
+
 def server_state(server: Server) -> ServerState:
-    """Read where ``current`` points on ``server`` (read-only, bounded by the SSH connect
-    timeout); never raises: an unreachable server is a ServerState with ``error``."""
-    if not server.atomic or server.protocol != Protocol.SSH:
-        return ServerState(error="an in-place server keeps no releases to tell it by")
+    """server_states of one server."""
+    return server_states([server])[0]
+
+
+def _read(endpoint: Endpoint, deploy_path: str) -> ServerState:
     try:
-        state = pipeline.inspect_server(runner.endpoint_for(server), server.deploy_path)
-    except EngineError as exc:
-        return ServerState(error=str(exc) if exc.user_facing else type(exc).__name__)
-    except Exception as exc:  # a socket's, paramiko's: the server is not readable now
-        logger.warning("Reading %s failed", server, exc_info=True)
-        return ServerState(error=f"{type(exc).__name__}: {exc}")
+        state = pipeline.inspect_server(endpoint, deploy_path)
+    except Exception as exc:  # EngineError, or a socket's, paramiko's: not readable now
+        return _unreadable(exc)
     return ServerState(current=state.current, complete=state.complete)
+
+
+def _unreadable(exc: Exception) -> ServerState:
+    if isinstance(exc, EngineError) and exc.user_facing:
+        return ServerState(error=str(exc))
+    logger.warning("Reading a server failed", exc_info=exc)
+    return ServerState(error=type(exc).__name__)
 
 
 def _release_of(deployment: Deployment, server: Server) -> tuple[str, str] | None:
@@ -178,14 +212,18 @@ def deployment_reconcile(deployment: Deployment, *, reason: str) -> bool:
     """End a running deployment whose worker is gone, each server recorded as it really is
     (see the module docstring). ``reason`` starts the deployment's error. False when it was
     no longer running (another reconciler, or its worker, finished it first)."""
-    targets = list(
-        deployment.targets.filter(
-            status__in=[TargetStatus.RUNNING, TargetStatus.WAITING]
-        ).select_related("server", "server__project")
+    targets = (
+        []  # a preview touches no server
+        if deployment.kind == Kind.PREVIEW
+        else list(
+            deployment.targets.filter(
+                status__in=[TargetStatus.RUNNING, TargetStatus.WAITING]
+            ).select_related("server", "server__project")
+        )
     )
-    preview = deployment.kind == Kind.PREVIEW
     # Read before the transaction: SSH takes seconds, no row stays locked meanwhile.
-    states = {} if preview else {t.pk: server_state(t.server) for t in targets}
+    read = server_states([t.server for t in targets])
+    states = {t.pk: state for t, state in zip(targets, read, strict=True)}
     with transaction.atomic():
         locked = Deployment.objects.select_for_update().filter(pk=deployment.pk).first()
         if locked is None or locked.status != Status.RUNNING:
@@ -195,7 +233,7 @@ def deployment_reconcile(deployment: Deployment, *, reason: str) -> bool:
                 status__in=[TargetStatus.RUNNING, TargetStatus.WAITING]
             ).values_list("pk", flat=True)
         )
-        targets = [t for t in targets if t.pk in still and not preview]
+        targets = [t for t in targets if t.pk in still]
         outcomes = [_record_target(locked, t, states[t.pk]) for t in targets]
         services.system_line(
             locked, reason + (". Servers: " + "; ".join(outcomes) if outcomes else "")
