@@ -169,6 +169,10 @@ class DeploymentTarget(models.Model):
     bytes_done = models.BigIntegerField(default=0)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    #: The deployment's worker was lost and the server could not be read then (unreachable):
+    #: whether ``current`` switched is unknown, and the reaper reads the server again
+    #: (builds.reconcile).
+    state_unknown = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["position", "id"]

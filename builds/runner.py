@@ -705,7 +705,7 @@ def _record_server(
     if result.ok:
         target.status = TargetStatus.SUCCEEDED
         if result.release:
-            _mark_live(deployment, result, revision)
+            mark_live(deployment, result, revision)
     elif result.rolled_back:
         target.status = TargetStatus.ROLLED_BACK
     elif result.skipped:
@@ -750,7 +750,7 @@ def _update_target(deployment_id: int, server_id: int, **fields: Any) -> None:
     )
 
 
-def _mark_live(deployment: Deployment, result: pipeline.ServerResult, revision: str | None) -> None:
+def mark_live(deployment: Deployment, result: pipeline.ServerResult, revision: str | None) -> None:
     """Record ``result.release`` as the server's live release. A deployment pushes it onto
     the server's history (its ``previous`` is what was live); a rollback leaves the history
     as it is, so the next plain rollback goes further back (services.rollback_target)."""

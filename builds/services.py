@@ -6,10 +6,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -48,7 +47,7 @@ class DeploymentRefused(Exception):
 
 
 @retrying
-def _system_line(deployment: Deployment, text: str) -> None:
+def system_line(deployment: Deployment, text: str) -> None:
     """Append one system line outside a running LogWriter (queueing, cancelling, reaping)."""
     project_lock(deployment.project_id)
     locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
@@ -196,7 +195,7 @@ def _supersede_queued(servers: Iterable[Server], *, by: Deployment) -> None:
                 error=f"Superseded by deployment #{by.pk}",
                 finished_at=timezone.now(),
             )
-            _system_line(deployment, f"Superseded by deployment #{by.pk}")
+            system_line(deployment, f"Superseded by deployment #{by.pk}")
 
 
 def deployment_claim(
@@ -377,7 +376,7 @@ def _request_cancel(deployment: Deployment) -> str:
         DeploymentTarget.objects.filter(
             deployment_id=deployment.pk, status=TargetStatus.QUEUED
         ).update(status=TargetStatus.CANCELLED, finished_at=now)
-        _system_line(deployment, "Cancelled before it started")
+        system_line(deployment, "Cancelled before it started")
         return "cancelled"
     changed = Deployment.objects.filter(
         pk=deployment.pk, status=Status.RUNNING, cancel_requested_at=None
@@ -404,36 +403,6 @@ def deployment_abort(deployment: Deployment) -> bool:
             pk=deployment.pk, status=Status.RUNNING, abort_requested_at=None
         ).update(abort_requested_at=timezone.now())
     )
-
-
-def deployments_reap_stale() -> int:
-    """Fail running deployments whose heartbeat went stale (their worker died)."""
-    cutoff = timezone.now() - timedelta(seconds=settings.HEARTBEAT_TIMEOUT)
-    stale = list(Deployment.objects.filter(status=Status.RUNNING, heartbeat_at__lt=cutoff))
-    for deployment in stale:
-        message = (
-            f"The worker running this deployment ({deployment.worker or 'unknown'}) stopped "
-            f"responding: no heartbeat for {settings.HEARTBEAT_TIMEOUT} s"
-        )
-        _system_line(deployment, message)
-        deployment_finish(deployment, status=Status.FAILED, error=message, error_code="worker_lost")
-    dispatch_ready()
-    return len(stale)
-
-
-def deployments_recover_after_restart() -> None:
-    """Embedded mode: after a restart nothing can still be running in this single process."""
-    if settings.EMBEDDED:
-        for deployment in Deployment.objects.filter(status=Status.RUNNING):
-            message = "Slipway restarted while this deployment was running"
-            _system_line(deployment, message)
-            deployment_finish(
-                deployment, status=Status.FAILED, error=message, error_code="worker_lost"
-            )
-    if settings.EMBEDDED_WORKER:
-        # The in-memory broker's messages died with the process that held them.
-        outbox.resend_unconsumed()
-    dispatch_ready()
 
 
 # --------------------------------------------------------------------------- requests from people

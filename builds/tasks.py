@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import task_failure, worker_ready
 from celery.worker.control import control_command
 
-from builds import cleanup, notifications, retention, runner, services
+from builds import cleanup, notifications, reconcile, retention, runner, services
 from deployer import outbox
 
+logger = logging.getLogger(__name__)
 
-@shared_task(name=services.RUN_DEPLOYMENT_TASK, bind=True, acks_late=True, ignore_result=True)
+#: Reconciles a deployment whose worker process died (housekeeping queue, see below).
+RECONCILE_LOST_TASK = "builds.tasks.reconcile_lost_deployment"
+
+
+@shared_task(name=services.RUN_DEPLOYMENT_TASK, bind=True, ignore_result=True)
 def run_deployment(self: object, deployment_id: int) -> None:
     _claim_and_run(self.request, deployment_id)  # type: ignore[attr-defined]
 
 
 # The same work as run_deployment, on the `previews` queue: a preview never waits behind
 # deployments (deployer/settings.py routes the two).
-@shared_task(name=services.RUN_PREVIEW_TASK, bind=True, acks_late=True, ignore_result=True)
+@shared_task(name=services.RUN_PREVIEW_TASK, bind=True, ignore_result=True)
 def run_preview(self: object, deployment_id: int) -> None:
     _claim_and_run(self.request, deployment_id)  # type: ignore[attr-defined]
 
@@ -41,7 +48,37 @@ def relay_outbox() -> int:
 
 @shared_task(ignore_result=True)
 def reap_stale_deployments() -> int:
-    return services.deployments_reap_stale()
+    return reconcile.deployments_reap_stale()
+
+
+@shared_task(name=RECONCILE_LOST_TASK, ignore_result=True)
+def reconcile_lost_deployment(deployment_id: int, task_id: str, reason: str) -> bool:
+    return reconcile.deployment_worker_lost(deployment_id, task_id=task_id, reason=reason)
+
+
+@task_failure.connect
+def _deployment_worker_lost(
+    sender: Any = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    args: Any = None,
+    **_: Any,
+) -> None:
+    # Sent in the worker's main process when the pool process running the task died
+    # (WorkerLostError: killed, out of memory) or was killed at the hard time limit; the
+    # task's own code never ran its `except`. The reconciliation reads servers over SSH, so
+    # it runs as a housekeeping task rather than here, in the loop that feeds the pool.
+    name = getattr(sender, "name", "")
+    if name not in (services.RUN_DEPLOYMENT_TASK, services.RUN_PREVIEW_TASK):
+        return
+    if not isinstance(exception, WorkerLostError | TimeLimitExceeded) or not args:
+        return
+    deployment_id = int(args[0])
+    reason = f"{type(exception).__name__}: {exception}"
+    logger.warning("Deployment %s lost its worker (%s); reconciling it", deployment_id, reason)
+    outbox.enqueue(
+        RECONCILE_LOST_TASK, deployment_id, task_id or "", reason, key=f"reconcile:{deployment_id}"
+    )
 
 
 # Batches of at most retention.BATCH_SIZE rows: a first run on a large database may take a
@@ -56,7 +93,6 @@ def prune_old_records() -> dict[str, int]:
 # below the claim's lease (builds.notifications.CLAIM_LEASE, 5 min).
 @shared_task(
     name=notifications.SEND_DELIVERY_TASK,
-    acks_late=True,
     ignore_result=True,
     soft_time_limit=120,
     time_limit=150,

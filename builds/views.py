@@ -8,11 +8,13 @@ from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from builds import pending
 from builds.forms import DeploymentForm
 from builds.models import Deployment, Kind, Status, TargetStatus, Trigger
 from builds.services import (
@@ -30,6 +32,7 @@ from projects.dashboard import (
     error_message,
     get_deployment_for_user,
     get_project_for_user,
+    get_site_admin,
     page_context,
 )
 from projects.models import DEPLOY_ROLES, Membership
@@ -345,3 +348,46 @@ def deployment_abort_view(request: HttpRequest, slug: str, deployment_id: int) -
             "release it had.",
         )
     return redirect("deployment-detail", slug, deployment_id)
+
+
+# --------------------------------------------------------------------------- pending work
+
+
+@never_cache
+@login_required
+@require_GET
+def pending_work(request: HttpRequest) -> HttpResponse:
+    """Site admins: every queued and running deployment of every project, with its start
+    message and why it waits (builds.pending). ``?format=json`` answers the same as JSON."""
+    get_site_admin(request)
+    rows = pending.pending_deployments()
+    if request.GET.get("format") == "json":
+        return JsonResponse({"deployments": [_pending_json(row) for row in rows]})
+    return render(request, "builds/pending.html", {"rows": rows})
+
+
+def _pending_json(row: pending.PendingDeployment) -> dict[str, Any]:
+    deployment, message = row.deployment, row.message
+    return {
+        "id": deployment.pk,
+        "project": deployment.project.slug,
+        "kind": deployment.kind,
+        "status": deployment.status,
+        "created_at": deployment.created_at.isoformat(),
+        "servers": [target.server.name for target in deployment.targets.all()],
+        "queue": row.queue,
+        "message": {
+            "state": row.message_state,
+            "sent_at": message.sent_at.isoformat() if message and message.sent_at else None,
+            "consumed_at": (
+                message.consumed_at.isoformat() if message and message.consumed_at else None
+            ),
+            "consumed_by": message.consumed_by if message else "",
+            "attempts": message.attempts if message else 0,
+            "last_error": message.last_error if message else "",
+        },
+        "worker": deployment.worker,
+        "heartbeat_at": deployment.heartbeat_at.isoformat() if deployment.heartbeat_at else None,
+        "heartbeat_stale": row.stale,
+        "why": row.why,
+    }

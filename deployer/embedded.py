@@ -25,6 +25,18 @@ REAPER_INTERVAL_SECONDS = 30.0
 # As often as beat runs it (CELERY_BEAT_SCHEDULE["prune-old-records"]).
 PRUNE_INTERVAL_SECONDS = 3600.0
 
+#: The in-process worker's thread, once start_worker ran (healthz counts it while alive).
+_worker_thread: threading.Thread | None = None
+
+
+def worker_name() -> str:
+    return f"embedded@{settings.BIND}"
+
+
+def worker_running() -> bool:
+    """The in-process worker was started in this process and its thread is alive."""
+    return _worker_thread is not None and _worker_thread.is_alive()
+
 
 def start_worker() -> WorkController:
     app.conf.broker_transport_options = {
@@ -36,7 +48,7 @@ def start_worker() -> WorkController:
     app.set_default()
     worker = WorkController(
         app=app,
-        hostname=f"embedded@{settings.BIND}",
+        hostname=worker_name(),
         pool="threads",
         concurrency=settings.WORKER_CONCURRENCY,
         without_heartbeat=True,
@@ -48,7 +60,9 @@ def start_worker() -> WorkController:
         # run here too.
         ready_callback=_send_worker_ready,
     )
-    threading.Thread(target=worker.start, name="slipway-worker", daemon=True).start()
+    global _worker_thread
+    _worker_thread = threading.Thread(target=worker.start, name="slipway-worker", daemon=True)
+    _worker_thread.start()
     threading.Thread(target=_reap_forever, name="slipway-reaper", daemon=True).start()
     logger.info("Embedded worker started with %s threads", settings.WORKER_CONCURRENCY)
     return worker

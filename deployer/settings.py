@@ -335,16 +335,34 @@ else:
 # Celery: settings live under CELERY_ in this module (see deployer/celery.py).
 CELERY_BROKER_URL = REDIS_URL or "memory://localhost/"
 CELERY_TASK_IGNORE_RESULT = True
-# A job is acknowledged only after it finished, so a worker that dies mid-deploy leaves the
-# message to be delivered again; the task's conditional claim makes a second run a no-op.
-CELERY_TASK_ACKS_LATE = True
-CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A message is acknowledged when its task starts (Celery's default), not when it ends. The
+# work is rows in the database, never only a message: the outbox re-sends what no worker
+# started (deployer.outbox), a deployment is claimed by a conditional update, and a worker that
+# dies while running one is noticed by builds.tasks (worker lost) and the reaper. Late acks
+# would add nothing to that and cost the worker its life: a worker holding an unacknowledged
+# message when Redis restarts exits with "Unrecoverable error: AttributeError('NoneType'
+# object has no attribute 'hostname')" (kombu restores unacknowledged messages while it
+# closes the broken connection; Celery 5.7, kombu 5.7). docs/reliability-invariant.md.
+CELERY_TASK_ACKS_LATE = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Workers outlive a broker restart or outage: they reconnect for as long as it takes (Celery's
+# default gives up after 100 attempts, ~1 h, and exits), and a running deployment goes on
+# (its state and log are in the database; nothing it does needs the broker).
+CELERY_BROKER_CONNECTION_RETRY = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_TASK_SOFT_TIME_LIMIT = DEPLOYMENT_TIME_LIMIT
 CELERY_TASK_TIME_LIMIT = int(DEPLOYMENT_TIME_LIMIT * 1.2)
 # Redis redelivers an unacknowledged message after the visibility timeout: keep it above the
 # longest deployment, or a slow deploy would be started a second time.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": int(DEPLOYMENT_TIME_LIMIT * 1.5)}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": int(DEPLOYMENT_TIME_LIMIT * 1.5),
+    # A half-open connection (Redis gone without a FIN: a host or link down) is noticed in
+    # seconds, not at the kernel's TCP timeout; a send never hangs on an unreachable broker.
+    "socket_keepalive": True,
+    "socket_connect_timeout": 5,
+    "health_check_interval": 10,
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Queues (docs/ARCHITECTURE.md): a long deployment never delays a notification, a preview,

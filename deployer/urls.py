@@ -4,15 +4,20 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
+from django.views.decorators.cache import never_cache
 from drf_spectacular.views import SpectacularAPIView
 
 from builds import webhooks
-from deployer import views
+from deployer import health, views
 from projects import account_views
 
 
+@never_cache
 def healthz(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"ok": True})
+    """The database, the broker and the live workers (deployer.health); 503 when the
+    database is down. Open to anybody: it names no host, URL or secret."""
+    document, status = health.report()
+    return JsonResponse(document, status=status)
 
 
 # The database unreachable is a 503, not a 500 (deployer.db.UNAVAILABLE_ERRORS).

@@ -15,6 +15,7 @@ SETTING = PROJECT + "settings/<slug:kind>/"
 
 urlpatterns = [
     path("", views.index, name="index"),
+    path("pending/", deployments.pending_work, name="pending-work"),
     path("projects/new/", views.project_new, name="project-new"),
     path(PROJECT, views.project_detail, name="project-detail"),
     path(PROJECT + "settings/", views.project_settings, name="project-settings"),

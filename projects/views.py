@@ -609,6 +609,7 @@ DOCS = (
     "users",
     "api",
     "security",
+    "reliability-invariant",
 )
 
 

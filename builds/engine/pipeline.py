@@ -38,6 +38,7 @@ from builds.engine.specs import (
     ServerSpec,
     StrategySpec,
 )
+from builds.engine.ssh import Endpoint, connect
 
 __all__ = [
     "STAGE_AFTER_SWITCH",
@@ -277,3 +278,14 @@ def rollback(spec: RollbackSpec, reporter: Reporter) -> list[ServerResult]:
     """Switch each server's ``current`` back to a kept release; no build, no upload. The
     servers go with ``spec.strategy`` and ``spec.health_checks`` (rollout.switch_back)."""
     return rollout.switch_back(spec, reporter)
+
+
+def inspect_server(endpoint: Endpoint, deploy_path: str) -> release.LiveState:
+    """Where ``current`` points on one server and whether that release is complete, read
+    over SSH without changing anything (reconciling after a worker was lost).
+
+    Raises EngineError: HostUnreachable, AuthenticationRefused, HostKeyMismatch...,
+    InvalidInput for a bad deploy path, CommandFailed when the server's shell fails.
+    """
+    with connect(endpoint) as connection:
+        return release.RemoteLayout(connection, deploy_path).inspect()

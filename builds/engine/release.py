@@ -190,6 +190,23 @@ def is_release_name(name: str) -> bool:
     return bool(_RELEASE_NAME.match(name))
 
 
+def release_prefix(when: float) -> str:
+    """What every release a deployment started at ``when`` (epoch seconds) is named with:
+    ``YYYYMMDD-HHMMSSmmm-`` (release_name without the SHA). A server's ``current`` whose
+    name starts with it points at that deployment's release."""
+    return release_name("", when)
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """Where a server's ``current`` points, read without changing anything."""
+
+    #: The release name ``current`` points at; None when there is no ``current`` link.
+    current: str | None
+    #: That release is on the server and finished (no unfinished marker).
+    complete: bool
+
+
 @dataclass(frozen=True)
 class Prepared:
     """The state found on the server when a new release was started."""
@@ -1080,6 +1097,20 @@ fi
         if unlock_owner:
             pieces.append(self._unlock_script(unlock_owner))
         return Cleaned(removed=self._run(*pieces).get("removed", []))
+
+    def inspect(self) -> LiveState:
+        """Read where ``current`` points and whether that release is complete: one round
+        trip that writes nothing (it may run while another deployment holds the lock)."""
+        out = self._script(
+            f"cd -- {self.q} 2>/dev/null || exit 0\n"
+            "if [ -L current ]; then\n"
+            '  name=$(basename "$(readlink current)"); echo "current=$name"\n'
+            f'  if [ -d "releases/$name" ] && [ ! -e "releases/$name/{UNFINISHED_MARKER}" ]; then '
+            "echo complete=1; fi\n"
+            "fi\n"
+        )
+        values = dict(line.partition("=")[::2] for line in out.splitlines() if "=" in line)
+        return LiveState(current=values.get("current") or None, complete="complete" in values)
 
     def live_release(self) -> str | None:
         out = self._script(

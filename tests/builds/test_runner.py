@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from builds import services
+from builds import reconcile, services
 from builds.models import Deployment, Kind, LogLine, Status, TargetStatus
 from builds.tasks import run_deployment
 from projects.models import BuildCommand, EnvironmentVariable
@@ -169,7 +169,7 @@ def test_the_reaper_fails_a_deployment_whose_worker_died(
     Deployment.objects.filter(pk=deployment.pk).update(
         heartbeat_at=timezone.now() - timedelta(seconds=settings.HEARTBEAT_TIMEOUT + 5)
     )
-    assert services.deployments_reap_stale() == 1
+    assert reconcile.deployments_reap_stale() == 1
     deployment.refresh_from_db()
     assert deployment.status == Status.FAILED
     assert "celery@gone" in deployment.error

@@ -58,6 +58,12 @@ def test_it_serves_the_login_page_and_the_printed_admin_password_works(tmp_path)
             home = client.get("/")
             assert home.status_code == 200
             assert "Projects" in home.text
+            # The in-process worker counts as the worker of every queue.
+            health = client.get("/healthz").json()
+            assert health["status"] == "ok", health
+            assert health["broker"] == {"ok": True, "kind": "in-memory"}
+            assert health["workers"]["count"] == 1
+            assert health["workers"]["queues"]["deployments"] == 1
             wrong = httpx.post(
                 base + "/login/",
                 data={"username": "admin", "password": "not-it", "csrfmiddlewaretoken": token},

@@ -135,24 +135,53 @@ def scaled_out_env(data_dir: Path, **extra_env: str) -> dict[str, str]:
     }
 
 
-def start_celery_worker(data_dir: Path, *, name: str, **extra_env: str) -> subprocess.Popen[str]:
+def start_celery_worker(
+    data_dir: Path,
+    *,
+    name: str,
+    pool: str = "solo",
+    concurrency: int = 1,
+    queues: str = "",
+    redis_url: str = "",
+    log_path: Path | None = None,
+    **extra_env: str,
+) -> subprocess.Popen[str]:
     """A separate `celery -A deployer worker` on this test run's database and Redis.
 
-    Scaled-out mode only: skipped without DATABASE_URL and REDIS_URL, a failure in CI (which
-    always sets them, see .ci/run)."""
+    ``pool`` is Celery's (solo, prefork as in production, threads); ``queues`` a -Q list
+    (default: every queue); ``redis_url`` a broker of the test's own (RedisServer) instead of
+    REDIS_URL; ``log_path`` takes the output instead of a pipe (a pipe nobody reads fills up
+    and stops a chatty worker). Scaled-out mode only: skipped without DATABASE_URL and
+    REDIS_URL, a failure in CI (which always sets them, see .ci/run)."""
+    if redis_url:
+        extra_env = {"REDIS_URL": redis_url, **extra_env}
     env = scaled_out_env(data_dir, **extra_env)
-    return subprocess.Popen(
-        [
-            *(sys.executable, "-m", "celery", "-A", "deployer", "worker"),
-            *("--pool=solo", "--concurrency=1", "--loglevel=INFO", "-n", f"{name}@%h"),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    command = [
+        *(sys.executable, "-m", "celery", "-A", "deployer", "worker"),
+        *(f"--pool={pool}", f"--concurrency={concurrency}", "--loglevel=INFO"),
+        *("-n", f"{name}@%h"),
+        *(("-Q", queues) if queues else ()),
+    ]
+    if log_path is None:
+        return subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    with log_path.open("a") as log:
+        return subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
 
 class RedisServer:
@@ -203,6 +232,10 @@ class RedisServer:
             stop(self.process)
             self.process = None
 
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
 
 class Web:
     """`manage.py serve` on the test database and the test's own Redis."""
@@ -241,3 +274,20 @@ class ReadyOutput:
 
     def text(self) -> str:
         return "".join(self.lines)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (a prefork worker's pool processes), from /proc."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        # The command name (field 2) is in parentheses and may hold spaces: split after it.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid:
+            children.append(int(entry.name))
+    return sorted(children)

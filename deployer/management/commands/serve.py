@@ -25,7 +25,7 @@ class Command(BaseCommand):
         if not host or not port.isdigit():
             raise CommandError(f"SLIPWAY_BIND={settings.BIND!r} must look like HOST:PORT")
         if settings.EMBEDDED_WORKER:
-            from builds.services import deployments_recover_after_restart
+            from builds.reconcile import deployments_recover_after_restart
             from deployer.embedded import start_worker
 
             start_worker()

@@ -1,0 +1,142 @@
+"""Pending work across every project: what is queued or running, and why each waits.
+
+For the site admins' Pending work page (builds.views.pending_work). Each queued deployment
+is shown with its start message (deployer.outbox: not sent yet and why, sent, taken by which
+worker) and the reason it has not started; each running one with its worker and heartbeat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Prefetch
+from django.utils import timezone
+
+from builds.models import Deployment, DeploymentTarget, Kind, Status, TargetStatus
+from builds.services import RUN_DEPLOYMENT_TASK, RUN_PREVIEW_TASK, dispatch_key
+from deployer import health
+from deployer.models import OutboxMessage
+
+#: Seconds between the relay's passes (deployer/settings.py: the relay-outbox beat task).
+RELAY_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class PendingDeployment:
+    deployment: Deployment
+    #: The deployment's newest start message (None: none recorded yet).
+    message: OutboxMessage | None
+    #: The Celery queue its message goes to.
+    queue: str
+    #: Why it has not started (queued), or what it is doing (running), in a sentence.
+    why: str
+    #: Seconds since the last heartbeat (running only).
+    heartbeat_age: float | None = None
+    #: The heartbeat is older than HEARTBEAT_TIMEOUT: the reaper ends it on its next pass.
+    stale: bool = False
+
+    @property
+    def message_state(self) -> str:
+        """ "unsent", "sent", "consumed" or "none"."""
+        if self.message is None:
+            return "none"
+        if self.message.consumed_at is not None:
+            return "consumed"
+        return "sent" if self.message.sent_at is not None else "unsent"
+
+
+def queue_of(kind: str) -> str:
+    """The queue that runs a deployment of ``kind`` (deployer/settings.py's routes)."""
+    task = RUN_PREVIEW_TASK if kind == Kind.PREVIEW else RUN_DEPLOYMENT_TASK
+    route = settings.CELERY_TASK_ROUTES.get(task, {})
+    return str(route.get("queue", settings.CELERY_TASK_DEFAULT_QUEUE))
+
+
+def pending_deployments(*, now: datetime | None = None) -> list[PendingDeployment]:
+    """Every queued and running deployment, running first, then oldest first."""
+    now = now or timezone.now()
+    active = list(
+        Deployment.objects.filter(status__in=[Status.RUNNING, Status.QUEUED])
+        .select_related("project", "triggered_by")
+        .prefetch_related(
+            Prefetch("targets", queryset=DeploymentTarget.objects.select_related("server"))
+        )
+        .order_by("created_at", "id")
+    )
+    keys = [dispatch_key(d.pk) for d in active]
+    messages: dict[str, OutboxMessage] = {}
+    for recorded in OutboxMessage.objects.filter(key__in=keys).order_by("id"):
+        messages[recorded.key] = recorded  # the newest wins
+    holders = {
+        target.server_id: target.deployment_id
+        for target in DeploymentTarget.objects.filter(
+            status__in=[TargetStatus.RUNNING, TargetStatus.WAITING],
+            deployment__status=Status.RUNNING,
+        )
+    }
+    consumed_queues = health.cluster_state().queues() if active else {}
+    broker_ok = health.cluster_state().broker_ok if active else True
+    rows = []
+    for deployment in active:
+        message = messages.get(dispatch_key(deployment.pk))
+        queue = queue_of(deployment.kind)
+        if deployment.status == Status.RUNNING:
+            rows.append(_running(deployment, message, queue, now))
+        else:
+            why = _why_queued(deployment, message, queue, holders, consumed_queues, broker_ok)
+            rows.append(PendingDeployment(deployment, message, queue, why))
+    rows.sort(key=lambda row: row.deployment.status != Status.RUNNING)
+    return rows
+
+
+def _running(
+    deployment: Deployment, message: OutboxMessage | None, queue: str, now: datetime
+) -> PendingDeployment:
+    age = (now - deployment.heartbeat_at).total_seconds() if deployment.heartbeat_at else None
+    stale = deployment.heartbeat_at is None or deployment.heartbeat_at < now - timedelta(
+        seconds=settings.HEARTBEAT_TIMEOUT
+    )
+    worker = deployment.worker or "an unknown worker"
+    why = f"Running on {worker}" + (f", {deployment.stage}" if deployment.stage else "")
+    if stale:
+        why += (
+            f"; no heartbeat for over {settings.HEARTBEAT_TIMEOUT} s: the reaper ends it and "
+            "records each server as it finds it"
+        )
+    return PendingDeployment(deployment, message, queue, why, heartbeat_age=age, stale=stale)
+
+
+def _why_queued(
+    deployment: Deployment,
+    message: OutboxMessage | None,
+    queue: str,
+    holders: dict[int, int],
+    consumed_queues: dict[str, int],
+    broker_ok: bool,
+) -> str:
+    waiting = [t for t in deployment.targets.all() if t.status == TargetStatus.QUEUED]
+    if deployment.kind != Kind.PREVIEW:
+        busy = [
+            f"{t.server.name} is busy with deployment #{holders[t.server_id]}"
+            for t in waiting
+            if holders.get(t.server_id) not in (None, deployment.pk)
+        ]
+        if busy:
+            return "; ".join(busy) + ": it starts when that one finishes"
+    if message is None or message.consumed_at is not None:
+        return (
+            "No start message is waiting: one is sent when its servers are free (the reaper "
+            "checks every 30 s)"
+        )
+    if message.sent_at is None:
+        reason = message.last_error or "not sent yet"
+        broker = "" if broker_ok else "the broker does not answer; "
+        return (
+            f"Its start message is not sent yet ({broker}{reason}); the relay tries again "
+            f"every {RELAY_SECONDS} s"
+        )
+    if not consumed_queues.get(queue):
+        return f"Sent; no live worker consumes the {queue} queue: start one (docs/reliability-invariant.md)"
+    return f"Sent; waiting for a free worker on the {queue} queue"
