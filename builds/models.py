@@ -246,6 +246,9 @@ class WebhookOutcome(models.TextChoices):
     ACCEPTED = "accepted", "Accepted"
     QUEUED = "queued", "Queued"
     IGNORED = "ignored", "Ignored"
+    # A newer delivery, processed with it, deploys the same servers: no deployment was created
+    # only to be superseded at once (coalescing).
+    SUPERSEDED = "superseded", "Superseded"
     # Processing it raised an error of ours (the worker's log has it); nothing was created.
     FAILED = "failed", "Failed"
     DUPLICATE = "duplicate", "Duplicate"
@@ -258,6 +261,7 @@ WEBHOOK_ID_OWNERS = (
     WebhookOutcome.ACCEPTED,
     WebhookOutcome.QUEUED,
     WebhookOutcome.IGNORED,
+    WebhookOutcome.SUPERSEDED,
     WebhookOutcome.FAILED,
 )
 

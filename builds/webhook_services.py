@@ -277,13 +277,15 @@ def webhook_process(delivery_id: int) -> int:
     """Process a recorded delivery: create the deployments its pushes ask for. Returns how
     many deliveries this call processed (0 when another worker did it already).
 
-    A project's deliveries are processed one at a time, in the order they were received: a
+    A project's deliveries are processed in the order they were received: under a
     transaction-scoped advisory lock per project (PostgreSQL; SQLite serialises writers
-    anyway) is held while this one, and every older one still waiting, is processed. Each is
-    claimed with a conditional update (accepted -> processed), so a redelivered task message
-    does nothing. An error of ours in one delivery marks it "failed" (logged) and rolls back
-    only what it had created; a database error (DatabaseError) rolls the batch back and is
-    raised, for the task to retry.
+    anyway), this one and every older one still waiting are processed together, in batches of
+    PROCESS_BATCH. Each is claimed with a conditional update (accepted -> processed), so a
+    redelivered task message does nothing. Within a batch, a planned deployment whose servers
+    a newer delivery of the batch deploys too is not created (outcome "superseded"): it would
+    have been superseded at once. An error of ours in one delivery marks it "failed" (logged)
+    and rolls back only what it had created; a database error (DatabaseError) rolls the batch
+    back and is raised, for the task to retry.
     """
     project_id = (
         WebhookDelivery.objects.filter(pk=delivery_id, outcome=WebhookOutcome.ACCEPTED)
@@ -305,29 +307,9 @@ def webhook_process(delivery_id: int) -> int:
                 .order_by("pk")
                 .values_list("pk", flat=True)[:PROCESS_BATCH]
             )
-            for pk in waiting:
-                processed += _process_one_or_fail(project, pk)
+            processed += _process_batch(project, waiting)
         if not waiting or waiting[-1] == delivery_id:
             return processed
-
-
-def _process_one_or_fail(project: Project, delivery_id: int) -> int:
-    try:
-        with transaction.atomic():
-            return _process_one(project, delivery_id)
-    except DatabaseError:
-        # The connection or the transaction is gone: the task retries the whole batch.
-        raise
-    except Exception:
-        logger.exception("Webhook delivery %s could not be processed", delivery_id)
-        return WebhookDelivery.objects.filter(
-            pk=delivery_id, outcome=WebhookOutcome.ACCEPTED
-        ).update(
-            outcome=WebhookOutcome.FAILED,
-            reason="Internal error while processing the delivery: nothing was deployed. "
-            "The worker's log has the details.",
-            processed_at=timezone.now(),
-        )
 
 
 def _lock_project_processing(project_id: int) -> None:
@@ -338,25 +320,113 @@ def _lock_project_processing(project_id: int) -> None:
             )
 
 
-def _process_one(project: Project, delivery_id: int) -> int:
-    now = timezone.now()
-    claimed = WebhookDelivery.objects.filter(
-        pk=delivery_id, outcome=WebhookOutcome.ACCEPTED
-    ).update(outcome=WebhookOutcome.IGNORED, processed_at=now)
-    if claimed != 1:
-        return 0
-    record = WebhookDelivery.objects.get(pk=delivery_id)
-    pushes = [RefPush.from_stored(stored) for stored in record.pushes]
+@dataclass
+class _Plan:
+    """One deployment a push asks for, before it is created."""
+
+    group: ServerGroup | None
+    servers: list[Server]
+    server_ids: frozenset[int]
+    push: RefPush
+    commands: CommitCommands
+    # The newer delivery of the batch that deploys all these servers too, if any.
+    superseded_by: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"Group {self.group.name}" if self.group is not None else "Servers"
+
+
+@dataclass
+class _Work:
+    record: WebhookDelivery
+    pushes: list[RefPush]
+    plans: list[_Plan] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    failed: bool = False
+
+
+def _process_batch(project: Project, delivery_ids: Sequence[int]) -> int:
+    works: list[_Work] = []
+    for pk in delivery_ids:
+        claimed = WebhookDelivery.objects.filter(pk=pk, outcome=WebhookOutcome.ACCEPTED).update(
+            outcome=WebhookOutcome.IGNORED, processed_at=timezone.now()
+        )
+        if claimed == 1:
+            record = WebhookDelivery.objects.get(pk=pk)
+            pushes = [RefPush.from_stored(stored) for stored in record.pushes]
+            works.append(_Work(record=record, pushes=pushes))
+    targets_cache: dict[tuple[str, tuple[str, ...]], Targets] = {}
+    for work in works:
+        try:
+            for push in work.pushes:
+                plans, notes = _plan_push(project, push, targets_cache)
+                work.plans += plans
+                work.notes += notes
+        except DatabaseError:
+            raise
+        except Exception:
+            logger.exception("Webhook delivery %s could not be processed", work.record.pk)
+            work.failed = True
+    # Newest first: which servers a newer delivery of the batch deploys, and which delivery.
+    deployed_later: dict[int, int] = {}
+    for work in reversed(works):
+        for plan in work.plans:
+            if plan.server_ids and plan.server_ids <= deployed_later.keys():
+                plan.superseded_by = max(deployed_later[pk] for pk in plan.server_ids)
+        for plan in work.plans:
+            deployed_later.update(dict.fromkeys(plan.server_ids, work.record.pk))
+    for work in works:
+        _deliver_or_fail(project, work)
+    return len(works)
+
+
+def _deliver_or_fail(project: Project, work: _Work) -> None:
+    if not work.failed:
+        try:
+            with transaction.atomic():
+                _deliver(project, work)
+            return
+        except DatabaseError:
+            # The connection or the transaction is gone: the task retries the whole batch.
+            raise
+        except Exception:
+            logger.exception("Webhook delivery %s could not be processed", work.record.pk)
+    WebhookDelivery.objects.filter(pk=work.record.pk).update(
+        outcome=WebhookOutcome.FAILED,
+        reason="Internal error while processing the delivery: nothing was deployed. "
+        "The worker's log has the details.",
+        pushes=_without_messages(work.pushes),
+    )
+
+
+def _deliver(project: Project, work: _Work) -> None:
+    record = work.record
     created: list[Deployment] = []
-    notes: list[str] = []
-    for push in pushes:
-        push_created, push_notes = _deploy_push(project, push)
-        created += push_created
-        notes += push_notes
-    record.outcome = WebhookOutcome.QUEUED if created else WebhookOutcome.IGNORED
-    record.reason = "\n".join(notes)
+    notes = list(work.notes)
+    superseded: list[str] = []
+    for plan in work.plans:
+        if plan.superseded_by is not None:
+            superseded.append(f"{plan.label}: superseded by delivery #{plan.superseded_by}")
+            continue
+        try:
+            created.append(_create(project, plan))
+        except DeploymentRefused as refused:
+            notes.append(f"{plan.label}: {refused}")
+    if created:
+        record.outcome = WebhookOutcome.QUEUED
+    elif superseded:
+        record.outcome = WebhookOutcome.SUPERSEDED
+    else:
+        record.outcome = WebhookOutcome.IGNORED
+        if not notes:
+            notes += [
+                f"No server or group deploys branch {push.name} automatically"
+                for push in work.pushes
+            ]
+    record.reason = "\n".join(superseded + notes)
     # The commit message (commands) was only needed until now; the summary keeps subjects.
-    record.pushes = [{**asdict(push), "message": ""} for push in pushes]
+    record.pushes = _without_messages(work.pushes)
     record.save(update_fields=["outcome", "reason", "pushes"])
     if created:
         record.deployments.set(created)
@@ -370,7 +440,10 @@ def _process_one(project: Project, delivery_id: int) -> int:
             head=record.head,
             deployments=[deployment.pk for deployment in created],
         )
-    return 1
+
+
+def _without_messages(pushes: Sequence[RefPush]) -> list[dict[str, Any]]:
+    return [{**asdict(push), "message": ""} for push in pushes]
 
 
 def _record_duplicate(
@@ -412,7 +485,14 @@ def _tag_targets(project: Project, push: RefPush) -> Targets:
     return Targets(notes=[f"Tag {push.name}: no server deploys tags, so nothing was deployed"])
 
 
-def _deploy_push(project: Project, push: RefPush) -> tuple[list[Deployment], list[str]]:
+def _plan_push(
+    project: Project, push: RefPush, targets_cache: dict[tuple[str, tuple[str, ...]], Targets]
+) -> tuple[list[_Plan], list[str]]:
+    """The deployments one push asks for, and notes on what it does not deploy and why.
+
+    ``targets_cache`` keeps webhook_targets' answer per (branch, [deploy: ...] names) for the
+    pushes of one batch, which read the same servers and groups.
+    """
     if push.deleted:
         return [], [f"{push.ref} was deleted: nothing to deploy"]
     if push.kind == "other":
@@ -423,33 +503,47 @@ def _deploy_push(project: Project, push: RefPush) -> tuple[list[Deployment], lis
     if push.kind == "tag":
         targets = _tag_targets(project, push)
     else:
-        targets = webhook_targets(project=project, branch=push.name, deploy_to=commands.deploy_to)
-    # Custom JSON's "latest" has no SHA: the branch name resolves to its tip on the worker.
-    revision = push.head or push.name
-    created: list[Deployment] = []
-    notes = list(targets.notes)
-    plans: list[tuple[ServerGroup | None, list[Server]]] = [(group, []) for group in targets.groups]
-    if targets.servers:
-        plans.append((None, targets.servers))
-    for group, servers in plans:
-        try:
-            deployment = deployment_create(
-                project=project,
-                group=group,
-                servers=servers,
-                revision=revision,
-                branch=push.name,
-                trigger=Trigger.WEBHOOK,
-                full=commands.full,
-                skip_build=commands.skip_build,
-                skip_cache=commands.skip_cache,
-                config_only=commands.config_only,
+        key = (push.name, commands.deploy_to)
+        if key not in targets_cache:
+            targets_cache[key] = webhook_targets(
+                project=project, branch=push.name, deploy_to=commands.deploy_to
             )
-        except DeploymentRefused as refused:
-            label = f"Group {group.name}" if group is not None else "Servers"
-            notes.append(f"{label}: {refused}")
-            continue
-        created.append(deployment)
-    if not created and not notes:
-        notes.append(f"No server or group deploys branch {push.name} automatically")
-    return created, notes
+        targets = targets_cache[key]
+    plans = [
+        _Plan(
+            group=group,
+            servers=[],
+            server_ids=frozenset(member.server_id for member in group.members.all()),
+            push=push,
+            commands=commands,
+        )
+        for group in targets.groups
+    ]
+    if targets.servers:
+        plans.append(
+            _Plan(
+                group=None,
+                servers=targets.servers,
+                server_ids=frozenset(server.pk for server in targets.servers),
+                push=push,
+                commands=commands,
+            )
+        )
+    return plans, list(targets.notes)
+
+
+def _create(project: Project, plan: _Plan) -> Deployment:
+    push, commands = plan.push, plan.commands
+    return deployment_create(
+        project=project,
+        group=plan.group,
+        servers=plan.servers,
+        # Custom JSON's "latest" has no SHA: the branch name resolves to its tip on the worker.
+        revision=push.head or push.name,
+        branch=push.name,
+        trigger=Trigger.WEBHOOK,
+        full=commands.full,
+        skip_build=commands.skip_build,
+        skip_cache=commands.skip_cache,
+        config_only=commands.config_only,
+    )

@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from deployer.celery import app
@@ -61,6 +61,12 @@ def send(message_ids: Sequence[int]) -> int:
     sent = 0
     for message_id in message_ids:
         with transaction.atomic():
+            if connection.vendor == "postgresql":
+                # Recording that a message was sent need not wait for the disk: lost in a
+                # database crash, the message is only sent again, and every task is idempotent.
+                # It saves a second fsync in each request that recorded work.
+                with connection.cursor() as cursor:
+                    cursor.execute("SET LOCAL synchronous_commit TO OFF")
             message = (
                 OutboxMessage.objects.select_for_update(skip_locked=True)
                 .filter(pk=message_id, sent_at__isnull=True)

@@ -103,14 +103,49 @@ def test_deliveries_are_processed_in_the_order_received_whichever_task_runs_firs
     older = _send(client, shop, payloads.github_push(after=payloads.fake_sha("old"))).json()
     newer = _send(client, shop, payloads.github_push(after=payloads.fake_sha("new"))).json()
 
-    # The newer delivery's task runs first: it processes the older one before its own.
+    # The newer delivery's task runs first: it processes the older one with its own.
     assert process_webhook_delivery(newer["delivery"]) == 2
     assert process_webhook_delivery(older["delivery"]) == 0
 
-    queued = Deployment.objects.get(status=Status.QUEUED)
-    assert queued.revision == payloads.fake_sha("new")
-    superseded = Deployment.objects.get(revision=payloads.fake_sha("old"))
-    assert superseded.status == Status.CANCELLED
+    (deployment,) = Deployment.objects.all()
+    assert (deployment.revision, deployment.status) == (payloads.fake_sha("new"), Status.QUEUED)
+    assert WebhookDelivery.objects.get(pk=newer["delivery"]).outcome == WebhookOutcome.QUEUED
+    # The older push would have been superseded at once: no deployment was made for it.
+    superseded = WebhookDelivery.objects.get(pk=older["delivery"])
+    assert superseded.outcome == WebhookOutcome.SUPERSEDED
+    assert superseded.reason == f"Servers: superseded by delivery #{newer['delivery']}"
+
+
+def test_a_delivery_is_superseded_only_by_one_deploying_all_its_servers(
+    shop, make_server, client
+):
+    make_server(shop, "web1")
+    make_server(shop, "eu", auto_deploy=False)
+    head = payloads.fake_sha("both")
+    both = _send(
+        client, shop, payloads.github_push(after=head, commits=[(head, "Ship [deploy: eu]")])
+    ).json()
+    web1_only = _send(client, shop, payloads.github_push(after=payloads.fake_sha("one"))).json()
+
+    process_webhook_delivery(web1_only["delivery"])
+
+    # The first push also reaches eu, which the second does not deploy: it is created, and
+    # the second supersedes it on web1 only.
+    assert WebhookDelivery.objects.get(pk=both["delivery"]).outcome == WebhookOutcome.QUEUED
+    assert Deployment.objects.filter(status=Status.QUEUED).count() == 2
+
+
+def test_deliveries_processed_one_by_one_supersede_each_others_deployments(
+    shop, make_server, client
+):
+    make_server(shop, "web1")
+    older = _send(client, shop, payloads.github_push(after=payloads.fake_sha("old"))).json()
+    process_webhook_delivery(older["delivery"])
+    newer = _send(client, shop, payloads.github_push(after=payloads.fake_sha("new"))).json()
+    process_webhook_delivery(newer["delivery"])
+
+    assert Deployment.objects.get(revision=payloads.fake_sha("old")).status == Status.CANCELLED
+    assert Deployment.objects.get(revision=payloads.fake_sha("new")).status == Status.QUEUED
 
 
 def test_the_commit_message_is_kept_only_until_the_delivery_is_processed(shop, make_server, client):
