@@ -90,8 +90,8 @@ def start_serve(env: dict[str, str], log_path: Path) -> subprocess.Popen[str]:
     return process
 
 
-def start_celery_worker(data_dir: Path, *, name: str, **extra_env: str) -> subprocess.Popen[str]:
-    """A separate `celery -A deployer worker` on this test run's database and Redis.
+def scaled_out_env(data_dir: Path, **extra_env: str) -> dict[str, str]:
+    """The environment of a Slipway process on this test run's database and Redis.
 
     Scaled-out mode only: skipped without DATABASE_URL and REDIS_URL, a failure in CI (which
     always sets them, see .ci/run)."""
@@ -104,9 +104,9 @@ def start_celery_worker(data_dir: Path, *, name: str, **extra_env: str) -> subpr
             pytest.fail("CI must run with DATABASE_URL and REDIS_URL set (see .ci/run)")
         pytest.skip("scaled-out mode only: set DATABASE_URL and REDIS_URL (as .ci/run does)")
     database = connection.settings_dict
-    # The worker must use the test database that pytest-django created.
+    # The process must use the test database that pytest-django created.
     url = f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
-    env = {
+    return {
         **os.environ,
         "DATABASE_URL": url,
         "SLIPWAY_DATA_DIR": str(data_dir),
@@ -114,15 +114,32 @@ def start_celery_worker(data_dir: Path, *, name: str, **extra_env: str) -> subpr
         "SLIPWAY_SECRET_KEY": settings.SECRET_KEY,
         **extra_env,
     }
+
+
+def start_celery_worker(
+    data_dir: Path,
+    *,
+    name: str,
+    queues: str = "",
+    log_path: Path | None = None,
+    **extra_env: str,
+) -> subprocess.Popen[str]:
+    """A separate `celery -A deployer worker` on this test run's database and Redis, consuming
+    ``queues`` (comma-separated; all of them by default). Its output is piped (read by
+    ``stop``), or written to ``log_path`` for a worker that logs more than a pipe holds.
+    Scaled-out mode only (see scaled_out_env)."""
+    env = scaled_out_env(data_dir, **extra_env)
+    output = log_path.open("w") if log_path is not None else subprocess.PIPE
     return subprocess.Popen(
         [
             *(sys.executable, "-m", "celery", "-A", "deployer", "worker"),
             *("--pool=solo", "--concurrency=1", "--loglevel=INFO", "-n", f"{name}@%h"),
+            *(("-Q", queues) if queues else ()),
         ],
         cwd=ROOT,
         env=env,
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
+        stdout=output,
         stderr=subprocess.STDOUT,
         text=True,
     )

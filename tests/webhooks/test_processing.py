@@ -116,9 +116,7 @@ def test_deliveries_are_processed_in_the_order_received_whichever_task_runs_firs
     assert superseded.reason == f"Servers: superseded by delivery #{newer['delivery']}"
 
 
-def test_a_delivery_is_superseded_only_by_one_deploying_all_its_servers(
-    shop, make_server, client
-):
+def test_a_delivery_is_superseded_only_by_one_deploying_all_its_servers(shop, make_server, client):
     make_server(shop, "web1")
     make_server(shop, "eu", auto_deploy=False)
     head = payloads.fake_sha("both")
