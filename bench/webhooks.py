@@ -19,8 +19,8 @@ import hashlib
 import hmac
 import json
 import os
+import secrets
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,7 +56,8 @@ print(json.dumps({"path": project.webhook_path, "secret": project.webhook_secret
 
 
 def _push(n: int) -> bytes:
-    head = hashlib.sha1(f"bench-{n}".encode()).hexdigest()
+    # A fake 40-hex-digit commit SHA per delivery (GitHub sends SHA-1 ids).
+    head = hashlib.sha256(f"bench-{n}".encode()).hexdigest()[:40]
     return json.dumps(
         {
             "ref": "refs/heads/main",
@@ -77,6 +78,20 @@ def _signed(body: bytes, secret: str) -> dict[str, str]:
         "X-GitHub-Delivery": str(uuid.uuid4()),
         "X-Hub-Signature-256": f"sha256={signature}",
     }
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its live children, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -115,7 +130,7 @@ def main() -> int:
             DATABASE_URL=database_url,
             REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
             SLIPWAY_DATA_DIR=str(work / "data"),
-            SLIPWAY_SECRET_KEY="bench-secret-key",
+            SLIPWAY_SECRET_KEY=secrets.token_urlsafe(32),
             SLIPWAY_ENCRYPTION_KEYS=Fernet.generate_key().decode(),
             SLIPWAY_BIND=f"127.0.0.1:{free_port()}",
             SLIPWAY_LOG_LEVEL="WARNING",
@@ -194,12 +209,14 @@ def main() -> int:
                 client.post(url, content=body, headers=_signed(body, project["secret"]))
 
         threads = [threading.Thread(target=sender) for _ in range(options.senders)]
+        web_cpu, worker_cpu = _cpu_seconds(web.pid), _cpu_seconds(worker.pid)
         started = time.perf_counter()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         sending = time.perf_counter() - started
+        web_cpu = _cpu_seconds(web.pid) - web_cpu
 
         with psycopg.connect(database_url) as connection:
             recorded = connection.execute(
@@ -216,6 +233,7 @@ def main() -> int:
                 if waiting:
                     time.sleep(0.2)
             drained = time.perf_counter() - started - sending
+            worker_cpu = _cpu_seconds(worker.pid) - worker_cpu
             web_connections = connection.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
                 "AND application_name = 'slipway-web'",
@@ -240,6 +258,11 @@ def main() -> int:
             else f"processed:         {waiting} still waiting after 600 s"
         )
         print(f"web connections:   {web_connections[0] if web_connections else 0} at the end")
+        print(
+            f"CPU per delivery:  web {1000 * web_cpu / len(latencies):.1f} ms, "
+            f"worker {1000 * worker_cpu / len(latencies):.1f} ms"
+        )
+        print(f"load average:      {os.getloadavg()[0]:.1f} (other processes share the cores)")
         if failures:
             print("first errors:", ", ".join(failures[:5]))
         return 0 if lost == 0 and not failures and not waiting else 1

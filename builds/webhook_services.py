@@ -280,7 +280,8 @@ def webhook_process(delivery_id: int) -> int:
     A project's deliveries are processed in the order they were received: under a
     transaction-scoped advisory lock per project (PostgreSQL; SQLite serialises writers
     anyway), this one and every older one still waiting are processed together, in batches of
-    PROCESS_BATCH. Each is claimed with a conditional update (accepted -> processed), so a
+    PROCESS_BATCH. Nothing is done while a newer delivery of the project waits: its task
+    (every accepted delivery has one, deployer.outbox) processes this one too. Each is claimed with a conditional update (accepted -> processed), so a
     redelivered task message does nothing. Within a batch, a planned deployment whose servers
     a newer delivery of the batch deploys too is not created (outcome "superseded"): it would
     have been superseded at once. An error of ours in one delivery marks it "failed" (logged)
@@ -293,6 +294,13 @@ def webhook_process(delivery_id: int) -> int:
         .first()
     )
     if project_id is None:
+        return 0
+    newer_waiting = WebhookDelivery.objects.filter(
+        project_id=project_id, outcome=WebhookOutcome.ACCEPTED, pk__gt=delivery_id
+    )
+    if newer_waiting.exists():
+        # That delivery's own task processes this one with it, in order (its message is in
+        # the outbox too): in a burst, only the newest delivery's task does the work.
         return 0
     project = Project.objects.get(pk=project_id)
     processed = 0
@@ -429,7 +437,7 @@ def _deliver(project: Project, work: _Work) -> None:
     record.pushes = _without_messages(work.pushes)
     record.save(update_fields=["outcome", "reason", "pushes"])
     if created:
-        record.deployments.set(created)
+        record.deployments.add(*created)
         audit_record(
             project=project,
             actor=None,

@@ -17,13 +17,15 @@ The pattern: https://microservices.io/patterns/data/transactional-outbox.html
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from deployer.celery import app
@@ -46,8 +48,57 @@ def enqueue(task: str, *args: int | str, key: str = "") -> OutboxMessage | None:
         return None
     message = OutboxMessage.objects.create(task=task, args=list(args), key=key)
     message_id = message.pk
-    transaction.on_commit(lambda: send([message_id]))
+    transaction.on_commit(lambda: _send_after_commit(message_id))
     return message
+
+
+# The web process's sender (start_background_sender): ids committed by requests, sent by one
+# thread so that a request answers once its work is committed, without waiting for the broker.
+_pending: queue.SimpleQueue[int] | None = None
+_sender_lock = threading.Lock()
+#: Most messages one pass of the background sender takes.
+BACKGROUND_BATCH = 500
+
+
+def start_background_sender() -> None:
+    """Send committed messages from a thread of this process from now on (the web process:
+    `manage.py serve` and each of its uvicorn workers). Idempotent.
+
+    A request then answers as soon as its transaction committed. A message still in this
+    thread's hands when the process dies is unsent in the database: the relay sends it.
+    """
+    global _pending
+    with _sender_lock:
+        if _pending is not None:
+            return
+        _pending = queue.SimpleQueue()
+        threading.Thread(
+            target=_send_forever, args=(_pending,), name="slipway-outbox", daemon=True
+        ).start()
+
+
+def _send_after_commit(message_id: int) -> None:
+    if _pending is not None:
+        _pending.put(message_id)
+    else:
+        send([message_id])
+
+
+def _send_forever(pending: queue.SimpleQueue[int]) -> None:
+    while True:
+        batch = [pending.get()]
+        while len(batch) < BACKGROUND_BATCH:
+            try:
+                batch.append(pending.get_nowait())
+            except queue.Empty:
+                break
+        try:
+            send(batch)
+        except Exception:  # a database error: the relay sends what is left
+            logger.exception("The outbox sender failed; the relay sends what it left")
+        finally:
+            # Give the connection back (to the pool in the web process) between batches.
+            close_old_connections()
 
 
 def send(message_ids: Sequence[int]) -> int:

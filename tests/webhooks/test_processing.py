@@ -116,6 +116,21 @@ def test_deliveries_are_processed_in_the_order_received_whichever_task_runs_firs
     assert superseded.reason == f"Servers: superseded by delivery #{newer['delivery']}"
 
 
+def test_while_a_newer_delivery_waits_its_task_does_the_work_of_the_older_ones(
+    shop, make_server, client
+):
+    make_server(shop, "web1")
+    older = _send(client, shop, payloads.github_push(after=payloads.fake_sha("old"))).json()
+    newer = _send(client, shop, payloads.github_push(after=payloads.fake_sha("new"))).json()
+
+    assert process_webhook_delivery(older["delivery"]) == 0
+    assert WebhookDelivery.objects.get(pk=older["delivery"]).outcome == WebhookOutcome.ACCEPTED
+    assert process_webhook_delivery(newer["delivery"]) == 2
+
+    assert not WebhookDelivery.objects.filter(outcome=WebhookOutcome.ACCEPTED).exists()
+    assert Deployment.objects.get().revision == payloads.fake_sha("new")
+
+
 def test_a_delivery_is_superseded_only_by_one_deploying_all_its_servers(shop, make_server, client):
     make_server(shop, "web1")
     make_server(shop, "eu", auto_deploy=False)
