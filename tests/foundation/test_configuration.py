@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tests.support.processes import clean_env, manage
@@ -72,7 +74,7 @@ def test_the_data_directory_is_never_given_to_builds(tmp_path):
     assert "overlaps Slipway's data directory" in result.stderr
 
 
-def _database_settings(tmp_path, role: str) -> dict:
+def _database_settings(tmp_path, role: str) -> dict[str, Any]:
     import json
 
     env = clean_env(

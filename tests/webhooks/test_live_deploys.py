@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -112,7 +113,7 @@ def test_two_copies_of_one_delivery_arriving_at_once_create_one_deployment(shop,
     body = payloads.encode(payloads.github_push())
     headers = payloads.github_headers(body, shop.webhook_secret, delivery="same-delivery")
     start = threading.Barrier(2)
-    answers: list[dict] = []
+    answers: list[dict[str, Any]] = []
 
     def deliver() -> None:
         try:
