@@ -308,7 +308,7 @@ class WebhookDelivery(models.Model):
     # Commit subjects of the push, a few and shortened; never the payload.
     summary = models.JSONField(default=list, blank=True)
     deployments = models.ManyToManyField(Deployment, blank=True, related_name="webhook_deliveries")
-    # What processing needs, parsed at the door: a list of builds.webhooks.RefPush as dicts
+    # What processing needs, parsed at the door: builds.webhook_services.RefPush as dicts
     # (ref, kind, name, head, deleted, message, subjects). The head commit's message is
     # dropped once the delivery is processed.
     pushes = models.JSONField(default=list, blank=True)

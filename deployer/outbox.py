@@ -153,14 +153,14 @@ def send(message_ids: Sequence[int]) -> int:
                 )
             sent += len(taken)
             if failed is not None:
-                message, exc = failed
-                OutboxMessage.objects.filter(pk=message.pk).update(
-                    attempts=F("attempts") + 1, last_error=_describe(exc)[:2000]
+                refused, error = failed
+                OutboxMessage.objects.filter(pk=refused.pk).update(
+                    attempts=F("attempts") + 1, last_error=_describe(error)[:2000]
                 )
                 logger.warning(
                     "The broker did not take %s (%s); the relay sends it later",
-                    message,
-                    _describe(exc),
+                    refused,
+                    _describe(error),
                 )
                 return sent
     return sent
