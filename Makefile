@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export SLIPWAY_DATA_DIR ?= $(CURDIR)/var
 
-.PHONY: run test lint bench screenshots system-deps sandbox-deps venv migrate clean worker format
+.PHONY: run test lint bench bench-webhooks screenshots system-deps sandbox-deps venv migrate clean worker format
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -97,6 +97,13 @@ format: venv
 # `make bench BENCH_ARGS=--quick` for a short run; the bench makes its own data directory.
 bench: venv system-deps
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Signed webhook deliveries against the scaled-out stack (bench/webhooks.py): a database of
+# its own on the PostgreSQL server SLIPWAY_BENCH_POSTGRES names (default: the local one, as the
+# postgres user), a redis-server of its own, `manage.py serve` and a celery worker.
+# BENCH_ARGS="--count 3000 --senders 8"; SLIPWAY_WEB_WORKERS=2 for two web processes.
+bench-webhooks: venv
+	$(BIN)/python -m bench.webhooks $(BENCH_ARGS)
 
 # Regenerates docs/screenshots from a real run (Chromium, sshd targets).
 screenshots: venv system-deps

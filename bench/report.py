@@ -121,6 +121,9 @@ def render(
             "",
         ]
     lines += [
+        "Webhook deliveries have a benchmark of their own: `make bench-webhooks`, figures in "
+        "[benchmarks-webhooks.md](benchmarks-webhooks.md).",
+        "",
         f"Produced by `make bench` (bench/run.py) on {setting.date}, commit `{setting.commit}`; "
         f"each cell is the median of {_plural(setting.repeat, 'run')}, the fastest and slowest in "
         "brackets, all measured in the same run on the same machine.",

@@ -246,15 +246,28 @@ class WebhookProvider(models.TextChoices):
 
 
 class WebhookOutcome(models.TextChoices):
+    # Recorded and answered; a worker has not processed it yet (builds.webhook_services).
+    ACCEPTED = "accepted", "Accepted"
     QUEUED = "queued", "Queued"
     IGNORED = "ignored", "Ignored"
+    # A newer delivery, processed with it, deploys the same servers: no deployment was created
+    # only to be superseded at once (coalescing).
+    SUPERSEDED = "superseded", "Superseded"
+    # Processing it raised an error of ours (the worker's log has it); nothing was created.
+    FAILED = "failed", "Failed"
     DUPLICATE = "duplicate", "Duplicate"
     REJECTED = "rejected", "Rejected"
 
 
 # Only accepted deliveries own their delivery id. A rejected one (a forged or mis-signed
 # request) must not, or whoever knows the URL could burn the id of a real delivery in advance.
-WEBHOOK_ID_OWNERS = (WebhookOutcome.QUEUED, WebhookOutcome.IGNORED)
+WEBHOOK_ID_OWNERS = (
+    WebhookOutcome.ACCEPTED,
+    WebhookOutcome.QUEUED,
+    WebhookOutcome.IGNORED,
+    WebhookOutcome.SUPERSEDED,
+    WebhookOutcome.FAILED,
+)
 
 
 class WebhookDeliveryQuerySet(models.QuerySet["WebhookDelivery"]):
@@ -276,8 +289,9 @@ class WebhookDeliveryQuerySet(models.QuerySet["WebhookDelivery"]):
 class WebhookDelivery(models.Model):
     """One request received on a project's webhook URL, and what Slipway did about it.
 
-    The payload itself is never stored (it may hold private data): only the ref, the head SHA
-    and a short summary (commit subjects).
+    The payload itself is never stored (it may hold private data), nor any credential: only
+    the ref, the head SHA, a short summary (commit subjects) and, until a worker processed the
+    delivery, the parsed pushes it needs (``pushes``).
     """
 
     project = models.ForeignKey(
@@ -298,7 +312,13 @@ class WebhookDelivery(models.Model):
     # Commit subjects of the push, a few and shortened; never the payload.
     summary = models.JSONField(default=list, blank=True)
     deployments = models.ManyToManyField(Deployment, blank=True, related_name="webhook_deliveries")
+    # What processing needs, parsed at the door: builds.webhook_services.RefPush as dicts
+    # (ref, kind, name, head, deleted, message, subjects). The head commit's message is
+    # dropped once the delivery is processed.
+    pushes = models.JSONField(default=list, blank=True)
     received_at = models.DateTimeField(default=timezone.now)
+    # When a worker processed it (outcome no longer "accepted"); None before.
+    processed_at = models.DateTimeField(null=True, blank=True)
 
     objects = WebhookDeliveryQuerySet.as_manager()
 
@@ -321,7 +341,13 @@ class WebhookDelivery(models.Model):
             ),
         ]
         indexes = [
-            models.Index(fields=["project", "-received_at"], name="webhook_delivery_by_project")
+            models.Index(fields=["project", "-received_at"], name="webhook_delivery_by_project"),
+            # The worker's scan: a project's deliveries still to process, oldest first.
+            models.Index(
+                fields=["project", "id"],
+                condition=models.Q(outcome="accepted"),
+                name="webhook_delivery_pending",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -9,8 +9,9 @@ from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery import shared_task
 from celery.signals import task_failure, worker_ready
 from celery.worker.control import control_command
+from django.db import DatabaseError
 
-from builds import cleanup, notifications, reconcile, retention, runner, services
+from builds import cleanup, notifications, reconcile, retention, runner, services, webhook_services
 from deployer import outbox
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,23 @@ def _claim_and_run(request: Any, deployment_id: int) -> None:
     if deployment is None:
         return
     runner.run(deployment)
+
+
+# A database error (a dropped connection) rolls the processing back whole: try again later.
+# Processing is idempotent (webhook_services.webhook_process claims each delivery).
+@shared_task(
+    name=webhook_services.PROCESS_WEBHOOK_TASK,
+    bind=True,
+    ignore_result=True,
+    autoretry_for=(DatabaseError,),
+    retry_backoff=True,
+    max_retries=8,
+    soft_time_limit=120,
+    time_limit=150,
+)
+def process_webhook_delivery(self: Any, delivery_id: int) -> int:
+    outbox.consumed(self.request.id, worker=self.request.hostname or "")
+    return webhook_services.webhook_process(delivery_id)
 
 
 @shared_task(ignore_result=True)

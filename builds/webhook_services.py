@@ -1,19 +1,23 @@
 """Webhook services: record each delivery, choose what a push deploys, create the deployments.
 
-Record-then-act: the delivery row is inserted first, in the same transaction as the
-deployments it creates, and the deployments reach the workers only once that commits. The row
-also claims the provider's delivery id and the digest of its signed body, so a redelivery, or
-the same signed body replayed under a new id, finds it and creates nothing.
+Record-then-act, in two steps. At the door (``webhook_receive``) the delivery row is inserted
+with the parsed pushes and a message for the `webhooks` queue (deployer.outbox, in the same
+transaction), and the sender is answered at once. The row claims the provider's delivery id
+and the digest of its signed body, so a redelivery, or the same signed body replayed under a
+new id, finds it and creates nothing. A worker then processes it (``webhook_process``): finds
+the servers, creates and supersedes deployments, reads commit-message commands.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.utils import timezone
 
 from builds.models import (
     WEBHOOK_ID_OWNERS,
@@ -23,12 +27,20 @@ from builds.models import (
     WebhookOutcome,
 )
 from builds.services import DeploymentRefused, deployment_create
+from deployer import outbox
 from projects.models import Project
 from projects.services import audit_record
 from servers.models import Server, ServerGroup
 
 if TYPE_CHECKING:
-    from builds.webhooks import InboundDelivery, RefPush
+    from builds.webhooks import InboundDelivery
+
+logger = logging.getLogger(__name__)
+
+#: The Celery task that processes a recorded delivery (builds.tasks; routed to `webhooks`).
+PROCESS_WEBHOOK_TASK = "builds.tasks.process_webhook_delivery"
+#: The first key of the PostgreSQL advisory lock that orders a project's processing.
+_PROCESSING_LOCK_CLASS = 0x5357_4B48  # "SWKH"
 
 # Rejected requests are recorded so a user can see why a delivery failed (a wrong secret),
 # but they come from anyone who knows the URL: keep only the newest few per project.
@@ -41,6 +53,35 @@ _FROM_SCRATCH = re.compile(r"\[\s*from[\s_-]*scratch\s*\]", re.IGNORECASE)
 _CONFIG_ONLY = re.compile(r"\[\s*config[\s_-]*only\s*\]", re.IGNORECASE)
 # [deploy: production] or, for a name with spaces, [deploy: "EU Production"].
 _DEPLOY_TO = re.compile(r"\[\s*deploy\s*:\s*(?:\"([^\"\]]+)\"|([^\"\]]+?))\s*\]", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class RefPush:
+    """One ref a push moved, in the same terms whichever provider sent it (builds.webhooks
+    parses it; the delivery row stores it as a dict until a worker processes it)."""
+
+    ref: str
+    kind: Literal["branch", "tag", "other"]
+    name: str
+    # The new head's full SHA; "" when the ref was deleted or for custom JSON's "latest".
+    head: str
+    deleted: bool = False
+    # The head commit's whole message: commit-message commands are read from it.
+    message: str = ""
+    subjects: tuple[str, ...] = ()
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any]) -> RefPush:
+        """The push from its stored dict (``WebhookDelivery.pushes``)."""
+        return cls(
+            ref=str(stored.get("ref", "")),
+            kind=stored.get("kind", "other"),
+            name=str(stored.get("name", "")),
+            head=str(stored.get("head", "")),
+            deleted=bool(stored.get("deleted", False)),
+            message=str(stored.get("message", "")),
+            subjects=tuple(stored.get("subjects", ())),
+        )
 
 
 @dataclass(frozen=True)
@@ -189,7 +230,14 @@ def webhook_reject(
 
 
 def webhook_receive(*, project: Project, inbound: InboundDelivery) -> WebhookDelivery:
-    """Record an authenticated delivery and create the deployments its pushes ask for."""
+    """Record an authenticated delivery and queue its processing; return the row.
+
+    The row's outcome is "accepted" (a worker processes it: ``webhook_process``), "ignored"
+    for an event that deploys nothing (a ping), or "duplicate" when the delivery id or the
+    signed body was received before. A few queries, no lookups of servers: the sender is
+    answered at once. The processing message is recorded in the same transaction
+    (deployer.outbox), so an accepted delivery is never left without one.
+    """
     # One row per delivery: a Bitbucket push of several refs shows the first that moved.
     first = next((push for push in inbound.pushes if push.head), None) or next(
         iter(inbound.pushes), None
@@ -203,8 +251,10 @@ def webhook_receive(*, project: Project, inbound: InboundDelivery) -> WebhookDel
         ref=first.ref[:255] if first else "",
         head=first.head if first else "",
         summary=inbound.summary,
-        outcome=WebhookOutcome.IGNORED,
+        outcome=WebhookOutcome.IGNORED if inbound.ignored_reason else WebhookOutcome.ACCEPTED,
         reason=inbound.ignored_reason,
+        pushes=[] if inbound.ignored_reason else [asdict(push) for push in inbound.pushes],
+        processed_at=timezone.now() if inbound.ignored_reason else None,
     )
     with transaction.atomic():
         try:
@@ -214,31 +264,194 @@ def webhook_receive(*, project: Project, inbound: InboundDelivery) -> WebhookDel
                 record.save()
         except IntegrityError:
             return _record_duplicate(project=project, inbound=inbound, record=record)
-        if inbound.ignored_reason:
-            return record
-
-        created: list[Deployment] = []
-        notes: list[str] = []
-        for push in inbound.pushes:
-            push_created, push_notes = _deploy_push(project, push)
-            created += push_created
-            notes += push_notes
-        record.outcome = WebhookOutcome.QUEUED if created else WebhookOutcome.IGNORED
-        record.reason = "\n".join(notes)
-        record.save(update_fields=["outcome", "reason"])
-        record.deployments.set(created)
-        if created:
-            audit_record(
-                project=project,
-                actor=None,
-                action="webhook.deployments_created",
-                target=f"{record.get_provider_display()} {record.ref}",
-                delivery=record.pk,
-                delivery_id=record.delivery_id,
-                head=record.head,
-                deployments=[deployment.pk for deployment in created],
-            )
+        if record.outcome == WebhookOutcome.ACCEPTED:
+            outbox.enqueue(PROCESS_WEBHOOK_TASK, record.pk)
     return record
+
+
+#: How many of a project's waiting deliveries one task processes at most (oldest first).
+PROCESS_BATCH = 200
+
+
+def webhook_process(delivery_id: int) -> int:
+    """Process a recorded delivery: create the deployments its pushes ask for. Returns how
+    many deliveries this call processed (0 when another worker did it already).
+
+    A project's deliveries are processed in the order they were received: under a
+    transaction-scoped advisory lock per project (PostgreSQL; SQLite serialises writers
+    anyway), this one and every older one still waiting are processed together, in batches of
+    PROCESS_BATCH. Nothing is done while a newer delivery of the project waits: its task
+    (every accepted delivery has one, deployer.outbox) processes this one too. Each is claimed with a conditional update (accepted -> processed), so a
+    redelivered task message does nothing. Within a batch, a planned deployment whose servers
+    a newer delivery of the batch deploys too is not created (outcome "superseded"): it would
+    have been superseded at once. An error of ours in one delivery marks it "failed" (logged)
+    and rolls back only what it had created; a database error (DatabaseError) rolls the batch
+    back and is raised, for the task to retry.
+    """
+    project_id = (
+        WebhookDelivery.objects.filter(pk=delivery_id, outcome=WebhookOutcome.ACCEPTED)
+        .values_list("project_id", flat=True)
+        .first()
+    )
+    if project_id is None:
+        return 0
+    newer_waiting = WebhookDelivery.objects.filter(
+        project_id=project_id, outcome=WebhookOutcome.ACCEPTED, pk__gt=delivery_id
+    )
+    if newer_waiting.exists():
+        # That delivery's own task processes this one with it, in order (its message is in
+        # the outbox too): in a burst, only the newest delivery's task does the work.
+        return 0
+    project = Project.objects.get(pk=project_id)
+    processed = 0
+    while True:
+        # One transaction per batch: its deployments reach the workers when it commits.
+        with transaction.atomic():
+            _lock_project_processing(project_id)
+            waiting = list(
+                WebhookDelivery.objects.filter(
+                    project_id=project_id, outcome=WebhookOutcome.ACCEPTED, pk__lte=delivery_id
+                )
+                .order_by("pk")
+                .values_list("pk", flat=True)[:PROCESS_BATCH]
+            )
+            processed += _process_batch(project, waiting)
+        if not waiting or waiting[-1] == delivery_id:
+            return processed
+
+
+def _lock_project_processing(project_id: int) -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)", [_PROCESSING_LOCK_CLASS, project_id]
+            )
+
+
+@dataclass
+class _Plan:
+    """One deployment a push asks for, before it is created."""
+
+    group: ServerGroup | None
+    servers: list[Server]
+    server_ids: frozenset[int]
+    push: RefPush
+    commands: CommitCommands
+    # The newer delivery of the batch that deploys all these servers too, if any.
+    superseded_by: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"Group {self.group.name}" if self.group is not None else "Servers"
+
+
+@dataclass
+class _Work:
+    record: WebhookDelivery
+    pushes: list[RefPush]
+    plans: list[_Plan] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    failed: bool = False
+
+
+def _process_batch(project: Project, delivery_ids: Sequence[int]) -> int:
+    works: list[_Work] = []
+    for pk in delivery_ids:
+        claimed = WebhookDelivery.objects.filter(pk=pk, outcome=WebhookOutcome.ACCEPTED).update(
+            outcome=WebhookOutcome.IGNORED, processed_at=timezone.now()
+        )
+        if claimed == 1:
+            record = WebhookDelivery.objects.get(pk=pk)
+            pushes = [RefPush.from_stored(stored) for stored in record.pushes]
+            works.append(_Work(record=record, pushes=pushes))
+    targets_cache: dict[tuple[str, tuple[str, ...]], Targets] = {}
+    for work in works:
+        try:
+            for push in work.pushes:
+                plans, notes = _plan_push(project, push, targets_cache)
+                work.plans += plans
+                work.notes += notes
+        except DatabaseError:
+            raise
+        except Exception:
+            logger.exception("Webhook delivery %s could not be processed", work.record.pk)
+            work.failed = True
+    # Newest first: which servers a newer delivery of the batch deploys, and which delivery.
+    deployed_later: dict[int, int] = {}
+    for work in reversed(works):
+        for plan in work.plans:
+            if plan.server_ids and plan.server_ids <= deployed_later.keys():
+                plan.superseded_by = max(deployed_later[pk] for pk in plan.server_ids)
+        for plan in work.plans:
+            deployed_later.update(dict.fromkeys(plan.server_ids, work.record.pk))
+    for work in works:
+        _deliver_or_fail(project, work)
+    return len(works)
+
+
+def _deliver_or_fail(project: Project, work: _Work) -> None:
+    if not work.failed:
+        try:
+            with transaction.atomic():
+                _deliver(project, work)
+            return
+        except DatabaseError:
+            # The connection or the transaction is gone: the task retries the whole batch.
+            raise
+        except Exception:
+            logger.exception("Webhook delivery %s could not be processed", work.record.pk)
+    WebhookDelivery.objects.filter(pk=work.record.pk).update(
+        outcome=WebhookOutcome.FAILED,
+        reason="Internal error while processing the delivery: nothing was deployed. "
+        "The worker's log has the details.",
+        pushes=_without_messages(work.pushes),
+    )
+
+
+def _deliver(project: Project, work: _Work) -> None:
+    record = work.record
+    created: list[Deployment] = []
+    notes = list(work.notes)
+    superseded: list[str] = []
+    for plan in work.plans:
+        if plan.superseded_by is not None:
+            superseded.append(f"{plan.label}: superseded by delivery #{plan.superseded_by}")
+            continue
+        try:
+            created.append(_create(project, plan))
+        except DeploymentRefused as refused:
+            notes.append(f"{plan.label}: {refused}")
+    if created:
+        record.outcome = WebhookOutcome.QUEUED
+    elif superseded:
+        record.outcome = WebhookOutcome.SUPERSEDED
+    else:
+        record.outcome = WebhookOutcome.IGNORED
+        if not notes:
+            notes += [
+                f"No server or group deploys branch {push.name} automatically"
+                for push in work.pushes
+            ]
+    record.reason = "\n".join(superseded + notes)
+    # The commit message (commands) was only needed until now; the summary keeps subjects.
+    record.pushes = _without_messages(work.pushes)
+    record.save(update_fields=["outcome", "reason", "pushes"])
+    if created:
+        record.deployments.add(*created)
+        audit_record(
+            project=project,
+            actor=None,
+            action="webhook.deployments_created",
+            target=f"{record.get_provider_display()} {record.ref}",
+            delivery=record.pk,
+            delivery_id=record.delivery_id,
+            head=record.head,
+            deployments=[deployment.pk for deployment in created],
+        )
+
+
+def _without_messages(pushes: Sequence[RefPush]) -> list[dict[str, Any]]:
+    return [{**asdict(push), "message": ""} for push in pushes]
 
 
 def _record_duplicate(
@@ -280,7 +493,14 @@ def _tag_targets(project: Project, push: RefPush) -> Targets:
     return Targets(notes=[f"Tag {push.name}: no server deploys tags, so nothing was deployed"])
 
 
-def _deploy_push(project: Project, push: RefPush) -> tuple[list[Deployment], list[str]]:
+def _plan_push(
+    project: Project, push: RefPush, targets_cache: dict[tuple[str, tuple[str, ...]], Targets]
+) -> tuple[list[_Plan], list[str]]:
+    """The deployments one push asks for, and notes on what it does not deploy and why.
+
+    ``targets_cache`` keeps webhook_targets' answer per (branch, [deploy: ...] names) for the
+    pushes of one batch, which read the same servers and groups.
+    """
     if push.deleted:
         return [], [f"{push.ref} was deleted: nothing to deploy"]
     if push.kind == "other":
@@ -291,33 +511,47 @@ def _deploy_push(project: Project, push: RefPush) -> tuple[list[Deployment], lis
     if push.kind == "tag":
         targets = _tag_targets(project, push)
     else:
-        targets = webhook_targets(project=project, branch=push.name, deploy_to=commands.deploy_to)
-    # Custom JSON's "latest" has no SHA: the branch name resolves to its tip on the worker.
-    revision = push.head or push.name
-    created: list[Deployment] = []
-    notes = list(targets.notes)
-    plans: list[tuple[ServerGroup | None, list[Server]]] = [(group, []) for group in targets.groups]
-    if targets.servers:
-        plans.append((None, targets.servers))
-    for group, servers in plans:
-        try:
-            deployment = deployment_create(
-                project=project,
-                group=group,
-                servers=servers,
-                revision=revision,
-                branch=push.name,
-                trigger=Trigger.WEBHOOK,
-                full=commands.full,
-                skip_build=commands.skip_build,
-                skip_cache=commands.skip_cache,
-                config_only=commands.config_only,
+        key = (push.name, commands.deploy_to)
+        if key not in targets_cache:
+            targets_cache[key] = webhook_targets(
+                project=project, branch=push.name, deploy_to=commands.deploy_to
             )
-        except DeploymentRefused as refused:
-            label = f"Group {group.name}" if group is not None else "Servers"
-            notes.append(f"{label}: {refused}")
-            continue
-        created.append(deployment)
-    if not created and not notes:
-        notes.append(f"No server or group deploys branch {push.name} automatically")
-    return created, notes
+        targets = targets_cache[key]
+    plans = [
+        _Plan(
+            group=group,
+            servers=[],
+            server_ids=frozenset(member.server_id for member in group.members.all()),
+            push=push,
+            commands=commands,
+        )
+        for group in targets.groups
+    ]
+    if targets.servers:
+        plans.append(
+            _Plan(
+                group=None,
+                servers=targets.servers,
+                server_ids=frozenset(server.pk for server in targets.servers),
+                push=push,
+                commands=commands,
+            )
+        )
+    return plans, list(targets.notes)
+
+
+def _create(project: Project, plan: _Plan) -> Deployment:
+    push, commands = plan.push, plan.commands
+    return deployment_create(
+        project=project,
+        group=plan.group,
+        servers=plan.servers,
+        # Custom JSON's "latest" has no SHA: the branch name resolves to its tip on the worker.
+        revision=push.head or push.name,
+        branch=push.name,
+        trigger=Trigger.WEBHOOK,
+        full=commands.full,
+        skip_build=commands.skip_build,
+        skip_cache=commands.skip_cache,
+        config_only=commands.config_only,
+    )

@@ -2,8 +2,9 @@
 Forgejo and DeployHQ-style custom JSON all post to.
 
 The view reads the raw body (bounded), checks the credentials over those exact bytes, and only
-then parses; what to deploy is decided in builds.webhook_services. Nothing here touches Git
-or the network, so a delivery is answered in milliseconds.
+then parses; the delivery is recorded (builds.webhook_services) and answered 202 at once, and a
+worker decides what to deploy after the answer. Nothing here touches Git, the network or the
+project's servers, so a delivery is answered in milliseconds.
 
 Whether a credential is required depends on the project alone, never on which provider the
 headers look like: a project with a webhook secret accepts a request only when it carries at
@@ -28,6 +29,7 @@ from django.views.decorators.http import require_POST
 
 from builds import webhook_services
 from builds.models import WebhookOutcome, WebhookProvider
+from builds.webhook_services import RefPush
 from deployer.textinput import data_problem
 from projects.models import Project
 
@@ -124,21 +126,6 @@ _DIGESTS = {"sha256=": hashlib.sha256, "sha1=": hashlib.sha1, "": hashlib.sha256
 
 
 @dataclass(frozen=True)
-class RefPush:
-    """One ref a push moved, in the same terms whichever provider sent it."""
-
-    ref: str
-    kind: Literal["branch", "tag", "other"]
-    name: str
-    # The new head's full SHA; "" when the ref was deleted or for custom JSON's "latest".
-    head: str
-    deleted: bool = False
-    # The head commit's whole message: commit-message commands are read from it.
-    message: str = ""
-    subjects: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class InboundDelivery:
     provider: str
     event: str
@@ -167,7 +154,9 @@ class Rejected(Exception):
 @csrf_exempt
 @require_POST
 def receive(request: HttpRequest, token: str) -> JsonResponse:
-    project = Project.objects.filter(webhook_token=token).first()
+    # Only what the door needs: the project's other secrets (its private key...) stay
+    # encrypted, undecrypted, in the database.
+    project = Project.objects.only("pk", "webhook_secret").filter(webhook_token=token).first()
     if project is None:
         return JsonResponse({"status": "not_found"}, status=404)
     headers = request.headers
@@ -193,13 +182,17 @@ def receive(request: HttpRequest, token: str) -> JsonResponse:
             status=rejected.status,
         )
     record = webhook_services.webhook_receive(project=project, inbound=inbound)
+    # Accepted: recorded, processed by a worker after this answer (202). Ignored and duplicate
+    # deliveries are final already (200). Neither has deployments yet: they come from the
+    # processing, shown with the delivery on the project's page.
     return JsonResponse(
         {
             "status": record.outcome,
             "delivery": record.pk,
-            "deployments": sorted(record.deployments.values_list("pk", flat=True)),
+            "deployments": [],
             "reason": record.reason,
-        }
+        },
+        status=202 if record.outcome == WebhookOutcome.ACCEPTED else 200,
     )
 
 

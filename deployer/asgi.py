@@ -13,8 +13,14 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
 from builds.routing import websocket_urlpatterns  # noqa: E402
+from deployer import outbox  # noqa: E402
+
+if settings.PROCESS_ROLE == "web":
+    # Requests answer once their work is committed; a thread sends the Celery messages.
+    outbox.start_background_sender()
 
 application = ProtocolTypeRouter(
     {

@@ -30,6 +30,13 @@ def boolean(name: str, default: bool = False) -> bool:
     )
 
 
+def choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = string(name, default) or default
+    if value not in choices:
+        raise ConfigurationError(f"{name}={value!r} must be one of: {', '.join(choices)}")
+    return value
+
+
 def integer(name: str, default: int, *, minimum: int | None = None) -> int:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":

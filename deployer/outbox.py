@@ -17,7 +17,9 @@ The pattern: https://microservices.io/patterns/data/transactional-outbox.html
 from __future__ import annotations
 
 import logging
+import queue
 import re
+import threading
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -25,7 +27,8 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import transaction
+from django.db import close_old_connections, connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from deployer.celery import app
@@ -51,47 +54,120 @@ def enqueue(task: str, *args: int | str, key: str = "") -> OutboxMessage | None:
     message_id = message.pk
     # Robust: whatever fails while sending after the commit (the broker, even the database)
     # is logged, never raised into the request whose work was recorded; the relay sends it.
-    transaction.on_commit(lambda: send([message_id]), robust=True)
+    transaction.on_commit(lambda: _send_after_commit(message_id), robust=True)
     return message
 
 
+# The web process's sender (start_background_sender): ids committed by requests, sent by one
+# thread so that a request answers once its work is committed, without waiting for the broker.
+_pending: queue.SimpleQueue[int] | None = None
+_sender_lock = threading.Lock()
+#: Most messages one pass of the background sender takes.
+BACKGROUND_BATCH = 500
+
+
+def start_background_sender() -> None:
+    """Send committed messages from a thread of this process from now on (the web process:
+    `manage.py serve` and each of its uvicorn workers). Idempotent.
+
+    A request then answers as soon as its transaction committed. A message still in this
+    thread's hands when the process dies is unsent in the database: the relay sends it.
+    """
+    global _pending
+    with _sender_lock:
+        if _pending is not None:
+            return
+        _pending = queue.SimpleQueue()
+        threading.Thread(
+            target=_send_forever, args=(_pending,), name="slipway-outbox", daemon=True
+        ).start()
+
+
+def _send_after_commit(message_id: int) -> None:
+    if _pending is not None:
+        _pending.put(message_id)
+    else:
+        send([message_id])
+
+
+def _send_forever(pending: queue.SimpleQueue[int]) -> None:
+    while True:
+        batch = [pending.get()]
+        while len(batch) < BACKGROUND_BATCH:
+            try:
+                batch.append(pending.get_nowait())
+            except queue.Empty:
+                break
+        try:
+            send(batch)
+        except Exception:  # a database error: the relay sends what is left
+            logger.exception("The outbox sender failed; the relay sends what it left")
+        finally:
+            # Give the connection back (to the pool in the web process) between batches.
+            close_old_connections()
+
+
+#: Messages sent under one transaction (one row lock each, one UPDATE for all of them).
+SEND_BATCH = 100
+
+
 def send(message_ids: Sequence[int]) -> int:
-    """Send the given unsent messages now; return how many the broker took.
+    """Send the given unsent messages now, in the order given; return how many the broker took.
 
     Never raises for a broker error: the message stays unsent, with the error recorded, for
-    the relay. Safe to call from several processes at once: each row is locked while it is
-    sent (SKIP LOCKED), and one already sent is left alone.
+    the relay, and so do the ones after it. Safe to call from several processes at once: each
+    row is locked while it is sent (SKIP LOCKED), and one already sent is left alone.
     """
     run_id = _broker_run_id(max_age=RUN_ID_MAX_AGE)
     sent = 0
-    for message_id in message_ids:
+    for start in range(0, len(message_ids), SEND_BATCH):
+        chunk = list(message_ids[start : start + SEND_BATCH])
         with transaction.atomic():
-            message = (
-                OutboxMessage.objects.select_for_update(skip_locked=True)
-                .filter(pk=message_id, sent_at__isnull=True)
-                .first()
-            )
-            if message is None:
-                continue
-            try:
-                app.send_task(message.task, args=message.args, task_id=message.task_id, retry=False)
-            except Exception as exc:  # any broker error: kombu's, redis', a socket's
-                OutboxMessage.objects.filter(pk=message.pk).update(
-                    attempts=message.attempts + 1, last_error=_describe(exc)[:2000]
+            if connection.vendor == "postgresql":
+                # Recording that a message was sent need not wait for the disk: lost in a
+                # database crash, the message is only sent again, and every task is idempotent.
+                # It saves a second fsync in each request that recorded work.
+                with connection.cursor() as cursor:
+                    cursor.execute("SET LOCAL synchronous_commit TO OFF")
+            locked = {
+                message.pk: message
+                for message in OutboxMessage.objects.select_for_update(skip_locked=True).filter(
+                    pk__in=chunk, sent_at__isnull=True
+                )
+            }
+            taken: list[int] = []
+            failed: tuple[OutboxMessage, Exception] | None = None
+            for message_id in chunk:
+                message = locked.get(message_id)
+                if message is None:
+                    continue
+                try:
+                    app.send_task(
+                        message.task, args=message.args, task_id=message.task_id, retry=False
+                    )
+                except Exception as exc:  # any broker error: kombu's, redis', a socket's
+                    failed = (message, exc)
+                    break
+                taken.append(message.pk)
+            if taken:
+                OutboxMessage.objects.filter(pk__in=taken).update(
+                    sent_at=timezone.now(),
+                    broker_run=run_id,
+                    attempts=F("attempts") + 1,
+                    last_error="",
+                )
+            sent += len(taken)
+            if failed is not None:
+                refused, error = failed
+                OutboxMessage.objects.filter(pk=refused.pk).update(
+                    attempts=F("attempts") + 1, last_error=_describe(error)[:2000]
                 )
                 logger.warning(
                     "The broker did not take %s (%s); the relay sends it later",
-                    message,
-                    _describe(exc),
+                    refused,
+                    _describe(error),
                 )
                 return sent
-            OutboxMessage.objects.filter(pk=message.pk).update(
-                sent_at=timezone.now(),
-                broker_run=run_id,
-                attempts=message.attempts + 1,
-                last_error="",
-            )
-            sent += 1
     return sent
 
 

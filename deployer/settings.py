@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 import warnings
 from datetime import timedelta
 from email.utils import parseaddr
@@ -90,6 +91,41 @@ FETCH_TIMEOUT = env.integer("SLIPWAY_FETCH_TIMEOUT", 900, minimum=10)
 # A running deployment whose heartbeat is older than this is failed by the reaper.
 HEARTBEAT_TIMEOUT = env.integer("SLIPWAY_HEARTBEAT_TIMEOUT", 120, minimum=10)
 WORKER_CONCURRENCY = env.integer("SLIPWAY_WORKER_CONCURRENCY", 4, minimum=1)
+
+
+def _process_role(argv: list[str]) -> str:
+    """What this process is, from the command that started it: "web" (`manage.py serve`, or
+    deployer.asgi under uvicorn, daphne, hypercorn or gunicorn; SLIPWAY_PROCESS_ROLE=web for
+    another server), "worker" and "beat" (`celery -A deployer worker|beat`), else "manage"
+    (migrate, shell, tests)."""
+    program = argv[0] if argv else ""
+    name = Path(program).name
+    if name == "celery" or program.endswith("celery/__main__.py"):
+        if "beat" in argv:
+            return "beat"
+        return "worker" if "worker" in argv else "manage"
+    if argv[1:2] == ["serve"] or name in {"uvicorn", "daphne", "hypercorn", "gunicorn"}:
+        return "web"
+    return "manage"
+
+
+# Decides the database connection handling below, and names this process's PostgreSQL
+# connections (application_name "slipway-web", "slipway-worker"...: see pg_stat_activity).
+PROCESS_ROLE = env.choice(
+    "SLIPWAY_PROCESS_ROLE", _process_role(sys.argv), ("web", "worker", "beat", "manage")
+)
+# uvicorn processes `manage.py serve` starts (docs/benchmarks.md). The embedded worker lives in
+# the web process, so without REDIS_URL there is exactly one.
+WEB_WORKERS = env.integer("SLIPWAY_WEB_WORKERS", 1, minimum=1)
+if WEB_WORKERS > 1 and EMBEDDED_WORKER:
+    raise ConfigurationError(
+        f"SLIPWAY_WEB_WORKERS={WEB_WORKERS}: the embedded worker (no REDIS_URL) runs inside "
+        "the one web process; set REDIS_URL and run `celery -A deployer worker`, or use 1"
+    )
+# PostgreSQL connections one web process may hold at once (a psycopg pool; the embedded
+# worker's threads get theirs on top). Requests beyond it wait up to DB_POOL_TIMEOUT seconds.
+DB_POOL_SIZE = env.integer("SLIPWAY_DB_POOL_SIZE", 8, minimum=1)
+DB_POOL_TIMEOUT = env.integer("SLIPWAY_DB_POOL_TIMEOUT", 20, minimum=1)
 BUILD_DIR = env.directory("SLIPWAY_BUILD_DIR", DATA_DIR / "builds")
 
 # The build sandbox (builds/engine/sandbox.py, docs/security.md). "off" is for single-team
@@ -225,8 +261,24 @@ TEMPLATES = [
 
 if DATABASE_URL:
     DATABASES = {"default": environ.Env.db_url_config(DATABASE_URL)}
-    DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    _database = DATABASES["default"]
+    if _database["ENGINE"] == "django.db.backends.postgresql":
+        _database.setdefault("OPTIONS", {})["application_name"] = f"slipway-{PROCESS_ROLE}"
+    if _database["ENGINE"] == "django.db.backends.postgresql" and PROCESS_ROLE == "web":
+        # Under ASGI every request runs in a thread of its own, and a persistent connection
+        # stays with its thread: Django advises against them there. The web process borrows
+        # from a bounded pool instead, returned at the end of each request.
+        _database["CONN_MAX_AGE"] = 0
+        _database["OPTIONS"]["pool"] = {
+            "min_size": 2,
+            "max_size": DB_POOL_SIZE + (WORKER_CONCURRENCY + 2 if EMBEDDED_WORKER else 0),
+            "timeout": DB_POOL_TIMEOUT,
+        }
+    else:
+        # Celery workers and commands are not ASGI: one thread per connection, closed by
+        # Celery's Django fixup when older than this, between tasks.
+        _database.setdefault("CONN_MAX_AGE", 60)
+        _database["CONN_HEALTH_CHECKS"] = True
 else:
     DATABASES = {
         "default": {

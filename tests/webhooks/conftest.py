@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from builds.models import WebhookDelivery, WebhookOutcome
+from builds.tasks import process_webhook_delivery
 from projects.services import project_create
 from servers.models import GroupMember, Server, ServerGroup
 
@@ -45,12 +49,45 @@ def make_group():
     return make
 
 
+class Delivered:
+    """The answer to one POST, and what became of the delivery once a worker processed it.
+
+    ``status_code`` and ``answer`` are the HTTP answer (202 "accepted" for a delivery to
+    process). ``json()`` is the delivery as processed: the answer's fields with "status" the
+    delivery's outcome and "deployments" the ones it created, as the synchronous endpoint
+    used to answer.
+    """
+
+    def __init__(self, response: Any) -> None:
+        self.response = response
+        self.status_code = response.status_code
+        self.content = response.content
+        self.answer: dict[str, Any] = response.json()
+        self._processed = dict(self.answer)
+        if self.status_code == 202:
+            process_webhook_delivery(self.answer["delivery"])
+            delivery = WebhookDelivery.objects.get(pk=self.answer["delivery"])
+            assert delivery.outcome != WebhookOutcome.ACCEPTED
+            self._processed.update(
+                status=delivery.outcome,
+                deployments=sorted(delivery.deployments.values_list("pk", flat=True)),
+                reason=delivery.reason,
+            )
+
+    def json(self) -> dict[str, Any]:
+        return self._processed
+
+
 @pytest.fixture
 def post(client):
-    """POST raw bytes to a project's webhook URL, as the providers do."""
+    """POST raw bytes to a project's webhook URL, as the providers do, then run the worker's
+    processing of an accepted delivery (the task function, in this process): a Delivered."""
 
     def send(project, body: bytes, *, content_type="application/json", **headers):
-        return client.post(project.webhook_path, data=body, content_type=content_type, **headers)
+        response = client.post(
+            project.webhook_path, data=body, content_type=content_type, **headers
+        )
+        return Delivered(response)
 
     return send
 

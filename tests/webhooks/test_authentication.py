@@ -22,7 +22,7 @@ def test_it_queues_a_github_push_signed_with_the_secret(shop, make_server, post)
 
     response = post(shop, body, **payloads.github_headers(body, shop.webhook_secret))
 
-    assert response.status_code == 200, response.content
+    assert response.status_code == 202, response.content
     assert response.json()["status"] == "queued"
     deployment = Deployment.objects.get()
     assert deployment.trigger == "webhook"
@@ -114,7 +114,7 @@ def test_it_compares_the_gitlab_token_with_the_secret(shop, make_server, post):
     right = post(shop, body, **payloads.gitlab_headers(shop.webhook_secret))
 
     assert (wrong.status_code, missing.status_code) == (401, 401)
-    assert right.status_code == 200 and right.json()["status"] == "queued"
+    assert right.status_code == 202 and right.json()["status"] == "queued"
     assert Deployment.objects.count() == 1
 
 
@@ -228,7 +228,7 @@ def test_it_needs_no_csrf_token(shop, make_server):
         **payloads.github_headers(body, shop.webhook_secret),
     )
 
-    assert response.status_code == 200
+    assert response.status_code == 202
 
 
 def test_it_keeps_only_the_newest_rejected_deliveries(shop, post, monkeypatch):

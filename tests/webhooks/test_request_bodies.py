@@ -36,7 +36,7 @@ def test_it_accepts_a_body_of_exactly_one_megabyte(shop, make_server, post):
 
     response = post(shop, body, **payloads.github_headers(body, shop.webhook_secret))
 
-    assert response.status_code == 200, response.content
+    assert response.status_code == 202, response.content
 
 
 @pytest.mark.parametrize("size", [MAX_BODY_BYTES + 1, 3 * MAX_BODY_BYTES])

@@ -8,6 +8,7 @@ from typing import Any
 import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connections
 from uvicorn.config import LOGGING_CONFIG
 
 from deployer.crypto import DecryptionError, verify_canary
@@ -30,6 +31,8 @@ class Command(BaseCommand):
 
             start_worker()
             deployments_recover_after_restart()
+        # This thread serves no request: give its connection back (to the pool, if any).
+        connections.close_all()
         self.stdout.write(f"Slipway is serving on http://{settings.BIND}/", ending="\n")
         self.stdout.flush()
         uvicorn.run(
@@ -41,6 +44,9 @@ class Command(BaseCommand):
             log_config=access_log_config(),
             proxy_headers=True,
             ws_ping_interval=20,
+            # Several processes share the socket (SLIPWAY_WEB_WORKERS); each has its own
+            # database pool. Never more than one with the embedded worker (settings refuse).
+            workers=settings.WEB_WORKERS,
         )
 
 

@@ -1,0 +1,196 @@
+"""A delivery is recorded and answered at once; a worker processes it after the answer, once,
+in the order the project's deliveries were received."""
+
+from __future__ import annotations
+
+import pytest
+
+from builds import webhook_services
+from builds.models import Deployment, Status, WebhookDelivery, WebhookOutcome
+from builds.tasks import process_webhook_delivery
+from deployer.models import OutboxMessage
+from tests.webhooks import payloads
+
+pytestmark = pytest.mark.django_db
+
+
+def _send(client, project, payload, **options):
+    """POST a signed GitHub delivery without processing it (the raw answer)."""
+    body = payloads.encode(payload)
+    return client.post(
+        project.webhook_path,
+        data=body,
+        content_type="application/json",
+        **payloads.github_headers(body, project.webhook_secret, **options),
+    )
+
+
+def test_a_push_is_answered_202_with_its_delivery_before_anything_is_deployed(
+    shop, make_server, client
+):
+    make_server(shop, "web1")
+
+    response = _send(client, shop, payloads.github_push())
+
+    assert response.status_code == 202
+    answer = response.json()
+    delivery = WebhookDelivery.objects.get()
+    assert answer == {
+        "status": "accepted",
+        "delivery": delivery.pk,
+        "deployments": [],
+        "reason": "",
+    }
+    assert delivery.outcome == WebhookOutcome.ACCEPTED
+    assert delivery.processed_at is None
+    assert not Deployment.objects.exists()
+    (message,) = OutboxMessage.objects.all()
+    assert (message.task, message.args) == ("builds.tasks.process_webhook_delivery", [delivery.pk])
+
+
+def test_the_worker_creates_the_deployment_and_records_the_outcome(shop, make_server, client):
+    make_server(shop, "web1")
+    head = payloads.fake_sha("two")
+    answer = _send(client, shop, payloads.github_push(after=head)).json()
+
+    assert process_webhook_delivery(answer["delivery"]) == 1
+
+    delivery = WebhookDelivery.objects.get(pk=answer["delivery"])
+    deployment = Deployment.objects.get()
+    assert delivery.outcome == WebhookOutcome.QUEUED
+    assert delivery.processed_at is not None
+    assert list(delivery.deployments.all()) == [deployment]
+    assert (deployment.revision, deployment.status) == (head, Status.QUEUED)
+
+
+def test_a_redelivered_task_message_does_nothing_the_second_time(shop, make_server, client):
+    make_server(shop, "web1")
+    answer = _send(client, shop, payloads.github_push()).json()
+
+    assert process_webhook_delivery(answer["delivery"]) == 1
+    assert process_webhook_delivery(answer["delivery"]) == 0
+
+    assert Deployment.objects.count() == 1
+    assert WebhookDelivery.objects.get().deployments.count() == 1
+
+
+def test_a_ping_is_final_at_the_door_and_queues_no_processing(shop, make_server, client):
+    make_server(shop, "web1")
+
+    response = _send(client, shop, payloads.github_ping(), event="ping")
+
+    assert (response.status_code, response.json()["status"]) == (200, "ignored")
+    assert WebhookDelivery.objects.get().processed_at is not None
+    assert not OutboxMessage.objects.exists()
+
+
+def test_a_redelivery_waiting_to_be_processed_is_a_duplicate_already(shop, make_server, client):
+    make_server(shop, "web1")
+    payload = payloads.github_push()
+
+    first = _send(client, shop, payload, delivery="d-1")
+    again = _send(client, shop, payload, delivery="d-1")
+
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.json()["status"] == "duplicate"
+    assert OutboxMessage.objects.count() == 1
+
+
+def test_deliveries_are_processed_in_the_order_received_whichever_task_runs_first(
+    shop, make_server, client
+):
+    make_server(shop, "web1")
+    older = _send(client, shop, payloads.github_push(after=payloads.fake_sha("old"))).json()
+    newer = _send(client, shop, payloads.github_push(after=payloads.fake_sha("new"))).json()
+
+    # The newer delivery's task runs first: it processes the older one with its own.
+    assert process_webhook_delivery(newer["delivery"]) == 2
+    assert process_webhook_delivery(older["delivery"]) == 0
+
+    (deployment,) = Deployment.objects.all()
+    assert (deployment.revision, deployment.status) == (payloads.fake_sha("new"), Status.QUEUED)
+    assert WebhookDelivery.objects.get(pk=newer["delivery"]).outcome == WebhookOutcome.QUEUED
+    # The older push would have been superseded at once: no deployment was made for it.
+    superseded = WebhookDelivery.objects.get(pk=older["delivery"])
+    assert superseded.outcome == WebhookOutcome.SUPERSEDED
+    assert superseded.reason == f"Servers: superseded by delivery #{newer['delivery']}"
+
+
+def test_while_a_newer_delivery_waits_its_task_does_the_work_of_the_older_ones(
+    shop, make_server, client
+):
+    make_server(shop, "web1")
+    older = _send(client, shop, payloads.github_push(after=payloads.fake_sha("old"))).json()
+    newer = _send(client, shop, payloads.github_push(after=payloads.fake_sha("new"))).json()
+
+    assert process_webhook_delivery(older["delivery"]) == 0
+    assert WebhookDelivery.objects.get(pk=older["delivery"]).outcome == WebhookOutcome.ACCEPTED
+    assert process_webhook_delivery(newer["delivery"]) == 2
+
+    assert not WebhookDelivery.objects.filter(outcome=WebhookOutcome.ACCEPTED).exists()
+    assert Deployment.objects.get().revision == payloads.fake_sha("new")
+
+
+def test_a_delivery_is_superseded_only_by_one_deploying_all_its_servers(shop, make_server, client):
+    make_server(shop, "web1")
+    make_server(shop, "eu", auto_deploy=False)
+    head = payloads.fake_sha("both")
+    both = _send(
+        client, shop, payloads.github_push(after=head, commits=[(head, "Ship [deploy: eu]")])
+    ).json()
+    web1_only = _send(client, shop, payloads.github_push(after=payloads.fake_sha("one"))).json()
+
+    process_webhook_delivery(web1_only["delivery"])
+
+    # The first push also reaches eu, which the second does not deploy: it is created, and
+    # the second supersedes it on web1 only.
+    assert WebhookDelivery.objects.get(pk=both["delivery"]).outcome == WebhookOutcome.QUEUED
+    assert Deployment.objects.filter(status=Status.QUEUED).count() == 2
+
+
+def test_deliveries_processed_one_by_one_supersede_each_others_deployments(
+    shop, make_server, client
+):
+    make_server(shop, "web1")
+    older = _send(client, shop, payloads.github_push(after=payloads.fake_sha("old"))).json()
+    process_webhook_delivery(older["delivery"])
+    newer = _send(client, shop, payloads.github_push(after=payloads.fake_sha("new"))).json()
+    process_webhook_delivery(newer["delivery"])
+
+    assert Deployment.objects.get(revision=payloads.fake_sha("old")).status == Status.CANCELLED
+    assert Deployment.objects.get(revision=payloads.fake_sha("new")).status == Status.QUEUED
+
+
+def test_the_commit_message_is_kept_only_until_the_delivery_is_processed(shop, make_server, client):
+    make_server(shop, "web1")
+    head = payloads.fake_sha("msg")
+    payload = payloads.github_push(after=head, commits=[(head, "Ship it [skip cache]\n\nBody")])
+    answer = _send(client, shop, payload).json()
+    (waiting,) = WebhookDelivery.objects.get().pushes
+    assert waiting["message"] == "Ship it [skip cache]\n\nBody"
+
+    process_webhook_delivery(answer["delivery"])
+
+    delivery = WebhookDelivery.objects.get()
+    assert [push["message"] for push in delivery.pushes] == [""]
+    assert delivery.summary == ["Ship it [skip cache]"]
+    assert Deployment.objects.get().skip_cache
+
+
+def test_an_error_of_ours_while_processing_marks_the_delivery_failed(
+    shop, make_server, client, monkeypatch
+):
+    make_server(shop, "web1")
+    answer = _send(client, shop, payloads.github_push()).json()
+
+    def broken(**_):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(webhook_services, "webhook_targets", broken)
+    assert process_webhook_delivery(answer["delivery"]) == 1
+
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.outcome == WebhookOutcome.FAILED
+    assert "nothing was deployed" in delivery.reason
+    assert "a bug" not in delivery.reason
+    assert not Deployment.objects.exists()
