@@ -66,6 +66,7 @@ def relay_outbox() -> int:
 
 @shared_task(ignore_result=True)
 def reap_stale_deployments() -> int:
+    webhook_services.webhooks_sweep()
     return reconcile.deployments_reap_stale()
 
 

@@ -14,6 +14,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from django.db import DatabaseError, IntegrityError, connection, transaction
@@ -28,6 +29,7 @@ from builds.models import (
 )
 from builds.services import DeploymentRefused, deployment_create
 from deployer import outbox
+from deployer.models import OutboxMessage
 from projects.models import Project
 from projects.services import audit_record
 from servers.models import Server, ServerGroup
@@ -318,6 +320,47 @@ def webhook_process(delivery_id: int) -> int:
             processed += _process_batch(project, waiting)
         if not waiting or waiting[-1] == delivery_id:
             return processed
+
+
+#: Seconds an accepted delivery may wait before the sweep looks at it (webhooks_sweep).
+SWEEP_AFTER = 120
+
+
+def webhooks_sweep(*, after: float = SWEEP_AFTER) -> int:
+    """Queue processing again for projects whose accepted deliveries were left waiting: their
+    task failed for good (a database away longer than its retries) or its worker died while
+    processing (the message was consumed, the work rolled back). Returns how many messages
+    were queued: one per such project, for its newest waiting delivery (webhook_process takes
+    the older ones with it). A project whose newest waiting delivery still has a message no
+    worker took is left alone. Run by the reaper (builds.tasks.reap_stale_deployments).
+    """
+    cutoff = timezone.now() - timedelta(seconds=after)
+    projects = (
+        WebhookDelivery.objects.filter(outcome=WebhookOutcome.ACCEPTED, received_at__lt=cutoff)
+        .values_list("project_id", flat=True)
+        .distinct()
+    )
+    queued = 0
+    for project_id in projects:
+        newest = (
+            WebhookDelivery.objects.filter(project_id=project_id, outcome=WebhookOutcome.ACCEPTED)
+            .order_by("-pk")
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if newest is None or [newest] in OutboxMessage.objects.filter(
+            task=PROCESS_WEBHOOK_TASK, consumed_at__isnull=True
+        ).values_list("args", flat=True):
+            continue
+        with transaction.atomic():
+            outbox.enqueue(PROCESS_WEBHOOK_TASK, newest)
+        logger.warning(
+            "Webhook deliveries of project %s waited over %s s unprocessed; queued again",
+            project_id,
+            after,
+        )
+        queued += 1
+    return queued
 
 
 def _lock_project_processing(project_id: int) -> None:

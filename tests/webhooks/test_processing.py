@@ -4,6 +4,7 @@ in the order the project's deliveries were received."""
 from __future__ import annotations
 
 import pytest
+from django.utils import timezone
 
 from builds import webhook_services
 from builds.models import Deployment, Status, WebhookDelivery, WebhookOutcome
@@ -194,3 +195,33 @@ def test_an_error_of_ours_while_processing_marks_the_delivery_failed(
     assert "nothing was deployed" in delivery.reason
     assert "a bug" not in delivery.reason
     assert not Deployment.objects.exists()
+
+
+def test_deliveries_left_waiting_by_a_lost_task_are_queued_again_by_the_sweep(
+    shop, make_server, client
+):
+    make_server(shop, "web1")
+    _send(client, shop, payloads.github_push(after=payloads.fake_sha("one")))
+    newest = _send(client, shop, payloads.github_push(after=payloads.fake_sha("two"))).json()[
+        "delivery"
+    ]
+    # The worker that took the newest delivery's message died while processing it: the
+    # message is consumed, the work rolled back, both deliveries still wait.
+    OutboxMessage.objects.update(consumed_at=timezone.now())
+
+    assert webhook_services.webhooks_sweep(after=0) == 1
+    assert webhook_services.webhooks_sweep(after=0) == 0  # its message waits for a worker
+
+    again = OutboxMessage.objects.get(consumed_at__isnull=True)
+    assert (again.task, again.args) == (webhook_services.PROCESS_WEBHOOK_TASK, [newest])
+    process_webhook_delivery.run(newest)
+    assert not WebhookDelivery.objects.filter(outcome=WebhookOutcome.ACCEPTED).exists()
+    assert Deployment.objects.filter(status=Status.QUEUED).count() == 1
+
+
+def test_the_sweep_leaves_fresh_deliveries_alone(shop, make_server, client):
+    make_server(shop, "web1")
+    _send(client, shop, payloads.github_push())
+    OutboxMessage.objects.update(consumed_at=timezone.now())
+
+    assert webhook_services.webhooks_sweep() == 0
