@@ -19,8 +19,6 @@ from deployer.celery import app
 
 logger = logging.getLogger(__name__)
 
-REAPER_INTERVAL_SECONDS = 30.0
-
 
 def start_worker() -> WorkController:
     app.conf.broker_transport_options = {
@@ -59,7 +57,7 @@ def _reap_forever() -> None:
     from builds.tasks import reap_stale_deployments, resend_due_notification_deliveries
 
     stop = threading.Event()
-    while not stop.wait(REAPER_INTERVAL_SECONDS):
+    while not stop.wait(settings.REAPER_INTERVAL):
         for periodic in (reap_stale_deployments, resend_due_notification_deliveries):
             try:
                 periodic()

@@ -88,6 +88,9 @@ DEPLOYMENT_TIME_LIMIT = env.integer("SLIPWAY_DEPLOYMENT_TIME_LIMIT", 3600, minim
 FETCH_TIMEOUT = env.integer("SLIPWAY_FETCH_TIMEOUT", 900, minimum=10)
 # A running deployment whose heartbeat is older than this is failed by the reaper.
 HEARTBEAT_TIMEOUT = env.integer("SLIPWAY_HEARTBEAT_TIMEOUT", 120, minimum=10)
+# How often the reaper (celery beat, or the embedded loop) looks for stale deployments: a dead
+# worker's deployment is failed between HEARTBEAT_TIMEOUT and HEARTBEAT_TIMEOUT + this.
+REAPER_INTERVAL = env.integer("SLIPWAY_REAPER_INTERVAL", 30, minimum=5)
 WORKER_CONCURRENCY = env.integer("SLIPWAY_WORKER_CONCURRENCY", 4, minimum=1)
 BUILD_DIR = env.directory("SLIPWAY_BUILD_DIR", DATA_DIR / "builds")
 
@@ -347,7 +350,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": int(DEPLOYMENT_TIME_LIM
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE = {
-    "reap-stale-deployments": {"task": "builds.tasks.reap_stale_deployments", "schedule": 30.0},
+    "reap-stale-deployments": {
+        "task": "builds.tasks.reap_stale_deployments",
+        "schedule": float(REAPER_INTERVAL),
+    },
     # Notifications whose message was lost (a broker restart) or whose retry is due.
     "resend-due-notifications": {
         "task": "builds.tasks.resend_due_notification_deliveries",
