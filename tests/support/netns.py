@@ -31,6 +31,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,10 @@ class NetnsHost:
     number: int
     root: Path
     target: SSHTarget
+    #: A process that lives in the namespace for as long as the host does: sshd is started
+    #: through it (``nsenter --net=/proc/<pid>/ns/net``), since the bind mount under
+    #: /run/netns that ``ip netns exec`` needs has been seen to vanish during a run.
+    holder: subprocess.Popen[bytes] | None = None
     #: Set while the disk is filled: the file that fills it.
     filler: Path | None = None
 
@@ -191,6 +196,9 @@ class NetnsHost:
         """Stop sshd, unmount the disk, delete the namespace (and with it the veth pair)."""
         with contextlib.suppress(Exception):
             self.target.stop()
+        if self.holder is not None:
+            self.holder.kill()
+            self.holder.wait()
         if _run("umount", str(self.disk), check=False).returncode != 0:
             # A process that still has a file open there (it is being killed): detach anyway.
             _run("umount", "-l", str(self.disk), check=False)
@@ -270,7 +278,6 @@ def start_netns_host(
         host_private_key_path=host_key.private_path,
         hostname=f"{SUBNET_PREFIX}.{number}.2",
         username=username,
-        launcher=("ip", "netns", "exec", f"{NAMESPACE_PREFIX}{number}"),
     )
     host = NetnsHost(number=number, root=root, target=target)
     try:
@@ -285,6 +292,13 @@ def start_netns_host(
         _run("ip", "-n", namespace, "addr", "add", f"{host.address}/24", "dev", target_veth)
         _run("ip", "-n", namespace, "link", "set", target_veth, "up")
         _run("ip", "-n", namespace, "link", "set", "lo", "up")
+        host.holder = subprocess.Popen(
+            ["ip", "netns", "exec", namespace, "sleep", "infinity"],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        _wait_until_inside(host.holder, namespace)
+        target.launcher = ("nsenter", f"--net=/proc/{host.holder.pid}/ns/net", "--")
         host.disk.mkdir()
         _run(
             *("mount", "-t", "tmpfs", "-o", f"size={disk_megabytes}m,mode=0755"),
@@ -300,6 +314,20 @@ def start_netns_host(
         host.close()
         raise
     return host
+
+
+def _wait_until_inside(process: subprocess.Popen[bytes], namespace: str) -> None:
+    """Until ``process`` has joined ``namespace`` (ip execs it after setns)."""
+    ours = os.readlink("/proc/self/ns/net")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise NetnsError(f"could not start a process in {namespace} ({process.returncode})")
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{process.pid}/ns/net") != ours:
+                return
+        time.sleep(0.01)
+    raise NetnsError(f"no process joined {namespace} within 10 s")
 
 
 @dataclass(frozen=True)
