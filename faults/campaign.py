@@ -419,6 +419,11 @@ class Campaign:
                 expected=self.expected,
                 lock_owner_finished=owner_finished,
             )
+            if not active:
+                for command in host.session_commands():
+                    result.notes.append(
+                        f"{server.name}: still running there: {_short(command, 80)}"
+                    )
             if active:
                 # A lock held by a deployment still running is its, not a leftover.
                 result.stuck = [s for s in result.stuck if "lock left" not in s]

@@ -44,6 +44,7 @@ from tests.support.sshd import (
     SSHD_PATH,
     KeyPair,
     SSHTarget,
+    _descendants,
     ensure_unprivileged_user,
 )
 
@@ -180,6 +181,21 @@ class NetnsHost:
 
     def start_sshd(self) -> None:
         self.target.start_or_raise()
+
+    def session_commands(self) -> list[str]:
+        """The command lines of what runs in sshd's sessions (not sshd itself): what a
+        deployment that has ended left running on the host."""
+        process = self.target.process
+        if process is None or process.poll() is not None:
+            return []
+        commands = []
+        for pid in _descendants(process.pid):
+            with contextlib.suppress(OSError):
+                raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+                command = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+                if command and not command.startswith("sshd"):
+                    commands.append(command)
+        return commands
 
     def answers_ssh(self, timeout: float = 2.0) -> bool:
         """Does an SSH banner come back from the host's address within ``timeout`` seconds?"""
