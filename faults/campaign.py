@@ -397,21 +397,9 @@ class Campaign:
             lambda: Deployment.objects.filter(status__in=ACTIVE).exists()
         )
         for server, host in zip(self.servers, self.hosts, strict=True):
-            live = self.db(
-                lambda server=server: (
-                    Release.objects.filter(server=server, live=True)
-                    .values_list("name", "revision")
-                    .first()
-                )
-            )
+            live = self.live_release(server.pk)
             owner = _lock_owner_number(host.deploy_path)
-            owner_finished = None
-            if owner is not None:
-                owner_finished = self.db(
-                    lambda owner=owner: Deployment.objects.filter(
-                        pk=owner, status__in=("succeeded", "failed", "cancelled")
-                    ).exists()
-                )
+            owner_finished = None if owner is None else self.finished(owner)
             result = check_server(
                 server_name=server.name,
                 deploy_path=host.deploy_path,
@@ -431,6 +419,30 @@ class Campaign:
         for name in ("lost", "stuck", "divergent", "notes"):
             setattr(found, name, [f"{label}: {line}" for line in getattr(found, name)])
         return found
+
+    def live_release(self, server_id: int) -> tuple[str, str] | None:
+        """(name, revision) of the server's live release in the database."""
+        from servers.models import Release
+
+        row = self.db(
+            lambda: (
+                Release.objects.filter(server_id=server_id, live=True)
+                .values_list("name", "revision")
+                .first()
+            )
+        )
+        return (row[0], row[1]) if row else None
+
+    def finished(self, deployment_id: int) -> bool:
+        from builds.models import Deployment
+
+        return bool(
+            self.db(
+                lambda: Deployment.objects.filter(
+                    pk=deployment_id, status__in=("succeeded", "failed", "cancelled")
+                ).exists()
+            )
+        )
 
     def repair(self, outcome: Outcome) -> None:
         """Bring the hosts back to a state the next fault can start from, as an operator
