@@ -83,11 +83,13 @@ class Outcome:
     error: str = ""
     findings: Findings = field(default_factory=Findings)
     next_failed: list[str] = field(default_factory=list)
+    #: The API broke its contract (an error for a deployment it recorded, a 500).
+    api: list[str] = field(default_factory=list)
     exits: list[str] = field(default_factory=list)
 
     @property
     def survived(self) -> bool:
-        return self.findings.clean and not self.next_failed
+        return self.findings.clean and not self.next_failed and not self.api
 
 
 class Revisions:
@@ -209,7 +211,7 @@ class Campaign:
         for _ in range(WARM_UP_DEPLOYMENTS):
             revision = self.revisions.commit()
             started = time.monotonic()
-            deployment, problem = self.deploy(revision)
+            deployment, problem, _ = self.deploy(revision)
             if deployment is None:
                 raise StackError(f"the warm-up deployment was refused: {problem}")
             status, error = self.wait_final(deployment, time.monotonic() + 120)
@@ -252,12 +254,15 @@ class Campaign:
 
     # -- deploying through the API
 
-    def deploy(self, revision: str) -> tuple[int | None, str]:
+    def deploy(self, revision: str) -> tuple[int | None, str, bool]:
         """Ask the API for a deployment of ``revision`` to every host: (its id or None, what
-        went wrong). When the API fails, the database says whether it was recorded anyway."""
+        went wrong, whether the API broke its contract). When the API fails, the database says
+        whether the deployment was recorded anyway: answering an error for a recorded
+        deployment (a user who retries gets two), or a 500 at all, breaks the contract; a 503
+        that recorded nothing does not."""
         from builds.models import Deployment
 
-        problem = ""
+        code = None
         try:
             response = httpx.post(
                 f"{self.stack.web_url}/api/v1/projects/{self.project.slug}/deployments/",
@@ -265,11 +270,12 @@ class Campaign:
                 headers={"Authorization": f"Bearer {self.token}"},
                 timeout=30,
             )
-            if response.status_code == 201:
-                return int(response.json()["id"]), ""
-            problem = f"the API answered {response.status_code}: {response.text[:160]!r}"
+            code = response.status_code
+            if code in (201, 202):
+                return int(response.json()["id"]), "", False
+            problem = f"the API answered {code}: {_short(response.text, 160)!r}"
         except httpx.HTTPError as exc:
-            problem = f"the API did not answer: {exc!r}"[:200]
+            problem = _short(f"the API did not answer: {exc!r}", 200)
         ids = self.db(
             lambda: list(Deployment.objects.filter(revision=revision).values_list("pk", flat=True))
         )
@@ -277,7 +283,8 @@ class Campaign:
             problem += f"; yet {len(ids)} deployments were recorded"
         elif ids:
             problem += f"; yet deployment #{ids[0]} was recorded"
-        return (ids[0] if ids else None), problem
+        broken = bool(ids) or code != 503
+        return (ids[0] if ids else None), problem, broken
 
     def wait_final(self, deployment_id: int, deadline: float) -> tuple[str, str]:
         from builds.models import Deployment
@@ -302,24 +309,37 @@ class Campaign:
         hang = kind in IN_THE_COMMIT
         outcome = Outcome(number=number, kind=kind, offset=0.0)
         revision = self.revisions.commit(hang=hang)
+        # Half the Redis outages begin before the request, so that the API meets them.
+        early = kind == "Redis restarted" and self.rng.random() < 0.5
+        if early:
+            self.stack.hold_down("redis")
+            outage = time.monotonic()
         created = time.monotonic()
-        deployment, problem = self.deploy(revision)
+        deployment, problem, broken = self.deploy(revision)
         outcome.deployment = deployment
         if problem:
-            outcome.findings.notes.append(problem)
-        if deployment is None:
-            outcome.findings.lost.append(f"revision {revision[:7]} was not recorded ({problem})")
-        if not hang:
-            outcome.offset = self.rng.uniform(0, self.typical)
-            time.sleep(max(0.0, created + outcome.offset - time.monotonic()))
-        context = Context(
-            stack=self.stack,
-            hosts=self.hosts,
-            rng=self.rng,
-            deployment_state=lambda: self.deployment_state(deployment),
-            celery_app=self.celery_app,
-        )
-        outcome.action = INJECTORS[kind](context)
+            (outcome.api if broken else outcome.findings.notes).append(problem)
+        if early:
+            down = self.rng.uniform(1, 3)
+            time.sleep(max(0.0, outage + down - time.monotonic()))
+            self.stack.release("redis")
+            outcome.offset = -down
+            outcome.action = (
+                f"Redis stopped before the request (no persistence: its queues are lost), "
+                f"started {down:.1f} s later"
+            )
+        else:
+            if not hang:
+                outcome.offset = self.rng.uniform(0, self.typical)
+                time.sleep(max(0.0, created + outcome.offset - time.monotonic()))
+            context = Context(
+                stack=self.stack,
+                hosts=self.hosts,
+                rng=self.rng,
+                deployment_state=lambda: self.deployment_state(deployment),
+                celery_app=self.celery_app,
+            )
+            outcome.action = INJECTORS[kind](context)
         if kind == "PostgreSQL connections killed":
             from django.db import connection
 
@@ -348,7 +368,7 @@ class Campaign:
 
     def next_deployment(self, outcome: Outcome) -> None:
         revision = self.revisions.commit()
-        deployment, problem = self.deploy(revision)
+        deployment, problem, _ = self.deploy(revision)
         if deployment is None:
             outcome.next_failed.append(f"the next deployment was refused: {problem}")
         else:
@@ -459,7 +479,7 @@ class Campaign:
                 outcome.findings.notes.append(
                     f"repaired by hand: removed the lock on {host.address}"
                 )
-        deployment, problem = self.deploy(self.revisions.commit())
+        deployment, problem, _ = self.deploy(self.revisions.commit())
         if deployment is not None:
             status, error = self.wait_final(
                 deployment, time.monotonic() + 4 * self.typical + WINDOW
@@ -518,6 +538,7 @@ def _details(outcome: Outcome) -> Iterator[str]:
         ("stuck", found.stuck),
         ("divergent", found.divergent),
         ("next failed", outcome.next_failed),
+        ("API", outcome.api),
         ("exit", outcome.exits),
         ("note", found.notes),
     ):
@@ -527,7 +548,16 @@ def _details(outcome: Outcome) -> Iterator[str]:
         yield f"its error: {_short(outcome.error)}"
 
 
-COLUMNS = ("injected", "survived", "lost", "stuck", "divergent", "next failed", "exits")
+COLUMNS = (
+    "injected",
+    "survived",
+    "lost",
+    "stuck",
+    "divergent",
+    "next failed",
+    "API errors",
+    "exits",
+)
 
 
 def table(outcomes: list[Outcome]) -> list[tuple[str, ...]]:
@@ -544,6 +574,7 @@ def table(outcomes: list[Outcome]) -> list[tuple[str, ...]]:
             "stuck": sum(bool(o.findings.stuck) for o in mine),
             "divergent": sum(bool(o.findings.divergent) for o in mine),
             "next failed": sum(bool(o.next_failed) for o in mine),
+            "API errors": sum(bool(o.api) for o in mine),
             "exits": sum(len(o.exits) for o in mine),
         }
         for column in COLUMNS:
@@ -612,6 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so everything is cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    commit = _commit()  # what is tested: the code as it was when the run began
     base = Path(tempfile.mkdtemp(prefix="slipway-faults-"))
     base.chmod(0o755)
     campaign = Campaign(options, base)
@@ -647,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
     _print_table(campaign.outcomes)
     header = (
         f"{len(campaign.outcomes)} faults on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
-        f"commit {_commit()}, seed {options.seed}, {minutes:.0f} minutes"
+        f"commit {commit}, seed {options.seed}, {minutes:.0f} minutes"
         + (" (interrupted)" if interrupted else "")
     )
     options.report.parent.mkdir(parents=True, exist_ok=True)
