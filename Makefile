@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export SLIPWAY_DATA_DIR ?= $(CURDIR)/var
 
-.PHONY: run test lint bench bench-webhooks screenshots system-deps sandbox-deps venv migrate clean worker format
+.PHONY: run test lint bench bench-webhooks faults screenshots system-deps sandbox-deps venv migrate clean worker format
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -104,6 +104,12 @@ bench: venv system-deps
 # BENCH_ARGS="--count 3000 --senders 8"; SLIPWAY_WEB_WORKERS=2 for two web processes.
 bench-webhooks: venv
 	$(BIN)/python -m bench.webhooks $(BENCH_ARGS)
+
+# The fault campaign (docs/reliability.md): root only (network namespaces, tmpfs, tc); not part
+# of `make test`. FAULTS_ARGS="--faults 20 --seed 7" for a short one.
+faults: venv system-deps
+	SLIPWAY_DATA_DIR=$$(mktemp -d /tmp/slipway-faults-data.XXXXXX) \
+	$(BIN)/python -m faults $(FAULTS_ARGS)
 
 # Regenerates docs/screenshots from a real run (Chromium, sshd targets).
 screenshots: venv system-deps

@@ -61,7 +61,9 @@ from servers.models import AuthMethod, Protocol, Release, Server
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 10
+# A beat well inside the reaper's timeout (three per timeout, at most every 10 s), so a live
+# deployment is never taken for a dead one, whatever SLIPWAY_HEARTBEAT_TIMEOUT says.
+HEARTBEAT_SECONDS = min(10.0, settings.HEARTBEAT_TIMEOUT / 3)
 # A deployment's error is cut to this many characters (after masking, so no secret is cut in
 # two): a failed command's last lines may be long, and the error is on every page and answer
 # about the deployment.

@@ -21,7 +21,6 @@ from deployer.celery import app
 
 logger = logging.getLogger(__name__)
 
-REAPER_INTERVAL_SECONDS = 30.0
 # As often as beat runs it (CELERY_BEAT_SCHEDULE["prune-old-records"]).
 PRUNE_INTERVAL_SECONDS = 3600.0
 
@@ -76,7 +75,7 @@ def _reap_forever() -> None:
     """The embedded mode's `celery beat`: the same periodic tasks, in a thread."""
     stop = threading.Event()
     next_prune = 0.0
-    while not stop.wait(REAPER_INTERVAL_SECONDS):
+    while not stop.wait(settings.REAPER_INTERVAL):
         next_prune = periodic_round(time.monotonic(), next_prune=next_prune)
 
 

@@ -90,6 +90,9 @@ DEPLOYMENT_TIME_LIMIT = env.integer("SLIPWAY_DEPLOYMENT_TIME_LIMIT", 3600, minim
 FETCH_TIMEOUT = env.integer("SLIPWAY_FETCH_TIMEOUT", 900, minimum=10)
 # A running deployment whose heartbeat is older than this is failed by the reaper.
 HEARTBEAT_TIMEOUT = env.integer("SLIPWAY_HEARTBEAT_TIMEOUT", 120, minimum=10)
+# How often the reaper (celery beat, or the embedded loop) looks for stale deployments: a dead
+# worker's deployment is failed between HEARTBEAT_TIMEOUT and HEARTBEAT_TIMEOUT + this.
+REAPER_INTERVAL = env.integer("SLIPWAY_REAPER_INTERVAL", 30, minimum=5)
 WORKER_CONCURRENCY = env.integer("SLIPWAY_WORKER_CONCURRENCY", 4, minimum=1)
 
 
@@ -435,7 +438,10 @@ CELERY_TASK_ROUTES = {
 CELERY_BEAT_SCHEDULE = {
     # Messages the broker could not take when their work was recorded (deployer.outbox).
     "relay-outbox": {"task": "builds.tasks.relay_outbox", "schedule": 5.0},
-    "reap-stale-deployments": {"task": "builds.tasks.reap_stale_deployments", "schedule": 30.0},
+    "reap-stale-deployments": {
+        "task": "builds.tasks.reap_stale_deployments",
+        "schedule": float(REAPER_INTERVAL),
+    },
     # Notifications whose message was lost (a broker restart) or whose retry is due.
     "resend-due-notifications": {
         "task": "builds.tasks.resend_due_notification_deliveries",

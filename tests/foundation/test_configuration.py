@@ -14,6 +14,7 @@ from tests.support.processes import clean_env, manage
     [
         ("SLIPWAY_DEBUG", "maybe"),
         ("SLIPWAY_HEARTBEAT_TIMEOUT", "soon"),
+        ("SLIPWAY_REAPER_INTERVAL", "1"),
         ("SLIPWAY_WORKER_CONCURRENCY", "0"),
         ("DATABASE_URL", "mysql://db/slipway"),
         ("REDIS_URL", "http://127.0.0.1:6379"),

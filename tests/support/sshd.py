@@ -104,6 +104,9 @@ class SSHTarget:
     host_private_key_path: Path
     hostname: str = "127.0.0.1"
     username: str = field(default_factory=getpass.getuser)
+    #: Run sshd through this prefix: ``("ip", "netns", "exec", name)`` for a target in a
+    #: network namespace (tests/support/netns.py). sshd listens on ``hostname``.
+    launcher: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -152,7 +155,7 @@ class SSHTarget:
         self._write_config()
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [str(SSHD_PATH), "-D", "-e", "-f", str(self.config_path)],
+                [*self.launcher, str(SSHD_PATH), "-D", "-e", "-f", str(self.config_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -180,7 +183,7 @@ class SSHTarget:
 
     def _write_config(self) -> None:
         lines = [
-            "ListenAddress 127.0.0.1",
+            f"ListenAddress {self.hostname}",
             f"Port {self.port}",
             f"HostKey {self.host_private_key_path}",
             f"AuthorizedKeysFile {self.authorized_keys_path}",
