@@ -35,8 +35,7 @@ POSTGRES = "postgres://postgres@127.0.0.1:5432"
 WORKERS = 3
 #: Pool children per worker: more than one, so killing one leaves its siblings working.
 WORKER_CONCURRENCY = 2
-#: The queues every worker consumes. When deployments, previews, webhooks, notifications and
-#: housekeeping get queues of their own (issue 11, item 6) this becomes those five names.
+#: The queues every worker consumes: all of Slipway's (deployer/settings.py CELERY_TASK_QUEUES).
 WORKER_QUEUES: tuple[str, ...] = (
     "deployments",
     "previews",
