@@ -281,7 +281,8 @@ class RemoteLayout:
 
     Each public method is one round trip (one exec channel): on a real network, and on hosts
     whose login shell reads a heavy rc file, every exec costs far more than the work it does.
-    A deployment takes four: lock and prepare, upload, finish, switch and clean up.
+    A deployment takes four: lock and prepare, upload, finish, switch and clean up (five when
+    files are copied from kept releases: ``reuse``).
     """
 
     def __init__(
