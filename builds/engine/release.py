@@ -900,28 +900,30 @@ fi
         lists: dict[str, bytes] = {
             "remove": b"".join(b"./" + os.fsencode(path) + b"\0" for path in remove)
         }
-        moved = b""
-        same: dict[str, list[bytes]] = {source: [] for source in sources}
+        same: dict[str, list[bytes]] = {release: [] for release in sources}
+        moved: dict[str, list[bytes]] = {release: [] for release in sources}
         modes: dict[int, list[bytes]] = {}
         for path, source in sorted(copies.items()):
-            entry = manifest[path]
-            if entry.kind != "file":
+            file = manifest[path]
+            if file.kind != "file":
                 raise InvalidInput("path", f"{path!r} is not a file of the manifest")
             encoded = b"./" + os.fsencode(path) + b"\0"
             if source.path == path:
                 same[source.release].append(encoded)
             else:
-                moved += os.fsencode(f"releases/{source.release}/{source.path}") + b"\0"
-                moved += os.fsencode(f"releases/{name}/{path}") + b"\0"
-            modes.setdefault(entry.mode & 0o7777, []).append(encoded)
-        lists["moved"] = moved
+                moved[source.release].append(
+                    os.fsencode(f"releases/{source.release}/{source.path}\0releases/{name}/{path}")
+                    + b"\0"
+                )
+            modes.setdefault(file.mode & 0o7777, []).append(encoded)
         lists["copied"] = b"".join(b"./" + os.fsencode(path) + b"\0" for path in sorted(copies))
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as archive:
             for list_name, body in lists.items():
                 _add_bytes(archive, list_name, body, 0o600)
-            for index, source in enumerate(sources):
-                _add_bytes(archive, f"from.{index}", b"".join(same[source]), 0o600)
+            for index, release in enumerate(sources):
+                _add_bytes(archive, f"from.{index}", b"".join(same[release]), 0o600)
+                _add_bytes(archive, f"moved.{index}", b"".join(moved[release]), 0o600)
             for mode, paths in modes.items():
                 _add_bytes(archive, f"mode.{mode:o}", b"".join(paths), 0o600)
         new = shlex.quote(f"releases/{name}")
@@ -932,16 +934,17 @@ fi
             "trap 'rm -rf -- \"$lists\"' EXIT",
             'tar -xzf - -C "$lists"',
             f'(cd -- {new} && xargs -0 -r rm -rf -- < "../../$lists/remove")',
-            # Moved files: make their folders as tar would, then copy one pair at a time.
-            f'xargs -0 -r -n 2 sh -c \'mkdir -p -- "$(dirname -- "$2")" && {cp} -- "$1" "$2" '
-            '2>/dev/null || :\' sh < "$lists/moved"',
         ]
-        for index, source in enumerate(sources):
-            quoted = shlex.quote(f"releases/{source}")
+        for index, release in enumerate(sources):
+            quoted = shlex.quote(f"releases/{release}")
+            # Same path: one cp for many files. Moved: their folders made as tar would, then
+            # one pair at a time.
             lines.append(
                 f"if [ -d {quoted} ] && [ ! -L {quoted} ] && [ ! -e {quoted}/{UNFINISHED_MARKER} ]; then\n"
                 f"  (cd -- {quoted} && xargs -0 -r {cp} --parents -t ../{shlex.quote(name)} -- "
                 f'< "../../$lists/from.{index}" 2>/dev/null) || :\n'
+                f'  xargs -0 -r -n 2 sh -c \'mkdir -p -- "$(dirname -- "$2")" && {cp} -- "$1" "$2" '
+                f'2>/dev/null || :\' sh < "$lists/moved.{index}"\n'
                 "fi"
             )
         # Only regular files are changed and hashed (find -P does not follow a link, and
@@ -962,8 +965,8 @@ fi
                 continue
             digest, _, shown = line.removeprefix("sum=").partition("  ")
             path = shown.removeprefix("./")
-            entry = manifest.get(path)
-            if entry is not None and path in copies and entry.digest == digest:
+            expected = manifest.get(path)
+            if expected is not None and path in copies and expected.digest == digest:
                 verified.add(path)
         return sorted(set(copies) - verified)
 

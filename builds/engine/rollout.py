@@ -587,8 +587,9 @@ class ServerRun(_Run):
         remove. A full deployment sends everything."""
         assert self.layout is not None and self.prepared is not None
         kept = dict(self.server.kept_manifests)
-        if self.prepared.live and self.server.live_manifest is not None:
-            kept[self.prepared.live] = self.server.live_manifest
+        # The manifest goes with the release the worker knows as live, whatever is live now.
+        if self.server.live_release and self.server.live_manifest is not None:
+            kept[self.server.live_release] = self.server.live_manifest
         kept.pop(self.name, None)
         if self.spec.full or self.spec.config_only or not kept:
             return changes, removals

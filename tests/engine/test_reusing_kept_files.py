@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from builds.engine import pipeline
+from builds.engine.manifest import Entry, Manifest, ReuseSource, reuse_sources
 from tests.support.engine import RecordingReporter, after, deploy_spec, server_for, tree_digest
 
 BIG = "".join(f"line {n} of a file worth not sending twice\n" for n in range(2000))
@@ -235,3 +236,37 @@ def test_a_full_deployment_sends_everything(sshd_target, git_repo_factory, tmp_p
     changes = result.servers[0].changes
     assert changes is not None and changes.reused == ()
     assert _bytes_sent(reporter) > len(BIG)
+
+
+def _entry(path: str, digest: str, size: int = 10, kind: str = "file") -> Entry:
+    return Entry(path=path, kind=kind, size=size, mode=0o644, digest=digest)  # type: ignore[arg-type]
+
+
+def test_it_prefers_the_same_path_and_skips_shared_paths_and_unlistable_names():
+    new = Manifest(
+        [
+            _entry("app.js", "x"),
+            _entry("moved/app.css", "y"),
+            _entry("storage/upload.bin", "z"),
+            _entry("odd\\name.txt", "w"),
+            _entry("brand-new.txt", "n"),
+            _entry("link", "x", kind="symlink"),
+        ]
+    )
+    older = Manifest([_entry("other/app.js", "x"), _entry("app.css", "y"), _entry("odd", "w")])
+    live = Manifest([_entry("app.js", "x"), _entry("storage/upload.bin", "z")])
+    sources = reuse_sources(
+        list(new),
+        new,
+        {"20260101-000000000-aaaaaaa": older, "20260102-000000000-bbbbbbb": live},
+        skip=("storage/",),
+    )
+    assert sources == {
+        "app.js": ReuseSource("20260102-000000000-bbbbbbb", "app.js"),
+        "moved/app.css": ReuseSource("20260101-000000000-aaaaaaa", "app.css"),
+    }
+
+
+def test_a_same_digest_of_another_size_is_not_the_same_content():
+    new = Manifest([_entry("a.txt", "x", size=11)])
+    assert reuse_sources(["a.txt"], new, {"r": Manifest([_entry("a.txt", "x", size=10)])}) == {}
