@@ -245,13 +245,24 @@ def endpoint_for(server: Server) -> Endpoint:
 
 
 def server_spec(server: Server, *, with_manifest: bool = True) -> pipeline.ServerSpec:
-    """The engine's view of a server. A rollback switches releases and sends no file, so it
-    skips parsing the live manifest (thousands of entries per server)."""
+    """The engine's view of a server, with the manifests of its live release and of the
+    other releases it keeps (not removed: files they hold are copied on the server instead
+    of sent). A rollback switches releases and sends no file, so it skips parsing them
+    (thousands of entries each)."""
     live = server.live_release()
     manifest = (
         Manifest.from_json(json.dumps(live.manifest).encode())
         if with_manifest and live and live.manifest
         else None
+    )
+    kept = (
+        {
+            release.name: Manifest.from_json(json.dumps(release.manifest).encode())
+            for release in server.releases.filter(removed_at__isnull=True, live=False)
+            if release.manifest
+        }
+        if with_manifest
+        else {}
     )
     return pipeline.ServerSpec(
         id=server.pk,
@@ -267,6 +278,7 @@ def server_spec(server: Server, *, with_manifest: bool = True) -> pipeline.Serve
         live_release=live.name if live else None,
         live_revision=live.revision if live else None,
         live_manifest=manifest,
+        kept_manifests=kept,
     )
 
 

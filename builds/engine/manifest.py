@@ -468,6 +468,11 @@ class ChangeSet:
     bytes_to_send: int = 0
     #: The folders among those paths: applying the change needs them, counting it does not.
     folders: frozenset[str] = field(default_factory=frozenset, compare=False)
+    #: Files among ``added`` + ``modified`` whose content was copied on the server from a
+    #: release kept there (see ``reuse_sources``) instead of sent; ``bytes_to_send`` leaves
+    #: their bytes out, ``bytes_reused`` counts them.
+    reused: tuple[str, ...] = field(default=(), compare=False)
+    bytes_reused: int = field(default=0, compare=False)
 
     @property
     def is_empty(self) -> bool:
@@ -476,9 +481,15 @@ class ChangeSet:
     def summary(self) -> str:
         """ "3 files added, 1 modified, 0 deleted; 1200 bytes to send": files, not folders."""
         counted = self.files()
+        reused = (
+            f" ({len(self.reused)} files, {self.bytes_reused} bytes, copied from releases kept "
+            "on the server)"
+            if self.reused
+            else ""
+        )
         return (
             f"{len(counted.added)} files added, {len(counted.modified)} modified, "
-            f"{len(counted.deleted)} deleted; {self.bytes_to_send} bytes to send"
+            f"{len(counted.deleted)} deleted; {self.bytes_to_send} bytes to send{reused}"
         )
 
     def files(self) -> ChangeSet:
@@ -489,6 +500,8 @@ class ChangeSet:
             modified=[p for p in self.modified if p not in self.folders],
             deleted=[p for p in self.deleted if p not in self.folders],
             bytes_to_send=self.bytes_to_send,
+            reused=self.reused,
+            bytes_reused=self.bytes_reused,
         )
 
     @property
@@ -529,6 +542,81 @@ def diff(old: Manifest | None, new: Manifest) -> ChangeSet:
         bytes_to_send=bytes_to_send,
         folders=frozenset(folders),
     )
+
+
+@dataclass(frozen=True)
+class ReuseSource:
+    """Where a file's content may already be on the server: ``release``'s ``path``."""
+
+    release: str
+    path: str
+
+
+# A path the remote copy step cannot list safely (one a line, as sha256sum prints it: it
+# escapes a backslash or a line break) is sent instead.
+_UNLISTABLE = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def reuse_sources(
+    paths: Iterable[str],
+    manifest: Manifest,
+    kept: Mapping[str, Manifest],
+    *,
+    skip: Iterable[str] = (),
+) -> dict[str, ReuseSource]:
+    """For each file of ``paths`` whose content (same SHA-256 and size) a kept release
+    already holds, where to copy it from on the server: ``{path: ReuseSource}``.
+
+    ``kept`` maps release names to their manifests (the live release's and the other
+    releases the server keeps). The same path in some release is preferred (those copies
+    go in one ``cp`` per release), else any path. Files under ``skip`` (folders or files:
+    the shared paths, whose release copies are links into ``shared/``) are neither copied
+    nor copied from. The manifests say what Slipway wrote; the server may hold something
+    else since (a command, a person): the copy is checked against the digest before it is
+    trusted (``release.RemoteLayout.reuse``).
+    """
+    prefixes = tuple(p.strip("/") for p in skip if p.strip("/"))
+
+    def usable(path: str) -> bool:
+        if _UNLISTABLE.search(path):
+            return False
+        return not any(path == p or path.startswith(p + "/") for p in prefixes)
+
+    wanted = {
+        path: manifest[path]
+        for path in paths
+        if path in manifest and manifest[path].kind == "file" and usable(path)
+    }
+    if not wanted:
+        return {}
+    digests = {entry.digest for entry in wanted.values()}
+    by_digest: dict[tuple[str, int], ReuseSource] = {}
+    for release, kept_manifest in kept.items():
+        for path, entry in kept_manifest.items():
+            key = (entry.digest, entry.size)
+            if (
+                entry.kind == "file"
+                and entry.digest in digests
+                and key not in by_digest
+                and usable(path)
+            ):
+                by_digest[key] = ReuseSource(release, path)
+    found: dict[str, ReuseSource] = {}
+    for path, entry in wanted.items():
+        same_path = next(
+            (
+                ReuseSource(release, path)
+                for release, kept_manifest in kept.items()
+                if (other := kept_manifest.get(path)) is not None
+                and other.kind == "file"
+                and (other.digest, other.size) == (entry.digest, entry.size)
+            ),
+            None,
+        )
+        source = same_path or by_digest.get((entry.digest, entry.size))
+        if source is not None:
+            found[path] = source
+    return found
 
 
 def keep_generated(changes: ChangeSet, generated: ExcludeRules | None) -> ChangeSet:

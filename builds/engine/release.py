@@ -54,6 +54,7 @@ from builds.engine.errors import (
     StorageFailed,
     UnsafeDeployPath,
 )
+from builds.engine.manifest import Manifest, ReuseSource
 from builds.engine.ssh import Connection, LineCallback, classify_command_failure
 
 UNFINISHED_MARKER = ".slipway-unfinished"
@@ -297,7 +298,8 @@ class RemoteLayout:
 
     Each public method is one round trip (one exec channel): on a real network, and on hosts
     whose login shell reads a heavy rc file, every exec costs far more than the work it does.
-    A deployment takes four: lock and prepare, upload, finish, switch and clean up.
+    A deployment takes four: lock and prepare, upload, finish, switch and clean up (five when
+    files are copied from kept releases: ``reuse``).
     """
 
     def __init__(
@@ -886,6 +888,104 @@ fi
             notes=tuple(values.get("note", [])),
             codec=(values.get("codec") or [GZIP])[-1],
         )
+
+    def reuse(
+        self,
+        name: str,
+        copies: Mapping[str, ReuseSource],
+        manifest: Manifest,
+        *,
+        remove: Sequence[str] = (),
+    ) -> list[str]:
+        """Remove ``remove`` from release ``name``, then copy each file of ``copies`` into it
+        from the kept release and path given, on the server: one round trip. Answers the
+        paths that could not be used (to be sent instead).
+
+        A copy is ``cp --reflink=auto`` (shared blocks where the file system can, copied on
+        write), never a hard link: a later write into one release must not change another.
+        Only a finished release other than ``name`` is a source. Each copy then gets the
+        manifest's mode and is kept only when it is a regular file with the manifest's
+        SHA-256 (``sha256sum`` on the server): a source changed since Slipway wrote it (by
+        the release's own commands, a person, the application) or gone is not trusted, and
+        its path is answered, to be removed and sent.
+        """
+        if not is_release_name(name):
+            raise InvalidInput("release", f"{name!r} is not a release name")
+        sources = sorted({source.release for source in copies.values()})
+        if any(not is_release_name(source) or source == name for source in sources):
+            raise InvalidInput("release", "a reuse source is not another release's name")
+        lists: dict[str, bytes] = {
+            "remove": b"".join(b"./" + os.fsencode(path) + b"\0" for path in remove)
+        }
+        same: dict[str, list[bytes]] = {release: [] for release in sources}
+        moved: dict[str, list[bytes]] = {release: [] for release in sources}
+        modes: dict[int, list[bytes]] = {}
+        for path, source in sorted(copies.items()):
+            file = manifest[path]
+            if file.kind != "file":
+                raise InvalidInput("path", f"{path!r} is not a file of the manifest")
+            encoded = b"./" + os.fsencode(path) + b"\0"
+            if source.path == path:
+                same[source.release].append(encoded)
+            else:
+                moved[source.release].append(
+                    os.fsencode(f"releases/{source.release}/{source.path}\0releases/{name}/{path}")
+                    + b"\0"
+                )
+            modes.setdefault(file.mode & 0o7777, []).append(encoded)
+        lists["copied"] = b"".join(b"./" + os.fsencode(path) + b"\0" for path in sorted(copies))
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as archive:
+            for list_name, body in lists.items():
+                _add_bytes(archive, list_name, body, 0o600)
+            for index, release in enumerate(sources):
+                _add_bytes(archive, f"from.{index}", b"".join(same[release]), 0o600)
+                _add_bytes(archive, f"moved.{index}", b"".join(moved[release]), 0o600)
+            for mode, paths in modes.items():
+                _add_bytes(archive, f"mode.{mode:o}", b"".join(paths), 0o600)
+        new = shlex.quote(f"releases/{name}")
+        cp = "cp --reflink=auto -P -p --remove-destination"
+        lines = [
+            f"lists={shlex.quote(META_DIR)}/reuse.$$",
+            'rm -rf -- "$lists"; mkdir -- "$lists"',
+            "trap 'rm -rf -- \"$lists\"' EXIT",
+            'tar -xzf - -C "$lists"',
+            f'(cd -- {new} && xargs -0 -r rm -rf -- < "../../$lists/remove")',
+        ]
+        for index, release in enumerate(sources):
+            quoted = shlex.quote(f"releases/{release}")
+            # Same path: one cp for many files. Moved: their folders made as tar would, then
+            # one pair at a time.
+            lines.append(
+                f"if [ -d {quoted} ] && [ ! -L {quoted} ] && [ ! -e {quoted}/{UNFINISHED_MARKER} ]; then\n"
+                f"  (cd -- {quoted} && xargs -0 -r {cp} --parents -t ../{shlex.quote(name)} -- "
+                f'< "../../$lists/from.{index}" 2>/dev/null) || :\n'
+                f'  xargs -0 -r -n 2 sh -c \'mkdir -p -- "$(dirname -- "$2")" && {cp} -- "$1" "$2" '
+                f'2>/dev/null || :\' sh < "$lists/moved.{index}"\n'
+                "fi"
+            )
+        # Only regular files are changed and hashed (find -P does not follow a link, and
+        # chmod would): what is missing or not a file is left out of the answer, so it is sent.
+        for mode in modes:
+            lines.append(
+                f'(cd -- {new} && xargs -0 -r sh -c \'find "$@" -maxdepth 0 -type f -exec '
+                f'chmod {mode:o} -- {{}} +\' sh < "../../$lists/mode.{mode:o}" 2>/dev/null) || :'
+            )
+        lines.append(
+            f'(cd -- {new} && xargs -0 -r sh -c \'find "$@" -maxdepth 0 -type f -exec '
+            "sha256sum -- {} +' sh < \"../../$lists/copied\" 2>/dev/null) | sed 's/^/sum=/' || :"
+        )
+        out = self._script(f"cd -- {self.q}\n" + "\n".join(lines) + "\n", stdin=buffer.getvalue())
+        verified: set[str] = set()
+        for line in out.splitlines():
+            if not line.startswith("sum="):
+                continue
+            digest, _, shown = line.removeprefix("sum=").partition("  ")
+            path = shown.removeprefix("./")
+            expected = manifest.get(path)
+            if expected is not None and path in copies and expected.digest == digest:
+                verified.add(path)
+        return sorted(set(copies) - verified)
 
     def upload(
         self,

@@ -16,6 +16,7 @@ A rollback takes a kept release back live the same way: one ``RollbackRun`` per 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -47,7 +48,14 @@ from builds.engine.health import (
     HealthCheckSpec,
     run_check,
 )
-from builds.engine.manifest import ChangeSet, Manifest, diff, is_generated, keep_generated
+from builds.engine.manifest import (
+    ChangeSet,
+    Manifest,
+    diff,
+    is_generated,
+    keep_generated,
+    reuse_sources,
+)
 from builds.engine.specs import (
     CANARY,
     LEFT_RUNNING_SUFFIX,
@@ -498,6 +506,8 @@ class ServerRun(_Run):
                         "deployment finished (by hand, or by the application); they are "
                         f"restored in the new release: {_first(drifted)}"
                     )
+            removals = changes.deleted + [p for p in changes.modified if manifest[p].kind != "dir"]
+            changes, removals = self._reuse(changes, manifest, removals)
             self.result.changes = changes
             self.log(changes.summary() + ("" if prepared.copied else " (full upload)"))
         # Before-transfer commands see the live release; the new one only exists unfinished.
@@ -508,7 +518,7 @@ class ServerRun(_Run):
         )
         seeds = self._seeds(prepared) if not self.spec.config_only else []
         with self.reporter.step("upload", server.id):
-            self._upload(changes, manifest, seeds)
+            self._upload(changes, manifest, removals, seeds)
         self.result.manifest = manifest
         self._commands(STAGE_BEFORE_SWITCH, self.release_path, "commands before switch")
         self.run_checks(BEFORE_SWITCH, self.release_path)
@@ -568,14 +578,57 @@ class ServerRun(_Run):
             chosen += under
         return chosen
 
-    def _upload(self, changes: ChangeSet, manifest: Manifest, seeds: Sequence[str] = ()) -> None:
+    def _reuse(
+        self, changes: ChangeSet, manifest: Manifest, removals: list[str]
+    ) -> tuple[ChangeSet, list[str]]:
+        """Copy on the server, from the releases kept there, each file to send whose content
+        one of them holds (``removals`` go first, in the same trip). Answers the change set
+        with those files counted as reused, not sent, and what the upload must still
+        remove. A full deployment sends everything."""
+        assert self.layout is not None and self.prepared is not None
+        kept = dict(self.server.kept_manifests)
+        # The manifest goes with the release the worker knows as live, whatever is live now.
+        if self.server.live_release and self.server.live_manifest is not None:
+            kept[self.server.live_release] = self.server.live_manifest
+        kept.pop(self.name, None)
+        if self.spec.full or self.spec.config_only or not kept:
+            return changes, removals
+        sources = reuse_sources(changes.paths_to_send, manifest, kept, skip=self.spec.shared_paths)
+        if not sources:
+            return changes, removals
+        unusable = set(self.layout.reuse(self.name, sources, manifest, remove=removals))
+        reused = tuple(sorted(p for p in sources if p not in unusable))
+        bytes_reused = sum(manifest[p].size for p in reused)
+        if unusable:
+            self.log(
+                f"{len(unusable)} files kept on the server were changed or gone since Slipway "
+                f"wrote them; they are sent: {_first(sorted(unusable))}"
+            )
+        replaced = dataclasses.replace(
+            changes,
+            bytes_to_send=changes.bytes_to_send - bytes_reused,
+            reused=reused,
+            bytes_reused=bytes_reused,
+        )
+        # The copies that could not be trusted are removed, then sent.
+        return replaced, sorted(unusable)
+
+    def _upload(
+        self,
+        changes: ChangeSet,
+        manifest: Manifest,
+        removals: Sequence[str],
+        seeds: Sequence[str] = (),
+    ) -> None:
         assert self.layout is not None and self.prepared is not None
         server, reporter = self.server, self.reporter
+        reused = set(changes.reused)
+        paths_to_send = [p for p in changes.paths_to_send if p not in reused]
         # Seeds land in the release at their own paths; finishing moves them into shared/.
-        to_send = sorted(set(changes.paths_to_send) | set(seeds))
+        to_send = sorted(set(paths_to_send) | set(seeds))
         # Files as the archive counts them (folders and links carry no content).
         extra_seeds = [p for p in seeds if p not in changes.paths_to_send]
-        files_total = sum(1 for p in changes.paths_to_send if manifest[p].kind == "file") + sum(
+        files_total = sum(1 for p in paths_to_send if manifest[p].kind == "file") + sum(
             1 for p in extra_seeds if self.archives.seeds[p].kind == "file"
         )
         bytes_total = changes.bytes_to_send + sum(
@@ -584,7 +637,6 @@ class ServerRun(_Run):
             if self.archives.seeds[p].kind == "file"
         )
         reporter.progress(server.id, 0, files_total, 0, bytes_total)
-        removals = changes.deleted + [p for p in changes.modified if manifest[p].kind != "dir"]
         if to_send:
             archive = self.archives.archive_for(to_send, self.prepared.codec)
             sent = [0]

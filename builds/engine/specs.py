@@ -45,6 +45,10 @@ class ServerSpec:
     live_release: str | None = None
     live_revision: str | None = None
     live_manifest: Manifest | None = field(default=None, repr=False)
+    #: The manifests of the other releases the server keeps (release name -> manifest): a
+    #: file whose content one of them (or the live one) holds is copied on the server
+    #: instead of sent (manifest.reuse_sources).
+    kept_manifests: Mapping[str, Manifest] = field(default_factory=dict, repr=False)
 
     @property
     def first_deploy(self) -> bool:
