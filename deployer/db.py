@@ -65,7 +65,21 @@ def transient(exc: BaseException) -> bool:
         return isinstance(exc, OperationalError) and "database is locked" in str(exc)
     # No SQLSTATE: the client lost the connection (psycopg's "the connection is closed",
     # "server closed the connection unexpectedly", "consuming input failed").
-    return isinstance(exc, InterfaceError | OperationalError) and not _usable()
+    if not isinstance(exc, InterfaceError | OperationalError):
+        return False
+    return any(sign in str(exc) for sign in _CONNECTION_LOST) or not _usable()
+
+
+#: What psycopg says when the server went away without an error message of its own (the
+#: fault campaign saw "consuming input failed: server closed the connection unexpectedly"
+#: after pg_terminate_backend, on a connection that still looked usable).
+_CONNECTION_LOST = (
+    "server closed the connection",
+    "consuming input failed",
+    "the connection is closed",
+    "the connection is lost",
+    "connection already closed",
+)
 
 
 def _usable() -> bool:
@@ -109,7 +123,7 @@ def retrying(function: Callable[P, R]) -> Callable[P, R]:
                     attempt + 1,
                     ATTEMPTS,
                 )
-                if not _usable():
+                if any(sign in str(exc) for sign in _CONNECTION_LOST) or not _usable():
                     connection.close()
                 time.sleep(pause)
         raise AssertionError("unreachable")  # the loop returns or raises

@@ -281,7 +281,10 @@ if DATABASE_URL:
         # Celery workers and commands are not ASGI: one thread per connection, closed by
         # Celery's Django fixup when older than this, between tasks.
         _database.setdefault("CONN_MAX_AGE", 60)
-        _database["CONN_HEALTH_CHECKS"] = True
+    # A connection the server ended (a restart, pg_terminate_backend) is noticed before use
+    # and replaced: the pool checks each one it lends (psycopg_pool's check_connection), a
+    # persistent connection is checked at the start of each request or task.
+    _database["CONN_HEALTH_CHECKS"] = True
 else:
     DATABASES = {
         "default": {
