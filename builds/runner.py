@@ -720,6 +720,10 @@ def _record_server(
         target.status = TargetStatus.SUCCEEDED
         if result.release:
             mark_live(deployment, result, revision)
+    elif result.switched and result.release and not result.rolled_back:
+        # Failed after its switch: `current` points at the new release, so it is live.
+        target.status = TargetStatus.FAILED
+        mark_live(deployment, result, revision)
     elif result.rolled_back:
         target.status = TargetStatus.ROLLED_BACK
     elif result.skipped:

@@ -109,7 +109,8 @@ def run_commands(
             continue
         reporter.check_cancelled()
         text = substitute_shell(command.command, variables)
-        reporter.log("system", f"$ {substitute(command.command, variables)}", server.id)
+        shown = substitute(command.command, variables)
+        reporter.log("system", f"$ {shown}", server.id)
         script = f"{exports}cd -- {shlex.quote(workdir)} || exit $?\n{text}\n"
         result = connection.run(
             "sh -c " + shlex.quote(script),
@@ -118,6 +119,7 @@ def run_commands(
             check=command.halt_on_error,
             check_cancelled=reporter.check_cancelled,
             group_file=group_file,
+            display=shown,
         )
         if result.exit_code != 0:
             reporter.log(
@@ -439,6 +441,9 @@ class _Run:
             logger.error("Deploying to %s failed", self.server.name, exc_info=error)
         if not self.result.rolled_back:
             self.abandon()
+        # A failure after the switch leaves the new release live (as Capistrano and Deployer
+        # do; only a failed check switches back): say so, for the database to agree.
+        self.result.switched = bool(self.switched and self.result.release)
 
 
 class ServerRun(_Run):

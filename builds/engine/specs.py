@@ -253,6 +253,9 @@ class ServerResult:
     rolled_back: bool = False
     #: Never touched (a rolling deployment stopped before this server's batch).
     skipped: bool = False
+    #: ``release`` went live and stayed live although the server then failed (an after-switch
+    #: command or the clean-up): the database must record it live, as the server has it.
+    switched: bool = False
     reason: str = ""
     release: str | None = None
     previous_release: str | None = None

@@ -348,6 +348,7 @@ class Connection:
         check: bool = True,
         check_cancelled: Callable[[], None] | None = None,
         group_file: str = "",
+        display: str = "",
     ) -> CommandResult:
         """Run ``command`` with ``sh -c`` on the server (quote what you interpolate).
 
@@ -359,7 +360,8 @@ class Connection:
         and the call returns once it is gone (see ``left_running`` when it cannot be told).
         With ``check``, a non-zero exit raises CommandFailed, or DiskFull / PermissionDenied
         when stderr says so. With ``group_file`` (a path on the server), the command's
-        process group is recorded in it (see _GROUP_WRAPPER).
+        process group is recorded in it (see _GROUP_WRAPPER). ``display`` is how errors name
+        the command (a user's command, rather than the script that wraps it).
         """
         chunks = [stdin] if stdin else []
         return self._execute(
@@ -371,6 +373,7 @@ class Connection:
             lost=self._lost,
             check_cancelled=check_cancelled,
             group_file=group_file,
+            display=display,
         )
 
     def run_streaming_stdin(
@@ -436,7 +439,9 @@ class Connection:
         check_cancelled: Callable[[], None] | None = None,
         in_own_group: bool = True,
         group_file: str = "",
+        display: str = "",
     ) -> CommandResult:
+        shown = display or command
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
         output = _OutputCollector(on_line, expect_group_header=in_own_group)
@@ -449,14 +454,14 @@ class Connection:
         try:
             channel = self._transport.open_session(timeout=self.endpoint.connect_timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise lost(f"could not start `{command}`: {exc}") from exc
+            raise lost(f"could not start `{shown}`: {exc}") from exc
         try:
             channel.exec_command(remote)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             _close_quietly(channel)
-            raise lost(f"could not start `{command}`: {exc}") from exc
+            raise lost(f"could not start `{shown}`: {exc}") from exc
 
-        watch = _Watch(deadline, command, timeout, self.endpoint.address, check_cancelled)
+        watch = _Watch(deadline, shown, timeout, self.endpoint.address, check_cancelled)
         try:
             self._send_input(channel, chunks, output, watch)
             self._read_until_eof(channel, output, watch)
@@ -464,10 +469,10 @@ class Connection:
         except BaseException as exc:
             if in_own_group and not channel.exit_status_ready():
                 try:
-                    stopped = self._stop_group(channel, output, command)
+                    stopped = self._stop_group(channel, output, shown)
                 except Exception:  # must not hide why the command was stopped
-                    logger.warning("Stopping `%s` failed", command, exc_info=True)
-                    self.left_running.append(_left_running(command, output.group))
+                    logger.warning("Stopping `%s` failed", shown, exc_info=True)
+                    self.left_running.append(_left_running(shown, output.group))
                     stopped = False
                 if isinstance(exc, CommandTimedOut):
                     raise CommandTimedOut(
@@ -481,7 +486,7 @@ class Connection:
         output.finish()
 
         if exit_code == -1 and self._connection_lost():
-            raise lost(f"the connection was lost while running `{command}`")
+            raise lost(f"the connection was lost while running `{shown}`")
         result = CommandResult(
             command=command,
             exit_code=exit_code,
@@ -492,7 +497,7 @@ class Connection:
             duration=time.monotonic() - started,
         )
         if check and exit_code != 0:
-            failure = CommandFailed(command, exit_code, list(result.tail))
+            failure = CommandFailed(shown, exit_code, list(result.tail))
             stderr_tail = [text for stream, text in output.tail if stream == "stderr"]
             raise classify_command_failure(
                 failure, stderr_tail, self.endpoint.address, username=self.endpoint.username
