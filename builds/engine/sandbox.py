@@ -516,26 +516,46 @@ def _read_child_pid(info_fd: int, process: subprocess.Popen[bytes]) -> int:
     raise SandboxUnavailable(f"bubblewrap failed to set up the sandbox (exit {code}): {detail}")
 
 
-def _start_network(child_pid: int) -> subprocess.Popen[bytes]:
+def _network_helper_command(child_pid: int, ready_fd: int) -> list[str]:
+    """slirp4netns's command line giving the sandbox whose first process is ``child_pid`` its
+    network; it writes "1" to ``ready_fd`` once the network is up."""
     # slirp4netns runs as the worker (it needs /dev/net/tun, often root-only in containers),
     # confined by its own mount namespace and seccomp filter; the build never runs in it.
+    command = [
+        "slirp4netns",
+        "--configure",
+        "--mtu=65520",
+        "--disable-host-loopback",
+        "--enable-sandbox",
+        "--enable-seccomp",
+        "--ready-fd",
+        str(ready_fd),
+        # setns() into the build's network needs capabilities in its user namespace.
+        f"--userns-path=/proc/{child_pid}/ns/user",
+        str(child_pid),
+        "tap0",
+    ]
+    if os.geteuid() == 0:
+        # As root, slirp4netns's --enable-sandbox stays in the worker's user namespace, so its
+        # unshare(CLONE_NEWNS) copy keeps the host's shared peer groups; it then makes only "/"
+        # private (MS_PRIVATE without MS_REC), pivots into a tmpfs and lazily unmounts the old
+        # root, and that unmount propagates to the host: every mount below a shared mount
+        # vanished from the host (`ip netns add`'s /run/netns/<name>; on systemd, where "/" is
+        # shared, /dev/pts, /dev/shm, /sys/fs/cgroup). A mount namespace of its own, made
+        # recursively private first, stops the propagation. Not needed (nor possible) when the
+        # worker is not root: slirp4netns then enters the build's user namespace first, where
+        # a new mount namespace gets the host's shared mounts as slaves, which send nothing back.
+        # Sources: slirp4netns 1.2's sandbox.c and main.c, mount_namespaces(7).
+        # unshare(1) execs slirp4netns in place, so the helper's pid is still slirp4netns's.
+        command = ["unshare", "--mount", "--propagation", "private", "--", *command]
+    return command
+
+
+def _start_network(child_pid: int) -> subprocess.Popen[bytes]:
     ready_read, ready_write = os.pipe()
     try:
         helper = subprocess.Popen(
-            [
-                "slirp4netns",
-                "--configure",
-                "--mtu=65520",
-                "--disable-host-loopback",
-                "--enable-sandbox",
-                "--enable-seccomp",
-                "--ready-fd",
-                str(ready_write),
-                # setns() into the build's network needs capabilities in its user namespace.
-                f"--userns-path=/proc/{child_pid}/ns/user",
-                str(child_pid),
-                "tap0",
-            ],
+            _network_helper_command(child_pid, ready_write),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

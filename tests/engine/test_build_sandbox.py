@@ -11,8 +11,12 @@ import http.server
 import os
 import random
 import socket
+import subprocess
 import threading
 import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -190,6 +194,84 @@ def test_it_cuts_the_network_entirely_when_the_project_says_so(tmp_path, loopbac
     assert interfaces == ["lo"]
     output = box.run(f"bash -c 'exec 3<>/dev/tcp/10.0.2.2/{loopback_web} && echo CONNECTED' 2>&1")
     assert "CONNECTED" not in output
+
+
+def _mount_points() -> set[str]:
+    return {line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
+
+
+def _run_or_skip(*command: str) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        reason = f"cannot make the host mounts this test checks: `{' '.join(command)}`: "
+        reason += result.stderr.strip()
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs as root and must be able to mount: {reason}")
+        pytest.skip(reason)
+
+
+@dataclass
+class HostMounts:
+    """Mounts of the host's that no build may touch: their mount points, and files on them."""
+
+    points: set[str]
+    files: dict[Path, str]
+
+
+@pytest.fixture
+def shared_host_mounts(tmp_path: Path) -> Iterator[HostMounts]:
+    """A shared tmpfs with a bind mount below it (what every mount of a systemd host, whose
+    "/" is shared, looks like) and a network namespace made by `ip netns add` (which makes
+    /run/netns a shared mount); all removed afterwards."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root: this test needs to mount")
+        pytest.skip("making the host's mounts needs root (CI runs as root)")
+    shared = tmp_path / "host-shared"
+    below = shared / "below"
+    source = tmp_path / "host-source"
+    shared.mkdir()
+    source.mkdir()
+    (source / "data").write_text("bound below a shared mount\n")
+    namespace = f"slipway-test-mounts-{uuid.uuid4().hex[:8]}"
+    try:
+        _run_or_skip("mount", "-t", "tmpfs", "-o", "size=1m", "slipway-test", str(shared))
+        _run_or_skip("mount", "--make-shared", str(shared))
+        (shared / "data").write_text("on a shared tmpfs\n")
+        below.mkdir()
+        _run_or_skip("mount", "--bind", str(source), str(below))
+        _run_or_skip("ip", "netns", "add", namespace)
+        mounts = HostMounts(
+            points={str(shared), str(below), f"/run/netns/{namespace}"},
+            files={
+                shared / "data": "on a shared tmpfs\n",
+                below / "data": "bound below a shared mount\n",
+            },
+        )
+        assert mounts.points <= _mount_points()
+        yield mounts
+    finally:
+        for command in (
+            ("ip", "netns", "delete", namespace),
+            ("umount", "--lazy", str(below)),
+            ("umount", "--lazy", str(shared)),
+        ):
+            subprocess.run(command, capture_output=True, stdin=subprocess.DEVNULL)
+        # A namespace whose mount had vanished leaves its file behind.
+        with contextlib.suppress(FileNotFoundError):
+            (Path("/run/netns") / namespace).unlink()
+
+
+def test_a_build_with_the_network_leaves_the_hosts_mounts_as_they_were(box, shared_host_mounts):
+    # slirp4netns's own sandbox, started as root in the worker's mount namespace, unmounted
+    # its copy of the old root, and the kernel propagated that to every mount of the host
+    # below a shared one (see _network_helper_command).
+    output = box.run("echo built; ip -4 -o addr show tap0 || cat /proc/net/fib_trie")
+    assert output.startswith("built")
+    assert "10.0.2.100" in output  # the build did have slirp4netns's network
+    assert shared_host_mounts.points - _mount_points() == set()
+    for path, content in shared_host_mounts.files.items():
+        assert path.read_text() == content
 
 
 def test_it_refuses_to_build_when_the_sandbox_cannot_be_made_and_names_the_fix(
