@@ -253,7 +253,8 @@ def _ids_in_queues(queues: set[str]) -> set[str]:
     try:
         for queue in queues:
             for raw in client.lrange(queue, 0, -1):
-                found.update(_TASK_ID.findall(raw.decode("utf-8", "replace")))
+                text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+                found.update(_TASK_ID.findall(text))
     finally:
         client.close()
     return found
