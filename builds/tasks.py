@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from billiard.exceptions import TimeLimitExceeded, WorkerLostError
-from celery import shared_task
+from celery import Task, shared_task
 from celery.signals import task_failure, worker_ready
 from celery.worker.control import control_command
 from django.db import DatabaseError
@@ -21,22 +21,34 @@ RECONCILE_LOST_TASK = "builds.tasks.reconcile_lost_deployment"
 
 
 @shared_task(name=services.RUN_DEPLOYMENT_TASK, bind=True, ignore_result=True)
-def run_deployment(self: object, deployment_id: int) -> None:
-    _claim_and_run(self.request, deployment_id)  # type: ignore[attr-defined]
+def run_deployment(self: Task[..., None], deployment_id: int) -> None:
+    _claim_and_run(self, deployment_id)
 
 
 # The same work as run_deployment, on the `previews` queue: a preview never waits behind
 # deployments (deployer/settings.py routes the two).
 @shared_task(name=services.RUN_PREVIEW_TASK, bind=True, ignore_result=True)
-def run_preview(self: object, deployment_id: int) -> None:
-    _claim_and_run(self.request, deployment_id)  # type: ignore[attr-defined]
+def run_preview(self: Task[..., None], deployment_id: int) -> None:
+    _claim_and_run(self, deployment_id)
 
 
-def _claim_and_run(request: Any, deployment_id: int) -> None:
-    outbox.consumed(request.id, worker=request.hostname or "")
-    deployment = services.deployment_claim(
-        deployment_id, task_id=request.id or "", worker=request.hostname or ""
-    )
+#: Seconds between tries when the database is away before a deployment could be claimed.
+CLAIM_RETRY_SECONDS = 2
+CLAIM_RETRIES = 30
+
+
+def _claim_and_run(task: Task[..., None], deployment_id: int) -> None:
+    request = task.request
+    try:
+        outbox.consumed(request.id, worker=request.hostname or "")
+        deployment = services.deployment_claim(
+            deployment_id, task_id=request.id or "", worker=request.hostname or ""
+        )
+    except DatabaseError as exc:
+        # The database went away before the deployment started (even while committing, which
+        # deployer.db never retries): nothing ran, so try again shortly rather than leave the
+        # message to the outbox's stranded-message recovery. Same task id: one message.
+        raise task.retry(exc=exc, countdown=CLAIM_RETRY_SECONDS, max_retries=CLAIM_RETRIES) from exc
     if deployment is None:
         return
     runner.run(deployment)

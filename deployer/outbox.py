@@ -199,7 +199,7 @@ def relay(*, limit: int = 500, stranded_after: float | None = None) -> int:
 
 #: Seconds after which a sent message that no worker started is looked for (the broker's queue,
 #: the live workers' reserved and active tasks) and, found nowhere, sent again.
-STRANDED_AFTER = 60.0
+STRANDED_AFTER = 30.0
 
 
 def _release_stranded(after: float) -> int:
