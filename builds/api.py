@@ -28,6 +28,7 @@ from builds.services import (
     deployment_start_with_strategy,
 )
 from deployer.api import Need, Pagination, get_deployment_for_user, get_project_for_user
+from deployer.db import UNAVAILABLE_ERRORS, retrying
 
 TAGS = ["deployments"]
 
@@ -38,10 +39,27 @@ def _with_related(deployments: Any) -> Any:
     )
 
 
+@retrying
 def deployment_data(deployment_id: int) -> dict[str, Any]:
-    """The full answer for one deployment, read fresh from the database."""
+    """The full answer for one deployment, read fresh from the database (a lost connection
+    is retried, deployer.db)."""
     deployment = _with_related(Deployment.objects).prefetch_related("steps").get(pk=deployment_id)
     return dict(DeploymentSerializer(deployment).data)
+
+
+def recorded_deployment_data(deployment: Deployment) -> dict[str, Any]:
+    """The answer after a request changed ``deployment`` (committed): its full data, or, when
+    the database cannot be read back, its id and status. Never an error, which would tell the
+    caller to try again and so record the request twice."""
+    try:
+        return deployment_data(deployment.pk)
+    except UNAVAILABLE_ERRORS:
+        return {
+            "id": deployment.pk,
+            "status": deployment.status,
+            "detail": "Recorded. Slipway's database did not answer when reading it back; "
+            "GET the deployment for the rest.",
+        }
 
 
 class ProjectDeploymentListView(APIView):
@@ -87,7 +105,7 @@ class ProjectDeploymentListView(APIView):
             skip_build=data["skip_build"],
             skip_cache=data["skip_cache"],
         )
-        return Response(deployment_data(deployment.pk), status=status.HTTP_201_CREATED)
+        return Response(recorded_deployment_data(deployment), status=status.HTTP_201_CREATED)
 
 
 class DeploymentDetailView(APIView):
@@ -129,7 +147,7 @@ class DeploymentCancelView(APIView):
     def post(self, request: Request, deployment_id: int) -> Response:
         deployment, membership = get_deployment_for_user(request, deployment_id, need=Need.DEPLOY)
         deployment_cancel(deployment=deployment, user=membership.user)
-        return Response(deployment_data(deployment.pk), status=status.HTTP_202_ACCEPTED)
+        return Response(recorded_deployment_data(deployment), status=status.HTTP_202_ACCEPTED)
 
 
 class DeploymentRollbackView(APIView):
@@ -143,7 +161,7 @@ class DeploymentRollbackView(APIView):
     def post(self, request: Request, deployment_id: int) -> Response:
         deployment, membership = get_deployment_for_user(request, deployment_id, need=Need.DEPLOY)
         rollback = deployment_rollback(deployment=deployment, user=membership.user)
-        return Response(deployment_data(rollback.pk), status=status.HTTP_201_CREATED)
+        return Response(recorded_deployment_data(rollback), status=status.HTTP_201_CREATED)
 
 
 class DeploymentPromoteView(APIView):
@@ -158,7 +176,7 @@ class DeploymentPromoteView(APIView):
     def post(self, request: Request, deployment_id: int) -> Response:
         deployment, membership = get_deployment_for_user(request, deployment_id, need=Need.DEPLOY)
         deployment_request_promotion(deployment=deployment, user=membership.user)
-        return Response(deployment_data(deployment.pk), status=status.HTTP_202_ACCEPTED)
+        return Response(recorded_deployment_data(deployment), status=status.HTTP_202_ACCEPTED)
 
 
 class DeploymentAbortView(APIView):
@@ -173,4 +191,4 @@ class DeploymentAbortView(APIView):
     def post(self, request: Request, deployment_id: int) -> Response:
         deployment, membership = get_deployment_for_user(request, deployment_id, need=Need.DEPLOY)
         deployment_request_abort(deployment=deployment, user=membership.user)
-        return Response(deployment_data(deployment.pk), status=status.HTTP_202_ACCEPTED)
+        return Response(recorded_deployment_data(deployment), status=status.HTTP_202_ACCEPTED)

@@ -197,8 +197,10 @@ def deployment_worker_lost(deployment_id: int, *, task_id: str, reason: str) -> 
     if deployment is None:
         return False
     if deployment.status == Status.QUEUED:
-        # Died between taking the message and claiming: the message is consumed, so the
-        # deployment gets a new one (dispatch_ready sends none while one is unconsumed).
+        # Died between taking the message and claiming, perhaps before marking it consumed:
+        # mark it now, so that dispatch_ready (which sends none while one is unconsumed)
+        # gives the deployment a new one.
+        outbox.consumed(task_id, worker="")
         return services.dispatch_ready(server_ids=_server_ids(deployment)) > 0
     if deployment.status != Status.RUNNING or deployment.task_id != task_id:
         return False  # a duplicate message's task, or another worker's deployment

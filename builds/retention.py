@@ -34,6 +34,8 @@ WEBHOOK_FINAL_OUTCOMES = (
     WebhookOutcome.IGNORED,
     WebhookOutcome.DUPLICATE,
     WebhookOutcome.REJECTED,
+    WebhookOutcome.SUPERSEDED,
+    WebhookOutcome.FAILED,
 )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from builds import outbound
@@ -69,6 +69,8 @@ HEARTBEAT_SECONDS = min(10.0, settings.HEARTBEAT_TIMEOUT / 3)
 # about the deployment.
 ERROR_CHARS = 20_000
 CANCEL_POLL_SECONDS = 1.0
+#: Seconds the cancel check may go unanswered (the database away) before it fails the work.
+CANCEL_UNANSWERED_LIMIT = 60.0
 
 
 def time_limit_deadline(deployment: Deployment) -> float | None:
@@ -97,6 +99,7 @@ class DatabaseReporter:
         self.writer = writer
         self.deadline = deadline
         self._cancel_checked = 0.0
+        self._unanswered_since: float | None = None
         self._cancelled = False
         self._aborted = False
         self._progress_at: dict[int, float] = {}
@@ -142,7 +145,6 @@ class DatabaseReporter:
 
     def thread_finished(self) -> None:
         # Only the engine's per-server threads call this: their connections would linger.
-        from django.db import connection
 
         self.writer.flush()
         connection.close()
@@ -174,11 +176,22 @@ class DatabaseReporter:
             )
         if not self._cancelled and now - self._cancel_checked >= CANCEL_POLL_SECONDS:
             self._cancel_checked = now
-            requests = (
-                Deployment.objects.filter(pk=self.deployment.pk)
-                .values("cancel_requested_at", "abort_requested_at")
-                .get()
-            )
+            try:
+                requests = (
+                    Deployment.objects.filter(pk=self.deployment.pk)
+                    .values("cancel_requested_at", "abort_requested_at")
+                    .get()
+                )
+            except DatabaseError:
+                # The database away for a moment must not stop what runs on the servers:
+                # keep the last answer, on a fresh connection next time, for a while.
+                connection.close()
+                if self._unanswered_since is None:
+                    self._unanswered_since = now
+                if now - self._unanswered_since < CANCEL_UNANSWERED_LIMIT:
+                    return
+                raise
+            self._unanswered_since = None
             self._aborted = requests["abort_requested_at"] is not None
             self._cancelled = self._aborted or requests["cancel_requested_at"] is not None
         if self._aborted:

@@ -82,8 +82,11 @@ def reap_stale_deployments() -> int:
     return reconcile.deployments_reap_stale()
 
 
-@shared_task(name=RECONCILE_LOST_TASK, ignore_result=True)
-def reconcile_lost_deployment(deployment_id: int, task_id: str, reason: str) -> bool:
+@shared_task(name=RECONCILE_LOST_TASK, bind=True, ignore_result=True)
+def reconcile_lost_deployment(
+    self: Task[..., bool], deployment_id: int, task_id: str, reason: str
+) -> bool:
+    outbox.consumed(self.request.id, worker=self.request.hostname or "")
     return reconcile.deployment_worker_lost(deployment_id, task_id=task_id, reason=reason)
 
 

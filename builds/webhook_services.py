@@ -29,6 +29,7 @@ from builds.models import (
 )
 from builds.services import DeploymentRefused, deployment_create
 from deployer import outbox
+from deployer.db import project_lock
 from deployer.models import OutboxMessage
 from projects.models import Project
 from projects.services import audit_record
@@ -369,6 +370,9 @@ def _lock_project_processing(project_id: int) -> None:
             cursor.execute(
                 "SELECT pg_advisory_xact_lock(%s, %s)", [_PROCESSING_LOCK_CLASS, project_id]
             )
+    # Then the project's lock, the first step of the lock order (deployer.db), before any
+    # delivery row is touched: deleting the project takes it before deleting the deliveries.
+    project_lock(project_id)
 
 
 @dataclass

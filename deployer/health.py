@@ -38,6 +38,8 @@ TIMEOUT_SECONDS = 1.0
 CACHE_SECONDS = 5.0
 #: The queue whose workers a deployment needs (deployer/settings.py routes to it).
 DEPLOYMENTS_QUEUE = "deployments"
+#: Every queue of deployer/settings.py's CELERY_TASK_QUEUES, each of which needs a consumer.
+ALL_QUEUES = tuple(queue.name for queue in settings.CELERY_TASK_QUEUES)
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,14 @@ def report() -> tuple[dict[str, Any], int]:
         problems.append("the database does not answer")
     if not cluster.broker_ok:
         problems.append("the broker does not answer: new work is recorded and sent when it is back")
-    elif not queues.get(DEPLOYMENTS_QUEUE):
-        problems.append(f"no live worker consumes the {DEPLOYMENTS_QUEUE} queue")
+    else:
+        # Every queue needs a consumer: without one for webhooks, deliveries are answered but
+        # never processed; without housekeeping, the outbox relay and the reaper never run.
+        problems.extend(
+            f"no live worker consumes the {name} queue"
+            for name in ALL_QUEUES
+            if not queues.get(name)
+        )
     status = "down" if not database["ok"] else "degraded" if problems else "ok"
     broker: dict[str, Any] = {"ok": cluster.broker_ok, "kind": cluster.broker_kind}
     if cluster.broker_error:

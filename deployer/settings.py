@@ -273,7 +273,8 @@ if DATABASE_URL:
         # from a bounded pool instead, returned at the end of each request.
         _database["CONN_MAX_AGE"] = 0
         _database["OPTIONS"]["pool"] = {
-            "min_size": 2,
+            # psycopg_pool refuses min_size > max_size: SLIPWAY_DB_POOL_SIZE=1 is allowed.
+            "min_size": min(2, DB_POOL_SIZE + (WORKER_CONCURRENCY + 2 if EMBEDDED_WORKER else 0)),
             "max_size": DB_POOL_SIZE + (WORKER_CONCURRENCY + 2 if EMBEDDED_WORKER else 0),
             "timeout": DB_POOL_TIMEOUT,
         }

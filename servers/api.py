@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from builds.api import deployment_data
+from builds.api import recorded_deployment_data
 from builds.serializers import DeploymentSerializer
 from builds.services import deployment_rollback_server
 from deployer.api import Need, get_project_for_user, get_release_for_user, get_server_for_user
@@ -183,7 +183,7 @@ class ServerRollbackView(APIView):
             user=membership.user,
             release=serializer.validated_data.get("release", ""),
         )
-        return Response(deployment_data(deployment.pk), status=status.HTTP_201_CREATED)
+        return Response(recorded_deployment_data(deployment), status=status.HTTP_201_CREATED)
 
 
 @extend_schema(tags=["groups"])

@@ -697,12 +697,18 @@ class ServerRun(_Run):
         )
         with self.reporter.step("switch", server.id):
             # Without after-switch work, switching, cleaning up and unlocking is one trip.
-            cleaned = layout.switch_and_clean_up(
-                self.name,
-                keep=None if after else server.keep_releases,
-                protect=protect,
-                unlock_owner="" if after else self.owner,
-            )
+            try:
+                cleaned = layout.switch_and_clean_up(
+                    self.name,
+                    keep=None if after else server.keep_releases,
+                    protect=protect,
+                    unlock_owner="" if after else self.owner,
+                )
+            except EngineError:
+                # The trip may have failed after its rename (the clean-up, the connection):
+                # if `current` is the new release, it went live and must be recorded so.
+                self._note_switch_if_live()
+                raise
             self.switched = True
             self.result.release = self.name
             self.log(f"current → releases/{self.name}")
@@ -716,6 +722,21 @@ class ServerRun(_Run):
             self.revert(str(failed))
             raise
         self.finalize()
+
+    def _note_switch_if_live(self) -> None:
+        """After a failed switch trip: read `current` back (read-only) and mark this run
+        switched when it points at the new release. Unreadable (the connection is gone): left
+        as not switched; the next deployment's lock step and the reaper's reconciliation
+        see the server as it is."""
+        assert self.layout is not None
+        try:
+            live = self.layout.inspect().current
+        except Exception:  # the server is unreachable now: nothing more can be told
+            return
+        if live == self.name:
+            self.switched = True
+            self.result.release = self.name
+            self.log(f"current → releases/{self.name} (the switch happened before the failure)")
 
     def finalize(self) -> None:
         """Clean up old releases and release the lock."""

@@ -72,10 +72,16 @@ def test_it_counts_live_workers_by_queue_and_reports_the_broker_going_away(
         assert document["status"] == "degraded"
         assert document["workers"]["queues"]["housekeeping"] == 1
         assert document["workers"]["queues"]["deployments"] == 0
-        assert document["problems"] == ["no live worker consumes the deployments queue"]
+        assert document["problems"] == [
+            f"no live worker consumes the {name} queue"
+            for name in ("deployments", "previews", "webhooks", "notifications")
+        ]
 
         deployments = start_celery_worker(
-            tmp_path / "d", name="deploys", queues="deployments", redis_url=own_broker.url
+            tmp_path / "d",
+            name="deploys",
+            queues="deployments,previews,webhooks,notifications",
+            redis_url=own_broker.url,
         )
         document = _wait_for_workers(client, 2)
         assert document["status"] == "ok", document
