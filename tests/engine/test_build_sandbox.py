@@ -545,20 +545,28 @@ def test_a_symlink_a_build_saved_in_the_cache_is_never_followed_later(tmp_path):
 def test_the_projects_variables_never_appear_on_a_command_line_of_the_host(box):
     marker = f"{random.randint(100_000, 999_999)}.5"
     thread = threading.Thread(
-        target=box.run, args=(f"sleep {marker}",), kwargs={"env": {"API_TOKEN": SECRET}}
+        target=box.run,
+        args=(f"sleep {marker}",),
+        kwargs={"env": {"API_TOKEN": SECRET}},
+        daemon=True,
     )
     thread.start()
     deadline = time.monotonic() + 60
     try:
-        while not _processes_running(marker) and time.monotonic() < deadline:
+        # The command itself running (bwrap's own command line names the marker earlier, while
+        # the sandbox is still being set up).
+        while not _processes_running(f"sleep\0{marker}") and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _processes_running(marker)
+        assert _processes_running(f"sleep\0{marker}")
         assert _processes_running(SECRET) == []
     finally:
-        for pid in _processes_running(marker):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
+        while _processes_running(marker) and time.monotonic() < deadline + 30:
+            for pid in _processes_running(marker):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+            time.sleep(0.1)
         thread.join(timeout=60)
+        assert not thread.is_alive()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="ownership is handed over only by a root worker")

@@ -4,6 +4,7 @@ API docs (Swagger UI, vendored) whole, and not one request tries to leave."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -81,11 +82,16 @@ def test_every_page_loads_with_no_request_leaving_loopback(new_page, slipway_app
 
     queue = [*main_pages(made), "/users/", "/account/two-factor/", "/api/docs/"]
     seen: set[str] = set()
+    # One page per template is enough: /deployments/12/ and /deployments/13/ load the same
+    # files (ids and query values are what differ).
+    shapes: set[str] = set()
     while queue and len(seen) < MOST_PAGES:
         path = queue.pop(0)
-        if path in seen:
+        shape = re.sub(r"[0-9]+", "N", path.split("?")[0]) + ("?" if "?" in path else "")
+        if path in seen or (shape in shapes and path not in main_pages(made)):
             continue
         seen.add(path)
+        shapes.add(shape)
         response = page.goto(path)
         assert response is not None and response.status < 400, (path, response and response.status)
         page.wait_for_load_state("networkidle")
