@@ -8,7 +8,6 @@ import os
 import pytest
 
 from builds import runner, services
-from builds.engine.release import RemoteLayout
 from builds.models import Deployment
 from servers.models import Release
 
@@ -25,27 +24,42 @@ def deploy(project, server) -> Deployment:
 
 
 def test_a_release_switched_before_its_clean_up_failed_is_recorded_live(
-    git_repo_factory, sshd_target, project_factory, server_factory, monkeypatch
+    git_repo_factory, sshd_target, project_factory, server_factory
 ):
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail(
+                "CI runs as root: the old release needs a file its deploy user cannot remove"
+            )
+        pytest.skip(
+            "needs root: a root-owned file in the old release, which the target's user cannot remove"
+        )
     repo = git_repo_factory()
     repo.commit({"index.html": "A\n"}, "A")
     project = project_factory(repo)
     server = server_factory(project, sshd_target)
+    server.keep_releases = 1
+    server.save(update_fields=["keep_releases"])
     first = deploy(project, server)
     assert first.status == "succeeded", first.error
     repo.commit({"index.html": "B\n"}, "B")
-    # `rm -rf releases/<old>` refused (a file a command made as root, an I/O error...): the
-    # clean-up runs after the rename, in the same script (switch_and_clean_up).
-    monkeypatch.setattr(
-        RemoteLayout,
-        "_clean_up_script",
-        lambda self, **_: "echo 'rm: cannot remove releases/old: Permission denied' >&2; exit 1\n",
-    )
+    assert deploy(project, server).status == "succeeded"  # the live one, A, is never removed
+    repo.commit({"index.html": "C\n"}, "C")
+    # A command run as root left a file in the old release that the deploy user cannot
+    # remove: the clean-up (`rm -rf releases/<old>`, in the same trip as the switch, after the
+    # rename) fails for real.
+    old_release = sshd_target.deploy_path / "releases" / first.targets.get().release
+    made_by_root = old_release / "cache-made-by-root"
+    made_by_root.mkdir()
+    (made_by_root / "compiled.php").write_text("<?php\n")
+    os.chown(made_by_root, 0, 0)
+    made_by_root.chmod(0o755)
 
     second = deploy(project, server)
 
     current = os.readlink(sshd_target.deploy_path / "current").removeprefix("releases/")
-    assert (sshd_target.deploy_path / "current" / "index.html").read_text() == "B\n"
+    assert (sshd_target.deploy_path / "current" / "index.html").read_text() == "C\n"
+    assert second.status == "failed" and made_by_root.exists()
     live = Release.objects.get(server=server, live=True)
     assert live.name == current, (
         f"{second.status}: {second.error!r}; current -> {current}, database live: {live.name}"
