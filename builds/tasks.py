@@ -55,7 +55,24 @@ def _claim_and_run(task: Task[..., None], deployment_id: int) -> None:
 
 
 # A database error (a dropped connection) rolls the processing back whole: try again later.
-# Processing is idempotent (webhook_services.webhook_process claims each delivery).
+# Processing is idempotent (webhook_services claims each delivery).
+@shared_task(
+    name=webhook_services.PROCESS_WEBHOOKS_TASK,
+    bind=True,
+    ignore_result=True,
+    autoretry_for=(DatabaseError,),
+    retry_backoff=True,
+    max_retries=8,
+    soft_time_limit=120,
+    time_limit=150,
+)
+def process_webhooks(self: Any, project_id: int) -> int:
+    # consumed() first: it waits for the deliveries that counted on this message.
+    outbox.consumed(self.request.id, worker=self.request.hostname or "")
+    return webhook_services.webhook_process_project(project_id)
+
+
+# Messages recorded one per delivery (before the project's message): the same work.
 @shared_task(
     name=webhook_services.PROCESS_WEBHOOK_TASK,
     bind=True,

@@ -30,7 +30,6 @@ from builds.models import (
 from builds.services import DeploymentRefused, deployment_create
 from deployer import outbox
 from deployer.db import project_lock
-from deployer.models import OutboxMessage
 from projects.models import Project
 from projects.services import audit_record
 from servers.models import Server, ServerGroup
@@ -40,7 +39,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: The Celery task that processes a recorded delivery (builds.tasks; routed to `webhooks`).
+#: The Celery task that processes a project's waiting deliveries (builds.tasks; routed to
+#: `webhooks`). Its argument is the project's id; one message per project waits at a time.
+PROCESS_WEBHOOKS_TASK = "builds.tasks.process_webhooks"
+#: The same for one delivery's id: what deliveries recorded before 2026-12 carry.
 PROCESS_WEBHOOK_TASK = "builds.tasks.process_webhook_delivery"
 #: The first key of the PostgreSQL advisory lock that orders a project's processing.
 _PROCESSING_LOCK_CLASS = 0x5357_4B48  # "SWKH"
@@ -238,8 +240,11 @@ def webhook_receive(*, project: Project, inbound: InboundDelivery) -> WebhookDel
     The row's outcome is "accepted" (a worker processes it: ``webhook_process``), "ignored"
     for an event that deploys nothing (a ping), or "duplicate" when the delivery id or the
     signed body was received before. A few queries, no lookups of servers: the sender is
-    answered at once. The processing message is recorded in the same transaction
-    (deployer.outbox), so an accepted delivery is never left without one.
+    answered at once. The processing message is the project's (deployer.outbox, key
+    ``webhooks_key``): recorded in the same transaction unless one no worker has started yet
+    is waiting already, whose task then processes this delivery too. So an accepted delivery
+    is never left without a message, and a burst of pushes costs one message per worker pass,
+    not one per delivery.
     """
     # One row per delivery: a Bitbucket push of several refs shows the first that moved.
     first = next((push for push in inbound.pushes if push.head), None) or next(
@@ -268,8 +273,13 @@ def webhook_receive(*, project: Project, inbound: InboundDelivery) -> WebhookDel
         except IntegrityError:
             return _record_duplicate(project=project, inbound=inbound, record=record)
         if record.outcome == WebhookOutcome.ACCEPTED:
-            outbox.enqueue(PROCESS_WEBHOOK_TASK, record.pk)
+            outbox.enqueue(PROCESS_WEBHOOKS_TASK, project.pk, key=webhooks_key(project.pk))
     return record
+
+
+def webhooks_key(project_id: int) -> str:
+    """The outbox key of a project's processing message."""
+    return f"webhooks:{project_id}"
 
 
 #: How many of a project's waiting deliveries one task processes at most (oldest first).
@@ -277,35 +287,34 @@ PROCESS_BATCH = 200
 
 
 def webhook_process(delivery_id: int) -> int:
-    """Process a recorded delivery: create the deployments its pushes ask for. Returns how
-    many deliveries this call processed (0 when another worker did it already).
-
-    A project's deliveries are processed in the order they were received: under a
-    transaction-scoped advisory lock per project (PostgreSQL; SQLite serialises writers
-    anyway), this one and every older one still waiting are processed together, in batches of
-    PROCESS_BATCH. Nothing is done while a newer delivery of the project waits: its task
-    (every accepted delivery has one, deployer.outbox) processes this one too. Each is claimed with a conditional update (accepted -> processed), so a
-    redelivered task message does nothing. Within a batch, a planned deployment whose servers
-    a newer delivery of the batch deploys too is not created (outcome "superseded"): it would
-    have been superseded at once. An error of ours in one delivery marks it "failed" (logged)
-    and rolls back only what it had created; a database error (DatabaseError) rolls the batch
-    back and is raised, for the task to retry.
-    """
+    """Process the waiting deliveries of the project that ``delivery_id`` belongs to (see
+    webhook_process_project); 0 when that delivery was processed already. For messages
+    recorded one per delivery, before the project's message (PROCESS_WEBHOOK_TASK)."""
     project_id = (
         WebhookDelivery.objects.filter(pk=delivery_id, outcome=WebhookOutcome.ACCEPTED)
         .values_list("project_id", flat=True)
         .first()
     )
-    if project_id is None:
+    return 0 if project_id is None else webhook_process_project(project_id)
+
+
+def webhook_process_project(project_id: int) -> int:
+    """Process a project's waiting deliveries: create the deployments their pushes ask for.
+    Returns how many deliveries this call processed (0 when another worker did it already).
+
+    Deliveries are processed in the order they were received, under a transaction-scoped
+    advisory lock per project (PostgreSQL; SQLite serialises writers anyway), in batches of
+    PROCESS_BATCH, until none waits. The task calls deployer.outbox.consumed first, which
+    waits for every delivery that counted on this message (webhook_receive), so none is left
+    behind. Within a batch, a planned deployment whose servers a newer delivery of the batch
+    deploys too is not created (outcome "superseded"): it would have been superseded at once.
+    An error of ours in one delivery marks it "failed" (logged) and rolls back only what it
+    had created; a database error (DatabaseError) rolls the batch back and is raised, for the
+    task to retry.
+    """
+    project = Project.objects.filter(pk=project_id).first()
+    if project is None:
         return 0
-    newer_waiting = WebhookDelivery.objects.filter(
-        project_id=project_id, outcome=WebhookOutcome.ACCEPTED, pk__gt=delivery_id
-    )
-    if newer_waiting.exists():
-        # That delivery's own task processes this one with it, in order (its message is in
-        # the outbox too): in a burst, only the newest delivery's task does the work.
-        return 0
-    project = Project.objects.get(pk=project_id)
     processed = 0
     while True:
         # One transaction per batch: its deployments reach the workers when it commits.
@@ -313,13 +322,11 @@ def webhook_process(delivery_id: int) -> int:
             _lock_project_processing(project_id)
             waiting = list(
                 WebhookDelivery.objects.filter(
-                    project_id=project_id, outcome=WebhookOutcome.ACCEPTED, pk__lte=delivery_id
-                )
-                .order_by("pk")
-                .values_list("pk", flat=True)[:PROCESS_BATCH]
+                    project_id=project_id, outcome=WebhookOutcome.ACCEPTED
+                ).order_by("pk")[:PROCESS_BATCH]
             )
             processed += _process_batch(project, waiting)
-        if not waiting or waiting[-1] == delivery_id:
+        if len(waiting) < PROCESS_BATCH:
             return processed
 
 
@@ -331,9 +338,9 @@ def webhooks_sweep(*, after: float = SWEEP_AFTER) -> int:
     """Queue processing again for projects whose accepted deliveries were left waiting: their
     task failed for good (a database away longer than its retries) or its worker died while
     processing (the message was consumed, the work rolled back). Returns how many messages
-    were queued: one per such project, for its newest waiting delivery (webhook_process takes
-    the older ones with it). A project whose newest waiting delivery still has a message no
-    worker took is left alone. Run by the reaper (builds.tasks.reap_stale_deployments).
+    were queued: one per such project. A project whose message no worker took yet is left
+    alone (deployer.outbox's relay looks after that one). Run by the reaper
+    (builds.tasks.reap_stale_deployments).
     """
     cutoff = timezone.now() - timedelta(seconds=after)
     projects = (
@@ -343,18 +350,12 @@ def webhooks_sweep(*, after: float = SWEEP_AFTER) -> int:
     )
     queued = 0
     for project_id in projects:
-        newest = (
-            WebhookDelivery.objects.filter(project_id=project_id, outcome=WebhookOutcome.ACCEPTED)
-            .order_by("-pk")
-            .values_list("pk", flat=True)
-            .first()
-        )
-        if newest is None or [newest] in OutboxMessage.objects.filter(
-            task=PROCESS_WEBHOOK_TASK, consumed_at__isnull=True
-        ).values_list("args", flat=True):
-            continue
         with transaction.atomic():
-            outbox.enqueue(PROCESS_WEBHOOK_TASK, newest)
+            message = outbox.enqueue(
+                PROCESS_WEBHOOKS_TASK, project_id, key=webhooks_key(project_id)
+            )
+        if message is None:
+            continue
         logger.warning(
             "Webhook deliveries of project %s waited over %s s unprocessed; queued again",
             project_id,
@@ -401,16 +402,18 @@ class _Work:
     failed: bool = False
 
 
-def _process_batch(project: Project, delivery_ids: Sequence[int]) -> int:
+def _process_batch(project: Project, records: Sequence[WebhookDelivery]) -> int:
+    # The processing lock is held: no one else claims these rows. One UPDATE claims them all
+    # (a task message delivered twice finds nothing left).
+    now = timezone.now()
+    WebhookDelivery.objects.filter(pk__in=[record.pk for record in records]).update(
+        outcome=WebhookOutcome.IGNORED, processed_at=now
+    )
     works: list[_Work] = []
-    for pk in delivery_ids:
-        claimed = WebhookDelivery.objects.filter(pk=pk, outcome=WebhookOutcome.ACCEPTED).update(
-            outcome=WebhookOutcome.IGNORED, processed_at=timezone.now()
-        )
-        if claimed == 1:
-            record = WebhookDelivery.objects.get(pk=pk)
-            pushes = [RefPush.from_stored(stored) for stored in record.pushes]
-            works.append(_Work(record=record, pushes=pushes))
+    for record in records:
+        record.outcome, record.processed_at = WebhookOutcome.IGNORED, now
+        pushes = [RefPush.from_stored(stored) for stored in record.pushes]
+        works.append(_Work(record=record, pushes=pushes))
     targets_cache: dict[tuple[str, tuple[str, ...]], Targets] = {}
     for work in works:
         try:

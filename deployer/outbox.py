@@ -47,9 +47,15 @@ def enqueue(task: str, *args: int | str, key: str = "") -> OutboxMessage | None:
     ``args`` are JSON values (ids). With ``key`` ("deployment:12"), nothing is recorded while
     an earlier message with that key is unconsumed, and None is returned. Call it inside the
     transaction that records the work; outside one it is sent at once (autocommit).
+
+    A keyed message coalesces work: whatever this transaction recorded is seen by the task of
+    the unconsumed message it found, because ``consumed`` waits for this transaction to end
+    before the task reads anything (see _key_barrier). Record the work before calling this.
     """
-    if key and OutboxMessage.objects.filter(key=key, consumed_at__isnull=True).exists():
-        return None
+    if key:
+        _key_barrier(key, shared=True)
+        if OutboxMessage.objects.filter(key=key, consumed_at__isnull=True).exists():
+            return None
     message = OutboxMessage.objects.create(task=task, args=list(args), key=key)
     message_id = message.pk
     # Robust: whatever fails while sending after the commit (the broker, even the database)
@@ -304,10 +310,40 @@ def consumed(task_id: str | None, *, worker: str = "") -> OutboxMessage | None:
     suffix = task_id[len(TASK_ID_PREFIX) :]
     if not suffix.isdigit():
         return None
-    OutboxMessage.objects.filter(pk=int(suffix), consumed_at__isnull=True).update(
+    marked = OutboxMessage.objects.filter(pk=int(suffix), consumed_at__isnull=True).update(
         consumed_at=timezone.now(), consumed_by=worker[:255]
     )
-    return OutboxMessage.objects.filter(pk=int(suffix)).first()
+    message = OutboxMessage.objects.filter(pk=int(suffix)).first()
+    if marked and message is not None and message.key:
+        # Wait for the transactions that found this message unconsumed and so recorded no
+        # message of their own: the task must see their work (enqueue, _key_barrier).
+        _key_barrier(message.key, shared=False)
+    return message
+
+
+#: First key of the advisory locks on outbox keys (the second is PostgreSQL's hashtext of the
+#: key; a collision only makes two keys wait for each other).
+KEY_LOCK_NAMESPACE = 0x51197B
+
+
+def _key_barrier(key: str, *, shared: bool) -> None:
+    """Order ``enqueue`` and ``consumed`` on one key (PostgreSQL; held until the transaction
+    ends).
+
+    A transaction that records work and finds the key's message unconsumed records no message
+    and holds the key shared until it commits; ``consumed`` marks the message taken and then
+    takes the key exclusively, so it waits for every such transaction before its task reads
+    the work. A transaction that starts after that sees the message consumed and records a
+    new one. SQLite needs nothing: the embedded mode's transactions take the write lock when
+    they begin (``transaction_mode`` IMMEDIATE), so they run one at a time.
+    """
+    if connection.vendor != "postgresql":
+        return
+    if not connection.in_atomic_block:
+        raise RuntimeError("_key_barrier holds until the transaction ends: call it inside one")
+    function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {function}(%s, hashtext(%s))", [KEY_LOCK_NAMESPACE, key])
 
 
 def unconsumed(key: str) -> OutboxMessage | None:

@@ -434,6 +434,7 @@ CELERY_TASK_DEFAULT_QUEUE = "housekeeping"
 CELERY_TASK_ROUTES = {
     "builds.tasks.run_deployment": {"queue": "deployments"},
     "builds.tasks.run_preview": {"queue": "previews"},
+    "builds.tasks.process_webhooks": {"queue": "webhooks"},
     "builds.tasks.process_webhook_delivery": {"queue": "webhooks"},
     "builds.tasks.send_notification_delivery": {"queue": "notifications"},
     "builds.tasks.resend_due_notification_deliveries": {"queue": "notifications"},

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from builds import webhook_services
 from builds.models import Deployment, Status, WebhookDelivery, WebhookOutcome
-from builds.tasks import process_webhook_delivery
+from builds.tasks import process_webhook_delivery, process_webhooks
 from deployer.models import OutboxMessage
 from tests.webhooks import payloads
 
@@ -46,7 +46,38 @@ def test_a_push_is_answered_202_with_its_delivery_before_anything_is_deployed(
     assert delivery.processed_at is None
     assert not Deployment.objects.exists()
     (message,) = OutboxMessage.objects.all()
-    assert (message.task, message.args) == ("builds.tasks.process_webhook_delivery", [delivery.pk])
+    assert (message.task, message.args, message.key) == (
+        "builds.tasks.process_webhooks",
+        [shop.pk],
+        f"webhooks:{shop.pk}",
+    )
+
+
+def test_a_burst_of_pushes_waits_on_one_message_for_the_project(shop, make_server, client):
+    make_server(shop, "web1")
+
+    answers = [
+        _send(client, shop, payloads.github_push(after=payloads.fake_sha(f"b{n}"))).json()
+        for n in range(5)
+    ]
+
+    assert [answer["status"] for answer in answers] == ["accepted"] * 5
+    (message,) = OutboxMessage.objects.all()
+    assert process_webhooks(shop.pk) == 5
+    assert Deployment.objects.get().revision == payloads.fake_sha("b4")
+
+
+def test_a_push_after_the_workers_took_the_message_gets_a_message_of_its_own(
+    shop, make_server, client
+):
+    make_server(shop, "web1")
+    _send(client, shop, payloads.github_push(after=payloads.fake_sha("one")))
+    OutboxMessage.objects.update(consumed_at=timezone.now())
+
+    _send(client, shop, payloads.github_push(after=payloads.fake_sha("two")))
+
+    waiting = OutboxMessage.objects.get(consumed_at__isnull=True)
+    assert (waiting.task, waiting.args) == ("builds.tasks.process_webhooks", [shop.pk])
 
 
 def test_the_worker_creates_the_deployment_and_records_the_outcome(shop, make_server, client):
@@ -54,7 +85,7 @@ def test_the_worker_creates_the_deployment_and_records_the_outcome(shop, make_se
     head = payloads.fake_sha("two")
     answer = _send(client, shop, payloads.github_push(after=head)).json()
 
-    assert process_webhook_delivery(answer["delivery"]) == 1
+    assert process_webhooks(shop.pk) == 1
 
     delivery = WebhookDelivery.objects.get(pk=answer["delivery"])
     deployment = Deployment.objects.get()
@@ -68,8 +99,8 @@ def test_a_redelivered_task_message_does_nothing_the_second_time(shop, make_serv
     make_server(shop, "web1")
     answer = _send(client, shop, payloads.github_push()).json()
 
-    assert process_webhook_delivery(answer["delivery"]) == 1
-    assert process_webhook_delivery(answer["delivery"]) == 0
+    assert process_webhooks(shop.pk) == 1
+    assert process_webhooks(shop.pk) == 0
 
     assert Deployment.objects.count() == 1
     assert WebhookDelivery.objects.get().deployments.count() == 1
@@ -97,16 +128,12 @@ def test_a_redelivery_waiting_to_be_processed_is_a_duplicate_already(shop, make_
     assert OutboxMessage.objects.count() == 1
 
 
-def test_deliveries_are_processed_in_the_order_received_whichever_task_runs_first(
-    shop, make_server, client
-):
+def test_deliveries_are_processed_in_the_order_received(shop, make_server, client):
     make_server(shop, "web1")
     older = _send(client, shop, payloads.github_push(after=payloads.fake_sha("old"))).json()
     newer = _send(client, shop, payloads.github_push(after=payloads.fake_sha("new"))).json()
 
-    # The newer delivery's task runs first: it processes the older one with its own.
-    assert process_webhook_delivery(newer["delivery"]) == 2
-    assert process_webhook_delivery(older["delivery"]) == 0
+    assert process_webhooks(shop.pk) == 2
 
     (deployment,) = Deployment.objects.all()
     assert (deployment.revision, deployment.status) == (payloads.fake_sha("new"), Status.QUEUED)
@@ -117,16 +144,16 @@ def test_deliveries_are_processed_in_the_order_received_whichever_task_runs_firs
     assert superseded.reason == f"Servers: superseded by delivery #{newer['delivery']}"
 
 
-def test_while_a_newer_delivery_waits_its_task_does_the_work_of_the_older_ones(
+def test_a_message_recorded_for_one_delivery_processes_the_projects_waiting_ones(
     shop, make_server, client
 ):
+    # Messages recorded before the project's message existed carry a delivery's id.
     make_server(shop, "web1")
     older = _send(client, shop, payloads.github_push(after=payloads.fake_sha("old"))).json()
-    newer = _send(client, shop, payloads.github_push(after=payloads.fake_sha("new"))).json()
+    _send(client, shop, payloads.github_push(after=payloads.fake_sha("new")))
 
+    assert process_webhook_delivery(older["delivery"]) == 2
     assert process_webhook_delivery(older["delivery"]) == 0
-    assert WebhookDelivery.objects.get(pk=older["delivery"]).outcome == WebhookOutcome.ACCEPTED
-    assert process_webhook_delivery(newer["delivery"]) == 2
 
     assert not WebhookDelivery.objects.filter(outcome=WebhookOutcome.ACCEPTED).exists()
     assert Deployment.objects.get().revision == payloads.fake_sha("new")
@@ -141,7 +168,7 @@ def test_a_delivery_is_superseded_only_by_one_deploying_all_its_servers(shop, ma
     ).json()
     web1_only = _send(client, shop, payloads.github_push(after=payloads.fake_sha("one"))).json()
 
-    process_webhook_delivery(web1_only["delivery"])
+    process_webhooks(shop.pk)
 
     # The first push also reaches eu, which the second does not deploy: it is created, and
     # the second supersedes it on web1 only.
@@ -153,10 +180,10 @@ def test_deliveries_processed_one_by_one_supersede_each_others_deployments(
     shop, make_server, client
 ):
     make_server(shop, "web1")
-    older = _send(client, shop, payloads.github_push(after=payloads.fake_sha("old"))).json()
-    process_webhook_delivery(older["delivery"])
-    newer = _send(client, shop, payloads.github_push(after=payloads.fake_sha("new"))).json()
-    process_webhook_delivery(newer["delivery"])
+    _send(client, shop, payloads.github_push(after=payloads.fake_sha("old")))
+    process_webhooks(shop.pk)
+    _send(client, shop, payloads.github_push(after=payloads.fake_sha("new")))
+    process_webhooks(shop.pk)
 
     assert Deployment.objects.get(revision=payloads.fake_sha("old")).status == Status.CANCELLED
     assert Deployment.objects.get(revision=payloads.fake_sha("new")).status == Status.QUEUED
@@ -166,11 +193,11 @@ def test_the_commit_message_is_kept_only_until_the_delivery_is_processed(shop, m
     make_server(shop, "web1")
     head = payloads.fake_sha("msg")
     payload = payloads.github_push(after=head, commits=[(head, "Ship it [skip cache]\n\nBody")])
-    answer = _send(client, shop, payload).json()
+    _send(client, shop, payload)
     (waiting,) = WebhookDelivery.objects.get().pushes
     assert waiting["message"] == "Ship it [skip cache]\n\nBody"
 
-    process_webhook_delivery(answer["delivery"])
+    process_webhooks(shop.pk)
 
     delivery = WebhookDelivery.objects.get()
     assert [push["message"] for push in delivery.pushes] == [""]
@@ -182,13 +209,13 @@ def test_an_error_of_ours_while_processing_marks_the_delivery_failed(
     shop, make_server, client, monkeypatch
 ):
     make_server(shop, "web1")
-    answer = _send(client, shop, payloads.github_push()).json()
+    _send(client, shop, payloads.github_push())
 
     def broken(**_):
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(webhook_services, "webhook_targets", broken)
-    assert process_webhook_delivery(answer["delivery"]) == 1
+    assert process_webhooks(shop.pk) == 1
 
     delivery = WebhookDelivery.objects.get()
     assert delivery.outcome == WebhookOutcome.FAILED
@@ -202,19 +229,17 @@ def test_deliveries_left_waiting_by_a_lost_task_are_queued_again_by_the_sweep(
 ):
     make_server(shop, "web1")
     _send(client, shop, payloads.github_push(after=payloads.fake_sha("one")))
-    newest = _send(client, shop, payloads.github_push(after=payloads.fake_sha("two"))).json()[
-        "delivery"
-    ]
-    # The worker that took the newest delivery's message died while processing it: the
-    # message is consumed, the work rolled back, both deliveries still wait.
+    _send(client, shop, payloads.github_push(after=payloads.fake_sha("two")))
+    # The worker that took the project's message died while processing it: the message is
+    # consumed, the work rolled back, both deliveries still wait.
     OutboxMessage.objects.update(consumed_at=timezone.now())
 
     assert webhook_services.webhooks_sweep(after=0) == 1
     assert webhook_services.webhooks_sweep(after=0) == 0  # its message waits for a worker
 
     again = OutboxMessage.objects.get(consumed_at__isnull=True)
-    assert (again.task, again.args) == (webhook_services.PROCESS_WEBHOOK_TASK, [newest])
-    process_webhook_delivery.run(newest)
+    assert (again.task, again.args) == (webhook_services.PROCESS_WEBHOOKS_TASK, [shop.pk])
+    process_webhooks.run(shop.pk)
     assert not WebhookDelivery.objects.filter(outcome=WebhookOutcome.ACCEPTED).exists()
     assert Deployment.objects.filter(status=Status.QUEUED).count() == 1
 
