@@ -154,19 +154,42 @@ class Rejected(Exception):
 @csrf_exempt
 @require_POST
 def receive(request: HttpRequest, token: str) -> JsonResponse:
+    """POST /hooks/<token>/ through Django (the test client, a WSGI server). Under ASGI
+    (`manage.py serve`) builds.webhook_door answers the same requests with the same answer()."""
+    status, payload = answer(
+        token=token,
+        headers=request.headers,
+        read=lambda: read_body(request),
+        content_type=request.content_type or "",
+    )
+    return JsonResponse(payload, status=status)
+
+
+def answer(
+    *, token: str, headers: Mapping[str, str], read: Callable[[], bytes], content_type: str
+) -> tuple[int, dict[str, Any]]:
+    """Answer one delivery to the project whose webhook token is ``token``: (HTTP status,
+    JSON body). 404 for an unknown token; 401, 400 or 413 for a refused request (recorded,
+    with the reason); 202 for an accepted delivery (recorded and queued for a worker); 200 for
+    one that is final already (ignored, duplicate).
+
+    ``headers`` is case-insensitive (Django's request.headers, or the ASGI door's mapping);
+    ``read`` returns the raw body and raises Rejected(413) above MAX_BODY_BYTES; the media
+    type of Content-Type without its parameters. Database errors are raised to the caller
+    (503 for deployer.db.UNAVAILABLE_ERRORS).
+    """
     # Only what the door needs: the project's other secrets (its private key...) stay
     # encrypted, undecrypted, in the database.
     project = Project.objects.only("pk", "webhook_secret").filter(webhook_token=token).first()
     if project is None:
-        return JsonResponse({"status": "not_found"}, status=404)
-    headers = request.headers
+        return 404, {"status": "not_found"}
     provider = detect_provider(headers)
     event = event_of(provider, headers)
     delivery_id = delivery_id_of(provider, headers)
     try:
-        body = read_body(request)
+        body = read()
         credential = authenticate(provider, headers, body, secret=project.webhook_secret)
-        inbound = parse(provider, event, delivery_id, body, request.content_type or "")
+        inbound = parse(provider, event, delivery_id, body, content_type)
         if credential == SIGNED or provider != WebhookProvider.CUSTOM:
             inbound = replace(inbound, body_digest=hashlib.sha256(body).hexdigest())
     except Rejected as rejected:
@@ -177,23 +200,17 @@ def receive(request: HttpRequest, token: str) -> JsonResponse:
             delivery_id=delivery_id,
             reason=rejected.reason,
         )
-        return JsonResponse(
-            {"status": WebhookOutcome.REJECTED, "reason": rejected.reason},
-            status=rejected.status,
-        )
+        return rejected.status, {"status": WebhookOutcome.REJECTED, "reason": rejected.reason}
     record = webhook_services.webhook_receive(project=project, inbound=inbound)
     # Accepted: recorded, processed by a worker after this answer (202). Ignored and duplicate
     # deliveries are final already (200). Neither has deployments yet: they come from the
     # processing, shown with the delivery on the project's page.
-    return JsonResponse(
-        {
-            "status": record.outcome,
-            "delivery": record.pk,
-            "deployments": [],
-            "reason": record.reason,
-        },
-        status=202 if record.outcome == WebhookOutcome.ACCEPTED else 200,
-    )
+    return 202 if record.outcome == WebhookOutcome.ACCEPTED else 200, {
+        "status": record.outcome,
+        "delivery": record.pk,
+        "deployments": [],
+        "reason": record.reason,
+    }
 
 
 # --------------------------------------------------------------------------- request checks

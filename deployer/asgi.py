@@ -16,6 +16,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.conf import settings  # noqa: E402
 
 from builds.routing import websocket_urlpatterns  # noqa: E402
+from builds.webhook_door import WebhookDoor  # noqa: E402
 from deployer import outbox  # noqa: E402
 
 if settings.PROCESS_ROLE == "web":
@@ -24,7 +25,8 @@ if settings.PROCESS_ROLE == "web":
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Webhook deliveries are answered by their own door, everything else by Django.
+        "http": WebhookDoor(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),
