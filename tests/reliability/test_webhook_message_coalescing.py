@@ -34,9 +34,7 @@ def _inbound(n: int) -> InboundDelivery:
 
 def _advisory_waiters() -> int:
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-        )
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
         return int(cursor.fetchone()[0])
 
 
@@ -79,7 +77,7 @@ def test_a_push_recorded_while_its_message_is_taken_is_processed_by_that_task(
     def worker() -> None:
         try:
             results["processed"] = process_webhooks.apply(
-                args=[project.pk], task_id=message.task_id
+                args=(project.pk,), task_id=message.task_id
             ).get()
         except BaseException as exc:
             results["worker"] = exc
