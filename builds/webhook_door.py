@@ -54,14 +54,16 @@ _SECURITY_HEADERS = [
 class WebhookDoor:
     """ASGI middleware: answers webhook deliveries, hands everything else to ``app``.
 
-    ``threads`` (default: the web process's database pool size, SLIPWAY_DB_POOL_SIZE) bounds
-    the deliveries answered at once; more wait for a thread, never for a new one.
+    ``threads`` bounds the deliveries answered at once; more wait for a thread, never for a
+    new one. The default, half the web process's database pool (SLIPWAY_DB_POOL_SIZE), leaves
+    the other half to the dashboard and the API during a burst of pushes.
     """
 
     def __init__(self, app: ASGIApp, *, threads: int | None = None) -> None:
         self.app = app
         self._executor = ThreadPoolExecutor(
-            max_workers=threads or settings.DB_POOL_SIZE, thread_name_prefix="slipway-hooks"
+            max_workers=threads or max(1, settings.DB_POOL_SIZE // 2),
+            thread_name_prefix="slipway-hooks",
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
