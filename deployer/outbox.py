@@ -52,6 +52,13 @@ def enqueue(task: str, *args: int | str, key: str = "") -> OutboxMessage | None:
     the unconsumed message it found, because ``consumed`` waits for this transaction to end
     before the task reads anything (see _key_barrier). Record the work before calling this.
     """
+    if not connection.in_atomic_block:
+        with transaction.atomic():
+            return _record(task, args, key)
+    return _record(task, args, key)
+
+
+def _record(task: str, args: tuple[int | str, ...], key: str) -> OutboxMessage | None:
     if key:
         _key_barrier(key, shared=True)
         if OutboxMessage.objects.filter(key=key, consumed_at__isnull=True).exists():
