@@ -505,9 +505,12 @@ def run(deployment: Deployment) -> None:
 
 
 def _lock_owner_finished(owner: str) -> bool:
-    """A lock left on a server by a deployment that has finished (its worker died)."""
+    """A lock left on a server by a deployment that has finished: its worker died, or it kept
+    the lock for a command it could not stop (``-left-running``). Taking such a lock over
+    first kills the process groups its commands recorded, and leaves the lock where it is
+    while one of them will not go (builds.engine.release)."""
     named = parse_lock_owner(owner)
-    if named is None or named.left_running:
+    if named is None:
         return False
     return Deployment.objects.filter(pk=named.deployment_id, status__in=FINAL).exists()
 

@@ -553,7 +553,6 @@ class ServerRun(_Run):
                 if (
                     not held.owner
                     or held.owner == self.owner
-                    or held.owner.endswith(LEFT_RUNNING_SUFFIX)
                     or not spec.lock_owner_finished(held.owner)
                 ):
                     raise

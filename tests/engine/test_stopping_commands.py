@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -166,7 +167,7 @@ def test_a_health_check_command_that_hangs_is_killed(sshd_target, git_repo_facto
     _never_appears(marker, 4.15)
 
 
-def test_a_command_that_could_not_be_stopped_keeps_the_lock_until_it_is_stale(
+def test_a_lock_kept_for_a_command_that_could_not_be_stopped_is_taken_over_once_it_is_gone(
     sshd_target, git_repo_factory, tmp_path, monkeypatch
 ):
     repo = git_repo_factory()
@@ -190,28 +191,37 @@ def test_a_command_that_could_not_be_stopped_keeps_the_lock_until_it_is_stale(
 
     assert not first.ok
     assert reporter.text.count("The deploy lock is kept") == 1
-    lock_info = (sshd_target.deploy_path / ".slipway" / "lock" / "info").read_text()
-    assert "owner=deployment-1-left-running" in lock_info
+    lock = sshd_target.deploy_path / ".slipway" / "lock"
+    assert "owner=deployment-1-left-running" in (lock / "info").read_text()
     # The holder names what may still be running.
-    assert "a stopped command may still be running: sleep 600\n" in lock_info
-    # Even when the first deployment is known to have finished, its lock is not taken over.
-    second = pipeline.deploy(
-        dataclasses.replace(
-            deploy_spec(repo, tmp_path, [server], revision, deployment_id=2),
-            lock_owner_finished=lambda owner: True,
-        ),
-        RecordingReporter(),
+    assert "a stopped command may still be running: sleep 600\n" in (lock / "info").read_text()
+    # What still runs: a process group the deploy user may not kill (root's here, as after
+    # sudo), recorded in the lock as its commands record theirs.
+    stubborn = subprocess.Popen(["sleep", "3600.08"], start_new_session=True)
+    started = Path(f"/proc/{stubborn.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    (lock / "groups").write_text(f"{stubborn.pid} {started}\n")
+    finished = dataclasses.replace(
+        deploy_spec(repo, tmp_path, [server], revision, deployment_id=2),
+        lock_owner_finished=lambda owner: owner == "deployment-1-left-running",
     )
-    assert isinstance(second.servers[0].error, LockHeld)
-    assert "a stopped command may still be running" in str(second.servers[0].error)
-    time.sleep(1.1)  # the lock's age is counted in whole seconds
-    stale = pipeline.deploy(
-        dataclasses.replace(
-            deploy_spec(repo, tmp_path, [server], revision, deployment_id=3), lock_stale_after=0
-        ),
-        RecordingReporter(),
-    )
-    assert stale.ok, [r.error for r in stale.servers]
+    try:
+        refused = pipeline.deploy(finished, RecordingReporter())
+
+        assert isinstance(refused.servers[0].error, LockHeld)
+        assert f"still running on the server (process group {stubborn.pid})" in str(
+            refused.servers[0].error
+        )
+        assert "owner=deployment-1-left-running" in (lock / "info").read_text()
+    finally:
+        stubborn.kill()
+        stubborn.wait()
+
+    reporter = RecordingReporter()
+    second = pipeline.deploy(dataclasses.replace(finished, deployment_id=3), reporter)
+
+    assert second.ok, [r.error for r in second.servers]
+    assert "Took over the lock of deployment-1-left-running, which has finished" in reporter.text
+    assert not lock.exists()
 
 
 def test_a_cancelled_upload_stops_tar_on_the_server_and_unlocks(
