@@ -3,6 +3,8 @@
 For the site admins' Pending work page (builds.views.pending_work). Each queued deployment
 is shown with its start message (deployer.outbox: not sent yet and why, sent, taken by which
 worker) and the reason it has not started; each running one with its worker and heartbeat.
+Webhook deliveries a worker has not processed yet are shown per project, with the project's
+processing message.
 """
 
 from __future__ import annotations
@@ -11,13 +13,23 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Prefetch
+from django.db.models import Count, Min, Prefetch
 from django.utils import timezone
 
-from builds.models import Deployment, DeploymentTarget, Kind, Status, TargetStatus
+from builds.models import (
+    Deployment,
+    DeploymentTarget,
+    Kind,
+    Status,
+    TargetStatus,
+    WebhookDelivery,
+    WebhookOutcome,
+)
 from builds.services import RUN_DEPLOYMENT_TASK, RUN_PREVIEW_TASK, dispatch_key
+from builds.webhook_services import PROCESS_WEBHOOKS_TASK, SWEEP_AFTER, webhooks_key
 from deployer import health
 from deployer.models import OutboxMessage
+from projects.models import Project
 
 #: Seconds between the relay's passes (deployer/settings.py: the relay-outbox beat task).
 RELAY_SECONDS = 5
@@ -40,11 +52,96 @@ class PendingDeployment:
     @property
     def message_state(self) -> str:
         """ "unsent", "sent", "consumed" or "none"."""
-        if self.message is None:
-            return "none"
-        if self.message.consumed_at is not None:
-            return "consumed"
-        return "sent" if self.message.sent_at is not None else "unsent"
+        return _message_state(self.message)
+
+
+def _message_state(message: OutboxMessage | None) -> str:
+    if message is None:
+        return "none"
+    if message.consumed_at is not None:
+        return "consumed"
+    return "sent" if message.sent_at is not None else "unsent"
+
+
+@dataclass(frozen=True)
+class PendingWebhooks:
+    """A project's accepted webhook deliveries that no worker has processed yet."""
+
+    project: Project
+    waiting: int
+    oldest: datetime
+    #: The project's newest processing message (None: none recorded).
+    message: OutboxMessage | None
+    queue: str
+    why: str
+
+    @property
+    def message_state(self) -> str:
+        """ "unsent", "sent", "consumed" or "none"."""
+        return _message_state(self.message)
+
+
+def pending_webhooks(*, now: datetime | None = None) -> list[PendingWebhooks]:
+    """Per project, the accepted deliveries still waiting for processing, oldest first."""
+    now = now or timezone.now()
+    waiting = list(
+        WebhookDelivery.objects.filter(outcome=WebhookOutcome.ACCEPTED)
+        .values("project_id")
+        .annotate(count=Count("id"), oldest=Min("received_at"))
+        .order_by("oldest")
+    )
+    if not waiting:
+        return []
+    projects = Project.objects.in_bulk([row["project_id"] for row in waiting])
+    keys = [webhooks_key(row["project_id"]) for row in waiting]
+    messages: dict[str, OutboxMessage] = {}
+    for recorded in OutboxMessage.objects.filter(key__in=keys).order_by("id"):
+        messages[recorded.key] = recorded  # the newest wins
+    route = settings.CELERY_TASK_ROUTES.get(PROCESS_WEBHOOKS_TASK, {})
+    queue = str(route.get("queue", settings.CELERY_TASK_DEFAULT_QUEUE))
+    consumed_queues = health.cluster_state().queues()
+    broker_ok = health.cluster_state().broker_ok
+    rows = []
+    for row in waiting:
+        message = messages.get(webhooks_key(row["project_id"]))
+        age = (now - row["oldest"]).total_seconds()
+        rows.append(
+            PendingWebhooks(
+                project=projects[row["project_id"]],
+                waiting=row["count"],
+                oldest=row["oldest"],
+                message=message,
+                queue=queue,
+                why=_why_webhooks_wait(message, queue, age, consumed_queues, broker_ok),
+            )
+        )
+    return rows
+
+
+def _why_webhooks_wait(
+    message: OutboxMessage | None,
+    queue: str,
+    age: float,
+    consumed_queues: dict[str, int],
+    broker_ok: bool,
+) -> str:
+    if message is None or message.consumed_at is not None:
+        if age < SWEEP_AFTER:
+            return "A worker is processing the project's deliveries"
+        return (
+            "Its worker stopped before it finished (it died, or the database was away): the "
+            "reaper queues the processing again"
+        )
+    if message.sent_at is None:
+        reason = message.last_error or "not sent yet"
+        broker = "" if broker_ok else "the broker does not answer; "
+        return (
+            f"Its processing message is not sent yet ({broker}{reason}); the relay tries "
+            f"again every {RELAY_SECONDS} s"
+        )
+    if not consumed_queues.get(queue):
+        return f"Sent; no live worker consumes the {queue} queue: start one (docs/reliability-invariant.md)"
+    return f"Sent; waiting for a free worker on the {queue} queue"
 
 
 def queue_of(kind: str) -> str:

@@ -25,6 +25,7 @@ from builds.services import (
     deployment_start_with_strategy,
     rollback_plan_deployment,
 )
+from deployer.models import OutboxMessage
 from projects.dashboard import (
     SERVICE_ERRORS,
     ProjectMirror,
@@ -361,9 +362,39 @@ def pending_work(request: HttpRequest) -> HttpResponse:
     message and why it waits (builds.pending). ``?format=json`` answers the same as JSON."""
     get_site_admin(request)
     rows = pending.pending_deployments()
+    webhooks = pending.pending_webhooks()
     if request.GET.get("format") == "json":
-        return JsonResponse({"deployments": [_pending_json(row) for row in rows]})
-    return render(request, "builds/pending.html", {"rows": rows})
+        return JsonResponse(
+            {
+                "deployments": [_pending_json(row) for row in rows],
+                "webhook_deliveries": [_pending_webhooks_json(row) for row in webhooks],
+            }
+        )
+    return render(request, "builds/pending.html", {"rows": rows, "webhooks": webhooks})
+
+
+def _message_json(message: OutboxMessage | None, state: str) -> dict[str, Any]:
+    return {
+        "state": state,
+        "sent_at": message.sent_at.isoformat() if message and message.sent_at else None,
+        "consumed_at": (
+            message.consumed_at.isoformat() if message and message.consumed_at else None
+        ),
+        "consumed_by": message.consumed_by if message else "",
+        "attempts": message.attempts if message else 0,
+        "last_error": message.last_error if message else "",
+    }
+
+
+def _pending_webhooks_json(row: pending.PendingWebhooks) -> dict[str, Any]:
+    return {
+        "project": row.project.slug,
+        "waiting": row.waiting,
+        "oldest_received_at": row.oldest.isoformat(),
+        "queue": row.queue,
+        "message": _message_json(row.message, row.message_state),
+        "why": row.why,
+    }
 
 
 def _pending_json(row: pending.PendingDeployment) -> dict[str, Any]:
@@ -376,16 +407,7 @@ def _pending_json(row: pending.PendingDeployment) -> dict[str, Any]:
         "created_at": deployment.created_at.isoformat(),
         "servers": [target.server.name for target in deployment.targets.all()],
         "queue": row.queue,
-        "message": {
-            "state": row.message_state,
-            "sent_at": message.sent_at.isoformat() if message and message.sent_at else None,
-            "consumed_at": (
-                message.consumed_at.isoformat() if message and message.consumed_at else None
-            ),
-            "consumed_by": message.consumed_by if message else "",
-            "attempts": message.attempts if message else 0,
-            "last_error": message.last_error if message else "",
-        },
+        "message": _message_json(message, row.message_state),
         "worker": deployment.worker,
         "heartbeat_at": deployment.heartbeat_at.isoformat() if deployment.heartbeat_at else None,
         "heartbeat_stale": row.stale,

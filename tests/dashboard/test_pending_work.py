@@ -6,10 +6,13 @@ import pytest
 from django.utils import timezone
 
 from builds import services
+from builds.tasks import process_webhooks
+from builds.webhook_services import webhooks_key
 from deployer import health, outbox
 from deployer.models import OutboxMessage
 from servers.models import Server
 from tests.dashboard.support import TRUSTED
+from tests.webhooks import payloads
 
 pytestmark = pytest.mark.django_db
 
@@ -90,3 +93,34 @@ def test_it_refuses_everyone_else(work, alice_client, bob_client, charlie_client
         assert someone.get("/pending/").status_code == 403
         assert someone.get("/pending/?format=json").status_code == 403
     assert client.get("/pending/").status_code == 302  # to the sign-in page
+
+
+def test_it_lists_the_webhook_deliveries_no_worker_has_processed_yet(
+    site_admin, alice_client, project, server
+):
+    body = payloads.encode(payloads.github_push(after=payloads.fake_sha("waiting")))
+    for _ in range(2):
+        delivered = alice_client.post(
+            project.webhook_path,
+            data=body,
+            content_type="application/json",
+            **payloads.github_headers(body, project.webhook_secret),
+        )
+        body = payloads.encode(payloads.github_push(after=payloads.fake_sha("waiting too")))
+        assert delivered.status_code == 202
+    OutboxMessage.objects.filter(key=webhooks_key(project.pk)).update(
+        attempts=2, last_error="ConnectionError: Error 111 connecting"
+    )
+
+    html = alice_client.get("/pending/").content.decode()
+    (row,) = alice_client.get("/pending/?format=json").json()["webhook_deliveries"]
+
+    assert "Webhook deliveries waiting" in html and "2 deliveries" in html
+    assert (row["project"], row["waiting"], row["queue"]) == (project.slug, 2, "webhooks")
+    assert row["message"]["state"] == "unsent"
+    assert row["why"].startswith("Its processing message is not sent yet")
+    assert "ConnectionError: Error 111 connecting" in row["why"]
+
+    process_webhooks(project.pk)
+    assert alice_client.get("/pending/?format=json").json()["webhook_deliveries"] == []
+    assert "No webhook delivery is waiting" in alice_client.get("/pending/").content.decode()
