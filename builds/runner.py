@@ -442,6 +442,13 @@ def _deployer_name(deployment: Deployment) -> str:
     return deployment.get_trigger_display()
 
 
+#: A deployment's error when the database connection was lost while it ran.
+DATABASE_LOST = (
+    "Slipway lost its connection to the database while deploying (restarted or unreachable); "
+    "each server's state is as its lines above say. Deploy again once the database is back."
+)
+
+
 def run(deployment: Deployment) -> None:
     """Run a deployment that services.deployment_claim moved to running."""
     deployment = Deployment.objects.select_related("project", "triggered_by", "group").get(
@@ -491,6 +498,16 @@ def run(deployment: Deployment) -> None:
             status=Status.FAILED,
             error=writer.mask(message)[:ERROR_CHARS],
             error_code=exc.code,
+        )
+    except DatabaseError:
+        # The database went away mid-run (a restart, a killed connection) for longer than the
+        # retries of deployer.db: what reached the servers is in the log and in each server's
+        # result; the reaper's reconciliation reads the servers if a switch was not recorded.
+        logger.exception("Deployment %s lost its database connection", deployment.pk)
+        writer.system(f"Failed: {DATABASE_LOST}")
+        writer.flush()
+        deployment_finish(
+            deployment, status=Status.FAILED, error=DATABASE_LOST, error_code="database_lost"
         )
     except Exception:
         logger.exception("Deployment %s failed", deployment.pk)

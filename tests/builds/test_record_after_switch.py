@@ -91,3 +91,36 @@ def test_the_switch_is_recorded_although_the_workers_connection_was_killed_then(
     live = Release.objects.get(server=server, live=True)
     assert live.revision == sha and live.name == target.release
     assert (sshd_target.deploy_path / "current").resolve().name == live.name
+
+
+def test_a_connection_killed_before_the_servers_are_touched_fails_naming_the_database(
+    git_repo_factory, sshd_target, project_factory, server_factory, monkeypatch
+):
+    require_scaled_out()
+    repo = git_repo_factory()
+    repo.commit({"index.html": "A\n"}, "A")
+    project = project_factory(repo)
+    server = server_factory(project, sshd_target)
+    deployment = services.deployment_create(project=project, servers=[server])
+    claimed = services.deployment_claim(deployment.pk, task_id="t", worker="w")
+    assert claimed is not None
+    original = runner.server_spec
+
+    def spec_after_a_kill(*args, **kwargs):
+        # The campaign's fault: the worker's connection terminated between two queries.
+        pid = connection.cursor().connection.info.backend_pid
+        with side_connection() as side:
+            side.execute("SELECT pg_terminate_backend(%s)", [pid])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "server_spec", spec_after_a_kill)
+    runner.run(claimed)
+
+    claimed.refresh_from_db()
+    assert claimed.status == Status.FAILED
+    assert claimed.error_code == "database_lost"
+    assert claimed.error == runner.DATABASE_LOST
+    assert f"Failed: {runner.DATABASE_LOST}" in "\n".join(
+        claimed.log_lines.values_list("text", flat=True)
+    )
+    assert not (sshd_target.deploy_path / "current").exists()
