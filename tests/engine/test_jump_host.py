@@ -153,3 +153,19 @@ def test_a_jump_host_has_no_jump_host_of_its_own(sshd_target):
     with pytest.raises(InvalidInput) as refused:
         sshd_target.endpoint(jump=dataclasses.replace(inner, jump=inner))
     assert refused.value.field == "jump_hostname"
+
+
+def test_an_sftp_only_server_behind_a_jump_host_gets_its_files_in_place(
+    bastion, git_repo_factory, tmp_path
+):
+    target = bastion.target()
+    repo = git_repo_factory()
+    repo.commit({"index.html": "in place\n", "css/site.css": "body {}\n"})
+    server = server_for(target, endpoint=bastion.endpoint(target), shell=False, atomic=False)
+
+    result = pipeline.deploy(deploy_spec(repo, tmp_path, [server]), RecordingReporter())
+
+    assert result.servers[0].ok, result.servers[0].error
+    assert (target.deploy_path / "index.html").read_text() == "in place\n"
+    assert (target.deploy_path / "css" / "site.css").read_text() == "body {}\n"
+    assert not (target.deploy_path / "current").exists()
