@@ -132,10 +132,15 @@ def server_clean(data: dict[str, Any], *, server: Server | None = None) -> dict[
         raise InvalidInput("port", f"{cleaned['port']} is not between 1 and 65535.")
     _clean_jump_host(cleaned, server)
     jumped = bool(cleaned.get("jump_hostname", server.jump_hostname if server else ""))
-    if "hostname" in cleaned and not jumped:
+    unjumped = server is not None and bool(server.jump_hostname) and not jumped
+    if ("hostname" in cleaned or unjumped) and not jumped:
         # Behind a jump host the server's address is resolved and reached by the jump host,
-        # not by Slipway: the jump host's address is the one the policy checks.
-        _check_host_policy(cleaned["hostname"], int(cleaned.get("port") or 22))
+        # not by Slipway: the jump host's address is the one the policy checks. Without one
+        # (or no longer), the server's own address is.
+        _check_host_policy(
+            cleaned.get("hostname", server.hostname if server else ""),
+            int(cleaned.get("port") or (server.port if server else 22)),
+        )
     if "protocol" in cleaned and cleaned["protocol"] not in Protocol.values:
         raise InvalidInput("protocol", f"must be one of {', '.join(Protocol.values)}.")
     if "deploy_path" in cleaned:

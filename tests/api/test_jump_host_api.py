@@ -171,3 +171,16 @@ def test_check_and_trust_go_through_the_jump_host(alice_api, project, bastion):
     third = alice_api.post(url + "check/").json()
     assert third["ok"] is True, third
     assert (third["jump_trusted"], third["trusted"]) == (True, True)
+
+
+def test_removing_the_jump_host_checks_the_servers_own_address_again(alice_api, project, settings):
+    settings.ALLOW_PRIVATE_SERVERS = False
+    created = alice_api.post(servers_url(project), behind_a_jump_host(), format="json").json()
+
+    direct = alice_api.patch(
+        f"{servers_url(project)}{created['id']}/", {"jump_hostname": ""}, format="json"
+    )
+
+    assert direct.status_code == 400, direct.content
+    assert "10.0.0.5" in direct.json()["hostname"][0]
+    assert Server.objects.get().jump_hostname == "bastion.example.com"
