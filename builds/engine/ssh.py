@@ -55,6 +55,7 @@ from builds.engine.errors import (
     InvalidInput,
     PermissionDenied,
     TransferFailed,
+    UserError,
 )
 from builds.engine.lines import LineSplitter
 
@@ -401,13 +402,17 @@ def open_jump(jump: Endpoint) -> paramiko.Transport:
 class JumpHosts:
     """The jump-host connections of one deployment: servers that name the same jump host
     (same address, login and key) share one connection to it, each with a tunnel of its own.
-    Thread-safe; ``close`` closes them all (the tunnels, and so the servers' connections,
-    with them)."""
+    A jump host that could not be used (refused the key, offered another host key, did not
+    answer) is not asked again by the deployment's other servers: they get the same error,
+    so that twenty servers behind a bastion never cost twenty failed logins there (which
+    fail2ban or sshd's PerSourcePenalties punish). Thread-safe; ``close`` closes them all
+    (the tunnels, and so the servers' connections, with them)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._opening: dict[Endpoint, threading.Lock] = {}
         self._transports: dict[Endpoint, paramiko.Transport] = {}
+        self._failed: dict[Endpoint, UserError] = {}
         self._closed = False
 
     def __enter__(self) -> JumpHosts:
@@ -431,9 +436,17 @@ class JumpHosts:
         with gate:
             with self._lock:
                 existing = self._transports.get(jump)
+                failed = self._failed.get(jump)
+            if failed is not None:
+                raise failed
             if existing is not None and existing.is_active():
                 return existing
-            opened = open_jump(jump)
+            try:
+                opened = open_jump(jump)
+            except UserError as exc:
+                with self._lock:
+                    self._failed[jump] = exc
+                raise
             with self._lock:
                 if self._closed:
                     opened.close()

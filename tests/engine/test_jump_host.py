@@ -4,6 +4,8 @@ targets that the test process itself cannot reach (tests/support/bastion.py)."""
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -20,6 +22,20 @@ from tests.support.engine import RecordingReporter, deploy_spec, server_for
 from tests.support.sshd import _free_port, generate_key_pair
 
 WRONG_FINGERPRINT = "SHA256:" + "A" * 43
+
+
+def _settled(count: Callable[[], int]) -> int:
+    """``count()`` once it has stopped changing: sshd logs a closed connection a moment
+    after the client has gone."""
+    deadline = time.monotonic() + 10
+    last = count()
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = count()
+        if now == last and now > 0:
+            return now
+        last = now
+    return last
 
 
 def test_it_deploys_two_servers_behind_one_jump_host_over_one_jump_connection(
@@ -99,6 +115,31 @@ def test_it_names_the_jump_host_when_it_refuses_the_key(bastion, tmp_path):
     assert str(refused.value).startswith(
         f"The jump host {bastion.jump.hostname}:22 (as {bastion.username}) refused the key"
     )
+
+
+def test_servers_behind_a_jump_host_that_refuses_the_key_cost_it_one_failed_login(
+    bastion, git_repo_factory, tmp_path
+):
+    stranger = generate_key_pair(tmp_path / "keys", "stranger")
+    jump = bastion.jump_endpoint(private_key=stranger.private_key)
+    targets = [bastion.target() for _ in range(3)]
+    repo = git_repo_factory()
+    repo.commit({"index.html": "never\n"})
+    servers = [
+        server_for(target, n + 1, endpoint=bastion.endpoint(target, jump=jump))
+        for n, target in enumerate(targets)
+    ]
+    refused_before = bastion.jump.refused_logins()
+
+    result = pipeline.deploy(deploy_spec(repo, tmp_path / "work", servers), RecordingReporter())
+
+    for outcome in result.servers:
+        assert not outcome.ok
+        assert str(outcome.error).startswith(
+            f"The jump host {bastion.jump.hostname}:22 (as {bastion.username}) refused the key"
+        )
+    assert _settled(bastion.jump.refused_logins) - refused_before == 1
+    assert all(target.accepted_logins() == 0 for target in targets)
 
 
 def test_it_names_the_target_hop_when_the_jump_host_cannot_reach_it(bastion):

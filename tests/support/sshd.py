@@ -250,6 +250,15 @@ class SSHTarget:
         """How many logins this sshd accepted so far (needs ``log_level`` INFO or above)."""
         return self._log_text().count("Accepted publickey for ")
 
+    def refused_logins(self) -> int:
+        """How many connections ended before a login was accepted (needs ``log_level`` INFO):
+        sshd logs each one as "Connection closed by <address> port <port> [preauth]"."""
+        return sum(
+            1
+            for line in self._log_text().splitlines()
+            if line.startswith("Connection closed by") and line.endswith("[preauth]")
+        )
+
     def _answers_with_ssh_banner(self) -> bool:
         if not self.reachable_from_here:
             return False
