@@ -17,8 +17,8 @@ class ServerChoiceField(forms.ModelMultipleChoiceField):  # type: ignore[type-ar
 
     def label_from_instance(self, obj: Any) -> str:
         notes = [obj.environment] if obj.environment else []
-        if not obj.host_key_fingerprint:
-            notes.append("host key not trusted yet")
+        if not obj.trusted:
+            notes.append(f"{obj.untrusted_hop.removeprefix('its ')} not trusted yet")
         if not obj.enabled:
             notes.append("disabled")
         return f"{obj.name} ({', '.join(notes)})" if notes else obj.name

@@ -57,7 +57,7 @@ from builds.services import deployment_broadcast_status, deployment_finish, roll
 from deployer.db import project_lock, retrying
 from projects.models import Project
 from projects.secrets import project_secrets
-from servers.models import AuthMethod, Protocol, Release, Server
+from servers.models import AuthMethod, JumpAuthMethod, Protocol, Release, Server
 
 logger = logging.getLogger(__name__)
 
@@ -236,8 +236,12 @@ class Heartbeat:
 
 def endpoint_for(server: Server) -> Endpoint:
     """How to log in to ``server``, its host checked by the SERVERS address policy first
-    (raises builds.engine.addresses.AddressRefused)."""
-    outbound.server_host_check(server.hostname, server.port)
+    (raises builds.engine.addresses.AddressRefused). Behind a jump host, the jump host's
+    address is the one checked: the server's own address is resolved and reached by the
+    jump host, on its network, never by the worker (docs/bastion.md)."""
+    jump = jump_endpoint_for(server)
+    if jump is None:
+        outbound.server_host_check(server.hostname, server.port)
     project = server.project
     private_key: str | None = None
     password: str | None = None
@@ -254,6 +258,26 @@ def endpoint_for(server: Server) -> Endpoint:
         private_key=private_key,
         password=password,
         host_key_fingerprint=server.host_key_fingerprint or None,
+        jump=jump,
+    )
+
+
+def jump_endpoint_for(server: Server) -> Endpoint | None:
+    """The jump host ``server`` is reached through, None when it is reached directly; its
+    address checked by the SERVERS policy (raises AddressRefused)."""
+    if not server.jump_hostname:
+        return None
+    outbound.server_host_check(server.jump_hostname, server.jump_port)
+    return Endpoint(
+        hostname=server.jump_hostname,
+        port=server.jump_port,
+        username=server.jump_username,
+        private_key=(
+            server.jump_private_key
+            if server.jump_auth_method == JumpAuthMethod.PRIVATE_KEY
+            else server.project.private_key
+        ),
+        host_key_fingerprint=server.jump_host_key_fingerprint or None,
     )
 
 

@@ -121,11 +121,11 @@ def deployment_create(
             )
         if not server.enabled and kind != Kind.PREVIEW:
             raise DeploymentRefused("servers", f"Server {server.name} is disabled")
-        if not server.host_key_fingerprint and kind != Kind.PREVIEW:
+        if not server.trusted and kind != Kind.PREVIEW:
             raise DeploymentRefused(
                 "servers",
-                f"Server {server.name}: its host key is not trusted yet. Test the connection, "
-                "compare the fingerprint with the server's, then trust it.",
+                f"Server {server.name}: {server.untrusted_hop} is not trusted yet. Test the "
+                "connection, compare the fingerprint with the server's, then trust it.",
             )
     with transaction.atomic():
         # The lock order (deployer.db): the project, its servers by pk, then deployments.

@@ -34,6 +34,11 @@ urlpatterns = [
     path(SERVER + "check/", servers.ServerCheckView.as_view(), name="api-server-check"),
     path(SERVER + "trust/", servers.ServerTrustView.as_view(), name="api-server-trust"),
     path(
+        SERVER + "jump-host/trust/",
+        servers.ServerJumpTrustView.as_view(),
+        name="api-server-jump-trust",
+    ),
+    path(
         SERVER + "lock/break/", servers.ServerLockBreakView.as_view(), name="api-server-lock-break"
     ),
     path(SERVER + "releases/", servers.ServerReleaseListView.as_view(), name="api-server-releases"),

@@ -25,5 +25,5 @@ def project_secrets(project: Project, servers: list[Server]) -> list[str]:
         values += [notification.secret]
         values += webhook_url_secrets(notification.url) if notification.url else []
     for server in {*servers, *project.servers.all()}:
-        values += [server.password, server.private_key]
+        values += [server.password, server.private_key, server.jump_private_key]
     return [value for value in values if value]

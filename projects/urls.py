@@ -36,6 +36,7 @@ urlpatterns = [
     path(SERVER + "delete/", servers.server_remove, name="server-delete"),
     path(SERVER + "test/", servers.server_test, name="server-test"),
     path(SERVER + "trust/", servers.server_trust, name="server-trust"),
+    path(SERVER + "jump-host/trust/", servers.server_trust_jump, name="server-trust-jump"),
     path(SERVER + "rollback/", servers.server_rollback, name="server-rollback"),
     path(SERVER + "lock/break/", servers.server_lock_break_view, name="server-lock-break"),
     # Deployments.

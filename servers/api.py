@@ -38,6 +38,7 @@ from servers.services import (
     server_delete,
     server_lock_break,
     server_trust_host_key,
+    server_trust_jump_host_key,
     server_update,
 )
 
@@ -119,6 +120,25 @@ class ServerTrustView(APIView):
         serializer = TrustSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         server = server_trust_host_key(
+            server=server, actor=membership.user, **serializer.validated_data
+        )
+        return Response(ServerSerializer(server).data)
+
+
+class ServerJumpTrustView(APIView):
+    @extend_schema(
+        request=TrustSerializer,
+        operation_id="projects_servers_jump_host_trust",
+        responses=ServerSerializer,
+        tags=TAGS,
+        description="Pin the host key of the server's jump host. The fingerprint must be the "
+        "one the jump host offers right now (see check/: jump_host_key_fingerprint).",
+    )
+    def post(self, request: Request, slug: str, server_id: int) -> Response:
+        server, membership = get_server_for_user(request, slug, server_id, need=Need.CONFIGURE)
+        serializer = TrustSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        server = server_trust_jump_host_key(
             server=server, actor=membership.user, **serializer.validated_data
         )
         return Response(ServerSerializer(server).data)

@@ -12,6 +12,7 @@ from servers.models import (
     HealthCheck,
     HealthCheckKind,
     HealthCheckWhen,
+    JumpAuthMethod,
     Protocol,
     Server,
 )
@@ -92,6 +93,46 @@ class ServerForm(forms.Form):
         help_text="Optional: paste what ssh-keygen -lf prints on the server, or use "
         "“Test connection” after saving.",
     )
+    jump_hostname = forms.CharField(
+        label="Jump host",
+        max_length=255,
+        required=False,
+        widget=forms.TextInput(attrs={**MONOSPACE, "placeholder": "bastion.example.com"}),
+        help_text="Blank: connect directly. Otherwise every connection goes through this "
+        "host's sshd, which reaches the server's hostname on its network.",
+    )
+    jump_port = forms.IntegerField(
+        label="Jump host port", min_value=1, max_value=65535, initial=22, required=False
+    )
+    jump_username = forms.CharField(
+        label="Jump host user",
+        max_length=100,
+        required=False,
+        widget=forms.TextInput(attrs=MONOSPACE),
+    )
+    jump_auth_method = forms.ChoiceField(
+        label="Jump host login",
+        choices=JumpAuthMethod.choices,
+        initial=JumpAuthMethod.PROJECT_KEY,
+        required=False,
+        widget=forms.RadioSelect,
+    )
+    jump_private_key = forms.CharField(
+        label="Jump host private key",
+        max_length=20_000,
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 4, **MONOSPACE}),
+        help_text="An unencrypted ed25519, ECDSA or RSA key. Write-only.",
+    )
+    jump_host_key_fingerprint = forms.CharField(
+        label="Jump host key fingerprint",
+        max_length=1000,
+        required=False,
+        widget=forms.TextInput(attrs={**MONOSPACE, "placeholder": "SHA256:…"}),
+        help_text="Optional: what ssh-keygen -lf prints on the jump host, or use "
+        "“Test connection” after saving. A jump host whose key is not trusted is never used.",
+    )
 
     def __init__(self, *args: Any, server: Server | None = None, **kwargs: Any) -> None:
         self.server = server
@@ -99,12 +140,15 @@ class ServerForm(forms.Form):
             kwargs["initial"] = {
                 name: getattr(server, name)
                 for name in self.base_fields
-                if name not in ("password", "private_key")
+                if name not in ("password", "private_key", "jump_private_key")
             }
         super().__init__(*args, **kwargs)
         if server is not None:
-            # The pinned key changes through "Test connection" and "Trust this key" only.
+            # The pinned keys change through "Test connection" and "Trust this key" only.
             del self.fields["host_key_fingerprint"]
+            del self.fields["jump_host_key_fingerprint"]
+            if server.jump_private_key:
+                self.fields["jump_private_key"].help_text = "Stored and hidden. Blank keeps it."
             if server.password:
                 self.fields["password"].help_text = "Stored and hidden. Blank keeps it."
             if server.private_key:
@@ -123,6 +167,14 @@ class ServerForm(forms.Form):
                 data.pop(secret, None)
         if not data.get("host_key_fingerprint"):
             data.pop("host_key_fingerprint", None)
+        data["jump_port"] = data.get("jump_port") or 22
+        data["jump_auth_method"] = data.get("jump_auth_method") or JumpAuthMethod.PROJECT_KEY
+        if data["jump_auth_method"] != JumpAuthMethod.PRIVATE_KEY or not data.get(
+            "jump_private_key"
+        ):
+            data.pop("jump_private_key", None)
+        if not data.get("jump_host_key_fingerprint"):
+            data.pop("jump_host_key_fingerprint", None)
         return data
 
 

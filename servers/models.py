@@ -19,6 +19,11 @@ class AuthMethod(models.TextChoices):
     PASSWORD = "password", "A password"
 
 
+class JumpAuthMethod(models.TextChoices):
+    PROJECT_KEY = "project_key", "The project's SSH key"
+    PRIVATE_KEY = "private_key", "A private key of its own"
+
+
 class Server(models.Model):
     project = models.ForeignKey(
         "projects.Project", on_delete=models.CASCADE, related_name="servers"
@@ -50,6 +55,16 @@ class Server(models.Model):
     # Permissions applied explicitly after upload (octal strings such as "644"), empty: as in Git.
     file_mode = models.CharField(max_length=4, blank=True)
     directory_mode = models.CharField(max_length=4, blank=True)
+    # A jump host (bastion) every connection to the server is tunnelled through; empty
+    # jump_hostname: connect directly. It logs in with a key and has its own pinned host key.
+    jump_hostname = models.CharField(max_length=255, blank=True)
+    jump_port = models.PositiveIntegerField(default=22)
+    jump_username = models.CharField(max_length=100, blank=True)
+    jump_auth_method = models.CharField(
+        max_length=20, choices=JumpAuthMethod.choices, default=JumpAuthMethod.PROJECT_KEY
+    )
+    jump_private_key = EncryptedTextField(blank=True)
+    jump_host_key_fingerprint = models.CharField(max_length=100, blank=True)
     position = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -69,6 +84,32 @@ class Server(models.Model):
     @property
     def address(self) -> str:
         return f"{self.username}@{self.hostname}:{self.port}"
+
+    @property
+    def trusted(self) -> bool:
+        """Both hops' host keys are pinned (the server's, and its jump host's if it has one):
+        deployments need it."""
+        return bool(self.host_key_fingerprint) and (
+            not self.jump_hostname or bool(self.jump_host_key_fingerprint)
+        )
+
+    @property
+    def untrusted_hop(self) -> str:
+        """Whose host key is still to be trusted ("its host key", "its jump host's host
+        key"), "" when both are."""
+        if not self.host_key_fingerprint:
+            return "its host key"
+        if self.jump_hostname and not self.jump_host_key_fingerprint:
+            return f"its jump host's host key ({self.jump_address})"
+        return ""
+
+    @property
+    def jump_address(self) -> str:
+        """``host:port`` of the jump host, "" when the server is reached directly."""
+        if not self.jump_hostname:
+            return ""
+        host = f"[{self.jump_hostname}]" if ":" in self.jump_hostname else self.jump_hostname
+        return f"{host}:{self.jump_port}"
 
     def live_release(self) -> Release | None:
         return self.releases.filter(live=True).first()

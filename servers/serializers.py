@@ -1,7 +1,7 @@
 """The API's shapes for servers, their releases and server groups.
 
-A server's password and private key are write-only: no answer ever holds them, only
-``auth_method`` says which way the server logs in.
+A server's password and private key, and its jump host's private key, are write-only: no
+answer ever holds them, only ``auth_method`` and ``jump_auth_method`` say which way they log in.
 """
 
 from __future__ import annotations
@@ -19,7 +19,15 @@ from deployer.links import deployment_page, server_page
 from projects.serializers import ProjectServerField, SettingSerializer
 from projects.services import MAX_POSITION
 from servers.health import strategy_clean
-from servers.models import AuthMethod, HealthCheck, Protocol, Release, Server, ServerGroup
+from servers.models import (
+    AuthMethod,
+    HealthCheck,
+    JumpAuthMethod,
+    Protocol,
+    Release,
+    Server,
+    ServerGroup,
+)
 from servers.services import MAX_KEEP_RELEASES, MIN_KEEP_RELEASES
 
 # The longest batch size the database keeps (ServerGroup.batch_size).
@@ -51,7 +59,11 @@ class RollbackTargetSerializer(serializers.Serializer[Any]):
 
 class ServerSerializer(serializers.ModelSerializer[Server]):
     trusted = serializers.SerializerMethodField(
-        help_text="True once a host key is pinned; deployments need it."
+        help_text="True once the host key is pinned, and the jump host's too when there is "
+        "one; deployments need it."
+    )
+    jump_trusted = serializers.SerializerMethodField(
+        help_text="True once the jump host's key is pinned; false without a jump host."
     )
     live_release = serializers.SerializerMethodField()
     rollback_target = serializers.SerializerMethodField(
@@ -83,6 +95,12 @@ class ServerSerializer(serializers.ModelSerializer[Server]):
             "trusted",
             "file_mode",
             "directory_mode",
+            "jump_hostname",
+            "jump_port",
+            "jump_username",
+            "jump_auth_method",
+            "jump_host_key_fingerprint",
+            "jump_trusted",
             "position",
             "live_release",
             "rollback_target",
@@ -94,7 +112,10 @@ class ServerSerializer(serializers.ModelSerializer[Server]):
         read_only_fields = fields
 
     def get_trusted(self, server: Server) -> bool:
-        return bool(server.host_key_fingerprint)
+        return server.trusted
+
+    def get_jump_trusted(self, server: Server) -> bool:
+        return bool(server.jump_hostname and server.jump_host_key_fingerprint)
 
     @extend_schema_field(LiveReleaseSerializer(allow_null=True))
     def get_live_release(self, server: Server) -> dict[str, Any] | None:
@@ -180,6 +201,37 @@ class ServerInputSerializer(serializers.Serializer[dict[str, Any]]):
         r"^[0-7]{3,4}$", max_length=4, required=False, allow_blank=True
     )
     position = serializers.IntegerField(min_value=0, max_value=MAX_POSITION, required=False)
+    jump_hostname = serializers.CharField(
+        max_length=255,
+        required=False,
+        allow_blank=True,
+        help_text="A jump host (bastion) every connection goes through; blank: connect "
+        "directly (and clear the other jump_ fields). See docs/bastion.md.",
+    )
+    jump_port = serializers.IntegerField(min_value=1, max_value=65535, required=False)
+    jump_username = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    jump_auth_method = serializers.ChoiceField(
+        choices=JumpAuthMethod.choices,
+        required=False,
+        help_text="project_key (the default) or private_key, which giving jump_private_key "
+        "chooses by itself.",
+    )
+    jump_private_key = serializers.CharField(
+        max_length=20_000,
+        required=False,
+        allow_blank=True,
+        write_only=True,
+        trim_whitespace=False,
+        help_text="The jump host's own login key: an unencrypted ed25519, ECDSA or RSA key "
+        "(OpenSSH or PEM). Write-only.",
+    )
+    jump_host_key_fingerprint = serializers.CharField(
+        max_length=1000,
+        required=False,
+        allow_blank=True,
+        help_text="The jump host's host key, as `ssh-keygen -lf` prints it; a jump host whose "
+        "key is not pinned is never used.",
+    )
 
 
 class ServerCheckSerializer(serializers.Serializer[Any]):
@@ -189,6 +241,14 @@ class ServerCheckSerializer(serializers.Serializer[Any]):
     host_key_type = serializers.CharField(allow_null=True)
     trusted = serializers.BooleanField(help_text="The offered key is the pinned one.")
     error = serializers.CharField(help_text="What went wrong, for a person; '' when ok.")
+    jump_address = serializers.CharField(help_text="The jump host, host:port; '' without one.")
+    jump_host_key_fingerprint = serializers.CharField(
+        allow_null=True, help_text="The key the jump host offers; null without one."
+    )
+    jump_host_key_type = serializers.CharField(allow_null=True)
+    jump_trusted = serializers.BooleanField(
+        help_text="The jump host's offered key is its pinned one."
+    )
 
 
 class TrustSerializer(serializers.Serializer[dict[str, Any]]):

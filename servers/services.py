@@ -33,7 +33,7 @@ from builds.engine.git import validate_ref
 from builds.engine.release import LOCK_DIR, LockInfo, RemoteLayout, validate_deploy_path
 from builds.engine.specs import parse_lock_owner
 from builds.models import FINAL, TARGET_ACTIVE, Deployment
-from builds.runner import endpoint_for
+from builds.runner import endpoint_for, jump_endpoint_for
 from projects.models import Project
 from projects.services import (
     _project_servers,
@@ -43,11 +43,20 @@ from projects.services import (
     save_unique,
 )
 from servers.health import health_check_clean
-from servers.models import AuthMethod, HealthCheck, Protocol, Server
+from servers.models import AuthMethod, HealthCheck, JumpAuthMethod, Protocol, Server
 
 logger = logging.getLogger(__name__)
 
 FINGERPRINT = ssh.FINGERPRINT
+#: A jump host's settings (docs/bastion.md); an empty jump_hostname clears them all.
+JUMP_FIELDS = (
+    "jump_hostname",
+    "jump_port",
+    "jump_username",
+    "jump_auth_method",
+    "jump_private_key",
+    "jump_host_key_fingerprint",
+)
 _MODE = re.compile(r"[0-7]{3,4}")
 # Host and user names end up in error messages and in ssh's view of the world: no blanks,
 # no control characters, and nothing that could pass for an option.
@@ -79,10 +88,12 @@ SERVER_FIELDS = frozenset(
         "file_mode",
         "directory_mode",
         "position",
+        *JUMP_FIELDS,
     }
 )
 # Moving a server elsewhere makes its pinned host key meaningless.
 _ADDRESS_FIELDS = ("hostname", "port")
+_JUMP_ADDRESS_FIELDS = ("jump_hostname", "jump_port")
 
 
 def _check_host_policy(hostname: str, port: int) -> None:
@@ -119,8 +130,17 @@ def server_clean(data: dict[str, Any], *, server: Server | None = None) -> dict[
                 )
     if "port" in cleaned and not 1 <= int(cleaned["port"]) <= 65535:
         raise InvalidInput("port", f"{cleaned['port']} is not between 1 and 65535.")
-    if "hostname" in cleaned:
-        _check_host_policy(cleaned["hostname"], int(cleaned.get("port") or 22))
+    _clean_jump_host(cleaned, server)
+    jumped = bool(cleaned.get("jump_hostname", server.jump_hostname if server else ""))
+    unjumped = server is not None and bool(server.jump_hostname) and not jumped
+    if ("hostname" in cleaned or unjumped) and not jumped:
+        # Behind a jump host the server's address is resolved and reached by the jump host,
+        # not by Slipway: the jump host's address is the one the policy checks. Without one
+        # (or no longer), the server's own address is.
+        _check_host_policy(
+            cleaned.get("hostname", server.hostname if server else ""),
+            int(cleaned.get("port") or (server.port if server else 22)),
+        )
     if "protocol" in cleaned and cleaned["protocol"] not in Protocol.values:
         raise InvalidInput("protocol", f"must be one of {', '.join(Protocol.values)}.")
     if "deploy_path" in cleaned:
@@ -146,6 +166,84 @@ def server_clean(data: dict[str, Any], *, server: Server | None = None) -> dict[
             )
     _clean_credentials(cleaned, server)
     return cleaned
+
+
+def _clean_jump_host(cleaned: dict[str, Any], server: Server | None) -> None:
+    """The jump host's fields, checked as the server's own are. An empty ``jump_hostname``
+    means no jump host and clears the others; a key of its own is checked and kept unless
+    replaced; ``jump_auth_method="project_key"`` drops it."""
+    if not any(field in cleaned for field in JUMP_FIELDS):
+        return
+    current: dict[str, Any] = (
+        {field: getattr(server, field) for field in JUMP_FIELDS}
+        if server is not None
+        else {**dict.fromkeys(JUMP_FIELDS, ""), "jump_port": 22}
+    )
+    current["jump_auth_method"] = current["jump_auth_method"] or JumpAuthMethod.PROJECT_KEY
+    hostname = str(cleaned.get("jump_hostname", current["jump_hostname"]) or "").strip()
+    if not hostname:
+        cleaned.update(
+            jump_hostname="",
+            jump_port=22,
+            jump_username="",
+            jump_auth_method=JumpAuthMethod.PROJECT_KEY,
+            jump_private_key="",
+            jump_host_key_fingerprint="",
+        )
+        return
+    if not _NAME_CHARACTERS.fullmatch(hostname):
+        raise InvalidInput(
+            "jump_hostname",
+            "must not hold blanks or control characters, or start with '-'.",
+        )
+    port = int(cleaned.get("jump_port", current["jump_port"]) or 22)
+    if not 1 <= port <= 65535:
+        raise InvalidInput("jump_port", f"{port} is not between 1 and 65535.")
+    username = str(cleaned.get("jump_username", current["jump_username"]) or "").strip()
+    if not _NAME_CHARACTERS.fullmatch(username):
+        raise InvalidInput(
+            "jump_username",
+            "is needed with a jump host, with no blanks or control characters, and must not "
+            "start with '-'.",
+        )
+    try:
+        outbound.server_host_check(hostname, port)
+    except AddressRefused as exc:
+        raise InvalidInput("jump_hostname", f"{exc}.") from None
+    cleaned.update(jump_hostname=hostname, jump_port=port, jump_username=username)
+
+    private_key = cleaned.pop("jump_private_key", "") or ""
+    method = cleaned.pop("jump_auth_method", None) or (
+        JumpAuthMethod.PRIVATE_KEY if private_key else current["jump_auth_method"]
+    )
+    if method not in JumpAuthMethod.values:
+        raise InvalidInput(
+            "jump_auth_method", f"must be one of {', '.join(JumpAuthMethod.values)}."
+        )
+    if method == JumpAuthMethod.PROJECT_KEY:
+        if private_key:
+            raise InvalidInput(
+                "jump_auth_method", "is project_key, which uses no jump_private_key."
+            )
+    elif private_key:
+        try:
+            ssh.load_private_key(private_key)
+        except InvalidInput as exc:
+            raise InvalidInput("jump_private_key", str(exc).partition(": ")[2]) from None
+    elif not current["jump_private_key"]:
+        raise InvalidInput("jump_private_key", "is needed when jump_auth_method is private_key.")
+    else:
+        private_key = current["jump_private_key"]
+    cleaned.update(jump_auth_method=method, jump_private_key=private_key)
+
+    if cleaned.get("jump_host_key_fingerprint"):
+        cleaned["jump_host_key_fingerprint"] = ssh.fingerprint_from(
+            str(cleaned["jump_host_key_fingerprint"]), field="jump_host_key_fingerprint"
+        )
+    elif "jump_host_key_fingerprint" not in cleaned and server is not None:
+        # Another jump host makes its pinned key meaningless.
+        moved = (hostname, port) != (server.jump_hostname, server.jump_port)
+        cleaned["jump_host_key_fingerprint"] = "" if moved else server.jump_host_key_fingerprint
 
 
 def _clean_credentials(cleaned: dict[str, Any], server: Server | None) -> None:
@@ -209,7 +307,7 @@ def server_create(*, project: Project, actor: User, **fields: Any) -> Server:
             target=f"server {server.name}",
             address=server.address,
             auth_method=server.auth_method,
-            fields=sorted(set(fields) - {"password", "private_key"}),
+            fields=sorted(set(fields) - {"password", "private_key", "jump_private_key"}),
         )
         if server.host_key_fingerprint:
             audit_record(
@@ -218,6 +316,14 @@ def server_create(*, project: Project, actor: User, **fields: Any) -> Server:
                 action="host_key.trusted",
                 target=f"server {server.name}",
                 fingerprint=server.host_key_fingerprint,
+            )
+        if server.jump_host_key_fingerprint:
+            audit_record(
+                project=project,
+                actor=actor,
+                action="host_key.trusted",
+                target=f"jump host {server.jump_address} of server {server.name}",
+                fingerprint=server.jump_host_key_fingerprint,
             )
     return server
 
@@ -251,6 +357,7 @@ def server_update(*, server: Server, actor: User, **fields: Any) -> Server:
     if moved and "host_key_fingerprint" not in cleaned:
         cleaned["host_key_fingerprint"] = ""
     previous_fingerprint = server.host_key_fingerprint
+    previous_jump_fingerprint = server.jump_host_key_fingerprint
     with transaction.atomic():
         changed = save_unique(
             lambda: model_update(instance=server, data=cleaned),
@@ -275,6 +382,17 @@ def server_update(*, server: Server, actor: User, **fields: Any) -> Server:
                 fingerprint=server.host_key_fingerprint,
                 previous=previous_fingerprint,
             )
+        if "jump_host_key_fingerprint" in changed:
+            audit_record(
+                project=server.project,
+                actor=actor,
+                action=(
+                    "host_key.trusted" if server.jump_host_key_fingerprint else "host_key.cleared"
+                ),
+                target=f"jump host {server.jump_address or '(removed)'} of server {server.name}",
+                fingerprint=server.jump_host_key_fingerprint,
+                previous=previous_jump_fingerprint,
+            )
     return server
 
 
@@ -297,7 +415,9 @@ def server_delete(*, server: Server, actor: User) -> None:
 
 @dataclass(frozen=True)
 class ServerCheck:
-    """The outcome of testing a server: what a person needs to trust it or to fix it."""
+    """The outcome of testing a server: what a person needs to trust it or to fix it. Behind a
+    jump host, the jump host's key comes first: the server's is read through it, once it is
+    trusted."""
 
     ok: bool
     address: str
@@ -307,45 +427,79 @@ class ServerCheck:
     #: The offered key equals the pinned one.
     trusted: bool = False
     error: str = ""
+    #: The jump host ("host:port", "" without one), the key it offers and whether that is
+    #: the pinned one.
+    jump_address: str = ""
+    jump_host_key_fingerprint: str | None = None
+    jump_host_key_type: str | None = None
+    jump_trusted: bool = False
+
+
+def _untrusted(address: str, offered: ssh.HostKey, pinned: str) -> str:
+    """Why ``offered`` cannot be used yet ("" when it is the pinned key)."""
+    if not pinned:
+        subject = address[0].upper() + address[1:]
+        return (
+            f"{subject} offered the host key {offered.key_type} {offered.fingerprint}, "
+            "which is not trusted yet. Compare it with `ssh-keygen -lf` on the server, "
+            "then trust it."
+        )
+    if not hmac.compare_digest(pinned.encode(), offered.fingerprint.encode()):
+        return str(HostKeyMismatch(address, pinned, offered.fingerprint))
+    return ""
 
 
 def server_check(*, server: Server) -> ServerCheck:
-    """Read the host key; when it is pinned and matches, log in and check the deploy path.
+    """Read the host key (the jump host's first, then the server's through it); when both are
+    pinned and match, log in and check the deploy path.
 
     Never raises for a problem on the far side (unreachable, refused, wrong key, read-only
     path): the answer says what went wrong, in words written for the person fixing it.
     """
     address = ssh.format_address(server.hostname, server.port)
+    found = ServerCheck(ok=False, address=address)
+    jump: ssh.Endpoint | None = None
+    if server.jump_hostname:
+        jump_label = f"the jump host {server.jump_address}"
+        found = dataclasses.replace(found, jump_address=server.jump_address)
+        try:
+            jump = jump_endpoint_for(server)
+            assert jump is not None
+            offered_jump = ssh.probe_host_key(server.jump_hostname, server.jump_port)
+        except EngineError as exc:
+            return dataclasses.replace(found, error=_message(exc, server.jump_address))
+        except Exception as exc:  # a network library's surprise must not become a 500
+            logger.warning("Probing %s failed", server.jump_address, exc_info=True)
+            return dataclasses.replace(found, error=f"Cannot reach {jump_label}: {exc}")
+        jump_problem = _untrusted(jump_label, offered_jump, server.jump_host_key_fingerprint)
+        found = dataclasses.replace(
+            found,
+            jump_host_key_fingerprint=offered_jump.fingerprint,
+            jump_host_key_type=offered_jump.key_type,
+            jump_trusted=not jump_problem,
+        )
+        if jump_problem:
+            return dataclasses.replace(found, error=jump_problem)
     try:
-        outbound.server_host_check(server.hostname, server.port)
-        offered = ssh.probe_host_key(server.hostname, server.port)
+        if jump is None:
+            outbound.server_host_check(server.hostname, server.port)
+        offered = ssh.probe_host_key(server.hostname, server.port, jump=jump)
     except EngineError as exc:
-        return ServerCheck(ok=False, address=address, error=_message(exc, address))
-    except Exception as exc:  # a network library's surprise must not become a 500
+        return dataclasses.replace(found, error=_message(exc, address))
+    except Exception as exc:  # see above
         logger.warning("Probing %s failed", address, exc_info=True)
-        return ServerCheck(ok=False, address=address, error=f"Cannot reach {address}: {exc}")
+        return dataclasses.replace(found, error=f"Cannot reach {address}: {exc}")
 
-    pinned = server.host_key_fingerprint
-    trusted = bool(pinned) and hmac.compare_digest(pinned.encode(), offered.fingerprint.encode())
-    found = ServerCheck(
-        ok=False,
-        address=address,
+    label = address if jump is None else f"the target {address}"
+    problem = _untrusted(label, offered, server.host_key_fingerprint)
+    found = dataclasses.replace(
+        found,
         host_key_fingerprint=offered.fingerprint,
         host_key_type=offered.key_type,
-        trusted=trusted,
+        trusted=not problem,
     )
-    if not pinned:
-        return dataclasses.replace(
-            found,
-            error=(
-                f"{address} offered the host key {offered.key_type} {offered.fingerprint}, "
-                "which is not trusted yet. Compare it with `ssh-keygen -lf` on the server, "
-                "then trust it."
-            ),
-        )
-    if not trusted:
-        mismatch = HostKeyMismatch(address, pinned, offered.fingerprint)
-        return dataclasses.replace(found, error=str(mismatch))
+    if problem:
+        return dataclasses.replace(found, error=problem)
 
     try:
         with ssh.connect(endpoint_for(server)) as connection:
@@ -409,13 +563,24 @@ def _sftp_makedirs(sftp: paramiko.SFTPClient, path: str) -> None:
 def server_trust_host_key(*, server: Server, actor: User, fingerprint: str) -> Server:
     """Pin the host key, if ``fingerprint`` is what the server offers right now (see
     ssh.confirm_host_key: raises InvalidInput naming ``fingerprint``). The outbound-address
-    policy is checked first: a refused address is never probed."""
+    policy is checked first: a refused address is never probed. Behind a jump host the key is
+    read through it, so the jump host's own key must be trusted first."""
+    address = ssh.format_address(server.hostname, server.port)
     try:
-        outbound.server_host_check(server.hostname, server.port)
+        jump = jump_endpoint_for(server)
+        if jump is None:
+            outbound.server_host_check(server.hostname, server.port)
     except EngineError as exc:
-        address = ssh.format_address(server.hostname, server.port)
         raise InvalidInput("fingerprint", f"cannot be checked: {_message(exc, address)}") from None
-    fingerprint = ssh.confirm_host_key(server.hostname, server.port, fingerprint).fingerprint
+    if jump is not None and jump.host_key_fingerprint is None:
+        raise InvalidInput(
+            "fingerprint",
+            f"cannot be checked yet: the server is reached through the jump host "
+            f"{server.jump_address}, whose host key is not trusted yet. Trust it first.",
+        )
+    fingerprint = ssh.confirm_host_key(
+        server.hostname, server.port, fingerprint, jump=jump
+    ).fingerprint
     previous = server.host_key_fingerprint
     with transaction.atomic():
         model_update(instance=server, data={"host_key_fingerprint": fingerprint})
@@ -424,6 +589,35 @@ def server_trust_host_key(*, server: Server, actor: User, fingerprint: str) -> S
             actor=actor,
             action="host_key.trusted",
             target=f"server {server.name}",
+            fingerprint=fingerprint,
+            previous=previous,
+        )
+    return server
+
+
+def server_trust_jump_host_key(*, server: Server, actor: User, fingerprint: str) -> Server:
+    """Pin the host key of the server's jump host, if ``fingerprint`` is what the jump host
+    offers right now (the rules of ``server_trust_host_key``; InvalidInput naming
+    ``fingerprint``, or ``jump_hostname`` when the server has no jump host)."""
+    if not server.jump_hostname:
+        raise InvalidInput("jump_hostname", "is empty: this server has no jump host.")
+    try:
+        outbound.server_host_check(server.jump_hostname, server.jump_port)
+    except EngineError as exc:
+        raise InvalidInput(
+            "fingerprint", f"cannot be checked: {_message(exc, server.jump_address)}"
+        ) from None
+    fingerprint = ssh.confirm_host_key(
+        server.jump_hostname, server.jump_port, fingerprint
+    ).fingerprint
+    previous = server.jump_host_key_fingerprint
+    with transaction.atomic():
+        model_update(instance=server, data={"jump_host_key_fingerprint": fingerprint})
+        audit_record(
+            project=server.project,
+            actor=actor,
+            action="host_key.trusted",
+            target=f"jump host {server.jump_address} of server {server.name}",
             fingerprint=fingerprint,
             previous=previous,
         )

@@ -32,6 +32,7 @@ from servers.services import (
     server_delete,
     server_lock_break,
     server_trust_host_key,
+    server_trust_jump_host_key,
     server_update,
 )
 
@@ -165,6 +166,27 @@ def server_trust(request: HttpRequest, slug: str, server_id: int) -> HttpRespons
         return _render_server(request, server, membership, trust_error=error_message(exc))
     messages.success(
         request, f"The host key {server.host_key_fingerprint} of {server.name} is trusted."
+    )
+    return _render_server(request, server, membership, check=server_check(server=server))
+
+
+@login_required
+@require_POST
+def server_trust_jump(request: HttpRequest, slug: str, server_id: int) -> HttpResponse:
+    server, membership = get_server_for_user(request, slug, server_id, role=CONFIGURE_ROLES)
+    form = TrustForm(request.POST)
+    if not form.is_valid():
+        return _render_server(request, server, membership, trust_error="No fingerprint was sent.")
+    try:
+        server_trust_jump_host_key(
+            server=server, actor=membership.user, fingerprint=form.cleaned_data["fingerprint"]
+        )
+    except SERVICE_ERRORS as exc:
+        return _render_server(request, server, membership, trust_error=error_message(exc))
+    messages.success(
+        request,
+        f"The host key {server.jump_host_key_fingerprint} of the jump host "
+        f"{server.jump_address} is trusted.",
     )
     return _render_server(request, server, membership, check=server_check(server=server))
 

@@ -10,6 +10,7 @@ from tests.dashboard.support import signed_in
 pytest_plugins = [
     "tests.support.sshd",
     "tests.support.netns",
+    "tests.support.bastion",
     "tests.support.gitrepos",
     "tests.support.deployments",
     "tests.support.webserve",

@@ -74,7 +74,7 @@ from builds.engine.specs import (
     lock_owner,
     variables_for,
 )
-from builds.engine.ssh import Connection, connect
+from builds.engine.ssh import Connection, JumpHosts, connect
 from builds.engine.variables import shell_exports, substitute, substitute_shell
 
 logger = logging.getLogger(__name__)
@@ -245,6 +245,8 @@ class _Run:
         self.owner = lock_owner(spec.deployment_id)
         self.result = ServerResult(server_id=server.id, previous_release=server.live_release)
         self.connection: Connection | None = None
+        #: The deployment's jump-host connections, shared by the servers behind one.
+        self.jumps: JumpHosts | None = None
         self.layout: release.RemoteLayout | None = None
         #: The release live on the server when this run locked it: where a revert goes.
         self.previous: str | None = None
@@ -338,7 +340,7 @@ class _Run:
     def connect(self) -> None:
         self.reporter.check_cancelled()
         with self.reporter.step("connect", self.server.id):
-            self.connection = connect(self.server.endpoint)
+            self.connection = connect(self.server.endpoint, jumps=self.jumps)
         if self.atomic:
             self.layout = release.RemoteLayout(self.connection, self.server.deploy_path)
 
@@ -954,7 +956,11 @@ def switch_back(spec: RollbackSpec, reporter: Reporter) -> list[ServerResult]:
 def _with_strategy(
     runs: Sequence[_Run], strategy: StrategySpec, reporter: Reporter, limit: int
 ) -> None:
-    """Move every run through its phases as ``strategy`` says; never raises for a server."""
+    """Move every run through its phases as ``strategy`` says; never raises for a server.
+    Servers behind the same jump host share one connection to it, until every run is done."""
+    jumps = JumpHosts()
+    for run in runs:
+        run.jumps = jumps
     try:
         if strategy.kind == PREPARE_THEN_SWITCH:
             _prepare_then_switch(runs, reporter, limit)
@@ -971,6 +977,7 @@ def _with_strategy(
         for run in runs:
             run.abandon()
             run.close()
+        jumps.close()
 
 
 def _prepare_then_switch(runs: Sequence[_Run], reporter: Reporter, limit: int) -> None:

@@ -11,6 +11,13 @@ reports before it starts; a command that times out or is cancelled is stopped by
 whole group over the same connection, and ``run`` returns only once the group is gone (or
 records that it could not be stopped, see ``Connection.left_running``).
 
+A server behind a bastion names a jump host (``Endpoint.jump``, itself an ``Endpoint`` with a
+pinned host key of its own). The connection is then tunnelled: an authenticated connection to
+the jump host, a ``direct-tcpip`` channel through it to the target (the jump host resolves and
+reaches the target's address), and the target's SSH session inside that channel; no ssh
+config or ``ProxyJump`` of the system is involved. ``JumpHosts`` keeps one connection per jump
+host for a deployment, which every server behind it shares. Errors say which hop failed.
+
 A ``Connection`` is used by one thread at a time; paramiko's own transport thread does the I/O.
 """
 
@@ -44,9 +51,11 @@ from builds.engine.errors import (
     HostKeyMismatch,
     HostKeyNotTrusted,
     HostUnreachable,
+    InternalError,
     InvalidInput,
     PermissionDenied,
     TransferFailed,
+    UserError,
 )
 from builds.engine.lines import LineSplitter
 
@@ -101,6 +110,9 @@ _HEADER_WAIT_SECONDS = 5.0
 # finish noticing that the whole connection is gone (it closes channels before it marks
 # itself inactive).
 _TRANSPORT_DEATH_GRACE_SECONDS = 0.5
+# Why a jump host refused to open a direct-tcpip channel (RFC 4254, section 5.1).
+_OPEN_ADMINISTRATIVELY_PROHIBITED = 1
+_OPEN_CONNECT_FAILED = 2
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -167,9 +179,17 @@ def public_key_fingerprint(public_key: str) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
-def confirm_host_key(hostname: str, port: int, fingerprint: str, timeout: float = 10.0) -> HostKey:
+def confirm_host_key(
+    hostname: str,
+    port: int,
+    fingerprint: str,
+    timeout: float = 10.0,
+    *,
+    jump: Endpoint | None = None,
+) -> HostKey:
     """The key ``hostname:port`` offers now, when its fingerprint is ``fingerprint``: the
-    "Trust this key" step for servers and repositories alike.
+    "Trust this key" step for servers and repositories alike. With ``jump``, the key is read
+    through that jump host (whose own key must be pinned and which must accept its login).
 
     Raises InvalidInput naming the field ``fingerprint`` when it is malformed, when the host
     cannot be reached or probed (the reason; ours go to the worker's log), or when it offers
@@ -178,7 +198,7 @@ def confirm_host_key(hostname: str, port: int, fingerprint: str, timeout: float 
     fingerprint = fingerprint_from(fingerprint)
     address = format_address(hostname, port)
     try:
-        offered = probe_host_key(hostname, port, timeout)
+        offered = probe_host_key(hostname, port, timeout, jump=jump)
     except EngineError as exc:
         if exc.user_facing:
             raise InvalidInput("fingerprint", f"cannot be checked: {exc}") from None
@@ -210,6 +230,9 @@ class Endpoint:
     #: The pinned ``SHA256:...`` fingerprint; None until a user has trusted the server's key.
     host_key_fingerprint: str | None = None
     connect_timeout: float = 10.0
+    #: The jump host (bastion) to tunnel through, None to connect directly. It logs in with a
+    #: key, pins its own host key, and has no jump host of its own.
+    jump: Endpoint | None = None
 
     def __post_init__(self) -> None:
         if not self.hostname.strip():
@@ -226,10 +249,18 @@ class Endpoint:
                 "host_key_fingerprint",
                 "must be a SHA256 fingerprint as `ssh-keygen -l` prints it (SHA256:...)",
             )
+        if self.jump is not None and self.jump.jump is not None:
+            raise InvalidInput("jump_hostname", "a jump host cannot have a jump host of its own")
 
     @property
     def address(self) -> str:
         return format_address(self.hostname, self.port)
+
+    @property
+    def label(self) -> str:
+        """How errors name this hop: ``host:port``, or ``the target host:port`` behind a
+        jump host."""
+        return self.address if self.jump is None else f"the target {self.address}"
 
 
 @dataclass(frozen=True)
@@ -269,22 +300,44 @@ def load_private_key(text: str) -> paramiko.PKey:
     )
 
 
-def probe_host_key(hostname: str, port: int = 22, timeout: float = 10.0) -> HostKey:
-    """Which host key does the server offer? No credential is sent.
+def probe_host_key(
+    hostname: str, port: int = 22, timeout: float = 10.0, *, jump: Endpoint | None = None
+) -> HostKey:
+    """Which host key does the server offer? No credential is sent to it.
 
     This is the "Test connection / Trust this key" step: show the result to the user, who
-    compares it with ``ssh-keygen -lf`` on the server, then pin it.
+    compares it with ``ssh-keygen -lf`` on the server, then pin it. With ``jump``, the
+    server is reached through that jump host, which is logged in to (its key pinned) first.
     """
-    transport, host_key = _start_transport(hostname, port, timeout)
-    transport.close()
-    return host_key
+    if jump is None:
+        transport, host_key = _start_transport(hostname, port, timeout)
+        transport.close()
+        return host_key
+    jump_transport = open_jump(jump)
+    try:
+        target = Endpoint(
+            hostname=hostname, username="-", port=port, connect_timeout=timeout, jump=jump
+        )
+        channel = _tunnel(jump_transport, target)
+        transport, host_key = _start_transport(
+            hostname, port, timeout, sock=channel, label=target.label
+        )
+        transport.close()
+        return host_key
+    finally:
+        jump_transport.close()
 
 
-def connect(endpoint: Endpoint) -> Connection:
+def connect(endpoint: Endpoint, *, jumps: JumpHosts | None = None) -> Connection:
     """Open the connection, check the pinned host key, then authenticate.
 
+    Behind a jump host (``endpoint.jump``), the jump host's connection comes from ``jumps``
+    (shared with the other servers behind it) or, without ``jumps``, is opened for this
+    connection alone and closed with it.
+
     Raises HostUnreachable, HostKeyNotTrusted, HostKeyMismatch, AuthenticationRefused or
-    InvalidInput (an unreadable private key, found before any network traffic).
+    InvalidInput (an unreadable private key, found before any network traffic); an error of
+    the jump host's hop names the jump host, one of the last hop names the target.
     """
     client_key = (
         load_private_key(endpoint.private_key) if endpoint.private_key is not None else None
@@ -292,28 +345,176 @@ def connect(endpoint: Endpoint) -> Connection:
     if client_key is None and endpoint.password is None:
         raise InvalidInput("private_key", "is missing and no password is set either")
 
+    own_jump: paramiko.Transport | None = None
+    sock: paramiko.Channel | None = None
+    if endpoint.jump is not None:
+        if jumps is not None:
+            jump_transport = jumps.transport(endpoint.jump)
+        else:
+            jump_transport = own_jump = open_jump(endpoint.jump)
+    try:
+        if endpoint.jump is not None:
+            sock = _tunnel(jump_transport, endpoint)
+        transport, host_key = _start_transport(
+            endpoint.hostname,
+            endpoint.port,
+            endpoint.connect_timeout,
+            sock=sock,
+            label=endpoint.label,
+        )
+        try:
+            _verify_host_key(endpoint, host_key)
+            _authenticate(transport, endpoint, client_key)
+            transport.set_keepalive(KEEPALIVE_INTERVAL_SECONDS)
+        except BaseException:
+            transport.close()
+            raise
+    except BaseException:
+        if own_jump is not None:
+            own_jump.close()
+        raise
+    return Connection(endpoint, transport, host_key, own_jump=own_jump)
+
+
+def open_jump(jump: Endpoint) -> paramiko.Transport:
+    """An authenticated connection to the jump host ``jump`` (its key pinned), ready to open
+    tunnels. Raises as ``connect`` does, every message naming "the jump host host:port"."""
+    label = f"the jump host {jump.address}"
+    if jump.private_key is None:
+        raise InvalidInput("jump_private_key", "is missing: a jump host logs in with a key")
+    try:
+        client_key = load_private_key(jump.private_key)
+    except InvalidInput as exc:
+        raise InvalidInput("jump_private_key", str(exc).partition(": ")[2]) from None
     transport, host_key = _start_transport(
-        endpoint.hostname, endpoint.port, endpoint.connect_timeout
+        jump.hostname, jump.port, jump.connect_timeout, label=label
     )
     try:
-        _verify_host_key(endpoint, host_key)
-        _authenticate(transport, endpoint, client_key)
+        _verify_host_key(jump, host_key, label=label)
+        _authenticate(transport, jump, client_key, label=label)
         transport.set_keepalive(KEEPALIVE_INTERVAL_SECONDS)
     except BaseException:
         transport.close()
         raise
-    return Connection(endpoint, transport, host_key)
+    return transport
+
+
+class JumpHosts:
+    """The jump-host connections of one deployment: servers that name the same jump host
+    (same address, login and key) share one connection to it, each with a tunnel of its own.
+    A jump host that could not be used (refused the key, offered another host key, did not
+    answer) is not asked again by the deployment's other servers: they get the same error,
+    so that twenty servers behind a bastion never cost twenty failed logins there (which
+    fail2ban or sshd's PerSourcePenalties punish). Thread-safe; ``close`` closes them all
+    (the tunnels, and so the servers' connections, with them)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._opening: dict[Endpoint, threading.Lock] = {}
+        self._transports: dict[Endpoint, paramiko.Transport] = {}
+        self._failed: dict[Endpoint, UserError] = {}
+        self._closed = False
+
+    def __enter__(self) -> JumpHosts:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def transport(self, jump: Endpoint) -> paramiko.Transport:
+        """The live connection to ``jump``, opened (once, whoever asks at the same time)
+        when there is none or it died. Raises as ``open_jump``."""
+        with self._lock:
+            if self._closed:
+                raise InternalError("the deployment's jump-host connections are closed")
+            gate = self._opening.setdefault(jump, threading.Lock())
+        with gate:
+            with self._lock:
+                existing = self._transports.get(jump)
+                failed = self._failed.get(jump)
+            if failed is not None:
+                raise failed
+            if existing is not None and existing.is_active():
+                return existing
+            try:
+                opened = open_jump(jump)
+            except UserError as exc:
+                with self._lock:
+                    self._failed[jump] = exc
+                raise
+            with self._lock:
+                if self._closed:
+                    opened.close()
+                    raise InternalError("the deployment's jump-host connections are closed")
+                self._transports[jump] = opened
+            return opened
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            transports = list(self._transports.values())
+            self._transports.clear()
+        for transport in transports:
+            transport.close()
+
+
+def _tunnel(jump_transport: paramiko.Transport, endpoint: Endpoint) -> paramiko.Channel:
+    """A ``direct-tcpip`` channel from the jump host to ``endpoint``'s address. Raises
+    HostUnreachable naming the target and the jump host."""
+    assert endpoint.jump is not None
+    target, jump = endpoint.address, endpoint.jump.address
+    unreachable = f"The target {target} could not be reached through the jump host {jump}"
+    try:
+        return jump_transport.open_channel(
+            "direct-tcpip",
+            (endpoint.hostname, endpoint.port),
+            ("127.0.0.1", 0),
+            window_size=TRANSPORT_WINDOW_SIZE,
+            max_packet_size=TRANSPORT_MAX_PACKET_SIZE,
+            timeout=endpoint.connect_timeout,
+        )
+    except paramiko.ChannelException as exc:
+        if exc.code == _OPEN_ADMINISTRATIVELY_PROHIBITED:
+            reason = (
+                "it refuses to forward connections (AllowTcpForwarding or PermitOpen in "
+                "its sshd_config)"
+            )
+        elif exc.code == _OPEN_CONNECT_FAILED:
+            reason = (
+                "it could not connect there (nothing listens, a firewall, or the name does "
+                "not resolve on the jump host)"
+            )
+        else:
+            reason = exc.text or f"channel refused with code {exc.code}"
+        raise HostUnreachable(f"{unreachable}: {reason}.") from exc
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        # open_channel raises a bare SSHException when the jump host does not answer in time.
+        raise HostUnreachable(
+            f"{unreachable}: {exc or 'no answer'} (timeout {endpoint.connect_timeout:g} s)."
+        ) from exc
 
 
 class Connection:
     """An authenticated SSH connection; runs commands and hands out one SFTP client."""
 
     def __init__(
-        self, endpoint: Endpoint, transport: paramiko.Transport, host_key: HostKey
+        self,
+        endpoint: Endpoint,
+        transport: paramiko.Transport,
+        host_key: HostKey,
+        *,
+        own_jump: paramiko.Transport | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.host_key = host_key
         self._transport = transport
+        # The jump host's connection opened for this connection alone (not a shared one).
+        self._own_jump = own_jump
         self._sftp: paramiko.SFTPClient | None = None
         #: Commands stopped (timed out, cancelled) whose processes could not be confirmed gone,
         #: each as "`command` (process group N)": whoever holds a lock on the server for them
@@ -424,6 +625,8 @@ class Connection:
                 self._sftp.close()
             self._sftp = None
         self._transport.close()
+        if self._own_jump is not None:
+            self._own_jump.close()
 
     # -- running commands -------------------------------------------------------------------
 
@@ -765,13 +968,18 @@ class _OutputCollector:
 
 
 def _start_transport(
-    hostname: str, port: int, timeout: float
+    hostname: str,
+    port: int,
+    timeout: float,
+    *,
+    sock: paramiko.Channel | None = None,
+    label: str = "",
 ) -> tuple[paramiko.Transport, HostKey]:
-    """TCP connect and SSH key exchange, up to (not including) authentication."""
-    address = format_address(hostname, port)
-    sock = _open_socket(hostname, port, timeout)
+    """TCP connect (or, given ``sock``, a tunnel through a jump host) and SSH key exchange,
+    up to (not including) authentication. ``label`` names the hop in errors."""
+    address = label or format_address(hostname, port)
     transport = paramiko.Transport(
-        sock,
+        sock if sock is not None else _open_socket(hostname, port, timeout, label=label),
         default_window_size=TRANSPORT_WINDOW_SIZE,
         default_max_packet_size=TRANSPORT_MAX_PACKET_SIZE,
     )
@@ -785,7 +993,7 @@ def _start_transport(
         transport.start_client(event=negotiated, timeout=timeout)
         if not negotiated.wait(timeout):
             raise HostUnreachable(
-                f"{address} did not complete the SSH handshake within {timeout:g} s"
+                f"{_sentence(address)} did not complete the SSH handshake within {timeout:g} s"
             )
         if not transport.is_active():
             reason = transport.get_exception() or "the server closed the connection"
@@ -803,8 +1011,8 @@ def _start_transport(
     )
 
 
-def _open_socket(hostname: str, port: int, timeout: float) -> socket.socket:
-    address = format_address(hostname, port)
+def _open_socket(hostname: str, port: int, timeout: float, *, label: str = "") -> socket.socket:
+    address = label or format_address(hostname, port)
     try:
         sock = socket.create_connection((hostname, port), timeout=timeout)
     except socket.gaierror as exc:
@@ -829,22 +1037,38 @@ def _open_socket(hostname: str, port: int, timeout: float) -> socket.socket:
     return sock
 
 
-def _verify_host_key(endpoint: Endpoint, offered: HostKey) -> None:
+def _sentence(subject: str) -> str:
+    """A hop's label at the start of a sentence: "the jump host ..." capitalised, a host
+    name or a user name left as it is."""
+    return "T" + subject[1:] if subject.startswith("the ") else subject
+
+
+def _verify_host_key(endpoint: Endpoint, offered: HostKey, *, label: str = "") -> None:
+    address = label or endpoint.label
     pinned = endpoint.host_key_fingerprint
     if pinned is None:
         raise HostKeyNotTrusted(
-            f"{endpoint.address} offered the host key {offered.key_type} {offered.fingerprint}, "
-            "which is not trusted yet. Compare it with `ssh-keygen -lf` on the server, then "
-            "trust it."
+            f"{_sentence(address)} offered the host key {offered.key_type} "
+            f"{offered.fingerprint}, which is not trusted yet. Compare it with `ssh-keygen -lf` "
+            "on the server, then trust it."
         )
     if not hmac.compare_digest(pinned.strip().encode(), offered.fingerprint.encode()):
-        raise HostKeyMismatch(endpoint.address, pinned, offered.fingerprint)
+        raise HostKeyMismatch(address, pinned, offered.fingerprint)
 
 
 def _authenticate(
-    transport: paramiko.Transport, endpoint: Endpoint, client_key: paramiko.PKey | None
+    transport: paramiko.Transport,
+    endpoint: Endpoint,
+    client_key: paramiko.PKey | None,
+    *,
+    label: str = "",
 ) -> None:
-    who = f"{endpoint.username}@{endpoint.address}"
+    who = (
+        f"{label} (as {endpoint.username})"
+        if label
+        else f"{endpoint.username}@{endpoint.address}"
+        + (f" (the target, through the jump host {endpoint.jump.address})" if endpoint.jump else "")
+    )
     tried: list[str] = []
     # Both may be set: the key first, then the password (also covers servers asking for both).
     attempts: list[Callable[[], object]] = []
@@ -862,12 +1086,14 @@ def _authenticate(
         except paramiko.AuthenticationException:
             pass
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise HostUnreachable(f"{who} closed the connection during login: {exc}") from exc
+            raise HostUnreachable(
+                f"{_sentence(who)} closed the connection during login: {exc}"
+            ) from exc
         if transport.is_authenticated():
             return
         if not transport.is_active():
             break
-    message = f"{who} refused {' and '.join(tried)}."
+    message = f"{_sentence(who)} refused {' and '.join(tried)}."
     if client_key is not None:
         message += " " + authorized_keys_advice(endpoint, client_key)
     raise AuthenticationRefused(message)

@@ -32,6 +32,10 @@ def test_it_checks_a_trusted_server_and_makes_its_deploy_path(
         "host_key_type": "ssh-ed25519",
         "trusted": True,
         "error": "",
+        "jump_address": "",
+        "jump_host_key_fingerprint": None,
+        "jump_host_key_type": None,
+        "jump_trusted": False,
     }
     assert (sshd_target.deploy_path / "shop" / "live").is_dir()
 

@@ -263,3 +263,47 @@ def test_it_issues_a_token_once_and_revokes_it(alice_client, bob_client, alice):
     assert AuditEvent.objects.filter(action="token.revoked", actor=alice).count() == 1
     empty = alice_client.post("/account/tokens/", {"name": "  ", "scope": "read"})
     assert field_errors(empty.content.decode(), "name")
+
+
+def test_a_servers_jump_host_is_saved_from_the_form_and_its_key_is_write_only(
+    alice_client, project, server, ssh_client_key_pair
+):
+    path = f"/projects/{project.slug}/servers/{server.pk}/edit/"
+    key = ssh_client_key_pair.private_key
+    form = {
+        **SERVER,
+        "name": "web1",
+        "hostname": "10.0.0.5",
+        "jump_hostname": "bastion.example.com",
+        "jump_port": "2222",
+        "jump_username": "jump",
+        "jump_auth_method": "private_key",
+        "jump_private_key": key,
+    }
+    assert alice_client.post(path, form).status_code == 302
+    server.refresh_from_db()
+    assert (server.jump_hostname, server.jump_port, server.jump_username) == (
+        "bastion.example.com",
+        2222,
+        "jump",
+    )
+    assert server.jump_private_key == key and not server.jump_host_key_fingerprint
+    page = alice_client.get(path).content.decode()
+    assert "PRIVATE KEY" not in page and "bastion.example.com" in page
+    # Saved again with the key left blank, it stays.
+    assert alice_client.post(path, {**form, "jump_private_key": ""}).status_code == 302
+    server.refresh_from_db()
+    assert server.jump_private_key == key
+    detail = alice_client.get(f"/projects/{project.slug}/servers/{server.pk}/").content.decode()
+    assert "Through the jump host" in detail and "jump@bastion.example.com:2222" in detail
+    assert "PRIVATE KEY" not in detail
+
+
+def test_a_jump_host_error_is_shown_beside_its_field(alice_client, project):
+    response = alice_client.post(
+        f"/projects/{project.slug}/servers/new/",
+        {**SERVER, "jump_hostname": "bastion.example.com", "jump_username": ""},
+    )
+    assert response.status_code == 200
+    errors = field_errors(response.content.decode(), "jump_username")
+    assert errors and "is needed with a jump host" in errors[0], errors

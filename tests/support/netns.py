@@ -33,7 +33,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -95,6 +95,8 @@ class NetnsHost:
     holder: subprocess.Popen[bytes] | None = None
     #: Set while the disk is filled: the file that fills it.
     filler: Path | None = None
+    #: sshd targets inside the namespace, on its loopback (start_inner_target).
+    inner: list[SSHTarget] = field(default_factory=list)
 
     @property
     def namespace(self) -> str:
@@ -182,6 +184,44 @@ class NetnsHost:
     def start_sshd(self) -> None:
         self.target.start_or_raise()
 
+    def become_jump_host(self) -> None:
+        """Restart the host's sshd as a jump host: it forwards TCP connections (what
+        ``direct-tcpip`` channels need) and logs every login it accepts."""
+        self.target.allow_tcp_forwarding = True
+        self.target.log_level = "INFO"
+        self.stop_sshd()
+        self.start_sshd()
+
+    def start_inner_target(
+        self, *, port: int, host_key: KeyPair, client_key: KeyPair, username: str
+    ) -> SSHTarget:
+        """An sshd inside the namespace on the namespace's own loopback (127.0.0.1:``port``):
+        reachable through this host's sshd as a jump host, never from the root namespace,
+        whose 127.0.0.1 is another interface. Logins with ``client_key`` as ``username``."""
+        root = Path(tempfile.mkdtemp(prefix="inner-", dir=self.root))
+        root.chmod(0o755)
+        deploy_path = root / "deploy"
+        deploy_path.mkdir()
+        shutil.chown(deploy_path, username, username)
+        target = SSHTarget(
+            port=port,
+            root=root,
+            deploy_path=deploy_path,
+            client_private_key=client_key.private_key,
+            client_public_key=client_key.public_key,
+            host_key_fingerprint=host_key.fingerprint,
+            host_public_key_path=host_key.public_path,
+            host_private_key_path=host_key.private_path,
+            hostname="127.0.0.1",
+            username=username,
+            launcher=self.target.launcher,
+            reachable_from_here=False,
+        )
+        target.authorize(client_key.public_key)
+        self.inner.append(target)
+        target.start_or_raise()
+        return target
+
     def session_commands(self) -> list[str]:
         """The command lines of what runs in sshd's sessions (not sshd itself): what a
         deployment that has ended left running on the host."""
@@ -210,6 +250,9 @@ class NetnsHost:
 
     def close(self) -> None:
         """Stop sshd, unmount the disk, delete the namespace (and with it the veth pair)."""
+        for inner in self.inner:
+            with contextlib.suppress(Exception):
+                inner.stop()
         with contextlib.suppress(Exception):
             self.target.stop()
         if self.holder is not None:

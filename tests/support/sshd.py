@@ -107,7 +107,16 @@ class SSHTarget:
     #: Run sshd through this prefix: ``("ip", "netns", "exec", name)`` for a target in a
     #: network namespace (tests/support/netns.py). sshd listens on ``hostname``.
     launcher: tuple[str, ...] = ()
+    #: Let clients tunnel TCP through this sshd (a jump host); off like on a locked-down
+    #: server, so that a target refuses to be used as a jump host.
+    allow_tcp_forwarding: bool = False
+    #: sshd's LogLevel; INFO logs each accepted login ("Accepted publickey for ...").
+    log_level: str = "ERROR"
+    #: False for an sshd the test process cannot connect to (it listens inside a network
+    #: namespace on that namespace's loopback): started once its log says it listens.
+    reachable_from_here: bool = True
     process: subprocess.Popen[bytes] | None = None
+    _listening_before: int = 0
 
     @property
     def config_path(self) -> Path:
@@ -153,6 +162,7 @@ class SSHTarget:
         if self.running:
             return
         self._write_config()
+        self._listening_before = self._log_text().count("Server listening on")
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [*self.launcher, str(SSHD_PATH), "-D", "-e", "-f", str(self.config_path)],
@@ -203,7 +213,8 @@ class SSHTarget:
             "PrintMotd no",
             "PrintLastLog no",
             "X11Forwarding no",
-            "LogLevel ERROR",
+            f"AllowTcpForwarding {'yes' if self.allow_tcp_forwarding else 'no'}",
+            f"LogLevel {'INFO' if not self.reachable_from_here else self.log_level}",
         ]
         if _sshd_version() >= (9, 8):
             # Failed logins (a test of a wrong key) would otherwise get 127.0.0.1 refused
@@ -223,6 +234,11 @@ class SSHTarget:
                 )
             if self._answers_with_ssh_banner():
                 return
+            if (
+                not self.reachable_from_here
+                and self._log_text().count("Server listening on") > self._listening_before
+            ):
+                return
             time.sleep(0.02)
         self.stop()
         raise SSHDDidNotStart(
@@ -230,7 +246,22 @@ class SSHTarget:
             f"{STARTUP_TIMEOUT_SECONDS:g} s:\n{self._log_text()}"
         )
 
+    def accepted_logins(self) -> int:
+        """How many logins this sshd accepted so far (needs ``log_level`` INFO or above)."""
+        return self._log_text().count("Accepted publickey for ")
+
+    def refused_logins(self) -> int:
+        """How many connections ended before a login was accepted (needs ``log_level`` INFO):
+        sshd logs each one as "Connection closed by <address> port <port> [preauth]"."""
+        return sum(
+            1
+            for line in self._log_text().splitlines()
+            if line.startswith("Connection closed by") and line.endswith("[preauth]")
+        )
+
     def _answers_with_ssh_banner(self) -> bool:
+        if not self.reachable_from_here:
+            return False
         try:
             with socket.create_connection((self.hostname, self.port), timeout=0.5) as probe:
                 banner = probe.recv(256)
