@@ -8,6 +8,7 @@ import re
 import pytest
 
 from tests.dashboard.e2e.conftest import ARTIFACTS, create_project, sign_in
+from tests.support.gitrepos import GitRepoFactory
 
 SECTIONS = [
     "",
@@ -59,11 +60,13 @@ def _overlap(a, b) -> bool:
     )
 
 
-@pytest.mark.parametrize("width", [375, 768, 1024, 1280])
-def test_the_settings_menu_never_covers_the_list(new_page, slipway_app, git_repo_factory, width):
-    repo = git_repo_factory()
+@pytest.fixture(scope="module")
+def project(slipway_app, tmp_path_factory):
+    """One project for every width: the pages only read it (each `manage.py shell` takes
+    ~1.5 s)."""
+    repo = GitRepoFactory(tmp_path_factory.mktemp("layout-repos"))()
     repo.commit({"index.html": "hi\n"}, "first")
-    project = create_project(slipway_app, name=f"Layout {width}", repository_url=repo.url)
+    project = create_project(slipway_app, name="Layout", repository_url=repo.url)
     slipway_app.shell(
         "\n".join(
             [
@@ -78,6 +81,11 @@ def test_the_settings_menu_never_covers_the_list(new_page, slipway_app, git_repo
             ]
         )
     )
+    return project
+
+
+@pytest.mark.parametrize("width", [375, 768, 1024, 1280])
+def test_the_settings_menu_never_covers_the_list(new_page, project, width):
     page = new_page(width=width, height=900)
     sign_in(page)
     ARTIFACTS.mkdir(exist_ok=True)
