@@ -27,7 +27,7 @@ from tests.support.processes import (
     Web,
     require_scaled_out,
     start_celery_worker,
-    stop,
+    stop_all,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -190,10 +190,9 @@ def test_workers_claim_while_requests_create_and_no_deployment_fails(
                 Deployment.objects.exclude(status__in=FINAL).values("pk", "status")
             )
             assert all(worker.poll() is None for worker in workers), "a worker exited"
-            time.sleep(0.5)
+            time.sleep(0.1)
     finally:
-        for worker in workers:
-            stop(worker)
+        stop_all(workers)
 
     outcomes = list(Deployment.objects.values("pk", "status", "error"))
     failed = [o for o in outcomes if o["status"] not in (Status.SUCCEEDED, Status.CANCELLED)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.server
 import subprocess
-import threading
 from functools import partial
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from projects.services import project_register, project_update
 from servers.health import health_check_clean
 from servers.services import server_check, server_create
 from tests.support.gitrepos import hermetic_git_environment
+from tests.support.webserve import serve_in_background
 
 # Alice registers the projects here, which takes a site admin (docs/users.md).
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("site_admin")]
@@ -47,7 +47,7 @@ class _DumbGitServer:
             ("127.0.0.1", 0), partial(Handler, directory=str(root))
         )
         self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        serve_in_background(self.httpd)
 
     def stop(self) -> None:
         self.httpd.shutdown()
@@ -372,7 +372,7 @@ class _Redirector:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/moved"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        serve_in_background(self.httpd)
 
     def stop(self) -> None:
         self.httpd.shutdown()

@@ -12,8 +12,10 @@ import pytest
 from tests.support.processes import clean_env, free_port, manage, start_serve, stop
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def served(tmp_path_factory) -> Iterator[dict[str, Any]]:
+    # One for every CLI module: its projects are named after their sshd target's port, so
+    # tests never share one; starting it (migrate, admin, token, serve) takes ~8 s.
     data = tmp_path_factory.mktemp("cli-served")
     port = free_port()
     env = clean_env(

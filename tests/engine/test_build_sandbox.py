@@ -41,6 +41,7 @@ from builds.engine.sandbox import (
     host_addresses,
 )
 from tests.support.engine import RecordingReporter, after, deploy_spec, server_for
+from tests.support.webserve import serve_in_background
 
 SECRET = "worker-secret-6d1f0c"
 
@@ -145,8 +146,7 @@ class _Web(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def loopback_web():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Web)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    serve_in_background(server)
     yield server.server_address[1]
     server.shutdown()
     server.server_close()

@@ -9,7 +9,6 @@ import os
 import stat
 import subprocess
 import tarfile
-import threading
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +34,7 @@ from builds.engine.git import (
 )
 from tests.support.gitrepos import GitRepo, GitRepoFactory
 from tests.support.sshd import SSHTarget, generate_key_pair
+from tests.support.webserve import serve_in_background
 
 LITERAL_MARKER = Path("/tmp/pwned")
 
@@ -575,8 +575,7 @@ def recording_http_server() -> Iterator[tuple[str, list[str | None]]]:
     seen: list[str | None] = []
     handler = type("Handler", (_RecordingHandler,), {"seen_authorization": seen})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    serve_in_background(server)
     yield f"http://127.0.0.1:{server.server_address[1]}", seen
     server.shutdown()
     server.server_close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import threading
 
 import pytest
 
@@ -14,6 +13,7 @@ from builds.engine.health import (
     http_attempt,
     run_check,
 )
+from tests.support.webserve import serve_in_background
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,7 @@ class _Site:
 
         self.status, self.body, self.headers, self.requests = status, body, headers, 0
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        serve_in_background(self.httpd)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/health"
 
     def stop(self):

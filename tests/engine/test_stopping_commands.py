@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -24,8 +25,10 @@ from tests.support.sshd import SSHTarget
 
 pytest_plugins = ["tests.support.sshd"]
 
-# Long enough past a command's sleep that a survivor would have written its marker.
-_PAST_THE_SLEEP_SECONDS = 2.5
+# How long the shell that wraps a command (outside its group, see builds/engine/ssh.py) may
+# take to exit after the group is killed. A survivor is still there then (it sleeps for
+# seconds), or has already touched its marker.
+_WRAPPER_EXIT_SECONDS = 1.5
 
 
 def _sleeping(seconds: str) -> list[int]:
@@ -43,14 +46,46 @@ def _sleeping(seconds: str) -> list[int]:
     return found
 
 
-def _never_appears(marker: Path, sleep_seconds: float) -> None:
-    time.sleep(sleep_seconds + _PAST_THE_SLEEP_SECONDS)
+def _marker(target: SSHTarget, name: str) -> Path:
+    """A file the command's user could create (not beside the deploy path: the target's
+    root belongs to the user running the tests)."""
+    directory = target.root / "markers"
+    directory.mkdir(exist_ok=True)
+    shutil.chown(directory, target.username)
+    return directory / name
+
+
+def _naming(marker: Path) -> list[int]:
+    """Pids of the processes on this machine whose command line names ``marker``: every
+    shell of a command that would touch it (a subshell has its parent's command line), and
+    ``touch`` itself."""
+    wanted = str(marker).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if wanted in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _never_appears(marker: Path) -> None:
+    """Nothing of the stopped command is left to write ``marker``: its ``sleep`` is gone
+    (each test checks), and within a moment so is every process that names the marker
+    (checked every 50 ms). A survivor would still be running then, or would have touched
+    the marker."""
+    deadline = time.monotonic() + _WRAPPER_EXIT_SECONDS
+    while (left := _naming(marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert left == [], f"{marker.name}: the command went on running in {left}"
     assert not marker.exists(), f"{marker.name} appeared: the command went on running"
 
 
 def test_it_kills_a_timed_out_command_with_everything_it_started(sshd_target: SSHTarget) -> None:
-    marker = sshd_target.deploy_path.parent / "marker-timeout"
-    background = sshd_target.deploy_path.parent / "marker-background"
+    marker = _marker(sshd_target, "marker-timeout")
+    background = _marker(sshd_target, "marker-background")
     command = f"(sleep 4.11; touch {background}) & sleep 4.11; touch {marker}"
 
     with connect(sshd_target.endpoint()) as connection:
@@ -60,12 +95,12 @@ def test_it_kills_a_timed_out_command_with_everything_it_started(sshd_target: SS
         assert connection.left_running == []
         assert connection.run("echo still here").stdout == "still here"
 
-    _never_appears(marker, 4.11)
-    assert not background.exists()
+    _never_appears(marker)
+    _never_appears(background)
 
 
 def test_it_kills_a_cancelled_command_that_prints_nothing(sshd_target: SSHTarget) -> None:
-    marker = sshd_target.deploy_path.parent / "marker-cancel"
+    marker = _marker(sshd_target, "marker-cancel")
     cancel = threading.Event()
 
     def check_cancelled() -> None:
@@ -80,13 +115,13 @@ def test_it_kills_a_cancelled_command_that_prints_nothing(sshd_target: SSHTarget
         assert cancel.is_set()
         assert _sleeping("4.12") == []
 
-    _never_appears(marker, 4.12)
+    _never_appears(marker)
 
 
 def test_a_timed_out_ssh_command_is_dead_before_the_lock_goes_and_the_next_deploy_runs(
     sshd_target, git_repo_factory, tmp_path
 ):
-    marker = sshd_target.deploy_path.parent / "marker-deploy"
+    marker = _marker(sshd_target, "marker-deploy")
     repo = git_repo_factory()
     revision = repo.commit({"index.html": "A\n"}, "A")
     server = server_for(sshd_target)
@@ -114,13 +149,13 @@ def test_a_timed_out_ssh_command_is_dead_before_the_lock_goes_and_the_next_deplo
     )
     assert second.ok, [r.error for r in second.servers]
     assert (sshd_target.deploy_path / "current" / "alone.txt").read_text() == "alone\n"
-    _never_appears(marker, 4.13)
+    _never_appears(marker)
 
 
 def test_a_cancelled_deploy_stops_its_running_command_before_it_unlocks(
     sshd_target, git_repo_factory, tmp_path
 ):
-    marker = sshd_target.deploy_path.parent / "marker-deploy-cancel"
+    marker = _marker(sshd_target, "marker-deploy-cancel")
     repo = git_repo_factory()
     revision = repo.commit({"index.html": "A\n"}, "A")
     reporter = RecordingReporter()
@@ -143,11 +178,11 @@ def test_a_cancelled_deploy_stops_its_running_command_before_it_unlocks(
     assert result.servers[0].cancelled
     assert _sleeping("4.14") == []
     assert not (sshd_target.deploy_path / ".slipway" / "lock").exists()
-    _never_appears(marker, 4.14)
+    _never_appears(marker)
 
 
 def test_a_health_check_command_that_hangs_is_killed(sshd_target, git_repo_factory, tmp_path):
-    marker = sshd_target.deploy_path.parent / "marker-check"
+    marker = _marker(sshd_target, "marker-check")
     repo = git_repo_factory()
     revision = repo.commit({"index.html": "A\n"}, "A")
     check = HealthCheckSpec(
@@ -164,7 +199,7 @@ def test_a_health_check_command_that_hangs_is_killed(sshd_target, git_repo_facto
     assert not result.ok
     assert "did not finish within 1 s; it was stopped" in str(result.servers[0].error)
     assert _sleeping("4.15") == []
-    _never_appears(marker, 4.15)
+    _never_appears(marker)
 
 
 def test_a_lock_kept_for_a_command_that_could_not_be_stopped_is_taken_over_once_it_is_gone(
@@ -256,7 +291,7 @@ def test_a_lock_taken_from_a_dead_worker_first_stops_what_its_commands_left_runn
     repo = git_repo_factory()
     revision = repo.commit({"index.html": "A\n"}, "A")
     server = server_for(sshd_target)
-    marker = sshd_target.deploy_path.parent / "marker-dead-worker"
+    marker = _marker(sshd_target, "marker-dead-worker")
     hanging = pipeline.CommandSpec(
         command=f"(sleep 3600.04; touch {marker}) & sleep 3600.04", stage="before_switch"
     )

@@ -23,6 +23,7 @@ from projects.models import NotificationDelivery
 from projects.services import project_create
 from servers.models import Server
 from tests.support.processes import free_port
+from tests.support.webserve import serve_in_background
 
 TRUSTED = "SHA256:" + "n" * 43
 
@@ -77,8 +78,7 @@ class Receiver:
         if self.tls is not None:
             self.httpd.socket = self.tls.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        self.thread = serve_in_background(self.httpd)
 
     def url(self, path: str = "/hook", host: str = "127.0.0.1") -> str:
         scheme = "https" if self.tls is not None else "http"

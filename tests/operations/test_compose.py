@@ -38,6 +38,7 @@ from tests.support.processes import (
     require_scaled_out,
     shared_test_database_url,
     stop,
+    stop_all,
     wait_for_http,
 )
 
@@ -203,8 +204,7 @@ class Stack:
             stop(process)
 
     def stop_all(self) -> None:
-        for name in list(self.processes):
-            self.stop(name)
+        stop_all([self.processes.pop(name) for name in list(self.processes)])
 
 
 @pytest.fixture(scope="module")

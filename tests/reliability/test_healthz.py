@@ -8,7 +8,7 @@ import pytest
 from django.db import connection
 
 from deployer import health
-from tests.support.processes import start_celery_worker, stop
+from tests.support.processes import start_celery_worker, stop_all
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -98,9 +98,7 @@ def test_it_counts_live_workers_by_queue_and_reports_the_broker_going_away(
         for secret in (own_broker.url, settings.DATABASE_URL, "127.0.0.1", "redis://"):
             assert secret not in body
     finally:
-        for process in (housekeeping, deployments):
-            if process is not None:
-                stop(process)
+        stop_all(process for process in (housekeeping, deployments) if process is not None)
 
 
 def _wait_for_workers(client, count: int) -> dict[str, Any]:

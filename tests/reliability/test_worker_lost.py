@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from datetime import timedelta
 
@@ -17,31 +18,44 @@ from builds.models import Deployment, Status, TargetStatus
 from projects.models import Command, CommandStage
 from servers.models import Release
 from tests.reliability.conftest import wait_until_final
-from tests.support.processes import child_pids, start_celery_worker, stop
+from tests.support.processes import child_pids, start_celery_worker, stop_all
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def worker_log(tmp_path):
-    return tmp_path / "worker.log"
+@pytest.fixture(scope="module")
+def _module_worker(django_db_setup, tmp_path_factory):
+    """Starts the prefork worker on first use and again once a test killed it whole; one
+    worker serves the module's tests (each start and stop takes seconds), since losing a
+    pool process is what Celery recovers from on its own."""
+    directory = tmp_path_factory.mktemp("worker-lost")
+    log = directory / "worker.log"
+    started: list[subprocess.Popen[str]] = []
+
+    def running() -> subprocess.Popen[str]:
+        if not started or started[-1].poll() is not None:
+            started.append(
+                start_celery_worker(
+                    directory / f"worker-data-{len(started)}",
+                    name=f"lost{len(started)}",
+                    pool="prefork",
+                    concurrency=1,
+                    log_path=log,
+                    SLIPWAY_HEARTBEAT_TIMEOUT="3600",
+                )
+            )
+        return started[-1]
+
+    yield running
+    stop_all(process for process in started if process.poll() is None)
+    print(log.read_text())
 
 
 @pytest.fixture
-def prefork_worker(tmp_path, worker_log):
+def prefork_worker(_module_worker):
     """One prefork worker with one pool process, on every queue; a heartbeat timeout far
     beyond the test, so that only the worker-lost signal can end the deployment."""
-    process = start_celery_worker(
-        tmp_path / "worker-data",
-        name="lost",
-        pool="prefork",
-        concurrency=1,
-        log_path=worker_log,
-        SLIPWAY_HEARTBEAT_TIMEOUT="3600",
-    )
-    yield process
-    stop(process)
-    print(worker_log.read_text())
+    return _module_worker()
 
 
 def _wait_for(marker, worker) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -64,6 +65,20 @@ def wait_for_http(url: str, process: subprocess.Popen[str], timeout: float = 60)
 
 def stop(process: subprocess.Popen[str]) -> str:
     process.terminate()
+    return _stopped(process)
+
+
+def stop_all(processes: Iterable[subprocess.Popen[str]]) -> list[str]:
+    """Stop every process in parallel: each is sent SIGTERM first, then each is waited for
+    (a Celery worker or a web process takes a second or two to shut down)."""
+    processes = list(processes)
+    for process in processes:
+        process.terminate()
+    return [_stopped(process) for process in processes]
+
+
+def _stopped(process: subprocess.Popen[str]) -> str:
+    """The output of a process sent SIGTERM, once it exited (killed after 15 s)."""
     try:
         output, _ = process.communicate(timeout=15)
     except subprocess.TimeoutExpired:

@@ -37,6 +37,7 @@ from tests.support.processes import (
     start_celery_worker,
     start_serve,
     stop,
+    stop_all,
 )
 from tests.webhooks import payloads
 
@@ -81,7 +82,7 @@ def _wait_until(condition, processes, *, seconds: float) -> bool:
             return True
         for process in processes:
             assert process.poll() is None, "a Slipway process exited"
-        time.sleep(0.5)
+        time.sleep(0.1)
     return condition()
 
 
@@ -163,8 +164,7 @@ def test_a_burst_of_deliveries_is_recorded_once_coalesced_and_the_newest_head_go
             last = _send_all(url, [final])
             settled = _wait_until(_settled, [web, *workers], seconds=240)
     finally:
-        for process in (web, *workers):
-            stop(process)
+        stop_all([web, *workers])
     logs = "\n".join(path.read_text() for path in sorted(tmp_path.glob("*.log")))
     assert settled, f"deliveries or deployments were still waiting:\n{logs[-20000:]}"
 

@@ -109,10 +109,11 @@ def slipway_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
             process.wait()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
-    # Started per module and stopped after it: Playwright's sync API keeps an event loop
-    # running in this thread, which Django's ORM (in other test modules) would refuse.
+    # Started once for these browser tests and stopped after the last of them: Playwright's
+    # sync API keeps an event loop running in this thread, which Django's ORM (in the test
+    # modules outside this package) would refuse. Each test still gets fresh contexts.
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

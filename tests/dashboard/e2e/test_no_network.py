@@ -21,6 +21,9 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 # page (the API's schema is a download, its answers JSON).
 NOT_FOLLOWED = ("/logout/", "delete/", "remove/", "/hooks/", "/api/schema/", "/api/v1/")
 MOST_PAGES = 150
+# Pages load in this many tabs at once: each is waited for until its network has been quiet
+# for 500 ms (Playwright's "networkidle"), and those waits overlap.
+TABS = 4
 
 
 def _cut_the_network(context: Any) -> list[str]:
@@ -61,14 +64,24 @@ def _same_site_links(page: Any, base_url: str) -> list[str]:
     return paths
 
 
+def _shape(path: str) -> str:
+    """The path with its project's slug and every number replaced, and whether it has a
+    query: pages of one shape are made by one template."""
+    path, query = path.split("?")[0], "?" if "?" in path else ""
+    return (
+        re.sub(r"[0-9]+", "N", re.sub(r"^/projects/(?!new/)[^/]+/", "/projects/S/", path)) + query
+    )
+
+
 def test_every_page_loads_with_no_request_leaving_loopback(new_page, slipway_app):
     made = slipway_app.shell(HISTORY)
     page = new_page()
-    left = _cut_the_network(page.context)
+    context = page.context
+    left = _cut_the_network(context)
     failed: list[str] = []
     # A loopback request that failed (not one cut short by the next navigation) would mean a
     # page that does not load whole.
-    page.on(
+    context.on(
         "requestfailed",
         lambda request: (
             None
@@ -77,29 +90,42 @@ def test_every_page_loads_with_no_request_leaving_loopback(new_page, slipway_app
         ),
     )
 
-    page.goto("/login/")
-    sign_in(page)
+    sign_in(page)  # the sign-in page loads under the guard too
+    tabs = [page, *(context.new_page() for _ in range(TABS - 1))]
 
-    queue = [*main_pages(made), "/users/", "/account/two-factor/", "/api/docs/"]
+    main = main_pages(made)
+    queue = [*main, "/users/", "/account/two-factor/", "/api/docs/"]
     seen: set[str] = set()
     # One page per template is enough: /deployments/12/ and /deployments/13/ load the same
-    # files (ids and query values are what differ).
+    # files (ids and query values are what differ), and so do the same pages of the other
+    # projects that earlier tests of the session made (each project's slug differs).
     shapes: set[str] = set()
     while queue and len(seen) < MOST_PAGES:
-        path = queue.pop(0)
-        shape = re.sub(r"[0-9]+", "N", path.split("?")[0]) + ("?" if "?" in path else "")
-        if path in seen or (shape in shapes and path not in main_pages(made)):
-            continue
-        seen.add(path)
-        shapes.add(shape)
-        response = page.goto(path)
-        assert response is not None and response.status < 400, (path, response and response.status)
-        page.wait_for_load_state("networkidle")
-        assert left == [], (path, left)
-        if "text/html" in (response.headers.get("content-type") or ""):
-            queue += [
-                link for link in _same_site_links(page, slipway_app.base_url) if link not in seen
-            ]
+        batch: list[str] = []
+        while queue and len(batch) < len(tabs) and len(seen) < MOST_PAGES:
+            path = queue.pop(0)
+            shape = _shape(path)
+            if path in seen or (shape in shapes and path not in main):
+                continue
+            seen.add(path)
+            shapes.add(shape)
+            batch.append(path)
+        # Each tab starts its page; then each is waited for until its network is quiet.
+        tabs_used = tabs[: len(batch)]
+        responses = [
+            tab.goto(path, wait_until="commit") for tab, path in zip(tabs_used, batch, strict=True)
+        ]
+        for tab, path, response in zip(tabs_used, batch, responses, strict=True):
+            assert response is not None and response.status < 400, (
+                path,
+                response and response.status,
+            )
+            tab.wait_for_load_state("networkidle")
+            assert left == [], (batch, left)
+            if "text/html" in (response.headers.get("content-type") or ""):
+                queue += [
+                    link for link in _same_site_links(tab, slipway_app.base_url) if link not in seen
+                ]
 
     assert len(seen) > len(main_pages(made)), "the crawl found no page beyond the list"
     assert failed == [], failed
