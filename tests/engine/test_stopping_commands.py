@@ -297,8 +297,8 @@ def test_a_lock_taken_from_a_dead_worker_first_stops_what_its_commands_left_runn
     )
     connections = []
 
-    def connect_and_keep(endpoint):
-        connection = connect(endpoint)
+    def connect_and_keep(endpoint, **options):
+        connection = connect(endpoint, **options)
         connections.append(connection)
         return connection
 
