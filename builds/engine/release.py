@@ -118,6 +118,8 @@ _NEARLY_FULL_KIB = 1024
 _DF_TIMEOUT_SECONDS = 30
 # Linux limits one argument to 128 KiB (MAX_ARG_STRLEN); stay well below it.
 _MAX_INLINE_ARGUMENT = 96 * 1024
+# The line a listing walk prints when a name holds a control character (see _stat_listing).
+_CNTRL_FOUND = "slipway-control-character"
 
 
 def validate_deploy_path(path: str) -> str:
@@ -272,11 +274,14 @@ def _meta_files(name: str) -> str:
     return _quoted(*(f"{MANIFEST_DIR}/{name}{suffix}" for suffix in _META_SUFFIXES))
 
 
-def _stat_listing(directory: str) -> str:
-    """Shell: one sorted line per file and symlink under ``directory``: path, size, mtime, mode."""
+def _stat_listing(directory: str, *, cntrl: bool = False) -> str:
+    """Shell: one sorted line per file and symlink under ``directory``: path, size, mtime, mode.
+    With ``cntrl``, the walk stops at the first name (of anything) holding a control
+    character and prints a line ``_CNTRL_FOUND`` (no listing line can be: they hold tabs)."""
+    found = f"-name '*[[:cntrl:]]*' -printf '{_CNTRL_FOUND}\\n' -quit -o " if cntrl else ""
     return (
-        f"(cd -- {directory} && find . -path ./{UNFINISHED_MARKER} -prune -o \\( -type f -o -type l \\) "
-        "-printf '%P\\t%s\\t%T@\\t%m\\n' | LC_ALL=C sort)"
+        f"(cd -- {directory} && find . -path ./{UNFINISHED_MARKER} -prune -o {found}"
+        "\\( -type f -o -type l \\) -printf '%P\\t%s\\t%T@\\t%m\\n' | LC_ALL=C sort)"
     )
 
 
@@ -657,18 +662,30 @@ echo "live=$live"
 if [ -n "$live" ] && [ "$live" = {shlex.quote(name)} ]; then echo "release {name} is live" >&2; exit 1; fi
 if [ -d {new} ] && [ ! -e {new}/{UNFINISHED_MARKER} ]; then echo "release {name} exists already" >&2; exit 1; fi
 rm -rf -- {new} {new}.tmp
-# The listing is one line per file: a name holding a control character (a newline, a tab)
-# could not be told apart from its neighbours, so such a release is never copied from.
+copied=0
 if [ {int(incremental)} = 1 ] && [ -n "$live" ] && [ "$live" = {expected} ] && [ -d "releases/$live" ] \\
-   && [ ! -e "releases/$live/{UNFINISHED_MARKER}" ] && [ -f "{MANIFEST_DIR}/$live.stat" ] \\
-   && [ -z "$(find "releases/$live" -name '*[[:cntrl:]]*' -print 2>/dev/null | head -n 1)" ]; then
+   && [ ! -e "releases/$live/{UNFINISHED_MARKER}" ] && [ -f "{MANIFEST_DIR}/$live.stat" ]; then
   cp -a --reflink=auto -- "releases/$live" {new}.tmp
+  # One walk of the copy both lists it and looks for names holding a control character (a
+  # newline, a tab): the listing is one line per file, so such a name could not be told
+  # apart from its neighbours, and such a release is never copied from (the copy goes).
+  listing={shlex.quote(META_DIR)}/listing.$$
+  trap 'rm -f -- "$listing"' EXIT
+  {_stat_listing(new + ".tmp", cntrl=True)} > "$listing"
+  if grep -qx {_CNTRL_FOUND} "$listing"; then
+    rm -rf -- {new}.tmp "$listing"
+  else
+    copied=1
+  fi
+fi
+if [ "$copied" = 1 ]; then
   mv -- {new}.tmp {new}
   echo copied=1
   # What changed in the live release after its deployment finished (people, the application):
   # compare the copy with the listing taken after that deployment's commands ran.
   # Names are bytes (not always UTF-8), so the lists travel as hex: lines of od.
-  {_stat_listing(new)} | LC_ALL=C comm -3 "{MANIFEST_DIR}/$live.stat" - | sed 's/^\t//' | cut -f1 | LC_ALL=C sort -u | od -An -v -tx1 | sed 's/^/drift=/'
+  LC_ALL=C comm -3 "{MANIFEST_DIR}/$live.stat" "$listing" | sed 's/^\t//' | cut -f1 | LC_ALL=C sort -u | od -An -v -tx1 | sed 's/^/drift=/'
+  rm -f -- "$listing"
   # What the live release's own commands changed after Slipway wrote it: not drift.
   if [ -f "{MANIFEST_DIR}/$live.rewritten" ]; then od -An -v -tx1 "{MANIFEST_DIR}/$live.rewritten" | sed 's/^/rewritten=/'; fi
   # Config files and shared links of the live release: gone from the copy, so that one no
@@ -805,7 +822,15 @@ ln -s -- {target} {in_release}"""
             lines.append(f"chmod -- {_mode(config.mode, 'mode')} {in_release}")
         written = shlex.quote(f"{MANIFEST_DIR}/{name}.written")
         lines.append(f"{_stat_listing(release)} > {written}")
-        lines.append(self._settle_script(name))
+        # Settled at once: nothing has run in the release since that listing, so it is also
+        # the listing as the deployment leaves it, and nothing was rewritten (what
+        # _settle_script would find, without walking the release twice more).
+        listing = shlex.quote(f"{MANIFEST_DIR}/{name}.stat")
+        rewritten = shlex.quote(f"{MANIFEST_DIR}/{name}.rewritten")
+        lines.append(
+            f"cp -- {written} {listing}.tmp && mv -- {listing}.tmp {listing}\n"
+            f": > {rewritten}.tmp && mv -- {rewritten}.tmp {rewritten}"
+        )
         return "\n".join(lines) + "\n"
 
     def _settle_script(self, name: str) -> str:
@@ -1064,12 +1089,16 @@ fi
         keep: int | None = None,
         protect: Sequence[str] = (),
         unlock_owner: str = "",
+        settle: bool = True,
     ) -> Cleaned:
         """Record the release as the before-switch commands left it (the baseline for drift,
         see the module docstring), point ``current`` at it (a new link under a temporary
         name, renamed over ``current``: at no instant is it missing or dangling), then
-        optionally remove old releases and release the lock."""
-        pieces = [self._settle_script(name), self._switch_script(name)]
+        optionally remove old releases and release the lock. ``settle=False`` when nothing
+        ran in the release since ``finish`` recorded it (no before-switch commands or
+        checks): recording it again would only walk it once more."""
+        pieces = [self._settle_script(name)] if settle else []
+        pieces.append(self._switch_script(name))
         if keep is not None:
             pieces.append(self._clean_up_script(keep=keep, protect=[name, *protect]))
         if unlock_owner:

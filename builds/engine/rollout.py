@@ -695,6 +695,10 @@ class ServerRun(_Run):
         after = has_commands(self.spec.commands, STAGE_AFTER_SWITCH, server) or bool(
             self.checks(AFTER_SWITCH)
         )
+        # What ran in the release since finish() recorded it, to be recorded again.
+        ran_before = has_commands(self.spec.commands, STAGE_BEFORE_SWITCH, server) or bool(
+            self.checks(BEFORE_SWITCH)
+        )
         with self.reporter.step("switch", server.id):
             # Without after-switch work, switching, cleaning up and unlocking is one trip.
             try:
@@ -703,6 +707,7 @@ class ServerRun(_Run):
                     keep=None if after else server.keep_releases,
                     protect=protect,
                     unlock_owner="" if after else self.owner,
+                    settle=ran_before,
                 )
             except EngineError:
                 # The trip may have failed after its rename (the clean-up, the connection):
