@@ -337,8 +337,13 @@ class _Run:
 
     def connect(self) -> None:
         self.reporter.check_cancelled()
+        pool = self.spec.connections
         with self.reporter.step("connect", self.server.id):
-            self.connection = connect(self.server.endpoint)
+            self.connection = (
+                pool.take(self.server.endpoint)
+                if pool is not None
+                else connect(self.server.endpoint)
+            )
         if self.atomic:
             self.layout = release.RemoteLayout(self.connection, self.server.deploy_path)
 
@@ -420,8 +425,13 @@ class _Run:
 
     def close(self) -> None:
         if self.connection is not None:
+            pool = self.spec.connections
             with contextlib.suppress(Exception):
-                self.connection.close()
+                if pool is not None:
+                    pool.give_back(self.connection)
+                else:
+                    self.connection.close()
+            self.connection = None
 
     def fail(self, error: BaseException) -> None:
         """Record a failure of this server (any phase) and leave its server as it was."""

@@ -107,6 +107,8 @@ class SSHTarget:
     #: Run sshd through this prefix: ``("ip", "netns", "exec", name)`` for a target in a
     #: network namespace (tests/support/netns.py). sshd listens on ``hostname``.
     launcher: tuple[str, ...] = ()
+    #: sshd's LogLevel; INFO logs each login, which ``logins`` counts.
+    log_level: str = "ERROR"
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -203,7 +205,7 @@ class SSHTarget:
             "PrintMotd no",
             "PrintLastLog no",
             "X11Forwarding no",
-            "LogLevel ERROR",
+            f"LogLevel {self.log_level}",
         ]
         if _sshd_version() >= (9, 8):
             # Failed logins (a test of a wrong key) would otherwise get 127.0.0.1 refused
@@ -239,6 +241,20 @@ class SSHTarget:
         except OSError:
             return False
         return banner.startswith(b"SSH-")
+
+    def logins(self) -> int:
+        """How many logins sshd accepted (SSH connections opened and authenticated) since it
+        was started with ``log_level`` INFO or more (see ``count_logins``)."""
+        if self.log_level == "ERROR":
+            raise AssertionError("start the target with count_logins() first")
+        return self._log_text().count("Accepted publickey for ")
+
+    def count_logins(self) -> None:
+        """Restart sshd logging each login it accepts, from zero (``logins``)."""
+        self.stop()
+        self.log_path.unlink(missing_ok=True)
+        self.log_level = "INFO"
+        self.start()
 
     def _log_text(self) -> str:
         try:
