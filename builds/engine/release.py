@@ -1146,6 +1146,39 @@ fi
             line.removeprefix("note=") for line in out.splitlines() if line.startswith("note=")
         )
 
+    def lock_for_rollback(
+        self,
+        name: str,
+        *,
+        holder: str,
+        owner_id: str,
+        stale_after: int,
+        take_over_from: str = "",
+    ) -> tuple[tuple[str, ...], str | None]:
+        """Take the lock (see ``lock``), then check that release ``name`` is on the server and
+        finished, and read which release is live: one round trip. Answers the lock's notes
+        and the live release (None without a ``current``).
+
+        Raises LockHeld (the lock is not taken), or ReleaseMissing once the lock is taken
+        (the caller releases it)."""
+        if not is_release_name(name):
+            raise InvalidInput("release", f"{name!r} is not a release name")
+        out = self._script(
+            self._enter_script()
+            + self._lock_script(
+                holder=holder,
+                owner_id=owner_id,
+                stale_after=stale_after,
+                take_over_from=take_over_from,
+            )
+            + self._check_release_script(name)
+            + 'if [ -L current ]; then echo "live=$(basename "$(readlink current)")"; fi\n'
+        )
+        lines = out.splitlines()
+        notes = tuple(line.removeprefix("note=") for line in lines if line.startswith("note="))
+        live = next((line.removeprefix("live=") for line in lines if line.startswith("live=")), "")
+        return notes, live or None
+
     def read_lock(self) -> LockInfo | None:
         """Who holds the deploy path's lock; None when it is not locked."""
         lock = shlex.quote(LOCK_DIR)

@@ -38,6 +38,7 @@ from builds.engine.errors import (
     InternalError,
     InvalidInput,
     LockHeld,
+    ReleaseMissing,
     UserError,
 )
 from builds.engine.excludes import ExcludeRules
@@ -830,35 +831,59 @@ class RollbackRun(_Run):
         layout, spec = self.layout, self.spec
         with self.reporter.step("lock", self.server.id):
             holder = f"Slipway rollback #{spec.deployment_id} by {spec.deployer or 'unknown'}"
+
+            def attempt(take_over_from: str = "") -> tuple[tuple[str, ...], str | None]:
+                try:
+                    return layout.lock_for_rollback(
+                        self.target,
+                        holder=holder,
+                        owner_id=self.owner,
+                        stale_after=spec.lock_stale_after,
+                        take_over_from=take_over_from,
+                    )
+                except ReleaseMissing:
+                    self.locked = True  # taken before the release was found missing
+                    raise
+
             try:
-                notes = layout.lock(
-                    holder=holder, owner_id=self.owner, stale_after=spec.lock_stale_after
-                )
+                notes, live = attempt()
             except LockHeld as held:
                 if not held.owner or not spec.lock_owner_finished(held.owner):
                     raise
-                notes = layout.lock(
-                    holder=holder,
-                    owner_id=self.owner,
-                    stale_after=spec.lock_stale_after,
-                    take_over_from=held.owner,
-                )
+                notes, live = attempt(take_over_from=held.owner)
             self.locked = True
             for note in notes:
                 self.log(note[:1].upper() + note[1:])
-            layout.check_release(self.target)
-            self.previous = layout.live_release()
+            self.previous = live
             self.result.previous_release = self.previous
         self.run_checks(BEFORE_SWITCH, self.release_path)
 
     def activate(self) -> None:
         assert self.layout is not None
         self.reporter.check_cancelled()  # the last safe point: after the switch, it is live
+        after = has_commands(self.spec.commands, STAGE_AFTER_SWITCH, self.server) or bool(
+            self.checks(AFTER_SWITCH)
+        )
         with self.reporter.step("switch", self.server.id):
-            self.layout.switch(self.target)
+            if after:
+                self.layout.switch(self.target)
+            else:
+                # Nothing to run after the switch: switching and unlocking is one trip, and
+                # the release is left recorded as its own deployment left it.
+                try:
+                    self.layout.switch_and_clean_up(
+                        self.target, unlock_owner=self.owner, settle=False
+                    )
+                except EngineError:
+                    self._note_switch_if_live()
+                    raise
+                self.locked = False
             self.switched = True
             self.result.release = self.target
             self.log(f"current → releases/{self.target}")
+        if not after:
+            self.finished = True
+            return
         self._commands(STAGE_AFTER_SWITCH, self.release_path, "commands after switch")
         try:
             self.run_checks(AFTER_SWITCH, self.release_path)
@@ -868,6 +893,19 @@ class RollbackRun(_Run):
         self._settle(self.target)
         self.finished = True
         self.abandon()
+
+    def _note_switch_if_live(self) -> None:
+        """After a failed switch trip: mark this run switched when `current` points at the
+        kept release after all (read-only; unreadable leaves it as not switched)."""
+        assert self.layout is not None
+        try:
+            live = self.layout.inspect().current
+        except Exception:  # the server is unreachable now: nothing more can be told
+            return
+        if live == self.target:
+            self.switched = True
+            self.result.release = self.target
+            self.log(f"current → releases/{self.target} (the switch happened before the failure)")
 
 
 # --------------------------------------------------------------------------- strategies

@@ -26,7 +26,7 @@ EVERY_STAGE = (
 def two_targets(sshd_factory):
     targets = [sshd_factory(), sshd_factory()]
     for target in targets:
-        target.count_logins()
+        target.count_connections()
     return targets
 
 
@@ -89,7 +89,7 @@ def test_kept_connections_serve_the_next_deployment_and_a_rollback(
 
 
 def test_a_kept_connection_the_server_dropped_is_replaced(sshd_target, git_repo_factory, tmp_path):
-    sshd_target.count_logins()
+    sshd_target.count_connections()
     repo = git_repo_factory()
     a = repo.commit({"index.html": "A\n"}, "A")
     b = repo.commit({"index.html": "B\n"}, "B")
@@ -108,7 +108,7 @@ def test_a_kept_connection_the_server_dropped_is_replaced(sshd_target, git_repo_
 
 def test_a_kept_connection_goes_only_to_the_same_login_and_pinned_key(sshd_factory):
     target = sshd_factory()
-    target.count_logins()
+    target.count_connections()
     other_key = sshd_factory(new_host_key=True)
     pool = ConnectionPool()
     try:
@@ -146,3 +146,31 @@ def test_kept_connections_are_closed_once_idle_for_too_long(sshd_target):
         time.sleep(0.05)
     assert len(pool) == 0
     assert not connection.is_active
+
+
+def test_a_deployment_and_a_rollback_without_commands_take_few_round_trips(
+    sshd_target, git_repo_factory, tmp_path
+):
+    sshd_target.count_connections()
+    repo = git_repo_factory()
+    a = repo.commit({"index.html": "A\n"}, "A")
+    b = repo.commit({"index.html": "B\n"}, "B")
+    first, servers = _deploy(repo, tmp_path, [server_for(sshd_target)], a, 1)
+    # Lock and prepare, upload, finish, switch (clean-up and unlock in the same trip).
+    assert sshd_target.commands() == 4
+    _, servers = _deploy(repo, tmp_path, servers, b, 2)
+    assert sshd_target.commands() == 8
+    back = pipeline.rollback(
+        pipeline.RollbackSpec(
+            deployment_id=3,
+            project="Shop",
+            servers=tuple(servers),
+            targets={servers[0].id: first.servers[0].release or ""},
+        ),
+        RecordingReporter(),
+    )
+    assert back[0].ok, back[0].error
+    # Lock, check the kept release and read the live one; then switch and unlock.
+    assert sshd_target.commands() == 10
+    assert (sshd_target.deploy_path / "current").resolve().name == first.servers[0].release
+    assert not (sshd_target.deploy_path / ".slipway" / "lock").exists(), "unlocked"

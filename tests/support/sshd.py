@@ -107,7 +107,7 @@ class SSHTarget:
     #: Run sshd through this prefix: ``("ip", "netns", "exec", name)`` for a target in a
     #: network namespace (tests/support/netns.py). sshd listens on ``hostname``.
     launcher: tuple[str, ...] = ()
-    #: sshd's LogLevel; INFO logs each login, which ``logins`` counts.
+    #: sshd's LogLevel; VERBOSE logs each login and command (see ``count_connections``).
     log_level: str = "ERROR"
     process: subprocess.Popen[bytes] | None = None
 
@@ -243,18 +243,27 @@ class SSHTarget:
         return banner.startswith(b"SSH-")
 
     def logins(self) -> int:
-        """How many logins sshd accepted (SSH connections opened and authenticated) since it
-        was started with ``log_level`` INFO or more (see ``count_logins``)."""
-        if self.log_level == "ERROR":
-            raise AssertionError("start the target with count_logins() first")
-        return self._log_text().count("Accepted publickey for ")
+        """How many logins sshd accepted (SSH connections opened and authenticated) since
+        ``count_connections``."""
+        return self._counted("Accepted publickey for ")
 
-    def count_logins(self) -> None:
-        """Restart sshd logging each login it accepts, from zero (``logins``)."""
+    def commands(self) -> int:
+        """How many commands (exec requests: one round trip each) sshd started since
+        ``count_connections``."""
+        return self._counted("Starting session: command for ")
+
+    def count_connections(self) -> None:
+        """Restart sshd logging each login and command it starts, counted from zero
+        (``logins``, ``commands``)."""
         self.stop()
         self.log_path.unlink(missing_ok=True)
-        self.log_level = "INFO"
+        self.log_level = "VERBOSE"
         self.start()
+
+    def _counted(self, sign: str) -> int:
+        if self.log_level != "VERBOSE":
+            raise AssertionError("call count_connections() first")
+        return self._log_text().count(sign)
 
     def _log_text(self) -> str:
         try:
