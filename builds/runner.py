@@ -269,13 +269,11 @@ def server_spec(server: Server, *, with_manifest: bool = True) -> pipeline.Serve
     (thousands of entries each)."""
     live = server.live_release()
     manifest = (
-        Manifest.from_json(json.dumps(live.manifest).encode())
-        if with_manifest and live and live.manifest
-        else None
+        Manifest.from_document(live.manifest) if with_manifest and live and live.manifest else None
     )
     kept = (
         {
-            release.name: Manifest.from_json(json.dumps(release.manifest).encode())
+            release.name: Manifest.from_document(release.manifest)
             for release in server.releases.filter(removed_at__isnull=True, live=False)
             if release.manifest
         }
