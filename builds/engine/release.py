@@ -1020,8 +1020,10 @@ fi
         remove: Sequence[str] = (),
         on_line: LineCallback | None = None,
         codec: str = GZIP,
+        bulk: bool = False,
     ) -> None:
-        """Remove ``remove`` from the release, then unpack a gzipped tar stream into it.
+        """Remove ``remove`` from the release, then unpack a gzipped tar stream into it
+        (``bulk``: a large one, see ``Connection.run_streaming_stdin``).
 
         The removal list travels base64-encoded inside the command (NUL-separated paths can
         hold any character); a list too long for one argument is removed in its own trip.
@@ -1040,7 +1042,11 @@ fi
             return
         script = f"cd -- {target} && {removal}tar {TAR_FLAGS[codec]} --no-same-owner"
         result = self.connection.run_streaming_stdin(
-            "sh -c " + shlex.quote(script), chunks, on_line=on_line or self.on_line, check=False
+            "sh -c " + shlex.quote(script),
+            chunks,
+            on_line=on_line or self.on_line,
+            check=False,
+            bulk=bulk,
         )
         self._raise_for(result.exit_code, "", result.stderr, result.tail, check=True)
 
