@@ -875,20 +875,23 @@ class RollbackRun(_Run):
                 self.layout.switch(self.target)
             else:
                 # Nothing to run after the switch: switching and unlocking is one trip, and
-                # the release is left recorded as its own deployment left it.
+                # the release is left recorded as its own deployment left it. Not unlocking
+                # while a stopped check's command may still run (abandon() decides).
+                unlock = self.connection is None or not self.connection.left_running
                 try:
                     self.layout.switch_and_clean_up(
-                        self.target, unlock_owner=self.owner, settle=False
+                        self.target, unlock_owner=self.owner if unlock else "", settle=False
                     )
                 except EngineError:
                     self._note_switch_if_live()
                     raise
-                self.locked = False
+                self.locked = not unlock
             self.switched = True
             self.result.release = self.target
             self.log(f"current → releases/{self.target}")
         if not after:
             self.finished = True
+            self.abandon()
             return
         self._commands(STAGE_AFTER_SWITCH, self.release_path, "commands after switch")
         try:
