@@ -1020,10 +1020,8 @@ fi
         remove: Sequence[str] = (),
         on_line: LineCallback | None = None,
         codec: str = GZIP,
-        bulk: bool = False,
     ) -> None:
-        """Remove ``remove`` from the release, then unpack a gzipped tar stream into it
-        (``bulk``: a large one, see ``Connection.run_streaming_stdin``).
+        """Remove ``remove`` from the release, then unpack a gzipped tar stream into it.
 
         The removal list travels base64-encoded inside the command (NUL-separated paths can
         hold any character); a list too long for one argument is removed in its own trip.
@@ -1042,11 +1040,7 @@ fi
             return
         script = f"cd -- {target} && {removal}tar {TAR_FLAGS[codec]} --no-same-owner"
         result = self.connection.run_streaming_stdin(
-            "sh -c " + shlex.quote(script),
-            chunks,
-            on_line=on_line or self.on_line,
-            check=False,
-            bulk=bulk,
+            "sh -c " + shlex.quote(script), chunks, on_line=on_line or self.on_line, check=False
         )
         self._raise_for(result.exit_code, "", result.stderr, result.tail, check=True)
 

@@ -75,7 +75,7 @@ from builds.engine.specs import (
     lock_owner,
     variables_for,
 )
-from builds.engine.ssh import BULK_BYTES, Connection, connect
+from builds.engine.ssh import Connection, connect
 from builds.engine.variables import shell_exports, substitute, substitute_shell
 
 logger = logging.getLogger(__name__)
@@ -666,13 +666,7 @@ class ServerRun(_Run):
                     reporter.progress(server.id, files_done, files_total, bytes_done, bytes_total)
                     yield chunk
 
-            self.layout.upload(
-                self.name,
-                counted(),
-                remove=removals,
-                codec=archive.codec,
-                bulk=bytes_total >= BULK_BYTES,
-            )
+            self.layout.upload(self.name, counted(), remove=removals, codec=archive.codec)
         elif removals:
             self.layout.upload(self.name, None, remove=removals)
         reporter.progress(server.id, files_total, files_total, bytes_total, bytes_total)

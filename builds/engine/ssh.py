@@ -26,9 +26,7 @@ import os
 import re
 import select
 import shlex
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections import deque
@@ -65,10 +63,6 @@ TRANSPORT_WINDOW_SIZE = 8 * 1024 * 1024
 # paramiko reads larger packets fine, so fewer, bigger packets cost less Python per byte.
 TRANSPORT_MAX_PACKET_SIZE = 64 * 1024
 KEEPALIVE_INTERVAL_SECONDS = 15
-#: Uploads of at least this many bytes go through the system's OpenSSH client when it can be
-#: used (``Connection.run_streaming_stdin(bulk=True)``): below it, its own login costs more
-#: than its faster encryption saves.
-BULK_BYTES = 4 * 1024 * 1024
 #: Lines of output kept for the error message of a failed command.
 TAIL_LINES = 20
 
@@ -519,31 +513,13 @@ class Connection:
         on_line: LineCallback | None = None,
         timeout: float | None = None,
         check: bool = True,
-        bulk: bool = False,
     ) -> CommandResult:
         """Feed ``chunks`` to ``command``'s stdin over one channel, e.g. a tar stream to ``tar -x``.
 
         Chunks are pulled lazily, so a generator can compress while we send. Output is read
         while sending. A connection lost at any point raises TransferFailed; otherwise this
         behaves like ``run``.
-
-        With ``bulk`` (many megabytes to send), the bytes go through the system's OpenSSH
-        client where it can be used (see ``_run_through_openssh``): its C code encrypts
-        faster than paramiko's Python; otherwise, or when it cannot log in, over this
-        connection.
         """
-        if bulk:
-            through = self._run_through_openssh(command, chunks, on_line=on_line, timeout=timeout)
-            if through is not None:
-                if check and through.exit_code != 0:
-                    failure = CommandFailed(command, through.exit_code, list(through.tail))
-                    raise classify_command_failure(
-                        failure,
-                        through.stderr.splitlines(),
-                        self.endpoint.address,
-                        username=self.endpoint.username,
-                    )
-                return through
         return self._execute(
             command,
             chunks,
@@ -577,124 +553,6 @@ class Connection:
                 self._sftp.close()
             self._sftp = None
         self._transport.close()
-
-    # -- bulk transfers through OpenSSH ----------------------------------------------------
-
-    def _run_through_openssh(
-        self,
-        command: str,
-        chunks: Iterable[bytes],
-        *,
-        on_line: LineCallback | None,
-        timeout: float | None,
-    ) -> CommandResult | None:
-        """Run ``command`` through the system's ``ssh`` with ``chunks`` as its stdin; None
-        (nothing of ``chunks`` read) when it cannot be used here: no ``ssh`` program, no
-        private key (a password login), no memfd, or it did not log in and start the command.
-
-        The host key is pinned as on this connection: the known_hosts file holds only the
-        key this connection checked against the pinned fingerprint, and nothing else is
-        read (no ``~/.ssh``, no agent, no configuration file). The private key reaches
-        ``ssh`` as an in-memory file (memfd, mode 0600, read through this process's
-        /proc/<pid>/fd), never written to a disk. The command runs in a process group of its own as ``run``
-        does: stopped (timeout, cancel, an error) over this connection."""
-        program = shutil.which("ssh")
-        private_key = self.endpoint.private_key
-        if program is None or private_key is None or not self.host_key.public_key:
-            return None
-        if not hasattr(os, "memfd_create"):
-            return None
-        started = time.monotonic()
-        deadline = None if timeout is None else started + timeout
-        key_fd = os.memfd_create("slipway-key", os.MFD_CLOEXEC)
-        hosts_fd = os.memfd_create("slipway-known-hosts", os.MFD_CLOEXEC)
-        process: subprocess.Popen[bytes] | None = None
-        try:
-            os.fchmod(key_fd, 0o600)
-            os.write(key_fd, private_key.encode() + (b"" if private_key.endswith("\n") else b"\n"))
-            os.write(hosts_fd, f"{_OPENSSH_ALIAS} {self.host_key.public_key}\n".encode())
-            remote = f"sh -c {shlex.quote(_GROUP_WRAPPER)} slipway {shlex.quote(command)}"
-            process = subprocess.Popen(
-                [
-                    *_openssh_command(program, self.endpoint, self.host_key, key_fd, hosts_fd),
-                    remote,
-                ],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env={"PATH": os.environ.get("PATH", os.defpath), "LC_ALL": "C", "HOME": "/"},
-                start_new_session=True,
-            )
-            assert process.stdout is not None and process.stderr is not None
-            output = _OutputCollector(on_line, expect_group_header=True)
-            readers = _ProcessReaders(process, output)
-            header_by = time.monotonic() + self.endpoint.connect_timeout + _HEADER_WAIT_SECONDS
-            started_remotely = readers.wait_for_header(min(header_by, deadline or header_by))
-        except OSError:
-            logger.warning("Starting ssh for %s failed", self.endpoint.address, exc_info=True)
-            if process is not None:
-                _end_process(process)
-            return None
-        finally:
-            # Logged in and started, or not: ssh has read both files if it ever will.
-            os.close(key_fd)
-            os.close(hosts_fd)
-        if not started_remotely:
-            # Not logged in, or the command did not start: nothing was sent yet.
-            _end_process(process)
-            readers.join()
-            logger.info(
-                "ssh to %s could not be used (exit %s: %s); sending over paramiko",
-                self.endpoint.address,
-                process.returncode,
-                " ".join(readers.stderr_tail()),
-            )
-            return None
-        assert process.stdin is not None
-        watch = _Watch(deadline, command, timeout, self.endpoint.address, None)
-        try:
-            try:
-                for chunk in chunks:
-                    watch.check()
-                    process.stdin.write(chunk)
-                process.stdin.close()
-            except BrokenPipeError:
-                pass  # the command ended early: its exit status tells how
-            while True:
-                watch.check()
-                try:
-                    exit_code = process.wait(timeout=_wait_seconds(watch.deadline) or 0.05)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-            readers.join()
-        except BaseException as exc:
-            # The remote group first: an ssh killed first would close the command's stdin,
-            # and it would go on as if the input had ended.
-            stopped = self._kill_group(output.group, command)
-            _end_process(process)
-            readers.join()
-            if isinstance(exc, CommandTimedOut):
-                raise CommandTimedOut(
-                    f"{exc}; it was stopped"
-                    if stopped
-                    else f"{exc}, and it could not be stopped: it may still be running"
-                ) from None
-            raise
-        output.finish()
-        if exit_code == 255:
-            raise self._transfer_failed(
-                "the connection of the ssh client was lost: " + " ".join(readers.stderr_tail())
-            )
-        return CommandResult(
-            command=command,
-            exit_code=exit_code,
-            stdout=output.captured("stdout"),
-            stderr=output.captured("stderr"),
-            tail=tuple(text for _stream, text in output.tail),
-            truncated=output.truncated,
-            duration=time.monotonic() - started,
-        )
 
     # -- running commands -------------------------------------------------------------------
 
@@ -788,12 +646,7 @@ class Connection:
                 output.drain(channel)
             if output.awaiting_header:
                 select.select([channel.fileno()], [], [], 0.1)
-        return self._kill_group(output.group, command)
-
-    def _kill_group(self, group: int | None, command: str) -> bool:
-        """Kill process group ``group`` on the server over this connection and wait until it
-        is gone: True then; False (and ``command`` noted in ``left_running``) when that
-        cannot be told."""
+        group = output.group
         if group is not None and self._transport.is_active():
             # Gone once kill(2) says "No such process" for the group; any other refusal
             # (processes of another user, after sudo) means it cannot be told (exit 2).
@@ -1035,112 +888,6 @@ class _OutputCollector:
             self.truncated = True
         if self._on_line is not None:
             self._on_line(stream, line)
-
-
-# -- the OpenSSH client for bulk transfers ----------------------------------------------------
-
-# The only name in the known_hosts file handed to ssh (HostKeyAlias): whatever the address.
-_OPENSSH_ALIAS = "slipway-pinned-host"
-# The signature algorithms of an RSA host key (ssh-rsa, SHA-1, is off in OpenSSH).
-_RSA_ALGORITHMS = "rsa-sha2-512,rsa-sha2-256"
-
-
-def _openssh_command(
-    program: str, endpoint: Endpoint, host_key: HostKey, key_fd: int, hosts_fd: int
-) -> list[str]:
-    """``ssh`` logging in as ``endpoint`` says with the key in ``key_fd``, trusting only the
-    key in ``hosts_fd`` (descriptors of this process: ssh closes every descriptor it
-    inherits, so it opens them again through /proc); the remote command follows."""
-    here = f"/proc/{os.getpid()}/fd"
-    algorithms = _RSA_ALGORITHMS if host_key.key_type == "ssh-rsa" else host_key.key_type
-    options = {
-        "BatchMode": "yes",
-        "StrictHostKeyChecking": "yes",
-        "UserKnownHostsFile": f"{here}/{hosts_fd}",
-        "GlobalKnownHostsFile": "/dev/null",
-        "HostKeyAlias": _OPENSSH_ALIAS,
-        "HostKeyAlgorithms": algorithms,
-        "CheckHostIP": "no",
-        "UpdateHostKeys": "no",
-        "IdentitiesOnly": "yes",
-        "IdentityAgent": "none",
-        "IdentityFile": f"{here}/{key_fd}",
-        "PasswordAuthentication": "no",
-        "KbdInteractiveAuthentication": "no",
-        "ControlMaster": "no",
-        "ControlPath": "none",
-        "ForwardAgent": "no",
-        "ForwardX11": "no",
-        "ClearAllForwardings": "yes",
-        "PermitLocalCommand": "no",
-        "ConnectTimeout": str(max(1, round(endpoint.connect_timeout))),
-        "ServerAliveInterval": str(KEEPALIVE_INTERVAL_SECONDS),
-        "LogLevel": "ERROR",
-    }
-    command = [program, "-F", "/dev/null", "-T", "-p", str(endpoint.port), "-l", endpoint.username]
-    for name, value in options.items():
-        command += ["-o", f"{name}={value}"]
-    return [*command, "--", endpoint.hostname]
-
-
-def _end_process(process: subprocess.Popen[bytes]) -> None:
-    """Kill a local process (its whole session) and reap it."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, 9)
-    with contextlib.suppress(Exception):
-        process.wait(timeout=10)
-    for stream in (process.stdin, process.stdout, process.stderr):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()
-
-
-class _ProcessReaders:
-    """Threads reading a local process's stdout and stderr into an _OutputCollector."""
-
-    def __init__(self, process: subprocess.Popen[bytes], output: _OutputCollector) -> None:
-        self._output = output
-        self._lock = threading.Lock()
-        self._header = threading.Event()
-        self._stderr: deque[str] = deque(maxlen=5)
-        self._threads = [
-            threading.Thread(
-                target=self._read, args=(stream, name), name=f"ssh-{name}", daemon=True
-            )
-            for stream, name in ((process.stdout, "stdout"), (process.stderr, "stderr"))
-            if stream is not None
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def _read(self, stream: io.BufferedReader, name: str) -> None:
-        try:
-            while data := stream.read1(_READ_SIZE):
-                with self._lock:
-                    if name == "stderr":
-                        self._stderr.append(data.decode(errors="replace").strip()[-500:])
-                    self._output._feed(name, data)
-                    if not self._output.awaiting_header:
-                        self._header.set()
-        except (OSError, ValueError):
-            pass
-        finally:
-            if name == "stdout":
-                self._header.set()  # end of output: stop waiting, whatever came
-
-    def wait_for_header(self, until: float) -> bool:
-        """Whether the command's group header arrived before ``until`` (monotonic)."""
-        self._header.wait(max(0.0, until - time.monotonic()))
-        with self._lock:
-            return not self._output.awaiting_header
-
-    def stderr_tail(self) -> list[str]:
-        with self._lock:
-            return [line for line in self._stderr if line]
-
-    def join(self) -> None:
-        for thread in self._threads:
-            thread.join(timeout=10)
 
 
 # -- opening the transport --------------------------------------------------------------------
