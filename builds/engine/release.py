@@ -304,7 +304,8 @@ class RemoteLayout:
     Each public method is one round trip (one exec channel): on a real network, and on hosts
     whose login shell reads a heavy rc file, every exec costs far more than the work it does.
     A deployment takes four: lock and prepare, upload, finish, switch and clean up (five when
-    files are copied from kept releases: ``reuse``).
+    files are copied from kept releases: ``reuse``); three when nothing runs in the release
+    before it goes live and it goes live as soon as it is ready (``finish(then_switch=True)``).
     """
 
     def __init__(
@@ -1053,12 +1054,21 @@ fi
         shared_paths: Sequence[str] = (),
         file_mode: str = "",
         directory_mode: str = "",
-    ) -> None:
+        then_switch: bool = False,
+        keep: int | None = None,
+        protect: Sequence[str] = (),
+        unlock_owner: str = "",
+    ) -> Cleaned:
         """Write config files (each with its own mode and group: the server's ``file_mode``
         does not apply to them) and the manifest, link shared paths (seeding ``shared/``
         from the release where it lacks one), apply permissions and record the listing that
         the next deployment compares against, and the paths written here (config files,
-        shared links) that the next one drops: one round trip."""
+        shared links) that the next one drops: one round trip.
+
+        With ``then_switch`` (nothing is to run in the release before it goes live), the
+        same trip then does what ``switch_and_clean_up`` does (``keep``, ``protect``,
+        ``unlock_owner`` as there): a failure of the finishing stops the script before
+        ``current`` is touched."""
         managed = [*files, *(validate_relative_path(p, "shared_paths") for p in shared_paths)]
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as archive:
@@ -1080,7 +1090,15 @@ fi
             config_paths=list(files),
             config_files=files,
         )
-        self._run(script, stdin=buffer.getvalue())
+        pieces = [script]
+        if then_switch:
+            pieces.append(self._switch_script(name))
+            if keep is not None:
+                pieces.append(self._clean_up_script(keep=keep, protect=[name, *protect]))
+            if unlock_owner:
+                pieces.append(self._unlock_script(unlock_owner))
+        values = self._run(*pieces, stdin=buffer.getvalue())
+        return Cleaned(removed=values.get("removed", []))
 
     def switch_and_clean_up(
         self,

@@ -227,6 +227,14 @@ class ArchiveCache:
 # --------------------------------------------------------------------------- one server
 
 
+@dataclasses.dataclass(frozen=True)
+class _Finishing:
+    """What finishing a release writes besides the server's settings (RemoteLayout.finish)."""
+
+    files: Mapping[str, release.FileToWrite]
+    manifest_json: bytes = dataclasses.field(repr=False)
+
+
 class _Run:
     """What every server's part in a rollout shares, whether it takes a new release
     (ServerRun) or goes back to a kept one (RollbackRun): the connection and lock, the
@@ -255,6 +263,8 @@ class _Run:
         self.lock_left = False
         self.switched = False
         self.finished = False
+        #: activate() follows prepare() at once (not after every server is prepared).
+        self.activates_at_once = False
 
     # -- helpers
 
@@ -477,6 +487,9 @@ class ServerRun(_Run):
         self.name = name
         self.archives = archives
         self.prepared: release.Prepared | None = None
+        #: What finishing the release writes, when activate() finishes and switches in one
+        #: trip.
+        self.pending_finish: _Finishing | None = None
         deploy_path = release.validate_deploy_path(server.deploy_path)
         self.release_path = f"{deploy_path}/releases/{name}" if self.atomic else deploy_path
         self.variables = variables_for(
@@ -680,13 +693,44 @@ class ServerRun(_Run):
             for config in self.spec.config_files
             if not config.server_ids or server.id in config.server_ids
         }
-        self.layout.finish(
+        finishing = _Finishing(files=files, manifest_json=manifest.to_json())
+        if self._switches_when_finished():
+            # Finished and switched in one trip by activate(), next.
+            self.pending_finish = finishing
+            return
+        self._finish(finishing)
+
+    def _finish(
+        self,
+        finishing: _Finishing,
+        *,
+        then_switch: bool = False,
+        keep: int | None = None,
+        protect: Sequence[str] = (),
+        unlock_owner: str = "",
+    ) -> release.Cleaned:
+        assert self.layout is not None
+        return self.layout.finish(
             self.name,
-            files=files,
-            manifest_json=manifest.to_json(),
+            files=finishing.files,
+            manifest_json=finishing.manifest_json,
             shared_paths=self.spec.shared_paths,
-            file_mode=server.file_mode,
-            directory_mode=server.directory_mode,
+            file_mode=self.server.file_mode,
+            directory_mode=self.server.directory_mode,
+            then_switch=then_switch,
+            keep=keep,
+            protect=protect,
+            unlock_owner=unlock_owner,
+        )
+
+    def _switches_when_finished(self) -> bool:
+        """Nothing runs in the release between finishing it and switching to it (no
+        before-switch commands or checks, and this server goes live as soon as it is
+        prepared): the two are one trip."""
+        return (
+            self.activates_at_once
+            and not has_commands(self.spec.commands, STAGE_BEFORE_SWITCH, self.server)
+            and not self.checks(BEFORE_SWITCH)
         )
 
     def activate(self) -> None:
@@ -711,15 +755,26 @@ class ServerRun(_Run):
             self.checks(BEFORE_SWITCH)
         )
         with self.reporter.step("switch", server.id):
-            # Without after-switch work, switching, cleaning up and unlocking is one trip.
+            # Without after-switch work, switching, cleaning up and unlocking is one trip;
+            # finishing the release too when nothing ran since the upload (pending_finish).
             try:
-                cleaned = layout.switch_and_clean_up(
-                    self.name,
-                    keep=None if after else server.keep_releases,
-                    protect=protect,
-                    unlock_owner="" if after else self.owner,
-                    settle=ran_before,
-                )
+                if self.pending_finish is not None:
+                    finishing, self.pending_finish = self.pending_finish, None
+                    cleaned = self._finish(
+                        finishing,
+                        then_switch=True,
+                        keep=None if after else server.keep_releases,
+                        protect=protect,
+                        unlock_owner="" if after else self.owner,
+                    )
+                else:
+                    cleaned = layout.switch_and_clean_up(
+                        self.name,
+                        keep=None if after else server.keep_releases,
+                        protect=protect,
+                        unlock_owner="" if after else self.owner,
+                        settle=ran_before,
+                    )
             except EngineError:
                 # The trip may have failed after its rename (the clean-up, the connection):
                 # if `current` is the new release, it went live and must be recorded so.
@@ -939,6 +994,7 @@ def _failed(run: _Run) -> bool:
 
 
 def _full(run: _Run) -> None:
+    run.activates_at_once = True
     run.connect()
     run.prepare()
     run.activate()

@@ -11,7 +11,7 @@ import pytest
 
 from builds.engine import pipeline
 from builds.engine.errors import HostKeyMismatch
-from builds.engine.specs import CommandSpec, StrategySpec
+from builds.engine.specs import CommandSpec, ConfigFileSpec, StrategySpec
 from builds.engine.ssh import ConnectionPool
 from tests.support.engine import RecordingReporter, after, deploy_spec, server_for
 
@@ -156,10 +156,10 @@ def test_a_deployment_and_a_rollback_without_commands_take_few_round_trips(
     a = repo.commit({"index.html": "A\n"}, "A")
     b = repo.commit({"index.html": "B\n"}, "B")
     first, servers = _deploy(repo, tmp_path, [server_for(sshd_target)], a, 1)
-    # Lock and prepare, upload, finish, switch (clean-up and unlock in the same trip).
-    assert sshd_target.commands() == 4
+    # Lock and prepare, upload, then finish and switch (clean-up and unlock in the same trip).
+    assert sshd_target.commands() == 3
     _, servers = _deploy(repo, tmp_path, servers, b, 2)
-    assert sshd_target.commands() == 8
+    assert sshd_target.commands() == 6
     back = pipeline.rollback(
         pipeline.RollbackSpec(
             deployment_id=3,
@@ -171,6 +171,30 @@ def test_a_deployment_and_a_rollback_without_commands_take_few_round_trips(
     )
     assert back[0].ok, back[0].error
     # Lock, check the kept release and read the live one; then switch and unlock.
-    assert sshd_target.commands() == 10
+    assert sshd_target.commands() == 8
     assert (sshd_target.deploy_path / "current").resolve().name == first.servers[0].release
     assert not (sshd_target.deploy_path / ".slipway" / "lock").exists(), "unlocked"
+
+
+def test_with_commands_before_the_switch_the_release_is_finished_before_they_run(
+    sshd_target, git_repo_factory, tmp_path
+):
+    sshd_target.count_connections()
+    repo = git_repo_factory()
+    a = repo.commit({"index.html": "A\n"}, "A")
+    # The command sees the finished release: its config file, and its manifest recorded.
+    check = CommandSpec(
+        command="test -f app.env && test -f ../../.slipway/manifests/%release%.json",
+        stage="before_switch",
+    )
+    _deploy(
+        repo,
+        tmp_path,
+        [server_for(sshd_target)],
+        a,
+        1,
+        commands=(check,),
+        config_files=(ConfigFileSpec(path="app.env", body="MODE=production\n"),),
+    )
+    # Lock and prepare, upload, finish, the command, then switch.
+    assert sshd_target.commands() == 5
