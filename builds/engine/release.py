@@ -657,7 +657,7 @@ fi
 {unseeded}
 if command -v zstd >/dev/null 2>&1; then echo codec={ZSTD}; fi
 live=""
-if [ -L current ]; then live=$(basename "$(readlink current)");
+if [ -L current ]; then live=$(readlink current); live=${{live##*/}};
 elif [ -e current ]; then exit {EXIT_CURRENT_IS_DIR}; fi
 echo "live=$live"
 if [ -n "$live" ] && [ "$live" = {shlex.quote(name)} ]; then echo "release {name} is live" >&2; exit 1; fi
@@ -685,13 +685,15 @@ if [ "$copied" = 1 ]; then
   # What changed in the live release after its deployment finished (people, the application):
   # compare the copy with the listing taken after that deployment's commands ran.
   # Names are bytes (not always UTF-8), so the lists travel as hex: lines of od.
-  LC_ALL=C comm -3 "{MANIFEST_DIR}/$live.stat" "$listing" | sed 's/^\t//' | cut -f1 | LC_ALL=C sort -u | od -An -v -tx1 | sed 's/^/drift=/'
-  rm -f -- "$listing"
+  # (Nothing changed, the usual case: one cmp instead of the six programs that find what.)
+  if ! cmp -s "{MANIFEST_DIR}/$live.stat" "$listing"; then
+    LC_ALL=C comm -3 "{MANIFEST_DIR}/$live.stat" "$listing" | sed 's/^\t//' | cut -f1 | LC_ALL=C sort -u | od -An -v -tx1 | sed 's/^/drift=/'
+  fi
   # What the live release's own commands changed after Slipway wrote it: not drift.
-  if [ -f "{MANIFEST_DIR}/$live.rewritten" ]; then od -An -v -tx1 "{MANIFEST_DIR}/$live.rewritten" | sed 's/^/rewritten=/'; fi
+  if [ -s "{MANIFEST_DIR}/$live.rewritten" ]; then od -An -v -tx1 "{MANIFEST_DIR}/$live.rewritten" | sed 's/^/rewritten=/'; fi
   # Config files and shared links of the live release: gone from the copy, so that one no
   # longer configured is not carried on (today's are written again when the release finishes).
-  if [ -f "{MANIFEST_DIR}/$live.managed" ]; then
+  if [ -s "{MANIFEST_DIR}/$live.managed" ]; then
     while IFS= read -r path; do
       case "/$path" in //|*/../*|*/./*|*/..|*/.) continue ;; esac
       parent=$(dirname -- "${{path%/}}"); through_link=0
@@ -735,11 +737,15 @@ room={max(int(keep), 1)}
 for p in $protect; do if [ -d "releases/$p" ]; then room=$((room - 1)); fi; done
 if [ "$room" -lt 0 ]; then room=0; fi
 finished=$(cd releases && for d in */; do d=${{d%/}}; [ -d "$d" ] && [ ! -e "$d/{UNFINISHED_MARKER}" ] && case "$protect" in *" $d "*) ;; *) echo "$d" ;; esac; done | LC_ALL=C sort | tail -n "$room")
+nl='
+'
 for d in releases/*/; do
   d=${{d%/}}; d=${{d#releases/}}
   case "$d" in [0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]-[0-9]*-[0-9a-f]*) ;; *) continue ;; esac
   case "$protect" in *" $d "*) continue ;; esac
-  if [ -e "releases/$d/{UNFINISHED_MARKER}" ] || ! printf '%s\\n' "$finished" | grep -qxF -- "$d"; then
+  # One of the finished lines? (The shell's own matching: no program per release.)
+  case "$nl$finished$nl" in *"$nl$d$nl"*) listed=1 ;; *) listed=0 ;; esac
+  if [ -e "releases/$d/{UNFINISHED_MARKER}" ] || [ "$listed" = 0 ]; then
     rm -rf -- "releases/$d" {" ".join(f'"{MANIFEST_DIR}/$d{suffix}"' for suffix in _META_SUFFIXES)}
     echo "removed=$d"
   fi
@@ -779,15 +785,18 @@ if [ -e {release}/{UNFINISHED_MARKER} ]; then echo {unfinished}; exit {EXIT_RELE
             *(validate_relative_path(p, "shared_paths") for p in shared_paths),
         ]
         made = shlex.quote(f"{MANIFEST_DIR}/{name}.made")
-        lines.append(f": > {made}")
-        for folder in _parents(managed):
+        folders = _parents(managed)
+        if folders:
+            lines.append(f": > {made}")
+        for folder in folders:
             in_release = shlex.quote(f"releases/{name}/{folder}")
             lines.append(
                 f"if [ ! -e {in_release} ]; then printf '%s/\\n' {shlex.quote(folder)} >> {made}; fi"
             )
         lines.append("tar -xzpf - --no-same-owner")
         managed_list = shlex.quote(f"{MANIFEST_DIR}/{name}.managed")
-        lines.append(f"cat {made} >> {managed_list}\nrm -f -- {made}")
+        if folders:
+            lines.append(f"cat {made} >> {managed_list}\nrm -f -- {made}")
         for raw in shared_paths:
             is_dir = raw.strip().endswith("/")
             path = validate_relative_path(raw, "shared_paths")
