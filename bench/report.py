@@ -180,8 +180,9 @@ def render(
         "Fetch, checkout, build: the engine's steps (build without the manifest). Manifest: "
         "hashing the build's output. Connect, prepare (lock and start the new release; a "
         "rollback's lock and check), transfer (deletions and the tar stream), finish (config "
-        "files, manifest, shared links, permissions, listing), switch (switch, clean-up, "
-        "unlock): per server, the slowest server's. Record: the last step's end to the "
+        "files, manifest, shared links, permissions, listing; with nothing to run before the "
+        "switch, the same trip also switches, and all of it counts here), switch (switch, "
+        "clean-up, unlock): per server, the slowest server's. Record: the last step's end to the "
         "deployment's. Between steps: time in which no step ran anywhere (the runner's own "
         "work). Phases overlap only across servers, so a row adds up to about its total.",
         "",

@@ -53,6 +53,9 @@ PHASES = (
     "record",
     BETWEEN,
 )
+#: PhaseClock's label for RemoteLayout.finish(then_switch=True): the finish and the switch
+#: in one trip, timed whole (the switch step holds it).
+FINISH_AND_SWITCH = "finish+switch"
 SERVER_PHASES = frozenset({"connect", "prepare", "transfer", "finish", "switch"})
 #: The engine's step names (builds/engine/pipeline.py, rollout.py) and the phase each is.
 STEP_PHASES = {
@@ -111,14 +114,25 @@ class PhaseClock:
             stack.enter_context(self._wrapped(Manifest, "build", "manifest", lambda _: ""))
             stack.enter_context(
                 self._wrapped(
-                    release.RemoteLayout, "finish", "finish", lambda a: str(a[0].deploy_path)
+                    release.RemoteLayout,
+                    "finish",
+                    "finish",
+                    lambda a: str(a[0].deploy_path),
+                    # Finishing and switching in one trip (nothing to run before the switch):
+                    # inside the switch step, not the upload.
+                    phase_of=lambda k: FINISH_AND_SWITCH if k.get("then_switch") else "finish",
                 )
             )
             yield self
 
     @contextlib.contextmanager
     def _wrapped(
-        self, owner: type, name: str, phase: str, key: Callable[[tuple[Any, ...]], str]
+        self,
+        owner: type,
+        name: str,
+        phase: str,
+        key: Callable[[tuple[Any, ...]], str],
+        phase_of: Callable[[dict[str, Any]], str] | None = None,
     ) -> Iterator[None]:
         original = owner.__dict__.get(name)
         if original is None:
@@ -133,7 +147,8 @@ class PhaseClock:
             try:
                 return function(*arguments, **keywords)
             finally:
-                self._add(phase, key(arguments), time.perf_counter() - started)
+                label = phase_of(keywords) if phase_of is not None else phase
+                self._add(label, key(arguments), time.perf_counter() - started)
 
         setattr(owner, name, classmethod(timed) if is_classmethod else timed)
         try:
@@ -223,10 +238,16 @@ class SlipwayBench:
             worker["manifest"] = manifest
             worker["build"] = max(0.0, worker["build"] - manifest)
         for server_id, phases in per_server.items():
-            finish = self.clock.seconds("finish", paths.get(server_id, ""))
+            path = paths.get(server_id, "")
+            finish = self.clock.seconds("finish", path)
             if finish and "transfer" in phases:
                 phases["finish"] = finish
                 phases["transfer"] = max(0.0, phases["transfer"] - finish)
+            # One trip finished the release and switched it: counted as finishing, all of it.
+            folded = self.clock.seconds(FINISH_AND_SWITCH, path)
+            if folded and "switch" in phases:
+                phases["finish"] = phases.get("finish", 0.0) + folded
+                phases["switch"] = max(0.0, phases["switch"] - folded)
         worker["queue"] = (deployment.started_at - deployment.created_at).total_seconds()
         worker["record"] = (deployment.finished_at - last_step).total_seconds()
         covered.append((last_step, deployment.finished_at))

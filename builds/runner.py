@@ -41,7 +41,7 @@ from builds.engine.masking import (
 from builds.engine.remote_build import BuildHost
 from builds.engine.sandbox import SandboxPolicy
 from builds.engine.specs import parse_batch_size, parse_lock_owner
-from builds.engine.ssh import Endpoint
+from builds.engine.ssh import ConnectionPool, Endpoint
 from builds.logs import LogWriter
 from builds.models import (
     FINAL,
@@ -71,6 +71,11 @@ ERROR_CHARS = 20_000
 CANCEL_POLL_SECONDS = 1.0
 #: Seconds the cancel check may go unanswered (the database away) before it fails the work.
 CANCEL_UNANSWERED_LIMIT = 60.0
+#: This process's SSH connections to servers, kept open between its deployments (and
+#: rollbacks) for SLIPWAY_SSH_KEEP_SECONDS; None when that is 0.
+CONNECTIONS = (
+    ConnectionPool(idle_seconds=settings.SSH_KEEP_SECONDS) if settings.SSH_KEEP_SECONDS else None
+)
 
 
 def time_limit_deadline(deployment: Deployment) -> float | None:
@@ -288,13 +293,11 @@ def server_spec(server: Server, *, with_manifest: bool = True) -> pipeline.Serve
     (thousands of entries each)."""
     live = server.live_release()
     manifest = (
-        Manifest.from_json(json.dumps(live.manifest).encode())
-        if with_manifest and live and live.manifest
-        else None
+        Manifest.from_document(live.manifest) if with_manifest and live and live.manifest else None
     )
     kept = (
         {
-            release.name: Manifest.from_json(json.dumps(release.manifest).encode())
+            release.name: Manifest.from_document(release.manifest)
             for release in server.releases.filter(removed_at__isnull=True, live=False)
             if release.manifest
         }
@@ -602,6 +605,7 @@ def _run_deploy(
         fetch_timeout_seconds=settings.FETCH_TIMEOUT,
         repository_host_key=project.repository_host_key,
         started_at=deployment.started_at.timestamp() if deployment.started_at else None,
+        connections=CONNECTIONS,
     )
     result = pipeline.deploy(spec, reporter)
     _update_deployment(
@@ -640,6 +644,7 @@ def _run_rollback(
         strategy=strategy_spec(deployment),
         lock_stale_after=settings.DEPLOYMENT_TIME_LIMIT,
         lock_owner_finished=_lock_owner_finished,
+        connections=CONNECTIONS,
     )
     results = pipeline.rollback(spec, reporter)
     ends = set(revisions.values())

@@ -94,6 +94,9 @@ HEARTBEAT_TIMEOUT = env.integer("SLIPWAY_HEARTBEAT_TIMEOUT", 120, minimum=10)
 # worker's deployment is failed between HEARTBEAT_TIMEOUT and HEARTBEAT_TIMEOUT + this.
 REAPER_INTERVAL = env.integer("SLIPWAY_REAPER_INTERVAL", 30, minimum=5)
 WORKER_CONCURRENCY = env.integer("SLIPWAY_WORKER_CONCURRENCY", 4, minimum=1)
+# Seconds a server's SSH connection stays open after a deployment, for the next one to the
+# same server with the same login and pinned key (0: closed after each deployment).
+SSH_KEEP_SECONDS = env.integer("SLIPWAY_SSH_KEEP_SECONDS", 60, minimum=0)
 
 
 def _process_role(argv: list[str]) -> str:

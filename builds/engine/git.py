@@ -423,6 +423,10 @@ class Mirror:
             url, self._transport, https_token
         )
         self.display_url = redact_url(url)
+        # Within this object's life (one deployment): what a full SHA resolved to, and the
+        # listing of a revision's tree. A commit and its tree never change once fetched.
+        self._resolved: dict[str, str] = {}
+        self._listings: dict[str, bytes] = {}
         self._secrets = tuple(
             secret
             for secret in (self._https_secret, https_token)
@@ -616,10 +620,24 @@ class Mirror:
     def resolve(self, ref: str) -> str:
         """Return the full SHA of the commit a branch, tag or (abbreviated) SHA points to."""
         validate_ref(ref)
+        if ref in self._resolved:
+            return self._resolved[ref]
         sha = self._rev_parse(f"{ref}^{{commit}}")
         if sha is None:
             raise RevisionNotFound(f"Revision '{ref}' was not found in {self.display_url}")
+        # Only a full SHA is remembered: a branch or tag moves with the next fetch.
+        if ref == sha:
+            self._resolved[ref] = sha
         return sha
+
+    def _tree_listing(self, full_sha: str) -> bytes:
+        """``git ls-tree -r -t -l -z`` of the revision (every file, folder and submodule,
+        with blob sizes), read once per revision."""
+        if full_sha not in self._listings:
+            self._listings[full_sha] = self._git(
+                "ls-tree", "-r", "-t", "-l", "-z", "--end-of-options", full_sha
+            ).stdout
+        return self._listings[full_sha]
 
     def branch_head(self, branch: str) -> str | None:
         validate_ref(branch, "branch")
@@ -720,14 +738,14 @@ class Mirror:
         ``git archive`` reads them: files and folders (a folder's contents go with it),
         relative to the top of the tree."""
         full_sha = self.resolve(sha)
-        listing = self._git("ls-tree", "-r", "-t", "-z", full_sha).stdout
+        listing = self._tree_listing(full_sha)
         paths = []
         for entry in listing.split(b"\0"):
             if not entry:
                 continue
             meta, _, raw_path = entry.partition(b"\t")
             # A folder is asked about as "path/": a pattern such as "tests/" names folders only.
-            folder = meta.split(b" ")[1:2] == [b"tree"]
+            folder = meta.split()[1:2] == [b"tree"]
             paths.append(os.fsdecode(raw_path) + ("/" if folder else ""))
         if not _has_attributes_file(paths):
             return frozenset()
@@ -789,13 +807,13 @@ class Mirror:
 
     def gitlinks(self, sha: str) -> dict[str, str]:
         """Submodule path -> the commit recorded for it in revision ``sha``."""
-        output = self._git("ls-tree", "-r", "-z", "--end-of-options", self.resolve(sha)).stdout
+        output = self._tree_listing(self.resolve(sha))
         found: dict[str, str] = {}
         for record in output.split(b"\0"):
             header, _, path = record.partition(b"\t")
-            mode, _, rest = header.partition(b" ")
-            if mode == b"160000":
-                found[os.fsdecode(path)] = rest.partition(b" ")[2].decode("ascii")
+            fields = header.split()
+            if len(fields) >= 3 and fields[0] == b"160000":
+                found[os.fsdecode(path)] = fields[2].decode("ascii")
         return found
 
     def submodule_urls(self, sha: str) -> dict[str, str]:
@@ -837,7 +855,7 @@ class Mirror:
         """Path -> LFS object id of each file of revision ``sha`` that git-lfs would smudge:
         a blob that is an LFS pointer, at a path whose ``filter`` attribute is ``lfs``."""
         full_sha = self.resolve(sha)
-        listing = self._git("ls-tree", "-r", "-l", "-z", "--end-of-options", full_sha).stdout
+        listing = self._tree_listing(full_sha)
         small: dict[str, str] = {}
         records = listing.split(b"\0")
         if not _has_attributes_file(os.fsdecode(r.partition(b"\t")[2]) for r in records):

@@ -139,10 +139,19 @@ class Manifest(Mapping[str, Entry]):
             document = json.loads(data)
         except ValueError as error:
             raise InternalError(f"Unreadable manifest: {error}") from error
-        version = document.get("version") if isinstance(document, dict) else None
-        if version != MANIFEST_FORMAT_VERSION or not isinstance(document.get("entries"), list):
+        return cls.from_document(document)
+
+    @classmethod
+    def from_document(cls, document: object) -> Manifest:
+        """The manifest ``to_json`` wrote, already parsed (a database's JSON column);
+        InternalError when it is not one."""
+        if not isinstance(document, dict):
+            raise InternalError("Unsupported manifest format (version None).")
+        version = document.get("version")
+        entries = document.get("entries")
+        if version != MANIFEST_FORMAT_VERSION or not isinstance(entries, list):
             raise InternalError(f"Unsupported manifest format (version {version!r}).")
-        return cls(_entry_from_row(row) for row in document["entries"])
+        return cls(_entry_from_row(row) for row in entries)
 
 
 def display_path(path: str) -> str:

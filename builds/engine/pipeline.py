@@ -170,9 +170,12 @@ def _changed_paths(
     spec: DeploySpec, mirror: Mirror, start: str | None, sha: str
 ) -> list[str] | None:
     """The paths changed since ``start`` (for build commands' watch globs); None when unknown
-    (first deploy, full deploy, or the old revision is gone: every command runs)."""
+    (first deploy, full deploy, or the old revision is gone: every command runs) or not
+    needed (no build command runs)."""
     if start is None or spec.full:
         return None
+    if not spec.build.build_commands or spec.build.skip_build:
+        return None  # only build commands' watch globs read it: no git diff to wait for
     try:
         return mirror.changed_paths(start, sha)
     except EngineError:

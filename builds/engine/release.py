@@ -118,6 +118,8 @@ _NEARLY_FULL_KIB = 1024
 _DF_TIMEOUT_SECONDS = 30
 # Linux limits one argument to 128 KiB (MAX_ARG_STRLEN); stay well below it.
 _MAX_INLINE_ARGUMENT = 96 * 1024
+# The line a listing walk prints when a name holds a control character (see _stat_listing).
+_CNTRL_FOUND = "slipway-control-character"
 
 
 def validate_deploy_path(path: str) -> str:
@@ -272,11 +274,14 @@ def _meta_files(name: str) -> str:
     return _quoted(*(f"{MANIFEST_DIR}/{name}{suffix}" for suffix in _META_SUFFIXES))
 
 
-def _stat_listing(directory: str) -> str:
-    """Shell: one sorted line per file and symlink under ``directory``: path, size, mtime, mode."""
+def _stat_listing(directory: str, *, cntrl: bool = False) -> str:
+    """Shell: one sorted line per file and symlink under ``directory``: path, size, mtime, mode.
+    With ``cntrl``, the walk stops at the first name (of anything) holding a control
+    character and prints a line ``_CNTRL_FOUND`` (no listing line can be: they hold tabs)."""
+    found = f"-name '*[[:cntrl:]]*' -printf '{_CNTRL_FOUND}\\n' -quit -o " if cntrl else ""
     return (
-        f"(cd -- {directory} && find . -path ./{UNFINISHED_MARKER} -prune -o \\( -type f -o -type l \\) "
-        "-printf '%P\\t%s\\t%T@\\t%m\\n' | LC_ALL=C sort)"
+        f"(cd -- {directory} && find . -path ./{UNFINISHED_MARKER} -prune -o {found}"
+        "\\( -type f -o -type l \\) -printf '%P\\t%s\\t%T@\\t%m\\n' | LC_ALL=C sort)"
     )
 
 
@@ -299,7 +304,8 @@ class RemoteLayout:
     Each public method is one round trip (one exec channel): on a real network, and on hosts
     whose login shell reads a heavy rc file, every exec costs far more than the work it does.
     A deployment takes four: lock and prepare, upload, finish, switch and clean up (five when
-    files are copied from kept releases: ``reuse``).
+    files are copied from kept releases: ``reuse``); three when nothing runs in the release
+    before it goes live and it goes live as soon as it is ready (``finish(then_switch=True)``).
     """
 
     def __init__(
@@ -651,29 +657,43 @@ fi
 {unseeded}
 if command -v zstd >/dev/null 2>&1; then echo codec={ZSTD}; fi
 live=""
-if [ -L current ]; then live=$(basename "$(readlink current)");
+if [ -L current ]; then live=$(readlink current); live=${{live##*/}};
 elif [ -e current ]; then exit {EXIT_CURRENT_IS_DIR}; fi
 echo "live=$live"
 if [ -n "$live" ] && [ "$live" = {shlex.quote(name)} ]; then echo "release {name} is live" >&2; exit 1; fi
 if [ -d {new} ] && [ ! -e {new}/{UNFINISHED_MARKER} ]; then echo "release {name} exists already" >&2; exit 1; fi
 rm -rf -- {new} {new}.tmp
-# The listing is one line per file: a name holding a control character (a newline, a tab)
-# could not be told apart from its neighbours, so such a release is never copied from.
+copied=0
 if [ {int(incremental)} = 1 ] && [ -n "$live" ] && [ "$live" = {expected} ] && [ -d "releases/$live" ] \\
-   && [ ! -e "releases/$live/{UNFINISHED_MARKER}" ] && [ -f "{MANIFEST_DIR}/$live.stat" ] \\
-   && [ -z "$(find "releases/$live" -name '*[[:cntrl:]]*' -print 2>/dev/null | head -n 1)" ]; then
+   && [ ! -e "releases/$live/{UNFINISHED_MARKER}" ] && [ -f "{MANIFEST_DIR}/$live.stat" ]; then
   cp -a --reflink=auto -- "releases/$live" {new}.tmp
+  # One walk of the copy both lists it and looks for names holding a control character (a
+  # newline, a tab): the listing is one line per file, so such a name could not be told
+  # apart from its neighbours, and such a release is never copied from (the copy goes).
+  listing={shlex.quote(META_DIR)}/listing.$$
+  trap 'rm -f -- "$listing"' EXIT
+  {_stat_listing(new + ".tmp", cntrl=True)} > "$listing"
+  if grep -qx {_CNTRL_FOUND} "$listing"; then
+    rm -rf -- {new}.tmp "$listing"
+  else
+    copied=1
+  fi
+fi
+if [ "$copied" = 1 ]; then
   mv -- {new}.tmp {new}
   echo copied=1
   # What changed in the live release after its deployment finished (people, the application):
   # compare the copy with the listing taken after that deployment's commands ran.
   # Names are bytes (not always UTF-8), so the lists travel as hex: lines of od.
-  {_stat_listing(new)} | LC_ALL=C comm -3 "{MANIFEST_DIR}/$live.stat" - | sed 's/^\t//' | cut -f1 | LC_ALL=C sort -u | od -An -v -tx1 | sed 's/^/drift=/'
+  # (Nothing changed, the usual case: one cmp instead of the six programs that find what.)
+  if ! cmp -s "{MANIFEST_DIR}/$live.stat" "$listing"; then
+    LC_ALL=C comm -3 "{MANIFEST_DIR}/$live.stat" "$listing" | sed 's/^\t//' | cut -f1 | LC_ALL=C sort -u | od -An -v -tx1 | sed 's/^/drift=/'
+  fi
   # What the live release's own commands changed after Slipway wrote it: not drift.
-  if [ -f "{MANIFEST_DIR}/$live.rewritten" ]; then od -An -v -tx1 "{MANIFEST_DIR}/$live.rewritten" | sed 's/^/rewritten=/'; fi
+  if [ -s "{MANIFEST_DIR}/$live.rewritten" ]; then od -An -v -tx1 "{MANIFEST_DIR}/$live.rewritten" | sed 's/^/rewritten=/'; fi
   # Config files and shared links of the live release: gone from the copy, so that one no
   # longer configured is not carried on (today's are written again when the release finishes).
-  if [ -f "{MANIFEST_DIR}/$live.managed" ]; then
+  if [ -s "{MANIFEST_DIR}/$live.managed" ]; then
     while IFS= read -r path; do
       case "/$path" in //|*/../*|*/./*|*/..|*/.) continue ;; esac
       parent=$(dirname -- "${{path%/}}"); through_link=0
@@ -717,11 +737,15 @@ room={max(int(keep), 1)}
 for p in $protect; do if [ -d "releases/$p" ]; then room=$((room - 1)); fi; done
 if [ "$room" -lt 0 ]; then room=0; fi
 finished=$(cd releases && for d in */; do d=${{d%/}}; [ -d "$d" ] && [ ! -e "$d/{UNFINISHED_MARKER}" ] && case "$protect" in *" $d "*) ;; *) echo "$d" ;; esac; done | LC_ALL=C sort | tail -n "$room")
+nl='
+'
 for d in releases/*/; do
   d=${{d%/}}; d=${{d#releases/}}
   case "$d" in [0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]-[0-9]*-[0-9a-f]*) ;; *) continue ;; esac
   case "$protect" in *" $d "*) continue ;; esac
-  if [ -e "releases/$d/{UNFINISHED_MARKER}" ] || ! printf '%s\\n' "$finished" | grep -qxF -- "$d"; then
+  # One of the finished lines? (The shell's own matching: no program per release.)
+  case "$nl$finished$nl" in *"$nl$d$nl"*) listed=1 ;; *) listed=0 ;; esac
+  if [ -e "releases/$d/{UNFINISHED_MARKER}" ] || [ "$listed" = 0 ]; then
     rm -rf -- "releases/$d" {" ".join(f'"{MANIFEST_DIR}/$d{suffix}"' for suffix in _META_SUFFIXES)}
     echo "removed=$d"
   fi
@@ -761,15 +785,18 @@ if [ -e {release}/{UNFINISHED_MARKER} ]; then echo {unfinished}; exit {EXIT_RELE
             *(validate_relative_path(p, "shared_paths") for p in shared_paths),
         ]
         made = shlex.quote(f"{MANIFEST_DIR}/{name}.made")
-        lines.append(f": > {made}")
-        for folder in _parents(managed):
+        folders = _parents(managed)
+        if folders:
+            lines.append(f": > {made}")
+        for folder in folders:
             in_release = shlex.quote(f"releases/{name}/{folder}")
             lines.append(
                 f"if [ ! -e {in_release} ]; then printf '%s/\\n' {shlex.quote(folder)} >> {made}; fi"
             )
         lines.append("tar -xzpf - --no-same-owner")
         managed_list = shlex.quote(f"{MANIFEST_DIR}/{name}.managed")
-        lines.append(f"cat {made} >> {managed_list}\nrm -f -- {made}")
+        if folders:
+            lines.append(f"cat {made} >> {managed_list}\nrm -f -- {made}")
         for raw in shared_paths:
             is_dir = raw.strip().endswith("/")
             path = validate_relative_path(raw, "shared_paths")
@@ -805,7 +832,15 @@ ln -s -- {target} {in_release}"""
             lines.append(f"chmod -- {_mode(config.mode, 'mode')} {in_release}")
         written = shlex.quote(f"{MANIFEST_DIR}/{name}.written")
         lines.append(f"{_stat_listing(release)} > {written}")
-        lines.append(self._settle_script(name))
+        # Settled at once: nothing has run in the release since that listing, so it is also
+        # the listing as the deployment leaves it, and nothing was rewritten (what
+        # _settle_script would find, without walking the release twice more).
+        listing = shlex.quote(f"{MANIFEST_DIR}/{name}.stat")
+        rewritten = shlex.quote(f"{MANIFEST_DIR}/{name}.rewritten")
+        lines.append(
+            f"cp -- {written} {listing}.tmp && mv -- {listing}.tmp {listing}\n"
+            f": > {rewritten}.tmp && mv -- {rewritten}.tmp {rewritten}"
+        )
         return "\n".join(lines) + "\n"
 
     def _settle_script(self, name: str) -> str:
@@ -1028,12 +1063,21 @@ fi
         shared_paths: Sequence[str] = (),
         file_mode: str = "",
         directory_mode: str = "",
-    ) -> None:
+        then_switch: bool = False,
+        keep: int | None = None,
+        protect: Sequence[str] = (),
+        unlock_owner: str = "",
+    ) -> Cleaned:
         """Write config files (each with its own mode and group: the server's ``file_mode``
         does not apply to them) and the manifest, link shared paths (seeding ``shared/``
         from the release where it lacks one), apply permissions and record the listing that
         the next deployment compares against, and the paths written here (config files,
-        shared links) that the next one drops: one round trip."""
+        shared links) that the next one drops: one round trip.
+
+        With ``then_switch`` (nothing is to run in the release before it goes live), the
+        same trip then does what ``switch_and_clean_up`` does (``keep``, ``protect``,
+        ``unlock_owner`` as there): a failure of the finishing stops the script before
+        ``current`` is touched."""
         managed = [*files, *(validate_relative_path(p, "shared_paths") for p in shared_paths)]
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as archive:
@@ -1055,7 +1099,15 @@ fi
             config_paths=list(files),
             config_files=files,
         )
-        self._run(script, stdin=buffer.getvalue())
+        pieces = [script]
+        if then_switch:
+            pieces.append(self._switch_script(name))
+            if keep is not None:
+                pieces.append(self._clean_up_script(keep=keep, protect=[name, *protect]))
+            if unlock_owner:
+                pieces.append(self._unlock_script(unlock_owner))
+        values = self._run(*pieces, stdin=buffer.getvalue())
+        return Cleaned(removed=values.get("removed", []))
 
     def switch_and_clean_up(
         self,
@@ -1064,12 +1116,16 @@ fi
         keep: int | None = None,
         protect: Sequence[str] = (),
         unlock_owner: str = "",
+        settle: bool = True,
     ) -> Cleaned:
         """Record the release as the before-switch commands left it (the baseline for drift,
         see the module docstring), point ``current`` at it (a new link under a temporary
         name, renamed over ``current``: at no instant is it missing or dangling), then
-        optionally remove old releases and release the lock."""
-        pieces = [self._settle_script(name), self._switch_script(name)]
+        optionally remove old releases and release the lock. ``settle=False`` when nothing
+        ran in the release since ``finish`` recorded it (no before-switch commands or
+        checks): recording it again would only walk it once more."""
+        pieces = [self._settle_script(name)] if settle else []
+        pieces.append(self._switch_script(name))
         if keep is not None:
             pieces.append(self._clean_up_script(keep=keep, protect=[name, *protect]))
         if unlock_owner:
@@ -1116,6 +1172,39 @@ fi
         return tuple(
             line.removeprefix("note=") for line in out.splitlines() if line.startswith("note=")
         )
+
+    def lock_for_rollback(
+        self,
+        name: str,
+        *,
+        holder: str,
+        owner_id: str,
+        stale_after: int,
+        take_over_from: str = "",
+    ) -> tuple[tuple[str, ...], str | None]:
+        """Take the lock (see ``lock``), then check that release ``name`` is on the server and
+        finished, and read which release is live: one round trip. Answers the lock's notes
+        and the live release (None without a ``current``).
+
+        Raises LockHeld (the lock is not taken), or ReleaseMissing once the lock is taken
+        (the caller releases it)."""
+        if not is_release_name(name):
+            raise InvalidInput("release", f"{name!r} is not a release name")
+        out = self._script(
+            self._enter_script()
+            + self._lock_script(
+                holder=holder,
+                owner_id=owner_id,
+                stale_after=stale_after,
+                take_over_from=take_over_from,
+            )
+            + self._check_release_script(name)
+            + 'if [ -L current ]; then echo "live=$(basename "$(readlink current)")"; fi\n'
+        )
+        lines = out.splitlines()
+        notes = tuple(line.removeprefix("note=") for line in lines if line.startswith("note="))
+        live = next((line.removeprefix("live=") for line in lines if line.startswith("live=")), "")
+        return notes, live or None
 
     def read_lock(self) -> LockInfo | None:
         """Who holds the deploy path's lock; None when it is not locked."""

@@ -38,6 +38,7 @@ from builds.engine.errors import (
     InternalError,
     InvalidInput,
     LockHeld,
+    ReleaseMissing,
     UserError,
 )
 from builds.engine.excludes import ExcludeRules
@@ -226,6 +227,14 @@ class ArchiveCache:
 # --------------------------------------------------------------------------- one server
 
 
+@dataclasses.dataclass(frozen=True)
+class _Finishing:
+    """What finishing a release writes besides the server's settings (RemoteLayout.finish)."""
+
+    files: Mapping[str, release.FileToWrite]
+    manifest_json: bytes = dataclasses.field(repr=False)
+
+
 class _Run:
     """What every server's part in a rollout shares, whether it takes a new release
     (ServerRun) or goes back to a kept one (RollbackRun): the connection and lock, the
@@ -256,6 +265,8 @@ class _Run:
         self.lock_left = False
         self.switched = False
         self.finished = False
+        #: activate() follows prepare() at once (not after every server is prepared).
+        self.activates_at_once = False
 
     # -- helpers
 
@@ -339,8 +350,15 @@ class _Run:
 
     def connect(self) -> None:
         self.reporter.check_cancelled()
+        pool = self.spec.connections
         with self.reporter.step("connect", self.server.id):
-            self.connection = connect(self.server.endpoint, jumps=self.jumps)
+            # A server behind a jump host shares the deployment's jump connection (closed
+            # after its last server), so its connection is never kept in the pool.
+            self.connection = (
+                pool.take(self.server.endpoint)
+                if pool is not None and self.server.endpoint.jump is None
+                else connect(self.server.endpoint, jumps=self.jumps)
+            )
         if self.atomic:
             self.layout = release.RemoteLayout(self.connection, self.server.deploy_path)
 
@@ -422,8 +440,13 @@ class _Run:
 
     def close(self) -> None:
         if self.connection is not None:
+            pool = self.spec.connections
             with contextlib.suppress(Exception):
-                self.connection.close()
+                if pool is not None and self.server.endpoint.jump is None:
+                    pool.give_back(self.connection)
+                else:
+                    self.connection.close()
+            self.connection = None
 
     def fail(self, error: BaseException) -> None:
         """Record a failure of this server (any phase) and leave its server as it was."""
@@ -468,6 +491,9 @@ class ServerRun(_Run):
         self.name = name
         self.archives = archives
         self.prepared: release.Prepared | None = None
+        #: What finishing the release writes, when activate() finishes and switches in one
+        #: trip.
+        self.pending_finish: _Finishing | None = None
         deploy_path = release.validate_deploy_path(server.deploy_path)
         self.release_path = f"{deploy_path}/releases/{name}" if self.atomic else deploy_path
         self.variables = variables_for(
@@ -670,13 +696,44 @@ class ServerRun(_Run):
             for config in self.spec.config_files
             if not config.server_ids or server.id in config.server_ids
         }
-        self.layout.finish(
+        finishing = _Finishing(files=files, manifest_json=manifest.to_json())
+        if self._switches_when_finished():
+            # Finished and switched in one trip by activate(), next.
+            self.pending_finish = finishing
+            return
+        self._finish(finishing)
+
+    def _finish(
+        self,
+        finishing: _Finishing,
+        *,
+        then_switch: bool = False,
+        keep: int | None = None,
+        protect: Sequence[str] = (),
+        unlock_owner: str = "",
+    ) -> release.Cleaned:
+        assert self.layout is not None
+        return self.layout.finish(
             self.name,
-            files=files,
-            manifest_json=manifest.to_json(),
+            files=finishing.files,
+            manifest_json=finishing.manifest_json,
             shared_paths=self.spec.shared_paths,
-            file_mode=server.file_mode,
-            directory_mode=server.directory_mode,
+            file_mode=self.server.file_mode,
+            directory_mode=self.server.directory_mode,
+            then_switch=then_switch,
+            keep=keep,
+            protect=protect,
+            unlock_owner=unlock_owner,
+        )
+
+    def _switches_when_finished(self) -> bool:
+        """Nothing runs in the release between finishing it and switching to it (no
+        before-switch commands or checks, and this server goes live as soon as it is
+        prepared): the two are one trip."""
+        return (
+            self.activates_at_once
+            and not has_commands(self.spec.commands, STAGE_BEFORE_SWITCH, self.server)
+            and not self.checks(BEFORE_SWITCH)
         )
 
     def activate(self) -> None:
@@ -696,15 +753,31 @@ class ServerRun(_Run):
         after = has_commands(self.spec.commands, STAGE_AFTER_SWITCH, server) or bool(
             self.checks(AFTER_SWITCH)
         )
+        # What ran in the release since finish() recorded it, to be recorded again.
+        ran_before = has_commands(self.spec.commands, STAGE_BEFORE_SWITCH, server) or bool(
+            self.checks(BEFORE_SWITCH)
+        )
         with self.reporter.step("switch", server.id):
-            # Without after-switch work, switching, cleaning up and unlocking is one trip.
+            # Without after-switch work, switching, cleaning up and unlocking is one trip;
+            # finishing the release too when nothing ran since the upload (pending_finish).
             try:
-                cleaned = layout.switch_and_clean_up(
-                    self.name,
-                    keep=None if after else server.keep_releases,
-                    protect=protect,
-                    unlock_owner="" if after else self.owner,
-                )
+                if self.pending_finish is not None:
+                    finishing, self.pending_finish = self.pending_finish, None
+                    cleaned = self._finish(
+                        finishing,
+                        then_switch=True,
+                        keep=None if after else server.keep_releases,
+                        protect=protect,
+                        unlock_owner="" if after else self.owner,
+                    )
+                else:
+                    cleaned = layout.switch_and_clean_up(
+                        self.name,
+                        keep=None if after else server.keep_releases,
+                        protect=protect,
+                        unlock_owner="" if after else self.owner,
+                        settle=ran_before,
+                    )
             except EngineError:
                 # The trip may have failed after its rename (the clean-up, the connection):
                 # if `current` is the new release, it went live and must be recorded so.
@@ -816,35 +889,62 @@ class RollbackRun(_Run):
         layout, spec = self.layout, self.spec
         with self.reporter.step("lock", self.server.id):
             holder = f"Slipway rollback #{spec.deployment_id} by {spec.deployer or 'unknown'}"
+
+            def attempt(take_over_from: str = "") -> tuple[tuple[str, ...], str | None]:
+                try:
+                    return layout.lock_for_rollback(
+                        self.target,
+                        holder=holder,
+                        owner_id=self.owner,
+                        stale_after=spec.lock_stale_after,
+                        take_over_from=take_over_from,
+                    )
+                except ReleaseMissing:
+                    self.locked = True  # taken before the release was found missing
+                    raise
+
             try:
-                notes = layout.lock(
-                    holder=holder, owner_id=self.owner, stale_after=spec.lock_stale_after
-                )
+                notes, live = attempt()
             except LockHeld as held:
                 if not held.owner or not spec.lock_owner_finished(held.owner):
                     raise
-                notes = layout.lock(
-                    holder=holder,
-                    owner_id=self.owner,
-                    stale_after=spec.lock_stale_after,
-                    take_over_from=held.owner,
-                )
+                notes, live = attempt(take_over_from=held.owner)
             self.locked = True
             for note in notes:
                 self.log(note[:1].upper() + note[1:])
-            layout.check_release(self.target)
-            self.previous = layout.live_release()
+            self.previous = live
             self.result.previous_release = self.previous
         self.run_checks(BEFORE_SWITCH, self.release_path)
 
     def activate(self) -> None:
         assert self.layout is not None
         self.reporter.check_cancelled()  # the last safe point: after the switch, it is live
+        after = has_commands(self.spec.commands, STAGE_AFTER_SWITCH, self.server) or bool(
+            self.checks(AFTER_SWITCH)
+        )
         with self.reporter.step("switch", self.server.id):
-            self.layout.switch(self.target)
+            if after:
+                self.layout.switch(self.target)
+            else:
+                # Nothing to run after the switch: switching and unlocking is one trip, and
+                # the release is left recorded as its own deployment left it. Not unlocking
+                # while a stopped check's command may still run (abandon() decides).
+                unlock = self.connection is None or not self.connection.left_running
+                try:
+                    self.layout.switch_and_clean_up(
+                        self.target, unlock_owner=self.owner if unlock else "", settle=False
+                    )
+                except EngineError:
+                    self._note_switch_if_live()
+                    raise
+                self.locked = not unlock
             self.switched = True
             self.result.release = self.target
             self.log(f"current → releases/{self.target}")
+        if not after:
+            self.finished = True
+            self.abandon()
+            return
         self._commands(STAGE_AFTER_SWITCH, self.release_path, "commands after switch")
         try:
             self.run_checks(AFTER_SWITCH, self.release_path)
@@ -854,6 +954,19 @@ class RollbackRun(_Run):
         self._settle(self.target)
         self.finished = True
         self.abandon()
+
+    def _note_switch_if_live(self) -> None:
+        """After a failed switch trip: mark this run switched when `current` points at the
+        kept release after all (read-only; unreadable leaves it as not switched)."""
+        assert self.layout is not None
+        try:
+            live = self.layout.inspect().current
+        except Exception:  # the server is unreachable now: nothing more can be told
+            return
+        if live == self.target:
+            self.switched = True
+            self.result.release = self.target
+            self.log(f"current → releases/{self.target} (the switch happened before the failure)")
 
 
 # --------------------------------------------------------------------------- strategies
@@ -884,6 +997,7 @@ def _failed(run: _Run) -> bool:
 
 
 def _full(run: _Run) -> None:
+    run.activates_at_once = True
     run.connect()
     run.prepare()
     run.activate()

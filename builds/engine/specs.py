@@ -16,7 +16,7 @@ from builds.engine.errors import EngineError, InvalidInput
 from builds.engine.git import DEFAULT_FETCH_TIMEOUT_SECONDS, Commit
 from builds.engine.health import HealthCheckSpec
 from builds.engine.manifest import ChangeSet, Manifest
-from builds.engine.ssh import Endpoint
+from builds.engine.ssh import ConnectionPool, Endpoint
 
 STAGE_BEFORE_TRANSFER = "before_transfer"
 STAGE_BEFORE_SWITCH = "before_switch"
@@ -196,6 +196,9 @@ class DeploySpec:
     #: this branch, and must not be older than what is live (a replayed or late delivery).
     require_on_branch: str = ""
     refuse_older_than_live: bool = False
+    #: Where each server's connection comes from and goes back to after the deployment (kept
+    #: open for the next one); None: opened for this deployment and closed after it.
+    connections: ConnectionPool | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,8 @@ class RollbackSpec:
     max_parallel: int = 5
     lock_stale_after: int = 3600
     lock_owner_finished: Callable[[str], bool] = field(default=lambda owner: False, repr=False)
+    #: As DeploySpec.connections.
+    connections: ConnectionPool | None = field(default=None, repr=False)
 
 
 class Reporter(Protocol):

@@ -29,6 +29,7 @@ import hashlib
 import hmac
 import io
 import logging
+import os
 import re
 import select
 import shlex
@@ -499,6 +500,122 @@ def _tunnel(jump_transport: paramiko.Transport, endpoint: Endpoint) -> paramiko.
         ) from exc
 
 
+class ConnectionPool:
+    """Connections kept open between uses (one deployment's, then the next one's to the same
+    server), so that a deployment soon after another skips the TCP and SSH handshakes and
+    the login.
+
+    A connection is only ever handed to a caller with an equal ``Endpoint``: the same host,
+    port and user, the same credentials and the same pinned host key, which it was checked
+    against when it was opened. Before it is handed out, one round trip (a session opened
+    and closed) shows it still works; one that does not is closed and a new one opened. A
+    connection goes back only while its transport is active and it left no stopped command
+    behind (``left_running``); it is closed after ``idle_seconds`` unused, and at most
+    ``max_idle`` are kept (the oldest go first). A process that forked (a prefork worker)
+    starts with an empty pool: its parent's connections are not its own.
+
+    A key removed from the server's authorized_keys does not end sessions already open
+    (as with OpenSSH's ControlPersist): for up to ``idle_seconds`` a kept connection still
+    works. The keepalive (``KEEPALIVE_INTERVAL_SECONDS``) keeps it from being dropped by
+    NAT and firewalls meanwhile.
+    """
+
+    def __init__(self, *, idle_seconds: float = 60.0, max_idle: int = 64) -> None:
+        if idle_seconds <= 0 or max_idle < 1:
+            raise InvalidInput("idle_seconds", "must be positive, and max_idle at least 1")
+        self.idle_seconds = idle_seconds
+        self.max_idle = max_idle
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        # (endpoint, connection, monotonic time it was given back), oldest first.
+        self._idle: list[tuple[Endpoint, Connection, float]] = []
+        self._pid = os.getpid()
+        self._sweeper: threading.Thread | None = None
+        #: Connections opened by this pool, and handed out again, since it was made.
+        self.opened = 0
+        self.reused = 0
+
+    def take(self, endpoint: Endpoint) -> Connection:
+        """A working connection for ``endpoint``: a kept one, or a new one (``connect``'s
+        errors)."""
+        while True:
+            with self._lock:
+                self._forget_if_forked()
+                found = next(
+                    (i for i in range(len(self._idle) - 1, -1, -1) if self._idle[i][0] == endpoint),
+                    None,
+                )
+                kept = self._idle.pop(found)[1] if found is not None else None
+            if kept is None:
+                break
+            if kept.answers():
+                with self._lock:
+                    self.reused += 1
+                return kept
+            kept.close()
+        connection = connect(endpoint)
+        with self._lock:
+            self.opened += 1
+        return connection
+
+    def give_back(self, connection: Connection) -> None:
+        """Keep ``connection`` for the next ``take`` of its endpoint, or close it when it
+        cannot be kept (see the class docstring). Never raises."""
+        if not connection.is_active or connection.left_running:
+            connection.close()
+            return
+        closing: list[Connection] = []
+        with self._lock:
+            self._forget_if_forked()
+            self._idle.append((connection.endpoint, connection, time.monotonic()))
+            while len(self._idle) > self.max_idle:
+                closing.append(self._idle.pop(0)[1])
+            if self._sweeper is None or not self._sweeper.is_alive():
+                self._sweeper = threading.Thread(
+                    target=self._sweep, name="slipway-ssh-pool", daemon=True
+                )
+                self._sweeper.start()
+            self._wake.notify()
+        for old in closing:
+            old.close()
+
+    def close_all(self) -> None:
+        """Close every kept connection."""
+        with self._lock:
+            kept, self._idle = self._idle, []
+        for _endpoint, connection, _since in kept:
+            connection.close()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._idle)
+
+    def _forget_if_forked(self) -> None:
+        if self._pid != os.getpid():
+            # The parent's sockets: closing them here would end its sessions.
+            self._idle = []
+            self._sweeper = None
+            self._pid = os.getpid()
+
+    def _sweep(self) -> None:
+        with self._lock:
+            while self._idle:
+                now = time.monotonic()
+                expired = [item for item in self._idle if now - item[2] >= self.idle_seconds]
+                if expired:
+                    self._idle = [item for item in self._idle if item not in expired]
+                    self._lock.release()
+                    try:
+                        for _endpoint, connection, _since in expired:
+                            connection.close()
+                    finally:
+                        self._lock.acquire()
+                    continue
+                oldest = min(item[2] for item in self._idle)
+                self._wake.wait(max(0.05, oldest + self.idle_seconds - now))
+            self._sweeper = None
+
+
 class Connection:
     """An authenticated SSH connection; runs commands and hands out one SFTP client."""
 
@@ -538,6 +655,18 @@ class Connection:
     @property
     def is_active(self) -> bool:
         return self._transport.is_active()
+
+    def answers(self) -> bool:
+        """Whether the server still answers on this connection: one session opened and
+        closed (one round trip), no command run."""
+        if not self._transport.is_active():
+            return False
+        try:
+            channel = self._transport.open_session(timeout=self.endpoint.connect_timeout)
+        except (paramiko.SSHException, OSError, EOFError):
+            return False
+        _close_quietly(channel)
+        return True
 
     def run(
         self,

@@ -79,6 +79,8 @@ _UMASK = 0o022
 _FILE_MODES = (0o644, 0o755)
 _FOLDER_MODE = 0o755
 
+# A gitlink's mode (0o160000) as the index stores it: a big-endian 32-bit number.
+_GITLINK_MODE = (0o160000).to_bytes(4, "big")
 _FULL_SHA = re.compile(r"[0-9a-f]{40}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _WILDCARD = re.compile(r"([\\*?\[])")
@@ -200,6 +202,7 @@ class Workspace:
         self.git_dir.joinpath("index.lock").unlink(missing_ok=True)
 
     def _update(self, sha: str, exclude_options: list[str]) -> None:
+        had_submodules = self._index_may_hold_submodules()
         # Cleaning first, while the index still describes the previous revision, removes the
         # previous build's output before the new revision could collide with it.
         self._git_in_tree("clean", "-ffdqx", *exclude_options, "--")
@@ -209,7 +212,17 @@ class Workspace:
         # Git never cleans inside a submodule's folder while the index holds the submodule;
         # one the revision no longer has is untracked now, and goes with the rest (content.py
         # fills the folders of those it has).
-        self._git_in_tree("clean", "-ffdqx", *exclude_options, "--")
+        if had_submodules:
+            self._git_in_tree("clean", "-ffdqx", *exclude_options, "--")
+
+    def _index_may_hold_submodules(self) -> bool:
+        """False only when the index holds no submodule (gitlink) entry: each entry stores
+        its mode as four bytes, a gitlink's being 0000e000 (0o160000), and they appear
+        nowhere in the file. A match elsewhere only costs a clean that finds nothing."""
+        try:
+            return _GITLINK_MODE in self.index_path.read_bytes()
+        except FileNotFoundError:
+            return False
 
     def _git_in_tree(self, *arguments: str) -> None:
         self._git(f"--git-dir={self.git_dir}", f"--work-tree={self.root}", *arguments)

@@ -45,6 +45,25 @@ def test_a_function_the_engine_no_longer_has_is_reported_not_fatal():
     assert clock.missing == ["Engine.gone"]
 
 
+def test_the_phase_clock_times_a_finish_that_also_switches_under_its_own_label():
+    class Engine:
+        def finish(self, *, then_switch: bool = False) -> bool:
+            return then_switch
+
+    clock = PhaseClock()
+    with clock._wrapped(
+        Engine,
+        "finish",
+        "finish",
+        lambda _: "/srv/app",
+        phase_of=lambda k: "finish+switch" if k.get("then_switch") else "finish",
+    ):
+        assert Engine().finish() is False
+        assert Engine().finish(then_switch=True) is True
+    assert clock.seconds("finish", "/srv/app") > 0
+    assert clock.seconds("finish+switch", "/srv/app") > 0
+
+
 def test_the_peak_resident_set_follows_an_allocation_and_can_be_reset():
     assert reset_peak_rss()
     before = peak_rss_mb()

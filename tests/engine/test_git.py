@@ -253,6 +253,23 @@ def test_it_canonicalises_a_subdirectory_with_a_trailing_slash() -> None:
 # --------------------------------------------------------------------------- fetch and resolve
 
 
+def test_a_branch_resolves_afresh_after_each_fetch_of_the_same_mirror(
+    origin: GitRepo, mirror_of
+) -> None:
+    first = origin.commit({"README.md": "# Shop\n"}, "Initial commit")
+    mirror = mirror_of(origin)
+    mirror.fetch()
+    assert mirror.resolve("main") == first
+    assert mirror.resolve(first) == first
+    assert mirror.gitlinks(first) == {}
+
+    second = origin.commit({"app.py": "print('hi')\n"}, "Add app")
+    mirror.fetch()
+    assert mirror.resolve("main") == second, "a branch is not remembered"
+    assert mirror.resolve(first) == first
+    assert mirror.lfs_pointers(second) == {}
+
+
 def test_it_fetches_and_resolves_branches_tags_and_shas(origin: GitRepo, mirror_of) -> None:
     first = origin.commit({"README.md": "# Shop\n"}, "Initial commit")
     origin.tag("v1.0.0", message="First release")

@@ -156,6 +156,17 @@ def test_it_refuses_an_unknown_manifest_version() -> None:
         Manifest.from_json(b'{"version":99,"entries":[]}')
 
 
+def test_it_reads_a_manifest_a_database_column_already_parsed(tmp_path) -> None:
+    root = tmp_path / "build"
+    (root / "app").mkdir(parents=True)
+    (root / "app" / "main.py").write_text("print('hi')\n")
+    manifest = Manifest.build(root)
+    assert Manifest.from_document(json.loads(manifest.to_json())) == manifest
+    for document in ({"version": 99, "entries": []}, ["not", "a", "manifest"], None):
+        with pytest.raises(InternalError):
+            Manifest.from_document(document)
+
+
 # --------------------------------------------------------------------------- hash cache
 
 # Long enough for any filesystem's timestamp tick here, short enough to wait out in a test.

@@ -246,6 +246,7 @@ def test_it_refuses_to_roll_back_to_a_release_that_is_gone(sshd_target, git_repo
     assert not results[0].ok
     assert "no longer on the server" in str(results[0].error)
     assert _live(sshd_target) == live
+    assert not (sshd_target.deploy_path / ".slipway" / "lock").exists(), "the lock is released"
 
 
 def test_it_deploys_to_three_servers_from_one_build(sshd_factory, git_repo_factory, tmp_path):

@@ -188,6 +188,35 @@ def test_what_a_rollbacks_own_commands_write_is_not_drift_either(
     assert "changed on the server" not in reporter.text
 
 
+def test_a_release_without_commands_is_recorded_as_written_and_leaves_no_listing_behind(
+    sshd_target, git_repo_factory, tmp_path
+):
+    repo = git_repo_factory()
+    a = repo.commit(DJANGO_LIKE, "A")
+    b = repo.commit({"shop/views.py": "def index(request):\n    return 'B'\n"}, "B")
+    server = server_for(sshd_target)
+    _, server, _ = _deploy(repo, tmp_path, server, a, 1)
+    second, server, reporter = _deploy(repo, tmp_path, server, b, 2)
+    assert "(full upload)" not in reporter.text, "the live release was copied"
+    name = second.servers[0].release
+    meta = sshd_target.deploy_path / ".slipway"
+    manifests = meta / "manifests"
+    # Nothing ran in the release after Slipway wrote it: the listing it leaves is the one it
+    # wrote, and nothing counts as rewritten by the deployment's commands.
+    written = (manifests / f"{name}.written").read_text()
+    assert "shop/views.py\t" in written
+    assert (manifests / f"{name}.stat").read_text() == written
+    assert (manifests / f"{name}.rewritten").read_text() == ""
+    assert sorted(p.name for p in meta.iterdir()) == ["manifests"], "no listing left behind"
+
+    # A person's change is still told apart from what the deployment wrote.
+    _write_on_the_server(sshd_target, _live(sshd_target) / "manage.py", "print('by hand')\n")
+    third, _, reporter = _deploy(repo, tmp_path, server, b, 3)
+    assert third.servers[0].changes is not None
+    assert third.servers[0].changes.modified == ["manage.py"]
+    assert "1 paths were changed on the server" in reporter.text
+
+
 def test_a_build_file_a_command_rewrites_starts_from_the_build_again_each_deploy(
     sshd_target, git_repo_factory, tmp_path
 ):

@@ -110,7 +110,8 @@ class SSHTarget:
     #: Let clients tunnel TCP through this sshd (a jump host); off like on a locked-down
     #: server, so that a target refuses to be used as a jump host.
     allow_tcp_forwarding: bool = False
-    #: sshd's LogLevel; INFO logs each accepted login ("Accepted publickey for ...").
+    #: sshd's LogLevel: INFO logs each accepted login ("Accepted publickey for ..."), VERBOSE
+    #: each login and command (see ``count_connections``).
     log_level: str = "ERROR"
     #: False for an sshd the test process cannot connect to (it listens inside a network
     #: namespace on that namespace's loopback): started once its log says it listens.
@@ -214,7 +215,8 @@ class SSHTarget:
             "PrintLastLog no",
             "X11Forwarding no",
             f"AllowTcpForwarding {'yes' if self.allow_tcp_forwarding else 'no'}",
-            f"LogLevel {'INFO' if not self.reachable_from_here else self.log_level}",
+            # An unreachable sshd is known to listen by its log: at least INFO.
+            f"LogLevel {'INFO' if not self.reachable_from_here and self.log_level == 'ERROR' else self.log_level}",
         ]
         if _sshd_version() >= (9, 8):
             # Failed logins (a test of a wrong key) would otherwise get 127.0.0.1 refused
@@ -270,6 +272,29 @@ class SSHTarget:
         except OSError:
             return False
         return banner.startswith(b"SSH-")
+
+    def logins(self) -> int:
+        """How many logins sshd accepted (SSH connections opened and authenticated) since
+        ``count_connections``."""
+        return self._counted("Accepted publickey for ")
+
+    def commands(self) -> int:
+        """How many commands (exec requests: one round trip each) sshd started since
+        ``count_connections``."""
+        return self._counted("Starting session: command for ")
+
+    def count_connections(self) -> None:
+        """Restart sshd logging each login and command it starts, counted from zero
+        (``logins``, ``commands``)."""
+        self.stop()
+        self.log_path.unlink(missing_ok=True)
+        self.log_level = "VERBOSE"
+        self.start()
+
+    def _counted(self, sign: str) -> int:
+        if self.log_level != "VERBOSE":
+            raise AssertionError("call count_connections() first")
+        return self._log_text().count(sign)
 
     def _log_text(self) -> str:
         try:
