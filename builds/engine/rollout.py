@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from builds.engine import direct, release
+from builds.engine import direct, ftp, release
 from builds.engine.archive import SharedArchive
 from builds.engine.build import BuildOutput, generated_rules, shared_seeds
 from builds.engine.errors import (
@@ -337,6 +337,8 @@ class _Run:
 
     def connect(self) -> None:
         self.reporter.check_cancelled()
+        if self.server.ftp is not None:
+            return  # ftp.deliver opens its own connections
         with self.reporter.step("connect", self.server.id):
             self.connection = connect(self.server.endpoint)
         if self.atomic:
@@ -679,6 +681,18 @@ class ServerRun(_Run):
 
     def activate(self) -> None:
         """Switch, run the after-switch commands and checks. A failed check switches back."""
+        if self.server.ftp is not None:
+            ftp.deliver(
+                self.spec,
+                self.server,
+                self.output,
+                self.reporter,
+                self.result,
+                rollback_to=self.spec.rollback_to.get(self.server.id, ""),
+            )
+            self.switched = True
+            self.run_checks(AFTER_SWITCH, self.release_path)
+            return
         if not self.atomic:
             assert self.connection is not None
             direct.deliver(
@@ -803,6 +817,11 @@ class RollbackRun(_Run):
     def connect(self) -> None:
         if not self.target or not release.is_release_name(self.target):
             raise InvalidInput("release", f"{self.server.name}: no release to roll back to")
+        if self.server.ftp is not None:
+            raise UserError(
+                f"{self.server.name} is an FTP server: it has no releases to switch between; "
+                "its rollback is a deployment of the earlier release's revision"
+            )
         if not self.atomic:
             raise UserError(
                 f"{self.server.name} is not an atomic server: there are no releases to switch between"
