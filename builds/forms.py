@@ -17,7 +17,7 @@ class ServerChoiceField(forms.ModelMultipleChoiceField):  # type: ignore[type-ar
 
     def label_from_instance(self, obj: Any) -> str:
         notes = [obj.environment] if obj.environment else []
-        if not obj.host_key_fingerprint:
+        if not obj.trusted:
             notes.append("host key not trusted yet")
         if not obj.enabled:
             notes.append("disabled")

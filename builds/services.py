@@ -121,7 +121,7 @@ def deployment_create(
             )
         if not server.enabled and kind != Kind.PREVIEW:
             raise DeploymentRefused("servers", f"Server {server.name} is disabled")
-        if not server.host_key_fingerprint and kind != Kind.PREVIEW:
+        if not server.trusted and kind != Kind.PREVIEW:
             raise DeploymentRefused(
                 "servers",
                 f"Server {server.name}: its host key is not trusted yet. Test the connection, "

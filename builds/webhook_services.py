@@ -204,7 +204,7 @@ def webhook_targets(*, project: Project, branch: str, deploy_to: Sequence[str] =
             targets.notes.append(f"[deploy: {name}]: no server or group has this name")
 
     for server in chosen:
-        if server.host_key_fingerprint:
+        if server.trusted:
             targets.servers.append(server)
         else:
             targets.notes.append(f"Server {server.name} skipped: its host key is not trusted yet")

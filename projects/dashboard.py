@@ -320,7 +320,7 @@ def server_rows(
             url=reverse("server-detail", args=[project.slug, server.pk]),
             environment=server.environment,
             branch=server.effective_branch,
-            trusted=bool(server.host_key_fingerprint),
+            trusted=server.trusted,
             enabled=server.enabled,
             live_revision=release.revision if release else "",
             live_since=release.created_at if release else None,

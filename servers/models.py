@@ -11,6 +11,12 @@ from deployer.crypto import EncryptedTextField
 class Protocol(models.TextChoices):
     SSH = "ssh", "SSH (atomic releases)"
     SFTP = "sftp", "SFTP only (files uploaded in place)"
+    FTP = "ftp", "FTP (files uploaded in place; the password crosses in clear text)"
+    FTPS = "ftps", "FTPS, explicit TLS (files uploaded in place)"
+
+
+#: The protocols whose files go over FTP (builds.engine.ftp), not SSH.
+FTP_PROTOCOLS = (Protocol.FTP, Protocol.FTPS)
 
 
 class AuthMethod(models.TextChoices):
@@ -50,6 +56,11 @@ class Server(models.Model):
     # Permissions applied explicitly after upload (octal strings such as "644"), empty: as in Git.
     file_mode = models.CharField(max_length=4, blank=True)
     directory_mode = models.CharField(max_length=4, blank=True)
+    # FTPS: the pinned SHA-256 of the server's certificate ("SHA256:AB:CD:..."); empty: the
+    # certificate must verify against the system's certificate authorities instead.
+    certificate_fingerprint = models.CharField(max_length=110, blank=True)
+    # FTP and FTPS: transfers in flight at once, each on a connection of its own.
+    ftp_connections = models.PositiveSmallIntegerField(default=4)
     position = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -61,6 +72,17 @@ class Server(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def is_ftp(self) -> bool:
+        return self.protocol in FTP_PROTOCOLS
+
+    @property
+    def trusted(self) -> bool:
+        """May be deployed to: an SSH or SFTP server once its host key is pinned. FTP has
+        nothing to pin; an FTPS server's certificate is checked at each connection (pinned,
+        or verified by the system's CAs; builds.engine.ftp refuses any other)."""
+        return self.is_ftp or bool(self.host_key_fingerprint)
 
     @property
     def effective_branch(self) -> str:

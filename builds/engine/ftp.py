@@ -279,23 +279,26 @@ class Probe:
     logged_in: bool = False
 
 
+def offered_certificate(endpoint: FtpEndpoint) -> tuple[str, bool]:
+    """The fingerprint of the certificate an FTPS server offers now, and whether it verifies
+    against the system CAs (for ``hostname``). Nothing is logged in. Raises HostUnreachable."""
+    try:
+        client = _open(endpoint, verify=True)
+        verified = True
+    except CertificateNotTrusted:
+        client = _open(endpoint, verify=False)
+        verified = False
+    try:
+        return _offered_fingerprint(client), verified
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
 def probe(endpoint: FtpEndpoint) -> Probe:
     """Connect, look at the certificate, and log in when it is trusted (plain FTP: always).
-    Raises what ``connect`` raises, except CertificateNotTrusted (answered in the Probe)."""
-    verified = False
-    fingerprint = ""
-    if endpoint.tls:
-        try:
-            client = _open(endpoint, verify=True)
-            verified = True
-        except CertificateNotTrusted:
-            client = _open(endpoint, verify=False)
-        try:
-            fingerprint = _offered_fingerprint(client)
-        finally:
-            with contextlib.suppress(Exception):
-                client.close()
-    welcome = ""
+    Raises what ``connect`` raises, except the certificate's problems (in the Probe)."""
+    fingerprint, verified = offered_certificate(endpoint) if endpoint.tls else ("", False)
     pinned = endpoint.certificate_fingerprint
     trusted = not endpoint.tls or (
         normalize_fingerprint(pinned) == fingerprint if pinned else verified
@@ -310,11 +313,7 @@ def probe(endpoint: FtpEndpoint) -> Probe:
         with contextlib.suppress(Exception):
             client.quit()
     return Probe(
-        welcome=welcome,
-        fingerprint=fingerprint,
-        verified=verified,
-        trusted=True,
-        logged_in=True,
+        welcome=welcome, fingerprint=fingerprint, verified=verified, trusted=True, logged_in=True
     )
 
 
@@ -525,6 +524,22 @@ def _lock_values(session: Session, root: str) -> dict[str, str]:
     return values
 
 
+def read_lock(session: Session, root: str) -> release.LockInfo | None:
+    """Who holds ``<root>/.slipway-lock`` (owner "" when it names none); None if unlocked."""
+    lock = posixpath.join(root, LOCK_DIR)
+    try:
+        session.run("reading the lock", lambda client: client.sendcmd(f"MLST {lock}"))
+    except ftplib.error_perm:
+        return None
+    values = _lock_values(session, root)
+    return release.LockInfo(
+        owner=values.get("owner", ""),
+        holder=values.get("holder", ""),
+        since=values.get("since", ""),
+        age_seconds=max(0, int(time.time()) - int(values.get("at", "0") or 0)),
+    )
+
+
 def break_lock(session: Session, root: str, *, owner: str) -> bool:
     """Remove the lock if ``owner`` holds it. True when removed."""
     if _lock_values(session, root).get("owner", "") != owner:
@@ -686,7 +701,9 @@ def deliver(
                     json.dumps(listing, sort_keys=True).encode(),
                 )
         result.manifest = manifest
-        result.release = release.release_name(output.revision, spec.started_at)
+        # No release directory: the name records the revision that went live (a rollback
+        # puts the earlier release's own name back).
+        result.release = rollback_to or release.release_name(output.revision, spec.started_at)
     finally:
         with contextlib.suppress(Exception):
             break_lock(session, root, owner=owner)

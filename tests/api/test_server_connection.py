@@ -32,6 +32,8 @@ def test_it_checks_a_trusted_server_and_makes_its_deploy_path(
         "host_key_type": "ssh-ed25519",
         "trusted": True,
         "error": "",
+        "certificate_fingerprint": None,
+        "certificate_verified": False,
     }
     assert (sshd_target.deploy_path / "shop" / "live").is_dir()
 
