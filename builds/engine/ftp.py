@@ -578,6 +578,13 @@ def refusals(spec: DeploySpec, server: ServerSpec) -> list[str]:
             f"project's `commands` include {commands[0].command!r}: limit them to other "
             "servers or remove them"
         )
+    checks = [c for c in spec.health_checks if c.kind == "command" and c.applies_to(server.id)]
+    if checks:
+        found.append(
+            f"{server.name} is an FTP server: command health checks cannot run there (no "
+            f"shell); the project's `health_checks` include {checks[0].command!r}: limit it "
+            "to other servers, or check over HTTP"
+        )
     return found
 
 

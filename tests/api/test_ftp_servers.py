@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from builds.engine import ftp
+from builds.models import Deployment, Status
 from projects.models import AuditEvent
 from servers.models import Protocol, Server
 from tests.support.ftpd import PASSWORD, USER
@@ -163,3 +167,33 @@ def test_test_connection_works_for_plain_ftp(alice_api, project, ftp_target):
 def test_bob_a_viewer_cannot_test_an_ftp_server(bob_api, project, ftp_target):
     server = _ftps_server(project, ftp_target)
     assert bob_api.post(url(server, "check")).status_code == 403
+
+
+def test_an_admin_breaks_an_ftp_servers_lock_unless_its_deployment_still_runs(
+    alice_api, project, ftp_target
+):
+    server = _ftps_server(project, ftp_target)
+    server.protocol = Protocol.FTP
+    server.deploy_path = "/site"
+    server.save()
+    running = Deployment.objects.create(project=project, status=Status.RUNNING)
+    lock = ftp_target.deploy_path / ftp.LOCK_DIR
+    lock.mkdir()
+    (lock / "info").write_text(
+        f"owner=deployment-{running.pk}\nholder=Slipway deployment #{running.pk} by alice\n"
+        f"since=2026-12-01T07:00:00Z\nat={int(time.time())}\n"
+    )
+    break_url = f"{servers_url(project)}{server.pk}/lock/break/"
+    refused = alice_api.post(break_url, {}, format="json")
+    assert refused.status_code == 409
+    assert f"deployment #{running.pk} is still running" in refused.json()["detail"]
+    assert lock.exists()
+
+    forced = alice_api.post(break_url, {"force": True}, format="json")
+    assert forced.status_code == 200, forced.content
+    assert forced.json()["broken"] is True and forced.json()["deployment_id"] == running.pk
+    assert not lock.exists()
+    event = AuditEvent.objects.get(action="server.lock_broken")
+    assert event.detail["path"] == f"/site/{ftp.LOCK_DIR}" and event.detail["forced"] is True
+    again = alice_api.post(break_url, {}, format="json")
+    assert again.json()["broken"] is False

@@ -19,6 +19,7 @@ from builds.engine.errors import (
     InvalidInput,
     PassiveAddressRefused,
 )
+from builds.engine.health import HealthCheckSpec
 from builds.engine.specs import CommandSpec, ConfigFileSpec
 from builds.engine.ssh import Endpoint
 from tests.support.engine import RecordingReporter, after, deploy_spec
@@ -224,6 +225,27 @@ def test_an_unpinned_self_signed_certificate_cannot_be_deployed_to_but_probe_sho
     assert pinned.trusted and pinned.logged_in and "Slipway test FTP" in pinned.welcome
 
 
+def test_a_certificate_the_system_authorities_vouch_for_needs_no_pin(
+    ftpd_factory, git_repo_factory, tmp_path, monkeypatch
+):
+    authority = tmp_path / "ca.pem"
+    target = ftpd_factory(tls=True, authority=authority)
+    # OpenSSL's default verify paths (the system's store) follow SSL_CERT_FILE.
+    monkeypatch.setenv("SSL_CERT_FILE", str(authority))
+    found = ftp.probe(target.endpoint(certificate_fingerprint=None))
+    assert found.verified and found.trusted and found.logged_in
+    assert found.fingerprint == target.fingerprint
+    repo = git_repo_factory()
+    a = repo.commit(SITE, "A")
+    result, _ = _deploy(repo, tmp_path, ftp_server(target, certificate_fingerprint=None), a, 1)
+    _ok(result)
+    assert _files(target) == SITE
+    # Without the authority, the same certificate is refused before the password.
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "none.pem"))
+    with pytest.raises(CertificateNotTrusted):
+        ftp.connect(target.endpoint(certificate_fingerprint=None))
+
+
 def test_data_connections_reuse_the_control_connections_tls_session(ftps_target):
     (ftps_target.deploy_path / "hello.txt").write_text("hello\n")
     client = ftp.connect(ftps_target.endpoint())
@@ -272,6 +294,9 @@ def test_what_ftp_cannot_give_is_refused_naming_the_setting(ftp_target, git_repo
     assert "php artisan migrate" in str(command.servers[0].error)
     atomic, _ = _deploy(repo, tmp_path, dataclasses.replace(server, atomic=True), a, 3)
     assert "`atomic`" in str(atomic.servers[0].error)
+    check = HealthCheckSpec(kind="command", command="test -f index.html", when="after_switch")
+    checked, _ = _deploy(repo, tmp_path, server, a, 4, health_checks=(check,))
+    assert "`health_checks`" in str(checked.servers[0].error)
     assert ftp_target.stored == []
 
 

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
+import ipaddress
 import logging
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler, TLS_FTPHandler
+from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import FTPServer
 
 from builds.engine.ftp import FtpEndpoint, normalize_fingerprint
@@ -31,22 +33,73 @@ USER = "deploy"
 PASSWORD = "ftp-s3cret-pass"
 
 
-def self_signed_certificate(folder: Path, name: str = "localhost") -> tuple[Path, str]:
-    """A PEM file holding a new self-signed certificate and its key, and the fingerprint."""
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def self_signed_certificate(
+    folder: Path, name: str = "localhost", *, authority: Path | None = None
+) -> tuple[Path, str]:
+    """A PEM file holding a new certificate for ``name`` and 127.0.0.1 and its key, and the
+    certificate's fingerprint. Self-signed, or signed by a new certificate authority whose
+    certificate is written to ``authority`` (for SSL_CERT_FILE)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
-    certificate = (
+    issuer_key, issuer = key, _name(name)
+    if authority is not None:
+        issuer_key, issuer = ec.generate_private_key(ec.SECP256R1()), _name("Slipway test CA")
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(issuer)
+            .issuer_name(issuer)
+            .public_key(issuer_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(issuer_key.public_key()), critical=False
+            )
+            .sign(issuer_key, hashes.SHA256())
+        )
+        authority.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
+        .subject_name(_name(name))
+        .issuer_name(issuer)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(key, hashes.SHA256())
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
     )
+    if authority is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+            critical=False,
+        ).add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+    certificate = builder.sign(issuer_key, hashes.SHA256())
     path = folder / f"{name}-{x509.random_serial_number()}.pem"
     path.write_bytes(
         key.private_bytes(
@@ -101,7 +154,10 @@ def ftpd_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     # pyftpdlib logs every command, and its start at each turn of our loop.
     logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
 
-    def start(*, tls: bool = False, masquerade: str | None = None) -> FtpTarget:
+    def start(
+        *, tls: bool = False, masquerade: str | None = None, authority: Path | None = None
+    ) -> FtpTarget:
+        """``authority``: sign the certificate with a new CA written there (else self-signed)."""
         root = tmp_path_factory.mktemp("ftproot")
         (root / "site").mkdir()
         authorizer = DummyAuthorizer()
@@ -112,7 +168,9 @@ def ftpd_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         fingerprint = ""
         attributes: dict[str, Any] = {"authorizer": authorizer, "banner": "Slipway test FTP"}
         if tls:
-            certfile, fingerprint = self_signed_certificate(tmp_path_factory.mktemp("cert"))
+            certfile, fingerprint = self_signed_certificate(
+                tmp_path_factory.mktemp("cert"), authority=authority
+            )
             attributes.update(
                 certfile=str(certfile),
                 ssl_context=None,
@@ -132,16 +190,15 @@ def ftpd_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         attributes["on_file_received"] = on_file_received
         attributes["pre_process_command"] = pre_process_command
         handler = type("RecordingHandler", (base,), attributes)
-        server = FTPServer(("127.0.0.1", 0), handler)
+        # An IOLoop of its own: pyftpdlib's default is one per process, which two servers
+        # polled from two threads would share.
+        server = FTPServer(("127.0.0.1", 0), handler, ioloop=IOLoop())
         port = server.socket.getsockname()[1]
         stop = threading.Event()
 
         def serve() -> None:
             while not stop.is_set():
-                # A client that hangs up in the middle of a TLS handshake (a refused
-                # certificate) can leave pyftpdlib polling a closed descriptor once.
-                with contextlib.suppress(OSError):
-                    server.serve_forever(timeout=0.05, blocking=False, handle_exit=False)
+                server.serve_forever(timeout=0.05, blocking=False, handle_exit=False)
             with contextlib.suppress(OSError):
                 server.close_all()
 
