@@ -163,7 +163,11 @@ class _Ftp(ftplib.FTP):
 class _FtpTls(ftplib.FTP_TLS):
     """FTP_TLS whose data connections resume the control connection's TLS session: many
     servers (vsftpd's require_ssl_reuse, ProFTPD, FileZilla Server) refuse a data
-    connection that starts a session of its own."""
+    connection that starts a session of its own. With a pinned certificate (``pinned``,
+    the control connection checked against it), a data connection that did not resume that
+    session must offer the same certificate: its context verifies nothing by itself."""
+
+    pinned: str | None = None
 
     def makepasv(self) -> tuple[str, int]:
         return _checked_pasv(self) or super().makepasv()
@@ -175,6 +179,14 @@ class _FtpTls(ftplib.FTP_TLS):
         if self._prot_p:  # type: ignore[attr-defined]
             session = self.sock.session if isinstance(self.sock, ssl.SSLSocket) else None
             conn = self.context.wrap_socket(conn, server_hostname=self.host, session=session)
+            if self.pinned is not None and not conn.session_reused:
+                der = conn.getpeercert(binary_form=True)
+                if not der or certificate_fingerprint(der) != self.pinned:
+                    conn.close()
+                    raise CertificateMismatch(
+                        f"A data connection to {self.host} offered another certificate than "
+                        f"the pinned {self.pinned}"
+                    )
         return conn, size
 
 
@@ -245,6 +257,8 @@ def connect(endpoint: FtpEndpoint) -> ftplib.FTP:
                     f"{normalize_fingerprint(pinned)}, offered {offered}. If the server's "
                     "certificate was renewed on purpose, check it and trust it again."
                 )
+            assert isinstance(client, _FtpTls)
+            client.pinned = offered
         try:
             client.login(endpoint.username, endpoint.password)
         except ftplib.error_perm as exc:

@@ -266,6 +266,26 @@ def test_data_connections_reuse_the_control_connections_tls_session(ftps_target)
     assert received == b"hello\n"
 
 
+def test_without_session_reuse_each_data_connection_shows_the_pinned_certificate(
+    ftpd_factory, git_repo_factory, tmp_path
+):
+    target = ftpd_factory(tls=True, resume=False)
+    client = ftp.connect(target.endpoint())
+    try:
+        conn, _ = client.ntransfercmd("LIST /site")
+        assert isinstance(conn, ssl.SSLSocket) and not conn.session_reused
+        while conn.recv(8192):
+            pass
+        conn.close()
+        client.voidresp()
+    finally:
+        client.quit()
+    repo = git_repo_factory()
+    result, _ = _deploy(repo, tmp_path, ftp_server(target), repo.commit(SITE, "A"), 1)
+    _ok(result)
+    assert _files(target) == SITE
+
+
 def test_a_pasv_reply_naming_another_host_is_refused(ftpd_factory, git_repo_factory, tmp_path):
     target = ftpd_factory(masquerade="127.0.0.2")
     client = ftp.connect(target.endpoint())

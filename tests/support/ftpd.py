@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler, TLS_FTPHandler
 from pyftpdlib.ioloop import IOLoop
@@ -155,9 +156,15 @@ def ftpd_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
 
     def start(
-        *, tls: bool = False, masquerade: str | None = None, authority: Path | None = None
+        *,
+        tls: bool = False,
+        masquerade: str | None = None,
+        authority: Path | None = None,
+        resume: bool = True,
     ) -> FtpTarget:
-        """``authority``: sign the certificate with a new CA written there (else self-signed)."""
+        """``authority``: sign the certificate with a new CA written there (else self-signed).
+        ``resume=False``: the server resumes no TLS session (no tickets, no cache), so every
+        data connection makes a full handshake."""
         root = tmp_path_factory.mktemp("ftproot")
         (root / "site").mkdir()
         authorizer = DummyAuthorizer()
@@ -189,7 +196,11 @@ def ftpd_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
         attributes["on_file_received"] = on_file_received
         attributes["pre_process_command"] = pre_process_command
-        handler = type("RecordingHandler", (base,), attributes)
+        handler: Any = type("RecordingHandler", (base,), attributes)
+        if tls and not resume:
+            context = handler.get_ssl_context()
+            context.set_options(SSL.OP_NO_TICKET)
+            context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
         # An IOLoop of its own: pyftpdlib's default is one per process, which two servers
         # polled from two threads would share.
         server = FTPServer(("127.0.0.1", 0), handler, ioloop=IOLoop())
