@@ -58,7 +58,10 @@ class ServerForm(forms.Form):
         "and run no commands.",
     )
     atomic = forms.BooleanField(
-        label="Atomic releases (releases/ and a current symlink)", required=False, initial=True
+        label="Atomic releases (releases/ and a current symlink)",
+        required=False,
+        initial=True,
+        widget=forms.CheckboxInput(attrs=shown_for("protocol", Protocol.SSH)),
     )
     keep_releases = forms.IntegerField(
         min_value=MIN_KEEP_RELEASES,
@@ -96,7 +99,11 @@ class ServerForm(forms.Form):
         label="Host key fingerprint",
         max_length=1000,
         required=False,
-        widget=forms.TextInput(attrs={**MONOSPACE, "placeholder": "SHA256:…"}),
+        widget=forms.TextInput(
+            attrs=shown_for(
+                "protocol", Protocol.SSH, Protocol.SFTP, placeholder="SHA256:…", **MONOSPACE
+            )
+        ),
         help_text="Optional: paste what ssh-keygen -lf prints on the server, or use "
         "“Test connection” after saving.",
     )
@@ -105,7 +112,9 @@ class ServerForm(forms.Form):
         label="Certificate fingerprint (FTPS)",
         max_length=200,
         required=False,
-        widget=forms.TextInput(attrs={**MONOSPACE, "placeholder": "SHA256:AB:CD:…"}),
+        widget=forms.TextInput(
+            attrs=shown_for("protocol", Protocol.FTPS, placeholder="SHA256:AB:CD:…", **MONOSPACE)
+        ),
         help_text="Optional: what openssl x509 -noout -fingerprint -sha256 prints for the "
         "server's certificate, or use “Test connection” after saving. Blank: the certificate "
         "must be signed by an authority this machine trusts.",
@@ -116,6 +125,7 @@ class ServerForm(forms.Form):
         max_value=MAX_FTP_CONNECTIONS,
         initial=4,
         required=False,
+        widget=forms.NumberInput(attrs=shown_for("protocol", Protocol.FTP, Protocol.FTPS)),
         help_text="FTP and FTPS: files in flight at once, each on a connection of its own.",
     )
 
