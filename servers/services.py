@@ -601,7 +601,7 @@ def server_lock_break(*, server: Server, user: User, force: bool = False) -> Loc
     """Remove the deploy lock Slipway keeps on ``server`` (``.slipway/lock`` in the deploy
     path; ``.slipway-lock`` where files go in place), audited as ``server.lock_broken``.
 
-    The lock's owner is read over SSH first. Raises LockBreakRefused when that owner is a
+    The lock's owner is read first (over SSH, or FTP). Raises LockBreakRefused when that owner is a
     deployment still queued or running in the database, or one that left a command it could
     not stop (the lock's holder names it), unless ``force``; when the lock was taken again
     between reading and removing it; and when the server cannot be reached or read. A lock

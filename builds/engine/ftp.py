@@ -635,6 +635,13 @@ def deliver(
             f"{server.name} is an FTP server, which cannot make symlinks; the build has "
             f"{len(links)}: {', '.join(display_path(p) for p in links[:5])}"
         )
+    unsendable = [p for p in manifest if not _sendable(p)]
+    if unsendable:
+        raise UserError(
+            f"{server.name} is an FTP server, whose commands cannot carry a line break or a "
+            f"name that is not UTF-8; the build has {len(unsendable)} such paths: "
+            f"{', '.join(display_path(p) for p in unsendable[:5])}"
+        )
     root = release.validate_deploy_path(server.deploy_path)
 
     def log(text: str) -> None:
@@ -729,6 +736,16 @@ def deliver(
         with contextlib.suppress(Exception):
             break_lock(session, root, owner=owner)
         session.close()
+
+
+def _sendable(path: str) -> bool:
+    if "\r" in path or "\n" in path:
+        return False
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # a surrogate-escaped byte: not UTF-8 on disk
+        return False
+    return True
 
 
 def _remote_manifest(session: Session, root: str) -> Manifest | None:

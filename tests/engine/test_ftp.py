@@ -320,6 +320,16 @@ def test_what_ftp_cannot_give_is_refused_naming_the_setting(ftp_target, git_repo
     assert ftp_target.stored == []
 
 
+def test_a_path_ftp_cannot_carry_is_refused_before_anything_is_sent(
+    ftp_target, git_repo_factory, tmp_path
+):
+    repo = git_repo_factory()
+    a = repo.commit({**SITE, "notes/line\nbreak.txt": "x\n"}, "A")
+    result, _ = _deploy(repo, tmp_path, ftp_server(ftp_target), a, 1)
+    assert "cannot carry a line break" in str(result.servers[0].error)
+    assert ftp_target.sent() == []
+
+
 def test_a_lock_held_by_a_running_deployment_is_refused(ftp_target, git_repo_factory, tmp_path):
     lock = ftp_target.deploy_path / ftp.LOCK_DIR
     lock.mkdir()
