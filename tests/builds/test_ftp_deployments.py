@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 
 from builds import services
+from builds.engine.errors import InvalidInput
 from builds.models import Deployment, Kind, LogLine, Status
 from builds.tasks import run_deployment
 from servers.models import Protocol, Release, Server
+from servers.services import server_check, server_create
 from tests.support.ftpd import PASSWORD, USER
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -91,3 +93,31 @@ def test_a_wrong_password_fails_the_deployment_naming_the_user(
     assert failed.error_code == "authentication_refused"
     assert f"refused the login of '{USER}': wrong user name or password" in failed.error
     assert "not-the-password" not in _log(failed)
+
+
+def test_the_ftp_host_goes_through_the_servers_address_policy(
+    git_repo_factory, ftp_target, project_factory, alice, settings
+):
+    repo = git_repo_factory()
+    repo.commit({"index.html": "A\n"}, "A")
+    project = project_factory(repo)
+    server = _ftp_server(project, ftp_target)
+    settings.ALLOW_PRIVATE_SERVERS = False
+
+    with pytest.raises(InvalidInput, match="SLIPWAY_ALLOW_PRIVATE_SERVERS=true") as refused:
+        server_create(
+            project=project,
+            actor=alice,
+            name="another",
+            protocol=Protocol.FTP,
+            hostname="127.0.0.1",
+            username=USER,
+            password=PASSWORD,
+            deploy_path="/site",
+        )
+    assert refused.value.field == "hostname"
+    check = server_check(server=server)
+    assert not check.ok and "SLIPWAY_ALLOW_PRIVATE_SERVERS=true" in check.error
+    failed = _run(services.deployment_create(project=project, servers=[server], user=alice))
+    assert failed.status == Status.FAILED and "loopback address" in failed.error
+    assert ftp_target.commands == []  # not even connected
