@@ -32,6 +32,7 @@ from builds.engine.errors import (
     EngineError,
 )
 from builds.engine.excludes import Exclusions
+from builds.engine.ftp import FtpEndpoint
 from builds.engine.git import Commit
 from builds.engine.health import HealthCheckSpec
 from builds.engine.manifest import ChangeSet, Manifest, display_path
@@ -286,6 +287,21 @@ def jump_endpoint_for(server: Server) -> Endpoint | None:
     )
 
 
+def ftp_endpoint_for(server: Server) -> FtpEndpoint:
+    """How to log in to an FTP or FTPS ``server``, its host checked by the SERVERS address
+    policy first (raises builds.engine.addresses.AddressRefused)."""
+    outbound.server_host_check(server.hostname, server.port)
+    return FtpEndpoint(
+        hostname=server.hostname,
+        port=server.port,
+        username=server.username,
+        password=server.password,
+        tls=server.protocol == Protocol.FTPS,
+        certificate_fingerprint=server.certificate_fingerprint or None,
+        connections=server.ftp_connections,
+    )
+
+
 def server_spec(server: Server, *, with_manifest: bool = True) -> pipeline.ServerSpec:
     """The engine's view of a server, with the manifests of its live release and of the
     other releases it keeps (not removed: files they hold are copied on the server instead
@@ -304,6 +320,22 @@ def server_spec(server: Server, *, with_manifest: bool = True) -> pipeline.Serve
         if with_manifest
         else {}
     )
+    if server.is_ftp:
+        return pipeline.ServerSpec(
+            id=server.pk,
+            name=server.name,
+            # Only names the host (%hostname%): nothing connects over SSH.
+            endpoint=Endpoint(hostname=server.hostname, port=server.port, username=server.username),
+            deploy_path=server.deploy_path,
+            # Kept as set, for the engine to refuse by name (builds.engine.ftp.refusals).
+            atomic=server.atomic,
+            shell=False,
+            environment=server.environment,
+            live_release=live.name if live else None,
+            live_revision=live.revision if live else None,
+            live_manifest=manifest,
+            ftp=ftp_endpoint_for(server),
+        )
     return pipeline.ServerSpec(
         id=server.pk,
         name=server.name,
@@ -494,7 +526,7 @@ def run(deployment: Deployment) -> None:
     try:
         with Heartbeat(deployment.pk):
             if deployment.kind == Kind.ROLLBACK:
-                _run_rollback(deployment, servers, reporter)
+                _run_rollback(deployment, servers, reporter, workspace)
             elif deployment.kind == Kind.PREVIEW:
                 _run_preview(deployment, servers, reporter, workspace)
             else:
@@ -566,14 +598,15 @@ def _revision_for(deployment: Deployment, servers: list[Server]) -> str:
     return sorted(branches)[0]
 
 
-def _run_deploy(
-    deployment: Deployment, servers: list[Server], reporter: DatabaseReporter, workspace: Path
-) -> None:
+def _deploy_spec(
+    deployment: Deployment,
+    specs: tuple[pipeline.ServerSpec, ...],
+    workspace: Path,
+    revision: str,
+    **overrides: Any,
+) -> pipeline.DeploySpec:
     project = deployment.project
-    revision = _revision_for(deployment, servers)
-    specs = tuple(server_spec(server) for server in servers)
-    starts = {spec.live_revision for spec in specs}
-    spec = pipeline.DeploySpec(
+    return pipeline.DeploySpec(
         deployment_id=deployment.pk,
         project=project.name,
         build=build_spec(deployment, workspace, revision),
@@ -595,17 +628,32 @@ def _run_deploy(
         server_env={v.name: v.value for v in project.environment_variables.filter(servers=True)},
         health_checks=health_check_specs(project),
         strategy=strategy_spec(deployment),
-        # A push names a SHA: it must be on the pushed branch and newer than what is live.
-        require_on_branch=deployment.branch if deployment.trigger == Trigger.WEBHOOK else "",
-        refuse_older_than_live=deployment.trigger == Trigger.WEBHOOK,
         lock_owner_finished=_lock_owner_finished,
-        full=deployment.full,
-        config_only=deployment.config_only,
         lock_stale_after=settings.DEPLOYMENT_TIME_LIMIT,
         fetch_timeout_seconds=settings.FETCH_TIMEOUT,
         repository_host_key=project.repository_host_key,
         started_at=deployment.started_at.timestamp() if deployment.started_at else None,
         connections=CONNECTIONS,
+        **overrides,
+    )
+
+
+def _run_deploy(
+    deployment: Deployment, servers: list[Server], reporter: DatabaseReporter, workspace: Path
+) -> None:
+    revision = _revision_for(deployment, servers)
+    specs = tuple(server_spec(server) for server in servers)
+    starts = {spec.live_revision for spec in specs}
+    spec = _deploy_spec(
+        deployment,
+        specs,
+        workspace,
+        revision,
+        # A push names a SHA: it must be on the pushed branch and newer than what is live.
+        require_on_branch=deployment.branch if deployment.trigger == Trigger.WEBHOOK else "",
+        refuse_older_than_live=deployment.trigger == Trigger.WEBHOOK,
+        full=deployment.full,
+        config_only=deployment.config_only,
     )
     result = pipeline.deploy(spec, reporter)
     _update_deployment(
@@ -620,7 +668,7 @@ def _run_deploy(
 
 
 def _run_rollback(
-    deployment: Deployment, servers: list[Server], reporter: DatabaseReporter
+    deployment: Deployment, servers: list[Server], reporter: DatabaseReporter, workspace: Path
 ) -> None:
     targets: dict[int, str] = {}
     revisions: dict[int, str] = {}
@@ -629,24 +677,43 @@ def _run_rollback(
         if release is not None:
             targets[server.pk] = release.name
             revisions[server.pk] = release.revision
-    spec = pipeline.RollbackSpec(
-        deployment_id=deployment.pk,
-        project=deployment.project.name,
-        servers=tuple(server_spec(server, with_manifest=False) for server in servers),
-        targets=targets,
-        revisions=revisions,
-        deployer=_deployer_name(deployment),
-        commands=command_specs(deployment.project),
-        server_env={
-            v.name: v.value for v in deployment.project.environment_variables.filter(servers=True)
-        },
-        health_checks=health_check_specs(deployment.project),
-        strategy=strategy_spec(deployment),
-        lock_stale_after=settings.DEPLOYMENT_TIME_LIMIT,
-        lock_owner_finished=_lock_owner_finished,
-        connections=CONNECTIONS,
-    )
-    results = pipeline.rollback(spec, reporter)
+    # An FTP server keeps no release to switch to: its earlier release's revision is built
+    # again and what differs from the live files is uploaded (builds.engine.ftp).
+    by_revision: dict[str, list[Server]] = {}
+    for server in servers:
+        if server.is_ftp and server.pk in targets:
+            by_revision.setdefault(revisions[server.pk], []).append(server)
+    switched = [s for s in servers if not (s.is_ftp and s.pk in targets)]
+    results: list[pipeline.ServerResult] = []
+    if switched:
+        spec = pipeline.RollbackSpec(
+            deployment_id=deployment.pk,
+            project=deployment.project.name,
+            servers=tuple(server_spec(server, with_manifest=False) for server in switched),
+            targets=targets,
+            revisions=revisions,
+            deployer=_deployer_name(deployment),
+            commands=command_specs(deployment.project),
+            server_env={
+                v.name: v.value
+                for v in deployment.project.environment_variables.filter(servers=True)
+            },
+            health_checks=health_check_specs(deployment.project),
+            strategy=strategy_spec(deployment),
+            lock_stale_after=settings.DEPLOYMENT_TIME_LIMIT,
+            lock_owner_finished=_lock_owner_finished,
+            connections=CONNECTIONS,
+        )
+        results.extend(pipeline.rollback(spec, reporter))
+    for revision, group in sorted(by_revision.items()):
+        uploaded = _deploy_spec(
+            deployment,
+            tuple(server_spec(server) for server in group),
+            workspace / revision[:12],
+            revision,
+            rollback_to={server.pk: targets[server.pk] for server in group},
+        )
+        results.extend(pipeline.deploy(uploaded, reporter).servers)
     ends = set(revisions.values())
     _update_deployment(deployment.pk, end_revision=ends.pop() if len(ends) == 1 else "")
     reporter.writer.flush()

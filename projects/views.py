@@ -610,6 +610,7 @@ DOCS = (
     "api",
     "security",
     "reliability-invariant",
+    "ftp",
 )
 
 

@@ -6,8 +6,10 @@ from typing import Any
 
 from django import forms
 
+from builds.engine.ftp import MAX_CONNECTIONS as MAX_FTP_CONNECTIONS
 from projects.forms import MONOSPACE, SettingForm, servers_field, shown_for
 from servers.models import (
+    FTP_PROTOCOLS,
     AuthMethod,
     HealthCheck,
     HealthCheckKind,
@@ -49,9 +51,18 @@ class ServerForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 4, **MONOSPACE}),
         help_text="An unencrypted ed25519, ECDSA or RSA key. Write-only.",
     )
-    protocol = forms.ChoiceField(choices=Protocol.choices, initial=Protocol.SSH)
+    protocol = forms.ChoiceField(
+        choices=Protocol.choices,
+        initial=Protocol.SSH,
+        help_text="FTP sends the password and every file in clear text: prefer FTPS, SFTP or "
+        "SSH. FTP and FTPS servers log in with a password, take files in place (atomic off) "
+        "and run no commands.",
+    )
     atomic = forms.BooleanField(
-        label="Atomic releases (releases/ and a current symlink)", required=False, initial=True
+        label="Atomic releases (releases/ and a current symlink)",
+        required=False,
+        initial=True,
+        widget=forms.CheckboxInput(attrs=shown_for("protocol", Protocol.SSH)),
     )
     keep_releases = forms.IntegerField(
         min_value=MIN_KEEP_RELEASES,
@@ -89,7 +100,11 @@ class ServerForm(forms.Form):
         label="Host key fingerprint",
         max_length=1000,
         required=False,
-        widget=forms.TextInput(attrs={**MONOSPACE, "placeholder": "SHA256:…"}),
+        widget=forms.TextInput(
+            attrs=shown_for(
+                "protocol", Protocol.SSH, Protocol.SFTP, placeholder="SHA256:…", **MONOSPACE
+            )
+        ),
         help_text="Optional: paste what ssh-keygen -lf prints on the server, or use "
         "“Test connection” after saving.",
     )
@@ -134,6 +149,27 @@ class ServerForm(forms.Form):
         "“Test connection” after saving. A jump host whose key is not trusted is never used.",
     )
 
+    certificate_fingerprint = forms.CharField(
+        label="Certificate fingerprint (FTPS)",
+        max_length=200,
+        required=False,
+        widget=forms.TextInput(
+            attrs=shown_for("protocol", Protocol.FTPS, placeholder="SHA256:AB:CD:…", **MONOSPACE)
+        ),
+        help_text="Optional: what openssl x509 -noout -fingerprint -sha256 prints for the "
+        "server's certificate, or use “Test connection” after saving. Blank: the certificate "
+        "must be signed by an authority this machine trusts.",
+    )
+    ftp_connections = forms.IntegerField(
+        label="Parallel connections (FTP)",
+        min_value=1,
+        max_value=MAX_FTP_CONNECTIONS,
+        initial=4,
+        required=False,
+        widget=forms.NumberInput(attrs=shown_for("protocol", Protocol.FTP, Protocol.FTPS)),
+        help_text="FTP and FTPS: files in flight at once, each on a connection of its own.",
+    )
+
     def __init__(self, *args: Any, server: Server | None = None, **kwargs: Any) -> None:
         self.server = server
         if server is not None and "initial" not in kwargs:
@@ -149,6 +185,7 @@ class ServerForm(forms.Form):
             del self.fields["jump_host_key_fingerprint"]
             if server.jump_private_key:
                 self.fields["jump_private_key"].help_text = "Stored and hidden. Blank keeps it."
+            del self.fields["certificate_fingerprint"]
             if server.password:
                 self.fields["password"].help_text = "Stored and hidden. Blank keeps it."
             if server.private_key:
@@ -175,6 +212,15 @@ class ServerForm(forms.Form):
             data.pop("jump_private_key", None)
         if not data.get("jump_host_key_fingerprint"):
             data.pop("jump_host_key_fingerprint", None)
+        if data.get("ftp_connections") is None:
+            data.pop("ftp_connections", None)
+        for pinned in ("host_key_fingerprint", "certificate_fingerprint"):
+            if not data.get(pinned):
+                data.pop(pinned, None)
+        if data.get("protocol") in FTP_PROTOCOLS:
+            # The checkbox means nothing on FTP (files go in place): the service refuses it
+            # only when asked for through the API.
+            data["atomic"] = False
         return data
 
 

@@ -11,6 +11,12 @@ from deployer.crypto import EncryptedTextField
 class Protocol(models.TextChoices):
     SSH = "ssh", "SSH (atomic releases)"
     SFTP = "sftp", "SFTP only (files uploaded in place)"
+    FTP = "ftp", "FTP (files uploaded in place; the password crosses in clear text)"
+    FTPS = "ftps", "FTPS, explicit TLS (files uploaded in place)"
+
+
+#: The protocols whose files go over FTP (builds.engine.ftp), not SSH.
+FTP_PROTOCOLS = (Protocol.FTP, Protocol.FTPS)
 
 
 class AuthMethod(models.TextChoices):
@@ -65,6 +71,11 @@ class Server(models.Model):
     )
     jump_private_key = EncryptedTextField(blank=True)
     jump_host_key_fingerprint = models.CharField(max_length=100, blank=True)
+    # FTPS: the pinned SHA-256 of the server's certificate ("SHA256:AB:CD:..."); empty: the
+    # certificate must verify against the system's certificate authorities instead.
+    certificate_fingerprint = models.CharField(max_length=110, blank=True)
+    # FTP and FTPS: transfers in flight at once, each on a connection of its own.
+    ftp_connections = models.PositiveSmallIntegerField(default=4)
     position = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -78,6 +89,10 @@ class Server(models.Model):
         return self.name
 
     @property
+    def is_ftp(self) -> bool:
+        return self.protocol in FTP_PROTOCOLS
+
+    @property
     def effective_branch(self) -> str:
         return self.branch or self.project.branch
 
@@ -87,8 +102,12 @@ class Server(models.Model):
 
     @property
     def trusted(self) -> bool:
-        """Both hops' host keys are pinned (the server's, and its jump host's if it has one):
-        deployments need it."""
+        """May be deployed to. An SSH or SFTP server once both hops' host keys are pinned (the
+        server's, and its jump host's if it has one). FTP has nothing to pin; an FTPS
+        server's certificate is checked at each connection (pinned, or verified by the
+        system's CAs; builds.engine.ftp refuses any other)."""
+        if self.is_ftp:
+            return True
         return bool(self.host_key_fingerprint) and (
             not self.jump_hostname or bool(self.jump_host_key_fingerprint)
         )
@@ -96,7 +115,9 @@ class Server(models.Model):
     @property
     def untrusted_hop(self) -> str:
         """Whose host key is still to be trusted ("its host key", "its jump host's host
-        key"), "" when both are."""
+        key"), "" when both are (or for FTP, which has none)."""
+        if self.is_ftp:
+            return ""
         if not self.host_key_fingerprint:
             return "its host key"
         if self.jump_hostname and not self.jump_host_key_fingerprint:

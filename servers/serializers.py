@@ -12,6 +12,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from builds.engine.errors import InvalidInput
+from builds.engine.ftp import MAX_CONNECTIONS as MAX_FTP_CONNECTIONS
 from builds.engine.specs import parse_batch_size
 from builds.services import rollback_plan_server
 from deployer.api import api_url
@@ -59,8 +60,10 @@ class RollbackTargetSerializer(serializers.Serializer[Any]):
 
 class ServerSerializer(serializers.ModelSerializer[Server]):
     trusted = serializers.SerializerMethodField(
-        help_text="True once the host key is pinned, and the jump host's too when there is "
-        "one; deployments need it."
+        help_text="May be deployed to: an SSH or SFTP server once its host key is pinned, "
+        "and its jump host's too when it has one; FTP and FTPS servers always (an FTPS "
+        "certificate is checked at each connection: pinned, or verified by the system's "
+        "certificate authorities)."
     )
     jump_trusted = serializers.SerializerMethodField(
         help_text="True once the jump host's key is pinned; false without a jump host."
@@ -101,6 +104,8 @@ class ServerSerializer(serializers.ModelSerializer[Server]):
             "jump_auth_method",
             "jump_host_key_fingerprint",
             "jump_trusted",
+            "certificate_fingerprint",
+            "ftp_connections",
             "position",
             "live_release",
             "rollback_target",
@@ -153,11 +158,22 @@ class ServerSerializer(serializers.ModelSerializer[Server]):
 class ServerInputSerializer(serializers.Serializer[dict[str, Any]]):
     name = serializers.CharField(max_length=100)
     hostname = serializers.CharField(max_length=255)
-    port = serializers.IntegerField(min_value=1, max_value=65535, default=22)
+    port = serializers.IntegerField(
+        min_value=1, max_value=65535, required=False, help_text="Default: 22, or 21 for FTP."
+    )
     username = serializers.CharField(max_length=100)
     deploy_path = serializers.CharField(max_length=500, help_text="An absolute path.")
-    protocol = serializers.ChoiceField(choices=Protocol.choices, default=Protocol.SSH)
-    atomic = serializers.BooleanField(default=True)
+    protocol = serializers.ChoiceField(
+        choices=Protocol.choices,
+        default=Protocol.SSH,
+        help_text="ftp sends the password and the files in clear text: prefer ftps, sftp or "
+        "ssh (docs/ftp.md).",
+    )
+    atomic = serializers.BooleanField(
+        required=False,
+        help_text="Releases side by side and a symlink switched: default true on SSH "
+        "servers; must be false on FTP servers, which cannot make symlinks.",
+    )
     keep_releases = serializers.IntegerField(
         min_value=MIN_KEEP_RELEASES,
         max_value=MAX_KEEP_RELEASES,
@@ -177,7 +193,12 @@ class ServerInputSerializer(serializers.Serializer[dict[str, Any]]):
     )
     # Secrets are kept exactly as typed: a password may well end in a blank.
     password = serializers.CharField(
-        max_length=1000, required=False, allow_blank=True, write_only=True, trim_whitespace=False
+        max_length=1000,
+        required=False,
+        allow_blank=True,
+        write_only=True,
+        trim_whitespace=False,
+        help_text="Write-only, stored encrypted. The only way an FTP or FTPS server logs in.",
     )
     private_key = serializers.CharField(
         max_length=20_000,
@@ -199,6 +220,20 @@ class ServerInputSerializer(serializers.Serializer[dict[str, Any]]):
     )
     directory_mode = serializers.RegexField(
         r"^[0-7]{3,4}$", max_length=4, required=False, allow_blank=True
+    )
+    certificate_fingerprint = serializers.CharField(
+        max_length=200,
+        required=False,
+        allow_blank=True,
+        help_text="FTPS: the server certificate's SHA-256 to pin, as `openssl x509 -noout "
+        "-fingerprint -sha256` prints it; blank: the certificate must verify against the "
+        "system's certificate authorities.",
+    )
+    ftp_connections = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_FTP_CONNECTIONS,
+        required=False,
+        help_text="FTP and FTPS: files in flight at once, each on a connection of its own.",
     )
     position = serializers.IntegerField(min_value=0, max_value=MAX_POSITION, required=False)
     jump_hostname = serializers.CharField(
@@ -239,7 +274,10 @@ class ServerCheckSerializer(serializers.Serializer[Any]):
     address = serializers.CharField()
     host_key_fingerprint = serializers.CharField(allow_null=True)
     host_key_type = serializers.CharField(allow_null=True)
-    trusted = serializers.BooleanField(help_text="The offered key is the pinned one.")
+    trusted = serializers.BooleanField(
+        help_text="The offered key is the pinned one (FTPS: the certificate is pinned, or "
+        "verified by the system's certificate authorities; FTP: always)."
+    )
     error = serializers.CharField(help_text="What went wrong, for a person; '' when ok.")
     jump_address = serializers.CharField(help_text="The jump host, host:port; '' without one.")
     jump_host_key_fingerprint = serializers.CharField(
@@ -249,13 +287,22 @@ class ServerCheckSerializer(serializers.Serializer[Any]):
     jump_trusted = serializers.BooleanField(
         help_text="The jump host's offered key is its pinned one."
     )
+    certificate_fingerprint = serializers.CharField(
+        allow_null=True,
+        help_text="FTPS: the SHA-256 of the certificate offered now (`SHA256:AB:CD:…`), to "
+        "trust; null otherwise.",
+    )
+    certificate_verified = serializers.BooleanField(
+        help_text="FTPS: the system's certificate authorities vouch for the certificate."
+    )
 
 
 class TrustSerializer(serializers.Serializer[dict[str, Any]]):
     fingerprint = serializers.CharField(
         max_length=1000,
         help_text="The key the server offers now, as `ssh-keygen -lf` prints it (`SHA256:…`, "
-        "or the whole line `256 SHA256:… root@host (ED25519)`).",
+        "or the whole line `256 SHA256:… root@host (ED25519)`); on an FTPS server, the "
+        "certificate's SHA-256 as the connection test shows it (`SHA256:AB:CD:…`).",
     )
 
 

@@ -19,7 +19,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from builds import outbound
-from builds.engine import direct, ssh
+from builds.engine import direct, ftp, ssh
 from builds.engine.addresses import AddressRefused
 from builds.engine.errors import (
     CommandFailed,
@@ -33,7 +33,7 @@ from builds.engine.git import validate_ref
 from builds.engine.release import LOCK_DIR, LockInfo, RemoteLayout, validate_deploy_path
 from builds.engine.specs import parse_lock_owner
 from builds.models import FINAL, TARGET_ACTIVE, Deployment
-from builds.runner import endpoint_for, jump_endpoint_for
+from builds.runner import endpoint_for, ftp_endpoint_for, jump_endpoint_for
 from projects.models import Project
 from projects.services import (
     _project_servers,
@@ -43,7 +43,7 @@ from projects.services import (
     save_unique,
 )
 from servers.health import health_check_clean
-from servers.models import AuthMethod, HealthCheck, JumpAuthMethod, Protocol, Server
+from servers.models import FTP_PROTOCOLS, AuthMethod, HealthCheck, JumpAuthMethod, Protocol, Server
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +87,13 @@ SERVER_FIELDS = frozenset(
         "host_key_fingerprint",
         "file_mode",
         "directory_mode",
+        "certificate_fingerprint",
+        "ftp_connections",
         "position",
         *JUMP_FIELDS,
     }
 )
-# Moving a server elsewhere makes its pinned host key meaningless.
+# Moving a server elsewhere makes its pinned host key (or certificate) meaningless.
 _ADDRESS_FIELDS = ("hostname", "port")
 _JUMP_ADDRESS_FIELDS = ("jump_hostname", "jump_port")
 
@@ -130,19 +132,27 @@ def server_clean(data: dict[str, Any], *, server: Server | None = None) -> dict[
                 )
     if "port" in cleaned and not 1 <= int(cleaned["port"]) <= 65535:
         raise InvalidInput("port", f"{cleaned['port']} is not between 1 and 65535.")
+    if "protocol" in cleaned and cleaned["protocol"] not in Protocol.values:
+        raise InvalidInput("protocol", f"must be one of {', '.join(Protocol.values)}.")
+    protocol = cleaned.get("protocol", server.protocol if server is not None else Protocol.SSH)
     _clean_jump_host(cleaned, server)
     jumped = bool(cleaned.get("jump_hostname", server.jump_hostname if server else ""))
+    if jumped and protocol in FTP_PROTOCOLS:
+        raise InvalidInput(
+            "jump_hostname",
+            "must be empty on an FTP server: only SSH and SFTP servers are reached through a "
+            "jump host (docs/bastion.md).",
+        )
     unjumped = server is not None and bool(server.jump_hostname) and not jumped
     if ("hostname" in cleaned or unjumped) and not jumped:
         # Behind a jump host the server's address is resolved and reached by the jump host,
         # not by Slipway: the jump host's address is the one the policy checks. Without one
         # (or no longer), the server's own address is.
+        default_port = 21 if protocol in FTP_PROTOCOLS else 22
         _check_host_policy(
             cleaned.get("hostname", server.hostname if server else ""),
-            int(cleaned.get("port") or (server.port if server else 22)),
+            int(cleaned.get("port") or (server.port if server else default_port)),
         )
-    if "protocol" in cleaned and cleaned["protocol"] not in Protocol.values:
-        raise InvalidInput("protocol", f"must be one of {', '.join(Protocol.values)}.")
     if "deploy_path" in cleaned:
         cleaned["deploy_path"] = validate_deploy_path(str(cleaned["deploy_path"]))
     if "keep_releases" in cleaned and not (
@@ -164,6 +174,19 @@ def server_clean(data: dict[str, Any], *, server: Server | None = None) -> dict[
             raise InvalidInput(
                 field, f"{cleaned[field]!r} is not an octal mode such as 644 or 755."
             )
+    if cleaned.get("certificate_fingerprint"):
+        cleaned["certificate_fingerprint"] = ftp.normalize_fingerprint(
+            str(cleaned["certificate_fingerprint"])
+        )
+    if "ftp_connections" in cleaned and not (
+        isinstance(cleaned["ftp_connections"], int)
+        and 1 <= cleaned["ftp_connections"] <= ftp.MAX_CONNECTIONS
+    ):
+        raise InvalidInput(
+            "ftp_connections", f"must be a whole number from 1 to {ftp.MAX_CONNECTIONS}."
+        )
+    if protocol in FTP_PROTOCOLS:
+        _clean_ftp(cleaned, server)
     _clean_credentials(cleaned, server)
     return cleaned
 
@@ -244,6 +267,24 @@ def _clean_jump_host(cleaned: dict[str, Any], server: Server | None) -> None:
         # Another jump host makes its pinned key meaningless.
         moved = (hostname, port) != (server.jump_hostname, server.jump_port)
         cleaned["jump_host_key_fingerprint"] = "" if moved else server.jump_host_key_fingerprint
+
+
+def _clean_ftp(cleaned: dict[str, Any], server: Server | None) -> None:
+    """What an FTP server can be: no atomic releases (no symlinks), a password to log in."""
+    if cleaned.get("atomic"):
+        raise InvalidInput(
+            "atomic",
+            "must be off on an FTP server: FTP cannot make the symlink an atomic switch "
+            "needs, so files are uploaded in place (docs/ftp.md).",
+        )
+    cleaned["atomic"] = False
+    if server is None and "port" not in cleaned:
+        cleaned["port"] = 21
+    method = cleaned.get("auth_method")
+    if method is None and not cleaned.get("password"):
+        method = server.auth_method if server is not None else AuthMethod.PROJECT_KEY
+    if (method not in (None, AuthMethod.PASSWORD)) or cleaned.get("private_key"):
+        raise InvalidInput("password", "is how an FTP server logs in: give the FTP password.")
 
 
 def _clean_credentials(cleaned: dict[str, Any], server: Server | None) -> None:
@@ -356,6 +397,8 @@ def server_update(*, server: Server, actor: User, **fields: Any) -> Server:
     )
     if moved and "host_key_fingerprint" not in cleaned:
         cleaned["host_key_fingerprint"] = ""
+    if moved and "certificate_fingerprint" not in cleaned:
+        cleaned["certificate_fingerprint"] = ""
     previous_fingerprint = server.host_key_fingerprint
     previous_jump_fingerprint = server.jump_host_key_fingerprint
     with transaction.atomic():
@@ -372,6 +415,16 @@ def server_update(*, server: Server, actor: User, **fields: Any) -> Server:
                 action="server.updated",
                 target=f"server {server.name}",
                 fields=sorted(changed),
+            )
+        if "certificate_fingerprint" in changed:
+            audit_record(
+                project=server.project,
+                actor=actor,
+                action="certificate.trusted"
+                if server.certificate_fingerprint
+                else "certificate.cleared",
+                target=f"server {server.name}",
+                fingerprint=server.certificate_fingerprint,
             )
         if "host_key_fingerprint" in changed:
             audit_record(
@@ -424,7 +477,8 @@ class ServerCheck:
     #: What the server offers now ("SHA256:..."), None when it could not be reached.
     host_key_fingerprint: str | None = None
     host_key_type: str | None = None
-    #: The offered key equals the pinned one.
+    #: The offered key equals the pinned one (FTPS: the certificate is pinned and offered,
+    #: or verified by the system's CAs; plain FTP: always).
     trusted: bool = False
     error: str = ""
     #: The jump host ("host:port", "" without one), the key it offers and whether that is
@@ -433,6 +487,11 @@ class ServerCheck:
     jump_host_key_fingerprint: str | None = None
     jump_host_key_type: str | None = None
     jump_trusted: bool = False
+
+    #: FTPS: the certificate's SHA-256 ("SHA256:AB:CD:..."), and whether the system's
+    #: certificate authorities vouch for it.
+    certificate_fingerprint: str | None = None
+    certificate_verified: bool = False
 
 
 def _untrusted(address: str, offered: ssh.HostKey, pinned: str) -> str:
@@ -456,6 +515,8 @@ def server_check(*, server: Server) -> ServerCheck:
     Never raises for a problem on the far side (unreachable, refused, wrong key, read-only
     path): the answer says what went wrong, in words written for the person fixing it.
     """
+    if server.is_ftp:
+        return _ftp_check(server)
     address = ssh.format_address(server.hostname, server.port)
     found = ServerCheck(ok=False, address=address)
     jump: ssh.Endpoint | None = None
@@ -512,6 +573,60 @@ def server_check(*, server: Server) -> ServerCheck:
     return dataclasses.replace(found, ok=not problem, error=problem)
 
 
+def _ftp_check(server: Server) -> ServerCheck:
+    """server_check for FTP and FTPS: the certificate first (FTPS), then, once it is
+    trusted, log in and write a file in the deploy path."""
+    address = ssh.format_address(server.hostname, server.port)
+    try:
+        endpoint = ftp_endpoint_for(server)
+        found = ftp.probe(endpoint)
+    except EngineError as exc:
+        return ServerCheck(ok=False, address=address, error=_message(exc, address))
+    except Exception as exc:  # a network library's surprise must not become a 500
+        logger.warning("Probing %s failed", address, exc_info=True)
+        return ServerCheck(ok=False, address=address, error=f"Cannot reach {address}: {exc}")
+    check = ServerCheck(
+        ok=False,
+        address=address,
+        trusted=found.trusted,
+        certificate_fingerprint=found.fingerprint or None,
+        certificate_verified=found.verified,
+    )
+    pinned = server.certificate_fingerprint
+    if not found.trusted and pinned:
+        return dataclasses.replace(
+            check,
+            error=f"The certificate of {address} has changed: pinned {pinned}, offered "
+            f"{found.fingerprint}. If it was renewed on purpose, check it and trust it again.",
+        )
+    if not found.trusted:
+        return dataclasses.replace(
+            check,
+            error=f"{address} offered the certificate {found.fingerprint}, which the system's "
+            "certificate authorities do not vouch for. Compare it with `openssl x509 -noout "
+            "-fingerprint -sha256 -in <certificate>` on the server, then trust it.",
+        )
+    path = server.deploy_path
+    try:
+        session = ftp.Session(endpoint)
+        try:
+            session.makedirs(path)
+            scratch = posixpath.join(path, f".slipway-check-{secrets.token_hex(4)}")
+            session.put_bytes(scratch, b"")
+            session.remove(scratch)
+        finally:
+            session.close()
+    except EngineError as exc:
+        problem = f"The deploy path {path} is not writable by {server.username}: {exc}"
+        return dataclasses.replace(
+            check, error=problem if exc.user_facing else _message(exc, address)
+        )
+    except Exception as exc:  # see above
+        logger.warning("Checking %s failed", address, exc_info=True)
+        return dataclasses.replace(check, error=f"Could not log in to {address}: {exc}")
+    return dataclasses.replace(check, ok=True)
+
+
 def _message(exc: EngineError, address: str) -> str:
     if exc.user_facing:
         return str(exc)
@@ -564,7 +679,10 @@ def server_trust_host_key(*, server: Server, actor: User, fingerprint: str) -> S
     """Pin the host key, if ``fingerprint`` is what the server offers right now (see
     ssh.confirm_host_key: raises InvalidInput naming ``fingerprint``). The outbound-address
     policy is checked first: a refused address is never probed. Behind a jump host the key is
-    read through it, so the jump host's own key must be trusted first."""
+    read through it, so the jump host's own key must be trusted first. On an FTPS server the
+    certificate is pinned instead (``server_trust_certificate``)."""
+    if server.is_ftp:
+        return server_trust_certificate(server=server, actor=actor, fingerprint=fingerprint)
     address = ssh.format_address(server.hostname, server.port)
     try:
         jump = jump_endpoint_for(server)
@@ -624,6 +742,37 @@ def server_trust_jump_host_key(*, server: Server, actor: User, fingerprint: str)
     return server
 
 
+def server_trust_certificate(*, server: Server, actor: User, fingerprint: str) -> Server:
+    """Pin an FTPS server's certificate, if ``fingerprint`` is the one it offers right now
+    (InvalidInput naming ``fingerprint`` otherwise, and on a plain FTP server, which has
+    none). Audited as ``certificate.trusted``."""
+    address = ssh.format_address(server.hostname, server.port)
+    if server.protocol != Protocol.FTPS:
+        raise InvalidInput("fingerprint", "plain FTP has no certificate to trust.")
+    wanted = ftp.normalize_fingerprint(fingerprint)
+    try:
+        endpoint = dataclasses.replace(ftp_endpoint_for(server), certificate_fingerprint=None)
+        offered, _ = ftp.offered_certificate(endpoint)
+    except EngineError as exc:
+        raise InvalidInput("fingerprint", f"cannot be checked: {_message(exc, address)}") from None
+    if not hmac.compare_digest(offered.encode(), wanted.encode()):
+        raise InvalidInput(
+            "fingerprint", f"is not the certificate {address} offers now ({offered})."
+        )
+    previous = server.certificate_fingerprint
+    with transaction.atomic():
+        model_update(instance=server, data={"certificate_fingerprint": wanted})
+        audit_record(
+            project=server.project,
+            actor=actor,
+            action="certificate.trusted",
+            target=f"server {server.name}",
+            fingerprint=wanted,
+            previous=previous,
+        )
+    return server
+
+
 # --------------------------------------------------------------------------- the deploy lock
 
 
@@ -653,43 +802,19 @@ def server_lock_break(*, server: Server, user: User, force: bool = False) -> Loc
     """Remove the deploy lock Slipway keeps on ``server`` (``.slipway/lock`` in the deploy
     path; ``.slipway-lock`` where files go in place), audited as ``server.lock_broken``.
 
-    The lock's owner is read over SSH first. Raises LockBreakRefused when that owner is a
+    The lock's owner is read first (over SSH, or FTP). Raises LockBreakRefused when that owner is a
     deployment still queued or running in the database, or one that left a command it could
     not stop (the lock's holder names it), unless ``force``; when the lock was taken again
     between reading and removing it; and when the server cannot be reached or read. A lock
     whose owner names no deployment of the database (empty, unreadable, by hand) is broken.
     Answers ``broken=False`` when there was no lock."""
     address = ssh.format_address(server.hostname, server.port)
-    try:
-        with ssh.connect(endpoint_for(server)) as connection:
-            if server.protocol == Protocol.SSH and server.atomic:
-                layout = RemoteLayout(connection, server.deploy_path)
-                found = layout.read_lock()
-                if found is None:
-                    return LockBreak(broken=False, message=f"{server.name} is not locked.")
-                deployment = _lock_owner_check(server, found, force=force)
-                if not layout.break_lock(owner_id=found.owner):
-                    raise LockBreakRefused(
-                        f"The lock on {server.name} changed while it was read: it was taken "
-                        "again or released. Look again before breaking it."
-                    )
-                path = posixpath.join(layout.deploy_path, LOCK_DIR)
-            else:
-                root = validate_deploy_path(server.deploy_path)
-                path = posixpath.join(root, direct.LOCK_DIR)
-                found = direct.read_lock(connection.sftp(), root)
-                if found is None:
-                    return LockBreak(broken=False, message=f"{server.name} is not locked.")
-                deployment = _lock_owner_check(server, found, force=force)
-                if not direct.break_lock(connection.sftp(), root, owner=found.owner):
-                    raise LockBreakRefused(
-                        f"The lock on {server.name} changed while it was read: it was taken "
-                        "again or released. Look again before breaking it."
-                    )
-    except EngineError as exc:
-        raise LockBreakRefused(f"The lock was not broken: {_message(exc, address)}") from None
-    except (OSError, paramiko.SSHException) as exc:
-        raise LockBreakRefused(f"The lock was not broken: {address}: {exc}") from None
+    taken = _ftp_lock_break if server.is_ftp else _ssh_lock_break
+    found, path = taken(server, force=force, address=address)
+    if found is None:
+        return LockBreak(broken=False, message=f"{server.name} is not locked.")
+    # Checked before the removal (refusing it unless forced); read again for the answer.
+    deployment = _lock_owner_check(server, found, force=True)
     with transaction.atomic():
         audit_record(
             project=server.project,
@@ -715,6 +840,59 @@ def server_lock_break(*, server: Server, user: User, force: bool = False) -> Loc
         + (f" (it was held by {found.holder or found.owner})" if found.owner else "")
         + ".",
     )
+
+
+def _ftp_lock_break(server: Server, *, force: bool, address: str) -> tuple[LockInfo | None, str]:
+    """``_ssh_lock_break`` over FTP."""
+    root = validate_deploy_path(server.deploy_path)
+    try:
+        session = ftp.Session(ftp_endpoint_for(server))
+        try:
+            found = ftp.read_lock(session, root)
+            if found is None:
+                return None, ""
+            _lock_owner_check(server, found, force=force)
+            if not ftp.break_lock(session, root, owner=found.owner):
+                raise LockBreakRefused(_LOCK_CHANGED.format(name=server.name))
+        finally:
+            session.close()
+    except EngineError as exc:
+        raise LockBreakRefused(f"The lock was not broken: {_message(exc, address)}") from None
+    return found, posixpath.join(root, ftp.LOCK_DIR)
+
+
+def _ssh_lock_break(server: Server, *, force: bool, address: str) -> tuple[LockInfo | None, str]:
+    """Read and remove the lock over SSH (SFTP where files go in place): the lock found
+    (None: there was none) and its path. Raises LockBreakRefused."""
+    try:
+        with ssh.connect(endpoint_for(server)) as connection:
+            if server.protocol == Protocol.SSH and server.atomic:
+                layout = RemoteLayout(connection, server.deploy_path)
+                found = layout.read_lock()
+                if found is None:
+                    return None, ""
+                _lock_owner_check(server, found, force=force)
+                if not layout.break_lock(owner_id=found.owner):
+                    raise LockBreakRefused(_LOCK_CHANGED.format(name=server.name))
+                return found, posixpath.join(layout.deploy_path, LOCK_DIR)
+            root = validate_deploy_path(server.deploy_path)
+            found = direct.read_lock(connection.sftp(), root)
+            if found is None:
+                return None, ""
+            _lock_owner_check(server, found, force=force)
+            if not direct.break_lock(connection.sftp(), root, owner=found.owner):
+                raise LockBreakRefused(_LOCK_CHANGED.format(name=server.name))
+            return found, posixpath.join(root, direct.LOCK_DIR)
+    except EngineError as exc:
+        raise LockBreakRefused(f"The lock was not broken: {_message(exc, address)}") from None
+    except (OSError, paramiko.SSHException) as exc:
+        raise LockBreakRefused(f"The lock was not broken: {address}: {exc}") from None
+
+
+_LOCK_CHANGED = (
+    "The lock on {name} changed while it was read: it was taken again or released. Look "
+    "again before breaking it."
+)
 
 
 def _lock_owner_check(server: Server, found: LockInfo, *, force: bool) -> Deployment | None:

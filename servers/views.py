@@ -101,8 +101,10 @@ def server_new(request: HttpRequest, slug: str) -> HttpResponse:
         else:
             messages.success(
                 request,
-                f"Server {server.name} added. Test the connection and trust its host key "
-                "before the first deployment.",
+                f"Server {server.name} added. Test the connection"
+                + (
+                    "." if server.is_ftp else " and trust its host key before the first deployment."
+                ),
             )
             return redirect("server-detail", slug, server.pk)
     return render(request, "servers/form.html", page_context(membership, tab="servers", form=form))
@@ -164,9 +166,12 @@ def server_trust(request: HttpRequest, slug: str, server_id: int) -> HttpRespons
         )
     except SERVICE_ERRORS as exc:
         return _render_server(request, server, membership, trust_error=error_message(exc))
-    messages.success(
-        request, f"The host key {server.host_key_fingerprint} of {server.name} is trusted."
+    trusted = (
+        f"The certificate {server.certificate_fingerprint}"
+        if server.is_ftp
+        else f"The host key {server.host_key_fingerprint}"
     )
+    messages.success(request, f"{trusted} of {server.name} is trusted.")
     return _render_server(request, server, membership, check=server_check(server=server))
 
 

@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.support.gitrepos",
     "tests.support.deployments",
     "tests.support.webserve",
+    "tests.support.ftpd",
 ]
 
 

@@ -84,6 +84,25 @@ class HostKeyMismatch(UserError):
         )
 
 
+class CertificateNotTrusted(UserError):
+    """An FTPS server's certificate is neither pinned nor verifiable against the system CAs."""
+
+    code = "certificate_not_trusted"
+
+
+class CertificateMismatch(UserError):
+    """An FTPS server offered another certificate than the one pinned."""
+
+    code = "certificate_mismatch"
+
+
+class PassiveAddressRefused(UserError):
+    """An FTP server's PASV reply named another host than the control connection's (an
+    FTP bounce): the data connection is not opened."""
+
+    code = "passive_address_refused"
+
+
 class PermissionDenied(UserError):
     code = "permission_denied"
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from builds.engine import direct, release
+from builds.engine import direct, ftp, release
 from builds.engine.archive import SharedArchive
 from builds.engine.build import BuildOutput, generated_rules, shared_seeds
 from builds.engine.errors import (
@@ -350,6 +350,8 @@ class _Run:
 
     def connect(self) -> None:
         self.reporter.check_cancelled()
+        if self.server.ftp is not None:
+            return  # ftp.deliver opens its own connections
         pool = self.spec.connections
         with self.reporter.step("connect", self.server.id):
             # A server behind a jump host shares the deployment's jump connection (closed
@@ -738,6 +740,18 @@ class ServerRun(_Run):
 
     def activate(self) -> None:
         """Switch, run the after-switch commands and checks. A failed check switches back."""
+        if self.server.ftp is not None:
+            ftp.deliver(
+                self.spec,
+                self.server,
+                self.output,
+                self.reporter,
+                self.result,
+                rollback_to=self.spec.rollback_to.get(self.server.id, ""),
+            )
+            self.switched = True
+            self.run_checks(AFTER_SWITCH, self.release_path)
+            return
         if not self.atomic:
             assert self.connection is not None
             direct.deliver(
@@ -878,6 +892,11 @@ class RollbackRun(_Run):
     def connect(self) -> None:
         if not self.target or not release.is_release_name(self.target):
             raise InvalidInput("release", f"{self.server.name}: no release to roll back to")
+        if self.server.ftp is not None:
+            raise UserError(
+                f"{self.server.name} is an FTP server: it has no releases to switch between; "
+                "its rollback is a deployment of the earlier release's revision"
+            )
         if not self.atomic:
             raise UserError(
                 f"{self.server.name} is not an atomic server: there are no releases to switch between"

@@ -8,7 +8,7 @@ import contextlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from builds.engine import release
 from builds.engine.build import BuildSpec
@@ -17,6 +17,9 @@ from builds.engine.git import DEFAULT_FETCH_TIMEOUT_SECONDS, Commit
 from builds.engine.health import HealthCheckSpec
 from builds.engine.manifest import ChangeSet, Manifest
 from builds.engine.ssh import ConnectionPool, Endpoint
+
+if TYPE_CHECKING:
+    from builds.engine.ftp import FtpEndpoint
 
 STAGE_BEFORE_TRANSFER = "before_transfer"
 STAGE_BEFORE_SWITCH = "before_switch"
@@ -49,6 +52,9 @@ class ServerSpec:
     #: file whose content one of them (or the live one) holds is copied on the server
     #: instead of sent (manifest.reuse_sources).
     kept_manifests: Mapping[str, Manifest] = field(default_factory=dict, repr=False)
+    #: An FTP or FTPS server: files go in place over FTP (builds.engine.ftp), never over
+    #: SSH; ``endpoint`` then only names the host (for %hostname%). Needs atomic and shell off.
+    ftp: FtpEndpoint | None = None
 
     @property
     def first_deploy(self) -> bool:
@@ -199,6 +205,9 @@ class DeploySpec:
     #: Where each server's connection comes from and goes back to after the deployment (kept
     #: open for the next one); None: opened for this deployment and closed after it.
     connections: ConnectionPool | None = field(default=None, repr=False)
+    #: A rollback of FTP servers (no symlink to switch): server id -> the name of the earlier
+    #: release this deployment's revision is, for the log (builds.engine.ftp.deliver).
+    rollback_to: Mapping[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

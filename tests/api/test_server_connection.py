@@ -36,6 +36,8 @@ def test_it_checks_a_trusted_server_and_makes_its_deploy_path(
         "jump_host_key_fingerprint": None,
         "jump_host_key_type": None,
         "jump_trusted": False,
+        "certificate_fingerprint": None,
+        "certificate_verified": False,
     }
     assert (sshd_target.deploy_path / "shop" / "live").is_dir()
 

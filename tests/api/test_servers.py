@@ -103,7 +103,7 @@ def test_it_goes_back_to_the_project_key(alice_api, project):
         ("directory_mode", "rwx"),
         ("private_key", "-----BEGIN OPENSSH PRIVATE KEY-----\nnot a key\n"),
         ("branch", "bad..branch"),
-        ("protocol", "ftp"),
+        ("protocol", "gopher"),
         ("hostname", "-oProxyCommand=evil"),
         ("auth_method", "project_key_typo"),
     ],
