@@ -158,6 +158,10 @@ def test_test_connection_works_for_plain_ftp(alice_api, project, ftp_target):
         "error": "",
         "certificate_fingerprint": None,
         "certificate_verified": False,
+        "jump_address": "",
+        "jump_host_key_fingerprint": None,
+        "jump_host_key_type": None,
+        "jump_trusted": False,
     }
     trust = alice_api.post(url(server, "trust"), {"fingerprint": "ab" * 32}, format="json")
     assert trust.status_code == 400
