@@ -132,12 +132,24 @@ def _why_webhooks_wait(
             "Its worker stopped before it finished (it died, or the database was away): the "
             "reaper queues the processing again"
         )
+    return _why_unconsumed("processing", message, queue, consumed_queues, broker_ok)
+
+
+def _why_unconsumed(
+    what: str,
+    message: OutboxMessage,
+    queue: str,
+    consumed_queues: dict[str, int],
+    broker_ok: bool,
+) -> str:
+    """Why a message no worker has started yet waits: not sent (and why), no live worker on
+    its queue, or every worker busy. ``what`` names it ("start", "processing")."""
     if message.sent_at is None:
         reason = message.last_error or "not sent yet"
         broker = "" if broker_ok else "the broker does not answer; "
         return (
-            f"Its processing message is not sent yet ({broker}{reason}); the relay tries "
-            f"again every {RELAY_SECONDS} s"
+            f"Its {what} message is not sent yet ({broker}{reason}); the relay tries again "
+            f"every {RELAY_SECONDS} s"
         )
     if not consumed_queues.get(queue):
         return f"Sent; no live worker consumes the {queue} queue: start one (docs/reliability-invariant.md)"
@@ -227,13 +239,4 @@ def _why_queued(
             "No start message is waiting: one is sent when its servers are free (the reaper "
             "checks every 30 s)"
         )
-    if message.sent_at is None:
-        reason = message.last_error or "not sent yet"
-        broker = "" if broker_ok else "the broker does not answer; "
-        return (
-            f"Its start message is not sent yet ({broker}{reason}); the relay tries again "
-            f"every {RELAY_SECONDS} s"
-        )
-    if not consumed_queues.get(queue):
-        return f"Sent; no live worker consumes the {queue} queue: start one (docs/reliability-invariant.md)"
-    return f"Sent; waiting for a free worker on the {queue} queue"
+    return _why_unconsumed("start", message, queue, consumed_queues, broker_ok)

@@ -56,16 +56,18 @@ def _claim_and_run(task: Task[..., None], deployment_id: int) -> None:
 
 # A database error (a dropped connection) rolls the processing back whole: try again later.
 # Processing is idempotent (webhook_services claims each delivery).
-@shared_task(
-    name=webhook_services.PROCESS_WEBHOOKS_TASK,
-    bind=True,
-    ignore_result=True,
-    autoretry_for=(DatabaseError,),
-    retry_backoff=True,
-    max_retries=8,
-    soft_time_limit=120,
-    time_limit=150,
-)
+_WEBHOOK_PROCESSING: dict[str, Any] = {
+    "bind": True,
+    "ignore_result": True,
+    "autoretry_for": (DatabaseError,),
+    "retry_backoff": True,
+    "max_retries": 8,
+    "soft_time_limit": 120,
+    "time_limit": 150,
+}
+
+
+@shared_task(name=webhook_services.PROCESS_WEBHOOKS_TASK, **_WEBHOOK_PROCESSING)
 def process_webhooks(self: Any, project_id: int) -> int:
     # consumed() first: it waits for the deliveries that counted on this message.
     outbox.consumed(self.request.id, worker=self.request.hostname or "")
@@ -73,16 +75,7 @@ def process_webhooks(self: Any, project_id: int) -> int:
 
 
 # Messages recorded one per delivery (before the project's message): the same work.
-@shared_task(
-    name=webhook_services.PROCESS_WEBHOOK_TASK,
-    bind=True,
-    ignore_result=True,
-    autoretry_for=(DatabaseError,),
-    retry_backoff=True,
-    max_retries=8,
-    soft_time_limit=120,
-    time_limit=150,
-)
+@shared_task(name=webhook_services.PROCESS_WEBHOOK_TASK, **_WEBHOOK_PROCESSING)
 def process_webhook_delivery(self: Any, delivery_id: int) -> int:
     outbox.consumed(self.request.id, worker=self.request.hostname or "")
     return webhook_services.webhook_process(delivery_id)
