@@ -11,7 +11,11 @@ body (bounded), and runs builds.webhooks.answer, the same function as the Django
 fixed pool of threads. Every other request, a GET to the same URL included, goes to Django.
 
 Database errors of deployer.db.UNAVAILABLE_ERRORS answer 503 with Retry-After, as
-deployer.views.server_error does for the Django path; anything else is logged and answers 500.
+deployer.views.server_error does for the Django path, and for RETRY_AFTER_SECONDS after one
+every delivery is answered 503 at once (rather than each waiting out the database pool's
+timeout in turn for a thread); anything else is logged and answers 500. A delivery whose
+sender disconnects before the end of its body is dropped unrecorded; when more deliveries
+wait for a thread than WAITING_PER_THREAD per thread, the next is answered 503 at once.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import functools
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -43,12 +48,19 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # deployer/urls.py's `hooks/<str:token>/`: one path segment.
 _HOOK_PATH = re.compile(r"/hooks/(?P<token>[^/]+)/")
-# What Django's SecurityMiddleware adds to every answer (deployer/settings.py's SECURE_*).
+# What Django's security, clickjacking and CSP middleware add to every answer
+# (deployer/settings.py's SECURE_*, X_FRAME_OPTIONS); the policy is the strictest, since a
+# JSON answer loads nothing.
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", settings.SECURE_REFERRER_POLICY.encode()),
     (b"cross-origin-opener-policy", b"same-origin"),
+    (b"x-frame-options", settings.X_FRAME_OPTIONS.encode()),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
 ]
+#: Deliveries that may wait for one of the door's threads, per thread; beyond, 503 at once
+#: (each waiting delivery holds its body, up to 1 MB).
+WAITING_PER_THREAD = 8
 
 
 class WebhookDoor:
@@ -61,10 +73,15 @@ class WebhookDoor:
 
     def __init__(self, app: ASGIApp, *, threads: int | None = None) -> None:
         self.app = app
+        self.threads = threads or max(1, settings.DB_POOL_SIZE // 2)
         self._executor = ThreadPoolExecutor(
-            max_workers=threads or max(1, settings.DB_POOL_SIZE // 2),
-            thread_name_prefix="slipway-hooks",
+            max_workers=self.threads, thread_name_prefix="slipway-hooks"
         )
+        # Deliveries read and waiting for a thread or in one (the event loop's own count).
+        self._busy = 0
+        # Until when (time.monotonic()) the database counts as away: deliveries meanwhile are
+        # answered 503 at once instead of each waiting out the pool's timeout in turn.
+        self._unavailable_until = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = _delivery_token(scope)
@@ -72,16 +89,80 @@ class WebhookDoor:
             await self.app(scope, receive, send)
             return
         headers = _headers(scope)
-        if not _host_allowed(headers.get("Host") or _server_name(scope)):
+        # A Host header that is there but empty is refused, as Django refuses it; only a
+        # request without one (HTTP/1.0) falls back to the server's name.
+        host = headers["Host"] if "Host" in headers else _server_name(scope)
+        if not _host_allowed(host):
             # Django's CommonMiddleware refuses such a request with 400 (DisallowedHost).
             await _respond(send, 400, {"detail": "Bad Request: the Host header is not allowed"})
             return
-        body, too_large = await _read_body(headers, receive)
+        body, too_large, complete = await _read_body(headers, receive)
+        if not complete:
+            # The sender went away before its body ended: nothing is recorded, nobody hears.
+            return
+        if time.monotonic() < self._unavailable_until:
+            await _respond(send, *_unavailable())
+            return
+        if self._busy >= self.threads * (1 + WAITING_PER_THREAD):
+            await _respond(send, *_busy())
+            return
         content_type = parse_header_parameters(headers.get("Content-Type", ""))[0]
         loop = asyncio.get_running_loop()
-        work = functools.partial(_answer_in_thread, token, headers, body, too_large, content_type)
-        status, payload, extra = await loop.run_in_executor(self._executor, work)
+        work = functools.partial(
+            self._answer_in_thread, token, headers, body, too_large, content_type
+        )
+        self._busy += 1
+        try:
+            status, payload, extra = await loop.run_in_executor(self._executor, work)
+        finally:
+            self._busy -= 1
         await _respond(send, status, payload, extra)
+
+    def _answer_in_thread(
+        self,
+        token: str,
+        headers: CaseInsensitiveMapping[str],
+        body: bytes,
+        too_large: bool,
+        content_type: str,
+    ) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
+        if time.monotonic() < self._unavailable_until:
+            # It went away while this delivery waited for a thread.
+            return _unavailable()
+
+        def read() -> bytes:
+            if too_large:
+                raise Rejected(413, f"The body is larger than {MAX_BODY_BYTES} bytes")
+            return body
+
+        # What Django's request_started / request_finished do: drop a connection that broke or
+        # outlived CONN_MAX_AGE first; hand this thread's connection back to the pool after.
+        close_old_connections()
+        try:
+            status, payload = answer(
+                token=token, headers=headers, read=read, content_type=content_type
+            )
+            return status, payload, []
+        except UNAVAILABLE_ERRORS:
+            logger.warning("Webhook delivery refused with 503: the database is unavailable")
+            self._unavailable_until = time.monotonic() + RETRY_AFTER_SECONDS
+            return _unavailable()
+        except Exception:
+            logger.exception("Internal error while answering a webhook delivery")
+            return 500, {"detail": "Internal error: the delivery was not recorded."}, []
+        finally:
+            connections.close_all()
+
+
+def _unavailable() -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
+    retry = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
+    return 503, {"detail": UNAVAILABLE_MESSAGE}, retry
+
+
+def _busy() -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
+    retry = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
+    detail = "Slipway is answering too many deliveries at once; nothing was recorded. Try again."
+    return 503, {"detail": detail}, retry
 
 
 def _delivery_token(scope: Scope) -> str | None:
@@ -119,58 +200,32 @@ def _host_allowed(host: str) -> bool:
     return bool(domain) and validate_host(domain, allowed)
 
 
-async def _read_body(headers: CaseInsensitiveMapping[str], receive: Receive) -> tuple[bytes, bool]:
-    """The body, and whether it was over MAX_BODY_BYTES (then only its start is kept: the
-    answer is a 413). The declared Content-Length is checked before anything is read."""
+async def _read_body(
+    headers: CaseInsensitiveMapping[str], receive: Receive
+) -> tuple[bytes, bool, bool]:
+    """(body, over MAX_BODY_BYTES, complete). Over the limit, nothing is kept (the answer is a
+    413); the declared Content-Length is checked before anything is read. Not complete: the
+    sender disconnected before the body's end, so the request is dropped, as Django drops it
+    (a body cut short must never be taken for the whole delivery)."""
     try:
         declared = int(headers.get("Content-Length") or 0)
     except ValueError:
         declared = 0
     if declared > MAX_BODY_BYTES:
-        return b"", True
+        return b"", True, True
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            return b"", False, False
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            return b"", True
+            return b"", True, True
         chunks.append(chunk)
         if not message.get("more_body", False):
-            break
-    return b"".join(chunks), False
-
-
-def _answer_in_thread(
-    token: str,
-    headers: CaseInsensitiveMapping[str],
-    body: bytes,
-    too_large: bool,
-    content_type: str,
-) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
-    def read() -> bytes:
-        if too_large:
-            raise Rejected(413, f"The body is larger than {MAX_BODY_BYTES} bytes")
-        return body
-
-    # What Django's request_started / request_finished do: drop a connection that broke or
-    # outlived CONN_MAX_AGE first; hand this thread's connection back to the pool after.
-    close_old_connections()
-    try:
-        status, payload = answer(token=token, headers=headers, read=read, content_type=content_type)
-        return status, payload, []
-    except UNAVAILABLE_ERRORS:
-        logger.warning("Webhook delivery refused with 503: the database is unavailable")
-        retry = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
-        return 503, {"detail": UNAVAILABLE_MESSAGE}, retry
-    except Exception:
-        logger.exception("Internal error while answering a webhook delivery")
-        return 500, {"detail": "Internal error: the delivery was not recorded."}, []
-    finally:
-        connections.close_all()
+            return b"".join(chunks), False, True
 
 
 async def _respond(

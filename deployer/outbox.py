@@ -7,7 +7,8 @@ the embedded mode's loop) sends it later. A caller therefore never sees a broker
 its work was recorded, and nothing recorded is lost.
 
 One message per piece of work: ``enqueue`` with a ``key`` records nothing while an earlier
-message for that key is still unconsumed, and the relay re-sends a sent message only when the
+message for that key is still unconsumed (two transactions that start together may both
+record one; the second task then finds its work done), and the relay re-sends a sent message only when the
 broker that took it has restarted since (its Redis run_id changed: a Redis without
 persistence forgets what it held). So nothing is re-sent on a timer.
 

@@ -6,6 +6,7 @@ Django. Driven through the real ASGI application (deployer.asgi's stack) with ht
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any, cast
 
 import httpx
@@ -14,6 +15,7 @@ from django.core.asgi import get_asgi_application
 from django.db import connection
 
 from builds.models import WebhookDelivery, WebhookOutcome
+from builds.webhook_door import WAITING_PER_THREAD as WEBHOOK_WAITING_PER_THREAD
 from builds.webhook_door import WebhookDoor
 from builds.webhooks import MAX_BODY_BYTES
 from deployer.models import OutboxMessage
@@ -189,3 +191,108 @@ def test_with_the_database_away_the_door_answers_503_json_with_retry_after(tmp_p
     assert int(answer.headers["retry-after"]) > 0
     assert "database is not available" in answer.json()["detail"]
     connection.close()
+
+
+def _call(door: WebhookDoor, path: str, chunks: list[bytes], headers: dict[str, str]):
+    """Drive the door as uvicorn does: ``chunks`` of the body, then a disconnect if the last
+    one is cut short (b"" marks it). Returns the messages the door sent."""
+    sent: list[dict[str, Any]] = []
+    messages = [{"type": "http.request", "body": chunk, "more_body": True} for chunk in chunks[:-1]]
+    if chunks[-1] == b"":
+        messages.append({"type": "http.disconnect"})
+    else:
+        messages.append({"type": "http.request", "body": chunks[-1], "more_body": False})
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: Mapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "root_path": "",
+        "server": ("127.0.0.1", 8000),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
+    asyncio.run(door(scope, receive, send))
+    return sent
+
+
+def test_a_sender_that_disconnects_before_its_body_ends_records_nothing(shop, make_server):
+    make_server(shop, "web1")
+    body = payloads.encode(payloads.github_push())
+    headers = {
+        "Host": "localhost",
+        "Content-Type": "application/json",
+        "Content-Length": str(len(body) + 100),
+        **_asgi_headers(payloads.github_headers(body, shop.webhook_secret)),
+    }
+    door = WebhookDoor(get_asgi_application(), threads=1)
+    try:
+        sent = _call(door, shop.webhook_path, [body, b""], headers)
+    finally:
+        door._executor.shutdown(wait=True)
+
+    assert sent == []
+    assert not WebhookDelivery.objects.exists()
+
+
+def test_an_empty_host_header_is_refused_as_django_refuses_it(shop, make_server):
+    make_server(shop, "web1")
+    body = payloads.encode(payloads.github_push())
+    headers = {"Host": "", **_asgi_headers(payloads.github_headers(body, shop.webhook_secret))}
+    door = WebhookDoor(get_asgi_application(), threads=1)
+    try:
+        sent = _call(door, shop.webhook_path, [body], headers)
+    finally:
+        door._executor.shutdown(wait=True)
+
+    assert sent[0]["status"] == 400
+    assert not WebhookDelivery.objects.exists()
+
+
+def test_once_the_database_is_away_deliveries_get_503_at_once_for_a_while(
+    tmp_path, shop, make_server
+):
+    make_server(shop, "web1")
+    body = payloads.encode(payloads.github_push())
+    headers = {
+        "Host": "localhost",
+        **_asgi_headers(payloads.github_headers(body, shop.webhook_secret)),
+    }
+    door = WebhookDoor(get_asgi_application(), threads=1)
+    try:
+        with database_unreachable(tmp_path):
+            first = _call(door, shop.webhook_path, [body], headers)
+        # The database is back, but within Retry-After the door does not try it again.
+        meanwhile = _call(door, shop.webhook_path, [body], headers)
+        door._unavailable_until = 0.0  # Retry-After has passed
+        later = _call(door, shop.webhook_path, [body], headers)
+    finally:
+        door._executor.shutdown(wait=True)
+        connection.close()
+
+    assert [answer[0]["status"] for answer in (first, meanwhile, later)] == [503, 503, 202]
+    assert (b"retry-after", b"5") in meanwhile[0]["headers"]
+    assert WebhookDelivery.objects.count() == 1
+
+
+def test_a_door_with_every_thread_and_waiting_place_taken_answers_503_at_once(shop, make_server):
+    make_server(shop, "web1")
+    body = payloads.encode(payloads.github_push())
+    headers = {
+        "Host": "localhost",
+        **_asgi_headers(payloads.github_headers(body, shop.webhook_secret)),
+    }
+    door = WebhookDoor(get_asgi_application(), threads=2)
+    door._busy = 2 * (1 + WEBHOOK_WAITING_PER_THREAD)  # what a flood of slow deliveries leaves
+    try:
+        sent = _call(door, shop.webhook_path, [body], headers)
+    finally:
+        door._executor.shutdown(wait=True)
+
+    assert sent[0]["status"] == 503
+    assert not WebhookDelivery.objects.exists()
