@@ -14,8 +14,8 @@ Database errors of deployer.db.UNAVAILABLE_ERRORS answer 503 with Retry-After, a
 deployer.views.server_error does for the Django path, and for RETRY_AFTER_SECONDS after one
 every delivery is answered 503 at once (rather than each waiting out the database pool's
 timeout in turn for a thread); anything else is logged and answers 500. A delivery whose
-sender disconnects before the end of its body is dropped unrecorded; when more deliveries
-wait for a thread than WAITING_PER_THREAD per thread, the next is answered 503 at once.
+sender disconnects before the end of its body is dropped unrecorded; when the bodies waiting
+for a thread pass WAITING_BYTES, the next delivery is answered 503 at once.
 """
 
 from __future__ import annotations
@@ -58,9 +58,10 @@ _SECURITY_HEADERS = [
     (b"x-frame-options", settings.X_FRAME_OPTIONS.encode()),
     (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
 ]
-#: Deliveries that may wait for one of the door's threads, per thread; beyond, 503 at once
-#: (each waiting delivery holds its body, up to 1 MB).
-WAITING_PER_THREAD = 8
+#: Bytes of bodies that may wait for the door's threads at once; a delivery that would go
+#: beyond is answered 503 at once (a Git host's push is a few kB, a body at most 1 MB). One
+#: delivery is always let in.
+WAITING_BYTES = 64 * 1024 * 1024
 
 
 class WebhookDoor:
@@ -77,8 +78,8 @@ class WebhookDoor:
         self._executor = ThreadPoolExecutor(
             max_workers=self.threads, thread_name_prefix="slipway-hooks"
         )
-        # Deliveries read and waiting for a thread or in one (the event loop's own count).
-        self._busy = 0
+        # Bytes of the bodies read and waiting for a thread or in one (the event loop's own).
+        self._waiting_bytes = 0
         # Until when (time.monotonic()) the database counts as away: deliveries meanwhile are
         # answered 503 at once instead of each waiting out the pool's timeout in turn.
         self._unavailable_until = 0.0
@@ -103,7 +104,7 @@ class WebhookDoor:
         if time.monotonic() < self._unavailable_until:
             await _respond(send, *_unavailable())
             return
-        if self._busy >= self.threads * (1 + WAITING_PER_THREAD):
+        if self._waiting_bytes and self._waiting_bytes + len(body) > WAITING_BYTES:
             await _respond(send, *_busy())
             return
         content_type = parse_header_parameters(headers.get("Content-Type", ""))[0]
@@ -111,11 +112,11 @@ class WebhookDoor:
         work = functools.partial(
             self._answer_in_thread, token, headers, body, too_large, content_type
         )
-        self._busy += 1
+        self._waiting_bytes += len(body)
         try:
             status, payload, extra = await loop.run_in_executor(self._executor, work)
         finally:
-            self._busy -= 1
+            self._waiting_bytes -= len(body)
         await _respond(send, status, payload, extra)
 
     def _answer_in_thread(

@@ -4,6 +4,7 @@ itself, and the page says whether each goal is met. Behaviour only; no timings."
 
 from __future__ import annotations
 
+import mmap
 from datetime import UTC, datetime, timedelta
 
 from bench.growth import Deploy, Point, peak_rss_mb, reset_peak_rss
@@ -68,11 +69,14 @@ def test_the_peak_resident_set_follows_an_allocation_and_can_be_reset():
     assert reset_peak_rss()
     before = peak_rss_mb()
     assert before is not None
-    ballast = bytearray(80 * 1024 * 1024)
-    ballast[::4096] = b"x" * len(ballast[::4096])  # touch every page
+    # Fresh pages from the kernel: a bytearray may reuse memory an earlier test freed in the
+    # heap, already resident, and leave the resident set where it was.
+    ballast = mmap.mmap(-1, 80 * 1024 * 1024)
+    for offset in range(0, len(ballast), mmap.PAGESIZE):
+        ballast[offset] = 1  # touch every page
     grown = peak_rss_mb()
     assert grown is not None and grown >= before + 70
-    del ballast
+    ballast.close()
     assert reset_peak_rss()
     after = peak_rss_mb()
     assert after is not None and after < grown - 40

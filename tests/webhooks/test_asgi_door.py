@@ -15,8 +15,7 @@ from django.core.asgi import get_asgi_application
 from django.db import connection
 
 from builds.models import WebhookDelivery, WebhookOutcome
-from builds.webhook_door import WAITING_PER_THREAD as WEBHOOK_WAITING_PER_THREAD
-from builds.webhook_door import WebhookDoor
+from builds.webhook_door import WAITING_BYTES, WebhookDoor
 from builds.webhooks import MAX_BODY_BYTES
 from deployer.models import OutboxMessage
 from projects.services import project_create
@@ -280,7 +279,7 @@ def test_once_the_database_is_away_deliveries_get_503_at_once_for_a_while(
     assert WebhookDelivery.objects.count() == 1
 
 
-def test_a_door_with_every_thread_and_waiting_place_taken_answers_503_at_once(shop, make_server):
+def test_a_door_with_its_waiting_room_full_answers_503_at_once(shop, make_server):
     make_server(shop, "web1")
     body = payloads.encode(payloads.github_push())
     headers = {
@@ -288,7 +287,7 @@ def test_a_door_with_every_thread_and_waiting_place_taken_answers_503_at_once(sh
         **_asgi_headers(payloads.github_headers(body, shop.webhook_secret)),
     }
     door = WebhookDoor(get_asgi_application(), threads=2)
-    door._busy = 2 * (1 + WEBHOOK_WAITING_PER_THREAD)  # what a flood of slow deliveries leaves
+    door._waiting_bytes = WAITING_BYTES  # what a flood of large deliveries leaves waiting
     try:
         sent = _call(door, shop.webhook_path, [body], headers)
     finally:
