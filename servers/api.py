@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from drf_spectacular.utils import extend_schema
@@ -16,7 +17,7 @@ from builds.serializers import DeploymentSerializer
 from builds.services import deployment_rollback_server
 from deployer.api import Need, get_project_for_user, get_release_for_user, get_server_for_user
 from projects.api import NO_CONTENT, SettingDetailView, SettingListView
-from servers.models import HealthCheck, ServerGroup
+from servers.models import HealthCheck, Server, ServerGroup
 from servers.serializers import (
     GroupSerializer,
     HealthCheckSerializer,
@@ -116,13 +117,7 @@ class ServerTrustView(APIView):
         "offers right now (see check/).",
     )
     def post(self, request: Request, slug: str, server_id: int) -> Response:
-        server, membership = get_server_for_user(request, slug, server_id, need=Need.CONFIGURE)
-        serializer = TrustSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        server = server_trust_host_key(
-            server=server, actor=membership.user, **serializer.validated_data
-        )
-        return Response(ServerSerializer(server).data)
+        return _trust(request, slug, server_id, server_trust_host_key)
 
 
 class ServerJumpTrustView(APIView):
@@ -135,13 +130,17 @@ class ServerJumpTrustView(APIView):
         "one the jump host offers right now (see check/: jump_host_key_fingerprint).",
     )
     def post(self, request: Request, slug: str, server_id: int) -> Response:
-        server, membership = get_server_for_user(request, slug, server_id, need=Need.CONFIGURE)
-        serializer = TrustSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        server = server_trust_jump_host_key(
-            server=server, actor=membership.user, **serializer.validated_data
-        )
-        return Response(ServerSerializer(server).data)
+        return _trust(request, slug, server_id, server_trust_jump_host_key)
+
+
+def _trust(request: Request, slug: str, server_id: int, service: Callable[..., Server]) -> Response:
+    """A trust endpoint: the fingerprint checked against what the far side offers now by
+    ``service`` (servers.services), the server answered as it is after."""
+    server, membership = get_server_for_user(request, slug, server_id, need=Need.CONFIGURE)
+    serializer = TrustSerializer(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    server = service(server=server, actor=membership.user, **serializer.validated_data)
+    return Response(ServerSerializer(server).data)
 
 
 class ServerLockBreakView(APIView):

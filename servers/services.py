@@ -699,18 +699,14 @@ def server_trust_host_key(*, server: Server, actor: User, fingerprint: str) -> S
     fingerprint = ssh.confirm_host_key(
         server.hostname, server.port, fingerprint, jump=jump
     ).fingerprint
-    previous = server.host_key_fingerprint
-    with transaction.atomic():
-        model_update(instance=server, data={"host_key_fingerprint": fingerprint})
-        audit_record(
-            project=server.project,
-            actor=actor,
-            action="host_key.trusted",
-            target=f"server {server.name}",
-            fingerprint=fingerprint,
-            previous=previous,
-        )
-    return server
+    return _pin(
+        server,
+        actor,
+        "host_key_fingerprint",
+        fingerprint,
+        action="host_key.trusted",
+        target=f"server {server.name}",
+    )
 
 
 def server_trust_jump_host_key(*, server: Server, actor: User, fingerprint: str) -> Server:
@@ -728,18 +724,14 @@ def server_trust_jump_host_key(*, server: Server, actor: User, fingerprint: str)
     fingerprint = ssh.confirm_host_key(
         server.jump_hostname, server.jump_port, fingerprint
     ).fingerprint
-    previous = server.jump_host_key_fingerprint
-    with transaction.atomic():
-        model_update(instance=server, data={"jump_host_key_fingerprint": fingerprint})
-        audit_record(
-            project=server.project,
-            actor=actor,
-            action="host_key.trusted",
-            target=f"jump host {server.jump_address} of server {server.name}",
-            fingerprint=fingerprint,
-            previous=previous,
-        )
-    return server
+    return _pin(
+        server,
+        actor,
+        "jump_host_key_fingerprint",
+        fingerprint,
+        action="host_key.trusted",
+        target=f"jump host {server.jump_address} of server {server.name}",
+    )
 
 
 def server_trust_certificate(*, server: Server, actor: User, fingerprint: str) -> Server:
@@ -759,15 +751,30 @@ def server_trust_certificate(*, server: Server, actor: User, fingerprint: str) -
         raise InvalidInput(
             "fingerprint", f"is not the certificate {address} offers now ({offered})."
         )
-    previous = server.certificate_fingerprint
+    return _pin(
+        server,
+        actor,
+        "certificate_fingerprint",
+        wanted,
+        action="certificate.trusted",
+        target=f"server {server.name}",
+    )
+
+
+def _pin(
+    server: Server, actor: User, field: str, fingerprint: str, *, action: str, target: str
+) -> Server:
+    """Store a fingerprint confirmed against what the far side offers now (a host key, a jump
+    host's key, a certificate) in ``field``, audited with the one it replaces."""
+    previous = getattr(server, field)
     with transaction.atomic():
-        model_update(instance=server, data={"certificate_fingerprint": wanted})
+        model_update(instance=server, data={field: fingerprint})
         audit_record(
             project=server.project,
             actor=actor,
-            action="certificate.trusted",
-            target=f"server {server.name}",
-            fingerprint=wanted,
+            action=action,
+            target=target,
+            fingerprint=fingerprint,
             previous=previous,
         )
     return server

@@ -3,6 +3,8 @@ see the releases it keeps and roll back to one of them, break its deploy lock.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
@@ -156,43 +158,44 @@ def server_test(request: HttpRequest, slug: str, server_id: int) -> HttpResponse
 @login_required
 @require_POST
 def server_trust(request: HttpRequest, slug: str, server_id: int) -> HttpResponse:
-    server, membership = get_server_for_user(request, slug, server_id, role=CONFIGURE_ROLES)
-    form = TrustForm(request.POST)
-    if not form.is_valid():
-        return _render_server(request, server, membership, trust_error="No fingerprint was sent.")
-    try:
-        server_trust_host_key(
-            server=server, actor=membership.user, fingerprint=form.cleaned_data["fingerprint"]
-        )
-    except SERVICE_ERRORS as exc:
-        return _render_server(request, server, membership, trust_error=error_message(exc))
-    trusted = (
-        f"The certificate {server.certificate_fingerprint}"
-        if server.is_ftp
-        else f"The host key {server.host_key_fingerprint}"
-    )
-    messages.success(request, f"{trusted} of {server.name} is trusted.")
-    return _render_server(request, server, membership, check=server_check(server=server))
+    def said(server: Server) -> str:
+        if server.is_ftp:
+            return f"The certificate {server.certificate_fingerprint} of {server.name} is trusted."
+        return f"The host key {server.host_key_fingerprint} of {server.name} is trusted."
+
+    return _trust(request, slug, server_id, server_trust_host_key, said)
 
 
 @login_required
 @require_POST
 def server_trust_jump(request: HttpRequest, slug: str, server_id: int) -> HttpResponse:
+    def said(server: Server) -> str:
+        return (
+            f"The host key {server.jump_host_key_fingerprint} of the jump host "
+            f"{server.jump_address} is trusted."
+        )
+
+    return _trust(request, slug, server_id, server_trust_jump_host_key, said)
+
+
+def _trust(
+    request: HttpRequest,
+    slug: str,
+    server_id: int,
+    service: Callable[..., Server],
+    said: Callable[[Server], str],
+) -> HttpResponse:
+    """A trust button: the posted fingerprint checked against what the far side offers now
+    by ``service`` (servers.services); the page again, with ``said`` or the refusal."""
     server, membership = get_server_for_user(request, slug, server_id, role=CONFIGURE_ROLES)
     form = TrustForm(request.POST)
     if not form.is_valid():
         return _render_server(request, server, membership, trust_error="No fingerprint was sent.")
     try:
-        server_trust_jump_host_key(
-            server=server, actor=membership.user, fingerprint=form.cleaned_data["fingerprint"]
-        )
+        service(server=server, actor=membership.user, fingerprint=form.cleaned_data["fingerprint"])
     except SERVICE_ERRORS as exc:
         return _render_server(request, server, membership, trust_error=error_message(exc))
-    messages.success(
-        request,
-        f"The host key {server.jump_host_key_fingerprint} of the jump host "
-        f"{server.jump_address} is trusted.",
-    )
+    messages.success(request, said(server))
     return _render_server(request, server, membership, check=server_check(server=server))
 
 

@@ -84,20 +84,7 @@ def deliver(
     for note in notes:
         reporter.log("system", note, server.id)
     try:
-        variables = {
-            "release_path": root,
-            "shared_path": root,
-            "current_path": root,
-            "deploy_path": root,
-            "startrev": server.live_revision or "",
-            "endrev": output.revision,
-            "branch": spec.branch,
-            "environment": server.environment,
-            "deployer": spec.deployer,
-            "project": spec.project,
-            "server": server.name,
-            "release": output.revision[:7],
-        }
+        variables = in_place_variables(spec, server, root, output.revision)
         can_run = server.shell
 
         def commands(stage: str) -> None:
@@ -155,6 +142,27 @@ def deliver(
     finally:
         with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
             break_lock(sftp, root, owner=owner)
+
+
+def in_place_variables(
+    spec: DeploySpec, server: ServerSpec, root: str, revision: str
+) -> dict[str, str]:
+    """The %variables% of a deployment whose files go in place under ``root`` (SFTP-only and
+    FTP servers): every path is the deploy path itself, there are no releases."""
+    return {
+        "release_path": root,
+        "shared_path": root,
+        "current_path": root,
+        "deploy_path": root,
+        "startrev": server.live_revision or "",
+        "endrev": revision,
+        "branch": spec.branch,
+        "environment": server.environment,
+        "deployer": spec.deployer,
+        "project": spec.project,
+        "server": server.name,
+        "release": revision[:7],
+    }
 
 
 def take_lock(

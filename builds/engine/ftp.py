@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from builds.engine import release
+from builds.engine.direct import in_place_variables
 from builds.engine.errors import (
     AuthenticationRefused,
     CertificateMismatch,
@@ -661,20 +662,7 @@ def deliver(
             owner_finished=spec.lock_owner_finished,
         ):
             log(note)
-        variables = {
-            "release_path": root,
-            "shared_path": root,
-            "current_path": root,
-            "deploy_path": root,
-            "startrev": server.live_revision or "",
-            "endrev": output.revision,
-            "branch": spec.branch,
-            "environment": server.environment,
-            "deployer": spec.deployer,
-            "project": spec.project,
-            "server": server.name,
-            "release": output.revision[:7],
-        }
+        variables = in_place_variables(spec, server, root, output.revision)
         with reporter.step("transfer", server.id):
             old = None if spec.full else _remote_manifest(session, root) or server.live_manifest
             generated = generated_rules(spec.build)
