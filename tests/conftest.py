@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.support.deployments",
     "tests.support.webserve",
     "tests.support.ftpd",
+    "tests.support.s3d",
 ]
 
 

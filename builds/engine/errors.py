@@ -103,6 +103,12 @@ class PassiveAddressRefused(UserError):
     code = "passive_address_refused"
 
 
+class BucketNotFound(UserError):
+    """An S3 server's bucket does not exist at its endpoint (names bucket, endpoint, region)."""
+
+    code = "bucket_not_found"
+
+
 class PermissionDenied(UserError):
     code = "permission_denied"
 

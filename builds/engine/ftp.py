@@ -568,35 +568,38 @@ def break_lock(session: Session, root: str, *, owner: str) -> bool:
 # --------------------------------------------------------------------------- deploying
 
 
-def refusals(spec: DeploySpec, server: ServerSpec) -> list[str]:
-    """What the deployment asks of ``server`` that FTP cannot give, one sentence each
-    naming the setting (empty: nothing)."""
+def refusals(
+    spec: DeploySpec, server: ServerSpec, *, kind: str = "an FTP server", protocol: str = "FTP"
+) -> list[str]:
+    """What the deployment asks of ``server`` that a target without symlinks or a shell
+    cannot give (FTP servers, and S3 buckets: ``kind`` "an S3 bucket", ``protocol`` "S3"),
+    one sentence each naming the setting (empty: nothing)."""
     from builds.engine.specs import STAGE_AFTER_SWITCH, STAGE_BEFORE_SWITCH, STAGE_BEFORE_TRANSFER
 
     found: list[str] = []
     if server.atomic:
         found.append(
-            f"{server.name} is an FTP server: it cannot switch releases atomically (no "
+            f"{server.name} is {kind}: it cannot switch releases atomically (no "
             "symlinks); turn the server's `atomic` setting off"
         )
     if spec.shared_paths:
         found.append(
-            f"{server.name} is an FTP server: shared paths are linked into releases with "
-            f"symlinks, which FTP cannot make; remove the project's `shared_paths` "
+            f"{server.name} is {kind}: shared paths are linked into releases with "
+            f"symlinks, which {protocol} cannot make; remove the project's `shared_paths` "
             f"({', '.join(spec.shared_paths)}) or deploy to an SSH server"
         )
     stages = (STAGE_BEFORE_TRANSFER, STAGE_BEFORE_SWITCH, STAGE_AFTER_SWITCH)
     commands = [c for c in spec.commands if c.stage in stages and c.applies_to(server)]
     if commands:
         found.append(
-            f"{server.name} is an FTP server: commands cannot run there (no shell); the "
+            f"{server.name} is {kind}: commands cannot run there (no shell); the "
             f"project's `commands` include {commands[0].command!r}: limit them to other "
             "servers or remove them"
         )
     checks = [c for c in spec.health_checks if c.kind == "command" and c.applies_to(server.id)]
     if checks:
         found.append(
-            f"{server.name} is an FTP server: command health checks cannot run there (no "
+            f"{server.name} is {kind}: command health checks cannot run there (no "
             f"shell); the project's `health_checks` include {checks[0].command!r}: limit it "
             "to other servers, or check over HTTP"
         )

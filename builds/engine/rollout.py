@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from builds.engine import direct, ftp, release
+from builds.engine import direct, ftp, release, s3
 from builds.engine.archive import SharedArchive
 from builds.engine.build import BuildOutput, generated_rules, shared_seeds
 from builds.engine.errors import (
@@ -350,8 +350,8 @@ class _Run:
 
     def connect(self) -> None:
         self.reporter.check_cancelled()
-        if self.server.ftp is not None:
-            return  # ftp.deliver opens its own connections
+        if self.server.without_ssh:
+            return  # ftp.deliver and s3.deliver open their own connections
         pool = self.spec.connections
         with self.reporter.step("connect", self.server.id):
             # A server behind a jump host shares the deployment's jump connection (closed
@@ -740,8 +740,8 @@ class ServerRun(_Run):
 
     def activate(self) -> None:
         """Switch, run the after-switch commands and checks. A failed check switches back."""
-        if self.server.ftp is not None:
-            ftp.deliver(
+        if self.server.without_ssh:
+            (s3.deliver if self.server.s3 is not None else ftp.deliver)(
                 self.spec,
                 self.server,
                 self.output,
@@ -892,9 +892,10 @@ class RollbackRun(_Run):
     def connect(self) -> None:
         if not self.target or not release.is_release_name(self.target):
             raise InvalidInput("release", f"{self.server.name}: no release to roll back to")
-        if self.server.ftp is not None:
+        if self.server.without_ssh:
+            kind = "an S3 bucket" if self.server.s3 is not None else "an FTP server"
             raise UserError(
-                f"{self.server.name} is an FTP server: it has no releases to switch between; "
+                f"{self.server.name} is {kind}: it has no releases to switch between; "
                 "its rollback is a deployment of the earlier release's revision"
             )
         if not self.atomic:

@@ -20,6 +20,7 @@ from builds.engine.ssh import ConnectionPool, Endpoint
 
 if TYPE_CHECKING:
     from builds.engine.ftp import FtpEndpoint
+    from builds.engine.s3 import S3Endpoint
 
 STAGE_BEFORE_TRANSFER = "before_transfer"
 STAGE_BEFORE_SWITCH = "before_switch"
@@ -55,6 +56,14 @@ class ServerSpec:
     #: An FTP or FTPS server: files go in place over FTP (builds.engine.ftp), never over
     #: SSH; ``endpoint`` then only names the host (for %hostname%). Needs atomic and shell off.
     ftp: FtpEndpoint | None = None
+    #: An S3-compatible bucket: files become objects by manifest (builds.engine.s3);
+    #: ``endpoint`` then only names the host (for %hostname%). Needs atomic and shell off.
+    s3: S3Endpoint | None = None
+
+    @property
+    def without_ssh(self) -> bool:
+        """FTP servers and S3 buckets: their module opens its own connections."""
+        return self.ftp is not None or self.s3 is not None
 
     @property
     def first_deploy(self) -> bool:
@@ -205,8 +214,9 @@ class DeploySpec:
     #: Where each server's connection comes from and goes back to after the deployment (kept
     #: open for the next one); None: opened for this deployment and closed after it.
     connections: ConnectionPool | None = field(default=None, repr=False)
-    #: A rollback of FTP servers (no symlink to switch): server id -> the name of the earlier
-    #: release this deployment's revision is, for the log (builds.engine.ftp.deliver).
+    #: A rollback of FTP servers and S3 buckets (no symlink to switch): server id -> the
+    #: name of the earlier release this deployment's revision is, for the log
+    #: (builds.engine.ftp.deliver, builds.engine.s3.deliver).
     rollback_to: Mapping[int, str] = field(default_factory=dict)
 
 
