@@ -40,6 +40,7 @@ from builds.engine.masking import (
     Masker,
 )
 from builds.engine.remote_build import BuildHost
+from builds.engine.s3 import S3Endpoint, parse_object_rules
 from builds.engine.sandbox import SandboxPolicy
 from builds.engine.specs import parse_batch_size, parse_lock_owner
 from builds.engine.ssh import ConnectionPool, Endpoint
@@ -302,6 +303,25 @@ def ftp_endpoint_for(server: Server) -> FtpEndpoint:
     )
 
 
+def s3_endpoint_for(server: Server) -> S3Endpoint:
+    """The bucket of an S3 ``server`` and how to reach it. Every request's host (the
+    endpoint's, ``<bucket>.<endpoint>`` with virtual-hosted-style addressing, a region's on a
+    redirect) is checked by the SERVERS address policy before it is sent (raises
+    builds.engine.addresses.AddressRefused)."""
+    return S3Endpoint(
+        bucket=server.s3_bucket,
+        access_key_id=server.s3_access_key_id,
+        secret_access_key=server.s3_secret_access_key,
+        region=server.s3_region or "us-east-1",
+        endpoint_url=server.s3_endpoint_url,
+        prefix=server.s3_prefix,
+        path_style=server.s3_path_style,
+        rules=parse_object_rules(server.s3_object_rules),
+        parallel_uploads=server.s3_parallel_uploads,
+        check_address=outbound.server_host_check,
+    )
+
+
 def server_spec(server: Server, *, with_manifest: bool = True) -> pipeline.ServerSpec:
     """The engine's view of a server, with the manifests of its live release and of the
     other releases it keeps (not removed: files they hold are copied on the server instead
@@ -320,12 +340,14 @@ def server_spec(server: Server, *, with_manifest: bool = True) -> pipeline.Serve
         if with_manifest
         else {}
     )
-    if server.is_ftp:
+    if server.without_ssh:
         return pipeline.ServerSpec(
             id=server.pk,
             name=server.name,
             # Only names the host (%hostname%): nothing connects over SSH.
-            endpoint=Endpoint(hostname=server.hostname, port=server.port, username=server.username),
+            endpoint=Endpoint(
+                hostname=server.hostname, port=server.port, username=server.username or "-"
+            ),
             deploy_path=server.deploy_path,
             # Kept as set, for the engine to refuse by name (builds.engine.ftp.refusals).
             atomic=server.atomic,
@@ -334,7 +356,8 @@ def server_spec(server: Server, *, with_manifest: bool = True) -> pipeline.Serve
             live_release=live.name if live else None,
             live_revision=live.revision if live else None,
             live_manifest=manifest,
-            ftp=ftp_endpoint_for(server),
+            ftp=ftp_endpoint_for(server) if server.is_ftp else None,
+            s3=s3_endpoint_for(server) if server.is_s3 else None,
         )
     return pipeline.ServerSpec(
         id=server.pk,
@@ -677,13 +700,14 @@ def _run_rollback(
         if release is not None:
             targets[server.pk] = release.name
             revisions[server.pk] = release.revision
-    # An FTP server keeps no release to switch to: its earlier release's revision is built
-    # again and what differs from the live files is uploaded (builds.engine.ftp).
+    # An FTP server or an S3 bucket keeps no release to switch to: its earlier release's
+    # revision is built again and what differs from the live files is uploaded
+    # (builds.engine.ftp, builds.engine.s3).
     by_revision: dict[str, list[Server]] = {}
     for server in servers:
-        if server.is_ftp and server.pk in targets:
+        if server.without_ssh and server.pk in targets:
             by_revision.setdefault(revisions[server.pk], []).append(server)
-    switched = [s for s in servers if not (s.is_ftp and s.pk in targets)]
+    switched = [s for s in servers if not (s.without_ssh and s.pk in targets)]
     results: list[pipeline.ServerResult] = []
     if switched:
         spec = pipeline.RollbackSpec(

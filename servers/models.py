@@ -13,6 +13,7 @@ class Protocol(models.TextChoices):
     SFTP = "sftp", "SFTP only (files uploaded in place)"
     FTP = "ftp", "FTP (files uploaded in place; the password crosses in clear text)"
     FTPS = "ftps", "FTPS, explicit TLS (files uploaded in place)"
+    S3 = "s3", "S3-compatible storage (files uploaded as objects of a bucket)"
 
 
 #: The protocols whose files go over FTP (builds.engine.ftp), not SSH.
@@ -76,6 +77,20 @@ class Server(models.Model):
     certificate_fingerprint = models.CharField(max_length=110, blank=True)
     # FTP and FTPS: transfers in flight at once, each on a connection of its own.
     ftp_connections = models.PositiveSmallIntegerField(default=4)
+    # S3: the bucket, where it is (an S3-compatible endpoint; empty: AWS in s3_region), the
+    # key prefix the files go under, and the keys (encrypted; never shown: the id masked).
+    # hostname, port and username follow the endpoint and bucket (servers.services).
+    s3_endpoint_url = models.CharField(max_length=500, blank=True)
+    s3_region = models.CharField(max_length=50, blank=True, default="us-east-1")
+    s3_bucket = models.CharField(max_length=63, blank=True)
+    s3_prefix = models.CharField(max_length=500, blank=True)
+    s3_path_style = models.BooleanField(default=False)
+    s3_access_key_id = EncryptedTextField(blank=True)
+    s3_secret_access_key = EncryptedTextField(blank=True)
+    # One rule a line: "<pattern> acl=... storage_class=... cache_control=..." (docs/s3.md).
+    s3_object_rules = models.TextField(blank=True)
+    # Requests in flight at once (multipart parts included).
+    s3_parallel_uploads = models.PositiveSmallIntegerField(default=8)
     position = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -93,20 +108,37 @@ class Server(models.Model):
         return self.protocol in FTP_PROTOCOLS
 
     @property
+    def is_s3(self) -> bool:
+        return self.protocol == Protocol.S3
+
+    @property
+    def without_ssh(self) -> bool:
+        """FTP servers and S3 buckets: no SSH, no host key, no release to switch back to."""
+        return self.is_ftp or self.is_s3
+
+    @property
     def effective_branch(self) -> str:
         return self.branch or self.project.branch
 
     @property
     def address(self) -> str:
+        if self.is_s3:
+            return f"s3://{self.s3_bucket}/{self.s3_prefix} at {self.s3_url}"
         return f"{self.username}@{self.hostname}:{self.port}"
+
+    @property
+    def s3_url(self) -> str:
+        """The S3 endpoint requests go to (AWS's regional one when none is set)."""
+        return self.s3_endpoint_url or f"https://s3.{self.s3_region}.amazonaws.com"
 
     @property
     def trusted(self) -> bool:
         """May be deployed to. An SSH or SFTP server once both hops' host keys are pinned (the
         server's, and its jump host's if it has one). FTP has nothing to pin; an FTPS
         server's certificate is checked at each connection (pinned, or verified by the
-        system's CAs; builds.engine.ftp refuses any other)."""
-        if self.is_ftp:
+        system's CAs; builds.engine.ftp refuses any other). An S3 bucket is reached over
+        HTTPS verified by the system's CAs (or the http:// endpoint its owner chose)."""
+        if self.without_ssh:
             return True
         return bool(self.host_key_fingerprint) and (
             not self.jump_hostname or bool(self.jump_host_key_fingerprint)
@@ -115,8 +147,8 @@ class Server(models.Model):
     @property
     def untrusted_hop(self) -> str:
         """Whose host key is still to be trusted ("its host key", "its jump host's host
-        key"), "" when both are (or for FTP, which has none)."""
-        if self.is_ftp:
+        key"), "" when both are (or for FTP and S3, which have none)."""
+        if self.without_ssh:
             return ""
         if not self.host_key_fingerprint:
             return "its host key"

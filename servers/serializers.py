@@ -2,6 +2,8 @@
 
 A server's password and private key, and its jump host's private key, are write-only: no
 answer ever holds them, only ``auth_method`` and ``jump_auth_method`` say which way they log in.
+An S3 bucket's access key id and secret are write-only too: answers hold the key id masked
+(``s3_access_key_id_masked``) and whether a secret is set.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from rest_framework import serializers
 
 from builds.engine.errors import InvalidInput
 from builds.engine.ftp import MAX_CONNECTIONS as MAX_FTP_CONNECTIONS
+from builds.engine.s3 import MAX_PARALLEL_UPLOADS, masked_key_id
 from builds.engine.specs import parse_batch_size
 from builds.services import rollback_plan_server
 from deployer.api import api_url
@@ -73,6 +76,13 @@ class ServerSerializer(serializers.ModelSerializer[Server]):
         help_text="The release a rollback without a named release would put live: the one "
         "live before the live one. Null when there is none."
     )
+    s3_access_key_id_masked = serializers.SerializerMethodField(
+        help_text="S3: the access key id's first and last 4 characters (`AKIA…MPLE`); '' "
+        "on other servers. The key id and the secret are write-only."
+    )
+    s3_secret_access_key_set = serializers.SerializerMethodField(
+        help_text="S3: a secret access key is stored (encrypted)."
+    )
     url = serializers.SerializerMethodField()
     html_url = serializers.SerializerMethodField()
     releases_url = serializers.SerializerMethodField()
@@ -106,6 +116,15 @@ class ServerSerializer(serializers.ModelSerializer[Server]):
             "jump_trusted",
             "certificate_fingerprint",
             "ftp_connections",
+            "s3_endpoint_url",
+            "s3_region",
+            "s3_bucket",
+            "s3_prefix",
+            "s3_path_style",
+            "s3_access_key_id_masked",
+            "s3_secret_access_key_set",
+            "s3_object_rules",
+            "s3_parallel_uploads",
             "position",
             "live_release",
             "rollback_target",
@@ -118,6 +137,12 @@ class ServerSerializer(serializers.ModelSerializer[Server]):
 
     def get_trusted(self, server: Server) -> bool:
         return server.trusted
+
+    def get_s3_access_key_id_masked(self, server: Server) -> str:
+        return masked_key_id(server.s3_access_key_id) if server.s3_access_key_id else ""
+
+    def get_s3_secret_access_key_set(self, server: Server) -> bool:
+        return bool(server.s3_secret_access_key)
 
     def get_jump_trusted(self, server: Server) -> bool:
         return bool(server.jump_hostname and server.jump_host_key_fingerprint)
@@ -157,17 +182,27 @@ class ServerSerializer(serializers.ModelSerializer[Server]):
 
 class ServerInputSerializer(serializers.Serializer[dict[str, Any]]):
     name = serializers.CharField(max_length=100)
-    hostname = serializers.CharField(max_length=255)
+    hostname = serializers.CharField(
+        max_length=255,
+        required=False,
+        help_text="Required but on S3 buckets, whose host follows s3_endpoint_url.",
+    )
     port = serializers.IntegerField(
         min_value=1, max_value=65535, required=False, help_text="Default: 22, or 21 for FTP."
     )
-    username = serializers.CharField(max_length=100)
-    deploy_path = serializers.CharField(max_length=500, help_text="An absolute path.")
+    username = serializers.CharField(
+        max_length=100, required=False, help_text="Required but on S3 buckets."
+    )
+    deploy_path = serializers.CharField(
+        max_length=500,
+        required=False,
+        help_text="An absolute path; required but on S3 buckets (`/<bucket>/<prefix>` there).",
+    )
     protocol = serializers.ChoiceField(
         choices=Protocol.choices,
         default=Protocol.SSH,
         help_text="ftp sends the password and the files in clear text: prefer ftps, sftp or "
-        "ssh (docs/ftp.md).",
+        "ssh (docs/ftp.md). s3: an S3-compatible bucket (docs/s3.md).",
     )
     atomic = serializers.BooleanField(
         required=False,
@@ -234,6 +269,60 @@ class ServerInputSerializer(serializers.Serializer[dict[str, Any]]):
         max_value=MAX_FTP_CONNECTIONS,
         required=False,
         help_text="FTP and FTPS: files in flight at once, each on a connection of its own.",
+    )
+    s3_endpoint_url = serializers.CharField(
+        max_length=500,
+        required=False,
+        allow_blank=True,
+        help_text="S3: the service, `https://host[:port]` (MinIO, Cloudflare R2, Backblaze B2, "
+        "Wasabi, DigitalOcean Spaces...); blank: AWS in s3_region. Checked by the servers' "
+        "outbound-address policy.",
+    )
+    s3_region = serializers.CharField(
+        max_length=50, required=False, allow_blank=True, help_text="S3: default us-east-1."
+    )
+    s3_bucket = serializers.CharField(
+        max_length=63, required=False, allow_blank=True, help_text="S3: the bucket's name."
+    )
+    s3_prefix = serializers.CharField(
+        max_length=500,
+        required=False,
+        allow_blank=True,
+        help_text="S3: the key prefix the files go under (`site/`); blank: the bucket's root.",
+    )
+    s3_path_style = serializers.BooleanField(
+        required=False,
+        help_text="S3: `https://host/bucket/key` instead of `https://bucket.host/key` (MinIO "
+        "and most self-hosted services need it).",
+    )
+    s3_access_key_id = serializers.CharField(
+        max_length=200,
+        required=False,
+        allow_blank=True,
+        write_only=True,
+        help_text="S3: write-only, stored encrypted; answers show it masked. Blank in an "
+        "update: unchanged.",
+    )
+    s3_secret_access_key = serializers.CharField(
+        max_length=500,
+        required=False,
+        allow_blank=True,
+        write_only=True,
+        trim_whitespace=False,
+        help_text="S3: write-only, stored encrypted, never shown. Blank in an update: unchanged.",
+    )
+    s3_object_rules = serializers.CharField(
+        max_length=20_000,
+        required=False,
+        allow_blank=True,
+        help_text="S3: one rule a line, `<pattern> acl=… storage_class=… cache_control=…`, "
+        'e.g. `*.css cache_control="public, max-age=31536000"` (docs/s3.md).',
+    )
+    s3_parallel_uploads = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_PARALLEL_UPLOADS,
+        required=False,
+        help_text="S3: requests in flight at once, parts of large files included (default 8).",
     )
     position = serializers.IntegerField(min_value=0, max_value=MAX_POSITION, required=False)
     jump_hostname = serializers.CharField(

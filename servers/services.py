@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import paramiko
 from django.contrib.auth.models import User
@@ -19,7 +20,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from builds import outbound
-from builds.engine import direct, ftp, ssh
+from builds.engine import direct, ftp, s3, ssh
 from builds.engine.addresses import AddressRefused
 from builds.engine.errors import (
     CommandFailed,
@@ -33,7 +34,7 @@ from builds.engine.git import validate_ref
 from builds.engine.release import LOCK_DIR, LockInfo, RemoteLayout, validate_deploy_path
 from builds.engine.specs import parse_lock_owner
 from builds.models import FINAL, TARGET_ACTIVE, Deployment
-from builds.runner import endpoint_for, ftp_endpoint_for, jump_endpoint_for
+from builds.runner import endpoint_for, ftp_endpoint_for, jump_endpoint_for, s3_endpoint_for
 from projects.models import Project
 from projects.services import (
     _project_servers,
@@ -57,6 +58,19 @@ JUMP_FIELDS = (
     "jump_private_key",
     "jump_host_key_fingerprint",
 )
+#: An S3 bucket's settings (docs/s3.md); the keys are write-only.
+S3_FIELDS = (
+    "s3_endpoint_url",
+    "s3_region",
+    "s3_bucket",
+    "s3_prefix",
+    "s3_path_style",
+    "s3_access_key_id",
+    "s3_secret_access_key",
+    "s3_object_rules",
+    "s3_parallel_uploads",
+)
+S3_SECRETS = ("s3_access_key_id", "s3_secret_access_key")
 _MODE = re.compile(r"[0-7]{3,4}")
 # Host and user names end up in error messages and in ssh's view of the world: no blanks,
 # no control characters, and nothing that could pass for an option.
@@ -91,6 +105,7 @@ SERVER_FIELDS = frozenset(
         "ftp_connections",
         "position",
         *JUMP_FIELDS,
+        *S3_FIELDS,
     }
 )
 # Moving a server elsewhere makes its pinned host key (or certificate) meaningless.
@@ -137,14 +152,17 @@ def server_clean(data: dict[str, Any], *, server: Server | None = None) -> dict[
     protocol = cleaned.get("protocol", server.protocol if server is not None else Protocol.SSH)
     _clean_jump_host(cleaned, server)
     jumped = bool(cleaned.get("jump_hostname", server.jump_hostname if server else ""))
-    if jumped and protocol in FTP_PROTOCOLS:
+    if jumped and (protocol in FTP_PROTOCOLS or protocol == Protocol.S3):
+        kind = "an S3 bucket" if protocol == Protocol.S3 else "an FTP server"
         raise InvalidInput(
             "jump_hostname",
-            "must be empty on an FTP server: only SSH and SFTP servers are reached through a "
+            f"must be empty on {kind}: only SSH and SFTP servers are reached through a "
             "jump host (docs/bastion.md).",
         )
+    if protocol == Protocol.S3:
+        _clean_s3(cleaned, server)
     unjumped = server is not None and bool(server.jump_hostname) and not jumped
-    if ("hostname" in cleaned or unjumped) and not jumped:
+    if ("hostname" in cleaned or unjumped) and not jumped and protocol != Protocol.S3:
         # Behind a jump host the server's address is resolved and reached by the jump host,
         # not by Slipway: the jump host's address is the one the policy checks. Without one
         # (or no longer), the server's own address is.
@@ -287,6 +305,71 @@ def _clean_ftp(cleaned: dict[str, Any], server: Server | None) -> None:
         raise InvalidInput("password", "is how an FTP server logs in: give the FTP password.")
 
 
+def _clean_s3(cleaned: dict[str, Any], server: Server | None) -> None:
+    """What an S3 bucket is: its endpoint (checked by the SERVERS address policy), region,
+    bucket, prefix, rules and keys; no atomic releases, no password or SSH key. The host,
+    port, user name and deploy path follow from them (``s3.example.com``, 443, the bucket,
+    ``/<bucket>/<prefix>``: what %hostname% and %deploy_path% say). Keys left out or blank
+    in an update stay as they are."""
+
+    def current(field: str, default: Any = "") -> Any:
+        if field in cleaned:
+            return cleaned[field]
+        return getattr(server, field) if server is not None else default
+
+    for field in ("password", "private_key"):
+        if cleaned.get(field):
+            raise InvalidInput(
+                field,
+                "is not used by an S3 bucket: give s3_access_key_id and s3_secret_access_key.",
+            )
+    if cleaned.get("atomic"):
+        raise InvalidInput(
+            "atomic",
+            "must be off on an S3 bucket: a bucket has no symlink to switch, so objects are "
+            "uploaded in place, deletions last (docs/s3.md).",
+        )
+    cleaned["atomic"] = False
+    url = s3.validate_endpoint_url(str(current("s3_endpoint_url") or ""))
+    region = s3.validate_region(str(current("s3_region") or "us-east-1"))
+    bucket = s3.validate_bucket(str(current("s3_bucket") or ""))
+    prefix = s3.validate_prefix(str(current("s3_prefix") or ""))
+    s3.parse_object_rules(str(current("s3_object_rules") or ""))
+    parallel = current("s3_parallel_uploads", 8)
+    if not (isinstance(parallel, int) and 1 <= parallel <= s3.MAX_PARALLEL_UPLOADS):
+        raise InvalidInput(
+            "s3_parallel_uploads", f"must be a whole number from 1 to {s3.MAX_PARALLEL_UPLOADS}."
+        )
+    for field in S3_SECRETS:
+        value = cleaned.pop(field, None)
+        if field == "s3_access_key_id" and value:
+            value = str(value).strip()
+            if not _NAME_CHARACTERS.fullmatch(value):
+                raise InvalidInput(field, "must not hold blanks or control characters.")
+        if value:
+            cleaned[field] = value
+        elif server is None or not getattr(server, field):
+            raise InvalidInput(field, "is needed to sign the requests to the bucket.")
+    effective = url or f"https://s3.{region}.amazonaws.com"
+    parts = urlsplit(effective)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        outbound.server_host_check(host, port)
+    except AddressRefused as exc:
+        raise InvalidInput("s3_endpoint_url", f"{exc}.") from None
+    cleaned.update(
+        s3_endpoint_url=url,
+        s3_region=region,
+        s3_bucket=bucket,
+        s3_prefix=prefix,
+        hostname=host,
+        port=port,
+        username=bucket,
+        deploy_path=validate_deploy_path("/" + bucket + ("/" + prefix if prefix else "")),
+    )
+
+
 def _clean_credentials(cleaned: dict[str, Any], server: Server | None) -> None:
     password = cleaned.pop("password", "") or ""
     private_key = cleaned.pop("private_key", "") or ""
@@ -328,7 +411,12 @@ def _clean_credentials(cleaned: dict[str, Any], server: Server | None) -> None:
 
 
 def server_create(*, project: Project, actor: User, **fields: Any) -> Server:
-    for required in ("name", "hostname", "username", "deploy_path"):
+    required_fields = (
+        ("name", "s3_bucket")
+        if fields.get("protocol") == Protocol.S3
+        else ("name", "hostname", "username", "deploy_path")
+    )
+    for required in required_fields:
         if not fields.get(required):
             raise InvalidInput(required, "is required.")
     cleaned = server_clean(fields)
@@ -517,6 +605,8 @@ def server_check(*, server: Server) -> ServerCheck:
     """
     if server.is_ftp:
         return _ftp_check(server)
+    if server.is_s3:
+        return _s3_check(server)
     address = ssh.format_address(server.hostname, server.port)
     found = ServerCheck(ok=False, address=address)
     jump: ssh.Endpoint | None = None
@@ -627,6 +717,23 @@ def _ftp_check(server: Server) -> ServerCheck:
     return dataclasses.replace(check, ok=True)
 
 
+def _s3_check(server: Server) -> ServerCheck:
+    """server_check for an S3 bucket: the endpoint through the address policy, then list
+    the bucket under the prefix and write and delete a test object there. Wrong keys, a
+    missing bucket, another region are named with the setting to correct."""
+    address = server.address
+    try:
+        s3.probe(s3_endpoint_for(server))
+    except EngineError as exc:
+        return ServerCheck(ok=False, address=address, error=_message(exc, address))
+    except Exception as exc:  # a network library's surprise must not become a 500
+        logger.warning("Probing %s failed", address, exc_info=True)
+        return ServerCheck(
+            ok=False, address=address, error=f"Cannot reach {address}: {type(exc).__name__}"
+        )
+    return ServerCheck(ok=True, address=address, trusted=True)
+
+
 def _message(exc: EngineError, address: str) -> str:
     if exc.user_facing:
         return str(exc)
@@ -681,6 +788,12 @@ def server_trust_host_key(*, server: Server, actor: User, fingerprint: str) -> S
     policy is checked first: a refused address is never probed. Behind a jump host the key is
     read through it, so the jump host's own key must be trusted first. On an FTPS server the
     certificate is pinned instead (``server_trust_certificate``)."""
+    if server.is_s3:
+        raise InvalidInput(
+            "fingerprint",
+            "an S3 bucket has no host key: its endpoint's HTTPS certificate is "
+            "verified by the system's certificate authorities.",
+        )
     if server.is_ftp:
         return server_trust_certificate(server=server, actor=actor, fingerprint=fingerprint)
     address = ssh.format_address(server.hostname, server.port)
@@ -816,7 +929,9 @@ def server_lock_break(*, server: Server, user: User, force: bool = False) -> Loc
     whose owner names no deployment of the database (empty, unreadable, by hand) is broken.
     Answers ``broken=False`` when there was no lock."""
     address = ssh.format_address(server.hostname, server.port)
-    taken = _ftp_lock_break if server.is_ftp else _ssh_lock_break
+    taken = (
+        _s3_lock_break if server.is_s3 else _ftp_lock_break if server.is_ftp else _ssh_lock_break
+    )
     found, path = taken(server, force=force, address=address)
     if found is None:
         return LockBreak(broken=False, message=f"{server.name} is not locked.")
@@ -847,6 +962,22 @@ def server_lock_break(*, server: Server, user: User, force: bool = False) -> Loc
         + (f" (it was held by {found.holder or found.owner})" if found.owner else "")
         + ".",
     )
+
+
+def _s3_lock_break(server: Server, *, force: bool, address: str) -> tuple[LockInfo | None, str]:
+    """``_ssh_lock_break`` in a bucket (``<prefix>.slipway/lock``)."""
+    try:
+        endpoint = s3_endpoint_for(server)
+        bucket = s3.Bucket(endpoint)
+        found = s3.read_lock(bucket)
+        if found is None:
+            return None, ""
+        _lock_owner_check(server, found, force=force)
+        if not s3.break_lock(bucket, owner=found.owner):
+            raise LockBreakRefused(_LOCK_CHANGED.format(name=server.name))
+    except EngineError as exc:
+        raise LockBreakRefused(f"The lock was not broken: {_message(exc, address)}") from None
+    return found, f"s3://{endpoint.bucket}/{endpoint.key(s3.LOCK_KEY)}"
 
 
 def _ftp_lock_break(server: Server, *, force: bool, address: str) -> tuple[LockInfo | None, str]:
