@@ -37,6 +37,8 @@ EXIT_UNAUTHORIZED = 5  # missing, wrong or revoked token, or no permission
 EXIT_CLOSED_PIPE = 141  # the reader of stdout went away: 128 + SIGPIPE, as the shell reports it
 
 FINAL = ("succeeded", "failed", "cancelled")
+#: Servers whose rollback uploads the earlier release again (docs/ftp.md, docs/s3.md).
+IN_PLACE_PROTOCOLS = ("ftp", "ftps", "s3")
 POLL_SECONDS = 0.5
 
 
@@ -299,9 +301,14 @@ def cmd_rollback(args: argparse.Namespace, client: Client) -> int:
             raise CLIError(
                 f"{server['name']} keeps no earlier release to roll back to", EXIT_API_ERROR
             )
-    # Where the server goes, said before anything happens (on stderr with --json).
+    # Where the server goes, said before anything happens (on stderr with --json). FTP
+    # servers and S3 buckets have no symlink: the earlier release's files are uploaded again.
+    if server.get("protocol") in IN_PLACE_PROTOCOLS:
+        where = f"uploads again what differs from {target['name']}"
+    else:
+        where = f"current → releases/{target['name']}"
     say(
-        f"{server['name']}: current → releases/{target['name']} ({target['revision'][:7]})",
+        f"{server['name']}: {where} ({target['revision'][:7]})",
         file=sys.stderr if args.json else None,
     )
     body = {"release": target["name"]}

@@ -26,4 +26,6 @@ def project_secrets(project: Project, servers: list[Server]) -> list[str]:
         values += webhook_url_secrets(notification.url) if notification.url else []
     for server in {*servers, *project.servers.all()}:
         values += [server.password, server.private_key, server.jump_private_key]
+        # An S3 bucket's keys: the secret signs requests, the key id names the account.
+        values += [server.s3_secret_access_key, server.s3_access_key_id]
     return [value for value in values if value]

@@ -611,6 +611,7 @@ DOCS = (
     "security",
     "reliability-invariant",
     "ftp",
+    "s3",
 )
 
 

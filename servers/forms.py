@@ -7,6 +7,7 @@ from typing import Any
 from django import forms
 
 from builds.engine.ftp import MAX_CONNECTIONS as MAX_FTP_CONNECTIONS
+from builds.engine.s3 import MAX_PARALLEL_UPLOADS, masked_key_id
 from projects.forms import MONOSPACE, SettingForm, servers_field, shown_for
 from servers.models import (
     FTP_PROTOCOLS,
@@ -20,22 +21,54 @@ from servers.models import (
 )
 from servers.services import MAX_KEEP_RELEASES, MIN_KEEP_RELEASES
 
+#: The protocols that reach a host and log in to it (every one but S3).
+HOST_PROTOCOLS = (Protocol.SSH, Protocol.SFTP, Protocol.FTP, Protocol.FTPS)
+#: What only an S3 bucket has: passed to the services for S3 servers only.
+S3_FORM_FIELDS = (
+    "s3_endpoint_url",
+    "s3_region",
+    "s3_bucket",
+    "s3_prefix",
+    "s3_path_style",
+    "s3_access_key_id",
+    "s3_secret_access_key",
+    "s3_object_rules",
+    "s3_parallel_uploads",
+)
+
 
 class ServerForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="Unique in the project; %server% in commands.")
-    hostname = forms.CharField(max_length=255, widget=forms.TextInput(attrs=MONOSPACE))
-    port = forms.IntegerField(min_value=1, max_value=65535, initial=22)
-    username = forms.CharField(max_length=100, widget=forms.TextInput(attrs=MONOSPACE))
+    # Not needed for an S3 bucket (its endpoint says where): the services ask for them on
+    # every other kind of server.
+    hostname = forms.CharField(
+        max_length=255,
+        required=False,
+        widget=forms.TextInput(attrs=shown_for("protocol", *HOST_PROTOCOLS, **MONOSPACE)),
+    )
+    port = forms.IntegerField(
+        min_value=1,
+        max_value=65535,
+        initial=22,
+        required=False,
+        widget=forms.NumberInput(attrs=shown_for("protocol", *HOST_PROTOCOLS)),
+    )
+    username = forms.CharField(
+        max_length=100,
+        required=False,
+        widget=forms.TextInput(attrs=shown_for("protocol", *HOST_PROTOCOLS, **MONOSPACE)),
+    )
     deploy_path = forms.CharField(
         max_length=500,
-        widget=forms.TextInput(attrs=MONOSPACE),
+        required=False,
+        widget=forms.TextInput(attrs=shown_for("protocol", *HOST_PROTOCOLS, **MONOSPACE)),
         help_text="An absolute path; releases/, shared/ and current live in it.",
     )
     auth_method = forms.ChoiceField(
         label="Log in with",
         choices=AuthMethod.choices,
         initial=AuthMethod.PROJECT_KEY,
-        widget=forms.RadioSelect,
+        widget=forms.RadioSelect(attrs=shown_for("protocol", *HOST_PROTOCOLS)),
     )
     password = forms.CharField(
         max_length=1000,
@@ -56,7 +89,7 @@ class ServerForm(forms.Form):
         initial=Protocol.SSH,
         help_text="FTP sends the password and every file in clear text: prefer FTPS, SFTP or "
         "SSH. FTP and FTPS servers log in with a password, take files in place (atomic off) "
-        "and run no commands.",
+        "and run no commands. S3: the files become objects of a bucket (docs/s3.md).",
     )
     atomic = forms.BooleanField(
         label="Atomic releases (releases/ and a current symlink)",
@@ -170,13 +203,107 @@ class ServerForm(forms.Form):
         help_text="FTP and FTPS: files in flight at once, each on a connection of its own.",
     )
 
+    s3_endpoint_url = forms.CharField(
+        label="Endpoint URL",
+        max_length=500,
+        required=False,
+        widget=forms.TextInput(
+            attrs=shown_for(
+                "protocol", Protocol.S3, placeholder="https://minio.example.com:9000", **MONOSPACE
+            )
+        ),
+        help_text="Any S3-compatible service (MinIO, Cloudflare R2, Backblaze B2, Wasabi, "
+        "DigitalOcean Spaces…). Blank: AWS S3 in the region below.",
+    )
+    s3_region = forms.CharField(
+        label="Region",
+        max_length=50,
+        required=False,
+        initial="us-east-1",
+        widget=forms.TextInput(attrs=shown_for("protocol", Protocol.S3, **MONOSPACE)),
+    )
+    s3_bucket = forms.CharField(
+        label="Bucket",
+        max_length=63,
+        required=False,
+        widget=forms.TextInput(attrs=shown_for("protocol", Protocol.S3, **MONOSPACE)),
+    )
+    s3_prefix = forms.CharField(
+        label="Key prefix",
+        max_length=500,
+        required=False,
+        widget=forms.TextInput(
+            attrs=shown_for("protocol", Protocol.S3, placeholder="site/", **MONOSPACE)
+        ),
+        help_text="The folder of the bucket the files go into; blank: its root.",
+    )
+    s3_path_style = forms.BooleanField(
+        label="Path-style addressing (https://host/bucket/key)",
+        required=False,
+        widget=forms.CheckboxInput(attrs=shown_for("protocol", Protocol.S3)),
+        help_text="MinIO and most self-hosted services need it; AWS does not.",
+    )
+    s3_access_key_id = forms.CharField(
+        label="Access key id",
+        max_length=200,
+        required=False,
+        widget=forms.PasswordInput(
+            render_value=False,
+            attrs=shown_for("protocol", Protocol.S3, autocomplete="off", **MONOSPACE),
+        ),
+        help_text="Write-only, stored encrypted.",
+    )
+    s3_secret_access_key = forms.CharField(
+        label="Secret access key",
+        max_length=500,
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(
+            render_value=False,
+            attrs=shown_for("protocol", Protocol.S3, autocomplete="new-password"),
+        ),
+        help_text="Write-only, stored encrypted.",
+    )
+    s3_object_rules = forms.CharField(
+        label="Object rules",
+        required=False,
+        widget=forms.Textarea(
+            attrs=shown_for(
+                "protocol",
+                Protocol.S3,
+                rows=3,
+                placeholder='*.css cache_control="public, max-age=31536000"\n'
+                "*.html cache_control=no-cache acl=public-read",
+                **MONOSPACE,
+            )
+        ),
+        help_text="One a line: a pattern, then acl=, storage_class= or cache_control= "
+        "(docs/s3.md).",
+    )
+    s3_parallel_uploads = forms.IntegerField(
+        label="Parallel uploads",
+        min_value=1,
+        max_value=MAX_PARALLEL_UPLOADS,
+        initial=8,
+        required=False,
+        widget=forms.NumberInput(attrs=shown_for("protocol", Protocol.S3)),
+        help_text="Requests in flight at once, parts of large files included.",
+    )
+
     def __init__(self, *args: Any, server: Server | None = None, **kwargs: Any) -> None:
         self.server = server
         if server is not None and "initial" not in kwargs:
             kwargs["initial"] = {
                 name: getattr(server, name)
                 for name in self.base_fields
-                if name not in ("password", "private_key", "jump_private_key")
+                if name
+                not in (
+                    "password",
+                    "private_key",
+                    "jump_private_key",
+                    "s3_access_key_id",
+                    "s3_secret_access_key",
+                )
             }
         super().__init__(*args, **kwargs)
         if server is not None:
@@ -190,9 +317,32 @@ class ServerForm(forms.Form):
                 self.fields["password"].help_text = "Stored and hidden. Blank keeps it."
             if server.private_key:
                 self.fields["private_key"].help_text = "Stored and hidden. Blank keeps it."
+            if server.s3_access_key_id:
+                self.fields[
+                    "s3_access_key_id"
+                ].help_text = f"Stored: {masked_key_id(server.s3_access_key_id)}. Blank keeps it."
+            if server.s3_secret_access_key:
+                self.fields["s3_secret_access_key"].help_text = "Stored and hidden. Blank keeps it."
 
     def service_data(self) -> dict[str, Any]:
         data = dict(self.cleaned_data)
+        if data.get("protocol") == Protocol.S3:
+            # The endpoint and bucket say where; nothing logs in with a password or key.
+            for unused in ("hostname", "port", "username", "deploy_path", "password"):
+                data.pop(unused, None)
+            data.pop("private_key", None)
+            data["auth_method"] = AuthMethod.PROJECT_KEY
+            data["atomic"] = False
+            for secret in ("s3_access_key_id", "s3_secret_access_key"):
+                if not data.get(secret):
+                    data.pop(secret, None)
+            if data.get("s3_parallel_uploads") is None:
+                data.pop("s3_parallel_uploads", None)
+        else:
+            for unused in S3_FORM_FIELDS:
+                data.pop(unused, None)
+            if data.get("port") is None:
+                data.pop("port", None)
         # Only the secret of the chosen method is passed, and only when typed: on a new
         # server the service then asks for it, on an existing one the stored one stays.
         method = data["auth_method"]

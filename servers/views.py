@@ -12,6 +12,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from builds.engine.s3 import masked_key_id
 from builds.models import TARGET_ACTIVE, Deployment, DeploymentTarget, Kind, Trigger
 from builds.services import deployment_rollback_server, rollback_plan_server
 from projects.dashboard import (
@@ -77,6 +78,7 @@ def _render_server(
             rollback=rollback_plan_server(server),
             check=check,
             trust_error=trust_error,
+            s3_key_id=masked_key_id(server.s3_access_key_id) if server.s3_access_key_id else "",
         ),
     )
 
@@ -105,7 +107,9 @@ def server_new(request: HttpRequest, slug: str) -> HttpResponse:
                 request,
                 f"Server {server.name} added. Test the connection"
                 + (
-                    "." if server.is_ftp else " and trust its host key before the first deployment."
+                    "."
+                    if server.without_ssh
+                    else " and trust its host key before the first deployment."
                 ),
             )
             return redirect("server-detail", slug, server.pk)

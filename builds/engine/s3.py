@@ -532,12 +532,15 @@ class Bucket:
 
 def headers(endpoint: S3Endpoint, path: str, content: bytes | None = None) -> dict[str, Any]:
     """The PutObject arguments a file of the build gets: ContentType by its extension
-    (mimetypes; ``application/octet-stream`` when unknown), the rules' ACL, StorageClass and
+    (mimetypes; ``application/gzip`` for ``.gz``, ``application/octet-stream`` when unknown),
+    the rules' ACL, StorageClass and
     CacheControl, and, for ``content`` given here, its SHA-256 in the metadata."""
     guessed, encoding = mimetypes.guess_type(path, strict=False)
+    if encoding is not None:
+        # A compressed file (site.css.gz) is served as the file it is: a Content-Encoding
+        # would have browsers unpack downloads (.tar.gz) behind the user's back.
+        guessed = "application/gzip" if encoding == "gzip" else None
     extra: dict[str, Any] = {"ContentType": guessed or "application/octet-stream"}
-    if encoding == "gzip" and guessed:
-        extra["ContentEncoding"] = "gzip"
     for rule in endpoint.rules:
         if not rule.matches(path):
             continue

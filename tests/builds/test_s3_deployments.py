@@ -8,11 +8,12 @@ from __future__ import annotations
 import pytest
 
 from builds import services
+from builds.engine import s3
 from builds.engine.errors import InvalidInput
 from builds.models import Deployment, Kind, LogLine, Status
 from builds.tasks import run_deployment
 from servers.models import Protocol, Release, Server
-from servers.services import server_check, server_create
+from servers.services import server_check, server_create, server_lock_break
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -160,3 +161,36 @@ def test_the_endpoint_goes_through_the_servers_address_policy(
     failed = _run(services.deployment_create(project=project, servers=[server], user=alice))
     assert failed.status == Status.FAILED and "loopback address" in failed.error
     assert s3_target.requests() == []  # nothing was sent
+
+
+def test_a_20_mb_file_goes_up_in_parts_through_the_worker(
+    git_repo_factory, s3_target, project_factory, alice
+):
+    repo = git_repo_factory()
+    big = "0123456789abcdef" * (20 * 1024 * 1024 // 16)  # 20 MiB
+    repo.commit({"index.html": "A\n", "downloads/app.bin": big}, "A")
+    project = project_factory(repo)
+    server = _bucket_server(project, s3_target, alice, s3_parallel_uploads=2)
+    done = _run(services.deployment_create(project=project, servers=[server], user=alice))
+    assert done.status == Status.SUCCEEDED, done.error
+    head = s3_target.head("downloads/app.bin")
+    assert head["ContentLength"] == len(big) and head["ETag"].strip('"').endswith("-3")
+
+
+def test_a_lock_left_in_the_bucket_is_broken_from_the_server_page_service(
+    s3_target, project_factory, git_repo_factory, alice
+):
+    project = project_factory(git_repo_factory())
+    server = _bucket_server(project, s3_target, alice)
+    bucket = s3.Bucket(s3_target.endpoint())
+    s3.take_lock(
+        bucket,
+        owner="",
+        holder="someone by hand",
+        stale_after=3600,
+        owner_finished=lambda owner: False,
+    )
+    result = server_lock_break(server=server, user=alice)
+    assert result.broken
+    assert s3.read_lock(bucket) is None
+    assert not server_lock_break(server=server, user=alice).broken

@@ -185,3 +185,29 @@ def test_it_probes_by_listing_then_writing_and_deleting_a_test_object(s3_target)
     found = s3.probe(s3_target.endpoint())
     assert found.writable
     assert s3_target.objects() == {}
+
+
+def test_a_lock_held_by_another_deployment_refuses_and_a_finished_ones_is_taken_over(
+    s3_target, git_repo_factory, tmp_path
+):
+    repo = git_repo_factory()
+    a = repo.commit(SITE, "A")
+    bucket = s3.Bucket(s3_target.endpoint())
+    s3.take_lock(
+        bucket,
+        owner="deployment-7",
+        holder="Slipway deployment #7",
+        stale_after=3600,
+        owner_finished=lambda owner: False,
+    )
+    refused, _ = _deploy(repo, tmp_path, s3_server(s3_target), a, 8)
+    assert not refused.ok
+    assert "is locked by another deployment: Slipway deployment #7" in str(refused.servers[0].error)
+    assert s3_target.objects() == {}
+
+    taken, reporter = _deploy(
+        repo, tmp_path, s3_server(s3_target), a, 9, lock_owner_finished=lambda owner: True
+    )
+    _ok(taken)
+    assert "Took over the lock of deployment-7, which has finished" in reporter.text
+    assert s3.read_lock(bucket) is None
