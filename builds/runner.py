@@ -370,6 +370,7 @@ def server_spec(server: Server, *, with_manifest: bool = True) -> pipeline.Serve
         environment=server.environment,
         file_mode=server.file_mode,
         directory_mode=server.directory_mode,
+        release_copy=server.release_copy,
         live_release=live.name if live else None,
         live_revision=live.revision if live else None,
         live_manifest=manifest,

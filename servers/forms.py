@@ -17,6 +17,7 @@ from servers.models import (
     HealthCheckWhen,
     JumpAuthMethod,
     Protocol,
+    ReleaseCopy,
     Server,
 )
 from servers.services import MAX_KEEP_RELEASES, MIN_KEEP_RELEASES
@@ -103,6 +104,16 @@ class ServerForm(forms.Form):
         initial=3,
         help_text="Releases left on the server after each deployment, the live one included "
         "(at least 2: the live one and the one a rollback returns to).",
+    )
+    release_copy = forms.ChoiceField(
+        label="New releases start as",
+        choices=ReleaseCopy.choices,
+        initial=ReleaseCopy.AUTO,
+        required=False,
+        widget=forms.Select(attrs=shown_for("protocol", Protocol.SSH)),
+        help_text="Hard links cost a directory entry per file instead of its bytes; a file "
+        "written in place afterwards (by a command or the application) then changes in the "
+        "older releases too. Auto: hard links unless the deployment runs commands here.",
     )
     branch = forms.CharField(
         max_length=255,
@@ -354,6 +365,9 @@ class ServerForm(forms.Form):
                 data.pop(secret, None)
         if not data.get("host_key_fingerprint"):
             data.pop("host_key_fingerprint", None)
+        # Not shown for FTP: the server keeps what it has (auto on a new one).
+        if not data.get("release_copy"):
+            data.pop("release_copy", None)
         data["jump_port"] = data.get("jump_port") or 22
         data["jump_auth_method"] = data.get("jump_auth_method") or JumpAuthMethod.PROJECT_KEY
         if data["jump_auth_method"] != JumpAuthMethod.PRIVATE_KEY or not data.get(

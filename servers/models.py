@@ -31,6 +31,14 @@ class JumpAuthMethod(models.TextChoices):
     PRIVATE_KEY = "private_key", "A private key of its own"
 
 
+class ReleaseCopy(models.TextChoices):
+    """How a new release starts from the live one (builds.engine.specs.RELEASE_COPIES)."""
+
+    AUTO = "auto", "Hard links, unless commands run on the server"
+    HARD_LINKS = "hard_links", "Hard links"
+    COPY = "copy", "A full copy"
+
+
 class Server(models.Model):
     project = models.ForeignKey(
         "projects.Project", on_delete=models.CASCADE, related_name="servers"
@@ -51,6 +59,14 @@ class Server(models.Model):
         default=3,
         help_text="Releases left on the server after each deployment, the live one included "
         "(at least 2: the live one and the one a rollback returns to).",
+    )
+    release_copy = models.CharField(
+        max_length=20,
+        choices=ReleaseCopy.choices,
+        default=ReleaseCopy.AUTO,
+        help_text="How each new release starts from the live one: hard links to its files "
+        "(fast; a file written in place afterwards changes in every release sharing it) or "
+        "a full copy. Auto: hard links unless the deployment runs commands on this server.",
     )
     # Deploy this branch instead of the project's default branch.
     branch = models.CharField(max_length=255, blank=True)

@@ -29,6 +29,7 @@ from servers.models import (
     JumpAuthMethod,
     Protocol,
     Release,
+    ReleaseCopy,
     Server,
     ServerGroup,
 )
@@ -100,6 +101,7 @@ class ServerSerializer(serializers.ModelSerializer[Server]):
             "deploy_path",
             "atomic",
             "keep_releases",
+            "release_copy",
             "branch",
             "environment",
             "auto_deploy",
@@ -215,6 +217,14 @@ class ServerInputSerializer(serializers.Serializer[dict[str, Any]]):
         default=3,
         help_text="Releases left on the server after each deployment, the live one included "
         "(at least 2: the live one and the one a rollback returns to).",
+    )
+    release_copy = serializers.ChoiceField(
+        choices=ReleaseCopy.choices,
+        default=ReleaseCopy.AUTO,
+        help_text="How each new release starts from the live one: `hard_links` (a directory "
+        "entry per file; a file written in place afterwards changes in every release sharing "
+        "it), `copy` (every file copied), or `auto` (hard links unless the deployment runs "
+        "commands on this server). See docs/servers.md.",
     )
     branch = serializers.CharField(max_length=255, allow_blank=True, default="")
     environment = serializers.CharField(max_length=50, allow_blank=True, default="")

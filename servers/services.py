@@ -44,7 +44,15 @@ from projects.services import (
     save_unique,
 )
 from servers.health import health_check_clean
-from servers.models import FTP_PROTOCOLS, AuthMethod, HealthCheck, JumpAuthMethod, Protocol, Server
+from servers.models import (
+    FTP_PROTOCOLS,
+    AuthMethod,
+    HealthCheck,
+    JumpAuthMethod,
+    Protocol,
+    ReleaseCopy,
+    Server,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +102,7 @@ SERVER_FIELDS = frozenset(
         "deploy_path",
         "atomic",
         "keep_releases",
+        "release_copy",
         "branch",
         "environment",
         "auto_deploy",
@@ -180,6 +189,11 @@ def server_clean(data: dict[str, Any], *, server: Server | None = None) -> dict[
             "keep_releases",
             f"must be between {MIN_KEEP_RELEASES} and {MAX_KEEP_RELEASES}: it counts every "
             "release on disk, the live one and the one a rollback returns to included.",
+        )
+    if "release_copy" in cleaned and cleaned["release_copy"] not in ReleaseCopy.values:
+        raise InvalidInput(
+            "release_copy",
+            f"{cleaned['release_copy']!r} is not one of {', '.join(ReleaseCopy.values)}.",
         )
     if cleaned.get("branch"):
         cleaned["branch"] = validate_ref(str(cleaned["branch"]).strip(), field="branch")

@@ -217,6 +217,10 @@ class Prepared:
     live: str | None
     #: True when the new release began as a copy of the live one (send only the changes).
     copied: bool
+    #: True when that copy is made of hard links to the live release's files (see
+    #: ``RemoteLayout.lock_and_prepare``): every file to change must be replaced, never
+    #: written in place.
+    linked: bool = False
     #: Paths of the copy that differ from the live release as its deployment left it (after
     #: its commands ran: a person or the application changed them since): they must be sent
     #: again or removed.
@@ -640,6 +644,7 @@ fi
         expected_live: str | None,
         incremental: bool,
         shared_paths: Sequence[str] = (),
+        hard_links: bool = False,
     ) -> str:
         if not is_release_name(name):
             raise InvalidInput("release", f"{name!r} is not a release name")
@@ -666,7 +671,13 @@ rm -rf -- {new} {new}.tmp
 copied=0
 if [ {int(incremental)} = 1 ] && [ -n "$live" ] && [ "$live" = {expected} ] && [ -d "releases/$live" ] \\
    && [ ! -e "releases/$live/{UNFINISHED_MARKER}" ] && [ -f "{MANIFEST_DIR}/$live.stat" ]; then
-  cp -a --reflink=auto -- "releases/$live" {new}.tmp
+  if [ {int(hard_links)} = 1 ] && cp -al -- "releases/$live" {new}.tmp 2>/dev/null; then linked=1
+  else
+    # No hard links wanted, or refused (another account's files under protected_hardlinks,
+    # a file system without them): a real copy.
+    rm -rf -- {new}.tmp; linked=0
+    cp -a --reflink=auto -- "releases/$live" {new}.tmp
+  fi
   # One walk of the copy both lists it and looks for names holding a control character (a
   # newline, a tab): the listing is one line per file, so such a name could not be told
   # apart from its neighbours, and such a release is never copied from (the copy goes).
@@ -682,6 +693,7 @@ fi
 if [ "$copied" = 1 ]; then
   mv -- {new}.tmp {new}
   echo copied=1
+  echo "linked=$linked"
   # What changed in the live release after its deployment finished (people, the application):
   # compare the copy with the listing taken after that deployment's commands ran.
   # Names are bytes (not always UTF-8), so the lists travel as hex: lines of od.
@@ -793,6 +805,10 @@ if [ -e {release}/{UNFINISHED_MARKER} ]; then echo {unfinished}; exit {EXIT_RELE
             lines.append(
                 f"if [ ! -e {in_release} ]; then printf '%s/\\n' {shlex.quote(folder)} >> {made}; fi"
             )
+        # A config file is written as a new file, never into the one at its path: in a
+        # release of hard links, that file is an older release's too.
+        for path in config_paths:
+            lines.append(f"rm -f -- {shlex.quote(f'releases/{name}/{path}')}")
         lines.append("tar -xzpf - --no-same-owner")
         managed_list = shlex.quote(f"{MANIFEST_DIR}/{name}.managed")
         if folders:
@@ -816,7 +832,12 @@ ln -s -- {target} {in_release}"""
             )
         if file_mode:
             mode = _mode(file_mode, "file_mode")
+            # A file with other links (a release made of hard links) is replaced by a copy of
+            # itself first: chmod on it would change the older releases' file too.
             lines.append(
+                f"find {release} -type f ! -name {UNFINISHED_MARKER} ! -perm {mode} -links +1 "
+                '-exec sh -c \'for f; do cp -p -- "$f" "$f.slipway-copy" && '
+                'mv -f -- "$f.slipway-copy" "$f"; done\' sh {} +\n'
                 f"find {release} -type f ! -name {UNFINISHED_MARKER} ! -perm {mode} -exec chmod {mode} {{}} +"
             )
         if directory_mode:
@@ -882,13 +903,24 @@ fi
         expected_live: str | None,
         incremental: bool,
         shared_paths: Sequence[str] = (),
+        hard_links: bool = False,
     ) -> Prepared:
         """Take the deploy path's lock and create ``releases/<name>`` marked unfinished.
 
         When the live release is the one the caller's change set was computed against (and
-        Slipway's listing of it is there), the new release starts as a full copy of it: a
-        copy, not hard links, so that a command writing into the new release cannot change an
-        old one. Otherwise it starts empty and the caller sends everything.
+        Slipway's listing of it is there), the new release starts as a copy of it; otherwise
+        it starts empty and the caller sends everything.
+
+        The copy is a real one (``cp -a --reflink=auto``: a command writing into the new
+        release cannot change an old one), or with ``hard_links`` new folders holding hard
+        links to the live release's files (``cp -al``, as ``rsync --link-dest`` does: it
+        costs a directory entry per file instead of the file's bytes). Slipway itself then
+        never writes into a linked file: what the upload changes is removed first and
+        unpacked as a new file, config files are removed before they are written, and a
+        file whose permissions ``finish`` changes is copied first (``Prepared.linked`` says
+        which copy was made; ``cp -al`` refused, for example by ``protected_hardlinks`` on
+        another account's files, falls back to the real copy). What writes into a file in
+        place afterwards (a command, the application) writes into every release sharing it.
 
         The answer also names the paths of the copy changed since (``drifted``: by hand, to
         be restored) or changed by the live release's own commands (``rewritten``), and
@@ -898,7 +930,11 @@ fi
             holder=holder, owner_id=owner_id, stale_after=stale_after, take_over_from=take_over_from
         )
         prepare = self._prepare_script(
-            name, expected_live=expected_live, incremental=incremental, shared_paths=shared_paths
+            name,
+            expected_live=expected_live,
+            incremental=incremental,
+            shared_paths=shared_paths,
+            hard_links=hard_links,
         )
         out = self._script(self._enter_script() + lock + prepare)
         values: dict[str, list[str]] = {}
@@ -909,6 +945,7 @@ fi
         return Prepared(
             live=(values.get("live") or [""])[-1] or None,
             copied=(values.get("copied") or ["0"])[-1] == "1",
+            linked=(values.get("linked") or ["0"])[-1] == "1",
             drifted=tuple(
                 path for path in _drifted(values.get("drift", [])) if _plain_relative(path)
             ),

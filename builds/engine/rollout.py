@@ -61,6 +61,8 @@ from builds.engine.specs import (
     CANARY,
     LEFT_RUNNING_SUFFIX,
     PREPARE_THEN_SWITCH,
+    RELEASE_COPY_AUTO,
+    RELEASE_COPY_HARD_LINKS,
     ROLLING,
     STAGE_AFTER_SWITCH,
     STAGE_BEFORE_SWITCH,
@@ -542,6 +544,12 @@ class ServerRun(_Run):
                         f"restored in the new release: {_first(drifted)}"
                     )
             removals = changes.deleted + [p for p in changes.modified if manifest[p].kind != "dir"]
+            if prepared.linked:
+                # A path new to the build may already be in the copy (made on the server
+                # since): a hard link to the live release's file, removed so that the
+                # upload writes a new one (GNU tar would unlink it; other tars write into it).
+                there = set(prepared.drifted) | set(prepared.rewritten)
+                removals += [p for p in changes.added if p in there and manifest[p].kind != "dir"]
             changes, removals = self._reuse(changes, manifest, removals)
             self.result.changes = changes
             self.log(changes.summary() + ("" if prepared.copied else " (full upload)"))
@@ -574,6 +582,7 @@ class ServerRun(_Run):
                 expected_live=server.live_release,
                 incremental=not spec.full and server.live_manifest is not None,
                 shared_paths=spec.shared_paths,
+                hard_links=self._hard_links(),
             )
 
         try:
@@ -598,6 +607,15 @@ class ServerRun(_Run):
         for note in prepared.notes:
             self.log(note[:1].upper() + note[1:])
         return prepared
+
+    def _hard_links(self) -> bool:
+        """Whether the new release is made of hard links to the live one's files (see
+        ``specs.RELEASE_COPIES``): "auto" links unless a command of this deployment runs on
+        this server (at any stage: a before-transfer command runs in the live release)."""
+        choice = self.server.release_copy
+        if choice == RELEASE_COPY_AUTO:
+            return not any(command.applies_to(self.server) for command in self.spec.commands)
+        return choice == RELEASE_COPY_HARD_LINKS
 
     def _seeds(self, prepared: release.Prepared) -> list[str]:
         """The paths of the build that fill the shared paths ``shared/`` lacks (logged)."""

@@ -26,6 +26,15 @@ STAGE_BEFORE_TRANSFER = "before_transfer"
 STAGE_BEFORE_SWITCH = "before_switch"
 STAGE_AFTER_SWITCH = "after_switch"
 
+#: How a server's new release starts from its live one (``ServerSpec.release_copy``): hard
+#: links when no command of the deployment runs on that server (commands such as package
+#: managers may rewrite a file in place, which would change every release sharing it),
+#: always hard links, or always a real copy (see docs/servers.md).
+RELEASE_COPY_AUTO = "auto"
+RELEASE_COPY_HARD_LINKS = "hard_links"
+RELEASE_COPY_FULL = "copy"
+RELEASE_COPIES = (RELEASE_COPY_AUTO, RELEASE_COPY_HARD_LINKS, RELEASE_COPY_FULL)
+
 PARALLEL = "parallel"
 PREPARE_THEN_SWITCH = "prepare_then_switch"
 ROLLING = "rolling"
@@ -46,6 +55,8 @@ class ServerSpec:
     environment: str = ""
     file_mode: str = ""
     directory_mode: str = ""
+    #: One of RELEASE_COPIES: how a new release starts from the live one.
+    release_copy: str = RELEASE_COPY_AUTO
     live_release: str | None = None
     live_revision: str | None = None
     live_manifest: Manifest | None = field(default=None, repr=False)

@@ -101,6 +101,7 @@ def test_it_goes_back_to_the_project_key(alice_api, project):
         ("host_key_fingerprint", "SHA256:short"),
         ("file_mode", "999"),
         ("directory_mode", "rwx"),
+        ("release_copy", "symlinks"),
         ("private_key", "-----BEGIN OPENSSH PRIVATE KEY-----\nnot a key\n"),
         ("branch", "bad..branch"),
         ("protocol", "gopher"),
