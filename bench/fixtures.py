@@ -12,6 +12,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -339,3 +342,12 @@ def baselines_for(targets: list[SSHTarget], keys: Keys, known_hosts: Path) -> li
         "".join(f"[127.0.0.1]:{t.port} {keys.host.public_key}\n" for t in targets)
     )
     return [Baseline(t, keys.client.private_path, known_hosts) for t in targets]
+
+
+def parallel(functions: list[Callable[[], None]]) -> float:
+    """Run the functions at once (one thread each); the wall-clock seconds until all end."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=len(functions)) as pool:
+        for future in [pool.submit(function) for function in functions]:
+            future.result()
+    return time.perf_counter() - started

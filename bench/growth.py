@@ -17,13 +17,16 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from bench.environment import configure
 from bench.fixtures import (
+    baselines_for,
     change_repository,
     make_keys,
     make_repository,
+    parallel,
     start_targets,
     stop_targets,
 )
@@ -45,10 +48,19 @@ class Deploy:
 
 @dataclass
 class Point:
+    """One point of a curve, with the baselines measured in the same child on the same tree
+    and servers, all servers at once (None where not measured): ``tar_first``, the seconds
+    ``tar -c | ssh tar -x`` (OpenSSH) takes to put the whole tree there, what any tool pays
+    for the bytes, the encryption and the servers' own work on this machine;
+    ``rsync_incremental``, the seconds ``rsync -a --delete --link-dest`` from the work tree
+    takes for the incremental change (rsync's best case)."""
+
     files: int
     servers: int
     first: Deploy
     incremental: Deploy
+    tar_first: float | None = None
+    rsync_incremental: float | None = None
 
 
 def reset_peak_rss() -> bool:
@@ -83,18 +95,26 @@ def _child(config_path: Path) -> None:
     # Models can only be imported once Django is set up.
     from bench.slipway import SlipwayBench
 
-    targets = start_targets(
-        base / "targets", config["servers"], user=config["user"], keys=make_keys(base / "keys")
-    )
+    keys = make_keys(base / "keys")
+    targets = start_targets(base / "targets", config["servers"], user=config["user"], keys=keys)
     bench = SlipwayBench(repository, base / "warm")
+    baselines = baselines_for(targets, keys, base / "known_hosts")
+    floors: dict[str, float] = {}
     try:
         servers = bench.servers(targets, "growth")
+        # Optionally a parallel group working on ``max_parallel`` servers at once (the
+        # default, without a group, is 5 at a time).
+        arguments = (
+            {"group": bench.group(servers, max_parallel=config["max_parallel"])}
+            if config.get("max_parallel")
+            else {}
+        )
         deploys = []
         for change in (False, True):
             if change:
                 change_repository(repository, config["round"])
             reset = reset_peak_rss()
-            measured = bench.deploy(servers)
+            measured = bench.deploy(servers, **arguments)
             deploys.append(
                 Deploy(
                     seconds=measured.seconds,
@@ -103,12 +123,23 @@ def _child(config_path: Path) -> None:
                     peak_rss_mb=peak_rss_mb() if reset else None,
                 )
             )
+            # The baselines, on the same tree and servers, after Slipway's deploy.
+            if not change:
+                floors["tar_first"] = parallel(
+                    [partial(b.tar, repository, "first") for b in baselines]
+                )
+                parallel([partial(b.rsync, "rsync-tree", repository, "a", None) for b in baselines])
+            else:
+                floors["rsync_incremental"] = parallel(
+                    [partial(b.rsync, "rsync-tree", repository, "b", "a") for b in baselines]
+                )
     finally:
         bench.stop()
         stop_targets(targets)
     result = {
         "first": dataclasses.asdict(deploys[0]),
         "incremental": dataclasses.asdict(deploys[1]),
+        **floors,
     }
     Path(config["output"]).write_text(json.dumps(result))
 
@@ -138,7 +169,7 @@ def measure(
         if files not in repositories:
             repositories[files] = base / f"repository-{files}"
             make_repository(repositories[files], text_files=files)
-        runs: list[tuple[Deploy, Deploy]] = []
+        runs: list[tuple[Deploy, Deploy, dict[str, float]]] = []
         for attempt in range(1, repeat + 1):
             rounds += 1
             folder = base / f"point-{files}-{servers}-{rounds}"
@@ -162,17 +193,40 @@ def measure(
             )
             if child.returncode == 0:
                 result = json.loads((folder / "result.json").read_text())
-                runs.append((Deploy(**result["first"]), Deploy(**result["incremental"])))
+                runs.append(
+                    (
+                        Deploy(**result["first"]),
+                        Deploy(**result["incremental"]),
+                        {
+                            name: result[name]
+                            for name in ("tar_first", "rsync_incremental")
+                            if name in result
+                        },
+                    )
+                )
             elif failures is not None:
                 failures.append(f"{files:,} files, {servers} servers (exit {child.returncode})")
             shutil.rmtree(folder, ignore_errors=True)
         if runs:
             points.append(
-                Point(files, servers, _median([r[0] for r in runs]), _median([r[1] for r in runs]))
+                Point(
+                    files,
+                    servers,
+                    _median([r[0] for r in runs]),
+                    _median([r[1] for r in runs]),
+                    _median_of([r[2].get("tar_first") for r in runs]),
+                    _median_of([r[2].get("rsync_incremental") for r in runs]),
+                )
             )
     for repository in repositories.values():
         shutil.rmtree(repository, ignore_errors=True)
     return points
+
+
+def _median_of(values: list[float | None]) -> float | None:
+    """The median of the values measured (the lower one of an even count); None if none."""
+    known = sorted(value for value in values if value is not None)
+    return known[(len(known) - 1) // 2] if known else None
 
 
 def _median(deploys: list[Deploy]) -> Deploy:

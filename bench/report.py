@@ -217,19 +217,26 @@ def render(
         f"the median of {_plural(setting.growth_repeat, 'run')}. Peak RSS: "
         "the worker process's VmHWM, reset before each deploy (Django and Celery included). "
         f"The files curve deploys to 1 server; the servers curve deploys {setting.curve_files:,} "
-        "files with the default parallel strategy (5 servers at a time).",
+        "files with the default parallel strategy (5 servers at a time). The baselines run in "
+        "the same child, on the same tree and servers, all servers at once, one ssh each: tar "
+        "over ssh, `tar -c | ssh 'tar -x'` (OpenSSH) of the whole tree, the physical floor of a "
+        "first deploy on this machine (the servers' sshd, tar and file system share its cores "
+        "with the worker); rsync, work tree, `rsync -a --delete --link-dest` of the incremental "
+        "change from the work tree, rsync's best case, which also reads every file's metadata "
+        "on both sides.",
         "",
-        "| files | servers | first deploy | peak RSS | incremental | peak RSS | incremental: "
-        "bytes sent |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| files | servers | first deploy | peak RSS | tar over ssh | incremental | peak RSS | "
+        "incremental: bytes sent | rsync, work tree |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     if not points:
-        lines.append("| not measured in this run | | | | | | |")
+        lines.append("| not measured in this run | | | | | | | | |")
     for point in points:
         lines.append(
             f"| {point.files:,} | {point.servers} | {point.first.seconds:.2f} s | "
-            f"{_mb(point.first.peak_rss_mb)} | {point.incremental.seconds:.2f} s | "
-            f"{_mb(point.incremental.peak_rss_mb)} | {point.incremental.bytes_sent:,} |"
+            f"{_mb(point.first.peak_rss_mb)} | {_seconds(point.tar_first)} | "
+            f"{point.incremental.seconds:.2f} s | {_mb(point.incremental.peak_rss_mb)} | "
+            f"{point.incremental.bytes_sent:,} | {_seconds(point.rsync_incremental)} |"
         )
     if setting.failed:
         failed = "; ".join(setting.failed)
@@ -264,6 +271,12 @@ def curve_goals(points: Sequence[Point]) -> list[str]:
                 f"- {most.servers} servers ≤ {SERVERS_GOAL:g}x the time of {one.servers} "
                 f"({pick.replace('first', 'first deploy')}): {ratio:.2f}x, {_met(ratio <= SERVERS_GOAL)}"
             )
+        if one.tar_first and most.tar_first:
+            items.append(
+                f"  - the floor on this machine: tar over ssh to {most.servers} servers at once "
+                f"takes {most.tar_first / one.tar_first:.2f}x its time to {one.servers} "
+                f"({most.tar_first:.2f} s against {one.tar_first:.2f} s)"
+            )
     files = sorted((p for p in points if p.servers == 1), key=lambda p: p.files)
     if len(files) > 1:
         smallest, largest = files[0], files[-1]
@@ -272,6 +285,12 @@ def curve_goals(points: Sequence[Point]) -> list[str]:
             f"- incremental at {largest.files:,} files ≤ {FILES_GOAL:g}x the one at "
             f"{smallest.files:,}: {ratio:.2f}x, {_met(ratio <= FILES_GOAL)}"
         )
+        if smallest.rsync_incremental and largest.rsync_incremental:
+            items.append(
+                f"  - rsync from a work tree, on the same change: "
+                f"{largest.rsync_incremental / smallest.rsync_incremental:.2f}x "
+                f"({largest.rsync_incremental:.2f} s against {smallest.rsync_incremental:.2f} s)"
+            )
         peaks = [d.peak_rss_mb for d in (largest.first, largest.incremental)]
         if all(peak is not None for peak in peaks):
             peak = max(p for p in peaks if p is not None)
@@ -314,6 +333,10 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
 def _mb(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} MB"
 
@@ -334,6 +357,12 @@ def plot_growth(points: Sequence[Point], folder: Path) -> dict[str, Path]:
             deploys = [getattr(p, pick) for p in chosen]
             time_axis.plot(xs, [d.seconds for d in deploys], marker="o", label=label)
             memory_axis.plot(xs, [d.peak_rss_mb or 0.0 for d in deploys], marker="o", label=label)
+        for label, floors in (
+            ("tar over ssh (first)", [p.tar_first for p in chosen]),
+            ("rsync, work tree (incremental)", [p.rsync_incremental for p in chosen]),
+        ):
+            if all(floor is not None for floor in floors):
+                time_axis.plot(xs, floors, marker="o", linestyle=":", label=label)
         if name == "files":
             memory_axis.axhline(RSS_GOAL_MB, linestyle="--", color="grey", label="goal")
         for axes, ylabel in ((time_axis, "seconds"), (memory_axis, "worker peak RSS (MB)")):

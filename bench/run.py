@@ -21,9 +21,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -41,6 +38,7 @@ from bench.fixtures import (
     head,
     make_keys,
     make_repository,
+    parallel,
     release_base,
     start_targets,
     stop_targets,
@@ -83,15 +81,6 @@ QUICK = Plan(
     growth_repeat=1,
 )
 SERVERS = 3
-
-
-def parallel(functions: list[Callable[[], None]]) -> float:
-    """Run the functions at once (one thread each); the wall-clock seconds until all end."""
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=len(functions)) as pool:
-        for future in [pool.submit(function) for function in functions]:
-            future.result()
-    return time.perf_counter() - started
 
 
 def _commit(outputs: list[Path]) -> str:

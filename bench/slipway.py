@@ -31,7 +31,7 @@ from builds.runner import build_spec
 from deployer.embedded import start_worker
 from projects.models import Project
 from projects.services import project_create
-from servers.models import Server
+from servers.models import GroupMember, Server, ServerGroup
 from tests.support.sshd import SSHTarget
 
 #: Time in which no step ran on any server (the runner's own work: loading the spec and the
@@ -65,6 +65,7 @@ STEP_PHASES = {
     "connect": "connect",
     "transfer": "prepare",  # lock + prepare the new release, and the change set
     "lock": "prepare",  # a rollback's lock and check of the kept release
+    "prepare": "prepare",  # lock + prepare, started while the build runs
     "upload": "transfer",  # the tar stream, then finish (split out by PhaseClock)
     "switch": "switch",
     "clean up": "switch",
@@ -199,6 +200,18 @@ class SlipwayBench:
                 )
             )
         return rows
+
+    def group(self, servers: Sequence[Server], *, max_parallel: int) -> ServerGroup:
+        """A parallel group of ``servers`` working on ``max_parallel`` of them at once."""
+        group = ServerGroup.objects.create(
+            project=self.project,
+            name=f"parallel-{max_parallel}-{time.monotonic_ns()}",
+            strategy="parallel",
+            max_parallel=max_parallel,
+        )
+        for position, server in enumerate(servers):
+            GroupMember.objects.create(group=group, server=server, position=position)
+        return group
 
     def deploy(self, servers: Sequence[Server], **arguments: Any) -> Measurement:
         """Queue a deployment (services.deployment_create's arguments), wait for it and

@@ -4,7 +4,6 @@ the database and the live log, and records what each server ended with."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shutil
 import threading
@@ -59,7 +58,7 @@ from builds.services import deployment_broadcast_status, deployment_finish, roll
 from deployer.db import project_lock, retrying
 from projects.models import Project
 from projects.secrets import project_secrets
-from servers.models import AuthMethod, JumpAuthMethod, Protocol, Release, Server
+from servers.models import AuthMethod, EncodedJSON, JumpAuthMethod, Protocol, Release, Server
 
 logger = logging.getLogger(__name__)
 
@@ -630,6 +629,7 @@ def _deploy_spec(
     **overrides: Any,
 ) -> pipeline.DeploySpec:
     project = deployment.project
+    strategy = strategy_spec(deployment)
     return pipeline.DeploySpec(
         deployment_id=deployment.pk,
         project=project.name,
@@ -651,7 +651,9 @@ def _deploy_spec(
         shared_paths=tuple(project.shared_paths),
         server_env={v.name: v.value for v in project.environment_variables.filter(servers=True)},
         health_checks=health_check_specs(project),
-        strategy=strategy_spec(deployment),
+        strategy=strategy,
+        # The group's "servers at a time" is the limit (the engine's default would cap it at 5).
+        max_parallel=strategy.max_parallel,
         lock_owner_finished=_lock_owner_finished,
         lock_stale_after=settings.DEPLOYMENT_TIME_LIMIT,
         fetch_timeout_seconds=settings.FETCH_TIMEOUT,
@@ -711,6 +713,7 @@ def _run_rollback(
     switched = [s for s in servers if not (s.without_ssh and s.pk in targets)]
     results: list[pipeline.ServerResult] = []
     if switched:
+        strategy = strategy_spec(deployment)
         spec = pipeline.RollbackSpec(
             deployment_id=deployment.pk,
             project=deployment.project.name,
@@ -724,7 +727,8 @@ def _run_rollback(
                 for v in deployment.project.environment_variables.filter(servers=True)
             },
             health_checks=health_check_specs(deployment.project),
-            strategy=strategy_spec(deployment),
+            strategy=strategy,
+            max_parallel=strategy.max_parallel,
             lock_stale_after=settings.DEPLOYMENT_TIME_LIMIT,
             lock_owner_finished=_lock_owner_finished,
             connections=CONNECTIONS,
@@ -935,7 +939,11 @@ def mark_live(deployment: Deployment, result: pipeline.ServerResult, revision: s
             live=True, went_live_at=now
         )
         return
-    manifest = json.loads(result.manifest.to_json()) if result.manifest is not None else {}
+    manifest: object = (
+        EncodedJSON(result.manifest.to_json().decode("ascii"))
+        if result.manifest is not None
+        else {}
+    )
     previous = was_live if was_live is not None and was_live.name != result.release else None
     Release.objects.update_or_create(
         server_id=server_id,

@@ -75,6 +75,9 @@ class Manifest(Mapping[str, Entry]):
         self._entries: dict[str, Entry] = {
             entry.path: entry for entry in sorted(entries, key=lambda entry: entry.path)
         }
+        # to_json's answer, made once: every server of a deployment writes the same manifest
+        # beside its release, and the database records it once per server.
+        self._json: bytes | None = None
 
     def __getitem__(self, path: str) -> Entry:
         return self._entries[path]
@@ -122,7 +125,10 @@ class Manifest(Mapping[str, Entry]):
         A path that is not UTF-8 (``caf\\xe9.txt`` in Latin-1; in Python a str holding
         surrogate escapes) is written ``{"b64": <base64 of its bytes>}`` instead of a string:
         PostgreSQL's jsonb, where releases keep their manifest, refuses lone surrogates.
+        Made once per manifest (a manifest does not change).
         """
+        if self._json is not None:
+            return self._json
         document = {
             "version": MANIFEST_FORMAT_VERSION,
             "fields": ["path", "kind", "size", "mode", "digest"],
@@ -131,7 +137,8 @@ class Manifest(Mapping[str, Entry]):
                 for entry in self._entries.values()
             ],
         }
-        return json.dumps(document, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+        self._json = json.dumps(document, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+        return self._json
 
     @classmethod
     def from_json(cls, data: bytes) -> Manifest:

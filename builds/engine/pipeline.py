@@ -8,7 +8,9 @@ and a ``Reporter``; this module never touches a database.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -225,9 +227,25 @@ def deploy(spec: DeploySpec, reporter: Reporter) -> DeployResult:
     reporter.check_cancelled()
     start = _common_start(spec)
     commits = mirror.commits_between(start, sha, limit=50) if start != sha else []
-    with _built(spec, mirror, sha, _changed_paths(spec, mirror, start, sha), reporter) as output:
-        reporter.check_cancelled()
-        results = rollout.deliver(spec, output, reporter)
+    # The servers that go first are connected, locked and given their new release while the
+    # revision is checked out and listed (rollout.EarlyStart): the release's name is fixed now.
+    if spec.started_at is None:
+        spec = dataclasses.replace(spec, started_at=time.time())
+    early = (
+        rollout.EarlyStart(spec, sha, reporter)
+        if any(rollout.EarlyStart.eligible(spec, server) for server in spec.servers)
+        else None
+    )
+    try:
+        with _built(
+            spec, mirror, sha, _changed_paths(spec, mirror, start, sha), reporter
+        ) as output:
+            reporter.check_cancelled()
+            results = rollout.deliver(spec, output, reporter, early=early)
+    except BaseException:
+        if early is not None and not early.adopted:
+            early.abandon()
+        raise
     overall = (
         diff(None if spec.full else spec.servers[0].live_manifest, output.manifest)
         if spec.servers

@@ -60,6 +60,7 @@ from builds.engine.manifest import (
 from builds.engine.specs import (
     CANARY,
     LEFT_RUNNING_SUFFIX,
+    PARALLEL,
     PREPARE_THEN_SWITCH,
     RELEASE_COPY_AUTO,
     RELEASE_COPY_HARD_LINKS,
@@ -354,6 +355,8 @@ class _Run:
         self.reporter.check_cancelled()
         if self.server.without_ssh:
             return  # ftp.deliver and s3.deliver open their own connections
+        if self.connection is not None:
+            return  # connected while the build ran (ServerRun.adopt)
         pool = self.spec.connections
         with self.reporter.step("connect", self.server.id):
             # A server behind a jump host shares the deployment's jump connection (closed
@@ -495,6 +498,8 @@ class ServerRun(_Run):
         self.name = name
         self.archives = archives
         self.prepared: release.Prepared | None = None
+        #: The lock and new release EarlyPreparation made while the build ran (see adopt).
+        self.early_prepared: release.Prepared | None = None
         #: What finishing the release writes, when activate() finishes and switches in one
         #: trip.
         self.pending_finish: _Finishing | None = None
@@ -566,56 +571,35 @@ class ServerRun(_Run):
         self._commands(STAGE_BEFORE_SWITCH, self.release_path, "commands before switch")
         self.run_checks(BEFORE_SWITCH, self.release_path)
 
+    def adopt(self, early: EarlyPreparation) -> None:
+        """Take over what ``EarlyPreparation`` did for this server while the build ran: its
+        connection, and the lock and new release when that worked (else ``prepare`` does it
+        again, on the same connection)."""
+        self.connection = early.connection
+        if self.atomic and self.connection is not None:
+            self.layout = release.RemoteLayout(self.connection, self.server.deploy_path)
+        self.locked = early.maybe_locked
+        self.early_prepared = early.prepared
+
     def _lock_and_prepare(self) -> release.Prepared:
         """Lock and start the release in one trip; take over a lock whose owner has finished."""
         assert self.layout is not None
-        spec, server = self.spec, self.server
-
-        def attempt(take_over_from: str = "") -> release.Prepared:
-            assert self.layout is not None
-            return self.layout.lock_and_prepare(
-                self.name,
-                holder=f"Slipway deployment #{spec.deployment_id} by {spec.deployer or 'unknown'}",
-                owner_id=self.owner,
-                stale_after=spec.lock_stale_after,
-                take_over_from=take_over_from,
-                expected_live=server.live_release,
-                incremental=not spec.full and server.live_manifest is not None,
-                shared_paths=spec.shared_paths,
-                hard_links=self._hard_links(),
-            )
-
-        try:
+        if self.early_prepared is not None:
+            prepared, self.early_prepared = self.early_prepared, None
+        else:
             try:
-                prepared = attempt()
-            except LockHeld as held:
-                if (
-                    not held.owner
-                    or held.owner == self.owner
-                    or not spec.lock_owner_finished(held.owner)
-                ):
-                    raise
-                prepared = attempt(take_over_from=held.owner)
-        except LockHeld:
-            raise
-        except BaseException:
-            # Preparing may fail after the lock was taken (a full disk while copying the
-            # live release): abandon() then releases it, if it is this run's.
-            self.locked = True
-            raise
+                prepared = lock_and_prepare(self.layout, self.spec, self.server, self.name)
+            except LockHeld:
+                raise
+            except BaseException:
+                # Preparing may fail after the lock was taken (a full disk while copying the
+                # live release): abandon() then releases it, if it is this run's.
+                self.locked = True
+                raise
         self.locked = True
         for note in prepared.notes:
             self.log(note[:1].upper() + note[1:])
         return prepared
-
-    def _hard_links(self) -> bool:
-        """Whether the new release is made of hard links to the live one's files (see
-        ``specs.RELEASE_COPIES``): "auto" links unless a command of this deployment runs on
-        this server (at any stage: a before-transfer command runs in the live release)."""
-        choice = self.server.release_copy
-        if choice == RELEASE_COPY_AUTO:
-            return not any(command.applies_to(self.server) for command in self.spec.commands)
-        return choice == RELEASE_COPY_HARD_LINKS
 
     def _seeds(self, prepared: release.Prepared) -> list[str]:
         """The paths of the build that fill the shared paths ``shared/`` lacks (logged)."""
@@ -1076,8 +1060,168 @@ def _failure_reason(runs: Sequence[_Run]) -> str:
     return f"{first.server.name} failed: {detail}"
 
 
-def deliver(spec: DeploySpec, output: BuildOutput, reporter: Reporter) -> list[ServerResult]:
-    """Take the built release to every server of ``spec`` with its strategy."""
+def hard_links(spec: DeploySpec, server: ServerSpec) -> bool:
+    """Whether the server's new release is made of hard links to the live one's files (see
+    ``specs.RELEASE_COPIES``): "auto" links unless a command of this deployment runs on
+    this server (at any stage: a before-transfer command runs in the live release)."""
+    choice = server.release_copy
+    if choice == RELEASE_COPY_AUTO:
+        return not any(command.applies_to(server) for command in spec.commands)
+    return choice == RELEASE_COPY_HARD_LINKS
+
+
+def lock_and_prepare(
+    layout: release.RemoteLayout, spec: DeploySpec, server: ServerSpec, name: str
+) -> release.Prepared:
+    """Take ``server``'s lock and start release ``name`` (RemoteLayout.lock_and_prepare),
+    taking over a lock whose owner has finished. Raises LockHeld (the lock is not this
+    deployment's) or what the trip raised (the lock may then be held)."""
+    owner = lock_owner(spec.deployment_id)
+
+    def attempt(take_over_from: str = "") -> release.Prepared:
+        return layout.lock_and_prepare(
+            name,
+            holder=f"Slipway deployment #{spec.deployment_id} by {spec.deployer or 'unknown'}",
+            owner_id=owner,
+            stale_after=spec.lock_stale_after,
+            take_over_from=take_over_from,
+            expected_live=server.live_release,
+            incremental=not spec.full and server.live_manifest is not None,
+            shared_paths=spec.shared_paths,
+            hard_links=hard_links(spec, server),
+        )
+
+    try:
+        return attempt()
+    except LockHeld as held:
+        if not held.owner or held.owner == owner or not spec.lock_owner_finished(held.owner):
+            raise
+        return attempt(take_over_from=held.owner)
+
+
+@dataclasses.dataclass
+class EarlyPreparation:
+    """One server's connection, lock and new release, made while the build runs."""
+
+    server: ServerSpec
+    connection: Connection | None = None
+    prepared: release.Prepared | None = None
+    #: The lock may be this deployment's (a trip that failed may have taken it).
+    maybe_locked: bool = False
+
+
+class EarlyStart:
+    """Connect to the servers that go first and lock and start the new release there while
+    the worker checks the revision out and lists it: that work needs only the release's name,
+    known once the revision is resolved (``deliver`` then adopts it, see ServerRun.adopt).
+
+    Only where nothing can run in between (no build commands: a build may take minutes, with
+    the servers locked meanwhile), with the parallel and prepare-then-switch strategies (the
+    others choose their servers as they go), for SSH servers with atomic releases reached
+    directly (not through a jump host), and the first ``max_parallel`` of them. A failure is
+    left for ``prepare`` to meet again (and report); ``abandon`` undoes it all when the build
+    fails or is cancelled.
+    """
+
+    def __init__(self, spec: DeploySpec, revision: str, reporter: Reporter) -> None:
+        self.spec = spec
+        self.reporter = reporter
+        self.name = release.release_name(revision, spec.started_at)
+        self._done: dict[int, EarlyPreparation] = {}
+        self._lock = threading.Lock()
+        #: ``deliver`` took the servers over: from then on its runs undo what needs undoing.
+        self.adopted = False
+        self._pool: ThreadPoolExecutor | None = None
+        limit = min(spec.max_parallel, spec.strategy.max_parallel)
+        chosen = [s for s in spec.servers if self.eligible(spec, s)][:limit]
+        if chosen:
+            self._pool = ThreadPoolExecutor(
+                max_workers=len(chosen), thread_name_prefix="early-start"
+            )
+            for server in chosen:
+                self._pool.submit(self._start, server)
+
+    @staticmethod
+    def eligible(spec: DeploySpec, server: ServerSpec) -> bool:
+        build = spec.build
+        return (
+            (not build.build_commands or build.skip_build)
+            and not spec.config_only
+            and spec.strategy.kind in (PARALLEL, PREPARE_THEN_SWITCH)
+            and server.atomic
+            and server.shell
+            and not server.without_ssh
+            and server.endpoint.jump is None
+        )
+
+    def _start(self, server: ServerSpec) -> None:
+        early = EarlyPreparation(server)
+        try:
+            self.reporter.check_cancelled()
+            with self.reporter.step("connect", server.id):
+                pool = self.spec.connections
+                early.connection = (
+                    pool.take(server.endpoint) if pool is not None else connect(server.endpoint)
+                )
+            layout = release.RemoteLayout(early.connection, server.deploy_path)
+            with self.reporter.step("prepare", server.id):
+                try:
+                    early.prepared = lock_and_prepare(layout, self.spec, server, self.name)
+                except LockHeld:
+                    pass
+                except BaseException:
+                    early.maybe_locked = True
+                    raise
+            early.maybe_locked = True
+        except BaseException as error:  # met again, and reported, by ServerRun.prepare
+            logger.debug("Early start on %s failed: %s", server.name, error)
+        finally:
+            with self._lock:
+                self._done[server.id] = early
+            self.reporter.thread_finished()
+
+    def wait(self) -> dict[int, EarlyPreparation]:
+        """Every early start, once all have ended, by server id."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        with self._lock:
+            return dict(self._done)
+
+    def abandon(self) -> None:
+        """The build failed or was cancelled: remove each unfinished release made early,
+        release each lock taken, give the connections back."""
+        for early in self.wait().values():
+            if early.connection is None:
+                continue
+            try:
+                if early.maybe_locked:
+                    release.RemoteLayout(early.connection, early.server.deploy_path).discard(
+                        self.name, unlock_owner=lock_owner(self.spec.deployment_id)
+                    )
+            except Exception as error:  # the lock goes stale and is taken over in time
+                logger.warning("Could not undo the early start on %s: %s", early.server.name, error)
+            finally:
+                _give_back(self.spec, early.connection)
+
+
+def _give_back(spec: DeploySpec, connection: Connection) -> None:
+    pool = spec.connections
+    with contextlib.suppress(Exception):
+        if pool is not None:
+            pool.give_back(connection)
+        else:
+            connection.close()
+
+
+def deliver(
+    spec: DeploySpec,
+    output: BuildOutput,
+    reporter: Reporter,
+    *,
+    early: EarlyStart | None = None,
+) -> list[ServerResult]:
+    """Take the built release to every server of ``spec`` with its strategy; ``early``: what
+    was started on the servers while the build ran (EarlyStart), adopted here."""
     name = release.release_name(output.revision, spec.started_at)
     seeds = shared_seeds(spec.build, output.root, spec.shared_paths) if spec.shared_paths else None
     archives = ArchiveCache(output, seeds)
@@ -1085,6 +1229,13 @@ def deliver(spec: DeploySpec, output: BuildOutput, reporter: Reporter) -> list[S
         ServerRun(spec, server, output, name, archives, reporter, index)
         for index, server in enumerate(spec.servers)
     ]
+    if early is not None:
+        assert early.name == name
+        started = early.wait()
+        early.adopted = True
+        for run in runs:
+            if run.server.id in started:
+                run.adopt(started[run.server.id])
     limit = min(spec.max_parallel, spec.strategy.max_parallel)
     try:
         _with_strategy(runs, spec.strategy, reporter, limit)

@@ -4,6 +4,7 @@ itself, and the page says whether each goal is met. Behaviour only; no timings."
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 from datetime import UTC, datetime, timedelta
 
@@ -177,3 +178,25 @@ def test_time_covered_by_steps_counts_overlapping_steps_once():
     steps = [(at(0), at(1)), (at(1), at(4)), (at(2), at(3)), (at(3.5), at(5)), (at(7), at(8))]
     assert _union_seconds(steps) == 6.0
     assert _union_seconds([]) == 0.0
+
+
+def test_the_curves_show_the_baselines_measured_beside_them():
+    one = dataclasses.replace(
+        _point(1_000, 1, first=1.0, incremental=0.5, peak=150.0),
+        tar_first=0.4,
+        rsync_incremental=0.3,
+    )
+    most = dataclasses.replace(
+        _point(1_000, 50, first=9.0, incremental=8.0, peak=170.0), tar_first=4.0
+    )
+    large = dataclasses.replace(
+        _point(100_000, 1, first=9.0, incremental=5.0, peak=170.0), rsync_incremental=3.0
+    )
+
+    goals = curve_goals([one, most, large])
+
+    assert (
+        "  - the floor on this machine: tar over ssh to 50 servers at once takes 10.00x its "
+        "time to 1 (4.00 s against 0.40 s)"
+    ) in goals
+    assert "  - rsync from a work tree, on the same change: 10.00x (3.00 s against 0.30 s)" in goals

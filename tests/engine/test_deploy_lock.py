@@ -20,6 +20,7 @@ import pytest
 from builds.engine import pipeline
 from builds.engine.errors import DiskFull, LockHeld, StorageFailed
 from builds.engine.release import LOCK_DIR, META_DIR, RemoteLayout
+from builds.engine.specs import RELEASE_COPY_FULL
 from builds.engine.ssh import connect
 from tests.support.engine import RecordingReporter, after, deploy_spec, server_for
 from tests.support.sshd import SSHTarget
@@ -267,7 +268,8 @@ def test_a_full_disk_while_copying_the_live_release_leaves_no_lock_and_no_copy(
 ):
     repo = git_repo_factory()
     first = repo.commit({"a.txt": "a\n", "big.bin": os.urandom(600 * 1024)})
-    server = server_for(small_disk)
+    # A real copy: hard links would take no room for the file's bytes.
+    server = server_for(small_disk, release_copy=RELEASE_COPY_FULL)
     server = after(
         pipeline.deploy(deploy_spec(repo, tmp_path, [server], first), RecordingReporter()), server
     )
