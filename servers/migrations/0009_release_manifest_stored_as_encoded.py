@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('servers', '0007_server_release_copy'),
+        ('servers', '0008_server_release_copy'),
     ]
 
     operations = [

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('servers', '0006_server_ftp'),
+        ('servers', '0007_server_s3'),
     ]
 
     operations = [
