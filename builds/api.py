@@ -10,14 +10,21 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from builds.models import Deployment
+from builds.models import Deployment, Schedule, ScheduleRun
+from builds.schedules import schedule_create, schedule_delete, schedule_update
 from builds.serializers import (
     DeploymentCreateSerializer,
     DeploymentPageSerializer,
     DeploymentSerializer,
     DeploymentSummarySerializer,
+    LockAnswerSerializer,
+    LockRequestSerializer,
     LogQuerySerializer,
     LogSerializer,
+    RollbackOptionsSerializer,
+    ScheduleRunPageSerializer,
+    ScheduleRunSerializer,
+    ScheduleSerializer,
 )
 from builds.services import (
     deployment_cancel,
@@ -26,9 +33,20 @@ from builds.services import (
     deployment_request_promotion,
     deployment_rollback,
     deployment_start_with_strategy,
+    stack_lock,
+    stack_unlock,
 )
-from deployer.api import Need, Pagination, get_deployment_for_user, get_project_for_user
+from deployer.api import (
+    Need,
+    Pagination,
+    get_deployment_for_user,
+    get_project_for_user,
+    get_server_for_user,
+    get_setting_for_user,
+)
 from deployer.db import UNAVAILABLE_ERRORS, retrying
+from projects.api import SettingDetailView, SettingListView
+from projects.serializers import lock_data
 
 TAGS = ["deployments"]
 
@@ -104,6 +122,7 @@ class ProjectDeploymentListView(APIView):
             preview=data["preview"],
             skip_build=data["skip_build"],
             skip_cache=data["skip_cache"],
+            freeze_override_reason=data.get("freeze_override_reason", ""),
         )
         return Response(recorded_deployment_data(deployment), status=status.HTTP_201_CREATED)
 
@@ -152,15 +171,22 @@ class DeploymentCancelView(APIView):
 
 class DeploymentRollbackView(APIView):
     @extend_schema(
-        request=None,
+        request=RollbackOptionsSerializer,
         responses={201: DeploymentSerializer},
         operation_id="deployments_rollback",
         tags=TAGS,
-        description="Undo this deployment on each server where it succeeded.",
+        description="Undo this deployment on each server where it succeeded (a stack lock "
+        "or a freeze window does not stop a rollback); with lock_reason, lock the project too.",
     )
     def post(self, request: Request, deployment_id: int) -> Response:
         deployment, membership = get_deployment_for_user(request, deployment_id, need=Need.DEPLOY)
-        rollback = deployment_rollback(deployment=deployment, user=membership.user)
+        options = RollbackOptionsSerializer(data=request.data)
+        options.is_valid(raise_exception=True)
+        rollback = deployment_rollback(
+            deployment=deployment,
+            user=membership.user,
+            lock_reason=options.validated_data.get("lock_reason", ""),
+        )
         return Response(recorded_deployment_data(rollback), status=status.HTTP_201_CREATED)
 
 
@@ -192,3 +218,136 @@ class DeploymentAbortView(APIView):
         deployment, membership = get_deployment_for_user(request, deployment_id, need=Need.DEPLOY)
         deployment_request_abort(deployment=deployment, user=membership.user)
         return Response(recorded_deployment_data(deployment), status=status.HTTP_202_ACCEPTED)
+
+
+# --------------------------------------------------------------------------- stack locks
+
+
+def _lock_answer(locked: Any) -> Response:
+    return Response({"lock": lock_data(locked)})
+
+
+class ProjectDeployLockView(APIView):
+    @extend_schema(
+        request=LockRequestSerializer,
+        responses={200: LockAnswerSerializer},
+        operation_id="projects_deploy_lock_create",
+        tags=["locks"],
+        description="Lock the project (shipit's stack lock): every deployment is refused "
+        "(409), whatever starts it, except rollbacks. 409 when it is locked already.",
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        membership = get_project_for_user(request, slug, need=Need.DEPLOY)
+        serializer = LockRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        stack_lock(
+            project=membership.project,
+            user=membership.user,
+            reason=serializer.validated_data["reason"],
+        )
+        membership.project.refresh_from_db()
+        return _lock_answer(membership.project)
+
+    @extend_schema(
+        request=None,
+        responses={200: LockAnswerSerializer},
+        operation_id="projects_deploy_lock_destroy",
+        tags=["locks"],
+        description="Unlock the project (recorded in the audit log). 409 when it is not locked.",
+    )
+    def delete(self, request: Request, slug: str) -> Response:
+        membership = get_project_for_user(request, slug, need=Need.DEPLOY)
+        stack_unlock(project=membership.project, user=membership.user)
+        membership.project.refresh_from_db()
+        return _lock_answer(membership.project)
+
+
+class ServerDeployLockView(APIView):
+    @extend_schema(
+        request=LockRequestSerializer,
+        responses={200: LockAnswerSerializer},
+        operation_id="projects_servers_deploy_lock_create",
+        tags=["locks"],
+        description="Lock one server: deployments that include it are refused (409), "
+        "except rollbacks. 409 when it is locked already.",
+    )
+    def post(self, request: Request, slug: str, server_id: int) -> Response:
+        server, membership = get_server_for_user(request, slug, server_id, need=Need.DEPLOY)
+        serializer = LockRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        stack_lock(
+            project=membership.project,
+            server=server,
+            user=membership.user,
+            reason=serializer.validated_data["reason"],
+        )
+        server.refresh_from_db()
+        return _lock_answer(server)
+
+    @extend_schema(
+        request=None,
+        responses={200: LockAnswerSerializer},
+        operation_id="projects_servers_deploy_lock_destroy",
+        tags=["locks"],
+        description="Unlock the server (recorded in the audit log). 409 when it is not locked.",
+    )
+    def delete(self, request: Request, slug: str, server_id: int) -> Response:
+        server, membership = get_server_for_user(request, slug, server_id, need=Need.DEPLOY)
+        stack_unlock(project=membership.project, server=server, user=membership.user)
+        server.refresh_from_db()
+        return _lock_answer(server)
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+@extend_schema(tags=["schedules"])
+class ScheduleListView(SettingListView):
+    """A project's scheduled deployments: members read them, admins change them."""
+
+    model = Schedule
+    serializer_class = ScheduleSerializer
+
+    def perform_create(self, serializer: Any) -> None:
+        serializer.instance = schedule_create(
+            project=self.membership.project,
+            actor=self.membership.user,
+            **serializer.validated_data,
+        )
+
+
+@extend_schema(tags=["schedules"])
+class ScheduleDetailView(SettingDetailView):
+    model = Schedule
+    serializer_class = ScheduleSerializer
+
+    def perform_update(self, serializer: Any) -> None:
+        serializer.instance = schedule_update(
+            schedule=serializer.instance,
+            actor=self.membership.user,
+            **serializer.validated_data,
+        )
+
+    def perform_destroy(self, instance: Any) -> None:
+        schedule_delete(schedule=instance, actor=self.membership.user)
+
+
+class ScheduleRunListView(APIView):
+    @extend_schema(
+        responses=ScheduleRunPageSerializer,
+        operation_id="projects_schedules_runs_list",
+        parameters=[
+            OpenApiParameter("page", int, description="Page number, from 1."),
+            OpenApiParameter("page_size", int, description="Runs per page (≤ 200)."),
+        ],
+        tags=["schedules"],
+        description="The schedule's slots, newest first: deployed (with the deployment), "
+        "skipped (reason_code unchanged, frozen, locked, no_servers) or failed (refused).",
+    )
+    def get(self, request: Request, slug: str, pk: int) -> Response:
+        schedule, _ = get_setting_for_user(request, slug, Schedule, pk)
+        paginator = Pagination()
+        page: list[ScheduleRun] | None = paginator.paginate_queryset(
+            schedule.runs.order_by("-slot", "-id"), request, view=self
+        )
+        return paginator.get_paginated_response(ScheduleRunSerializer(page, many=True).data)

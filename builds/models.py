@@ -6,6 +6,8 @@ reused by queries, templates and the API.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import models
@@ -352,3 +354,111 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider} {self.event} {self.outcome}"
+
+
+class ScheduleKind(models.TextChoices):
+    ONCE = "once", "Once, at a date and time"
+    DAILY = "daily", "Every day at a time"
+    WEEKLY = "weekly", "Every week, on some days at a time"
+    CRON = "cron", "A cron expression"
+
+
+class ScheduleQuerySet(models.QuerySet["Schedule"]):
+    def due(self, now: datetime) -> ScheduleQuerySet:
+        """Enabled schedules whose next slot has come (builds.schedules.schedules_tick)."""
+        return self.filter(enabled=True, next_run_at__lte=now)
+
+
+class Schedule(models.Model):
+    """A deployment that starts by itself: once, or at each slot of a recurring rule.
+
+    Daily and weekly rules are cron expressions too (builds.schedules.cron_expression), read
+    by cronsim in ``time_zone``. ``next_run_at`` is the next slot (UTC); None once a one-off
+    schedule ran. Claiming a slot moves it forward with a conditional UPDATE, and each slot
+    has at most one ScheduleRun: a slot never deploys twice.
+    """
+
+    project = models.ForeignKey(
+        "projects.Project", on_delete=models.CASCADE, related_name="schedules"
+    )
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=10, choices=ScheduleKind.choices)
+    # Once: the instant, stored in UTC (entered as a date and time in ``time_zone``).
+    run_at = models.DateTimeField(null=True, blank=True)
+    # Daily and weekly: the local time of day; weekly: the days, 0 = Monday.
+    time_of_day = models.TimeField(null=True, blank=True)
+    weekdays = models.JSONField(default=list, blank=True)
+    cron = models.CharField(max_length=100, blank=True)
+    # An IANA name ("Europe/Paris"): the rule follows its daylight saving time.
+    time_zone = models.CharField(max_length=64, default="UTC")
+    # What to deploy: a group, or servers (in this order).
+    group = models.ForeignKey(
+        "servers.ServerGroup",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="schedules",
+    )
+    servers = models.ManyToManyField("servers.Server", blank=True, related_name="schedules")
+    # A branch, tag or SHA; "" = each server's branch (or the group's).
+    revision = models.CharField(max_length=255, blank=True)
+    # Skip a slot when every server already runs the revision's current commit.
+    skip_unchanged = models.BooleanField(default=True)
+    enabled = models.BooleanField(default=True)
+    next_run_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = ScheduleQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name", "id"]
+        indexes = [
+            # The tick's scan: enabled schedules by their next slot.
+            models.Index(
+                fields=["next_run_at"],
+                condition=models.Q(enabled=True),
+                name="schedule_due",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ScheduleOutcome(models.TextChoices):
+    # Claimed; a worker decides what to do with it (builds.schedules.schedule_run).
+    PENDING = "pending", "Pending"
+    DEPLOYED = "deployed", "Deployed"
+    SKIPPED = "skipped", "Skipped"
+    FAILED = "failed", "Failed"
+
+
+class ScheduleRun(models.Model):
+    """One slot of a schedule and what came of it: a deployment, or why none."""
+
+    schedule = models.ForeignKey(Schedule, on_delete=models.CASCADE, related_name="runs")
+    slot = models.DateTimeField()
+    outcome = models.CharField(
+        max_length=10, choices=ScheduleOutcome.choices, default=ScheduleOutcome.PENDING
+    )
+    # Why it skipped ("frozen", "locked", "unchanged"...), a code for filters and the API.
+    reason_code = models.CharField(max_length=20, blank=True)
+    reason = models.TextField(blank=True)
+    deployment = models.ForeignKey(
+        Deployment, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    claimed_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-slot", "-id"]
+        constraints = [
+            # The last word on "never twice for one slot", whatever claimed it.
+            models.UniqueConstraint(fields=["schedule", "slot"], name="one_run_per_slot"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.schedule_id} @ {self.slot:%Y-%m-%d %H:%M} {self.outcome}"

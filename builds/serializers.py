@@ -10,11 +10,27 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from builds.logs import LOG_PAGE_CHARS, line_payload
-from builds.models import FINAL, Deployment, DeploymentTarget, Kind, LogLine, Status, Step
-from builds.services import LOG_PAGE_SIZE, rollback_plan_deployment
+from builds.models import (
+    FINAL,
+    Deployment,
+    DeploymentTarget,
+    Kind,
+    LogLine,
+    Schedule,
+    ScheduleRun,
+    Status,
+    Step,
+)
+from builds.schedules import describe_rule
+from builds.services import LOG_PAGE_SIZE, MAX_REASON_LENGTH, rollback_plan_deployment
 from deployer.api import api_url
 from deployer.links import deployment_page
-from projects.serializers import ProjectServerField
+from projects.serializers import (
+    LockSerializer,
+    ProjectServerField,
+    SettingSerializer,
+    WallClockTimeField,
+)
 from servers.models import ServerGroup, Strategy
 
 
@@ -241,6 +257,132 @@ class DeploymentCreateSerializer(serializers.Serializer[dict[str, Any]]):
     )
     skip_build = serializers.BooleanField(default=False)
     skip_cache = serializers.BooleanField(default=False)
+    freeze_override_reason = serializers.CharField(
+        max_length=MAX_REASON_LENGTH,
+        required=False,
+        allow_blank=True,
+        help_text="During a freeze window: why this deployment cannot wait. Only a project "
+        "admin may give it; it is kept in the audit log. Without it a frozen project answers "
+        "409, and a reason from someone else 403.",
+    )
+
+
+class RollbackOptionsSerializer(serializers.Serializer[dict[str, Any]]):
+    lock_reason = serializers.CharField(
+        max_length=MAX_REASON_LENGTH,
+        required=False,
+        allow_blank=True,
+        help_text="Also lock the project (the server, for a server's rollback) with this "
+        "reason, so nothing deploys the bad release again until someone unlocks it.",
+    )
+
+
+class LockRequestSerializer(serializers.Serializer[dict[str, Any]]):
+    reason = serializers.CharField(
+        max_length=MAX_REASON_LENGTH, help_text="Why: everyone sees it where the lock shows."
+    )
+
+
+class LockAnswerSerializer(serializers.Serializer[Any]):
+    lock = LockSerializer(allow_null=True, help_text="null once unlocked.")
+
+
+class ScheduleRunSerializer(serializers.ModelSerializer[ScheduleRun]):
+    deployment_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ScheduleRun
+        fields = [
+            "id",
+            "slot",
+            "outcome",
+            "reason_code",
+            "reason",
+            "deployment",
+            "deployment_url",
+            "claimed_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_deployment_url(self, run: ScheduleRun) -> str | None:
+        if run.deployment_id is None:
+            return None
+        return api_url("api-deployment", deployment_id=run.deployment_id)
+
+
+class NaiveOrAwareDateTimeField(serializers.DateTimeField):
+    """An ISO 8601 date and time; without an offset it is a wall-clock time in the
+    schedule's time_zone (builds.schedules), not in the server's."""
+
+    def enforce_timezone(self, value: Any) -> Any:
+        return value
+
+
+class ScheduleSerializer(SettingSerializer):
+    view_name = "api-schedule"
+    servers = ProjectServerField(
+        many=True, required=False, help_text="Server ids, in order (or give a group)."
+    )
+    group = ProjectGroupField(required=False, allow_null=True, help_text="A server group's id.")
+    run_at = NaiveOrAwareDateTimeField(
+        required=False,
+        allow_null=True,
+        help_text="Once: when (ISO 8601; without an offset, in time_zone).",
+    )
+    time_of_day = WallClockTimeField(
+        required=False, allow_null=True, help_text="Daily and weekly: when, HH:MM in time_zone."
+    )
+    weekdays = serializers.ListField(
+        child=serializers.IntegerField(min_value=0, max_value=6),
+        required=False,
+        help_text="Weekly: the days, 0 = Monday … 6 = Sunday.",
+    )
+    time_zone = serializers.CharField(
+        max_length=64, required=False, help_text="An IANA name (UTC, Europe/Paris)."
+    )
+    rule = serializers.SerializerMethodField(help_text="The rule in words.")
+    runs_url = serializers.SerializerMethodField()
+    last_run = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Schedule
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "run_at",
+            "time_of_day",
+            "weekdays",
+            "cron",
+            "time_zone",
+            "group",
+            "servers",
+            "revision",
+            "skip_unchanged",
+            "enabled",
+            "next_run_at",
+            "rule",
+            "last_run",
+            "created_at",
+            "url",
+            "runs_url",
+            "html_url",
+        ]
+        read_only_fields = ["next_run_at", "created_at"]
+
+    def get_rule(self, schedule: Schedule) -> str:
+        return describe_rule(schedule)
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_runs_url(self, schedule: Schedule) -> str:
+        return api_url("api-schedule-runs", slug=schedule.project.slug, pk=schedule.pk)
+
+    @extend_schema_field(ScheduleRunSerializer(allow_null=True))
+    def get_last_run(self, schedule: Schedule) -> dict[str, Any] | None:
+        run = schedule.runs.first()
+        return dict(ScheduleRunSerializer(run).data) if run is not None else None
 
 
 class LogQuerySerializer(serializers.Serializer[dict[str, Any]]):
@@ -285,3 +427,10 @@ class DeploymentPageSerializer(serializers.Serializer[Any]):
     next = serializers.CharField(allow_null=True, help_text="The next page's address.")
     previous = serializers.CharField(allow_null=True)
     results = DeploymentSummarySerializer(many=True)
+
+
+class ScheduleRunPageSerializer(serializers.Serializer[Any]):
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = ScheduleRunSerializer(many=True)

@@ -3,10 +3,11 @@ tasks all change deployments through these functions."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -31,7 +32,8 @@ from builds.models import (
 from builds.presenters import deployment_status
 from deployer import outbox
 from deployer.db import project_lock, retrying
-from projects.models import Project
+from projects.freeze import Freeze, project_freeze
+from projects.models import Membership, Project, Role
 from projects.services import audit_record
 from servers.models import Release, Server, ServerGroup, Strategy
 
@@ -44,6 +46,123 @@ class DeploymentRefused(Exception):
     def __init__(self, field: str, message: str) -> None:
         self.field = field
         super().__init__(message)
+
+
+class DeploymentLocked(DeploymentRefused):
+    """The project or one of the servers is locked (a stack lock): only a rollback runs."""
+
+    code = "locked"
+
+
+class DeploymentFrozen(DeploymentRefused):
+    """A freeze window is in force: automatic deployments wait, a person needs an admin's
+    reason (``freeze_override_reason``)."""
+
+    code = "frozen"
+
+
+class FreezeOverrideForbidden(DeploymentRefused):
+    """A freeze window is in force and the person asking is not an admin of the project."""
+
+    code = "frozen"
+
+
+#: Triggers no person is behind: refused outright during a freeze.
+AUTOMATIC_TRIGGERS = (Trigger.WEBHOOK, Trigger.SCHEDULE)
+#: The longest reason kept for a lock or a freeze override, in characters.
+MAX_REASON_LENGTH = 1000
+
+
+def _when(at: datetime) -> str:
+    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def lock_refusal(*, project: Project, servers: Sequence[Server]) -> DeploymentLocked | None:
+    """Why the stack lock refuses a deployment to ``servers`` (read fresh from the
+    database), or None when neither the project nor any of them is locked."""
+    row = (
+        Project.objects.filter(pk=project.pk)
+        .values("locked_at", "lock_reason", "locked_by__username")
+        .first()
+    )
+    if row is not None and row["locked_at"] is not None:
+        return DeploymentLocked(
+            "project",
+            f"Project {project.slug} is locked by {row['locked_by__username'] or 'someone'} "
+            f"since {_when(row['locked_at'])}: “{row['lock_reason']}”. Only rollbacks run "
+            "until it is unlocked.",
+        )
+    locked = (
+        Server.objects.filter(pk__in=[s.pk for s in servers], locked_at__isnull=False)
+        .select_related("locked_by")
+        .order_by("pk")
+        .first()
+    )
+    if locked is not None and locked.locked_at is not None:
+        by = locked.locked_by.username if locked.locked_by is not None else "someone"
+        return DeploymentLocked(
+            "servers",
+            f"Server {locked.name} is locked by {by} since {_when(locked.locked_at)}: "
+            f"“{locked.lock_reason}”. Only rollbacks run until it is unlocked.",
+        )
+    return None
+
+
+def freeze_in_force(
+    *, project: Project, servers: Sequence[Server], group: ServerGroup | None, now: datetime
+) -> Freeze | None:
+    """The freeze window covering ``now`` for these servers (their environments and the
+    group's), or None."""
+    environments = {server.environment for server in servers if server.environment}
+    if group is not None and group.environment:
+        environments.add(group.environment)
+    return project_freeze(project.pk, now, environments)
+
+
+def _check_gates(
+    *,
+    project: Project,
+    servers: Sequence[Server],
+    group: ServerGroup | None,
+    kind: str,
+    trigger: str,
+    user: User | None,
+    freeze_override_reason: str,
+    now: datetime,
+) -> Freeze | None:
+    """Refuse what the stack lock and the freeze windows do not allow (a rollback passes
+    both: it is how a bad release is undone); return the freeze an admin overrode."""
+    if kind in (Kind.PREVIEW, Kind.ROLLBACK):
+        return None
+    refusal = lock_refusal(project=project, servers=servers)
+    if refusal is not None:
+        raise refusal
+    freeze = freeze_in_force(project=project, servers=servers, group=group, now=now)
+    if freeze is None:
+        return None
+    frozen = f"Project {project.slug} is {freeze.describe()}"
+    if trigger in AUTOMATIC_TRIGGERS:
+        raise DeploymentFrozen(
+            "freeze",
+            f"{frozen}: automatic deployments ({trigger}) are not run during a freeze.",
+        )
+    if not freeze_override_reason:
+        raise DeploymentFrozen(
+            "freeze_override_reason",
+            f"{frozen}. A project admin may deploy anyway by giving a reason, which the "
+            "audit log keeps.",
+        )
+    is_admin = (
+        user is not None
+        and user.is_authenticated
+        and Membership.objects.filter(project=project, user=user, role=Role.ADMIN).exists()
+    )
+    if not is_admin:
+        raise FreezeOverrideForbidden(
+            "freeze_override_reason",
+            f"{frozen}: only a project admin may deploy during a freeze.",
+        )
+    return freeze
 
 
 @retrying
@@ -100,8 +219,17 @@ def deployment_create(
     rollback_release: str = "",
     rollback_of: Deployment | None = None,
     strategy: str = "",
+    freeze_override_reason: str = "",
+    now: datetime | None = None,
 ) -> Deployment:
     """Record a deployment and queue it once the transaction commits.
+
+    The stack lock refuses anything but a rollback (DeploymentLocked). During a freeze
+    window (projects.freeze, at ``now``, default the current time) a webhook or schedule is
+    refused (DeploymentFrozen); a person's deployment needs ``freeze_override_reason`` (else
+    DeploymentFrozen) from a project admin (else FreezeOverrideForbidden), and the reason
+    goes to the audit log. Both are checked under the project's lock, so a lock taken while
+    the deployment is being recorded is never missed.
 
     A newer queued deployment supersedes an older queued one on the same server: the older
     target is cancelled with the reason, so a burst of pushes leaves one queued deployment
@@ -135,6 +263,16 @@ def deployment_create(
         list(
             Server.objects.select_for_update().filter(pk__in=[s.pk for s in targets]).order_by("pk")
         )
+        overridden = _check_gates(
+            project=project,
+            servers=targets,
+            group=group,
+            kind=kind,
+            trigger=trigger,
+            user=user,
+            freeze_override_reason=freeze_override_reason.strip()[:MAX_REASON_LENGTH],
+            now=now or timezone.now(),
+        )
         deployment = Deployment.objects.create(
             project=project,
             kind=kind,
@@ -163,6 +301,16 @@ def deployment_create(
             )
             for position, server in enumerate(targets)
         )
+        if overridden is not None:
+            audit_record(
+                project=project,
+                actor=user,
+                action="deployment.freeze_overridden",
+                target=f"deployment #{deployment.pk}",
+                reason=freeze_override_reason.strip()[:MAX_REASON_LENGTH],
+                window=overridden.window.name,
+                until=overridden.until.isoformat(),
+            )
         _dispatch(deployment.pk, kind)
     return deployment
 
@@ -426,9 +574,11 @@ def deployment_start(
     skip_build: bool = False,
     skip_cache: bool = False,
     trigger: str = Trigger.API,
+    freeze_override_reason: str = "",
 ) -> Deployment:
     """Deploy (or preview) ``revision``, by default each server's branch head, or the group's
-    branch when the group has one."""
+    branch when the group has one. During a freeze an admin gives ``freeze_override_reason``
+    (see deployment_create for what is refused and raised)."""
     if servers and group is not None:
         raise DeploymentRefused("group", "Give servers or a group, not both")
     if group is not None and group.project_id != project.pk:
@@ -451,6 +601,7 @@ def deployment_start(
             full=full,
             skip_build=skip_build,
             skip_cache=skip_cache,
+            freeze_override_reason=freeze_override_reason,
         )
         audit_record(
             project=project,
@@ -564,9 +715,16 @@ def rollback_release_for(rollback: Deployment, server: Server) -> Release | None
 
 @retrying
 def deployment_rollback_server(
-    *, server: Server, user: User | None, release: str = "", trigger: str = Trigger.API
+    *,
+    server: Server,
+    user: User | None,
+    release: str = "",
+    trigger: str = Trigger.API,
+    lock_reason: str = "",
 ) -> Deployment:
-    """Switch ``server`` back to a kept release (by default the one before the live one)."""
+    """Switch ``server`` back to a kept release (by default the one before the live one).
+    With ``lock_reason``, the server is locked too (stack_lock), in the same transaction, so
+    that nothing deploys the bad release again until someone unlocks it."""
     if release:
         target = server.releases.filter(removed_at__isnull=True, name=release).first()
         if target is None:
@@ -598,15 +756,22 @@ def deployment_rollback_server(
             server=server.pk,
             release=target.name,
         )
+        if lock_reason.strip():
+            _lock_if_unlocked(project=server.project, server=server, user=user, reason=lock_reason)
     return deployment
 
 
 @retrying
 def deployment_rollback(
-    *, deployment: Deployment, user: User | None, trigger: str = Trigger.API
+    *,
+    deployment: Deployment,
+    user: User | None,
+    trigger: str = Trigger.API,
+    lock_reason: str = "",
 ) -> Deployment:
     """Undo ``deployment`` on each server where it succeeded, with the strategy it ran with
-    (its group's, or its own override): each server goes to rollback_release_of."""
+    (its group's, or its own override): each server goes to rollback_release_of. With
+    ``lock_reason``, the project is locked too (stack_lock), in the same transaction."""
     if deployment.status in ACTIVE:
         raise DeploymentRefused(
             "deployment",
@@ -644,7 +809,92 @@ def deployment_rollback(
             rollback_of=deployment.pk,
             servers=[server.pk for server in servers],
         )
+        if lock_reason.strip():
+            _lock_if_unlocked(project=deployment.project, user=user, reason=lock_reason)
     return rollback
+
+
+# --------------------------------------------------------------------------- stack locks
+# shipit's lock: a person stops every deployment of a project (or of one server) but
+# rollbacks, with a reason everyone sees, until someone unlocks it.
+
+
+class LockStateError(Exception):
+    """Locking what is locked already, or unlocking what is not (409 in the API)."""
+
+
+def _lock_target(project: Project, server: Server | None) -> tuple[Any, str]:
+    if server is not None:
+        if server.project_id != project.pk:
+            raise DeploymentRefused(
+                "server", f"Server {server.pk} is not part of project {project.slug}"
+            )
+        return Server.objects.filter(pk=server.pk), f"server {server.name}"
+    return Project.objects.filter(pk=project.pk), f"project {project.slug}"
+
+
+@retrying
+def stack_lock(
+    *, project: Project, user: User | None, reason: str, server: Server | None = None
+) -> None:
+    """Lock ``project`` (or only ``server``): deployments are refused, rollbacks are not.
+
+    ``reason`` is required (stripped, at most MAX_REASON_LENGTH characters), shown wherever
+    the lock is and kept in the audit log. Raises DeploymentRefused naming ``reason`` when it
+    is empty, LockStateError when it is locked already (its reason is not replaced)."""
+    reason = reason.strip()
+    if not reason:
+        raise DeploymentRefused("reason", "Say why it is locked: everyone sees the reason.")
+    if len(reason) > MAX_REASON_LENGTH:
+        raise DeploymentRefused("reason", f"Keep the reason under {MAX_REASON_LENGTH} characters.")
+    rows, label = _lock_target(project, server)
+    with transaction.atomic():
+        project_lock(project.pk)
+        changed = rows.filter(locked_at__isnull=True).update(
+            locked_at=timezone.now(),
+            locked_by=user if user is not None and user.is_authenticated else None,
+            lock_reason=reason,
+        )
+        if not changed:
+            raise LockStateError(f"{label[0].upper()}{label[1:]} is locked already.")
+        audit_record(
+            project=project,
+            actor=user,
+            action="server.locked" if server is not None else "project.locked",
+            target=label,
+            reason=reason,
+        )
+
+
+def _lock_if_unlocked(
+    *, project: Project, user: User | None, reason: str, server: Server | None = None
+) -> None:
+    # A rollback that offers to lock what is locked already keeps the lock that is there.
+    with contextlib.suppress(LockStateError):
+        stack_lock(project=project, user=user, reason=reason, server=server)
+
+
+@retrying
+def stack_unlock(*, project: Project, user: User | None, server: Server | None = None) -> None:
+    """Lift the lock of ``project`` (or of ``server``), recording who did and the reason it
+    had; LockStateError when it was not locked."""
+    rows, label = _lock_target(project, server)
+    with transaction.atomic():
+        project_lock(project.pk)
+        held = rows.filter(locked_at__isnull=False).values("lock_reason", "locked_by__username")
+        previous = held.first()
+        if previous is None or not rows.filter(locked_at__isnull=False).update(
+            locked_at=None, locked_by=None, lock_reason=""
+        ):
+            raise LockStateError(f"{label[0].upper()}{label[1:]} is not locked.")
+        audit_record(
+            project=project,
+            actor=user,
+            action="server.unlocked" if server is not None else "project.unlocked",
+            target=label,
+            reason=previous["lock_reason"],
+            locked_by=previous["locked_by__username"] or "",
+        )
 
 
 @retrying

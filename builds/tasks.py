@@ -11,7 +11,16 @@ from celery.signals import task_failure, worker_ready
 from celery.worker.control import control_command
 from django.db import DatabaseError
 
-from builds import cleanup, notifications, reconcile, retention, runner, services, webhook_services
+from builds import (
+    cleanup,
+    notifications,
+    reconcile,
+    retention,
+    runner,
+    schedules,
+    services,
+    webhook_services,
+)
 from deployer import outbox
 
 logger = logging.getLogger(__name__)
@@ -79,6 +88,20 @@ def process_webhooks(self: Any, project_id: int) -> int:
 def process_webhook_delivery(self: Any, delivery_id: int) -> int:
     outbox.consumed(self.request.id, worker=self.request.hostname or "")
     return webhook_services.webhook_process(delivery_id)
+
+
+@shared_task(ignore_result=True)
+def tick_schedules() -> int:
+    """Claim the scheduled deployments' due slots (beat's tick-schedules, or the embedded
+    loop); each claimed slot's run is a run_schedule message."""
+    return len(schedules.schedules_tick())
+
+
+# A database error rolls the decision back whole; the run is still pending: try again.
+@shared_task(name=schedules.RUN_SCHEDULE_TASK, **_WEBHOOK_PROCESSING)
+def run_schedule(self: Any, run_id: int) -> None:
+    outbox.consumed(self.request.id, worker=self.request.hostname or "")
+    schedules.schedule_run(run_id)
 
 
 @shared_task(ignore_result=True)

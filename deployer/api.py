@@ -36,7 +36,15 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from builds.engine.errors import InvalidInput
 from builds.models import Deployment
-from builds.services import DeploymentFinished, DeploymentRefused, DeploymentWrongState
+from builds.services import (
+    DeploymentFinished,
+    DeploymentFrozen,
+    DeploymentLocked,
+    DeploymentRefused,
+    DeploymentWrongState,
+    FreezeOverrideForbidden,
+    LockStateError,
+)
 from deployer.db import RETRY_AFTER_SECONDS, UNAVAILABLE_ERRORS, UNAVAILABLE_MESSAGE
 from deployer.links import absolute
 from projects import access
@@ -213,7 +221,9 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response | 
 
     InvalidInput and DeploymentRefused become 400 ``{field: [message]}``; a Django
     ValidationError without a field becomes 400 ``{"detail": message}``; DeploymentFinished,
-    DeploymentWrongState and LockBreakRefused become 409; a body over Django's upload limit 413
+    DeploymentWrongState, LockBreakRefused, LockStateError, and a deployment refused by a
+    stack lock or a freeze window (DeploymentLocked, DeploymentFrozen) become 409; a freeze
+    override by someone who is not an admin (FreezeOverrideForbidden) 403; a body over Django's upload limit 413
     (rather than an HTML page). The database unreachable (deployer.db.UNAVAILABLE_ERRORS) is 503
     ``{"detail": ...}`` with Retry-After: the transaction was rolled back, so trying again
     records the request once.
@@ -228,9 +238,15 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response | 
     if isinstance(exc, InvalidInput):
         message = str(exc).removeprefix(f"{exc.field}: ")
         exc = exceptions.ValidationError({exc.field: [message]})
+    elif isinstance(exc, FreezeOverrideForbidden):
+        exc = exceptions.PermissionDenied(str(exc))
+    elif isinstance(exc, DeploymentLocked | DeploymentFrozen):
+        exc = Conflict(str(exc))
     elif isinstance(exc, DeploymentRefused):
         exc = exceptions.ValidationError({exc.field: [str(exc)]})
-    elif isinstance(exc, DeploymentFinished | DeploymentWrongState | LockBreakRefused):
+    elif isinstance(
+        exc, DeploymentFinished | DeploymentWrongState | LockBreakRefused | LockStateError
+    ):
         exc = Conflict(str(exc))
     elif isinstance(exc, RequestDataTooBig):
         exc = TooLarge(
@@ -339,7 +355,16 @@ def document_errors(
             if "requestBody" in operation:
                 errors["413"] = ("The body is larger than the server accepts.", _ERROR)
                 errors["415"] = ("The body is not JSON, a form or multipart.", _ERROR)
-            if path.endswith("/cancel/"):
+            if method == "post" and path.endswith(("/deployments/", "/rollback/")):
+                errors["409"] = (
+                    "A deployment refused by a stack lock (rollbacks pass) or by a freeze "
+                    "window (an admin may give freeze_override_reason); the message says "
+                    "which, who and until when.",
+                    _ERROR,
+                )
+            if path.endswith("/deploy-lock/"):
+                errors["409"] = ("It is locked already (POST), or not locked (DELETE).", _ERROR)
+            elif path.endswith("/cancel/"):
                 errors["409"] = ("The deployment already finished.", _ERROR)
             elif path.endswith(("/promote/", "/abort/")):
                 errors["409"] = ("The deployment is not in a state that allows this.", _ERROR)

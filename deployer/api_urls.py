@@ -48,6 +48,35 @@ urlpatterns = [
         name="api-server-release",
     ),
     path(SERVER + "rollback/", servers.ServerRollbackView.as_view(), name="api-server-rollback"),
+    # Stack locks (docs/locks.md): only rollbacks run while one holds.
+    path(
+        PROJECT + "deploy-lock/",
+        builds.ProjectDeployLockView.as_view(),
+        name="api-project-deploy-lock",
+    ),
+    path(
+        SERVER + "deploy-lock/",
+        builds.ServerDeployLockView.as_view(),
+        name="api-server-deploy-lock",
+    ),
+    # Scheduled deployments and freeze windows (docs/schedules.md, docs/freeze-windows.md).
+    path(PROJECT + "schedules/", builds.ScheduleListView.as_view(), name="api-schedules"),
+    path(PROJECT + "schedules/<int:pk>/", builds.ScheduleDetailView.as_view(), name="api-schedule"),
+    path(
+        PROJECT + "schedules/<int:pk>/runs/",
+        builds.ScheduleRunListView.as_view(),
+        name="api-schedule-runs",
+    ),
+    path(
+        PROJECT + "freeze-windows/",
+        projects.FreezeWindowListView.as_view(),
+        name="api-freeze-windows",
+    ),
+    path(
+        PROJECT + "freeze-windows/<int:pk>/",
+        projects.FreezeWindowDetailView.as_view(),
+        name="api-freeze-window",
+    ),
     # Deployments.
     path(
         PROJECT + "deployments/",

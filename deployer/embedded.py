@@ -75,11 +75,29 @@ def _send_worker_ready(consumer: object) -> None:
 
 
 def _reap_forever() -> None:
-    """The embedded mode's `celery beat`: the same periodic tasks, in a thread."""
+    """The embedded mode's `celery beat`: the same periodic tasks, in a thread. Scheduled
+    deployments are looked for every SCHEDULE_TICK seconds (or REAPER_INTERVAL, if shorter),
+    the rest every REAPER_INTERVAL."""
     stop = threading.Event()
     next_prune = 0.0
-    while not stop.wait(settings.REAPER_INTERVAL):
-        next_prune = periodic_round(time.monotonic(), next_prune=next_prune)
+    next_round = 0.0
+    while not stop.wait(min(settings.SCHEDULE_TICK, settings.REAPER_INTERVAL)):
+        now = time.monotonic()
+        schedules_round()
+        if now >= next_round:
+            next_prune = periodic_round(now, next_prune=next_prune)
+            next_round = now + settings.REAPER_INTERVAL
+
+
+def schedules_round() -> None:
+    """Claim the scheduled deployments' due slots once (the beat task tick-schedules); each
+    claimed slot's run goes to the in-process worker through the outbox."""
+    from builds.tasks import tick_schedules
+
+    try:
+        tick_schedules()
+    except Exception:  # the loop must outlive a passing database error
+        logger.exception("%s failed", tick_schedules.name)
 
 
 def periodic_round(now: float, *, next_prune: float) -> float:

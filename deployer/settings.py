@@ -93,6 +93,9 @@ HEARTBEAT_TIMEOUT = env.integer("SLIPWAY_HEARTBEAT_TIMEOUT", 120, minimum=10)
 # How often the reaper (celery beat, or the embedded loop) looks for stale deployments: a dead
 # worker's deployment is failed between HEARTBEAT_TIMEOUT and HEARTBEAT_TIMEOUT + this.
 REAPER_INTERVAL = env.integer("SLIPWAY_REAPER_INTERVAL", 30, minimum=5)
+# How often celery beat (or the embedded loop, at most every REAPER_INTERVAL) looks for
+# scheduled deployments whose slot came, in seconds.
+SCHEDULE_TICK = env.integer("SLIPWAY_SCHEDULE_TICK", 15, minimum=5)
 WORKER_CONCURRENCY = env.integer("SLIPWAY_WORKER_CONCURRENCY", 4, minimum=1)
 # Seconds a server's SSH connection stays open after a deployment, for the next one to the
 # same server with the same login and pinned key (0: closed after each deployment).
@@ -439,6 +442,8 @@ CELERY_TASK_ROUTES = {
     "builds.tasks.run_preview": {"queue": "previews"},
     "builds.tasks.process_webhooks": {"queue": "webhooks"},
     "builds.tasks.process_webhook_delivery": {"queue": "webhooks"},
+    # A scheduled slot's run reads the repository's refs and creates a deployment, like a push.
+    "builds.tasks.run_schedule": {"queue": "webhooks"},
     "builds.tasks.send_notification_delivery": {"queue": "notifications"},
     "builds.tasks.resend_due_notification_deliveries": {"queue": "notifications"},
     "builds.tasks.*": {"queue": "housekeeping"},
@@ -450,6 +455,9 @@ CELERY_BEAT_SCHEDULE = {
         "task": "builds.tasks.reap_stale_deployments",
         "schedule": float(REAPER_INTERVAL),
     },
+    # Scheduled deployments whose slot came (docs/schedules.md): a slot starts within this
+    # many seconds of its time; a claim in the database keeps it to one run.
+    "tick-schedules": {"task": "builds.tasks.tick_schedules", "schedule": float(SCHEDULE_TICK)},
     # Notifications whose message was lost (a broker restart) or whose retry is due.
     "resend-due-notifications": {
         "task": "builds.tasks.resend_due_notification_deliveries",

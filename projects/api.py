@@ -36,6 +36,7 @@ from projects.models import (
     ConfigFile,
     EnvironmentVariable,
     ExcludedFile,
+    FreezeWindow,
     Membership,
     Notification,
     Project,
@@ -50,6 +51,7 @@ from projects.serializers import (
     DeliverySerializer,
     EnvironmentVariableSerializer,
     ExcludedFileSerializer,
+    FreezeWindowSerializer,
     MemberCreateSerializer,
     MemberSerializer,
     MemberUpdateSerializer,
@@ -60,6 +62,9 @@ from projects.serializers import (
 )
 from projects.services import (
     api_token_create,
+    freeze_window_create,
+    freeze_window_delete,
+    freeze_window_update,
     member_add,
     member_remove,
     member_update,
@@ -476,3 +481,34 @@ class NotificationDeliveryListView(APIView):
         for delivery in deliveries:
             delivery.notification = notification
         return Response(DeliverySerializer(deliveries, many=True).data)
+
+
+@extend_schema(tags=["freeze windows"])
+class FreezeWindowListView(SettingListView):
+    """A project's freeze windows: members read them, admins change them."""
+
+    model = FreezeWindow
+    serializer_class = FreezeWindowSerializer
+
+    def perform_create(self, serializer: Any) -> None:
+        serializer.instance = freeze_window_create(
+            project=self.membership.project,
+            actor=self.membership.user,
+            **serializer.validated_data,
+        )
+
+
+@extend_schema(tags=["freeze windows"])
+class FreezeWindowDetailView(SettingDetailView):
+    model = FreezeWindow
+    serializer_class = FreezeWindowSerializer
+
+    def perform_update(self, serializer: Any) -> None:
+        serializer.instance = freeze_window_update(
+            window=serializer.instance,
+            actor=self.membership.user,
+            **serializer.validated_data,
+        )
+
+    def perform_destroy(self, instance: Any) -> None:
+        freeze_window_delete(window=instance, actor=self.membership.user)

@@ -74,6 +74,13 @@ class Project(models.Model):
     # Check out the repository's submodules (recursively, with the project's key and the
     # repository's URL rules); off: their folders stay empty.
     submodules = models.BooleanField(default=True)
+    # The stack lock (shipit): while locked_at is set, every deployment of the project is
+    # refused except a rollback (builds.services.deployment_create), whoever asks.
+    locked_at = models.DateTimeField(null=True, blank=True)
+    locked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    lock_reason = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -324,6 +331,44 @@ def is_site_admin(user: User) -> bool:
     """A site admin manages users and site settings: Django's superuser flag, on an active
     account (a deactivated admin is nobody's admin)."""
     return bool(user.is_authenticated and user.is_active and user.is_superuser)
+
+
+class FreezeKind(models.TextChoices):
+    WEEKLY = "weekly", "Every week: days and hours"
+    DATES = "dates", "Dates: from one day to another (holidays)"
+
+
+#: Monday first, as datetime.weekday() numbers them.
+WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+class FreezeWindow(models.Model):
+    """A time when a project (or one environment of it) takes no automatic deployment.
+
+    Weekly: on ``weekdays`` (0 = Monday) from ``start_time`` to ``end_time`` in ``time_zone``;
+    an end at or before the start runs past midnight into the next day. Dates: every day from
+    ``start_date`` to ``end_date`` inclusive in ``time_zone``. projects.freeze decides.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="freeze_windows")
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=10, choices=FreezeKind.choices, default=FreezeKind.WEEKLY)
+    # "" = every server of the project; else only servers (or groups) of this environment.
+    environment = models.CharField(max_length=50, blank=True)
+    weekdays = models.JSONField(default=list, blank=True)
+    start_time = models.TimeField(null=True, blank=True)
+    end_time = models.TimeField(null=True, blank=True)
+    start_date = models.DateField(null=True, blank=True)
+    end_date = models.DateField(null=True, blank=True)
+    # An IANA name ("Europe/Paris"); the window follows its daylight saving time.
+    time_zone = models.CharField(max_length=64, default="UTC")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name", "id"]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class ProjectCreators(models.TextChoices):

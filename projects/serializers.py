@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -19,6 +20,7 @@ from builds.engine.git import redact_url
 from builds.engine.ssh import public_key_fingerprint
 from deployer.api import api_url
 from deployer.links import deployment_page, project_page
+from projects.freeze import project_freeze, window_end
 from projects.models import (
     CONFIGURE_ROLES,
     ApiToken,
@@ -27,6 +29,7 @@ from projects.models import (
     ConfigFile,
     EnvironmentVariable,
     ExcludedFile,
+    FreezeWindow,
     Membership,
     Notification,
     NotificationDelivery,
@@ -39,6 +42,30 @@ from projects.services import MAX_POSITION, MAX_TIMEOUT_SECONDS, MAX_TOKEN_DAYS
 from servers.models import Server
 
 MAX_PATHS = 100
+
+
+class LockSerializer(serializers.Serializer[Any]):
+    locked_at = serializers.DateTimeField()
+    locked_by = serializers.CharField(allow_null=True, help_text="The username; null if gone.")
+    reason = serializers.CharField()
+
+
+def lock_data(locked: Any) -> dict[str, Any] | None:
+    """The stack lock of a project or a server for an answer, or None when it is unlocked."""
+    if locked.locked_at is None:
+        return None
+    return {
+        "locked_at": locked.locked_at,
+        "locked_by": locked.locked_by.username if locked.locked_by_id else None,
+        "reason": locked.lock_reason,
+    }
+
+
+class FreezeSerializer(serializers.Serializer[Any]):
+    window = serializers.CharField(help_text="The freeze window's name.")
+    environment = serializers.CharField(help_text="'' when it covers every server.")
+    until = serializers.DateTimeField(help_text="When it ends.")
+    description = serializers.CharField()
 
 
 class ProjectSerializer(serializers.ModelSerializer[Project]):
@@ -63,6 +90,13 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
     html_url = serializers.SerializerMethodField()
     servers_url = serializers.SerializerMethodField()
     deployments_url = serializers.SerializerMethodField()
+    lock = serializers.SerializerMethodField(
+        help_text="The stack lock: null, or who locked the project, when and why. While it "
+        "is locked only rollbacks run (POST/DELETE deploy-lock/)."
+    )
+    freeze = serializers.SerializerMethodField(
+        help_text="The freeze window in force now (on any environment), or null."
+    )
 
     class Meta:
         model = Project
@@ -90,6 +124,8 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
             "html_url",
             "servers_url",
             "deployments_url",
+            "lock",
+            "freeze",
         ]
         read_only_fields = fields
 
@@ -100,6 +136,22 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
     def get_repository_url(self, project: Project) -> str:
         # A token typed into the URL (https://user:token@host/...) is a secret too.
         return redact_url(project.repository_url)
+
+    @extend_schema_field(LockSerializer(allow_null=True))
+    def get_lock(self, project: Project) -> dict[str, Any] | None:
+        return lock_data(project)
+
+    @extend_schema_field(FreezeSerializer(allow_null=True))
+    def get_freeze(self, project: Project) -> dict[str, Any] | None:
+        freeze = project_freeze(project.pk, timezone.now())
+        if freeze is None:
+            return None
+        return {
+            "window": freeze.window.name,
+            "environment": freeze.window.environment,
+            "until": freeze.until,
+            "description": freeze.describe(),
+        }
 
     @extend_schema_field(serializers.ChoiceField(choices=Role.choices))
     def get_role(self, project: Project) -> str:
@@ -546,3 +598,65 @@ class ApiTokenCreateSerializer(serializers.Serializer[dict[str, Any]]):
         max_value=MAX_TOKEN_DAYS,
         help_text="Or a number of days from now. Neither: the token lasts until revoked.",
     )
+
+
+@extend_schema_field(
+    {
+        "type": "string",
+        "pattern": r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$",
+        "example": "18:00",
+        "description": "A wall-clock time of day, HH:MM, in the object's time_zone.",
+    }
+)
+class WallClockTimeField(serializers.TimeField):
+    """A time of day without an offset: it is read in the object's own time zone (an
+    OpenAPI "time" would demand an offset)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("format", "%H:%M")
+        super().__init__(**kwargs)
+
+
+class FreezeWindowSerializer(SettingSerializer):
+    view_name = "api-freeze-window"
+    start_time = WallClockTimeField(required=False, allow_null=True)
+    end_time = WallClockTimeField(
+        required=False,
+        allow_null=True,
+        help_text="At or before start_time: the window runs past midnight.",
+    )
+    weekdays = serializers.ListField(
+        child=serializers.IntegerField(min_value=0, max_value=6),
+        required=False,
+        help_text="Weekly: the days, 0 = Monday … 6 = Sunday.",
+    )
+    time_zone = serializers.CharField(
+        max_length=64, required=False, help_text="An IANA name (UTC, Europe/Paris)."
+    )
+    active_until = serializers.SerializerMethodField(
+        help_text="When the window ends, if it is in force now; null otherwise."
+    )
+
+    class Meta:
+        model = FreezeWindow
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "environment",
+            "weekdays",
+            "start_time",
+            "end_time",
+            "start_date",
+            "end_date",
+            "time_zone",
+            "active_until",
+            "created_at",
+            "url",
+            "html_url",
+        ]
+        read_only_fields = ["created_at"]
+
+    @extend_schema_field(serializers.DateTimeField(allow_null=True))
+    def get_active_until(self, window: FreezeWindow) -> Any:
+        return window_end(window, timezone.now())

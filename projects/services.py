@@ -37,6 +37,7 @@ from builds.engine.release import validate_group, validate_mode, validate_relati
 from builds.logs import user_group_name
 from builds.models import ACTIVE
 from deployer.db import project_lock
+from projects.freeze import freeze_window_clean
 from projects.keys import generate_ed25519
 from projects.models import (
     ApiToken,
@@ -48,6 +49,7 @@ from projects.models import (
     ConfigFile,
     EnvironmentVariable,
     ExcludedFile,
+    FreezeWindow,
     Membership,
     Project,
     Role,
@@ -919,3 +921,50 @@ def project_setting_delete(*, instance: models.Model, actor: User) -> None:
             target=f"{kind.label} {instance}",
         )
         instance.delete()
+
+
+# --------------------------------------------------------------------------- freeze windows
+
+
+def freeze_window_create(*, project: Project, actor: User, **data: Any) -> FreezeWindow:
+    """Record a freeze window (see projects.freeze for the fields); InvalidInput naming the
+    field."""
+    fields = dict(data)
+    freeze_window_clean(fields)
+    with transaction.atomic():
+        window = FreezeWindow.objects.create(project=project, **fields)
+        audit_record(
+            project=project,
+            actor=actor,
+            action="freeze_window.created",
+            target=f"freeze window {window.name}",
+            environment=window.environment,
+        )
+    return window
+
+
+def freeze_window_update(*, window: FreezeWindow, actor: User, **data: Any) -> FreezeWindow:
+    fields = dict(data)
+    freeze_window_clean(fields, instance=window)
+    with transaction.atomic():
+        changed = model_update(instance=window, data=fields)
+        if changed:
+            audit_record(
+                project=window.project,
+                actor=actor,
+                action="freeze_window.updated",
+                target=f"freeze window {window.name}",
+                fields=sorted(changed),
+            )
+    return window
+
+
+def freeze_window_delete(*, window: FreezeWindow, actor: User) -> None:
+    with transaction.atomic():
+        audit_record(
+            project=window.project,
+            actor=actor,
+            action="freeze_window.deleted",
+            target=f"freeze window {window.name}",
+        )
+        window.delete()

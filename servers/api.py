@@ -201,6 +201,7 @@ class ServerRollbackView(APIView):
             server=server,
             user=membership.user,
             release=serializer.validated_data.get("release", ""),
+            lock_reason=serializer.validated_data.get("lock_reason", ""),
         )
         return Response(recorded_deployment_data(deployment), status=status.HTTP_201_CREATED)
 

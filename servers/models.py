@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
@@ -132,6 +133,12 @@ class Server(models.Model):
     s3_object_rules = models.TextField(blank=True)
     # Requests in flight at once (multipart parts included).
     s3_parallel_uploads = models.PositiveSmallIntegerField(default=8)
+    # The stack lock of this server alone (see Project.locked_at): only rollbacks go through.
+    locked_at = models.DateTimeField(null=True, blank=True)
+    locked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    lock_reason = models.TextField(blank=True)
     position = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
 

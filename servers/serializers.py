@@ -17,10 +17,15 @@ from builds.engine.errors import InvalidInput
 from builds.engine.ftp import MAX_CONNECTIONS as MAX_FTP_CONNECTIONS
 from builds.engine.s3 import MAX_PARALLEL_UPLOADS, masked_key_id
 from builds.engine.specs import parse_batch_size
-from builds.services import rollback_plan_server
+from builds.services import MAX_REASON_LENGTH, rollback_plan_server
 from deployer.api import api_url
 from deployer.links import deployment_page, server_page
-from projects.serializers import ProjectServerField, SettingSerializer
+from projects.serializers import (
+    LockSerializer,
+    ProjectServerField,
+    SettingSerializer,
+    lock_data,
+)
 from projects.services import MAX_POSITION
 from servers.health import strategy_clean
 from servers.models import (
@@ -87,6 +92,10 @@ class ServerSerializer(serializers.ModelSerializer[Server]):
     url = serializers.SerializerMethodField()
     html_url = serializers.SerializerMethodField()
     releases_url = serializers.SerializerMethodField()
+    lock = serializers.SerializerMethodField(
+        help_text="This server's stack lock: null, or who locked it, when and why (the "
+        "project's own lock is on the project)."
+    )
 
     class Meta:
         model = Server
@@ -130,6 +139,7 @@ class ServerSerializer(serializers.ModelSerializer[Server]):
             "position",
             "live_release",
             "rollback_target",
+            "lock",
             "created_at",
             "url",
             "html_url",
@@ -145,6 +155,10 @@ class ServerSerializer(serializers.ModelSerializer[Server]):
 
     def get_s3_secret_access_key_set(self, server: Server) -> bool:
         return bool(server.s3_secret_access_key)
+
+    @extend_schema_field(LockSerializer(allow_null=True))
+    def get_lock(self, server: Server) -> dict[str, Any] | None:
+        return lock_data(server)
 
     def get_jump_trusted(self, server: Server) -> bool:
         return bool(server.jump_hostname and server.jump_host_key_fingerprint)
@@ -477,6 +491,13 @@ class RollbackSerializer(serializers.Serializer[dict[str, Any]]):
         required=False,
         allow_blank=True,
         help_text="A kept release's name; by default the one before the live one.",
+    )
+    lock_reason = serializers.CharField(
+        max_length=MAX_REASON_LENGTH,
+        required=False,
+        allow_blank=True,
+        help_text="Also lock the server with this reason (a stack lock): nothing but "
+        "rollbacks deploys to it until someone unlocks it.",
     )
 
 

@@ -580,11 +580,21 @@ class Mirror:
 
         Raises HostKeyNotTrusted (an ssh host whose key is not pinned), FetchTimedOut, or
         RepositoryError when git cannot list them."""
+        prefix = "refs/heads/"
+        return sorted(
+            ref[len(prefix) :] for ref in self.remote_refs("--heads") if ref.startswith(prefix)
+        )
+
+    def remote_refs(self, *options: str) -> dict[str, str]:
+        """``{"refs/heads/main": "<40-hex SHA>", "refs/tags/v1^{}": ...}``: what `git
+        ls-remote [options]` lists now (``--heads``, ``--tags``, or nothing for every ref),
+        with the same credentials, host key, protocols, time limit and errors as
+        ``remote_branches``."""
         self._check_host_key_pinned()
         self._ensure_initialised()
         with self._transport_environment() as environment:
             process = subprocess.Popen(
-                ["git", f"--git-dir={self.path}", "ls-remote", "--heads", self._fetch_url],
+                ["git", f"--git-dir={self.path}", "ls-remote", *options, self._fetch_url],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -607,13 +617,11 @@ class Mirror:
         if process.returncode != 0:
             self._check_host_key_unchanged(stderr)
             raise RepositoryError(self._fetch_failure_message(stderr))
-        prefix = b"refs/heads/"
-        names = []
+        refs: dict[str, str] = {}
         for line in stdout.splitlines():
-            _sha, _tab, ref = line.partition(b"\t")
-            if ref.startswith(prefix):
-                names.append(ref[len(prefix) :].decode("utf-8", errors="replace"))
-        return sorted(names)
+            sha, _tab, ref = line.partition(b"\t")
+            refs[ref.decode("utf-8", errors="replace")] = sha.decode("ascii", errors="replace")
+        return refs
 
     # -- reading
 
@@ -1077,6 +1085,30 @@ class Mirror:
             _kill_group(process)
             reader.join(timeout=5)
             process.stderr.close()
+
+
+def remote_refs(
+    url: str,
+    *,
+    ssh_private_key: str | None = None,
+    https_token: str | None = None,
+    allow_local: bool = False,
+    host_key: str | None = None,
+    timeout: float = DEFAULT_FETCH_TIMEOUT_SECONDS,
+) -> dict[str, str]:
+    """Every ref of the repository at ``url`` and its SHA (see ``Mirror.remote_refs``, whose
+    errors it raises), without touching any project's mirror."""
+    with tempfile.TemporaryDirectory(prefix="slipway-ls-remote-") as scratch:
+        mirror = Mirror(
+            Path(scratch) / "mirror.git",
+            url,
+            ssh_private_key=ssh_private_key,
+            https_token=https_token,
+            allow_local=allow_local,
+            host_key=host_key,
+            fetch_timeout=timeout,
+        )
+        return mirror.remote_refs()
 
 
 def remote_branches(

@@ -3,17 +3,19 @@ every operation that changes something, with real paths, read from the OpenAPI s
 
 from __future__ import annotations
 
+from datetime import time
 from typing import Any
 
 from rest_framework.test import APIClient
 
-from builds.models import Deployment, LogLine, Status
+from builds.models import Deployment, LogLine, Schedule, Status
 from projects.models import (
     BuildCommand,
     Command,
     ConfigFile,
     EnvironmentVariable,
     ExcludedFile,
+    FreezeWindow,
     Notification,
     Project,
 )
@@ -51,6 +53,16 @@ def one_of_each(project: Project) -> dict[str, Any]:
         ).pk,
         "notifications": Notification.objects.create(
             project=project, kind="slack", url="https://1.1.1.1/services/T/B/token"
+        ).pk,
+        "schedules": Schedule.objects.create(
+            project=project, name="nightly", kind="daily", time_of_day=time(3, 0)
+        ).pk,
+        "freeze-windows": FreezeWindow.objects.create(
+            project=project,
+            name="weekend",
+            weekdays=[5, 6],
+            start_time=time(0, 0),
+            end_time=time(0, 0),
         ).pk,
     }
     return {
