@@ -1,13 +1,23 @@
-"""The dashboard's form to start a deployment (or its preview)."""
+"""The dashboard's forms to start a deployment (or its preview) and to schedule one."""
 
 from __future__ import annotations
 
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from django import forms
 
 from builds.engine.git import Commit
-from projects.forms import MONOSPACE
+from builds.models import Schedule, ScheduleKind
+from builds.services import MAX_REASON_LENGTH
+from projects.forms import (
+    MONOSPACE,
+    SettingForm,
+    WeekdaysField,
+    servers_field,
+    shown_for,
+    time_zone_field,
+)
 from projects.models import Project
 from servers.models import Server, ServerGroup, Strategy
 
@@ -51,6 +61,14 @@ class DeploymentForm(forms.Form):
     full = forms.BooleanField(label="Upload every file, not only the changes", required=False)
     skip_build = forms.BooleanField(label="Skip the build commands", required=False)
     skip_cache = forms.BooleanField(label="Build without the build cache", required=False)
+    freeze_override_reason = forms.CharField(
+        label="Why deploy during the freeze",
+        required=False,
+        max_length=MAX_REASON_LENGTH,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Only a project admin may deploy during a freeze; the reason is kept in the "
+        "audit log.",
+    )
 
     def __init__(self, *args: Any, project: Project, commits: list[Commit], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -71,3 +89,85 @@ class DeploymentForm(forms.Form):
 
     def chosen_revision(self) -> str:
         return str(self.cleaned_data.get("ref") or self.cleaned_data.get("revision") or "").strip()
+
+
+class ScheduleForm(SettingForm):
+    """A scheduled deployment; builds.schedules (through its services) has the rules."""
+
+    model = Schedule
+
+    name = forms.CharField(
+        max_length=100, widget=forms.TextInput(attrs={"placeholder": "Nightly staging"})
+    )
+    kind = forms.ChoiceField(label="When", choices=ScheduleKind.choices, initial=ScheduleKind.DAILY)
+    run_at = forms.DateTimeField(
+        label="Date and time",
+        required=False,
+        widget=forms.DateTimeInput(
+            attrs=shown_for("kind", ScheduleKind.ONCE, type="datetime-local"),
+            format="%Y-%m-%dT%H:%M",
+        ),
+        help_text="In the time zone below.",
+    )
+    time_of_day = forms.TimeField(
+        label="At",
+        required=False,
+        widget=forms.TimeInput(
+            attrs=shown_for("kind", ScheduleKind.DAILY, ScheduleKind.WEEKLY, type="time"),
+            format="%H:%M",
+        ),
+    )
+    weekdays = WeekdaysField(
+        label="On",
+        widget=forms.CheckboxSelectMultiple(attrs=shown_for("kind", ScheduleKind.WEEKLY)),
+    )
+    cron = forms.CharField(
+        label="Cron expression",
+        required=False,
+        max_length=100,
+        widget=forms.TextInput(
+            attrs=shown_for("kind", ScheduleKind.CRON, placeholder="0 4 * * 1-5", **MONOSPACE)
+        ),
+        help_text="Five fields: minute hour day-of-month month day-of-week.",
+    )
+    time_zone = time_zone_field()
+    group = forms.ModelChoiceField(
+        queryset=ServerGroup.objects.none(),
+        required=False,
+        empty_label="No group: the servers below",
+    )
+    servers = servers_field(help_text="Or a group above.")
+    revision = forms.CharField(
+        max_length=255,
+        required=False,
+        widget=forms.TextInput(attrs={**MONOSPACE, "placeholder": "main"}),
+        help_text="A branch, tag or SHA; empty: the group's branch, or the servers'.",
+    )
+    skip_unchanged = forms.BooleanField(
+        label="Skip a slot when nothing changed since the last deployment",
+        required=False,
+        initial=True,
+    )
+    enabled = forms.BooleanField(label="Enabled (untick to pause)", required=False, initial=True)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        group = self.fields["group"]
+        assert isinstance(group, forms.ModelChoiceField)
+        group.queryset = ServerGroup.objects.filter(project=self.project)
+
+    def initial_for(self, instance: Any) -> dict[str, Any]:
+        initial = super().initial_for(instance)
+        if instance.run_at is not None:
+            # Shown as the wall-clock time it was given in, in the schedule's zone.
+            initial["run_at"] = instance.run_at.astimezone(ZoneInfo(instance.time_zone)).replace(
+                tzinfo=None
+            )
+        return initial
+
+    def service_data(self) -> dict[str, Any]:
+        data = super().service_data()
+        if data.get("run_at") is not None:
+            # Django read it in its own zone (UTC); it is a wall-clock time in time_zone.
+            data["run_at"] = data["run_at"].replace(tzinfo=None)
+        return data

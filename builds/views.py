@@ -24,6 +24,8 @@ from builds.services import (
     deployment_rollback,
     deployment_start_with_strategy,
     rollback_plan_deployment,
+    stack_lock,
+    stack_unlock,
 )
 from deployer.models import OutboxMessage
 from projects.dashboard import (
@@ -33,7 +35,9 @@ from projects.dashboard import (
     error_message,
     get_deployment_for_user,
     get_project_for_user,
+    get_server_for_user,
     get_site_admin,
+    lock_reason_from,
     page_context,
 )
 from projects.models import DEPLOY_ROLES, Membership
@@ -86,6 +90,7 @@ def deployment_new(request: HttpRequest, slug: str) -> HttpResponse:
                     preview=wants_preview,
                     trigger=Trigger.MANUAL,
                     strategy=form.cleaned_data["strategy"],
+                    freeze_override_reason=form.cleaned_data["freeze_override_reason"],
                 )
             except SERVICE_ERRORS as exc:
                 typed = "ref" if form.cleaned_data.get("ref") else "revision"
@@ -309,7 +314,10 @@ def deployment_roll_back(request: HttpRequest, slug: str, deployment_id: int) ->
     )
     try:
         rollback = deployment_rollback(
-            deployment=deployment, user=membership.user, trigger=Trigger.MANUAL
+            deployment=deployment,
+            user=membership.user,
+            trigger=Trigger.MANUAL,
+            lock_reason=lock_reason_from(request, f"Rolled back deployment #{deployment.pk}"),
         )
     except SERVICE_ERRORS as exc:
         messages.error(request, error_message(exc))
@@ -413,3 +421,65 @@ def _pending_json(row: pending.PendingDeployment) -> dict[str, Any]:
         "heartbeat_stale": row.stale,
         "why": row.why,
     }
+
+
+# --------------------------------------------------------------------------- stack locks
+
+
+@login_required
+@require_POST
+def project_lock_view(request: HttpRequest, slug: str) -> HttpResponse:
+    membership = get_project_for_user(request, slug, role=DEPLOY_ROLES)
+    try:
+        stack_lock(
+            project=membership.project,
+            user=membership.user,
+            reason=request.POST.get("reason", ""),
+        )
+    except SERVICE_ERRORS as exc:
+        messages.error(request, error_message(exc))
+    else:
+        messages.success(request, "Locked: only rollbacks run until someone unlocks it.")
+    return redirect(_back(request, reverse("project-detail", args=[slug])))
+
+
+@login_required
+@require_POST
+def project_unlock_view(request: HttpRequest, slug: str) -> HttpResponse:
+    membership = get_project_for_user(request, slug, role=DEPLOY_ROLES)
+    try:
+        stack_unlock(project=membership.project, user=membership.user)
+    except SERVICE_ERRORS as exc:
+        messages.error(request, error_message(exc))
+    else:
+        messages.success(request, "Unlocked.")
+    return redirect(_back(request, reverse("project-detail", args=[slug])))
+
+
+@login_required
+@require_POST
+def server_lock_view(request: HttpRequest, slug: str, server_id: int) -> HttpResponse:
+    server, membership = get_server_for_user(request, slug, server_id, role=DEPLOY_ROLES)
+    try:
+        if request.POST.get("action") == "unlock":
+            stack_unlock(project=membership.project, server=server, user=membership.user)
+            messages.success(request, f"Unlocked {server.name}.")
+        else:
+            stack_lock(
+                project=membership.project,
+                server=server,
+                user=membership.user,
+                reason=request.POST.get("reason", ""),
+            )
+            messages.success(request, f"Locked {server.name}: only rollbacks reach it.")
+    except SERVICE_ERRORS as exc:
+        messages.error(request, error_message(exc))
+    return redirect("server-detail", slug, server_id)
+
+
+def _back(request: HttpRequest, default: str) -> str:
+    # Back to the page the form was on, when it is one of ours.
+    target = request.POST.get("next", "")
+    if target.startswith("/") and not target.startswith("//"):
+        return target
+    return default

@@ -21,14 +21,21 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import OuterRef, Subquery
 from django.http import Http404, HttpRequest
 from django.urls import reverse
+from django.utils import timezone
 
 from builds.engine.errors import EngineError, InvalidInput
 from builds.engine.git import Commit, Mirror
 from builds.models import Deployment, DeploymentTarget, Kind
 from builds.runner import project_dirs
-from builds.services import DeploymentFinished, DeploymentRefused, DeploymentWrongState
+from builds.services import (
+    DeploymentFinished,
+    DeploymentRefused,
+    DeploymentWrongState,
+    LockStateError,
+)
 from projects import access
 from projects.access import ModelT
+from projects.freeze import project_freeze
 from projects.models import Membership, Project, is_site_admin
 from servers.models import Release, Server, ServerGroup
 
@@ -166,6 +173,7 @@ SERVICE_ERRORS = (
     DeploymentRefused,
     DeploymentFinished,
     DeploymentWrongState,
+    LockStateError,
     ValidationError,
 )
 
@@ -378,5 +386,15 @@ def page_context(membership: Membership, **extra: Any) -> dict[str, Any]:
         "membership": membership,
         "can_deploy": membership.can_deploy,
         "can_configure": membership.can_configure,
+        # The freeze in force now on any of its environments: the header's badge.
+        "freeze": project_freeze(membership.project.pk, timezone.now()),
         **extra,
     }
+
+
+def lock_reason_from(request: HttpRequest, default: str) -> str:
+    """The lock a rollback form asks for: its reason (``default`` when left empty) when its
+    "lock" box is ticked, else "" (no lock)."""
+    if request.POST.get("lock") != "1":
+        return ""
+    return request.POST.get("lock_reason", "").strip() or default

@@ -15,6 +15,7 @@ from django.db import models
 
 from projects.models import (
     URL_KINDS,
+    WEEKDAY_NAMES,
     BuildCommand,
     Command,
     CommandRunOn,
@@ -22,6 +23,8 @@ from projects.models import (
     ConfigFile,
     EnvironmentVariable,
     ExcludedFile,
+    FreezeKind,
+    FreezeWindow,
     Notification,
     NotificationEvent,
     NotificationKind,
@@ -651,3 +654,80 @@ class TwoFactorDisableForm(forms.Form):
         strip=False,
         widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
     )
+
+
+WEEKDAY_CHOICES = [(str(number), name) for number, name in enumerate(WEEKDAY_NAMES)]
+
+
+def time_zone_field() -> forms.CharField:
+    return forms.CharField(
+        label="Time zone",
+        max_length=64,
+        initial="UTC",
+        widget=forms.TextInput(attrs={**MONOSPACE, "placeholder": "Europe/Paris"}),
+        help_text="An IANA name (UTC, Europe/Paris, America/New_York): daylight saving time "
+        "follows it.",
+    )
+
+
+class WeekdaysField(forms.TypedMultipleChoiceField):
+    """Days as numbers, 0 = Monday, ticked in boxes."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("widget", forms.CheckboxSelectMultiple)
+        super().__init__(choices=WEEKDAY_CHOICES, coerce=int, **kwargs)
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return [str(item) for item in value]
+        return value
+
+
+class FreezeWindowForm(SettingForm):
+    """A freeze window; projects.freeze.freeze_window_clean (through the services) has the
+    rules."""
+
+    model = FreezeWindow
+
+    name = forms.CharField(
+        max_length=100, widget=forms.TextInput(attrs={"placeholder": "Friday afternoons"})
+    )
+    kind = forms.ChoiceField(label="When", choices=FreezeKind.choices, initial=FreezeKind.WEEKLY)
+    environment = forms.CharField(
+        max_length=50,
+        required=False,
+        help_text="Only servers (or groups) of this environment, such as production; empty: "
+        "every server of the project.",
+    )
+    weekdays = WeekdaysField(
+        label="Days",
+        widget=forms.CheckboxSelectMultiple(attrs=shown_for("kind", FreezeKind.WEEKLY)),
+    )
+    start_time = forms.TimeField(
+        label="From",
+        required=False,
+        widget=forms.TimeInput(
+            attrs=shown_for("kind", FreezeKind.WEEKLY, type="time"), format="%H:%M"
+        ),
+    )
+    end_time = forms.TimeField(
+        label="Until",
+        required=False,
+        widget=forms.TimeInput(
+            attrs=shown_for("kind", FreezeKind.WEEKLY, type="time"), format="%H:%M"
+        ),
+        help_text="At or before the start: the window runs past midnight into the next day; "
+        "equal to it: whole days.",
+    )
+    start_date = forms.DateField(
+        label="From the day",
+        required=False,
+        widget=forms.DateInput(attrs=shown_for("kind", FreezeKind.DATES, type="date")),
+    )
+    end_date = forms.DateField(
+        label="To the day (included)",
+        required=False,
+        widget=forms.DateInput(attrs=shown_for("kind", FreezeKind.DATES, type="date")),
+    )
+    time_zone = time_zone_field()

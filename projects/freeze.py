@@ -18,6 +18,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from builds.engine.errors import InvalidInput
 from projects.models import WEEKDAY_NAMES, FreezeKind, FreezeWindow
 
+#: Windows that follow on from one another counted at most when working out when a freeze
+#: ends (a year of daily windows back to back).
+MAX_CHAINED_WINDOWS = 400
+
 
 def zone(name: str, *, field: str = "time_zone") -> ZoneInfo:
     """The IANA time zone ``name`` ("Europe/Paris", "UTC"); InvalidInput naming ``field``
@@ -159,19 +163,28 @@ def active_freeze(
     windows: Iterable[FreezeWindow], now: datetime, environments: Collection[str] | None = None
 ) -> Freeze | None:
     """The freeze in force at ``now`` for servers of ``environments`` (None: any server of
-    the project, for the dashboard's badge), the one that ends last when several cover it."""
+    the project, for the dashboard's badge): the window covering ``now`` that ends last, and
+    when the freeze really ends, windows that follow on without a gap included (a weekly
+    window on Friday, Saturday and Sunday ends on Monday)."""
+    relevant = [
+        window
+        for window in windows
+        if environments is None or not window.environment or window.environment in environments
+    ]
     found: Freeze | None = None
-    for window in windows:
-        if (
-            environments is not None
-            and window.environment
-            and (window.environment not in environments)
-        ):
-            continue
+    for window in relevant:
         end = window_end(window, now)
         if end is not None and (found is None or end > found.until):
             found = Freeze(window=window, until=end)
-    return found
+    if found is None:
+        return None
+    until = found.until
+    for _ in range(MAX_CHAINED_WINDOWS):
+        ends = [end for window in relevant if (end := window_end(window, until)) is not None]
+        if not ends:
+            break
+        until = max(ends)
+    return Freeze(window=found.window, until=until)
 
 
 def project_freeze(

@@ -16,13 +16,16 @@ from django.core.paginator import Paginator
 from django.db import models
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from builds.engine.git import redact_url
 from builds.engine.ssh import public_key_fingerprint
 from builds.engine.variables import DOCUMENTED
-from builds.models import Kind, WebhookDelivery, WebhookProvider
+from builds.forms import ScheduleForm
+from builds.models import Kind, ScheduleRun, WebhookDelivery, WebhookProvider
 from builds.notifications import notification_create, notification_delete, notification_update
+from builds.schedules import schedule_create, schedule_delete, schedule_update
 from projects.dashboard import (
     SERVICE_ERRORS,
     ProjectMirror,
@@ -41,6 +44,7 @@ from projects.forms import (
     ConfigFileForm,
     EnvironmentVariableForm,
     ExcludedFileForm,
+    FreezeWindowForm,
     GroupForm,
     MemberAddForm,
     MemberRoleForm,
@@ -48,6 +52,7 @@ from projects.forms import (
     ProjectForm,
     SettingForm,
 )
+from projects.freeze import frozen_projects
 from projects.models import (
     CONFIGURE_ROLES,
     DEPLOY_ROLES,
@@ -59,6 +64,9 @@ from projects.models import (
 )
 from projects.services import (
     ensure_may_create_projects,
+    freeze_window_create,
+    freeze_window_delete,
+    freeze_window_update,
     member_add,
     member_remove,
     member_update,
@@ -100,6 +108,7 @@ def index(request: HttpRequest) -> HttpResponse:
         delivery.project_id: delivery
         for delivery in WebhookDelivery.objects.filter(project__in=projects).latest_per_project(1)
     }
+    frozen = frozen_projects([project.pk for project in projects], timezone.now())
     cards = []
     for membership in memberships:
         project = membership.project
@@ -113,6 +122,7 @@ def index(request: HttpRequest) -> HttpResponse:
                 "repository": redact_url(project.repository_url),
                 "delivery": deliveries.get(project.pk),
                 "running": project.deployments.active().exclude(kind=Kind.PREVIEW).count(),
+                "freeze": frozen.get(project.pk),
             }
         )
     return render(
@@ -163,6 +173,10 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
     groups, servers = server_rows(project, mirror)
     deployments = with_servers(project.deployments.exclude(kind=Kind.PREVIEW)[:RECENT_DEPLOYMENTS])
     deliveries = project.webhook_deliveries.prefetch_related("deployments")[:RECENT_DELIVERIES]
+    scheduled = list(project.schedules.all())
+    schedule_runs = ScheduleRun.objects.filter(schedule__project=project).select_related(
+        "schedule"
+    )[:RECENT_SCHEDULE_RUNS]
     return render(
         request,
         "projects/detail.html",
@@ -176,6 +190,8 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
             deliveries=deliveries,
             repository=redact_url(project.repository_url),
             providers=WebhookProvider,
+            schedules=scheduled,
+            schedule_runs=schedule_runs,
         ),
     )
 
@@ -365,6 +381,23 @@ RECENT_NOTIFICATION_DELIVERIES = 10
 ADMINS_ONLY = {"config-files": ("body",), "notifications": NotificationForm.SECRETS}
 
 
+SCHEDULE_SERVICES = SettingServices(
+    create=lambda project, actor, model, data: schedule_create(
+        project=project, actor=actor, **data
+    ),
+    update=lambda instance, actor, data: schedule_update(schedule=instance, actor=actor, **data),
+    delete=lambda instance, actor: schedule_delete(schedule=instance, actor=actor),
+)
+FREEZE_WINDOW_SERVICES = SettingServices(
+    create=lambda project, actor, model, data: freeze_window_create(
+        project=project, actor=actor, **data
+    ),
+    update=lambda instance, actor, data: freeze_window_update(window=instance, actor=actor, **data),
+    delete=lambda instance, actor: freeze_window_delete(window=instance, actor=actor),
+)
+# The last runs shown on a schedule's page.
+RECENT_SCHEDULE_RUNS = 20
+
 SETTINGS: dict[str, SettingPage] = {
     "build-commands": SettingPage(
         BuildCommandForm,
@@ -423,6 +456,24 @@ SETTINGS: dict[str, SettingPage] = {
         "Tell people when a deployment starts, succeeds, fails or is rolled back: by email, "
         "Slack, Discord, Microsoft Teams or a signed webhook. URLs and secrets are write-only.",
         NOTIFICATION_SERVICES,
+    ),
+    "schedules": SettingPage(
+        ScheduleForm,
+        "Schedules",
+        "schedule",
+        "Deployments that start by themselves: once at a date and time, every day, every week "
+        "or by a cron expression, in a time zone. A slot is skipped, with the reason kept, when "
+        "nothing changed, the project is locked or a freeze window is in force.",
+        SCHEDULE_SERVICES,
+    ),
+    "freeze-windows": SettingPage(
+        FreezeWindowForm,
+        "Freeze windows",
+        "freeze window",
+        "Times when nothing deploys by itself: webhooks and schedules are refused, with the "
+        "reason recorded; a project admin may still deploy by hand, giving a reason the audit "
+        "log keeps. Rollbacks always run.",
+        FREEZE_WINDOW_SERVICES,
     ),
 }
 
@@ -500,11 +551,22 @@ def setting_edit(request: HttpRequest, slug: str, kind: str, pk: int) -> HttpRes
         if kind == "notifications"
         else None
     )
+    runs = (
+        ScheduleRun.objects.filter(schedule_id=instance.pk)[:RECENT_SCHEDULE_RUNS]
+        if kind == "schedules"
+        else None
+    )
     return render(
         request,
         "projects/setting_edit.html",
         _setting_context(
-            membership, kind, page, form=form, instance=instance, deliveries=deliveries
+            membership,
+            kind,
+            page,
+            form=form,
+            instance=instance,
+            deliveries=deliveries,
+            runs=runs,
         ),
     )
 

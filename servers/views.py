@@ -21,6 +21,7 @@ from projects.dashboard import (
     error_message,
     get_project_for_user,
     get_server_for_user,
+    lock_reason_from,
     page_context,
     with_servers,
 )
@@ -217,6 +218,9 @@ def server_rollback(request: HttpRequest, slug: str, server_id: int) -> HttpResp
             user=membership.user,
             release=form.cleaned_data["release"],
             trigger=Trigger.MANUAL,
+            lock_reason=lock_reason_from(
+                request, f"Rolled back to {form.cleaned_data['release'] or 'the release before'}"
+            ),
         )
     except SERVICE_ERRORS as exc:
         messages.error(request, error_message(exc))

@@ -9,6 +9,11 @@ from typing import Any
 from django import template
 from django.utils import timezone
 
+from builds.models import Schedule
+from builds.schedules import describe_rule
+from projects.freeze import describe_weekdays, window_end
+from projects.models import FreezeKind, FreezeWindow
+
 register = template.Library()
 
 # ANSI escape sequences (CSI, OSC, and two-character escapes) and other control characters.
@@ -117,3 +122,24 @@ def ago(value: datetime | None) -> str:
     if (timezone.now() - value).total_seconds() < 60:
         return "just now"
     return f"{timesince(value, depth=1)} ago"
+
+
+@register.filter
+def schedule_rule(schedule: Schedule) -> str:
+    """A schedule's rule in words (builds.schedules.describe_rule)."""
+    return describe_rule(schedule)
+
+
+@register.filter
+def freeze_rule(window: FreezeWindow) -> str:
+    """ "Friday, Saturday 16:00 to 08:00 Europe/Paris", "2026-12-24 → 2027-01-01 UTC" """
+    if window.kind == FreezeKind.DATES:
+        return f"{window.start_date} → {window.end_date} {window.time_zone}"
+    start = window.start_time.strftime("%H:%M") if window.start_time else "?"
+    end = window.end_time.strftime("%H:%M") if window.end_time else "?"
+    return f"{describe_weekdays(window.weekdays)} {start} to {end} {window.time_zone}"
+
+
+@register.filter
+def freeze_active(window: FreezeWindow) -> bool:
+    return window_end(window, timezone.now()) is not None
