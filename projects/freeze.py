@@ -100,10 +100,12 @@ def freeze_window_clean(data: dict[str, Any], *, instance: FreezeWindow | None =
                 raise InvalidInput(name, "give a time of day (HH:MM) for a weekly window.")
         data["start_date"] = data["end_date"] = None
     else:
-        for name in ("start_date", "end_date"):
-            if not isinstance(merged[name], date):
+        start, end = merged["start_date"], merged["end_date"]
+        for name, value in (("start_date", start), ("end_date", end)):
+            if not isinstance(value, date):
                 raise InvalidInput(name, "give a date (YYYY-MM-DD) for a window of dates.")
-        if merged["end_date"] < merged["start_date"]:
+        assert isinstance(start, date) and isinstance(end, date)
+        if end < start:
             raise InvalidInput("end_date", "is before the start date.")
         data["weekdays"] = []
         data["start_time"] = data["end_time"] = None

@@ -12,8 +12,8 @@ from projects.freeze import active_freeze, freeze_window_clean, window_end
 from projects.models import FreezeKind, FreezeWindow
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0):
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def friday_evenings(**fields) -> FreezeWindow:

@@ -95,9 +95,10 @@ def test_a_locked_project_skips_a_scheduled_slot_and_records_why(shop, alice, bo
     lock(bob, shop)
     (run,) = schedules.schedules_tick(now=datetime(2026, 12, 2, 11, 0, tzinfo=UTC))
 
-    run = schedules.schedule_run(run.pk, now=datetime(2026, 12, 2, 11, 0, tzinfo=UTC))
+    decided = schedules.schedule_run(run.pk, now=datetime(2026, 12, 2, 11, 0, tzinfo=UTC))
 
-    assert run is not None
+    assert decided is not None
+    run = decided
     assert (run.outcome, run.reason_code) == (ScheduleOutcome.SKIPPED, "locked")
     assert "Project shop is locked by bob" in run.reason
     assert not Deployment.objects.exists()

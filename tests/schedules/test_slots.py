@@ -15,8 +15,8 @@ from builds.schedules import cron_clean, cron_expression, next_slot, slots_betwe
 PARIS = ZoneInfo("Europe/Paris")
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0):
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def test_it_turns_a_weekly_rule_into_cron_days_counted_from_sunday():
