@@ -97,14 +97,32 @@ def cron_clean(expression: str, *, field: str = "cron") -> str:
 
 def cron_expression(schedule: Schedule) -> str:
     """The cron expression of a recurring schedule: daily at 04:30 is ``30 4 * * *``,
-    weekly on Monday and Friday (0 and 4 here) ``30 4 * * 1,5`` (cron counts from Sunday)."""
+    weekly on Monday and Friday (0 and 4 here) ``30 4 * * 1,5`` (cron counts from Sunday),
+    on weekdays ``30 4 * * 1-5``."""
     if schedule.kind == ScheduleKind.CRON:
         return schedule.cron
     at = schedule.time_of_day or time(0)
     days = "*"
     if schedule.kind == ScheduleKind.WEEKLY:
-        days = ",".join(str((day + 1) % 7) for day in sorted(schedule.weekdays))
+        days = _cron_days(sorted({(day + 1) % 7 for day in schedule.weekdays}))
     return f"{at.minute} {at.hour} * * {days}"
+
+
+def _cron_days(days: list[int]) -> str:
+    """Cron day numbers (0 = Sunday), runs of three or more as ranges: [1, 2, 3, 4, 5] is
+    "1-5", [0, 1, 5] "0,1,5"."""
+    parts: list[str] = []
+    start = 0
+    while start < len(days):
+        end = start
+        while end + 1 < len(days) and days[end + 1] == days[end] + 1:
+            end += 1
+        if end - start >= 2:
+            parts.append(f"{days[start]}-{days[end]}")
+        else:
+            parts.extend(str(day) for day in days[start : end + 1])
+        start = end + 1
+    return ",".join(parts)
 
 
 def next_slot(schedule: Schedule, after: datetime) -> datetime | None:

@@ -3,7 +3,9 @@
     slipway login --url http://127.0.0.1:8000 --token slw_...
     slipway projects
     slipway deploy shop --server web1 --revision main --wait
-    slipway rollback shop --server web1 [--release NAME]
+    slipway rollback shop --server web1 [--release NAME] [--lock "why"]
+    slipway lock shop --reason "bad migration, investigating" [--server web1]
+    slipway unlock shop [--server web1]
     slipway status shop
     slipway log 42 -f
 
@@ -285,8 +287,36 @@ def cmd_deploy(args: argparse.Namespace, client: Client) -> int:
             if s.get("enabled", True)
         ]
         body["servers"] = _servers_by_name(client, args.project, names)
+    if args.freeze_reason:
+        body["freeze_override_reason"] = args.freeze_reason
     deployment = client.post(f"/projects/{args.project}/deployments/", body)
     return _follow_created(args, client, deployment)
+
+
+def _lock_path(client: Client, args: argparse.Namespace) -> str:
+    if args.server:
+        [server_id] = _servers_by_name(client, args.project, [args.server])
+        return f"/projects/{args.project}/servers/{server_id}/deploy-lock/"
+    return f"/projects/{args.project}/deploy-lock/"
+
+
+def cmd_lock(args: argparse.Namespace, client: Client) -> int:
+    answer = client.post(_lock_path(client, args), {"reason": args.reason})
+    what = args.server or args.project
+    lock = answer.get("lock") or {}
+    emit(
+        answer,
+        as_json=args.json,
+        human=f"Locked {what}: “{lock.get('reason', args.reason)}”. Only rollbacks run until "
+        "`slipway unlock`.",
+    )
+    return EXIT_OK
+
+
+def cmd_unlock(args: argparse.Namespace, client: Client) -> int:
+    answer = client.request("DELETE", _lock_path(client, args))
+    emit(answer, as_json=args.json, human=f"Unlocked {args.server or args.project}.")
+    return EXIT_OK
 
 
 def cmd_rollback(args: argparse.Namespace, client: Client) -> int:
@@ -312,6 +342,8 @@ def cmd_rollback(args: argparse.Namespace, client: Client) -> int:
         file=sys.stderr if args.json else None,
     )
     body = {"release": target["name"]}
+    if args.lock:
+        body["lock_reason"] = args.lock
     deployment = client.post(f"/projects/{args.project}/servers/{server_id}/rollback/", body)
     return _follow_created(args, client, deployment)
 
@@ -478,12 +510,29 @@ def parser() -> argparse.ArgumentParser:
     deploy.add_argument(
         "--wait", action="store_true", help="stream the log and exit non-zero on failure"
     )
+    deploy.add_argument(
+        "--freeze-reason",
+        help="during a freeze window: why this cannot wait (project admins only; audited)",
+    )
 
     rollback = commands.add_parser("rollback", help="switch a server back to an earlier release")
     rollback.add_argument("project")
     rollback.add_argument("--server", required=True)
     rollback.add_argument("--release", help="a kept release (default: the one before the live one)")
     rollback.add_argument("--wait", action="store_true")
+    rollback.add_argument(
+        "--lock", metavar="REASON", help="also lock the server, so nothing but rollbacks reach it"
+    )
+
+    lock = commands.add_parser(
+        "lock", help="stop every deployment but rollbacks, with a reason everyone sees"
+    )
+    lock.add_argument("project")
+    lock.add_argument("--reason", required=True)
+    lock.add_argument("--server", help="lock only this server (by name)")
+    unlock = commands.add_parser("unlock", help="lift a lock")
+    unlock.add_argument("project")
+    unlock.add_argument("--server", help="unlock only this server (by name)")
 
     status = commands.add_parser("status", help="servers and recent deployments of a project")
     status.add_argument("project")
@@ -491,7 +540,7 @@ def parser() -> argparse.ArgumentParser:
     log = commands.add_parser("log", help="a deployment's log")
     log.add_argument("id", type=int)
     log.add_argument("-f", "--follow", action="store_true", help="follow until the deployment ends")
-    for sub in (projects, deploy, rollback, status, log):
+    for sub in (projects, deploy, rollback, lock, unlock, status, log):
         sub.add_argument(
             "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
@@ -515,6 +564,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                 "projects": cmd_projects,
                 "deploy": cmd_deploy,
                 "rollback": cmd_rollback,
+                "lock": cmd_lock,
+                "unlock": cmd_unlock,
                 "status": cmd_status,
                 "log": cmd_log,
             }[args.command]

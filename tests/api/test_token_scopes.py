@@ -28,6 +28,11 @@ DEPLOY_OPERATIONS = {
     ("post", "/api/v1/projects/{slug}/servers/{server_id}/check/"),
     # Reading the key a repository's host offers, like a server's connection check.
     ("post", "/api/v1/projects/{slug}/repository/check/"),
+    # Stack locks: whoever may deploy may stop deployments, and start them again.
+    ("post", "/api/v1/projects/{slug}/deploy-lock/"),
+    ("delete", "/api/v1/projects/{slug}/deploy-lock/"),
+    ("post", "/api/v1/projects/{slug}/servers/{server_id}/deploy-lock/"),
+    ("delete", "/api/v1/projects/{slug}/servers/{server_id}/deploy-lock/"),
 }
 
 

@@ -23,7 +23,9 @@ def test_it_turns_a_weekly_rule_into_cron_days_counted_from_sunday():
     schedule = Schedule(
         kind=ScheduleKind.WEEKLY, time_of_day=time(4, 30), weekdays=[0, 4, 6], time_zone="UTC"
     )
-    assert cron_expression(schedule) == "30 4 * * 1,5,0"
+    assert cron_expression(schedule) == "30 4 * * 0,1,5"
+    schedule.weekdays = [0, 1, 2, 3, 4]
+    assert cron_expression(schedule) == "30 4 * * 1-5"
 
 
 def test_it_fires_a_daily_rule_at_the_local_time_in_winter_and_in_summer():
