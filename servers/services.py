@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import ipaddress
 import logging
 import posixpath
 import re
@@ -122,6 +123,24 @@ _ADDRESS_FIELDS = ("hostname", "port")
 _JUMP_ADDRESS_FIELDS = ("jump_hostname", "jump_port")
 
 
+def _check_host_name(field: str, hostname: str) -> None:
+    """An IP address or a DNS name that can be looked up: labels of 1 to 63 characters, with
+    non-ASCII ones IDNA-encodable (RFC 1035 section 2.3.4, RFC 3490); InvalidInput otherwise."""
+    try:
+        ipaddress.ip_address(hostname.strip("[]"))
+        return
+    except ValueError:
+        pass
+    try:
+        hostname.encode("idna")
+    except UnicodeError as exc:
+        raise InvalidInput(
+            field,
+            f"{hostname!r} is not a valid host name ({exc}): use an IP address or a DNS name "
+            "whose dot-separated labels hold 1 to 63 characters.",
+        ) from None
+
+
 def _check_host_policy(hostname: str, port: int) -> None:
     """The SERVERS outbound-address policy at save time; a name that does not resolve here
     is accepted (the workers may resolve it) and checked again before every connection."""
@@ -154,6 +173,8 @@ def server_clean(data: dict[str, Any], *, server: Server | None = None) -> dict[
                     field,
                     "must not be empty, hold blanks or control characters, or start with '-'.",
                 )
+    if "hostname" in cleaned:
+        _check_host_name("hostname", cleaned["hostname"])
     if "port" in cleaned and not 1 <= int(cleaned["port"]) <= 65535:
         raise InvalidInput("port", f"{cleaned['port']} is not between 1 and 65535.")
     if "protocol" in cleaned and cleaned["protocol"] not in Protocol.values:
@@ -251,6 +272,7 @@ def _clean_jump_host(cleaned: dict[str, Any], server: Server | None) -> None:
             "jump_hostname",
             "must not hold blanks or control characters, or start with '-'.",
         )
+    _check_host_name("jump_hostname", hostname)
     port = int(cleaned.get("jump_port", current["jump_port"]) or 22)
     if not 1 <= port <= 65535:
         raise InvalidInput("jump_port", f"{port} is not between 1 and 65535.")

@@ -1151,6 +1151,12 @@ def _open_socket(hostname: str, port: int, timeout: float, *, label: str = "") -
         ) from exc
     except TimeoutError as exc:
         raise HostUnreachable(f"Cannot reach {address}: no answer within {timeout:g} s") from exc
+    except UnicodeError as exc:
+        # The idna codec refuses a label that is empty or longer than 63 characters.
+        raise HostUnreachable(
+            f"Cannot reach {address}: it is not a valid host name ({exc}); "
+            "correct the server's hostname"
+        ) from exc
     except OSError as exc:
         raise HostUnreachable(
             f"Cannot reach {address}: {exc.strerror or exc}; timeout {timeout:g} s"

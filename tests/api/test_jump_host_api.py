@@ -184,3 +184,34 @@ def test_removing_the_jump_host_checks_the_servers_own_address_again(alice_api, 
     assert direct.status_code == 400, direct.content
     assert "10.0.0.5" in direct.json()["hostname"][0]
     assert Server.objects.get().jump_hostname == "bastion.example.com"
+
+
+@pytest.mark.parametrize(
+    ("field", "hostname"),
+    [
+        ("hostname", "a" * 64 + ".example.com"),
+        ("hostname", "app..example.com"),
+        ("jump_hostname", "bastion..example.com"),
+        ("jump_hostname", "b" * 64),
+    ],
+)
+def test_a_host_name_that_cannot_be_looked_up_is_a_400_naming_its_field(
+    alice_api, project, field, hostname
+):
+    response = alice_api.post(
+        servers_url(project), behind_a_jump_host(**{field: hostname}), format="json"
+    )
+    assert response.status_code == 400, response.content
+    assert field in response.content.decode()
+    assert "not a valid host name" in response.content.decode()
+    assert not Server.objects.exists()
+
+
+def test_addresses_and_international_names_are_accepted(alice_api, project):
+    for number, hostname in enumerate(["::1", "10.0.0.7", "bücher.example", "app.example."]):
+        response = alice_api.post(
+            servers_url(project),
+            behind_a_jump_host(name=f"app{number}", hostname=hostname),
+            format="json",
+        )
+        assert response.status_code == 201, response.content

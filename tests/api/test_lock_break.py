@@ -143,6 +143,17 @@ def test_an_unreachable_server_is_a_409_that_says_why(
     assert f"127.0.0.1:{sshd_target.port}" in response.json()["detail"]
 
 
+def test_a_host_name_saved_before_it_was_checked_is_a_409_naming_it(
+    alice_api, project, server_factory, sshd_target
+):
+    # Saved before host names were checked at save time: the idna codec refuses it.
+    server = server_factory(project, sshd_target)
+    Server.objects.filter(pk=server.pk).update(hostname="a" * 64 + ".example")
+    response = alice_api.post(url(server), {}, format="json")
+    assert response.status_code == 409, response.content
+    assert "not a valid host name" in response.json()["detail"]
+
+
 def test_only_admins_may_break_a_lock(
     bob_api, charlie_api, bob, project, sshd_target, server_factory
 ):
