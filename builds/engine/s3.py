@@ -353,7 +353,8 @@ def client(endpoint: S3Endpoint) -> Any:
         region_name=endpoint.region,
         signature_version="s3v4",
         s3={"addressing_style": "path" if endpoint.path_style else "virtual"},
-        retries={"mode": endpoint.retry_mode, "max_attempts": endpoint.max_attempts},
+        # total_max_attempts counts the first try too (botocore.config.Config).
+        retries={"mode": endpoint.retry_mode, "total_max_attempts": endpoint.max_attempts},
         connect_timeout=endpoint.connect_timeout,
         read_timeout=endpoint.read_timeout,
         max_pool_connections=endpoint.parallel_uploads + 2,

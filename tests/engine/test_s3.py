@@ -4,6 +4,11 @@ only what changed, drift restored, multipart, errors that name what to fix."""
 
 from __future__ import annotations
 
+import http.client
+import http.server
+import threading
+from urllib.parse import urlsplit
+
 import pytest
 
 from builds.engine import pipeline, s3
@@ -211,3 +216,107 @@ def test_a_lock_held_by_another_deployment_refuses_and_a_finished_ones_is_taken_
     _ok(taken)
     assert "Took over the lock of deployment-7, which has finished" in reporter.text
     assert s3.read_lock(bucket) is None
+
+
+class ThrottlingProxy:
+    """An HTTP proxy on loopback in front of moto that answers ``503 SlowDown`` (the S3 error
+    of AWS's "Error responses" page) to PUTs of the site's objects: the first ``throttled``
+    tries of each key, then forwards. The request goes on unchanged, Host header included, so
+    that moto checks the signature made for the proxy's address."""
+
+    BODY = (
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+        b"<Message>Please reduce your request rate.</Message>"
+        b"<RequestId>4442587FB7D0A2F9</RequestId><HostId>proxy</HostId></Error>"
+    )
+
+    def __init__(self, upstream: str, throttled: int) -> None:
+        self.upstream = urlsplit(upstream)
+        self.throttled = throttled
+        self.puts: dict[str, int] = {}
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _relay(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                key = urlsplit(self.path).path
+                if self.command == "PUT" and "/.slipway/" not in key:
+                    with proxy.lock:
+                        tries = proxy.puts[key] = proxy.puts.get(key, 0) + 1
+                    if tries <= proxy.throttled:
+                        self.send_response(503)
+                        self.send_header("Content-Type", "application/xml")
+                        self.send_header("Content-Length", str(len(ThrottlingProxy.BODY)))
+                        self.end_headers()
+                        self.wfile.write(ThrottlingProxy.BODY)
+                        return
+                upstream = http.client.HTTPConnection(
+                    proxy.upstream.hostname, proxy.upstream.port, timeout=30
+                )
+                try:
+                    upstream.putrequest(self.command, self.path, skip_host=True)
+                    for name, value in self.headers.items():
+                        upstream.putheader(name, value)
+                    upstream.endheaders(body or None)
+                    answer = upstream.getresponse()
+                    data = answer.read()
+                finally:
+                    upstream.close()
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> ThrottlingProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_throttled_uploads_are_retried_with_back_off_until_they_land(
+    s3_target, git_repo_factory, tmp_path
+):
+    repo = git_repo_factory()
+    a = repo.commit(SITE, "A")
+    with ThrottlingProxy(s3_target.url, throttled=2) as proxy:
+        server = s3_server(s3_target, endpoint_url=proxy.url, max_attempts=3)
+        result, _ = _deploy(repo, tmp_path, server, a, 1)
+    _ok(result)
+    assert s3_target.objects() == {p: c.encode() for p, c in SITE.items()}
+    # Each object was refused twice, then accepted on the third (last allowed) attempt.
+    assert sorted(proxy.puts.values()) == [3] * len(SITE)
+
+
+def test_throttling_that_does_not_stop_fails_after_the_attempts_allowed_naming_it(
+    s3_target, git_repo_factory, tmp_path
+):
+    repo = git_repo_factory()
+    a = repo.commit(SITE, "A")
+    with ThrottlingProxy(s3_target.url, throttled=1000) as proxy:
+        server = s3_server(s3_target, endpoint_url=proxy.url, max_attempts=3, parallel_uploads=1)
+        result, _ = _deploy(repo, tmp_path, server, a, 1)
+    assert not result.ok
+    error = str(result.servers[0].error)
+    assert "kept throttling requests (SlowDown)" in error
+    assert "after 3 attempts with back-off" in error and "s3_parallel_uploads" in error
+    # max_attempts counts every try of a request, the first included.
+    assert max(proxy.puts.values()) == 3
+    assert s3_target.objects() == {}
