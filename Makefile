@@ -72,12 +72,16 @@ system-deps:
 	  useradd --system --no-create-home --shell /usr/sbin/nologin slipway-build; \
 	fi
 
+# The suite waits on sshd, git, browsers and workers far more than it computes: three xdist
+# workers on two cores (tests/support/workers.py keeps their Redis and data apart).
+# TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 3
 test: venv system-deps
 	SLIPWAY_DATA_DIR=$$(mktemp -d /tmp/slipway-test.XXXXXX) \
 	SLIPWAY_ALLOW_LOCAL_REPOSITORIES=true \
 	SLIPWAY_SECRET_KEY=$${SLIPWAY_SECRET_KEY:-test-secret-key} \
 	SLIPWAY_ENCRYPTION_KEYS=$${SLIPWAY_ENCRYPTION_KEYS:-$$($(BIN)/python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')} \
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -p tests.support.workers -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # mypy's Django plugin loads the settings: give it the embedded defaults, whatever the
 # environment selects (CI exports DATABASE_URL and REDIS_URL, which would require keys).
