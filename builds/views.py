@@ -3,18 +3,19 @@ deploy it again or roll it back."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from builds import pending
+from builds import badges, pending
 from builds.forms import DeploymentForm
 from builds.models import Deployment, Kind, Status, TargetStatus, Trigger
 from builds.services import (
@@ -40,7 +41,7 @@ from projects.dashboard import (
     lock_reason_from,
     page_context,
 )
-from projects.models import DEPLOY_ROLES, Membership
+from projects.models import DEPLOY_ROLES, Membership, Project
 from servers.models import Promotion, Server, Strategy
 
 # --------------------------------------------------------------------------- a new deployment
@@ -483,3 +484,41 @@ def _back(request: HttpRequest, default: str) -> str:
     if target.startswith("/") and not target.startswith("//"):
         return target
     return default
+
+
+# --------------------------------------------------------------------------- status badges
+
+
+def _badge_response(request: HttpRequest, svg: str) -> HttpResponse:
+    """An SVG badge, never cached without asking again (GitHub's image proxy honours
+    ``Cache-Control: no-cache``), with an ETag so that asking again costs one 304."""
+    tag = '"' + hashlib.sha256(svg.encode()).hexdigest()[:32] + '"'
+    if tag in request.headers.get("If-None-Match", ""):
+        response = HttpResponse(status=304)
+    else:
+        response = HttpResponse(svg, content_type="image/svg+xml; charset=utf-8")
+    response["ETag"] = tag
+    response["Cache-Control"] = "no-cache, max-age=0"
+    # The SVG is a document of its own if opened directly: nothing in it may run.
+    response["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
+    return response
+
+
+@require_GET
+def project_badge_view(request: HttpRequest, token: str) -> HttpResponse:
+    """GET /badges/<token>.svg: the project's status badge; 404 for an unknown token. No
+    sign-in: the token is the credential (docs/badges.md)."""
+    project = Project.objects.filter(badge_token=token).first()
+    if project is None:
+        raise Http404("No badge has this address: it may have been rotated.")
+    return _badge_response(request, badges.project_badge(project).svg())
+
+
+@require_GET
+def server_badge_view(request: HttpRequest, token: str, server_id: int) -> HttpResponse:
+    """GET /badges/<token>/servers/<id>.svg: a server's badge, the server one of the token's
+    project's; 404 otherwise."""
+    server = Server.objects.filter(project__badge_token=token, pk=server_id).first()
+    if server is None:
+        raise Http404("No badge has this address: it may have been rotated.")
+    return _badge_response(request, badges.server_badge(server).svg())

@@ -24,6 +24,11 @@ urlpatterns = [
         name="api-repository-check",
     ),
     path(
+        PROJECT + "badge/rotate/",
+        projects.BadgeRotateView.as_view(),
+        name="api-project-badge-rotate",
+    ),
+    path(
         PROJECT + "repository/trust/",
         projects.RepositoryTrustView.as_view(),
         name="api-repository-trust",

@@ -7,6 +7,7 @@ from django.urls import include, path
 from django.views.decorators.cache import never_cache
 from drf_spectacular.views import SpectacularAPIView
 
+from builds import views as build_views
 from builds import webhooks
 from deployer import health, views
 from projects import account_views
@@ -58,5 +59,11 @@ urlpatterns = [
     path("api/docs/", views.ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),
     path("django-admin/", admin.site.urls),
     path("hooks/<str:token>/", webhooks.receive, name="webhook"),
+    path("badges/<str:token>.svg", build_views.project_badge_view, name="project-badge"),
+    path(
+        "badges/<str:token>/servers/<int:server_id>.svg",
+        build_views.server_badge_view,
+        name="server-badge",
+    ),
     path("", include("projects.urls")),
 ]

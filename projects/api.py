@@ -68,6 +68,7 @@ from projects.services import (
     member_add,
     member_remove,
     member_update,
+    project_badge_rotate,
     project_delete,
     project_register,
     project_repository_check,
@@ -226,6 +227,21 @@ class RepositoryTrustView(APIView):
         project = project_trust_repository_host_key(
             project=membership.project, actor=membership.user, **serializer.validated_data
         )
+        return Response(_project_data(project, membership))
+
+
+class BadgeRotateView(APIView):
+    @extend_schema(
+        request=None,
+        responses=ProjectSerializer,
+        operation_id="projects_badge_rotate",
+        tags=["projects"],
+        description="Give the project new badge URLs (its own and its servers'); the old ones "
+        "answer 404 from now on. Admins only.",
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        membership = get_project_for_user(request, slug, need=Need.CONFIGURE)
+        project = project_badge_rotate(project=membership.project, actor=membership.user)
         return Response(_project_data(project, membership))
 
 

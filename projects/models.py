@@ -35,6 +35,11 @@ def _webhook_secret() -> str:
     return secrets.token_hex(32)
 
 
+def badge_token() -> str:
+    """A new unguessable part of a project's badge URLs: 32 URL-safe characters (192 bits)."""
+    return secrets.token_urlsafe(24)
+
+
 class ProjectQuerySet(models.QuerySet["Project"]):
     def for_user(self, user: User) -> ProjectQuerySet:
         return self.filter(memberships__user=user)
@@ -57,6 +62,8 @@ class Project(models.Model):
     # The unguessable part of the webhook URL, and the secret that signs deliveries.
     webhook_token = models.CharField(max_length=64, unique=True, default=_webhook_token)
     webhook_secret = EncryptedTextField(default=_webhook_secret)
+    # The unguessable part of the status badges' URLs (docs/badges.md); an admin rotates it.
+    badge_token = models.CharField(max_length=64, unique=True, default=badge_token)
     # Paths linked from shared/ into every release (e.g. "storage/", ".env").
     shared_paths = models.JSONField(default=list, blank=True)
     # Paths kept between builds on the worker (e.g. "node_modules", "vendor").
@@ -99,6 +106,15 @@ class Project(models.Model):
     @property
     def webhook_url(self) -> str:
         return settings.BASE_URL + self.webhook_path
+
+    @property
+    def badge_url(self) -> str:
+        """The project's status badge (SVG), for a README: anyone with the URL sees it."""
+        return f"{settings.BASE_URL}/badges/{self.badge_token}.svg"
+
+    def server_badge_url(self, server_id: int) -> str:
+        """The status badge of one of the project's servers (same token as the project's)."""
+        return f"{settings.BASE_URL}/badges/{self.badge_token}/servers/{server_id}.svg"
 
     def role_of(self, user: User) -> str | None:
         membership = self.memberships.filter(user=user).first()

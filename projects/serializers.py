@@ -82,6 +82,10 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
         help_text="What to paste into the repository's webhook settings; shown to admins only."
     )
     has_repository_token = serializers.SerializerMethodField()
+    badge_url = serializers.SerializerMethodField(
+        help_text="The project's status badge (SVG) for a README: anyone with the URL sees "
+        "the last deployment's state and short revision. POST badge/rotate/ to change it."
+    )
     repository_host_key_fingerprint = serializers.SerializerMethodField(
         help_text="The trusted host key of an ssh repository (SHA256:...); '' when none is "
         "trusted yet (an ssh repository is then not fetched: see repository/check/)."
@@ -116,6 +120,7 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
             "webhook_url",
             "webhook_secret",
             "has_repository_token",
+            "badge_url",
             "repository_host_key_fingerprint",
             "role",
             "created_at",
@@ -156,6 +161,9 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
     @extend_schema_field(serializers.ChoiceField(choices=Role.choices))
     def get_role(self, project: Project) -> str:
         return self._role(project)
+
+    def get_badge_url(self, project: Project) -> str:
+        return project.badge_url
 
     def get_webhook_url(self, project: Project) -> str | None:
         return project.webhook_url if self._role(project) in CONFIGURE_ROLES else None

@@ -55,6 +55,7 @@ from projects.models import (
     Role,
     SiteSettings,
     TokenScope,
+    badge_token,
 )
 from servers.health import strategy_clean
 from servers.models import GroupMember, Server, ServerGroup
@@ -446,6 +447,17 @@ def project_register(
     with transaction.atomic():
         project = project_create(owner=owner, **cleaned)
         audit_record(project=project, actor=owner, action="project.created", target=project.slug)
+    return project
+
+
+def project_badge_rotate(*, project: Project, actor: User) -> Project:
+    """Give the project a new badge token: its badge URLs and its servers' change, the old
+    ones answer 404 from now on (docs/badges.md). The caller checked ``actor`` may configure
+    the project. Audited as ``project.badge_rotated`` (the token itself is not recorded)."""
+    with transaction.atomic():
+        project.badge_token = badge_token()
+        project.save(update_fields=["badge_token", "updated_at"])
+        audit_record(project=project, actor=actor, action="project.badge_rotated")
     return project
 
 

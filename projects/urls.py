@@ -26,6 +26,7 @@ urlpatterns = [
     path(PROJECT + "members/<str:username>/role/", views.member_change, name="member-role"),
     path(PROJECT + "members/<str:username>/remove/", views.member_delete, name="member-remove"),
     path(PROJECT + "audit/", views.audit_log, name="audit-log"),
+    path(PROJECT + "badge/rotate/", views.badge_rotate, name="project-badge-rotate"),
     path(SETTING, views.setting_list, name="setting-list"),
     path(SETTING + "<int:pk>/", views.setting_edit, name="setting-edit"),
     path(SETTING + "<int:pk>/delete/", views.setting_delete, name="setting-delete"),

@@ -16,6 +16,7 @@ from django.core.paginator import Paginator
 from django.db import models
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -70,6 +71,7 @@ from projects.services import (
     member_add,
     member_remove,
     member_update,
+    project_badge_rotate,
     project_delete,
     project_register,
     project_repository_check,
@@ -264,6 +266,16 @@ def _render_settings(
             **extra,
         ),
     )
+
+
+@login_required
+@require_POST
+def badge_rotate(request: HttpRequest, slug: str) -> HttpResponse:
+    """New badge URLs for the project and its servers; the old ones answer 404."""
+    membership = get_project_for_user(request, slug, role=CONFIGURE_ROLES)
+    project_badge_rotate(project=membership.project, actor=membership.user)
+    messages.success(request, "New badge URLs: update the READMEs that show the old ones.")
+    return redirect(reverse("project-detail", args=[slug]) + "#badges")
 
 
 @login_required
@@ -674,6 +686,11 @@ DOCS = (
     "reliability-invariant",
     "ftp",
     "s3",
+    "bastion",
+    "schedules",
+    "freeze-windows",
+    "locks",
+    "badges",
 )
 
 

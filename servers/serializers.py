@@ -96,6 +96,11 @@ class ServerSerializer(serializers.ModelSerializer[Server]):
         help_text="This server's stack lock: null, or who locked it, when and why (the "
         "project's own lock is on the project)."
     )
+    badge_url = serializers.SerializerMethodField(
+        help_text="This server's status badge (SVG): anyone with the URL sees its name, the "
+        "last deployment's state here and the live revision (the project's badge/rotate/ "
+        "changes it)."
+    )
 
     class Meta:
         model = Server
@@ -140,6 +145,7 @@ class ServerSerializer(serializers.ModelSerializer[Server]):
             "live_release",
             "rollback_target",
             "lock",
+            "badge_url",
             "created_at",
             "url",
             "html_url",
@@ -149,6 +155,9 @@ class ServerSerializer(serializers.ModelSerializer[Server]):
 
     def get_trusted(self, server: Server) -> bool:
         return server.trusted
+
+    def get_badge_url(self, server: Server) -> str:
+        return server.project.server_badge_url(server.pk)
 
     def get_s3_access_key_id_masked(self, server: Server) -> str:
         return masked_key_id(server.s3_access_key_id) if server.s3_access_key_id else ""

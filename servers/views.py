@@ -80,6 +80,7 @@ def _render_server(
             check=check,
             trust_error=trust_error,
             s3_key_id=masked_key_id(server.s3_access_key_id) if server.s3_access_key_id else "",
+            server_badge_url=membership.project.server_badge_url(server.pk),
         ),
     )
 

@@ -257,7 +257,7 @@ class ThrottlingProxy:
                         self.wfile.write(ThrottlingProxy.BODY)
                         return
                 upstream = http.client.HTTPConnection(
-                    proxy.upstream.hostname, proxy.upstream.port, timeout=30
+                    proxy.upstream.hostname or "127.0.0.1", proxy.upstream.port, timeout=30
                 )
                 try:
                     upstream.putrequest(self.command, self.path, skip_host=True)
