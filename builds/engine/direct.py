@@ -36,6 +36,7 @@ from builds.engine.variables import substitute
 
 if TYPE_CHECKING:
     from builds.engine.build import BuildOutput
+    from builds.engine.rollout import OnceSeat
     from builds.engine.specs import DeploySpec, Reporter, ServerResult, ServerSpec
     from builds.engine.ssh import Connection
 
@@ -63,6 +64,8 @@ def deliver(
     reporter: Reporter,
     connection: Connection,
     result: ServerResult,
+    *,
+    once: OnceSeat | None = None,
 ) -> None:
     from builds.engine.rollout import run_commands
     from builds.engine.specs import STAGE_AFTER_SWITCH, STAGE_BEFORE_SWITCH, STAGE_BEFORE_TRANSFER
@@ -98,6 +101,7 @@ def deliver(
                     variables=variables,
                     env=spec.server_env,
                     reporter=reporter,
+                    once=once,
                 )
 
         commands(STAGE_BEFORE_TRANSFER)

@@ -65,6 +65,7 @@ from builds.engine.specs import (
     RELEASE_COPY_AUTO,
     RELEASE_COPY_HARD_LINKS,
     ROLLING,
+    STAGE_AFTER_ROLLBACK,
     STAGE_AFTER_SWITCH,
     STAGE_BEFORE_SWITCH,
     STAGE_BEFORE_TRANSFER,
@@ -97,10 +98,12 @@ def run_commands(
     env: Mapping[str, str],
     reporter: Reporter,
     group_file: str = "",
+    once: OnceSeat | None = None,
 ) -> None:
     """Run the stage's commands on one server in ``workdir``, output streamed to the log.
     Each command's process group is recorded in ``group_file`` when given (the lock's: see
-    release.RemoteLayout.groups_file).
+    release.RemoteLayout.groups_file). A run-once command runs here only when ``once`` (this
+    server's seat at the rollout's RunOnce) gives this server its turn; without a seat it runs.
 
     ``%variables%`` reach the shell as data (see variables.substitute_shell); the log shows
     the command with the values written in, for people to read."""
@@ -108,29 +111,198 @@ def run_commands(
     exports = "".join(
         f"export {name}={shlex.quote(value)}\n" for name, value in env.items() if _env_name_ok(name)
     ) + shell_exports(variables)
-    for command in commands:
+    for position, command in enumerate(commands):
         if command.stage != stage or not command.applies_to(server):
             continue
         reporter.check_cancelled()
-        text = substitute_shell(command.command, variables)
         shown = substitute(command.command, variables)
-        reporter.log("system", f"$ {shown}", server.id)
-        script = f"{exports}cd -- {shlex.quote(workdir)} || exit $?\n{text}\n"
-        result = connection.run(
-            "sh -c " + shlex.quote(script),
-            on_line=lambda stream, line: reporter.log(stream, line, server.id),
-            timeout=command.timeout_seconds,
-            check=command.halt_on_error,
-            check_cancelled=reporter.check_cancelled,
-            group_file=group_file,
-            display=shown,
-        )
-        if result.exit_code != 0:
-            reporter.log(
-                "system",
-                f"Exited with {result.exit_code}; going on (halt on error is off)",
-                server.id,
+        if not command.run_once or once is None:
+            _run_command(
+                connection,
+                command,
+                exports,
+                shown,
+                server,
+                workdir,
+                variables,
+                reporter,
+                group_file,
             )
+            continue
+        key = f"{stage}:{position}"
+        elsewhere = once.claim(key, command)
+        label = command.description or _one_line(shown)
+        if elsewhere is not None:
+            if not elsewhere.ok:
+                raise UserError(
+                    f"The run-once command {label!r} failed on {elsewhere.server}; "
+                    f"{server.name} stops too"
+                )
+            reporter.log(
+                "system", f"Skipped (run once: it ran on {elsewhere.server}): {label}", server.id
+            )
+            continue
+        reporter.log(
+            "system",
+            f"Runs once, here on {server.name}: the other servers skip it: {label}",
+            server.id,
+        )
+        ok = False
+        try:
+            _run_command(
+                connection,
+                command,
+                exports,
+                shown,
+                server,
+                workdir,
+                variables,
+                reporter,
+                group_file,
+            )
+            ok = True
+        finally:
+            once.finished(key, ok=ok)
+
+
+def _run_command(
+    connection: Connection,
+    command: CommandSpec,
+    exports: str,
+    shown: str,
+    server: ServerSpec,
+    workdir: str,
+    variables: Mapping[str, str],
+    reporter: Reporter,
+    group_file: str,
+) -> None:
+    text = substitute_shell(command.command, variables)
+    reporter.log("system", f"$ {shown}", server.id)
+    script = f"{exports}cd -- {shlex.quote(workdir)} || exit $?\n{text}\n"
+    result = connection.run(
+        "sh -c " + shlex.quote(script),
+        on_line=lambda stream, line: reporter.log(stream, line, server.id),
+        timeout=command.timeout_seconds,
+        check=command.halt_on_error,
+        check_cancelled=reporter.check_cancelled,
+        group_file=group_file,
+        display=shown,
+    )
+    if result.exit_code != 0:
+        reporter.log(
+            "system",
+            f"Exited with {result.exit_code}; going on (halt on error is off)",
+            server.id,
+        )
+
+
+def _one_line(text: str, limit: int = 80) -> str:
+    """The first line of a command, cut to ``limit`` characters, for a log line about it."""
+    lines = text.strip().splitlines() or [""]
+    first = lines[0]
+    if len(first) > limit or len(lines) > 1:
+        return first[:limit].rstrip() + "…"
+    return first
+
+
+@dataclasses.dataclass
+class _Turn:
+    """Who runs one run-once command, and how it went."""
+
+    index: int
+    server: str
+    done: bool = False
+    ok: bool = False
+
+
+class RunOnce:
+    """Which server of a rollout runs each run-once command (``CommandSpec.run_once``): one,
+    whatever the strategy runs at once; the others skip it. The servers of a rollout run in
+    threads of one worker process, so one condition variable coordinates them.
+
+    The rule (``ordered``, a deployment's or a rollback's own stages): the first server in the
+    deployment's order that gets to the command runs it. A server that gets there while an
+    earlier server the command applies to is still at work (or queued) in the same phase
+    waits for it; a server that failed (unreachable, a failed step), that finished its phase
+    without reaching the command, or that has not started (a later batch) does not count.
+    The others wait until it has run, then skip it, or fail when it failed (halt on error).
+
+    Unordered (switching servers back after a failed check or batch: which servers do so is
+    not known beforehand): the first to get there runs it.
+    """
+
+    #: How often a waiting server looks for a cancel.
+    POLL_SECONDS = 0.5
+
+    def __init__(self, servers: Sequence[ServerSpec], reporter: Reporter) -> None:
+        self._servers = tuple(servers)
+        self._reporter = reporter
+        self._changed = threading.Condition()
+        self._turns: dict[str, _Turn] = {}
+        #: Runs that a thread is working on, or that are queued for one (by index).
+        self._busy: set[int] = set()
+
+    def seat(self, index: int, *, ordered: bool, phase: str) -> OnceSeat:
+        return OnceSeat(self, index, ordered=ordered, phase=phase)
+
+    def busy(self, indexes: Sequence[int]) -> None:
+        """These runs are queued for a thread (``_each``): earlier ones are waited for."""
+        with self._changed:
+            self._busy.update(indexes)
+            self._changed.notify_all()
+
+    def idle(self, index: int) -> None:
+        with self._changed:
+            self._busy.discard(index)
+            self._changed.notify_all()
+
+    def claim(self, key: str, command: CommandSpec, index: int, *, ordered: bool) -> _Turn | None:
+        while True:
+            with self._changed:
+                turn = self._turns.get(key)
+                if turn is None and not (ordered and self._earlier_at_work(command, index)):
+                    self._turns[key] = _Turn(index, self._servers[index].name)
+                    return None
+                if turn is not None and turn.done:
+                    return turn
+                self._changed.wait(timeout=self.POLL_SECONDS)
+            # Outside the lock: the reporter may ask the database.
+            self._reporter.check_cancelled()
+
+    def finished(self, key: str, *, ok: bool) -> None:
+        with self._changed:
+            turn = self._turns[key]
+            turn.done, turn.ok = True, ok
+            self._changed.notify_all()
+
+    def _earlier_at_work(self, command: CommandSpec, index: int) -> bool:
+        return any(
+            other in self._busy and runs_commands(self._servers[other], command)
+            for other in range(index)
+        )
+
+
+class OnceSeat:
+    """One server's place at a rollout's RunOnce in one phase ("deploy" or "revert")."""
+
+    def __init__(self, gate: RunOnce, index: int, *, ordered: bool, phase: str) -> None:
+        self.gate = gate
+        self.index = index
+        self.ordered = ordered
+        self.phase = phase
+
+    def claim(self, key: str, command: CommandSpec) -> _Turn | None:
+        """None: this server runs the command, then calls ``finished``. Else the turn of the
+        server that ran it, once it has finished."""
+        return self.gate.claim(f"{self.phase}:{key}", command, self.index, ordered=self.ordered)
+
+    def finished(self, key: str, *, ok: bool) -> None:
+        self.gate.finished(f"{self.phase}:{key}", ok=ok)
+
+
+def runs_commands(server: ServerSpec, command: CommandSpec) -> bool:
+    """Whether ``command`` runs on ``server`` when its stage comes (a shell, and it applies)."""
+    return server.shell and not server.without_ssh and command.applies_to(server)
 
 
 def _first(paths: Sequence[str], count: int = 5) -> str:
@@ -248,12 +420,21 @@ class _Run:
     release_path: str
     variables: dict[str, str]
 
+    #: A switch back (``revert``) takes the server back from a release this run made live:
+    #: a rollback, with the after-rollback commands. Not for a rollback's own run, whose
+    #: switch back goes forward again.
+    reverting_rolls_back = True
+
     def __init__(
-        self, spec: DeploySpec | RollbackSpec, server: ServerSpec, reporter: Reporter
+        self, spec: DeploySpec | RollbackSpec, server: ServerSpec, reporter: Reporter, index: int
     ) -> None:
         self.spec = spec
         self.server = server
         self.reporter = reporter
+        #: The server's place in the deployment's order (%groupindex% - 1).
+        self.index = index
+        #: Shared by the rollout's runs (``_with_strategy``): who runs each run-once command.
+        self.once: RunOnce | None = None
         self.owner = lock_owner(spec.deployment_id)
         self.result = ServerResult(server_id=server.id, previous_release=server.live_release)
         self.connection: Connection | None = None
@@ -276,6 +457,13 @@ class _Run:
     def log(self, text: str) -> None:
         self.reporter.log("system", text, self.server.id)
 
+    def seat(self, phase: str = "deploy") -> OnceSeat | None:
+        """This run's seat for run-once commands: in its deployment's order, or (``revert``)
+        first come."""
+        if self.once is None:
+            return None
+        return self.once.seat(self.index, ordered=phase == "deploy", phase=phase)
+
     def _commands(self, stage: str, workdir: str, label: str) -> None:
         assert self.connection is not None
         if has_commands(self.spec.commands, stage, self.server):
@@ -290,7 +478,13 @@ class _Run:
                     env=self.spec.server_env,
                     reporter=self.reporter,
                     group_file=self.layout.groups_file if self.layout is not None else "",
+                    once=self.seat(),
                 )
+
+    def _release_path(self, name: str | None) -> str:
+        if not name or self.layout is None:
+            return ""
+        return f"{self.layout.deploy_path}/releases/{name}"
 
     def checks(self, when: str) -> list[HealthCheckSpec]:
         return [
@@ -396,24 +590,37 @@ class _Run:
             try:
                 self.layout.switch(previous)
                 self.log(f"Rolled back: current → releases/{previous} ({reason})")
+                left = self.variables["release"]
                 previous_variables = {
                     **self.variables,
-                    "release_path": f"{self.layout.deploy_path}/releases/{previous}",
+                    "release_path": self._release_path(previous),
                     "release": previous,
+                    "startrev": self.variables["endrev"],
+                    # What the worker knows was live before (a rollback: the release it left).
                     "endrev": self.server.live_revision or "",
+                    "previous_release_path": self._release_path(left),
+                    "rollback": "1" if self.reverting_rolls_back else "0",
                 }
-                if has_commands(self.spec.commands, STAGE_AFTER_SWITCH, self.server):
-                    run_commands(
-                        self.connection,
-                        self.spec.commands,
-                        stage=STAGE_AFTER_SWITCH,
-                        server=self.server,
-                        workdir=previous_variables["release_path"],
-                        variables=previous_variables,
-                        env=self.spec.server_env,
-                        reporter=self.reporter,
-                        group_file=self.layout.groups_file,
-                    )
+                stages = [STAGE_AFTER_SWITCH]
+                if self.reverting_rolls_back:
+                    stages.insert(0, STAGE_AFTER_ROLLBACK)
+                ran = False
+                for stage in stages:
+                    if has_commands(self.spec.commands, stage, self.server):
+                        ran = True
+                        run_commands(
+                            self.connection,
+                            self.spec.commands,
+                            stage=stage,
+                            server=self.server,
+                            workdir=previous_variables["release_path"],
+                            variables=previous_variables,
+                            env=self.spec.server_env,
+                            reporter=self.reporter,
+                            group_file=self.layout.groups_file,
+                            once=self.seat("revert"),
+                        )
+                if ran:
                     self._settle(previous)
             finally:
                 if self._may_unlock():
@@ -493,7 +700,7 @@ class ServerRun(_Run):
         reporter: Reporter,
         index: int,
     ) -> None:
-        super().__init__(spec, server, reporter)
+        super().__init__(spec, server, reporter, index)
         self.output = output
         self.name = name
         self.archives = archives
@@ -529,6 +736,7 @@ class ServerRun(_Run):
             self.prepared = prepared
             self.previous = prepared.live
             self.result.previous_release = prepared.live
+            self.variables["previous_release_path"] = self._release_path(prepared.live)
             if self.spec.config_only:
                 if not prepared.copied or server.live_manifest is None:
                     raise UserError(
@@ -757,7 +965,13 @@ class ServerRun(_Run):
         if not self.atomic:
             assert self.connection is not None
             direct.deliver(
-                self.spec, self.server, self.output, self.reporter, self.connection, self.result
+                self.spec,
+                self.server,
+                self.output,
+                self.reporter,
+                self.connection,
+                self.result,
+                once=self.seat(),
             )
             self.switched = True
             self.run_checks(AFTER_SWITCH, self.release_path)
@@ -872,11 +1086,12 @@ class RollbackRun(_Run):
     release is removed."""
 
     spec: RollbackSpec
+    reverting_rolls_back = False
 
     def __init__(
         self, spec: RollbackSpec, server: ServerSpec, reporter: Reporter, index: int
     ) -> None:
-        super().__init__(spec, server, reporter)
+        super().__init__(spec, server, reporter, index)
         self.target = spec.targets.get(server.id, "")
         deploy_path = release.validate_deploy_path(server.deploy_path)
         self.release_path = f"{deploy_path}/releases/{self.target}"
@@ -889,6 +1104,7 @@ class RollbackRun(_Run):
             branch=spec.branch,
             deployer=spec.deployer,
             index=index,
+            rollback=True,
         )
 
     def connect(self) -> None:
@@ -936,13 +1152,16 @@ class RollbackRun(_Run):
                 self.log(note[:1].upper() + note[1:])
             self.previous = live
             self.result.previous_release = self.previous
+            self.variables["previous_release_path"] = self._release_path(live)
         self.run_checks(BEFORE_SWITCH, self.release_path)
 
     def activate(self) -> None:
         assert self.layout is not None
         self.reporter.check_cancelled()  # the last safe point: after the switch, it is live
-        after = has_commands(self.spec.commands, STAGE_AFTER_SWITCH, self.server) or bool(
-            self.checks(AFTER_SWITCH)
+        after = (
+            has_commands(self.spec.commands, STAGE_AFTER_SWITCH, self.server)
+            or has_commands(self.spec.commands, STAGE_AFTER_ROLLBACK, self.server)
+            or bool(self.checks(AFTER_SWITCH))
         )
         with self.reporter.step("switch", self.server.id):
             if after:
@@ -967,6 +1186,7 @@ class RollbackRun(_Run):
             self.finished = True
             self.abandon()
             return
+        self._commands(STAGE_AFTER_ROLLBACK, self.release_path, "commands after rollback")
         self._commands(STAGE_AFTER_SWITCH, self.release_path, "commands after switch")
         try:
             self.run_checks(AFTER_SWITCH, self.release_path)
@@ -1006,10 +1226,16 @@ def _each(
         except BaseException as error:
             run.fail(error)
         finally:
+            if run.once is not None:
+                run.once.idle(run.index)
             reporter.thread_finished()
 
     if not runs:
         return
+    # Queued runs count as at work for run-once commands: a later server waits for them.
+    for run in runs:
+        if run.once is not None:
+            run.once.busy([run.index])
     with ThreadPoolExecutor(max_workers=max(1, min(limit, len(runs)))) as pool:
         list(pool.map(guarded, runs))
 
@@ -1262,8 +1488,10 @@ def _with_strategy(
     """Move every run through its phases as ``strategy`` says; never raises for a server.
     Servers behind the same jump host share one connection to it, until every run is done."""
     jumps = JumpHosts()
+    once = RunOnce([run.server for run in runs], reporter)
     for run in runs:
         run.jumps = jumps
+        run.once = once
     try:
         if strategy.kind == PREPARE_THEN_SWITCH:
             _prepare_then_switch(runs, reporter, limit)

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 STAGE_BEFORE_TRANSFER = "before_transfer"
 STAGE_BEFORE_SWITCH = "before_switch"
 STAGE_AFTER_SWITCH = "after_switch"
+#: Only in a rollback (a rollback deployment, or a server switched back after a failed check),
+#: right after the switch and before the after-switch commands: reversing migrations...
+STAGE_AFTER_ROLLBACK = "after_rollback"
 
 #: How a server's new release starts from its live one (``ServerSpec.release_copy``): hard
 #: links when no command of the deployment runs on that server (commands such as package
@@ -90,6 +93,9 @@ class CommandSpec:
     halt_on_error: bool = True
     timeout_seconds: int | None = None
     server_ids: frozenset[int] = frozenset()  # empty: every server
+    #: Runs on one server of the deployment only, the first in its order to reach it (see
+    #: rollout.RunOnce); the others log that they skip it.
+    run_once: bool = False
 
     def applies_to(self, server: ServerSpec) -> bool:
         if self.server_ids and server.id not in self.server_ids:
@@ -350,8 +356,11 @@ def variables_for(
     branch: str,
     deployer: str,
     index: int = 0,
+    rollback: bool = False,
+    previous_release_path: str = "",
 ) -> dict[str, str]:
-    """The ``%variables%`` of one server in one deployment."""
+    """The ``%variables%`` of one server in one deployment. In a rollback ``revision`` is the
+    release going back live and ``server.live_revision`` the one it replaces."""
     deploy_path = release.validate_deploy_path(server.deploy_path)
     return {
         "release_path": release_path,
@@ -369,4 +378,8 @@ def variables_for(
         "release": name,
         # 1 for the first server of the deployment (e.g. run migrations only where it is 1).
         "groupindex": str(index + 1),
+        "rollback": "1" if rollback else "0",
+        # The release live before this switch (the one a rollback leaves): its code can
+        # reverse its own migrations.
+        "previous_release_path": previous_release_path,
     }

@@ -35,8 +35,8 @@ DOCUMENTED = {
     "shared_path": "The shared directory (linked into every release)",
     "current_path": "The `current` symlink",
     "deploy_path": "The server's deploy path",
-    "startrev": "The revision live before this deployment",
-    "endrev": "The revision being deployed",
+    "startrev": "The revision live before this deployment (in a rollback: the one left)",
+    "endrev": "The revision being deployed (in a rollback: the one going back live)",
     "branch": "The branch being deployed",
     "environment": "The server's environment label",
     "deployer": "Who started the deployment",
@@ -45,6 +45,8 @@ DOCUMENTED = {
     "hostname": "The server's host name",
     "groupindex": "The server's place in the deployment, from 1 (e.g. migrate only where it is 1)",
     "release": "The release name",
+    "previous_release_path": "The release live before this switch (in a rollback: the one left)",
+    "rollback": "1 in a rollback (and a switch back after a failed check), else 0",
 }
 
 
