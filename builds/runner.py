@@ -470,6 +470,7 @@ def command_specs(project: Project) -> tuple[pipeline.CommandSpec, ...]:
             run_on=c.run_on,
             halt_on_error=c.halt_on_error,
             timeout_seconds=c.timeout_seconds,
+            run_once=c.run_once,
             server_ids=frozenset(c.servers.values_list("pk", flat=True)),
         )
         for c in project.commands.prefetch_related("servers")

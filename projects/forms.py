@@ -232,6 +232,12 @@ class CommandForm(SettingForm):
     description = forms.CharField(max_length=255, required=False)
     stage = forms.ChoiceField(label="When", choices=CommandStage.choices)
     run_on = forms.ChoiceField(label="Run on", choices=CommandRunOn.choices)
+    run_once = forms.BooleanField(
+        label="Run once: on one server of each deployment only",
+        required=False,
+        help_text="For database migrations: the first server in the deployment's order that "
+        "reaches it runs it; the others skip it (the log says where it ran).",
+    )
     halt_on_error = forms.BooleanField(
         label="Stop the deployment when it fails", required=False, initial=True
     )

@@ -297,6 +297,8 @@ class CommandStage(models.TextChoices):
     BEFORE_TRANSFER = "before_transfer", "Before the transfer"
     BEFORE_SWITCH = "before_switch", "After the transfer, before the switch"
     AFTER_SWITCH = "after_switch", "After the switch"
+    # Only in rollbacks (never in a deployment), right after the switch back.
+    AFTER_ROLLBACK = "after_rollback", "After a rollback's switch"
 
 
 class CommandRunOn(models.TextChoices):
@@ -320,16 +322,21 @@ class Command(models.Model):
     )
     halt_on_error = models.BooleanField(default=True)
     timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
+    # On one server of each deployment only (migrations): the first in the deployment's order
+    # to reach it (builds.engine.rollout.RunOnce).
+    run_once = models.BooleanField(default=False)
     # Empty means every server of the project.
     servers = models.ManyToManyField("servers.Server", blank=True, related_name="commands")
 
     class Meta:
         # The order they run in: by stage (not by the stage's name, which sorts
-        # after_switch first), then by position.
+        # after_switch first), then by position. A rollback runs its after-rollback commands
+        # before the after-switch ones; they are listed last, apart from a deployment's.
         ordering = [
             models.Case(
                 models.When(stage=CommandStage.BEFORE_TRANSFER, then=models.Value(0)),
                 models.When(stage=CommandStage.BEFORE_SWITCH, then=models.Value(1)),
+                models.When(stage=CommandStage.AFTER_ROLLBACK, then=models.Value(3)),
                 default=models.Value(2),
             ),
             "position",

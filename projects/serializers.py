@@ -328,6 +328,7 @@ class CommandSerializer(SettingSerializer):
             "description",
             "stage",
             "run_on",
+            "run_once",
             "halt_on_error",
             "timeout_seconds",
             "servers",
@@ -335,6 +336,18 @@ class CommandSerializer(SettingSerializer):
             "url",
             "html_url",
         ]
+        extra_kwargs = {
+            "stage": {
+                "help_text": "When it runs: before_transfer, before_switch, after_switch (in "
+                "deployments and rollbacks), after_rollback (in rollbacks only, right after "
+                "the switch back, before the after-switch commands)."
+            },
+            "run_once": {
+                "help_text": "Run on one server of each deployment only (database "
+                "migrations): the first server in the deployment's order that reaches it; "
+                "the others skip it."
+            },
+        }
 
 
 class BuildCommandSerializer(SettingSerializer):

@@ -747,6 +747,8 @@ def _clean_command(data: dict[str, Any]) -> None:
         raise InvalidInput("stage", f"must be one of {', '.join(CommandStage.values)}.")
     if "run_on" in data and data["run_on"] not in CommandRunOn.values:
         raise InvalidInput("run_on", f"must be one of {', '.join(CommandRunOn.values)}.")
+    if "run_once" in data and not isinstance(data["run_once"], bool):
+        raise InvalidInput("run_once", "must be true or false.")
     _clean_timeout(data)
 
 

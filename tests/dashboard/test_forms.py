@@ -307,3 +307,26 @@ def test_a_jump_host_error_is_shown_beside_its_field(alice_client, project):
     assert response.status_code == 200
     errors = field_errors(response.content.decode(), "jump_username")
     assert errors and "is needed with a jump host" in errors[0], errors
+
+
+def test_it_adds_a_run_once_migration_and_its_reversal_after_a_rollback(alice_client, project):
+    path = f"/projects/{project.slug}/settings/commands/"
+    form = alice_client.get(path).content.decode()
+    assert 'name="run_once"' in form and "After a rollback" in form
+    for stage, command in (
+        ("before_switch", "php artisan migrate --force"),
+        ("after_rollback", "cd %previous_release_path% && php artisan migrate:rollback"),
+    ):
+        response = alice_client.post(
+            path,
+            {"command": command, "stage": stage, "run_on": "always", "run_once": "on"},
+        )
+        assert response.status_code == 302, response.content.decode()[-2000:]
+    assert [(c.stage, c.run_once) for c in project.commands.all()] == [
+        ("before_switch", True),
+        ("after_rollback", True),
+    ]
+    page = alice_client.get(path).content.decode()
+    assert "once: on one server" in page
+    assert "After a rollback&#x27;s switch" in page or "After a rollback's switch" in page
+    assert "%previous_release_path%" in page and "%rollback%" in page
