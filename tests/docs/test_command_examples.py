@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from builds.engine import pipeline
-from tests.support.engine import RecordingReporter, deploy_spec, server_for
+from tests.support.engine import RecordingReporter, after, deploy_spec, server_for
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 MARKER = "<!-- slipway-example: ssh-command -->"
@@ -116,3 +116,55 @@ def test_the_idiom_the_docs_warn_against_fails_on_the_second_server(
     )
     outcomes = {r.server_id: r.ok for r in result.servers}
     assert outcomes == {1: True, 2: False}
+
+
+def test_the_rollback_example_reverses_in_the_release_left_and_only_in_a_rollback(
+    two_servers, git_repo_factory, tmp_path
+):
+    [command] = [c for _, c in examples() if "%rollback% = 1" in c]
+    targets, servers = two_servers
+    stand_ins = _stand_ins(targets[0].root)
+    env = {"PATH": f"{stand_ins}:/usr/local/bin:/usr/bin:/bin"}
+    reverse = (pipeline.CommandSpec(command=command, stage="after_rollback", run_once=True),)
+    repo = git_repo_factory()
+    deployed = []
+    for number, text in enumerate(("A", "B"), 1):
+        revision = repo.commit({"index.html": f"{text}\n"}, text)
+        result = pipeline.deploy(
+            deploy_spec(
+                repo,
+                tmp_path,
+                servers,
+                revision,
+                deployment_id=number,
+                commands=reverse,
+                server_env=env,
+            ),
+            RecordingReporter(),
+        )
+        assert result.ok, [r.error for r in result.servers]
+        servers = [after(result, server) for server in servers]
+        deployed.append({r.server_id: r.release or "" for r in result.servers})
+    assert [_ran(target) for target in targets] == ["", ""], "not in a deployment"
+
+    back = pipeline.rollback(
+        pipeline.RollbackSpec(
+            deployment_id=3,
+            project="Shop",
+            servers=tuple(servers),
+            targets=deployed[0],
+            commands=reverse,
+            server_env=env,
+        ),
+        RecordingReporter(),
+    )
+
+    assert all(r.ok for r in back), [r.error for r in back]
+    left = [
+        t.deploy_path / "releases" / deployed[1][s.id] / ".stand-ins-ran"
+        for t, s in zip(targets, servers, strict=True)
+    ]
+    assert [p.read_text() if p.exists() else "" for p in left] == [
+        "php artisan migrate:rollback --force\n",
+        "",
+    ]
