@@ -116,58 +116,67 @@ def run_commands(
             continue
         reporter.check_cancelled()
         shown = substitute(command.command, variables)
-        if not command.run_once or once is None:
-            _run_command(
-                connection,
-                command,
-                exports,
-                shown,
-                server,
-                workdir,
-                variables,
-                reporter,
-                group_file,
-            )
-            continue
-        key = f"{stage}:{position}"
-        elsewhere = once.claim(key, command)
-        label = command.description or _one_line(shown)
-        if elsewhere is not None:
-            if not elsewhere.ok:
-                raise UserError(
-                    f"The run-once command {label!r} failed on {elsewhere.server}; "
-                    f"{server.name} stops too"
+        seat = once if command.run_once else None
+        with _turn(seat, f"{stage}:{position}", command, shown, server, reporter) as here:
+            if here:
+                _run_command(
+                    connection,
+                    command,
+                    exports=exports,
+                    shown=shown,
+                    server=server,
+                    workdir=workdir,
+                    variables=variables,
+                    reporter=reporter,
+                    group_file=group_file,
                 )
-            reporter.log(
-                "system", f"Skipped (run once: it ran on {elsewhere.server}): {label}", server.id
+
+
+@contextlib.contextmanager
+def _turn(
+    once: OnceSeat | None,
+    key: str,
+    command: CommandSpec,
+    shown: str,
+    server: ServerSpec,
+    reporter: Reporter,
+) -> Iterator[bool]:
+    """Whether ``command`` runs here: always without a seat; for a run-once command, when this
+    server gets it (the others skip it, or fail when it failed where it ran)."""
+    if once is None:
+        yield True
+        return
+    elsewhere = once.claim(key, command)
+    label = command.description or _one_line(shown)
+    if elsewhere is not None:
+        if not elsewhere.ok:
+            reporter.check_cancelled()  # it stopped because the deployment did
+            raise UserError(
+                f"The run-once command {label!r} failed on {elsewhere.server}; "
+                f"{server.name} stops too"
             )
-            continue
+        reporter.log(
+            "system", f"Skipped (run once: it ran on {elsewhere.server}): {label}", server.id
+        )
+        yield False
+        return
+    ok = False
+    try:  # whatever happens, the servers waiting for this one learn it
         reporter.log(
             "system",
             f"Runs once, here on {server.name}: the other servers skip it: {label}",
             server.id,
         )
-        ok = False
-        try:
-            _run_command(
-                connection,
-                command,
-                exports,
-                shown,
-                server,
-                workdir,
-                variables,
-                reporter,
-                group_file,
-            )
-            ok = True
-        finally:
-            once.finished(key, ok=ok)
+        yield True
+        ok = True
+    finally:
+        once.finished(key, ok=ok)
 
 
 def _run_command(
     connection: Connection,
     command: CommandSpec,
+    *,
     exports: str,
     shown: str,
     server: ServerSpec,

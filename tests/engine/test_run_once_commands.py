@@ -4,6 +4,9 @@ appended on the servers themselves."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from builds.engine import pipeline
@@ -167,3 +170,58 @@ def test_halt_on_error_off_lets_the_others_go_on_after_a_failed_run_once_command
 
     assert result.ok, [r.error for r in result.servers]
     assert "Exited with 5; going on (halt on error is off)" in reporter.text
+
+
+def test_with_prepare_then_switch_a_server_that_prepares_nothing_aside_is_not_waited_for(
+    three, git_repo_factory, tmp_path
+):
+    # web1 takes its files in place at the switch, with all its commands: the others run
+    # their before-switch commands while preparing, without waiting for it (no deadlock).
+    targets, servers = three
+    servers[0] = server_for(targets[0], 1, atomic=False)
+    repo = git_repo_factory()
+    revision = repo.commit({"index.html": "A\n"}, "A")
+    reporter = RecordingReporter()
+
+    result = pipeline.deploy(
+        deploy_spec(
+            repo,
+            tmp_path,
+            servers,
+            revision,
+            commands=(_once("echo %server% >> %deploy_path%/migrated"),),
+            strategy=StrategySpec(kind="prepare_then_switch"),
+        ),
+        reporter,
+    )
+
+    assert result.ok, ([r.error for r in result.servers], reporter.text)
+    ran = [
+        (t.deploy_path / "migrated").read_text()
+        for t in targets
+        if (t.deploy_path / "migrated").exists()
+    ]
+    assert ran == ["web2\n"]
+    assert any(
+        text.startswith("Skipped (run once: it ran on web2)") and server == 1
+        for _, text, server in reporter.lines
+    )
+
+
+def test_servers_waiting_for_a_run_once_command_stop_when_the_deployment_is_cancelled(
+    three, git_repo_factory, tmp_path
+):
+    targets, servers = three
+    repo = git_repo_factory()
+    revision = repo.commit({"index.html": "A\n"}, "A")
+    reporter = RecordingReporter()
+    threading.Timer(2.0, reporter.cancel.set).start()
+    started = time.monotonic()
+
+    result = pipeline.deploy(
+        deploy_spec(repo, tmp_path, servers, revision, commands=(_once("sleep 60"),)), reporter
+    )
+
+    assert time.monotonic() - started < 30
+    assert all(r.cancelled for r in result.servers), [r.error for r in result.servers]
+    assert not any((t.deploy_path / "current").exists() for t in targets)
