@@ -166,6 +166,9 @@ def in_place_variables(
         "project": spec.project,
         "server": server.name,
         "release": revision[:7],
+        # No releases to go between; an FTP or S3 rollback deploys the earlier revision.
+        "previous_release_path": "",
+        "rollback": "1" if server.id in spec.rollback_to else "0",
     }
 
 
