@@ -5,6 +5,7 @@ deployment. Real sshd servers."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import pytest
 
@@ -230,3 +231,45 @@ def test_values_in_rollback_commands_stay_data(sshd_target, git_repo_factory, tm
             "",
         ]
     )
+
+
+def test_an_aborted_canary_deployment_runs_them_once_as_it_switches_the_canaries_back(
+    sshd_factory, git_repo_factory, tmp_path
+):
+    targets = [sshd_factory() for _ in range(3)]
+    servers = [server_for(target, n) for n, target in enumerate(targets, 1)]
+    repo = git_repo_factory()
+    a = repo.commit({"index.html": "A\n"}, "A")
+    first = pipeline.deploy(deploy_spec(repo, tmp_path, servers, a), RecordingReporter())
+    servers = [after(first, server) for server in servers]
+    b = repo.commit({"index.html": "B\n"}, "B")
+    reporter = RecordingReporter()
+
+    def abort() -> None:
+        assert reporter.waiting.wait(timeout=60)
+        reporter.promote = False
+        reporter.decided.set()
+
+    deciding = threading.Thread(target=abort)
+    deciding.start()
+    result = pipeline.deploy(
+        deploy_spec(
+            repo,
+            tmp_path,
+            servers,
+            b,
+            deployment_id=2,
+            commands=_commands(once=True),
+            strategy=StrategySpec(kind="canary", canary_count=2, promotion="manual"),
+        ),
+        reporter,
+    )
+    deciding.join()
+
+    outcomes = {r.server_id: r for r in result.servers}
+    assert outcomes[1].rolled_back and outcomes[2].rolled_back
+    reversed_lines = [line for t in targets[:2] for line in _lines(t, "after-rollback")]
+    assert len(reversed_lines) == 1
+    assert reversed_lines[0].startswith(f"1 {b} {a} ")
+    assert _lines(targets[2], "after-rollback") == _lines(targets[2], "after-switch") == []
+    assert "Waiting for someone to promote" in reporter.text
