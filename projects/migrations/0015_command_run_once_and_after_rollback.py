@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('projects', '0013_stack_lock_and_freeze_windows'),
+        ('projects', '0014_project_badge_token'),
     ]
 
     operations = [
