@@ -165,11 +165,22 @@ def in_place_variables(
         "deployer": spec.deployer,
         "project": spec.project,
         "server": server.name,
+        "hostname": server.endpoint.hostname,
         "release": revision[:7],
+        # The server's place in the deployment's order, from 1, as for SSH servers.
+        "groupindex": str(_place(spec, server)),
         # No releases to go between; an FTP or S3 rollback deploys the earlier revision.
         "previous_release_path": "",
         "rollback": "1" if server.id in spec.rollback_to else "0",
     }
+
+
+def _place(spec: DeploySpec, server: ServerSpec) -> int:
+    """``server``'s place in ``spec.servers``, from 1 (1 if it is not there)."""
+    for index, candidate in enumerate(spec.servers):
+        if candidate.id == server.id:
+            return index + 1
+    return 1
 
 
 def take_lock(

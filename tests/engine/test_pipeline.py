@@ -321,6 +321,30 @@ def test_it_deploys_in_place_over_sftp(sshd_target, git_repo_factory, tmp_path):
     assert second.servers[0].changes.modified == ["a.txt"]
 
 
+def test_commands_in_place_get_the_host_name_and_place_of_their_server(
+    sshd_target, git_repo_factory, tmp_path
+):
+    repo = git_repo_factory()
+    a = repo.commit({"a.txt": "a\n"})
+    server = server_for(sshd_target, atomic=False)  # shell: True by default
+    result = pipeline.deploy(
+        deploy_spec(
+            repo,
+            tmp_path,
+            [server],
+            a,
+            commands=(
+                pipeline.CommandSpec(
+                    command="echo %hostname% %groupindex% > where.txt", stage="after_switch"
+                ),
+            ),
+        ),
+        RecordingReporter(),
+    )
+    assert result.ok, result.servers[0].error
+    assert (sshd_target.deploy_path / "where.txt").read_text() == "127.0.0.1 1\n"
+
+
 def test_it_reports_an_unknown_revision_by_name(sshd_target, git_repo_factory, tmp_path):
     repo = git_repo_factory()
     repo.commit({"a.txt": "a\n"})
