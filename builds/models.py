@@ -107,6 +107,10 @@ class Deployment(models.Model):
     rollback_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="rollbacks"
     )
+    # "Retry failed servers": the finished deployment whose failed servers this one deploys.
+    retry_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries"
+    )
     # Added/modified/deleted paths and bytes, kept for previews and the deployment page.
     changes = models.JSONField(default=dict, blank=True)
     commits = models.JSONField(default=list, blank=True)
@@ -120,6 +124,11 @@ class Deployment(models.Model):
     # A canary deployment waiting for a person: promote it to the other servers, or abort it.
     promote_requested_at = models.DateTimeField(null=True, blank=True)
     abort_requested_at = models.DateTimeField(null=True, blank=True)
+    # Who aborted it: the rollback that undoes what it switched is theirs
+    # (builds.services: the abort's rollback is recorded when the deployment ends).
+    abort_requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     task_id = models.CharField(max_length=255, blank=True)
     worker = models.CharField(max_length=255, blank=True)
     log_seq = models.PositiveIntegerField(default=0)

@@ -160,14 +160,19 @@ class DatabaseReporter:
         deployment_broadcast_status(self.deployment)
 
     def wait_for_promotion(self) -> bool:
-        """Poll for Promote or Abort (the API and the dashboard set them); Cancel aborts."""
+        """Poll for Promote, Abort or Cancel (the API and the dashboard set them). Cancel
+        rolls the canaries back in this deployment; Abort raises Aborted, and the rollback
+        recorded when it ends undoes them (services.deployment_finish)."""
         while True:
             decision = (
                 Deployment.objects.filter(pk=self.deployment.pk)
                 .values("promote_requested_at", "abort_requested_at", "cancel_requested_at")
                 .get()
             )
-            if decision["abort_requested_at"] or decision["cancel_requested_at"]:
+            if decision["abort_requested_at"]:
+                self._aborted = self._cancelled = True
+                raise Aborted("Aborted on request")
+            if decision["cancel_requested_at"]:
                 return False
             if decision["promote_requested_at"]:
                 return True
@@ -555,14 +560,18 @@ def run(deployment: Deployment) -> None:
                 _run_preview(deployment, servers, reporter, workspace)
             else:
                 _run_deploy(deployment, servers, reporter, workspace)
-    except Cancelled:
-        writer.system("Cancelled; every server stays on the release it had")
+    except Cancelled as stopped:
+        # Stopped before any server was switched (the fetch, the build).
+        writer.system(
+            f"{'Aborted' if isinstance(stopped, Aborted) else 'Cancelled'}; every server stays "
+            "on the release it had"
+        )
         writer.flush()
         deployment_finish(
             deployment,
             status=Status.CANCELLED,
-            error="Cancelled on request",
-            error_code="cancelled",
+            error=str(stopped) or "Cancelled on request",
+            error_code=stopped.code,
         )
     except EngineError as exc:
         message = (

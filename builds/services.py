@@ -432,6 +432,26 @@ def deployment_finish(
 @retrying
 def _finish(deployment: Deployment, *, status: str, error: str, error_code: str) -> bool:
     project_lock(deployment.project_id)
+    request = (
+        Deployment.objects.filter(pk=deployment.pk)
+        .values("kind", "abort_requested_at", "abort_requested_by")
+        .get()
+    )
+    aborted = request["abort_requested_at"] is not None and request["kind"] == Kind.DEPLOY
+    if aborted:
+        # The lock order (deployer.db): the servers by pk before the deployment rows, as the
+        # abort's rollback (deployment_create) takes them below.
+        list(
+            Server.objects.select_for_update()
+            .filter(
+                pk__in=DeploymentTarget.objects.filter(deployment_id=deployment.pk).values(
+                    "server_id"
+                )
+            )
+            .order_by("pk")
+        )
+        if status == Status.CANCELLED:
+            error_code = "aborted"
     now = timezone.now()
     finished = Deployment.objects.filter(pk=deployment.pk, status__in=ACTIVE).update(
         status=status, error=error, error_code=error_code, finished_at=now, stage=""
@@ -444,7 +464,83 @@ def _finish(deployment: Deployment, *, status: str, error: str, error_code: str)
         finished_at=now,
         reason=reason,
     )
+    if finished and aborted:
+        # Recorded with the end of the deployment, in one transaction: an abort's rollback
+        # is never lost between the two (a worker dying in between, a deadlock retried).
+        requester = User.objects.filter(pk=request["abort_requested_by"]).first()
+        _record_abort_rollback(deployment, user=requester)
     return bool(finished)
+
+
+def _record_abort_rollback(deployment: Deployment, *, user: User | None) -> Deployment | None:
+    """Queue the rollback of every server an aborted deployment had switched (its release
+    live there now) to the release it had before, recorded like any rollback (kind
+    rollback, ``rollback_of``, audited); the log of both says which servers. A server with
+    no release before this one, or disabled, or whose host key is no longer trusted, is
+    left on the new release and named. None when nothing had switched."""
+    live_here = set(
+        Release.objects.filter(deployment_id=deployment.pk, live=True).values_list(
+            "server_id", flat=True
+        )
+    )
+    switched = [
+        target
+        for target in deployment.targets.select_related("server").order_by("position")
+        if target.server_id in live_here
+    ]
+    if not switched:
+        system_line(deployment, "Aborted before any server switched: nothing to roll back")
+        return None
+    servers: list[Server] = []
+    left: list[str] = []
+    for target in switched:
+        server = target.server
+        if not target.previous_release:
+            left.append(f"{server.name} (no release before this one)")
+        elif not server.enabled:
+            left.append(f"{server.name} (disabled)")
+        elif not server.trusted:
+            left.append(f"{server.name} ({server.untrusted_hop} is not trusted)")
+        else:
+            servers.append(server)
+    kept = f"; left on this release: {', '.join(left)}" if left else ""
+    if not servers:
+        system_line(deployment, f"Aborted: nothing can be rolled back{kept}")
+        return None
+    group = deployment.group
+    strategy = deployment.strategy or (group.strategy if group is not None else "")
+    rollback = deployment_create(
+        project=deployment.project,
+        servers=servers,
+        group=group,
+        kind=Kind.ROLLBACK,
+        trigger=Trigger.MANUAL,
+        user=user,
+        rollback_of=deployment,
+        # The way the deployment went (its batches and checks), but no canary waiting for a
+        # second Promote: an abort wants every switched server back.
+        strategy=Strategy.PARALLEL if strategy == Strategy.CANARY else deployment.strategy,
+    )
+    names = ", ".join(server.name for server in servers)
+    audit_record(
+        project=deployment.project,
+        actor=user,
+        action="rollback.created",
+        target=f"deployment #{rollback.pk}",
+        rollback_of=deployment.pk,
+        servers=[server.pk for server in servers],
+        aborted=True,
+    )
+    system_line(
+        deployment,
+        f"Aborted: rolling back {names} to the release each had before, in deployment "
+        f"#{rollback.pk}{kept}",
+    )
+    system_line(
+        rollback,
+        f"Rolling back {names}: switched by deployment #{deployment.pk} before it was aborted",
+    )
+    return rollback
 
 
 def _notify_finished(deployment: Deployment) -> None:
@@ -544,12 +640,16 @@ def deployment_promote(deployment: Deployment) -> bool:
     )
 
 
-def deployment_abort(deployment: Deployment) -> bool:
-    """Stop a running deployment and roll back the servers it switched (canaries...)."""
+def deployment_abort(deployment: Deployment, *, user: User | None = None) -> bool:
+    """Ask a running deployment to stop at its next safe point; when it ends, every server
+    it had switched is rolled back by a rollback deployment (see _finish), ``user``'s."""
     return bool(
         Deployment.objects.filter(
             pk=deployment.pk, status=Status.RUNNING, abort_requested_at=None
-        ).update(abort_requested_at=timezone.now())
+        ).update(
+            abort_requested_at=timezone.now(),
+            abort_requested_by=user if user is not None and user.is_authenticated else None,
+        )
     )
 
 
@@ -996,10 +1096,16 @@ def _not_waiting(deployment: Deployment) -> str:
 
 @retrying
 def deployment_request_abort(*, deployment: Deployment, user: User | None) -> Deployment:
-    """Stop a running deployment and roll back the servers it switched;
-    DeploymentWrongState unless it is running (a queued one is cancelled instead)."""
+    """Abort and roll back: stop a running deployment, then roll back every server it had
+    switched (a rollback deployment, recorded when it ends). DeploymentWrongState unless it
+    is a running deployment (a queued one, or a rollback, is cancelled instead)."""
     with transaction.atomic():
-        if not deployment_abort(deployment):
+        if deployment.kind != Kind.DEPLOY:
+            raise DeploymentWrongState(
+                f"Deployment #{deployment.pk} is a {deployment.kind}: cancel it instead "
+                "(an abort rolls back what a deployment switched)"
+            )
+        if not deployment_abort(deployment, user=user):
             deployment.refresh_from_db()
             if deployment.status == Status.QUEUED:
                 message = f"Deployment #{deployment.pk} has not started; cancel it instead"

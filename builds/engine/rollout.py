@@ -7,7 +7,12 @@ phases (connect, prepare, activate, finalize; revert when needed) by a strategy.
 - rolling: batches; each batch is prepared, switched and checked before the next starts; a
   failed batch rolls back every server switched so far, and the rest are never touched;
 - canary: the first servers get the release and are watched for a window, then the rest
-  follow, at once or when someone promotes; an abort rolls the canaries back.
+  follow, at once or when someone promotes.
+
+Cancel and abort stop at the next safe point. An abort (``Aborted``) reverts nothing here:
+the servers switched so far stay switched and are reported so (``ok``), the others are
+cancelled, and the caller rolls the switched ones back as a rollback of its own (in Slipway,
+a rollback deployment recorded when the aborted one ends).
 
 A rollback takes a kept release back live the same way: one ``RollbackRun`` per server
 (switch_back), through the same strategies and health checks.
@@ -1286,6 +1291,32 @@ def _revert_switched(runs: Sequence[_Run], reason: str, reporter: Reporter, limi
     _each(switched, lambda run: run.revert(reason), limit=limit, reporter=reporter)
 
 
+def _aborted_only(runs: Sequence[_Run]) -> bool:
+    """Some of ``runs`` stopped on an abort and none failed for another reason: nothing is
+    reverted here (the caller rolls back what was switched)."""
+    aborted = any(isinstance(run.result.error, Aborted) for run in runs)
+    return aborted and not _failure_reason(runs)
+
+
+def _stop(runs: Sequence[_Run], stopped: Cancelled, reporter: Reporter) -> None:
+    """A cancel or an abort noticed between servers (before a batch, in the pause between
+    batches, in a canary's window or its wait for promotion): what was switched stays
+    switched and is reported so; the servers not reached yet are left as they were."""
+    word = "Aborted" if isinstance(stopped, Aborted) else "Cancelled"
+    untouched = [
+        run for run in runs if not run.result.ok and not _failed(run) and not run.result.skipped
+    ]
+    switched = [run.server.name for run in runs if run.result.ok]
+    _mark_untouched(untouched, f"{word} before this server's turn", cancelled=True)
+    if untouched:
+        reporter.log(
+            "system",
+            f"{word}: {', '.join(run.server.name for run in untouched)} left as "
+            f"{'it was' if len(untouched) == 1 else 'they were'}"
+            + (f"; switched already: {', '.join(switched)}" if switched else ""),
+        )
+
+
 def _failure_reason(runs: Sequence[_Run]) -> str:
     failed = [run for run in runs if _failed(run) and not run.result.cancelled]
     if not failed:
@@ -1502,17 +1533,19 @@ def _with_strategy(
         run.jumps = jumps
         run.once = once
     try:
-        if strategy.kind == PREPARE_THEN_SWITCH:
-            _prepare_then_switch(runs, reporter, limit)
-        elif strategy.kind == ROLLING:
-            _rolling(runs, strategy, reporter, limit)
-        elif strategy.kind == CANARY:
-            _canary(runs, strategy, reporter, limit)
-        else:
-            _each(runs, _full, limit=limit, reporter=reporter)
-        if any(isinstance(run.result.error, Aborted) for run in runs):
-            reporter.log("system", "Aborted: rolling back every server this deployment switched")
-            _revert_switched(runs, "aborted", reporter, limit)
+        try:
+            if strategy.kind == PREPARE_THEN_SWITCH:
+                _prepare_then_switch(runs, reporter, limit)
+            elif strategy.kind == ROLLING:
+                _rolling(runs, strategy, reporter, limit)
+            elif strategy.kind == CANARY:
+                _canary(runs, strategy, reporter, limit)
+            else:
+                _each(runs, _full, limit=limit, reporter=reporter)
+        except Cancelled as stopped:
+            # Raised between servers, never inside a server's run (_each records those):
+            # every thread is done, and each switched server's result must still be reported.
+            _stop(runs, stopped, reporter)
     finally:
         for run in runs:
             run.abandon()
@@ -1540,16 +1573,12 @@ def _rolling(runs: Sequence[_Run], strategy: StrategySpec, reporter: Reporter, l
         members = [runs[i] for i in batch]
         names = ", ".join(run.server.name for run in members)
         reporter.log("system", f"Batch {number}/{len(batches)}: {names}")
-        try:
-            reporter.check_cancelled()
-        except Cancelled:
-            _mark_untouched(
-                [run for i in range(batch.start, len(runs)) for run in [runs[i]]],
-                "Cancelled before this batch",
-                cancelled=True,
-            )
-            return
+        reporter.check_cancelled()  # stopped before this batch: _with_strategy reports it
         _each(members, _full, limit=limit, reporter=reporter)
+        if _aborted_only(members):
+            rest = [runs[i] for i in range(batch.stop, len(runs))]
+            _mark_untouched(rest, "Aborted before this server's turn", cancelled=True)
+            return
         if any(_failed(run) for run in members):
             reason = _failure_reason(members) or "cancelled"
             done = [runs[i] for i in range(0, batch.stop)]
@@ -1577,6 +1606,9 @@ def _canary(runs: Sequence[_Run], strategy: StrategySpec, reporter: Reporter, li
     canaries, rest = runs[: strategy.canary_count], runs[strategy.canary_count :]
     reporter.log("system", f"Canary: {', '.join(run.server.name for run in canaries)}")
     _each(canaries, _full, limit=limit, reporter=reporter)
+    if _aborted_only(canaries):
+        _mark_untouched(rest, "Aborted before this server's turn", cancelled=True)
+        return
     if any(_failed(run) for run in canaries):
         reason = _failure_reason(canaries) or "cancelled"
         _revert_switched(canaries, reason, reporter, limit)

@@ -281,7 +281,9 @@ class Reporter(Protocol):
         """A server's state changed while the deployment runs ("waiting" for promotion...)."""
 
     def wait_for_promotion(self) -> bool:
-        """Block until someone promotes (True) or aborts (False) a waiting canary deployment."""
+        """Block until someone promotes (True) or cancels (False) a waiting canary deployment;
+        False rolls the canaries back here. A reporter that tells an abort apart raises
+        Aborted instead: the canaries stay switched for the caller's own rollback."""
         return False
 
 
