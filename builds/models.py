@@ -45,6 +45,15 @@ TARGET_FINAL = (
     TargetStatus.SKIPPED,
     TargetStatus.ROLLED_BACK,
 )
+#: A finished deployment's servers that did not take its release (failed, rolled back after
+#: a failed check, cancelled before the switch, or never reached): what "Retry failed
+#: servers" deploys again.
+TARGET_NOT_DEPLOYED = (
+    TargetStatus.FAILED,
+    TargetStatus.CANCELLED,
+    TargetStatus.SKIPPED,
+    TargetStatus.ROLLED_BACK,
+)
 
 
 class Kind(models.TextChoices):

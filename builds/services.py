@@ -21,6 +21,7 @@ from builds.models import (
     ACTIVE,
     FINAL,
     TARGET_ACTIVE,
+    TARGET_NOT_DEPLOYED,
     Deployment,
     DeploymentTarget,
     Kind,
@@ -218,6 +219,7 @@ def deployment_create(
     config_only: bool = False,
     rollback_release: str = "",
     rollback_of: Deployment | None = None,
+    retry_of: Deployment | None = None,
     strategy: str = "",
     freeze_override_reason: str = "",
     now: datetime | None = None,
@@ -288,6 +290,7 @@ def deployment_create(
             config_only=config_only,
             rollback_release=rollback_release,
             rollback_of=rollback_of,
+            retry_of=retry_of,
             strategy=strategy,
         )
         if kind != Kind.PREVIEW:
@@ -912,6 +915,94 @@ def deployment_rollback(
         if lock_reason.strip():
             _lock_if_unlocked(project=deployment.project, user=user, reason=lock_reason)
     return rollback
+
+
+@retrying
+def deployment_retry(
+    *,
+    deployment: Deployment,
+    user: User | None,
+    trigger: str = Trigger.API,
+    freeze_override_reason: str = "",
+) -> Deployment:
+    """Retry failed servers: deploy the revision ``deployment`` deployed (its resolved SHA,
+    with its branch and options, group and strategy) again to its servers that did not take
+    it (TARGET_NOT_DEPLOYED: failed, rolled back, cancelled, never reached); the servers it
+    succeeded on are left alone. A manual deployment like any other: the stack lock and the
+    freeze windows apply (deployment_create). Refused (DeploymentWrongState) while it is
+    active or when every server succeeded, and (DeploymentRefused naming ``servers``) when
+    a server to retry is disabled or when none is left in the project."""
+    label = f"Deployment #{deployment.pk}"
+    if deployment.kind != Kind.DEPLOY:
+        raise DeploymentWrongState(f"{label} is a {deployment.kind}: only a deployment is retried")
+    if deployment.status in ACTIVE:
+        raise DeploymentWrongState(
+            f"{label} is still {deployment.status}; wait until it finishes (or cancel it)"
+        )
+    targets = list(
+        deployment.targets.filter(status__in=TARGET_NOT_DEPLOYED)
+        .select_related("server")
+        .order_by("position")
+    )
+    if not targets:
+        if deployment.status == Status.SUCCEEDED:
+            raise DeploymentWrongState(f"{label} succeeded on every server: nothing to retry")
+        # Targets go with their servers: the failed ones were deleted since.
+        raise DeploymentRefused(
+            "servers",
+            f"The servers {label.lower()} failed on are no longer part of project "
+            f"{deployment.project.slug}: nothing to retry",
+        )
+    disabled = [target.server.name for target in targets if not target.server.enabled]
+    if disabled:
+        raise DeploymentRefused(
+            "servers",
+            f"{label} cannot be retried: {', '.join(disabled)} "
+            f"{'is' if len(disabled) == 1 else 'are'} disabled. Enable "
+            f"{'it' if len(disabled) == 1 else 'them'}, or deploy to the other servers.",
+        )
+    servers = [target.server for target in targets]
+    revision = deployment.end_revision or deployment.revision
+    with transaction.atomic():
+        retry = deployment_create(
+            project=deployment.project,
+            servers=servers,
+            # With a group and servers both, the servers go with the group's strategy.
+            group=deployment.group,
+            revision=revision,
+            branch=deployment.branch,
+            kind=Kind.DEPLOY,
+            trigger=trigger,
+            user=user,
+            full=deployment.full,
+            skip_build=deployment.skip_build,
+            skip_cache=deployment.skip_cache,
+            config_only=deployment.config_only,
+            retry_of=deployment,
+            strategy=deployment.strategy,
+            freeze_override_reason=freeze_override_reason,
+        )
+        audit_record(
+            project=deployment.project,
+            actor=user,
+            action="deployment.retried",
+            target=f"deployment #{retry.pk}",
+            retry_of=deployment.pk,
+            revision=revision,
+            servers=[server.pk for server in servers],
+        )
+        succeeded = list(
+            deployment.targets.filter(status=TargetStatus.SUCCEEDED)
+            .order_by("position")
+            .values_list("server__name", flat=True)
+        )
+        system_line(
+            retry,
+            f"Retrying deployment #{deployment.pk} on "
+            f"{', '.join(server.name for server in servers)}"
+            + (f"; left alone: {', '.join(succeeded)}" if succeeded else ""),
+        )
+    return retry
 
 
 # --------------------------------------------------------------------------- stack locks
