@@ -21,6 +21,7 @@ from builds.serializers import (
     LockRequestSerializer,
     LogQuerySerializer,
     LogSerializer,
+    RetryOptionsSerializer,
     RollbackOptionsSerializer,
     ScheduleRunPageSerializer,
     ScheduleRunSerializer,
@@ -31,6 +32,7 @@ from builds.services import (
     deployment_log_page,
     deployment_request_abort,
     deployment_request_promotion,
+    deployment_retry,
     deployment_rollback,
     deployment_start_with_strategy,
     stack_lock,
@@ -190,6 +192,32 @@ class DeploymentRollbackView(APIView):
         return Response(recorded_deployment_data(rollback), status=status.HTTP_201_CREATED)
 
 
+class DeploymentRetryView(APIView):
+    @extend_schema(
+        request=RetryOptionsSerializer,
+        responses={201: DeploymentSerializer},
+        operation_id="deployments_retry",
+        tags=TAGS,
+        description="Retry failed servers: a new deployment of the same revision (its SHA), "
+        "branch, options, group and strategy, to the servers of this finished deployment that "
+        "did not take it (failed, rolled back, cancelled or never reached); the others are "
+        "left alone. A manual deployment: a stack lock or a freeze window refuses it (409; an "
+        "admin may give freeze_override_reason). 409 while it is queued or running, or when "
+        "it succeeded everywhere; 400 naming servers when one to retry is disabled or none "
+        "is left.",
+    )
+    def post(self, request: Request, deployment_id: int) -> Response:
+        deployment, membership = get_deployment_for_user(request, deployment_id, need=Need.DEPLOY)
+        options = RetryOptionsSerializer(data=request.data)
+        options.is_valid(raise_exception=True)
+        retry = deployment_retry(
+            deployment=deployment,
+            user=membership.user,
+            freeze_override_reason=options.validated_data.get("freeze_override_reason", ""),
+        )
+        return Response(recorded_deployment_data(retry), status=status.HTTP_201_CREATED)
+
+
 class DeploymentPromoteView(APIView):
     @extend_schema(
         request=None,
@@ -211,8 +239,11 @@ class DeploymentAbortView(APIView):
         responses={202: DeploymentSerializer},
         operation_id="deployments_abort",
         tags=TAGS,
-        description="Stop a running deployment and roll back every server it switched "
-        "(the canaries of a waiting canary deployment). 409 unless it is running.",
+        description="Abort and roll back: stop a running deployment at its next safe point "
+        "(servers not switched yet keep the release they had), then roll back every server "
+        "it had switched to the release live there before it. The rollback is a deployment "
+        "of kind rollback (rollback_of: this one), queued when this one ends. 409 unless it "
+        "is a running deployment (cancel a queued one or a rollback).",
     )
     def post(self, request: Request, deployment_id: int) -> Response:
         deployment, membership = get_deployment_for_user(request, deployment_id, need=Need.DEPLOY)

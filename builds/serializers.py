@@ -129,6 +129,7 @@ class DeploymentSummarySerializer(serializers.ModelSerializer[Deployment]):
             "skip_cache",
             "rollback_release",
             "rollback_of",
+            "retry_of",
             "targets",
             "trigger",
             "triggered_by",
@@ -180,6 +181,15 @@ class DeploymentSerializer(DeploymentSummarySerializer):
         help_text="Where rolling this deployment back would take each server it succeeded "
         "on, before anything happens; empty for previews and unfinished deployments."
     )
+    rollbacks: serializers.PrimaryKeyRelatedField[Any] = serializers.PrimaryKeyRelatedField(
+        many=True,
+        read_only=True,
+        help_text="The rollbacks that undo this deployment (Roll back, or the rollback an "
+        "abort records when the deployment ends).",
+    )
+    retries: serializers.PrimaryKeyRelatedField[Any] = serializers.PrimaryKeyRelatedField(
+        many=True, read_only=True, help_text="The deployments that retried its failed servers."
+    )
 
     class Meta(DeploymentSummarySerializer.Meta):
         fields = [
@@ -188,6 +198,8 @@ class DeploymentSerializer(DeploymentSummarySerializer):
             "changes",
             "commits",
             "rollback_targets",
+            "rollbacks",
+            "retries",
         ]
         read_only_fields = fields
 
@@ -264,6 +276,16 @@ class DeploymentCreateSerializer(serializers.Serializer[dict[str, Any]]):
         help_text="During a freeze window: why this deployment cannot wait. Only a project "
         "admin may give it; it is kept in the audit log. Without it a frozen project answers "
         "409, and a reason from someone else 403.",
+    )
+
+
+class RetryOptionsSerializer(serializers.Serializer[dict[str, Any]]):
+    freeze_override_reason = serializers.CharField(
+        max_length=MAX_REASON_LENGTH,
+        required=False,
+        allow_blank=True,
+        help_text="During a freeze window: why this retry cannot wait (project admins only; "
+        "kept in the audit log), as for a new deployment.",
     )
 
 

@@ -17,11 +17,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from builds import badges, pending
 from builds.forms import DeploymentForm
-from builds.models import Deployment, Kind, Status, TargetStatus, Trigger
+from builds.models import TARGET_NOT_DEPLOYED, Deployment, Kind, Status, TargetStatus, Trigger
 from builds.services import (
     deployment_cancel,
     deployment_request_abort,
     deployment_request_promotion,
+    deployment_retry,
     deployment_rollback,
     deployment_start_with_strategy,
     rollback_plan_deployment,
@@ -171,6 +172,14 @@ def _deployment_context(deployment: Deployment, membership: Membership) -> dict[
     can_roll_back = (
         can_deploy and not deployment.is_active and deployment.kind == Kind.DEPLOY and succeeded
     )
+    # "Retry failed servers": the servers of a finished deployment that did not take it.
+    to_retry = [target for target in targets if target.status in TARGET_NOT_DEPLOYED]
+    can_retry = (
+        can_deploy
+        and not deployment.is_active
+        and deployment.kind == Kind.DEPLOY
+        and bool(to_retry)
+    )
     return page_context(
         membership,
         tab="deployments",
@@ -186,10 +195,21 @@ def _deployment_context(deployment: Deployment, membership: Membership) -> dict[
             and not deployment.promote_requested_at
             and not deployment.abort_requested_at
         ),
-        can_abort=can_deploy and running and not deployment.abort_requested_at,
+        can_abort=(
+            can_deploy
+            and running
+            and deployment.kind == Kind.DEPLOY
+            and not deployment.abort_requested_at
+        ),
         can_cancel=can_deploy and deployment.is_active,
         can_redeploy=can_deploy and not deployment.is_active and deployment.kind == Kind.DEPLOY,
         can_roll_back=can_roll_back,
+        can_retry=can_retry,
+        rollbacks=list(deployment.rollbacks.order_by("pk").only("pk")),
+        retry_servers=[target.server for target in to_retry] if can_retry else [],
+        retry_keeps=[
+            target.server for target in targets if target.status == TargetStatus.SUCCEEDED
+        ],
         # Where each server goes, said in the confirmation before anything happens.
         rollback_plans=rollback_plan_deployment(deployment) if can_roll_back else [],
         changes=_changes(deployment.changes),
@@ -309,6 +329,26 @@ def deployment_redeploy(request: HttpRequest, slug: str, deployment_id: int) -> 
 
 @login_required
 @require_POST
+def deployment_retry_view(request: HttpRequest, slug: str, deployment_id: int) -> HttpResponse:
+    """Retry failed servers: the same revision again, to the servers that did not take it."""
+    deployment, membership = get_deployment_for_user(
+        request, slug, deployment_id, role=DEPLOY_ROLES
+    )
+    try:
+        retry = deployment_retry(
+            deployment=deployment,
+            user=membership.user,
+            trigger=Trigger.MANUAL,
+            freeze_override_reason=request.POST.get("freeze_override_reason", ""),
+        )
+    except SERVICE_ERRORS as exc:
+        messages.error(request, error_message(exc))
+        return redirect("deployment-detail", slug, deployment_id)
+    return redirect("deployment-detail", slug, retry.pk)
+
+
+@login_required
+@require_POST
 def deployment_roll_back(request: HttpRequest, slug: str, deployment_id: int) -> HttpResponse:
     deployment, membership = get_deployment_for_user(
         request, slug, deployment_id, role=DEPLOY_ROLES
@@ -354,8 +394,8 @@ def deployment_abort_view(request: HttpRequest, slug: str, deployment_id: int) -
     else:
         messages.info(
             request,
-            "Aborting: the deployment stops, and every server it switched goes back to the "
-            "release it had.",
+            "Aborting: the deployment stops at its next safe point, then a rollback takes "
+            "every server it switched back to the release it had.",
         )
     return redirect("deployment-detail", slug, deployment_id)
 

@@ -368,6 +368,12 @@ def document_errors(
                 errors["409"] = ("The deployment already finished.", _ERROR)
             elif path.endswith(("/promote/", "/abort/")):
                 errors["409"] = ("The deployment is not in a state that allows this.", _ERROR)
+            elif path.endswith("/retry/"):
+                errors["409"] = (
+                    "The deployment is still queued or running, or succeeded on every server; "
+                    "or the retry is refused by a stack lock or a freeze window.",
+                    _ERROR,
+                )
             elif path.endswith("/lock/break/"):
                 errors["409"] = (
                     "The lock was not broken: its deployment is still at work (see force), it "

@@ -104,6 +104,7 @@ urlpatterns = [
         name="api-deployment-promote",
     ),
     path(DEPLOYMENT + "abort/", builds.DeploymentAbortView.as_view(), name="api-deployment-abort"),
+    path(DEPLOYMENT + "retry/", builds.DeploymentRetryView.as_view(), name="api-deployment-retry"),
     # Project settings: members read them, admins change them.
     path(PROJECT + "commands/", projects.CommandListView.as_view(), name="api-commands"),
     path(PROJECT + "commands/<int:pk>/", projects.CommandDetailView.as_view(), name="api-command"),

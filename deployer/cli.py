@@ -4,6 +4,9 @@
     slipway projects
     slipway deploy shop --server web1 --revision main --wait
     slipway rollback shop --server web1 [--release NAME] [--lock "why"]
+    slipway retry 42 [--wait]                 the servers deployment 42 failed on, again
+    slipway abort 42 --roll-back [--wait]     stop 42, roll back the servers it switched
+    slipway cancel 42
     slipway lock shop --reason "bad migration, investigating" [--server web1]
     slipway unlock shop [--server web1]
     slipway status shop
@@ -348,6 +351,60 @@ def cmd_rollback(args: argparse.Namespace, client: Client) -> int:
     return _follow_created(args, client, deployment)
 
 
+def cmd_retry(args: argparse.Namespace, client: Client) -> int:
+    body: dict[str, Any] = {}
+    if args.freeze_reason:
+        body["freeze_override_reason"] = args.freeze_reason
+    deployment = client.post(f"/deployments/{args.id}/retry/", body)
+    names = ", ".join(server_names(deployment).values())
+    say(f"Retrying #{args.id} on {names}", file=sys.stderr if args.json else None)
+    return _follow_created(args, client, deployment)
+
+
+def cmd_abort(args: argparse.Namespace, client: Client) -> int:
+    if not args.roll_back:
+        raise CLIError(
+            "an abort rolls back every server the deployment switched: say --roll-back "
+            f"(or `slipway cancel {args.id}` to stop it and keep what it switched)",
+            EXIT_USAGE,
+        )
+    aborted = client.post(f"/deployments/{args.id}/abort/", {})
+    if not args.wait:
+        emit(
+            aborted,
+            as_json=args.json,
+            human=f"Deployment #{args.id} is being aborted; the servers it switched will be "
+            "rolled back when it stops",
+        )
+        return EXIT_OK
+    if args.json:
+        for _ in follow_log(client, args.id):
+            pass
+    else:
+        print_log(client, args.id, follow=True, known=aborted)
+    stopped = client.get(f"/deployments/{args.id}/")
+    rollbacks = [int(pk) for pk in stopped.get("rollbacks") or []]
+    if not rollbacks:
+        emit(
+            stopped,
+            as_json=args.json,
+            human=f"Deployment #{args.id} {stopped['status']}; no server to roll back",
+        )
+        return EXIT_OK
+    return _follow_created(args, client, client.get(f"/deployments/{max(rollbacks)}/"))
+
+
+def cmd_cancel(args: argparse.Namespace, client: Client) -> int:
+    deployment = client.post(f"/deployments/{args.id}/cancel/", {})
+    emit(
+        deployment,
+        as_json=args.json,
+        human=f"Deployment #{args.id}: {deployment['status']}"
+        + (" (it stops at its next safe point)" if deployment["status"] == "running" else ""),
+    )
+    return EXIT_OK
+
+
 def _follow_created(args: argparse.Namespace, client: Client, deployment: dict[str, Any]) -> int:
     if not args.wait:
         emit(
@@ -524,6 +581,36 @@ def parser() -> argparse.ArgumentParser:
         "--lock", metavar="REASON", help="also lock the server, so nothing but rollbacks reach it"
     )
 
+    retry = commands.add_parser(
+        "retry", help="deploy a finished deployment's revision again to the servers it failed on"
+    )
+    retry.add_argument("id", type=int)
+    retry.add_argument(
+        "--wait", action="store_true", help="stream the log and exit non-zero on failure"
+    )
+    retry.add_argument(
+        "--freeze-reason",
+        help="during a freeze window: why this cannot wait (project admins only; audited)",
+    )
+    abort = commands.add_parser(
+        "abort", help="stop a running deployment and roll back the servers it switched"
+    )
+    abort.add_argument("id", type=int)
+    abort.add_argument(
+        "--roll-back",
+        action="store_true",
+        help="required: roll back every server it switched (what an abort does)",
+    )
+    abort.add_argument(
+        "--wait",
+        action="store_true",
+        help="stream its log, then the rollback's, and exit non-zero unless the rollback succeeds",
+    )
+    cancel = commands.add_parser(
+        "cancel", help="stop a deployment at its next safe point, keeping what it switched"
+    )
+    cancel.add_argument("id", type=int)
+
     lock = commands.add_parser(
         "lock", help="stop every deployment but rollbacks, with a reason everyone sees"
     )
@@ -540,7 +627,7 @@ def parser() -> argparse.ArgumentParser:
     log = commands.add_parser("log", help="a deployment's log")
     log.add_argument("id", type=int)
     log.add_argument("-f", "--follow", action="store_true", help="follow until the deployment ends")
-    for sub in (projects, deploy, rollback, lock, unlock, status, log):
+    for sub in (projects, deploy, rollback, retry, abort, cancel, lock, unlock, status, log):
         sub.add_argument(
             "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
@@ -564,6 +651,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                 "projects": cmd_projects,
                 "deploy": cmd_deploy,
                 "rollback": cmd_rollback,
+                "retry": cmd_retry,
+                "abort": cmd_abort,
+                "cancel": cmd_cancel,
                 "lock": cmd_lock,
                 "unlock": cmd_unlock,
                 "status": cmd_status,

@@ -54,6 +54,7 @@ urlpatterns = [
     path(DEPLOYMENT + "rollback/", deployments.deployment_roll_back, name="deployment-rollback"),
     path(DEPLOYMENT + "promote/", deployments.deployment_promote_view, name="deployment-promote"),
     path(DEPLOYMENT + "abort/", deployments.deployment_abort_view, name="deployment-abort"),
+    path(DEPLOYMENT + "retry/", deployments.deployment_retry_view, name="deployment-retry"),
     # The user guides, as plain text.
     path("docs/<slug:name>.md", views.docs_page, name="docs"),
 ]

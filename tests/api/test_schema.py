@@ -56,6 +56,7 @@ def test_the_schema_is_valid_openapi_3(alice_api):
         "/api/v1/deployments/{deployment_id}/rollback/",
         "/api/v1/deployments/{deployment_id}/promote/",
         "/api/v1/deployments/{deployment_id}/abort/",
+        "/api/v1/deployments/{deployment_id}/retry/",
         "/api/v1/projects/{slug}/commands/{id}/",
         "/api/v1/projects/{slug}/config-files/{id}/",
         "/api/v1/projects/{slug}/excluded-files/{id}/",
@@ -89,6 +90,11 @@ def test_the_schema_is_valid_openapi_3(alice_api):
     for decision in ("promote", "abort"):
         answers = paths[f"/api/v1/deployments/{{deployment_id}}/{decision}/"]["post"]["responses"]
         assert {"202", "403", "404", "409"} <= set(answers)
+    retry = paths["/api/v1/deployments/{deployment_id}/retry/"]["post"]["responses"]
+    assert {"201", "400", "403", "404", "409"} <= set(retry)
+    for listed in ("rollbacks", "retries"):
+        assert listed in components["Deployment"]["properties"]
+    assert "retry_of" in components["DeploymentSummary"]["properties"]
 
 
 def _enum_of(field: dict[str, Any]) -> str:

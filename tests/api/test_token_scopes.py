@@ -24,6 +24,7 @@ DEPLOY_OPERATIONS = {
     ("post", "/api/v1/deployments/{deployment_id}/rollback/"),
     ("post", "/api/v1/deployments/{deployment_id}/promote/"),
     ("post", "/api/v1/deployments/{deployment_id}/abort/"),
+    ("post", "/api/v1/deployments/{deployment_id}/retry/"),
     ("post", "/api/v1/projects/{slug}/servers/{server_id}/rollback/"),
     ("post", "/api/v1/projects/{slug}/servers/{server_id}/check/"),
     # Reading the key a repository's host offers, like a server's connection check.
