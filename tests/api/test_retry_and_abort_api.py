@@ -4,12 +4,14 @@ targets in tests/builds/test_retry_failed_servers.py and test_abort_and_roll_bac
 
 from __future__ import annotations
 
+from datetime import time
+
 import pytest
 from django.utils import timezone
 
 from builds.models import Deployment, DeploymentTarget, Kind, Status, TargetStatus, Trigger
 from builds.services import stack_lock
-from projects.models import AuditEvent
+from projects.models import AuditEvent, FreezeWindow
 from servers.models import Server
 from tests.api.conftest import make_deployer
 
@@ -137,6 +139,32 @@ def test_a_locked_server_refuses_the_retry(alice_api, alice, project, failed_on_
     assert response.status_code == 409
     assert "Server web2 is locked by alice" in response.json()["detail"]
     assert not Deployment.objects.filter(retry_of=failed_on_web2).exists()
+
+
+def test_a_retry_during_a_freeze_needs_an_admins_reason(
+    alice_api, bob_api, alice, bob, project, failed_on_web2
+):
+    FreezeWindow.objects.create(
+        project=project,
+        name="code freeze",
+        weekdays=list(range(7)),
+        start_time=time(0),
+        end_time=time(0),
+    )
+    make_deployer(project, bob)
+    without = alice_api.post(retry_url(failed_on_web2.pk), {}, format="json")
+    assert without.status_code == 409 and "freeze" in without.json()["detail"]
+    reason = {"freeze_override_reason": "web2 must match web1 and web3"}
+    not_admin = bob_api.post(retry_url(failed_on_web2.pk), reason, format="json")
+    assert not_admin.status_code == 403
+    assert not Deployment.objects.filter(retry_of=failed_on_web2).exists()
+    admin = alice_api.post(retry_url(failed_on_web2.pk), reason, format="json")
+    assert admin.status_code == 201, admin.content
+    assert AuditEvent.objects.filter(
+        action="deployment.freeze_overridden",
+        actor=alice,
+        detail__reason=reason["freeze_override_reason"],
+    ).exists()
 
 
 def test_only_a_deployment_is_retried_or_aborted(alice_api, failed_on_web2):

@@ -164,3 +164,32 @@ def test_abort_before_any_switch_records_no_rollback(rolling, alice):
         deployment=deployment, text="Aborted before any server switched: nothing to roll back"
     ).exists()
     assert [(t.deploy_path / "current" / "index.html").read_text() for t in targets] == ["A\n"] * 3
+
+
+def test_abort_of_a_waiting_canary_rolls_the_canary_back_by_a_rollback(rolling, alice):
+    repo, project, group, servers, targets = rolling
+    a_names = [(t.deploy_path / "current").resolve().name for t in targets]
+    ServerGroup.objects.filter(pk=group.pk).update(
+        strategy="canary", canary_count=1, promotion="manual", pause_seconds=0
+    )
+    group.refresh_from_db()
+    repo.commit({"index.html": "B\n"}, "B")
+    deployment = services.deployment_start(project=project, user=alice, group=group)
+    worker = threading.Thread(target=_run_in_thread, args=(deployment.pk,), daemon=True)
+    worker.start()
+    _wait_for_line(deployment, "Waiting for someone to promote")
+    services.deployment_request_abort(deployment=deployment, user=alice)
+    worker.join(timeout=WAIT_SECONDS)
+    assert not worker.is_alive(), "the abort did not end the wait for promotion"
+
+    deployment.refresh_from_db()
+    assert (deployment.status, deployment.error_code) == (Status.CANCELLED, "aborted")
+    statuses = [deployment.targets.get(server=s).status for s in servers]
+    assert statuses == [TargetStatus.SUCCEEDED, TargetStatus.CANCELLED, TargetStatus.CANCELLED]
+    rollback = Deployment.objects.get(rollback_of=deployment)
+    # A canary group's rollback does not wait for a second Promote.
+    assert rollback.strategy == "parallel"
+    assert [t.server for t in rollback.targets.all()] == servers[:1]
+    rollback = _run(rollback)
+    assert rollback.status == Status.SUCCEEDED, rollback.error
+    assert [(t.deploy_path / "current").resolve().name for t in targets] == a_names

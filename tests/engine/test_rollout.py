@@ -189,7 +189,7 @@ def test_a_manual_canary_switches_only_the_canary_until_promoted(fleet, git_repo
     )
 
 
-def test_aborting_a_canary_rolls_it_back(fleet, git_repo_factory, tmp_path):
+def test_cancelling_a_waiting_canary_rolls_it_back(fleet, git_repo_factory, tmp_path):
     targets, old, result = _canary(fleet, git_repo_factory(), tmp_path, promote=False)
     assert not result.ok
     assert [_live(t) for t in targets] == old
