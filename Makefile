@@ -59,6 +59,7 @@ system-deps:
 	command -v git-lfs >/dev/null || missing="$$missing git-lfs"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	command -v rsync >/dev/null || missing="$$missing rsync"; \
+	test -x /usr/sbin/nginx || missing="$$missing nginx"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "Installing$$missing with apt-get"; \

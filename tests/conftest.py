@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.support.webserve",
     "tests.support.ftpd",
     "tests.support.s3d",
+    "tests.support.nginx",
 ]
 
 

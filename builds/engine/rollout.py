@@ -7,7 +7,10 @@ phases (connect, prepare, activate, finalize; revert when needed) by a strategy.
 - rolling: batches; each batch is prepared, switched and checked before the next starts; a
   failed batch rolls back every server switched so far, and the rest are never touched;
 - canary: the first servers get the release and are watched for a window, then the rest
-  follow, at once or when someone promotes.
+  follow, at once or when someone promotes;
+- blue_green: the servers of the idle colour get the release and their checks; only when all
+  are healthy does the group's router send the traffic to them (builds.engine.router); the
+  live colour is never touched, so switching back is one switch of the router.
 
 Cancel and abort stop at the next safe point. An abort (``Aborted``) reverts nothing here:
 the servers switched so far stay switched and are reported so (``ok``), the others are
@@ -33,7 +36,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from builds.engine import direct, ftp, release, s3
+from builds.engine import direct, ftp, release, router, s3
 from builds.engine.archive import SharedArchive
 from builds.engine.build import BuildOutput, generated_rules, shared_seeds
 from builds.engine.errors import (
@@ -63,6 +66,7 @@ from builds.engine.manifest import (
     reuse_sources,
 )
 from builds.engine.specs import (
+    BLUE_GREEN,
     CANARY,
     LEFT_RUNNING_SUFFIX,
     PARALLEL,
@@ -82,6 +86,7 @@ from builds.engine.specs import (
     ServerSpec,
     StrategySpec,
     lock_owner,
+    other_colour,
     variables_for,
 )
 from builds.engine.ssh import Connection, JumpHosts, connect
@@ -1516,9 +1521,12 @@ def switch_back(spec: RollbackSpec, reporter: Reporter) -> list[ServerResult]:
     prepared then switched together. A server whose after-switch check fails goes back to
     the release it had; a failed batch or canary switches the servers done so far back too."""
     runs = [RollbackRun(spec, server, reporter, index) for index, server in enumerate(spec.servers)]
-    _with_strategy(
-        runs, spec.strategy, reporter, min(spec.max_parallel, spec.strategy.max_parallel)
-    )
+    strategy = spec.strategy
+    if strategy.kind == BLUE_GREEN:
+        # A blue-green group's quick way back is Switch back (the router alone); rolling a
+        # deployment back switches releases on its servers in place, all at once.
+        strategy = StrategySpec(kind=PARALLEL, max_parallel=strategy.max_parallel)
+    _with_strategy(runs, strategy, reporter, min(spec.max_parallel, strategy.max_parallel))
     return [run.result for run in runs]
 
 
@@ -1540,6 +1548,8 @@ def _with_strategy(
                 _rolling(runs, strategy, reporter, limit)
             elif strategy.kind == CANARY:
                 _canary(runs, strategy, reporter, limit)
+            elif strategy.kind == BLUE_GREEN:
+                _blue_green(runs, strategy, reporter, limit)
             else:
                 _each(runs, _full, limit=limit, reporter=reporter)
         except Cancelled as stopped:
@@ -1654,3 +1664,85 @@ def _watch(canaries: Sequence[_Run], window: float, reporter: Reporter) -> str:
         if time.monotonic() + interval > deadline:
             return ""
         _pause(interval, reporter)
+
+
+def _blue_green(
+    runs: Sequence[_Run], strategy: StrategySpec, reporter: Reporter, limit: int
+) -> None:
+    """Deploy to the idle colour's servers, check them, then have the router send the
+    traffic to them. The live colour's servers are never touched (Switch back needs them as
+    they are); an unhealthy idle server, or a router that refuses, leaves the traffic where
+    it was."""
+    assert strategy.router is not None
+    live = strategy.live_colour
+    idle = other_colour(live)
+    going = [run for run in runs if run.server.colour == idle]
+    staying = [run for run in runs if run.server.colour != idle]
+    if not going:
+        problem = UserError(f"The {idle} colour has no servers: nothing to deploy to")
+        for run in runs:
+            run.fail(problem)
+        return
+    kept = f"{live} is live: left as it is, for Switch back" if live else "Not in the idle colour"
+    _mark_untouched(staying, kept)
+    reporter.log(
+        "system",
+        f"Blue-green: deploying to {idle} ({', '.join(run.server.name for run in going)}); "
+        + (f"{live} stays live until they are healthy" if live else "no colour is live yet"),
+    )
+    _each(going, _full, limit=limit, reporter=reporter)
+    reason = ""
+    if any(_failed(run) for run in going):
+        reason = _failure_reason(going) or "cancelled"
+    else:
+        try:
+            reporter.check_cancelled()  # the last safe point before the traffic moves
+        except Cancelled as cancelled:
+            reason = str(cancelled)
+            for run in going:
+                run.result.cancelled = True
+    if reason:
+        reporter.log(
+            "system",
+            f"Not switching the traffic to {idle}: {reason}"
+            + (f"; {live} stays live" if live else ""),
+        )
+        _revert_switched(going, reason, reporter, limit)
+        return
+    hosts = [run.server.upstream for run in going]
+    try:
+        # Not cancellable: a switch stopped half-way would leave the router to be read.
+        with reporter.step("switch traffic"):
+            router.switch(
+                strategy.router,
+                colour=idle,
+                hosts=hosts,
+                log=lambda text: reporter.log("system", text),
+            )
+    except BaseException as error:
+        failure = (
+            error
+            if isinstance(error, EngineError)
+            else InternalError(f"Unexpected error on the router: {type(error).__name__}")
+        )
+        if not isinstance(error, EngineError):
+            logger.error("Switching the router failed", exc_info=error)
+        reporter.log(
+            "system",
+            f"The traffic did not move: {failure}"
+            + (f". {live} stays live" if live else "")
+            + f"; the {idle} servers keep the new release, idle",
+        )
+        for run in going:
+            # The release is live on the server (its `current`), without traffic.
+            run.result.ok = False
+            run.result.error = failure
+            run.result.switched = bool(run.result.release)
+        return
+    for run in going:
+        run.result.routed = True
+    reporter.log(
+        "system",
+        f"Traffic switched: {idle} is live ({', '.join(hosts)})"
+        + (f"; {live} is kept as it was, for Switch back" if live else ""),
+    )

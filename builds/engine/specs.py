@@ -20,6 +20,7 @@ from builds.engine.ssh import ConnectionPool, Endpoint
 
 if TYPE_CHECKING:
     from builds.engine.ftp import FtpEndpoint
+    from builds.engine.router import RouterSpec
     from builds.engine.s3 import S3Endpoint
 
 STAGE_BEFORE_TRANSFER = "before_transfer"
@@ -42,7 +43,19 @@ PARALLEL = "parallel"
 PREPARE_THEN_SWITCH = "prepare_then_switch"
 ROLLING = "rolling"
 CANARY = "canary"
-STRATEGIES = (PARALLEL, PREPARE_THEN_SWITCH, ROLLING, CANARY)
+BLUE_GREEN = "blue_green"
+STRATEGIES = (PARALLEL, PREPARE_THEN_SWITCH, ROLLING, CANARY, BLUE_GREEN)
+
+#: The two colours of a blue-green group (builds.engine.router); blue goes first.
+BLUE = "blue"
+GREEN = "green"
+COLOURS = (BLUE, GREEN)
+
+
+def other_colour(colour: str) -> str:
+    """The colour that is not ``colour``: where a blue-green deployment goes while ``colour``
+    is live (blue when none is)."""
+    return GREEN if colour == BLUE else BLUE
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,10 @@ class ServerSpec:
     #: An S3-compatible bucket: files become objects by manifest (builds.engine.s3);
     #: ``endpoint`` then only names the host (for %hostname%). Needs atomic and shell off.
     s3: S3Endpoint | None = None
+    #: Blue-green groups: the server's colour (BLUE or GREEN), and the address ("host:port")
+    #: the group's router sends the colour's traffic to (builds.engine.router).
+    colour: str = ""
+    upstream: str = ""
 
     @property
     def without_ssh(self) -> bool:
@@ -172,6 +189,10 @@ class StrategySpec:
     promotion: str = "auto"  # auto | manual
     #: Rolling: wait between batches.
     pause_seconds: float = 0.0
+    #: Blue-green: the colour live now ("" before the first switch), and the router whose
+    #: switch sends the traffic to the other colour once its servers are healthy.
+    live_colour: str = ""
+    router: RouterSpec | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in STRATEGIES:
@@ -188,6 +209,10 @@ class StrategySpec:
             raise InvalidInput("canary_window_seconds", "durations cannot be negative")
         if self.promotion not in ("auto", "manual"):
             raise InvalidInput("promotion", "must be 'auto' or 'manual'")
+        if self.live_colour not in ("", *COLOURS):
+            raise InvalidInput("live_colour", "must be 'blue' or 'green'")
+        if self.kind == BLUE_GREEN and self.router is None:
+            raise InvalidInput("router", "a blue-green group needs a router")
 
     def batches(self, count: int) -> list[range]:
         """Consecutive index ranges covering ``count`` servers."""
@@ -302,6 +327,8 @@ class ServerResult:
     reason: str = ""
     release: str | None = None
     previous_release: str | None = None
+    #: Blue-green: the router sends the traffic to this server now (its colour went live).
+    routed: bool = False
     removed_releases: list[str] = field(default_factory=list)
     manifest: Manifest | None = None
     changes: ChangeSet | None = None
