@@ -60,6 +60,8 @@ class Kind(models.TextChoices):
     DEPLOY = "deploy", "Deploy"
     ROLLBACK = "rollback", "Rollback"
     PREVIEW = "preview", "Preview"
+    # A blue-green group's router sent back to the other colour (no server is changed).
+    SWITCH = "switch", "Switch back"
 
 
 class Trigger(models.TextChoices):

@@ -4,6 +4,7 @@ the database and the live log, and records what each server ended with."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 import threading
@@ -20,7 +21,7 @@ from django.utils import timezone
 
 from builds import outbound
 from builds.cleanup import project_build_dir
-from builds.engine import pipeline
+from builds.engine import pipeline, router
 from builds.engine.build import BuildCommandSpec, BuildSpec
 from builds.engine.content import ContentPolicy
 from builds.engine.errors import (
@@ -29,6 +30,7 @@ from builds.engine.errors import (
     CommandFailed,
     DeploymentTimedOut,
     EngineError,
+    InvalidInput,
 )
 from builds.engine.excludes import Exclusions
 from builds.engine.ftp import FtpEndpoint
@@ -41,7 +43,7 @@ from builds.engine.masking import (
 from builds.engine.remote_build import BuildHost
 from builds.engine.s3 import S3Endpoint, parse_object_rules
 from builds.engine.sandbox import SandboxPolicy
-from builds.engine.specs import parse_batch_size, parse_lock_owner
+from builds.engine.specs import BLUE_GREEN, parse_batch_size, parse_lock_owner
 from builds.engine.ssh import ConnectionPool, Endpoint
 from builds.logs import LogWriter
 from builds.models import (
@@ -58,7 +60,15 @@ from builds.services import deployment_broadcast_status, deployment_finish, roll
 from deployer.db import project_lock, retrying
 from projects.models import Project
 from projects.secrets import project_secrets
-from servers.models import AuthMethod, EncodedJSON, JumpAuthMethod, Protocol, Release, Server
+from servers.models import (
+    AuthMethod,
+    EncodedJSON,
+    JumpAuthMethod,
+    Protocol,
+    Release,
+    Server,
+    ServerGroup,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -482,13 +492,60 @@ def command_specs(project: Project) -> tuple[pipeline.CommandSpec, ...]:
     )
 
 
+def router_spec(group: ServerGroup) -> router.RouterSpec:
+    """A blue-green group's router as the engine takes it; InvalidInput naming ``router``
+    when it has none (its server was deleted). Its host goes through the servers' address
+    policy like any server's (endpoint_for)."""
+    server = group.router
+    if server is None:
+        raise InvalidInput(
+            "router", f"Group {group.name} is blue-green but has no router: choose one"
+        )
+    return router.RouterSpec(
+        name=server.name,
+        endpoint=endpoint_for(server),
+        kind=group.router_kind,
+        include_path=group.include_path,
+        upstream_name=group.upstream_name,
+        nginx_command=group.router_nginx_command,
+        switch_command=group.router_switch_command,
+    )
+
+
+def coloured(
+    group: ServerGroup | None, specs: tuple[pipeline.ServerSpec, ...]
+) -> tuple[pipeline.ServerSpec, ...]:
+    """The servers' specs with their blue-green colours and upstream addresses."""
+    if group is None:
+        return specs
+    members = {m.server_id: m for m in group.members.select_related("server")}
+    return tuple(
+        dataclasses.replace(
+            spec,
+            colour=members[spec.id].colour,
+            upstream=members[spec.id].upstream_address(group.upstream_port),
+        )
+        if spec.id in members
+        else spec
+        for spec in specs
+    )
+
+
 def strategy_spec(deployment: Deployment) -> pipeline.StrategySpec:
-    """The group's strategy, or the deployment's override; parallel without a group."""
+    """The group's strategy, or the deployment's override; parallel without a group. A
+    blue-green one carries the live colour (read fresh) and the router."""
     group = deployment.group
     kind = deployment.strategy or (group.strategy if group is not None else "parallel")
     if group is None:
         return pipeline.StrategySpec(kind=kind)
     size, percent = parse_batch_size(group.batch_size)
+    if kind == BLUE_GREEN and deployment.kind == Kind.ROLLBACK:
+        # Rolled back in place, every server at once (rollout.switch_back); Switch back is
+        # the router's way.
+        kind = "parallel"
+    blue_green = kind == BLUE_GREEN
+    if blue_green:
+        group.refresh_from_db(fields=["live_colour"])
     return pipeline.StrategySpec(
         kind=kind,
         max_parallel=group.max_parallel,
@@ -498,6 +555,8 @@ def strategy_spec(deployment: Deployment) -> pipeline.StrategySpec:
         canary_window_seconds=group.canary_window_seconds,
         promotion=group.promotion,
         pause_seconds=group.pause_seconds,
+        live_colour=group.live_colour if blue_green else "",
+        router=router_spec(group) if blue_green else None,
     )
 
 
@@ -556,6 +615,8 @@ def run(deployment: Deployment) -> None:
         with Heartbeat(deployment.pk):
             if deployment.kind == Kind.ROLLBACK:
                 _run_rollback(deployment, servers, reporter, workspace)
+            elif deployment.kind == Kind.SWITCH:
+                _run_switch(deployment, servers, reporter)
             elif deployment.kind == Kind.PREVIEW:
                 _run_preview(deployment, servers, reporter, workspace)
             else:
@@ -678,7 +739,7 @@ def _run_deploy(
     deployment: Deployment, servers: list[Server], reporter: DatabaseReporter, workspace: Path
 ) -> None:
     revision = _revision_for(deployment, servers)
-    specs = tuple(server_spec(server) for server in servers)
+    specs = coloured(deployment.group, tuple(server_spec(server) for server in servers))
     starts = {spec.live_revision for spec in specs}
     spec = _deploy_spec(
         deployment,
@@ -699,8 +760,64 @@ def _run_deploy(
         commits=[_commit_json(c) for c in result.commits],
         changes=_changes_json(result.changes),
     )
+    routed = {
+        spec.colour
+        for spec in specs
+        if any(r.routed and r.server_id == spec.id for r in result.servers)
+    }
+    if deployment.group is not None and len(routed) == 1:
+        # The router took the switch: recorded before the servers' outcomes and the end.
+        _record_live_colour(deployment.group.pk, routed.pop())
     reporter.writer.flush()  # every line is stored before the status says the log is complete
     _record(deployment, result.servers, revision=result.revision, mask=reporter.writer.mask)
+
+
+def _run_switch(deployment: Deployment, servers: list[Server], reporter: DatabaseReporter) -> None:
+    """Switch back: the router sends a blue-green group's traffic to the colour not live
+    (read now), whose servers are as the deployment before left them. No server changes."""
+    group = deployment.group
+    if group is None:
+        raise InvalidInput("group", "A switch needs its group (it was deleted)")
+    group.refresh_from_db()
+    if not group.is_blue_green or not group.live_colour:
+        raise InvalidInput("group", f"Group {group.name} has no live colour to switch back from")
+    colour = group.idle_colour
+    members = group.members_of(colour)
+    hosts = [member.upstream_address(group.upstream_port) for member in members]
+    reporter.log(
+        "system",
+        f"Switching {group.name} back: {group.live_colour} → {colour} ({', '.join(hosts)})",
+    )
+    with reporter.step("switch traffic"):
+        router.switch(
+            router_spec(group),
+            colour=colour,
+            hosts=hosts,
+            log=lambda text: reporter.log("system", text),
+        )
+    _record_live_colour(group.pk, colour)
+    reporter.log("system", f"Traffic switched: {colour} is live")
+    live = {member.server_id for member in members}
+    results = [
+        pipeline.ServerResult(
+            server_id=server.pk,
+            ok=True,
+            routed=server.pk in live,
+            reason=f"{colour} is live: the router sends the traffic here"
+            if server.pk in live
+            else f"Idle ({group.live_colour}): kept as it is",
+        )
+        for server in servers
+    ]
+    reporter.writer.flush()
+    _record(deployment, results, revision=None, mask=reporter.writer.mask)
+
+
+@retrying
+def _record_live_colour(group_id: int, colour: str) -> None:
+    ServerGroup.objects.filter(pk=group_id).update(
+        live_colour=colour, live_colour_since=timezone.now()
+    )
 
 
 def _run_rollback(

@@ -133,7 +133,7 @@ def _check_gates(
 ) -> Freeze | None:
     """Refuse what the stack lock and the freeze windows do not allow (a rollback passes
     both: it is how a bad release is undone); return the freeze an admin overrode."""
-    if kind in (Kind.PREVIEW, Kind.ROLLBACK):
+    if kind in (Kind.PREVIEW, Kind.ROLLBACK, Kind.SWITCH):
         return None
     refusal = lock_refusal(project=project, servers=servers)
     if refusal is not None:
@@ -293,7 +293,7 @@ def deployment_create(
             retry_of=retry_of,
             strategy=strategy,
         )
-        if kind != Kind.PREVIEW:
+        if kind not in (Kind.PREVIEW, Kind.SWITCH):
             _supersede_queued(targets, by=deployment)
         DeploymentTarget.objects.bulk_create(
             DeploymentTarget(
@@ -887,6 +887,11 @@ def deployment_rollback(
         .select_related("server")
         .order_by("position")
     ]
+    if deployment.kind == Kind.SWITCH:
+        raise DeploymentRefused(
+            "deployment",
+            f"Deployment #{deployment.pk} only switched the router: Switch back again instead",
+        )
     if deployment.kind == Kind.PREVIEW or not servers:
         raise DeploymentRefused(
             "servers",
@@ -1003,6 +1008,63 @@ def deployment_retry(
             + (f"; left alone: {', '.join(succeeded)}" if succeeded else ""),
         )
     return retry
+
+
+@retrying
+def group_switch_back(
+    *, group: ServerGroup, user: User | None, trigger: str = Trigger.API
+) -> Deployment:
+    """Send a blue-green group's traffic back to the other colour, as it was left: a
+    deployment of kind ``switch`` that changes no server, only the router
+    (builds.runner). Refused (DeploymentRefused) unless the group is blue-green with a live
+    colour, the other colour's servers have a live release, and nothing is queued or running
+    on the group's servers (a deployment there could switch the router meanwhile)."""
+    if not group.is_blue_green:
+        raise DeploymentRefused("group", f"Group {group.name} is not blue-green")
+    if not group.live_colour:
+        raise DeploymentRefused(
+            "group", f"Group {group.name} has no live colour yet: nothing to switch back from"
+        )
+    colour = group.idle_colour
+    members = group.members_of(colour)
+    never = [m.server.name for m in members if m.server.live_release() is None]
+    if not members or never:
+        raise DeploymentRefused(
+            "group",
+            f"The {colour} servers of {group.name} have no release to send traffic to"
+            + (f" ({', '.join(never)})" if never else ""),
+        )
+    servers = group.ordered_servers()
+    with transaction.atomic():
+        project_lock(group.project_id)
+        busy = (
+            DeploymentTarget.objects.filter(server__in=servers, status__in=TARGET_ACTIVE)
+            .order_by("deployment_id")
+            .values_list("deployment_id", flat=True)
+            .first()
+        )
+        if busy is not None:
+            raise DeploymentWrongState(
+                f"Deployment #{busy} is queued or running on {group.name}'s servers: switch "
+                "back once it has finished (or cancel or abort it first)"
+            )
+        deployment = deployment_create(
+            project=group.project,
+            servers=servers,
+            group=group,
+            kind=Kind.SWITCH,
+            trigger=trigger,
+            user=user,
+        )
+        audit_record(
+            project=group.project,
+            actor=user,
+            action="group.switched_back",
+            target=f"group {group.name}",
+            deployment=deployment.pk,
+            colour=colour,
+        )
+    return deployment
 
 
 # --------------------------------------------------------------------------- stack locks
@@ -1140,6 +1202,11 @@ class DeploymentWrongState(Exception):
 def deployment_start_with_strategy(*, strategy: str, **options: Any) -> Deployment:
     """``deployment_start`` with the group's strategy overridden for this deployment
     (``strategy=""`` keeps the group's, or parallel without a group)."""
+    if strategy == Strategy.BLUE_GREEN:
+        raise DeploymentRefused(
+            "strategy",
+            "blue_green is a group's strategy (its colours and router): set it on the group",
+        )
     if strategy and strategy not in Strategy.values:
         raise DeploymentRefused(
             "strategy", f"{strategy!r} must be one of {', '.join(Strategy.values)}"

@@ -366,6 +366,11 @@ def document_errors(
                 errors["409"] = ("It is locked already (POST), or not locked (DELETE).", _ERROR)
             elif path.endswith("/cancel/"):
                 errors["409"] = ("The deployment already finished.", _ERROR)
+            elif path.endswith("/switch-back/"):
+                errors["409"] = (
+                    "A deployment is queued or running on the group's servers.",
+                    _ERROR,
+                )
             elif path.endswith(("/promote/", "/abort/")):
                 errors["409"] = ("The deployment is not in a state that allows this.", _ERROR)
             elif path.endswith("/retry/"):

@@ -143,6 +143,11 @@ urlpatterns = [
     path(PROJECT + "groups/", servers.GroupListView.as_view(), name="api-groups"),
     path(PROJECT + "groups/<int:pk>/", servers.GroupDetailView.as_view(), name="api-group"),
     path(
+        PROJECT + "groups/<int:pk>/switch-back/",
+        servers.GroupSwitchBackView.as_view(),
+        name="api-group-switch-back",
+    ),
+    path(
         PROJECT + "health-checks/",
         servers.HealthCheckListView.as_view(),
         name="api-health-checks",

@@ -34,6 +34,7 @@ from builds.engine.git import (
     validate_subdirectory,
 )
 from builds.engine.release import validate_group, validate_mode, validate_relative_path
+from builds.engine.router import validate_upstream
 from builds.logs import user_group_name
 from builds.models import ACTIVE
 from deployer.db import project_lock
@@ -57,8 +58,8 @@ from projects.models import (
     TokenScope,
     badge_token,
 )
-from servers.health import strategy_clean
-from servers.models import GroupMember, Server, ServerGroup
+from servers.health import blue_green_check, strategy_clean
+from servers.models import Colour, GroupMember, Server, ServerGroup
 
 logger = logging.getLogger(__name__)
 
@@ -835,14 +836,59 @@ def _project_servers(project: Project, servers: Sequence[Server]) -> list[Server
 
 def _set_servers(instance: models.Model, servers: list[Server]) -> None:
     if isinstance(instance, ServerGroup):
-        # A group deploys its servers in this order.
+        # A group deploys its servers in this order; a server that stays keeps its colour.
+        kept = {m.server_id: m for m in GroupMember.objects.filter(group=instance)}
         GroupMember.objects.filter(group=instance).delete()
         GroupMember.objects.bulk_create(
-            GroupMember(group=instance, server=server, position=position)
+            GroupMember(
+                group=instance,
+                server=server,
+                position=position,
+                colour=kept[server.pk].colour if server.pk in kept else "",
+                upstream=kept[server.pk].upstream if server.pk in kept else "",
+            )
             for position, server in enumerate(servers)
         )
     else:
         getattr(instance, "servers").set(servers)  # noqa: B009 (a many-to-many on some kinds)
+
+
+def _split_members(fields: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Pop a group's per-server values (``colours``, ``upstreams``: server id -> value)."""
+    members: dict[str, dict[str, str]] = {}
+    for name in ("colours", "upstreams"):
+        if name in fields:
+            given = fields.pop(name) or {}
+            if not isinstance(given, Mapping):
+                raise InvalidInput(name, "must map server ids to values")
+            members[name] = {str(key): str(value).strip() for key, value in given.items()}
+    if any(c and c not in Colour.values for c in members.get("colours", {}).values()):
+        raise InvalidInput("colours", "each colour must be 'blue' or 'green'")
+    for address in members.get("upstreams", {}).values():
+        if address:
+            validate_upstream(address, field="upstreams")
+    return members
+
+
+def _set_members(group: ServerGroup, members: Mapping[str, Mapping[str, str]]) -> None:
+    """Give the group's servers their colours and upstreams (the servers given are the
+    group's); a server left out of a map keeps its value."""
+    in_group = {str(m.server_id): m for m in group.members.all()}
+    for name, field in (("colours", "colour"), ("upstreams", "upstream")):
+        for key, value in members.get(name, {}).items():
+            if key not in in_group:
+                raise InvalidInput(name, f"server {key} is not in this group")
+            setattr(in_group[key], field, value)
+    GroupMember.objects.bulk_update(list(in_group.values()), ["colour", "upstream"])
+
+
+def _group_saved(group: ServerGroup) -> None:
+    """A blue-green group gets the default include path if it has none, and must be able
+    to deploy as saved (servers.health.blue_green_check)."""
+    if group.is_blue_green and group.router_kind == "nginx" and not group.router_include_path:
+        group.router_include_path = group.default_include_path
+        group.save(update_fields=["router_include_path"])
+    blue_green_check(group)
 
 
 def _split_servers(
@@ -861,6 +907,7 @@ def project_setting_create(
 ) -> ModelT:
     kind = _setting_kind(model)
     fields, servers = _split_servers(model, project, data)
+    members = _split_members(fields) if model is ServerGroup else {}
     kind.clean(fields)
     if kind.unique is not None:
         _unique_in_project(model, project=project, field=kind.unique, value=fields[kind.unique])
@@ -878,6 +925,9 @@ def project_setting_create(
             instance = save_unique(create, field=kind.unique, value=fields[kind.unique])
         if servers is not None:
             _set_servers(instance, servers)
+        if isinstance(instance, ServerGroup):
+            _set_members(instance, members)
+            _group_saved(instance)
         audit_record(
             project=project,
             actor=actor,
@@ -892,6 +942,7 @@ def project_setting_update(*, instance: ModelT, actor: User, data: Mapping[str, 
     kind = _setting_kind(type(instance))
     project: Project = getattr(instance, "project")  # noqa: B009 (every setting has one)
     fields, servers = _split_servers(type(instance), project, data)
+    members = _split_members(fields) if isinstance(instance, ServerGroup) else {}
     kind.clean(fields)
     if kind.unique is not None and kind.unique in fields:
         _unique_in_project(
@@ -913,6 +964,10 @@ def project_setting_update(*, instance: ModelT, actor: User, data: Mapping[str, 
         if servers is not None:
             _set_servers(instance, servers)
             changed.append("servers")
+        if isinstance(instance, ServerGroup):
+            _set_members(instance, members)
+            changed += sorted(members)
+            _group_saved(instance)
         if changed:
             audit_record(
                 project=project,

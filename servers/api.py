@@ -14,8 +14,14 @@ from rest_framework.views import APIView
 
 from builds.api import recorded_deployment_data
 from builds.serializers import DeploymentSerializer
-from builds.services import deployment_rollback_server
-from deployer.api import Need, get_project_for_user, get_release_for_user, get_server_for_user
+from builds.services import deployment_rollback_server, group_switch_back
+from deployer.api import (
+    Need,
+    get_project_for_user,
+    get_release_for_user,
+    get_server_for_user,
+    get_setting_for_user,
+)
 from projects.api import NO_CONTENT, SettingDetailView, SettingListView
 from servers.models import HealthCheck, Server, ServerGroup
 from servers.serializers import (
@@ -216,6 +222,25 @@ class GroupListView(SettingListView):
 class GroupDetailView(SettingDetailView):
     model = ServerGroup
     serializer_class = GroupSerializer
+
+
+class GroupSwitchBackView(APIView):
+    @extend_schema(
+        request=None,
+        responses={202: DeploymentSerializer},
+        operation_id="groups_switch_back",
+        tags=["groups"],
+        description="Blue-green: send the group's traffic back to the other colour, whose "
+        "servers are as the deployment before left them (no server is changed, only the "
+        "router). Answers the deployment of kind switch that does it; the live colour "
+        "changes once the router took it. 400 unless the group is blue-green with a live "
+        "colour and the other colour has releases; 409 while a deployment is queued or "
+        "running on its servers.",
+    )
+    def post(self, request: Request, slug: str, pk: int) -> Response:
+        group, membership = get_setting_for_user(request, slug, ServerGroup, pk, need=Need.DEPLOY)
+        deployment = group_switch_back(group=group, user=membership.user)
+        return Response(recorded_deployment_data(deployment), status=status.HTTP_202_ACCEPTED)
 
 
 @extend_schema(tags=["health checks"])

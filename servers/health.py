@@ -12,8 +12,18 @@ from builds import outbound
 from builds.engine.addresses import address_refusal, parse_address
 from builds.engine.errors import InvalidInput
 from builds.engine.health import HealthCheckSpec
+from builds.engine.router import validate_include_path, validate_upstream
 from builds.engine.specs import parse_batch_size
-from servers.models import HealthCheckKind, HealthCheckWhen, Promotion, Strategy
+from servers.models import (
+    Colour,
+    HealthCheckKind,
+    HealthCheckWhen,
+    Promotion,
+    Protocol,
+    RouterKind,
+    ServerGroup,
+    Strategy,
+)
 
 
 def health_check_clean(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -96,6 +106,20 @@ def strategy_clean(data: Mapping[str, Any]) -> dict[str, Any]:
     for field in ("canary_window_seconds", "pause_seconds"):
         if field in cleaned and (not isinstance(cleaned[field], int) or cleaned[field] < 0):
             raise InvalidInput(field, "must be a whole number of seconds, 0 or more")
+    if cleaned.get("router_kind", RouterKind.NGINX) not in RouterKind.values:
+        raise InvalidInput("router_kind", "must be 'nginx' or 'command'")
+    if cleaned.get("router_include_path"):
+        cleaned["router_include_path"] = validate_include_path(
+            str(cleaned["router_include_path"]).strip()
+        )
+    if "router_nginx_command" in cleaned:
+        command = str(cleaned["router_nginx_command"]).strip()
+        if not command or "\n" in command or "\r" in command:
+            raise InvalidInput("router_nginx_command", "must be one line, such as sudo -n nginx")
+        cleaned["router_nginx_command"] = command
+    port = cleaned.get("upstream_port", 80)
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InvalidInput("upstream_port", "must be a port from 1 to 65535")
     window = cleaned.get("canary_window_seconds", 0) + cleaned.get("pause_seconds", 0)
     if window >= settings.DEPLOYMENT_TIME_LIMIT:
         raise InvalidInput(
@@ -103,3 +127,30 @@ def strategy_clean(data: Mapping[str, Any]) -> dict[str, Any]:
             f"must fit inside the deployment time limit ({settings.DEPLOYMENT_TIME_LIMIT} s)",
         )
     return cleaned
+
+
+def blue_green_check(group: ServerGroup) -> None:
+    """A blue-green group as saved (strategy, router, members' colours) can deploy: its
+    router is an SSH server of the project, each server has a colour, both colours have
+    servers, and every address the router would send traffic to is host:port. Raises
+    InvalidInput naming the field at fault; nothing for the other strategies."""
+    if not group.is_blue_green:
+        return
+    router = group.router
+    if router is None:
+        raise InvalidInput("router", "a blue-green group needs a router: a server of the project")
+    if router.project_id != group.project_id:
+        raise InvalidInput("router", f"server {router.pk} is not part of this project")
+    if router.protocol != Protocol.SSH:
+        raise InvalidInput("router", f"{router.name} is not an SSH server: the switch runs there")
+    if group.router_kind == RouterKind.COMMAND and not group.router_switch_command.strip():
+        raise InvalidInput("router_switch_command", "a command router needs a command")
+    members = list(group.members.select_related("server"))
+    without = [m.server.name for m in members if m.colour not in Colour.values]
+    if without:
+        raise InvalidInput("colours", f"every server needs a colour: {', '.join(without)}")
+    for colour in Colour.values:
+        if not any(m.colour == colour for m in members):
+            raise InvalidInput("colours", f"the {colour} colour has no servers")
+    for member in members:
+        validate_upstream(member.upstream_address(group.upstream_port), field="upstreams")

@@ -221,6 +221,21 @@ class Strategy(models.TextChoices):
     PREPARE_THEN_SWITCH = "prepare_then_switch", "Prepare every server, then switch together"
     ROLLING = "rolling", "Rolling, in batches"
     CANARY = "canary", "Canary first, then the rest"
+    BLUE_GREEN = "blue_green", "Blue-green: the idle colour, then the router switches"
+
+
+class Colour(models.TextChoices):
+    """The two halves of a blue-green group (builds.engine.specs.COLOURS)."""
+
+    BLUE = "blue", "Blue"
+    GREEN = "green", "Green"
+
+
+class RouterKind(models.TextChoices):
+    """How a blue-green group's router switches the traffic (builds.engine.router)."""
+
+    NGINX = "nginx", "nginx: an upstream include file, tested and reloaded"
+    COMMAND = "command", "A switch command (HAProxy, a load balancer's CLI...)"
 
 
 class Promotion(models.TextChoices):
@@ -242,6 +257,25 @@ class ServerGroup(models.Model):
     canary_window_seconds = models.PositiveIntegerField(default=0)
     promotion = models.CharField(max_length=10, choices=Promotion.choices, default=Promotion.AUTO)
     pause_seconds = models.PositiveIntegerField(default=0)
+    # Blue-green (docs/blue-green.md): the colour the router sends the traffic to, recorded
+    # only once the router took the switch ("" before the first one), and since when.
+    live_colour = models.CharField(max_length=10, choices=Colour.choices, blank=True)
+    live_colour_since = models.DateTimeField(null=True, blank=True)
+    # The server of the project that switches the traffic, and how.
+    router = models.ForeignKey(
+        Server, null=True, blank=True, on_delete=models.SET_NULL, related_name="routed_groups"
+    )
+    router_kind = models.CharField(
+        max_length=10, choices=RouterKind.choices, default=RouterKind.NGINX
+    )
+    # nginx: the include file Slipway rewrites (empty: the default, see include_path) and
+    # how the router's login user runs nginx ("sudo -n nginx"...).
+    router_include_path = models.CharField(max_length=500, blank=True)
+    router_nginx_command = models.CharField(max_length=500, default="nginx")
+    # command: run on the router with %colour% and %hosts% (quoted shell words).
+    router_switch_command = models.TextField(blank=True)
+    # The port of a member's address in the upstream when the member names none.
+    upstream_port = models.PositiveIntegerField(default=80)
     servers = models.ManyToManyField(Server, through="GroupMember", related_name="groups")
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -259,11 +293,54 @@ class ServerGroup(models.Model):
             member.server for member in self.members.select_related("server").order_by("position")
         ]
 
+    @property
+    def is_blue_green(self) -> bool:
+        return self.strategy == Strategy.BLUE_GREEN
+
+    @property
+    def upstream_name(self) -> str:
+        """The nginx upstream the include file defines (``proxy_pass http://<it>;``)."""
+        return f"slipway_group_{self.pk}"
+
+    @property
+    def default_include_path(self) -> str:
+        return f"/etc/nginx/conf.d/slipway-group-{self.pk}.conf"
+
+    @property
+    def include_path(self) -> str:
+        return self.router_include_path or self.default_include_path
+
+    @property
+    def idle_colour(self) -> str:
+        """Where the next deployment goes: the colour not live (blue before any switch)."""
+        return Colour.GREEN if self.live_colour == Colour.BLUE else Colour.BLUE
+
+    @property
+    def colours(self) -> dict[str, str]:
+        """Server id (as text, a JSON key) -> its colour, for the members that have one."""
+        return {str(m.server_id): m.colour for m in self.members.all() if m.colour}
+
+    @property
+    def upstreams(self) -> dict[str, str]:
+        """Server id (as text) -> the address the router sends to, for those that name one."""
+        return {str(m.server_id): m.upstream for m in self.members.all() if m.upstream}
+
+    def members_of(self, colour: str) -> list[GroupMember]:
+        return [
+            member
+            for member in self.members.select_related("server").order_by("position")
+            if member.colour == colour
+        ]
+
 
 class GroupMember(models.Model):
     group = models.ForeignKey(ServerGroup, on_delete=models.CASCADE, related_name="members")
     server = models.ForeignKey(Server, on_delete=models.CASCADE, related_name="+")
     position = models.PositiveIntegerField(default=0)
+    # Blue-green groups: the member's colour, and the address ("host:port") the router sends
+    # its share of the traffic to (empty: the server's host name on the group's upstream_port).
+    colour = models.CharField(max_length=10, choices=Colour.choices, blank=True)
+    upstream = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["position"]
@@ -273,6 +350,13 @@ class GroupMember(models.Model):
 
     def __str__(self) -> str:
         return f"{self.server_id} in {self.group_id}"
+
+    def upstream_address(self, port: int) -> str:
+        """Where the router sends this member's traffic: its upstream, else host:port."""
+        if self.upstream:
+            return self.upstream
+        host = self.server.hostname
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Release(models.Model):

@@ -30,6 +30,7 @@ from projects.services import MAX_POSITION
 from servers.health import strategy_clean
 from servers.models import (
     AuthMethod,
+    Colour,
     HealthCheck,
     JumpAuthMethod,
     Protocol,
@@ -518,6 +519,10 @@ STRATEGY_FIELDS = (
     "canary_window_seconds",
     "promotion",
     "pause_seconds",
+    "router_kind",
+    "router_include_path",
+    "router_nginx_command",
+    "upstream_port",
 )
 
 
@@ -567,6 +572,39 @@ class GroupSerializer(SettingSerializer):
         help_text="Server ids, in the order a deployment goes through them.",
     )
     batch_size = BatchSizeField(required=False)
+    router = ProjectServerField(
+        required=False,
+        allow_null=True,
+        help_text="Blue-green: the server (of this project, over SSH) that switches the traffic.",
+    )
+    colours = serializers.DictField(
+        child=serializers.ChoiceField(choices=Colour.choices, allow_blank=True),
+        required=False,
+        help_text='Blue-green: each server\'s colour, by server id: {"12": "blue", "13": "green"}. '
+        "A server left out keeps its colour.",
+    )
+    upstreams = serializers.DictField(
+        child=serializers.CharField(max_length=300, allow_blank=True),
+        required=False,
+        help_text="Blue-green: the address (host:port) the router sends a server's traffic to, "
+        "by server id; a server without one: its host name on upstream_port.",
+    )
+    router_upstream_name = serializers.CharField(
+        source="upstream_name",
+        read_only=True,
+        help_text="Blue-green, nginx: the upstream the include file defines; the site's "
+        "proxy_pass names it (proxy_pass http://<it>;).",
+    )
+    live_colour = serializers.ChoiceField(
+        choices=Colour.choices,
+        allow_blank=True,
+        read_only=True,
+        help_text="Blue-green: the colour the router sends the traffic to, recorded once the "
+        'router took the switch; "" before the first one.',
+    )
+    switch_back_url = serializers.SerializerMethodField(
+        help_text="Blue-green: POST here to send the traffic back to the other colour."
+    )
 
     class Meta:
         model = ServerGroup
@@ -578,12 +616,42 @@ class GroupSerializer(SettingSerializer):
             "environment",
             "auto_deploy",
             *STRATEGY_FIELDS,
+            "router",
+            "router_switch_command",
+            "colours",
+            "upstreams",
+            "router_upstream_name",
+            "live_colour",
+            "live_colour_since",
+            "switch_back_url",
             "created_at",
             "url",
             "html_url",
         ]
-        read_only_fields = ["created_at"]
+        read_only_fields = ["created_at", "live_colour_since"]
         extra_kwargs = {
+            "router_kind": {
+                "help_text": "Blue-green: nginx (an upstream include file, tested and "
+                "reloaded) or command (router_switch_command)."
+            },
+            "router_include_path": {
+                "help_text": "Blue-green, nginx: the include file Slipway rewrites; empty: "
+                "/etc/nginx/conf.d/slipway-group-<id>.conf."
+            },
+            "router_nginx_command": {
+                "help_text": "Blue-green, nginx: how the router's login user runs nginx "
+                '("nginx", "sudo -n nginx"); Slipway appends -t, then -s reload.'
+            },
+            "router_switch_command": {
+                "help_text": "Blue-green, command: run on the router; %colour% and %hosts% "
+                "(the colour's host:port addresses) are put in as quoted shell words."
+            },
+            "upstream_port": {
+                "min_value": 1,
+                "max_value": 65535,
+                "help_text": "Blue-green: the port of a server's address in the upstream "
+                "when upstreams names none.",
+            },
             "max_parallel": {"min_value": 1, "help_text": "Parallel: servers at a time."},
             "canary_count": {"min_value": 1, "help_text": "Canary: servers deployed first."},
             "canary_window_seconds": {
@@ -612,6 +680,9 @@ class GroupSerializer(SettingSerializer):
         data = super().to_representation(instance)
         data["servers"] = [server.pk for server in instance.ordered_servers()]
         return data
+
+    def get_switch_back_url(self, instance: ServerGroup) -> str:
+        return api_url("api-group-switch-back", slug=instance.project.slug, pk=instance.pk)
 
 
 class HealthCheckSerializer(SettingSerializer):

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from builds.engine import pipeline, router
+from builds.engine.errors import InvalidInput
 from builds.engine.health import HealthCheckSpec
 from builds.engine.specs import ConfigFileSpec, StrategySpec
 from tests.support.engine import RecordingReporter, after, deploy_spec, server_for
@@ -264,6 +265,6 @@ def test_a_custom_switch_command_gets_the_colour_and_its_hosts_quoted(sshd_facto
 
 def test_hosts_that_are_not_host_port_never_reach_the_router():
     for bad in ("10.0.0.5", "a b:80", "x;y:80", "host:0", "[::1:80", "}:80"):
-        with pytest.raises(router.InvalidInput):
+        with pytest.raises(InvalidInput):
             router.validate_upstream(bad)
     assert router.validate_upstream("[::1]:8080") == "[::1]:8080"

@@ -38,6 +38,7 @@ class Nginx:
     root: Path
     port: int
     username: str
+    upstream: str = UPSTREAM
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -56,7 +57,9 @@ class Nginx:
     def write_config(self, first_upstream: str) -> None:
         (self.root / "conf.d").mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(exist_ok=True)
-        self.include_path.write_text(f"upstream {UPSTREAM} {{\n    server {first_upstream};\n}}\n")
+        self.include_path.write_text(
+            f"upstream {self.upstream} {{\n    server {first_upstream};\n}}\n"
+        )
         temp = self.root / "tmp"
         (self.root / "nginx.conf").write_text(
             f"""daemon off;
@@ -75,7 +78,7 @@ http {{
     server {{
         listen 127.0.0.1:{self.port};
         location / {{
-            proxy_pass http://{UPSTREAM};
+            proxy_pass http://{self.upstream};
         }}
     }}
 }}
@@ -123,17 +126,19 @@ http {{
 
 
 @pytest.fixture
-def nginx_factory() -> Iterator[Callable[[Path, str, str], Nginx]]:
+def nginx_factory() -> Iterator[Callable[..., Nginx]]:
     """Start an nginx in ``directory`` (made, owned by ``username``) proxying to the upstream
-    ``slipway_app`` of its include file, first ``first_upstream`` (host:port)."""
+    ``upstream`` of its include file, first ``first_upstream`` (host:port)."""
     if not NGINX_PATH.exists():
         pytest.fail(f"{NGINX_PATH} is missing: {INSTALL_HINT}", pytrace=False)
     started: list[Nginx] = []
 
-    def start(directory: Path, username: str, first_upstream: str) -> Nginx:
+    def start(
+        directory: Path, username: str, first_upstream: str, upstream: str = UPSTREAM
+    ) -> Nginx:
         pwd.getpwnam(username)
         directory.mkdir(parents=True, exist_ok=True)
-        nginx = Nginx(root=directory, port=_free_port(), username=username)
+        nginx = Nginx(root=directory, port=_free_port(), username=username, upstream=upstream)
         nginx.write_config(first_upstream)
         started.append(nginx)
         nginx.start()
