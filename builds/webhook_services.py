@@ -172,6 +172,8 @@ def webhook_targets(*, project: Project, branch: str, deploy_to: Sequence[str] =
             targets.groups.remove(group)
             targets.notes.append(f"Group {group.name} has no servers")
     covered = {member.server_id for group in targets.groups for member in group.members.all()}
+    # A blue-green group's router switches traffic: a push never deploys the app to it.
+    routers = {group.router_id for group in groups if group.is_blue_green and group.router_id}
 
     chosen = [
         server
@@ -180,6 +182,7 @@ def webhook_targets(*, project: Project, branch: str, deploy_to: Sequence[str] =
         and server.auto_deploy
         and server.effective_branch == branch
         and server.pk not in covered
+        and server.pk not in routers
     ]
     for server in servers:
         key = server.name.casefold()

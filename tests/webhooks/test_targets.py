@@ -118,3 +118,17 @@ def test_a_newer_push_supersedes_the_queued_deployment(shop, make_server, post):
     newer = Deployment.objects.get(pk=second["deployments"][0])
     assert older.status == "cancelled" and f"#{newer.pk}" in older.error
     assert newer.status == "queued"
+
+
+def test_a_push_deploys_a_blue_green_group_but_never_its_router(
+    shop, make_server, make_group, post
+):
+    blue, green = make_server(shop, "blue1"), make_server(shop, "green1")
+    router = make_server(shop, "lb1")
+    make_server(shop, "web")
+    make_group(shop, "Production", [blue, green], strategy="blue_green", router=router)
+
+    _push(post, shop)
+
+    by_group = {(d.group.name if d.group else None): _deployed(d) for d in Deployment.objects.all()}
+    assert by_group == {"Production": ["blue1", "green1"], None: ["web"]}
