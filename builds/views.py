@@ -25,6 +25,7 @@ from builds.services import (
     deployment_retry,
     deployment_rollback,
     deployment_start_with_strategy,
+    group_switch_back,
     rollback_plan_deployment,
     stack_lock,
     stack_unlock,
@@ -38,12 +39,13 @@ from projects.dashboard import (
     get_deployment_for_user,
     get_project_for_user,
     get_server_for_user,
+    get_setting_for_user,
     get_site_admin,
     lock_reason_from,
     page_context,
 )
 from projects.models import DEPLOY_ROLES, Membership, Project
-from servers.models import Promotion, Server, Strategy
+from servers.models import Promotion, Server, ServerGroup, Strategy
 
 # --------------------------------------------------------------------------- a new deployment
 
@@ -219,7 +221,7 @@ def _deployment_context(deployment: Deployment, membership: Membership) -> dict[
 def _strategy(deployment: Deployment) -> dict[str, Any] | None:
     """How this deployment's servers take the release (the runner's choice, in words); a
     rollback of a group's deployment goes the same way."""
-    if deployment.kind == Kind.PREVIEW:
+    if deployment.kind in (Kind.PREVIEW, Kind.SWITCH):
         return None
     group = deployment.group
     kind = deployment.strategy or (group.strategy if group is not None else Strategy.PARALLEL)
@@ -236,6 +238,8 @@ def _strategy(deployment: Deployment) -> dict[str, Any] | None:
         details.append(f"batches of {group.batch_size}")
         if group.pause_seconds:
             details.append(f"{group.pause_seconds} s apart")
+    elif group is not None and kind == Strategy.BLUE_GREEN and group.router is not None:
+        details.append(f"router {group.router.name}")
     return {"kind": kind, "label": label, "details": details, "override": bool(deployment.strategy)}
 
 
@@ -379,6 +383,26 @@ def deployment_promote_view(request: HttpRequest, slug: str, deployment_id: int)
     else:
         messages.success(request, "Promoted: the other servers get the release now.")
     return redirect("deployment-detail", slug, deployment_id)
+
+
+@login_required
+@require_POST
+def group_switch_back_view(request: HttpRequest, slug: str, group_id: int) -> HttpResponse:
+    """Blue-green: the router sends the group's traffic back to the other colour."""
+    group, membership = get_setting_for_user(
+        request, slug, ServerGroup, group_id, role=DEPLOY_ROLES
+    )
+    try:
+        deployment = group_switch_back(group=group, user=membership.user, trigger=Trigger.MANUAL)
+    except SERVICE_ERRORS as exc:
+        messages.error(request, error_message(exc))
+        return redirect("project-detail", slug)
+    messages.info(
+        request,
+        f"Switching {group.name} back to {group.idle_colour}: the router alone changes, "
+        "no server is deployed to.",
+    )
+    return redirect("deployment-detail", slug, deployment.pk)
 
 
 @login_required

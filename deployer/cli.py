@@ -7,6 +7,7 @@
     slipway retry 42 [--wait]                 the servers deployment 42 failed on, again
     slipway abort 42 --roll-back [--wait]     stop 42, roll back the servers it switched
     slipway cancel 42
+    slipway switch-back shop --group production [--wait]
     slipway lock shop --reason "bad migration, investigating" [--server web1]
     slipway unlock shop [--server web1]
     slipway status shop
@@ -405,6 +406,24 @@ def cmd_cancel(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
+def cmd_switch_back(args: argparse.Namespace, client: Client) -> int:
+    group_id = _group_by_name(client, args.project, args.group)
+    group = client.get(f"/projects/{args.project}/groups/{group_id}/")
+    live = group.get("live_colour") or ""
+    if group.get("strategy") != "blue_green" or not live:
+        raise CLIError(
+            f"{group['name']} is not a blue-green group with a live colour: nothing to switch back",
+            EXIT_API_ERROR,
+        )
+    other = "green" if live == "blue" else "blue"
+    say(
+        f"{group['name']}: the router sends the traffic back to {other} ({live} is live now)",
+        file=sys.stderr if args.json else None,
+    )
+    deployment = client.post(f"/projects/{args.project}/groups/{group_id}/switch-back/", {})
+    return _follow_created(args, client, deployment)
+
+
 def _follow_created(args: argparse.Namespace, client: Client, deployment: dict[str, Any]) -> int:
     if not args.wait:
         emit(
@@ -611,6 +630,14 @@ def parser() -> argparse.ArgumentParser:
     )
     cancel.add_argument("id", type=int)
 
+    switch_back = commands.add_parser(
+        "switch-back",
+        help="blue-green: send a group's traffic back to the other colour (no redeploy)",
+    )
+    switch_back.add_argument("project")
+    switch_back.add_argument("--group", required=True, help="the blue-green group, by name")
+    switch_back.add_argument("--wait", action="store_true")
+
     lock = commands.add_parser(
         "lock", help="stop every deployment but rollbacks, with a reason everyone sees"
     )
@@ -627,7 +654,19 @@ def parser() -> argparse.ArgumentParser:
     log = commands.add_parser("log", help="a deployment's log")
     log.add_argument("id", type=int)
     log.add_argument("-f", "--follow", action="store_true", help="follow until the deployment ends")
-    for sub in (projects, deploy, rollback, retry, abort, cancel, lock, unlock, status, log):
+    for sub in (
+        projects,
+        deploy,
+        rollback,
+        retry,
+        abort,
+        cancel,
+        switch_back,
+        lock,
+        unlock,
+        status,
+        log,
+    ):
         sub.add_argument(
             "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
@@ -654,6 +693,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                 "retry": cmd_retry,
                 "abort": cmd_abort,
                 "cancel": cmd_cancel,
+                "switch-back": cmd_switch_back,
                 "lock": cmd_lock,
                 "unlock": cmd_unlock,
                 "status": cmd_status,

@@ -277,6 +277,13 @@ class Row:
     head: str | None = None
     #: Commits on the branch head that are not live; None when it cannot be told.
     undeployed: int | None = None
+    #: Blue-green groups: the colour the router sends the traffic to ("" before the first
+    #: switch), each member's colour by name, and the group's id (for Switch back).
+    blue_green: bool = False
+    live_colour: str = ""
+    idle_colour: str = ""
+    colours: dict[str, str] = field(default_factory=dict)
+    group_id: int | None = None
 
     @property
     def undeployed_display(self) -> str:
@@ -344,7 +351,16 @@ def server_rows(
     for group in ServerGroup.objects.filter(project=project).prefetch_related("members"):
         member_ids = [member.server_id for member in group.members.all()]
         members = [by_id[pk] for pk in member_ids if pk in by_id]
-        revisions = {member.live_revision for member in members}
+        colours = {
+            by_id[m.server_id].name: m.colour for m in group.members.all() if m.server_id in by_id
+        }
+        # A blue-green group's live revision is its live colour's; the other is idle.
+        live_members = (
+            [by_id[m.server_id] for m in group.members.all() if m.colour == group.live_colour]
+            if group.is_blue_green and group.live_colour
+            else members
+        )
+        revisions = {member.live_revision for member in live_members}
         last = (
             Deployment.objects.filter(group=group)
             .exclude(kind=Kind.PREVIEW)
@@ -360,9 +376,14 @@ def server_rows(
             members=[member.name for member in members],
             trusted=all(member.trusted for member in members),
             live_revision=revisions.pop() if len(revisions) == 1 else (None if revisions else ""),
-            live_since=max((m.live_since for m in members if m.live_since), default=None),
+            live_since=max((m.live_since for m in live_members if m.live_since), default=None),
             last=last,
             last_status=last.status if last else "",
+            blue_green=group.is_blue_green,
+            live_colour=group.live_colour,
+            idle_colour=group.idle_colour,
+            colours=colours if group.is_blue_green else {},
+            group_id=group.pk,
         )
         _undeployed(mirror, row)
         groups.append(row)

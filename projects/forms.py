@@ -34,7 +34,7 @@ from projects.models import (
     TokenScope,
 )
 from projects.services import MAX_TIMEOUT_SECONDS, MAX_TOKEN_DAYS
-from servers.models import Promotion, Server, ServerGroup, Strategy
+from servers.models import Colour, Promotion, RouterKind, Server, ServerGroup, Strategy
 
 MONOSPACE = {"class": "mono", "spellcheck": "false", "autocapitalize": "off"}
 
@@ -427,6 +427,74 @@ class GroupForm(SettingForm):
         widget=forms.Select(attrs=shown_for("strategy", Strategy.CANARY)),
     )
 
+    blue_servers = forms.ModelMultipleChoiceField(
+        label="Blue servers",
+        queryset=Server.objects.none(),
+        required=False,
+        widget=forms.CheckboxSelectMultiple(attrs=shown_for("strategy", Strategy.BLUE_GREEN)),
+        help_text="Blue-green: the group's servers of each colour. A deployment goes to the "
+        "colour not live, then the router sends the traffic to it (docs/blue-green.md).",
+    )
+    green_servers = forms.ModelMultipleChoiceField(
+        label="Green servers",
+        queryset=Server.objects.none(),
+        required=False,
+        widget=forms.CheckboxSelectMultiple(attrs=shown_for("strategy", Strategy.BLUE_GREEN)),
+    )
+    upstream_lines = LinesField(
+        label="Addresses behind the router",
+        widget=forms.Textarea(
+            attrs=shown_for("strategy", Strategy.BLUE_GREEN, rows=3, **MONOSPACE)
+        ),
+        help_text="One line per server whose address differs: its name, then host:port "
+        "(web1 10.0.0.5:8080). Others: their host name on the port below.",
+    )
+    upstream_port = forms.IntegerField(
+        label="Application port",
+        required=False,
+        initial=80,
+        widget=forms.NumberInput(attrs=shown_for("strategy", Strategy.BLUE_GREEN)),
+    )
+    router = forms.ModelChoiceField(
+        queryset=Server.objects.none(),
+        required=False,
+        widget=forms.Select(attrs=shown_for("strategy", Strategy.BLUE_GREEN)),
+        help_text="The server (over SSH) that switches the traffic: nginx in front of the "
+        "group, or any proxy a command drives.",
+    )
+    router_kind = forms.ChoiceField(
+        label="Switch with",
+        required=False,
+        choices=RouterKind.choices,
+        initial=RouterKind.NGINX,
+        widget=forms.Select(attrs=shown_for("strategy", Strategy.BLUE_GREEN)),
+    )
+    router_include_path = forms.CharField(
+        label="nginx include file",
+        max_length=500,
+        required=False,
+        widget=forms.TextInput(attrs=shown_for("strategy", Strategy.BLUE_GREEN, **MONOSPACE)),
+        help_text="Rewritten at each switch (temporary file, then renamed), tested with "
+        "nginx -t, then nginx reloads. Blank: /etc/nginx/conf.d/slipway-group-<id>.conf.",
+    )
+    router_nginx_command = forms.CharField(
+        label="nginx runs as",
+        max_length=500,
+        required=False,
+        initial="nginx",
+        widget=forms.TextInput(attrs=shown_for("strategy", Strategy.BLUE_GREEN, **MONOSPACE)),
+        help_text="How the router's login user runs nginx: nginx, or sudo -n nginx.",
+    )
+    router_switch_command = forms.CharField(
+        label="Switch command",
+        required=False,
+        widget=forms.Textarea(
+            attrs=shown_for("strategy", Strategy.BLUE_GREEN, rows=2, **MONOSPACE)
+        ),
+        help_text="Instead of nginx: run on the router with %colour% and %hosts% (the "
+        "colour's host:port addresses, each a quoted word). Exit 0: the traffic moved.",
+    )
+
     STRATEGY_FIELDS = (
         "strategy",
         "max_parallel",
@@ -435,12 +503,48 @@ class GroupForm(SettingForm):
         "canary_count",
         "canary_window_seconds",
         "promotion",
+        "router_kind",
+        "router_nginx_command",
+        "upstream_port",
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        servers = Server.objects.filter(project=self.project)
+        for name in ("blue_servers", "green_servers", "router"):
+            field = self.fields[name]
+            assert isinstance(field, forms.ModelChoiceField)
+            field.queryset = servers
 
     def initial_for(self, instance: Any) -> dict[str, Any]:
         initial = super().initial_for(instance)
         initial["servers"] = [server.pk for server in instance.ordered_servers()]
+        members = list(instance.members.select_related("server"))
+        initial["blue_servers"] = [m.server_id for m in members if m.colour == Colour.BLUE]
+        initial["green_servers"] = [m.server_id for m in members if m.colour == Colour.GREEN]
+        initial["upstream_lines"] = "\n".join(
+            f"{m.server.name} {m.upstream}" for m in members if m.upstream
+        )
         return initial
+
+    def clean(self) -> dict[str, Any] | None:
+        cleaned = super().clean() or {}
+        both = set(cleaned.get("blue_servers") or ()) & set(cleaned.get("green_servers") or ())
+        if both:
+            self.add_error(
+                "green_servers",
+                f"A server has one colour: {', '.join(sorted(s.name for s in both))}",
+            )
+        names = {s.name: s for s in Server.objects.filter(project=self.project)}
+        upstreams: dict[str, str] = {}
+        for line in cleaned.get("upstream_lines") or []:
+            name, _, address = line.strip().rpartition(" ")
+            if name.strip() not in names:
+                self.add_error("upstream_lines", f"No server is called {name.strip() or line!r}")
+                continue
+            upstreams[str(names[name.strip()].pk)] = address
+        cleaned["upstreams"] = upstreams
+        return cleaned
 
     def service_data(self) -> dict[str, Any]:
         # A strategy field left out (a form from before strategies) keeps what is stored,
@@ -449,6 +553,17 @@ class GroupForm(SettingForm):
         for name in self.STRATEGY_FIELDS:
             if data.get(name) in (None, ""):
                 del data[name]
+        blue = {s.pk for s in data.pop("blue_servers", None) or ()}
+        green = {s.pk for s in data.pop("green_servers", None) or ()}
+        data.pop("upstream_lines", None)
+        # The form shows every member's colour and address: what is not given is cleared.
+        chosen = [server.pk for server in data.get("servers", [])]
+        given = data.pop("upstreams", {})
+        data["colours"] = {
+            str(pk): Colour.BLUE if pk in blue else Colour.GREEN if pk in green else ""
+            for pk in chosen
+        }
+        data["upstreams"] = {str(pk): given.get(str(pk), "") for pk in chosen}
         return data
 
 

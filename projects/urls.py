@@ -55,6 +55,11 @@ urlpatterns = [
     path(DEPLOYMENT + "promote/", deployments.deployment_promote_view, name="deployment-promote"),
     path(DEPLOYMENT + "abort/", deployments.deployment_abort_view, name="deployment-abort"),
     path(DEPLOYMENT + "retry/", deployments.deployment_retry_view, name="deployment-retry"),
+    path(
+        PROJECT + "groups/<int:group_id>/switch-back/",
+        deployments.group_switch_back_view,
+        name="group-switch-back",
+    ),
     # The user guides, as plain text.
     path("docs/<slug:name>.md", views.docs_page, name="docs"),
 ]

@@ -691,6 +691,7 @@ DOCS = (
     "freeze-windows",
     "locks",
     "badges",
+    "blue-green",
 )
 
 
