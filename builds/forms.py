@@ -55,7 +55,11 @@ class DeploymentForm(forms.Form):
     strategy = forms.ChoiceField(
         label="Strategy",
         required=False,
-        choices=[("", "The group's (all at once without a group)"), *Strategy.choices],
+        # Blue-green needs the group's colours and router: a group's strategy, never an override.
+        choices=[
+            ("", "The group's (all at once without a group)"),
+            *((value, label) for value, label in Strategy.choices if value != Strategy.BLUE_GREEN),
+        ],
         help_text="For this deployment only; see docs/strategies.md.",
     )
     full = forms.BooleanField(label="Upload every file, not only the changes", required=False)

@@ -564,6 +564,8 @@ def message_title(payload: Mapping[str, Any]) -> str:
     if deployment["kind"] == Kind.ROLLBACK:
         # "rollback #12 rolled back" would read as if the rollback itself had been undone.
         noun, verb = "rollback", "finished" if event == NotificationEvent.ROLLED_BACK else None
+    elif deployment["kind"] == Kind.SWITCH:
+        noun, verb = "switch back", None
     else:
         noun, verb = "deployment", None
     return f"{payload['project']['name']}: {noun} #{deployment['id']} {verb or _VERBS[event]}"

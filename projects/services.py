@@ -870,16 +870,21 @@ def _split_members(fields: dict[str, Any]) -> dict[str, dict[str, str]]:
     return members
 
 
-def _set_members(group: ServerGroup, members: Mapping[str, Mapping[str, str]]) -> None:
+def _set_members(group: ServerGroup, members: Mapping[str, Mapping[str, str]]) -> list[str]:
     """Give the group's servers their colours and upstreams (the servers given are the
-    group's); a server left out of a map keeps its value."""
+    group's); a server left out of a map keeps its value. Answers the maps that changed."""
     in_group = {str(m.server_id): m for m in group.members.all()}
+    changed: list[str] = []
     for name, field in (("colours", "colour"), ("upstreams", "upstream")):
         for key, value in members.get(name, {}).items():
             if key not in in_group:
                 raise InvalidInput(name, f"server {key} is not in this group")
-            setattr(in_group[key], field, value)
-    GroupMember.objects.bulk_update(list(in_group.values()), ["colour", "upstream"])
+            if getattr(in_group[key], field) != value:
+                setattr(in_group[key], field, value)
+                changed.append(name)
+    if changed:
+        GroupMember.objects.bulk_update(list(in_group.values()), ["colour", "upstream"])
+    return sorted(set(changed))
 
 
 def _group_saved(group: ServerGroup) -> None:
@@ -965,8 +970,7 @@ def project_setting_update(*, instance: ModelT, actor: User, data: Mapping[str, 
             _set_servers(instance, servers)
             changed.append("servers")
         if isinstance(instance, ServerGroup):
-            _set_members(instance, members)
-            changed += sorted(members)
+            changed += _set_members(instance, members)
             _group_saved(instance)
         if changed:
             audit_record(

@@ -1683,7 +1683,11 @@ def _blue_green(
         for run in runs:
             run.fail(problem)
         return
-    kept = f"{live} is live: left as it is, for Switch back" if live else "Not in the idle colour"
+    kept = (
+        f"{live} is live: left as it is, for Switch back"
+        if live
+        else f"No colour is live yet: the first deployment goes to {idle}"
+    )
     _mark_untouched(staying, kept)
     reporter.log(
         "system",
