@@ -123,3 +123,14 @@ def test_a_viewer_posting_switch_back_is_refused(bob_client, project, live_group
     response = bob_client.post(f"/projects/{project.slug}/groups/{live_group.pk}/switch-back/")
     assert response.status_code == 403
     assert not Deployment.objects.exists()
+
+
+def test_the_group_page_says_which_colour_is_live_and_where_the_upstream_is(
+    alice_client, project, live_group
+):
+    page = alice_client.get(
+        f"/projects/{project.slug}/settings/groups/{live_group.pk}/"
+    ).content.decode()
+    assert "green live" in page and "the next deployment goes to blue" in page
+    assert f"/projects/{project.slug}/groups/{live_group.pk}/switch-back/" in forms_posting_to(page)
+    assert f"slipway_group_{live_group.pk}" in page
