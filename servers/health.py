@@ -12,7 +12,7 @@ from builds import outbound
 from builds.engine.addresses import address_refusal, parse_address
 from builds.engine.errors import InvalidInput
 from builds.engine.health import HealthCheckSpec
-from builds.engine.router import validate_include_path, validate_upstream
+from builds.engine.router import nginx_words, validate_include_path, validate_upstream
 from builds.engine.specs import parse_batch_size
 from servers.models import (
     Colour,
@@ -114,8 +114,9 @@ def strategy_clean(data: Mapping[str, Any]) -> dict[str, Any]:
         )
     if "router_nginx_command" in cleaned:
         command = str(cleaned["router_nginx_command"]).strip()
-        if not command or "\n" in command or "\r" in command:
+        if "\n" in command or "\r" in command:
             raise InvalidInput("router_nginx_command", "must be one line, such as sudo -n nginx")
+        nginx_words(command)
         cleaned["router_nginx_command"] = command
     port = cleaned.get("upstream_port", 80)
     if not isinstance(port, int) or not 1 <= port <= 65535:

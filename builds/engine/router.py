@@ -60,7 +60,7 @@ class RouterSpec:
     #: nginx: the upstream's name, which the site's ``proxy_pass http://<name>;`` refers to.
     upstream_name: str = ""
     #: nginx: how nginx is run, as the router's login user types it ("nginx",
-    #: "sudo -n nginx", "/usr/sbin/nginx -c /srv/nginx.conf"); written by a project admin.
+    #: "sudo -n nginx", "/usr/sbin/nginx -c /srv/nginx.conf"): words, each quoted.
     nginx_command: str = NGINX
     #: command: the switch command, with %colour% and %hosts%.
     switch_command: str = ""
@@ -72,8 +72,7 @@ class RouterSpec:
         if self.kind == NGINX:
             validate_include_path(self.include_path)
             validate_upstream_name(self.upstream_name)
-            if not self.nginx_command.strip():
-                raise InvalidInput("router_nginx_command", "is empty")
+            nginx_words(self.nginx_command)
         elif not self.switch_command.strip():
             raise InvalidInput("router_switch_command", "a command router needs a command")
 
@@ -92,6 +91,18 @@ def validate_include_path(path: str, field: str = "router_include_path") -> str:
     if any(ord(char) < 32 or char == "\x7f" for char in path) or len(path) > 500:
         raise InvalidInput(field, "must not hold control characters")
     return path
+
+
+def nginx_words(command: str, field: str = "router_nginx_command") -> list[str]:
+    """How nginx is run, as words ("sudo -n nginx" → sudo, -n, nginx): each reaches the
+    shell quoted, so the setting names a program and its arguments, never shell code."""
+    try:
+        words = shlex.split(command)
+    except ValueError as error:
+        raise InvalidInput(field, f"cannot be read as words: {error}") from None
+    if not words or any("\n" in word or "\r" in word for word in words):
+        raise InvalidInput(field, "must be one line, such as nginx or sudo -n nginx")
+    return words
 
 
 def validate_upstream_name(name: str, field: str = "router_upstream_name") -> str:
@@ -137,7 +148,7 @@ def _nginx_script(router: RouterSpec, text: str) -> str:
     """Write ``text`` over the include file (temporary file, then rename), test, reload; the
     old file back in place when the test fails."""
     path = shlex.quote(router.include_path)
-    nginx = router.nginx_command
+    nginx = " ".join(shlex.quote(word) for word in nginx_words(router.nginx_command))
     return f"""
 f={path}
 new="$f.slipway-new.$$"

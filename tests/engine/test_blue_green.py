@@ -268,3 +268,21 @@ def test_hosts_that_are_not_host_port_never_reach_the_router():
         with pytest.raises(InvalidInput):
             router.validate_upstream(bad)
     assert router.validate_upstream("[::1]:8080") == "[::1]:8080"
+
+
+def test_the_nginx_command_is_words_never_shell_code(sshd_factory):
+    target = sshd_factory()
+    marker = target.deploy_path / "injected"
+    include = target.deploy_path / "app.conf"
+    include.write_text("upstream slipway_app { server 10.0.0.5:80; }\n")
+    spec = router.RouterSpec(
+        name="lb1",
+        endpoint=target.endpoint(),
+        include_path=str(include),
+        upstream_name=UPSTREAM,
+        nginx_command=f"true; touch {marker}",
+    )
+    with pytest.raises(router.RouterFailed, match="refused the new upstream file"):
+        router.switch(spec, colour="green", hosts=["10.0.0.6:80"], log=print)
+    assert not marker.exists()
+    assert include.read_text() == "upstream slipway_app { server 10.0.0.5:80; }\n"
