@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('builds', '0009_schedules'),
+        ('builds', '0010_deployment_retry_of_and_abort_requested_by'),
     ]
 
     operations = [
