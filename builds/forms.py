@@ -6,6 +6,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django import forms
+from django.db.models import Q
 
 from builds.engine.git import Commit
 from builds.models import Schedule, ScheduleKind
@@ -18,7 +19,7 @@ from projects.forms import (
     shown_for,
     time_zone_field,
 )
-from projects.models import Project
+from projects.models import Membership, Project
 from servers.models import Server, ServerGroup, Strategy
 
 
@@ -74,13 +75,27 @@ class DeploymentForm(forms.Form):
         "audit log.",
     )
 
-    def __init__(self, *args: Any, project: Project, commits: list[Commit], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        project: Project,
+        commits: list[Commit],
+        membership: Membership | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """``membership``: the person deploying; a deployer with deploy rights is offered
+        only the servers they cover (the service refuses the others anyway)."""
         super().__init__(*args, **kwargs)
         servers = self.fields["servers"]
         group = self.fields["group"]
         assert isinstance(servers, forms.ModelMultipleChoiceField)
         assert isinstance(group, forms.ModelChoiceField)
         servers.queryset = Server.objects.filter(project=project)
+        if membership is not None and membership.is_limited:
+            servers.queryset = servers.queryset.filter(
+                Q(environment__in=membership.deploy_environments)
+                | Q(pk__in=membership.deploy_servers.values("pk"))
+            )
         group.queryset = ServerGroup.objects.filter(project=project)
         choices = [
             ("", f"The head of the branch ({project.branch} unless a server says otherwise)")

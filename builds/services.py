@@ -68,6 +68,39 @@ class FreezeOverrideForbidden(DeploymentRefused):
     code = "frozen"
 
 
+class DeployRightsForbidden(DeploymentRefused):
+    """A deployer asked for a server outside their deploy rights (Membership.may_deploy_to)."""
+
+    code = "forbidden"
+
+
+def deploy_rights_check(*, project: Project, user: User | None, servers: Sequence[Server]) -> None:
+    """Refuse ``user`` servers of ``project`` outside their deploy rights
+    (docs/users.md#deploy-rights): DeployRightsForbidden naming them and what the user may
+    deploy to. No user (a webhook, a schedule, which only admins set up) or no membership
+    (the caller checked access otherwise) passes."""
+    if user is None or not user.is_authenticated:
+        return
+    membership = Membership.objects.filter(project=project, user=user).first()
+    if membership is None or not membership.is_limited:
+        return
+    refused = [server for server in servers if not membership.may_deploy_to(server)]
+    if not refused:
+        return
+    allowed = [f"environment {name}" for name in membership.deploy_environments] + [
+        f"server {server.name}" for server in membership.deploy_servers.order_by("name")
+    ]
+    names = ", ".join(
+        f"{server.name}" + (f" ({server.environment})" if server.environment else "")
+        for server in refused
+    )
+    raise DeployRightsForbidden(
+        "servers",
+        f"{user.get_username()} may not deploy to {names} in {project.name}: their deploy "
+        f"rights cover {', '.join(allowed)}. A project admin changes them on the Members page.",
+    )
+
+
 #: Triggers no person is behind: refused outright during a freeze.
 AUTOMATIC_TRIGGERS = (Trigger.WEBHOOK, Trigger.SCHEDULE)
 #: The longest reason kept for a lock or a freeze override, in characters.
@@ -257,6 +290,7 @@ def deployment_create(
                 f"Server {server.name}: {server.untrusted_hop} is not trusted yet. Test the "
                 "connection, compare the fingerprint with the server's, then trust it.",
             )
+    deploy_rights_check(project=project, user=user, servers=targets)
     with transaction.atomic():
         # The lock order (deployer.db): the project, its servers by pk, then deployments.
         # The servers stay locked while older queued targets are superseded and the new
@@ -828,6 +862,7 @@ def deployment_rollback_server(
     """Switch ``server`` back to a kept release (by default the one before the live one).
     With ``lock_reason``, the server is locked too (stack_lock), in the same transaction, so
     that nothing deploys the bad release again until someone unlocks it."""
+    deploy_rights_check(project=server.project, user=user, servers=[server])
     if release:
         target = server.releases.filter(removed_at__isnull=True, name=release).first()
         if target is None:
@@ -875,6 +910,7 @@ def deployment_rollback(
     """Undo ``deployment`` on each server where it succeeded, with the strategy it ran with
     (its group's, or its own override): each server goes to rollback_release_of. With
     ``lock_reason``, the project is locked too (stack_lock), in the same transaction."""
+    deploy_rights_check(project=deployment.project, user=user, servers=_its_servers(deployment))
     if deployment.status in ACTIVE:
         raise DeploymentRefused(
             "deployment",
@@ -1151,9 +1187,14 @@ def stack_unlock(*, project: Project, user: User | None, server: Server | None =
 
 
 @retrying
+def _its_servers(deployment: Deployment) -> list[Server]:
+    return list(Server.objects.filter(targets__deployment=deployment).distinct())
+
+
 def deployment_cancel(*, deployment: Deployment, user: User | None) -> Deployment:
     """Cancel a queued deployment, or ask a running one to stop; DeploymentFinished if it
     is over already."""
+    deploy_rights_check(project=deployment.project, user=user, servers=_its_servers(deployment))
     if deployment.status in FINAL:
         raise DeploymentFinished(f"Deployment #{deployment.pk} already {deployment.status}")
     changed = deployment_request_cancel(deployment)
@@ -1224,6 +1265,7 @@ def deployment_start_with_strategy(*, strategy: str, **options: Any) -> Deployme
 def deployment_request_promotion(*, deployment: Deployment, user: User | None) -> Deployment:
     """Let a canary deployment waiting for a person go on to its other servers;
     DeploymentWrongState unless it is running and waiting."""
+    deploy_rights_check(project=deployment.project, user=user, servers=_its_servers(deployment))
     with transaction.atomic():
         waiting = (
             deployment.status == Status.RUNNING
@@ -1257,6 +1299,7 @@ def deployment_request_abort(*, deployment: Deployment, user: User | None) -> De
     """Abort and roll back: stop a running deployment, then roll back every server it had
     switched (a rollback deployment, recorded when it ends). DeploymentWrongState unless it
     is a running deployment (a queued one, or a rollback, is cancelled instead)."""
+    deploy_rights_check(project=deployment.project, user=user, servers=_its_servers(deployment))
     with transaction.atomic():
         if deployment.kind != Kind.DEPLOY:
             raise DeploymentWrongState(

@@ -77,7 +77,7 @@ def deployment_new(request: HttpRequest, slug: str) -> HttpResponse:
     servers = list(project.servers.all())
     preview: Deployment | None = None
     if request.method == "POST":
-        form = DeploymentForm(request.POST, project=project, commits=commits)
+        form = DeploymentForm(request.POST, project=project, commits=commits, membership=membership)
         wants_preview = request.POST.get("action") == "preview"
         if form.is_valid():
             revision = form.chosen_revision()
@@ -115,6 +115,7 @@ def deployment_new(request: HttpRequest, slug: str) -> HttpResponse:
             initial=_initial_from_query(request, servers, has_groups=project.groups.exists()),
             project=project,
             commits=commits,
+            membership=membership,
         )
         preview_id = request.GET.get("preview", "")
         if preview_id.isdigit():

@@ -42,6 +42,7 @@ from builds.services import (
     DeploymentLocked,
     DeploymentRefused,
     DeploymentWrongState,
+    DeployRightsForbidden,
     FreezeOverrideForbidden,
     LockStateError,
 )
@@ -223,7 +224,8 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response | 
     ValidationError without a field becomes 400 ``{"detail": message}``; DeploymentFinished,
     DeploymentWrongState, LockBreakRefused, LockStateError, and a deployment refused by a
     stack lock or a freeze window (DeploymentLocked, DeploymentFrozen) become 409; a freeze
-    override by someone who is not an admin (FreezeOverrideForbidden) 403; a body over Django's upload limit 413
+    override by someone who is not an admin (FreezeOverrideForbidden) and a server outside a
+    deployer's deploy rights (DeployRightsForbidden) 403; a body over Django's upload limit 413
     (rather than an HTML page). The database unreachable (deployer.db.UNAVAILABLE_ERRORS) is 503
     ``{"detail": ...}`` with Retry-After: the transaction was rolled back, so trying again
     records the request once.
@@ -238,7 +240,7 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response | 
     if isinstance(exc, InvalidInput):
         message = str(exc).removeprefix(f"{exc.field}: ")
         exc = exceptions.ValidationError({exc.field: [message]})
-    elif isinstance(exc, FreezeOverrideForbidden):
+    elif isinstance(exc, FreezeOverrideForbidden | DeployRightsForbidden):
         exc = exceptions.PermissionDenied(str(exc))
     elif isinstance(exc, DeploymentLocked | DeploymentFrozen):
         exc = Conflict(str(exc))

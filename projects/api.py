@@ -72,6 +72,7 @@ from projects.services import (
     project_delete,
     project_register,
     project_repository_check,
+    project_servers_by_id,
     project_setting_create,
     project_setting_delete,
     project_setting_update,
@@ -279,7 +280,10 @@ class MemberDetailView(APIView):
         member, caller = get_member_for_user(request, slug, username, need=Need.CONFIGURE)
         serializer = MemberUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        member = member_update(membership=member, actor=caller.user, **serializer.validated_data)
+        data = dict(serializer.validated_data)
+        if "deploy_servers" in data:
+            data["deploy_servers"] = project_servers_by_id(caller.project, data["deploy_servers"])
+        member = member_update(membership=member, actor=caller.user, **data)
         return Response(MemberSerializer(member).data)
 
     @extend_schema(responses=NO_CONTENT, tags=["members"])

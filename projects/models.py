@@ -6,6 +6,7 @@ import hashlib
 import secrets
 import uuid
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -14,6 +15,9 @@ from django.utils import timezone
 
 from builds.outbound import origin_of
 from deployer.crypto import EncryptedTextField
+
+if TYPE_CHECKING:
+    from servers.models import Server
 
 
 class Role(models.TextChoices):
@@ -127,6 +131,13 @@ class Membership(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
     )
     role = models.CharField(max_length=20, choices=Role.choices, default=Role.VIEWER)
+    # A deployer's deploy rights (docs/users.md#deploy-rights): the environments and the
+    # servers they may deploy to, roll back and stop deployments on. Both empty: every server
+    # of the project. Admins are never limited; viewers never deploy.
+    deploy_environments = models.JSONField(default=list, blank=True)
+    deploy_servers = models.ManyToManyField(
+        "servers.Server", blank=True, related_name="deployer_memberships"
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -144,6 +155,26 @@ class Membership(models.Model):
     @property
     def can_configure(self) -> bool:
         return self.role in CONFIGURE_ROLES
+
+    @property
+    def is_limited(self) -> bool:
+        """Whether deploy rights narrow this member's servers (a deployer with limits)."""
+        return self.role == Role.DEPLOYER and (
+            bool(self.deploy_environments) or self.deploy_servers.exists()
+        )
+
+    def may_deploy_to(self, server: Server) -> bool:
+        """Whether this member may deploy to ``server`` (one of the project's): an admin
+        always, a deployer within their environments or servers, a viewer never."""
+        if self.role == Role.ADMIN:
+            return True
+        if self.role != Role.DEPLOYER:
+            return False
+        if not self.is_limited:
+            return True
+        return server.environment in self.deploy_environments or (
+            self.deploy_servers.filter(pk=server.pk).exists()
+        )
 
 
 TOKEN_PREFIX = "slw_"  # noqa: S105 (a prefix, not a secret)

@@ -252,10 +252,32 @@ class MemberSerializer(serializers.ModelSerializer[Membership]):
     url = serializers.SerializerMethodField()
     html_url = serializers.SerializerMethodField()
 
+    deploy_servers = serializers.SerializerMethodField(
+        help_text="Deploy rights: ids of the servers this deployer may deploy to, besides "
+        "those of deploy_environments; both empty: every server (docs/users.md)."
+    )
+
     class Meta:
         model = Membership
-        fields = ["username", "role", "created_at", "url", "html_url"]
+        fields = [
+            "username",
+            "role",
+            "deploy_environments",
+            "deploy_servers",
+            "created_at",
+            "url",
+            "html_url",
+        ]
         read_only_fields = fields
+        extra_kwargs = {
+            "deploy_environments": {
+                "help_text": "Deploy rights: the environments this deployer may deploy to; "
+                "with deploy_servers empty too, every server. Admins are never limited."
+            }
+        }
+
+    def get_deploy_servers(self, membership: Membership) -> list[int]:
+        return sorted(membership.deploy_servers.values_list("pk", flat=True))
 
     def get_url(self, membership: Membership) -> str:
         return api_url(
@@ -272,7 +294,13 @@ class MemberCreateSerializer(serializers.Serializer[dict[str, Any]]):
 
 
 class MemberUpdateSerializer(serializers.Serializer[dict[str, Any]]):
-    role = serializers.ChoiceField(choices=Role.choices)
+    role = serializers.ChoiceField(choices=Role.choices, required=False)
+    deploy_environments = serializers.ListField(
+        child=serializers.CharField(max_length=50), required=False, max_length=50
+    )
+    deploy_servers = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), required=False, max_length=1000
+    )
 
 
 # --------------------------------------------------------------------------- settings

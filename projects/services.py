@@ -691,14 +691,79 @@ def member_add(*, project: Project, actor: User, username: str, role: str) -> Me
     return membership
 
 
-def member_update(*, membership: Membership, actor: User, role: str) -> Membership:
+MAX_DEPLOY_ENVIRONMENTS = 50
+
+
+def project_servers_by_id(project: Project, ids: Sequence[int]) -> list[Server]:
+    """The servers of ``project`` with these ids, in that order; InvalidInput naming
+    ``deploy_servers`` for an id that is not one of them."""
+    found = {server.pk: server for server in Server.objects.filter(project=project, pk__in=ids)}
+    missing = [str(pk) for pk in ids if pk not in found]
+    if missing:
+        raise InvalidInput(
+            "deploy_servers", f"{', '.join(missing)}: not a server of {project.name}."
+        )
+    return [found[pk] for pk in dict.fromkeys(ids)]
+
+
+def deploy_environments_clean(value: Any) -> list[str]:
+    """A deployer's environments: a list of names (each 1 to 50 characters, as a server's
+    ``environment``), deduplicated in order; InvalidInput naming ``deploy_environments``."""
+    if not isinstance(value, list | tuple):
+        raise InvalidInput("deploy_environments", "must be a list of environment names.")
+    names: list[str] = []
+    for item in value:
+        name = str(item).strip() if isinstance(item, str) else ""
+        if not name or len(name) > 50:
+            raise InvalidInput(
+                "deploy_environments",
+                f"{item!r} is not an environment name (1 to 50 characters, as on a server).",
+            )
+        if name not in names:
+            names.append(name)
+    if len(names) > MAX_DEPLOY_ENVIRONMENTS:
+        raise InvalidInput(
+            "deploy_environments", f"holds more than {MAX_DEPLOY_ENVIRONMENTS} names."
+        )
+    return names
+
+
+def member_update(
+    *,
+    membership: Membership,
+    actor: User,
+    role: str | None = None,
+    deploy_environments: Sequence[str] | None = None,
+    deploy_servers: Sequence[Server] | None = None,
+) -> Membership:
+    """Change a member's role and, for a deployer, their deploy rights (docs/users.md#deploy-
+    rights): ``deploy_environments`` names, ``deploy_servers`` servers of the project; both
+    empty: every server. Left out (None): unchanged. InvalidInput names the field."""
+    role = membership.role if role is None else role
     if role not in Role.values:
         raise InvalidInput("role", f"must be one of {', '.join(Role.values)}.")
+    environments = (
+        None if deploy_environments is None else deploy_environments_clean(deploy_environments)
+    )
+    servers = None if deploy_servers is None else list(deploy_servers)
+    for server in servers or ():
+        if server.project_id != membership.project_id:
+            raise InvalidInput(
+                "deploy_servers", f"server {server.pk} is not a server of this project."
+            )
     with transaction.atomic():
         if membership.role == Role.ADMIN and role != Role.ADMIN:
             _ensure_an_admin_remains(membership.project, leaving=membership)
         previous = membership.role
-        if model_update(instance=membership, data={"role": role}):
+        previous_rights = _rights_of(membership)
+        data: dict[str, Any] = {"role": role}
+        if environments is not None:
+            data["deploy_environments"] = environments
+        changed = model_update(instance=membership, data=data)
+        if servers is not None:
+            membership.deploy_servers.set(servers)
+        rights = _rights_of(membership)
+        if changed or rights != previous_rights:
             close_user_sockets(membership.user_id, membership.project_id)
             audit_record(
                 project=membership.project,
@@ -707,8 +772,17 @@ def member_update(*, membership: Membership, actor: User, role: str) -> Membersh
                 target=membership.user.get_username(),
                 role=role,
                 previous_role=previous,
+                deploy_rights=rights,
+                previous_deploy_rights=previous_rights,
             )
     return membership
+
+
+def _rights_of(membership: Membership) -> dict[str, list[str]]:
+    return {
+        "environments": list(membership.deploy_environments),
+        "servers": sorted(membership.deploy_servers.values_list("name", flat=True)),
+    }
 
 
 def member_remove(*, membership: Membership, actor: User) -> None:

@@ -25,6 +25,7 @@ urlpatterns = [
     path(PROJECT + "members/", views.members, name="members"),
     path(PROJECT + "members/<str:username>/role/", views.member_change, name="member-role"),
     path(PROJECT + "members/<str:username>/remove/", views.member_delete, name="member-remove"),
+    path(PROJECT + "members/<str:username>/rights/", views.member_rights, name="member-rights"),
     path(PROJECT + "audit/", views.audit_log, name="audit-log"),
     path(PROJECT + "badge/rotate/", views.badge_rotate, name="project-badge-rotate"),
     path(SETTING, views.setting_list, name="setting-list"),

@@ -75,6 +75,7 @@ from projects.services import (
     project_delete,
     project_register,
     project_repository_check,
+    project_servers_by_id,
     project_setting_create,
     project_setting_delete,
     project_setting_update,
@@ -623,6 +624,7 @@ def members(request: HttpRequest, slug: str) -> HttpResponse:
             members=everyone,
             form=form if membership.can_configure else None,
             role_form=MemberRoleForm(),
+            project_servers=membership.project.servers.order_by("position", "name"),
         ),
     )
 
@@ -641,6 +643,29 @@ def member_change(request: HttpRequest, slug: str, username: str) -> HttpRespons
         messages.error(request, error_message(exc))
     else:
         messages.success(request, f"{username} is now {member.role}.")
+    return redirect("members", slug)
+
+
+@login_required
+@require_POST
+def member_rights(request: HttpRequest, slug: str, username: str) -> HttpResponse:
+    """Set a deployer's deploy rights: environments (comma-separated) and servers."""
+    member, caller = get_member_for_user(request, slug, username, role=CONFIGURE_ROLES)
+    environments = [name.strip() for name in request.POST.get("deploy_environments", "").split(",")]
+    try:
+        ids = [int(value) for value in request.POST.getlist("deploy_servers")]
+        member_update(
+            membership=member,
+            actor=caller.user,
+            deploy_environments=[name for name in environments if name],
+            deploy_servers=project_servers_by_id(caller.project, ids),
+        )
+    except ValueError:
+        messages.error(request, "Deploy servers: choose servers from the list.")
+    except SERVICE_ERRORS as exc:
+        messages.error(request, error_message(exc))
+    else:
+        messages.success(request, f"Deploy rights of {username} saved.")
     return redirect("members", slug)
 
 
