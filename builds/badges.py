@@ -12,6 +12,7 @@ server's name and seven characters of a commit. The URL holds the project's badg
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import anybadge
@@ -25,6 +26,7 @@ GREEN = "#4c1"
 RED = "#e05d44"
 BLUE = "#007ec6"
 GREY = "#9f9f9f"
+YELLOW = "#dfb317"
 
 _COLOURS: dict[str, str] = {
     Status.SUCCEEDED: GREEN,
@@ -51,15 +53,32 @@ class Badge:
     def svg(self) -> str:
         """The badge as an SVG document (UTF-8 text, 20 px high); the same badge gives the
         same text (an ETag)."""
-        badge = anybadge.Badge(label=self.label, value=self.message, default_color=self.colour)
+        badge = anybadge.Badge(
+            label=_text(self.label), value=_text(self.message), default_color=self.colour
+        )
         # anybadge numbers its masks across a process (for several badges in one page);
         # ours are documents of their own, so one name is unique enough and stays stable.
         badge.mask_str = "slipway-badge"
         return str(badge)
 
 
+_SHA = re.compile(r"[0-9a-f]{40}")
+# XML 1.0 allows no C0 control character but tab, newline and carriage return, and no DEL.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def _short(deployment: Deployment) -> str:
-    return (deployment.end_revision or deployment.revision)[:SHORT_REVISION]
+    """Seven characters of the commit the deployment resolved; "" before it resolved one (a
+    branch or tag name it was asked for is not shown)."""
+    for candidate in (deployment.end_revision, deployment.revision):
+        if _SHA.fullmatch(candidate or ""):
+            return candidate[:SHORT_REVISION]
+    return ""
+
+
+def _text(value: str) -> str:
+    """``value`` without the control characters an SVG (XML 1.0) cannot hold."""
+    return _CONTROL.sub("", value)
 
 
 def project_badge(project: Project) -> Badge:
@@ -72,11 +91,18 @@ def project_badge(project: Project) -> Badge:
     )
     if latest is None:
         return Badge("deploy", "never deployed", GREY)
-    word = "rolled back" if latest.kind == Kind.ROLLBACK else latest.status
-    if latest.kind == Kind.ROLLBACK and latest.status != Status.SUCCEEDED:
-        word = f"rollback {latest.status}"
+    colour = _COLOURS.get(latest.status, GREY)
+    word = str(latest.status)
+    if latest.kind == Kind.ROLLBACK:
+        # A rollback that worked is not a deployment that worked: yellow, as shields.io's
+        # warnings.
+        word = "rolled back" if latest.status == Status.SUCCEEDED else f"rollback {word}"
+        colour = YELLOW if latest.status == Status.SUCCEEDED else colour
+    elif latest.kind == Kind.SWITCH:
+        word = "switched back" if latest.status == Status.SUCCEEDED else f"switch back {word}"
+        colour = YELLOW if latest.status == Status.SUCCEEDED else colour
     message = f"{word} {_short(latest)}".strip()
-    return Badge("deploy", message, _COLOURS.get(latest.status, GREY))
+    return Badge("deploy", message, colour)
 
 
 def server_badge(server: Server) -> Badge:

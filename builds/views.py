@@ -12,8 +12,14 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.crypto import constant_time_compare
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import (
+    require_GET,
+    require_http_methods,
+    require_POST,
+    require_safe,
+)
 
 from builds import badges, pending
 from builds.forms import DeploymentForm
@@ -44,7 +50,7 @@ from projects.dashboard import (
     lock_reason_from,
     page_context,
 )
-from projects.models import DEPLOY_ROLES, Membership, Project
+from projects.models import DEPLOY_ROLES, Membership, Project, server_badge_signature
 from servers.models import Promotion, Server, ServerGroup, Strategy
 
 # --------------------------------------------------------------------------- a new deployment
@@ -569,7 +575,7 @@ def _badge_response(request: HttpRequest, svg: str) -> HttpResponse:
     return response
 
 
-@require_GET
+@require_safe
 def project_badge_view(request: HttpRequest, token: str) -> HttpResponse:
     """GET /badges/<token>.svg: the project's status badge; 404 for an unknown token. No
     sign-in: the token is the credential (docs/badges.md)."""
@@ -579,11 +585,16 @@ def project_badge_view(request: HttpRequest, token: str) -> HttpResponse:
     return _badge_response(request, badges.project_badge(project).svg())
 
 
-@require_GET
-def server_badge_view(request: HttpRequest, token: str, server_id: int) -> HttpResponse:
-    """GET /badges/<token>/servers/<id>.svg: a server's badge, the server one of the token's
-    project's; 404 otherwise."""
-    server = Server.objects.filter(project__badge_token=token, pk=server_id).first()
-    if server is None:
+@require_safe
+def server_badge_view(request: HttpRequest, server_id: int, signature: str) -> HttpResponse:
+    """GET /badges/servers/<id>-<signature>.svg: a server's badge, when the signature is the
+    one its project's badge token gives (compared in constant time); 404 otherwise."""
+    server = (
+        Server.objects.select_related("project").filter(pk=server_id).first()
+        if 0 < server_id < 2**63
+        else None
+    )
+    expected = server_badge_signature(server.project.badge_token, server.pk) if server else ""
+    if server is None or not constant_time_compare(signature, expected):
         raise Http404("No badge has this address: it may have been rotated.")
     return _badge_response(request, badges.server_badge(server).svg())

@@ -46,8 +46,9 @@ Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# deployer/urls.py's `hooks/<str:token>/`: one path segment.
-_HOOK_PATH = re.compile(r"/hooks/(?P<token>[^/]+)/")
+# deployer/urls.py's `hooks/<token:token>/`: one segment of token characters (anything else
+# goes on to Django, which answers 404).
+_HOOK_PATH = re.compile(r"/hooks/(?P<token>[A-Za-z0-9_-]{1,128})/")
 # What Django's security, clickjacking and CSP middleware add to every answer
 # (deployer/settings.py's SECURE_*, X_FRAME_OPTIONS); the policy is the strictest, since a
 # JSON answer loads nothing.

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.http import HttpRequest, JsonResponse
-from django.urls import include, path
+from django.urls import include, path, register_converter
 from django.views.decorators.cache import never_cache
 from drf_spectacular.views import SpectacularAPIView
 
@@ -20,6 +20,22 @@ def healthz(request: HttpRequest) -> JsonResponse:
     document, status = health.report()
     return JsonResponse(document, status=status)
 
+
+class TokenConverter:
+    """An unguessable URL token (``secrets.token_urlsafe``: letters, digits, "-" and "_"), so
+    that nothing else in that segment (a NUL byte, which PostgreSQL refuses) reaches a query:
+    such a path is a 404."""
+
+    regex = r"[A-Za-z0-9_-]{1,128}"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(TokenConverter, "token")
 
 # The database unreachable is a 503, not a 500 (deployer.db.UNAVAILABLE_ERRORS).
 handler500 = "deployer.views.server_error"
@@ -58,10 +74,10 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", views.ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),
     path("django-admin/", admin.site.urls),
-    path("hooks/<str:token>/", webhooks.receive, name="webhook"),
-    path("badges/<str:token>.svg", build_views.project_badge_view, name="project-badge"),
+    path("hooks/<token:token>/", webhooks.receive, name="webhook"),
+    path("badges/<token:token>.svg", build_views.project_badge_view, name="project-badge"),
     path(
-        "badges/<str:token>/servers/<int:server_id>.svg",
+        "badges/servers/<int:server_id>-<token:signature>.svg",
         build_views.server_badge_view,
         name="server-badge",
     ),

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import models
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from builds.outbound import origin_of
 from deployer.crypto import EncryptedTextField
@@ -37,6 +38,15 @@ def _webhook_token() -> str:
 
 def _webhook_secret() -> str:
     return secrets.token_hex(32)
+
+
+def server_badge_signature(project_badge_token: str, server_id: int) -> str:
+    """The unguessable part of a server's badge URL: 32 hex characters of an HMAC-SHA256
+    (Django's salted_hmac, keyed by SECRET_KEY) of the project's badge token and the server's
+    id. Rotating the project's token changes every server's."""
+    return salted_hmac(
+        "slipway.server-badge", f"{project_badge_token}/{server_id}", algorithm="sha256"
+    ).hexdigest()[:32]
 
 
 def badge_token() -> str:
@@ -117,8 +127,15 @@ class Project(models.Model):
         return f"{settings.BASE_URL}/badges/{self.badge_token}.svg"
 
     def server_badge_url(self, server_id: int) -> str:
-        """The status badge of one of the project's servers (same token as the project's)."""
-        return f"{settings.BASE_URL}/badges/{self.badge_token}/servers/{server_id}.svg"
+        """The status badge of one of the project's servers. Its URL holds the server's id
+        and a signature of it made with the project's badge token (server_badge_signature):
+        one server's URL reveals neither the project's badge nor another server's."""
+        return settings.BASE_URL + self.server_badge_path(server_id)
+
+    def server_badge_path(self, server_id: int) -> str:
+        """``server_badge_url`` without the site's address (for the dashboard's own pages)."""
+        signature = server_badge_signature(self.badge_token, server_id)
+        return f"/badges/servers/{server_id}-{signature}.svg"
 
     def role_of(self, user: User) -> str | None:
         membership = self.memberships.filter(user=user).first()

@@ -299,7 +299,9 @@ class MemberUpdateSerializer(serializers.Serializer[dict[str, Any]]):
         child=serializers.CharField(max_length=50), required=False, max_length=50
     )
     deploy_servers = serializers.ListField(
-        child=serializers.IntegerField(min_value=1), required=False, max_length=1000
+        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1),
+        required=False,
+        max_length=1000,
     )
 
 

@@ -714,10 +714,11 @@ def deploy_environments_clean(value: Any) -> list[str]:
     names: list[str] = []
     for item in value:
         name = str(item).strip() if isinstance(item, str) else ""
-        if not name or len(name) > 50:
+        if not name or len(name) > 50 or not name.isprintable():
             raise InvalidInput(
                 "deploy_environments",
-                f"{item!r} is not an environment name (1 to 50 characters, as on a server).",
+                f"{item!r} is not an environment name (1 to 50 printable characters, as on a "
+                "server).",
             )
         if name not in names:
             names.append(name)

@@ -123,22 +123,55 @@ _ADDRESS_FIELDS = ("hostname", "port")
 _JUMP_ADDRESS_FIELDS = ("jump_hostname", "jump_port")
 
 
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+_MAX_NAME_LENGTH = 253
+
+
 def _check_host_name(field: str, hostname: str) -> None:
-    """An IP address or a DNS name that can be looked up: labels of 1 to 63 characters, with
-    non-ASCII ones IDNA-encodable (RFC 1035 section 2.3.4, RFC 3490); InvalidInput otherwise."""
-    try:
-        ipaddress.ip_address(hostname.strip("[]"))
+    """An IPv4 or IPv6 address (without brackets or a zone id), or a DNS name that can be
+    looked up: at most 253 characters, dot-separated labels of 1 to 63 letters, digits,
+    hyphens (not first or last) and underscores, non-ASCII labels IDNA-encoded and "xn--"
+    labels valid Punycode (RFC 1035 section 2.3.4, RFC 1123 section 2.1, RFC 3490).
+    InvalidInput naming ``field`` otherwise."""
+
+    def refuse(why: str) -> InvalidInput:
+        return InvalidInput(field, f"{hostname!r} is not a valid host name: {why}.")
+
+    if hostname.startswith("[") or hostname.endswith("]"):
+        raise refuse("write an IPv6 address without brackets, e.g. 2001:db8::1")
+    if ":" in hostname:
+        try:
+            address = ipaddress.IPv6Address(hostname)
+        except ValueError:
+            raise refuse("it is neither an IPv6 address nor a DNS name") from None
+        if address.scope_id:
+            raise refuse("zone ids (%...) are not supported; use a routable address")
         return
-    except ValueError:
-        pass
+    name = hostname[:-1] if hostname.endswith(".") else hostname
     try:
-        hostname.encode("idna")
+        ascii_name = name.encode("idna").decode("ascii")
     except UnicodeError as exc:
-        raise InvalidInput(
-            field,
-            f"{hostname!r} is not a valid host name ({exc}): use an IP address or a DNS name "
-            "whose dot-separated labels hold 1 to 63 characters.",
-        ) from None
+        raise refuse(f"{exc}; labels hold 1 to 63 characters") from None
+    if len(ascii_name) > _MAX_NAME_LENGTH:
+        raise refuse(f"longer than {_MAX_NAME_LENGTH} characters")
+    for label in ascii_name.split("."):
+        if not _LABEL.fullmatch(label):
+            raise refuse(
+                f"the label {label!r} may hold only letters, digits, '-' and '_' (1 to 63, "
+                "not starting or ending with '-')"
+            )
+        if label.lower().startswith("xn--") and not _valid_punycode(label):
+            raise refuse(f"the label {label!r} is not valid Punycode")
+
+
+def _valid_punycode(label: str) -> bool:
+    try:
+        decoded = label.encode("ascii").decode("idna")
+        return decoded != label and decoded.encode("idna").decode("ascii").lower() == (
+            label.lower()
+        )
+    except UnicodeError:
+        return False
 
 
 def _check_host_policy(hostname: str, port: int) -> None:

@@ -81,6 +81,7 @@ def _render_server(
             trust_error=trust_error,
             s3_key_id=masked_key_id(server.s3_access_key_id) if server.s3_access_key_id else "",
             server_badge_url=membership.project.server_badge_url(server.pk),
+            server_badge_path=membership.project.server_badge_path(server.pk),
             # A deployer's deploy rights may leave this server out.
             can_deploy=membership.may_deploy_to(server),
         ),

@@ -211,6 +211,13 @@ def _open(endpoint: FtpEndpoint, *, verify: bool) -> ftplib.FTP:
     except (OSError, EOFError, ftplib.Error) as exc:
         client.close()
         raise HostUnreachable(f"Could not connect to {endpoint.address} over FTP: {exc}") from exc
+    except UnicodeError as exc:
+        # The idna codec refuses a label that is empty or longer than 63 characters.
+        client.close()
+        raise HostUnreachable(
+            f"Could not connect to {endpoint.address} over FTP: it is not a valid host name "
+            f"({exc}); correct the server's hostname"
+        ) from exc
     if endpoint.tls:
         assert isinstance(client, ftplib.FTP_TLS)
         try:

@@ -193,6 +193,17 @@ def test_removing_the_jump_host_checks_the_servers_own_address_again(alice_api, 
         ("hostname", "app..example.com"),
         ("jump_hostname", "bastion..example.com"),
         ("jump_hostname", "b" * 64),
+        ("hostname", "[::1]"),
+        ("hostname", "::1%a..b"),
+        ("hostname", "fe80::1%eth0"),
+        ("hostname", "a/b"),
+        ("hostname", "http://evil"),
+        ("hostname", "$(id)"),
+        ("hostname", "xn--"),
+        ("hostname", "xn--zz"),
+        ("hostname", "a:22"),
+        ("hostname", ".".join(["a" * 50] * 5)),  # 254 characters
+        ("jump_hostname", "[10.0.0.1]"),
     ],
 )
 def test_a_host_name_that_cannot_be_looked_up_is_a_400_naming_its_field(
@@ -208,7 +219,15 @@ def test_a_host_name_that_cannot_be_looked_up_is_a_400_naming_its_field(
 
 
 def test_addresses_and_international_names_are_accepted(alice_api, project):
-    for number, hostname in enumerate(["::1", "10.0.0.7", "bücher.example", "app.example."]):
+    accepted = [
+        "::1",
+        "10.0.0.7",
+        "bücher.example",
+        "app.example.",
+        "xn--bcher-kva.example",
+        "a_b.internal",
+    ]
+    for number, hostname in enumerate(accepted):
         response = alice_api.post(
             servers_url(project),
             behind_a_jump_host(name=f"app{number}", hostname=hostname),

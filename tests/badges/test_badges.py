@@ -173,3 +173,82 @@ def test_the_dashboard_shows_the_badges_and_an_admin_rotates_them(
     project.refresh_from_db()
     assert project.badge_url != old and project.badge_url in answer.content.decode()
     assert "New badge URLs" in answer.content.decode()
+
+
+def test_odd_bytes_in_a_badge_or_webhook_address_are_404s_not_errors(
+    git_repo_factory, project_factory
+):
+    # PostgreSQL refuses NUL in a query: such a segment must never reach one.
+    repo = git_repo_factory()
+    repo.commit({"index.html": "A\n"}, "A")
+    project = project_factory(repo)
+    client = Client()
+    for path in (
+        "/badges/%00.svg",
+        f"/badges/{project.badge_token}%00.svg",
+        "/badges/servers/1-%00.svg",
+        "/badges/a%00b/servers/1.svg",
+        "/badges/%2e%2e%2f.svg",
+        "/badges/" + "a" * 6000 + ".svg",
+        "/badges/servers/99999999999999999999-abc.svg",
+    ):
+        assert client.get(path).status_code == 404, path
+    assert client.post("/hooks/%00/", data=b"{}", content_type="application/json").status_code == (
+        404
+    )
+
+
+def test_a_project_badge_url_does_not_lead_to_its_servers_badges(
+    sshd_target, git_repo_factory, project_factory, server_factory
+):
+    repo = git_repo_factory()
+    repo.commit({"index.html": "A\n"}, "A")
+    project = project_factory(repo)
+    server = server_factory(project, sshd_target, name="app1")
+    client = Client()
+    assert client.get(f"/badges/{project.badge_token}/servers/{server.pk}.svg").status_code == 404
+    assert client.get(f"/badges/servers/{server.pk}-{project.badge_token}.svg").status_code == 404
+    forged = urlsplit(project.server_badge_url(server.pk)).path.replace(
+        f"/{server.pk}-", f"/{server.pk + 1}-"
+    )
+    assert client.get(forged).status_code == 404
+    assert project.badge_token not in project.server_badge_url(server.pk)
+    assert client.head(urlsplit(project.server_badge_url(server.pk)).path).status_code == 200
+
+
+def test_control_characters_and_refs_stay_out_of_a_badge(
+    sshd_target, git_repo_factory, project_factory, alice
+):
+    repo = git_repo_factory()
+    repo.commit({"index.html": "A\n"}, "A")
+    project = project_factory(repo)
+    server = Server.objects.create(
+        project=project,
+        name="web\x1b[31m\x07",
+        hostname="127.0.0.1",
+        username="u",
+        deploy_path="/srv/app",
+    )
+    assert "web[31m" in _texts(_badge(project.server_badge_url(server.pk)))
+    Deployment.objects.create(project=project, revision="hotfix/login", status=Status.QUEUED)
+    assert _texts(_badge(project.badge_url))[-1] == "queued"
+
+
+def test_a_rollback_that_worked_is_yellow(
+    sshd_target, git_repo_factory, project_factory, server_factory, alice
+):
+    repo = git_repo_factory()
+    first = repo.commit({"index.html": "A\n"}, "A")
+    project = project_factory(repo)
+    server = server_factory(project, sshd_target)
+    assert _run(services.deployment_create(project=project, servers=[server])).status == (
+        Status.SUCCEEDED
+    )
+    repo.commit({"index.html": "B\n"}, "B")
+    assert _run(services.deployment_create(project=project, servers=[server])).status == (
+        Status.SUCCEEDED
+    )
+    rollback = _run(services.deployment_rollback_server(server=server, user=alice))
+    assert rollback.status == Status.SUCCEEDED, rollback.error
+    badge = _badge(project.badge_url)
+    assert f"rolled back {first[:7]}" in _texts(badge) and b"#dfb317" in badge.content
