@@ -17,6 +17,8 @@ urlpatterns = [
     path("me/", projects.MeView.as_view(), name="api-me"),
     path("me/tokens/", projects.TokenListView.as_view(), name="api-me-tokens"),
     path("projects/", projects.ProjectListView.as_view(), name="api-projects"),
+    path("templates/", projects.TemplateListView.as_view(), name="api-templates"),
+    path("templates/<str:id>/", projects.TemplateDetailView.as_view(), name="api-template"),
     path(PROJECT, projects.ProjectDetailView.as_view(), name="api-project"),
     path(
         PROJECT + "repository/check/",

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from django.db import models
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.generics import GenericAPIView, ListCreateAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -56,11 +57,15 @@ from projects.serializers import (
     MemberSerializer,
     MemberUpdateSerializer,
     NotificationSerializer,
+    ProjectCreateSerializer,
     ProjectInputSerializer,
     ProjectSerializer,
     RepositoryCheckSerializer,
+    TemplateSaveSerializer,
+    TemplateSerializer,
 )
 from projects.services import (
+    TemplateSource,
     api_token_create,
     freeze_window_create,
     freeze_window_delete,
@@ -76,8 +81,13 @@ from projects.services import (
     project_setting_create,
     project_setting_delete,
     project_setting_update,
+    project_template_delete,
+    project_template_save,
     project_trust_repository_host_key,
     project_update,
+    saved_template_source,
+    template_source,
+    templates_for,
     token_expiry,
 )
 from servers.serializers import TrustSerializer
@@ -158,11 +168,11 @@ class ProjectListView(APIView):
         return Response(ProjectSerializer(projects, many=True, context={"roles": roles}).data)
 
     @extend_schema(
-        request=ProjectInputSerializer, responses={201: ProjectSerializer}, tags=["projects"]
+        request=ProjectCreateSerializer, responses={201: ProjectSerializer}, tags=["projects"]
     )
     def post(self, request: Request) -> Response:
         require_scope(request, Need.CONFIGURE)
-        serializer = ProjectInputSerializer(data=request.data)
+        serializer = ProjectCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         project = project_register(owner=caller(request), **serializer.validated_data)
         membership = get_project_for_user(request, project.slug)
@@ -244,6 +254,87 @@ class BadgeRotateView(APIView):
         membership = get_project_for_user(request, slug, need=Need.CONFIGURE)
         project = project_badge_rotate(project=membership.project, actor=membership.user)
         return Response(_project_data(project, membership))
+
+
+# --------------------------------------------------------------------------- templates
+
+
+def template_data(source: TemplateSource) -> dict[str, Any]:
+    saved = source.saved
+    return {
+        "id": source.reference,
+        "name": source.name,
+        "description": source.description,
+        "builtin": source.builtin,
+        "source_project": saved.source_project if saved else "",
+        "created_by": saved.created_by.username if saved and saved.created_by else None,
+        "created_at": saved.created_at if saved else None,
+        "contents": dict(source.contents),
+        "url": api_url("api-template", id=source.reference),
+    }
+
+
+class TemplateListView(APIView):
+    @extend_schema(
+        responses=TemplateSerializer(many=True),
+        tags=["templates"],
+        description="The templates you may start a project from: the built-ins, then the "
+        "saved ones (those only if you may create projects).",
+    )
+    def get(self, request: Request) -> Response:
+        sources = templates_for(caller(request))
+        return Response(TemplateSerializer([template_data(s) for s in sources], many=True).data)
+
+    @extend_schema(
+        request=TemplateSaveSerializer,
+        responses={201: TemplateSerializer},
+        tags=["templates"],
+        description="Save a project's settings as a template (admins of the project). No "
+        "secret is copied: a secret variable keeps its name only, config files their keys "
+        "without their values (docs/templates.md).",
+    )
+    def post(self, request: Request) -> Response:
+        serializer = TemplateSaveSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        membership = get_project_for_user(request, data["project"], need=Need.CONFIGURE)
+        template = project_template_save(
+            project=membership.project,
+            actor=membership.user,
+            name=data["name"],
+            description=data.get("description", ""),
+        )
+        answer = template_data(saved_template_source(template))
+        return Response(TemplateSerializer(answer).data, status=status.HTTP_201_CREATED)
+
+
+def _template_for_user(request: Request, reference: str) -> TemplateSource:
+    source = template_source(caller(request), reference)
+    if source is None:
+        raise NotFound(f"There is no template {reference!r} you may use.")
+    return source
+
+
+class TemplateDetailView(APIView):
+    @extend_schema(responses=TemplateSerializer, tags=["templates"])
+    def get(self, request: Request, id: str) -> Response:
+        return Response(TemplateSerializer(template_data(_template_for_user(request, id))).data)
+
+    @extend_schema(
+        responses=NO_CONTENT,
+        tags=["templates"],
+        description="Delete a saved template: the user who saved it, or a site admin. "
+        "Projects made from it keep their settings; built-ins cannot be deleted.",
+    )
+    def delete(self, request: Request, id: str) -> Response:
+        require_scope(request, Need.CONFIGURE)
+        source = _template_for_user(request, id)
+        if source.saved is None:
+            raise PermissionDenied(
+                "Built-in templates are part of Slipway: they cannot be deleted."
+            )
+        project_template_delete(template=source.saved, actor=caller(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 # --------------------------------------------------------------------------- members

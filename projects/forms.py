@@ -7,6 +7,7 @@ name by projects.dashboard.add_service_error.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django import forms
@@ -33,7 +34,7 @@ from projects.models import (
     SiteSettings,
     TokenScope,
 )
-from projects.services import MAX_TIMEOUT_SECONDS, MAX_TOKEN_DAYS
+from projects.services import MAX_TIMEOUT_SECONDS, MAX_TOKEN_DAYS, TemplateSource
 from servers.models import Colour, Promotion, RouterKind, Server, ServerGroup, Strategy
 
 MONOSPACE = {"class": "mono", "spellcheck": "false", "autocapitalize": "off"}
@@ -122,9 +123,30 @@ class ProjectForm(forms.Form):
         label="Remove the stored access token", required=False
     )
 
-    CREATE_FIELDS = ("name", "repository_url", "branch", "subdirectory", "repository_token")
+    template = forms.ChoiceField(
+        label="Start from a template",
+        required=False,
+        widget=forms.RadioSelect,
+        help_text="Its settings are copied into the new project, to change as you like; "
+        "the project is not linked to the template afterwards.",
+    )
 
-    def __init__(self, *args: Any, project: Project | None = None, **kwargs: Any) -> None:
+    CREATE_FIELDS = (
+        "name",
+        "repository_url",
+        "branch",
+        "subdirectory",
+        "repository_token",
+        "template",
+    )
+
+    def __init__(
+        self,
+        *args: Any,
+        project: Project | None = None,
+        templates: Sequence[TemplateSource] = (),
+        **kwargs: Any,
+    ) -> None:
         self.project = project
         if project is not None and "initial" not in kwargs:
             kwargs["initial"] = {
@@ -144,7 +166,15 @@ class ProjectForm(forms.Form):
             for name in list(self.fields):
                 if name not in self.CREATE_FIELDS:
                     del self.fields[name]
+            template = self.fields["template"]
+            assert isinstance(template, forms.ChoiceField)
+            template.choices = [("", "None: start with empty settings")] + [
+                (source.reference, f"{source.name}: {source.description}".rstrip(": "))
+                for source in templates
+            ]
+            template.initial = ""
         else:
+            del self.fields["template"]
             if project.repository_token:
                 self.fields[
                     "repository_token"
@@ -164,7 +194,18 @@ class ProjectForm(forms.Form):
             data.pop("repository_token", None)
         if self.project is None and not data.get("subdirectory"):
             data.pop("subdirectory", None)
+        if not data.get("template"):
+            data.pop("template", None)
         return data
+
+
+class TemplateSaveForm(forms.Form):
+    """Save a project's settings as a template (projects.services.project_template_save)."""
+
+    name = forms.CharField(max_length=100, help_text="Shown in the new project page's list.")
+    description = forms.CharField(
+        max_length=255, required=False, help_text="What it is for, in a line."
+    )
 
 
 # --------------------------------------------------------------------------- settings

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import models
+from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
@@ -393,6 +394,40 @@ class Command(models.Model):
 
     def __str__(self) -> str:
         return self.description or self.command
+
+
+# --------------------------------------------------------------------------- templates
+
+
+class ProjectTemplate(models.Model):
+    """A project's settings saved under a name, to start other projects from (saved on a
+    project's settings page; the built-in ones live in projects/builtin_templates.py).
+
+    ``contents`` is a template document (projects.services.template_document): shared,
+    cache and generated paths, build and SSH commands, excluded files, config file
+    skeletons, environment variables and health checks, never a secret value. A project
+    made from it gets a copy; the two are not linked afterwards.
+    """
+
+    name = models.CharField(max_length=100)
+    description = models.CharField(max_length=255, blank=True)
+    contents = models.JSONField(default=dict)
+    # The slug of the project it was saved from, as it was then (the project may be gone).
+    source_project = models.CharField(max_length=100, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name", "id"]
+        constraints = [
+            # One name per site, whatever its case: the picker lists them by name.
+            models.UniqueConstraint(Lower("name"), name="unique_template_name"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 # --------------------------------------------------------------------------- site settings

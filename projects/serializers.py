@@ -247,6 +247,54 @@ class ProjectInputSerializer(serializers.Serializer[dict[str, Any]]):
     )
 
 
+class ProjectCreateSerializer(ProjectInputSerializer):
+    template = serializers.CharField(
+        max_length=100,
+        required=False,
+        allow_blank=True,
+        help_text="Start from a template: a built-in's slug (laravel, django, rails, node, "
+        "static) or a saved template's id, as GET /api/v1/templates/ lists them. Its settings "
+        "are copied into the project; fields given here win over its paths and switches.",
+    )
+
+
+# --------------------------------------------------------------------------- templates
+
+
+class TemplateSerializer(serializers.Serializer[Any]):
+    """A template as projects.services.TemplateSource holds it (template_data)."""
+
+    id = serializers.CharField(
+        help_text="What POST /api/v1/projects/ takes as `template`: a built-in's slug, or a "
+        "saved template's id."
+    )
+    name = serializers.CharField()
+    description = serializers.CharField()
+    builtin = serializers.BooleanField(help_text="Shipped with Slipway (it cannot be deleted).")
+    source_project = serializers.CharField(
+        help_text="The slug of the project it was saved from; '' for a built-in."
+    )
+    created_by = serializers.CharField(
+        allow_null=True, help_text="Who saved it; null for a built-in or a deleted user."
+    )
+    created_at = serializers.DateTimeField(allow_null=True)
+    contents = serializers.DictField(
+        child=serializers.JSONField(),
+        help_text="The settings it copies into a new project (docs/templates.md): paths and "
+        "switches, build_commands, commands, excluded_files, config_files, "
+        "environment_variables, health_checks. Never a secret value.",
+    )
+    url = serializers.CharField()
+
+
+class TemplateSaveSerializer(serializers.Serializer[dict[str, Any]]):
+    project = serializers.SlugField(
+        max_length=100, help_text="The slug of the project to save; you must be its admin."
+    )
+    name = serializers.CharField(max_length=100)
+    description = serializers.CharField(max_length=255, required=False, allow_blank=True)
+
+
 class MemberSerializer(serializers.ModelSerializer[Membership]):
     username = serializers.CharField(source="user.username", read_only=True)
     url = serializers.SerializerMethodField()

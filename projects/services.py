@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -33,11 +34,13 @@ from builds.engine.git import (
     validate_repository_url,
     validate_subdirectory,
 )
+from builds.engine.masking import config_file_skeleton
 from builds.engine.release import validate_group, validate_mode, validate_relative_path
 from builds.engine.router import validate_upstream
 from builds.logs import user_group_name
 from builds.models import ACTIVE
 from deployer.db import project_lock
+from projects.builtin_templates import BUILTIN_TEMPLATES, BuiltinTemplate
 from projects.freeze import freeze_window_clean
 from projects.keys import generate_ed25519
 from projects.models import (
@@ -53,13 +56,15 @@ from projects.models import (
     FreezeWindow,
     Membership,
     Project,
+    ProjectTemplate,
     Role,
     SiteSettings,
     TokenScope,
     badge_token,
+    is_site_admin,
 )
-from servers.health import blue_green_check, strategy_clean
-from servers.models import Colour, GroupMember, Server, ServerGroup
+from servers.health import blue_green_check, health_check_clean, strategy_clean
+from servers.models import Colour, GroupMember, HealthCheck, Server, ServerGroup
 
 logger = logging.getLogger(__name__)
 
@@ -432,22 +437,46 @@ def ensure_may_create_projects(user: User) -> None:
 
 
 def project_register(
-    *, owner: User, name: str, repository_url: str, branch: str = "main", **fields: Any
+    *,
+    owner: User,
+    name: str,
+    repository_url: str,
+    branch: str = "main",
+    template: str = "",
+    **fields: Any,
 ) -> Project:
     """What the API and the dashboard call to add a project: check the input, create the
-    project with its key pair and the owner as admin, and record it.
+    project with its key pair and the owner as admin, copy the settings of ``template`` (a
+    built-in's slug or a saved template's id, see template_source) into it, and record it.
+    Fields given here win over the template's (its shared paths, say).
 
     Raises PermissionDenied when the site setting "who may create projects" leaves the owner
-    out (by default only site admins may: a project runs build commands on the worker).
+    out (by default only site admins may: a project runs build commands on the worker), and
+    InvalidInput naming ``template`` when there is no such template for the owner.
     """
     ensure_may_create_projects(owner)
+    source = template_source(owner, template) if template else None
+    if template and source is None:
+        known = ", ".join(source.reference for source in templates_for(owner))
+        raise InvalidInput("template", f"there is no template {template!r}; choose one of {known}.")
+    if source is not None:
+        defaults = {k: source.contents[k] for k in TEMPLATE_PROJECT_FIELDS if k in source.contents}
+        fields = {**defaults, **fields}
     cleaned = project_clean(
         {"name": name, "repository_url": repository_url, "branch": branch, **fields}
     )
     _project_branch_check(None, cleaned)
     with transaction.atomic():
         project = project_create(owner=owner, **cleaned)
-        audit_record(project=project, actor=owner, action="project.created", target=project.slug)
+        if source is not None:
+            template_apply(project=project, source=source)
+        audit_record(
+            project=project,
+            actor=owner,
+            action="project.created",
+            target=project.slug,
+            **({"template": source.name} if source is not None else {}),
+        )
     return project
 
 
@@ -1116,3 +1145,238 @@ def freeze_window_delete(*, window: FreezeWindow, actor: User) -> None:
             target=f"freeze window {window.name}",
         )
         window.delete()
+
+
+# --------------------------------------------------------------------------- templates
+# A template document (docs/templates.md) is plain JSON: the project fields below, and one
+# list per kind of setting, each item holding that setting's fields. Built-in templates
+# (projects/builtin_templates.py) and saved ones (ProjectTemplate.contents) share it.
+
+TEMPLATE_PROJECT_FIELDS = (
+    "shared_paths",
+    "cache_paths",
+    "generated_paths",
+    "build_network",
+    "export_ignore",
+    "submodules",
+)
+_TEMPLATE_SETTINGS: dict[str, tuple[type[models.Model], tuple[str, ...]]] = {
+    "build_commands": (
+        BuildCommand,
+        ("command", "description", "timeout_seconds", "halt_on_error", "watch_globs"),
+    ),
+    "commands": (
+        Command,
+        ("command", "description", "stage", "run_on", "halt_on_error", "timeout_seconds"),
+    ),
+    "config_files": (ConfigFile, ("path", "body", "description", "mode", "group")),
+    "environment_variables": (
+        EnvironmentVariable,
+        ("name", "value", "secret", "build", "servers"),
+    ),
+}
+_TEMPLATE_HEALTH_CHECK_FIELDS = (
+    "kind",
+    "when",
+    "url",
+    "expected_status",
+    "body_contains",
+    "command",
+    "timeout_seconds",
+    "retries",
+    "interval_seconds",
+)
+
+
+@dataclass(frozen=True)
+class TemplateSource:
+    """A template a user may start a project from: built-in or saved."""
+
+    #: What the API's ``template`` and the dashboard's picker take: a built-in's slug, or a
+    #: saved template's id as text.
+    reference: str
+    name: str
+    description: str
+    contents: Mapping[str, Any]
+    builtin: bool
+    saved: ProjectTemplate | None = None
+
+
+def _builtin_source(builtin: BuiltinTemplate) -> TemplateSource:
+    return TemplateSource(
+        reference=builtin.slug,
+        name=builtin.name,
+        description=builtin.description,
+        contents=builtin.contents,
+        builtin=True,
+    )
+
+
+def saved_template_source(template: ProjectTemplate) -> TemplateSource:
+    return TemplateSource(
+        reference=str(template.pk),
+        name=template.name,
+        description=template.description,
+        contents=template.contents,
+        builtin=False,
+        saved=template,
+    )
+
+
+def _saved_templates_visible(user: User) -> bool:
+    # Saved templates serve one purpose, creating projects: they are shown to whoever may
+    # create one (they hold other projects' commands and paths, if never their secrets).
+    return SiteSettings.load().may_create_projects(user)
+
+
+def templates_for(user: User) -> list[TemplateSource]:
+    """The templates ``user`` may start a project from: the built-ins, then the saved ones
+    by name (those only for users who may create projects)."""
+    sources = [_builtin_source(builtin) for builtin in BUILTIN_TEMPLATES.values()]
+    if _saved_templates_visible(user):
+        sources += [saved_template_source(template) for template in ProjectTemplate.objects.all()]
+    return sources
+
+
+def template_source(user: User, reference: str) -> TemplateSource | None:
+    """The template ``reference`` names (a built-in's slug or a saved template's id), if
+    ``user`` may use it; None otherwise, whether it exists or not."""
+    reference = str(reference).strip()
+    if reference in BUILTIN_TEMPLATES:
+        return _builtin_source(BUILTIN_TEMPLATES[reference])
+    if not reference.isascii() or not reference.isdigit() or len(reference) > 18:
+        return None
+    if not _saved_templates_visible(user):
+        return None
+    template = ProjectTemplate.objects.filter(pk=int(reference)).first()
+    return saved_template_source(template) if template is not None else None
+
+
+def _url_without_credentials(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def template_document(project: Project) -> dict[str, Any]:
+    """The template a project's settings make, without a secret (docs/templates.md).
+
+    Copied: the project's paths and switches, build commands, SSH commands (without their
+    servers), excluded files, environment variables (a secret one by its name only, its
+    value left empty), config files as skeletons (masking.config_file_skeleton: keys
+    without their values) and health checks (a URL without its user and password). Never
+    copied: the repository, its token and host key, the key pair, the webhook and badge
+    tokens, servers and groups, notifications, schedules, freeze windows, members.
+    """
+    document: dict[str, Any] = {field: getattr(project, field) for field in TEMPLATE_PROJECT_FIELDS}
+    for key, (model, fields) in _TEMPLATE_SETTINGS.items():
+        rows = []
+        for instance in model._default_manager.filter(project=project):
+            row = {field: getattr(instance, field) for field in fields}
+            if isinstance(instance, ConfigFile):
+                row["body"] = config_file_skeleton(instance.body)
+            if isinstance(instance, EnvironmentVariable) and instance.secret:
+                row["value"] = ""
+            rows.append(row)
+        document[key] = rows
+    document["excluded_files"] = list(project.excluded_files.values_list("pattern", flat=True))
+    checks = []
+    for check in HealthCheck.objects.filter(project=project):
+        row = {field: getattr(check, field) for field in _TEMPLATE_HEALTH_CHECK_FIELDS}
+        row["url"] = _url_without_credentials(check.url)
+        checks.append(row)
+    document["health_checks"] = checks
+    return document
+
+
+def template_apply(*, project: Project, source: TemplateSource) -> None:
+    """Copy the template's settings (not its project fields, which project_register passes
+    to project_clean) into the new ``project``. Each is checked as the settings pages and
+    the API check it; a template that no longer passes raises InvalidInput naming
+    ``template``. Call it inside the transaction that creates the project."""
+    contents = source.contents
+    try:
+        for key, (model, fields) in _TEMPLATE_SETTINGS.items():
+            kind = _setting_kind(model)
+            for position, item in enumerate(contents.get(key, []), start=1):
+                data = {field: item[field] for field in fields if field in item}
+                kind.clean(data)
+                if kind.positioned:
+                    data["position"] = position
+                model._default_manager.create(project=project, **data)
+        ExcludedFile.objects.bulk_create(
+            ExcludedFile(project=project, pattern=pattern.strip())
+            for pattern in contents.get("excluded_files", [])
+            if pattern.strip()
+        )
+        for item in contents.get("health_checks", []):
+            data = {field: item[field] for field in _TEMPLATE_HEALTH_CHECK_FIELDS if field in item}
+            HealthCheck.objects.create(project=project, **health_check_clean(data))
+    except InvalidInput as exc:
+        raise InvalidInput("template", f"{source.name!r} cannot be applied: {exc}") from None
+
+
+def project_template_save(
+    *, project: Project, actor: User, name: str, description: str = ""
+) -> ProjectTemplate:
+    """Save ``project``'s settings as a template named ``name`` (template_document: no
+    secret is copied). The caller checked ``actor`` may configure the project. Raises
+    InvalidInput naming ``name`` (empty, too long, taken by a built-in or a saved template)
+    or ``description``."""
+    name = str(name).strip()
+    description = str(description).strip()
+    if not name:
+        raise InvalidInput("name", "is empty.")
+    if len(name) > 100:
+        raise InvalidInput("name", "is longer than 100 characters.")
+    if len(description) > 255:
+        raise InvalidInput("description", "is longer than 255 characters.")
+    folded = name.casefold()
+    if any(folded in (b.slug, b.name.casefold()) for b in BUILTIN_TEMPLATES.values()):
+        raise InvalidInput("name", f"{name!r} is the name of a built-in template.")
+    taken = f"a template named {name!r} exists already; choose another name."
+    if ProjectTemplate.objects.filter(name__iexact=name).exists():
+        raise InvalidInput("name", taken)
+    document = template_document(project)
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                template = ProjectTemplate.objects.create(
+                    name=name,
+                    description=description,
+                    contents=document,
+                    source_project=project.slug,
+                    created_by=actor,
+                )
+        except IntegrityError:
+            raise InvalidInput("name", taken) from None
+        audit_record(
+            project=project,
+            actor=actor,
+            action="project.saved_as_template",
+            target=f"template {name}",
+            template=template.pk,
+        )
+    return template
+
+
+def project_template_delete(*, template: ProjectTemplate, actor: User) -> None:
+    """Delete a saved template: its author or a site admin (PermissionDenied otherwise).
+    Projects made from it keep their settings."""
+    if not (is_site_admin(actor) or template.created_by_id == actor.pk):
+        raise PermissionDenied(
+            "Only the user who saved this template, or a site admin, may delete it."
+        )
+    with transaction.atomic():
+        audit_record(
+            project=None,
+            actor=actor,
+            action="template.deleted",
+            target=f"template {template.name}",
+            template=template.pk,
+        )
+        template.delete()

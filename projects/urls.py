@@ -28,6 +28,7 @@ urlpatterns = [
     path(PROJECT + "members/<str:username>/rights/", views.member_rights, name="member-rights"),
     path(PROJECT + "audit/", views.audit_log, name="audit-log"),
     path(PROJECT + "badge/rotate/", views.badge_rotate, name="project-badge-rotate"),
+    path(PROJECT + "save-as-template/", views.template_save, name="project-save-template"),
     path(SETTING, views.setting_list, name="setting-list"),
     path(SETTING + "<int:pk>/", views.setting_edit, name="setting-edit"),
     path(SETTING + "<int:pk>/delete/", views.setting_delete, name="setting-delete"),

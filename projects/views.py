@@ -52,6 +52,7 @@ from projects.forms import (
     NotificationForm,
     ProjectForm,
     SettingForm,
+    TemplateSaveForm,
 )
 from projects.freeze import frozen_projects
 from projects.models import (
@@ -79,9 +80,11 @@ from projects.services import (
     project_setting_create,
     project_setting_delete,
     project_setting_update,
+    project_template_save,
     project_trust_repository_host_key,
     project_update,
     repository_ssh_host,
+    templates_for,
 )
 from servers.forms import HealthCheckForm, TrustForm
 from servers.services import health_check_create, health_check_delete, health_check_update
@@ -146,7 +149,7 @@ def index(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def project_new(request: HttpRequest) -> HttpResponse:
     ensure_may_create_projects(_owner(request))
-    form = ProjectForm(request.POST or None)
+    form = ProjectForm(request.POST or None, templates=templates_for(_owner(request)))
     if request.method == "POST" and form.is_valid():
         try:
             project = project_register(owner=_owner(request), **form.service_data())
@@ -264,9 +267,31 @@ def _render_settings(
             form=form or _settings_form(membership),
             repository_ssh=repository_ssh_host(project.repository_url) is not None,
             repository_host_key=public_key_fingerprint(project.repository_host_key),
-            **extra,
+            **{"template_form": TemplateSaveForm(), **extra},
         ),
     )
+
+
+@login_required
+@require_POST
+def template_save(request: HttpRequest, slug: str) -> HttpResponse:
+    """Save the project's settings, without their secrets, as a template."""
+    membership = get_project_for_user(request, slug, role=CONFIGURE_ROLES)
+    form = TemplateSaveForm(request.POST)
+    if form.is_valid():
+        try:
+            template = project_template_save(
+                project=membership.project, actor=membership.user, **form.cleaned_data
+            )
+        except SERVICE_ERRORS as exc:
+            add_service_error(form, exc)
+        else:
+            messages.success(
+                request,
+                f"Saved as the template {template.name}: choose it on the New project page.",
+            )
+            return redirect(reverse("project-settings", args=[slug]) + "#save-as-template")
+    return _render_settings(request, membership, template_form=form)
 
 
 @login_required
@@ -717,6 +742,7 @@ DOCS = (
     "locks",
     "badges",
     "blue-green",
+    "templates",
 )
 
 

@@ -168,6 +168,27 @@ def config_file_secrets(body: str) -> list[str]:
     return [piece for piece in found if len(piece) >= MIN_SECRET_LENGTH]
 
 
+_SECTION = re.compile(r"^\s*\[[\w .\-]+\]\s*$")
+
+
+def config_file_skeleton(body: str) -> str:
+    """A config file with its secrets taken out, for a project template: blank lines, INI
+    section headers and each assignment's key (``KEY=``, ``key:``, ``'key' =>``) stay; an
+    assigned value stays only when it is nothing but ``%variables%``; every other line (a
+    comment, a key file, a value on a line of its own) goes. Nothing ``config_file_secrets``
+    would mask is left."""
+    kept: list[str] = []
+    for line in body.splitlines():
+        assignment = _ASSIGNMENT.match(line)
+        if not line.strip() or _SECTION.match(line):
+            kept.append(line)
+        elif assignment:
+            value = assignment["value"]
+            only_variables = value and not "".join(VARIABLE.split(value)[::2]).strip()
+            kept.append(line if only_variables else line[: assignment.start("value")].rstrip())
+    return "\n".join(kept) + ("\n" if kept else "")
+
+
 def url_secrets(url: str) -> list[str]:
     """The password (a token) of ``https://user:token@host/...``, as written and decoded."""
     try:
