@@ -354,6 +354,8 @@ def document_errors(
                     "The input was refused; the answer names the field.",
                     _FIELD_ERRORS,
                 )
+            if method == "post" and path.endswith("/templates/"):
+                errors["404"] = ("The project named in the body is not among yours.", _ERROR)
             if "requestBody" in operation:
                 errors["413"] = ("The body is larger than the server accepts.", _ERROR)
                 errors["415"] = ("The body is not JSON, a form or multipart.", _ERROR)

@@ -294,6 +294,7 @@ class TemplateListView(APIView):
         "without their values (docs/templates.md).",
     )
     def post(self, request: Request) -> Response:
+        require_scope(request, Need.CONFIGURE)
         serializer = TemplateSaveSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data

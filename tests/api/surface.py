@@ -18,6 +18,7 @@ from projects.models import (
     FreezeWindow,
     Notification,
     Project,
+    ProjectTemplate,
 )
 from servers.models import HealthCheck, Release, Server, ServerGroup
 
@@ -57,6 +58,7 @@ def one_of_each(project: Project) -> dict[str, Any]:
         "schedules": Schedule.objects.create(
             project=project, name="nightly", kind="daily", time_of_day=time(3, 0)
         ).pk,
+        "templates": ProjectTemplate.objects.create(name="Starter", contents={}).pk,
         "freeze-windows": FreezeWindow.objects.create(
             project=project,
             name="weekend",

@@ -69,6 +69,8 @@ def test_the_schema_is_valid_openapi_3(alice_api):
         "/api/v1/projects/{slug}/notifications/{id}/",
         "/api/v1/projects/{slug}/notifications/{id}/deliveries/",
         "/api/v1/projects/{slug}/members/{username}/",
+        "/api/v1/templates/",
+        "/api/v1/templates/{id}/",
     ):
         assert path in paths, path
     assert "bearerAuth" in schema["components"]["securitySchemes"]
@@ -77,7 +79,11 @@ def test_the_schema_is_valid_openapi_3(alice_api):
         assert secret not in components["Server"]["properties"]
         assert secret in components["ServerInputRequest"]["properties"]
     assert "repository_token" not in components["Project"]["properties"]
-    assert "repository_token" in components["ProjectInputRequest"]["properties"]
+    assert "repository_token" in components["ProjectCreateRequest"]["properties"]
+    assert "repository_token" in components["PatchedProjectInputRequest"]["properties"]
+    # A template is chosen when the project is made, never changed afterwards.
+    assert "template" in components["ProjectCreateRequest"]["properties"]
+    assert "template" not in components["PatchedProjectInputRequest"]["properties"]
     # A notification's URL holds a token: like its secret, it is sent, never answered.
     for secret in ("url", "secret"):
         assert secret not in components["Notification"]["properties"]
