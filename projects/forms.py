@@ -200,7 +200,8 @@ class ProjectForm(forms.Form):
 
 
 class TemplateSaveForm(forms.Form):
-    """Save a project's settings as a template (projects.services.project_template_save)."""
+    """Save a project's settings as a template (projects.services.project_template_save).
+    Shown beside the project's own form, so the views give it the prefix "template"."""
 
     name = forms.CharField(max_length=100, help_text="Shown in the new project page's list.")
     description = forms.CharField(

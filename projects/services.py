@@ -1364,10 +1364,15 @@ def project_template_save(
     return template
 
 
+def may_delete_template(user: User, template: ProjectTemplate) -> bool:
+    """A saved template is deleted by the user who saved it, or by a site admin."""
+    return is_site_admin(user) or template.created_by_id == user.pk
+
+
 def project_template_delete(*, template: ProjectTemplate, actor: User) -> None:
     """Delete a saved template: its author or a site admin (PermissionDenied otherwise).
     Projects made from it keep their settings."""
-    if not (is_site_admin(actor) or template.created_by_id == actor.pk):
+    if not may_delete_template(actor, template):
         raise PermissionDenied(
             "Only the user who saved this template, or a site admin, may delete it."
         )

@@ -17,6 +17,7 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("pending/", deployments.pending_work, name="pending-work"),
     path("projects/new/", views.project_new, name="project-new"),
+    path("templates/<str:reference>/delete/", views.template_remove, name="template-delete"),
     path(PROJECT, views.project_detail, name="project-detail"),
     path(PROJECT + "settings/", views.project_settings, name="project-settings"),
     path(PROJECT + "repository/check/", views.repository_check, name="repository-check"),

@@ -69,6 +69,7 @@ from projects.services import (
     freeze_window_create,
     freeze_window_delete,
     freeze_window_update,
+    may_delete_template,
     member_add,
     member_remove,
     member_update,
@@ -80,10 +81,12 @@ from projects.services import (
     project_setting_create,
     project_setting_delete,
     project_setting_update,
+    project_template_delete,
     project_template_save,
     project_trust_repository_host_key,
     project_update,
     repository_ssh_host,
+    template_source,
     templates_for,
 )
 from servers.forms import HealthCheckForm, TrustForm
@@ -148,8 +151,10 @@ def index(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def project_new(request: HttpRequest) -> HttpResponse:
-    ensure_may_create_projects(_owner(request))
-    form = ProjectForm(request.POST or None, templates=templates_for(_owner(request)))
+    owner = _owner(request)
+    ensure_may_create_projects(owner)
+    templates = templates_for(owner)
+    form = ProjectForm(request.POST or None, templates=templates)
     if request.method == "POST" and form.is_valid():
         try:
             project = project_register(owner=_owner(request), **form.service_data())
@@ -162,7 +167,32 @@ def project_new(request: HttpRequest) -> HttpResponse:
                 "host if the repository is private), then add a server.",
             )
             return redirect("project-detail", project.slug)
-    return render(request, "projects/new.html", {"form": form})
+    saved = [source.saved for source in templates if source.saved is not None]
+    return render(
+        request,
+        "projects/new.html",
+        {
+            "form": form,
+            "saved_templates": [
+                (template, may_delete_template(owner, template)) for template in saved
+            ],
+        },
+    )
+
+
+@login_required
+@require_POST
+def template_remove(request: HttpRequest, reference: str) -> HttpResponse:
+    """Delete a saved template (its author or a site admin); projects made from it keep
+    their settings."""
+    owner = _owner(request)
+    source = template_source(owner, reference)
+    if source is None or source.saved is None:
+        raise Http404("No such template")
+    name = source.name
+    project_template_delete(template=source.saved, actor=owner)
+    messages.success(request, f"The template {name} was deleted.")
+    return redirect("project-new")
 
 
 def _owner(request: HttpRequest) -> Any:
@@ -267,7 +297,7 @@ def _render_settings(
             form=form or _settings_form(membership),
             repository_ssh=repository_ssh_host(project.repository_url) is not None,
             repository_host_key=public_key_fingerprint(project.repository_host_key),
-            **{"template_form": TemplateSaveForm(), **extra},
+            **{"template_form": TemplateSaveForm(prefix="template"), **extra},
         ),
     )
 
@@ -277,7 +307,7 @@ def _render_settings(
 def template_save(request: HttpRequest, slug: str) -> HttpResponse:
     """Save the project's settings, without their secrets, as a template."""
     membership = get_project_for_user(request, slug, role=CONFIGURE_ROLES)
-    form = TemplateSaveForm(request.POST)
+    form = TemplateSaveForm(request.POST, prefix="template")
     if form.is_valid():
         try:
             template = project_template_save(

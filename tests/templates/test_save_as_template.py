@@ -9,6 +9,7 @@ import pytest
 from django.db import connection
 
 from projects.models import AuditEvent, Project, ProjectTemplate
+from tests.dashboard.support import field_errors
 from tests.templates.conftest import SECRET_VALUES
 
 pytestmark = pytest.mark.django_db
@@ -134,12 +135,16 @@ def test_it_saves_a_template_from_the_settings_page(alice_client, configured):
     page = alice_client.get("/projects/shop/settings/").content.decode()
     assert "Save as template" in page
     response = alice_client.post(
-        "/projects/shop/save-as-template/", {"name": "Shop settings", "description": ""}
+        "/projects/shop/save-as-template/",
+        {"template-name": "Shop settings", "template-description": ""},
     )
     assert response.status_code == 302
     assert ProjectTemplate.objects.get().name == "Shop settings"
-    again = alice_client.post("/projects/shop/save-as-template/", {"name": "shop settings"})
+    again = alice_client.post(
+        "/projects/shop/save-as-template/", {"template-name": "shop settings"}
+    )
     assert again.status_code == 200
-    assert "exists already" in again.content.decode()
+    [error] = field_errors(again.content.decode(), "template-name")
+    assert "exists already" in error
     new_page = alice_client.get("/projects/new/").content.decode()
     assert "Shop settings" in new_page

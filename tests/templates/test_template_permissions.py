@@ -29,7 +29,10 @@ def test_only_the_projects_admins_may_save_it_as_a_template(
 ):
     Membership.objects.filter(user=bob).update(role=role)
     assert _save(bob_api).status_code == 403
-    assert bob_client.post("/projects/shop/save-as-template/", {"name": "x"}).status_code == 403
+    assert (
+        bob_client.post("/projects/shop/save-as-template/", {"template-name": "x"}).status_code
+        == 403
+    )
     assert "save-as-template" not in bob_client.get("/projects/shop/settings/").content.decode()
     assert not ProjectTemplate.objects.exists()
 
@@ -81,3 +84,20 @@ def test_a_saved_template_is_deleted_by_its_author_or_a_site_admin(
     assert not ProjectTemplate.objects.exists()
     again = _save(bob_api, name="Bob's again").json()["id"]
     assert bob_api.delete(f"/api/v1/templates/{again}/").status_code == 204
+
+
+def test_the_new_project_page_lists_saved_templates_and_deletes_them_for_their_author(
+    alice_client, bob_client, alice_api, bob, configured
+):
+    saved = _save(alice_api).json()["id"]
+    page = alice_client.get("/projects/new/").content.decode()
+    assert "Shop settings" in page and f"/templates/{saved}/delete/" in page
+    settings = SiteSettings.load()
+    settings.project_creators = ProjectCreators.EVERYONE
+    settings.save()
+    page = bob_client.get("/projects/new/").content.decode()
+    assert "Shop settings" in page and f"/templates/{saved}/delete/" not in page
+    assert bob_client.post(f"/templates/{saved}/delete/").status_code == 403
+    assert bob_client.post("/templates/laravel/delete/").status_code == 404
+    assert alice_client.post(f"/templates/{saved}/delete/").status_code == 302
+    assert not ProjectTemplate.objects.exists()
