@@ -6,8 +6,9 @@ project and template_apply copies into a new one. The commands follow what Capis
 (capistrano/laravel, capistrano/rails: linked_dirs, linked_files) and Deployer
 (recipe/laravel.php: shared_dirs, shared_files) do, fitted to Slipway's stages: what builds
 a release and can fail runs before the switch, so a failure leaves the live release alone;
-migrations run after the switch. Anything installed with native code or absolute paths
-(a virtualenv, gems) is installed on the server, not on the worker.
+migrations run after the switch, on one server of each deployment (run_once). Anything
+installed with native code or absolute paths (a virtualenv, gems) is installed on the
+server, not on the worker.
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ LARAVEL = BuiltinTemplate(
             _command("php artisan config:cache", "Cache the configuration", BEFORE_SWITCH),
             _command("php artisan route:cache", "Cache the routes", BEFORE_SWITCH),
             _command("php artisan view:cache", "Compile the views", BEFORE_SWITCH),
-            _command("php artisan migrate --force", "Run the migrations", AFTER_SWITCH),
+            _command(
+                "php artisan migrate --force", "Run the migrations", AFTER_SWITCH, run_once=True
+            ),
             _command(
                 "php artisan queue:restart",
                 "Tell queue workers to restart on the new release",
@@ -99,7 +102,10 @@ DJANGO = BuiltinTemplate(
                 BEFORE_SWITCH,
             ),
             _command(
-                ".venv/bin/python manage.py migrate --noinput", "Run the migrations", AFTER_SWITCH
+                ".venv/bin/python manage.py migrate --noinput",
+                "Run the migrations",
+                AFTER_SWITCH,
+                run_once=True,
             ),
         ],
     },
@@ -143,7 +149,7 @@ RAILS = BuiltinTemplate(
                 BEFORE_SWITCH,
             ),
             _command("bin/rails assets:precompile", "Compile the assets", BEFORE_SWITCH),
-            _command("bin/rails db:migrate", "Run the migrations", AFTER_SWITCH),
+            _command("bin/rails db:migrate", "Run the migrations", AFTER_SWITCH, run_once=True),
         ],
     },
 )

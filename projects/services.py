@@ -1167,7 +1167,15 @@ _TEMPLATE_SETTINGS: dict[str, tuple[type[models.Model], tuple[str, ...]]] = {
     ),
     "commands": (
         Command,
-        ("command", "description", "stage", "run_on", "halt_on_error", "timeout_seconds"),
+        (
+            "command",
+            "description",
+            "stage",
+            "run_on",
+            "run_once",
+            "halt_on_error",
+            "timeout_seconds",
+        ),
     ),
     "config_files": (ConfigFile, ("path", "body", "description", "mode", "group")),
     "environment_variables": (

@@ -82,6 +82,7 @@ def configured(site_admin, repo, project_factory, bob):
         command="php artisan migrate --force",
         stage="after_switch",
         run_on="not_first",
+        run_once=True,
         halt_on_error=False,
     )
     migrate.servers.set([server])

@@ -76,6 +76,7 @@ def test_the_laravel_template_holds_the_usual_laravel_settings(alice_api, site_a
     assert builds[1] == "npm ci && npm run build"
     commands = list(project.commands.values_list("stage", "command"))
     assert ("after_switch", "php artisan migrate --force") in commands
+    assert project.commands.get(command="php artisan migrate --force").run_once is True
     assert ("before_switch", "php artisan config:cache") in commands
     # In the order they run: the caches before the switch, the migrations after it.
     assert [stage for stage, _ in commands] == sorted(

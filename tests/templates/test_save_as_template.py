@@ -94,7 +94,7 @@ def test_a_project_made_from_a_saved_template_gets_its_settings_and_no_secret(
         ("npm ci", 2, 60),
     ]
     migrate = blog.commands.get(stage="after_switch")
-    assert (migrate.run_on, migrate.halt_on_error) == ("not_first", False)
+    assert (migrate.run_on, migrate.run_once, migrate.halt_on_error) == ("not_first", True, False)
     assert not migrate.servers.exists()
     secret = blog.environment_variables.get(name="API_TOKEN")
     assert secret.secret is True and secret.value == ""
