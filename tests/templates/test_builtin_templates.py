@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 
 from projects.builtin_templates import BUILTIN_TEMPLATES
 from projects.models import AuditEvent, Project
@@ -123,3 +125,22 @@ def test_it_offers_the_templates_on_the_new_project_page(alice_client, site_admi
     assert list(project.build_commands.values_list("command", flat=True)) == [
         "if [ -f package.json ]; then npm ci && npm run build; fi"
     ]
+
+
+def test_docs_templates_md_says_what_each_built_in_holds():
+    docs = (Path(settings.BASE_DIR) / "docs" / "templates.md").read_text()
+    for builtin in BUILTIN_TEMPLATES.values():
+        contents = builtin.contents
+        assert f"(`{builtin.slug}`)" in docs, builtin.slug
+        texts = [
+            *contents.get("shared_paths", []),
+            *contents.get("cache_paths", []),
+            *contents.get("generated_paths", []),
+            *contents.get("excluded_files", []),
+            *(item["command"] for item in contents.get("build_commands", [])),
+            *(item["command"] for item in contents.get("commands", [])),
+            *(item["path"] for item in contents.get("config_files", [])),
+            *(f"{v['name']}={v['value']}" for v in contents.get("environment_variables", [])),
+        ]
+        for text in texts:
+            assert f"`{text}`" in docs, (builtin.slug, text)
