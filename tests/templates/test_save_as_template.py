@@ -98,6 +98,11 @@ def test_a_project_made_from_a_saved_template_gets_its_settings_and_no_secret(
     assert not migrate.servers.exists()
     secret = blog.environment_variables.get(name="API_TOKEN")
     assert secret.secret is True and secret.value == ""
+    variables = alice_api.get("/api/v1/projects/blog/environment/").json()
+    assert {v["name"]: v["value"] for v in variables} == {
+        "API_TOKEN": None,
+        "APP_ENV": "production",
+    }
     assert blog.config_files.get().body == "APP_KEY=\nDB_PASSWORD=\nAPP_DIR=%release_path%\n"
     assert blog.health_checks.get().url == "https://%hostname%/up"
     assert not blog.servers.exists()

@@ -1,10 +1,11 @@
-"""A project made from the Laravel template deploys a Laravel-shaped repository to a real
-sshd target, twice: storage/ and .env are linked from shared/ and outlive the release, the
-commands run at their stages, and what the build made on the worker is uploaded.
+"""Projects made from built-in templates deploy to a real sshd target.
 
-php, composer and npm need not be on the machine: the template's build commands are swapped
-for shell that makes what they would (vendor/, public/build/), and `php artisan` for
-`sh artisan`, a script in the repository that records each call in storage/logs/."""
+Laravel: a Laravel-shaped repository, twice: storage/ and .env are linked from shared/ and
+outlive the release, the commands run at their stages, and what the build made on the worker
+is uploaded. php, composer and npm need not be on the machine: the template's build commands
+are swapped for shell that makes what they would (vendor/, public/build/), and `php artisan`
+for `sh artisan`, a script in the repository that records each call in storage/logs/.
+Static: plain files, no package.json, go as they are."""
 
 from __future__ import annotations
 
@@ -123,3 +124,20 @@ def test_a_laravel_project_from_the_template_deploys_with_its_shared_paths(
         "migrate --force",
         "queue:restart",
     ]
+
+
+def test_a_static_site_from_the_template_deploys_as_it_is_without_a_package_json(
+    git_repo_factory, sshd_target, server_factory, site_admin
+):
+    repo = git_repo_factory()
+    repo.commit({"index.html": "<h1>Hello</h1>\n", "css/site.css": "h1 { color: red }\n"})
+    project = project_register(
+        owner=site_admin, name="Site", repository_url=repo.url, template="static"
+    )
+    server = server_factory(project, sshd_target)
+    deployment = _run(services.deployment_create(project=project, servers=[server]))
+    assert deployment.status == Status.SUCCEEDED, deployment.error
+    current = sshd_target.deploy_path / "current"
+    assert (current / "index.html").read_text() == "<h1>Hello</h1>\n"
+    assert (current / "css/site.css").is_file()
+    assert not any(path.is_symlink() for path in current.rglob("*"))
