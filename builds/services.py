@@ -958,6 +958,37 @@ def deployment_rollback(
     return rollback
 
 
+def retry_superseded(deployment: Deployment, servers: Sequence[Server]) -> str:
+    """Why retrying ``deployment`` on ``servers`` would undo later work, or "": it was
+    aborted or rolled back since, or a later deployment (a deploy, rollback or switch that
+    was not cancelled before it reached the server) went to one of ``servers``. Retrying
+    then would take a server back to an older revision than what came after."""
+    undone = (
+        Deployment.objects.filter(rollback_of=deployment)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    if deployment.abort_requested_at is not None:
+        return "it was aborted, and its servers rolled back; deploy again instead"
+    if undone:
+        return f"it was rolled back by #{undone[0]}; deploy again instead"
+    later = (
+        DeploymentTarget.objects.filter(server__in=list(servers), deployment__pk__gt=deployment.pk)
+        .exclude(deployment__kind=Kind.PREVIEW)
+        .exclude(status__in=(TargetStatus.CANCELLED, TargetStatus.SKIPPED))
+        .select_related("deployment", "server")
+        .order_by("deployment__pk")
+        .first()
+    )
+    if later is not None:
+        return (
+            f"{later.server.name} was deployed since (#{later.deployment.pk}, "
+            f"{later.deployment.kind}); a retry would take it back to an older revision. "
+            "Deploy again instead"
+        )
+    return ""
+
+
 @retrying
 def deployment_retry(
     *,
@@ -1003,7 +1034,15 @@ def deployment_retry(
             f"{'it' if len(disabled) == 1 else 'them'}, or deploy to the other servers.",
         )
     servers = [target.server for target in targets]
+    superseded = retry_superseded(deployment, servers)
+    if superseded:
+        raise DeploymentWrongState(f"{label} cannot be retried: {superseded}")
     revision = deployment.end_revision or deployment.revision
+    # What the deployment ran as %branch%: the one it was given, else (a deployment of the
+    # head) the branch its servers follow, as the runner chose it.
+    branch = deployment.branch or (
+        "" if deployment.revision else sorted({s.effective_branch for s in servers})[0]
+    )
     with transaction.atomic():
         retry = deployment_create(
             project=deployment.project,
@@ -1011,7 +1050,7 @@ def deployment_retry(
             # With a group and servers both, the servers go with the group's strategy.
             group=deployment.group,
             revision=revision,
-            branch=deployment.branch,
+            branch=branch,
             kind=Kind.DEPLOY,
             trigger=trigger,
             user=user,

@@ -32,6 +32,7 @@ from builds.services import (
     deployment_rollback,
     deployment_start_with_strategy,
     group_switch_back,
+    retry_superseded,
     rollback_plan_deployment,
     stack_lock,
     stack_unlock,
@@ -188,6 +189,7 @@ def _deployment_context(deployment: Deployment, membership: Membership) -> dict[
         and not deployment.is_active
         and deployment.kind == Kind.DEPLOY
         and bool(to_retry)
+        and not retry_superseded(deployment, [target.server for target in to_retry])
     )
     return page_context(
         membership,

@@ -123,6 +123,9 @@ def test_abort_in_the_pause_rolls_back_the_first_batch_and_leaves_the_rest(rolli
         (rollback.pk, Kind.ROLLBACK),
         (deployment.pk, Kind.DEPLOY),
     ]
+    # web3 never got B, but retrying the aborted deployment would leave A, A, B: refused.
+    with pytest.raises(services.DeploymentWrongState, match="it was aborted"):
+        services.deployment_retry(deployment=deployment, user=alice)
 
 
 def test_a_cancel_in_the_pause_keeps_the_first_batch_live_and_recorded_so(rolling, alice):

@@ -8,7 +8,7 @@ import pytest
 from builds import services
 from builds.models import Deployment, LogLine, Status, TargetStatus
 from builds.tasks import run_deployment
-from projects.models import AuditEvent
+from projects.models import AuditEvent, Command
 from servers.models import Release
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -56,7 +56,8 @@ def test_a_retry_deploys_the_same_revision_to_the_failed_server_only(
     retry = services.deployment_retry(deployment=failed, user=alice)
     assert retry.retry_of == failed and retry.revision == b
     assert [target.server for target in retry.targets.order_by("position")] == [servers[1]]
-    assert retry.full and retry.branch == failed.branch
+    # A deployment of the head: the branch its servers follow, as the runner chose it.
+    assert retry.full and failed.branch == "" and retry.branch == "main"
     assert AuditEvent.objects.filter(
         project=project, actor=alice, action="deployment.retried", target=f"deployment #{retry.pk}"
     ).exists()
@@ -78,3 +79,66 @@ def test_a_retry_deploys_the_same_revision_to_the_failed_server_only(
 
     with pytest.raises(services.DeploymentWrongState, match="succeeded on every server"):
         services.deployment_retry(deployment=retry, user=alice)
+
+
+def _failed_on_web2(repo, project, servers, targets, alice) -> Deployment:
+    """B deployed to web1 and web2, failing on web2 (its releases/ is not writable)."""
+    repo.commit({"index.html": "B\n"}, "B")
+    (targets[1].deploy_path / "releases").chmod(0o555)
+    try:
+        failed = _run(services.deployment_start(project=project, user=alice, servers=servers))
+    finally:
+        (targets[1].deploy_path / "releases").chmod(0o755)
+    assert failed.status == Status.FAILED
+    return failed
+
+
+@pytest.fixture
+def two_servers(git_repo_factory, sshd_factory, project_factory, server_factory):
+    repo = git_repo_factory()
+    repo.commit({"index.html": "A\n"}, "A")
+    project = project_factory(repo)
+    targets = [sshd_factory() for _ in range(2)]
+    servers = [server_factory(project, target) for target in targets]
+    assert _run(services.deployment_create(project=project, servers=servers)).status == (
+        Status.SUCCEEDED
+    )
+    return repo, project, servers, targets
+
+
+def test_a_retry_after_a_newer_deployment_is_refused(two_servers, alice, alice_client):
+    repo, project, servers, targets = two_servers
+    failed = _failed_on_web2(repo, project, servers, targets, alice)
+    repo.commit({"index.html": "C\n"}, "C")
+    newer = _run(services.deployment_start(project=project, user=alice, servers=servers))
+    assert newer.status == Status.SUCCEEDED
+
+    with pytest.raises(services.DeploymentWrongState, match=f"deployed since \\(#{newer.pk}"):
+        services.deployment_retry(deployment=failed, user=alice)
+    assert (targets[1].deploy_path / "current" / "index.html").read_text() == "C\n"
+    page = alice_client.get(f"/projects/{project.slug}/deployments/{failed.pk}/")
+    assert "Retry failed servers" not in page.content.decode()
+
+
+def test_a_retry_after_a_rollback_is_refused(two_servers, alice):
+    repo, project, servers, targets = two_servers
+    failed = _failed_on_web2(repo, project, servers, targets, alice)
+    rollback = _run(services.deployment_rollback(deployment=failed, user=alice))
+    assert rollback.status == Status.SUCCEEDED, rollback.error
+    with pytest.raises(services.DeploymentWrongState, match=f"rolled back by #{rollback.pk}"):
+        services.deployment_retry(deployment=failed, user=alice)
+
+
+def test_a_retry_runs_with_the_branch_the_deployment_had(two_servers, alice):
+    repo, project, servers, targets = two_servers
+    Command.objects.create(
+        project=project, stage="after_switch", command="echo branch=%branch% > branch.txt"
+    )
+    failed = _failed_on_web2(repo, project, servers, targets, alice)
+    assert (targets[0].deploy_path / "current" / "branch.txt").read_text() == "branch=main\n"
+    retry = _run(services.deployment_retry(deployment=failed, user=alice))
+    assert retry.status == Status.SUCCEEDED, retry.error
+    assert (targets[1].deploy_path / "current" / "branch.txt").read_text() == "branch=main\n"
+    # A second retry of the same deployment would deploy web2 again over the first: refused.
+    with pytest.raises(services.DeploymentWrongState, match=f"#{retry.pk}"):
+        services.deployment_retry(deployment=failed, user=alice)

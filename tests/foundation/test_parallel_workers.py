@@ -16,11 +16,16 @@ from tests.support.workers import GIVEN_REDIS_URL, worker_number, worker_redis_u
         ("redis://127.0.0.1:6379/0", 0, "redis://127.0.0.1:6379/1"),
         ("redis://127.0.0.1:6379", 2, "redis://127.0.0.1:6379/3"),
         ("redis://:secret@redis.internal:6380/4", 1, "redis://:secret@redis.internal:6380/6"),
-        ("rediss://127.0.0.1:6379/15", 0, "rediss://127.0.0.1:6379/0"),
+        ("rediss://127.0.0.1:6379/13", 1, "rediss://127.0.0.1:6379/15"),
     ],
 )
 def test_each_worker_gets_a_redis_database_of_its_own(url, number, expected):
     assert worker_redis_url(url, number) == expected
+
+
+def test_workers_never_wrap_round_onto_lower_databases():
+    with pytest.raises(ValueError, match="Use a lower database in REDIS_URL"):
+        worker_redis_url("redis://127.0.0.1:6379/14", 1)
 
 
 def test_worker_names_are_read_as_xdist_gives_them():

@@ -4,9 +4,9 @@ Loaded with ``-p tests.support.workers`` before the Django settings are read (``
 runs ``python -m pytest -p tests.support.workers -n N``). In a worker process, xdist has set
 ``PYTEST_XDIST_WORKER`` ("gw0", "gw1", ...) by then; this module gives that worker:
 
-- its own Redis database: the number in ``REDIS_URL`` plus one plus the worker's number,
-  modulo 16 (Redis's default ``databases``), so that a Celery worker started by one test never
-  takes a task queued by another worker's test. Kombu prefixes its broadcast channels with the
+- its own Redis database: the number in ``REDIS_URL`` plus one plus the worker's number
+  (within Redis's default 16 ``databases``, never wrapping round to lower ones), so that a
+  Celery worker started by one test never takes a task queued by another worker's test. Kombu prefixes its broadcast channels with the
   database number, so remote control (``inspect ping``) stays apart too.
 - its own data directory under ``SLIPWAY_DATA_DIR`` (projects' files are named by primary key,
   which the workers' databases hand out independently).
@@ -34,11 +34,19 @@ def worker_number(name: str | None) -> int | None:
 
 
 def worker_redis_url(url: str, number: int) -> str:
-    """``url`` with the database moved to the worker's own (see the module's docstring)."""
+    """``url`` with the database moved to the worker's own: the one after ``url``'s for
+    worker 0, and so on up. Raises ValueError, saying what to do, past Redis's 16 databases
+    (the workers never wrap around onto lower ones, which other programs may be using)."""
     parts = urlsplit(url)
     path = parts.path.strip("/")
     base = int(path) if path.isdigit() else 0
-    database = (base + 1 + number) % REDIS_DATABASES
+    database = base + 1 + number
+    if database >= REDIS_DATABASES:
+        raise ValueError(
+            f"REDIS_URL names database {base}: test worker gw{number} would need database "
+            f"{database}, past Redis's {REDIS_DATABASES}. Use a lower database in REDIS_URL "
+            "(the workers take the ones after it), or fewer TEST_WORKERS."
+        )
     return urlunsplit(parts._replace(path=f"/{database}"))
 
 
