@@ -26,6 +26,18 @@ from servers.models import Server, ServerGroup, Strategy
 class ServerChoiceField(forms.ModelMultipleChoiceField):  # type: ignore[type-arg]
     """Servers named with what a person deploying needs to know about each."""
 
+    def _check_values(self, value: Any) -> Any:
+        # An id past the database's integers is no server (SQLite raises OverflowError).
+        for pk in value or ():
+            text = str(pk)
+            if not text.isascii() or not text.isdigit() or not 0 < int(text) < 2**63:
+                raise forms.ValidationError(
+                    self.error_messages["invalid_choice"],
+                    code="invalid_choice",
+                    params={"value": pk},
+                )
+        return super()._check_values(value)  # type: ignore[misc]
+
     def label_from_instance(self, obj: Any) -> str:
         notes = [obj.environment] if obj.environment else []
         if not obj.trusted:

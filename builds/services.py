@@ -89,7 +89,7 @@ def deploy_rights_check(*, project: Project, user: User | None, servers: Sequenc
         return
     allowed = [f"environment {name}" for name in membership.deploy_environments] + [
         f"server {server.name}" for server in membership.deploy_servers.order_by("name")
-    ]
+    ] or ["no server any more (the servers they were given were deleted)"]
     names = ", ".join(
         f"{server.name}" + (f" ({server.environment})" if server.environment else "")
         for server in refused
@@ -282,6 +282,12 @@ def deployment_create(
             raise DeploymentRefused(
                 "servers", f"Server {server.pk} is not part of project {project.slug}"
             )
+    # A blue-green deployment or switch back also runs the switch on the group's router.
+    router = group.router if group is not None and group.is_blue_green else None
+    deploy_rights_check(
+        project=project, user=user, servers=[*targets, *([router] if router else [])]
+    )
+    for server in targets:
         if not server.enabled and kind != Kind.PREVIEW:
             raise DeploymentRefused("servers", f"Server {server.name} is disabled")
         if not server.trusted and kind != Kind.PREVIEW:
@@ -290,7 +296,6 @@ def deployment_create(
                 f"Server {server.name}: {server.untrusted_hop} is not trusted yet. Test the "
                 "connection, compare the fingerprint with the server's, then trust it.",
             )
-    deploy_rights_check(project=project, user=user, servers=targets)
     with transaction.atomic():
         # The lock order (deployer.db): the project, its servers by pk, then deployments.
         # The servers stay locked while older queued targets are superseded and the new
@@ -958,10 +963,21 @@ def deployment_rollback(
     return rollback
 
 
+def retry_statuses(deployment: Deployment) -> tuple[str, ...]:
+    """The target statuses a retry of ``deployment`` deploys again: TARGET_NOT_DEPLOYED, but
+    for a blue-green deployment not ``skipped`` (the live colour, left as it was for Switch
+    back on purpose)."""
+    group = deployment.group
+    strategy = deployment.strategy or (group.strategy if group is not None else "")
+    if strategy == Strategy.BLUE_GREEN:
+        return tuple(status for status in TARGET_NOT_DEPLOYED if status != TargetStatus.SKIPPED)
+    return tuple(TARGET_NOT_DEPLOYED)
+
+
 def retry_superseded(deployment: Deployment, servers: Sequence[Server]) -> str:
     """Why retrying ``deployment`` on ``servers`` would undo later work, or "": it was
-    aborted or rolled back since, or a later deployment (a deploy, rollback or switch that
-    was not cancelled before it reached the server) went to one of ``servers``. Retrying
+    aborted or rolled back since, or a later deployment made a release on one of
+    ``servers`` or switched one back (a rollback, a switch back). Retrying
     then would take a server back to an older revision than what came after."""
     undone = (
         Deployment.objects.filter(rollback_of=deployment)
@@ -972,19 +988,36 @@ def retry_superseded(deployment: Deployment, servers: Sequence[Server]) -> str:
         return "it was aborted, and its servers rolled back; deploy again instead"
     if undone:
         return f"it was rolled back by #{undone[0]}; deploy again instead"
-    later = (
-        DeploymentTarget.objects.filter(server__in=list(servers), deployment__pk__gt=deployment.pk)
-        .exclude(deployment__kind=Kind.PREVIEW)
-        .exclude(status__in=(TargetStatus.CANCELLED, TargetStatus.SKIPPED))
+    # A later deployment changed a server when it made a release there (live since, or not)
+    # or switched it back to a kept one (a rollback, a switch back); one that failed before
+    # it reached the server changed nothing.
+    made = (
+        Release.objects.filter(server__in=list(servers), deployment__pk__gt=deployment.pk)
         .select_related("deployment", "server")
         .order_by("deployment__pk")
         .first()
     )
-    if later is not None:
+    switched = (
+        DeploymentTarget.objects.filter(
+            server__in=list(servers),
+            deployment__pk__gt=deployment.pk,
+            deployment__kind__in=(Kind.ROLLBACK, Kind.SWITCH),
+            status=TargetStatus.SUCCEEDED,
+        )
+        .select_related("deployment", "server")
+        .order_by("deployment__pk")
+        .first()
+    )
+    found = [
+        (row.deployment, row.server)
+        for row in (made, switched)
+        if row is not None and row.deployment is not None
+    ]
+    if found:
+        newer, server = min(found, key=lambda pair: pair[0].pk)
         return (
-            f"{later.server.name} was deployed since (#{later.deployment.pk}, "
-            f"{later.deployment.kind}); a retry would take it back to an older revision. "
-            "Deploy again instead"
+            f"{server.name} was deployed since (#{newer.pk}, {newer.kind}); a retry would "
+            "take it back to an older revision. Deploy again instead"
         )
     return ""
 
@@ -1012,7 +1045,7 @@ def deployment_retry(
             f"{label} is still {deployment.status}; wait until it finishes (or cancel it)"
         )
     targets = list(
-        deployment.targets.filter(status__in=TARGET_NOT_DEPLOYED)
+        deployment.targets.filter(status__in=retry_statuses(deployment))
         .select_related("server")
         .order_by("position")
     )
@@ -1094,6 +1127,11 @@ def group_switch_back(
     (builds.runner). Refused (DeploymentRefused) unless the group is blue-green with a live
     colour, the other colour's servers have a live release, and nothing is queued or running
     on the group's servers (a deployment there could switch the router meanwhile)."""
+    deploy_rights_check(
+        project=group.project,
+        user=user,
+        servers=[*group.ordered_servers(), *([group.router] if group.router else [])],
+    )
     if not group.is_blue_green:
         raise DeploymentRefused("group", f"Group {group.name} is not blue-green")
     if not group.live_colour:
@@ -1169,7 +1207,10 @@ def stack_lock(
 
     ``reason`` is required (stripped, at most MAX_REASON_LENGTH characters), shown wherever
     the lock is and kept in the audit log. Raises DeploymentRefused naming ``reason`` when it
-    is empty, LockStateError when it is locked already (its reason is not replaced)."""
+    is empty, LockStateError when it is locked already (its reason is not replaced), and
+    DeployRightsForbidden when the user's deploy rights leave out the server (or, for the
+    project's lock, any of its servers)."""
+    deploy_rights_check(project=project, user=user, servers=_lock_scope(project, server))
     reason = reason.strip()
     if not reason:
         raise DeploymentRefused("reason", "Say why it is locked: everyone sees the reason.")
@@ -1206,6 +1247,7 @@ def _lock_if_unlocked(
 def stack_unlock(*, project: Project, user: User | None, server: Server | None = None) -> None:
     """Lift the lock of ``project`` (or of ``server``), recording who did and the reason it
     had; LockStateError when it was not locked."""
+    deploy_rights_check(project=project, user=user, servers=_lock_scope(project, server))
     rows, label = _lock_target(project, server)
     with transaction.atomic():
         project_lock(project.pk)
@@ -1226,8 +1268,18 @@ def stack_unlock(*, project: Project, user: User | None, server: Server | None =
 
 
 @retrying
+def _lock_scope(project: Project, server: Server | None) -> list[Server]:
+    """The servers a lock stops: the one server, or every server of the project."""
+    return [server] if server is not None else list(project.servers.all())
+
+
 def _its_servers(deployment: Deployment) -> list[Server]:
-    return list(Server.objects.filter(targets__deployment=deployment).distinct())
+    """The servers a deployment works on: its targets', and a blue-green group's router."""
+    servers = list(Server.objects.filter(targets__deployment=deployment).distinct())
+    group = deployment.group
+    if group is not None and group.is_blue_green and group.router is not None:
+        servers.append(group.router)
+    return servers
 
 
 def deployment_cancel(*, deployment: Deployment, user: User | None) -> Deployment:

@@ -23,7 +23,7 @@ from django.views.decorators.http import (
 
 from builds import badges, pending
 from builds.forms import DeploymentForm
-from builds.models import TARGET_NOT_DEPLOYED, Deployment, Kind, Status, TargetStatus, Trigger
+from builds.models import Deployment, Kind, Status, TargetStatus, Trigger
 from builds.services import (
     deployment_cancel,
     deployment_request_abort,
@@ -32,6 +32,7 @@ from builds.services import (
     deployment_rollback,
     deployment_start_with_strategy,
     group_switch_back,
+    retry_statuses,
     retry_superseded,
     rollback_plan_deployment,
     stack_lock,
@@ -183,7 +184,7 @@ def _deployment_context(deployment: Deployment, membership: Membership) -> dict[
         can_deploy and not deployment.is_active and deployment.kind == Kind.DEPLOY and succeeded
     )
     # "Retry failed servers": the servers of a finished deployment that did not take it.
-    to_retry = [target for target in targets if target.status in TARGET_NOT_DEPLOYED]
+    to_retry = [target for target in targets if target.status in retry_statuses(deployment)]
     can_retry = (
         can_deploy
         and not deployment.is_active

@@ -153,6 +153,9 @@ class Membership(models.Model):
     # servers they may deploy to, roll back and stop deployments on. Both empty: every server
     # of the project. Admins are never limited; viewers never deploy.
     deploy_environments = models.JSONField(default=list, blank=True)
+    # Set when an admin gave limits: it stays when the servers named are deleted since, so
+    # a deployer whose last allowed server is gone may deploy nowhere, not everywhere.
+    deploy_limited = models.BooleanField(default=False)
     deploy_servers = models.ManyToManyField(
         "servers.Server", blank=True, related_name="deployer_memberships"
     )
@@ -177,9 +180,7 @@ class Membership(models.Model):
     @property
     def is_limited(self) -> bool:
         """Whether deploy rights narrow this member's servers (a deployer with limits)."""
-        return self.role == Role.DEPLOYER and (
-            bool(self.deploy_environments) or self.deploy_servers.exists()
-        )
+        return self.role == Role.DEPLOYER and self.deploy_limited
 
     def may_deploy_to(self, server: Server) -> bool:
         """Whether this member may deploy to ``server`` (one of the project's): an admin
@@ -190,7 +191,7 @@ class Membership(models.Model):
             return False
         if not self.is_limited:
             return True
-        return server.environment in self.deploy_environments or (
+        return (bool(server.environment) and server.environment in self.deploy_environments) or (
             self.deploy_servers.filter(pk=server.pk).exists()
         )
 

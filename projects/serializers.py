@@ -310,6 +310,7 @@ class MemberSerializer(serializers.ModelSerializer[Membership]):
         fields = [
             "username",
             "role",
+            "deploy_limited",
             "deploy_environments",
             "deploy_servers",
             "created_at",
@@ -318,10 +319,14 @@ class MemberSerializer(serializers.ModelSerializer[Membership]):
         ]
         read_only_fields = fields
         extra_kwargs = {
+            "deploy_limited": {
+                "help_text": "Whether deploy rights limit this deployer: then only the servers "
+                "of deploy_environments and deploy_servers (none left: nowhere)."
+            },
             "deploy_environments": {
                 "help_text": "Deploy rights: the environments this deployer may deploy to; "
                 "with deploy_servers empty too, every server. Admins are never limited."
-            }
+            },
         }
 
     def get_deploy_servers(self, membership: Membership) -> list[int]:

@@ -726,7 +726,10 @@ MAX_DEPLOY_ENVIRONMENTS = 50
 def project_servers_by_id(project: Project, ids: Sequence[int]) -> list[Server]:
     """The servers of ``project`` with these ids, in that order; InvalidInput naming
     ``deploy_servers`` for an id that is not one of them."""
-    found = {server.pk: server for server in Server.objects.filter(project=project, pk__in=ids)}
+    storable = [pk for pk in ids if 0 < pk < 2**63]  # SQLite overflows on larger ones
+    found = {
+        server.pk: server for server in Server.objects.filter(project=project, pk__in=storable)
+    }
     missing = [str(pk) for pk in ids if pk not in found]
     if missing:
         raise InvalidInput(
@@ -789,6 +792,12 @@ def member_update(
         data: dict[str, Any] = {"role": role}
         if environments is not None:
             data["deploy_environments"] = environments
+        if environments is not None or servers is not None:
+            kept_servers = servers if servers is not None else list(membership.deploy_servers.all())
+            kept_environments = (
+                environments if environments is not None else membership.deploy_environments
+            )
+            data["deploy_limited"] = bool(kept_environments or kept_servers)
         changed = model_update(instance=membership, data=data)
         if servers is not None:
             membership.deploy_servers.set(servers)
@@ -808,8 +817,9 @@ def member_update(
     return membership
 
 
-def _rights_of(membership: Membership) -> dict[str, list[str]]:
+def _rights_of(membership: Membership) -> dict[str, Any]:
     return {
+        "limited": membership.deploy_limited,
         "environments": list(membership.deploy_environments),
         "servers": sorted(membership.deploy_servers.values_list("name", flat=True)),
     }

@@ -147,6 +147,12 @@ def blue_green_check(group: ServerGroup) -> None:
     if group.router_kind == RouterKind.COMMAND and not group.router_switch_command.strip():
         raise InvalidInput("router_switch_command", "a command router needs a command")
     members = list(group.members.select_related("server"))
+    if any(member.server_id == router.pk for member in members):
+        raise InvalidInput(
+            "router",
+            f"{router.name} is one of the group's servers: the router is never deployed to, "
+            "so choose a server outside the group",
+        )
     without = [m.server.name for m in members if m.colour not in Colour.values]
     if without:
         raise InvalidInput("colours", f"every server needs a colour: {', '.join(without)}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -83,13 +84,23 @@ class RouterSpec:
 
 
 def validate_include_path(path: str, field: str = "router_include_path") -> str:
-    """An absolute path with no line break or NUL (it is quoted for the shell)."""
+    """An absolute path to a ``.conf`` file, without "." or ".." segments, control or format
+    characters (it is quoted for the shell; nginx includes it as it is named)."""
     if not path.startswith("/") or path.endswith("/"):
         raise InvalidInput(
             field, "must be an absolute path to a file, such as /etc/nginx/conf.d/app.conf"
         )
-    if any(ord(char) < 32 or char == "\x7f" for char in path) or len(path) > 500:
-        raise InvalidInput(field, "must not hold control characters")
+    if len(path) > 500 or any(
+        unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") for char in path
+    ):
+        raise InvalidInput(field, "must not hold control or format characters")
+    segments = path.split("/")[1:]
+    if any(segment in ("", ".", "..") for segment in segments):
+        raise InvalidInput(field, f"{path!r} must not hold '.', '..' or empty segments")
+    if not path.endswith(".conf"):
+        raise InvalidInput(
+            field, f"{path!r} must name a .conf file, such as /etc/nginx/conf.d/app.conf"
+        )
     return path
 
 
@@ -117,7 +128,7 @@ def validate_upstream(address: str, field: str = "upstream") -> str:
     the router's configuration (no space, ``;`` or brace)."""
     text = address.strip()
     host, separator, port = text.rpartition(":")
-    if not separator or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not separator or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise InvalidInput(field, f"{address!r} must be host:port, such as 10.0.0.5:8080")
     if host.startswith("[") and host.endswith("]"):
         try:

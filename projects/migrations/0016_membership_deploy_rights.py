@@ -18,6 +18,11 @@ class Migration(migrations.Migration):
         ),
         migrations.AddField(
             model_name='membership',
+            name='deploy_limited',
+            field=models.BooleanField(default=False),
+        ),
+        migrations.AddField(
+            model_name='membership',
             name='deploy_servers',
             field=models.ManyToManyField(blank=True, related_name='deployer_memberships', to='servers.server'),
         ),

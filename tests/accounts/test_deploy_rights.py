@@ -12,7 +12,7 @@ from builds.models import Deployment, Status
 from builds.services import DeployRightsForbidden
 from builds.tasks import run_deployment
 from projects.models import AuditEvent, Membership, Project, Role
-from servers.models import Server
+from servers.models import GroupMember, Server, ServerGroup, Strategy
 from tests.api.conftest import client_for
 from tests.dashboard.support import signed_in
 
@@ -109,7 +109,11 @@ def test_named_servers_widen_the_environments(estate, alice, bob):
     )
     assert deployment.pk
     event = AuditEvent.objects.filter(action="member.updated").latest("pk")
-    assert event.detail["deploy_rights"] == {"environments": ["staging"], "servers": ["prod1"]}
+    assert event.detail["deploy_rights"] == {
+        "limited": True,
+        "environments": ["staging"],
+        "servers": ["prod1"],
+    }
 
 
 def test_limits_are_checked_on_input_and_only_admins_set_them(estate, alice, bob):
@@ -179,3 +183,89 @@ def test_webhook_pushes_are_the_projects_not_a_members(estate, alice, bob):
         services.deployment_create(
             project=estate["project"], servers=[estate["production"]], user=bob
         )
+
+
+def test_limits_stay_when_the_servers_named_are_deleted(estate, alice, bob):
+    slug = estate["project"].slug
+    answer = client_for(alice).patch(
+        f"/api/v1/projects/{slug}/members/bob/",
+        {"deploy_servers": [estate["staging"].pk]},
+        format="json",
+    )
+    assert answer.status_code == 200 and answer.json()["deploy_limited"] is True
+    assert client_for(alice).delete(
+        f"/api/v1/projects/{slug}/servers/{estate['staging'].pk}/"
+    ).status_code in (200, 204)
+    member = client_for(alice).get(f"/api/v1/projects/{slug}/members/bob/").json()
+    assert member["deploy_servers"] == [] and member["deploy_limited"] is True
+    refused = client_for(bob).post(
+        f"/api/v1/projects/{slug}/deployments/",
+        {"servers": [estate["production"].pk]},
+        format="json",
+    )
+    assert refused.status_code == 403, refused.content
+    assert "no server any more" in refused.json()["detail"]
+    # Both lists emptied by an admin lifts the limits.
+    lifted = client_for(alice).patch(
+        f"/api/v1/projects/{slug}/members/bob/",
+        {"deploy_environments": [], "deploy_servers": []},
+        format="json",
+    )
+    assert lifted.json()["deploy_limited"] is False
+
+
+def test_a_blue_green_groups_router_counts_as_one_of_its_servers(estate, alice, bob):
+    _limit_to_staging(estate, alice)
+    project = estate["project"]
+    green = Server.objects.create(
+        project=project,
+        name="stage2",
+        environment="staging",
+        hostname="127.0.0.1",
+        username="u",
+        deploy_path="/srv/x",
+    )
+    group = ServerGroup.objects.create(
+        project=project, name="web", strategy=Strategy.BLUE_GREEN, router=estate["production"]
+    )
+    GroupMember.objects.create(group=group, server=estate["staging"], colour="blue", position=0)
+    GroupMember.objects.create(group=group, server=green, colour="green", position=1)
+    with pytest.raises(DeployRightsForbidden, match="prod1"):
+        services.deployment_create(project=project, group=group, user=bob)
+    answer = client_for(bob).post(f"/api/v1/projects/{project.slug}/groups/{group.pk}/switch-back/")
+    assert answer.status_code == 403, answer.content
+
+
+def test_locks_follow_the_deploy_rights(estate, alice, bob):
+    _limit_to_staging(estate, alice)
+    slug = estate["project"].slug
+    production = f"/api/v1/projects/{slug}/servers/{estate['production'].pk}/deploy-lock/"
+    staging = f"/api/v1/projects/{slug}/servers/{estate['staging'].pk}/deploy-lock/"
+    assert client_for(alice).post(
+        production, {"reason": "incident"}, format="json"
+    ).status_code == (200)
+    assert client_for(bob).delete(production).status_code == 403
+    assert (
+        client_for(bob)
+        .post(f"/api/v1/projects/{slug}/deploy-lock/", {"reason": "mine"}, format="json")
+        .status_code
+        == 403
+    )
+    assert client_for(bob).post(staging, {"reason": "testing"}, format="json").status_code == 200
+    estate["production"].refresh_from_db()
+    assert estate["production"].lock_reason == "incident"
+
+
+def test_ids_past_the_databases_integers_are_refused_in_the_forms(estate, alice, bob):
+    project = estate["project"]
+    answer = signed_in(alice).post(
+        f"/projects/{project.slug}/members/bob/rights/",
+        {"deploy_environments": "", "deploy_servers": ["99999999999999999999"]},
+        follow=True,
+    )
+    assert answer.status_code == 200 and "not a server of" in answer.content.decode()
+    page = signed_in(bob).post(
+        f"/projects/{project.slug}/deploy/", {"servers": ["99999999999999999999"]}
+    )
+    assert page.status_code == 200
+    assert not Deployment.objects.exists()

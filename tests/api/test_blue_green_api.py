@@ -80,10 +80,16 @@ def test_an_admin_makes_a_blue_green_group_with_its_router(alice_api, alice, pro
         ({"router_include_path": "conf.d/app.conf"}, "router_include_path"),
         ({"router_nginx_command": "nginx\nrm -rf /"}, "router_nginx_command"),
         ({"upstream_port": 0}, "upstream_port"),
+        ({"upstreams": {"0": "a:\u0663"}}, "upstreams"),  # an Arabic-Indic digit
+        ({"router_include_path": "/etc/nginx/../../etc/passwd.conf"}, "router_include_path"),
+        ({"router_include_path": "/etc/passwd"}, "router_include_path"),
+        ({"router_include_path": "/etc/nginx/\u202econf.conf"}, "router_include_path"),
     ],
 )
 def test_it_names_the_blue_green_field_it_refuses(alice_api, project, servers, change, field):
     data = blue_green(servers, **change)
+    if "upstreams" in change and "0" in change["upstreams"]:
+        data["upstreams"] = {str(servers[1].pk): change["upstreams"]["0"]}
     if change.get("colours") == {}:
         data["colours"] = {str(servers[0].pk): "blue"}  # green has no server
     response = alice_api.post(groups_url(project), data, format="json")
@@ -185,3 +191,12 @@ def test_blue_green_is_not_a_strategy_one_deployment_can_take(alice_api, project
     )
     assert response.status_code == 400
     assert list(response.json()) == ["strategy"]
+
+
+def test_the_router_is_not_one_of_the_groups_servers(alice_api, project, servers):
+    blue, _green, _lb = servers
+    response = alice_api.post(
+        groups_url(project), blue_green(servers, router=blue.pk), format="json"
+    )
+    assert response.status_code == 400, response.content
+    assert "router" in response.json() and "never deployed to" in str(response.json())

@@ -6,10 +6,17 @@ from __future__ import annotations
 import pytest
 
 from builds import services
-from builds.models import Deployment, LogLine, Status, TargetStatus
+from builds.models import (
+    TARGET_NOT_DEPLOYED,
+    Deployment,
+    DeploymentTarget,
+    LogLine,
+    Status,
+    TargetStatus,
+)
 from builds.tasks import run_deployment
-from projects.models import AuditEvent, Command
-from servers.models import Release
+from projects.models import AuditEvent, BuildCommand, Command
+from servers.models import GroupMember, Release, Server, ServerGroup, Strategy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -142,3 +149,41 @@ def test_a_retry_runs_with_the_branch_the_deployment_had(two_servers, alice):
     # A second retry of the same deployment would deploy web2 again over the first: refused.
     with pytest.raises(services.DeploymentWrongState, match=f"#{retry.pk}"):
         services.deployment_retry(deployment=failed, user=alice)
+
+
+def test_a_later_deployment_that_never_reached_the_server_does_not_block_a_retry(
+    two_servers, alice
+):
+    repo, project, servers, targets = two_servers
+    failed = _failed_on_web2(repo, project, servers, targets, alice)
+    repo.commit({"index.html": "C\n"}, "C")
+    build = BuildCommand.objects.create(project=project, command="exit 3")
+    broken = _run(services.deployment_start(project=project, user=alice, servers=servers))
+    assert broken.status == Status.FAILED
+    build.delete()
+    retry = _run(services.deployment_retry(deployment=failed, user=alice))
+    assert retry.status == Status.SUCCEEDED, retry.error
+    assert (targets[1].deploy_path / "current" / "index.html").read_text() == "B\n"
+
+
+def test_a_blue_green_deployment_never_retries_the_live_colour(two_servers, alice):
+    _repo, project, servers, _targets = two_servers
+    blue, green = servers
+    router = Server.objects.create(
+        project=project, name="lb1", hostname="127.0.0.1", username="u", deploy_path="/srv/lb"
+    )
+    group = ServerGroup.objects.create(
+        project=project, name="web", strategy=Strategy.BLUE_GREEN, router=router
+    )
+    GroupMember.objects.create(group=group, server=blue, colour="blue", position=0)
+    GroupMember.objects.create(group=group, server=green, colour="green", position=1)
+    done = Deployment.objects.create(
+        project=project, group=group, status=Status.SUCCEEDED, end_revision="a" * 40
+    )
+    DeploymentTarget.objects.create(deployment=done, server=blue, status=TargetStatus.SKIPPED)
+    DeploymentTarget.objects.create(deployment=done, server=green, status=TargetStatus.SUCCEEDED)
+    with pytest.raises(services.DeploymentWrongState, match="succeeded on every server"):
+        services.deployment_retry(deployment=done, user=alice)
+    assert services.retry_statuses(done) == tuple(
+        status for status in TARGET_NOT_DEPLOYED if status != TargetStatus.SKIPPED
+    )
