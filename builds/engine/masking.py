@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 from ahocorasick_rs import AhoCorasick, MatchKind
 
-from builds.engine.variables import VARIABLE
+from builds.engine.variables import DOCUMENTED, VARIABLE
 
 MASK = "********"
 # user:password@ in any URL-looking text (tokens in clone URLs, basic auth in webhooks). The
@@ -50,7 +50,8 @@ MIN_SECRET_LENGTH = 4
 _MIN_ENCODED_LENGTH = 8
 # `KEY=value`, `key: value`, `"key": "value",`, `'key' => 'value',`, `export KEY=value`.
 _ASSIGNMENT = re.compile(
-    r"""^\s*(?:export\s+)?["']?[\w.\-\[\]]+["']?\s*(?:=>|[:=])\s*(?P<value>.*?)\s*[,;]?\s*$"""
+    r"""^\s*(?:export\s+)?["']?(?P<key>[\w.\-\[\]]+)["']?"""
+    r"""\s*(?:=>|[:=])\s*(?P<value>.*?)\s*[,;]?\s*$"""
 )
 # A parameter's value in a URL's query (`?key=...&token=...`).
 _QUERY_VALUE = re.compile(r"[?&][^=&\s]+=(?P<value>[^&#\s]+)")
@@ -149,7 +150,9 @@ def printed_forms(secret: str) -> Iterator[str]:
 def config_file_secrets(body: str) -> list[str]:
     """What a config file body puts in the log when a command prints it, or prints a value
     from it: each line and each assigned value (``KEY=value``, ``key: value``...), minus
-    numbers and booleans, and each value in a URL's query; cut at ``%variables%`` (their values are not the file's secrets).
+    numbers and booleans, and each value in a URL's query; cut at Slipway's ``%variables%``
+    (their values are not the file's secrets; any other ``%name%`` stays in the file as
+    written, so it is masked like the rest).
 
     A config file is write-only for everyone who may not configure the project, so its whole
     text is treated as a secret; an ordinary word assigned in it (``production``) is masked
@@ -164,27 +167,62 @@ def config_file_secrets(body: str) -> list[str]:
                 parts.append(value)
         parts += [match["value"] for match in _QUERY_VALUE.finditer(line)]
         for part in parts:
-            found.extend(piece.strip() for piece in VARIABLE.split(part)[::2])
+            found.extend(piece.strip() for piece in _outside_variables(part))
     return [piece for piece in found if len(piece) >= MIN_SECRET_LENGTH]
 
 
+def _outside_variables(text: str) -> list[str]:
+    """The pieces of ``text`` around Slipway's own ``%variables%`` (variables.DOCUMENTED),
+    found as ``substitute`` finds them: another ``%name%`` is left in the file as written,
+    so it is text like the rest."""
+    pieces = []
+    position = 0
+    for match in VARIABLE.finditer(text):
+        if match.group(1) in DOCUMENTED:
+            pieces.append(text[position : match.start()])
+            position = match.end()
+    pieces.append(text[position:])
+    return pieces
+
+
 _SECTION = re.compile(r"^\s*\[[\w .\-]+\]\s*$")
+# PEM armour (a private key, a certificate): the lines between are base64, and its last line,
+# ending in `=` padding, reads like `key=` when it holds no `+` or `/`.
+_PEM_BEGIN = re.compile(r"-----BEGIN ")
+_PEM_END = re.compile(r"-----END ")
+# What a skeleton keeps of an assignment's key: a configuration name, ASCII.
+_KEY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
+# Base64 (a line of a key or certificate) rather than a name: a long run of letters and
+# digits with upper and lower case letters in it.
+_BASE64_RUN = re.compile(r"(?=.*[a-z])(?=.*[A-Z])[A-Za-z0-9]{20,}")
+
+
+def _is_key_name(key: str) -> bool:
+    return bool(_KEY_NAME.fullmatch(key)) and not _BASE64_RUN.fullmatch(key)
 
 
 def config_file_skeleton(body: str) -> str:
-    """A config file with its secrets taken out, for a project template: blank lines, INI
-    section headers and each assignment's key (``KEY=``, ``key:``, ``'key' =>``) stay; an
-    assigned value stays only when it is nothing but ``%variables%``; every other line (a
-    comment, a key file, a value on a line of its own) goes. Nothing ``config_file_secrets``
-    would mask is left."""
+    """A config file with its secrets taken out, for a project template (docs/templates.md):
+    blank lines, INI section headers and each assignment's key (``KEY=``, ``key:``,
+    ``'key' =>``) stay, when the key is a name (``_is_key_name``); an assigned value stays
+    only when it is nothing but Slipway's ``%variables%``; every other line (a comment, a
+    value on a line of its own) goes, and so does every line of a PEM block, from its
+    ``-----BEGIN`` line to its ``-----END`` line (to the end of the file when it has none).
+    Nothing ``config_file_secrets`` would mask is left."""
     kept: list[str] = []
+    in_pem = False
     for line in body.splitlines():
+        begin = _PEM_BEGIN.search(line)
+        if in_pem or begin:
+            # The block goes on until a line with -----END (after this line's -----BEGIN).
+            in_pem = not _PEM_END.search(line, begin.end() if begin else 0)
+            continue
         assignment = _ASSIGNMENT.match(line)
         if not line.strip() or _SECTION.match(line):
             kept.append(line)
-        elif assignment:
+        elif assignment and _is_key_name(assignment["key"]):
             value = assignment["value"]
-            only_variables = value and not "".join(VARIABLE.split(value)[::2]).strip()
+            only_variables = value and not "".join(_outside_variables(value)).strip()
             kept.append(line if only_variables else line[: assignment.start("value")].rstrip())
     return "\n".join(kept) + ("\n" if kept else "")
 

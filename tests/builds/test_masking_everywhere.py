@@ -128,3 +128,11 @@ def test_config_file_secrets_skip_numbers_and_variables_but_keep_lines_and_value
     assert 'SECRET_KEY="s3cr3t-value"' in found
     assert "8080" not in found and "true" not in found
     assert not any("%hostname%" in piece for piece in found)
+
+
+def test_a_percent_name_that_is_not_slipways_variable_is_masked_as_written():
+    # Nothing replaces %cfgpasssecret%: the file holds it as written, a secret like the rest.
+    mask = Masker(config_file_secrets("PASS=%cfgpasssecret%\nDIR=%release_path%/app\n"))
+    assert mask("PASS=%cfgpasssecret%") == "********"
+    assert mask("value %cfgpasssecret%") == "value ********"
+    assert mask("in /srv/shop/releases/7 now") == "in /srv/shop/releases/7 now"
