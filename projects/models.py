@@ -423,7 +423,9 @@ class ProjectTemplate(models.Model):
     class Meta:
         ordering = ["name", "id"]
         constraints = [
-            # One name per site, whatever its case: the picker lists them by name.
+            # One name per site, whatever its case: the picker lists them by name. A backstop:
+            # project_template_save compares folded names (template_name_key), which lower()
+            # does not do alike on PostgreSQL and SQLite.
             models.UniqueConstraint(Lower("name"), name="unique_template_name"),
         ]
 

@@ -6,6 +6,7 @@ import hmac
 import itertools
 import logging
 import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Max
 from django.utils import timezone
 from django.utils.text import slugify
@@ -1338,29 +1339,76 @@ def template_apply(*, project: Project, source: TemplateSource) -> None:
         raise InvalidInput("template", f"{source.name!r} cannot be applied: {exc}") from None
 
 
+#: Categories of characters a template's name may not hold: control (Cc) and format (Cf:
+#: zero-width spaces, direction overrides...) characters, surrogates (Cs), line and paragraph
+#: separators (Zl, Zp). They are invisible or move text around, so a name holding one can
+#: pass for another (a built-in's) in the picker.
+_NAME_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+#: The advisory lock (PostgreSQL; SQLite runs one writer at a time) held while a template's
+#: name is compared with the saved ones and the template is saved: the comparison is made in
+#: Python (template_name_key), which no index of the database does.
+_TEMPLATE_NAMES_LOCK = (0x51197C, 0)
+
+
+def template_name_key(name: str) -> str:
+    """What two template names are compared by: NFKC, case folded (NFKC again, as case
+    folding may undo it), runs of spaces made one. "Laravel" in full-width letters, "LARAVEL"
+    and "Laravel" have one key, and so have "STRASSE" and "straße", "Émile" and "émile"."""
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    return " ".join(folded.split())
+
+
+def _template_name_clean(name: str) -> str:
+    """``name`` stripped, or InvalidInput naming ``name``: empty, too long, holding a control
+    or format character, or a built-in's name or slug (compared by template_name_key)."""
+    name = str(name).strip()
+    if not name:
+        raise InvalidInput("name", "is empty.")
+    if len(name) > 100:
+        raise InvalidInput("name", "is longer than 100 characters.")
+    for char in name:
+        if unicodedata.category(char) in _NAME_REFUSED_CATEGORIES:
+            raise InvalidInput(
+                "name",
+                f"holds an invisible or control character (U+{ord(char):04X}); "
+                "type the name without it.",
+            )
+    key = template_name_key(name)
+    for builtin in BUILTIN_TEMPLATES.values():
+        if key in (template_name_key(builtin.slug), template_name_key(builtin.name)):
+            raise InvalidInput("name", f"{name!r} is the name of a built-in template.")
+    return name
+
+
+def _lock_template_names() -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", list(_TEMPLATE_NAMES_LOCK))
+
+
 def project_template_save(
     *, project: Project, actor: User, name: str, description: str = ""
 ) -> ProjectTemplate:
     """Save ``project``'s settings as a template named ``name`` (template_document: no
     secret is copied). The caller checked ``actor`` may configure the project. Raises
-    InvalidInput naming ``name`` (empty, too long, taken by a built-in or a saved template)
-    or ``description``."""
-    name = str(name).strip()
+    InvalidInput naming ``name`` (empty, too long, holding a control or format character,
+    taken by a built-in or a saved template, compared by template_name_key) or
+    ``description``."""
+    name = _template_name_clean(name)
     description = str(description).strip()
-    if not name:
-        raise InvalidInput("name", "is empty.")
-    if len(name) > 100:
-        raise InvalidInput("name", "is longer than 100 characters.")
     if len(description) > 255:
         raise InvalidInput("description", "is longer than 255 characters.")
-    folded = name.casefold()
-    if any(folded in (b.slug, b.name.casefold()) for b in BUILTIN_TEMPLATES.values()):
-        raise InvalidInput("name", f"{name!r} is the name of a built-in template.")
     taken = f"a template named {name!r} exists already; choose another name."
-    if ProjectTemplate.objects.filter(name__iexact=name).exists():
-        raise InvalidInput("name", taken)
     document = template_document(project)
     with transaction.atomic():
+        # The saved names are few: compare them all here, under the lock. The database's
+        # lower() differs between PostgreSQL and SQLite (which folds ASCII only), and neither
+        # makes "ß" "ss" or a full-width letter an ASCII one.
+        _lock_template_names()
+        key = template_name_key(name)
+        saved = ProjectTemplate.objects.values_list("name", flat=True)
+        if any(template_name_key(other) == key for other in saved):
+            raise InvalidInput("name", taken)
         try:
             with transaction.atomic():
                 template = ProjectTemplate.objects.create(
