@@ -64,7 +64,12 @@ from projects.models import (
     badge_token,
     is_site_admin,
 )
-from servers.health import blue_green_check, health_check_clean, strategy_clean
+from servers.health import (
+    HEALTH_CHECK_SETTINGS,
+    blue_green_check,
+    health_check_clean,
+    strategy_clean,
+)
 from servers.models import Colour, GroupMember, HealthCheck, Server, ServerGroup
 
 logger = logging.getLogger(__name__)
@@ -1194,17 +1199,6 @@ _TEMPLATE_SETTINGS: dict[str, tuple[type[models.Model], tuple[str, ...]]] = {
         ("name", "value", "secret", "build", "servers"),
     ),
 }
-_TEMPLATE_HEALTH_CHECK_FIELDS = (
-    "kind",
-    "when",
-    "url",
-    "expected_status",
-    "body_contains",
-    "command",
-    "timeout_seconds",
-    "retries",
-    "interval_seconds",
-)
 
 
 @dataclass(frozen=True)
@@ -1305,7 +1299,7 @@ def template_document(project: Project) -> dict[str, Any]:
     document["excluded_files"] = list(project.excluded_files.values_list("pattern", flat=True))
     checks = []
     for check in HealthCheck.objects.filter(project=project):
-        row = {field: getattr(check, field) for field in _TEMPLATE_HEALTH_CHECK_FIELDS}
+        row = {field: getattr(check, field) for field in HEALTH_CHECK_SETTINGS}
         row["url"] = _url_without_credentials(check.url)
         checks.append(row)
     document["health_checks"] = checks
@@ -1333,7 +1327,7 @@ def template_apply(*, project: Project, source: TemplateSource) -> None:
             if pattern.strip()
         )
         for item in contents.get("health_checks", []):
-            data = {field: item[field] for field in _TEMPLATE_HEALTH_CHECK_FIELDS if field in item}
+            data = {field: item[field] for field in HEALTH_CHECK_SETTINGS if field in item}
             HealthCheck.objects.create(project=project, **health_check_clean(data))
     except InvalidInput as exc:
         raise InvalidInput("template", f"{source.name!r} cannot be applied: {exc}") from None

@@ -25,6 +25,20 @@ from servers.models import (
     Strategy,
 )
 
+#: A health check's settings (HealthCheck's fields but its project and servers): what the
+#: API and the forms set, and what a project template copies.
+HEALTH_CHECK_SETTINGS = (
+    "kind",
+    "when",
+    "url",
+    "expected_status",
+    "body_contains",
+    "command",
+    "timeout_seconds",
+    "retries",
+    "interval_seconds",
+)
+
 
 def health_check_clean(data: Mapping[str, Any]) -> dict[str, Any]:
     """Check one health check's fields; InvalidInput names the field at fault."""

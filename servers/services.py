@@ -44,7 +44,7 @@ from projects.services import (
     repository_branch_check,
     save_unique,
 )
-from servers.health import health_check_clean
+from servers.health import HEALTH_CHECK_SETTINGS, health_check_clean
 from servers.models import (
     FTP_PROTOCOLS,
     AuthMethod,
@@ -1136,19 +1136,7 @@ def _lock_owner_check(server: Server, found: LockInfo, *, force: bool) -> Deploy
 
 # --------------------------------------------------------------------------- health checks
 
-HEALTH_CHECK_FIELDS = frozenset(
-    {
-        "kind",
-        "when",
-        "url",
-        "expected_status",
-        "body_contains",
-        "command",
-        "timeout_seconds",
-        "retries",
-        "interval_seconds",
-    }
-)
+HEALTH_CHECK_FIELDS = frozenset(HEALTH_CHECK_SETTINGS)
 
 
 def _health_check_fields(fields: dict[str, Any]) -> dict[str, Any]:
