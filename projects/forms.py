@@ -169,7 +169,12 @@ class ProjectForm(forms.Form):
             template = self.fields["template"]
             assert isinstance(template, forms.ChoiceField)
             template.choices = [("", "None: start with empty settings")] + [
-                (source.reference, f"{source.name}: {source.description}".rstrip(": "))
+                (
+                    source.reference,
+                    # Saved templates say so: a saved name cannot pass for a built-in one.
+                    f"{source.name} ({'built in' if source.builtin else 'saved'}): "
+                    f"{source.description}".rstrip(": "),
+                )
                 for source in templates
             ]
             template.initial = ""

@@ -115,7 +115,7 @@ def test_it_lists_the_built_ins_to_every_signed_in_user(charlie_api):
 def test_it_offers_the_templates_on_the_new_project_page(alice_client, site_admin, repo):
     page = alice_client.get("/projects/new/").content.decode()
     for builtin in BUILTIN_TEMPLATES.values():
-        assert f'value="{builtin.slug}"' in page and builtin.name in page
+        assert f'value="{builtin.slug}"' in page and f"{builtin.name} (built in)" in page
     response = alice_client.post(
         "/projects/new/",
         {"name": "Site", "repository_url": repo.url, "branch": "main", "template": "static"},

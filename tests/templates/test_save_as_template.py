@@ -152,4 +152,4 @@ def test_it_saves_a_template_from_the_settings_page(alice_client, configured):
     [error] = field_errors(again.content.decode(), "template-name")
     assert "exists already" in error
     new_page = alice_client.get("/projects/new/").content.decode()
-    assert "Shop settings" in new_page
+    assert "Shop settings (saved)" in new_page  # never mistaken for a built-in
