@@ -201,10 +201,12 @@ class DeploymentRetryView(APIView):
         description="Retry failed servers: a new deployment of the same revision (its SHA), "
         "branch, options, group and strategy, to the servers of this finished deployment that "
         "did not take it (failed, rolled back, cancelled or never reached); the others are "
-        "left alone. A manual deployment: a stack lock or a freeze window refuses it (409; an "
-        "admin may give freeze_override_reason). 409 while it is queued or running, or when "
-        "it succeeded everywhere; 400 naming servers when one to retry is disabled or none "
-        "is left.",
+        "left alone; a blue-green deployment's live colour is never retried. A manual "
+        "deployment: a stack lock or a freeze window refuses it (409; an admin may give "
+        "freeze_override_reason), and so do the caller's deploy rights (403). 409 while it is "
+        "queued or running, when it succeeded everywhere, or when retrying would undo later "
+        "work (it was aborted or rolled back, or a later deployment reached one of those "
+        "servers); 400 naming servers when one to retry is disabled or none is left.",
     )
     def post(self, request: Request, deployment_id: int) -> Response:
         deployment, membership = get_deployment_for_user(request, deployment_id, need=Need.DEPLOY)

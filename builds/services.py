@@ -1035,8 +1035,10 @@ def deployment_retry(
     it (TARGET_NOT_DEPLOYED: failed, rolled back, cancelled, never reached); the servers it
     succeeded on are left alone. A manual deployment like any other: the stack lock and the
     freeze windows apply (deployment_create). Refused (DeploymentWrongState) while it is
-    active or when every server succeeded, and (DeploymentRefused naming ``servers``) when
-    a server to retry is disabled or when none is left in the project."""
+    active, when every server succeeded, or when it would undo later work
+    (retry_superseded), and (DeploymentRefused naming ``servers``) when a server to retry is
+    disabled or when none is left in the project. A blue-green deployment's skipped live
+    colour is never retried (retry_statuses)."""
     label = f"Deployment #{deployment.pk}"
     if deployment.kind != Kind.DEPLOY:
         raise DeploymentWrongState(f"{label} is a {deployment.kind}: only a deployment is retried")
