@@ -9,8 +9,9 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -36,7 +37,7 @@ from builds.engine.excludes import Exclusions
 from builds.engine.ftp import FtpEndpoint
 from builds.engine.git import Commit
 from builds.engine.health import HealthCheckSpec
-from builds.engine.manifest import ChangeSet, Manifest, display_path
+from builds.engine.manifest import ChangeSet, DeferredManifests, Manifest, display_path
 from builds.engine.masking import (
     Masker,
 )
@@ -345,12 +346,15 @@ def server_spec(server: Server, *, with_manifest: bool = True) -> pipeline.Serve
     manifest = (
         Manifest.from_document(live.manifest) if with_manifest and live and live.manifest else None
     )
-    kept = (
-        {
-            release.name: Manifest.from_document(release.manifest)
-            for release in server.releases.filter(removed_at__isnull=True, live=False)
-            if release.manifest
-        }
+    kept: Mapping[str, Manifest] = (
+        DeferredManifests(
+            list(
+                server.releases.filter(removed_at__isnull=True, live=False).values_list(
+                    "name", flat=True
+                )
+            ),
+            partial(_kept_manifest, server.pk),
+        )
         if with_manifest
         else {}
     )
@@ -390,6 +394,18 @@ def server_spec(server: Server, *, with_manifest: bool = True) -> pipeline.Serve
         live_manifest=manifest,
         kept_manifests=kept,
     )
+
+
+def _kept_manifest(server_id: int, name: str) -> Manifest | None:
+    """The manifest recorded for ``name`` on the server, read when the engine asks (from a
+    delivery thread: its connection is closed by ``thread_finished``); None when that
+    release is gone from the records or has no manifest."""
+    document = (
+        Release.objects.filter(server_id=server_id, name=name, removed_at__isnull=True)
+        .values_list("manifest", flat=True)
+        .first()
+    )
+    return Manifest.from_document(document) if document else None
 
 
 def project_dirs(project: Project) -> tuple[Path, Path]:
