@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
-from builds import outbound
+from builds import notifications, outbound
 from builds.cleanup import project_build_dir
 from builds.engine import pipeline, router
 from builds.engine.build import BuildCommandSpec, BuildSpec
@@ -169,6 +169,10 @@ class DatabaseReporter:
     def target_state(self, server: int, state: str, reason: str = "") -> None:
         _update_target(self.deployment.pk, server, status=state, reason=reason[:2000])
         deployment_broadcast_status(self.deployment)
+
+    def revision_resolved(self, sha: str) -> None:
+        # Recorded in a savepoint and sent after the commit: it never delays the deployment.
+        notifications.revision_resolved(self.deployment, sha)
 
     def wait_for_promotion(self) -> bool:
         """Poll for Promote, Abort or Cancel (the API and the dashboard set them). Cancel

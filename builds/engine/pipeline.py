@@ -224,6 +224,7 @@ def deploy(spec: DeploySpec, reporter: Reporter) -> DeployResult:
         sha = mirror.resolve(spec.build.revision)
         reporter.log("system", f"Deploying {spec.build.revision} at {sha}")
         _check_provenance(spec, mirror, sha)
+    reporter.revision_resolved(sha)
     reporter.check_cancelled()
     start = _common_start(spec)
     commits = mirror.commits_between(start, sha, limit=50) if start != sha else []

@@ -305,6 +305,10 @@ class Reporter(Protocol):
     def target_state(self, server: int, state: str, reason: str = "") -> None:
         """A server's state changed while the deployment runs ("waiting" for promotion...)."""
 
+    def revision_resolved(self, sha: str) -> None:
+        """The commit being deployed is known (40 hex digits), before anything is built or
+        sent: reported to Git hosts as the deployment's start (builds.integrations)."""
+
     def wait_for_promotion(self) -> bool:
         """Block until someone promotes (True) or cancels (False) a waiting canary deployment;
         False rolls the canaries back here. A reporter that tells an abort apart raises
