@@ -174,6 +174,21 @@ urlpatterns = [
         projects.NotificationDeliveryListView.as_view(),
         name="api-notification-deliveries",
     ),
+    path(
+        PROJECT + "integrations/",
+        projects.IntegrationListView.as_view(),
+        name="api-integrations",
+    ),
+    path(
+        PROJECT + "integrations/<int:pk>/",
+        projects.IntegrationDetailView.as_view(),
+        name="api-integration",
+    ),
+    path(
+        PROJECT + "integrations/<int:pk>/deliveries/",
+        projects.IntegrationDeliveryListView.as_view(),
+        name="api-integration-deliveries",
+    ),
     path(PROJECT + "members/", projects.MemberListView.as_view(), name="api-members"),
     path(
         PROJECT + "members/<str:username>/",

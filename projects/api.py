@@ -17,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from builds.integrations import integration_create, integration_delete, integration_update
 from builds.notifications import notification_create, notification_delete, notification_update
 from deployer.api import (
     Need,
@@ -38,6 +39,7 @@ from projects.models import (
     EnvironmentVariable,
     ExcludedFile,
     FreezeWindow,
+    Integration,
     Membership,
     Notification,
     Project,
@@ -53,6 +55,7 @@ from projects.serializers import (
     EnvironmentVariableSerializer,
     ExcludedFileSerializer,
     FreezeWindowSerializer,
+    IntegrationSerializer,
     MemberCreateSerializer,
     MemberSerializer,
     MemberUpdateSerializer,
@@ -592,6 +595,58 @@ class NotificationDeliveryListView(APIView):
         )
         for delivery in deliveries:
             delivery.notification = notification
+        return Response(DeliverySerializer(deliveries, many=True).data)
+
+
+# --------------------------------------------------------------------------- integrations
+# Members read where reports go (never the token); admins change them.
+
+
+@_tagged("integrations")
+class IntegrationListView(SettingListView):
+    model = Integration
+    serializer_class = IntegrationSerializer
+
+    def get_queryset(self) -> models.QuerySet[Any]:
+        return super().get_queryset().prefetch_related("servers")
+
+    def perform_create(self, serializer: Any) -> None:
+        serializer.instance = integration_create(
+            project=self.membership.project,
+            actor=self.membership.user,
+            **serializer.validated_data,
+        )
+
+
+@_tagged("integrations")
+class IntegrationDetailView(SettingDetailView):
+    model = Integration
+    serializer_class = IntegrationSerializer
+
+    def perform_update(self, serializer: Any) -> None:
+        serializer.instance = integration_update(
+            integration=serializer.instance,
+            actor=self.membership.user,
+            **serializer.validated_data,
+        )
+
+    def perform_destroy(self, instance: Any) -> None:
+        integration_delete(integration=instance, actor=self.membership.user)
+
+
+class IntegrationDeliveryListView(APIView):
+    @extend_schema(
+        responses=DeliverySerializer(many=True),
+        operation_id="projects_integrations_deliveries_list",
+        tags=["integrations"],
+        description=f"The integration's {RECENT_DELIVERIES} most recent reports, newest first: "
+        "which event, how often it was tried, the provider's last answer and why it failed.",
+    )
+    def get(self, request: Request, slug: str, pk: int) -> Response:
+        integration, _ = get_setting_for_user(request, slug, Integration, pk)
+        deliveries = list(integration.deliveries.order_by("-created_at", "-id")[:RECENT_DELIVERIES])
+        for delivery in deliveries:
+            delivery.integration = integration
         return Response(DeliverySerializer(deliveries, many=True).data)
 
 

@@ -24,6 +24,7 @@ from builds.engine.git import redact_url
 from builds.engine.ssh import public_key_fingerprint
 from builds.engine.variables import DOCUMENTED
 from builds.forms import ScheduleForm
+from builds.integrations import integration_create, integration_delete, integration_update
 from builds.models import Kind, ScheduleRun, WebhookDelivery, WebhookProvider
 from builds.notifications import notification_create, notification_delete, notification_update
 from builds.schedules import schedule_create, schedule_delete, schedule_update
@@ -47,6 +48,7 @@ from projects.forms import (
     ExcludedFileForm,
     FreezeWindowForm,
     GroupForm,
+    IntegrationForm,
     MemberAddForm,
     MemberRoleForm,
     NotificationForm,
@@ -442,11 +444,26 @@ NOTIFICATION_SERVICES = SettingServices(
     ),
     delete=lambda instance, actor: notification_delete(notification=instance, actor=actor),
 )
-# The last deliveries shown on a notification's page.
+INTEGRATION_SERVICES = SettingServices(
+    create=lambda project, actor, model, data: integration_create(
+        project=project, actor=actor, **data
+    ),
+    update=lambda instance, actor, data: integration_update(
+        integration=instance, actor=actor, **data
+    ),
+    delete=lambda instance, actor: integration_delete(integration=instance, actor=actor),
+)
+# The last deliveries shown on a notification's or an integration's page.
 RECENT_NOTIFICATION_DELIVERIES = 10
+# The settings pages that list their object's recent deliveries, by the deliveries' field.
+DELIVERY_FIELDS = {"notifications": "notification_id", "integrations": "integration_id"}
 # Fields only admins see on a setting's page (a config file's contents; write-only secrets
 # have nothing to show, so other members are not shown an empty box for them either).
-ADMINS_ONLY = {"config-files": ("body",), "notifications": NotificationForm.SECRETS}
+ADMINS_ONLY = {
+    "config-files": ("body",),
+    "notifications": NotificationForm.SECRETS,
+    "integrations": IntegrationForm.SECRETS,
+}
 
 
 SCHEDULE_SERVICES = SettingServices(
@@ -524,6 +541,15 @@ SETTINGS: dict[str, SettingPage] = {
         "Tell people when a deployment starts, succeeds, fails or is rolled back: by email, "
         "Slack, Discord, Microsoft Teams or a signed webhook. URLs and secrets are write-only.",
         NOTIFICATION_SERVICES,
+    ),
+    "integrations": SettingPage(
+        IntegrationForm,
+        "Integrations",
+        "integration",
+        "Report each deployment to the Git host (GitHub commit statuses and deployments, GitLab "
+        "deployments, Gitea commit statuses) and to Sentry (a release and a deploy). Tokens "
+        "are encrypted and write-only; a failing provider never fails a deployment.",
+        INTEGRATION_SERVICES,
     ),
     "schedules": SettingPage(
         ScheduleForm,
@@ -613,10 +639,10 @@ def setting_edit(request: HttpRequest, slug: str, kind: str, pk: int) -> HttpRes
             messages.success(request, f"Saved the {page.singular} {instance}.")
             return redirect("setting-list", slug, kind)
     deliveries = (
-        NotificationDelivery.objects.filter(notification_id=instance.pk)[
+        NotificationDelivery.objects.filter(**{DELIVERY_FIELDS[kind]: instance.pk})[
             :RECENT_NOTIFICATION_DELIVERIES
         ]
-        if kind == "notifications"
+        if kind in DELIVERY_FIELDS
         else None
     )
     runs = (
@@ -758,6 +784,7 @@ DOCS = (
     "deployments",
     "strategies",
     "notifications",
+    "integrations",
     "network",
     "dashboard",
     "users",

@@ -86,6 +86,7 @@ class Providers:
     refusals: list[str] = field(default_factory=list)
     # Statuses to answer the next requests with before handling them ("500 then 201").
     failures: list[int] = field(default_factory=list)
+    path_failures: list[tuple[str, int]] = field(default_factory=list)
     github_deployments: dict[int, str] = field(default_factory=dict)
     gitlab_deployments: dict[int, dict[str, Any]] = field(default_factory=dict)
     sentry_releases: set[str] = field(default_factory=set)
@@ -111,6 +112,11 @@ class Providers:
         with self._lock:
             self.failures.extend(statuses)
 
+    def fail_next_matching(self, fragment: str, *statuses: int) -> None:
+        """Answer the next requests whose path contains ``fragment`` with ``statuses``."""
+        with self._lock:
+            self.path_failures.extend((fragment, status) for status in statuses)
+
     def of(self, provider: str) -> list[Call]:
         return [call for call in self.calls if call.provider == provider]
 
@@ -126,6 +132,10 @@ class Providers:
         with self._lock:
             if self.failures:
                 return self.failures.pop(0), {"message": "Server Error"}
+            for position, (fragment, status) in enumerate(self.path_failures):
+                if fragment in path:
+                    del self.path_failures[position]
+                    return status, {"message": "Server Error"}
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
