@@ -475,6 +475,8 @@ def _owner_repo(repository: str) -> str:
 def _earlier_deployment_id(delivery: NotificationDelivery) -> str:
     """The provider's deployment id the start of this deployment was given, "" when there is
     none to use. DeliveryError(deferred) while that start is still being sent."""
+    if delivery.integration_id is None or delivery.deployment_id is None:
+        return ""
     started = (
         NotificationDelivery.objects.filter(
             integration_id=delivery.integration_id,

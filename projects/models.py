@@ -644,7 +644,7 @@ class IntegrationKind(models.TextChoices):
 
 
 #: Each kind's API address when none is given (docs/integrations.md); Gitea has none.
-INTEGRATION_DEFAULT_BASE_URLS = {
+INTEGRATION_DEFAULT_BASE_URLS: dict[str, str] = {
     IntegrationKind.GITHUB: "https://api.github.com",
     IntegrationKind.GITLAB: "https://gitlab.com/api/v4",
     IntegrationKind.SENTRY: "https://sentry.io",

@@ -9,6 +9,7 @@ from django.db import connection
 
 from builds.integrations import integration_create
 from projects.models import AuditEvent, DeliveryStatus, Integration, NotificationDelivery
+from projects.secrets import project_secrets
 from tests.api.conftest import make_deployer
 
 pytestmark = pytest.mark.django_db
@@ -161,3 +162,7 @@ def test_the_schema_documents_the_integrations(alice_api):
     paths = schema.json()["paths"]
     assert "/api/v1/projects/{slug}/integrations/" in paths
     assert "/api/v1/projects/{slug}/integrations/{id}/deliveries/" in paths
+
+
+def test_the_token_is_one_of_the_secrets_masked_in_logs(project, github):
+    assert TOKEN in project_secrets(project, [])

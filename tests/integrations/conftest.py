@@ -51,7 +51,7 @@ class Call:
     provider: str
     method: str
     path: str
-    body: dict[str, Any]
+    body: Any
 
     @property
     def summary(self) -> str:

@@ -7,15 +7,10 @@ from __future__ import annotations
 import pytest
 from django.utils import timezone
 
+from builds import notifications
 from builds.integrations import integration_create
 from builds.models import Deployment, DeploymentTarget, Kind, Status, TargetStatus, Trigger
-from builds.notifications import (
-    MAX_ATTEMPTS,
-    delivery_attempt,
-    deployment_event,
-    resend_due,
-    revision_resolved,
-)
+from builds.notifications import MAX_ATTEMPTS, deployment_event, resend_due, revision_resolved
 from projects.models import DeliveryStatus, NotificationDelivery
 from projects.services import project_create
 from servers.models import Server
@@ -58,6 +53,13 @@ def deployment(shop, web1, alice):
     )
     DeploymentTarget.objects.create(deployment=deployment, server=web1, status=TargetStatus.RUNNING)
     return deployment
+
+
+def delivery_attempt(delivery_id: int) -> NotificationDelivery:
+    """One attempt, as the task makes it; the delivery afterwards."""
+    attempted = notifications.delivery_attempt(delivery_id)
+    assert attempted is not None, "the delivery was not due"
+    return attempted
 
 
 def _integrate(shop, providers, alice, kind):
