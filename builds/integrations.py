@@ -42,7 +42,7 @@ from django.db import transaction
 
 from builds import outbound
 from builds.engine.errors import InvalidInput
-from builds.models import Deployment
+from builds.models import Deployment, Kind
 from projects.models import (
     DELIVERY_OPEN,
     INTEGRATION_DEFAULT_BASE_URLS,
@@ -282,7 +282,7 @@ def wants(integration: Integration, event: str, deployment: Deployment) -> bool:
     ``rolled_back`` that follows a failed deployment adds nothing to its failure. Sentry
     hears only of successes: a deploy is a release that reached an environment.
     """
-    if event == DeliveryEvent.ROLLED_BACK and deployment.kind != "rollback":
+    if event == DeliveryEvent.ROLLED_BACK and deployment.kind != Kind.ROLLBACK:
         return False
     if integration.kind == IntegrationKind.SENTRY:
         return event in (DeliveryEvent.SUCCEEDED, DeliveryEvent.ROLLED_BACK)
@@ -354,7 +354,7 @@ def report_of(delivery: NotificationDelivery) -> Report:
     deployment = payload["deployment"]
     outcome = _OUTCOMES[DeliveryEvent(delivery.event)]
     environment = payload["integration"]["environment"]
-    noun = "Rollback" if deployment["kind"] == "rollback" else "Deployment"
+    noun = "Rollback" if deployment["kind"] == Kind.ROLLBACK else "Deployment"
     description = f"{noun} #{deployment['id']} to {environment} {_WORDS[outcome]}"
     if len(description) > DESCRIPTION_LIMIT:
         description = description[: DESCRIPTION_LIMIT - 1] + "…"

@@ -15,6 +15,7 @@ from projects.models import DeliveryStatus, NotificationDelivery
 from projects.services import project_create
 from servers.models import Server
 from tests.integrations.conftest import TOKENS, send_due
+from tests.notifications.conftest import Receiver
 
 pytestmark = pytest.mark.django_db
 
@@ -194,3 +195,26 @@ def test_a_turned_off_integration_reports_nothing(shop, deployment, providers, a
     assert revision_resolved(deployment, "b2" * 20) == []
     assert delivery_attempt(started.pk).status == DeliveryStatus.FAILED
     assert providers.calls == []
+
+
+def test_a_redirect_is_not_followed_so_the_token_stays_where_it_was_sent(shop, deployment, alice):
+    first, elsewhere = Receiver(), Receiver()
+    try:
+        first.redirect(elsewhere.url("/stolen"), status=307, always=True)
+        integration_create(
+            project=shop,
+            actor=alice,
+            kind="gitea",
+            base_url=first.url("/api/v1"),
+            repository="acme/shop",
+            token=TOKENS["gitea"],
+        )
+        [started] = revision_resolved(deployment, SHA)
+        refused = delivery_attempt(started.pk)
+    finally:
+        first.stop()
+        elsewhere.stop()
+    assert refused.status == DeliveryStatus.FAILED and refused.status_code == 307
+    assert "with a redirect (HTTP 307)" in refused.error
+    assert len(first.requests) == 1 and elsewhere.requests == []
+    assert first.requests[0].headers["authorization"] == f"token {TOKENS['gitea']}"
