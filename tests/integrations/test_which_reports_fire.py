@@ -83,9 +83,9 @@ def test_previews_report_nothing_and_sentry_only_successes(shop, providers, alic
     preview = _deployment(shop, [web1], kind=Kind.PREVIEW)
     assert revision_resolved(preview, SHA) == []
     deployment = _deployment(shop, [web1])
-    assert [d.integration.kind for d in revision_resolved(deployment, SHA)] == ["gitea"]
+    assert [d.receiver.kind for d in revision_resolved(deployment, SHA)] == ["gitea"]
     Deployment.objects.filter(pk=deployment.pk).update(status=Status.FAILED)
-    assert [d.integration.kind for d in deployment_event(deployment, "failed")] == ["gitea"]
+    assert [d.receiver.kind for d in deployment_event(deployment, "failed")] == ["gitea"]
 
 
 def test_the_environment_is_the_integrations_or_the_servers_or_production(shop, providers, alice):
