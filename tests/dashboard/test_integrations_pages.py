@@ -137,3 +137,11 @@ def test_outsiders_find_nothing(charlie_client, project, gitlab):
         assert charlie_client.get(path).status_code == 404
     assert charlie_client.post(f"{_list(project.slug)}{gitlab.pk}/delete/").status_code == 404
     assert Integration.objects.filter(pk=gitlab.pk).exists()
+
+
+def test_the_page_links_the_guide_which_is_served(alice_client, project):
+    page = alice_client.get(_list(project.slug)).content.decode()
+    assert 'href="/docs/integrations.md"' in page
+    guide = alice_client.get("/docs/integrations.md")
+    assert guide.status_code == 200
+    assert b"# Integrations" in b"".join(guide.streaming_content)
