@@ -208,7 +208,9 @@ def integration_clean(
 # --------------------------------------------------------------------------- services
 
 
-def _servers_of(project: Project, cleaned: dict[str, Any]) -> list[Any] | None:
+def servers_of(project: Project, cleaned: dict[str, Any]) -> list[Any] | None:
+    """Take ``servers`` out of a notification's or an integration's cleaned fields: None when
+    not given, else the servers, each checked to be ``project``'s (InvalidInput otherwise)."""
     if "servers" not in cleaned:
         return None
     servers = cleaned.pop("servers")
@@ -220,7 +222,7 @@ def _servers_of(project: Project, cleaned: dict[str, Any]) -> list[Any] | None:
 def integration_create(*, project: Project, actor: User | None, **fields: Any) -> Integration:
     """Add an integration to ``project``; the audit log names the fields, never the token."""
     cleaned = integration_clean(fields)
-    servers = _servers_of(project, cleaned)
+    servers = servers_of(project, cleaned)
     with transaction.atomic():
         integration = Integration.objects.create(project=project, **cleaned)
         if servers is not None:
@@ -242,7 +244,7 @@ def integration_update(
 ) -> Integration:
     """Change an integration's fields; a token not given stays as it is."""
     cleaned = integration_clean(fields, instance=integration)
-    servers = _servers_of(integration.project, cleaned)
+    servers = servers_of(integration.project, cleaned)
     with transaction.atomic():
         changed = model_update(instance=integration, data=cleaned)
         if servers is not None:

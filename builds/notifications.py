@@ -53,7 +53,7 @@ from projects.models import (
     Project,
 )
 from projects.secrets import project_secrets
-from projects.services import _project_servers, audit_record, model_update
+from projects.services import audit_record, model_update
 
 logger = logging.getLogger(__name__)
 
@@ -202,21 +202,11 @@ def notification_clean(
 # --------------------------------------------------------------------------- services
 
 
-def _servers_of(project: Project, cleaned: dict[str, Any]) -> list[Any] | None:
-
-    if "servers" not in cleaned:
-        return None
-    servers = cleaned.pop("servers")
-    if not isinstance(servers, list | tuple):
-        raise InvalidInput("servers", "must be a list of servers.")
-    return _project_servers(project, list(servers))
-
-
 def notification_create(*, project: Project, actor: User | None, **fields: Any) -> Notification:
     """Add a notification to ``project``; the audit log names the fields, never their values."""
 
     cleaned = notification_clean(fields)
-    servers = _servers_of(project, cleaned)
+    servers = integrations.servers_of(project, cleaned)
     with transaction.atomic():
         notification = Notification.objects.create(project=project, **cleaned)
         if servers is not None:
@@ -238,7 +228,7 @@ def notification_update(
 ) -> Notification:
 
     cleaned = notification_clean(fields, instance=notification)
-    servers = _servers_of(notification.project, cleaned)
+    servers = integrations.servers_of(notification.project, cleaned)
     with transaction.atomic():
         changed = model_update(instance=notification, data=cleaned)
         if servers is not None:
@@ -355,17 +345,27 @@ def _record_notification_deliveries(
     if not wanted:
         return []
     payload = deployment_payload(deployment, event)
+    return _create_each(
+        [
+            {"notification": notification, "deployment": deployment, "event": event}
+            for notification in wanted
+        ],
+        payload=payload,
+    )
+
+
+def _create_each(
+    rows: list[dict[str, Any]], *, payload: dict[str, Any]
+) -> list[NotificationDelivery]:
+    """Create a delivery per row (its receiver, deployment and event) with ``payload`` and
+    the row's own ``payload`` parts over it; a row recorded already is skipped."""
     recorded = []
-    for notification in wanted:
+    for row in rows:
+        extra = row.pop("payload", {})
         try:
             with transaction.atomic():
                 recorded.append(
-                    NotificationDelivery.objects.create(
-                        notification=notification,
-                        deployment=deployment,
-                        event=event,
-                        payload=payload,
-                    )
+                    NotificationDelivery.objects.create(**row, payload={**payload, **extra})
                 )
         except IntegrityError:
             continue  # this event of this deployment was recorded already
@@ -402,8 +402,7 @@ def _record_integration_deliveries(
     wanted = [integration for integration in candidates if _touches(integration, touched)]
     if not wanted:
         return []
-    payload = deployment_payload(deployment, event)
-    recorded = []
+    rows = []
     for integration in wanted:
         commit = sha if sha is not None else _started_sha(integration, deployment)
         if not commit or not _SHA.match(commit):
@@ -413,19 +412,17 @@ def _record_integration_deliveries(
             "sha": commit,
             "ref": integrations.ref_for(deployment, commit),
         }
-        try:
-            with transaction.atomic():
-                recorded.append(
-                    NotificationDelivery.objects.create(
-                        integration=integration,
-                        deployment=deployment,
-                        event=event,
-                        payload={**payload, "integration": report},
-                    )
-                )
-        except IntegrityError:
-            continue  # this event of this deployment was recorded already
-    return recorded
+        rows.append(
+            {
+                "integration": integration,
+                "deployment": deployment,
+                "event": event,
+                "payload": {"integration": report},
+            }
+        )
+    if not rows:
+        return []
+    return _create_each(rows, payload=deployment_payload(deployment, event))
 
 
 def _started_sha(integration: Integration, deployment: Deployment) -> str:
