@@ -778,6 +778,7 @@ def _run_deploy(
         end_revision=result.revision,
         start_revision=next(iter(starts)) or "" if len(starts) == 1 else "",
         commits=[_commit_json(c) for c in result.commits],
+        first_commit_at=result.first_commit_at,
         changes=_changes_json(result.changes),
     )
     routed = {

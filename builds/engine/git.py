@@ -708,6 +708,27 @@ class Mirror:
         ).stdout
         return _parse_commits(output)
 
+    def first_commit_time(self, old: str, new: str) -> datetime | None:
+        """The earliest author date (timezone-aware) of the commits a deployment from ``old`` to
+        ``new`` brings (``git log old..new``), the start of DORA's lead time for changes
+        (docs/metrics.md). None when the range is empty, or when ``old`` no longer exists (a
+        force-push, garbage collection): the range is unknown then, and a guess from the
+        whole history would count years. Raises RepositoryError for an unknown ``new``.
+        """
+        new_sha = self.resolve(new)
+        old_sha = self._rev_parse(f"{validate_ref(old, 'old_revision')}^{{commit}}")
+        if old_sha is None:
+            return None
+        output = self._git(
+            "log", "--format=%aI", "--end-of-options", new_sha, f"^{old_sha}", "--"
+        ).stdout
+        dates = [
+            datetime.fromisoformat(line)
+            for line in output.decode("ascii", errors="replace").split()
+            if line
+        ]
+        return min(dates) if dates else None
+
     def changed_paths(self, old: str | None, new: str) -> list[str]:
         """Paths that differ between two revisions; every path of ``new`` when old is None."""
         new_sha = self.resolve(new)

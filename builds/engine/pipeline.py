@@ -228,6 +228,7 @@ def deploy(spec: DeploySpec, reporter: Reporter) -> DeployResult:
     reporter.check_cancelled()
     start = _common_start(spec)
     commits = mirror.commits_between(start, sha, limit=50) if start != sha else []
+    first_commit_at = mirror.first_commit_time(start, sha) if start and start != sha else None
     # The servers that go first are connected, locked and given their new release while the
     # revision is checked out and listed (rollout.EarlyStart): the release's name is fixed now.
     if spec.started_at is None:
@@ -252,7 +253,13 @@ def deploy(spec: DeploySpec, reporter: Reporter) -> DeployResult:
         if spec.servers
         else None
     )
-    return DeployResult(revision=sha, servers=results, commits=commits, changes=overall)
+    return DeployResult(
+        revision=sha,
+        servers=results,
+        commits=commits,
+        changes=overall,
+        first_commit_at=first_commit_at,
+    )
 
 
 def reporter_log(reporter: Reporter) -> Callable[[str, str], None]:

@@ -8,6 +8,7 @@ import contextlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 from builds.engine import release
@@ -345,6 +346,10 @@ class DeployResult:
     servers: list[ServerResult]
     commits: list[Commit] = field(default_factory=list)
     changes: ChangeSet | None = None
+    #: The earliest author date of the commits the deployment brings (the servers' common
+    #: live revision..revision); None for a first deployment, servers on different
+    #: revisions, an empty range or a live revision gone from the repository.
+    first_commit_at: datetime | None = None
 
     @property
     def ok(self) -> bool:
