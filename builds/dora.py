@@ -12,6 +12,8 @@ Two halves: ``deployment_records`` reads a project's finished deployments into p
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import statistics
 from collections.abc import Iterable, Sequence
@@ -469,4 +471,112 @@ def project_dora(
         days=days,
         environment=environment,
         fix_window_hours=settings.METRICS_FIX_WINDOW_HOURS,
+    )
+
+
+# --------------------------------------------------------------------------- CSV export
+
+DEPLOYMENT_COLUMNS = (
+    "deployment",
+    "kind",
+    "environment",
+    "outcome",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "duration_seconds",
+    "first_commit_at",
+    "lead_time_seconds",
+    "change_failed",
+    "failure_reason",
+    "restored_by",
+    "restored_at",
+    "time_to_restore_seconds",
+    "revision",
+)
+DAY_COLUMNS = (
+    "day",
+    "deployments",
+    "live",
+    "live_then_failed",
+    "failed",
+    "rollbacks",
+    "change_failure_rate",
+    "lead_time_seconds",
+    "duration_seconds",
+)
+
+
+def _cell(value: object) -> str:
+    """RFC 4180 cell text: times in ISO 8601 UTC, None as an empty cell, booleans true/false. A
+    text starting with = + - @ is quoted with ' so a spreadsheet does not run it (OWASP,
+    CSV injection); only the environment label is free text."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, float):
+        return f"{value:g}" if value != int(value) else str(int(value))
+    text = str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+
+
+def _csv(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([_cell(value) for value in row])
+    return buffer.getvalue()
+
+
+def deployments_csv(report: DoraReport) -> str:
+    """One row per deployment, rollback and switch back of the report (oldest first) with
+    every figure the metrics used: DEPLOYMENT_COLUMNS. RFC 4180 (CRLF line ends)."""
+    return _csv(
+        DEPLOYMENT_COLUMNS,
+        (
+            (
+                row.record.id,
+                row.record.kind,
+                report.environment,
+                row.record.outcome,
+                row.record.created_at,
+                row.record.started_at,
+                row.record.finished_at,
+                row.record.duration_seconds,
+                row.record.first_commit_at,
+                row.record.lead_time_seconds,
+                row.change_failed,
+                row.failure_reason,
+                row.restored_by,
+                row.restored_at,
+                row.time_to_restore_seconds,
+                row.record.revision,
+            )
+            for row in report.rows
+        ),
+    )
+
+
+def days_csv(report: DoraReport) -> str:
+    """One row per UTC day of the window: DAY_COLUMNS. RFC 4180 (CRLF line ends)."""
+    return _csv(
+        DAY_COLUMNS,
+        (
+            (
+                day.day.isoformat(),
+                day.deployments,
+                day.live,
+                day.live_then_failed,
+                day.failed,
+                day.rollbacks,
+                day.change_failure_rate,
+                day.lead_time_seconds,
+                day.duration_seconds,
+            )
+            for day in report.per_day
+        ),
     )

@@ -66,6 +66,13 @@ urlpatterns = [
         builds.ServerDeployLockView.as_view(),
         name="api-server-deploy-lock",
     ),
+    # DORA's four keys (docs/metrics.md).
+    path(PROJECT + "metrics/", builds.ProjectMetricsView.as_view(), name="api-project-metrics"),
+    re_path(
+        r"^projects/(?P<slug>[-a-zA-Z0-9_]+)/metrics/(?P<rows>deployments|days)\.csv$",
+        builds.ProjectMetricsCsvView.as_view(),
+        name="api-project-metrics-csv",
+    ),
     # Scheduled deployments and freeze windows (docs/schedules.md, docs/freeze-windows.md).
     path(PROJECT + "schedules/", builds.ScheduleListView.as_view(), name="api-schedules"),
     path(PROJECT + "schedules/<int:pk>/", builds.ScheduleDetailView.as_view(), name="api-schedule"),
