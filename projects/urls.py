@@ -49,6 +49,7 @@ urlpatterns = [
     path(PROJECT + "lock/", deployments.project_lock_view, name="project-lock"),
     path(PROJECT + "unlock/", deployments.project_unlock_view, name="project-unlock"),
     path(PROJECT + "deployments/", views.deployment_list, name="deployment-list"),
+    path(PROJECT + "metrics/", deployments.project_metrics, name="project-metrics"),
     path(DEPLOYMENT, deployments.deployment_detail, name="deployment-detail"),
     path(DEPLOYMENT + "summary/", deployments.deployment_summary, name="deployment-summary"),
     path(DEPLOYMENT + "preview/", deployments.deployment_preview, name="deployment-preview"),

@@ -20,6 +20,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from builds.dora import project_dora
 from builds.engine.git import redact_url
 from builds.engine.ssh import public_key_fingerprint
 from builds.engine.variables import DOCUMENTED
@@ -27,6 +28,7 @@ from builds.forms import ScheduleForm
 from builds.integrations import integration_create, integration_delete, integration_update
 from builds.models import Kind, ScheduleRun, WebhookDelivery, WebhookProvider
 from builds.notifications import notification_create, notification_delete, notification_update
+from builds.presenters import dora_chart_data
 from builds.schedules import schedule_create, schedule_delete, schedule_update
 from projects.dashboard import (
     SERVICE_ERRORS,
@@ -95,6 +97,8 @@ from servers.forms import HealthCheckForm, TrustForm
 from servers.services import health_check_create, health_check_delete, health_check_update
 
 RECENT_DEPLOYMENTS = 10
+# The project page's deployment history chart (builds.dora), in UTC days.
+HISTORY_DAYS = 30
 RECENT_DELIVERIES = 10
 AUDIT_PAGE_SIZE = 50
 
@@ -230,6 +234,8 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
             providers=WebhookProvider,
             schedules=scheduled,
             schedule_runs=schedule_runs,
+            history=dora_chart_data(project_dora(project, days=HISTORY_DAYS)),
+            history_days=HISTORY_DAYS,
         ),
     )
 
@@ -800,6 +806,7 @@ DOCS = (
     "badges",
     "blue-green",
     "templates",
+    "metrics",
 )
 
 
