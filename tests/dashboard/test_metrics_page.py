@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -29,7 +30,7 @@ def shop(alice, bob, monkeypatch):
     return project
 
 
-def _chart_data(html: str) -> dict:
+def _chart_data(html: str) -> dict[str, Any]:
     match = re.search(r'<script id="metrics-data" type="application/json">(.*?)</script>', html)
     assert match, "no chart data on the page"
     return json.loads(match.group(1))

@@ -30,7 +30,7 @@ With now = 6 November 12:00 UTC and a 7-day window (31 October to 6 November):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 
 NOW = datetime(2026, 11, 6, 12, 0, tzinfo=UTC)
 SERVERS = {"web1": "production", "web2": "production", "stage1": "staging"}
@@ -112,10 +112,17 @@ HISTORY = (
 )
 
 
-def create_history(project) -> dict[str, int]:
-    """Make the servers and the deployments of HISTORY in ``project``; returns key -> id."""
+def create_history(project, *, ending: date | None = None) -> dict[str, int]:
+    """Make the servers and the deployments of HISTORY in ``project``; returns key -> id.
+    ``ending``: the day 6 November moves to, every time moved by as many days (a browser
+    test's app reads the real clock)."""
     from builds.models import Deployment, DeploymentTarget
     from servers.models import Server
+
+    shift = timedelta(days=(ending - NOW.date()).days) if ending else timedelta(0)
+
+    def moved(text: str) -> datetime:
+        return at(text) + shift
 
     servers = {
         name: Server.objects.create(
@@ -136,15 +143,15 @@ def create_history(project) -> dict[str, int]:
             status=entry.status,
             branch="main",
             end_revision=f"{len(ids):040x}",
-            created_at=at(entry.started),
-            started_at=at(entry.started),
-            finished_at=at(entry.finished),
-            first_commit_at=at(entry.first_commit) if entry.first_commit else None,
+            created_at=moved(entry.started),
+            started_at=moved(entry.started),
+            finished_at=moved(entry.finished),
+            first_commit_at=moved(entry.first_commit) if entry.first_commit else None,
             commits=[
                 {
                     "sha": "0" * 40,
                     "author": "Alice",
-                    "date": at(entry.started).isoformat(),
+                    "date": moved(entry.started).isoformat(),
                     "subject": subject,
                 }
                 for subject in entry.subjects
