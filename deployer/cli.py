@@ -104,6 +104,16 @@ class Client:
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params or None)
 
+    def text(self, path: str, **params: Any) -> str:
+        """A non-JSON answer (CSV) as text; errors as ``request`` raises them."""
+        try:
+            response = self.http.request("GET", "/api/v1" + path, params=params or None)
+        except httpx.HTTPError as exc:
+            raise CLIError(f"Cannot reach Slipway at {self.url}: {exc}", EXIT_UNREACHABLE) from None
+        if response.status_code >= 400:
+            self.request("GET", path, params=params or None)  # raises the error as for JSON
+        return response.text
+
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self.request("POST", path, json=body or {})
 
@@ -549,6 +559,55 @@ def cmd_status(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
+def _span(seconds: float | None) -> str:
+    """A median duration: "42 s", "12.5 min", "3.25 h", "-" for none."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def cmd_metrics(args: argparse.Namespace, client: Client) -> int:
+    """DORA's four keys (docs/metrics.md), or their CSV export with --csv."""
+    params: dict[str, Any] = {"days": args.days}
+    if args.environment:
+        params["environment"] = args.environment
+    if args.csv:
+        sys.stdout.write(client.text(f"/projects/{args.project}/metrics/{args.csv}.csv", **params))
+        return EXIT_OK
+    report = client.get(f"/projects/{args.project}/metrics/", **params)
+    rate = report.get("change_failure_rate")
+    rows = [
+        (
+            "Deployment frequency",
+            f"{report['deployments_per_week']:.1f} a week "
+            f"({report['successful_deployments']} went live)",
+        ),
+        (
+            "Lead time for changes",
+            _span(report.get("lead_time_seconds"))
+            + f" (median; {report['lead_time_unmeasured']} unmeasured)",
+        ),
+        (
+            "Change failure rate",
+            ("-" if rate is None else f"{rate * 100:.1f}%")
+            + f" ({report['failed_changes']} of {report['deployments']})",
+        ),
+        (
+            "Time to restore",
+            _span(report.get("time_to_restore_seconds"))
+            + f" (median; {report['unrestored_failures']} not restored)",
+        ),
+    ]
+    where = terminal_safe(report["environment"]) or "every server"
+    human = f"{where}, last {report['days']} days\n" + table(rows, ["METRIC", "VALUE"])
+    emit(report, as_json=args.json, human=human)
+    return EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="slipway", description="Deploy with Slipway from the command line."
@@ -654,6 +713,14 @@ def parser() -> argparse.ArgumentParser:
     log = commands.add_parser("log", help="a deployment's log")
     log.add_argument("id", type=int)
     log.add_argument("-f", "--follow", action="store_true", help="follow until the deployment ends")
+
+    metrics = commands.add_parser("metrics", help="DORA's four keys of a project")
+    metrics.add_argument("project")
+    metrics.add_argument("--environment", default="", help="servers of this environment only")
+    metrics.add_argument("--days", type=int, default=30, help="the window in days (default 30)")
+    metrics.add_argument(
+        "--csv", choices=("deployments", "days"), help="print the CSV export instead"
+    )
     for sub in (
         projects,
         deploy,
@@ -666,6 +733,7 @@ def parser() -> argparse.ArgumentParser:
         unlock,
         status,
         log,
+        metrics,
     ):
         sub.add_argument(
             "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
@@ -698,6 +766,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                 "unlock": cmd_unlock,
                 "status": cmd_status,
                 "log": cmd_log,
+                "metrics": cmd_metrics,
             }[args.command]
             code = handler(args, client)
     except CLIError as error:

@@ -42,7 +42,12 @@ def project_with_history(app: App, name: str) -> str:
 def watch_console(page: Any) -> list[str]:
     """Errors the page logs (a CSP violation, a script error)."""
     errors: list[str] = []
-    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+
+    def on_console(message: Any) -> None:
+        if message.type == "error":
+            errors.append(message.text)
+
+    page.on("console", on_console)
     page.on("pageerror", lambda error: errors.append(str(error)))
     return errors
 
