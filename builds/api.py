@@ -415,9 +415,8 @@ class ProjectMetricsView(APIView):
     )
     def get(self, request: Request, slug: str) -> Response:
         membership, report = _dora_report(request, slug)
-        data = dict(DoraReportSerializer(report).data)
-        data["environments"] = project_environments(membership.project)
-        return Response(data)
+        context = {"environments": project_environments(membership.project)}
+        return Response(DoraReportSerializer(report, context=context).data)
 
 
 class ProjectMetricsCsvView(APIView):

@@ -123,6 +123,7 @@ class DeploymentSummarySerializer(serializers.ModelSerializer[Deployment]):
             "branch",
             "start_revision",
             "end_revision",
+            "first_commit_at",
             "group",
             "strategy",
             "full",
@@ -521,3 +522,10 @@ class DoraReportSerializer(serializers.Serializer[DoraReport]):
         help_text="A deployment followed by a fix live within this many hours failed (0: off)."
     )
     per_day = DoraDaySerializer(many=True)
+    environments = serializers.SerializerMethodField(
+        help_text="The environment labels of the project's servers."
+    )
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_environments(self, report: DoraReport) -> list[str]:
+        return list(self.context.get("environments", []))
