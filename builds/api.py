@@ -421,7 +421,16 @@ class ProjectMetricsView(APIView):
 
 class ProjectMetricsCsvView(APIView):
     @extend_schema(
-        parameters=[DoraQuerySerializer],
+        parameters=[
+            DoraQuerySerializer,
+            OpenApiParameter(
+                "rows",
+                str,
+                OpenApiParameter.PATH,
+                enum=["deployments", "days"],
+                description="A row per deployment, or per day.",
+            ),
+        ],
         responses={(200, "text/csv"): OpenApiTypes.STR},
         operation_id="projects_metrics_csv",
         tags=["metrics"],

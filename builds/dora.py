@@ -389,27 +389,27 @@ def deployment_records(
     ``since`` and ``until``, each with its outcome on the servers of ``environment`` (their
     ``environment`` label; "" = every server). A deployment with no server there is left
     out. Previews are never included (they change nothing)."""
-    deployments = list(
-        Deployment.objects.filter(
-            project=project,
-            kind__in=(Kind.DEPLOY, *ROLLBACK_KINDS),
-            status__in=FINAL,
-            finished_at__gte=since,
-            finished_at__lte=until,
-        ).only(
-            "id",
-            "kind",
-            "branch",
-            "commits",
-            "created_at",
-            "started_at",
-            "finished_at",
-            "first_commit_at",
-            "rollback_of_id",
-            "end_revision",
-        )
+    finished = Deployment.objects.filter(
+        project=project,
+        kind__in=(Kind.DEPLOY, *ROLLBACK_KINDS),
+        status__in=FINAL,
+        finished_at__gte=since,
+        finished_at__lte=until,
+    ).only(
+        "id",
+        "kind",
+        "branch",
+        "commits",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "first_commit_at",
+        "rollback_of_id",
+        "end_revision",
     )
-    targets = DeploymentTarget.objects.filter(deployment__in=[d.pk for d in deployments])
+    deployments = list(finished)
+    # A subquery, not a list of ids: a year of deployments stays one statement on SQLite.
+    targets = DeploymentTarget.objects.filter(deployment__in=finished.values("pk"))
     if environment:
         targets = targets.filter(server__environment=environment)
     statuses: dict[int, list[str]] = {}
