@@ -113,6 +113,14 @@ class ProjectForm(forms.Form):
         help_text="Fetched with the project's key, from addresses the repository may use. "
         "Untick to leave submodule folders empty.",
     )
+    settings_from_repository = forms.BooleanField(
+        label="Take settings from .slipway.yml",
+        required=False,
+        initial=False,
+        help_text="Each deployment reads .slipway.yml at its revision: the build commands, "
+        "SSH commands, excluded files, shared paths, health checks and group strategies it "
+        "holds replace these for that deployment (docs/settings-as-code.md).",
+    )
     repository_token = forms.CharField(
         label="Repository access token",
         max_length=2000,
@@ -162,6 +170,7 @@ class ProjectForm(forms.Form):
                 "build_network": project.build_network,
                 "export_ignore": project.export_ignore,
                 "submodules": project.submodules,
+                "settings_from_repository": project.settings_from_repository,
             }
         super().__init__(*args, **kwargs)
         if project is None:

@@ -96,6 +96,9 @@ class Project(models.Model):
     # Check out the repository's submodules (recursively, with the project's key and the
     # repository's URL rules); off: their folders stay empty.
     submodules = models.BooleanField(default=True)
+    # Settings as code (docs/settings-as-code.md): a deployment reads .slipway.yml at its
+    # revision, and the keys it holds replace the project's own settings for that deployment.
+    settings_from_repository = models.BooleanField(default=False)
     # The stack lock (shipit): while locked_at is set, every deployment of the project is
     # refused except a rollback (builds.services.deployment_create), whoever asks.
     locked_at = models.DateTimeField(null=True, blank=True)

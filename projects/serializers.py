@@ -117,6 +117,7 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
             "build_network",
             "export_ignore",
             "submodules",
+            "settings_from_repository",
             "public_key",
             "webhook_url",
             "webhook_secret",
@@ -237,6 +238,12 @@ class ProjectInputSerializer(serializers.Serializer[dict[str, Any]]):
         required=False,
         help_text="Check out the repository's submodules (recursively, with the project's key "
         "and the repository's URL rules); false leaves their folders empty.",
+    )
+    settings_from_repository = serializers.BooleanField(
+        required=False,
+        help_text="Settings as code: each deployment reads .slipway.yml at its revision and "
+        "the keys it holds replace the project's own settings for that deployment "
+        "(docs/settings-as-code.md).",
     )
     repository_token = serializers.CharField(
         max_length=2000,

@@ -781,6 +781,28 @@ class Mirror:
         values = self.attributes(full_sha, "export-ignore", paths)
         return frozenset(path.rstrip("/") for path, value in values.items() if value == "set")
 
+    def read_file(self, sha: str, path: str, *, max_bytes: int) -> bytes | None:
+        """The bytes of the file at ``path`` (from the top of the tree) in revision ``sha``,
+        read from the mirror without a checkout (``git ls-tree``, then ``git cat-file``);
+        None when the revision has nothing there. Raises InvalidInput naming ``path`` when it
+        is not a regular file (a folder, a symbolic link, a submodule) or is larger than
+        ``max_bytes``; RevisionNotFound for an unknown revision."""
+        full_sha = self.resolve(sha)
+        entry = self._git("ls-tree", "-l", "-z", "--full-tree", full_sha, path).stdout
+        entry = entry.split(b"\0", 1)[0]
+        if not entry:
+            return None
+        meta, _, _ = entry.partition(b"\t")
+        mode, kind, obj, size = (part.decode("ascii") for part in meta.split())
+        if kind != "blob" or mode not in ("100644", "100755"):
+            what = {"tree": "a folder", "commit": "a submodule"}.get(kind, "a symbolic link")
+            raise InvalidInput(path, f"is {what} in {full_sha[:12]}, not a file.")
+        if int(size) > max_bytes:
+            raise InvalidInput(
+                path, f"is {int(size)} bytes in {full_sha[:12]}; the most read is {max_bytes}."
+            )
+        return self._git("cat-file", "blob", obj).stdout
+
     def attributes(self, sha: str, attribute: str, paths: list[str]) -> dict[str, str]:
         """``attribute`` of each of ``paths`` in revision ``sha``: "set", "unset",
         "unspecified" or its value (``filter`` → "lfs"), as ``git check-attr`` says.

@@ -261,6 +261,13 @@ class DeploySpec:
     #: name of the earlier release this deployment's revision is, for the log
     #: (builds.engine.ftp.deliver, builds.engine.s3.deliver).
     rollback_to: Mapping[int, str] = field(default_factory=dict)
+    #: Settings as code (docs/settings-as-code.md): called once the revision is resolved
+    #: with (this spec, the full SHA, the bytes of its .slipway.yml or None without one),
+    #: before anything is built or sent; returns the spec to go on with, or raises
+    #: InvalidInput to stop the deployment there. None: the project's settings only.
+    settings_from_revision: Callable[[DeploySpec, str, bytes | None], DeploySpec] | None = field(
+        default=None, repr=False
+    )
 
 
 @dataclass(frozen=True)
