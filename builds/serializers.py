@@ -179,6 +179,13 @@ class DeploymentSerializer(DeploymentSummarySerializer):
         help_text="What the deployment sends (or a preview would send)."
     )
     commits = serializers.SerializerMethodField()
+    settings_file = serializers.JSONField(
+        read_only=True,
+        help_text="Settings as code (docs/settings-as-code.md), for a project that takes "
+        "settings from its repository: {revision, found, keys (what .slipway.yml set), "
+        "changed: {key: {project, file}} (only values that differ), effective: the settings "
+        "the deployment ran with}; {} otherwise or before the revision was fetched.",
+    )
     rollback_targets = serializers.SerializerMethodField(
         help_text="Where rolling this deployment back would take each server it succeeded "
         "on, before anything happens; empty for previews and unfinished deployments."
@@ -199,6 +206,7 @@ class DeploymentSerializer(DeploymentSummarySerializer):
             "steps",
             "changes",
             "commits",
+            "settings_file",
             "rollback_targets",
             "rollbacks",
             "retries",

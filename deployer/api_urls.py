@@ -25,6 +25,12 @@ urlpatterns = [
         projects.RepositoryCheckView.as_view(),
         name="api-repository-check",
     ),
+    path(PROJECT + "settings/", projects.SettingsExportView.as_view(), name="api-settings"),
+    path(
+        PROJECT + "settings/import/",
+        projects.SettingsImportView.as_view(),
+        name="api-settings-import",
+    ),
     path(
         PROJECT + "badge/rotate/",
         projects.BadgeRotateView.as_view(),

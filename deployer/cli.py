@@ -12,6 +12,8 @@
     slipway unlock shop [--server web1]
     slipway status shop
     slipway log 42 -f
+    slipway export shop > slipway.yml        the project's settings as YAML, secrets left out
+    slipway import shop slipway.yml [--dry-run]
 
 The address and token come from SLIPWAY_URL and SLIPWAY_TOKEN, or from the file `slipway
 login` writes (~/.config/slipway/config.json, mode 0600). Tables on a terminal, JSON with
@@ -523,6 +525,41 @@ def cmd_log(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace, client: Client) -> int:
+    answer = client.get(f"/projects/{quote(args.project, safe='')}/settings/")
+    if args.json:
+        print(json.dumps(answer["document"], indent=2), flush=True)
+    else:
+        # YAML to a file as it came (terminal_safe would change a value's control characters).
+        sys.stdout.write(
+            answer["yaml"] if not sys.stdout.isatty() else terminal_safe(answer["yaml"])
+        )
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace, client: Client) -> int:
+    path = Path(args.file)
+    try:
+        text = sys.stdin.read() if args.file == "-" else path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CLIError(f"Cannot read {args.file}: {exc}", EXIT_USAGE) from None
+    answer = client.post(
+        f"/projects/{quote(args.project, safe='')}/settings/import/",
+        {"yaml": text, "dry_run": args.dry_run},
+    )
+    changed = answer.get("changed") or {}
+    lines = []
+    for key, change in changed.items():
+        lines.append(f"{key}:")
+        lines.append("  - " + json.dumps(change.get("project"), ensure_ascii=False))
+        lines.append("  + " + json.dumps(change.get("file"), ensure_ascii=False))
+    verb = "Would change" if args.dry_run else "Changed"
+    summary = f"{verb} {', '.join(changed)}." if changed else "Nothing to change."
+    emit(answer, as_json=args.json, human="\n".join([*lines, summary]))
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace, client: Client) -> int:
     servers = client.all(f"/projects/{args.project}/servers/")
     deployments = client.get(f"/projects/{args.project}/deployments/")
@@ -721,6 +758,16 @@ def parser() -> argparse.ArgumentParser:
     metrics.add_argument(
         "--csv", choices=("deployments", "days"), help="print the CSV export instead"
     )
+    export = commands.add_parser(
+        "export", help="print a project's settings as YAML (secrets left out)"
+    )
+    export.add_argument("project")
+    import_ = commands.add_parser("import", help="apply settings from a YAML file (or -)")
+    import_.add_argument("project")
+    import_.add_argument("file", help="a file `slipway export` wrote, or - for stdin")
+    import_.add_argument(
+        "--dry-run", action="store_true", help="only show what would change; save nothing"
+    )
     for sub in (
         projects,
         deploy,
@@ -734,6 +781,8 @@ def parser() -> argparse.ArgumentParser:
         status,
         log,
         metrics,
+        export,
+        import_,
     ):
         sub.add_argument(
             "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
@@ -767,6 +816,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                 "status": cmd_status,
                 "log": cmd_log,
                 "metrics": cmd_metrics,
+                "export": cmd_export,
+                "import": cmd_import,
             }[args.command]
             code = handler(args, client)
     except CLIError as error:

@@ -17,6 +17,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from builds.engine.errors import InvalidInput
+from builds.engine.settings_file import SettingsFileError
 from builds.integrations import integration_create, integration_delete, integration_update
 from builds.notifications import notification_create, notification_delete, notification_update
 from deployer.api import (
@@ -64,6 +66,9 @@ from projects.serializers import (
     ProjectInputSerializer,
     ProjectSerializer,
     RepositoryCheckSerializer,
+    SettingsExportSerializer,
+    SettingsImportResultSerializer,
+    SettingsImportSerializer,
     TemplateSaveSerializer,
     TemplateSerializer,
 )
@@ -93,6 +98,7 @@ from projects.services import (
     templates_for,
     token_expiry,
 )
+from projects.settings_code import settings_document, settings_export_yaml, settings_import
 from servers.serializers import TrustSerializer
 
 NO_CONTENT = {204: OpenApiResponse(description="Deleted.")}
@@ -257,6 +263,55 @@ class BadgeRotateView(APIView):
         membership = get_project_for_user(request, slug, need=Need.CONFIGURE)
         project = project_badge_rotate(project=membership.project, actor=membership.user)
         return Response(_project_data(project, membership))
+
+
+# --------------------------------------------------------------------------- settings as code
+
+
+class SettingsExportView(APIView):
+    @extend_schema(
+        responses=SettingsExportSerializer,
+        tags=["projects"],
+        description="The project's settings as YAML and JSON (docs/settings-as-code.md): "
+        "paths and switches, build and SSH commands, excluded files, health checks, "
+        "config files (their keys only), variables (a secret one with its value empty) and "
+        "the groups' strategies. Any member may read them.",
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        membership = get_project_for_user(request, slug)
+        project = membership.project
+        answer = {"yaml": settings_export_yaml(project), "document": settings_document(project)}
+        return Response(SettingsExportSerializer(answer).data)
+
+
+class SettingsImportView(APIView):
+    @extend_schema(
+        request=SettingsImportSerializer,
+        responses=SettingsImportResultSerializer,
+        tags=["projects"],
+        description="Apply settings as GET settings/ answers them (admins of the project). "
+        "Each key present whose value differs replaces the project's; a secret variable "
+        "without its value and a config file given as its keys keep what is stored. With "
+        "dry_run, only says what would change. An invalid document is 400 naming the line: "
+        '{"yaml": ["line 4: build_commands[0].timeout_seconds: ..."]}.',
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        require_scope(request, Need.CONFIGURE)
+        membership = get_project_for_user(request, slug, need=Need.CONFIGURE)
+        serializer = SettingsImportSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            changed = settings_import(
+                project=membership.project,
+                actor=membership.user,
+                content=data["yaml"].encode(),
+                dry_run=data["dry_run"],
+            )
+        except SettingsFileError as exc:
+            raise InvalidInput("yaml", exc.located) from None
+        answer = {"dry_run": data["dry_run"], "changed": changed}
+        return Response(SettingsImportResultSerializer(answer).data)
 
 
 # --------------------------------------------------------------------------- templates

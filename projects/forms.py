@@ -225,6 +225,21 @@ class TemplateSaveForm(forms.Form):
     )
 
 
+class SettingsImportForm(forms.Form):
+    """Apply settings exported as YAML (projects.settings_code.settings_import). Shown on
+    the settings page, so the views give it the prefix "import"."""
+
+    yaml = forms.CharField(
+        label="Settings (YAML)",
+        max_length=256 * 1024,
+        strip=False,
+        widget=forms.Textarea(attrs={**MONOSPACE, "rows": 12}),
+        help_text="As Export writes them. Keys left out stay as they are; a secret variable "
+        "without its value keeps the stored one.",
+    )
+    dry_run = forms.BooleanField(label="Only show what would change", required=False, initial=True)
+
+
 # --------------------------------------------------------------------------- settings
 
 

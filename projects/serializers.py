@@ -841,3 +841,33 @@ class FreezeWindowSerializer(SettingSerializer):
     @extend_schema_field(serializers.DateTimeField(allow_null=True))
     def get_active_until(self, window: FreezeWindow) -> Any:
         return window_end(window, timezone.now())
+
+
+# --------------------------------------------------------------------------- settings as code
+
+
+class SettingsExportSerializer(serializers.Serializer[Any]):
+    yaml = serializers.CharField(
+        help_text="The project's settings as YAML (docs/settings-as-code.md), secrets left "
+        "out: what `slipway export` prints and POST settings/import/ takes back."
+    )
+    document = serializers.JSONField(help_text="The same settings as JSON.")
+
+
+class SettingsImportSerializer(serializers.Serializer[dict[str, Any]]):
+    yaml = serializers.CharField(
+        max_length=256 * 1024,
+        trim_whitespace=False,
+        help_text="Settings as GET settings/ answers them (YAML); keys left out stay as they are.",
+    )
+    dry_run = serializers.BooleanField(
+        default=False, help_text="Only say what would change; nothing is saved."
+    )
+
+
+class SettingsImportResultSerializer(serializers.Serializer[Any]):
+    dry_run = serializers.BooleanField()
+    changed = serializers.JSONField(
+        help_text='Each setting that changes (or would): {key: {"project": before, '
+        '"file": after}}, secrets left out.'
+    )

@@ -246,11 +246,23 @@ def settings_clean(
         elif key == "excluded_files":
             cleaned[key] = [pattern.strip() for pattern in data[key] if pattern.strip()]
         else:
-            try:
-                cleaned[key] = project_clean({key: data[key]})[key]
-            except InvalidInput as exc:
-                raise parsed.error((key,), _detail(exc)) from None
+            cleaned[key] = _project_field_clean(parsed, key)
     return cleaned
+
+
+def _project_field_clean(parsed: SettingsFile, key: str) -> Any:
+    """A project field (shared_paths...) checked by project_clean; a list's items one by
+    one first, so that the error names the item's line."""
+    value = parsed.data[key]
+    for index, item in enumerate(value if isinstance(value, list) else []):
+        try:
+            project_clean({key: [item]})
+        except InvalidInput as exc:
+            raise parsed.error((key, index), _detail(exc)) from None
+    try:
+        return project_clean({key: value})[key]
+    except InvalidInput as exc:
+        raise parsed.error((key,), _detail(exc)) from None
 
 
 def _project_value(project: Project, document: Mapping[str, Any], key: str, file: Any) -> Any:
@@ -359,8 +371,24 @@ def settings_export_yaml(project: Project) -> str:
     )
 
 
+def _stored(project: Project, key: str) -> list[dict[str, Any]]:
+    """The project's rows of ``key`` as they are stored, secrets and all (compared with an
+    import's values, which _keep_secrets completed)."""
+    model, fields = _ITEMS[key]
+    return [
+        {field: getattr(row, field) for field in fields}
+        for row in model._default_manager.filter(project=project)
+    ]
+
+
 def _keep_secrets(project: Project, key: str, items: list[dict[str, Any]]) -> None:
-    """An export leaves secrets out; importing it keeps the stored ones (in place)."""
+    """An export leaves secrets out; importing it keeps the stored ones (in place): a
+    secret variable's value, a config file's values, a health check's URL's password."""
+    if key == "health_checks":
+        urls = [check["url"] for check in _stored(project, key)]
+        for item, url in zip(items, urls, strict=False):
+            if item.get("url") and item["url"] == url_without_credentials(url):
+                item["url"] = url
     if key == "environment_variables":
         stored = {
             v.name: v.value
@@ -382,10 +410,9 @@ def _import_clean(project: Project, parsed: SettingsFile) -> dict[str, Any]:
     cleaned = settings_clean(parsed, project=project, keys=keys, allow_blue_green=True)
     for key in TEMPLATE_PROJECT_FIELDS:
         if key in parsed.data and key not in cleaned:
-            try:
-                cleaned[key] = project_clean({key: parsed.data[key]})[key]
-            except InvalidInput as exc:
-                raise parsed.error((key,), _detail(exc)) from None
+            cleaned[key] = _project_field_clean(parsed, key)
+    if "health_checks" in cleaned:
+        _keep_secrets(project, "health_checks", cleaned["health_checks"])
     for key in ("environment_variables", "config_files"):
         if key in cleaned:
             _keep_secrets(project, key, cleaned[key])
@@ -397,7 +424,9 @@ def _import_clean(project: Project, parsed: SettingsFile) -> dict[str, Any]:
     return cleaned
 
 
-def _current(document: Mapping[str, Any], key: str) -> Any:
+def _current(project: Project, document: Mapping[str, Any], key: str) -> Any:
+    if key in ("environment_variables", "config_files", "health_checks"):
+        return _stored(project, key)
     return _normalised(key, document[key])
 
 
@@ -420,7 +449,7 @@ def settings_import(
             own = {name: document["groups"][name] for name in value}
             value = {name: {**own[name], **fields} for name, fields in value.items()}
         else:
-            own = _current(document, key)
+            own = _current(project, document, key)
         if own != value:
             changes[key] = {"project": own, "file": value}
     if dry_run or not changes:
@@ -447,7 +476,8 @@ def _without_secrets(changes: dict[str, dict[str, Any]]) -> dict[str, dict[str, 
     for side in shown.get("config_files", {}).values():
         for item in side:
             item["body"] = config_file_skeleton(item.get("body", ""))
-    return shown
+    without: dict[str, dict[str, Any]] = _shown(shown)
+    return without
 
 
 def _apply(

@@ -21,6 +21,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from builds.dora import project_dora
+from builds.engine import settings_file
 from builds.engine.git import redact_url
 from builds.engine.ssh import public_key_fingerprint
 from builds.engine.variables import DOCUMENTED
@@ -56,6 +57,7 @@ from projects.forms import (
     NotificationForm,
     ProjectForm,
     SettingForm,
+    SettingsImportForm,
     TemplateSaveForm,
 )
 from projects.freeze import frozen_projects
@@ -92,6 +94,12 @@ from projects.services import (
     repository_ssh_host,
     template_source,
     templates_for,
+)
+from projects.settings_code import (
+    SettingsFileError,
+    settings_export_yaml,
+    settings_from_file_keys,
+    settings_import,
 )
 from servers.forms import HealthCheckForm, TrustForm
 from servers.services import health_check_create, health_check_delete, health_check_update
@@ -295,6 +303,7 @@ def _render_settings(
     request: HttpRequest, membership: Membership, form: ProjectForm | None = None, **extra: Any
 ) -> HttpResponse:
     project = membership.project
+    from_file = settings_from_file_keys(project)
     return render(
         request,
         "projects/settings.html",
@@ -305,7 +314,13 @@ def _render_settings(
             form=form or _settings_form(membership),
             repository_ssh=repository_ssh_host(project.repository_url) is not None,
             repository_host_key=public_key_fingerprint(project.repository_host_key),
-            **{"template_form": TemplateSaveForm(prefix="template"), **extra},
+            from_file_key="shared_paths" if "shared_paths" in from_file else "",
+            from_file_revision=from_file.get("shared_paths", ""),
+            **{
+                "template_form": TemplateSaveForm(prefix="template"),
+                "import_form": SettingsImportForm(prefix="import"),
+                **extra,
+            },
         ),
     )
 
@@ -330,6 +345,55 @@ def template_save(request: HttpRequest, slug: str) -> HttpResponse:
             )
             return redirect(reverse("project-settings", args=[slug]) + "#save-as-template")
     return _render_settings(request, membership, template_form=form)
+
+
+@login_required
+@require_GET
+def settings_export(request: HttpRequest, slug: str) -> HttpResponse:
+    """The project's settings as a YAML file to download (secrets left out); any member."""
+    membership = get_project_for_user(request, slug)
+    response = HttpResponse(
+        settings_export_yaml(membership.project), content_type="application/yaml; charset=utf-8"
+    )
+    response["Content-Disposition"] = (
+        f'attachment; filename="{membership.project.slug}.slipway.yml"'
+    )
+    return response
+
+
+@login_required
+@require_POST
+def settings_import_view(request: HttpRequest, slug: str) -> HttpResponse:
+    """Apply settings exported as YAML (admins); the page lists what changes, or would."""
+    membership = get_project_for_user(request, slug, role=CONFIGURE_ROLES)
+    form = SettingsImportForm(request.POST, prefix="import")
+    changes = None
+    if form.is_valid():
+        try:
+            changes = settings_import(
+                project=membership.project,
+                actor=membership.user,
+                content=form.cleaned_data["yaml"].encode(),
+                dry_run=form.cleaned_data["dry_run"],
+            )
+        except SettingsFileError as exc:
+            form.add_error("yaml", exc.located)
+        except SERVICE_ERRORS as exc:
+            add_service_error(form, exc)
+        else:
+            if not form.cleaned_data["dry_run"]:
+                messages.success(
+                    request,
+                    f"Imported: {', '.join(changes)} changed." if changes else "Nothing changed.",
+                )
+                return redirect(reverse("project-settings", args=[slug]) + "#settings-as-code")
+    return _render_settings(
+        request,
+        membership,
+        import_form=form,
+        import_changes=changes,
+        import_dry_run=bool(form.is_valid() and form.cleaned_data["dry_run"]),
+    )
 
 
 @login_required
@@ -585,12 +649,26 @@ def _setting_page(kind: str) -> SettingPage:
         raise Http404("No such settings page") from None
 
 
+#: The settings pages whose values a .slipway.yml may replace, with the file's key.
+FILE_KEY_OF_PAGE = {
+    "build-commands": "build_commands",
+    "commands": "commands",
+    "excluded-files": "excluded_files",
+    "health-checks": "health_checks",
+    "groups": "groups",
+}
+
+
 def _setting_context(membership: Membership, kind: str, page: SettingPage, **extra: Any) -> Any:
     instances = list(page.model._default_manager.filter(project=membership.project))
+    from_file = settings_from_file_keys(membership.project)
+    key = FILE_KEY_OF_PAGE.get(kind, "")
     return page_context(
         membership,
         tab="settings",
         section=kind,
+        from_file_key=key if key in from_file else "",
+        from_file_revision=from_file.get(key, ""),
         kind=kind,
         page=page,
         instances=instances,
@@ -807,6 +885,7 @@ DOCS = (
     "blue-green",
     "templates",
     "metrics",
+    "settings-as-code",
 )
 
 
@@ -820,3 +899,14 @@ def docs_page(request: HttpRequest, name: str) -> FileResponse:
     return FileResponse(
         (DOCS_DIR / f"{name}.md").open("rb"), content_type="text/plain; charset=utf-8"
     )
+
+
+@require_GET
+def settings_schema(request: HttpRequest) -> FileResponse:
+    """The JSON schema of .slipway.yml (docs/slipway.schema.json), public like any published
+    schema: editors and CI validate a repository's file against it. It holds no secret."""
+    response = FileResponse(
+        settings_file.SCHEMA_PATH.open("rb"), content_type="application/schema+json"
+    )
+    response["Cache-Control"] = "public, max-age=3600"
+    return response

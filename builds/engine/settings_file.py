@@ -61,6 +61,12 @@ class SettingsFileError(InvalidInput):
         where = f"{name} line {line}" if line else name
         super().__init__(f"{where}: {path}" if path else where, message)
 
+    @property
+    def located(self) -> str:
+        """The error without the file's name: ``line 7: commands[0].stage: ...``."""
+        parts = [f"line {self.line}"] if self.line else []
+        return ": ".join([*parts, *([self.path] if self.path else []), self.detail])
+
 
 def dotted(path: PathKey) -> str:
     """``("build_commands", 0, "command")`` as ``build_commands[0].command``."""
@@ -188,6 +194,9 @@ def _construct(node: yaml.Node, path: PathKey, lines: dict[PathKey, int], name: 
                     f"{key!r} is given twice.", line=line, path=dotted(path), name=name
                 )
             mapping[key] = _construct(value_node, (*path, key), lines, name)
+            if not isinstance(value_node, yaml.ScalarNode):
+                # A list or mapping under its key starts on the key's line, for the user.
+                lines[(*path, key)] = line
         return mapping
     if isinstance(node, yaml.SequenceNode):
         return [

@@ -6,6 +6,7 @@ import re
 from datetime import datetime
 from typing import Any
 
+import yaml
 from django import template
 from django.utils import timezone
 
@@ -34,6 +35,15 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 def plain(value: object) -> str:
     """Text without terminal escape sequences or control characters (autoescaped as usual)."""
     return _CONTROL.sub("", _ESCAPES.sub("", str(value or "")))
+
+
+@register.filter
+def as_yaml(value: object) -> str:
+    """A setting's value (settings as code: lists, mappings, text) as block YAML, the way
+    .slipway.yml writes it; "[]" or "{}" when empty."""
+    return plain(yaml.safe_dump(value, sort_keys=False, allow_unicode=True, width=100)).replace(
+        "\n...\n", "\n"
+    )
 
 
 @register.filter
