@@ -14,6 +14,7 @@
     slipway log 42 -f
     slipway export shop > slipway.yml        the project's settings as YAML, secrets left out
     slipway import shop slipway.yml [--dry-run]
+    slipway import --new "Shop 2" --repository git@host:acme/shop.git slipway.yml
 
 The address and token come from SLIPWAY_URL and SLIPWAY_TOKEN, or from the file `slipway
 login` writes (~/.config/slipway/config.json, mode 0600). Tables on a terminal, JSON with
@@ -544,8 +545,23 @@ def cmd_import(args: argparse.Namespace, client: Client) -> int:
         text = sys.stdin.read() if args.file == "-" else path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CLIError(f"Cannot read {args.file}: {exc}", EXIT_USAGE) from None
+    project = args.project
+    if args.new:
+        if project or not args.repository or args.dry_run:
+            raise CLIError(
+                "import --new NAME --repository URL FILE makes a project (no PROJECT, no "
+                "--dry-run)",
+                EXIT_USAGE,
+            )
+        body = {"name": args.new, "repository_url": args.repository}
+        if args.branch:
+            body["branch"] = args.branch
+        project = client.post("/projects/", body)["slug"]
+        say(f"Created the project {project}.", file=sys.stderr)
+    elif not project:
+        raise CLIError("import needs a PROJECT, or --new NAME --repository URL", EXIT_USAGE)
     answer = client.post(
-        f"/projects/{quote(args.project, safe='')}/settings/import/",
+        f"/projects/{quote(project, safe='')}/settings/import/",
         {"yaml": text, "dry_run": args.dry_run},
     )
     changed = answer.get("changed") or {}
@@ -763,8 +779,11 @@ def parser() -> argparse.ArgumentParser:
     )
     export.add_argument("project")
     import_ = commands.add_parser("import", help="apply settings from a YAML file (or -)")
-    import_.add_argument("project")
+    import_.add_argument("project", nargs="?", help="the project (or --new)")
     import_.add_argument("file", help="a file `slipway export` wrote, or - for stdin")
+    import_.add_argument("--new", metavar="NAME", help="make a new project with these settings")
+    import_.add_argument("--repository", metavar="URL", help="with --new: its repository")
+    import_.add_argument("--branch", help="with --new: its branch (default main)")
     import_.add_argument(
         "--dry-run", action="store_true", help="only show what would change; save nothing"
     )

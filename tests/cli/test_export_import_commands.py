@@ -57,3 +57,28 @@ def test_import_names_the_line_of_an_error(served, project, tmp_path):
 
     assert refused.returncode == 3
     assert "yaml: line 5: commands[0].stage: 'soon' must be one of" in refused.stderr
+
+
+def test_import_new_makes_a_project_with_the_settings(served, project, tmp_path):
+    slug = str(project["slug"])
+    api = project["api"]
+    api.post(f"/projects/{slug}/excluded-files/", json={"pattern": "/tests/"})
+    exported = tmp_path / "shop.yml"
+    exported.write_text(slipway(served, "export", slug).stdout)
+
+    made = slipway(
+        served,
+        "import",
+        "--new",
+        f"Copy of {slug}",
+        "--repository",
+        project["repo"].url,
+        str(exported),
+    )
+
+    assert made.returncode == 0, made.stderr
+    assert "Created the project" in made.stderr
+    copy = next(p for p in api.get("/projects/").json() if p["name"] == f"Copy of {slug}")
+    assert api.get(f"/projects/{copy['slug']}/settings/").json()["document"]["excluded_files"] == [
+        "/tests/"
+    ]
