@@ -51,5 +51,5 @@ def test_it_refuses_a_folder(tmp_path, repo):
 def test_it_refuses_a_file_over_the_limit(tmp_path, repo):
     big = repo.commit({".slipway.yml": "#" * 2000 + "\n"}, "Big")
 
-    with pytest.raises(InvalidInput, match="is 2001 bytes .*the most read is 1000"):
+    with pytest.raises(InvalidInput, match=r"is 2001 bytes .*the most read is 1000"):
         _mirror(tmp_path, repo).read_file(big, ".slipway.yml", max_bytes=1000)
