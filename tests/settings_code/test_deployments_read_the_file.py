@@ -134,6 +134,10 @@ def test_it_runs_the_files_ssh_commands_and_group_strategy(
                 "commands:\n"
                 "  - command: echo ran-from-file > ../../after.txt\n"
                 "    stage: after_switch\n"
+                "health_checks:\n"
+                "  - kind: command\n"
+                "    command: test -f index.html && echo checked-from-file\n"
+                "    retries: 1\n"
                 "groups:\n"
                 "  production:\n"
                 "    strategy: rolling\n"
@@ -154,6 +158,7 @@ def test_it_runs_the_files_ssh_commands_and_group_strategy(
     log = _log(deployment)
     assert "echo ran-from-file" in log
     assert "echo from-slipway" not in log
+    assert "checked-from-file" in log
     assert deployment.settings_file["changed"]["groups"] == {
         "project": {"production": _strategy_defaults() | {"strategy": Strategy.PARALLEL}},
         "file": {"production": _strategy_defaults() | {"strategy": "rolling", "batch_size": "1"}},
