@@ -129,3 +129,34 @@ def test_a_deployments_page_shows_what_the_file_changed(alice, configured):
     text = page.content.decode()
     assert "Settings from <code>.slipway.yml</code>" in text
     assert "make build-from-file" in text and "composer install" in text
+
+
+def test_the_general_page_badges_shared_paths_and_the_preview_shows_the_change(alice, configured):
+    configured.settings_from_repository = True
+    configured.save()
+    record = {
+        **RECORD,
+        "keys": ["shared_paths"],
+        "changed": {"shared_paths": {"project": ["storage/", ".env"], "file": ["var/"]}},
+        "effective": {"shared_paths": ["var/"]},
+    }
+    preview = Deployment.objects.create(
+        project=configured, kind=Kind.PREVIEW, status=Status.SUCCEEDED, settings_file=record
+    )
+    client = signed_in(alice)
+
+    general = client.get(f"/projects/{configured.slug}/settings/").content.decode()
+    shown = client.get(
+        f"/projects/{configured.slug}/deployments/{preview.pk}/preview/"
+    ).content.decode()
+
+    assert "from .slipway.yml" in general and "<code>shared_paths</code>" in general
+    assert "Settings from <code>.slipway.yml</code>" in shown
+    assert "- var/" in shown and "- storage/" in shown
+
+
+def test_the_guide_is_served_on_the_dashboard(alice):
+    page = signed_in(alice).get("/docs/settings-as-code.md")
+
+    assert page.status_code == 200
+    assert b"# Settings as code" in b"".join(page.streaming_content)
