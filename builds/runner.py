@@ -620,7 +620,9 @@ def settings_from_revision(
     def apply(spec: pipeline.DeploySpec, sha: str, content: bytes | None) -> pipeline.DeploySpec:
         record = repository_settings(deployment.project, content, sha)
         values = record.pop("values")
-        _update_deployment(deployment.pk, settings_file=record)
+        # Shown on pages and in the API like the log: a secret of the project that the file
+        # (or a setting) holds as it is is masked there too.
+        _update_deployment(deployment.pk, settings_file=_masked(record, reporter.writer.mask))
         if not record["found"]:
             reporter.log(
                 "system", f"No {FILE_NAME} at {sha[:12]}: the project's own settings apply"
@@ -637,6 +639,17 @@ def settings_from_revision(
         return spec_with_file_settings(deployment, spec, values)
 
     return apply
+
+
+def _masked(value: Any, mask: Callable[[str], str]) -> Any:
+    """``value`` (JSON: dicts, lists, text...) with every text masked."""
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, dict):
+        return {key: _masked(item, mask) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_masked(item, mask) for item in value]
+    return value
 
 
 def spec_with_file_settings(

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from builds import services
 from builds.models import Deployment, Kind, LogLine, Status
 from builds.tasks import run_deployment
-from projects.models import BuildCommand, Command
+from projects.models import BuildCommand, Command, EnvironmentVariable
 from servers.models import ServerGroup, Strategy
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -193,3 +195,29 @@ def test_a_preview_records_the_effective_settings_and_what_the_file_changed(shop
     assert preview.settings_file["effective"]["shared_paths"] == ["storage/"]
     assert set(preview.settings_file["changed"]) == {"build_commands", "shared_paths"}
     assert "built.txt" in preview.changes["added"]
+
+
+def test_a_secret_the_file_holds_is_masked_in_what_is_recorded(
+    git_repo_factory, sshd_target, project_factory, server_factory
+):
+    secret = "tok-settings-file-9f8e7d6c"
+    repo = git_repo_factory()
+    repo.commit(
+        {
+            "index.html": "A\n",
+            ".slipway.yml": f"build_commands:\n  - command: test -n {secret}\n",
+        },
+        "First",
+    )
+    project = project_factory(repo, settings_from_repository=True)
+    EnvironmentVariable.objects.create(project=project, name="TOKEN", value=secret, secret=True)
+    server = server_factory(project, sshd_target)
+
+    deployment = _run(services.deployment_create(project=project, servers=[server]))
+
+    assert deployment.status == Status.SUCCEEDED, deployment.error
+    assert secret not in json.dumps(deployment.settings_file)
+    assert secret not in _log(deployment)
+    assert deployment.settings_file["effective"]["build_commands"][0]["command"].startswith(
+        "test -n "
+    )
