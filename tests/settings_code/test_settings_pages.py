@@ -159,4 +159,4 @@ def test_the_guide_is_served_on_the_dashboard(alice):
     page = signed_in(alice).get("/docs/settings-as-code.md")
 
     assert page.status_code == 200
-    assert b"# Settings as code" in b"".join(page.streaming_content)
+    assert b"# Settings as code" in page.getvalue()
