@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('projects', '0017_project_templates'),
+        ('projects', '0018_integrations'),
     ]
 
     operations = [

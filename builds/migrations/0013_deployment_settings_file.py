@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('builds', '0011_deployment_kind_switch'),
+        ('builds', '0012_deployment_first_commit_at'),
     ]
 
     operations = [
