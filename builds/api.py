@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from builds.dora import days_csv, deployments_csv, project_dora, project_environments
-from builds.models import Deployment, Schedule, ScheduleRun
+from builds.models import Deployment, GatePolicy, Schedule, ScheduleRun
 from builds.schedules import schedule_create, schedule_delete, schedule_update
 from builds.serializers import (
     DeploymentCreateSerializer,
@@ -22,6 +22,9 @@ from builds.serializers import (
     DeploymentSummarySerializer,
     DoraQuerySerializer,
     DoraReportSerializer,
+    GatePolicySerializer,
+    GatesCheckAnswerSerializer,
+    GatesOverrideSerializer,
     LockAnswerSerializer,
     LockRequestSerializer,
     LogQuerySerializer,
@@ -33,13 +36,19 @@ from builds.serializers import (
     ScheduleSerializer,
 )
 from builds.services import (
+    deployment_approve,
     deployment_cancel,
+    deployment_gates_override,
     deployment_log_page,
     deployment_request_abort,
     deployment_request_promotion,
     deployment_retry,
     deployment_rollback,
     deployment_start_with_strategy,
+    gate_policy_create,
+    gate_policy_delete,
+    gate_policy_update,
+    gates_preview,
     stack_lock,
     stack_unlock,
 )
@@ -60,7 +69,7 @@ TAGS = ["deployments"]
 
 def _with_related(deployments: Any) -> Any:
     return deployments.select_related("project", "triggered_by", "group").prefetch_related(
-        "targets__server"
+        "targets__server", "approvals__user"
     )
 
 
@@ -130,6 +139,7 @@ class ProjectDeploymentListView(APIView):
             skip_build=data["skip_build"],
             skip_cache=data["skip_cache"],
             freeze_override_reason=data.get("freeze_override_reason", ""),
+            gates_override_reason=data.get("gates_override_reason", ""),
         )
         return Response(recorded_deployment_data(deployment), status=status.HTTP_201_CREATED)
 
@@ -256,6 +266,107 @@ class DeploymentAbortView(APIView):
         deployment, membership = get_deployment_for_user(request, deployment_id, need=Need.DEPLOY)
         deployment_request_abort(deployment=deployment, user=membership.user)
         return Response(recorded_deployment_data(deployment), status=status.HTTP_202_ACCEPTED)
+
+
+# --------------------------------------------------------------------------- gates
+
+
+class DeploymentApproveView(APIView):
+    @extend_schema(
+        request=None,
+        responses={200: DeploymentSerializer},
+        operation_id="deployments_approve",
+        tags=TAGS,
+        description="Approve a deployment held by an approvals gate (docs/gates.md); it runs "
+        "once every gate passed. 403 for the member who asked for it (no self-approval) or a "
+        "role the gate does not accept (viewers never); 409 when it is not held or needs no "
+        "approval. Approving twice changes nothing.",
+    )
+    def post(self, request: Request, deployment_id: int) -> Response:
+        deployment, membership = get_deployment_for_user(request, deployment_id, need=Need.DEPLOY)
+        deployment_approve(deployment=deployment, user=membership.user)
+        return Response(recorded_deployment_data(deployment))
+
+
+class DeploymentGatesOverrideView(APIView):
+    @extend_schema(
+        request=GatesOverrideSerializer,
+        responses={202: DeploymentSerializer},
+        operation_id="deployments_gates_override",
+        tags=TAGS,
+        description="Let a deployment held by its gates run now (project admins; the reason "
+        "goes to the audit log). 409 when it is not held.",
+    )
+    def post(self, request: Request, deployment_id: int) -> Response:
+        deployment, membership = get_deployment_for_user(
+            request, deployment_id, need=Need.CONFIGURE
+        )
+        options = GatesOverrideSerializer(data=request.data)
+        options.is_valid(raise_exception=True)
+        deployment_gates_override(
+            deployment=deployment, user=membership.user, reason=options.validated_data["reason"]
+        )
+        return Response(recorded_deployment_data(deployment), status=status.HTTP_202_ACCEPTED)
+
+
+class ProjectGatesCheckView(APIView):
+    @extend_schema(
+        request=DeploymentCreateSerializer,
+        responses={200: GatesCheckAnswerSerializer},
+        operation_id="projects_gates_check",
+        tags=["gates"],
+        description="The checklist a deployment of these servers (or group) and revision "
+        "would meet now, without creating it: each gate's state and what creating it would "
+        "do (deploy, wait, refuse). Reads the revision's commit and, for a CI gate with no "
+        "status stored yet, the Git host's API.",
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        membership = get_project_for_user(request, slug, need=Need.DEPLOY)
+        serializer = DeploymentCreateSerializer(
+            data=request.data, context={"project": membership.project}
+        )
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        checklist = gates_preview(
+            project=membership.project,
+            user=membership.user,
+            servers=data.get("servers", []),
+            group=data.get("group"),
+            revision=data.get("revision", ""),
+        )
+        outcome = "deploy" if checklist.passed else "refuse" if checklist.failed else "wait"
+        return Response(
+            GatesCheckAnswerSerializer({**checklist.as_dict(), "outcome": outcome}).data
+        )
+
+
+@extend_schema(tags=["gates"])
+class GatePolicyListView(SettingListView):
+    """A project's gate policies, one per environment: members read them, admins change them."""
+
+    model = GatePolicy
+    serializer_class = GatePolicySerializer
+
+    def perform_create(self, serializer: Any) -> None:
+        serializer.instance = gate_policy_create(
+            project=self.membership.project,
+            actor=self.membership.user,
+            **serializer.validated_data,
+        )
+
+
+@extend_schema(tags=["gates"])
+class GatePolicyDetailView(SettingDetailView):
+    model = GatePolicy
+    serializer_class = GatePolicySerializer
+
+    def perform_update(self, serializer: Any) -> None:
+        serializer.instance = gate_policy_update(
+            policy=serializer.instance, actor=self.membership.user, **serializer.validated_data
+        )
+
+    def perform_destroy(self, instance: Any) -> None:
+        gate_policy_delete(policy=instance, actor=self.membership.user)
 
 
 # --------------------------------------------------------------------------- stack locks

@@ -395,8 +395,9 @@ class Client:
             **auth,
         }
 
-    def request(self, method: str, path: str, document: Mapping[str, Any]) -> Answer:
-        body = json.dumps(document, separators=(",", ":")).encode()
+    def request(self, method: str, path: str, document: Mapping[str, Any] | None) -> Answer:
+        """Send ``document`` as JSON (None: no body, for a GET); the answer, or DeliveryError."""
+        body = b"" if document is None else json.dumps(document, separators=(",", ":")).encode()
         try:
             response = outbound.send(
                 method,

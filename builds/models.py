@@ -15,6 +15,10 @@ from django.utils import timezone
 
 
 class Status(models.TextChoices):
+    # Held by the environment's gates (builds.gates): no worker message, its targets queued
+    # (so a newer deployment of those servers supersedes it); it is queued when every gate
+    # passes, refused when one fails, and expires after the policy's wait (docs/gates.md).
+    GATED = "gated", "Waiting for gates"
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"
     SUCCEEDED = "succeeded", "Succeeded"
@@ -22,7 +26,7 @@ class Status(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
-ACTIVE = (Status.QUEUED, Status.RUNNING)
+ACTIVE = (Status.GATED, Status.QUEUED, Status.RUNNING)
 FINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
 
@@ -134,6 +138,11 @@ class Deployment(models.Model):
     # a project that takes settings from its repository: {"revision", "found", "keys",
     # "changed": {key: {"project": ..., "file": ...}}, "effective": {key: ...}}; {} otherwise.
     settings_file = models.JSONField(default=dict, blank=True)
+    # The gates it passed or waits for (builds.gates, docs/gates.md): {"sha", "checks": [{"gate",
+    # "state", "detail"}], "override": {"by", "reason", "gates"}}; {} when no gate applies.
+    gates = models.JSONField(default=dict, blank=True)
+    # A deployment held by its gates is refused when they have not all passed by then.
+    gates_until = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
     error_code = models.CharField(max_length=50, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -288,6 +297,9 @@ class WebhookOutcome(models.TextChoices):
     FAILED = "failed", "Failed"
     DUPLICATE = "duplicate", "Duplicate"
     REJECTED = "rejected", "Rejected"
+    # A commit status (GitHub and Gitea "status", GitLab "Pipeline Hook"), stored for the
+    # CI gate (builds.gates); it deploys nothing by itself.
+    RECORDED = "recorded", "Commit status recorded"
 
 
 # Only accepted deliveries own their delivery id. A rejected one (a forged or mis-signed
@@ -298,6 +310,7 @@ WEBHOOK_ID_OWNERS = (
     WebhookOutcome.IGNORED,
     WebhookOutcome.SUPERSEDED,
     WebhookOutcome.FAILED,
+    WebhookOutcome.RECORDED,
 )
 
 
@@ -491,3 +504,91 @@ class ScheduleRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.schedule_id} @ {self.slot:%Y-%m-%d %H:%M} {self.outcome}"
+
+
+class GatePolicy(models.Model):
+    """What a deployment to one environment of a project must pass before anything is sent
+    (builds.gates, docs/gates.md). ``environment`` is a server's (or group's) environment
+    label; "" is the policy of servers without one."""
+
+    project = models.ForeignKey(
+        "projects.Project", on_delete=models.CASCADE, related_name="gate_policies"
+    )
+    environment = models.CharField(max_length=50, blank=True)
+    # The revision's commit statuses are all green (Slipway's own "slipway/..." ignored);
+    # ``ci_contexts`` names those that must be there ([] = whichever were reported).
+    require_ci = models.BooleanField(default=False)
+    ci_contexts = models.JSONField(default=list, blank=True)
+    # The same commit succeeded on a server of this environment first ("" = no such gate).
+    verified_on = models.CharField(max_length=50, blank=True)
+    # Distinct members holding ``approver_role`` (or admin), not the requester, approved it.
+    approvals_required = models.PositiveSmallIntegerField(default=0)
+    approver_role = models.CharField(max_length=20, default="admin")
+    require_rollback_target = models.BooleanField(default=False)
+    require_health_checks = models.BooleanField(default=False)
+    require_notifications = models.BooleanField(default=False)
+    # How long a held webhook or schedule deployment waits for its gates, in minutes.
+    max_wait_minutes = models.PositiveIntegerField(default=60)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["environment", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "environment"], name="one_gate_policy_per_environment"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"gates of {self.environment or '(no environment)'}"
+
+
+class CommitState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SUCCESS = "success", "Success"
+    FAILURE = "failure", "Failure"
+    ERROR = "error", "Error"
+
+
+class CommitStatus(models.Model):
+    """One CI context's latest state for a commit of a project, from a Git host's webhook
+    (GitHub/Gitea ``status``, GitLab ``Pipeline Hook``) or read from its API (builds.gates)."""
+
+    project = models.ForeignKey(
+        "projects.Project", on_delete=models.CASCADE, related_name="commit_statuses"
+    )
+    sha = models.CharField(max_length=64)
+    context = models.CharField(max_length=255)
+    state = models.CharField(max_length=20, choices=CommitState.choices)
+    description = models.CharField(max_length=255, blank=True)
+    # "github", "gitlab", "gitea" (a webhook) or "api:<kind>" (read from the host's API).
+    source = models.CharField(max_length=30, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["context", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "sha", "context"], name="one_commit_status_per_context"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.sha[:7]} {self.context}: {self.state}"
+
+
+class Approval(models.Model):
+    """A member's approval of a deployment held by an approvals gate (builds.gates)."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="approvals")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "user"], name="one_approval_per_user")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} approved {self.deployment_id}"

@@ -10,11 +10,13 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from builds.dora import DEFAULT_DAYS, MAX_DAYS, WINDOWS, DayFigures, DoraReport
+from builds.gates import APPROVER_ROLES, FAILED, GATES, PASSED, PENDING
 from builds.logs import LOG_PAGE_CHARS, line_payload
 from builds.models import (
     FINAL,
     Deployment,
     DeploymentTarget,
+    GatePolicy,
     Kind,
     LogLine,
     Schedule,
@@ -94,6 +96,30 @@ class CommitSerializer(serializers.Serializer[Any]):
     subject = serializers.CharField()
 
 
+class GateCheckSerializer(serializers.Serializer[Any]):
+    gate = serializers.ChoiceField(choices=[(gate, gate) for gate in GATES])
+    label = serializers.CharField()
+    environment = serializers.CharField(help_text='The policy\'s environment ("" = none).')
+    state = serializers.ChoiceField(choices=[(s, s) for s in (PASSED, PENDING, FAILED)])
+    detail = serializers.CharField()
+
+
+class GatesSerializer(serializers.Serializer[Any]):
+    sha = serializers.CharField(allow_blank=True, help_text="The commit checked.")
+    checks = GateCheckSerializer(many=True)
+    override = serializers.DictField(
+        required=False, help_text="An admin's override: {by, reason, gates}."
+    )
+
+
+class GatesCheckAnswerSerializer(GatesSerializer):
+    outcome = serializers.ChoiceField(
+        choices=[("deploy", "deploy"), ("wait", "wait"), ("refuse", "refuse")],
+        help_text="What creating the deployment now would do: deploy at once, wait for "
+        "pending gates (held), or refuse on a failed gate (unless an admin overrides).",
+    )
+
+
 class DeploymentSummarySerializer(serializers.ModelSerializer[Deployment]):
     """A deployment in a list: everything but its steps, changes and commits."""
 
@@ -106,6 +132,13 @@ class DeploymentSummarySerializer(serializers.ModelSerializer[Deployment]):
     )
     strategy = serializers.SerializerMethodField(
         help_text="The strategy it runs with: its own override, else its group's, else parallel."
+    )
+    gates = serializers.SerializerMethodField(
+        help_text="Its environments' gates (docs/gates.md): the commit checked and each "
+        "gate's state; {} when none applies."
+    )
+    approved_by = serializers.SerializerMethodField(
+        help_text="Who approved it (an approvals gate), oldest first."
     )
     url = serializers.SerializerMethodField()
     html_url = serializers.SerializerMethodField()
@@ -140,11 +173,22 @@ class DeploymentSummarySerializer(serializers.ModelSerializer[Deployment]):
             "finished_at",
             "error",
             "error_code",
+            "gates",
+            "gates_until",
+            "approved_by",
             "url",
             "html_url",
             "log_url",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(GatesSerializer)
+    def get_gates(self, deployment: Deployment) -> dict[str, Any]:
+        return dict(deployment.gates or {})
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_approved_by(self, deployment: Deployment) -> list[str]:
+        return [approval.user.username for approval in deployment.approvals.all()]
 
     @extend_schema_field(serializers.ChoiceField(choices=Strategy.choices))
     def get_strategy(self, deployment: Deployment) -> str:
@@ -287,6 +331,49 @@ class DeploymentCreateSerializer(serializers.Serializer[dict[str, Any]]):
         "admin may give it; it is kept in the audit log. Without it a frozen project answers "
         "409, and a reason from someone else 403.",
     )
+    gates_override_reason = serializers.CharField(
+        max_length=MAX_REASON_LENGTH,
+        required=False,
+        allow_blank=True,
+        help_text="Deploy past the environment's gates that did not pass (docs/gates.md): "
+        "why. Only a project admin may give it; it is kept in the audit log. Without it a "
+        "failed gate answers 409 naming it, and a reason from someone else 403.",
+    )
+
+
+class GatesOverrideSerializer(serializers.Serializer[dict[str, Any]]):
+    reason = serializers.CharField(
+        max_length=MAX_REASON_LENGTH, help_text="Why it may skip its gates (kept in the audit log)."
+    )
+
+
+class GatePolicySerializer(serializers.ModelSerializer[GatePolicy]):
+    ci_contexts = serializers.ListField(
+        child=serializers.CharField(max_length=255),
+        required=False,
+        help_text="Commit status contexts that must be green; [] = every one reported.",
+    )
+    approver_role = serializers.ChoiceField(
+        choices=[(role, role) for role in APPROVER_ROLES], required=False
+    )
+
+    class Meta:
+        model = GatePolicy
+        fields = [
+            "id",
+            "environment",
+            "require_ci",
+            "ci_contexts",
+            "verified_on",
+            "approvals_required",
+            "approver_role",
+            "require_rollback_target",
+            "require_health_checks",
+            "require_notifications",
+            "max_wait_minutes",
+            "created_at",
+        ]
+        read_only_fields = ["created_at"]
 
 
 class RetryOptionsSerializer(serializers.Serializer[dict[str, Any]]):

@@ -7,14 +7,15 @@ import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from builds import notifications
+from builds import gates, notifications
+from builds.engine.errors import InvalidInput
 from builds.engine.git import validate_ref
 from builds.logs import broadcast, stored_lines_after
 from builds.models import (
@@ -22,8 +23,10 @@ from builds.models import (
     FINAL,
     TARGET_ACTIVE,
     TARGET_NOT_DEPLOYED,
+    Approval,
     Deployment,
     DeploymentTarget,
+    GatePolicy,
     Kind,
     LogLine,
     Status,
@@ -36,7 +39,7 @@ from deployer.db import project_lock, retrying
 from projects.freeze import Freeze, project_freeze
 from projects.models import Membership, Project, Role
 from projects.services import audit_record
-from servers.models import Release, Server, ServerGroup, Strategy
+from servers.models import Release, Server, ServerGroup, Strategy, rollback_target
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +69,19 @@ class FreezeOverrideForbidden(DeploymentRefused):
     """A freeze window is in force and the person asking is not an admin of the project."""
 
     code = "frozen"
+
+
+class DeploymentGated(DeploymentRefused):
+    """A gate of the environment failed (builds.gates): a webhook or schedule is refused, a
+    person needs an admin's reason (``gates_override_reason``)."""
+
+    code = "gates"
+
+
+class GateOverrideForbidden(DeploymentRefused):
+    """A gate failed and the person giving ``gates_override_reason`` is not a project admin."""
+
+    code = "gates"
 
 
 class DeployRightsForbidden(DeploymentRefused):
@@ -186,12 +202,7 @@ def _check_gates(
             f"{frozen}. A project admin may deploy anyway by giving a reason, which the "
             "audit log keeps.",
         )
-    is_admin = (
-        user is not None
-        and user.is_authenticated
-        and Membership.objects.filter(project=project, user=user, role=Role.ADMIN).exists()
-    )
-    if not is_admin:
+    if not _is_admin(project, user):
         raise FreezeOverrideForbidden(
             "freeze_override_reason",
             f"{frozen}: only a project admin may deploy during a freeze.",
@@ -255,9 +266,20 @@ def deployment_create(
     retry_of: Deployment | None = None,
     strategy: str = "",
     freeze_override_reason: str = "",
+    gates_override_reason: str = "",
+    commit: str = "",
     now: datetime | None = None,
 ) -> Deployment:
     """Record a deployment and queue it once the transaction commits.
+
+    The environments' gates (builds.gates, docs/gates.md) are checked for a deployment of
+    kind deploy, at ``commit`` (the revision's SHA; read with `git ls-remote` when a gate
+    needs it and none is given), which is then what it deploys. A failed gate refuses a
+    webhook or schedule (DeploymentGated), and a person's deployment unless a project admin
+    gives ``gates_override_reason`` (else DeploymentGated; GateOverrideForbidden for a
+    non-admin), which the audit log keeps. A pending gate (CI running, approvals to come)
+    records the deployment held (status gated, no message to a worker) until
+    deployment_gates_reevaluate releases or refuses it, or the policy's wait runs out.
 
     The stack lock refuses anything but a rollback (DeploymentLocked). During a freeze
     window (projects.freeze, at ``now``, default the current time) a webhook or schedule is
@@ -296,6 +318,17 @@ def deployment_create(
                 f"Server {server.name}: {server.untrusted_hop} is not trusted yet. Test the "
                 "connection, compare the fingerprint with the server's, then trust it.",
             )
+    policies = gates.policies_for(project, targets, group) if kind == Kind.DEPLOY else []
+    if policies and gates.needs_commit(policies) and not commit:
+        # Before any lock: a network round trip.
+        asked = gates.deployment_revision(project, revision, targets, group)
+        commit = gates.commit_of(project, asked) or ""
+        if commit and not revision:
+            revision, branch = commit, branch or asked
+        elif commit and revision != commit:
+            branch = branch or (revision if not _looks_like_sha(revision) else "")
+            revision = commit
+    gates.statuses_fetch_if_missing(project, commit, policies)
     with transaction.atomic():
         # The lock order (deployer.db): the project, its servers by pk, then deployments.
         # The servers stay locked while older queued targets are superseded and the new
@@ -314,9 +347,40 @@ def deployment_create(
             freeze_override_reason=freeze_override_reason.strip()[:MAX_REASON_LENGTH],
             now=now or timezone.now(),
         )
+        checklist = (
+            gates.gates_evaluate(
+                project=project,
+                servers=targets,
+                group=group,
+                sha=commit,
+                automatic=trigger in AUTOMATIC_TRIGGERS,
+                requester=user if user is not None and user.is_authenticated else None,
+                policies=policies,
+            )
+            if policies
+            else None
+        )
+        gates_override = _gates_decision(
+            project=project,
+            checklist=checklist,
+            trigger=trigger,
+            user=user,
+            reason=gates_override_reason.strip()[:MAX_REASON_LENGTH],
+        )
+        held = checklist is not None and not checklist.passed and gates_override is None
         deployment = Deployment.objects.create(
             project=project,
             kind=kind,
+            status=Status.GATED if held else Status.QUEUED,
+            gates={
+                **checklist.as_dict(),
+                **({"override": gates_override} if gates_override else {}),
+            }
+            if checklist is not None
+            else {},
+            gates_until=(now or timezone.now()) + timedelta(minutes=checklist.max_wait_minutes)
+            if held and checklist is not None
+            else None,
             group=group,
             revision=revision,
             # The branch the revision belongs to, when known (a push, or a branch name asked for).
@@ -353,8 +417,79 @@ def deployment_create(
                 window=overridden.window.name,
                 until=overridden.until.isoformat(),
             )
-        _dispatch(deployment.pk, kind)
+        if gates_override is not None:
+            audit_record(
+                project=project,
+                actor=user,
+                action="deployment.gates_overridden",
+                target=f"deployment #{deployment.pk}",
+                reason=gates_override["reason"],
+                gates=gates_override["gates"],
+            )
+        if held and checklist is not None:
+            system_line(
+                deployment,
+                "Waiting for gates: "
+                + checklist.describe(checklist.pending)
+                + f". Refused if they have not passed by {_when(deployment.gates_until or timezone.now())}.",
+            )
+        else:
+            _dispatch(deployment.pk, kind)
     return deployment
+
+
+def _gates_decision(
+    *,
+    project: Project,
+    checklist: gates.Checklist | None,
+    trigger: str,
+    user: User | None,
+    reason: str,
+) -> dict[str, Any] | None:
+    """Refuse a deployment whose gates failed (DeploymentGated, GateOverrideForbidden), or
+    return the override an admin gave ({"by", "reason", "gates"}: every gate not passed),
+    or None (every gate passed, or some are pending: the deployment is held)."""
+    if checklist is None or checklist.passed:
+        return None
+    failed = checklist.failed
+    if trigger in AUTOMATIC_TRIGGERS:
+        if failed:
+            raise DeploymentGated(
+                "gates",
+                f"Gates failed: {checklist.describe(failed)}. Automatic deployments "
+                f"({trigger}) do not run past a failed gate.",
+            )
+        return None
+    if not reason:
+        if failed:
+            raise DeploymentGated(
+                "gates_override_reason",
+                f"Gates failed: {checklist.describe(failed)}. A project admin may deploy "
+                "anyway by giving a reason, which the audit log keeps.",
+            )
+        return None
+    if not _is_admin(project, user):
+        raise GateOverrideForbidden(
+            "gates_override_reason", "Only a project admin may deploy past the gates."
+        )
+    assert user is not None
+    return {
+        "by": user.get_username(),
+        "reason": reason,
+        "gates": [
+            f"{check.environment}:{check.gate}"
+            for check in checklist.checks
+            if check.state != gates.PASSED
+        ],
+    }
+
+
+def _is_admin(project: Project, user: User | None) -> bool:
+    return (
+        user is not None
+        and user.is_authenticated
+        and Membership.objects.filter(project=project, user=user, role=Role.ADMIN).exists()
+    )
 
 
 def _supersede_queued(servers: Iterable[Server], *, by: Deployment) -> None:
@@ -376,11 +511,10 @@ def _supersede_queued(servers: Iterable[Server], *, by: Deployment) -> None:
         target.finished_at = timezone.now()
         target.save(update_fields=["status", "reason", "finished_at"])
         touched.add(target.deployment_id)
-    for deployment in Deployment.objects.filter(pk__in=touched, status=Status.QUEUED).order_by(
-        "pk"
-    ):
+    waiting = (Status.QUEUED, Status.GATED)
+    for deployment in Deployment.objects.filter(pk__in=touched, status__in=waiting).order_by("pk"):
         if not deployment.targets.filter(status=TargetStatus.QUEUED).exists():
-            Deployment.objects.filter(pk=deployment.pk, status=Status.QUEUED).update(
+            Deployment.objects.filter(pk=deployment.pk, status__in=waiting).update(
                 status=Status.CANCELLED,
                 error=f"Superseded by deployment #{by.pk}",
                 finished_at=timezone.now(),
@@ -469,6 +603,9 @@ def deployment_finish(
     if finished and deployment.kind != Kind.PREVIEW:
         _notify_finished(deployment)
     dispatch_ready(server_ids=list(deployment.targets.values_list("server_id", flat=True)))
+    if finished and deployment.status == Status.SUCCEEDED:
+        # A held deployment may have waited for this one ("verified on staging").
+        gates_reevaluate_project(deployment.project_id)
 
 
 @retrying
@@ -645,6 +782,319 @@ def _dispatch_if_ready(deployment_id: int) -> bool:
     return True
 
 
+# --------------------------------------------------------------------------- gates
+
+
+def deployment_gates_reevaluate(deployment_id: int, *, now: datetime | None = None) -> str:
+    """Check a held deployment's gates again (builds.gates): "released" (every gate passed:
+    queued, and sent to a worker when its servers are free), "refused" (a gate failed, or
+    the policy's wait ran out at ``now``: failed with error_code ``gates``), "held" (still
+    waiting), or "" (it is no longer held). Called when a commit status arrives, an approval
+    is given, a deployment finishes, and by the periodic tick (builds.tasks.tick_gates)."""
+    outcome, error = _gates_reevaluate(deployment_id, now=now or timezone.now())
+    if outcome == "refused":
+        deployment = Deployment.objects.get(pk=deployment_id)
+        deployment_finish(deployment, status=Status.FAILED, error=error, error_code="gates")
+    elif outcome == "released":
+        deployment = Deployment.objects.get(pk=deployment_id)
+        deployment_broadcast_status(deployment)
+    return outcome
+
+
+@retrying
+def _gates_reevaluate(deployment_id: int, *, now: datetime) -> tuple[str, str]:
+    row = Deployment.objects.filter(pk=deployment_id).values("project_id", "status").first()
+    if row is None or row["status"] != Status.GATED:
+        return "", ""
+    project_lock(row["project_id"])
+    deployment = (
+        Deployment.objects.select_related("project", "group", "triggered_by")
+        .filter(pk=deployment_id, status=Status.GATED)
+        .first()
+    )
+    if deployment is None:
+        return "", ""
+    servers = [
+        target.server
+        for target in deployment.targets.select_related("server").filter(status=TargetStatus.QUEUED)
+    ]
+    checklist = gates.gates_evaluate(
+        project=deployment.project,
+        servers=servers,
+        group=deployment.group,
+        sha=str(deployment.gates.get("sha", "")),
+        automatic=deployment.trigger in AUTOMATIC_TRIGGERS,
+        requester=deployment.triggered_by,
+        deployment=deployment,
+    )
+    recorded = {**deployment.gates, **checklist.as_dict()}
+    if checklist.failed:
+        Deployment.objects.filter(pk=deployment.pk).update(gates=recorded)
+        return "refused", f"Refused by its gates: {checklist.describe(checklist.failed)}."
+    if not checklist.passed:
+        if deployment.gates_until is not None and now >= deployment.gates_until:
+            Deployment.objects.filter(pk=deployment.pk).update(gates=recorded)
+            return "refused", (
+                f"Refused: its gates had not passed by {_when(deployment.gates_until)} "
+                f"({checklist.describe(checklist.pending)})."
+            )
+        if recorded != deployment.gates:
+            Deployment.objects.filter(pk=deployment.pk).update(gates=recorded)
+        return "held", ""
+    Deployment.objects.filter(pk=deployment.pk, status=Status.GATED).update(
+        status=Status.QUEUED, gates=recorded
+    )
+    system_line(deployment, "Gates passed: " + checklist.describe(checklist.checks))
+    _dispatch_if_ready(deployment.pk)
+    return "released", ""
+
+
+def gates_reevaluate_project(project_id: int, *, now: datetime | None = None) -> int:
+    """Check every held deployment of a project again (deployment_gates_reevaluate);
+    return how many were released or refused."""
+    held = Deployment.objects.filter(project_id=project_id, status=Status.GATED).order_by("pk")
+    return sum(
+        deployment_gates_reevaluate(pk, now=now) in ("released", "refused")
+        for pk in held.values_list("pk", flat=True)
+    )
+
+
+def gates_tick(*, now: datetime | None = None) -> int:
+    """The periodic pass over held deployments (beat's tick-gates, or the embedded loop):
+    read the CI statuses of those waiting on CI from the Git hosts' APIs, then check each
+    one again (expired ones are refused). Returns how many were released or refused."""
+    decided = 0
+    held = Deployment.objects.filter(status=Status.GATED).select_related("project").order_by("pk")
+    for deployment in held:
+        checklist = gates.checklist_of(deployment)
+        waiting_on_ci = checklist is not None and any(
+            check.gate == "ci" and check.state == gates.PENDING for check in checklist.checks
+        )
+        if waiting_on_ci and checklist is not None and checklist.sha:
+            gates.commit_statuses_fetch(deployment.project, checklist.sha)
+        decided += deployment_gates_reevaluate(deployment.pk, now=now) in ("released", "refused")
+    return decided
+
+
+def gates_preview(
+    *,
+    project: Project,
+    user: User | None,
+    servers: Sequence[Server] = (),
+    group: ServerGroup | None = None,
+    revision: str = "",
+) -> gates.Checklist:
+    """The checklist a manual deployment of ``revision`` to ``servers`` (or ``group``) would
+    meet now (the deploy dialog's, the API's gates/check), without recording anything but
+    the commit statuses read from the Git host's API for a CI gate with none stored."""
+    targets = list(servers or (group.ordered_servers() if group is not None else ()))
+    policies = gates.policies_for(project, targets, group)
+    if not policies:
+        return gates.Checklist(sha="", checks=(), max_wait_minutes=0)
+    asked = gates.deployment_revision(
+        project, revision.strip() or (group.branch if group is not None else ""), targets, group
+    )
+    commit = (gates.commit_of(project, asked) or "") if gates.needs_commit(policies) else ""
+    gates.statuses_fetch_if_missing(project, commit, policies)
+    return gates.gates_evaluate(
+        project=project,
+        servers=targets,
+        group=group,
+        sha=commit,
+        automatic=False,
+        requester=user if user is not None and user.is_authenticated else None,
+        policies=policies,
+    )
+
+
+_POLICY_FIELDS = (
+    "environment",
+    "require_ci",
+    "ci_contexts",
+    "verified_on",
+    "approvals_required",
+    "approver_role",
+    "require_rollback_target",
+    "require_health_checks",
+    "require_notifications",
+    "max_wait_minutes",
+)
+
+
+def _policy_detail(policy: GatePolicy) -> dict[str, Any]:
+    return {name: getattr(policy, name) for name in _POLICY_FIELDS}
+
+
+def gate_policy_create(*, project: Project, actor: User | None, **fields: Any) -> GatePolicy:
+    """Record the gates of one environment (builds.gates.gate_policy_clean checks the
+    fields; InvalidInput naming the field, also for an environment that has one already);
+    audited as ``gate_policy.created``."""
+    fields = {name: value for name, value in fields.items() if name in _POLICY_FIELDS}
+    gates.gate_policy_clean(fields)
+    environment = fields.get("environment", "")
+    if GatePolicy.objects.filter(project=project, environment=environment).exists():
+        raise InvalidInput(
+            "environment", f"Environment {environment or '(none)'} has its gates already."
+        )
+    with transaction.atomic():
+        policy = GatePolicy.objects.create(project=project, **fields)
+        audit_record(
+            project=project,
+            actor=actor,
+            action="gate_policy.created",
+            target=f"gates of {environment or '(no environment)'}",
+            **_policy_detail(policy),
+        )
+    return policy
+
+
+def gate_policy_update(*, policy: GatePolicy, actor: User | None, **fields: Any) -> GatePolicy:
+    """Change a policy's fields (as gate_policy_create); audited as ``gate_policy.updated``.
+    Deployments held now are checked again under the new policy by the next tick."""
+    fields = {name: value for name, value in fields.items() if name in _POLICY_FIELDS}
+    merged = {**_policy_detail(policy), **fields}
+    gates.gate_policy_clean(merged)
+    if (
+        merged["environment"] != policy.environment
+        and GatePolicy.objects.filter(project=policy.project, environment=merged["environment"])
+        .exclude(pk=policy.pk)
+        .exists()
+    ):
+        raise InvalidInput("environment", "That environment has its gates already.")
+    with transaction.atomic():
+        for name in _POLICY_FIELDS:
+            setattr(policy, name, merged[name])
+        policy.save()
+        audit_record(
+            project=policy.project,
+            actor=actor,
+            action="gate_policy.updated",
+            target=str(policy),
+            **_policy_detail(policy),
+        )
+    return policy
+
+
+def gate_policy_delete(*, policy: GatePolicy, actor: User | None) -> None:
+    with transaction.atomic():
+        audit_record(
+            project=policy.project,
+            actor=actor,
+            action="gate_policy.deleted",
+            target=str(policy),
+            **_policy_detail(policy),
+        )
+        policy.delete()
+
+
+class ApprovalRefused(DeploymentRefused):
+    """An approval that does not count: the requester's own, or from a role that may not."""
+
+    code = "forbidden"
+
+
+def deployment_approve(*, deployment: Deployment, user: User) -> Deployment:
+    """Record ``user``'s approval of a held deployment (builds.gates' approvals gate), audited,
+    then check its gates again (it runs when they all pass). DeploymentWrongState when it is
+    not held by an approvals gate; ApprovalRefused (403) for the requester (no self-approval)
+    or a member whose role no policy of its environments accepts; approving twice is
+    idempotent."""
+    if deployment.status != Status.GATED:
+        raise DeploymentWrongState(
+            f"Deployment #{deployment.pk} is {deployment.get_status_display().lower()}, not "
+            "waiting for gates: there is nothing to approve."
+        )
+    servers = [target.server for target in deployment.targets.select_related("server")]
+    policies = [
+        policy
+        for policy in gates.policies_for(deployment.project, servers, deployment.group)
+        if policy.approvals_required
+    ]
+    if not policies:
+        raise DeploymentWrongState(f"Deployment #{deployment.pk} needs no approval.")
+    if deployment.triggered_by_id == user.pk:
+        raise ApprovalRefused(
+            "user", "You asked for this deployment: someone else must approve it."
+        )
+    membership = Membership.objects.filter(project=deployment.project, user=user).first()
+    role = membership.role if membership is not None else ""
+    accepted = {Role.ADMIN} | {
+        Role.DEPLOYER for policy in policies if policy.approver_role == Role.DEPLOYER
+    }
+    if role not in accepted:
+        raise ApprovalRefused(
+            "user",
+            f"Only {' or '.join(sorted(accepted))} members may approve deployment "
+            f"#{deployment.pk}.",
+        )
+    with transaction.atomic():
+        _, created = Approval.objects.get_or_create(deployment=deployment, user=user)
+        if created:
+            audit_record(
+                project=deployment.project,
+                actor=user,
+                action="deployment.approved",
+                target=f"deployment #{deployment.pk}",
+            )
+    if created:
+        system_line(deployment, f"Approved by {user.get_username()}")
+    deployment_gates_reevaluate(deployment.pk)
+    deployment.refresh_from_db()
+    return deployment
+
+
+def deployment_gates_override(*, deployment: Deployment, user: User, reason: str) -> Deployment:
+    """An admin lets a held deployment past its gates with ``reason`` (audited, as
+    ``deployment.gates_overridden``); it is queued at once. GateOverrideForbidden for a
+    non-admin, DeploymentRefused naming ``reason`` when it is empty, DeploymentWrongState
+    when it is not held."""
+    reason = reason.strip()[:MAX_REASON_LENGTH]
+    if not reason:
+        raise DeploymentRefused(
+            "reason", "Say why the gates are overridden: the audit log keeps it."
+        )
+    if not _is_admin(deployment.project, user):
+        raise GateOverrideForbidden("reason", "Only a project admin may deploy past the gates.")
+    checklist = gates.checklist_of(deployment)
+    override = {
+        "by": user.get_username(),
+        "reason": reason,
+        "gates": [
+            f"{check.environment}:{check.gate}"
+            for check in (checklist.checks if checklist is not None else ())
+            if check.state != gates.PASSED
+        ],
+    }
+    if not _release_overridden(deployment.pk, override):
+        raise DeploymentWrongState(f"Deployment #{deployment.pk} is not waiting for gates.")
+    audit_record(
+        project=deployment.project,
+        actor=user,
+        action="deployment.gates_overridden",
+        target=f"deployment #{deployment.pk}",
+        reason=reason,
+        gates=override["gates"],
+    )
+    system_line(deployment, f"Gates overridden by {override['by']}: “{reason}”")
+    deployment.refresh_from_db()
+    deployment_broadcast_status(deployment)
+    return deployment
+
+
+@retrying
+def _release_overridden(deployment_id: int, override: dict[str, Any]) -> bool:
+    row = Deployment.objects.filter(pk=deployment_id).values("project_id", "gates").first()
+    if row is None:
+        return False
+    project_lock(row["project_id"])
+    if not Deployment.objects.filter(pk=deployment_id, status=Status.GATED).update(
+        status=Status.QUEUED, gates={**row["gates"], "override": override}
+    ):
+        return False
+    _dispatch_if_ready(deployment_id)
+    return True
+
+
 def deployment_request_cancel(deployment: Deployment) -> bool:
     """Cancel a queued deployment now, or ask a running one to stop at its next safe point."""
     outcome = _request_cancel(deployment)
@@ -659,7 +1109,7 @@ def _request_cancel(deployment: Deployment) -> str:
     """ "cancelled" (it was queued), "requested" (it runs), or "" (nothing changed)."""
     project_lock(deployment.project_id)
     now = timezone.now()
-    if Deployment.objects.filter(pk=deployment.pk, status=Status.QUEUED).update(
+    if Deployment.objects.filter(pk=deployment.pk, status__in=[Status.QUEUED, Status.GATED]).update(
         status=Status.CANCELLED, finished_at=now, error="Cancelled before it started"
     ):
         DeploymentTarget.objects.filter(
@@ -720,10 +1170,12 @@ def deployment_start(
     skip_cache: bool = False,
     trigger: str = Trigger.API,
     freeze_override_reason: str = "",
+    gates_override_reason: str = "",
 ) -> Deployment:
     """Deploy (or preview) ``revision``, by default each server's branch head, or the group's
-    branch when the group has one. During a freeze an admin gives ``freeze_override_reason``
-    (see deployment_create for what is refused and raised)."""
+    branch when the group has one. During a freeze an admin gives ``freeze_override_reason``,
+    past a failed gate ``gates_override_reason`` (see deployment_create for what is refused,
+    held and raised)."""
     if servers and group is not None:
         raise DeploymentRefused("group", "Give servers or a group, not both")
     if group is not None and group.project_id != project.pk:
@@ -747,6 +1199,7 @@ def deployment_start(
             skip_build=skip_build,
             skip_cache=skip_cache,
             freeze_override_reason=freeze_override_reason,
+            gates_override_reason=gates_override_reason,
         )
         audit_record(
             project=project,
@@ -758,33 +1211,6 @@ def deployment_start(
             servers=list(deployment.targets.values_list("server_id", flat=True)),
         )
     return deployment
-
-
-def rollback_target(server: Server) -> Release | None:
-    """Where a plain rollback of ``server`` goes: the release that was live before the live one.
-
-    The server's live switches are a stack (Release.previous): each deployment pushes the
-    release it made live onto the one live before it, and a plain rollback pops, so deploy A,
-    deploy B, roll back, deploy B again, roll back ends on A. Releases removed from the server
-    are skipped (the walk goes further back). A live release older than this history (no
-    ``previous`` link) falls back to the newest kept release created before it. None when
-    there is nothing to go back to.
-    """
-    kept = server.releases.filter(removed_at__isnull=True)
-    live = server.live_release()
-    if live is not None and live.previous_id is not None:
-        seen = {live.pk}
-        candidate = live.previous
-        while candidate is not None and candidate.pk not in seen:
-            if candidate.removed_at is None and candidate.server_id == server.pk:
-                return candidate
-            seen.add(candidate.pk)
-            candidate = candidate.previous
-        return None
-    older = kept.filter(live=False)
-    if live is not None:
-        older = older.filter(created_at__lt=live.created_at)
-    return older.order_by("-created_at", "-id").first()
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,20 @@ def process_webhook_delivery(self: Any, delivery_id: int) -> int:
     return webhook_services.webhook_process(delivery_id)
 
 
+# A commit status arrived for a project with held deployments: check their gates again.
+@shared_task(name=webhook_services.REEVALUATE_GATES_TASK, **_WEBHOOK_PROCESSING)
+def reevaluate_gates(self: Any, project_id: int) -> int:
+    outbox.consumed(self.request.id, worker=self.request.hostname or "")
+    return services.gates_reevaluate_project(project_id)
+
+
+@shared_task(ignore_result=True)
+def tick_gates() -> int:
+    """Held deployments (beat's tick-gates, or the embedded loop): CI statuses read from the
+    Git hosts' APIs, gates checked again, those past their wait refused."""
+    return services.gates_tick()
+
+
 @shared_task(ignore_result=True)
 def tick_schedules() -> int:
     """Claim the scheduled deployments' due slots (beat's tick-schedules, or the embedded

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
+from builds import gates
 from builds.models import (
     WEBHOOK_ID_OWNERS,
     Deployment,
+    Status,
     Trigger,
     WebhookDelivery,
     WebhookOutcome,
@@ -42,6 +44,9 @@ logger = logging.getLogger(__name__)
 #: The Celery task that processes a project's waiting deliveries (builds.tasks; routed to
 #: `webhooks`). Its argument is the project's id; one message per project waits at a time.
 PROCESS_WEBHOOKS_TASK = "builds.tasks.process_webhooks"
+#: The Celery task that checks a project's held deployments again after a commit status
+#: arrived (builds.tasks; routed to `webhooks`); one message per project waits at a time.
+REEVALUATE_GATES_TASK = "builds.tasks.reevaluate_gates"
 #: The same for one delivery's id: what deliveries recorded before 2026-12 carry.
 PROCESS_WEBHOOK_TASK = "builds.tasks.process_webhook_delivery"
 #: The first key of the PostgreSQL advisory lock that orders a project's processing.
@@ -251,6 +256,8 @@ def webhook_receive(*, project: Project, inbound: InboundDelivery) -> WebhookDel
     is never left without a message, and a burst of pushes costs one message per worker pass,
     not one per delivery.
     """
+    if inbound.statuses:
+        return _record_statuses(project=project, inbound=inbound)
     # One row per delivery: a Bitbucket push of several refs shows the first that moved.
     first = next((push for push in inbound.pushes if push.head), None) or next(
         iter(inbound.pushes), None
@@ -278,6 +285,38 @@ def webhook_receive(*, project: Project, inbound: InboundDelivery) -> WebhookDel
             record.save()
             if record.outcome == WebhookOutcome.ACCEPTED:
                 outbox.enqueue(PROCESS_WEBHOOKS_TASK, project.pk, key=webhooks_key(project.pk))
+    except IntegrityError:
+        return _record_duplicate(project=project, inbound=inbound, record=record)
+    return record
+
+
+def _record_statuses(*, project: Project, inbound: InboundDelivery) -> WebhookDelivery:
+    """A commit status delivery: stored at once for the CI gate (builds.gates), outcome
+    "recorded"; when the project has deployments held by their gates, a message checks them
+    again (one waits per project, key ``gates:<project>``)."""
+    first = inbound.statuses[0]
+    record = WebhookDelivery(
+        project=project,
+        provider=inbound.provider,
+        event=inbound.event,
+        delivery_id=inbound.delivery_id,
+        body_digest=inbound.body_digest,
+        head=first.sha,
+        outcome=WebhookOutcome.RECORDED,
+        reason="; ".join(
+            f"Commit status {report.context}: {report.state} on {report.sha[:7]}"
+            for report in inbound.statuses
+        ),
+        processed_at=timezone.now(),
+    )
+    try:
+        with transaction.atomic():
+            record.save()
+            gates.commit_status_record(
+                project=project, reports=inbound.statuses, source=inbound.provider
+            )
+            if Deployment.objects.filter(project=project, status=Status.GATED).exists():
+                outbox.enqueue(REEVALUATE_GATES_TASK, project.pk, key=f"gates:{project.pk}")
     except IntegrityError:
         return _record_duplicate(project=project, inbound=inbound, record=record)
     return record

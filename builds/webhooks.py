@@ -27,7 +27,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from builds import webhook_services
+from builds import gates, webhook_services
 from builds.models import WebhookOutcome, WebhookProvider
 from builds.webhook_services import RefPush
 from deployer.textinput import data_problem
@@ -137,6 +137,9 @@ class InboundDelivery:
     # SHA-256 of the raw body when it identifies the delivery (signed, or from a Git host):
     # the same body under a new delivery id is a replay. "" for bearer-token custom JSON.
     body_digest: str = ""
+    # A commit status event (GitHub and Gitea "status", GitLab "Pipeline Hook"): what the
+    # CI gate stores (builds.gates); such a delivery has no pushes.
+    statuses: tuple[gates.StatusReport, ...] = ()
 
 
 class Rejected(Exception):
@@ -318,6 +321,11 @@ def parse(
 ) -> InboundDelivery:
     """Turn an authenticated body into an InboundDelivery; malformed input is a 400."""
     data = _decode(provider, body, content_type)
+    statuses = _commit_statuses(provider, event, data)
+    if statuses:
+        return InboundDelivery(
+            provider=provider, event=event, delivery_id=delivery_id, statuses=statuses
+        )
     parser = _PARSERS[provider]
     pushes_or_reason = parser(event, data)
     if isinstance(pushes_or_reason, str):
@@ -477,6 +485,55 @@ def _custom(event: str, data: dict[str, Any]) -> ParseResult:
     if not ANY_SHA.fullmatch(new_ref):
         raise Rejected(400, 'payload.new_ref must be a commit SHA or "latest"')
     return [RefPush(ref=f"refs/heads/{branch}", kind="branch", name=branch, head=new_ref)]
+
+
+def _commit_statuses(
+    provider: str, event: str, data: dict[str, Any]
+) -> tuple[gates.StatusReport, ...]:
+    """A commit status event's report, or () for any other event.
+
+    GitHub's ``status`` event (https://docs.github.com/en/webhooks/webhook-events-and-payloads
+    #status): ``sha``, ``state`` (pending, success, failure, error), ``context``,
+    ``description``; Gitea's and Forgejo's ``status`` event sends the same fields (and the
+    state ``warning``). GitLab's ``Pipeline Hook`` (https://docs.gitlab.com/user/project/
+    integrations/webhook_events/#pipeline-events): ``object_attributes.sha`` and ``.status``
+    (created … success, failed, canceled), reported as the context ``gitlab/pipeline`` (or
+    ``gitlab/<name>`` for a named pipeline).
+    """
+    github_like = (WebhookProvider.GITHUB, WebhookProvider.GITEA, WebhookProvider.FORGEJO)
+    if provider in github_like and event == "status":
+        sha = _text(data, "sha").lower()
+        state = _text(data, "state")
+        if state not in gates.GITHUB_STATES:
+            raise Rejected(400, f"The payload's state {state[:20]!r} is not a commit state")
+        context, description = _text(data, "context"), data.get("description")
+        report_sha, report_state = sha, str(gates.GITHUB_STATES[state])
+    elif provider == WebhookProvider.GITLAB and event == "Pipeline Hook":
+        attributes = data.get("object_attributes")
+        if not isinstance(attributes, dict):
+            raise Rejected(400, "The payload has no object_attributes object")
+        report_sha = _text(attributes, "sha").lower()
+        status = _text(attributes, "status")
+        if status not in gates.GITLAB_STATES:
+            raise Rejected(400, f"The pipeline's status {status[:20]!r} is not known")
+        report_state = str(gates.GITLAB_STATES[status])
+        name = attributes.get("name")
+        context = f"gitlab/{name}" if isinstance(name, str) and name else "gitlab/pipeline"
+        description = f"pipeline {status}"
+    else:
+        return ()
+    if not FULL_SHA.fullmatch(report_sha):
+        raise Rejected(400, "The commit status's sha is not a full commit SHA")
+    if not context.strip():
+        raise Rejected(400, "The commit status has no context")
+    return (
+        gates.StatusReport(
+            sha=report_sha,
+            context=context.strip()[: gates.MAX_CONTEXT_LENGTH],
+            state=report_state,
+            description=description[:255] if isinstance(description, str) else "",
+        ),
+    )
 
 
 _PARSERS: dict[str, Callable[[str, dict[str, Any]], ParseResult]] = {

@@ -37,13 +37,16 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from builds.engine.errors import InvalidInput
 from builds.models import Deployment
 from builds.services import (
+    ApprovalRefused,
     DeploymentFinished,
     DeploymentFrozen,
+    DeploymentGated,
     DeploymentLocked,
     DeploymentRefused,
     DeploymentWrongState,
     DeployRightsForbidden,
     FreezeOverrideForbidden,
+    GateOverrideForbidden,
     LockStateError,
 )
 from deployer.db import RETRY_AFTER_SECONDS, UNAVAILABLE_ERRORS, UNAVAILABLE_MESSAGE
@@ -223,9 +226,11 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response | 
     InvalidInput and DeploymentRefused become 400 ``{field: [message]}``; a Django
     ValidationError without a field becomes 400 ``{"detail": message}``; DeploymentFinished,
     DeploymentWrongState, LockBreakRefused, LockStateError, and a deployment refused by a
-    stack lock or a freeze window (DeploymentLocked, DeploymentFrozen) become 409; a freeze
-    override by someone who is not an admin (FreezeOverrideForbidden) and a server outside a
-    deployer's deploy rights (DeployRightsForbidden) 403; a body over Django's upload limit 413
+    stack lock, a freeze window or a failed gate (DeploymentLocked, DeploymentFrozen,
+    DeploymentGated) become 409; a freeze or gates override by someone who is not an admin
+    (FreezeOverrideForbidden, GateOverrideForbidden), an approval that does not count
+    (ApprovalRefused) and a server outside a deployer's deploy rights (DeployRightsForbidden)
+    403; a body over Django's upload limit 413
     (rather than an HTML page), one with more fields or files than Django takes 400 (the
     API's undocumented HTML 400 that the schema test's generated forms met). The database
     unreachable (deployer.db.UNAVAILABLE_ERRORS) is 503 ``{"detail": ...}`` with
@@ -241,9 +246,12 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response | 
     if isinstance(exc, InvalidInput):
         message = str(exc).removeprefix(f"{exc.field}: ")
         exc = exceptions.ValidationError({exc.field: [message]})
-    elif isinstance(exc, FreezeOverrideForbidden | DeployRightsForbidden):
+    elif isinstance(
+        exc,
+        FreezeOverrideForbidden | DeployRightsForbidden | GateOverrideForbidden | ApprovalRefused,
+    ):
         exc = exceptions.PermissionDenied(str(exc))
-    elif isinstance(exc, DeploymentLocked | DeploymentFrozen):
+    elif isinstance(exc, DeploymentLocked | DeploymentFrozen | DeploymentGated):
         exc = Conflict(str(exc))
     elif isinstance(exc, DeploymentRefused):
         exc = exceptions.ValidationError({exc.field: [str(exc)]})
@@ -368,9 +376,9 @@ def document_errors(
                 errors["415"] = ("The body is not JSON, a form or multipart.", _ERROR)
             if method == "post" and path.endswith(("/deployments/", "/rollback/")):
                 errors["409"] = (
-                    "A deployment refused by a stack lock (rollbacks pass) or by a freeze "
-                    "window (an admin may give freeze_override_reason); the message says "
-                    "which, who and until when.",
+                    "A deployment refused by a stack lock (rollbacks pass), by a freeze "
+                    "window (an admin may give freeze_override_reason) or by a failed gate "
+                    "(an admin may give gates_override_reason); the message says which.",
                     _ERROR,
                 )
             if path.endswith("/deploy-lock/"):
@@ -382,7 +390,7 @@ def document_errors(
                     "A deployment is queued or running on the group's servers.",
                     _ERROR,
                 )
-            elif path.endswith(("/promote/", "/abort/")):
+            elif path.endswith(("/promote/", "/abort/", "/approve/", "/gates-override/")):
                 errors["409"] = ("The deployment is not in a state that allows this.", _ERROR)
             elif path.endswith("/retry/"):
                 errors["409"] = (

@@ -97,6 +97,12 @@ urlpatterns = [
         projects.FreezeWindowDetailView.as_view(),
         name="api-freeze-window",
     ),
+    # Gates (docs/gates.md): policies per environment, and a deployment's checklist.
+    path(PROJECT + "gates/", builds.GatePolicyListView.as_view(), name="api-gate-policies"),
+    path(
+        PROJECT + "gates/<int:pk>/", builds.GatePolicyDetailView.as_view(), name="api-gate-policy"
+    ),
+    path(PROJECT + "gates/check/", builds.ProjectGatesCheckView.as_view(), name="api-gates-check"),
     # Deployments.
     path(
         PROJECT + "deployments/",
@@ -119,6 +125,16 @@ urlpatterns = [
         name="api-deployment-promote",
     ),
     path(DEPLOYMENT + "abort/", builds.DeploymentAbortView.as_view(), name="api-deployment-abort"),
+    path(
+        DEPLOYMENT + "approve/",
+        builds.DeploymentApproveView.as_view(),
+        name="api-deployment-approve",
+    ),
+    path(
+        DEPLOYMENT + "gates-override/",
+        builds.DeploymentGatesOverrideView.as_view(),
+        name="api-deployment-gates-override",
+    ),
     path(DEPLOYMENT + "retry/", builds.DeploymentRetryView.as_view(), name="api-deployment-retry"),
     # Project settings: members read them, admins change them.
     path(PROJECT + "commands/", projects.CommandListView.as_view(), name="api-commands"),

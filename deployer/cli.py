@@ -7,6 +7,7 @@
     slipway retry 42 [--wait]                 the servers deployment 42 failed on, again
     slipway abort 42 --roll-back [--wait]     stop 42, roll back the servers it switched
     slipway cancel 42
+    slipway approve 42                        approve a deployment held by an approvals gate
     slipway switch-back shop --group production [--wait]
     slipway lock shop --reason "bad migration, investigating" [--server web1]
     slipway unlock shop [--server web1]
@@ -306,6 +307,8 @@ def cmd_deploy(args: argparse.Namespace, client: Client) -> int:
         body["servers"] = _servers_by_name(client, args.project, names)
     if args.freeze_reason:
         body["freeze_override_reason"] = args.freeze_reason
+    if args.gates_reason:
+        body["gates_override_reason"] = args.gates_reason
     deployment = client.post(f"/projects/{args.project}/deployments/", body)
     return _follow_created(args, client, deployment)
 
@@ -369,6 +372,8 @@ def cmd_retry(args: argparse.Namespace, client: Client) -> int:
     body: dict[str, Any] = {}
     if args.freeze_reason:
         body["freeze_override_reason"] = args.freeze_reason
+    if args.gates_reason:
+        body["gates_override_reason"] = args.gates_reason
     deployment = client.post(f"/deployments/{args.id}/retry/", body)
     names = ", ".join(server_names(deployment).values())
     say(f"Retrying #{args.id} on {names}", file=sys.stderr if args.json else None)
@@ -415,6 +420,18 @@ def cmd_cancel(args: argparse.Namespace, client: Client) -> int:
         as_json=args.json,
         human=f"Deployment #{args.id}: {deployment['status']}"
         + (" (it stops at its next safe point)" if deployment["status"] == "running" else ""),
+    )
+    return EXIT_OK
+
+
+def cmd_approve(args: argparse.Namespace, client: Client) -> int:
+    deployment = client.post(f"/deployments/{args.id}/approve/", {})
+    approved = ", ".join(deployment.get("approved_by") or [])
+    emit(
+        deployment,
+        as_json=args.json,
+        human=f"Deployment #{args.id}: {deployment['status']}"
+        + (f" (approved by {approved})" if approved else ""),
     )
     return EXIT_OK
 
@@ -702,6 +719,10 @@ def parser() -> argparse.ArgumentParser:
         "--freeze-reason",
         help="during a freeze window: why this cannot wait (project admins only; audited)",
     )
+    deploy.add_argument(
+        "--gates-reason",
+        help="deploy past the environment's gates that did not pass: why (admins; audited)",
+    )
 
     rollback = commands.add_parser("rollback", help="switch a server back to an earlier release")
     rollback.add_argument("project")
@@ -741,6 +762,11 @@ def parser() -> argparse.ArgumentParser:
         "cancel", help="stop a deployment at its next safe point, keeping what it switched"
     )
     cancel.add_argument("id", type=int)
+
+    approve = commands.add_parser(
+        "approve", help="approve a deployment waiting for an approvals gate (docs/gates.md)"
+    )
+    approve.add_argument("id", type=int)
 
     switch_back = commands.add_parser(
         "switch-back",
@@ -794,6 +820,7 @@ def parser() -> argparse.ArgumentParser:
         retry,
         abort,
         cancel,
+        approve,
         switch_back,
         lock,
         unlock,
@@ -829,6 +856,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                 "retry": cmd_retry,
                 "abort": cmd_abort,
                 "cancel": cmd_cancel,
+                "approve": cmd_approve,
                 "switch-back": cmd_switch_back,
                 "lock": cmd_lock,
                 "unlock": cmd_unlock,

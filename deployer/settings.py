@@ -444,6 +444,8 @@ CELERY_TASK_ROUTES = {
     "builds.tasks.process_webhook_delivery": {"queue": "webhooks"},
     # A scheduled slot's run reads the repository's refs and creates a deployment, like a push.
     "builds.tasks.run_schedule": {"queue": "webhooks"},
+    # A commit status's re-check of held deployments (docs/gates.md), like a push's processing.
+    "builds.tasks.reevaluate_gates": {"queue": "webhooks"},
     "builds.tasks.send_notification_delivery": {"queue": "notifications"},
     "builds.tasks.resend_due_notification_deliveries": {"queue": "notifications"},
     "builds.tasks.*": {"queue": "housekeeping"},
@@ -458,6 +460,9 @@ CELERY_BEAT_SCHEDULE = {
     # Scheduled deployments whose slot came (docs/schedules.md): a slot starts within this
     # many seconds of its time; a claim in the database keeps it to one run.
     "tick-schedules": {"task": "builds.tasks.tick_schedules", "schedule": float(SCHEDULE_TICK)},
+    # Deployments held by their gates (docs/gates.md): CI statuses asked of the Git hosts'
+    # APIs, gates checked again, those waiting past their policy's wait refused.
+    "tick-gates": {"task": "builds.tasks.tick_gates", "schedule": 60.0},
     # Notifications whose message was lost (a broker restart) or whose retry is due.
     "resend-due-notifications": {
         "task": "builds.tasks.resend_due_notification_deliveries",

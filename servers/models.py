@@ -452,3 +452,30 @@ class HealthCheck(models.Model):
 
     def __str__(self) -> str:
         return self.url or self.command
+
+
+def rollback_target(server: Server) -> Release | None:
+    """Where a plain rollback of ``server`` goes: the release that was live before the live one.
+
+    The server's live switches are a stack (Release.previous): each deployment pushes the
+    release it made live onto the one live before it, and a plain rollback pops, so deploy A,
+    deploy B, roll back, deploy B again, roll back ends on A. Releases removed from the server
+    are skipped (the walk goes further back). A live release older than this history (no
+    ``previous`` link) falls back to the newest kept release created before it. None when
+    there is nothing to go back to.
+    """
+    kept = server.releases.filter(removed_at__isnull=True)
+    live = server.live_release()
+    if live is not None and live.previous_id is not None:
+        seen = {live.pk}
+        candidate = live.previous
+        while candidate is not None and candidate.pk not in seen:
+            if candidate.removed_at is None and candidate.server_id == server.pk:
+                return candidate
+            seen.add(candidate.pk)
+            candidate = candidate.previous
+        return None
+    older = kept.filter(live=False)
+    if live is not None:
+        older = older.filter(created_at__lt=live.created_at)
+    return older.order_by("-created_at", "-id").first()
