@@ -279,7 +279,11 @@ def commit_status_record(*, project: Project, reports: Iterable[StatusReport], s
             "source": source[:30],
             "updated_at": timezone.now(),
         }
-        key = {"project": project, "sha": report.sha, "context": report.context[:255]}
+        key: dict[str, Any] = {
+            "project": project,
+            "sha": report.sha,
+            "context": report.context[:255],
+        }
         try:
             with transaction.atomic():
                 CommitStatus.objects.update_or_create(**key, defaults=values)

@@ -45,6 +45,7 @@ from builds.models import (
 )
 from builds.services import (
     DeploymentFrozen,
+    DeploymentGated,
     DeploymentLocked,
     DeploymentRefused,
     FreezeOverrideForbidden,
@@ -523,7 +524,7 @@ def _deploy(
         except DeploymentRefused as refused:
             outcome = (
                 ScheduleOutcome.SKIPPED
-                if isinstance(refused, DeploymentLocked | DeploymentFrozen)
+                if isinstance(refused, DeploymentLocked | DeploymentFrozen | DeploymentGated)
                 else ScheduleOutcome.FAILED
             )
             _finish(run, outcome, _code(refused), f"Not deployed: {refused}")
@@ -541,6 +542,8 @@ def _code(refused: DeploymentRefused) -> str:
         return "locked"
     if isinstance(refused, DeploymentFrozen | FreezeOverrideForbidden):
         return "frozen"
+    if isinstance(refused, DeploymentGated):
+        return "gates"
     return "refused"
 
 

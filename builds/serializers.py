@@ -98,7 +98,7 @@ class CommitSerializer(serializers.Serializer[Any]):
 
 class GateCheckSerializer(serializers.Serializer[Any]):
     gate = serializers.ChoiceField(choices=[(gate, gate) for gate in GATES])
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]
     environment = serializers.CharField(help_text='The policy\'s environment ("" = none).')
     state = serializers.ChoiceField(choices=[(s, s) for s in (PASSED, PENDING, FAILED)])
     detail = serializers.CharField()

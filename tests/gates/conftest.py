@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from tests.webhooks import payloads
-from tests.webhooks.conftest import fast_password_hashing, post  # noqa: F401
+from tests.webhooks.conftest import fast_password_hashing, make_server, post, shop  # noqa: F401
 
 
 def github_status(sha: str, state: str, context: str = "ci/test") -> dict[str, Any]:
@@ -28,6 +28,8 @@ def github_status(sha: str, state: str, context: str = "ci/test") -> dict[str, A
     }
 
 
-def post_github_status(post, project, sha: str, state: str, context: str = "ci/test"):
+def post_github_status(poster, project, sha: str, state: str, context: str = "ci/test"):
     body = json.dumps(github_status(sha, state, context)).encode()
-    return post(project, body, **payloads.github_headers(body, project.webhook_secret, event="status"))
+    return poster(
+        project, body, **payloads.github_headers(body, project.webhook_secret, event="status")
+    )
