@@ -105,8 +105,10 @@ class GateCheckSerializer(serializers.Serializer[Any]):
 
 
 class GatesSerializer(serializers.Serializer[Any]):
-    sha = serializers.CharField(allow_blank=True, help_text="The commit checked.")
-    checks = GateCheckSerializer(many=True)
+    sha = serializers.CharField(
+        allow_blank=True, required=False, help_text="The commit checked (absent: no gate)."
+    )
+    checks = GateCheckSerializer(many=True, required=False)
     override = serializers.DictField(
         required=False, help_text="An admin's override: {by, reason, gates}."
     )

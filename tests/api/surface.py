@@ -8,7 +8,7 @@ from typing import Any
 
 from rest_framework.test import APIClient
 
-from builds.models import Deployment, LogLine, Schedule, Status
+from builds.models import Deployment, GatePolicy, LogLine, Schedule, Status
 from projects.models import (
     BuildCommand,
     Command,
@@ -67,6 +67,7 @@ def one_of_each(project: Project) -> dict[str, Any]:
             project=project, name="nightly", kind="daily", time_of_day=time(3, 0)
         ).pk,
         "templates": ProjectTemplate.objects.create(name="Starter", contents={}).pk,
+        "gates": GatePolicy.objects.create(project=project, environment="production").pk,
         "freeze-windows": FreezeWindow.objects.create(
             project=project,
             name="weekend",
