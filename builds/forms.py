@@ -86,6 +86,14 @@ class DeploymentForm(forms.Form):
         help_text="Only a project admin may deploy during a freeze; the reason is kept in the "
         "audit log.",
     )
+    gates_override_reason = forms.CharField(
+        label="Why deploy past the gates",
+        required=False,
+        max_length=MAX_REASON_LENGTH,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Only a project admin may deploy past a gate that did not pass; the reason "
+        "is kept in the audit log (docs/gates.md).",
+    )
 
     def __init__(
         self,

@@ -21,19 +21,22 @@ from django.views.decorators.http import (
     require_safe,
 )
 
-from builds import badges, pending
+from builds import badges, gates, pending
 from builds.dora import DEFAULT_DAYS, WINDOWS, project_dora, project_environments
 from builds.forms import DeploymentForm
 from builds.models import Deployment, Kind, Status, TargetStatus, Trigger
 from builds.presenters import dora_chart_data
 from builds.serializers import DoraQuerySerializer
 from builds.services import (
+    deployment_approve,
     deployment_cancel,
+    deployment_gates_override,
     deployment_request_abort,
     deployment_request_promotion,
     deployment_retry,
     deployment_rollback,
     deployment_start_with_strategy,
+    gates_preview,
     group_switch_back,
     retry_statuses,
     retry_superseded,
@@ -55,7 +58,13 @@ from projects.dashboard import (
     lock_reason_from,
     page_context,
 )
-from projects.models import DEPLOY_ROLES, Membership, Project, server_badge_signature
+from projects.models import (
+    CONFIGURE_ROLES,
+    DEPLOY_ROLES,
+    Membership,
+    Project,
+    server_badge_signature,
+)
 from servers.models import Promotion, Server, ServerGroup, Strategy
 
 # --------------------------------------------------------------------------- a new deployment
@@ -106,6 +115,7 @@ def deployment_new(request: HttpRequest, slug: str) -> HttpResponse:
                     trigger=Trigger.MANUAL,
                     strategy=form.cleaned_data["strategy"],
                     freeze_override_reason=form.cleaned_data["freeze_override_reason"],
+                    gates_override_reason=form.cleaned_data["gates_override_reason"],
                 )
             except SERVICE_ERRORS as exc:
                 typed = "ref" if form.cleaned_data.get("ref") else "revision"
@@ -147,6 +157,8 @@ def deployment_new(request: HttpRequest, slug: str) -> HttpResponse:
             head=mirror.head(project.branch),
             servers=servers,
             preview=preview,
+            gate_policies=list(project.gate_policies.all()),
+            checklist=_checklist_for(request, membership, form),
         ),
     )
 
@@ -174,6 +186,29 @@ def _with_targets(deployment: Deployment) -> Deployment:
 
 
 # --------------------------------------------------------------------------- a deployment
+
+
+def _checklist_for(
+    request: HttpRequest, membership: Membership, form: DeploymentForm
+) -> gates.Checklist | None:
+    """The gates of the servers (or group) and revision the form holds, for the deploy page:
+    None when the project has no gate policy or nothing is chosen yet."""
+    project = membership.project
+    if not project.gate_policies.exists():
+        return None
+    data = form.data if form.is_bound else form.initial
+    getter = data.getlist if hasattr(data, "getlist") else None
+    server_ids = getter("servers") if getter is not None else data.get("servers") or []
+    server_ids = [int(pk) for pk in server_ids if str(pk).isdigit()]
+    group_id = str(data.get("group") or "")
+    group = project.groups.filter(pk=int(group_id)).first() if group_id.isdigit() else None
+    servers = list(project.servers.filter(pk__in=server_ids))
+    if not servers and group is None:
+        return None
+    revision = str(data.get("ref") or data.get("revision") or "")
+    return gates_preview(
+        project=project, user=membership.user, servers=servers, group=group, revision=revision
+    )
 
 
 def _deployment_context(deployment: Deployment, membership: Membership) -> dict[str, Any]:
@@ -228,6 +263,14 @@ def _deployment_context(deployment: Deployment, membership: Membership) -> dict[
         # Where each server goes, said in the confirmation before anything happens.
         rollback_plans=rollback_plan_deployment(deployment) if can_roll_back else [],
         changes=_changes(deployment.changes),
+        checklist=gates.checklist_of(deployment),
+        can_approve=(
+            deployment.status == Status.GATED
+            and can_deploy
+            and deployment.triggered_by_id != membership.user_id
+        ),
+        can_override_gates=deployment.status == Status.GATED and membership.can_configure,
+        approved_by=[approval.user.get_username() for approval in deployment.approvals.all()],
     )
 
 
@@ -314,6 +357,47 @@ def deployment_cancel_view(request: HttpRequest, slug: str, deployment_id: int) 
             if deployment.is_active
             else "Cancelled before it started.",
         )
+    return redirect("deployment-detail", slug, deployment_id)
+
+
+@login_required
+@require_POST
+def deployment_approve_view(request: HttpRequest, slug: str, deployment_id: int) -> HttpResponse:
+    deployment, membership = get_deployment_for_user(
+        request, slug, deployment_id, role=DEPLOY_ROLES
+    )
+    try:
+        approved = deployment_approve(deployment=deployment, user=membership.user)
+    except SERVICE_ERRORS as exc:
+        messages.error(request, error_message(exc))
+    else:
+        messages.info(
+            request,
+            "Approved: the gates passed, it runs now."
+            if approved.status != Status.GATED
+            else "Approved: it still waits for its other gates.",
+        )
+    return redirect("deployment-detail", slug, deployment_id)
+
+
+@login_required
+@require_POST
+def deployment_gates_override_view(
+    request: HttpRequest, slug: str, deployment_id: int
+) -> HttpResponse:
+    deployment, membership = get_deployment_for_user(
+        request, slug, deployment_id, role=CONFIGURE_ROLES
+    )
+    try:
+        deployment_gates_override(
+            deployment=deployment,
+            user=membership.user,
+            reason=request.POST.get("reason", ""),
+        )
+    except SERVICE_ERRORS as exc:
+        messages.error(request, error_message(exc))
+    else:
+        messages.info(request, "Gates overridden: it runs now. The audit log keeps your reason.")
     return redirect("deployment-detail", slug, deployment_id)
 
 

@@ -60,6 +60,12 @@ urlpatterns = [
     path(DEPLOYMENT + "rollback/", deployments.deployment_roll_back, name="deployment-rollback"),
     path(DEPLOYMENT + "promote/", deployments.deployment_promote_view, name="deployment-promote"),
     path(DEPLOYMENT + "abort/", deployments.deployment_abort_view, name="deployment-abort"),
+    path(DEPLOYMENT + "approve/", deployments.deployment_approve_view, name="deployment-approve"),
+    path(
+        DEPLOYMENT + "gates-override/",
+        deployments.deployment_gates_override_view,
+        name="deployment-gates-override",
+    ),
     path(DEPLOYMENT + "retry/", deployments.deployment_retry_view, name="deployment-retry"),
     path(
         PROJECT + "groups/<int:group_id>/switch-back/",

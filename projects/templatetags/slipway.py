@@ -106,6 +106,7 @@ def field_label(field_name: str) -> str:
 
 
 _STATUS_LABELS = {
+    "gated": "Waiting for gates",
     "queued": "Queued",
     "running": "Running",
     "waiting": "Waiting",

@@ -97,7 +97,7 @@ class StatusHosts:
         }
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 status, document = hosts.answer(self.path, self.headers, routes)
                 content = json.dumps(document).encode()
                 self.send_response(status)
