@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db.models import Count, Min, Prefetch
 from django.utils import timezone
 
+from builds import gates
 from builds.models import (
     Deployment,
     DeploymentTarget,
@@ -164,10 +165,10 @@ def queue_of(kind: str) -> str:
 
 
 def pending_deployments(*, now: datetime | None = None) -> list[PendingDeployment]:
-    """Every queued and running deployment, running first, then oldest first."""
+    """Every held, queued and running deployment, running first, then oldest first."""
     now = now or timezone.now()
     active = list(
-        Deployment.objects.filter(status__in=[Status.RUNNING, Status.QUEUED])
+        Deployment.objects.filter(status__in=[Status.RUNNING, Status.QUEUED, Status.GATED])
         .select_related("project", "triggered_by")
         .prefetch_related(
             Prefetch("targets", queryset=DeploymentTarget.objects.select_related("server"))
@@ -193,6 +194,12 @@ def pending_deployments(*, now: datetime | None = None) -> list[PendingDeploymen
         queue = queue_of(deployment.kind)
         if deployment.status == Status.RUNNING:
             rows.append(_running(deployment, message, queue, now))
+        elif deployment.status == Status.GATED:
+            checklist = gates.checklist_of(deployment)
+            why = "Waiting for its gates (docs/gates.md)" + (
+                f": {checklist.describe(checklist.pending)}" if checklist is not None else ""
+            )
+            rows.append(PendingDeployment(deployment, message, queue, why))
         else:
             why = _why_queued(deployment, message, queue, holders, consumed_queues, broker_ok)
             rows.append(PendingDeployment(deployment, message, queue, why))

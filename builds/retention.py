@@ -20,7 +20,14 @@ from django.db import models
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from builds.models import FINAL, Deployment, LogLine, WebhookDelivery, WebhookOutcome
+from builds.models import (
+    FINAL,
+    CommitStatus,
+    Deployment,
+    LogLine,
+    WebhookDelivery,
+    WebhookOutcome,
+)
 from deployer.models import OutboxMessage
 from projects.models import DELIVERY_FINAL, NotificationDelivery
 from servers.models import Release
@@ -36,6 +43,7 @@ WEBHOOK_FINAL_OUTCOMES = (
     WebhookOutcome.REJECTED,
     WebhookOutcome.SUPERSEDED,
     WebhookOutcome.FAILED,
+    WebhookOutcome.RECORDED,
 )
 
 
@@ -82,8 +90,9 @@ def records_prune(
     """Remove what the retention settings (days; 0 keeps forever) say is old enough:
 
     - log lines of deployments that finished before the cutoff (SLIPWAY_RETAIN_LOG_DAYS);
-    - webhook deliveries received, sent or failed notification deliveries made, and task
-      messages the broker took, before the cutoff (SLIPWAY_RETAIN_DELIVERIES_DAYS);
+    - webhook deliveries received, sent or failed notification deliveries made, task
+      messages the broker took, and commit statuses last reported (the CI gate's,
+      builds.gates), before the cutoff (SLIPWAY_RETAIN_DELIVERIES_DAYS);
     - finished deployments older than the cutoff, with their targets, steps and log, except any
       deployment that made a release still kept on its server, live or not
       (SLIPWAY_RETAIN_DEPLOYMENTS_DAYS); an active deployment is never touched;
@@ -106,6 +115,7 @@ def records_prune(
     webhooks = Pruned("webhook deliveries", "SLIPWAY_RETAIN_DELIVERIES_DAYS", cutoff)
     notifications = Pruned("notification deliveries", "SLIPWAY_RETAIN_DELIVERIES_DAYS", cutoff)
     messages = Pruned("sent task messages", "SLIPWAY_RETAIN_DELIVERIES_DAYS", cutoff)
+    statuses = Pruned("commit statuses", "SLIPWAY_RETAIN_DELIVERIES_DAYS", cutoff)
     if cutoff is not None:
         webhooks.count = _delete_in_batches(
             WebhookDelivery.objects.filter(
@@ -126,7 +136,12 @@ def records_prune(
             dry_run=dry_run,
             batch_size=batch_size,
         )
-    report.parts += [webhooks, notifications, messages]
+        statuses.count = _delete_in_batches(
+            CommitStatus.objects.filter(updated_at__lt=cutoff),
+            dry_run=dry_run,
+            batch_size=batch_size,
+        )
+    report.parts += [webhooks, notifications, messages, statuses]
 
     cutoff = _cutoff(now, settings.RETAIN_DEPLOYMENTS_DAYS)
     part = Pruned("deployments", "SLIPWAY_RETAIN_DEPLOYMENTS_DAYS", cutoff)
