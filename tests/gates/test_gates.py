@@ -4,17 +4,19 @@ see, approve and override (Alice admin, Bob and Carol deployers, Dave viewer, Ch
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.utils import timezone
 
-from builds import services
+from builds import schedules, services
 from builds.models import (
     Deployment,
     DeploymentTarget,
     GatePolicy,
     Kind,
+    ScheduleKind,
+    ScheduleOutcome,
     Status,
     TargetStatus,
     Trigger,
@@ -278,3 +280,26 @@ def test_gate_policies_are_read_by_members_and_changed_by_admins(shop, alice, bo
     )
     assert changed.json()["max_wait_minutes"] == 15
     assert AuditEvent.objects.filter(action="gate_policy.updated").exists()
+
+
+def test_a_scheduled_slot_is_skipped_on_a_failed_gate_with_the_reason(shop, alice, web1):
+    GatePolicy.objects.create(project=shop, environment="production", require_rollback_target=True)
+    schedules.schedule_create(
+        project=shop,
+        actor=alice,
+        now=datetime(2026, 12, 2, 10, 0, tzinfo=UTC),
+        name="hourly",
+        kind=ScheduleKind.CRON,
+        cron="0 * * * *",
+        servers=[web1],
+        revision=SHA,
+        skip_unchanged=False,
+    )
+    (run,) = schedules.schedules_tick(now=datetime(2026, 12, 2, 11, 0, tzinfo=UTC))
+
+    decided = schedules.schedule_run(run.pk, now=datetime(2026, 12, 2, 11, 0, tzinfo=UTC))
+
+    assert decided is not None
+    assert (decided.outcome, decided.reason_code) == (ScheduleOutcome.SKIPPED, "gates")
+    assert "nothing to roll back to on web1" in decided.reason
+    assert not Deployment.objects.exists()
