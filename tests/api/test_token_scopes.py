@@ -36,6 +36,9 @@ DEPLOY_OPERATIONS = {
     ("delete", "/api/v1/projects/{slug}/deploy-lock/"),
     ("post", "/api/v1/projects/{slug}/servers/{server_id}/deploy-lock/"),
     ("delete", "/api/v1/projects/{slug}/servers/{server_id}/deploy-lock/"),
+    # Gates (docs/gates.md): approving a held deployment, and reading the checklist first.
+    ("post", "/api/v1/deployments/{deployment_id}/approve/"),
+    ("post", "/api/v1/projects/{slug}/gates/check/"),
 }
 
 
