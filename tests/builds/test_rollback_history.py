@@ -11,7 +11,7 @@ from django.utils import timezone
 from builds import services
 from builds.models import Deployment, Status
 from builds.tasks import run_deployment
-from servers.models import Release
+from servers.models import Release, rollback_target
 from tests.api.conftest import client_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -76,7 +76,7 @@ def test_it_skips_a_release_no_longer_on_the_server(bed, sshd_target):
     deploy("C")
     shutil.rmtree(sshd_target.deploy_path / "releases" / b)
     Release.objects.filter(server=server, name=b).update(removed_at=timezone.now())
-    target = services.rollback_target(server)
+    target = rollback_target(server)
     assert target is not None and target.name == a
     assert roll_back() == a and live_text() == "A"
 
