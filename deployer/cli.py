@@ -372,8 +372,6 @@ def cmd_retry(args: argparse.Namespace, client: Client) -> int:
     body: dict[str, Any] = {}
     if args.freeze_reason:
         body["freeze_override_reason"] = args.freeze_reason
-    if args.gates_reason:
-        body["gates_override_reason"] = args.gates_reason
     deployment = client.post(f"/deployments/{args.id}/retry/", body)
     names = ", ".join(server_names(deployment).values())
     say(f"Retrying #{args.id} on {names}", file=sys.stderr if args.json else None)
