@@ -195,3 +195,17 @@ class Aborted(Cancelled):
     """Stopped on request, and what this deployment switched is to be rolled back."""
 
     code = "aborted"
+
+
+class ArtefactMissing(UserError):
+    """A kept build output (builds.engine.artefacts) is gone: removed by its project's
+    retention, or never stored on this worker."""
+
+    code = "artefact_missing"
+
+
+class ArtefactCorrupt(UserError):
+    """A kept build output's file no longer has the digest its manifest records (changed
+    on disk after it was stored): it is not sent anywhere."""
+
+    code = "artefact_corrupt"

@@ -20,6 +20,7 @@ from builds.engine.manifest import ChangeSet, Manifest
 from builds.engine.ssh import ConnectionPool, Endpoint
 
 if TYPE_CHECKING:
+    from builds.engine.artefacts import ArtefactStore, StoredArtefact
     from builds.engine.ftp import FtpEndpoint
     from builds.engine.router import RouterSpec
     from builds.engine.s3 import S3Endpoint
@@ -268,6 +269,9 @@ class DeploySpec:
     settings_from_revision: Callable[[DeploySpec, str, bytes | None], DeploySpec] | None = field(
         default=None, repr=False
     )
+    #: Where the build output is kept for promotion (builds.engine.artefacts, docs/promote.md);
+    #: None: it is not kept.
+    artefacts: ArtefactStore | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -357,6 +361,9 @@ class DeployResult:
     #: live revision..revision); None for a first deployment, servers on different
     #: revisions, an empty range or a live revision gone from the repository.
     first_commit_at: datetime | None = None
+    #: The build output as kept in the project's artefact store (DeploySpec.artefacts);
+    #: None when there is no store or keeping it failed (the log says why).
+    artefact: StoredArtefact | None = None
 
     @property
     def ok(self) -> bool:
