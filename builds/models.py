@@ -62,6 +62,9 @@ class Kind(models.TextChoices):
     PREVIEW = "preview", "Preview"
     # A blue-green group's router sent back to the other colour (no server is changed).
     SWITCH = "switch", "Switch back"
+    # Another deployment's kept build output sent to other servers: no fetch, no build
+    # (docs/promote.md).
+    PROMOTE = "promote", "Promote"
 
 
 class Trigger(models.TextChoices):
@@ -122,6 +125,18 @@ class Deployment(models.Model):
     retry_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries"
     )
+    # Build once, promote (docs/promote.md): the build output this deployment kept (a
+    # deploy) or sent (a promote), and for a promote the deployment that built it.
+    artefact = models.ForeignKey(
+        "builds.Artefact",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="deployments",
+    )
+    promoted_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="promotions"
+    )
     # Added/modified/deleted paths and bytes, kept for previews and the deployment page.
     changes = models.JSONField(default=dict, blank=True)
     commits = models.JSONField(default=list, blank=True)
@@ -179,6 +194,44 @@ class Deployment(models.Model):
             return None
         end = self.finished_at or timezone.now()
         return (end - self.started_at).total_seconds()
+
+
+class ArtefactQuerySet(models.QuerySet["Artefact"]):
+    def kept(self) -> ArtefactQuerySet:
+        return self.filter(removed_at__isnull=True)
+
+
+class Artefact(models.Model):
+    """A deployment's build output kept for promotion (docs/promote.md): its files are in
+    the project's store on disk (builds.engine.artefacts, under SLIPWAY_ARTEFACT_DIR), named
+    by ``digest``, the SHA-256 of its manifest. ``removed_at``: retention deleted it (the row
+    stays, so a promotion of it is refused with a reason)."""
+
+    project = models.ForeignKey(
+        "projects.Project", on_delete=models.CASCADE, related_name="artefacts"
+    )
+    # The deploy that built it (null once retention removed that deployment's row).
+    deployment = models.ForeignKey(
+        Deployment, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revision = models.CharField(max_length=40)
+    digest = models.CharField(max_length=64)
+    files = models.PositiveIntegerField(default=0)
+    size = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    removed_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ArtefactQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # Two deployments that built the same bytes share one artefact.
+            models.UniqueConstraint(fields=["project", "digest"], name="unique_artefact_digest"),
+        ]
+
+    def __str__(self) -> str:
+        return f"artefact {self.digest[:12]} of {self.project_id}"
 
 
 class DeploymentTarget(models.Model):

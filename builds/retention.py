@@ -20,6 +20,7 @@ from django.db import models
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
+from builds.artefacts import artefacts_prune
 from builds.models import FINAL, Deployment, LogLine, WebhookDelivery, WebhookOutcome
 from deployer.models import OutboxMessage
 from projects.models import DELIVERY_FINAL, NotificationDelivery
@@ -88,7 +89,9 @@ def records_prune(
       deployment that made a release still kept on its server, live or not
       (SLIPWAY_RETAIN_DEPLOYMENTS_DAYS); an active deployment is never touched;
     - the manifests of releases removed from their server before the cutoff
-      (SLIPWAY_RETAIN_MANIFESTS_DAYS): the row stays, for the server's history.
+      (SLIPWAY_RETAIN_MANIFESTS_DAYS): the row stays, for the server's history;
+    - kept build outputs beyond each project's artefact retention (Project.artefacts_keep,
+      artefacts_keep_days; builds.artefacts.artefacts_prune, docs/promote.md).
 
     ``dry_run`` counts and changes nothing. Returns what went, per kind. Database errors are
     raised as they are; whatever batches were committed before stay removed.
@@ -138,6 +141,11 @@ def records_prune(
     part = Pruned("removed releases' manifests", "SLIPWAY_RETAIN_MANIFESTS_DAYS", cutoff)
     if cutoff is not None:
         part.count = _clear_manifests(cutoff, dry_run=dry_run, batch_size=batch_size)
+    report.parts.append(part)
+
+    # Per project, not one day count: the cutoff shown is the run's time.
+    part = Pruned("artefacts", "each project's artefact retention", now)
+    part.count = artefacts_prune(dry_run=dry_run, now=now).artefacts
     report.parts.append(part)
     return report
 

@@ -136,6 +136,9 @@ if WEB_WORKERS > 1 and EMBEDDED_WORKER:
 DB_POOL_SIZE = env.integer("SLIPWAY_DB_POOL_SIZE", 8, minimum=1)
 DB_POOL_TIMEOUT = env.integer("SLIPWAY_DB_POOL_TIMEOUT", 20, minimum=1)
 BUILD_DIR = env.directory("SLIPWAY_BUILD_DIR", DATA_DIR / "builds")
+# Kept build outputs, for promotion (docs/promote.md): one content-addressed store per project.
+# Scaled out, a folder every worker shares (NFS...): a promotion runs on any worker.
+ARTEFACT_DIR = env.directory("SLIPWAY_ARTEFACT_DIR", DATA_DIR / "artefacts")
 
 # The build sandbox (builds/engine/sandbox.py, docs/security.md). "off" is for single-team
 # installs only: build commands then run as the worker's user, next to Slipway's own data.
@@ -150,7 +153,7 @@ for _path in BUILD_READONLY_PATHS:
         )
     if any(
         _resolved == private or _resolved in private.parents or private in _resolved.parents
-        for private in (DATA_DIR.resolve(), BUILD_DIR.resolve())
+        for private in (DATA_DIR.resolve(), BUILD_DIR.resolve(), ARTEFACT_DIR.resolve())
     ):
         raise ConfigurationError(
             f"SLIPWAY_BUILD_READONLY_PATHS: '{_path}' overlaps Slipway's data directory; "

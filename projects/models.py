@@ -99,6 +99,10 @@ class Project(models.Model):
     # Settings as code (docs/settings-as-code.md): a deployment reads .slipway.yml at its
     # revision, and the keys it holds replace the project's own settings for that deployment.
     settings_from_repository = models.BooleanField(default=False)
+    # Build once, promote (docs/promote.md): how many kept build outputs ("artefacts") the
+    # retention job leaves, newest first, and how old they may grow; 0 = no limit of that kind.
+    artefacts_keep = models.PositiveIntegerField(default=10)
+    artefacts_keep_days = models.PositiveIntegerField(default=30)
     # The stack lock (shipit): while locked_at is set, every deployment of the project is
     # refused except a rollback (builds.services.deployment_create), whoever asks.
     locked_at = models.DateTimeField(null=True, blank=True)
