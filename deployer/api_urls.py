@@ -120,6 +120,11 @@ urlpatterns = [
     ),
     path(DEPLOYMENT + "abort/", builds.DeploymentAbortView.as_view(), name="api-deployment-abort"),
     path(DEPLOYMENT + "retry/", builds.DeploymentRetryView.as_view(), name="api-deployment-retry"),
+    path(
+        DEPLOYMENT + "promotions/",
+        builds.DeploymentPromotionView.as_view(),
+        name="api-deployment-promotions",
+    ),
     # Project settings: members read them, admins change them.
     path(PROJECT + "commands/", projects.CommandListView.as_view(), name="api-commands"),
     path(PROJECT + "commands/<int:pk>/", projects.CommandDetailView.as_view(), name="api-command"),

@@ -5,6 +5,7 @@
     slipway deploy shop --server web1 --revision main --wait
     slipway rollback shop --server web1 [--release NAME] [--lock "why"]
     slipway retry 42 [--wait]                 the servers deployment 42 failed on, again
+    slipway promote 42 --to production [--wait]  42's build output, no fetch, no build
     slipway abort 42 --roll-back [--wait]     stop 42, roll back the servers it switched
     slipway cancel 42
     slipway switch-back shop --group production [--wait]
@@ -375,6 +376,19 @@ def cmd_retry(args: argparse.Namespace, client: Client) -> int:
     return _follow_created(args, client, deployment)
 
 
+def cmd_promote(args: argparse.Namespace, client: Client) -> int:
+    body: dict[str, Any] = {"to": args.to}
+    if args.freeze_reason:
+        body["freeze_override_reason"] = args.freeze_reason
+    deployment = client.post(f"/deployments/{args.id}/promotions/", body)
+    names = ", ".join(server_names(deployment).values())
+    say(
+        f"Promoting the build output of #{args.id} to {names} as #{deployment['id']}",
+        file=sys.stderr if args.json else None,
+    )
+    return _follow_created(args, client, deployment)
+
+
 def cmd_abort(args: argparse.Namespace, client: Client) -> int:
     if not args.roll_back:
         raise CLIError(
@@ -723,6 +737,21 @@ def parser() -> argparse.ArgumentParser:
         "--freeze-reason",
         help="during a freeze window: why this cannot wait (project admins only; audited)",
     )
+    promote = commands.add_parser(
+        "promote",
+        help="send a deployment's kept build output to other servers: no fetch, no build",
+    )
+    promote.add_argument("id", type=int, help="the deployment whose build output goes")
+    promote.add_argument(
+        "--to", required=True, help="an environment, or server names separated by commas"
+    )
+    promote.add_argument(
+        "--wait", action="store_true", help="stream the log and exit non-zero on failure"
+    )
+    promote.add_argument(
+        "--freeze-reason",
+        help="during a freeze window: why this cannot wait (project admins only; audited)",
+    )
     abort = commands.add_parser(
         "abort", help="stop a running deployment and roll back the servers it switched"
     )
@@ -792,6 +821,7 @@ def parser() -> argparse.ArgumentParser:
         deploy,
         rollback,
         retry,
+        promote,
         abort,
         cancel,
         switch_back,
@@ -827,6 +857,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                 "deploy": cmd_deploy,
                 "rollback": cmd_rollback,
                 "retry": cmd_retry,
+                "promote": cmd_promote,
                 "abort": cmd_abort,
                 "cancel": cmd_cancel,
                 "switch-back": cmd_switch_back,

@@ -62,6 +62,11 @@ urlpatterns = [
     path(DEPLOYMENT + "abort/", deployments.deployment_abort_view, name="deployment-abort"),
     path(DEPLOYMENT + "retry/", deployments.deployment_retry_view, name="deployment-retry"),
     path(
+        DEPLOYMENT + "promotions/",
+        deployments.deployment_promote_artefact_view,
+        name="deployment-promotions",
+    ),
+    path(
         PROJECT + "groups/<int:group_id>/switch-back/",
         deployments.group_switch_back_view,
         name="group-switch-back",
