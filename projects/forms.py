@@ -121,6 +121,21 @@ class ProjectForm(forms.Form):
         "SSH commands, excluded files, shared paths, health checks and group strategies it "
         "holds replace these for that deployment (docs/settings-as-code.md).",
     )
+    artefacts_keep = forms.IntegerField(
+        label="Build outputs kept for promotion",
+        min_value=0,
+        max_value=1000,
+        initial=10,
+        help_text="The newest this many deployments' build outputs can be promoted to other "
+        "servers (docs/promote.md); 0: no limit by count.",
+    )
+    artefacts_keep_days = forms.IntegerField(
+        label="Days a build output is kept",
+        min_value=0,
+        max_value=3650,
+        initial=30,
+        help_text="Older build outputs are removed by retention; 0: no limit by age.",
+    )
     repository_token = forms.CharField(
         label="Repository access token",
         max_length=2000,
@@ -171,6 +186,8 @@ class ProjectForm(forms.Form):
                 "export_ignore": project.export_ignore,
                 "submodules": project.submodules,
                 "settings_from_repository": project.settings_from_repository,
+                "artefacts_keep": project.artefacts_keep,
+                "artefacts_keep_days": project.artefacts_keep_days,
             }
         super().__init__(*args, **kwargs)
         if project is None:

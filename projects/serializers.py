@@ -39,7 +39,13 @@ from projects.models import (
     Role,
     TokenScope,
 )
-from projects.services import MAX_POSITION, MAX_TIMEOUT_SECONDS, MAX_TOKEN_DAYS
+from projects.services import (
+    MAX_ARTEFACTS_KEEP,
+    MAX_ARTEFACTS_KEEP_DAYS,
+    MAX_POSITION,
+    MAX_TIMEOUT_SECONDS,
+    MAX_TOKEN_DAYS,
+)
 from servers.models import Server
 
 MAX_PATHS = 100
@@ -118,6 +124,8 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
             "export_ignore",
             "submodules",
             "settings_from_repository",
+            "artefacts_keep",
+            "artefacts_keep_days",
             "public_key",
             "webhook_url",
             "webhook_secret",
@@ -244,6 +252,19 @@ class ProjectInputSerializer(serializers.Serializer[dict[str, Any]]):
         help_text="Settings as code: each deployment reads .slipway.yml at its revision and "
         "the keys it holds replace the project's own settings for that deployment "
         "(docs/settings-as-code.md).",
+    )
+    artefacts_keep = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=MAX_ARTEFACTS_KEEP,
+        help_text="Build once, promote (docs/promote.md): how many kept build outputs "
+        "retention leaves, newest first; 0: no limit by count.",
+    )
+    artefacts_keep_days = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=MAX_ARTEFACTS_KEEP_DAYS,
+        help_text="How many days a kept build output may be promoted; 0: no limit by age.",
     )
     repository_token = serializers.CharField(
         max_length=2000,

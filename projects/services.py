@@ -324,8 +324,13 @@ PROJECT_FIELDS = frozenset(
         "submodules",
         "repository_token",
         "settings_from_repository",
+        "artefacts_keep",
+        "artefacts_keep_days",
     }
 )
+#: The most kept build outputs, and days, a project may ask for (docs/promote.md).
+MAX_ARTEFACTS_KEEP = 1000
+MAX_ARTEFACTS_KEEP_DAYS = 3650
 
 
 def project_clean(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -356,6 +361,14 @@ def project_clean(data: Mapping[str, Any]) -> dict[str, Any]:
     for field in ("build_network", "export_ignore", "submodules", "settings_from_repository"):
         if field in cleaned and not isinstance(cleaned[field], bool):
             raise InvalidInput(field, "must be true or false.")
+    for field, most in (
+        ("artefacts_keep", MAX_ARTEFACTS_KEEP),
+        ("artefacts_keep_days", MAX_ARTEFACTS_KEEP_DAYS),
+    ):
+        if field in cleaned:
+            value = cleaned[field]
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+                raise InvalidInput(field, f"must be a whole number from 0 (no limit) to {most}.")
     return cleaned
 
 
