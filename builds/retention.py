@@ -49,6 +49,8 @@ class Pruned:
     setting: str
     cutoff: datetime | None
     count: int = 0
+    #: False for a kind whose limits are per project (artefacts): no one cutoff to show.
+    one_cutoff: bool = True
 
 
 @dataclass
@@ -67,7 +69,9 @@ class PruneReport:
         verb = "would remove" if self.dry_run else "removed"
         out = []
         for part in self.parts:
-            if part.cutoff is None:
+            if not part.one_cutoff:
+                out.append(f"{part.what}: {verb} {part.count} ({part.setting})")
+            elif part.cutoff is None:
                 out.append(f"{part.what}: kept forever ({part.setting}=0)")
             else:
                 out.append(
@@ -143,8 +147,7 @@ def records_prune(
         part.count = _clear_manifests(cutoff, dry_run=dry_run, batch_size=batch_size)
     report.parts.append(part)
 
-    # Per project, not one day count: the cutoff shown is the run's time.
-    part = Pruned("artefacts", "each project's artefact retention", now)
+    part = Pruned("artefacts", "each project's artefact retention", now, one_cutoff=False)
     part.count = artefacts_prune(dry_run=dry_run, now=now).artefacts
     report.parts.append(part)
     return report

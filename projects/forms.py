@@ -123,6 +123,7 @@ class ProjectForm(forms.Form):
     )
     artefacts_keep = forms.IntegerField(
         label="Build outputs kept for promotion",
+        required=False,
         min_value=0,
         max_value=1000,
         initial=10,
@@ -131,6 +132,7 @@ class ProjectForm(forms.Form):
     )
     artefacts_keep_days = forms.IntegerField(
         label="Days a build output is kept",
+        required=False,
         min_value=0,
         max_value=3650,
         initial=30,
@@ -155,6 +157,14 @@ class ProjectForm(forms.Form):
         help_text="Its settings are copied into the new project, to change as you like; "
         "the project is not linked to the template afterwards.",
     )
+
+    def clean(self) -> dict[str, Any] | None:
+        cleaned = super().clean()
+        # Left empty (or not sent, as by a form made before these fields): unchanged.
+        for name in ("artefacts_keep", "artefacts_keep_days"):
+            if cleaned is not None and cleaned.get(name) is None:
+                cleaned.pop(name, None)
+        return cleaned
 
     CREATE_FIELDS = (
         "name",

@@ -886,6 +886,7 @@ DOCS = (
     "templates",
     "metrics",
     "settings-as-code",
+    "promote",
 )
 
 

@@ -186,8 +186,9 @@ class ArtefactStore:
         when it is not kept; ArtefactCorrupt when its bytes no longer hash to ``digest``."""
         if not self.has(digest):
             raise ArtefactMissing(
-                f"The build output {digest[:12]} is no longer kept (removed by the project's "
-                "artefact retention): deploy the revision again instead"
+                f"The build output {digest[:12]} is not in the artefact store (removed by the "
+                "project's artefact retention, or SLIPWAY_ARTEFACT_DIR is not shared with the "
+                "worker that built it): nothing was sent; deploy the revision again instead"
             )
         document = self.manifest_path(digest).read_bytes()
         if hashlib.sha256(document).hexdigest() != digest:

@@ -132,7 +132,7 @@ def test_it_refuses_an_artefact_removed_by_retention_and_keeps_shared_objects(
     assert not any(path.is_file() for path in store.objects.rglob("*"))
     promoted, artefact = _promotion(spec, store, result, production, tmp_path)
 
-    with pytest.raises(ArtefactMissing, match="no longer kept"):
+    with pytest.raises(ArtefactMissing, match="not in the artefact store"):
         pipeline.promote(promoted, artefact, RecordingReporter())
     assert not (production.deploy_path / "releases").exists()
 
