@@ -186,7 +186,10 @@ def _deployment_context(deployment: Deployment, membership: Membership) -> dict[
     can_deploy = membership.can_deploy
     running = deployment.status == Status.RUNNING
     can_roll_back = (
-        can_deploy and not deployment.is_active and deployment.kind == Kind.DEPLOY and succeeded
+        can_deploy
+        and not deployment.is_active
+        and deployment.kind in (Kind.DEPLOY, Kind.PROMOTE)
+        and succeeded
     )
     # "Retry failed servers": the servers of a finished deployment that did not take it.
     to_retry = [target for target in targets if target.status in retry_statuses(deployment)]

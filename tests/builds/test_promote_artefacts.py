@@ -125,6 +125,9 @@ def test_the_api_and_the_dashboard_promote_and_link_the_source(estate, alice, al
     assert b'<option value="production">production</option>' in page.content
     promoted_page = alice_client.get(f"/projects/{project.slug}/deployments/{promotion.pk}/")
     assert f'id="promoted-from">#{source.pk}</a>'.encode() in promoted_page.content
+    # A promotion is rolled back like any deployment, and promoted on again.
+    assert b"Roll back</button>" in promoted_page.content
+    assert b"Promote this build to" in promoted_page.content
 
     posted = alice_client.post(
         f"/projects/{project.slug}/deployments/{source.pk}/promotions/", {"to": "production"}
@@ -182,13 +185,29 @@ def test_a_tampered_artefact_is_refused_and_nothing_is_sent(estate, alice):
 
 
 def test_charlie_sees_nothing_and_a_staging_deployer_cannot_promote_to_production(
-    estate, alice, bob, charlie
+    estate, alice, bob, charlie, charlie_client, bob_client
 ):
-    source = estate["source"]
+    source, slug = estate["source"], estate["project"].slug
     answer = client_for(charlie).post(
         f"/api/v1/deployments/{source.pk}/promotions/", {"to": "production"}, format="json"
     )
     assert answer.status_code == 404
+    page = charlie_client.post(
+        f"/projects/{slug}/deployments/{source.pk}/promotions/", {"to": "production"}
+    )
+    assert page.status_code == 404
+    Membership.objects.filter(user=bob).update(role=Role.VIEWER)
+    assert (
+        b"Promote this build to"
+        not in bob_client.get(f"/projects/{slug}/deployments/{source.pk}/").content
+    )
+    assert (
+        client_for(bob)
+        .post(f"/api/v1/deployments/{source.pk}/promotions/", {"to": "staging"}, format="json")
+        .status_code
+        == 403
+    )
+    Membership.objects.filter(user=bob).update(role=Role.DEPLOYER)
 
     limited = client_for(alice).patch(
         f"/api/v1/projects/{estate['project'].slug}/members/bob/",
