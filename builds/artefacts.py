@@ -12,11 +12,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 
-from django.conf import settings
 from django.utils import timezone
 
+from builds.cleanup import project_artefact_dir
 from builds.engine.artefacts import ArtefactStore, StoredArtefact
 from builds.models import Artefact, Deployment
 from deployer.db import retrying
@@ -27,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 def project_store(project_id: int) -> ArtefactStore:
     """``SLIPWAY_ARTEFACT_DIR/project-<id>``: the project's artefact store."""
-    return ArtefactStore(Path(settings.ARTEFACT_DIR) / f"project-{project_id}")
+    return ArtefactStore(project_artefact_dir(project_id))
 
 
 @retrying

@@ -123,9 +123,7 @@ def test_it_refuses_a_tampered_artefact_and_sends_nothing(sshd_factory, git_repo
     assert not (production.deploy_path / "releases").exists()
 
 
-def test_it_refuses_an_artefact_removed_by_retention_and_keeps_shared_objects(
-    sshd_factory, git_repo_factory, tmp_path
-):
+def test_it_refuses_an_artefact_removed_by_retention(sshd_factory, git_repo_factory, tmp_path):
     _, _, _, production, store, spec, result = _staging(sshd_factory, git_repo_factory, tmp_path)
     removed = store.remove([result.artefact.digest])
     assert removed.manifests == 1 and removed.objects > 0
