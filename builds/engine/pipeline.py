@@ -320,6 +320,7 @@ def promote(
     if spec.started_at is None:
         spec = dataclasses.replace(spec, started_at=time.time())
     scratch = artefact.scratch_dir / "artefact"
+    shutil.rmtree(scratch, ignore_errors=True)  # left by a worker that died mid-promotion
     try:
         with reporter.step("verify"):
             output = artefact.store.materialise(

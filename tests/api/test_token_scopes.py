@@ -25,6 +25,8 @@ DEPLOY_OPERATIONS = {
     ("post", "/api/v1/deployments/{deployment_id}/promote/"),
     ("post", "/api/v1/deployments/{deployment_id}/abort/"),
     ("post", "/api/v1/deployments/{deployment_id}/retry/"),
+    # Build once, promote (docs/promote.md): a deployment of a kept build output.
+    ("post", "/api/v1/deployments/{deployment_id}/promotions/"),
     # Blue-green: sending a group's traffic back is a deployment of kind switch.
     ("post", "/api/v1/projects/{slug}/groups/{id}/switch-back/"),
     ("post", "/api/v1/projects/{slug}/servers/{server_id}/rollback/"),
