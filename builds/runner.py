@@ -732,7 +732,7 @@ DATABASE_LOST = (
 def run(deployment: Deployment) -> None:
     """Run a deployment that services.deployment_claim moved to running."""
     deployment = Deployment.objects.select_related(
-        "project", "triggered_by", "group", "artefact"
+        "project", "triggered_by", "group", "artefact", "promoted_from"
     ).get(pk=deployment.pk)
     project = deployment.project
     # A preview's targets stay "skipped" (it touches no server) and are read all the same.
@@ -942,11 +942,19 @@ def _run_promote(
         ),
         reporter,
     )
+    start = next(iter(starts)) or "" if len(starts) == 1 else ""
+    source = deployment.promoted_from
+    # The same range of commits as its source brought (the servers were where the source's
+    # were): the same commits and first commit time, for the page and DORA's lead time
+    # (builds.dora). Otherwise unknown without the repository, which a promotion never reads.
+    same_range = source is not None and bool(start) and start == source.start_revision
     _update_deployment(
         deployment.pk,
         end_revision=result.revision,
-        start_revision=next(iter(starts)) or "" if len(starts) == 1 else "",
+        start_revision=start,
         changes=_changes_json(result.changes),
+        commits=source.commits if same_range and source is not None else [],
+        first_commit_at=source.first_commit_at if same_range and source is not None else None,
     )
     routed = {
         spec.colour

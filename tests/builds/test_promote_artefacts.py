@@ -222,3 +222,21 @@ def test_charlie_sees_nothing_and_a_staging_deployer_cannot_promote_to_productio
     )
     assert answer.status_code == 403
     assert not Deployment.objects.filter(kind=Kind.PROMOTE).exists()
+
+
+def test_a_promotion_from_where_its_source_started_carries_its_commits_for_dora(estate, alice):
+    project, staging, production = estate["project"], estate["staging"], estate["production"]
+    first = _run(services.deployment_create(project=project, servers=[production], user=alice))
+    assert first.status == Status.SUCCEEDED, first.error
+    estate["repo"].commit({"index.html": "<h1>v2</h1>\n"}, "Fix the title")
+    staged = _run(services.deployment_create(project=project, servers=[staging], user=alice))
+    assert staged.status == Status.SUCCEEDED and staged.first_commit_at is not None
+
+    promotion = _run(services.artefact_promote(source=staged, servers=[production], user=alice))
+
+    assert promotion.status == Status.SUCCEEDED, promotion.error
+    assert promotion.start_revision == staged.start_revision == first.end_revision
+    assert promotion.first_commit_at == staged.first_commit_at
+    assert [c["subject"] for c in promotion.commits] == ["Fix the title"]
+    assert promotion.commits == staged.commits
+    assert (_live(estate["targets"]["production"]) / "index.html").read_text() == "<h1>v2</h1>\n"
