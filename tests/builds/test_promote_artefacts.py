@@ -240,3 +240,21 @@ def test_a_promotion_from_where_its_source_started_carries_its_commits_for_dora(
     assert [c["subject"] for c in promotion.commits] == ["Fix the title"]
     assert promotion.commits == staged.commits
     assert (_live(estate["targets"]["production"]) / "index.html").read_text() == "<h1>v2</h1>\n"
+
+
+def test_the_artefact_retention_is_a_project_setting_checked_by_field(
+    git_repo_factory, project_factory, alice, alice_client
+):
+    repo = git_repo_factory()
+    repo.commit({"index.html": "A\n"}, "A")
+    project = project_factory(repo)
+    api = client_for(alice)
+    url = f"/api/v1/projects/{project.slug}/"
+    assert api.get(url).json()["artefacts_keep"] == 10
+    changed = api.patch(url, {"artefacts_keep": 3, "artefacts_keep_days": 0}, format="json")
+    assert changed.status_code == 200, changed.content
+    assert (changed.json()["artefacts_keep"], changed.json()["artefacts_keep_days"]) == (3, 0)
+    refused = api.patch(url, {"artefacts_keep_days": -1}, format="json")
+    assert refused.status_code == 400 and "artefacts_keep_days" in refused.json()
+    page = alice_client.get(f"/projects/{project.slug}/settings/")
+    assert b"Build outputs kept for promotion" in page.content
