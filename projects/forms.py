@@ -29,12 +29,18 @@ from projects.models import (
     Notification,
     NotificationEvent,
     NotificationKind,
+    OnDrift,
     Project,
     Role,
     SiteSettings,
     TokenScope,
 )
-from projects.services import MAX_TIMEOUT_SECONDS, MAX_TOKEN_DAYS, TemplateSource
+from projects.services import (
+    MAX_DRIFT_CHECK_HOURS,
+    MAX_TIMEOUT_SECONDS,
+    MAX_TOKEN_DAYS,
+    TemplateSource,
+)
 from servers.models import Colour, Promotion, RouterKind, Server, ServerGroup, Strategy
 
 MONOSPACE = {"class": "mono", "spellcheck": "false", "autocapitalize": "off"}
@@ -111,6 +117,21 @@ class ProjectForm(forms.Form):
         help_text="Fetched with the project's key, from addresses the repository may use. "
         "Untick to leave submodule folders empty.",
     )
+    on_drift = forms.ChoiceField(
+        label="When a deployment finds drift",
+        choices=OnDrift.choices,
+        initial=OnDrift.RESTORE,
+        help_text="Files changed on a server since the last deployment (by hand, or by the "
+        "application): restore the build's files, or refuse to deploy and list them.",
+    )
+    drift_check_hours = forms.IntegerField(
+        label="Check servers for drift every (hours)",
+        min_value=0,
+        max_value=MAX_DRIFT_CHECK_HOURS,
+        initial=0,
+        help_text="0: only when asked (server page, API, CLI). A drift not seen before "
+        "notifies the notifications that list the drift event.",
+    )
     repository_token = forms.CharField(
         label="Repository access token",
         max_length=2000,
@@ -160,6 +181,8 @@ class ProjectForm(forms.Form):
                 "build_network": project.build_network,
                 "export_ignore": project.export_ignore,
                 "submodules": project.submodules,
+                "on_drift": project.on_drift,
+                "drift_check_hours": project.drift_check_hours,
             }
         super().__init__(*args, **kwargs)
         if project is None:

@@ -60,6 +60,13 @@ class ProjectQuerySet(models.QuerySet["Project"]):
         return self.filter(memberships__user=user)
 
 
+class OnDrift(models.TextChoices):
+    """builds.engine.specs.ON_DRIFT_CHOICES."""
+
+    RESTORE = "restore", "Restore the build's files"
+    REFUSE = "refuse", "Refuse to deploy, and list the files"
+
+
 class Project(models.Model):
     name = models.CharField(max_length=100)
     slug = models.SlugField(max_length=100, unique=True)
@@ -96,6 +103,11 @@ class Project(models.Model):
     # Check out the repository's submodules (recursively, with the project's key and the
     # repository's URL rules); off: their folders stay empty.
     submodules = models.BooleanField(default=True)
+    # What a deployment does with drift it finds on a server (builds.engine.drift,
+    # docs/drift.md): restore the build's files, or fail before the switch listing them.
+    on_drift = models.CharField(max_length=10, choices=OnDrift.choices, default=OnDrift.RESTORE)
+    # Hours between scheduled drift checks of each server (0: none; docs/drift.md).
+    drift_check_hours = models.PositiveIntegerField(default=0)
     # The stack lock (shipit): while locked_at is set, every deployment of the project is
     # refused except a rollback (builds.services.deployment_create), whoever asks.
     locked_at = models.DateTimeField(null=True, blank=True)
@@ -568,6 +580,8 @@ class NotificationEvent(models.TextChoices):
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     ROLLED_BACK = "rolled_back", "Rolled back"
+    # A server's live release was found changed since its deployment (builds.drift_checks).
+    DRIFT = "drift", "Drift found"
 
 
 def _all_events() -> list[str]:

@@ -34,11 +34,17 @@ from projects.models import (
     Notification,
     NotificationDelivery,
     NotificationEvent,
+    OnDrift,
     Project,
     Role,
     TokenScope,
 )
-from projects.services import MAX_POSITION, MAX_TIMEOUT_SECONDS, MAX_TOKEN_DAYS
+from projects.services import (
+    MAX_DRIFT_CHECK_HOURS,
+    MAX_POSITION,
+    MAX_TIMEOUT_SECONDS,
+    MAX_TOKEN_DAYS,
+)
 from servers.models import Server
 
 MAX_PATHS = 100
@@ -116,6 +122,8 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
             "build_network",
             "export_ignore",
             "submodules",
+            "on_drift",
+            "drift_check_hours",
             "public_key",
             "webhook_url",
             "webhook_secret",
@@ -236,6 +244,20 @@ class ProjectInputSerializer(serializers.Serializer[dict[str, Any]]):
         required=False,
         help_text="Check out the repository's submodules (recursively, with the project's key "
         "and the repository's URL rules); false leaves their folders empty.",
+    )
+    on_drift = serializers.ChoiceField(
+        choices=OnDrift.choices,
+        required=False,
+        help_text="What a deployment does with files changed on a server since the last "
+        "deployment: restore them (the default) or refuse, failing before the switch with "
+        "the list (docs/drift.md).",
+    )
+    drift_check_hours = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=MAX_DRIFT_CHECK_HOURS,
+        help_text="Hours between scheduled drift checks of each server; 0: none. A drift "
+        "found that was not found before notifies (event `drift`).",
     )
     repository_token = serializers.CharField(
         max_length=2000,

@@ -56,6 +56,7 @@ from projects.models import (
     ExcludedFile,
     FreezeWindow,
     Membership,
+    OnDrift,
     Project,
     ProjectTemplate,
     Role,
@@ -322,9 +323,13 @@ PROJECT_FIELDS = frozenset(
         "build_network",
         "export_ignore",
         "submodules",
+        "on_drift",
+        "drift_check_hours",
         "repository_token",
     }
 )
+# The longest interval between scheduled drift checks: a year, in hours.
+MAX_DRIFT_CHECK_HOURS = 24 * 366
 
 
 def project_clean(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -355,6 +360,16 @@ def project_clean(data: Mapping[str, Any]) -> dict[str, Any]:
     for field in ("build_network", "export_ignore", "submodules"):
         if field in cleaned and not isinstance(cleaned[field], bool):
             raise InvalidInput(field, "must be true or false.")
+    if "on_drift" in cleaned and cleaned["on_drift"] not in OnDrift.values:
+        raise InvalidInput("on_drift", f"must be one of: {', '.join(OnDrift.values)}.")
+    if "drift_check_hours" in cleaned:
+        hours = cleaned["drift_check_hours"]
+        if type(hours) is not int or not 0 <= hours <= MAX_DRIFT_CHECK_HOURS:
+            raise InvalidInput(
+                "drift_check_hours",
+                f"must be a whole number of hours from 0 (no scheduled check) to "
+                f"{MAX_DRIFT_CHECK_HOURS}.",
+            )
     return cleaned
 
 

@@ -773,6 +773,7 @@ DOCS = (
     "badges",
     "blue-green",
     "templates",
+    "drift",
 )
 
 

@@ -138,11 +138,12 @@ def exclude_rules(
 
 def generated_rules(spec: BuildSpec) -> ExcludeRules | None:
     """The generated paths as rules (None when there are none): see ``generated_paths``."""
-    return (
-        ExcludeRules(parse_rules(spec.generated_paths, SOURCE_GENERATED))
-        if spec.generated_paths
-        else None
-    )
+    return rules_for_generated(spec.generated_paths)
+
+
+def rules_for_generated(patterns: Sequence[str]) -> ExcludeRules | None:
+    """``patterns`` (``BuildSpec.generated_paths``) as rules; None when there are none."""
+    return ExcludeRules(parse_rules(patterns, SOURCE_GENERATED)) if patterns else None
 
 
 def run_local_command(
