@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from builds import notifications
@@ -236,6 +236,7 @@ def drift_checks_tick(*, now: datetime | None = None) -> list[DriftCheck]:
     now = now or timezone.now()
     candidates = (
         Server.objects.filter(
+            Q(protocol=Protocol.S3) | Q(protocol=Protocol.SSH, atomic=True),
             enabled=True,
             project__drift_check_hours__gt=0,
             releases__live=True,

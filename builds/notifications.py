@@ -297,8 +297,8 @@ def deployment_event(deployment: Deployment, event: str) -> list[NotificationDel
 
 
 def _record_deliveries(deployment: Deployment, event: str) -> list[NotificationDelivery]:
-    if event not in NotificationEvent.values:
-        raise ValueError(f"{event!r} is not a notification event")
+    if event not in NotificationEvent.values or event == NotificationEvent.DRIFT:
+        raise ValueError(f"{event!r} is not a deployment's notification event")
     deployment = Deployment.objects.select_related("project", "triggered_by").get(pk=deployment.pk)
     if deployment.kind == Kind.PREVIEW:
         return []  # a preview changes no server: nobody needs telling

@@ -28,7 +28,7 @@ import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from builds.engine.errors import DriftFound, InternalError, ReleaseMissing
+from builds.engine.errors import CommandFailed, DriftFound, InternalError, ReleaseMissing
 from builds.engine.excludes import ExcludeRules
 from builds.engine.manifest import Manifest, display_path, is_generated
 from builds.engine.release import (
@@ -38,7 +38,7 @@ from builds.engine.release import (
     validate_deploy_path,
 )
 from builds.engine.specs import ON_DRIFT_REFUSE
-from builds.engine.ssh import Connection
+from builds.engine.ssh import TAIL_LINES, Connection, classify_command_failure
 
 ADDED = "added"
 CHANGED = "changed"
@@ -189,20 +189,34 @@ def check_release(
     release or ``current`` points at another release than ``release`` (the check compares
     one release with its own manifest), InvalidInput for a bad ``deploy_path``, the errors
     of ``Connection.run`` (HostUnreachable, CommandTimedOut after ``timeout`` seconds...),
-    and InternalError for an answer cut short.
+    CommandFailed (or PermissionDenied / DiskFull) naming the last lines of stderr when the
+    listing fails (a folder of the release the login user cannot read), and InternalError
+    for an answer cut short.
     """
     root = validate_deploy_path(deploy_path)
     reader = _Reader(manifest)
+    display = "Slipway's drift check"
     result = connection.run(
         "sh -c " + shlex.quote(_script(root)),
         on_line=reader.line,
         timeout=timeout,
-        check=True,
+        check=False,
         check_cancelled=check_cancelled,
-        display="Slipway's drift check",
+        display=display,
     )
-    live = reader.release
     address = connection.endpoint.address
+    # The listing runs in a pipeline into base64, whose status is the script's: a listing
+    # stopped by an error (`set -e`) shows as a missing end marker, and stderr says why.
+    # Only stderr is quoted: stdout is the listing, base64 lines no one can read.
+    said = result.stderr.splitlines()[-TAIL_LINES:]
+    if result.exit_code != 0 or (reader.release and not reader.found.ended and said):
+        raise classify_command_failure(
+            CommandFailed(display, result.exit_code or 1, said),
+            said,
+            address,
+            username=connection.endpoint.username,
+        )
+    live = reader.release
     if not live:
         raise ReleaseMissing(f"{root} on {address} has no live release (no `current` link)")
     if live != release:

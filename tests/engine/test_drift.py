@@ -10,7 +10,7 @@ import pytest
 
 from builds.engine import drift, pipeline, s3
 from builds.engine.build import generated_rules
-from builds.engine.errors import DriftFound, ReleaseMissing
+from builds.engine.errors import DriftFound, PermissionDenied, ReleaseMissing
 from builds.engine.specs import ON_DRIFT_REFUSE, CommandSpec, ConfigFileSpec
 from builds.engine.ssh import connect
 from tests.engine.test_s3 import SITE, s3_server
@@ -215,3 +215,23 @@ def test_it_reports_objects_changed_added_and_removed_in_a_bucket(
     refused, _ = _deploy(repo, tmp_path, server, a, 2, on_drift=ON_DRIFT_REFUSE)
     assert isinstance(refused.servers[0].error, DriftFound)
     assert s3_target.objects()["index.html"] == b"defaced"
+
+
+def test_a_folder_the_login_user_cannot_read_fails_the_check_saying_why(
+    sshd_target, git_repo_factory, tmp_path
+):
+    repo = git_repo_factory()
+    a = repo.commit(APP, "A")
+    server = server_for(sshd_target)
+    result, _ = _deploy(repo, tmp_path, server, a, 1)
+    server = after(result, server)
+    secret = _live(sshd_target) / "private"
+    secret.mkdir()
+    (secret / "key.pem").write_text("k")
+    secret.chmod(0o000)
+    try:
+        with pytest.raises(PermissionDenied, match="Permission denied") as raised:
+            _check(sshd_target, server)
+        assert "b64" not in str(raised.value) and "/M" not in str(raised.value)
+    finally:
+        secret.chmod(0o755)
