@@ -15,6 +15,7 @@ from django.utils import timezone
 from builds import drift_checks, services
 from builds.models import Deployment, DriftCheck, DriftStatus, DriftTrigger, LogLine, Status
 from builds.notifications import notification_create
+from builds.retention import records_prune
 from builds.tasks import run_deployment, run_drift_check, send_notification_delivery
 from projects.models import DeliveryStatus, Membership, NotificationDelivery, Role
 from tests.api.conftest import client_for
@@ -225,3 +226,25 @@ def test_a_server_without_a_live_release_is_refused_naming_the_field(
     answer = client_for(alice).post(reverse("api-server-drift", args=[project.slug, server.pk]))
     assert answer.status_code == 400
     assert "no live release" in answer.json()["server"][0]
+
+
+def test_old_checks_are_pruned_but_each_servers_newest_conclusive_one_stays(deployed, settings):
+    _, _, server, _ = deployed
+    settings.RETAIN_DELIVERIES_DAYS = 30
+    long_ago = timezone.now() - timedelta(days=60)
+
+    def old(status, fingerprint=""):
+        return DriftCheck.objects.create(
+            server=server,
+            status=status,
+            fingerprint=fingerprint,
+            created_at=long_ago,
+            finished_at=long_ago,
+        )
+
+    old(DriftStatus.CLEAN)
+    old(DriftStatus.FAILED)
+    newest = old(DriftStatus.DRIFTED, "f" * 64)
+    report = records_prune()
+    assert report.count("drift checks") == 2
+    assert list(DriftCheck.objects.all()) == [newest]
