@@ -120,12 +120,14 @@ class ProjectForm(forms.Form):
     on_drift = forms.ChoiceField(
         label="When a deployment finds drift",
         choices=OnDrift.choices,
+        required=False,
         initial=OnDrift.RESTORE,
         help_text="Files changed on a server since the last deployment (by hand, or by the "
         "application): restore the build's files, or refuse to deploy and list them.",
     )
     drift_check_hours = forms.IntegerField(
         label="Check servers for drift every (hours)",
+        required=False,
         min_value=0,
         max_value=MAX_DRIFT_CHECK_HOURS,
         initial=0,
@@ -224,6 +226,11 @@ class ProjectForm(forms.Form):
             data.pop("subdirectory", None)
         if not data.get("template"):
             data.pop("template", None)
+        # Left out (a form from before these settings): what is stored stays.
+        if not data.get("on_drift"):
+            data.pop("on_drift", None)
+        if data.get("drift_check_hours") is None:
+            data.pop("drift_check_hours", None)
         return data
 
 
