@@ -18,6 +18,7 @@ from builds.notifications import notification_create
 from builds.retention import records_prune
 from builds.tasks import run_deployment, run_drift_check, send_notification_delivery
 from projects.models import DeliveryStatus, Membership, NotificationDelivery, Role
+from projects.services import project_create
 from tests.api.conftest import client_for
 from tests.notifications.conftest import allow_private, receiver, receiver_factory  # noqa: F401
 
@@ -248,3 +249,19 @@ def test_old_checks_are_pruned_but_each_servers_newest_conclusive_one_stays(depl
     report = records_prune()
     assert report.count("drift checks") == 2
     assert list(DriftCheck.objects.all()) == [newest]
+
+
+def test_the_api_reads_and_writes_the_drift_settings_naming_a_bad_field(alice):
+    project = project_create(
+        owner=alice, name="Shop", repository_url="https://git.example.com/acme/shop.git"
+    )
+    api = client_for(alice)
+    url = reverse("api-project", args=[project.slug])
+    assert api.get(url).json()["on_drift"] == "restore"
+    changed = api.patch(url, {"on_drift": "refuse", "drift_check_hours": 12}, format="json")
+    assert changed.status_code == 200, changed.content
+    assert (changed.json()["on_drift"], changed.json()["drift_check_hours"]) == ("refuse", 12)
+    bad = api.patch(url, {"on_drift": "ignore"}, format="json")
+    assert bad.status_code == 400 and "on_drift" in bad.json()
+    bad = api.patch(url, {"drift_check_hours": -1}, format="json")
+    assert bad.status_code == 400 and "drift_check_hours" in bad.json()
