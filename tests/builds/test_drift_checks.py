@@ -14,9 +14,16 @@ from django.utils import timezone
 
 from builds import drift_checks, services
 from builds.models import Deployment, DriftCheck, DriftStatus, DriftTrigger, LogLine, Status
-from builds.notifications import notification_create
+from builds.notifications import (
+    discord_message,
+    email_message,
+    notification_create,
+    slack_message,
+    teams_message,
+)
 from builds.retention import records_prune
 from builds.tasks import run_deployment, run_drift_check, send_notification_delivery
+from deployer import links
 from projects.models import DeliveryStatus, Membership, NotificationDelivery, Role
 from projects.services import project_create
 from tests.api.conftest import client_for
@@ -128,6 +135,13 @@ def test_a_scheduled_check_notifies_when_drift_appears_and_not_again_while_it_st
     assert body["server"]["name"] == server.name
     assert body["drift_check"]["changed"] == 1
     assert body["drift_check"]["files"][0]["path"] == "index.php"
+    # Chat and email messages say the same, linking to the server's page.
+    server_page = links.server_page(project.slug, server.pk)
+    assert "Shop: drift found on web1" in slack_message(body)["text"]
+    assert server_page in discord_message(body)["content"]
+    assert "index.php (changed)" in json.dumps(teams_message(body))
+    subject, text = email_message(body)
+    assert subject == "Shop: drift found on web1" and server_page in text
 
     # The same drift at the next tick: recorded, not notified again.
     DriftCheck.objects.update(created_at=now - timedelta(hours=7))
