@@ -235,7 +235,9 @@ def _script(root: str) -> str:
     q = shlex.quote(root)
     meta = f"../../{MANIFEST_DIR}/$live"
     stat_listing = _stat_listing(".")
+    # LC_ALL=C: find's times with a "." whatever the server's locale, names as bytes.
     return f"""set -eu
+LC_ALL=C; export LC_ALL
 cd -- {q} 2>/dev/null || exit 0
 if [ ! -L current ]; then exit 0; fi
 live=$(readlink current); live=${{live##*/}}
