@@ -24,6 +24,7 @@ from bench.environment import configure
 from bench.fixtures import (
     baselines_for,
     change_repository,
+    last_change,
     make_keys,
     make_repository,
     parallel,
@@ -53,7 +54,8 @@ class Point:
     ``tar -c | ssh tar -x`` (OpenSSH) takes to put the whole tree there, what any tool pays
     for the bytes, the encryption and the servers' own work on this machine;
     ``rsync_incremental``, the seconds ``rsync -a --delete --link-dest`` from the work tree
-    takes for the incremental change (rsync's best case)."""
+    takes for the incremental change (rsync's best case); ``linked_incremental``, the
+    hard-linked release floor (``cp -al`` of the previous release, the change, the switch)."""
 
     files: int
     servers: int
@@ -61,6 +63,9 @@ class Point:
     incremental: Deploy
     tar_first: float | None = None
     rsync_incremental: float | None = None
+    #: The seconds of the hard-linked release floor for the incremental change
+    #: (fixtures.Baseline.linked): what any release directory costs on the server.
+    linked_incremental: float | None = None
 
 
 def reset_peak_rss() -> bool:
@@ -129,9 +134,14 @@ def _child(config_path: Path) -> None:
                     [partial(b.tar, repository, "first") for b in baselines]
                 )
                 parallel([partial(b.rsync, "rsync-tree", repository, "a", None) for b in baselines])
+                parallel([partial(b.seed_linked, repository, "a") for b in baselines])
             else:
                 floors["rsync_incremental"] = parallel(
                     [partial(b.rsync, "rsync-tree", repository, "b", "a") for b in baselines]
+                )
+                changed, deleted = last_change(repository)
+                floors["linked_incremental"] = parallel(
+                    [partial(b.linked, repository, "b", "a", changed, deleted) for b in baselines]
                 )
     finally:
         bench.stop()
@@ -199,7 +209,7 @@ def measure(
                         Deploy(**result["incremental"]),
                         {
                             name: result[name]
-                            for name in ("tar_first", "rsync_incremental")
+                            for name in ("tar_first", "rsync_incremental", "linked_incremental")
                             if name in result
                         },
                     )
@@ -216,6 +226,7 @@ def measure(
                     _median([r[1] for r in runs]),
                     _median_of([r[2].get("tar_first") for r in runs]),
                     _median_of([r[2].get("rsync_incremental") for r in runs]),
+                    _median_of([r[2].get("linked_incremental") for r in runs]),
                 )
             )
     for repository in repositories.values():

@@ -36,6 +36,7 @@ from bench.fixtures import (
     export,
     filesystem_of,
     head,
+    last_change,
     make_keys,
     make_repository,
     parallel,
@@ -133,6 +134,7 @@ def main() -> None:
                 "≤ 0.5x rsync, work tree",
                 "rsync-tree",
                 0.5,
+                floor="linked",
             ),
             "c": report.Scenario(
                 "(c) rollback, 3 servers", "≤ 1.5x bare ssh switch", "ssh-switch", 1.5
@@ -163,6 +165,19 @@ def main() -> None:
                             ),
                         )
                     scenario.add("tar", parallel([partial(b.tar, tree, key) for b in baselines]))
+                    if key == "a":
+                        parallel([partial(b.seed_linked, tree, "a") for b in baselines])
+                    else:
+                        changed, deleted = last_change(repository)
+                        scenario.add(
+                            "linked",
+                            parallel(
+                                [
+                                    partial(b.linked, tree, "b", "a", changed, deleted)
+                                    for b in baselines
+                                ]
+                            ),
+                        )
 
                 scenarios["c"].measured(slipway.rollback(servers))
                 scenarios["c"].add(

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from builds.dora import days_csv, deployments_csv, project_dora, project_environments
 from builds.models import Deployment, Schedule, ScheduleRun
 from builds.schedules import schedule_create, schedule_delete, schedule_update
 from builds.serializers import (
@@ -17,6 +20,8 @@ from builds.serializers import (
     DeploymentPageSerializer,
     DeploymentSerializer,
     DeploymentSummarySerializer,
+    DoraQuerySerializer,
+    DoraReportSerializer,
     LockAnswerSerializer,
     LockRequestSerializer,
     LogQuerySerializer,
@@ -384,3 +389,59 @@ class ScheduleRunListView(APIView):
             schedule.runs.order_by("-slot", "-id"), request, view=self
         )
         return paginator.get_paginated_response(ScheduleRunSerializer(page, many=True).data)
+
+
+def _dora_report(request: Request, slug: str) -> tuple[Any, Any]:
+    membership = get_project_for_user(request, slug)
+    query = DoraQuerySerializer(data=request.query_params)
+    query.is_valid(raise_exception=True)
+    report = project_dora(
+        membership.project,
+        environment=query.validated_data["environment"],
+        days=query.validated_data["days"],
+    )
+    return membership, report
+
+
+class ProjectMetricsView(APIView):
+    @extend_schema(
+        parameters=[DoraQuerySerializer],
+        responses=DoraReportSerializer,
+        operation_id="projects_metrics_retrieve",
+        tags=["metrics"],
+        description="DORA's four keys for the project's servers in one environment (or all) "
+        "over the last `days` UTC days: deployment frequency, lead time for changes, change "
+        "failure rate, time to restore, and each day's figures. Definitions: docs/metrics.md.",
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        membership, report = _dora_report(request, slug)
+        context = {"environments": project_environments(membership.project)}
+        return Response(DoraReportSerializer(report, context=context).data)
+
+
+class ProjectMetricsCsvView(APIView):
+    @extend_schema(
+        parameters=[
+            DoraQuerySerializer,
+            OpenApiParameter(
+                "rows",
+                str,
+                OpenApiParameter.PATH,
+                enum=["deployments", "days"],
+                description="A row per deployment, or per day.",
+            ),
+        ],
+        responses={(200, "text/csv"): OpenApiTypes.STR},
+        operation_id="projects_metrics_csv",
+        tags=["metrics"],
+        description="The same figures as CSV (RFC 4180): `deployments.csv` has one row per "
+        "deployment, rollback and switch back with every figure used; `days.csv` one row per "
+        "day. Columns: docs/metrics.md#csv-export.",
+    )
+    def get(self, request: Request, slug: str, rows: str) -> HttpResponse:
+        membership, report = _dora_report(request, slug)
+        body = deployments_csv(report) if rows == "deployments" else days_csv(report)
+        response = HttpResponse(body, content_type="text/csv; charset=utf-8")
+        name = f"{membership.project.slug}-{rows}-{report.days}d.csv"
+        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        return response

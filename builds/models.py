@@ -125,6 +125,15 @@ class Deployment(models.Model):
     # Added/modified/deleted paths and bytes, kept for previews and the deployment page.
     changes = models.JSONField(default=dict, blank=True)
     commits = models.JSONField(default=list, blank=True)
+    # The earliest author date of the commits it brought (previous live revision..new
+    # revision), recorded by the runner: where DORA's lead time for changes starts
+    # (builds.dora, docs/metrics.md). Null: a rollback, a first deployment, an empty range,
+    # or a deployment recorded before this was kept.
+    first_commit_at = models.DateTimeField(null=True, blank=True)
+    # Settings as code (docs/settings-as-code.md): what the revision's .slipway.yml set, for
+    # a project that takes settings from its repository: {"revision", "found", "keys",
+    # "changed": {key: {"project": ..., "file": ...}}, "effective": {key: ...}}; {} otherwise.
+    settings_file = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     error_code = models.CharField(max_length=50, blank=True)
     created_at = models.DateTimeField(default=timezone.now)

@@ -1,4 +1,5 @@
-"""Deployment notifications: email, Slack, Discord, Microsoft Teams and signed JSON webhooks.
+"""Deployment notifications: email, Slack, Discord, Microsoft Teams and signed JSON webhooks;
+and the delivery of integrations' reports (builds.integrations), which share this machinery.
 
 Record, then act. When a deployment starts, succeeds, fails or is rolled back, builds.services
 calls ``deployment_event``, which only *records* one NotificationDelivery per matching
@@ -19,6 +20,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import smtplib
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -33,7 +35,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from builds import outbound
+from builds import integrations, outbound
 from builds.engine.errors import InvalidInput
 from builds.engine.masking import Masker
 from builds.models import Deployment, DriftCheck, Kind
@@ -41,7 +43,9 @@ from deployer import links
 from deployer.celery import app
 from projects.models import (
     DELIVERY_OPEN,
+    DeliveryEvent,
     DeliveryStatus,
+    Integration,
     Notification,
     NotificationDelivery,
     NotificationEvent,
@@ -49,7 +53,7 @@ from projects.models import (
     Project,
 )
 from projects.secrets import project_secrets
-from projects.services import _project_servers, audit_record, model_update
+from projects.services import audit_record, model_update
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +68,10 @@ CLOCK_TOLERANCE = timedelta(seconds=2)
 # resend_due leaves a due delivery to its own task message for this long first.
 RESEND_GRACE = timedelta(seconds=60)
 # Answers that trying again will not change (a deleted Slack webhook answers 404).
-RETRYABLE_CLIENT_ERRORS = frozenset({408, 425, 429})
+RETRYABLE_CLIENT_ERRORS = integrations.RETRYABLE_CLIENT_ERRORS
+# A delivery that waits for an earlier one (an integration's finish for its start) looks again
+# after this many seconds; waiting costs it no attempt.
+DEFER_SECONDS = 10
 
 SIGNATURE_HEADER = "X-Slipway-Signature"
 EVENT_HEADER = "X-Slipway-Event"
@@ -77,16 +84,8 @@ NOTIFICATION_FIELDS = frozenset(
 )
 
 
-class DeliveryError(Exception):
-    """An attempt failed; ``permanent`` when another attempt cannot succeed."""
-
-    def __init__(
-        self, message: str, *, permanent: bool = False, status_code: int | None = None
-    ) -> None:
-        self.message = message
-        self.permanent = permanent
-        self.status_code = status_code
-        super().__init__(message)
+#: An attempt failed (defined with the integrations, which raise it too).
+DeliveryError = integrations.DeliveryError
 
 
 # --------------------------------------------------------------------------- configuration
@@ -203,21 +202,11 @@ def notification_clean(
 # --------------------------------------------------------------------------- services
 
 
-def _servers_of(project: Project, cleaned: dict[str, Any]) -> list[Any] | None:
-
-    if "servers" not in cleaned:
-        return None
-    servers = cleaned.pop("servers")
-    if not isinstance(servers, list | tuple):
-        raise InvalidInput("servers", "must be a list of servers.")
-    return _project_servers(project, list(servers))
-
-
 def notification_create(*, project: Project, actor: User | None, **fields: Any) -> Notification:
     """Add a notification to ``project``; the audit log names the fields, never their values."""
 
     cleaned = notification_clean(fields)
-    servers = _servers_of(project, cleaned)
+    servers = integrations.servers_of(project, cleaned)
     with transaction.atomic():
         notification = Notification.objects.create(project=project, **cleaned)
         if servers is not None:
@@ -239,7 +228,7 @@ def notification_update(
 ) -> Notification:
 
     cleaned = notification_clean(fields, instance=notification)
-    servers = _servers_of(notification.project, cleaned)
+    servers = integrations.servers_of(notification.project, cleaned)
     with transaction.atomic():
         changed = model_update(instance=notification, data=cleaned)
         if servers is not None:
@@ -278,13 +267,31 @@ def deployment_event(deployment: Deployment, event: str) -> list[NotificationDel
 
     Called by builds.services when a deployment starts running, succeeds or fails, and with
     ``rolled_back`` when a rollback succeeds or a deployment's servers were rolled back
-    automatically. Reporting the same event twice records nothing the second time. It never
-    raises: a deployment must not fail because its notifications could not be recorded.
+    automatically, ``cancelled`` when it was cancelled. A finish also records the reports of
+    the project's integrations (builds.integrations; their start is ``revision_resolved``).
+    Reporting the same event twice records nothing the second time. It never raises: a
+    deployment must not fail because its notifications could not be recorded.
     """
+    return _record_safely(deployment, event, lambda: _record_deliveries(deployment, event))
+
+
+def revision_resolved(deployment: Deployment, sha: str) -> list[NotificationDelivery]:
+    """Record the ``started`` reports of the project's integrations, now that the commit
+    being deployed (``sha``, 40 hex digits) is known. Never raises, as deployment_event."""
+    return _record_safely(
+        deployment,
+        "started",
+        lambda: _record_integration_deliveries(_deployment_row(deployment), "started", sha),
+    )
+
+
+def _record_safely(
+    deployment: Deployment, event: str, record: Callable[[], list[NotificationDelivery]]
+) -> list[NotificationDelivery]:
     try:
         # A savepoint: should recording fail, the caller's transaction goes on unharmed.
         with transaction.atomic():
-            deliveries = _record_deliveries(deployment, event)
+            deliveries = record()
     except Exception:
         logger.exception(
             "Recording the %r notifications of deployment %s failed", event, deployment.pk
@@ -296,12 +303,31 @@ def deployment_event(deployment: Deployment, event: str) -> list[NotificationDel
     return deliveries
 
 
+def _deployment_row(deployment: Deployment) -> Deployment:
+    return Deployment.objects.select_related("project", "triggered_by").get(pk=deployment.pk)
+
+
 def _record_deliveries(deployment: Deployment, event: str) -> list[NotificationDelivery]:
-    if event not in NotificationEvent.values or event == NotificationEvent.DRIFT:
+    if event not in DeliveryEvent.values or event == DeliveryEvent.DRIFT:
         raise ValueError(f"{event!r} is not a deployment's notification event")
-    deployment = Deployment.objects.select_related("project", "triggered_by").get(pk=deployment.pk)
+    deployment = _deployment_row(deployment)
     if deployment.kind == Kind.PREVIEW:
         return []  # a preview changes no server: nobody needs telling
+    recorded = _record_notification_deliveries(deployment, event)
+    if event in integrations.FINISH_EVENTS:
+        recorded += _record_integration_deliveries(deployment, event, sha=None)
+    return recorded
+
+
+def _touches(receiver: Notification | Integration, touched: set[int]) -> bool:
+    """Whether a notification or integration limited to some servers covers ``touched``."""
+    servers = {server.pk for server in receiver.servers.all()}
+    return not servers or bool(touched & servers)
+
+
+def _record_notification_deliveries(
+    deployment: Deployment, event: str
+) -> list[NotificationDelivery]:
     # The URL and the secret stay encrypted here: recording needs neither.
     candidates = [
         notification
@@ -315,26 +341,31 @@ def _record_deliveries(deployment: Deployment, event: str) -> list[NotificationD
     if not candidates:
         return []
     touched = set(deployment.targets.values_list("server_id", flat=True))
-    wanted = [
-        notification
-        for notification in candidates
-        if not notification.servers.all()
-        or touched & {server.pk for server in notification.servers.all()}
-    ]
+    wanted = [notification for notification in candidates if _touches(notification, touched)]
     if not wanted:
         return []
     payload = deployment_payload(deployment, event)
+    return _create_each(
+        [
+            {"notification": notification, "deployment": deployment, "event": event}
+            for notification in wanted
+        ],
+        payload=payload,
+    )
+
+
+def _create_each(
+    rows: list[dict[str, Any]], *, payload: dict[str, Any]
+) -> list[NotificationDelivery]:
+    """Create a delivery per row (its receiver, deployment and event) with ``payload`` and
+    the row's own ``payload`` parts over it; a row recorded already is skipped."""
     recorded = []
-    for notification in wanted:
+    for row in rows:
+        extra = row.pop("payload", {})
         try:
             with transaction.atomic():
                 recorded.append(
-                    NotificationDelivery.objects.create(
-                        notification=notification,
-                        deployment=deployment,
-                        event=event,
-                        payload=payload,
-                    )
+                    NotificationDelivery.objects.create(**row, payload={**payload, **extra})
                 )
         except IntegrityError:
             continue  # this event of this deployment was recorded already
@@ -370,10 +401,7 @@ def _record_drift_deliveries(check: DriftCheck) -> list[NotificationDelivery]:
         .defer("url", "secret")
         .prefetch_related("servers")
         if NotificationEvent.DRIFT in notification.events
-        and (
-            not notification.servers.all()
-            or check.server_id in {server.pk for server in notification.servers.all()}
-        )
+        and _touches(notification, {check.server_id})
     ]
     if not wanted:
         return []
@@ -418,6 +446,72 @@ def drift_payload(check: DriftCheck) -> dict[str, Any]:
             "files": check.files[:DRIFT_PATHS_IN_MESSAGE],
         },
     }
+
+
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _record_integration_deliveries(
+    deployment: Deployment, event: str, sha: str | None
+) -> list[NotificationDelivery]:
+    """One delivery per enabled integration that reports ``event`` (integrations.wants).
+
+    The payload is the notifications' with an ``integration`` part: the environment and
+    the commit's SHA, ``sha`` for a start; for a finish, the SHA its start reported, else
+    the deployment's end revision; nothing is recorded without one.
+    """
+    if deployment.kind == Kind.PREVIEW:
+        return []
+    # The token stays encrypted here: recording does not need it.
+    candidates = [
+        integration
+        for integration in Integration.objects.filter(
+            project_id=deployment.project_id, enabled=True
+        )
+        .defer("token")
+        .prefetch_related("servers")
+        if integrations.wants(integration, event, deployment)
+    ]
+    if not candidates:
+        return []
+    touched = set(deployment.targets.values_list("server_id", flat=True))
+    wanted = [integration for integration in candidates if _touches(integration, touched)]
+    if not wanted:
+        return []
+    rows = []
+    for integration in wanted:
+        commit = sha if sha is not None else _started_sha(integration, deployment)
+        if not commit or not _SHA.match(commit):
+            continue
+        report = {
+            "environment": integrations.environment_for(integration, deployment),
+            "sha": commit,
+            "ref": integrations.ref_for(deployment, commit),
+        }
+        rows.append(
+            {
+                "integration": integration,
+                "deployment": deployment,
+                "event": event,
+                "payload": {"integration": report},
+            }
+        )
+    if not rows:
+        return []
+    return _create_each(rows, payload=deployment_payload(deployment, event))
+
+
+def _started_sha(integration: Integration, deployment: Deployment) -> str:
+    started = (
+        NotificationDelivery.objects.filter(
+            integration=integration, deployment=deployment, event=DeliveryEvent.STARTED
+        )
+        .values_list("payload", flat=True)
+        .first()
+    )
+    if isinstance(started, dict):
+        return str(started.get("integration", {}).get("sha", ""))
+    return deployment.end_revision
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -533,13 +627,10 @@ def delivery_attempt(delivery_id: int) -> NotificationDelivery | None:
         return None
     status_code: int | None = None
     try:
-        delivery = NotificationDelivery.objects.select_related("notification").get(pk=delivery_id)
-        notification = delivery.notification
-        if not notification.enabled:
-            raise DeliveryError(
-                "The notification was turned off before this message was sent", permanent=True
-            )
-        status_code = SENDERS[notification.kind](notification, delivery)
+        delivery = NotificationDelivery.objects.select_related("notification", "integration").get(
+            pk=delivery_id
+        )
+        status_code = _send(delivery)
     except DeliveryError as exc:
         _record_failure(
             delivery_id,
@@ -547,6 +638,7 @@ def delivery_attempt(delivery_id: int) -> NotificationDelivery | None:
             error=exc.message,
             status_code=exc.status_code,
             permanent=exc.permanent,
+            deferred=exc.deferred,
         )
     except Exception:
         logger.exception("Notification delivery %s failed", delivery_id)
@@ -570,8 +662,30 @@ def delivery_attempt(delivery_id: int) -> NotificationDelivery | None:
     return NotificationDelivery.objects.get(pk=delivery_id)
 
 
+def _send(delivery: NotificationDelivery) -> int | None:
+    notification, integration = delivery.notification, delivery.integration
+    if integration is not None:
+        if not integration.enabled:
+            raise DeliveryError(
+                "The integration was turned off before this report was sent", permanent=True
+            )
+        return integrations.send(integration, delivery)
+    assert notification is not None  # a delivery has one receiver (a check constraint)
+    if not notification.enabled:
+        raise DeliveryError(
+            "The notification was turned off before this message was sent", permanent=True
+        )
+    return SENDERS[notification.kind](notification, delivery)
+
+
 def _record_failure(
-    delivery_id: int, attempt: int, *, error: str, status_code: int | None, permanent: bool
+    delivery_id: int,
+    attempt: int,
+    *,
+    error: str,
+    status_code: int | None,
+    permanent: bool,
+    deferred: bool = False,
 ) -> None:
     now = timezone.now()
     # Only while the claim is still ours: past its lease someone else may have taken it.
@@ -579,6 +693,19 @@ def _record_failure(
         pk=delivery_id, status=DeliveryStatus.SENDING, attempts=attempt
     )
     error = error[:2000]
+    if deferred:
+        # Waiting for an earlier delivery is no failure: the attempt is given back. Bounded:
+        # the delivery waited for is sent or given up within its own attempts.
+        if ours.update(
+            status=DeliveryStatus.RETRYING,
+            attempts=F("attempts") - 1,
+            error=error,
+            next_attempt_at=now + timedelta(seconds=DEFER_SECONDS),
+        ):
+            transaction.on_commit(
+                lambda: _enqueue(delivery_id, countdown=DEFER_SECONDS), robust=True
+            )
+        return
     if permanent or attempt >= MAX_ATTEMPTS:
         ours.update(
             status=DeliveryStatus.FAILED,

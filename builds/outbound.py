@@ -142,6 +142,8 @@ class Response:
     origin: str
     #: Origins of the redirects followed to get here, in order.
     redirects: tuple[str, ...] = ()
+    #: The first ``read_limit`` bytes of the answer's body (none unless asked for).
+    body: bytes = b""
 
     @property
     def ok(self) -> bool:
@@ -242,7 +244,8 @@ def _describe(exc: Exception) -> str:
     return text or type(exc).__name__
 
 
-def _post_once(
+def _send_once(
+    method: str,
     target: Target,
     addresses: list[str],
     body: bytes,
@@ -250,8 +253,10 @@ def _post_once(
     *,
     ssl_context: ssl.SSLContext | None,
     deadline: float,
-) -> tuple[int, str]:
-    """One POST to one checked target: (status code, Location header or "")."""
+    read_limit: int,
+) -> tuple[int, str, bytes]:
+    """One request to one checked target: (status code, Location header or "", the first
+    ``read_limit`` bytes of the body)."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise OutboundError(f"{target.origin}: no answer within {TOTAL_SECONDS:.0f} s")
@@ -272,7 +277,7 @@ def _post_once(
                 ssl_context=ssl_context, network_backend=backend, max_connections=1
             ) as pool,
             pool.stream(
-                "POST",
+                method,
                 url,
                 headers=request_headers,
                 content=body,
@@ -281,8 +286,17 @@ def _post_once(
                 },
             ) as response,
         ):
-            # The answer's body is not kept: only its status code is recorded, so that a
-            # notification cannot be used to read what a server behind it says.
+            # A notification's answer body is not read: only its status code is recorded, so
+            # that a notification cannot be used to read what a server behind it says. An
+            # integration reads a little of it (an id, an error message), from an address
+            # that passed the same checks.
+            content = b""
+            if read_limit > 0:
+                for chunk in response.iter_stream():
+                    content += chunk
+                    if len(content) >= read_limit:
+                        content = content[:read_limit]
+                        break
             location = next(
                 (
                     value.decode("latin-1")
@@ -291,7 +305,7 @@ def _post_once(
                 ),
                 "",
             )
-            return response.status, location
+            return response.status, location, content
     except (
         httpcore.TimeoutException,
         httpcore.NetworkError,
@@ -314,6 +328,26 @@ def post(
     Raises OutboundRefused before any packet goes to a refused address, OutboundError when no
     answer came; any answer (even 500) is returned. ``ssl_context``: None trusts the usual CAs.
     """
+    return send("POST", url, body, headers, allow_private=allow_private, ssl_context=ssl_context)
+
+
+def send(
+    method: str,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    allow_private: bool | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    follow_redirects: bool = True,
+    read_limit: int = 0,
+) -> Response:
+    """Send one ``method`` request (POST, PUT) to ``url`` under the same checks as ``post``.
+
+    ``follow_redirects`` False: a redirect is returned as the answer, never followed (a
+    request that carries a token must not carry it to another address). ``read_limit``:
+    how many bytes of the answer's body to keep in ``Response.body`` (0: none are read).
+    """
     deadline = time.monotonic() + TOTAL_SECONDS
     current = url
     target = parse_url(current)
@@ -326,11 +360,20 @@ def post(
                 raise
             # Keep the class: a refused hop is permanent, an unresolvable one may come back.
             raise type(exc)(f"redirected by {redirects[-1]} to {exc.message}") from None
-        status, location = _post_once(
-            target, addresses, body, headers, ssl_context=ssl_context, deadline=deadline
+        status, location, content = _send_once(
+            method,
+            target,
+            addresses,
+            body,
+            headers,
+            ssl_context=ssl_context,
+            deadline=deadline,
+            read_limit=read_limit,
         )
-        if status not in REDIRECT_STATUSES or not location:
-            return Response(status_code=status, origin=target.origin, redirects=tuple(redirects))
+        if status not in REDIRECT_STATUSES or not location or not follow_redirects:
+            return Response(
+                status_code=status, origin=target.origin, redirects=tuple(redirects), body=content
+            )
         if len(redirects) == MAX_REDIRECTS:
             raise OutboundError(
                 f"{target.origin}: more than {MAX_REDIRECTS} redirects; point the notification "

@@ -9,8 +9,9 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -19,7 +20,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
-from builds import outbound
+from builds import notifications, outbound
 from builds.cleanup import project_build_dir
 from builds.engine import pipeline, router
 from builds.engine.build import BuildCommandSpec, BuildSpec
@@ -36,13 +37,14 @@ from builds.engine.excludes import Exclusions
 from builds.engine.ftp import FtpEndpoint
 from builds.engine.git import Commit
 from builds.engine.health import HealthCheckSpec
-from builds.engine.manifest import ChangeSet, Manifest, display_path
+from builds.engine.manifest import ChangeSet, DeferredManifests, Manifest, display_path
 from builds.engine.masking import (
     Masker,
 )
 from builds.engine.remote_build import BuildHost
 from builds.engine.s3 import S3Endpoint, parse_object_rules
 from builds.engine.sandbox import SandboxPolicy
+from builds.engine.settings_file import FILE_NAME
 from builds.engine.specs import BLUE_GREEN, parse_batch_size, parse_lock_owner
 from builds.engine.ssh import ConnectionPool, Endpoint
 from builds.logs import LogWriter
@@ -60,6 +62,7 @@ from builds.services import deployment_broadcast_status, deployment_finish, roll
 from deployer.db import project_lock, retrying
 from projects.models import Project
 from projects.secrets import project_secrets
+from projects.settings_code import repository_settings
 from servers.models import (
     AuthMethod,
     EncodedJSON,
@@ -168,6 +171,10 @@ class DatabaseReporter:
     def target_state(self, server: int, state: str, reason: str = "") -> None:
         _update_target(self.deployment.pk, server, status=state, reason=reason[:2000])
         deployment_broadcast_status(self.deployment)
+
+    def revision_resolved(self, sha: str) -> None:
+        # Recorded in a savepoint and sent after the commit: it never delays the deployment.
+        notifications.revision_resolved(self.deployment, sha)
 
     def wait_for_promotion(self) -> bool:
         """Poll for Promote, Abort or Cancel (the API and the dashboard set them). Cancel
@@ -345,12 +352,15 @@ def server_spec(server: Server, *, with_manifest: bool = True) -> pipeline.Serve
     manifest = (
         Manifest.from_document(live.manifest) if with_manifest and live and live.manifest else None
     )
-    kept = (
-        {
-            release.name: Manifest.from_document(release.manifest)
-            for release in server.releases.filter(removed_at__isnull=True, live=False)
-            if release.manifest
-        }
+    kept: Mapping[str, Manifest] = (
+        DeferredManifests(
+            list(
+                server.releases.filter(removed_at__isnull=True, live=False).values_list(
+                    "name", flat=True
+                )
+            ),
+            partial(_kept_manifest, server.pk),
+        )
         if with_manifest
         else {}
     )
@@ -390,6 +400,18 @@ def server_spec(server: Server, *, with_manifest: bool = True) -> pipeline.Serve
         live_manifest=manifest,
         kept_manifests=kept,
     )
+
+
+def _kept_manifest(server_id: int, name: str) -> Manifest | None:
+    """The manifest recorded for ``name`` on the server, read when the engine asks (from a
+    delivery thread: its connection is closed by ``thread_finished``); None when that
+    release is gone from the records or has no manifest."""
+    document = (
+        Release.objects.filter(server_id=server_id, name=name, removed_at__isnull=True)
+        .values_list("manifest", flat=True)
+        .first()
+    )
+    return Manifest.from_document(document) if document else None
 
 
 def project_dirs(project: Project) -> tuple[Path, Path]:
@@ -583,6 +605,111 @@ def health_check_specs(project: Project) -> tuple[HealthCheckSpec, ...]:
     )
 
 
+def settings_from_revision(
+    deployment: Deployment, reporter: DatabaseReporter
+) -> Callable[[pipeline.DeploySpec, str, bytes | None], pipeline.DeploySpec] | None:
+    """Settings as code (docs/settings-as-code.md): for a project that takes settings from
+    its repository, what the engine calls with the revision's .slipway.yml once the
+    revision is known, before anything is built or sent. It records what the file set on
+    the deployment (Deployment.settings_file), logs the keys that came from it, and returns
+    the spec with those keys' values in place of the project's. An invalid file raises
+    SettingsFileError naming its line: the deployment fails there. None otherwise."""
+    if not deployment.project.settings_from_repository:
+        return None
+
+    def apply(spec: pipeline.DeploySpec, sha: str, content: bytes | None) -> pipeline.DeploySpec:
+        record = repository_settings(deployment.project, content, sha)
+        values = record.pop("values")
+        # Shown on pages and in the API like the log: a secret of the project that the file
+        # (or a setting) holds as it is is masked there too.
+        _update_deployment(deployment.pk, settings_file=_masked(record, reporter.writer.mask))
+        if not record["found"]:
+            reporter.log(
+                "system", f"No {FILE_NAME} at {sha[:12]}: the project's own settings apply"
+            )
+            return spec
+        keys = record["keys"]
+        changed = [key for key in keys if key in record["changed"]]
+        reporter.log(
+            "system",
+            f"Settings from {FILE_NAME} at {sha[:12]}: {', '.join(keys) or 'none'}"
+            + (f" (differing from the project's: {', '.join(changed)})" if changed else "")
+            + "; the project's own for the rest",
+        )
+        return spec_with_file_settings(deployment, spec, values)
+
+    return apply
+
+
+def _masked(value: Any, mask: Callable[[str], str]) -> Any:
+    """``value`` (JSON: dicts, lists, text...) with every text masked."""
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, dict):
+        return {key: _masked(item, mask) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_masked(item, mask) for item in value]
+    return value
+
+
+def spec_with_file_settings(
+    deployment: Deployment, spec: pipeline.DeploySpec, values: Mapping[str, Any]
+) -> pipeline.DeploySpec:
+    """``spec`` with the settings a .slipway.yml set (``values``: projects.settings_code's
+    checked FILE_KEYS) in place of the project's. The file's commands and health checks run
+    on every server; a group's strategy applies to a deployment of that group (the
+    deployment's own strategy, when it names one, still wins)."""
+    project = deployment.project
+    build: dict[str, Any] = {}
+    fields: dict[str, Any] = {}
+    if "build_commands" in values:
+        build["build_commands"] = tuple(
+            BuildCommandSpec(
+                command=item["command"],
+                description=item["description"],
+                timeout_seconds=item["timeout_seconds"],
+                halt_on_error=item["halt_on_error"],
+                watch_globs=tuple(item["watch_globs"]),
+            )
+            for item in values["build_commands"]
+        )
+    if "excluded_files" in values:
+        build["excluded"] = tuple(values["excluded_files"])
+    if "shared_paths" in values:
+        fields["shared_paths"] = tuple(values["shared_paths"])
+        build["managed_paths"] = fields["shared_paths"] + tuple(
+            project.config_files.values_list("path", flat=True)
+        )
+    if "commands" in values:
+        fields["commands"] = tuple(pipeline.CommandSpec(**item) for item in values["commands"])
+    if "health_checks" in values:
+        policy = outbound.policy(outbound.SERVERS)
+        fields["health_checks"] = tuple(
+            HealthCheckSpec(
+                **item,
+                name=f"{FILE_NAME} #{index}",
+                allow_private=policy.allow_private,
+                private_hint=policy.private_hint,
+            )
+            for index, item in enumerate(values["health_checks"], start=1)
+        )
+    group = deployment.group
+    strategy = values.get("groups", {}).get(group.name) if group is not None else None
+    if strategy:
+        changes = {k: v for k, v in strategy.items() if k != "batch_size"}
+        if deployment.strategy:
+            changes.pop("strategy", None)
+        if "strategy" in changes:
+            changes["kind"] = changes.pop("strategy")
+        if "batch_size" in strategy:
+            changes["batch_size"], changes["batch_percent"] = parse_batch_size(
+                strategy["batch_size"]
+            )
+        fields["strategy"] = dataclasses.replace(spec.strategy, **changes)
+        fields["max_parallel"] = fields["strategy"].max_parallel
+    return dataclasses.replace(spec, build=dataclasses.replace(spec.build, **build), **fields)
+
+
 def _deployer_name(deployment: Deployment) -> str:
     if deployment.triggered_by is not None:
         return deployment.triggered_by.get_username()
@@ -752,6 +879,7 @@ def _run_deploy(
         refuse_older_than_live=deployment.trigger == Trigger.WEBHOOK,
         full=deployment.full,
         config_only=deployment.config_only,
+        settings_from_revision=settings_from_revision(deployment, reporter),
     )
     result = pipeline.deploy(spec, reporter)
     _update_deployment(
@@ -759,6 +887,7 @@ def _run_deploy(
         end_revision=result.revision,
         start_revision=next(iter(starts)) or "" if len(starts) == 1 else "",
         commits=[_commit_json(c) for c in result.commits],
+        first_commit_at=result.first_commit_at,
         changes=_changes_json(result.changes),
     )
     routed = {
@@ -890,6 +1019,7 @@ def _run_preview(
         full=deployment.full,
         fetch_timeout_seconds=settings.FETCH_TIMEOUT,
         repository_host_key=deployment.project.repository_host_key,
+        settings_from_revision=settings_from_revision(deployment, reporter),
     )
     result = pipeline.preview(spec, reporter)
     first = next(iter(result.changes.values()), None)

@@ -9,6 +9,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from builds.dora import DEFAULT_DAYS, MAX_DAYS, WINDOWS, DayFigures, DoraReport
 from builds.logs import LOG_PAGE_CHARS, line_payload
 from builds.models import (
     FINAL,
@@ -122,6 +123,7 @@ class DeploymentSummarySerializer(serializers.ModelSerializer[Deployment]):
             "branch",
             "start_revision",
             "end_revision",
+            "first_commit_at",
             "group",
             "strategy",
             "full",
@@ -177,6 +179,13 @@ class DeploymentSerializer(DeploymentSummarySerializer):
         help_text="What the deployment sends (or a preview would send)."
     )
     commits = serializers.SerializerMethodField()
+    settings_file = serializers.JSONField(
+        read_only=True,
+        help_text="Settings as code (docs/settings-as-code.md), for a project that takes "
+        "settings from its repository: {revision, found, keys (what .slipway.yml set), "
+        "changed: {key: {project, file}} (only values that differ), effective: the settings "
+        "the deployment ran with}; {} otherwise or before the revision was fetched.",
+    )
     rollback_targets = serializers.SerializerMethodField(
         help_text="Where rolling this deployment back would take each server it succeeded "
         "on, before anything happens; empty for previews and unfinished deployments."
@@ -197,6 +206,7 @@ class DeploymentSerializer(DeploymentSummarySerializer):
             "steps",
             "changes",
             "commits",
+            "settings_file",
             "rollback_targets",
             "rollbacks",
             "retries",
@@ -456,3 +466,74 @@ class ScheduleRunPageSerializer(serializers.Serializer[Any]):
     next = serializers.URLField(allow_null=True)
     previous = serializers.URLField(allow_null=True)
     results = ScheduleRunSerializer(many=True)
+
+
+class DoraQuerySerializer(serializers.Serializer[dict[str, Any]]):
+    environment = serializers.CharField(
+        max_length=50,
+        allow_blank=True,
+        default="",
+        trim_whitespace=True,
+        help_text="A server environment label (production, staging...); empty: every server.",
+    )
+    days = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_DAYS,
+        default=DEFAULT_DAYS,
+        help_text="The window: this many UTC days, today included (the dashboard offers "
+        + ", ".join(str(days) for days in WINDOWS)
+        + ").",
+    )
+
+
+class DoraDaySerializer(serializers.Serializer[DayFigures]):
+    day = serializers.DateField()
+    deployments = serializers.IntegerField(help_text="Deployments attempted that day.")
+    live = serializers.IntegerField(help_text="Went live and stayed.")
+    live_then_failed = serializers.IntegerField(help_text="Went live, then rolled back or fixed.")
+    failed = serializers.IntegerField(help_text="Failed, or reverted by a failed health check.")
+    rollbacks = serializers.IntegerField()
+    change_failure_rate = serializers.FloatField(allow_null=True)
+    lead_time_seconds = serializers.FloatField(allow_null=True, help_text="Median.")
+    duration_seconds = serializers.FloatField(allow_null=True, help_text="Median.")
+
+
+class DoraReportSerializer(serializers.Serializer[DoraReport]):
+    environment = serializers.CharField(help_text='"" = every server of the project.')
+    days = serializers.IntegerField()
+    since = serializers.DateTimeField()
+    until = serializers.DateTimeField()
+    deployments = serializers.IntegerField(
+        help_text="Deployments attempted in the window: went live, failed or reverted."
+    )
+    successful_deployments = serializers.IntegerField(
+        help_text="Deployments that went live (deployment frequency counts these)."
+    )
+    deployments_per_day = serializers.FloatField()
+    deployments_per_week = serializers.FloatField()
+    lead_time_seconds = serializers.FloatField(
+        allow_null=True, help_text="Median lead time for changes: first commit to live."
+    )
+    lead_time_unmeasured = serializers.IntegerField(
+        help_text="Deployments that went live with no first commit time, left out of the "
+        "lead time (first deployments, redeployments, deployments recorded before it was kept)."
+    )
+    failed_changes = serializers.IntegerField()
+    change_failure_rate = serializers.FloatField(
+        allow_null=True, help_text="failed_changes / deployments, 0 to 1; null: none."
+    )
+    time_to_restore_seconds = serializers.FloatField(
+        allow_null=True, help_text="Median time from a failed change to the next one live."
+    )
+    unrestored_failures = serializers.IntegerField()
+    fix_window_hours = serializers.IntegerField(
+        help_text="A deployment followed by a fix live within this many hours failed (0: off)."
+    )
+    per_day = DoraDaySerializer(many=True)
+    environments = serializers.SerializerMethodField(
+        help_text="The environment labels of the project's servers."
+    )
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_environments(self, report: DoraReport) -> list[str]:
+        return list(self.context.get("environments", []))

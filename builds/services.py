@@ -598,6 +598,9 @@ def _notify_finished(deployment: Deployment) -> None:
     elif deployment.targets.filter(status=TargetStatus.ROLLED_BACK).exists():
         # An aborted canary: the servers it had switched were rolled back.
         notifications.deployment_event(deployment, "rolled_back")
+    if deployment.status == Status.CANCELLED:
+        # Only integrations take it: a Git host must not show the start as pending for ever.
+        notifications.deployment_event(deployment, "cancelled")
 
 
 def dispatch_ready(*, server_ids: Sequence[int] | None = None) -> int:

@@ -23,6 +23,7 @@ from builds import (
     webhook_services,
 )
 from deployer import outbox
+from deployer.memory import release_free_memory
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,12 @@ def _claim_and_run(task: Task[..., None], deployment_id: int) -> None:
         raise task.retry(exc=exc, countdown=CLAIM_RETRY_SECONDS, max_retries=CLAIM_RETRIES) from exc
     if deployment is None:
         return
-    runner.run(deployment)
+    try:
+        runner.run(deployment)
+    finally:
+        # A large tree's manifests are freed now: give their pages back, or the worker stays
+        # at this deployment's high-water mark (deployer.memory).
+        release_free_memory()
 
 
 # A database error (a dropped connection) rolls the processing back whole: try again later.

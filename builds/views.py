@@ -22,8 +22,11 @@ from django.views.decorators.http import (
 )
 
 from builds import badges, pending
+from builds.dora import DEFAULT_DAYS, WINDOWS, project_dora, project_environments
 from builds.forms import DeploymentForm
 from builds.models import Deployment, Kind, Status, TargetStatus, Trigger
+from builds.presenters import dora_chart_data
+from builds.serializers import DoraQuerySerializer
 from builds.services import (
     deployment_cancel,
     deployment_request_abort,
@@ -601,3 +604,34 @@ def server_badge_view(request: HttpRequest, server_id: int, signature: str) -> H
     if server is None or not constant_time_compare(signature, expected):
         raise Http404("No badge has this address: it may have been rotated.")
     return _badge_response(request, badges.server_badge(server).svg())
+
+
+@login_required
+@require_GET
+def project_metrics(request: HttpRequest, slug: str) -> HttpResponse:
+    """DORA's four keys with their charts (docs/metrics.md); ?environment= and ?days= as the
+    API takes them. A bad value is named above the figures of the default window (400)."""
+    membership = get_project_for_user(request, slug)
+    query = DoraQuerySerializer(data=request.GET)
+    valid = query.is_valid()
+    environment: str = query.validated_data["environment"] if valid else ""
+    days: int = query.validated_data["days"] if valid else DEFAULT_DAYS
+    report = project_dora(membership.project, environment=environment, days=days)
+    return render(
+        request,
+        "builds/metrics.html",
+        page_context(
+            membership,
+            tab="metrics",
+            report=report,
+            chart=dora_chart_data(report),
+            environments=project_environments(membership.project),
+            windows=WINDOWS,
+            failed_rows=[row for row in report.rows if row.change_failed],
+            query=urlencode(
+                {"environment": environment, "days": days} if environment else {"days": days}
+            ),
+            errors={} if valid else query.errors,
+        ),
+        status=200 if valid else 400,
+    )

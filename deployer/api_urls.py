@@ -25,6 +25,12 @@ urlpatterns = [
         projects.RepositoryCheckView.as_view(),
         name="api-repository-check",
     ),
+    path(PROJECT + "settings/", projects.SettingsExportView.as_view(), name="api-settings"),
+    path(
+        PROJECT + "settings/import/",
+        projects.SettingsImportView.as_view(),
+        name="api-settings-import",
+    ),
     path(
         PROJECT + "badge/rotate/",
         projects.BadgeRotateView.as_view(),
@@ -66,6 +72,13 @@ urlpatterns = [
         SERVER + "deploy-lock/",
         builds.ServerDeployLockView.as_view(),
         name="api-server-deploy-lock",
+    ),
+    # DORA's four keys (docs/metrics.md).
+    path(PROJECT + "metrics/", builds.ProjectMetricsView.as_view(), name="api-project-metrics"),
+    re_path(
+        r"^projects/(?P<slug>[-a-zA-Z0-9_]+)/metrics/(?P<rows>deployments|days)\.csv$",
+        builds.ProjectMetricsCsvView.as_view(),
+        name="api-project-metrics-csv",
     ),
     # Scheduled deployments and freeze windows (docs/schedules.md, docs/freeze-windows.md).
     path(PROJECT + "schedules/", builds.ScheduleListView.as_view(), name="api-schedules"),
@@ -174,6 +187,21 @@ urlpatterns = [
         PROJECT + "notifications/<int:pk>/deliveries/",
         projects.NotificationDeliveryListView.as_view(),
         name="api-notification-deliveries",
+    ),
+    path(
+        PROJECT + "integrations/",
+        projects.IntegrationListView.as_view(),
+        name="api-integrations",
+    ),
+    path(
+        PROJECT + "integrations/<int:pk>/",
+        projects.IntegrationDetailView.as_view(),
+        name="api-integration",
+    ),
+    path(
+        PROJECT + "integrations/<int:pk>/deliveries/",
+        projects.IntegrationDeliveryListView.as_view(),
+        name="api-integration-deliveries",
     ),
     path(PROJECT + "members/", projects.MemberListView.as_view(), name="api-members"),
     path(

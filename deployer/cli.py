@@ -13,6 +13,9 @@
     slipway status shop
     slipway drift shop --server web1 [--last]   files changed on the server since its deploy
     slipway log 42 -f
+    slipway export shop > slipway.yml        the project's settings as YAML, secrets left out
+    slipway import shop slipway.yml [--dry-run]
+    slipway import --new "Shop 2" --repository git@host:acme/shop.git slipway.yml
 
 The address and token come from SLIPWAY_URL and SLIPWAY_TOKEN, or from the file `slipway
 login` writes (~/.config/slipway/config.json, mode 0600). Tables on a terminal, JSON with
@@ -105,6 +108,16 @@ class Client:
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params or None)
+
+    def text(self, path: str, **params: Any) -> str:
+        """A non-JSON answer (CSV) as text; errors as ``request`` raises them."""
+        try:
+            response = self.http.request("GET", "/api/v1" + path, params=params or None)
+        except httpx.HTTPError as exc:
+            raise CLIError(f"Cannot reach Slipway at {self.url}: {exc}", EXIT_UNREACHABLE) from None
+        if response.status_code >= 400:
+            self.request("GET", path, params=params or None)  # raises the error as for JSON
+        return response.text
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self.request("POST", path, json=body or {})
@@ -515,6 +528,56 @@ def cmd_log(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace, client: Client) -> int:
+    answer = client.get(f"/projects/{quote(args.project, safe='')}/settings/")
+    if args.json:
+        print(json.dumps(answer["document"], indent=2), flush=True)
+    else:
+        # YAML to a file as it came (terminal_safe would change a value's control characters).
+        sys.stdout.write(
+            answer["yaml"] if not sys.stdout.isatty() else terminal_safe(answer["yaml"])
+        )
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace, client: Client) -> int:
+    path = Path(args.file)
+    try:
+        text = sys.stdin.read() if args.file == "-" else path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CLIError(f"Cannot read {args.file}: {exc}", EXIT_USAGE) from None
+    project = args.project
+    if args.new:
+        if project or not args.repository or args.dry_run:
+            raise CLIError(
+                "import --new NAME --repository URL FILE makes a project (no PROJECT, no "
+                "--dry-run)",
+                EXIT_USAGE,
+            )
+        body = {"name": args.new, "repository_url": args.repository}
+        if args.branch:
+            body["branch"] = args.branch
+        project = client.post("/projects/", body)["slug"]
+        say(f"Created the project {project}.", file=sys.stderr)
+    elif not project:
+        raise CLIError("import needs a PROJECT, or --new NAME --repository URL", EXIT_USAGE)
+    answer = client.post(
+        f"/projects/{quote(project, safe='')}/settings/import/",
+        {"yaml": text, "dry_run": args.dry_run},
+    )
+    changed = answer.get("changed") or {}
+    lines = []
+    for key, change in changed.items():
+        lines.append(f"{key}:")
+        lines.append("  - " + json.dumps(change.get("project"), ensure_ascii=False))
+        lines.append("  + " + json.dumps(change.get("file"), ensure_ascii=False))
+    verb = "Would change" if args.dry_run else "Changed"
+    summary = f"{verb} {', '.join(changed)}." if changed else "Nothing to change."
+    emit(answer, as_json=args.json, human="\n".join([*lines, summary]))
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace, client: Client) -> int:
     servers = client.all(f"/projects/{args.project}/servers/")
     deployments = client.get(f"/projects/{args.project}/deployments/")
@@ -599,6 +662,55 @@ def drift_text(server: str, check: dict[str, Any]) -> str:
     more = check["files_total"] - len(rows)
     tail = f"\n... and {more} more (the API lists the first {len(rows)})" if more > 0 else ""
     return head + "\n" + table(rows, ["PATH", "CHANGE", "SIZE", "MODIFIED (UTC)"]) + tail
+
+
+def _span(seconds: float | None) -> str:
+    """A median duration: "42 s", "12.5 min", "3.25 h", "-" for none."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def cmd_metrics(args: argparse.Namespace, client: Client) -> int:
+    """DORA's four keys (docs/metrics.md), or their CSV export with --csv."""
+    params: dict[str, Any] = {"days": args.days}
+    if args.environment:
+        params["environment"] = args.environment
+    if args.csv:
+        sys.stdout.write(client.text(f"/projects/{args.project}/metrics/{args.csv}.csv", **params))
+        return EXIT_OK
+    report = client.get(f"/projects/{args.project}/metrics/", **params)
+    rate = report.get("change_failure_rate")
+    rows = [
+        (
+            "Deployment frequency",
+            f"{report['deployments_per_week']:.1f} a week "
+            f"({report['successful_deployments']} went live)",
+        ),
+        (
+            "Lead time for changes",
+            _span(report.get("lead_time_seconds"))
+            + f" (median; {report['lead_time_unmeasured']} unmeasured)",
+        ),
+        (
+            "Change failure rate",
+            ("-" if rate is None else f"{rate * 100:.1f}%")
+            + f" ({report['failed_changes']} of {report['deployments']})",
+        ),
+        (
+            "Time to restore",
+            _span(report.get("time_to_restore_seconds"))
+            + f" (median; {report['unrestored_failures']} not restored)",
+        ),
+    ]
+    where = terminal_safe(report["environment"]) or "every server"
+    human = f"{where}, last {report['days']} days\n" + table(rows, ["METRIC", "VALUE"])
+    emit(report, as_json=args.json, human=human)
+    return EXIT_OK
 
 
 def parser() -> argparse.ArgumentParser:
@@ -719,6 +831,27 @@ def parser() -> argparse.ArgumentParser:
     log = commands.add_parser("log", help="a deployment's log")
     log.add_argument("id", type=int)
     log.add_argument("-f", "--follow", action="store_true", help="follow until the deployment ends")
+
+    metrics = commands.add_parser("metrics", help="DORA's four keys of a project")
+    metrics.add_argument("project")
+    metrics.add_argument("--environment", default="", help="servers of this environment only")
+    metrics.add_argument("--days", type=int, default=30, help="the window in days (default 30)")
+    metrics.add_argument(
+        "--csv", choices=("deployments", "days"), help="print the CSV export instead"
+    )
+    export = commands.add_parser(
+        "export", help="print a project's settings as YAML (secrets left out)"
+    )
+    export.add_argument("project")
+    import_ = commands.add_parser("import", help="apply settings from a YAML file (or -)")
+    import_.add_argument("project", nargs="?", help="the project (or --new)")
+    import_.add_argument("file", help="a file `slipway export` wrote, or - for stdin")
+    import_.add_argument("--new", metavar="NAME", help="make a new project with these settings")
+    import_.add_argument("--repository", metavar="URL", help="with --new: its repository")
+    import_.add_argument("--branch", help="with --new: its branch (default main)")
+    import_.add_argument(
+        "--dry-run", action="store_true", help="only show what would change; save nothing"
+    )
     for sub in (
         projects,
         deploy,
@@ -732,6 +865,9 @@ def parser() -> argparse.ArgumentParser:
         status,
         drift,
         log,
+        metrics,
+        export,
+        import_,
     ):
         sub.add_argument(
             "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
@@ -765,6 +901,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                 "status": cmd_status,
                 "drift": cmd_drift,
                 "log": cmd_log,
+                "metrics": cmd_metrics,
+                "export": cmd_export,
+                "import": cmd_import,
             }[args.command]
             code = handler(args, client)
     except CLIError as error:

@@ -564,6 +564,9 @@ SECURE_REFERRER_POLICY = "same-origin"
 # /metrics answers a Prometheus scrape carrying `Authorization: Bearer <this token>` (and a
 # site admin's session); unset, it is 404 for everybody else.
 METRICS_TOKEN = env.string("SLIPWAY_METRICS_TOKEN")
+# DORA's change failure rate (builds.dora, docs/metrics.md): a deployment followed by a fix
+# that went live within this many hours counts as a failed change; 0 turns that rule off.
+METRICS_FIX_WINDOW_HOURS = env.integer("SLIPWAY_METRICS_FIX_WINDOW_HOURS", 24, minimum=0)
 if METRICS_TOKEN and len(METRICS_TOKEN) < 16:
     raise ConfigurationError(
         "SLIPWAY_METRICS_TOKEN must be at least 16 characters (python -c 'import secrets; "

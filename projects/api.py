@@ -17,6 +17,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from builds.engine.errors import InvalidInput
+from builds.engine.settings_file import SettingsFileError
+from builds.integrations import integration_create, integration_delete, integration_update
 from builds.notifications import notification_create, notification_delete, notification_update
 from deployer.api import (
     Need,
@@ -38,6 +41,7 @@ from projects.models import (
     EnvironmentVariable,
     ExcludedFile,
     FreezeWindow,
+    Integration,
     Membership,
     Notification,
     Project,
@@ -53,6 +57,7 @@ from projects.serializers import (
     EnvironmentVariableSerializer,
     ExcludedFileSerializer,
     FreezeWindowSerializer,
+    IntegrationSerializer,
     MemberCreateSerializer,
     MemberSerializer,
     MemberUpdateSerializer,
@@ -61,6 +66,9 @@ from projects.serializers import (
     ProjectInputSerializer,
     ProjectSerializer,
     RepositoryCheckSerializer,
+    SettingsExportSerializer,
+    SettingsImportResultSerializer,
+    SettingsImportSerializer,
     TemplateSaveSerializer,
     TemplateSerializer,
 )
@@ -90,6 +98,7 @@ from projects.services import (
     templates_for,
     token_expiry,
 )
+from projects.settings_code import settings_document, settings_export_yaml, settings_import
 from servers.serializers import TrustSerializer
 
 NO_CONTENT = {204: OpenApiResponse(description="Deleted.")}
@@ -254,6 +263,55 @@ class BadgeRotateView(APIView):
         membership = get_project_for_user(request, slug, need=Need.CONFIGURE)
         project = project_badge_rotate(project=membership.project, actor=membership.user)
         return Response(_project_data(project, membership))
+
+
+# --------------------------------------------------------------------------- settings as code
+
+
+class SettingsExportView(APIView):
+    @extend_schema(
+        responses=SettingsExportSerializer,
+        tags=["projects"],
+        description="The project's settings as YAML and JSON (docs/settings-as-code.md): "
+        "paths and switches, build and SSH commands, excluded files, health checks, "
+        "config files (their keys only), variables (a secret one with its value empty) and "
+        "the groups' strategies. Any member may read them.",
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        membership = get_project_for_user(request, slug)
+        project = membership.project
+        answer = {"yaml": settings_export_yaml(project), "document": settings_document(project)}
+        return Response(SettingsExportSerializer(answer).data)
+
+
+class SettingsImportView(APIView):
+    @extend_schema(
+        request=SettingsImportSerializer,
+        responses=SettingsImportResultSerializer,
+        tags=["projects"],
+        description="Apply settings as GET settings/ answers them (admins of the project). "
+        "Each key present whose value differs replaces the project's; a secret variable "
+        "without its value and a config file given as its keys keep what is stored. With "
+        "dry_run, only says what would change. An invalid document is 400 naming the line: "
+        '{"yaml": ["line 4: build_commands[0].timeout_seconds: ..."]}.',
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        require_scope(request, Need.CONFIGURE)
+        membership = get_project_for_user(request, slug, need=Need.CONFIGURE)
+        serializer = SettingsImportSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            changed = settings_import(
+                project=membership.project,
+                actor=membership.user,
+                content=data["yaml"].encode(),
+                dry_run=data["dry_run"],
+            )
+        except SettingsFileError as exc:
+            raise InvalidInput("yaml", exc.located) from None
+        answer = {"dry_run": data["dry_run"], "changed": changed}
+        return Response(SettingsImportResultSerializer(answer).data)
 
 
 # --------------------------------------------------------------------------- templates
@@ -592,6 +650,58 @@ class NotificationDeliveryListView(APIView):
         )
         for delivery in deliveries:
             delivery.notification = notification
+        return Response(DeliverySerializer(deliveries, many=True).data)
+
+
+# --------------------------------------------------------------------------- integrations
+# Members read where reports go (never the token); admins change them.
+
+
+@_tagged("integrations")
+class IntegrationListView(SettingListView):
+    model = Integration
+    serializer_class = IntegrationSerializer
+
+    def get_queryset(self) -> models.QuerySet[Any]:
+        return super().get_queryset().prefetch_related("servers")
+
+    def perform_create(self, serializer: Any) -> None:
+        serializer.instance = integration_create(
+            project=self.membership.project,
+            actor=self.membership.user,
+            **serializer.validated_data,
+        )
+
+
+@_tagged("integrations")
+class IntegrationDetailView(SettingDetailView):
+    model = Integration
+    serializer_class = IntegrationSerializer
+
+    def perform_update(self, serializer: Any) -> None:
+        serializer.instance = integration_update(
+            integration=serializer.instance,
+            actor=self.membership.user,
+            **serializer.validated_data,
+        )
+
+    def perform_destroy(self, instance: Any) -> None:
+        integration_delete(integration=instance, actor=self.membership.user)
+
+
+class IntegrationDeliveryListView(APIView):
+    @extend_schema(
+        responses=DeliverySerializer(many=True),
+        operation_id="projects_integrations_deliveries_list",
+        tags=["integrations"],
+        description=f"The integration's {RECENT_DELIVERIES} most recent reports, newest first: "
+        "which event, how often it was tried, the provider's last answer and why it failed.",
+    )
+    def get(self, request: Request, slug: str, pk: int) -> Response:
+        integration, _ = get_setting_for_user(request, slug, Integration, pk)
+        deliveries = list(integration.deliveries.order_by("-created_at", "-id")[:RECENT_DELIVERIES])
+        for delivery in deliveries:
+            delivery.integration = integration
         return Response(DeliverySerializer(deliveries, many=True).data)
 
 

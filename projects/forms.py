@@ -26,6 +26,8 @@ from projects.models import (
     ExcludedFile,
     FreezeKind,
     FreezeWindow,
+    Integration,
+    IntegrationKind,
     Notification,
     NotificationEvent,
     NotificationKind,
@@ -134,6 +136,14 @@ class ProjectForm(forms.Form):
         help_text="0: only when asked (server page, API, CLI). A drift not seen before "
         "notifies the notifications that list the drift event.",
     )
+    settings_from_repository = forms.BooleanField(
+        label="Take settings from .slipway.yml",
+        required=False,
+        initial=False,
+        help_text="Each deployment reads .slipway.yml at its revision: the build commands, "
+        "SSH commands, excluded files, shared paths, health checks and group strategies it "
+        "holds replace these for that deployment (docs/settings-as-code.md).",
+    )
     repository_token = forms.CharField(
         label="Repository access token",
         max_length=2000,
@@ -185,6 +195,7 @@ class ProjectForm(forms.Form):
                 "submodules": project.submodules,
                 "on_drift": project.on_drift,
                 "drift_check_hours": project.drift_check_hours,
+                "settings_from_repository": project.settings_from_repository,
             }
         super().__init__(*args, **kwargs)
         if project is None:
@@ -242,6 +253,21 @@ class TemplateSaveForm(forms.Form):
     description = forms.CharField(
         max_length=255, required=False, help_text="What it is for, in a line."
     )
+
+
+class SettingsImportForm(forms.Form):
+    """Apply settings exported as YAML (projects.settings_code.settings_import). Shown on
+    the settings page, so the views give it the prefix "import"."""
+
+    yaml = forms.CharField(
+        label="Settings (YAML)",
+        max_length=256 * 1024,
+        strip=False,
+        widget=forms.Textarea(attrs={**MONOSPACE, "rows": 12}),
+        help_text="As Export writes them. Keys left out stay as they are; a secret variable "
+        "without its value keeps the stored one.",
+    )
+    dry_run = forms.BooleanField(label="Only show what would change", required=False, initial=True)
 
 
 # --------------------------------------------------------------------------- settings
@@ -728,6 +754,66 @@ class NotificationForm(SettingForm):
             data.pop("url", None)
         if kind != NotificationKind.WEBHOOK:
             data.pop("secret", None)
+        return data
+
+
+class IntegrationForm(SettingForm):
+    """The token is write-only: never put back into the page, not even after an error; left
+    blank on an existing integration, the stored one stays."""
+
+    model = Integration
+
+    kind = forms.ChoiceField(choices=IntegrationKind.choices)
+    base_url = forms.CharField(
+        label="API address",
+        max_length=500,
+        required=False,
+        widget=forms.TextInput(attrs=MONOSPACE),
+        help_text="Blank: https://api.github.com, https://gitlab.com/api/v4 or https://sentry.io. "
+        "GitHub Enterprise: https://host/api/v3; self-hosted GitLab: https://host/api/v4; "
+        "Gitea (required): https://host/api/v1.",
+    )
+    repository = forms.CharField(
+        max_length=255,
+        widget=forms.TextInput(attrs=MONOSPACE),
+        help_text="owner/repository (GitHub, Gitea); the project's id or group/project "
+        "(GitLab); organization/project slugs (Sentry).",
+    )
+    environment = forms.CharField(
+        max_length=100,
+        required=False,
+        help_text="Blank: the environment of the deployment's servers (production when they "
+        "have none or several).",
+    )
+    token = forms.CharField(
+        max_length=1000,
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(
+            render_value=False, attrs={"autocomplete": "new-password", **MONOSPACE}
+        ),
+        help_text="An API token allowed to write statuses and deployments (GitHub, Gitea), "
+        "deployments (GitLab) or releases (Sentry). Write-only.",
+    )
+    servers = servers_field("None ticked: deployments to any server of the project.")
+    enabled = forms.BooleanField(required=False, initial=True)
+
+    SECRETS = ("token",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if isinstance(self.instance, Integration) and self.instance.token:
+            self.fields["token"].help_text = "Stored and hidden. Blank keeps it."
+
+    def initial_for(self, instance: Any) -> dict[str, Any]:
+        initial = super().initial_for(instance)
+        initial.pop("token", None)
+        return initial
+
+    def service_data(self) -> dict[str, Any]:
+        data = super().service_data()
+        if not data.get("token") and isinstance(self.instance, Integration):
+            data.pop("token", None)
         return data
 
 

@@ -108,6 +108,9 @@ class Project(models.Model):
     on_drift = models.CharField(max_length=10, choices=OnDrift.choices, default=OnDrift.RESTORE)
     # Hours between scheduled drift checks of each server (0: none; docs/drift.md).
     drift_check_hours = models.PositiveIntegerField(default=0)
+    # Settings as code (docs/settings-as-code.md): a deployment reads .slipway.yml at its
+    # revision, and the keys it holds replace the project's own settings for that deployment.
+    settings_from_repository = models.BooleanField(default=False)
     # The stack lock (shipit): while locked_at is set, every deployment of the project is
     # refused except a rollback (builds.services.deployment_create), whoever asks.
     locked_at = models.DateTimeField(null=True, blank=True)
@@ -584,6 +587,18 @@ class NotificationEvent(models.TextChoices):
     DRIFT = "drift", "Drift found"
 
 
+class DeliveryEvent(models.TextChoices):
+    """What a delivery reports: a notification's events, and ``cancelled``, which only
+    integrations take (a Git host's status must not stay "pending" for ever)."""
+
+    STARTED = "started", "Started"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    ROLLED_BACK = "rolled_back", "Rolled back"
+    CANCELLED = "cancelled", "Cancelled"
+    DRIFT = "drift", "Drift found"
+
+
 def _all_events() -> list[str]:
     return list(NotificationEvent.values)
 
@@ -639,16 +654,71 @@ class NotificationDeliveryQuerySet(models.QuerySet["NotificationDelivery"]):
         return self.filter(status__in=DELIVERY_OPEN, next_attempt_at__lte=now)
 
 
+class IntegrationKind(models.TextChoices):
+    GITHUB = "github", "GitHub (commit statuses and deployments)"
+    GITLAB = "gitlab", "GitLab (deployments)"
+    GITEA = "gitea", "Gitea (commit statuses)"
+    SENTRY = "sentry", "Sentry (releases and deploys)"
+
+
+#: Each kind's API address when none is given (docs/integrations.md); Gitea has none.
+INTEGRATION_DEFAULT_BASE_URLS: dict[str, str] = {
+    IntegrationKind.GITHUB: "https://api.github.com",
+    IntegrationKind.GITLAB: "https://gitlab.com/api/v4",
+    IntegrationKind.SENTRY: "https://sentry.io",
+}
+
+
+class Integration(models.Model):
+    """Where a project's deployments are reported to a Git host or to Sentry, with a token
+    (see builds.integrations). Delivered as NotificationDelivery rows, like notifications."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="integrations")
+    kind = models.CharField(max_length=20, choices=IntegrationKind.choices)
+    # The API's root: https://api.github.com, https://host/api/v3 (GitHub Enterprise),
+    # https://gitlab.com/api/v4, https://host/api/v1 (Gitea), https://sentry.io.
+    base_url = models.CharField(max_length=500)
+    # owner/repo (GitHub, Gitea); a numeric id or namespace/project path (GitLab);
+    # organization/project slugs (Sentry).
+    repository = models.CharField(max_length=255)
+    # The environment reported; "" = the environment of the deployment's servers.
+    environment = models.CharField(max_length=100, blank=True)
+    # Write-only in the UI and the API, masked in logs (projects.secrets).
+    token = EncryptedTextField()
+    # Empty means every server of the project.
+    servers = models.ManyToManyField("servers.Server", blank=True, related_name="integrations")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display().split(' (')[0]} {self.repository}"
+
+    @property
+    def destination(self) -> str:
+        """Where it goes, safe to show: the API's scheme://host[:port]."""
+        return origin_of(self.base_url)
+
+
 class NotificationDelivery(models.Model):
-    """One message about one deployment event to one notification, recorded before it is sent.
+    """One message about one deployment event to one notification or one integration,
+    recorded before it is sent (exactly one of ``notification`` and ``integration`` is set).
 
     The payload is frozen when the event happens, so every attempt sends the same bytes (and
     the same signature) and the receiver can tell a retry by its delivery id.
     """
 
     notification = models.ForeignKey(
-        Notification, on_delete=models.CASCADE, related_name="deliveries"
+        Notification, null=True, blank=True, on_delete=models.CASCADE, related_name="deliveries"
     )
+    integration = models.ForeignKey(
+        Integration, null=True, blank=True, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    # What the provider answered that later deliveries of the same deployment need: the
+    # GitHub or GitLab deployment's id, stored as soon as it is created (builds.integrations).
+    remote_id = models.CharField(max_length=100, blank=True)
     deployment = models.ForeignKey(
         "builds.Deployment",
         null=True,
@@ -658,7 +728,7 @@ class NotificationDelivery(models.Model):
     )
     # Sent as X-Slipway-Delivery; the same on every attempt.
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    event = models.CharField(max_length=20, choices=NotificationEvent.choices)
+    event = models.CharField(max_length=20, choices=DeliveryEvent.choices)
     payload = models.JSONField(default=dict)
     status = models.CharField(
         max_length=20, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING
@@ -683,6 +753,16 @@ class NotificationDelivery(models.Model):
                 condition=models.Q(deployment__isnull=False),
                 name="unique_notification_event",
             ),
+            models.UniqueConstraint(
+                fields=["integration", "deployment", "event"],
+                condition=models.Q(deployment__isnull=False),
+                name="unique_integration_event",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(notification__isnull=True, integration__isnull=False)
+                | models.Q(notification__isnull=False, integration__isnull=True),
+                name="delivery_has_one_receiver",
+            ),
         ]
         indexes = [
             # The safety net (resend_due) looks only at open deliveries.
@@ -692,7 +772,16 @@ class NotificationDelivery(models.Model):
                 name="open_delivery_next_attempt",
             ),
             models.Index(fields=["notification", "-created_at"], name="delivery_by_notification"),
+            models.Index(fields=["integration", "-created_at"], name="delivery_by_integration"),
         ]
 
     def __str__(self) -> str:
-        return f"{self.event} → {self.notification_id} ({self.status})"
+        receiver = self.notification_id or f"integration {self.integration_id}"
+        return f"{self.event} → {receiver} ({self.status})"
+
+    @property
+    def receiver(self) -> Notification | Integration:
+        """The notification or the integration this delivery goes to."""
+        receiver = self.notification or self.integration
+        assert receiver is not None  # delivery_has_one_receiver
+        return receiver

@@ -1,5 +1,6 @@
 """A project's stored secrets, the one list that every place masking them uses: the
-deployment log (builds/runner.py) and the notifications (builds/notifications.py)."""
+deployment log (builds/runner.py), the notifications and the integrations' reports
+(builds/notifications.py)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def project_secrets(project: Project, servers: list[Server]) -> list[str]:
     for notification in project.notifications.all():
         values += [notification.secret]
         values += webhook_url_secrets(notification.url) if notification.url else []
+    values += [integration.token for integration in project.integrations.all()]
     for server in {*servers, *project.servers.all()}:
         values += [server.password, server.private_key, server.jump_private_key]
         # An S3 bucket's keys: the secret signs requests, the key id names the account.

@@ -30,6 +30,7 @@ from projects.models import (
     EnvironmentVariable,
     ExcludedFile,
     FreezeWindow,
+    Integration,
     Membership,
     Notification,
     NotificationDelivery,
@@ -124,6 +125,7 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
             "submodules",
             "on_drift",
             "drift_check_hours",
+            "settings_from_repository",
             "public_key",
             "webhook_url",
             "webhook_secret",
@@ -258,6 +260,12 @@ class ProjectInputSerializer(serializers.Serializer[dict[str, Any]]):
         max_value=MAX_DRIFT_CHECK_HOURS,
         help_text="Hours between scheduled drift checks of each server; 0: none. A drift "
         "found that was not found before notifies (event `drift`).",
+    )
+    settings_from_repository = serializers.BooleanField(
+        required=False,
+        help_text="Settings as code: each deployment reads .slipway.yml at its revision and "
+        "the keys it holds replace the project's own settings for that deployment "
+        "(docs/settings-as-code.md).",
     )
     repository_token = serializers.CharField(
         max_length=2000,
@@ -638,6 +646,75 @@ class NotificationSerializer(SettingSerializer):
         )
 
 
+class IntegrationSerializer(SettingSerializer):
+    """An integration (docs/integrations.md). The token is write-only: answers say only
+    ``has_token``."""
+
+    view_name = "api-integration"
+    base_url = serializers.CharField(
+        max_length=500,
+        required=False,
+        allow_blank=True,
+        help_text="The API's root address, https:// only. Blank: https://api.github.com, "
+        "https://gitlab.com/api/v4 or https://sentry.io; GitHub Enterprise https://host/api/v3, "
+        "Gitea (required) https://host/api/v1.",
+    )
+    repository = serializers.CharField(
+        max_length=255,
+        required=False,
+        help_text="owner/repository (GitHub, Gitea); a numeric id or group/project (GitLab); "
+        "organization/project slugs (Sentry).",
+    )
+    environment = serializers.CharField(
+        max_length=100,
+        required=False,
+        allow_blank=True,
+        help_text="The environment reported; '' for the deployment's servers' environment "
+        "(production when they have none or several).",
+    )
+    token = serializers.CharField(
+        max_length=1000,
+        required=False,
+        write_only=True,
+        trim_whitespace=False,
+        help_text="The provider's API token; required to create, write-only.",
+    )
+    servers = _servers_field()
+    destination = serializers.CharField(
+        read_only=True, help_text="Where reports go: the API's scheme://host[:port]."
+    )
+    has_token = serializers.SerializerMethodField()
+    deliveries_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Integration
+        fields = [
+            "id",
+            "kind",
+            "base_url",
+            "repository",
+            "environment",
+            "token",
+            "has_token",
+            "servers",
+            "enabled",
+            "destination",
+            "created_at",
+            "url",
+            "html_url",
+            "deliveries_url",
+        ]
+        read_only_fields = ["created_at"]
+
+    def get_has_token(self, integration: Integration) -> bool:
+        return bool(integration.token)
+
+    def get_deliveries_url(self, integration: Integration) -> str:
+        return api_url(
+            "api-integration-deliveries", slug=integration.project.slug, pk=integration.pk
+        )
+
+
 class DeliverySerializer(serializers.ModelSerializer[NotificationDelivery]):
     deployment_url = serializers.SerializerMethodField()
     html_url = serializers.SerializerMethodField()
@@ -671,7 +748,7 @@ class DeliverySerializer(serializers.ModelSerializer[NotificationDelivery]):
         return api_url("api-deployment", deployment_id=delivery.deployment_id)
 
     def get_html_url(self, delivery: NotificationDelivery) -> str:
-        slug = delivery.notification.project.slug
+        slug = delivery.receiver.project.slug
         if delivery.deployment_id is None:
             return project_page(slug)
         return deployment_page(slug, delivery.deployment_id)
@@ -786,3 +863,33 @@ class FreezeWindowSerializer(SettingSerializer):
     @extend_schema_field(serializers.DateTimeField(allow_null=True))
     def get_active_until(self, window: FreezeWindow) -> Any:
         return window_end(window, timezone.now())
+
+
+# --------------------------------------------------------------------------- settings as code
+
+
+class SettingsExportSerializer(serializers.Serializer[Any]):
+    yaml = serializers.CharField(
+        help_text="The project's settings as YAML (docs/settings-as-code.md), secrets left "
+        "out: what `slipway export` prints and POST settings/import/ takes back."
+    )
+    document = serializers.JSONField(help_text="The same settings as JSON.")
+
+
+class SettingsImportSerializer(serializers.Serializer[dict[str, Any]]):
+    yaml = serializers.CharField(
+        max_length=256 * 1024,
+        trim_whitespace=False,
+        help_text="Settings as GET settings/ answers them (YAML); keys left out stay as they are.",
+    )
+    dry_run = serializers.BooleanField(
+        default=False, help_text="Only say what would change; nothing is saved."
+    )
+
+
+class SettingsImportResultSerializer(serializers.Serializer[Any]):
+    dry_run = serializers.BooleanField()
+    changed = serializers.JSONField(
+        help_text='Each setting that changes (or would): {key: {"project": before, '
+        '"file": after}}, secrets left out.'
+    )

@@ -326,6 +326,7 @@ PROJECT_FIELDS = frozenset(
         "on_drift",
         "drift_check_hours",
         "repository_token",
+        "settings_from_repository",
     }
 )
 # The longest interval between scheduled drift checks: a year, in hours.
@@ -357,7 +358,7 @@ def project_clean(data: Mapping[str, Any]) -> dict[str, Any]:
             _refuse_nested(cleaned[field], field)
     if "generated_paths" in cleaned:
         cleaned["generated_paths"] = _globs(cleaned["generated_paths"], "generated_paths")
-    for field in ("build_network", "export_ignore", "submodules"):
+    for field in ("build_network", "export_ignore", "submodules", "settings_from_repository"):
         if field in cleaned and not isinstance(cleaned[field], bool):
             raise InvalidInput(field, "must be true or false.")
     if "on_drift" in cleaned and cleaned["on_drift"] not in OnDrift.values:
@@ -960,6 +961,12 @@ def _setting_kind(model: type[models.Model]) -> _SettingKind:
         raise TypeError(f"{model.__name__} is not a project setting") from None
 
 
+def setting_clean(model: type[models.Model], data: dict[str, Any]) -> None:
+    """Check (and tidy, in place) one setting's fields as the settings pages and the API
+    check them; InvalidInput naming the field. TypeError for a model that is no setting."""
+    _setting_kind(model).clean(data)
+
+
 def _project_servers(project: Project, servers: Sequence[Server]) -> list[Server]:
     for server in servers:
         if server.project_id != project.pk:
@@ -1191,7 +1198,7 @@ TEMPLATE_PROJECT_FIELDS = (
     "export_ignore",
     "submodules",
 )
-_TEMPLATE_SETTINGS: dict[str, tuple[type[models.Model], tuple[str, ...]]] = {
+TEMPLATE_SETTINGS: dict[str, tuple[type[models.Model], tuple[str, ...]]] = {
     "build_commands": (
         BuildCommand,
         ("command", "description", "timeout_seconds", "halt_on_error", "watch_globs"),
@@ -1280,7 +1287,7 @@ def template_source(user: User, reference: str) -> TemplateSource | None:
     return saved_template_source(template) if template is not None else None
 
 
-def _url_without_credentials(url: str) -> str:
+def url_without_credentials(url: str) -> str:
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -1301,7 +1308,7 @@ def template_document(project: Project) -> dict[str, Any]:
     tokens, servers and groups, notifications, schedules, freeze windows, members.
     """
     document: dict[str, Any] = {field: getattr(project, field) for field in TEMPLATE_PROJECT_FIELDS}
-    for key, (model, fields) in _TEMPLATE_SETTINGS.items():
+    for key, (model, fields) in TEMPLATE_SETTINGS.items():
         rows = []
         for instance in model._default_manager.filter(project=project):
             row = {field: getattr(instance, field) for field in fields}
@@ -1315,7 +1322,7 @@ def template_document(project: Project) -> dict[str, Any]:
     checks = []
     for check in HealthCheck.objects.filter(project=project):
         row = {field: getattr(check, field) for field in HEALTH_CHECK_SETTINGS}
-        row["url"] = _url_without_credentials(check.url)
+        row["url"] = url_without_credentials(check.url)
         checks.append(row)
     document["health_checks"] = checks
     return document
@@ -1328,7 +1335,7 @@ def template_apply(*, project: Project, source: TemplateSource) -> None:
     ``template``. Call it inside the transaction that creates the project."""
     contents = source.contents
     try:
-        for key, (model, fields) in _TEMPLATE_SETTINGS.items():
+        for key, (model, fields) in TEMPLATE_SETTINGS.items():
             kind = _setting_kind(model)
             for position, item in enumerate(contents.get(key, []), start=1):
                 data = {field: item[field] for field in fields if field in item}

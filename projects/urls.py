@@ -30,6 +30,8 @@ urlpatterns = [
     path(PROJECT + "audit/", views.audit_log, name="audit-log"),
     path(PROJECT + "badge/rotate/", views.badge_rotate, name="project-badge-rotate"),
     path(PROJECT + "save-as-template/", views.template_save, name="project-save-template"),
+    path(PROJECT + "settings/export/", views.settings_export, name="project-settings-export"),
+    path(PROJECT + "settings/import/", views.settings_import_view, name="project-settings-import"),
     path(SETTING, views.setting_list, name="setting-list"),
     path(SETTING + "<int:pk>/", views.setting_edit, name="setting-edit"),
     path(SETTING + "<int:pk>/delete/", views.setting_delete, name="setting-delete"),
@@ -50,6 +52,7 @@ urlpatterns = [
     path(PROJECT + "lock/", deployments.project_lock_view, name="project-lock"),
     path(PROJECT + "unlock/", deployments.project_unlock_view, name="project-unlock"),
     path(PROJECT + "deployments/", views.deployment_list, name="deployment-list"),
+    path(PROJECT + "metrics/", deployments.project_metrics, name="project-metrics"),
     path(DEPLOYMENT, deployments.deployment_detail, name="deployment-detail"),
     path(DEPLOYMENT + "summary/", deployments.deployment_summary, name="deployment-summary"),
     path(DEPLOYMENT + "preview/", deployments.deployment_preview, name="deployment-preview"),
@@ -64,6 +67,8 @@ urlpatterns = [
         deployments.group_switch_back_view,
         name="group-switch-back",
     ),
+    # The published schema of .slipway.yml (docs/settings-as-code.md).
+    path("schema/slipway.json", views.settings_schema, name="settings-schema"),
     # The user guides, as plain text.
     path("docs/<slug:name>.md", views.docs_page, name="docs"),
 ]

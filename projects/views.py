@@ -20,12 +20,16 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from builds.dora import project_dora
+from builds.engine import settings_file
 from builds.engine.git import redact_url
 from builds.engine.ssh import public_key_fingerprint
 from builds.engine.variables import DOCUMENTED
 from builds.forms import ScheduleForm
+from builds.integrations import integration_create, integration_delete, integration_update
 from builds.models import Kind, ScheduleRun, WebhookDelivery, WebhookProvider
 from builds.notifications import notification_create, notification_delete, notification_update
+from builds.presenters import dora_chart_data
 from builds.schedules import schedule_create, schedule_delete, schedule_update
 from projects.dashboard import (
     SERVICE_ERRORS,
@@ -47,11 +51,13 @@ from projects.forms import (
     ExcludedFileForm,
     FreezeWindowForm,
     GroupForm,
+    IntegrationForm,
     MemberAddForm,
     MemberRoleForm,
     NotificationForm,
     ProjectForm,
     SettingForm,
+    SettingsImportForm,
     TemplateSaveForm,
 )
 from projects.freeze import frozen_projects
@@ -89,10 +95,18 @@ from projects.services import (
     template_source,
     templates_for,
 )
+from projects.settings_code import (
+    SettingsFileError,
+    settings_export_yaml,
+    settings_from_file_keys,
+    settings_import,
+)
 from servers.forms import HealthCheckForm, TrustForm
 from servers.services import health_check_create, health_check_delete, health_check_update
 
 RECENT_DEPLOYMENTS = 10
+# The project page's deployment history chart (builds.dora), in UTC days.
+HISTORY_DAYS = 30
 RECENT_DELIVERIES = 10
 AUDIT_PAGE_SIZE = 50
 
@@ -228,6 +242,8 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
             providers=WebhookProvider,
             schedules=scheduled,
             schedule_runs=schedule_runs,
+            history=dora_chart_data(project_dora(project, days=HISTORY_DAYS)),
+            history_days=HISTORY_DAYS,
         ),
     )
 
@@ -287,6 +303,7 @@ def _render_settings(
     request: HttpRequest, membership: Membership, form: ProjectForm | None = None, **extra: Any
 ) -> HttpResponse:
     project = membership.project
+    from_file = settings_from_file_keys(project)
     return render(
         request,
         "projects/settings.html",
@@ -297,7 +314,13 @@ def _render_settings(
             form=form or _settings_form(membership),
             repository_ssh=repository_ssh_host(project.repository_url) is not None,
             repository_host_key=public_key_fingerprint(project.repository_host_key),
-            **{"template_form": TemplateSaveForm(prefix="template"), **extra},
+            from_file_key="shared_paths" if "shared_paths" in from_file else "",
+            from_file_revision=from_file.get("shared_paths", ""),
+            **{
+                "template_form": TemplateSaveForm(prefix="template"),
+                "import_form": SettingsImportForm(prefix="import"),
+                **extra,
+            },
         ),
     )
 
@@ -322,6 +345,55 @@ def template_save(request: HttpRequest, slug: str) -> HttpResponse:
             )
             return redirect(reverse("project-settings", args=[slug]) + "#save-as-template")
     return _render_settings(request, membership, template_form=form)
+
+
+@login_required
+@require_GET
+def settings_export(request: HttpRequest, slug: str) -> HttpResponse:
+    """The project's settings as a YAML file to download (secrets left out); any member."""
+    membership = get_project_for_user(request, slug)
+    response = HttpResponse(
+        settings_export_yaml(membership.project), content_type="application/yaml; charset=utf-8"
+    )
+    response["Content-Disposition"] = (
+        f'attachment; filename="{membership.project.slug}.slipway.yml"'
+    )
+    return response
+
+
+@login_required
+@require_POST
+def settings_import_view(request: HttpRequest, slug: str) -> HttpResponse:
+    """Apply settings exported as YAML (admins); the page lists what changes, or would."""
+    membership = get_project_for_user(request, slug, role=CONFIGURE_ROLES)
+    form = SettingsImportForm(request.POST, prefix="import")
+    changes = None
+    if form.is_valid():
+        try:
+            changes = settings_import(
+                project=membership.project,
+                actor=membership.user,
+                content=form.cleaned_data["yaml"].encode(),
+                dry_run=form.cleaned_data["dry_run"],
+            )
+        except SettingsFileError as exc:
+            form.add_error("yaml", exc.located)
+        except SERVICE_ERRORS as exc:
+            add_service_error(form, exc)
+        else:
+            if not form.cleaned_data["dry_run"]:
+                messages.success(
+                    request,
+                    f"Imported: {', '.join(changes)} changed." if changes else "Nothing changed.",
+                )
+                return redirect(reverse("project-settings", args=[slug]) + "#settings-as-code")
+    return _render_settings(
+        request,
+        membership,
+        import_form=form,
+        import_changes=changes,
+        import_dry_run=bool(form.is_valid() and form.cleaned_data["dry_run"]),
+    )
 
 
 @login_required
@@ -442,11 +514,26 @@ NOTIFICATION_SERVICES = SettingServices(
     ),
     delete=lambda instance, actor: notification_delete(notification=instance, actor=actor),
 )
-# The last deliveries shown on a notification's page.
+INTEGRATION_SERVICES = SettingServices(
+    create=lambda project, actor, model, data: integration_create(
+        project=project, actor=actor, **data
+    ),
+    update=lambda instance, actor, data: integration_update(
+        integration=instance, actor=actor, **data
+    ),
+    delete=lambda instance, actor: integration_delete(integration=instance, actor=actor),
+)
+# The last deliveries shown on a notification's or an integration's page.
 RECENT_NOTIFICATION_DELIVERIES = 10
+# The settings pages that list their object's recent deliveries, by the deliveries' field.
+DELIVERY_FIELDS = {"notifications": "notification_id", "integrations": "integration_id"}
 # Fields only admins see on a setting's page (a config file's contents; write-only secrets
 # have nothing to show, so other members are not shown an empty box for them either).
-ADMINS_ONLY = {"config-files": ("body",), "notifications": NotificationForm.SECRETS}
+ADMINS_ONLY = {
+    "config-files": ("body",),
+    "notifications": NotificationForm.SECRETS,
+    "integrations": IntegrationForm.SECRETS,
+}
 
 
 SCHEDULE_SERVICES = SettingServices(
@@ -525,6 +612,15 @@ SETTINGS: dict[str, SettingPage] = {
         "Slack, Discord, Microsoft Teams or a signed webhook. URLs and secrets are write-only.",
         NOTIFICATION_SERVICES,
     ),
+    "integrations": SettingPage(
+        IntegrationForm,
+        "Integrations",
+        "integration",
+        "Report each deployment to the Git host (GitHub commit statuses and deployments, GitLab "
+        "deployments, Gitea commit statuses) and to Sentry (a release and a deploy). Tokens "
+        "are encrypted and write-only; a failing provider never fails a deployment.",
+        INTEGRATION_SERVICES,
+    ),
     "schedules": SettingPage(
         ScheduleForm,
         "Schedules",
@@ -553,12 +649,26 @@ def _setting_page(kind: str) -> SettingPage:
         raise Http404("No such settings page") from None
 
 
+#: The settings pages whose values a .slipway.yml may replace, with the file's key.
+FILE_KEY_OF_PAGE = {
+    "build-commands": "build_commands",
+    "commands": "commands",
+    "excluded-files": "excluded_files",
+    "health-checks": "health_checks",
+    "groups": "groups",
+}
+
+
 def _setting_context(membership: Membership, kind: str, page: SettingPage, **extra: Any) -> Any:
     instances = list(page.model._default_manager.filter(project=membership.project))
+    from_file = settings_from_file_keys(membership.project)
+    key = FILE_KEY_OF_PAGE.get(kind, "")
     return page_context(
         membership,
         tab="settings",
         section=kind,
+        from_file_key=key if key in from_file else "",
+        from_file_revision=from_file.get(key, ""),
         kind=kind,
         page=page,
         instances=instances,
@@ -613,10 +723,10 @@ def setting_edit(request: HttpRequest, slug: str, kind: str, pk: int) -> HttpRes
             messages.success(request, f"Saved the {page.singular} {instance}.")
             return redirect("setting-list", slug, kind)
     deliveries = (
-        NotificationDelivery.objects.filter(notification_id=instance.pk)[
+        NotificationDelivery.objects.filter(**{DELIVERY_FIELDS[kind]: instance.pk})[
             :RECENT_NOTIFICATION_DELIVERIES
         ]
-        if kind == "notifications"
+        if kind in DELIVERY_FIELDS
         else None
     )
     runs = (
@@ -758,6 +868,7 @@ DOCS = (
     "deployments",
     "strategies",
     "notifications",
+    "integrations",
     "network",
     "dashboard",
     "users",
@@ -774,6 +885,8 @@ DOCS = (
     "blue-green",
     "templates",
     "drift",
+    "metrics",
+    "settings-as-code",
 )
 
 
@@ -787,3 +900,14 @@ def docs_page(request: HttpRequest, name: str) -> FileResponse:
     return FileResponse(
         (DOCS_DIR / f"{name}.md").open("rb"), content_type="text/plain; charset=utf-8"
     )
+
+
+@require_GET
+def settings_schema(request: HttpRequest) -> FileResponse:
+    """The JSON schema of .slipway.yml (docs/slipway.schema.json), public like any published
+    schema: editors and CI validate a repository's file against it. It holds no secret."""
+    response = FileResponse(
+        settings_file.SCHEMA_PATH.open("rb"), content_type="application/schema+json"
+    )
+    response["Cache-Control"] = "public, max-age=3600"
+    return response

@@ -708,6 +708,27 @@ class Mirror:
         ).stdout
         return _parse_commits(output)
 
+    def first_commit_time(self, old: str, new: str) -> datetime | None:
+        """The earliest author date (timezone-aware) of the commits a deployment from ``old`` to
+        ``new`` brings (``git log old..new``), the start of DORA's lead time for changes
+        (docs/metrics.md). None when the range is empty, or when ``old`` no longer exists (a
+        force-push, garbage collection): the range is unknown then, and a guess from the
+        whole history would count years. Raises RepositoryError for an unknown ``new``.
+        """
+        new_sha = self.resolve(new)
+        old_sha = self._rev_parse(f"{validate_ref(old, 'old_revision')}^{{commit}}")
+        if old_sha is None:
+            return None
+        output = self._git(
+            "log", "--format=%aI", "--end-of-options", new_sha, f"^{old_sha}", "--"
+        ).stdout
+        dates = [
+            datetime.fromisoformat(line)
+            for line in output.decode("ascii", errors="replace").split()
+            if line
+        ]
+        return min(dates) if dates else None
+
     def changed_paths(self, old: str | None, new: str) -> list[str]:
         """Paths that differ between two revisions; every path of ``new`` when old is None."""
         new_sha = self.resolve(new)
@@ -759,6 +780,28 @@ class Mirror:
             return frozenset()
         values = self.attributes(full_sha, "export-ignore", paths)
         return frozenset(path.rstrip("/") for path, value in values.items() if value == "set")
+
+    def read_file(self, sha: str, path: str, *, max_bytes: int) -> bytes | None:
+        """The bytes of the file at ``path`` (from the top of the tree) in revision ``sha``,
+        read from the mirror without a checkout (``git ls-tree``, then ``git cat-file``);
+        None when the revision has nothing there. Raises InvalidInput naming ``path`` when it
+        is not a regular file (a folder, a symbolic link, a submodule) or is larger than
+        ``max_bytes``; RevisionNotFound for an unknown revision."""
+        full_sha = self.resolve(sha)
+        entry = self._git("ls-tree", "-l", "-z", "--full-tree", full_sha, path).stdout
+        entry = entry.split(b"\0", 1)[0]
+        if not entry:
+            return None
+        meta, _, _ = entry.partition(b"\t")
+        mode, kind, obj, size = (part.decode("ascii") for part in meta.split())
+        if kind != "blob" or mode not in ("100644", "100755"):
+            what = {"tree": "a folder", "commit": "a submodule"}.get(kind, "a symbolic link")
+            raise InvalidInput(path, f"is {what} in {full_sha[:12]}, not a file.")
+        if int(size) > max_bytes:
+            raise InvalidInput(
+                path, f"is {int(size)} bytes in {full_sha[:12]}; the most read is {max_bytes}."
+            )
+        return self._git("cat-file", "blob", obj).stdout
 
     def attributes(self, sha: str, attribute: str, paths: list[str]) -> dict[str, str]:
         """``attribute`` of each of ``paths`` in revision ``sha``: "set", "unset",

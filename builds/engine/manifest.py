@@ -21,7 +21,7 @@ import stat
 import tarfile
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -53,7 +53,7 @@ _TAR_BLOCK = tarfile.BLOCKSIZE
 _TAR_RECORD = tarfile.RECORDSIZE
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One path of a build. ``digest`` hashes the content (files) or the link target."""
 
@@ -573,6 +573,39 @@ class ReuseSource:
 _UNLISTABLE = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
+class DeferredManifests(Mapping[str, Manifest]):
+    """Release name -> Manifest, each read by ``load(name)`` when asked for and never kept.
+
+    The manifests of the releases a server keeps are only read to find files to copy on the
+    server instead of sending them (``reuse_sources``, one release at a time). At 100,000
+    files a manifest holds about 40 MB of Python objects, and a server keeps up to
+    ``keep_releases`` of them: read up front they would all be in memory for the whole
+    deployment. ``names`` gives the order; ``load`` answers None for a release whose
+    manifest is gone or empty (a KeyError here). Each access reads again.
+    """
+
+    def __init__(self, names: Sequence[str], load: Callable[[str], Manifest | None]) -> None:
+        self._names = tuple(dict.fromkeys(names))
+        self._load = load
+
+    def __getitem__(self, name: str) -> Manifest:
+        if name not in self._names:
+            raise KeyError(name)
+        manifest = self._load(name)
+        if manifest is None:
+            raise KeyError(name)
+        return manifest
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+
 def reuse_sources(
     paths: Iterable[str],
     manifest: Manifest,
@@ -584,12 +617,14 @@ def reuse_sources(
     already holds, where to copy it from on the server: ``{path: ReuseSource}``.
 
     ``kept`` maps release names to their manifests (the live release's and the other
-    releases the server keeps). The same path in some release is preferred (those copies
-    go in one ``cp`` per release), else any path. Files under ``skip`` (folders or files:
-    the shared paths, whose release copies are links into ``shared/``) are neither copied
-    nor copied from. The manifests say what Slipway wrote; the server may hold something
-    else since (a command, a person): the copy is checked against the digest before it is
-    trusted (``release.RemoteLayout.reuse``).
+    releases the server keeps; a ``DeferredManifests`` is read once per release, one
+    release at a time). The same path in some release is preferred, the first such release
+    in ``kept``'s order (those copies go in one ``cp`` per release), else any path, the
+    first found. Files under ``skip`` (folders or files: the shared paths, whose release
+    copies are links into ``shared/``) are neither copied nor copied from. The manifests
+    say what Slipway wrote; the server may hold something else since (a command, a
+    person): the copy is checked against the digest before it is trusted
+    (``release.RemoteLayout.reuse``).
     """
     prefixes = tuple(p.strip("/") for p in skip if p.strip("/"))
 
@@ -607,7 +642,20 @@ def reuse_sources(
         return {}
     digests = {entry.digest for entry in wanted.values()}
     by_digest: dict[tuple[str, int], ReuseSource] = {}
-    for release, kept_manifest in kept.items():
+    same_path: dict[str, ReuseSource] = {}
+    for release in kept:
+        kept_manifest = kept.get(release)
+        if kept_manifest is None:
+            continue
+        for path, entry in wanted.items():
+            other = kept_manifest.get(path)
+            if (
+                path not in same_path
+                and other is not None
+                and other.kind == "file"
+                and (other.digest, other.size) == (entry.digest, entry.size)
+            ):
+                same_path[path] = ReuseSource(release, path)
         for path, entry in kept_manifest.items():
             key = (entry.digest, entry.size)
             if (
@@ -617,19 +665,10 @@ def reuse_sources(
                 and usable(path)
             ):
                 by_digest[key] = ReuseSource(release, path)
+        del kept_manifest
     found: dict[str, ReuseSource] = {}
     for path, entry in wanted.items():
-        same_path = next(
-            (
-                ReuseSource(release, path)
-                for release, kept_manifest in kept.items()
-                if (other := kept_manifest.get(path)) is not None
-                and other.kind == "file"
-                and (other.digest, other.size) == (entry.digest, entry.size)
-            ),
-            None,
-        )
-        source = same_path or by_digest.get((entry.digest, entry.size))
+        source = same_path.get(path) or by_digest.get((entry.digest, entry.size))
         if source is not None:
             found[path] = source
     return found

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from builds.engine import release, rollout
+from builds.engine import release, rollout, settings_file
 from builds.engine.build import BuildOutput, BuildSpec, build, checked_out, generated_rules
 from builds.engine.errors import (
     EngineError,
@@ -133,6 +133,7 @@ def preview(spec: DeploySpec, reporter: Reporter) -> Preview:
     with reporter.step("fetch"), mirror_lock(spec.build):
         _fetch(spec, mirror, reporter)
         sha = mirror.resolve(spec.build.revision)
+        spec = _with_repository_settings(spec, mirror, sha)
     start = _common_start(spec)
     commits = mirror.commits_between(start, sha) if start != sha else []
     with _built(spec, mirror, sha, _changed_paths(spec, mirror, start, sha), reporter) as output:
@@ -160,6 +161,16 @@ def preview(spec: DeploySpec, reporter: Reporter) -> Preview:
         built=not note,
         note=note,
     )
+
+
+def _with_repository_settings(spec: DeploySpec, mirror: Mirror, sha: str) -> DeploySpec:
+    """The spec with the revision's .slipway.yml applied by ``spec.settings_from_revision``
+    (read from the mirror, no checkout, at most settings_file.MAX_BYTES); unchanged when
+    the project does not take settings from its repository."""
+    if spec.settings_from_revision is None:
+        return spec
+    content = mirror.read_file(sha, settings_file.FILE_NAME, max_bytes=settings_file.MAX_BYTES)
+    return spec.settings_from_revision(spec, sha, content)
 
 
 def _common_start(spec: DeploySpec) -> str | None:
@@ -224,9 +235,13 @@ def deploy(spec: DeploySpec, reporter: Reporter) -> DeployResult:
         sha = mirror.resolve(spec.build.revision)
         reporter.log("system", f"Deploying {spec.build.revision} at {sha}")
         _check_provenance(spec, mirror, sha)
+        spec = _with_repository_settings(spec, mirror, sha)
+        _check_spec(spec)
+    reporter.revision_resolved(sha)
     reporter.check_cancelled()
     start = _common_start(spec)
     commits = mirror.commits_between(start, sha, limit=50) if start != sha else []
+    first_commit_at = mirror.first_commit_time(start, sha) if start and start != sha else None
     # The servers that go first are connected, locked and given their new release while the
     # revision is checked out and listed (rollout.EarlyStart): the release's name is fixed now.
     if spec.started_at is None:
@@ -251,7 +266,13 @@ def deploy(spec: DeploySpec, reporter: Reporter) -> DeployResult:
         if spec.servers
         else None
     )
-    return DeployResult(revision=sha, servers=results, commits=commits, changes=overall)
+    return DeployResult(
+        revision=sha,
+        servers=results,
+        commits=commits,
+        changes=overall,
+        first_commit_at=first_commit_at,
+    )
 
 
 def reporter_log(reporter: Reporter) -> Callable[[str, str], None]:

@@ -60,6 +60,7 @@ from builds.engine.health import (
 )
 from builds.engine.manifest import (
     ChangeSet,
+    DeferredManifests,
     Manifest,
     diff,
     is_generated,
@@ -853,11 +854,7 @@ class ServerRun(_Run):
         with those files counted as reused, not sent, and what the upload must still
         remove. A full deployment sends everything."""
         assert self.layout is not None and self.prepared is not None
-        kept = dict(self.server.kept_manifests)
-        # The manifest goes with the release the worker knows as live, whatever is live now.
-        if self.server.live_release and self.server.live_manifest is not None:
-            kept[self.server.live_release] = self.server.live_manifest
-        kept.pop(self.name, None)
+        kept = _kept_with_live(self.server, self.name)
         if self.spec.full or self.spec.config_only or not kept:
             return changes, removals
         sources = reuse_sources(changes.paths_to_send, manifest, kept, skip=self.spec.shared_paths)
@@ -1333,6 +1330,25 @@ def _failure_reason(runs: Sequence[_Run]) -> str:
     first = failed[0]
     detail = first.result.reason or str(first.result.error or "failed")
     return f"{first.server.name} failed: {detail}"
+
+
+def _kept_with_live(server: ServerSpec, new_release: str) -> DeferredManifests:
+    """The releases a file may be copied from on ``server``: those it keeps, then the one the
+    worker knows as live (with the manifest it knows for it, whatever is live now), never
+    ``new_release`` itself. The kept ones are read when asked for (``DeferredManifests``)."""
+    kept = server.kept_manifests
+    live, live_manifest = server.live_release, server.live_manifest
+    with_live = bool(live) and live_manifest is not None
+    names = list(kept)
+    if with_live and live and live not in names:
+        names.append(live)
+
+    def load(name: str) -> Manifest | None:
+        if with_live and name == live:
+            return live_manifest
+        return kept.get(name)
+
+    return DeferredManifests([name for name in names if name != new_release], load)
 
 
 def hard_links(spec: DeploySpec, server: ServerSpec) -> bool:

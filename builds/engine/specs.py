@@ -8,6 +8,7 @@ import contextlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 from builds.engine import release
@@ -269,6 +270,13 @@ class DeploySpec:
     #: name of the earlier release this deployment's revision is, for the log
     #: (builds.engine.ftp.deliver, builds.engine.s3.deliver).
     rollback_to: Mapping[int, str] = field(default_factory=dict)
+    #: Settings as code (docs/settings-as-code.md): called once the revision is resolved
+    #: with (this spec, the full SHA, the bytes of its .slipway.yml or None without one),
+    #: before anything is built or sent; returns the spec to go on with, or raises
+    #: InvalidInput to stop the deployment there. None: the project's settings only.
+    settings_from_revision: Callable[[DeploySpec, str, bytes | None], DeploySpec] | None = field(
+        default=None, repr=False
+    )
 
 
 @dataclass(frozen=True)
@@ -314,6 +322,10 @@ class Reporter(Protocol):
     def target_state(self, server: int, state: str, reason: str = "") -> None:
         """A server's state changed while the deployment runs ("waiting" for promotion...)."""
 
+    def revision_resolved(self, sha: str) -> None:
+        """The commit being deployed is known (40 hex digits), before anything is built or
+        sent: reported to Git hosts as the deployment's start (builds.integrations)."""
+
     def wait_for_promotion(self) -> bool:
         """Block until someone promotes (True) or cancels (False) a waiting canary deployment;
         False rolls the canaries back here. A reporter that tells an abort apart raises
@@ -350,6 +362,10 @@ class DeployResult:
     servers: list[ServerResult]
     commits: list[Commit] = field(default_factory=list)
     changes: ChangeSet | None = None
+    #: The earliest author date of the commits the deployment brings (the servers' common
+    #: live revision..revision); None for a first deployment, servers on different
+    #: revisions, an empty range or a live revision gone from the repository.
+    first_commit_at: datetime | None = None
 
     @property
     def ok(self) -> bool:

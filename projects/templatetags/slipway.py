@@ -6,15 +6,24 @@ import re
 from datetime import datetime
 from typing import Any
 
+import yaml
 from django import template
 from django.utils import timezone
 
+from builds.dora import FailureReason
 from builds.models import Schedule
 from builds.schedules import describe_rule
 from projects.freeze import describe_weekdays, window_end
 from projects.models import FreezeKind, FreezeWindow
 
 register = template.Library()
+
+FAILURE_REASONS = {
+    FailureReason.FAILED: "It failed",
+    FailureReason.REVERTED: "A health check failed: reverted",
+    FailureReason.ROLLED_BACK: "Rolled back",
+    FailureReason.FIXED: "A fix went live soon after",
+}
 
 # ANSI escape sequences (CSI, OSC, and two-character escapes) and other control characters.
 # Commit messages and the like are shown as plain text: colours belong to the live log only.
@@ -26,6 +35,15 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 def plain(value: object) -> str:
     """Text without terminal escape sequences or control characters (autoescaped as usual)."""
     return _CONTROL.sub("", _ESCAPES.sub("", str(value or "")))
+
+
+@register.filter
+def as_yaml(value: object) -> str:
+    """A setting's value (settings as code: lists, mappings, text) as block YAML, the way
+    .slipway.yml writes it; "[]" or "{}" when empty."""
+    return plain(yaml.safe_dump(value, sort_keys=False, allow_unicode=True, width=100)).replace(
+        "\n...\n", "\n"
+    )
 
 
 @register.filter
@@ -143,3 +161,18 @@ def freeze_rule(window: FreezeWindow) -> str:
 @register.filter
 def freeze_active(window: FreezeWindow) -> bool:
     return window_end(window, timezone.now()) is not None
+
+
+@register.filter
+def rate(fraction: float | None) -> str:
+    """0.4 -> "40%", 0.125 -> "12.5%"; None (nothing to divide) -> "—"."""
+    if fraction is None:
+        return "—"
+    percent = round(fraction * 100, 1)
+    return f"{percent:g}%"
+
+
+@register.filter
+def failure_reason(reason: str) -> str:
+    """Why a deployment counts as a failed change (builds.dora.FailureReason), in words."""
+    return FAILURE_REASONS.get(reason, reason)

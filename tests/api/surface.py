@@ -16,6 +16,7 @@ from projects.models import (
     EnvironmentVariable,
     ExcludedFile,
     FreezeWindow,
+    Integration,
     Notification,
     Project,
     ProjectTemplate,
@@ -66,6 +67,13 @@ def one_of_each(project: Project) -> dict[str, Any]:
         ).pk,
         "notifications": Notification.objects.create(
             project=project, kind="slack", url="https://1.1.1.1/services/T/B/token"
+        ).pk,
+        "integrations": Integration.objects.create(
+            project=project,
+            kind="github",
+            base_url="https://1.1.1.1/api/v3",
+            repository="acme/shop",
+            token="ghp_token",
         ).pk,
         "schedules": Schedule.objects.create(
             project=project, name="nightly", kind="daily", time_of_day=time(3, 0)

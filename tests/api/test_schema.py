@@ -72,6 +72,8 @@ def test_the_schema_is_valid_openapi_3(alice_api):
         "/api/v1/projects/{slug}/members/{username}/",
         "/api/v1/templates/",
         "/api/v1/templates/{id}/",
+        "/api/v1/projects/{slug}/settings/",
+        "/api/v1/projects/{slug}/settings/import/",
     ):
         assert path in paths, path
     assert "bearerAuth" in schema["components"]["securitySchemes"]

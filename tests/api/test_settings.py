@@ -254,6 +254,18 @@ def test_a_body_over_the_upload_limit_answers_413(alice_api, project, settings):
     assert "1000 bytes" in response.json()["detail"]
 
 
+def test_a_form_with_too_many_fields_answers_400_as_json(alice_api, project, settings):
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 10
+    response = alice_api.patch(
+        f"{base(project)}members/alice/",
+        "&".join(f"f{n}=x" for n in range(50)),
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/json"
+    assert "more than 10 fields" in response.json()["detail"]
+
+
 def test_appended_commands_stay_within_the_largest_position(alice_api, project):
     last = alice_api.post(
         f"{base(project)}commands/", {"command": "a", "position": 1_000_000}, format="json"

@@ -13,6 +13,7 @@ from bench.fixtures import (
     change_repository,
     export,
     head,
+    last_change,
     make_repository,
 )
 
@@ -100,3 +101,33 @@ def test_tar_over_ssh_and_the_bare_switch_leave_current_on_the_chosen_release(
     assert os.readlink(root / "current") == "releases/a"
     assert len(list((root / "releases" / "b").rglob("*.txt"))) == 10
     assert not (root / "releases" / "b" / ".git").exists()
+
+
+def test_the_hard_linked_floor_links_unchanged_files_and_unpacks_only_the_change(
+    tmp_path, sshd_target, ssh_client_key_pair, ssh_host_key_pair
+):
+    repository = tmp_path / "repository"
+    make_repository(repository, text_files=40)
+    work_tree = WorkTree(repository, tmp_path / "work-tree")
+    work_tree.checkout(head(repository))
+    root = _owned(sshd_target, "linked")
+    keys = Keys(host=ssh_host_key_pair, client=ssh_client_key_pair)
+    (baseline,) = baselines_for([sshd_target], keys, tmp_path / "known_hosts")
+
+    baseline.seed_linked(work_tree.path, "a")
+    change_repository(repository, 3)
+    work_tree.checkout(head(repository))
+    changed, deleted = last_change(repository)
+    baseline.linked(work_tree.path, "b", "a", changed, deleted)
+
+    first, second = root / "releases" / "a", root / "releases" / "b"
+    assert (len(changed), len(deleted)) == (15, 5)
+    assert os.readlink(root / "current") == "releases/b"
+    for path in changed:
+        assert (second / path).read_bytes() == (work_tree.path / path).read_bytes()
+        assert not ((first / path).exists() and (first / path).samefile(second / path))
+    assert not any((second / path).exists() for path in deleted)
+    assert all((first / path).exists() for path in deleted)
+    names = sorted(p.relative_to(second) for p in second.rglob("*.txt"))
+    linked = [n for n in names if (first / n).exists() and (first / n).samefile(second / n)]
+    assert len(linked) == 40 - 15

@@ -200,3 +200,23 @@ def test_the_curves_show_the_baselines_measured_beside_them():
         "time to 1 (4.00 s against 0.40 s)"
     ) in goals
     assert "  - rsync from a work tree, on the same change: 10.00x (3.00 s against 0.30 s)" in goals
+
+
+def test_the_page_names_the_floor_beside_a_goal_not_met_and_on_the_files_curve():
+    scenario = _scenario("(b) incremental", "rsync-tree", 0.5, [0.8, 0.8, 0.9], [1.2, 1.3, 1.4])
+    scenario.floor = "linked"
+    scenario.add("linked", 0.65)
+    small = dataclasses.replace(
+        _point(1_000, 1, first=1.0, incremental=0.5, peak=150.0), linked_incremental=0.2
+    )
+    large = dataclasses.replace(
+        _point(100_000, 1, first=9.0, incremental=5.0, peak=170.0), linked_incremental=2.4
+    )
+
+    assert scenario.verdict() == (
+        "0.62x rsync, work tree: not met (the floor, hard-linked release (floor): 0.50x)"
+    )
+    assert (
+        "  - the floor of any deploy into a new release directory (a hard-linked release: "
+        "`cp -al`, the change, the switch): 12.00x (2.40 s against 0.20 s)"
+    ) in curve_goals([small, large])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from builds import services
+from builds.engine.manifest import DeferredManifests
 from builds.models import Deployment, Status
 from builds.runner import server_spec
 from builds.tasks import run_deployment
@@ -78,3 +79,17 @@ def test_a_release_removed_by_keep_releases_is_never_a_source(bed, sshd_target):
 
     assert again.targets.get().bytes_total > len(BIG)
     assert (sshd_target.deploy_path / "current" / "page.html").read_text() == f"A\n{BIG}"
+
+
+def test_the_worker_reads_a_kept_manifest_only_when_the_engine_asks(bed):
+    server, deploy, live, _ = bed
+    deploy("A")
+    a_name = live()
+    deploy("B")
+    kept = server_spec(server).kept_manifests
+    assert isinstance(kept, DeferredManifests)
+    assert list(kept) == [a_name]
+
+    # What the database holds when the engine asks, not when the spec was made.
+    Release.objects.filter(server=server, name=a_name).update(manifest={})
+    assert kept.get(a_name) is None

@@ -417,6 +417,21 @@ def test_it_lists_the_commits_between_two_deploys_newest_first(origin: GitRepo, 
     assert mirror.commits_between(third, "main") == []
 
 
+def test_it_finds_the_first_commit_time_of_a_deployed_range(origin: GitRepo, mirror_of) -> None:
+    deployed = origin.commit({"a.txt": "1"}, "One")
+    second = origin.commit({"a.txt": "2"}, "Two")
+    third = origin.commit({"a.txt": "3"}, "Three")
+    mirror = mirror_of(origin)
+    mirror.fetch()
+
+    first = mirror.first_commit_time(deployed, third)
+
+    assert first == min(mirror.commit_info(second).date, mirror.commit_info(third).date)
+    assert first is not None and first.tzinfo is not None
+    assert mirror.first_commit_time(third, third) is None
+    assert mirror.first_commit_time("0123456789abcdef0123456789abcdef01234567", third) is None
+
+
 def test_it_falls_back_to_recent_history_when_the_old_revision_is_gone(
     origin: GitRepo, mirror_of
 ) -> None:

@@ -12,7 +12,13 @@ import shutil
 from pathlib import Path
 
 from builds.engine import pipeline
-from builds.engine.manifest import Entry, Manifest, ReuseSource, reuse_sources
+from builds.engine.manifest import (
+    DeferredManifests,
+    Entry,
+    Manifest,
+    ReuseSource,
+    reuse_sources,
+)
 from tests.support.engine import RecordingReporter, after, deploy_spec, server_for, tree_digest
 
 BIG = "".join(f"line {n} of a file worth not sending twice\n" for n in range(2000))
@@ -270,3 +276,29 @@ def test_it_prefers_the_same_path_and_skips_shared_paths_and_unlistable_names():
 def test_a_same_digest_of_another_size_is_not_the_same_content():
     new = Manifest([_entry("a.txt", "x", size=11)])
     assert reuse_sources(["a.txt"], new, {"r": Manifest([_entry("a.txt", "x", size=10)])}) == {}
+
+
+def test_it_reads_each_deferred_kept_manifest_once_and_skips_one_that_is_gone():
+    new = Manifest([_entry("app.js", "x"), _entry("app.css", "y")])
+    manifests = {
+        "20260101-000000000-aaaaaaa": Manifest([_entry("old/app.js", "x")]),
+        "20260102-000000000-bbbbbbb": Manifest([_entry("app.css", "y")]),
+    }
+    reads: list[str] = []
+
+    def load(name: str) -> Manifest | None:
+        reads.append(name)
+        return manifests.get(name)
+
+    kept = DeferredManifests([*manifests, "20260103-000000000-ccccccc"], load)
+    assert reads == []  # nothing read until asked
+
+    sources = reuse_sources(list(new), new, kept)
+
+    assert sources == {
+        "app.js": ReuseSource("20260101-000000000-aaaaaaa", "old/app.js"),
+        "app.css": ReuseSource("20260102-000000000-bbbbbbb", "app.css"),
+    }
+    assert sorted(reads) == sorted([*manifests, "20260103-000000000-ccccccc"])
+    assert "20260103-000000000-ccccccc" in kept
+    assert kept.get("20260103-000000000-ccccccc") is None

@@ -36,7 +36,7 @@ def test_it_finishes_a_deployment_whatever_its_notifications_do(
     assert len(deliveries) == 2
     assert deployment_event(deployment, "failed") == [], "the same event is recorded once"
 
-    to_webhook, to_slack = sorted(deliveries, key=lambda d: d.notification.kind != "webhook")
+    to_webhook, to_slack = sorted(deliveries, key=lambda d: d.receiver.kind != "webhook")
     for _attempt in range(MAX_ATTEMPTS):
         send_notification_delivery.apply(args=(to_webhook.pk,), throw=True)
         make_due(to_webhook)

@@ -25,6 +25,7 @@ class RecordingReporter:
         self.cancel = threading.Event()
         self.on_progress: Callable[[int, int, int], None] | None = None
         self.states: list[tuple[int, str, str]] = []
+        self.revisions: list[str] = []
         # Canary promotion: the test sets `promote` and then `decided`.
         self.waiting = threading.Event()
         self.decided = threading.Event()
@@ -56,6 +57,9 @@ class RecordingReporter:
 
     def target_state(self, server: int, state: str, reason: str = "") -> None:
         self.states.append((server, state, reason))
+
+    def revision_resolved(self, sha: str) -> None:
+        self.revisions.append(sha)
 
     def wait_for_promotion(self) -> bool:
         self.waiting.set()

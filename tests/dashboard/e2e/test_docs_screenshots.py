@@ -11,6 +11,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.dashboard.e2e.conftest import create_project, screenshots_dir, sign_in
+from tests.dashboard.e2e.test_metrics_charts import project_with_history
 
 pytestmark = [pytest.mark.browser, pytest.mark.docs, pytest.mark.timeout(240)]
 
@@ -134,3 +135,21 @@ def test_docs_screenshots(new_page, slipway_app, sshd_factory, git_repo_factory)
     phone.locator(".deployments-table a.strong").first.click()
     expect(phone.locator("#log")).to_contain_text("built in")
     phone.screenshot(path=str(folder / "deployment-phone.png"), full_page=True)
+
+
+def test_docs_screenshots_of_the_metrics(new_page, slipway_app):
+    """docs/metrics.md's pictures: the metrics page and the project page's history chart,
+    from the fixture history of tests/metrics/history.py (ending yesterday)."""
+    folder = screenshots_dir()
+    assert folder is not None
+    folder.mkdir(parents=True, exist_ok=True)
+    slug = project_with_history(slipway_app, "Shop")
+    page = new_page()
+    sign_in(page)
+
+    page.goto(f"/projects/{slug}/metrics/?environment=production&days=7")
+    expect(page.locator("#chart-durations")).to_have_attribute("data-drawn", "1")
+    page.screenshot(path=str(folder / "metrics.png"), full_page=True)
+    page.goto(f"/projects/{slug}/")
+    expect(page.locator("#chart-history")).to_have_attribute("data-drawn", "4")
+    page.locator("#deployment-history").screenshot(path=str(folder / "deployment-history.png"))
