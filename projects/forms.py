@@ -21,6 +21,7 @@ from projects.models import (
     Command,
     CommandRunOn,
     CommandStage,
+    CommitDeploys,
     ConfigFile,
     EnvironmentVariable,
     ExcludedFile,
@@ -121,6 +122,15 @@ class ProjectForm(forms.Form):
         "SSH commands, excluded files, shared paths, health checks and group strategies it "
         "holds replace these for that deployment (docs/settings-as-code.md).",
     )
+    commit_deploys = forms.ChoiceField(
+        label="[deploy: name] in a commit message",
+        choices=CommitDeploys.choices,
+        required=False,
+        initial=CommitDeploys.ANYONE,
+        help_text="A pusher who is a member (matched by the email the Git host reports) may "
+        "add only servers their deploy rights cover; this decides whether anyone else's "
+        "push may add any (docs/webhooks.md#commit-message-commands).",
+    )
     repository_token = forms.CharField(
         label="Repository access token",
         max_length=2000,
@@ -171,6 +181,7 @@ class ProjectForm(forms.Form):
                 "export_ignore": project.export_ignore,
                 "submodules": project.submodules,
                 "settings_from_repository": project.settings_from_repository,
+                "commit_deploys": project.commit_deploys,
             }
         super().__init__(*args, **kwargs)
         if project is None:
@@ -212,6 +223,9 @@ class ProjectForm(forms.Form):
             data.pop("subdirectory", None)
         if not data.get("template"):
             data.pop("template", None)
+        if not data.get("commit_deploys"):
+            # A form from before the setting (or without it) keeps what is stored.
+            data.pop("commit_deploys", None)
         return data
 
 

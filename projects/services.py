@@ -51,6 +51,7 @@ from projects.models import (
     Command,
     CommandRunOn,
     CommandStage,
+    CommitDeploys,
     ConfigFile,
     EnvironmentVariable,
     ExcludedFile,
@@ -324,6 +325,7 @@ PROJECT_FIELDS = frozenset(
         "submodules",
         "repository_token",
         "settings_from_repository",
+        "commit_deploys",
     }
 )
 
@@ -356,6 +358,8 @@ def project_clean(data: Mapping[str, Any]) -> dict[str, Any]:
     for field in ("build_network", "export_ignore", "submodules", "settings_from_repository"):
         if field in cleaned and not isinstance(cleaned[field], bool):
             raise InvalidInput(field, "must be true or false.")
+    if "commit_deploys" in cleaned and cleaned["commit_deploys"] not in CommitDeploys.values:
+        raise InvalidInput("commit_deploys", f"must be one of {', '.join(CommitDeploys.values)}.")
     return cleaned
 
 
