@@ -21,6 +21,7 @@ from projects.models import (
     Command,
     CommandRunOn,
     CommandStage,
+    CommitDeploys,
     ConfigFile,
     EnvironmentVariable,
     ExcludedFile,
@@ -144,6 +145,15 @@ class ProjectForm(forms.Form):
         "SSH commands, excluded files, shared paths, health checks and group strategies it "
         "holds replace these for that deployment (docs/settings-as-code.md).",
     )
+    commit_deploys = forms.ChoiceField(
+        label="[deploy: name] in a commit message",
+        choices=CommitDeploys.choices,
+        required=False,
+        initial=CommitDeploys.ANYONE,
+        help_text="A pusher who is a member (matched by the email the Git host reports) may "
+        "add only servers their deploy rights cover; this decides whether anyone else's "
+        "push may add any (docs/webhooks.md#commit-message-commands).",
+    )
     repository_token = forms.CharField(
         label="Repository access token",
         max_length=2000,
@@ -196,6 +206,7 @@ class ProjectForm(forms.Form):
                 "on_drift": project.on_drift,
                 "drift_check_hours": project.drift_check_hours,
                 "settings_from_repository": project.settings_from_repository,
+                "commit_deploys": project.commit_deploys,
             }
         super().__init__(*args, **kwargs)
         if project is None:
@@ -242,6 +253,9 @@ class ProjectForm(forms.Form):
             data.pop("on_drift", None)
         if data.get("drift_check_hours") is None:
             data.pop("drift_check_hours", None)
+        if not data.get("commit_deploys"):
+            # A form from before the setting (or without it) keeps what is stored.
+            data.pop("commit_deploys", None)
         return data
 
 

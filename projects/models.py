@@ -28,6 +28,13 @@ class Role(models.TextChoices):
     VIEWER = "viewer", "Viewer"
 
 
+class CommitDeploys(models.TextChoices):
+    """Whose ``[deploy: name]`` commit-message command a push honours (docs/webhooks.md)."""
+
+    ANYONE = "anyone", "Anyone who can push (a member's deploy rights still apply to them)"
+    MEMBERS = "members", "Members only, within their deploy rights"
+
+
 # Who may do what, in one place: views, the API and templates all ask these.
 DEPLOY_ROLES = (Role.ADMIN, Role.DEPLOYER)
 CONFIGURE_ROLES = (Role.ADMIN,)
@@ -111,6 +118,12 @@ class Project(models.Model):
     # Settings as code (docs/settings-as-code.md): a deployment reads .slipway.yml at its
     # revision, and the keys it holds replace the project's own settings for that deployment.
     settings_from_repository = models.BooleanField(default=False)
+    # Whose [deploy: name] command a push honours: a member's is always checked against
+    # their deploy rights; a pusher Slipway cannot match to a member by email is honoured
+    # only with "anyone" (builds.webhook_services.command_deploy_refusal).
+    commit_deploys = models.CharField(
+        max_length=20, choices=CommitDeploys.choices, default=CommitDeploys.ANYONE
+    )
     # The stack lock (shipit): while locked_at is set, every deployment of the project is
     # refused except a rollback (builds.services.deployment_create), whoever asks.
     locked_at = models.DateTimeField(null=True, blank=True)

@@ -26,6 +26,7 @@ from projects.models import (
     ApiToken,
     BuildCommand,
     Command,
+    CommitDeploys,
     ConfigFile,
     EnvironmentVariable,
     ExcludedFile,
@@ -126,6 +127,7 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
             "on_drift",
             "drift_check_hours",
             "settings_from_repository",
+            "commit_deploys",
             "public_key",
             "webhook_url",
             "webhook_secret",
@@ -266,6 +268,14 @@ class ProjectInputSerializer(serializers.Serializer[dict[str, Any]]):
         help_text="Settings as code: each deployment reads .slipway.yml at its revision and "
         "the keys it holds replace the project's own settings for that deployment "
         "(docs/settings-as-code.md).",
+    )
+    commit_deploys = serializers.ChoiceField(
+        choices=CommitDeploys.choices,
+        required=False,
+        help_text="Whose [deploy: name] commit-message command a push honours: a member's "
+        "(matched by the pusher's email) always within their deploy rights; 'anyone' also "
+        "honours pushers who are not members, 'members' refuses them "
+        "(docs/webhooks.md#commit-message-commands).",
     )
     repository_token = serializers.CharField(
         max_length=2000,

@@ -51,6 +51,7 @@ from projects.models import (
     Command,
     CommandRunOn,
     CommandStage,
+    CommitDeploys,
     ConfigFile,
     EnvironmentVariable,
     ExcludedFile,
@@ -327,6 +328,7 @@ PROJECT_FIELDS = frozenset(
         "drift_check_hours",
         "repository_token",
         "settings_from_repository",
+        "commit_deploys",
     }
 )
 # The longest interval between scheduled drift checks: a year, in hours.
@@ -371,6 +373,8 @@ def project_clean(data: Mapping[str, Any]) -> dict[str, Any]:
                 f"must be a whole number of hours from 0 (no scheduled check) to "
                 f"{MAX_DRIFT_CHECK_HOURS}.",
             )
+    if "commit_deploys" in cleaned and cleaned["commit_deploys"] not in CommitDeploys.values:
+        raise InvalidInput("commit_deploys", f"must be one of {', '.join(CommitDeploys.values)}.")
     return cleaned
 
 
