@@ -179,6 +179,11 @@ def test_the_schema_is_served_to_anyone(client):
             "groups:\n  production:\n    batch_size: 0\n",
             ".slipway.yml line 3: groups.production.batch_size:",
         ),
+        # Taken, it failed the deployment with an internal error (re.error).
+        (
+            'excluded_files:\n  - "*.md"\n  - "[z-a]"\n',
+            ".slipway.yml line 3: excluded_files[1]: '[z-a]' is not a valid glob",
+        ),
         (
             "health_checks:\n  - kind: http\n    url: ftp://example.com/\n",
             ".slipway.yml line 3: health_checks[0].url: an HTTP check needs an http:// or "
