@@ -562,10 +562,25 @@ def cmd_import(args: argparse.Namespace, client: Client) -> int:
         say(f"Created the project {project}.", file=sys.stderr)
     elif not project:
         raise CLIError("import needs a PROJECT, or --new NAME --repository URL", EXIT_USAGE)
-    answer = client.post(
-        f"/projects/{quote(project, safe='')}/settings/import/",
-        {"yaml": text, "dry_run": args.dry_run},
-    )
+    try:
+        answer = client.post(
+            f"/projects/{quote(project, safe='')}/settings/import/",
+            {"yaml": text, "dry_run": args.dry_run},
+        )
+    except CLIError as exc:
+        if not args.new:
+            raise
+        # The project was made for this file only: left behind, it would take the name (the
+        # next try makes NAME-2) and hold none of the settings.
+        try:
+            client.request("DELETE", f"/projects/{quote(project, safe='')}/")
+        except CLIError as cleanup:
+            raise CLIError(
+                f"{exc}\nThe project {project} made for it is left without these settings "
+                f"({cleanup}).",
+                exc.code,
+            ) from None
+        raise CLIError(f"{exc}\nThe project {project} made for it was deleted.", exc.code) from None
     changed = answer.get("changed") or {}
     lines = []
     for key, change in changed.items():

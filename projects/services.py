@@ -916,6 +916,10 @@ def _clean_excluded_file(data: dict[str, Any]) -> None:
         data["pattern"] = str(data["pattern"]).strip()
         if not data["pattern"]:
             raise InvalidInput("pattern", "is empty.")
+        try:
+            parse_rule(data["pattern"])
+        except InvalidInput as exc:
+            raise InvalidInput("pattern", str(exc).removeprefix(f"{exc.field}: ")) from None
 
 
 def _clean_environment_variable(data: dict[str, Any]) -> None:

@@ -706,6 +706,12 @@ class HealthCheckSerializer(SettingSerializer):
     )
     api_url = serializers.SerializerMethodField(help_text="This health check in the API.")
 
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        answer = super().to_representation(instance)
+        # A password in the URL is write-only, as every other secret: shown as ***.
+        answer["url"] = instance.shown_url
+        return dict(answer)
+
     class Meta:
         model = HealthCheck
         fields = [
