@@ -544,3 +544,85 @@ class ScheduleRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.schedule_id} @ {self.slot:%Y-%m-%d %H:%M} {self.outcome}"
+
+
+class DriftStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    CLEAN = "clean", "Clean"
+    DRIFTED = "drifted", "Drifted"
+    FAILED = "failed", "Failed"
+
+
+DRIFT_ACTIVE = (DriftStatus.QUEUED, DriftStatus.RUNNING)
+DRIFT_CONCLUSIVE = (DriftStatus.CLEAN, DriftStatus.DRIFTED)
+
+
+class DriftTrigger(models.TextChoices):
+    MANUAL = "manual", "On request"
+    SCHEDULED = "scheduled", "Scheduled"
+
+
+class DriftCheck(models.Model):
+    """One comparison of a server's live release with the manifest Slipway deployed there
+    (builds.drift_checks, builds.engine.drift): what it found, or why it could not say.
+
+    ``files`` keeps the first DRIFT_FILES_KEPT drifted paths, each
+    ``{"path", "change" (added|changed|removed), "size" (bytes), "mtime" (ISO 8601 or null)}``;
+    the counts are of all of them. ``fingerprint`` (SHA-256 of the sorted path/change list)
+    tells a drift already reported from a new one: only a new one notifies.
+    """
+
+    server = models.ForeignKey(
+        "servers.Server", on_delete=models.CASCADE, related_name="drift_checks"
+    )
+    release = models.ForeignKey(
+        "servers.Release", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    release_name = models.CharField(max_length=100, blank=True)
+    status = models.CharField(
+        max_length=10, choices=DriftStatus.choices, default=DriftStatus.QUEUED
+    )
+    trigger = models.CharField(
+        max_length=10, choices=DriftTrigger.choices, default=DriftTrigger.MANUAL
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    checked_count = models.PositiveIntegerField(default=0)
+    added_count = models.PositiveIntegerField(default=0)
+    changed_count = models.PositiveIntegerField(default=0)
+    removed_count = models.PositiveIntegerField(default=0)
+    files = models.JSONField(default=list, blank=True)
+    fingerprint = models.CharField(max_length=64, blank=True)
+    # Whether finding this drift recorded notifications (a new drift, not one seen before).
+    notified = models.BooleanField(default=False)
+    error = models.TextField(blank=True)
+    error_code = models.CharField(max_length=50, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # One check at a time per server: a second request, or a scheduled tick racing
+            # another, finds the active one instead of starting its own.
+            models.UniqueConstraint(
+                fields=["server"],
+                condition=models.Q(status__in=["queued", "running"]),
+                name="one_active_drift_check_per_server",
+            ),
+        ]
+        indexes = [models.Index(fields=["server", "-created_at"], name="drift_check_recent")]
+
+    def __str__(self) -> str:
+        return f"drift check {self.pk} of server {self.server_id}: {self.status}"
+
+    @property
+    def files_total(self) -> int:
+        return self.added_count + self.changed_count + self.removed_count
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in DRIFT_ACTIVE

@@ -17,11 +17,20 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from builds.artefacts import artefacts_prune
-from builds.models import FINAL, Deployment, LogLine, WebhookDelivery, WebhookOutcome
+from builds.models import (
+    DRIFT_CONCLUSIVE,
+    FINAL,
+    Deployment,
+    DriftCheck,
+    DriftStatus,
+    LogLine,
+    WebhookDelivery,
+    WebhookOutcome,
+)
 from deployer.models import OutboxMessage
 from projects.models import DELIVERY_FINAL, NotificationDelivery
 from servers.models import Release
@@ -87,8 +96,9 @@ def records_prune(
     """Remove what the retention settings (days; 0 keeps forever) say is old enough:
 
     - log lines of deployments that finished before the cutoff (SLIPWAY_RETAIN_LOG_DAYS);
-    - webhook deliveries received, sent or failed notification deliveries made, and task
-      messages the broker took, before the cutoff (SLIPWAY_RETAIN_DELIVERIES_DAYS);
+    - webhook deliveries received, sent or failed notification deliveries made, task
+      messages the broker took, and drift checks finished (but each server's newest
+      conclusive one), before the cutoff (SLIPWAY_RETAIN_DELIVERIES_DAYS);
     - finished deployments older than the cutoff, with their targets, steps and log, except any
       deployment that made a release still kept on its server, live or not
       (SLIPWAY_RETAIN_DEPLOYMENTS_DAYS); an active deployment is never touched;
@@ -113,6 +123,7 @@ def records_prune(
     webhooks = Pruned("webhook deliveries", "SLIPWAY_RETAIN_DELIVERIES_DAYS", cutoff)
     notifications = Pruned("notification deliveries", "SLIPWAY_RETAIN_DELIVERIES_DAYS", cutoff)
     messages = Pruned("sent task messages", "SLIPWAY_RETAIN_DELIVERIES_DAYS", cutoff)
+    checks = Pruned("drift checks", "SLIPWAY_RETAIN_DELIVERIES_DAYS", cutoff)
     if cutoff is not None:
         webhooks.count = _delete_in_batches(
             WebhookDelivery.objects.filter(
@@ -133,7 +144,10 @@ def records_prune(
             dry_run=dry_run,
             batch_size=batch_size,
         )
-    report.parts += [webhooks, notifications, messages]
+        checks.count = _delete_in_batches(
+            _old_drift_checks(cutoff), dry_run=dry_run, batch_size=batch_size
+        )
+    report.parts += [webhooks, notifications, messages, checks]
 
     cutoff = _cutoff(now, settings.RETAIN_DEPLOYMENTS_DAYS)
     part = Pruned("deployments", "SLIPWAY_RETAIN_DEPLOYMENTS_DAYS", cutoff)
@@ -151,6 +165,19 @@ def records_prune(
     part.count = artefacts_prune(dry_run=dry_run, now=now).artefacts
     report.parts.append(part)
     return report
+
+
+def _old_drift_checks(cutoff: datetime) -> models.QuerySet[DriftCheck]:
+    """Finished drift checks older than ``cutoff``, except each server's newest conclusive
+    one: the next check compares its drift with it (builds.drift_checks, notify once)."""
+    newest = (
+        DriftCheck.objects.filter(server_id=OuterRef("server_id"), status__in=DRIFT_CONCLUSIVE)
+        .order_by("-finished_at", "-pk")
+        .values("pk")[:1]
+    )
+    return DriftCheck.objects.filter(
+        finished_at__lt=cutoff, status__in=(*DRIFT_CONCLUSIVE, DriftStatus.FAILED)
+    ).exclude(pk=Subquery(newest))
 
 
 def _cutoff(now: datetime, days: int) -> datetime | None:

@@ -857,6 +857,7 @@ def _deploy_spec(
             for c in project.config_files.prefetch_related("servers")
         ),
         shared_paths=tuple(project.shared_paths),
+        on_drift=project.on_drift,
         server_env={v.name: v.value for v in project.environment_variables.filter(servers=True)},
         health_checks=health_check_specs(project),
         strategy=strategy,

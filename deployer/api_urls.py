@@ -45,6 +45,7 @@ urlpatterns = [
     path(PROJECT + "servers/", servers.ServerListView.as_view(), name="api-servers"),
     path(SERVER, servers.ServerDetailView.as_view(), name="api-server"),
     path(SERVER + "check/", servers.ServerCheckView.as_view(), name="api-server-check"),
+    path(SERVER + "drift/", servers.ServerDriftView.as_view(), name="api-server-drift"),
     path(SERVER + "trust/", servers.ServerTrustView.as_view(), name="api-server-trust"),
     path(
         SERVER + "jump-host/trust/",

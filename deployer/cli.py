@@ -12,6 +12,7 @@
     slipway lock shop --reason "bad migration, investigating" [--server web1]
     slipway unlock shop [--server web1]
     slipway status shop
+    slipway drift shop --server web1 [--last]   files changed on the server since its deploy
     slipway log 42 -f
     slipway export shop > slipway.yml        the project's settings as YAML, secrets left out
     slipway import shop slipway.yml [--dry-run]
@@ -42,6 +43,7 @@ EXIT_OK = 0
 EXIT_DEPLOYMENT_FAILED = 1  # the deployment ended failed or cancelled
 EXIT_USAGE = 2  # bad arguments or configuration (argparse uses 2 too)
 EXIT_API_ERROR = 3  # the API refused the request (4xx other than auth)
+EXIT_DRIFTED = 1  # `slipway drift`: drift found, or the check could not say (as diff(1))
 EXIT_UNREACHABLE = 4  # Slipway could not be reached
 EXIT_UNAUTHORIZED = 5  # missing, wrong or revoked token, or no permission
 EXIT_CLOSED_PIPE = 141  # the reader of stdout went away: 128 + SIGPIPE, as the shell reports it
@@ -574,10 +576,25 @@ def cmd_import(args: argparse.Namespace, client: Client) -> int:
         say(f"Created the project {project}.", file=sys.stderr)
     elif not project:
         raise CLIError("import needs a PROJECT, or --new NAME --repository URL", EXIT_USAGE)
-    answer = client.post(
-        f"/projects/{quote(project, safe='')}/settings/import/",
-        {"yaml": text, "dry_run": args.dry_run},
-    )
+    try:
+        answer = client.post(
+            f"/projects/{quote(project, safe='')}/settings/import/",
+            {"yaml": text, "dry_run": args.dry_run},
+        )
+    except CLIError as exc:
+        if not args.new:
+            raise
+        # The project was made for this file only: left behind, it would take the name (the
+        # next try makes NAME-2) and hold none of the settings.
+        try:
+            client.request("DELETE", f"/projects/{quote(project, safe='')}/")
+        except CLIError as cleanup:
+            raise CLIError(
+                f"{exc}\nThe project {project} made for it is left without these settings "
+                f"({cleanup}).",
+                exc.code,
+            ) from None
+        raise CLIError(f"{exc}\nThe project {project} made for it was deleted.", exc.code) from None
     changed = answer.get("changed") or {}
     lines = []
     for key, change in changed.items():
@@ -624,6 +641,56 @@ def cmd_status(args: argparse.Namespace, client: Client) -> int:
     )
     emit(data, as_json=args.json, human=human)
     return EXIT_OK
+
+
+DRIFT_ACTIVE = ("queued", "running")
+
+
+def cmd_drift(args: argparse.Namespace, client: Client) -> int:
+    """Check a server for drift and wait for the answer (``--last``: the newest check, none
+    run). Exits 0 when clean, EXIT_DRIFTED when drifted or failed."""
+    [server_id] = _servers_by_name(client, args.project, [args.server])
+    path = f"/projects/{args.project}/servers/{server_id}/drift/"
+    if args.last:
+        state = client.get(path)
+        check = state["last_check"]
+        if check is None:
+            reason = state["reason"] or f"{args.server} has not been checked for drift yet"
+            raise CLIError(reason, EXIT_API_ERROR)
+    else:
+        check = client.post(path)
+        deadline = time.monotonic() + args.timeout
+        while check["status"] in DRIFT_ACTIVE:
+            if time.monotonic() > deadline:
+                raise CLIError(
+                    f"drift check #{check['id']} is still {check['status']} after "
+                    f"{args.timeout} s; see it later with `slipway drift {args.project} "
+                    f"--server {args.server} --last`",
+                    EXIT_API_ERROR,
+                )
+            time.sleep(1)
+            latest = client.get(path)["last_check"]
+            if latest is not None and latest["id"] == check["id"]:
+                check = latest
+    emit(check, as_json=args.json, human=drift_text(args.server, check))
+    return EXIT_OK if check["status"] == "clean" else EXIT_DRIFTED
+
+
+def drift_text(server: str, check: dict[str, Any]) -> str:
+    """A drift check for people: one line, then the files' table."""
+    head = f"{server}: {check['status']} (check #{check['id']} of release {check['release']})"
+    if check["status"] == "failed":
+        return f"{head}: {check['error']}"
+    if check["status"] == "clean":
+        return f"{head}: {check['checked_count']} files compared, none changed"
+    head += (
+        f": {check['changed_count']} changed, {check['added_count']} added, "
+        f"{check['removed_count']} removed"
+    )
+    rows = [(f["path"], f["change"], f["size"], (f["mtime"] or "-")[:19]) for f in check["files"]]
+    more = check["files_total"] - len(rows)
+    tail = f"\n... and {more} more (the API lists the first {len(rows)})" if more > 0 else ""
+    return head + "\n" + table(rows, ["PATH", "CHANGE", "SIZE", "MODIFIED (UTC)"]) + tail
 
 
 def _span(seconds: float | None) -> str:
@@ -792,6 +859,19 @@ def parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="servers and recent deployments of a project")
     status.add_argument("project")
 
+    drift = commands.add_parser(
+        "drift",
+        help="compare a server's live release with what Slipway deployed (exit 1 on drift)",
+    )
+    drift.add_argument("project")
+    drift.add_argument("--server", required=True, help="the server, by name")
+    drift.add_argument(
+        "--last", action="store_true", help="show the newest check instead of running one"
+    )
+    drift.add_argument(
+        "--timeout", type=int, default=1800, help="seconds to wait for the check (1800)"
+    )
+
     log = commands.add_parser("log", help="a deployment's log")
     log.add_argument("id", type=int)
     log.add_argument("-f", "--follow", action="store_true", help="follow until the deployment ends")
@@ -828,6 +908,7 @@ def parser() -> argparse.ArgumentParser:
         lock,
         unlock,
         status,
+        drift,
         log,
         metrics,
         export,
@@ -864,6 +945,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                 "lock": cmd_lock,
                 "unlock": cmd_unlock,
                 "status": cmd_status,
+                "drift": cmd_drift,
                 "log": cmd_log,
                 "metrics": cmd_metrics,
                 "export": cmd_export,

@@ -108,12 +108,14 @@ def periodic_round(now: float, *, next_prune: float) -> float:
         reap_stale_deployments,
         relay_outbox,
         resend_due_notification_deliveries,
+        tick_drift_checks,
     )
 
     periodic: list[Task[[], Any]] = [
         relay_outbox,
         reap_stale_deployments,
         resend_due_notification_deliveries,
+        tick_drift_checks,
     ]
     if now >= next_prune:
         periodic.append(prune_old_records)

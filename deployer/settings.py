@@ -447,6 +447,9 @@ CELERY_TASK_ROUTES = {
     "builds.tasks.process_webhook_delivery": {"queue": "webhooks"},
     # A scheduled slot's run reads the repository's refs and creates a deployment, like a push.
     "builds.tasks.run_schedule": {"queue": "webhooks"},
+    # A drift check reads a whole release on a server (minutes for a large one): beside the
+    # previews, never in front of the housekeeping queue's reaper and outbox relay.
+    "builds.tasks.run_drift_check": {"queue": "previews"},
     "builds.tasks.send_notification_delivery": {"queue": "notifications"},
     "builds.tasks.resend_due_notification_deliveries": {"queue": "notifications"},
     "builds.tasks.*": {"queue": "housekeeping"},
@@ -461,6 +464,9 @@ CELERY_BEAT_SCHEDULE = {
     # Scheduled deployments whose slot came (docs/schedules.md): a slot starts within this
     # many seconds of its time; a claim in the database keeps it to one run.
     "tick-schedules": {"task": "builds.tasks.tick_schedules", "schedule": float(SCHEDULE_TICK)},
+    # Scheduled drift checks whose time came (docs/drift.md): projects say how often, in
+    # hours; one active check per server, whatever the number of beats.
+    "tick-drift-checks": {"task": "builds.tasks.tick_drift_checks", "schedule": 300.0},
     # Notifications whose message was lost (a broker restart) or whose retry is due.
     "resend-due-notifications": {
         "task": "builds.tasks.resend_due_notification_deliveries",

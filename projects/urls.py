@@ -41,6 +41,7 @@ urlpatterns = [
     path(SERVER + "edit/", servers.server_edit, name="server-edit"),
     path(SERVER + "delete/", servers.server_remove, name="server-delete"),
     path(SERVER + "test/", servers.server_test, name="server-test"),
+    path(SERVER + "drift/", servers.server_drift_check, name="server-drift-check"),
     path(SERVER + "deploy-lock/", deployments.server_lock_view, name="server-deploy-lock"),
     path(SERVER + "trust/", servers.server_trust, name="server-trust"),
     path(SERVER + "jump-host/trust/", servers.server_trust_jump, name="server-trust-jump"),

@@ -884,6 +884,7 @@ DOCS = (
     "badges",
     "blue-green",
     "templates",
+    "drift",
     "metrics",
     "settings-as-code",
     "promote",

@@ -183,6 +183,13 @@ class ReleaseMissing(UserError):
     code = "release_missing"
 
 
+class DriftFound(UserError):
+    """The server's live release was changed since its deployment, and the project refuses
+    to deploy over drift (``ON_DRIFT_REFUSE``): the message lists the paths."""
+
+    code = "drift_found"
+
+
 class TransferFailed(UserError):
     code = "transfer_failed"
 

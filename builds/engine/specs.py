@@ -41,6 +41,13 @@ RELEASE_COPY_HARD_LINKS = "hard_links"
 RELEASE_COPY_FULL = "copy"
 RELEASE_COPIES = (RELEASE_COPY_AUTO, RELEASE_COPY_HARD_LINKS, RELEASE_COPY_FULL)
 
+# What a deployment does with drift it finds on a server (changes made there since the last
+# deployment): restore the build's files (and remove what was added), or fail before the
+# switch and list them (docs/drift.md).
+ON_DRIFT_RESTORE = "restore"
+ON_DRIFT_REFUSE = "refuse"
+ON_DRIFT_CHOICES = (ON_DRIFT_RESTORE, ON_DRIFT_REFUSE)
+
 PARALLEL = "parallel"
 PREPARE_THEN_SWITCH = "prepare_then_switch"
 ROLLING = "rolling"
@@ -240,6 +247,8 @@ class DeploySpec:
     strategy: StrategySpec = field(default_factory=StrategySpec)
     full: bool = False
     config_only: bool = False
+    #: ON_DRIFT_RESTORE or ON_DRIFT_REFUSE (see ``drift.refuse_drift``).
+    on_drift: str = ON_DRIFT_RESTORE
     max_parallel: int = 5
     lock_stale_after: int = 3600
     #: Wall-clock limit of the repository fetch, in seconds (see git.Mirror).

@@ -46,6 +46,7 @@ def test_the_schema_is_valid_openapi_3(alice_api):
         "/api/v1/projects/",
         "/api/v1/projects/{slug}/",
         "/api/v1/projects/{slug}/servers/{server_id}/check/",
+        "/api/v1/projects/{slug}/servers/{server_id}/drift/",
         "/api/v1/projects/{slug}/servers/{server_id}/trust/",
         "/api/v1/projects/{slug}/servers/{server_id}/releases/",
         "/api/v1/projects/{slug}/servers/{server_id}/rollback/",

@@ -31,6 +31,8 @@ DEPLOY_OPERATIONS = {
     ("post", "/api/v1/projects/{slug}/groups/{id}/switch-back/"),
     ("post", "/api/v1/projects/{slug}/servers/{server_id}/rollback/"),
     ("post", "/api/v1/projects/{slug}/servers/{server_id}/check/"),
+    # A drift check reads the live release, as a connection check does.
+    ("post", "/api/v1/projects/{slug}/servers/{server_id}/drift/"),
     # Reading the key a repository's host offers, like a server's connection check.
     ("post", "/api/v1/projects/{slug}/repository/check/"),
     # Stack locks: whoever may deploy may stop deployments, and start them again.

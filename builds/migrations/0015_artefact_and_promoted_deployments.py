@@ -8,8 +8,8 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('builds', '0013_deployment_settings_file'),
-        ('projects', '0020_project_artefact_retention'),
+        ('builds', '0014_drift_check'),
+        ('projects', '0022_project_artefact_retention'),
     ]
 
     operations = [

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('projects', '0019_project_settings_from_repository'),
+        ('projects', '0021_project_drift_settings'),
     ]
 
     operations = [
