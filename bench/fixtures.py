@@ -30,7 +30,7 @@ from tests.support.sshd import (
 
 BENCH_USER = "slipway-bench"
 #: The baselines' own directories beside Slipway's deploy directory on each target.
-BASELINE_TOOLS = ("rsync-tree", "rsync-export", "tar")
+BASELINE_TOOLS = ("rsync-tree", "rsync-export", "tar", "linked")
 WORDS = [
     *("deploy", "release", "server", "atomic", "symlink", "rollback", "commit", "branch"),
     *("worker", "manifest", "change", "upload", "health", "check", "build", "cache", "config"),

@@ -26,6 +26,8 @@ TOOLS = {
     "ssh-switch": "bare ssh switch",
     "linked": "hard-linked release (floor)",
 }
+#: A floor's name in a sentence.
+FLOOR_NAMES = {"linked": "a hard-linked release"}
 
 
 #: The growth curves' goals (issue 12): 50 servers against 1, the incremental deploy at
@@ -69,7 +71,7 @@ class Scenario:
         )
         if self.floor and self.runs.get(self.floor):
             floor = self.median(self.floor) / self.median(self.versus)
-            verdict += f" (the floor, {TOOLS[self.floor]}: {floor:.2f}x)"
+            verdict += f" (the floor, {FLOOR_NAMES.get(self.floor, self.floor)}: {floor:.2f}x)"
         return verdict
 
     def phases(self) -> dict[str, float]:

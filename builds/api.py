@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from builds.dora import days_csv, deployments_csv, project_dora, project_environments
-from builds.models import Deployment, GatePolicy, Schedule, ScheduleRun
+from builds.models import Deployment, GatePolicy, Schedule, ScheduleRun, Trigger
 from builds.schedules import schedule_create, schedule_delete, schedule_update
 from builds.serializers import (
     DeploymentCreateSerializer,
@@ -29,6 +29,7 @@ from builds.serializers import (
     LockRequestSerializer,
     LogQuerySerializer,
     LogSerializer,
+    PromotionRequestSerializer,
     RetryOptionsSerializer,
     RollbackOptionsSerializer,
     ScheduleRunPageSerializer,
@@ -36,6 +37,7 @@ from builds.serializers import (
     ScheduleSerializer,
 )
 from builds.services import (
+    artefact_promote,
     deployment_approve,
     deployment_cancel,
     deployment_gates_override,
@@ -49,6 +51,7 @@ from builds.services import (
     gate_policy_delete,
     gate_policy_update,
     gates_preview,
+    promotion_servers,
     stack_lock,
     stack_unlock,
 )
@@ -68,9 +71,9 @@ TAGS = ["deployments"]
 
 
 def _with_related(deployments: Any) -> Any:
-    return deployments.select_related("project", "triggered_by", "group").prefetch_related(
-        "targets__server", "approvals__user"
-    )
+    return deployments.select_related(
+        "project", "triggered_by", "group", "artefact"
+    ).prefetch_related("targets__server", "approvals__user")
 
 
 @retrying
@@ -248,6 +251,36 @@ class DeploymentPromoteView(APIView):
         deployment, membership = get_deployment_for_user(request, deployment_id, need=Need.DEPLOY)
         deployment_request_promotion(deployment=deployment, user=membership.user)
         return Response(recorded_deployment_data(deployment), status=status.HTTP_202_ACCEPTED)
+
+
+class DeploymentPromotionView(APIView):
+    @extend_schema(
+        request=PromotionRequestSerializer,
+        responses={201: DeploymentSerializer},
+        operation_id="deployments_promote_artefact",
+        tags=TAGS,
+        description="Build once, promote (docs/promote.md): a new deployment (kind promote, "
+        "promoted_from: this one) that sends the build output this deployment kept to the "
+        "servers `to` names (an environment, or server names separated by commas), with no "
+        "fetch and no build: every file is checked against the kept manifest first. Not the "
+        "canary's promote. 409 unless this deployment is a deploy or promotion that "
+        "succeeded; 400 naming deployment when its output was not kept or retention removed "
+        "it, naming to when it names no server; the caller's deploy rights (403), a stack "
+        "lock or a freeze window (409; an admin may give freeze_override_reason) refuse it "
+        "as any deployment.",
+    )
+    def post(self, request: Request, deployment_id: int) -> Response:
+        deployment, membership = get_deployment_for_user(request, deployment_id, need=Need.DEPLOY)
+        options = PromotionRequestSerializer(data=request.data)
+        options.is_valid(raise_exception=True)
+        promotion = artefact_promote(
+            source=deployment,
+            servers=promotion_servers(project=deployment.project, to=options.validated_data["to"]),
+            user=membership.user,
+            trigger=Trigger.API,
+            freeze_override_reason=options.validated_data.get("freeze_override_reason", ""),
+        )
+        return Response(recorded_deployment_data(promotion), status=status.HTTP_201_CREATED)
 
 
 class DeploymentAbortView(APIView):

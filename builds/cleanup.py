@@ -1,5 +1,6 @@
 """A deleted project's files on every worker: its mirror, workspace, build cache and scratch
-directories, all under ``SLIPWAY_BUILD_DIR/project-<id>/`` (builds.runner.project_dirs).
+directories, all under ``SLIPWAY_BUILD_DIR/project-<id>/`` (builds.runner.project_dirs), and
+its kept build outputs under ``SLIPWAY_ARTEFACT_DIR/project-<id>/`` (docs/promote.md).
 
 Workers may run on machines of their own, each with its own build directory, so deleting a
 project removes them in three ways:
@@ -44,8 +45,13 @@ def project_build_dir(project_id: int) -> Path:
     return Path(settings.BUILD_DIR) / f"project-{project_id}"
 
 
+def project_artefact_dir(project_id: int) -> Path:
+    """``SLIPWAY_ARTEFACT_DIR/project-<id>``: the project's artefact store."""
+    return Path(settings.ARTEFACT_DIR) / f"project-{project_id}"
+
+
 def project_files_remove(project_id: int) -> bool:
-    """Remove a deleted project's directory on this machine; True if there was one.
+    """Remove a deleted project's directories on this machine; True if there was one.
 
     Does nothing while the project exists. Folders a build left without write permission (Go's
     module cache) are made writable first; what still cannot be removed is logged, not raised
@@ -53,11 +59,12 @@ def project_files_remove(project_id: int) -> bool:
     """
     if Project.objects.filter(pk=project_id).exists():
         return False
-    path = project_build_dir(project_id)
-    if not os.path.lexists(path):
-        return False
-    _remove_tree(path)
-    return True
+    found = False
+    for path in (project_build_dir(project_id), project_artefact_dir(project_id)):
+        if os.path.lexists(path):
+            _remove_tree(path)
+            found = True
+    return found
 
 
 def project_files_sweep() -> list[int]:
@@ -65,20 +72,20 @@ def project_files_sweep() -> list[int]:
 
     Run when a worker starts, for the deletions it missed while it was down.
     """
-    root = Path(settings.BUILD_DIR)
-    try:
-        names = [entry.name for entry in os.scandir(root)]
-    except FileNotFoundError:
-        return []
-    found = {
-        int(match.group(1)): name
-        for name in names
-        if (match := _PROJECT_DIRECTORY.fullmatch(name)) is not None
-    }
+    found: dict[int, list[Path]] = {}
+    for root in (Path(settings.BUILD_DIR), Path(settings.ARTEFACT_DIR)):
+        try:
+            names = [entry.name for entry in os.scandir(root)]
+        except FileNotFoundError:
+            continue
+        for name in names:
+            if (match := _PROJECT_DIRECTORY.fullmatch(name)) is not None:
+                found.setdefault(int(match.group(1)), []).append(root / name)
     existing = set(Project.objects.filter(pk__in=found).values_list("pk", flat=True))
     removed = []
     for project_id in sorted(set(found) - existing):
-        _remove_tree(root / found[project_id])
+        for path in found[project_id]:
+            _remove_tree(path)
         removed.append(project_id)
     if removed:
         logger.info("Removed the files of deleted projects %s", removed)

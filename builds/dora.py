@@ -60,6 +60,8 @@ FIX_SUBJECT = re.compile(r"^(fix|hotfix|revert)\b", re.IGNORECASE)
 FIX_BRANCH = re.compile(r"^(fix|hotfix)[/-]", re.IGNORECASE)
 
 ROLLBACK_KINDS = (Kind.ROLLBACK, Kind.SWITCH)
+#: What counts as a deployment: a promotion (docs/promote.md) puts a release live like one.
+DEPLOY_KINDS = (Kind.DEPLOY, Kind.PROMOTE)
 
 
 def is_fix(subjects: Iterable[str], branch: str) -> bool:
@@ -93,7 +95,7 @@ class DeploymentRecord:
 
     @property
     def is_deploy(self) -> bool:
-        return self.kind == Kind.DEPLOY
+        return self.kind in DEPLOY_KINDS
 
     @property
     def duration_seconds(self) -> float | None:
@@ -391,7 +393,7 @@ def deployment_records(
     out. Previews are never included (they change nothing)."""
     finished = Deployment.objects.filter(
         project=project,
-        kind__in=(Kind.DEPLOY, *ROLLBACK_KINDS),
+        kind__in=(*DEPLOY_KINDS, *ROLLBACK_KINDS),
         status__in=FINAL,
         finished_at__gte=since,
         finished_at__lte=until,

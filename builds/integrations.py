@@ -176,6 +176,18 @@ def integration_clean(
     if "base_url" in cleaned or kind_changed:
         kept = instance.base_url if instance is not None and not kind_changed else ""
         cleaned["base_url"] = _clean_base_url(kind, cleaned.get("base_url", kept))
+    if (
+        instance is not None
+        and cleaned.get("base_url", instance.base_url) != instance.base_url
+        and "token" not in cleaned
+    ):
+        # The stored token is write-only: kept as it is, it would go to the new address, and
+        # whoever may edit the integration could read it there.
+        raise InvalidInput(
+            "token",
+            "give the token again to change the API's address: the stored one is sent only "
+            "where it was given for.",
+        )
     if "repository" in cleaned or kind_changed:
         kept = instance.repository if instance is not None else ""
         repository = str(cleaned.get("repository", kept) or "").strip().strip("/")
@@ -435,10 +447,18 @@ class Client:
         return urlsplit(self.base_url).path + path
 
     def _safe(self, text: str) -> str:
-        """``text`` clipped, with the token masked should a provider repeat it."""
+        """``text`` clipped, with the token masked should a provider repeat it, as it is,
+        JSON-escaped (an error document of fields is kept as JSON) or URL-encoded."""
         text = " ".join(text.split())
         if self.token:
-            text = text.replace(self.token, "****")
+            forms = {
+                self.token,
+                json.dumps(self.token)[1:-1],
+                json.dumps(self.token, ensure_ascii=False)[1:-1],
+                quote(self.token, safe=""),
+            }
+            for form in sorted(forms, key=len, reverse=True):
+                text = text.replace(form, "****")
         return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 1] + "…"
 
 

@@ -66,6 +66,9 @@ class Kind(models.TextChoices):
     PREVIEW = "preview", "Preview"
     # A blue-green group's router sent back to the other colour (no server is changed).
     SWITCH = "switch", "Switch back"
+    # Another deployment's kept build output sent to other servers: no fetch, no build
+    # (docs/promote.md).
+    PROMOTE = "promote", "Promote"
 
 
 class Trigger(models.TextChoices):
@@ -125,6 +128,18 @@ class Deployment(models.Model):
     # "Retry failed servers": the finished deployment whose failed servers this one deploys.
     retry_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries"
+    )
+    # Build once, promote (docs/promote.md): the build output this deployment kept (a
+    # deploy) or sent (a promote), and for a promote the deployment that built it.
+    artefact = models.ForeignKey(
+        "builds.Artefact",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="deployments",
+    )
+    promoted_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="promotions"
     )
     # Added/modified/deleted paths and bytes, kept for previews and the deployment page.
     changes = models.JSONField(default=dict, blank=True)
@@ -188,6 +203,44 @@ class Deployment(models.Model):
             return None
         end = self.finished_at or timezone.now()
         return (end - self.started_at).total_seconds()
+
+
+class ArtefactQuerySet(models.QuerySet["Artefact"]):
+    def kept(self) -> ArtefactQuerySet:
+        return self.filter(removed_at__isnull=True)
+
+
+class Artefact(models.Model):
+    """A deployment's build output kept for promotion (docs/promote.md): its files are in
+    the project's store on disk (builds.engine.artefacts, under SLIPWAY_ARTEFACT_DIR), named
+    by ``digest``, the SHA-256 of its manifest. ``removed_at``: retention deleted it (the row
+    stays, so a promotion of it is refused with a reason)."""
+
+    project = models.ForeignKey(
+        "projects.Project", on_delete=models.CASCADE, related_name="artefacts"
+    )
+    # The deploy that built it (null once retention removed that deployment's row).
+    deployment = models.ForeignKey(
+        Deployment, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revision = models.CharField(max_length=40)
+    digest = models.CharField(max_length=64)
+    files = models.PositiveIntegerField(default=0)
+    size = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    removed_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ArtefactQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # Two deployments that built the same bytes share one artefact.
+            models.UniqueConstraint(fields=["project", "digest"], name="unique_artefact_digest"),
+        ]
+
+    def __str__(self) -> str:
+        return f"artefact {self.digest[:12]} of {self.project_id}"
 
 
 class DeploymentTarget(models.Model):
@@ -592,3 +645,85 @@ class Approval(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} approved {self.deployment_id}"
+
+
+class DriftStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    CLEAN = "clean", "Clean"
+    DRIFTED = "drifted", "Drifted"
+    FAILED = "failed", "Failed"
+
+
+DRIFT_ACTIVE = (DriftStatus.QUEUED, DriftStatus.RUNNING)
+DRIFT_CONCLUSIVE = (DriftStatus.CLEAN, DriftStatus.DRIFTED)
+
+
+class DriftTrigger(models.TextChoices):
+    MANUAL = "manual", "On request"
+    SCHEDULED = "scheduled", "Scheduled"
+
+
+class DriftCheck(models.Model):
+    """One comparison of a server's live release with the manifest Slipway deployed there
+    (builds.drift_checks, builds.engine.drift): what it found, or why it could not say.
+
+    ``files`` keeps the first DRIFT_FILES_KEPT drifted paths, each
+    ``{"path", "change" (added|changed|removed), "size" (bytes), "mtime" (ISO 8601 or null)}``;
+    the counts are of all of them. ``fingerprint`` (SHA-256 of the sorted path/change list)
+    tells a drift already reported from a new one: only a new one notifies.
+    """
+
+    server = models.ForeignKey(
+        "servers.Server", on_delete=models.CASCADE, related_name="drift_checks"
+    )
+    release = models.ForeignKey(
+        "servers.Release", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    release_name = models.CharField(max_length=100, blank=True)
+    status = models.CharField(
+        max_length=10, choices=DriftStatus.choices, default=DriftStatus.QUEUED
+    )
+    trigger = models.CharField(
+        max_length=10, choices=DriftTrigger.choices, default=DriftTrigger.MANUAL
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    checked_count = models.PositiveIntegerField(default=0)
+    added_count = models.PositiveIntegerField(default=0)
+    changed_count = models.PositiveIntegerField(default=0)
+    removed_count = models.PositiveIntegerField(default=0)
+    files = models.JSONField(default=list, blank=True)
+    fingerprint = models.CharField(max_length=64, blank=True)
+    # Whether finding this drift recorded notifications (a new drift, not one seen before).
+    notified = models.BooleanField(default=False)
+    error = models.TextField(blank=True)
+    error_code = models.CharField(max_length=50, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # One check at a time per server: a second request, or a scheduled tick racing
+            # another, finds the active one instead of starting its own.
+            models.UniqueConstraint(
+                fields=["server"],
+                condition=models.Q(status__in=["queued", "running"]),
+                name="one_active_drift_check_per_server",
+            ),
+        ]
+        indexes = [models.Index(fields=["server", "-created_at"], name="drift_check_recent")]
+
+    def __str__(self) -> str:
+        return f"drift check {self.pk} of server {self.server_id}: {self.status}"
+
+    @property
+    def files_total(self) -> int:
+        return self.added_count + self.changed_count + self.removed_count
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in DRIFT_ACTIVE

@@ -38,7 +38,7 @@ from django.utils import timezone
 from builds import integrations, outbound
 from builds.engine.errors import InvalidInput
 from builds.engine.masking import Masker
-from builds.models import Deployment, Kind
+from builds.models import Deployment, DriftCheck, Kind
 from deployer import links
 from deployer.celery import app
 from projects.models import (
@@ -308,8 +308,8 @@ def _deployment_row(deployment: Deployment) -> Deployment:
 
 
 def _record_deliveries(deployment: Deployment, event: str) -> list[NotificationDelivery]:
-    if event not in DeliveryEvent.values:
-        raise ValueError(f"{event!r} is not a notification event")
+    if event not in DeliveryEvent.values or event == DeliveryEvent.DRIFT:
+        raise ValueError(f"{event!r} is not a deployment's notification event")
     deployment = _deployment_row(deployment)
     if deployment.kind == Kind.PREVIEW:
         return []  # a preview changes no server: nobody needs telling
@@ -370,6 +370,82 @@ def _create_each(
         except IntegrityError:
             continue  # this event of this deployment was recorded already
     return recorded
+
+
+def drift_event(check: DriftCheck) -> list[NotificationDelivery]:
+    """Record a ``drift`` delivery for each enabled notification of the check's project that
+    lists the event (and the server, or no server), sent once the transaction commits.
+
+    Called by builds.drift_checks in the transaction that records a drift not seen before on
+    that server (the caller decides; a drift already reported is not reported again). Never
+    raises, as ``deployment_event``."""
+    try:
+        with transaction.atomic():
+            deliveries = _record_drift_deliveries(check)
+    except Exception:
+        logger.exception("Recording the drift notifications of check %s failed", check.pk)
+        return []
+    if deliveries:
+        ids = [delivery.pk for delivery in deliveries]
+        transaction.on_commit(lambda: _enqueue_all(ids), robust=True)
+    return deliveries
+
+
+def _record_drift_deliveries(check: DriftCheck) -> list[NotificationDelivery]:
+    check = DriftCheck.objects.select_related("server__project").get(pk=check.pk)
+    wanted = [
+        notification
+        for notification in Notification.objects.filter(
+            project_id=check.server.project_id, enabled=True
+        )
+        .defer("url", "secret")
+        .prefetch_related("servers")
+        if NotificationEvent.DRIFT in notification.events
+        and _touches(notification, {check.server_id})
+    ]
+    if not wanted:
+        return []
+    payload = drift_payload(check)
+    return [
+        NotificationDelivery.objects.create(
+            notification=notification, event=NotificationEvent.DRIFT, payload=payload
+        )
+        for notification in wanted
+    ]
+
+
+#: How many drifted paths a drift message names (the page and the API have them all).
+DRIFT_PATHS_IN_MESSAGE = 10
+
+
+def drift_payload(check: DriftCheck) -> dict[str, Any]:
+    """The JSON a webhook receives for a ``drift`` event: the project, the server (with its
+    page) and the check (counts, and its first drifted files as the check keeps them)."""
+    server = check.server
+    project = server.project
+    return {
+        "event": NotificationEvent.DRIFT.value,
+        "project": {
+            "slug": project.slug,
+            "name": project.name,
+            "html_url": links.project_page(project.slug),
+        },
+        "server": {
+            "id": server.pk,
+            "name": server.name,
+            "html_url": links.server_page(project.slug, server.pk),
+        },
+        "drift_check": {
+            "id": check.pk,
+            "release": check.release_name,
+            "trigger": check.trigger,
+            "finished_at": _iso(check.finished_at),
+            "added": check.added_count,
+            "changed": check.changed_count,
+            "removed": check.removed_count,
+            "files": check.files[:DRIFT_PATHS_IN_MESSAGE],
+        },
+    }
 
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -679,6 +755,7 @@ _VERBS = {
     NotificationEvent.SUCCEEDED: "succeeded",
     NotificationEvent.FAILED: "failed",
     NotificationEvent.ROLLED_BACK: "rolled back",
+    NotificationEvent.DRIFT: "found drift",
 }
 # Longest error or reason quoted in a chat message or an email (the page has the rest).
 QUOTE_LIMIT = 500
@@ -689,7 +766,16 @@ def _clip(text: str, limit: int = QUOTE_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def message_link(payload: Mapping[str, Any]) -> str:
+    """The page a message links to: the deployment's, or the server's for a drift."""
+    if payload["event"] == NotificationEvent.DRIFT:
+        return str(payload["server"]["html_url"])
+    return str(payload["deployment"]["html_url"])
+
+
 def message_title(payload: Mapping[str, Any]) -> str:
+    if payload["event"] == NotificationEvent.DRIFT:
+        return f"{payload['project']['name']}: drift found on {payload['server']['name']}"
     deployment, event = payload["deployment"], payload["event"]
     if deployment["kind"] == Kind.ROLLBACK:
         # "rollback #12 rolled back" would read as if the rollback itself had been undone.
@@ -703,6 +789,8 @@ def message_title(payload: Mapping[str, Any]) -> str:
 
 def message_facts(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(label, value) lines shared by every kind of message."""
+    if payload["event"] == NotificationEvent.DRIFT:
+        return _drift_facts(payload["drift_check"])
     deployment = payload["deployment"]
     facts: list[tuple[str, str]] = []
     start, end = deployment["start_revision"][:7], deployment["end_revision"][:7]
@@ -727,13 +815,27 @@ def message_facts(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
     return facts
 
 
+def _drift_facts(check: Mapping[str, Any]) -> list[tuple[str, str]]:
+    total = check["added"] + check["changed"] + check["removed"]
+    shown = [f"{item['path']} ({item['change']})" for item in check["files"]]
+    more = f" and {total - len(shown)} more" if total > len(shown) else ""
+    return [
+        ("Release", check["release"]),
+        (
+            "Files",
+            f"{check['changed']} changed, {check['added']} added, {check['removed']} removed",
+        ),
+        ("Paths", _clip(", ".join(shown) + more)),
+    ]
+
+
 def _slack_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def slack_message(payload: Mapping[str, Any]) -> dict[str, Any]:
     title = _slack_escape(message_title(payload))
-    link = payload["deployment"]["html_url"]
+    link = message_link(payload)
     facts = "\n".join(
         f"*{label}:* {_slack_escape(value)}" for label, value in message_facts(payload)
     )
@@ -756,7 +858,7 @@ def _discord_escape(text: str) -> str:
 
 def discord_message(payload: Mapping[str, Any]) -> dict[str, Any]:
     title = _discord_escape(message_title(payload))
-    link = payload["deployment"]["html_url"]
+    link = message_link(payload)
     lines = [f"**[{title}]({link})**"]
     lines += [f"**{label}:** {_discord_escape(value)}" for label, value in message_facts(payload)]
     content = "\n".join(lines)
@@ -769,9 +871,12 @@ def discord_message(payload: Mapping[str, Any]) -> dict[str, Any]:
 def teams_message(payload: Mapping[str, Any]) -> dict[str, Any]:
     """An Adaptive Card, which both Teams incoming webhooks and Workflows accept."""
     event = payload["event"]
-    color = {"succeeded": "Good", "failed": "Attention", "rolled_back": "Warning"}.get(
-        event, "Default"
-    )
+    color = {
+        "succeeded": "Good",
+        "failed": "Attention",
+        "rolled_back": "Warning",
+        "drift": "Warning",
+    }.get(event, "Default")
     card = {
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
         "type": "AdaptiveCard",
@@ -796,7 +901,7 @@ def teams_message(payload: Mapping[str, Any]) -> dict[str, Any]:
             {
                 "type": "Action.OpenUrl",
                 "title": "Open in Slipway",
-                "url": payload["deployment"]["html_url"],
+                "url": message_link(payload),
             }
         ],
     }
@@ -818,7 +923,7 @@ def email_message(payload: Mapping[str, Any]) -> tuple[str, str]:
     subject = " ".join(message_title(payload).split())
     lines = [subject, ""]
     lines += [f"{label}: {value}" for label, value in message_facts(payload)]
-    lines += ["", f"Details and log: {payload['deployment']['html_url']}", ""]
+    lines += ["", f"Details and log: {message_link(payload)}", ""]
     lines += [
         "--",
         "Slipway sends this because a notification of project "

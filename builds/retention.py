@@ -17,13 +17,17 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef, Q, Subquery
 from django.utils import timezone
 
+from builds.artefacts import artefacts_prune
 from builds.models import (
+    DRIFT_CONCLUSIVE,
     FINAL,
     CommitStatus,
     Deployment,
+    DriftCheck,
+    DriftStatus,
     LogLine,
     WebhookDelivery,
     WebhookOutcome,
@@ -56,6 +60,8 @@ class Pruned:
     setting: str
     cutoff: datetime | None
     count: int = 0
+    #: False for a kind whose limits are per project (artefacts): no one cutoff to show.
+    one_cutoff: bool = True
 
 
 @dataclass
@@ -74,7 +80,9 @@ class PruneReport:
         verb = "would remove" if self.dry_run else "removed"
         out = []
         for part in self.parts:
-            if part.cutoff is None:
+            if not part.one_cutoff:
+                out.append(f"{part.what}: {verb} {part.count} ({part.setting})")
+            elif part.cutoff is None:
                 out.append(f"{part.what}: kept forever ({part.setting}=0)")
             else:
                 out.append(
@@ -91,13 +99,16 @@ def records_prune(
 
     - log lines of deployments that finished before the cutoff (SLIPWAY_RETAIN_LOG_DAYS);
     - webhook deliveries received, sent or failed notification deliveries made, task
-      messages the broker took, and commit statuses last reported (the CI gate's,
-      builds.gates), before the cutoff (SLIPWAY_RETAIN_DELIVERIES_DAYS);
+      messages the broker took, commit statuses last reported (the CI gate's,
+      builds.gates), and drift checks finished (but each server's newest
+      conclusive one), before the cutoff (SLIPWAY_RETAIN_DELIVERIES_DAYS);
     - finished deployments older than the cutoff, with their targets, steps and log, except any
       deployment that made a release still kept on its server, live or not
       (SLIPWAY_RETAIN_DEPLOYMENTS_DAYS); an active deployment is never touched;
     - the manifests of releases removed from their server before the cutoff
-      (SLIPWAY_RETAIN_MANIFESTS_DAYS): the row stays, for the server's history.
+      (SLIPWAY_RETAIN_MANIFESTS_DAYS): the row stays, for the server's history;
+    - kept build outputs beyond each project's artefact retention (Project.artefacts_keep,
+      artefacts_keep_days; builds.artefacts.artefacts_prune, docs/promote.md).
 
     ``dry_run`` counts and changes nothing. Returns what went, per kind. Database errors are
     raised as they are; whatever batches were committed before stay removed.
@@ -116,6 +127,7 @@ def records_prune(
     notifications = Pruned("notification deliveries", "SLIPWAY_RETAIN_DELIVERIES_DAYS", cutoff)
     messages = Pruned("sent task messages", "SLIPWAY_RETAIN_DELIVERIES_DAYS", cutoff)
     statuses = Pruned("commit statuses", "SLIPWAY_RETAIN_DELIVERIES_DAYS", cutoff)
+    checks = Pruned("drift checks", "SLIPWAY_RETAIN_DELIVERIES_DAYS", cutoff)
     if cutoff is not None:
         webhooks.count = _delete_in_batches(
             WebhookDelivery.objects.filter(
@@ -141,7 +153,10 @@ def records_prune(
             dry_run=dry_run,
             batch_size=batch_size,
         )
-    report.parts += [webhooks, notifications, messages, statuses]
+        checks.count = _delete_in_batches(
+            _old_drift_checks(cutoff), dry_run=dry_run, batch_size=batch_size
+        )
+    report.parts += [webhooks, notifications, messages, statuses, checks]
 
     cutoff = _cutoff(now, settings.RETAIN_DEPLOYMENTS_DAYS)
     part = Pruned("deployments", "SLIPWAY_RETAIN_DEPLOYMENTS_DAYS", cutoff)
@@ -154,7 +169,24 @@ def records_prune(
     if cutoff is not None:
         part.count = _clear_manifests(cutoff, dry_run=dry_run, batch_size=batch_size)
     report.parts.append(part)
+
+    part = Pruned("artefacts", "each project's artefact retention", now, one_cutoff=False)
+    part.count = artefacts_prune(dry_run=dry_run, now=now).artefacts
+    report.parts.append(part)
     return report
+
+
+def _old_drift_checks(cutoff: datetime) -> models.QuerySet[DriftCheck]:
+    """Finished drift checks older than ``cutoff``, except each server's newest conclusive
+    one: the next check compares its drift with it (builds.drift_checks, notify once)."""
+    newest = (
+        DriftCheck.objects.filter(server_id=OuterRef("server_id"), status__in=DRIFT_CONCLUSIVE)
+        .order_by("-finished_at", "-pk")
+        .values("pk")[:1]
+    )
+    return DriftCheck.objects.filter(
+        finished_at__lt=cutoff, status__in=(*DRIFT_CONCLUSIVE, DriftStatus.FAILED)
+    ).exclude(pk=Subquery(newest))
 
 
 def _cutoff(now: datetime, days: int) -> datetime | None:

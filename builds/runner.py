@@ -21,12 +21,14 @@ from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from builds import notifications, outbound
+from builds.artefacts import artefact_record, project_store
 from builds.cleanup import project_build_dir
 from builds.engine import pipeline, router
 from builds.engine.build import BuildCommandSpec, BuildSpec
 from builds.engine.content import ContentPolicy
 from builds.engine.errors import (
     Aborted,
+    ArtefactMissing,
     Cancelled,
     CommandFailed,
     DeploymentTimedOut,
@@ -451,11 +453,15 @@ def build_host() -> BuildHost | None:
     )
 
 
-def build_spec(deployment: Deployment, scratch: Path, revision: str) -> BuildSpec:
+def build_spec(
+    deployment: Deployment, scratch: Path, revision: str, *, fetches: bool = True
+) -> BuildSpec:
     """The engine's build input. The repository URL is checked again here, right before the
-    fetch (DNS answers and symlinks change after a URL is saved): InvalidInput if refused."""
+    fetch (DNS answers and symlinks change after a URL is saved): InvalidInput if refused.
+    ``fetches=False`` (a promotion, which reads no repository) skips that check."""
     project = deployment.project
-    outbound.repository_check(project.repository_url)
+    if fetches:
+        outbound.repository_check(project.repository_url)
     mirror, cache = project_dirs(project)
     workspace = mirror.parent / "workspace"
     environment = {v.name: v.value for v in project.environment_variables.filter(build=True)}
@@ -725,9 +731,9 @@ DATABASE_LOST = (
 
 def run(deployment: Deployment) -> None:
     """Run a deployment that services.deployment_claim moved to running."""
-    deployment = Deployment.objects.select_related("project", "triggered_by", "group").get(
-        pk=deployment.pk
-    )
+    deployment = Deployment.objects.select_related(
+        "project", "triggered_by", "group", "artefact", "promoted_from"
+    ).get(pk=deployment.pk)
     project = deployment.project
     # A preview's targets stay "skipped" (it touches no server) and are read all the same.
     wanted = TargetStatus.SKIPPED if deployment.kind == Kind.PREVIEW else TargetStatus.RUNNING
@@ -746,6 +752,8 @@ def run(deployment: Deployment) -> None:
                 _run_switch(deployment, servers, reporter)
             elif deployment.kind == Kind.PREVIEW:
                 _run_preview(deployment, servers, reporter, workspace)
+            elif deployment.kind == Kind.PROMOTE:
+                _run_promote(deployment, servers, reporter, workspace)
             else:
                 _run_deploy(deployment, servers, reporter, workspace)
     except Cancelled as stopped:
@@ -824,6 +832,8 @@ def _deploy_spec(
     specs: tuple[pipeline.ServerSpec, ...],
     workspace: Path,
     revision: str,
+    *,
+    fetches: bool = True,
     **overrides: Any,
 ) -> pipeline.DeploySpec:
     project = deployment.project
@@ -831,7 +841,7 @@ def _deploy_spec(
     return pipeline.DeploySpec(
         deployment_id=deployment.pk,
         project=project.name,
-        build=build_spec(deployment, workspace, revision),
+        build=build_spec(deployment, workspace, revision, fetches=fetches),
         servers=specs,
         branch=deployment.branch or ("" if deployment.revision else revision),
         deployer=_deployer_name(deployment),
@@ -847,6 +857,7 @@ def _deploy_spec(
             for c in project.config_files.prefetch_related("servers")
         ),
         shared_paths=tuple(project.shared_paths),
+        on_drift=project.on_drift,
         server_env={v.name: v.value for v in project.environment_variables.filter(servers=True)},
         health_checks=health_check_specs(project),
         strategy=strategy,
@@ -879,8 +890,12 @@ def _run_deploy(
         full=deployment.full,
         config_only=deployment.config_only,
         settings_from_revision=settings_from_revision(deployment, reporter),
+        # Kept for promotion (docs/promote.md); a retry's output is kept like any other.
+        artefacts=project_store(deployment.project_id),
     )
     result = pipeline.deploy(spec, reporter)
+    if result.artefact is not None:
+        artefact_record(deployment=deployment, revision=result.revision, stored=result.artefact)
     _update_deployment(
         deployment.pk,
         end_revision=result.revision,
@@ -898,6 +913,58 @@ def _run_deploy(
         # The router took the switch: recorded before the servers' outcomes and the end.
         _record_live_colour(deployment.group.pk, routed.pop())
     reporter.writer.flush()  # every line is stored before the status says the log is complete
+    _record(deployment, result.servers, revision=result.revision, mask=reporter.writer.mask)
+
+
+def _run_promote(
+    deployment: Deployment, servers: list[Server], reporter: DatabaseReporter, workspace: Path
+) -> None:
+    """Send the kept build output of ``deployment.promoted_from`` (builds.services.
+    artefact_promote checked it) to the servers: no fetch, no build (pipeline.promote)."""
+    artefact = deployment.artefact
+    if artefact is None or artefact.removed_at is not None:
+        raise ArtefactMissing(
+            "The build output to promote is no longer kept (removed by the project's artefact "
+            "retention): deploy the revision again instead"
+        )
+    specs = coloured(deployment.group, tuple(server_spec(server) for server in servers))
+    starts = {spec.live_revision for spec in specs}
+    spec = _deploy_spec(
+        deployment, specs, workspace, artefact.revision, fetches=False, full=deployment.full
+    )
+    result = pipeline.promote(
+        spec,
+        pipeline.PromotedArtefact(
+            store=project_store(deployment.project_id),
+            digest=artefact.digest,
+            revision=artefact.revision,
+            source_deployment_id=deployment.promoted_from_id or 0,
+            scratch_dir=workspace,
+        ),
+        reporter,
+    )
+    start = next(iter(starts)) or "" if len(starts) == 1 else ""
+    source = deployment.promoted_from
+    # The same range of commits as its source brought (the servers were where the source's
+    # were): the same commits and first commit time, for the page and DORA's lead time
+    # (builds.dora). Otherwise unknown without the repository, which a promotion never reads.
+    same_range = source is not None and bool(start) and start == source.start_revision
+    _update_deployment(
+        deployment.pk,
+        end_revision=result.revision,
+        start_revision=start,
+        changes=_changes_json(result.changes),
+        commits=source.commits if same_range and source is not None else [],
+        first_commit_at=source.first_commit_at if same_range and source is not None else None,
+    )
+    routed = {
+        spec.colour
+        for spec in specs
+        if any(r.routed and r.server_id == spec.id for r in result.servers)
+    }
+    if deployment.group is not None and len(routed) == 1:
+        _record_live_colour(deployment.group.pk, routed.pop())
+    reporter.writer.flush()
     _record(deployment, result.servers, revision=result.revision, mask=reporter.writer.mask)
 
 

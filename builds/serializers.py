@@ -142,6 +142,13 @@ class DeploymentSummarySerializer(serializers.ModelSerializer[Deployment]):
     approved_by = serializers.SerializerMethodField(
         help_text="Who approved it (an approvals gate), oldest first."
     )
+    artefact: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="digest",
+        read_only=True,
+        allow_null=True,
+        help_text="The SHA-256 of the manifest of the build output it kept (a deploy) or sent "
+        "(a promote), docs/promote.md; null when none was kept.",
+    )
     url = serializers.SerializerMethodField()
     html_url = serializers.SerializerMethodField()
     log_url = serializers.SerializerMethodField()
@@ -167,6 +174,8 @@ class DeploymentSummarySerializer(serializers.ModelSerializer[Deployment]):
             "rollback_release",
             "rollback_of",
             "retry_of",
+            "promoted_from",
+            "artefact",
             "targets",
             "trigger",
             "triggered_by",
@@ -245,6 +254,11 @@ class DeploymentSerializer(DeploymentSummarySerializer):
     retries: serializers.PrimaryKeyRelatedField[Any] = serializers.PrimaryKeyRelatedField(
         many=True, read_only=True, help_text="The deployments that retried its failed servers."
     )
+    promotions: serializers.PrimaryKeyRelatedField[Any] = serializers.PrimaryKeyRelatedField(
+        many=True,
+        read_only=True,
+        help_text="The deployments that promoted its build output (docs/promote.md).",
+    )
 
     class Meta(DeploymentSummarySerializer.Meta):
         fields = [
@@ -256,6 +270,7 @@ class DeploymentSerializer(DeploymentSummarySerializer):
             "rollback_targets",
             "rollbacks",
             "retries",
+            "promotions",
         ]
         read_only_fields = fields
 
@@ -385,6 +400,21 @@ class RetryOptionsSerializer(serializers.Serializer[dict[str, Any]]):
         allow_blank=True,
         help_text="During a freeze window: why this retry cannot wait (project admins only; "
         "kept in the audit log), as for a new deployment.",
+    )
+
+
+class PromotionRequestSerializer(serializers.Serializer[dict[str, Any]]):
+    to = serializers.CharField(
+        max_length=1000,
+        help_text="Where the build output goes: an environment (every enabled server labelled "
+        "with it), or server names separated by commas.",
+    )
+    freeze_override_reason = serializers.CharField(
+        max_length=MAX_REASON_LENGTH,
+        required=False,
+        allow_blank=True,
+        help_text="During a freeze window: why this promotion cannot wait (project admins "
+        "only; kept in the audit log), as for a new deployment.",
     )
 
 

@@ -24,6 +24,7 @@ from builds.models import (
     TARGET_ACTIVE,
     TARGET_NOT_DEPLOYED,
     Approval,
+    Artefact,
     Deployment,
     DeploymentTarget,
     GatePolicy,
@@ -264,6 +265,8 @@ def deployment_create(
     rollback_release: str = "",
     rollback_of: Deployment | None = None,
     retry_of: Deployment | None = None,
+    promoted_from: Deployment | None = None,
+    artefact: Artefact | None = None,
     strategy: str = "",
     freeze_override_reason: str = "",
     gates_override_reason: str = "",
@@ -394,6 +397,8 @@ def deployment_create(
             rollback_release=rollback_release,
             rollback_of=rollback_of,
             retry_of=retry_of,
+            promoted_from=promoted_from,
+            artefact=artefact,
             strategy=strategy,
         )
         if kind not in (Kind.PREVIEW, Kind.SWITCH):
@@ -496,7 +501,7 @@ def _supersede_queued(servers: Iterable[Server], *, by: Deployment) -> None:
     older = DeploymentTarget.objects.filter(
         server__in=list(servers),
         status=TargetStatus.QUEUED,
-        deployment__kind__in=[Kind.DEPLOY, Kind.ROLLBACK],
+        deployment__kind__in=[Kind.DEPLOY, Kind.ROLLBACK, Kind.PROMOTE],
     )
     # The lock order: the older deployments' rows (by pk) before their targets.
     list(
@@ -1547,6 +1552,106 @@ def deployment_retry(
             + (f"; left alone: {', '.join(succeeded)}" if succeeded else ""),
         )
     return retry
+
+
+def promotion_servers(*, project: Project, to: str) -> list[Server]:
+    """The servers ``to`` names in ``project``: an environment (every enabled server labelled
+    with it), else server names separated by commas. DeploymentRefused naming ``to`` when it
+    names nothing."""
+    wanted = to.strip()
+    if not wanted:
+        raise DeploymentRefused("to", "Name an environment or servers to promote to")
+    in_environment = list(
+        Server.objects.filter(project=project, environment=wanted, enabled=True).order_by(
+            "name", "pk"
+        )
+    )
+    if in_environment:
+        return in_environment
+    names = [name.strip() for name in wanted.split(",") if name.strip()]
+    found = {s.name: s for s in Server.objects.filter(project=project, name__in=names)}
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise DeploymentRefused(
+            "to",
+            f"{', '.join(missing)}: neither an environment with enabled servers nor a server "
+            f"of project {project.slug}",
+        )
+    return [found[name] for name in names]
+
+
+def promotion_gates_check(*, source: Deployment, servers: Sequence[Server]) -> None:
+    """The hook for promotion gates (an environment that must be deployed first, an
+    approval): none exist yet, so it passes. The stack lock, freeze windows and deploy
+    rights apply to a promotion through deployment_create, as to any deployment."""
+
+
+def artefact_promote(
+    *,
+    source: Deployment,
+    servers: Sequence[Server],
+    user: User | None,
+    trigger: str = Trigger.MANUAL,
+    freeze_override_reason: str = "",
+) -> Deployment:
+    """Build once, promote (docs/promote.md): a deployment that sends the build output
+    ``source`` kept (or sent, for a promotion) to ``servers``, with no fetch and no build;
+    it records ``promoted_from`` and the artefact. Refused (DeploymentWrongState) unless
+    ``source`` is a deploy or a promotion that succeeded, and (DeploymentRefused naming
+    ``deployment``) when its output was not kept or retention removed it; then as
+    deployment_create refuses any deployment (deploy rights, stack lock, freeze windows,
+    disabled or untrusted servers)."""
+    label = f"Deployment #{source.pk}"
+    if source.kind not in (Kind.DEPLOY, Kind.PROMOTE):
+        raise DeploymentWrongState(f"{label} is a {source.kind}: only a deployment is promoted")
+    if source.status != Status.SUCCEEDED:
+        raise DeploymentWrongState(
+            f"{label} is {source.status}: only a deployment that succeeded is promoted"
+        )
+    artefact = source.artefact
+    if artefact is None:
+        raise DeploymentRefused(
+            "deployment",
+            f"{label} kept no build output (it ran before outputs were kept, or keeping it "
+            "failed: its log says why); deploy its revision instead",
+        )
+    if artefact.removed_at is not None:
+        raise DeploymentRefused(
+            "deployment",
+            f"{label}'s build output ({artefact.digest[:12]}) was removed by the project's "
+            f"artefact retention on {_when(artefact.removed_at)}; deploy its revision instead",
+        )
+    promotion_gates_check(source=source, servers=servers)
+    with transaction.atomic():
+        promotion = deployment_create(
+            project=source.project,
+            servers=servers,
+            revision=artefact.revision,
+            branch=source.branch,
+            kind=Kind.PROMOTE,
+            trigger=trigger,
+            user=user,
+            promoted_from=source,
+            artefact=artefact,
+            freeze_override_reason=freeze_override_reason,
+        )
+        audit_record(
+            project=source.project,
+            actor=user,
+            action="deployment.promoted",
+            target=f"deployment #{promotion.pk}",
+            promoted_from=source.pk,
+            artefact=artefact.digest,
+            revision=artefact.revision,
+            servers=[server.pk for server in servers],
+        )
+        system_line(
+            promotion,
+            f"Promoting the build output of deployment #{source.pk} (revision "
+            f"{artefact.revision[:12]}, artefact {artefact.digest[:12]}) to "
+            f"{', '.join(server.name for server in servers)}",
+        )
+    return promotion
 
 
 @retrying

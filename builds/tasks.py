@@ -13,6 +13,7 @@ from django.db import DatabaseError
 
 from builds import (
     cleanup,
+    drift_checks,
     notifications,
     reconcile,
     retention,
@@ -207,3 +208,17 @@ def remove_project_files(state: object, project_id: int) -> dict[str, str]:
 def _sweep_deleted_projects(**_: Any) -> None:
     # For the deletions broadcast while this worker was down.
     cleanup.project_files_sweep()
+
+
+@shared_task(name=drift_checks.RUN_DRIFT_CHECK_TASK, bind=True, ignore_result=True)
+def run_drift_check(self: Task[..., None], check_id: int) -> None:
+    """Run one queued drift check (builds.drift_checks.drift_check_run)."""
+    outbox.consumed(self.request.id, worker=self.request.hostname or "")
+    drift_checks.drift_check_run(check_id)
+
+
+@shared_task(ignore_result=True)
+def tick_drift_checks() -> int:
+    """Queue the scheduled drift checks that are due (beat's tick-drift-checks, or the
+    embedded loop)."""
+    return len(drift_checks.drift_checks_tick())

@@ -28,6 +28,7 @@ from builds.models import Deployment, Kind, Status, TargetStatus, Trigger
 from builds.presenters import dora_chart_data
 from builds.serializers import DoraQuerySerializer
 from builds.services import (
+    artefact_promote,
     deployment_approve,
     deployment_cancel,
     deployment_gates_override,
@@ -38,6 +39,7 @@ from builds.services import (
     deployment_start_with_strategy,
     gates_preview,
     group_switch_back,
+    promotion_servers,
     retry_statuses,
     retry_superseded,
     rollback_plan_deployment,
@@ -177,7 +179,7 @@ def deployment_preview(request: HttpRequest, slug: str, deployment_id: int) -> H
 
 def _with_targets(deployment: Deployment) -> Deployment:
     fresh = (
-        Deployment.objects.select_related("triggered_by", "group", "rollback_of")
+        Deployment.objects.select_related("triggered_by", "group", "rollback_of", "artefact")
         .prefetch_related("targets__server")
         .get(pk=deployment.pk)
     )
@@ -219,7 +221,10 @@ def _deployment_context(deployment: Deployment, membership: Membership) -> dict[
     can_deploy = membership.can_deploy
     running = deployment.status == Status.RUNNING
     can_roll_back = (
-        can_deploy and not deployment.is_active and deployment.kind == Kind.DEPLOY and succeeded
+        can_deploy
+        and not deployment.is_active
+        and deployment.kind in (Kind.DEPLOY, Kind.PROMOTE)
+        and succeeded
     )
     # "Retry failed servers": the servers of a finished deployment that did not take it.
     to_retry = [target for target in targets if target.status in retry_statuses(deployment)]
@@ -230,11 +235,22 @@ def _deployment_context(deployment: Deployment, membership: Membership) -> dict[
         and bool(to_retry)
         and not retry_superseded(deployment, [target.server for target in to_retry])
     )
+    # Build once, promote (docs/promote.md): its kept build output, to any environment.
+    artefact = deployment.artefact
+    can_promote_artefact = (
+        can_deploy
+        and deployment.kind in (Kind.DEPLOY, Kind.PROMOTE)
+        and deployment.status == Status.SUCCEEDED
+        and artefact is not None
+        and artefact.removed_at is None
+    )
     return page_context(
         membership,
         tab="deployments",
         deployment=deployment,
         targets=targets,
+        can_promote_artefact=can_promote_artefact,
+        promotion_choices=_promotion_choices(deployment) if can_promote_artefact else {},
         waiting=waiting,
         strategy=_strategy(deployment),
         steps=list(deployment.steps.select_related("server")),
@@ -272,6 +288,16 @@ def _deployment_context(deployment: Deployment, membership: Membership) -> dict[
         can_override_gates=deployment.status == Status.GATED and membership.can_configure,
         approved_by=[approval.user.get_username() for approval in deployment.approvals.all()],
     )
+
+
+def _promotion_choices(deployment: Deployment) -> dict[str, list[str]]:
+    """What the Promote form offers: the project's environments (of enabled servers) and
+    its enabled servers' names."""
+    servers = Server.objects.filter(project_id=deployment.project_id, enabled=True).order_by("name")
+    return {
+        "environments": sorted({s.environment for s in servers if s.environment}),
+        "servers": [s.name for s in servers],
+    }
 
 
 def _strategy(deployment: Deployment) -> dict[str, Any] | None:
@@ -446,6 +472,30 @@ def deployment_retry_view(request: HttpRequest, slug: str, deployment_id: int) -
         messages.error(request, error_message(exc))
         return redirect("deployment-detail", slug, deployment_id)
     return redirect("deployment-detail", slug, retry.pk)
+
+
+@login_required
+@require_POST
+def deployment_promote_artefact_view(
+    request: HttpRequest, slug: str, deployment_id: int
+) -> HttpResponse:
+    """Build once, promote: this deployment's kept build output to the environment or
+    server the form names, with no fetch and no build (docs/promote.md)."""
+    deployment, membership = get_deployment_for_user(
+        request, slug, deployment_id, role=DEPLOY_ROLES
+    )
+    try:
+        promotion = artefact_promote(
+            source=deployment,
+            servers=promotion_servers(project=deployment.project, to=request.POST.get("to", "")),
+            user=membership.user,
+            trigger=Trigger.MANUAL,
+            freeze_override_reason=request.POST.get("freeze_override_reason", ""),
+        )
+    except SERVICE_ERRORS as exc:
+        messages.error(request, error_message(exc))
+        return redirect("deployment-detail", slug, deployment_id)
+    return redirect("deployment-detail", slug, promotion.pk)
 
 
 @login_required

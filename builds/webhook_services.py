@@ -32,7 +32,7 @@ from builds.models import (
 from builds.services import DeploymentRefused, deployment_create
 from deployer import outbox
 from deployer.db import project_lock
-from projects.models import Project
+from projects.models import CommitDeploys, Membership, Project
 from projects.services import audit_record
 from servers.models import Server, ServerGroup
 
@@ -79,6 +79,11 @@ class RefPush:
     # The head commit's whole message: commit-message commands are read from it.
     message: str = ""
     subjects: tuple[str, ...] = ()
+    # Who pushed, as the Git host says (GitHub and Gitea: pusher; GitLab: user_email and
+    # user_username; Bitbucket: actor, without an email): whose deploy rights a
+    # [deploy: name] command is checked against ("" when the host does not say).
+    pusher_email: str = ""
+    pusher: str = ""
 
     @classmethod
     def from_stored(cls, stored: dict[str, Any]) -> RefPush:
@@ -91,6 +96,8 @@ class RefPush:
             deleted=bool(stored.get("deleted", False)),
             message=str(stored.get("message", "")),
             subjects=tuple(stored.get("subjects", ())),
+            pusher_email=str(stored.get("pusher_email", "")),
+            pusher=str(stored.get("pusher", "")),
         )
 
 
@@ -140,15 +147,69 @@ def _accepts_command_deploys(target: Server | ServerGroup) -> bool:
     return True
 
 
-def webhook_targets(*, project: Project, branch: str, deploy_to: Sequence[str] = ()) -> Targets:
+def command_deploy_refusal(
+    *, project: Project, pusher_email: str, pusher: str, servers: Sequence[Server]
+) -> str | None:
+    """Why ``[deploy: name]`` may not add ``servers`` for this pusher, or None when it may.
+
+    The command is a person's request, so it is checked against the deploy rights
+    (docs/users.md#deploy-rights) of the project's member whose email (case-insensitive) the
+    Git host reports as the pusher's: a viewer, or a deployer whose rights do not cover every
+    one of ``servers``, is refused. A pusher Slipway cannot match to a member is refused when
+    the project takes such commands from members only (``Project.commit_deploys``).
+    """
+    who = pusher_email or pusher or "an unnamed pusher"
+    members = (
+        list(
+            Membership.objects.filter(project=project, user__email__iexact=pusher_email)
+            .select_related("user")
+            .prefetch_related("deploy_servers")
+        )
+        if pusher_email
+        else []
+    )
+    if members:
+        if any(all(m.may_deploy_to(server) for server in servers) for m in members):
+            return None
+        refused = sorted(
+            {s.name for s in servers for m in members if not m.may_deploy_to(s)},
+            key=str.casefold,
+        )
+        return (
+            f"the pusher ({who}, {members[0].user.get_username()} here) may not deploy to "
+            f"{', '.join(refused)}: their deploy rights do not cover it"
+        )
+    if project.commit_deploys == CommitDeploys.MEMBERS:
+        return (
+            f"the pusher ({who}) is no member of {project.name}, which takes [deploy: name] "
+            "only from members whose deploy rights cover the target"
+        )
+    return None
+
+
+def webhook_targets(
+    *,
+    project: Project,
+    branch: str,
+    deploy_to: Sequence[str] = (),
+    pusher_email: str = "",
+    pusher: str = "",
+) -> Targets:
     """Choose what a push to ``branch`` deploys.
 
     Each group with auto-deploy whose branch (or the project's) matches gets a deployment of
     its own; every other enabled server with auto-deploy on that branch shares one. A server
     in a matching group is left to the group, so a group is never deployed by halves.
     ``[deploy: name]`` adds a server or group without auto-deploy, on the same branch only:
-    until servers can opt in, a commit on any branch must not reach any server.
+    until servers can opt in, a commit on any branch must not reach any server. What it adds
+    must be within the pusher's deploy rights (``command_deploy_refusal``).
     """
+
+    def refusal(servers: Sequence[Server]) -> str | None:
+        return command_deploy_refusal(
+            project=project, pusher_email=pusher_email, pusher=pusher, servers=servers
+        )
+
     targets = Targets()
     groups = list(project.groups.prefetch_related("members"))
     servers = list(project.servers.all())
@@ -170,6 +231,13 @@ def webhook_targets(*, project: Project, branch: str, deploy_to: Sequence[str] =
                 f"[deploy: {group.name}]: the group deploys branch {_group_branch(group)}, "
                 f"not {branch}"
             )
+        elif (
+            why := refusal(
+                [member.server for member in group.members.all()]
+                + ([group.router] if group.is_blue_green and group.router else [])
+            )
+        ) is not None:
+            targets.notes.append(f"[deploy: {group.name}]: {why}")
         else:
             targets.groups.append(group)
     for group in list(targets.groups):
@@ -205,6 +273,8 @@ def webhook_targets(*, project: Project, branch: str, deploy_to: Sequence[str] =
                 f"[deploy: {server.name}]: the server deploys branch "
                 f"{server.effective_branch}, not {branch}"
             )
+        elif (why := refusal([server])) is not None:
+            targets.notes.append(f"[deploy: {server.name}]: {why}")
         else:
             chosen.append(server)
     for key, name in wanted.items():
@@ -459,7 +529,7 @@ def _process_batch(project: Project, records: Sequence[WebhookDelivery]) -> int:
         record.outcome, record.processed_at = WebhookOutcome.IGNORED, now
         pushes = [RefPush.from_stored(stored) for stored in record.pushes]
         works.append(_Work(record=record, pushes=pushes))
-    targets_cache: dict[tuple[str, tuple[str, ...]], Targets] = {}
+    targets_cache: dict[tuple[str, tuple[str, ...], str, str], Targets] = {}
     for work in works:
         try:
             for push in work.pushes:
@@ -589,11 +659,13 @@ def _tag_targets(project: Project, push: RefPush) -> Targets:
 
 
 def _plan_push(
-    project: Project, push: RefPush, targets_cache: dict[tuple[str, tuple[str, ...]], Targets]
+    project: Project,
+    push: RefPush,
+    targets_cache: dict[tuple[str, tuple[str, ...], str, str], Targets],
 ) -> tuple[list[_Plan], list[str]]:
     """The deployments one push asks for, and notes on what it does not deploy and why.
 
-    ``targets_cache`` keeps webhook_targets' answer per (branch, [deploy: ...] names) for the
+    ``targets_cache`` keeps webhook_targets' answer per (branch, [deploy: ...] names, pusher) for the
     pushes of one batch, which read the same servers and groups.
     """
     if push.deleted:
@@ -606,10 +678,14 @@ def _plan_push(
     if push.kind == "tag":
         targets = _tag_targets(project, push)
     else:
-        key = (push.name, commands.deploy_to)
+        key = (push.name, commands.deploy_to, push.pusher_email, push.pusher)
         if key not in targets_cache:
             targets_cache[key] = webhook_targets(
-                project=project, branch=push.name, deploy_to=commands.deploy_to
+                project=project,
+                branch=push.name,
+                deploy_to=commands.deploy_to,
+                pusher_email=push.pusher_email,
+                pusher=push.pusher,
             )
         targets = targets_cache[key]
     plans = [

@@ -391,6 +391,9 @@ def _github(event: str, data: dict[str, Any]) -> ParseResult:
     commits = _list(data, "commits")
     head_commit = data.get("head_commit") or _commit_with_id(commits, after) or {}
     deleted = bool(data.get("deleted")) or bool(ZERO_SHA.fullmatch(after))
+    # GitHub's pusher is {name (the login), email}; Gitea's and Forgejo's a user object
+    # {login, username, email}. The sender is the login either way.
+    pusher, sender = _object(data, "pusher"), _object(data, "sender")
     return [
         _ref_push(
             ref,
@@ -398,6 +401,11 @@ def _github(event: str, data: dict[str, Any]) -> ParseResult:
             deleted=deleted,
             message=_message(head_commit),
             subjects=_subjects(commits),
+            pusher_email=_optional_text(pusher, "email"),
+            pusher=_optional_text(sender, "login")
+            or _optional_text(pusher, "login")
+            or _optional_text(pusher, "username")
+            or _optional_text(pusher, "name"),
         )
     ]
 
@@ -412,6 +420,8 @@ def _gitlab(event: str, data: dict[str, Any]) -> ParseResult:
     deleted = bool(ZERO_SHA.fullmatch(after))
     # Commits are listed oldest first; find the head by its id, else take the last one.
     head_commit = _commit_with_id(commits, after) or (commits[-1] if commits else {})
+    # GitLab sends "" or "[REDACTED]" for a user who keeps their email private.
+    email = _optional_text(data, "user_email")
     return [
         _ref_push(
             ref,
@@ -419,6 +429,8 @@ def _gitlab(event: str, data: dict[str, Any]) -> ParseResult:
             deleted=deleted,
             message=_message(head_commit),
             subjects=_subjects(commits),
+            pusher_email=email if "@" in email else "",
+            pusher=_optional_text(data, "user_username"),
         )
     ]
 
@@ -429,6 +441,9 @@ def _bitbucket(event: str, data: dict[str, Any]) -> ParseResult:
     push = data.get("push")
     if not isinstance(push, dict):
         raise Rejected(400, "The payload has no push object")
+    actor = _object(data, "actor")
+    # Bitbucket's actor has no email: a [deploy: name] from it matches no member.
+    who = _optional_text(actor, "nickname") or _optional_text(actor, "display_name")
     pushes: list[RefPush] = []
     for change in _list(push, "changes"):
         if not isinstance(change, dict):
@@ -438,7 +453,7 @@ def _bitbucket(event: str, data: dict[str, Any]) -> ParseResult:
             # The ref was deleted: its name is only in "old".
             if not isinstance(old, dict):
                 raise Rejected(400, "A change has neither new nor old")
-            pushes.append(_bitbucket_ref(old, head="", deleted=True, message=""))
+            pushes.append(_bitbucket_ref(old, head="", deleted=True, message="", pusher=who))
             continue
         if not isinstance(new, dict):
             raise Rejected(400, "A change's new is not an object")
@@ -452,13 +467,20 @@ def _bitbucket(event: str, data: dict[str, Any]) -> ParseResult:
                 deleted=False,
                 message=_message(target),
                 subjects=_subjects(_list(change, "commits")),
+                pusher=who,
             )
         )
     return pushes
 
 
 def _bitbucket_ref(
-    ref: dict[str, Any], *, head: str, deleted: bool, message: str, subjects: tuple[str, ...] = ()
+    ref: dict[str, Any],
+    *,
+    head: str,
+    deleted: bool,
+    message: str,
+    subjects: tuple[str, ...] = (),
+    pusher: str = "",
 ) -> RefPush:
     kind = {"branch": "refs/heads/", "tag": "refs/tags/"}.get(_text(ref, "type"), "")
     name = _text(ref, "name")
@@ -468,6 +490,7 @@ def _bitbucket_ref(
         deleted=deleted,
         message=message,
         subjects=subjects,
+        pusher=pusher,
     )
 
 
@@ -547,7 +570,14 @@ _PARSERS: dict[str, Callable[[str, dict[str, Any]], ParseResult]] = {
 
 
 def _ref_push(
-    ref: str, *, head: str, deleted: bool, message: str, subjects: tuple[str, ...]
+    ref: str,
+    *,
+    head: str,
+    deleted: bool,
+    message: str,
+    subjects: tuple[str, ...],
+    pusher_email: str = "",
+    pusher: str = "",
 ) -> RefPush:
     if not deleted and not FULL_SHA.fullmatch(head):
         raise Rejected(400, "The pushed head is not a full commit SHA")
@@ -566,7 +596,21 @@ def _ref_push(
         deleted=deleted,
         message=message,
         subjects=subjects,
+        pusher_email=pusher_email.strip()[:254],
+        pusher=pusher.strip()[:150],
     )
+
+
+def _object(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """``data[key]`` when it is an object, else {} (an optional part of a payload)."""
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _optional_text(data: Mapping[str, Any], key: str) -> str:
+    """``data[key]`` when it is a string, else "" (a field a provider may leave out or null)."""
+    value = data.get(key)
+    return value if isinstance(value, str) else ""
 
 
 def _text(data: Mapping[str, Any], key: str) -> str:

@@ -398,6 +398,12 @@ def document_errors(
                     "or the retry is refused by a stack lock or a freeze window.",
                     _ERROR,
                 )
+            elif path.endswith("/promotions/"):
+                errors["409"] = (
+                    "The deployment did not succeed or is not a deploy or a promotion; or the "
+                    "promotion is refused by a stack lock or a freeze window.",
+                    _ERROR,
+                )
             elif path.endswith("/lock/break/"):
                 errors["409"] = (
                     "The lock was not broken: its deployment is still at work (see force), it "

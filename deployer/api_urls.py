@@ -45,6 +45,7 @@ urlpatterns = [
     path(PROJECT + "servers/", servers.ServerListView.as_view(), name="api-servers"),
     path(SERVER, servers.ServerDetailView.as_view(), name="api-server"),
     path(SERVER + "check/", servers.ServerCheckView.as_view(), name="api-server-check"),
+    path(SERVER + "drift/", servers.ServerDriftView.as_view(), name="api-server-drift"),
     path(SERVER + "trust/", servers.ServerTrustView.as_view(), name="api-server-trust"),
     path(
         SERVER + "jump-host/trust/",
@@ -136,6 +137,11 @@ urlpatterns = [
         name="api-deployment-gates-override",
     ),
     path(DEPLOYMENT + "retry/", builds.DeploymentRetryView.as_view(), name="api-deployment-retry"),
+    path(
+        DEPLOYMENT + "promotions/",
+        builds.DeploymentPromotionView.as_view(),
+        name="api-deployment-promotions",
+    ),
     # Project settings: members read them, admins change them.
     path(PROJECT + "commands/", projects.CommandListView.as_view(), name="api-commands"),
     path(PROJECT + "commands/<int:pk>/", projects.CommandDetailView.as_view(), name="api-command"),

@@ -5,6 +5,7 @@
     slipway deploy shop --server web1 --revision main --wait
     slipway rollback shop --server web1 [--release NAME] [--lock "why"]
     slipway retry 42 [--wait]                 the servers deployment 42 failed on, again
+    slipway promote 42 --to production [--wait]  42's build output, no fetch, no build
     slipway abort 42 --roll-back [--wait]     stop 42, roll back the servers it switched
     slipway cancel 42
     slipway approve 42                        approve a deployment held by an approvals gate
@@ -12,6 +13,7 @@
     slipway lock shop --reason "bad migration, investigating" [--server web1]
     slipway unlock shop [--server web1]
     slipway status shop
+    slipway drift shop --server web1 [--last]   files changed on the server since its deploy
     slipway log 42 -f
     slipway export shop > slipway.yml        the project's settings as YAML, secrets left out
     slipway import shop slipway.yml [--dry-run]
@@ -42,6 +44,7 @@ EXIT_OK = 0
 EXIT_DEPLOYMENT_FAILED = 1  # the deployment ended failed or cancelled
 EXIT_USAGE = 2  # bad arguments or configuration (argparse uses 2 too)
 EXIT_API_ERROR = 3  # the API refused the request (4xx other than auth)
+EXIT_DRIFTED = 1  # `slipway drift`: drift found, or the check could not say (as diff(1))
 EXIT_UNREACHABLE = 4  # Slipway could not be reached
 EXIT_UNAUTHORIZED = 5  # missing, wrong or revoked token, or no permission
 EXIT_CLOSED_PIPE = 141  # the reader of stdout went away: 128 + SIGPIPE, as the shell reports it
@@ -378,6 +381,19 @@ def cmd_retry(args: argparse.Namespace, client: Client) -> int:
     return _follow_created(args, client, deployment)
 
 
+def cmd_promote(args: argparse.Namespace, client: Client) -> int:
+    body: dict[str, Any] = {"to": args.to}
+    if args.freeze_reason:
+        body["freeze_override_reason"] = args.freeze_reason
+    deployment = client.post(f"/deployments/{args.id}/promotions/", body)
+    names = ", ".join(server_names(deployment).values())
+    say(
+        f"Promoting the build output of #{args.id} to {names} as #{deployment['id']}",
+        file=sys.stderr if args.json else None,
+    )
+    return _follow_created(args, client, deployment)
+
+
 def cmd_abort(args: argparse.Namespace, client: Client) -> int:
     if not args.roll_back:
         raise CLIError(
@@ -575,10 +591,25 @@ def cmd_import(args: argparse.Namespace, client: Client) -> int:
         say(f"Created the project {project}.", file=sys.stderr)
     elif not project:
         raise CLIError("import needs a PROJECT, or --new NAME --repository URL", EXIT_USAGE)
-    answer = client.post(
-        f"/projects/{quote(project, safe='')}/settings/import/",
-        {"yaml": text, "dry_run": args.dry_run},
-    )
+    try:
+        answer = client.post(
+            f"/projects/{quote(project, safe='')}/settings/import/",
+            {"yaml": text, "dry_run": args.dry_run},
+        )
+    except CLIError as exc:
+        if not args.new:
+            raise
+        # The project was made for this file only: left behind, it would take the name (the
+        # next try makes NAME-2) and hold none of the settings.
+        try:
+            client.request("DELETE", f"/projects/{quote(project, safe='')}/")
+        except CLIError as cleanup:
+            raise CLIError(
+                f"{exc}\nThe project {project} made for it is left without these settings "
+                f"({cleanup}).",
+                exc.code,
+            ) from None
+        raise CLIError(f"{exc}\nThe project {project} made for it was deleted.", exc.code) from None
     changed = answer.get("changed") or {}
     lines = []
     for key, change in changed.items():
@@ -625,6 +656,56 @@ def cmd_status(args: argparse.Namespace, client: Client) -> int:
     )
     emit(data, as_json=args.json, human=human)
     return EXIT_OK
+
+
+DRIFT_ACTIVE = ("queued", "running")
+
+
+def cmd_drift(args: argparse.Namespace, client: Client) -> int:
+    """Check a server for drift and wait for the answer (``--last``: the newest check, none
+    run). Exits 0 when clean, EXIT_DRIFTED when drifted or failed."""
+    [server_id] = _servers_by_name(client, args.project, [args.server])
+    path = f"/projects/{args.project}/servers/{server_id}/drift/"
+    if args.last:
+        state = client.get(path)
+        check = state["last_check"]
+        if check is None:
+            reason = state["reason"] or f"{args.server} has not been checked for drift yet"
+            raise CLIError(reason, EXIT_API_ERROR)
+    else:
+        check = client.post(path)
+        deadline = time.monotonic() + args.timeout
+        while check["status"] in DRIFT_ACTIVE:
+            if time.monotonic() > deadline:
+                raise CLIError(
+                    f"drift check #{check['id']} is still {check['status']} after "
+                    f"{args.timeout} s; see it later with `slipway drift {args.project} "
+                    f"--server {args.server} --last`",
+                    EXIT_API_ERROR,
+                )
+            time.sleep(1)
+            latest = client.get(path)["last_check"]
+            if latest is not None and latest["id"] == check["id"]:
+                check = latest
+    emit(check, as_json=args.json, human=drift_text(args.server, check))
+    return EXIT_OK if check["status"] == "clean" else EXIT_DRIFTED
+
+
+def drift_text(server: str, check: dict[str, Any]) -> str:
+    """A drift check for people: one line, then the files' table."""
+    head = f"{server}: {check['status']} (check #{check['id']} of release {check['release']})"
+    if check["status"] == "failed":
+        return f"{head}: {check['error']}"
+    if check["status"] == "clean":
+        return f"{head}: {check['checked_count']} files compared, none changed"
+    head += (
+        f": {check['changed_count']} changed, {check['added_count']} added, "
+        f"{check['removed_count']} removed"
+    )
+    rows = [(f["path"], f["change"], f["size"], (f["mtime"] or "-")[:19]) for f in check["files"]]
+    more = check["files_total"] - len(rows)
+    tail = f"\n... and {more} more (the API lists the first {len(rows)})" if more > 0 else ""
+    return head + "\n" + table(rows, ["PATH", "CHANGE", "SIZE", "MODIFIED (UTC)"]) + tail
 
 
 def _span(seconds: float | None) -> str:
@@ -742,6 +823,21 @@ def parser() -> argparse.ArgumentParser:
         "--freeze-reason",
         help="during a freeze window: why this cannot wait (project admins only; audited)",
     )
+    promote = commands.add_parser(
+        "promote",
+        help="send a deployment's kept build output to other servers: no fetch, no build",
+    )
+    promote.add_argument("id", type=int, help="the deployment whose build output goes")
+    promote.add_argument(
+        "--to", required=True, help="an environment, or server names separated by commas"
+    )
+    promote.add_argument(
+        "--wait", action="store_true", help="stream the log and exit non-zero on failure"
+    )
+    promote.add_argument(
+        "--freeze-reason",
+        help="during a freeze window: why this cannot wait (project admins only; audited)",
+    )
     abort = commands.add_parser(
         "abort", help="stop a running deployment and roll back the servers it switched"
     )
@@ -787,6 +883,19 @@ def parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="servers and recent deployments of a project")
     status.add_argument("project")
 
+    drift = commands.add_parser(
+        "drift",
+        help="compare a server's live release with what Slipway deployed (exit 1 on drift)",
+    )
+    drift.add_argument("project")
+    drift.add_argument("--server", required=True, help="the server, by name")
+    drift.add_argument(
+        "--last", action="store_true", help="show the newest check instead of running one"
+    )
+    drift.add_argument(
+        "--timeout", type=int, default=1800, help="seconds to wait for the check (1800)"
+    )
+
     log = commands.add_parser("log", help="a deployment's log")
     log.add_argument("id", type=int)
     log.add_argument("-f", "--follow", action="store_true", help="follow until the deployment ends")
@@ -816,6 +925,7 @@ def parser() -> argparse.ArgumentParser:
         deploy,
         rollback,
         retry,
+        promote,
         abort,
         cancel,
         approve,
@@ -823,6 +933,7 @@ def parser() -> argparse.ArgumentParser:
         lock,
         unlock,
         status,
+        drift,
         log,
         metrics,
         export,
@@ -852,6 +963,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                 "deploy": cmd_deploy,
                 "rollback": cmd_rollback,
                 "retry": cmd_retry,
+                "promote": cmd_promote,
                 "abort": cmd_abort,
                 "cancel": cmd_cancel,
                 "approve": cmd_approve,
@@ -859,6 +971,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                 "lock": cmd_lock,
                 "unlock": cmd_unlock,
                 "status": cmd_status,
+                "drift": cmd_drift,
                 "log": cmd_log,
                 "metrics": cmd_metrics,
                 "export": cmd_export,

@@ -108,6 +108,7 @@ def periodic_round(now: float, *, next_prune: float) -> float:
         reap_stale_deployments,
         relay_outbox,
         resend_due_notification_deliveries,
+        tick_drift_checks,
         tick_gates,
     )
 
@@ -115,6 +116,7 @@ def periodic_round(now: float, *, next_prune: float) -> float:
         relay_outbox,
         reap_stale_deployments,
         resend_due_notification_deliveries,
+        tick_drift_checks,
         tick_gates,
     ]
     if now >= next_prune:

@@ -136,6 +136,9 @@ if WEB_WORKERS > 1 and EMBEDDED_WORKER:
 DB_POOL_SIZE = env.integer("SLIPWAY_DB_POOL_SIZE", 8, minimum=1)
 DB_POOL_TIMEOUT = env.integer("SLIPWAY_DB_POOL_TIMEOUT", 20, minimum=1)
 BUILD_DIR = env.directory("SLIPWAY_BUILD_DIR", DATA_DIR / "builds")
+# Kept build outputs, for promotion (docs/promote.md): one content-addressed store per project.
+# Scaled out, a folder every worker shares (NFS...): a promotion runs on any worker.
+ARTEFACT_DIR = env.directory("SLIPWAY_ARTEFACT_DIR", DATA_DIR / "artefacts")
 
 # The build sandbox (builds/engine/sandbox.py, docs/security.md). "off" is for single-team
 # installs only: build commands then run as the worker's user, next to Slipway's own data.
@@ -150,7 +153,7 @@ for _path in BUILD_READONLY_PATHS:
         )
     if any(
         _resolved == private or _resolved in private.parents or private in _resolved.parents
-        for private in (DATA_DIR.resolve(), BUILD_DIR.resolve())
+        for private in (DATA_DIR.resolve(), BUILD_DIR.resolve(), ARTEFACT_DIR.resolve())
     ):
         raise ConfigurationError(
             f"SLIPWAY_BUILD_READONLY_PATHS: '{_path}' overlaps Slipway's data directory; "
@@ -446,6 +449,9 @@ CELERY_TASK_ROUTES = {
     "builds.tasks.run_schedule": {"queue": "webhooks"},
     # A commit status's re-check of held deployments (docs/gates.md), like a push's processing.
     "builds.tasks.reevaluate_gates": {"queue": "webhooks"},
+    # A drift check reads a whole release on a server (minutes for a large one): beside the
+    # previews, never in front of the housekeeping queue's reaper and outbox relay.
+    "builds.tasks.run_drift_check": {"queue": "previews"},
     "builds.tasks.send_notification_delivery": {"queue": "notifications"},
     "builds.tasks.resend_due_notification_deliveries": {"queue": "notifications"},
     "builds.tasks.*": {"queue": "housekeeping"},
@@ -463,6 +469,9 @@ CELERY_BEAT_SCHEDULE = {
     # Deployments held by their gates (docs/gates.md): CI statuses asked of the Git hosts'
     # APIs, gates checked again, those waiting past their policy's wait refused.
     "tick-gates": {"task": "builds.tasks.tick_gates", "schedule": 60.0},
+    # Scheduled drift checks whose time came (docs/drift.md): projects say how often, in
+    # hours; one active check per server, whatever the number of beats.
+    "tick-drift-checks": {"task": "builds.tasks.tick_drift_checks", "schedule": 300.0},
     # Notifications whose message was lost (a broker restart) or whose retry is due.
     "resend-due-notifications": {
         "task": "builds.tasks.resend_due_notification_deliveries",

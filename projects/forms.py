@@ -21,6 +21,7 @@ from projects.models import (
     Command,
     CommandRunOn,
     CommandStage,
+    CommitDeploys,
     ConfigFile,
     EnvironmentVariable,
     ExcludedFile,
@@ -31,12 +32,18 @@ from projects.models import (
     Notification,
     NotificationEvent,
     NotificationKind,
+    OnDrift,
     Project,
     Role,
     SiteSettings,
     TokenScope,
 )
-from projects.services import MAX_TIMEOUT_SECONDS, MAX_TOKEN_DAYS, TemplateSource
+from projects.services import (
+    MAX_DRIFT_CHECK_HOURS,
+    MAX_TIMEOUT_SECONDS,
+    MAX_TOKEN_DAYS,
+    TemplateSource,
+)
 from servers.models import Colour, Promotion, RouterKind, Server, ServerGroup, Strategy
 
 MONOSPACE = {"class": "mono", "spellcheck": "false", "autocapitalize": "off"}
@@ -113,6 +120,23 @@ class ProjectForm(forms.Form):
         help_text="Fetched with the project's key, from addresses the repository may use. "
         "Untick to leave submodule folders empty.",
     )
+    on_drift = forms.ChoiceField(
+        label="When a deployment finds drift",
+        choices=OnDrift.choices,
+        required=False,
+        initial=OnDrift.RESTORE,
+        help_text="Files changed on a server since the last deployment (by hand, or by the "
+        "application): restore the build's files, or refuse to deploy and list them.",
+    )
+    drift_check_hours = forms.IntegerField(
+        label="Check servers for drift every (hours)",
+        required=False,
+        min_value=0,
+        max_value=MAX_DRIFT_CHECK_HOURS,
+        initial=0,
+        help_text="0: only when asked (server page, API, CLI). A drift not seen before "
+        "notifies the notifications that list the drift event.",
+    )
     settings_from_repository = forms.BooleanField(
         label="Take settings from .slipway.yml",
         required=False,
@@ -120,6 +144,32 @@ class ProjectForm(forms.Form):
         help_text="Each deployment reads .slipway.yml at its revision: the build commands, "
         "SSH commands, excluded files, shared paths, health checks and group strategies it "
         "holds replace these for that deployment (docs/settings-as-code.md).",
+    )
+    artefacts_keep = forms.IntegerField(
+        label="Build outputs kept for promotion",
+        required=False,
+        min_value=0,
+        max_value=1000,
+        initial=10,
+        help_text="The newest this many deployments' build outputs can be promoted to other "
+        "servers (docs/promote.md); 0: no limit by count.",
+    )
+    artefacts_keep_days = forms.IntegerField(
+        label="Days a build output is kept",
+        required=False,
+        min_value=0,
+        max_value=3650,
+        initial=30,
+        help_text="Older build outputs are removed by retention; 0: no limit by age.",
+    )
+    commit_deploys = forms.ChoiceField(
+        label="[deploy: name] in a commit message",
+        choices=CommitDeploys.choices,
+        required=False,
+        initial=CommitDeploys.ANYONE,
+        help_text="A pusher who is a member (matched by the email the Git host reports) may "
+        "add only servers their deploy rights cover; this decides whether anyone else's "
+        "push may add any (docs/webhooks.md#commit-message-commands).",
     )
     repository_token = forms.CharField(
         label="Repository access token",
@@ -140,6 +190,14 @@ class ProjectForm(forms.Form):
         help_text="Its settings are copied into the new project, to change as you like; "
         "the project is not linked to the template afterwards.",
     )
+
+    def clean(self) -> dict[str, Any] | None:
+        cleaned = super().clean()
+        # Left empty (or not sent, as by a form made before these fields): unchanged.
+        for name in ("artefacts_keep", "artefacts_keep_days"):
+            if cleaned is not None and cleaned.get(name) is None:
+                cleaned.pop(name, None)
+        return cleaned
 
     CREATE_FIELDS = (
         "name",
@@ -170,7 +228,12 @@ class ProjectForm(forms.Form):
                 "build_network": project.build_network,
                 "export_ignore": project.export_ignore,
                 "submodules": project.submodules,
+                "on_drift": project.on_drift,
+                "drift_check_hours": project.drift_check_hours,
                 "settings_from_repository": project.settings_from_repository,
+                "artefacts_keep": project.artefacts_keep,
+                "artefacts_keep_days": project.artefacts_keep_days,
+                "commit_deploys": project.commit_deploys,
             }
         super().__init__(*args, **kwargs)
         if project is None:
@@ -212,6 +275,14 @@ class ProjectForm(forms.Form):
             data.pop("subdirectory", None)
         if not data.get("template"):
             data.pop("template", None)
+        # Left out (a form from before these settings): what is stored stays.
+        if not data.get("on_drift"):
+            data.pop("on_drift", None)
+        if data.get("drift_check_hours") is None:
+            data.pop("drift_check_hours", None)
+        if not data.get("commit_deploys"):
+            # A form from before the setting (or without it) keeps what is stored.
+            data.pop("commit_deploys", None)
         return data
 
 

@@ -28,6 +28,13 @@ class Role(models.TextChoices):
     VIEWER = "viewer", "Viewer"
 
 
+class CommitDeploys(models.TextChoices):
+    """Whose ``[deploy: name]`` commit-message command a push honours (docs/webhooks.md)."""
+
+    ANYONE = "anyone", "Anyone who can push (a member's deploy rights still apply to them)"
+    MEMBERS = "members", "Members only, within their deploy rights"
+
+
 # Who may do what, in one place: views, the API and templates all ask these.
 DEPLOY_ROLES = (Role.ADMIN, Role.DEPLOYER)
 CONFIGURE_ROLES = (Role.ADMIN,)
@@ -58,6 +65,13 @@ def badge_token() -> str:
 class ProjectQuerySet(models.QuerySet["Project"]):
     def for_user(self, user: User) -> ProjectQuerySet:
         return self.filter(memberships__user=user)
+
+
+class OnDrift(models.TextChoices):
+    """builds.engine.specs.ON_DRIFT_CHOICES."""
+
+    RESTORE = "restore", "Restore the build's files"
+    REFUSE = "refuse", "Refuse to deploy, and list the files"
 
 
 class Project(models.Model):
@@ -96,9 +110,24 @@ class Project(models.Model):
     # Check out the repository's submodules (recursively, with the project's key and the
     # repository's URL rules); off: their folders stay empty.
     submodules = models.BooleanField(default=True)
+    # What a deployment does with drift it finds on a server (builds.engine.drift,
+    # docs/drift.md): restore the build's files, or fail before the switch listing them.
+    on_drift = models.CharField(max_length=10, choices=OnDrift.choices, default=OnDrift.RESTORE)
+    # Hours between scheduled drift checks of each server (0: none; docs/drift.md).
+    drift_check_hours = models.PositiveIntegerField(default=0)
     # Settings as code (docs/settings-as-code.md): a deployment reads .slipway.yml at its
     # revision, and the keys it holds replace the project's own settings for that deployment.
     settings_from_repository = models.BooleanField(default=False)
+    # Build once, promote (docs/promote.md): how many kept build outputs ("artefacts") the
+    # retention job leaves, newest first, and how old they may grow; 0 = no limit of that kind.
+    artefacts_keep = models.PositiveIntegerField(default=10)
+    artefacts_keep_days = models.PositiveIntegerField(default=30)
+    # Whose [deploy: name] command a push honours: a member's is always checked against
+    # their deploy rights; a pusher Slipway cannot match to a member by email is honoured
+    # only with "anyone" (builds.webhook_services.command_deploy_refusal).
+    commit_deploys = models.CharField(
+        max_length=20, choices=CommitDeploys.choices, default=CommitDeploys.ANYONE
+    )
     # The stack lock (shipit): while locked_at is set, every deployment of the project is
     # refused except a rollback (builds.services.deployment_create), whoever asks.
     locked_at = models.DateTimeField(null=True, blank=True)
@@ -571,6 +600,8 @@ class NotificationEvent(models.TextChoices):
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     ROLLED_BACK = "rolled_back", "Rolled back"
+    # A server's live release was found changed since its deployment (builds.drift_checks).
+    DRIFT = "drift", "Drift found"
 
 
 class DeliveryEvent(models.TextChoices):
@@ -582,6 +613,7 @@ class DeliveryEvent(models.TextChoices):
     FAILED = "failed", "Failed"
     ROLLED_BACK = "rolled_back", "Rolled back"
     CANCELLED = "cancelled", "Cancelled"
+    DRIFT = "drift", "Drift found"
 
 
 def _all_events() -> list[str]:

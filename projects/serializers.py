@@ -26,6 +26,7 @@ from projects.models import (
     ApiToken,
     BuildCommand,
     Command,
+    CommitDeploys,
     ConfigFile,
     EnvironmentVariable,
     ExcludedFile,
@@ -35,11 +36,19 @@ from projects.models import (
     Notification,
     NotificationDelivery,
     NotificationEvent,
+    OnDrift,
     Project,
     Role,
     TokenScope,
 )
-from projects.services import MAX_POSITION, MAX_TIMEOUT_SECONDS, MAX_TOKEN_DAYS
+from projects.services import (
+    MAX_ARTEFACTS_KEEP,
+    MAX_ARTEFACTS_KEEP_DAYS,
+    MAX_DRIFT_CHECK_HOURS,
+    MAX_POSITION,
+    MAX_TIMEOUT_SECONDS,
+    MAX_TOKEN_DAYS,
+)
 from servers.models import Server
 
 MAX_PATHS = 100
@@ -117,7 +126,12 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
             "build_network",
             "export_ignore",
             "submodules",
+            "on_drift",
+            "drift_check_hours",
             "settings_from_repository",
+            "artefacts_keep",
+            "artefacts_keep_days",
+            "commit_deploys",
             "public_key",
             "webhook_url",
             "webhook_secret",
@@ -239,11 +253,46 @@ class ProjectInputSerializer(serializers.Serializer[dict[str, Any]]):
         help_text="Check out the repository's submodules (recursively, with the project's key "
         "and the repository's URL rules); false leaves their folders empty.",
     )
+    on_drift = serializers.ChoiceField(
+        choices=OnDrift.choices,
+        required=False,
+        help_text="What a deployment does with files changed on a server since the last "
+        "deployment: restore them (the default) or refuse, failing before the switch with "
+        "the list (docs/drift.md).",
+    )
+    drift_check_hours = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=MAX_DRIFT_CHECK_HOURS,
+        help_text="Hours between scheduled drift checks of each server; 0: none. A drift "
+        "found that was not found before notifies (event `drift`).",
+    )
     settings_from_repository = serializers.BooleanField(
         required=False,
         help_text="Settings as code: each deployment reads .slipway.yml at its revision and "
         "the keys it holds replace the project's own settings for that deployment "
         "(docs/settings-as-code.md).",
+    )
+    artefacts_keep = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=MAX_ARTEFACTS_KEEP,
+        help_text="Build once, promote (docs/promote.md): how many kept build outputs "
+        "retention leaves, newest first; 0: no limit by count.",
+    )
+    artefacts_keep_days = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=MAX_ARTEFACTS_KEEP_DAYS,
+        help_text="How many days a kept build output may be promoted; 0: no limit by age.",
+    )
+    commit_deploys = serializers.ChoiceField(
+        choices=CommitDeploys.choices,
+        required=False,
+        help_text="Whose [deploy: name] commit-message command a push honours: a member's "
+        "(matched by the pusher's email) always within their deploy rights; 'anyone' also "
+        "honours pushers who are not members, 'members' refuses them "
+        "(docs/webhooks.md#commit-message-commands).",
     )
     repository_token = serializers.CharField(
         max_length=2000,

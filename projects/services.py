@@ -51,11 +51,13 @@ from projects.models import (
     Command,
     CommandRunOn,
     CommandStage,
+    CommitDeploys,
     ConfigFile,
     EnvironmentVariable,
     ExcludedFile,
     FreezeWindow,
     Membership,
+    OnDrift,
     Project,
     ProjectTemplate,
     Role,
@@ -322,10 +324,20 @@ PROJECT_FIELDS = frozenset(
         "build_network",
         "export_ignore",
         "submodules",
+        "on_drift",
+        "drift_check_hours",
         "repository_token",
         "settings_from_repository",
+        "artefacts_keep",
+        "artefacts_keep_days",
+        "commit_deploys",
     }
 )
+#: The most kept build outputs, and days, a project may ask for (docs/promote.md).
+MAX_ARTEFACTS_KEEP = 1000
+MAX_ARTEFACTS_KEEP_DAYS = 3650
+# The longest interval between scheduled drift checks: a year, in hours.
+MAX_DRIFT_CHECK_HOURS = 24 * 366
 
 
 def project_clean(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -356,6 +368,26 @@ def project_clean(data: Mapping[str, Any]) -> dict[str, Any]:
     for field in ("build_network", "export_ignore", "submodules", "settings_from_repository"):
         if field in cleaned and not isinstance(cleaned[field], bool):
             raise InvalidInput(field, "must be true or false.")
+    for field, most in (
+        ("artefacts_keep", MAX_ARTEFACTS_KEEP),
+        ("artefacts_keep_days", MAX_ARTEFACTS_KEEP_DAYS),
+    ):
+        if field in cleaned:
+            value = cleaned[field]
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+                raise InvalidInput(field, f"must be a whole number from 0 (no limit) to {most}.")
+    if "on_drift" in cleaned and cleaned["on_drift"] not in OnDrift.values:
+        raise InvalidInput("on_drift", f"must be one of: {', '.join(OnDrift.values)}.")
+    if "drift_check_hours" in cleaned:
+        hours = cleaned["drift_check_hours"]
+        if type(hours) is not int or not 0 <= hours <= MAX_DRIFT_CHECK_HOURS:
+            raise InvalidInput(
+                "drift_check_hours",
+                f"must be a whole number of hours from 0 (no scheduled check) to "
+                f"{MAX_DRIFT_CHECK_HOURS}.",
+            )
+    if "commit_deploys" in cleaned and cleaned["commit_deploys"] not in CommitDeploys.values:
+        raise InvalidInput("commit_deploys", f"must be one of {', '.join(CommitDeploys.values)}.")
     return cleaned
 
 
@@ -897,6 +929,10 @@ def _clean_excluded_file(data: dict[str, Any]) -> None:
         data["pattern"] = str(data["pattern"]).strip()
         if not data["pattern"]:
             raise InvalidInput("pattern", "is empty.")
+        try:
+            parse_rule(data["pattern"])
+        except InvalidInput as exc:
+            raise InvalidInput("pattern", str(exc).removeprefix(f"{exc.field}: ")) from None
 
 
 def _clean_environment_variable(data: dict[str, Any]) -> None:

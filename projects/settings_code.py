@@ -19,6 +19,7 @@ from django.db import models, transaction
 
 from builds.engine import settings_file
 from builds.engine.errors import InvalidInput
+from builds.engine.excludes import parse_rule
 from builds.engine.masking import config_file_skeleton
 from builds.engine.settings_file import SettingsFile, SettingsFileError
 from projects.models import (
@@ -244,6 +245,11 @@ def settings_clean(
         elif key in _ITEMS:
             cleaned[key] = _clean_items(parsed, key, _in_place(_ITEMS[key][0]))
         elif key == "excluded_files":
+            for index, pattern in enumerate(data[key]):
+                try:
+                    parse_rule(pattern)
+                except InvalidInput as exc:
+                    raise parsed.error((key, index), _detail(exc)) from None
             cleaned[key] = [pattern.strip() for pattern in data[key] if pattern.strip()]
         else:
             cleaned[key] = _project_field_clean(parsed, key)

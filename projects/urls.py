@@ -41,6 +41,7 @@ urlpatterns = [
     path(SERVER + "edit/", servers.server_edit, name="server-edit"),
     path(SERVER + "delete/", servers.server_remove, name="server-delete"),
     path(SERVER + "test/", servers.server_test, name="server-test"),
+    path(SERVER + "drift/", servers.server_drift_check, name="server-drift-check"),
     path(SERVER + "deploy-lock/", deployments.server_lock_view, name="server-deploy-lock"),
     path(SERVER + "trust/", servers.server_trust, name="server-trust"),
     path(SERVER + "jump-host/trust/", servers.server_trust_jump, name="server-trust-jump"),
@@ -67,6 +68,11 @@ urlpatterns = [
         name="deployment-gates-override",
     ),
     path(DEPLOYMENT + "retry/", deployments.deployment_retry_view, name="deployment-retry"),
+    path(
+        DEPLOYMENT + "promotions/",
+        deployments.deployment_promote_artefact_view,
+        name="deployment-promotions",
+    ),
     path(
         PROJECT + "groups/<int:group_id>/switch-back/",
         deployments.group_switch_back_view,

@@ -884,8 +884,10 @@ DOCS = (
     "badges",
     "blue-green",
     "templates",
+    "drift",
     "metrics",
     "settings-as-code",
+    "promote",
 )
 
 

@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from builds.api import recorded_deployment_data
+from builds.drift_checks import drift_check_create, drift_last, drift_unsupported
 from builds.serializers import DeploymentSerializer
 from builds.services import deployment_rollback_server, group_switch_back
 from deployer.api import (
@@ -25,6 +26,8 @@ from deployer.api import (
 from projects.api import NO_CONTENT, SettingDetailView, SettingListView
 from servers.models import HealthCheck, Server, ServerGroup
 from servers.serializers import (
+    DriftCheckSerializer,
+    DriftStateSerializer,
     GroupSerializer,
     HealthCheckSerializer,
     LockBreakResultSerializer,
@@ -111,6 +114,46 @@ class ServerCheckView(APIView):
         server, _ = get_server_for_user(request, slug, server_id, need=Need.DEPLOY)
         result = server_check(server=server)
         return Response(ServerCheckSerializer(dataclasses.asdict(result)).data)
+
+
+class ServerDriftView(APIView):
+    @extend_schema(
+        responses=DriftStateSerializer,
+        operation_id="projects_servers_drift",
+        tags=TAGS,
+        description="The newest drift check of the server (files added, changed and removed "
+        "in its live release since its deployment, against the manifest Slipway deployed), "
+        "whether the server can be checked at all, and the project's on_drift setting. See "
+        "docs/drift.md.",
+    )
+    def get(self, request: Request, slug: str, server_id: int) -> Response:
+        server, _ = get_server_for_user(request, slug, server_id)
+        reason = drift_unsupported(server) or ""
+        return Response(
+            DriftStateSerializer(
+                {
+                    "supported": not reason,
+                    "reason": reason,
+                    "on_drift": server.project.on_drift,
+                    "last_check": drift_last(server),
+                }
+            ).data
+        )
+
+    @extend_schema(
+        request=None,
+        responses={202: DriftCheckSerializer},
+        operation_id="projects_servers_drift_check",
+        tags=TAGS,
+        description="Queue a drift check of the server (deployers and admins); answers the "
+        "check, queued, or the one already queued or running there. 400 naming `server` "
+        "for a server that cannot be checked (FTP, in-place SFTP) or has no live release "
+        "made by Slipway. Poll GET drift/ for the outcome.",
+    )
+    def post(self, request: Request, slug: str, server_id: int) -> Response:
+        server, membership = get_server_for_user(request, slug, server_id, need=Need.DEPLOY)
+        check = drift_check_create(server=server, actor=membership.user)
+        return Response(DriftCheckSerializer(check).data, status=status.HTTP_202_ACCEPTED)
 
 
 class ServerTrustView(APIView):

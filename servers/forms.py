@@ -402,6 +402,10 @@ class HealthCheckForm(SettingForm):
 
     model = HealthCheck
 
+    def initial_for(self, instance: Any) -> dict[str, Any]:
+        # The stored password never goes into the page; sent back masked, it is kept.
+        return {**super().initial_for(instance), "url": instance.shown_url}
+
     kind = forms.ChoiceField(choices=HealthCheckKind.choices, initial=HealthCheckKind.HTTP)
     when = forms.ChoiceField(
         choices=HealthCheckWhen.choices,

@@ -114,6 +114,10 @@ def strategy_clean(data: Mapping[str, Any]) -> dict[str, Any]:
     if "batch_size" in cleaned:
         parse_batch_size(str(cleaned["batch_size"]))
         cleaned["batch_size"] = str(cleaned["batch_size"]).strip()
+        width = ServerGroup._meta.get_field("batch_size").max_length or 10
+        if len(cleaned["batch_size"]) > width:
+            # An import's or a file's number of 30 digits: the column holds 10 characters.
+            raise InvalidInput("batch_size", f"is too long: at most {width} characters")
     for field in ("max_parallel", "canary_count"):
         if field in cleaned and (not isinstance(cleaned[field], int) or cleaned[field] < 1):
             raise InvalidInput(field, "must be a whole number of at least 1")
@@ -138,7 +142,8 @@ def strategy_clean(data: Mapping[str, Any]) -> dict[str, Any]:
     window = cleaned.get("canary_window_seconds", 0) + cleaned.get("pause_seconds", 0)
     if window >= settings.DEPLOYMENT_TIME_LIMIT:
         raise InvalidInput(
-            "canary_window_seconds",
+            # The field given: a pause of 10**30 named the canary window, on the group's line.
+            "canary_window_seconds" if cleaned.get("canary_window_seconds") else "pause_seconds",
             f"must fit inside the deployment time limit ({settings.DEPLOYMENT_TIME_LIMIT} s)",
         )
     return cleaned

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from builds.engine.git import redact_url
 from deployer.crypto import EncryptedTextField
 
 
@@ -451,7 +452,14 @@ class HealthCheck(models.Model):
         ordering = ["id"]
 
     def __str__(self) -> str:
-        return self.url or self.command
+        return self.shown_url or self.command
+
+    @property
+    def shown_url(self) -> str:
+        """``url`` as pages and API answers show it: a password (and an https user, often a
+        token) replaced by ``***`` (builds.engine.git.redact_url); an edit that sends this
+        back keeps the stored one (servers.services.health_check_update)."""
+        return redact_url(self.url) if self.url else self.url
 
 
 def rollback_target(server: Server) -> Release | None:

@@ -17,6 +17,7 @@ from builds.engine.errors import InvalidInput
 from builds.engine.ftp import MAX_CONNECTIONS as MAX_FTP_CONNECTIONS
 from builds.engine.s3 import MAX_PARALLEL_UPLOADS, masked_key_id
 from builds.engine.specs import parse_batch_size
+from builds.models import DriftCheck
 from builds.services import MAX_REASON_LENGTH, rollback_plan_server
 from deployer.api import api_url
 from deployer.links import deployment_page, server_page
@@ -705,6 +706,12 @@ class HealthCheckSerializer(SettingSerializer):
     )
     api_url = serializers.SerializerMethodField(help_text="This health check in the API.")
 
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        answer = super().to_representation(instance)
+        # A password in the URL is write-only, as every other secret: shown as ***.
+        answer["url"] = instance.shown_url
+        return dict(answer)
+
     class Meta:
         model = HealthCheck
         fields = [
@@ -727,3 +734,62 @@ class HealthCheckSerializer(SettingSerializer):
 
     def get_api_url(self, check: HealthCheck) -> str:
         return super().get_url(check)
+
+
+class DriftFileSerializer(serializers.Serializer[Any]):
+    path = serializers.CharField(
+        help_text="Relative to the release; a byte that is not UTF-8 shown as \\xNN, a "
+        "control character as its escape."
+    )
+    change = serializers.ChoiceField(choices=["added", "changed", "removed"])
+    size = serializers.IntegerField(
+        help_text="Bytes, as found on the server (removed: as deployed)."
+    )
+    mtime = serializers.DateTimeField(
+        allow_null=True, help_text="Modification time on the server; null when removed."
+    )
+
+
+class DriftCheckSerializer(serializers.ModelSerializer[DriftCheck]):
+    release = serializers.CharField(source="release_name", read_only=True)
+    requested_by = serializers.SerializerMethodField()
+    files = DriftFileSerializer(many=True, read_only=True)
+    files_total = serializers.IntegerField(
+        read_only=True,
+        help_text="Drifted paths in all; `files` holds the first 500 of them.",
+    )
+
+    class Meta:
+        model = DriftCheck
+        fields = [
+            "id",
+            "status",
+            "trigger",
+            "release",
+            "requested_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "checked_count",
+            "added_count",
+            "changed_count",
+            "removed_count",
+            "files_total",
+            "files",
+            "notified",
+            "error",
+            "error_code",
+        ]
+        read_only_fields = fields
+
+    def get_requested_by(self, check: DriftCheck) -> str | None:
+        return check.requested_by.get_username() if check.requested_by else None
+
+
+class DriftStateSerializer(serializers.Serializer[Any]):
+    supported = serializers.BooleanField(
+        help_text="Whether this server can be checked (SSH servers deploying releases, S3)."
+    )
+    reason = serializers.CharField(help_text="Why not, when it cannot; '' otherwise.")
+    on_drift = serializers.CharField(help_text="The project's setting: restore or refuse.")
+    last_check = DriftCheckSerializer(allow_null=True, help_text="The newest check, or null.")

@@ -1180,6 +1180,10 @@ def health_check_update(
     """Change some of a health check's fields; they are checked together with the others
     (an HTTP check keeps needing a URL, the timings keep fitting in the time limit)."""
     _health_check_fields(fields)
+    if fields.get("url") and fields["url"] == health_check.shown_url:
+        # The URL as pages and the API show it (password masked): unchanged, so the stored
+        # password stays (it is never shown, so it cannot be "edited").
+        fields = {**fields, "url": health_check.url}
     current = {name: getattr(health_check, name) for name in HEALTH_CHECK_FIELDS}
     cleaned = health_check_clean({**current, **fields})
     chosen = _project_servers(health_check.project, list(servers)) if servers is not None else None

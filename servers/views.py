@@ -12,6 +12,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from builds.drift_checks import drift_check_create, drift_last, drift_unsupported
 from builds.engine.s3 import masked_key_id
 from builds.models import TARGET_ACTIVE, Deployment, DeploymentTarget, Kind, Trigger
 from builds.services import deployment_rollback_server, rollback_plan_server
@@ -84,6 +85,8 @@ def _render_server(
             server_badge_path=membership.project.server_badge_path(server.pk),
             # A deployer's deploy rights may leave this server out.
             can_deploy=membership.may_deploy_to(server),
+            drift_check=drift_last(server),
+            drift_unsupported=drift_unsupported(server),
         ),
     )
 
@@ -162,6 +165,24 @@ def server_remove(request: HttpRequest, slug: str, server_id: int) -> HttpRespon
 def server_test(request: HttpRequest, slug: str, server_id: int) -> HttpResponse:
     server, membership = get_server_for_user(request, slug, server_id, role=DEPLOY_ROLES)
     return _render_server(request, server, membership, check=server_check(server=server))
+
+
+@login_required
+@require_POST
+def server_drift_check(request: HttpRequest, slug: str, server_id: int) -> HttpResponse:
+    """Queue a drift check of the server (builds.drift_checks); its page shows the outcome."""
+    server, membership = get_server_for_user(request, slug, server_id, role=DEPLOY_ROLES)
+    try:
+        check = drift_check_create(server=server, actor=membership.user)
+    except SERVICE_ERRORS as exc:
+        messages.error(request, error_message(exc))
+    else:
+        messages.success(
+            request,
+            f"Drift check #{check.pk} of {server.name} is {check.get_status_display().lower()}; "
+            "this section shows what it finds (reload the page).",
+        )
+    return redirect(reverse("server-detail", args=[slug, server_id]) + "#drift")
 
 
 @login_required

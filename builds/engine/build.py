@@ -138,11 +138,12 @@ def exclude_rules(
 
 def generated_rules(spec: BuildSpec) -> ExcludeRules | None:
     """The generated paths as rules (None when there are none): see ``generated_paths``."""
-    return (
-        ExcludeRules(parse_rules(spec.generated_paths, SOURCE_GENERATED))
-        if spec.generated_paths
-        else None
-    )
+    return rules_for_generated(spec.generated_paths)
+
+
+def rules_for_generated(patterns: Sequence[str]) -> ExcludeRules | None:
+    """``patterns`` (``BuildSpec.generated_paths``) as rules; None when there are none."""
+    return ExcludeRules(parse_rules(patterns, SOURCE_GENERATED)) if patterns else None
 
 
 def run_local_command(
@@ -427,6 +428,9 @@ def build(
     )
     if tree.hash_cache is not None and tree.hash_cache_path is not None:
         tree.hash_cache.save(tree.hash_cache_path)
+        # Saved: the upload, the switch and the recording that follow never read it, and at
+        # 100,000 files it is some 25 MB the worker would hold until the deployment ends.
+        tree.hash_cache.forget()
     for line in exclusions.lines():
         log("system", line)
     return BuildOutput(revision=sha, root=root, manifest=manifest, exclusions=exclusions)

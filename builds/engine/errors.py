@@ -183,6 +183,13 @@ class ReleaseMissing(UserError):
     code = "release_missing"
 
 
+class DriftFound(UserError):
+    """The server's live release was changed since its deployment, and the project refuses
+    to deploy over drift (``ON_DRIFT_REFUSE``): the message lists the paths."""
+
+    code = "drift_found"
+
+
 class TransferFailed(UserError):
     code = "transfer_failed"
 
@@ -195,3 +202,17 @@ class Aborted(Cancelled):
     """Stopped on request, and what this deployment switched is to be rolled back."""
 
     code = "aborted"
+
+
+class ArtefactMissing(UserError):
+    """A kept build output (builds.engine.artefacts) is gone: removed by its project's
+    retention, or never stored on this worker."""
+
+    code = "artefact_missing"
+
+
+class ArtefactCorrupt(UserError):
+    """A kept build output's file no longer has the digest its manifest records (changed
+    on disk after it was stored): it is not sent anywhere."""
+
+    code = "artefact_corrupt"

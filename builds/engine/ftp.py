@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from builds.engine import release
 from builds.engine.direct import in_place_variables
+from builds.engine.drift import refuse_drift
 from builds.engine.errors import (
     AuthenticationRefused,
     CertificateMismatch,
@@ -682,6 +683,7 @@ def deliver(
             prepared = release.Prepared(live=None, copied=True, drifted=drifted)
             changes = with_drift(diff(old, manifest), prepared, manifest, generated)
             shown = drifted_paths(prepared, generated)
+            refuse_drift(spec.on_drift, shown, server=server.name, where="the deploy path")
             if shown:
                 log(
                     f"{len(shown)} paths were changed on the server since the last deployment "

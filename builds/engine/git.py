@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Literal
 from urllib.parse import SplitResult, urlsplit, urlunsplit
@@ -346,6 +346,28 @@ _COMMIT_FORMAT = "%H%x00%h%x00%an%x00%ae%x00%aI%x00%B"
 _COMMIT_FIELDS = 6
 
 
+#: The date shown for a commit whose author date git prints but Python cannot hold.
+_UNKNOWN_DATE = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _git_date(text: str) -> datetime | None:
+    """An author date as git prints it (``%aI``), or None when no datetime can hold it.
+
+    Git keeps whatever a commit says: a year past 9999 (``GIT_AUTHOR_DATE=@253402400000``,
+    accepted by git commit and git fsck) or a zone of +99:59 or -24:00 from old imports. A
+    zone Python refuses is dropped (the clock time read as UTC); a year it cannot hold, or a
+    date git could not print at all (it prints the placeholder), is None."""
+    text = text.strip()
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text[:19]).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
 def _parse_commits(output: bytes) -> list[Commit]:
     fields = output.decode("utf-8", errors="replace").split("\0")
     commits = []
@@ -358,7 +380,7 @@ def _parse_commits(output: bytes) -> list[Commit]:
                 short_sha=short_sha,
                 author=author,
                 email=email,
-                date=datetime.fromisoformat(date),
+                date=_git_date(date) or _UNKNOWN_DATE,
                 message=message,
                 subject=message.split("\n", 1)[0],
             )
@@ -722,10 +744,11 @@ class Mirror:
         output = self._git(
             "log", "--format=%aI", "--end-of-options", new_sha, f"^{old_sha}", "--"
         ).stdout
+        # A date no datetime holds (year 10000...) is left out, not a failed deployment.
         dates = [
-            datetime.fromisoformat(line)
+            date
             for line in output.decode("ascii", errors="replace").split()
-            if line
+            if line and (date := _git_date(line)) is not None
         ]
         return min(dates) if dates else None
 

@@ -398,6 +398,11 @@ class HashCache:
         finally:
             staging.unlink(missing_ok=True)
 
+    def forget(self) -> None:
+        """Drop the recorded digests from memory (``hits`` and ``misses`` stay): once saved,
+        the cache is only needed again by the next manifest, which loads it from disk."""
+        self._entries = {}
+
     def lookup(self, relative: str, status: os.stat_result) -> str | None:
         entry = self._entries.get(relative)
         if entry is None or entry[:4] != _fingerprint(status):

@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from builds.engine import release, rollout, settings_file
+from builds.engine.artefacts import ArtefactStore, StoredArtefact
 from builds.engine.build import BuildOutput, BuildSpec, build, checked_out, generated_rules
 from builds.engine.errors import (
     EngineError,
@@ -51,6 +54,7 @@ __all__ = [
     "DeployResult",
     "DeploySpec",
     "Preview",
+    "PromotedArtefact",
     "Reporter",
     "RollbackSpec",
     "ServerResult",
@@ -58,6 +62,7 @@ __all__ = [
     "StrategySpec",
     "deploy",
     "preview",
+    "promote",
     "rollback",
     "run_commands",
 ]
@@ -256,6 +261,7 @@ def deploy(spec: DeploySpec, reporter: Reporter) -> DeployResult:
             spec, mirror, sha, _changed_paths(spec, mirror, start, sha), reporter
         ) as output:
             reporter.check_cancelled()
+            artefact = _keep(spec, output, reporter)
             results = rollout.deliver(spec, output, reporter, early=early)
     except BaseException:
         if early is not None and not early.adopted:
@@ -272,7 +278,88 @@ def deploy(spec: DeploySpec, reporter: Reporter) -> DeployResult:
         commits=commits,
         changes=overall,
         first_commit_at=first_commit_at,
+        artefact=artefact,
     )
+
+
+def _keep(spec: DeploySpec, output: BuildOutput, reporter: Reporter) -> StoredArtefact | None:
+    """Keep the build output in the project's artefact store, for promotion; a failure to
+    keep it (a full disk) is logged and the deployment goes on."""
+    if spec.artefacts is None:
+        return None
+    try:
+        stored = spec.artefacts.store(output)
+    except (OSError, EngineError) as error:
+        reason = error.strerror if isinstance(error, OSError) else str(error)
+        reporter.log("system", f"The build output was not kept for promotion: {reason}")
+        return None
+    reporter.log(
+        "system",
+        f"Build output kept for promotion as artefact {stored.digest[:12]} "
+        f"({stored.files} files, {stored.new_objects} new to the store)",
+    )
+    return stored
+
+
+# --------------------------------------------------------------------------- promote
+
+
+def promote(
+    spec: DeploySpec,
+    artefact: PromotedArtefact,
+    reporter: Reporter,
+) -> DeployResult:
+    """Deliver a kept build output (builds.engine.artefacts) to ``spec.servers``: no fetch,
+    no checkout, no build command. Every file is checked against the artefact's manifest
+    before anything is sent (ArtefactCorrupt, ArtefactMissing otherwise, with no server
+    touched); the release is then delivered as a deployment's is (rollout.deliver:
+    incremental against the live release, kept releases reused). ``spec.build`` is read
+    only for its exclude and generated-path rules; ``spec.settings_from_revision`` is not
+    applied (the project's settings are)."""
+    _check_spec(spec)
+    if spec.started_at is None:
+        spec = dataclasses.replace(spec, started_at=time.time())
+    scratch = artefact.scratch_dir / "artefact"
+    shutil.rmtree(scratch, ignore_errors=True)  # left by a worker that died mid-promotion
+    try:
+        with reporter.step("verify"):
+            output = artefact.store.materialise(
+                artefact.digest,
+                scratch,
+                revision=artefact.revision,
+                check_cancelled=reporter.check_cancelled,
+            )
+            files = sum(1 for entry in output.manifest.values() if entry.kind != "dir")
+            reporter.log(
+                "system",
+                f"Promoting artefact of deployment #{artefact.source_deployment_id} "
+                f"(revision {artefact.revision[:12]}): no fetch, no build; {files} files "
+                f"verified against its manifest {artefact.digest[:12]}",
+            )
+        reporter.revision_resolved(artefact.revision)
+        reporter.check_cancelled()
+        results = rollout.deliver(spec, output, reporter)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    overall = (
+        diff(None if spec.full else spec.servers[0].live_manifest, output.manifest)
+        if spec.servers
+        else None
+    )
+    return DeployResult(revision=artefact.revision, servers=results, changes=overall)
+
+
+@dataclass(frozen=True)
+class PromotedArtefact:
+    """The kept build output a promotion sends: the store, the artefact's manifest digest,
+    the revision it was built from and the deployment that built it."""
+
+    store: ArtefactStore
+    digest: str
+    revision: str
+    source_deployment_id: int
+    #: Where the tree of hard links is laid out (removed after).
+    scratch_dir: Path
 
 
 def reporter_log(reporter: Reporter) -> Callable[[str, str], None]:

@@ -39,6 +39,7 @@ from pathlib import Path
 from builds.engine import direct, ftp, release, router, s3
 from builds.engine.archive import SharedArchive
 from builds.engine.build import BuildOutput, generated_rules, shared_seeds
+from builds.engine.drift import refuse_drift
 from builds.engine.errors import (
     Aborted,
     Cancelled,
@@ -770,6 +771,9 @@ class ServerRun(_Run):
                 generated = generated_rules(self.spec.build)
                 changes = with_drift(diff(base, manifest), prepared, manifest, generated)
                 drifted = drifted_paths(prepared, generated)
+                refuse_drift(
+                    self.spec.on_drift, drifted, server=server.name, where="the live release"
+                )
                 if drifted:
                     self.log(
                         f"{len(drifted)} paths were changed on the server since the last "

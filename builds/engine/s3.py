@@ -44,6 +44,7 @@ from s3transfer.subscribers import BaseSubscriber
 
 from builds.engine import release
 from builds.engine.direct import in_place_variables
+from builds.engine.drift import DriftReport, refuse_drift, report_from_listings
 from builds.engine.errors import (
     AuthenticationRefused,
     BucketNotFound,
@@ -508,7 +509,11 @@ class Bucket:
     def listing(self) -> dict[str, tuple[int, str]]:
         """Every object under the prefix but Slipway's own: path (key without the prefix)
         -> (size, ETag). Keys ending in "/" (folder markers) are left out."""
-        found: dict[str, tuple[int, str]] = {}
+        return {path: (size, etag) for path, size, etag, _ in self.objects()}
+
+    def objects(self) -> Iterator[tuple[str, int, str, float | None]]:
+        """The objects of ``listing``, page by page (ListObjectsV2, 1,000 keys a page), as
+        (path, size in bytes, ETag, LastModified in epoch seconds)."""
         paginator = self.client.get_paginator("list_objects_v2")
         with _doing(self.endpoint, f"listing the bucket {self.endpoint.bucket}"):
             for page in paginator.paginate(
@@ -518,8 +523,13 @@ class Bucket:
                     path = str(item["Key"])[len(self.endpoint.prefix) :]
                     if not path or path.endswith("/") or path.startswith(META_PREFIX):
                         continue
-                    found[path] = (int(item["Size"]), str(item["ETag"]))
-        return found
+                    modified = item.get("LastModified")
+                    yield (
+                        path,
+                        int(item["Size"]),
+                        str(item["ETag"]),
+                        modified.timestamp() if modified is not None else None,
+                    )
 
     def check_access(self) -> int:
         """List at most one object: the bucket exists and the keys may list it. Answers
@@ -723,6 +733,7 @@ def deliver(
             prepared = release.Prepared(live=None, copied=True, drifted=drifted)
             changes = with_drift(diff(old, manifest), prepared, manifest, generated)
             shown = drifted_paths(prepared, generated)
+            refuse_drift(spec.on_drift, shown, server=server.name, where="the bucket")
             if shown:
                 log(
                     f"{len(shown)} objects were changed in the bucket since the last deployment "
@@ -783,6 +794,24 @@ def _remote_manifest(bucket: Bucket) -> Manifest | None:
     except (ValueError, EngineError):
         return None
     return manifest
+
+
+def drift(endpoint: S3Endpoint, *, release: str, manifest: Manifest | None) -> DriftReport:
+    """What changed in the bucket since the deployment of ``release`` finished: the
+    objects now listed against the listing it recorded (``LISTING_KEY``: size and ETag), or
+    when there is none against ``manifest`` (paths and sizes). Read only, no lock taken.
+    Raises the errors of ``_error``."""
+    bucket = Bucket(endpoint)
+    body = bucket.read(LISTING_KEY)
+    recorded: dict[str, tuple[int, str]] | None = None
+    if body is not None:
+        try:
+            recorded = {str(k): (int(v[0]), str(v[1])) for k, v in json.loads(body).items()}
+        except (ValueError, TypeError, IndexError, AttributeError, KeyError):
+            recorded = None
+    return report_from_listings(
+        release=release, now=bucket.objects(), recorded=recorded, manifest=manifest
+    )
 
 
 def _drift(bucket: Bucket) -> tuple[str, ...]:

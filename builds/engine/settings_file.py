@@ -32,6 +32,9 @@ FILE_NAME = ".slipway.yml"
 MAX_BYTES = 256 * 1024
 #: The most YAML events (scalars, mappings, sequences) a file may hold.
 MAX_NODES = 50_000
+#: The deepest nesting of lists and mappings (the settings go three deep; YAML's composer
+#: recurses once per level, so thousands of ``[`` would exhaust Python's stack).
+MAX_DEPTH = 32
 #: The published schema, the one source of the file's format.
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "slipway.schema.json"
 
@@ -154,9 +157,20 @@ def parse(
 
 
 def _compose(text: str, name: str) -> yaml.Node | None:
+    depth = 0
     try:
         for count, event in enumerate(yaml.parse(text, Loader=yaml.SafeLoader)):
             line = event.start_mark.line + 1 if event.start_mark is not None else None
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise SettingsFileError(
+                        f"nests lists and mappings more than {MAX_DEPTH} deep.",
+                        line=line,
+                        name=name,
+                    )
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
                 raise SettingsFileError(
                     "anchors and aliases (&name, *name) are not allowed; write the value out.",
@@ -189,6 +203,9 @@ def _construct(node: yaml.Node, path: PathKey, lines: dict[PathKey, int], name: 
                     "every key must be text.", line=line, path=dotted(path), name=name
                 )
             key = str(key_node.value)
+            problem = _text_problem(key)
+            if problem:
+                raise SettingsFileError(f"a key {problem}", line=line, path=dotted(path), name=name)
             if key in mapping:
                 raise SettingsFileError(
                     f"{key!r} is given twice.", line=line, path=dotted(path), name=name
@@ -206,10 +223,35 @@ def _construct(node: yaml.Node, path: PathKey, lines: dict[PathKey, int], name: 
         value = _SCALARS.construct_object(node, deep=True)
     except yaml.YAMLError as exc:
         raise SettingsFileError(f"{exc}", line=lines[path], path=dotted(path), name=name) from None
+    except (ValueError, OverflowError):
+        # An integer of thousands of digits (Python's int conversion limit) and the like.
+        raise SettingsFileError(
+            "is not a value a setting takes (a number far too long?).",
+            line=lines[path],
+            path=dotted(path),
+            name=name,
+        ) from None
+    if isinstance(value, str):
+        # "\0" and "\ud800" are valid YAML escapes, but no database or page can hold them.
+        problem = _text_problem(value)
+        if problem:
+            raise SettingsFileError(problem, line=lines[path], path=dotted(path), name=name)
     if isinstance(value, bool | int | float | str) or value is None:
         return value
     # A date, bytes (!!binary), a set...: no setting takes one; the schema names the type.
     return str(value) if not isinstance(value, float | int) else value
+
+
+def _text_problem(text: str) -> str | None:
+    """Why a string of the file cannot be kept (NUL, a lone surrogate: valid YAML escapes,
+    ``"\\0"`` and ``"\\ud800"``, that no database or page can hold), or None."""
+    if "\x00" in text:
+        return "contains a NUL character (\\0); remove it."
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone surrogate (half of a UTF-16 pair); write valid Unicode."
+    return None
 
 
 _STR_TAG = "tag:yaml.org,2002:str"

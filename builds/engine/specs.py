@@ -20,6 +20,7 @@ from builds.engine.manifest import ChangeSet, Manifest
 from builds.engine.ssh import ConnectionPool, Endpoint
 
 if TYPE_CHECKING:
+    from builds.engine.artefacts import ArtefactStore, StoredArtefact
     from builds.engine.ftp import FtpEndpoint
     from builds.engine.router import RouterSpec
     from builds.engine.s3 import S3Endpoint
@@ -39,6 +40,13 @@ RELEASE_COPY_AUTO = "auto"
 RELEASE_COPY_HARD_LINKS = "hard_links"
 RELEASE_COPY_FULL = "copy"
 RELEASE_COPIES = (RELEASE_COPY_AUTO, RELEASE_COPY_HARD_LINKS, RELEASE_COPY_FULL)
+
+# What a deployment does with drift it finds on a server (changes made there since the last
+# deployment): restore the build's files (and remove what was added), or fail before the
+# switch and list them (docs/drift.md).
+ON_DRIFT_RESTORE = "restore"
+ON_DRIFT_REFUSE = "refuse"
+ON_DRIFT_CHOICES = (ON_DRIFT_RESTORE, ON_DRIFT_REFUSE)
 
 PARALLEL = "parallel"
 PREPARE_THEN_SWITCH = "prepare_then_switch"
@@ -239,6 +247,8 @@ class DeploySpec:
     strategy: StrategySpec = field(default_factory=StrategySpec)
     full: bool = False
     config_only: bool = False
+    #: ON_DRIFT_RESTORE or ON_DRIFT_REFUSE (see ``drift.refuse_drift``).
+    on_drift: str = ON_DRIFT_RESTORE
     max_parallel: int = 5
     lock_stale_after: int = 3600
     #: Wall-clock limit of the repository fetch, in seconds (see git.Mirror).
@@ -268,6 +278,9 @@ class DeploySpec:
     settings_from_revision: Callable[[DeploySpec, str, bytes | None], DeploySpec] | None = field(
         default=None, repr=False
     )
+    #: Where the build output is kept for promotion (builds.engine.artefacts, docs/promote.md);
+    #: None: it is not kept.
+    artefacts: ArtefactStore | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -357,6 +370,9 @@ class DeployResult:
     #: live revision..revision); None for a first deployment, servers on different
     #: revisions, an empty range or a live revision gone from the repository.
     first_commit_at: datetime | None = None
+    #: The build output as kept in the project's artefact store (DeploySpec.artefacts);
+    #: None when there is no store or keeping it failed (the log says why).
+    artefact: StoredArtefact | None = None
 
     @property
     def ok(self) -> bool:

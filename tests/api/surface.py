@@ -8,7 +8,15 @@ from typing import Any
 
 from rest_framework.test import APIClient
 
-from builds.models import Deployment, GatePolicy, LogLine, Schedule, Status
+from builds.models import (
+    Deployment,
+    DriftCheck,
+    DriftStatus,
+    GatePolicy,
+    LogLine,
+    Schedule,
+    Status,
+)
 from projects.models import (
     BuildCommand,
     Command,
@@ -42,6 +50,18 @@ def one_of_each(project: Project) -> dict[str, Any]:
     LogLine.objects.create(deployment=deployment, seq=1, text="hello")
     release = Release.objects.create(
         server=server, deployment=deployment, name="20260101-000000000-abcdef0", revision="a" * 40
+    )
+    DriftCheck.objects.create(
+        server=server,
+        release=release,
+        release_name=release.name,
+        status=DriftStatus.DRIFTED,
+        checked_count=3,
+        changed_count=1,
+        files=[
+            {"path": "index.php", "change": "changed", "size": 3, "mtime": "2026-01-01T00:00:00Z"}
+        ],
+        fingerprint="f" * 64,
     )
     ids = {
         "commands": Command.objects.create(project=project, command="true").pk,

@@ -163,3 +163,31 @@ def test_someone_outside_the_project_finds_no_health_check(alice_api, charlie_ap
     assert charlie_api.patch(created["api_url"], {"retries": 1}, format="json").status_code == 404
     assert charlie_api.delete(created["api_url"]).status_code == 404
     assert HealthCheck.objects.exists()
+
+
+def test_a_password_in_a_check_url_is_never_shown_and_kept_when_sent_back_masked(
+    alice_api, bob_api, alice_client, project, servers
+):
+    created = alice_api.post(
+        checks_url(project),
+        {**HTTP_CHECK, "url": "https://monitor:s3cr3t-pass@%hostname%/health"},
+        format="json",
+    )
+    assert created.status_code == 201, created.json()
+    check = HealthCheck.objects.get()
+    shown = "https://monitor:***@%hostname%/health"
+
+    assert created.json()["url"] == shown
+    assert bob_api.get(checks_url(project)).json()[0]["url"] == shown
+    page = alice_client.get(f"/projects/{project.slug}/settings/health-checks/").content.decode()
+    edit = alice_client.get(
+        f"/projects/{project.slug}/settings/health-checks/{check.pk}/"
+    ).content.decode()
+    assert "s3cr3t-pass" not in page + edit and "monitor:***@" in page + edit
+
+    # The masked URL sent back (an edit of another field) keeps the stored password.
+    alice_api.patch(
+        f"{checks_url(project)}{check.pk}/", {"url": shown, "retries": 4}, format="json"
+    )
+    check.refresh_from_db()
+    assert (check.url, check.retries) == ("https://monitor:s3cr3t-pass@%hostname%/health", 4)

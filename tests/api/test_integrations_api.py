@@ -166,3 +166,48 @@ def test_the_schema_documents_the_integrations(alice_api):
 
 def test_the_token_is_one_of_the_secrets_masked_in_logs(project, github):
     assert TOKEN in project_secrets(project, [])
+
+
+def test_changing_the_address_needs_the_token_again(alice_api, project, github):
+    # Kept, the write-only token would go to the new address: any admin of the project
+    # could point it at their own server and read it there.
+    url = f"{integrations_url(project)}{github.pk}/"
+
+    moved = alice_api.patch(url, {"base_url": "https://8.8.8.8/api/v3"}, format="json")
+
+    assert moved.status_code == 400, moved.content
+    assert "give the token again" in moved.json()["token"][0]
+    github.refresh_from_db()
+    assert github.base_url == GHE and github.token == TOKEN
+    retyped = alice_api.patch(
+        url, {"base_url": "https://8.8.8.8/api/v3", "token": "ghp_new"}, format="json"
+    )
+    assert retyped.status_code == 200, retyped.content
+    same = alice_api.patch(url, {"base_url": "https://8.8.8.8/api/v3/"}, format="json")
+    assert same.status_code == 200, same.content
+
+
+@pytest.mark.parametrize("token", ['tok"en\\0123', "tok+en/01=", "tokén0123"])
+def test_a_provider_repeating_the_token_in_another_form_gets_it_masked(project, alice, token):
+    from builds.integrations import Client, _message_of
+
+    gitea = integration_create(
+        project=project,
+        actor=alice,
+        kind="gitea",
+        base_url=GHE,
+        repository="acme/shop",
+        token=token,
+    )
+    client = Client(gitea, {})
+    from urllib.parse import quote
+
+    for echoed in (
+        _message_of({"errors": {"token": token}}),
+        _message_of({"errors": [token]}),
+        f"bad token {quote(token, safe='')}",
+        f"bad token {token}",
+    ):
+        shown = client._safe(echoed)
+        assert "****" in shown and token not in shown, shown
+        assert quote(token, safe="") not in shown and token.split('"')[0] + '\\"' not in shown

@@ -91,7 +91,7 @@ def test_a_webhooks_secret_and_url_are_write_only(alice_api, bob_api, alice, pro
     assert created.status_code == 201, created.content
     body = created.json()
     assert body["destination"] == "https://1.1.1.1:8443" and body["has_secret"] is True
-    assert body["events"] == ["started", "succeeded", "failed", "rolled_back"]
+    assert body["events"] == ["started", "succeeded", "failed", "rolled_back", "drift"]
     rotated = alice_api.patch(
         body["api_url"], {"secret": SECRET + "-rotated", "enabled": False}, format="json"
     )

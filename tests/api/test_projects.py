@@ -176,3 +176,14 @@ def test_an_admin_deletes_the_project(alice_api, project):
     assert response.status_code == 204
     assert not Project.objects.exists()
     assert AuditEvent.objects.filter(action="project.deleted", target=project.slug).exists()
+
+
+def test_an_admin_sets_whose_commit_message_deploys_a_push_honours(alice_api, project):
+    url = f"/api/v1/projects/{project.slug}/"
+    assert alice_api.get(url).json()["commit_deploys"] == "anyone"
+
+    bad = alice_api.patch(url, {"commit_deploys": "everyone"}, format="json")
+    good = alice_api.patch(url, {"commit_deploys": "members"}, format="json")
+
+    assert bad.status_code == 400 and "commit_deploys" in bad.json()
+    assert good.status_code == 200 and good.json()["commit_deploys"] == "members"

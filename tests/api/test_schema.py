@@ -46,6 +46,7 @@ def test_the_schema_is_valid_openapi_3(alice_api):
         "/api/v1/projects/",
         "/api/v1/projects/{slug}/",
         "/api/v1/projects/{slug}/servers/{server_id}/check/",
+        "/api/v1/projects/{slug}/servers/{server_id}/drift/",
         "/api/v1/projects/{slug}/servers/{server_id}/trust/",
         "/api/v1/projects/{slug}/servers/{server_id}/releases/",
         "/api/v1/projects/{slug}/servers/{server_id}/rollback/",
@@ -57,6 +58,7 @@ def test_the_schema_is_valid_openapi_3(alice_api):
         "/api/v1/deployments/{deployment_id}/promote/",
         "/api/v1/deployments/{deployment_id}/abort/",
         "/api/v1/deployments/{deployment_id}/retry/",
+        "/api/v1/deployments/{deployment_id}/promotions/",
         "/api/v1/projects/{slug}/commands/{id}/",
         "/api/v1/projects/{slug}/config-files/{id}/",
         "/api/v1/projects/{slug}/excluded-files/{id}/",
@@ -100,9 +102,17 @@ def test_the_schema_is_valid_openapi_3(alice_api):
         assert {"202", "403", "404", "409"} <= set(answers)
     retry = paths["/api/v1/deployments/{deployment_id}/retry/"]["post"]["responses"]
     assert {"201", "400", "403", "404", "409"} <= set(retry)
-    for listed in ("rollbacks", "retries"):
+    promotions = paths["/api/v1/deployments/{deployment_id}/promotions/"]["post"]
+    assert {"201", "400", "403", "404", "409"} <= set(promotions["responses"])
+    assert promotions["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/PromotionRequestRequest"
+    )
+    assert components["PromotionRequestRequest"]["required"] == ["to"]
+    for listed in ("rollbacks", "retries", "promotions"):
         assert listed in components["Deployment"]["properties"]
-    assert "retry_of" in components["DeploymentSummary"]["properties"]
+    for linked in ("retry_of", "promoted_from", "artefact"):
+        assert linked in components["DeploymentSummary"]["properties"]
+    assert "promote" in components["KindEnum"]["enum"]
 
 
 def _enum_of(field: dict[str, Any]) -> str:

@@ -273,3 +273,13 @@ def test_appended_commands_stay_within_the_largest_position(alice_api, project):
     assert last.json()["position"] == 1_000_000
     after = alice_api.post(f"{base(project)}commands/", {"command": "b"}, format="json")
     assert after.status_code == 201 and after.json()["position"] == 1_000_000
+
+
+def test_an_exclude_rule_that_is_no_glob_is_refused(alice_api, project):
+    # Taken, "[z-a]" failed every deployment with an internal error (re.error).
+    answer = alice_api.post(
+        f"/api/v1/projects/{project.slug}/excluded-files/", {"pattern": "[z-a]"}, format="json"
+    )
+
+    assert answer.status_code == 400, answer.content
+    assert "'[z-a]' is not a valid glob" in answer.json()["pattern"][0]

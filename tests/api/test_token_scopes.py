@@ -25,10 +25,14 @@ DEPLOY_OPERATIONS = {
     ("post", "/api/v1/deployments/{deployment_id}/promote/"),
     ("post", "/api/v1/deployments/{deployment_id}/abort/"),
     ("post", "/api/v1/deployments/{deployment_id}/retry/"),
+    # Build once, promote (docs/promote.md): a deployment of a kept build output.
+    ("post", "/api/v1/deployments/{deployment_id}/promotions/"),
     # Blue-green: sending a group's traffic back is a deployment of kind switch.
     ("post", "/api/v1/projects/{slug}/groups/{id}/switch-back/"),
     ("post", "/api/v1/projects/{slug}/servers/{server_id}/rollback/"),
     ("post", "/api/v1/projects/{slug}/servers/{server_id}/check/"),
+    # A drift check reads the live release, as a connection check does.
+    ("post", "/api/v1/projects/{slug}/servers/{server_id}/drift/"),
     # Reading the key a repository's host offers, like a server's connection check.
     ("post", "/api/v1/projects/{slug}/repository/check/"),
     # Stack locks: whoever may deploy may stop deployments, and start them again.

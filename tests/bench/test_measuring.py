@@ -214,7 +214,7 @@ def test_the_page_names_the_floor_beside_a_goal_not_met_and_on_the_files_curve()
     )
 
     assert scenario.verdict() == (
-        "0.62x rsync, work tree: not met (the floor, hard-linked release (floor): 0.50x)"
+        "0.62x rsync, work tree: not met (the floor, a hard-linked release: 0.50x)"
     )
     assert (
         "  - the floor of any deploy into a new release directory (a hard-linked release: "

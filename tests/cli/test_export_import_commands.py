@@ -82,3 +82,27 @@ def test_import_new_makes_a_project_with_the_settings(served, project, tmp_path)
     assert api.get(f"/projects/{copy['slug']}/settings/").json()["document"]["excluded_files"] == [
         "/tests/"
     ]
+
+
+def test_import_new_with_a_refused_file_leaves_no_project_behind(served, project, tmp_path):
+    # The project was made before the import was refused: it stayed, empty, and took the
+    # name, so that the corrected file went into "NAME-2".
+    api = project["api"]
+    bad = tmp_path / "bad.yml"
+    bad.write_text("build_commands:\n  - command: make\n    halt_on_error: maybe\n")
+
+    refused = slipway(
+        served, "import", "--new", "Shop EU", "--repository", project["repo"].url, str(bad)
+    )
+
+    assert refused.returncode == 3
+    assert "line 3: build_commands[0].halt_on_error" in refused.stderr
+    assert "The project shop-eu made for it was deleted." in refused.stderr
+    assert all(p["name"] != "Shop EU" for p in api.get("/projects/").json())
+    good = tmp_path / "good.yml"
+    good.write_text("build_commands:\n  - command: make\n")
+    made = slipway(
+        served, "import", "--new", "Shop EU", "--repository", project["repo"].url, str(good)
+    )
+    assert made.returncode == 0, made.stderr
+    assert "Created the project shop-eu." in made.stderr

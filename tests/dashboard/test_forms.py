@@ -330,3 +330,17 @@ def test_it_adds_a_run_once_migration_and_its_reversal_after_a_rollback(alice_cl
     assert "once: on one server" in page
     assert "After a rollback&#x27;s switch" in page or "After a rollback's switch" in page
     assert "%previous_release_path%" in page and "%rollback%" in page
+
+
+def test_a_projects_drift_settings_are_saved_and_kept_when_left_out(alice_client, project):
+    path = f"/projects/{project.slug}/settings/"
+    form = {"name": "Shop", "repository_url": project.repository_url, "branch": "main"}
+    saved = alice_client.post(path, {**form, "on_drift": "refuse", "drift_check_hours": "6"})
+    assert saved.status_code == 302
+    project.refresh_from_db()
+    assert (project.on_drift, project.drift_check_hours) == ("refuse", 6)
+    assert alice_client.post(path, form).status_code == 302
+    project.refresh_from_db()
+    assert (project.on_drift, project.drift_check_hours) == ("refuse", 6)
+    wrong = alice_client.post(path, {**form, "on_drift": "ignore"}).content.decode()
+    assert field_errors(wrong, "on_drift")

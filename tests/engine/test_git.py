@@ -10,7 +10,7 @@ import stat
 import subprocess
 import tarfile
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
@@ -802,3 +802,37 @@ def test_it_never_writes_an_archive_member_outside_the_export(
     assert list(outside.iterdir()) == []
     assert not (tmp_path / "dest" / "escaped.txt").exists()
     assert not Path("/absolute.txt").exists()
+
+
+def test_a_commit_dated_beyond_what_python_holds_fails_nothing(origin: GitRepo, mirror_of) -> None:
+    # git commit and git fsck take the year 10000; datetime.fromisoformat refused it, and
+    # every deployment listing the commit failed with an internal error (the deploy page
+    # answered 500).
+    deployed = origin.commit({"a.txt": "1"}, "One")
+    origin.git("commit", "-q", "--allow-empty", "--date=@253402400000 +0000", "-m", "Odd clock")
+    odd = origin.head()
+    mirror = mirror_of(origin)
+    mirror.fetch()
+
+    [listed] = mirror.commits_between(deployed, odd)
+    assert listed.subject == "Odd clock" and listed.date.tzinfo is not None
+    assert mirror.commits_between(None, odd, limit=5)[0].sha == odd
+    assert mirror.commit_info(odd).sha == odd
+    assert mirror.first_commit_time(deployed, odd) is None
+
+
+@pytest.mark.parametrize(
+    ("printed", "expected"),
+    [
+        ("2026-12-02T10:00:00+01:00", datetime(2026, 12, 2, 9, 0, tzinfo=UTC)),
+        # Zones git keeps from old imports (hash-object writes them) that Python refuses.
+        ("2023-11-13T22:13:20-24:00", datetime(2023, 11, 13, 22, 13, 20, tzinfo=UTC)),
+        ("2023-11-19T02:12:20+99:59", datetime(2023, 11, 19, 2, 12, 20, tzinfo=UTC)),
+        ("10000-01-02T03:33:20+00:00", None),
+        ("%aI", None),
+    ],
+)
+def test_an_author_date_python_cannot_hold_is_read_or_left_out(printed, expected) -> None:
+    from builds.engine.git import _git_date
+
+    assert _git_date(printed) == expected

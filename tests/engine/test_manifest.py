@@ -270,6 +270,25 @@ def test_it_saves_and_loads_the_cache(build: Path, tmp_path: Path, short_racy_wi
     assert sorted(entry.name for entry in tmp_path.iterdir()) == ["build", "workspace.hashes"]
 
 
+def test_a_saved_cache_can_forget_its_digests_and_the_next_build_reads_them_from_disk(
+    build: Path, tmp_path: Path, short_racy_window: None
+) -> None:
+    cache = HashCache()
+    _wait_out_the_racy_window()
+    Manifest.build(build, cache=cache)
+    path = tmp_path / "workspace.hashes"
+    cache.save(path)
+    saved = len(cache)
+
+    cache.forget()
+
+    assert (len(cache), saved) == (0, len(HashCache.load(path)))
+    assert saved > 0
+    loaded = HashCache.load(path)
+    Manifest.build(build, cache=loaded)
+    assert loaded.misses == 0
+
+
 @pytest.mark.parametrize(
     "content",
     [

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from builds import services
-from builds.cleanup import project_build_dir
+from builds.cleanup import project_artefact_dir, project_build_dir
 from builds.models import Status
 from builds.tasks import run_deployment
 from projects.services import project_delete
@@ -62,6 +62,9 @@ def test_deleting_a_project_removes_its_files_in_the_embedded_mode(
     assert deployment.status == Status.SUCCEEDED, deployment.error
     files = project_build_dir(project.pk)
     assert (files / "mirror.git").is_dir() and (files / "workspace").is_dir()
+    # The deployment's build output, kept for promotion (docs/promote.md), goes too.
+    artefacts = project_artefact_dir(project.pk)
+    assert any(path.is_file() for path in (artefacts / "objects").rglob("*"))
     (files / "cache" / "ro").mkdir(parents=True)
     (files / "cache" / "ro").chmod(0o555)
     others = _fake_project_files(project_build_dir(other.pk).parent, other.pk)
@@ -69,6 +72,7 @@ def test_deleting_a_project_removes_its_files_in_the_embedded_mode(
     project_delete(project=project, actor=alice)
 
     assert not files.exists()
+    assert not artefacts.exists()
     assert (others / "mirror.git" / "HEAD").is_file()
 
 

@@ -26,7 +26,7 @@ def hook(allow_private, receiver, shop, alice):
 
 def test_it_fires_on_every_event_by_default(hook, shop, web1, make_deployment):
     notification = hook()
-    assert notification.events == ["started", "succeeded", "failed", "rolled_back"]
+    assert notification.events == ["started", "succeeded", "failed", "rolled_back", "drift"]
     deployment = make_deployment(shop, [web1])
     for event in ("started", "succeeded", "failed", "rolled_back"):
         assert len(deployment_event(deployment, event)) == 1

@@ -121,6 +121,48 @@ def test_an_invalid_import_names_the_line_and_changes_nothing(alice_api, configu
     assert settings_document(configured) == before
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("shared_paths: " + "[" * 3000 + "]" * 3000 + "\n", "line 1: nests lists"),
+        ("build_commands:\n  - {command: make, timeout_seconds: " + "9" * 5000 + "}\n", "line 2:"),
+        ('build_commands:\n  - command: "make \\ud800"\n', "line 2: build_commands[0].command"),
+        ('build_commands:\n  - command: "make \\0"\n', "line 2: build_commands[0].command"),
+    ],
+)
+def test_a_hostile_import_is_a_400_naming_the_line_never_a_500(
+    alice_api, configured, text, message
+):
+    before = settings_document(configured)
+
+    answer = _import(alice_api, configured, text)
+
+    assert answer.status_code == 400, answer.content
+    assert answer.json()["yaml"][0].startswith(message)
+    assert settings_document(configured) == before
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        # Saved, it was past the column's 10 characters: a 500 on PostgreSQL.
+        ("batch_size: " + "9" * 30, "line 3: groups.production.batch_size: is too long"),
+        # It named canary_window_seconds, which the file did not set, on the group's line.
+        ("pause_seconds: " + "9" * 30, "line 3: groups.production.pause_seconds: must fit"),
+    ],
+)
+def test_a_groups_number_too_large_is_refused_naming_its_field(
+    alice_api, configured, fields, message
+):
+    ServerGroup.objects.create(project=configured, name="production", strategy="rolling")
+
+    answer = _import(alice_api, configured, f"groups:\n  production:\n    {fields}\n")
+
+    assert answer.status_code == 400, answer.content
+    assert answer.json()["yaml"][0].startswith(message)
+    assert ServerGroup.objects.get(name="production").batch_size == "1"
+
+
 def test_an_import_that_leaves_the_release_is_refused_with_its_line(alice_api, configured):
     answer = _import(alice_api, configured, "cache_paths: [vendor]\nshared_paths:\n  - ../etc\n")
 

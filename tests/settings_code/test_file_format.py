@@ -106,6 +106,38 @@ def test_it_refuses_a_file_over_the_limit_and_one_not_utf8():
     assert _refusal(b"shared_paths: []\n# caf\xe9\n") == ".slipway.yml line 2: is not UTF-8 text."
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # YAML's composer recurses once per level: thousands of "[" exhausted the stack.
+        (
+            "shared_paths: " + "[" * 3000 + "]" * 3000 + "\n",
+            ".slipway.yml line 1: nests lists and mappings more than 32 deep.",
+        ),
+        # An integer past Python's conversion limit (4300 digits) raised ValueError.
+        (
+            "build_commands:\n  - command: make\n    timeout_seconds: " + "1" * 5000 + "\n",
+            ".slipway.yml line 3: build_commands[0].timeout_seconds: is not a value",
+        ),
+        # "\0" and "\ud800" are valid YAML escapes that no database or page can hold.
+        (
+            'build_commands:\n  - command: "make \\0"\n',
+            ".slipway.yml line 2: build_commands[0].command: contains a NUL character",
+        ),
+        (
+            'build_commands:\n  - command: "make \\ud800"\n',
+            ".slipway.yml line 2: build_commands[0].command: contains a lone surrogate",
+        ),
+        (
+            'groups:\n  "\\ud800": {strategy: rolling}\n',
+            ".slipway.yml line 2: groups: a key contains a lone surrogate",
+        ),
+    ],
+)
+def test_it_refuses_what_would_break_the_reader_with_its_line(text, message):
+    assert _refusal(text).startswith(message)
+
+
 def test_the_schema_is_the_published_file_and_valid_json():
     schema = json.loads(SCHEMA_PATH.read_text())
 
@@ -146,6 +178,11 @@ def test_the_schema_is_served_to_anyone(client):
         (
             "groups:\n  production:\n    batch_size: 0\n",
             ".slipway.yml line 3: groups.production.batch_size:",
+        ),
+        # Taken, it failed the deployment with an internal error (re.error).
+        (
+            'excluded_files:\n  - "*.md"\n  - "[z-a]"\n',
+            ".slipway.yml line 3: excluded_files[1]: '[z-a]' is not a valid glob",
         ),
         (
             "health_checks:\n  - kind: http\n    url: ftp://example.com/\n",

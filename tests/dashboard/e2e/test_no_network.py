@@ -52,7 +52,8 @@ def _cut_the_network(context: Any) -> list[str]:
 
 
 def _same_site_links(page: Any, base_url: str) -> list[str]:
-    hrefs = page.eval_on_selector_all("a[href]", "links => links.map(a => a.href)")
+    # A link marked download (the settings' YAML export) is a file, not a page to load.
+    hrefs = page.eval_on_selector_all("a[href]:not([download])", "links => links.map(a => a.href)")
     paths = []
     for href in hrefs:
         parts = urlsplit(urljoin(base_url, href))

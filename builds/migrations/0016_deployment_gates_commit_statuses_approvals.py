@@ -9,8 +9,8 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('builds', '0013_deployment_settings_file'),
-        ('projects', '0019_project_settings_from_repository'),
+        ('builds', '0015_artefact_and_promoted_deployments'),
+        ('projects', '0022_project_artefact_retention'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
