@@ -124,12 +124,17 @@ class _Reader:
         self._section = b""
         self._fields: list[bytes] = []
         self.release = ""
+        #: ``current`` points outside the deploy path's releases/ (by hand, or an attacker).
+        self.outside = False
 
     def line(self, stream: str, text: str) -> None:
         if stream != "stdout":
             return
         if text.startswith("live="):
             self.release = text.removeprefix("live=")
+            return
+        if text == "outside=1":
+            self.outside = True
             return
         try:
             data = base64.b64decode(text, validate=True)
@@ -216,6 +221,12 @@ def check_release(
             address,
             username=connection.endpoint.username,
         )
+    if reader.outside:
+        raise ReleaseMissing(
+            f"`current` on {address} points outside {root}/releases/, not at {release}, the "
+            "release Slipway recorded live there: deploy again (or roll back) before checking "
+            "for drift"
+        )
     live = reader.release
     if not live:
         raise ReleaseMissing(f"{root} on {address} has no live release (no `current` link)")
@@ -233,6 +244,7 @@ def check_release(
 
 def _script(root: str) -> str:
     q = shlex.quote(root)
+    inside = shlex.quote(root.rstrip("/") + "/releases/")
     meta = f"../../{MANIFEST_DIR}/$live"
     stat_listing = _stat_listing(".")
     # LC_ALL=C: find's times with a "." whatever the server's locale, names as bytes.
@@ -240,7 +252,14 @@ def _script(root: str) -> str:
 LC_ALL=C; export LC_ALL
 cd -- {q} 2>/dev/null || exit 0
 if [ ! -L current ]; then exit 0; fi
-live=$(readlink current); live=${{live##*/}}
+target=$(readlink current)
+# Only a link into releases/ is a release Slipway made live (as a deployment checks).
+case "$target" in
+  releases/*/*|releases/.|releases/..|{inside}*/*|{inside}.|{inside}..) echo "outside=1"; exit 0 ;;
+  releases/?*|{inside}?*) ;;
+  *) echo "outside=1"; exit 0 ;;
+esac
+live=${{target##*/}}
 echo "live=$live"
 case "$live" in ''|*[!0-9a-f-]*) exit 0 ;; esac
 cd -- "releases/$live" || exit 0
