@@ -299,7 +299,13 @@ def deployment_create(
     Runs in its own transaction, retried on a deadlock or a lost connection (deployer.db),
     or in the caller's, whose owner then retries. Raises DeploymentRefused naming the field.
     """
-    targets = list(servers or (group.ordered_servers() if group is not None else ()))
+    # A server named twice (``to: "prod1,prod1"``) is deployed once, at its first place.
+    targets = list(
+        {
+            server.pk: server
+            for server in servers or (group.ordered_servers() if group is not None else ())
+        }.values()
+    )
     if not targets:
         raise DeploymentRefused("servers", "Choose at least one server or a group")
     for server in targets:
