@@ -27,8 +27,13 @@ def test_a_server_named_twice_is_not_a_500(estate, alice):  # noqa: F811
 
 
 def test_another_projects_server_and_a_failed_source(
-    estate, alice, project_factory, git_repo_factory, server_factory, sshd_factory
-):  # noqa: F811
+    estate,  # noqa: F811
+    alice,
+    project_factory,
+    git_repo_factory,
+    server_factory,
+    sshd_factory,
+):
     source = estate["source"]
     repo = git_repo_factory("other")
     repo.commit({"a.txt": "a"}, "a")
