@@ -147,6 +147,13 @@ def _accepts_command_deploys(target: Server | ServerGroup) -> bool:
     return True
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _ascii_lower(email: str) -> str:
+    return email.strip().translate(_ASCII_LOWER)
+
+
 def command_deploy_refusal(
     *, project: Project, pusher_email: str, pusher: str, servers: Sequence[Server]
 ) -> str | None:
@@ -168,6 +175,10 @@ def command_deploy_refusal(
         if pusher_email
         else []
     )
+    # The database's case-insensitive match folds more than ASCII (PostgreSQL's upper() makes
+    # a dotless i (U+0131) an "I", a long s (U+017F) an "S"): a Git host account with a
+    # look-alike email must not be taken for a member. Only ASCII letters' case is ignored.
+    members = [m for m in members if _ascii_lower(m.user.email) == _ascii_lower(pusher_email)]
     if members:
         if any(all(m.may_deploy_to(server) for server in servers) for m in members):
             return None

@@ -101,3 +101,30 @@ def test_gitlab_reports_the_pusher_by_user_email_and_a_redacted_one_is_no_one(be
     Deployment.objects.all().delete()
     push("[REDACTED]", "Ship again [deploy: production]")  # unknown: "anyone" honours it
     assert _deployed() == ["production", "web1"]
+
+
+@pytest.mark.parametrize(
+    "lookalike",
+    ["al\u0131ce@example.com", "AL\u0130CE@example.com", "alice@exampIe.com"],
+)
+def test_a_lookalike_email_is_not_taken_for_a_member(bed, alice, post, lookalike):
+    """PostgreSQL's upper() folds a dotless i to I: Alice (an admin) must not be matched by a
+    Git host account whose email only looks like hers."""
+    alice.email = "alice@example.com"
+    alice.save()
+    project_update(project=bed, actor=alice, commit_deploys=CommitDeploys.MEMBERS)
+
+    answer = _github_push(post, bed, "Ship [deploy: production]", email=lookalike)
+
+    assert _deployed() == ["web1"]
+    assert "is no member of" in answer["reason"]
+
+
+def test_the_members_email_in_another_case_is_still_the_member(bed, alice, post):
+    alice.email = "alice@example.com"
+    alice.save()
+    project_update(project=bed, actor=alice, commit_deploys=CommitDeploys.MEMBERS)
+
+    _github_push(post, bed, "Ship [deploy: production]", email="ALICE@Example.COM")
+
+    assert _deployed() == ["production", "web1"]
