@@ -58,6 +58,8 @@ _MARKERS = frozenset({_MANAGED, _REWRITTEN, _RESTATED, _STATS, _HASHES, _END})
 REFUSAL_PATHS_SHOWN = 20
 _STAT_FIELDS = 5  # kind, size, mtime, path, link target
 _DIGEST_CHARS = 64
+#: The longest record (a path, a link target, a digest line) the reader waits for the end of.
+_MAX_TOKEN_BYTES = 64 * 1024
 DEFAULT_TIMEOUT_SECONDS = 1800.0
 
 
@@ -142,6 +144,10 @@ class _Reader:
             raise InternalError(f"Unreadable drift listing line: {error}") from error
         tokens = (self._rest + data).split(b"\0")
         self._rest = tokens.pop()
+        if len(self._rest) > _MAX_TOKEN_BYTES:
+            # No name or link target is this long (PATH_MAX is 4096): a server answering
+            # garbage, which must not grow the worker's memory for the check's whole time.
+            raise InternalError("The drift listing holds a record longer than any path")
         for token in tokens:
             self._token(token)
 

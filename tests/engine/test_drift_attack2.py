@@ -70,3 +70,22 @@ def test_hostile_names_fifo_dir_for_file(sshd_target, git_repo_factory, tmp_path
     assert ("index.php", drift.CHANGED) in got
     assert ("l" * 250, drift.ADDED) in got
     assert len(got) == 8, got
+
+
+def test_a_server_streaming_one_endless_record_is_stopped_not_buffered():
+    import base64
+
+    from builds.engine.errors import InternalError
+    from builds.engine.manifest import Manifest
+
+    reader = drift._Reader(Manifest())
+    reader.line("stdout", "live=20261202-000000000-abc")
+    line = base64.b64encode(b"x" * 57).decode()
+
+    def endless() -> None:
+        for _ in range(100_000):
+            reader.line("stdout", line)
+
+    with pytest.raises(InternalError, match="longer than any path"):
+        endless()
+    assert len(reader._rest) < 128 * 1024
