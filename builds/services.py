@@ -1567,10 +1567,14 @@ def promotion_servers(*, project: Project, to: str) -> list[Server]:
     wanted = to.strip()
     if not wanted:
         raise DeploymentRefused("to", "Name an environment or servers to promote to")
+    # A blue-green group's router switches traffic: the application never goes there.
+    routers = ServerGroup.objects.filter(
+        project=project, strategy=Strategy.BLUE_GREEN, router__isnull=False
+    ).values("router_id")
     in_environment = list(
-        Server.objects.filter(project=project, environment=wanted, enabled=True).order_by(
-            "name", "pk"
-        )
+        Server.objects.filter(project=project, environment=wanted, enabled=True)
+        .exclude(pk__in=routers)
+        .order_by("name", "pk")
     )
     if in_environment:
         return in_environment
@@ -1584,6 +1588,33 @@ def promotion_servers(*, project: Project, to: str) -> list[Server]:
             f"of project {project.slug}",
         )
     return [found[name] for name in names]
+
+
+def _promotion_group(project: Project, servers: Sequence[Server]) -> ServerGroup | None:
+    """The group a promotion goes through, so that its strategy applies (a blue-green group
+    deploys its idle colour and switches the router, as a push does): the one group whose
+    servers are exactly those promoted to. A blue-green group's router is never deployed to,
+    and a blue-green group's servers are never promoted to apart from their group (that would
+    replace the live colour in place): DeploymentRefused naming ``to``."""
+    wanted = {server.pk for server in servers}
+    for group in project.groups.prefetch_related("members").select_related("router"):
+        members = {member.server_id for member in group.members.all()}
+        if group.is_blue_green and group.router_id in wanted:
+            raise DeploymentRefused(
+                "to",
+                f"{group.router.name} is the router of blue-green group {group.name}: the "
+                "application is never deployed to it",
+            )
+        if members and members == wanted:
+            return group
+        if group.is_blue_green and members & wanted:
+            raise DeploymentRefused(
+                "to",
+                f"{', '.join(sorted(s.name for s in servers if s.pk in members))} belong to "
+                f"blue-green group {group.name}: promote to all of its servers (and no other), "
+                "so that the idle colour takes the build and the router switches",
+            )
+    return None
 
 
 def promotion_gates_check(*, source: Deployment, servers: Sequence[Server]) -> None:
@@ -1628,10 +1659,12 @@ def artefact_promote(
             f"artefact retention on {_when(artefact.removed_at)}; deploy its revision instead",
         )
     promotion_gates_check(source=source, servers=servers)
+    group = _promotion_group(source.project, servers)
     with transaction.atomic():
         promotion = deployment_create(
             project=source.project,
-            servers=servers,
+            servers=group.ordered_servers() if group is not None else servers,
+            group=group,
             revision=artefact.revision,
             branch=source.branch,
             kind=Kind.PROMOTE,

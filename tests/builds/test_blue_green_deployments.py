@@ -177,3 +177,33 @@ def test_nginx_refusing_the_switch_fails_the_deployment_naming_the_router(bed):
     assert _get(nginx.url) == (200, "A\n")
     # Green's current is the new release (idle, without traffic): recorded as it is.
     assert Release.objects.get(server=green, live=True).revision == deployment.end_revision
+
+
+def test_a_promotion_goes_through_the_group_never_to_its_router_or_live_colour(bed):
+    """Build once, promote to a blue-green group: the idle colour takes the artefact and the
+    router switches; naming the router or one colour alone is refused (docs/promote.md)."""
+    repo, project, group, blue, _green, nginx = bed
+    repo.commit({"index.html": "B\n"}, "B")
+    source = Deployment.objects.get(kind=Kind.DEPLOY)
+    lb = group.router
+    for to in ("lb1", "blue1", "blue1,lb1"):
+        with pytest.raises(services.DeploymentRefused):
+            services.artefact_promote(
+                source=source, servers=services.promotion_servers(project=project, to=to), user=None
+            )
+    assert not Release.objects.filter(server=lb).exists()
+
+    promotion = _run(
+        services.artefact_promote(
+            source=source,
+            servers=services.promotion_servers(project=project, to="blue1,green1"),
+            user=None,
+        )
+    )
+    assert promotion.status == Status.SUCCEEDED, promotion.error
+    assert promotion.group_id == group.pk
+    group.refresh_from_db()
+    assert group.live_colour == "green"
+    assert promotion.targets.get(server=blue).status == TargetStatus.SKIPPED
+    assert _serves(nginx.url, "A\n")
+    assert not Release.objects.filter(server=lb).exists()
