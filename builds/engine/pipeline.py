@@ -287,6 +287,15 @@ def _keep(spec: DeploySpec, output: BuildOutput, reporter: Reporter) -> StoredAr
     keep it (a full disk) is logged and the deployment goes on."""
     if spec.artefacts is None:
         return None
+    if spec.config_only:
+        # The servers keep their live release's files: this build is not what they got, so
+        # promoting it would send bytes no server was tested with.
+        reporter.log(
+            "system",
+            "The build output was not kept for promotion: a config-only deployment does not "
+            "send it",
+        )
+        return None
     try:
         stored = spec.artefacts.store(output)
     except (OSError, EngineError) as error:

@@ -95,3 +95,18 @@ def test_two_promotions_at_once(estate, alice):  # noqa: F811
     assert b.status == Status.SUCCEEDED, b.error
     assert (_live(estate["targets"]["production"]) / "index.html").exists()
     assert Deployment.objects.filter(kind=Kind.PROMOTE).count() == 2
+
+
+def test_a_config_only_deployment_keeps_no_build_output_to_promote(estate, alice):  # noqa: F811
+    """Staging kept its files and took only its config: the build it ran meanwhile is not
+    what staging was tested with, so it is not promoted."""
+    estate["repo"].commit({"index.html": "<h1>v2</h1>\n"}, "v2")
+    config_only = _run(
+        services.deployment_create(
+            project=estate["project"], servers=[estate["staging"]], user=alice, config_only=True
+        )
+    )
+    assert config_only.status == Status.SUCCEEDED, config_only.error
+    assert config_only.artefact is None
+    with pytest.raises(services.DeploymentRefused, match="kept no build output"):
+        services.artefact_promote(source=config_only, servers=[estate["production"]], user=alice)
