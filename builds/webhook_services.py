@@ -275,8 +275,27 @@ def webhook_targets(
         found.add(key)
         if server in chosen or server.pk in covered:
             continue
+        blue_green = next(
+            (
+                g
+                for g in groups
+                if g.is_blue_green and any(m.server_id == server.pk for m in g.members.all())
+            ),
+            None,
+        )
         if not server.enabled:
             targets.notes.append(f"[deploy: {server.name}]: the server is disabled")
+        elif server.pk in routers:
+            # As a push never does: the router switches traffic, the application never goes there.
+            targets.notes.append(
+                f"[deploy: {server.name}]: the server is a blue-green group's router"
+            )
+        elif blue_green is not None:
+            # Alone it would replace the live colour in place: the group deploys it.
+            targets.notes.append(
+                f"[deploy: {server.name}]: the server belongs to blue-green group "
+                f"{blue_green.name}; name the group"
+            )
         elif not _accepts_command_deploys(server):
             targets.notes.append(f"[deploy: {server.name}]: the server does not accept it")
         elif server.effective_branch != branch:

@@ -128,3 +128,24 @@ def test_the_members_email_in_another_case_is_still_the_member(bed, alice, post)
     _github_push(post, bed, "Ship [deploy: production]", email="ALICE@Example.COM")
 
     assert _deployed() == ["production", "web1"]
+
+
+def test_a_blue_green_router_or_one_colour_is_not_deployed_by_name(bed, alice, post, make_server):
+    """[deploy: lb1] would send the application to the router, [deploy: blue1] replace the
+    live colour in place: a push never does either, nor does a command."""
+    from servers.models import GroupMember, ServerGroup
+
+    blue = make_server(bed, "blue1", auto_deploy=False)
+    green = make_server(bed, "green1", auto_deploy=False)
+    lb = make_server(bed, "lb1", auto_deploy=False)
+    group = ServerGroup.objects.create(
+        project=bed, name="bg", strategy="blue_green", router=lb, auto_deploy=False
+    )
+    GroupMember.objects.create(group=group, server=blue, position=0, colour="blue")
+    GroupMember.objects.create(group=group, server=green, position=1, colour="green")
+
+    answer = _github_push(post, bed, "Ship [deploy: lb1] [deploy: blue1]", email="x@y.example")
+
+    assert _deployed() == ["web1"]
+    assert "[deploy: lb1]: the server is a blue-green group's router" in answer["reason"]
+    assert "[deploy: blue1]: the server belongs to blue-green group bg" in answer["reason"]
