@@ -279,6 +279,7 @@ class DeploymentPromotionView(APIView):
             user=membership.user,
             trigger=Trigger.API,
             freeze_override_reason=options.validated_data.get("freeze_override_reason", ""),
+            gates_override_reason=options.validated_data.get("gates_override_reason", ""),
         )
         return Response(recorded_deployment_data(promotion), status=status.HTTP_201_CREATED)
 

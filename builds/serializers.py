@@ -416,6 +416,13 @@ class PromotionRequestSerializer(serializers.Serializer[dict[str, Any]]):
         help_text="During a freeze window: why this promotion cannot wait (project admins "
         "only; kept in the audit log), as for a new deployment.",
     )
+    gates_override_reason = serializers.CharField(
+        max_length=MAX_REASON_LENGTH,
+        required=False,
+        allow_blank=True,
+        help_text="A gate of the target environment failed: why it may be promoted anyway "
+        "(project admins only; audited), as for a new deployment (docs/gates.md).",
+    )
 
 
 class RollbackOptionsSerializer(serializers.Serializer[dict[str, Any]]):

@@ -327,7 +327,11 @@ def deployment_create(
                 f"Server {server.name}: {server.untrusted_hop} is not trusted yet. Test the "
                 "connection, compare the fingerprint with the server's, then trust it.",
             )
-    policies = gates.policies_for(project, targets, group) if kind == Kind.DEPLOY else []
+    # A promotion passes the gates of the environment it goes to, as a deployment does
+    # (docs/promote.md): its commit is the artefact's revision.
+    policies = (
+        gates.policies_for(project, targets, group) if kind in (Kind.DEPLOY, Kind.PROMOTE) else []
+    )
     if policies and gates.needs_commit(policies) and not commit:
         # Before any lock: a network round trip.
         asked = gates.deployment_revision(project, revision, targets, group)
@@ -1617,12 +1621,6 @@ def _promotion_group(project: Project, servers: Sequence[Server]) -> ServerGroup
     return None
 
 
-def promotion_gates_check(*, source: Deployment, servers: Sequence[Server]) -> None:
-    """The hook for promotion gates (an environment that must be deployed first, an
-    approval): none exist yet, so it passes. The stack lock, freeze windows and deploy
-    rights apply to a promotion through deployment_create, as to any deployment."""
-
-
 def artefact_promote(
     *,
     source: Deployment,
@@ -1630,13 +1628,15 @@ def artefact_promote(
     user: User | None,
     trigger: str = Trigger.MANUAL,
     freeze_override_reason: str = "",
+    gates_override_reason: str = "",
 ) -> Deployment:
     """Build once, promote (docs/promote.md): a deployment that sends the build output
     ``source`` kept (or sent, for a promotion) to ``servers``, with no fetch and no build;
     it records ``promoted_from`` and the artefact. Refused (DeploymentWrongState) unless
     ``source`` is a deploy or a promotion that succeeded, and (DeploymentRefused naming
     ``deployment``) when its output was not kept or retention removed it; then as
-    deployment_create refuses any deployment (deploy rights, stack lock, freeze windows,
+    deployment_create refuses or holds any deployment (deploy rights, stack lock, freeze
+    windows, the target environment's gates with an admin's ``gates_override_reason``,
     disabled or untrusted servers)."""
     label = f"Deployment #{source.pk}"
     if source.kind not in (Kind.DEPLOY, Kind.PROMOTE):
@@ -1658,7 +1658,6 @@ def artefact_promote(
             f"{label}'s build output ({artefact.digest[:12]}) was removed by the project's "
             f"artefact retention on {_when(artefact.removed_at)}; deploy its revision instead",
         )
-    promotion_gates_check(source=source, servers=servers)
     group = _promotion_group(source.project, servers)
     with transaction.atomic():
         promotion = deployment_create(
@@ -1673,6 +1672,7 @@ def artefact_promote(
             promoted_from=source,
             artefact=artefact,
             freeze_override_reason=freeze_override_reason,
+            gates_override_reason=gates_override_reason,
         )
         audit_record(
             project=source.project,

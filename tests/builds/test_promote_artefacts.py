@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from builds import services
 from builds.artefacts import artefacts_prune, project_store
-from builds.models import Artefact, Deployment, Kind, LogLine, Status, Step
+from builds.models import Artefact, Deployment, GatePolicy, Kind, LogLine, Status, Step
 from builds.retention import records_prune
 from builds.services import DeploymentRefused, DeployRightsForbidden
 from builds.tasks import run_deployment
@@ -258,3 +258,29 @@ def test_the_artefact_retention_is_a_project_setting_checked_by_field(
     assert refused.status_code == 400 and "artefacts_keep_days" in refused.json()
     page = alice_client.get(f"/projects/{project.slug}/settings/")
     assert b"Build outputs kept for promotion" in page.content
+
+
+def test_a_promotion_waits_for_the_gates_of_the_environment_it_goes_to(estate, alice, bob):
+    source, targets = estate["source"], estate["targets"]
+    GatePolicy.objects.create(
+        project=estate["project"],
+        environment="production",
+        approvals_required=1,
+        approver_role="admin",
+    )
+
+    promotion = services.artefact_promote(
+        source=source,
+        servers=services.promotion_servers(project=estate["project"], to="production"),
+        user=bob,
+    )
+
+    assert promotion.status == Status.GATED
+    assert not (targets["production"].deploy_path / "current").exists()
+    with pytest.raises(services.ApprovalRefused):
+        services.deployment_approve(deployment=promotion, user=bob)  # the requester
+    approved = services.deployment_approve(deployment=promotion, user=alice)
+    assert approved.status == Status.QUEUED
+    done = _run(promotion)
+    assert done.status == Status.SUCCEEDED, done.error
+    assert tree_digest(_live(targets["production"])) == tree_digest(_live(targets["staging"]))
