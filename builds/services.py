@@ -1603,10 +1603,11 @@ def _promotion_group(project: Project, servers: Sequence[Server]) -> ServerGroup
     wanted = {server.pk for server in servers}
     for group in project.groups.prefetch_related("members").select_related("router"):
         members = {member.server_id for member in group.members.all()}
-        if group.is_blue_green and group.router_id in wanted:
+        router = group.router
+        if group.is_blue_green and router is not None and router.pk in wanted:
             raise DeploymentRefused(
                 "to",
-                f"{group.router.name} is the router of blue-green group {group.name}: the "
+                f"{router.name} is the router of blue-green group {group.name}: the "
                 "application is never deployed to it",
             )
         if members and members == wanted:
