@@ -13,6 +13,7 @@ import fcntl
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -261,8 +262,14 @@ def deploy(spec: DeploySpec, reporter: Reporter) -> DeployResult:
             spec, mirror, sha, _changed_paths(spec, mirror, start, sha), reporter
         ) as output:
             reporter.check_cancelled()
-            artefact = _keep(spec, output, reporter)
-            results = rollout.deliver(spec, output, reporter, early=early)
+            # Keeping the output creates a file per new object (file creation is what costs
+            # most on a worker: seconds for ten thousand files), so it runs beside the
+            # delivery, which reads the same files, and is waited for before the workspace
+            # is let go (the next build may rewrite them).
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="keep-output") as pool:
+                keeping = pool.submit(_keep_in_thread, spec, output, reporter)
+                results = rollout.deliver(spec, output, reporter, early=early)
+                artefact = keeping.result()
     except BaseException:
         if early is not None and not early.adopted:
             early.abandon()
@@ -280,6 +287,15 @@ def deploy(spec: DeploySpec, reporter: Reporter) -> DeployResult:
         first_commit_at=first_commit_at,
         artefact=artefact,
     )
+
+
+def _keep_in_thread(
+    spec: DeploySpec, output: BuildOutput, reporter: Reporter
+) -> StoredArtefact | None:
+    try:
+        return _keep(spec, output, reporter)
+    finally:
+        reporter.thread_finished()
 
 
 def _keep(spec: DeploySpec, output: BuildOutput, reporter: Reporter) -> StoredArtefact | None:
