@@ -27,14 +27,13 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cronsim import CronSim, CronSimError
-from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from builds import outbound
-from builds.engine.errors import EngineError, InvalidInput
-from builds.engine.git import redact_url, remote_refs, validate_ref
+from builds import gates
+from builds.engine.errors import InvalidInput
+from builds.engine.git import validate_ref
 from builds.models import (
     Deployment,
     Schedule,
@@ -398,30 +397,6 @@ def schedule_revision(
     return sorted({server.effective_branch for server in servers})[0] if servers else ""
 
 
-def _resolve(project: Project, revision: str) -> str | None:
-    """The commit ``revision`` names in the repository now (a branch or a tag, through `git
-    ls-remote`; a full SHA as it is); None when it cannot be read (the reason is logged)."""
-    if len(revision) == 40 and all(c in "0123456789abcdef" for c in revision):
-        return revision
-    try:
-        outbound.repository_check(project.repository_url)
-        refs = remote_refs(
-            project.repository_url,
-            ssh_private_key=project.private_key or None,
-            https_token=project.repository_token or None,
-            allow_local=settings.ALLOW_LOCAL_REPOSITORIES,
-            host_key=project.repository_host_key or None,
-            timeout=settings.FETCH_TIMEOUT,
-        )
-    except (EngineError, InvalidInput) as exc:
-        logger.info("Refs of %s not read: %s", redact_url(project.repository_url), exc)
-        return None
-    for ref in (f"refs/heads/{revision}", f"refs/tags/{revision}^{{}}", f"refs/tags/{revision}"):
-        if ref in refs:
-            return refs[ref]
-    return None
-
-
 def _unchanged(servers: Sequence[Server], commit: str) -> Release | None:
     """A live release of ``commit`` when every server runs it; None otherwise."""
     live = {
@@ -471,7 +446,7 @@ def schedule_run(run_id: int, *, now: datetime | None = None) -> ScheduleRun | N
     revision = schedule_revision(schedule, group, servers)
     note = ""
     if schedule.skip_unchanged:
-        commit = _resolve(project, revision)
+        commit = gates.commit_of(project, revision)
         if commit is None:
             note = f"Could not read what {revision} is now, so it was deployed anyway."
         else:
