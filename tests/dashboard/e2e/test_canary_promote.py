@@ -74,13 +74,13 @@ def test_a_canary_waits_for_promote_then_reaches_every_server(
         dialog.accept()
 
     page.once("dialog", confirm)
-    page.get_by_role("button", name="Promote").click()
+    page.get_by_role("button", name="Promote", exact=True).click()
     expect(page.get_by_text("Promoted: the other servers get the release now.")).to_be_visible()
     assert confirmations and "web2" in confirmations[0]
 
     expect(page.locator("#deployment-status")).to_have_text("Succeeded", timeout=60_000)
     expect(canary).to_have_text("Succeeded")
     expect(waiting).to_have_text("Succeeded")
-    expect(page.get_by_role("button", name="Promote")).to_have_count(0)
+    expect(page.get_by_role("button", name="Promote", exact=True)).to_have_count(0)
     for target in (web1, web2):
         assert (target.deploy_path / "current" / "index.html").read_text() == "canary release\n"
