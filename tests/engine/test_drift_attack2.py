@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from builds.engine import drift
+from builds.engine.errors import ReleaseMissing
 from tests.engine.test_drift import APP, _check, _deploy, _live
 from tests.support.engine import after, server_for
 
@@ -29,12 +30,12 @@ def test_current_pointing_outside_the_deploy_path_is_not_clean(
     current = sshd_target.deploy_path / "current"
     current.unlink()
     current.symlink_to(elsewhere)
-    with pytest.raises(drift.ReleaseMissing, match="points outside"):
+    with pytest.raises(ReleaseMissing, match="points outside"):
         _check(sshd_target, server)
     # A relative link out of releases/ too.
     current.unlink()
     current.symlink_to(f"releases/../../evil/{live.name}")
-    with pytest.raises(drift.ReleaseMissing, match="points outside"):
+    with pytest.raises(ReleaseMissing, match="points outside"):
         _check(sshd_target, server)
     # The absolute form Slipway accepts still checks.
     current.unlink()
